@@ -1,0 +1,1 @@
+"""Event schemas: what arrives on `uploads` and what leaves on the moderation topics."""

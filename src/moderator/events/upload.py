@@ -1,0 +1,57 @@
+"""UploadEvent v1: the native upload event (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class ObjectRef(BaseModel):
+    """Where the uploaded object lives."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    bucket: str = Field(min_length=1, max_length=255)
+    key: str = Field(min_length=1, max_length=1024)
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = Field(default=None, ge=0)
+    content_type: str | None = None
+
+
+class UploadContext(BaseModel):
+    """Optional context; `surface` selects policy overrides."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    surface: str | None = Field(default=None, max_length=64)
+    user_id: str | None = Field(default=None, max_length=256)
+
+
+class UploadEvent(BaseModel):
+    """One uploaded object to judge. `event_id` is the idempotency key."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: str = Field(pattern=EVENT_ID_PATTERN)
+    tenant_id: str = Field(pattern=TENANT_ID_PATTERN)
+    object: ObjectRef
+    uploaded_at: AwareDatetime | None = None
+    context: UploadContext = Field(default_factory=UploadContext)
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def surface(self) -> str:
+        return self.context.surface or "default"
+
+    @property
+    def output_key(self) -> str:
+        """Key of the verdict and audit records: `{tenant_id}:{bucket}/{key}`."""
+        return f"{self.tenant_id}:{self.object.bucket}/{self.object.key}"
+
+    def uploaded_at_or(self, fallback: datetime) -> datetime:
+        return self.uploaded_at if self.uploaded_at is not None else fallback

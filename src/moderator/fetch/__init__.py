@@ -1,0 +1,1 @@
+"""Fetching objects from the object store and decoding them into images."""

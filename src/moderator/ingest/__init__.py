@@ -1,0 +1,1 @@
+"""Kafka in: consuming, offset tracking, backpressure and the transactional checkpoint."""

@@ -1,0 +1,292 @@
+"""One frozen settings object: defaults < YAML file < MODERATOR_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from moderator.errors import ConfigError
+
+ENV_PREFIX = "MODERATOR_"
+MiB = 1 << 20
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicSettings(_Section):
+    uploads: str = "uploads"
+    verdicts: str = "moderation.verdicts"
+    audit: str = "moderation.audit"
+    dlq: str = "moderation.dlq"
+    replay: str = "moderation.replay"
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    group_id: str = "moderator"
+    topics: TopicSettings = TopicSettings()
+    transactional_id: str | None = Field(
+        default=None, description="default: moderator-{group_id}-{instance_id} (stable per pod)"
+    )
+    commit_interval_ms: int = Field(default=1000, ge=10)
+    commit_max_events: int = Field(default=1000, ge=1)
+    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    session_timeout_ms: int = Field(default=45_000, ge=1000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    queued_max_messages_kbytes: int = Field(
+        default=8192, ge=1, description="librdkafka prefetch per consumer; part of the memory bound"
+    )
+    # Production cluster pass-through.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    client: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="extra librdkafka properties, passed through verbatim"
+    )
+
+    def client_config(self) -> dict[str, Any]:
+        """The librdkafka properties shared by every client."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        pairs = {
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": (
+                self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
+            ),
+        }
+        conf.update({k: v for k, v in pairs.items() if v is not None})
+        conf.update(self.client)
+        return conf
+
+
+class S3Settings(_Section):
+    endpoint_url: str | None = Field(default=None, description="unset = AWS")
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    ca_bundle: str | None = None
+    verify_tls: bool = True
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=20.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    max_pool_connections: int = Field(default=32, ge=1)
+
+
+class TenancySettings(_Section):
+    rule: Literal["key_prefix", "bucket_map"] = "key_prefix"
+    bucket_map: dict[str, str] = Field(default_factory=dict)
+    upload_buckets: tuple[str, ...] = Field(
+        default=("uploads",), description="buckets a tenant's own prefix may be read from"
+    )
+
+    @model_validator(mode="after")
+    def _map_needed(self) -> TenancySettings:
+        if self.rule == "bucket_map" and not self.bucket_map:
+            raise ValueError("rule is bucket_map but bucket_map is empty")
+        return self
+
+
+class FetchSettings(_Section):
+    concurrency: int = Field(default=16, ge=1, le=512)
+    max_object_bytes: int = Field(default=30 * MiB, ge=1)
+    max_pixels: int = Field(default=64_000_000, ge=1)
+    allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+    max_frames: int = Field(
+        default=4, ge=1, le=64, description="frames sampled from an animation (strictest wins)"
+    )
+
+
+class FakeEngineSettings(_Section):
+    latency_ms: float = Field(default=0.0, ge=0)
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    unsafe_rate: float = Field(default=0.1, ge=0, le=1)
+    seed: int = 0
+
+
+class NudenetSettings(_Section):
+    threads: int = Field(default=2, ge=1, le=64)
+    block_threshold: float = Field(default=0.6, ge=0, le=1)
+    explicit_threshold: float = Field(default=0.7, ge=0, le=1)
+
+
+class EngineSettings(_Section):
+    kind: Literal["nudenet", "transformers", "lmdeploy", "openai", "fake"] = "nudenet"
+    model: str | None = None
+    base_url: str | None = None
+    concurrency: int = Field(default=1, ge=1, le=256, description="most engine batches in flight")
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    max_wait_ms: float = Field(default=20.0, ge=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=1, ge=0, le=10)
+    fake: FakeEngineSettings = FakeEngineSettings()
+    nudenet: NudenetSettings = NudenetSettings()
+
+
+class FlowSettings(_Section):
+    """Backpressure water marks and shutdown."""
+
+    high_in_flight: int = Field(default=2000, ge=1)
+    low_in_flight: int = Field(default=1000, ge=0)
+    high_buffered_bytes: int = Field(default=256 * MiB, ge=1)
+    low_buffered_bytes: int = Field(default=128 * MiB, ge=0)
+    drain_grace_s: float = Field(default=20.0, ge=0)
+    poll_batch: int = Field(default=500, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FlowSettings:
+        if self.low_in_flight >= self.high_in_flight:
+            raise ValueError("low_in_flight must be below high_in_flight")
+        if self.low_buffered_bytes >= self.high_buffered_bytes:
+            raise ValueError("low_buffered_bytes must be below high_buffered_bytes")
+        return self
+
+
+class CacheSettings(_Section):
+    max_entries: int = Field(default=100_000, ge=0, description="0 disables the verdict cache")
+
+
+class PolicySettings(_Section):
+    dir: Path = Path("policies")
+    default_for_unknown: bool = False
+
+
+class AuditSettings(_Section):
+    url: str = "sqlite:///moderator-audit.db"
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up. Built once at the edge and passed down."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    instance_id: str = Field(default_factory=socket.gethostname)
+    kafka: KafkaSettings = KafkaSettings()
+    s3: S3Settings = S3Settings()
+    tenancy: TenancySettings = TenancySettings()
+    fetch: FetchSettings = FetchSettings()
+    engine: EngineSettings = EngineSettings()
+    flow: FlowSettings = FlowSettings()
+    cache: CacheSettings = CacheSettings()
+    policies: PolicySettings = PolicySettings()
+    audit: AuditSettings = AuditSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init carries CLI flags and the YAML file: load_settings merges them in that order.
+        return (_CliSource(settings_cls), env_settings, init_settings)
+
+    @property
+    def transactional_id(self) -> str:
+        return self.kafka.transactional_id or f"moderator-{self.kafka.group_id}-{self.instance_id}"
+
+
+class _CliSource(PydanticBaseSettingsSource):
+    """Highest-priority source holding CLI flag overrides (set by load_settings)."""
+
+    overrides: dict[str, Any] = {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.overrides.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.overrides)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build and validate the settings; raise ConfigError with one line naming the key."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        file_values = _read_yaml(config_file)
+    _CliSource.overrides = _nest(overrides or {})
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, config_file)) from exc
+    finally:
+        _CliSource.overrides = {}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}{where}: invalid YAML") from exc
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return doc
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """`{"engine.kind": "fake"}` → `{"engine": {"kind": "fake"}}`; None values are dropped."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        if value is None:
+            continue
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _one_line(exc: ValidationError, config_file: Path | None) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "settings"
+    env_name = ENV_PREFIX + "__".join(p.upper() for p in loc)
+    if env_name in os.environ:
+        where = f" (from environment {env_name})"
+    elif config_file is not None:
+        where = f" (in {config_file} or {env_name})"
+    else:
+        where = ""
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"configuration error: {key}: {err['msg']}{where}{more}"
