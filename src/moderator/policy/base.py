@@ -49,3 +49,7 @@ class PolicyProvider(Protocol):
     def resolve(self, tenant_id: str, surface: str) -> CompiledPolicy | None:
         """The tenant's compiled policy, or None for an unknown tenant."""
         ...
+
+    def fallback(self, tenant_id: str, surface: str) -> CompiledPolicy:
+        """The policy that decides error verdicts for events no tenant policy covers."""
+        ...

@@ -1,0 +1,1 @@
+"""The `moderator` command line."""

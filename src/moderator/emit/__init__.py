@@ -1,0 +1,1 @@
+"""Building the records that leave on the moderation topics."""

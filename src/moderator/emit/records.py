@@ -1,0 +1,116 @@
+"""Output records: verdict + audit with CloudEvents binary-mode headers, DLQ records (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from moderator.events.verdict import AuditRecord, Verdict
+
+Headers = list[tuple[str, bytes]]
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class Trace:
+    """W3C trace context for one event's outputs."""
+
+    trace_id: str
+    parent_span: str | None
+    flags: str = "01"
+
+    def traceparent(self) -> str:
+        """A child span of the incoming one (or a new root) for our outputs."""
+        return f"00-{self.trace_id}-{secrets.token_hex(8)}-{self.flags}"
+
+
+def trace_from_headers(headers: Headers | None, event_id: str) -> Trace:
+    """Continue the producer's trace when it sent `traceparent`; else a trace derived from the
+    event id, so a re-decision after a crash stays in the same trace."""
+    for name, value in headers or ():
+        if name.lower() == "traceparent" and value:
+            match = _TRACEPARENT.match(value.decode("ascii", "replace").strip().lower())
+            if match and match.group(1) != "0" * 32:
+                return Trace(match.group(1), match.group(2), match.group(3))
+    return Trace(hashlib.sha256(event_id.encode()).hexdigest()[:32], None)
+
+
+def cloudevent_headers(
+    *, ce_id: str, ce_type: str, source: str, subject: str, time: datetime, traceparent: str
+) -> Headers:
+    iso = time.isoformat().replace("+00:00", "Z")
+    pairs = [
+        ("ce_specversion", "1.0"),
+        ("ce_id", ce_id),
+        ("ce_source", source),
+        ("ce_type", ce_type),
+        ("ce_subject", subject),
+        ("ce_time", iso),
+        ("content-type", "application/json"),
+        ("traceparent", traceparent),
+    ]
+    return [(k, v.encode()) for k, v in pairs]
+
+
+def verdict_outputs(
+    verdict: Verdict,
+    audit: AuditRecord,
+    *,
+    verdicts_topic: str,
+    audit_topic: str,
+    source: str,
+    trace: Trace,
+) -> list[OutRecord]:
+    """The verdict and its audit record, keyed `{tenant}:{bucket}/{key}`."""
+    key = f"{verdict.tenant_id}:{verdict.object.bucket}/{verdict.object.key}".encode()
+    subject = f"{verdict.object.bucket}/{verdict.object.key}"
+    parent = trace.traceparent()
+    out = []
+    for topic, kind, value in (
+        (verdicts_topic, "verdict", verdict.to_json()),
+        (audit_topic, "audit", audit.to_json()),
+    ):
+        headers = cloudevent_headers(
+            ce_id=f"{verdict.event_id}/{kind}",
+            ce_type=f"moderator.{kind}.v1",
+            source=source,
+            subject=subject,
+            time=verdict.decided_at,
+            traceparent=parent,
+        )
+        out.append(OutRecord(topic, key, value, headers))
+    return out
+
+
+def dlq_output(
+    *,
+    dlq_topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    code: str,
+    message: str,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    headers: Headers | None = None,
+) -> OutRecord:
+    """The original message, unchanged, with the error and its origin in headers."""
+    ours = [
+        ("moderator.error.code", code.encode()),
+        ("moderator.error.message", message[:1000].encode()),
+        ("moderator.source.topic", source_topic.encode()),
+        ("moderator.source.partition", str(partition).encode()),
+        ("moderator.source.offset", str(offset).encode()),
+    ]
+    return OutRecord(dlq_topic, key, value, list(headers or []) + ours)

@@ -1,0 +1,134 @@
+"""The commit protocol: one checkpoint, one transaction (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from moderator.emit.records import OutRecord
+from moderator.errors import ModeratorError
+from moderator.ingest.ports import Consumer, Producer
+from moderator.ingest.tracker import TP, Ready
+
+
+class CheckpointAborted(ModeratorError):
+    """The outputs of this checkpoint were not committed: rewind and process again."""
+
+
+class FatalKafkaError(ModeratorError):
+    """The producer can never be used again (e.g. fenced by a newer instance): exit non-zero."""
+
+
+def commit_checkpoint(
+    producer: Producer,
+    consumer: Consumer,
+    ready: Mapping[TP, Ready[OutRecord]],
+    *,
+    exactly_once: bool,
+    timeout_s: float,
+) -> int:
+    """Publish the outputs of the completed prefixes and commit their offsets together.
+
+    exactly_once:
+      1. begin_transaction()
+      2. produce every held output, partition by partition, in offset order
+      3. send_offsets_to_transaction(next offsets, the consumer's group metadata)
+      4. commit_transaction(), retried while the error is retriable (it is idempotent)
+      An error that requires abort → abort_transaction(), CheckpointAborted.
+    at_least_once:
+      1. produce every held output (idempotent producer)
+      2. flush and check every delivery report
+      3. commit() the offsets synchronously
+      Any failure → CheckpointAborted (outputs may repeat after the rewind: at least once).
+    A fatal producer error raises FatalKafkaError in both modes. Returns the records produced.
+    """
+    offsets = [TopicPartition(t, p, r.next_offset) for (t, p), r in ready.items()]
+    records = [rec for r in ready.values() for rec in r.outputs]
+    try:
+        if exactly_once:
+            _transactional(producer, consumer, records, offsets, timeout_s)
+        else:
+            _at_least_once(producer, consumer, records, offsets, timeout_s)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if err is not None and hasattr(err, "fatal") and err.fatal():
+            raise FatalKafkaError(f"fatal Kafka error: {err}") from exc
+        if exactly_once:
+            _abort(producer, timeout_s)
+        raise CheckpointAborted(f"checkpoint aborted: {err}") from exc
+    return len(records)
+
+
+def _transactional(
+    producer: Producer,
+    consumer: Consumer,
+    records: list[OutRecord],
+    offsets: list[TopicPartition],
+    timeout_s: float,
+) -> None:
+    producer.begin_transaction()
+    for rec in records:
+        _produce(producer, rec, None)
+    producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), timeout_s)
+    _retry_retriable(lambda: producer.commit_transaction(timeout_s), deadline_s=timeout_s)
+
+
+def _at_least_once(
+    producer: Producer,
+    consumer: Consumer,
+    records: list[OutRecord],
+    offsets: list[TopicPartition],
+    timeout_s: float,
+) -> None:
+    failures: list[Any] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err)
+
+    for rec in records:
+        _produce(producer, rec, on_delivery)
+    remaining = producer.flush(timeout_s)
+    if remaining:
+        raise CheckpointAborted(f"{remaining} outputs unacknowledged after {timeout_s}s")
+    if failures:
+        raise CheckpointAborted(f"{len(failures)} outputs failed: {failures[0]}")
+    consumer.commit(offsets=offsets, asynchronous=False)
+
+
+def _produce(producer: Producer, rec: OutRecord, on_delivery: Any) -> None:
+    while True:
+        try:
+            producer.produce(
+                rec.topic, value=rec.value, key=rec.key, headers=rec.headers, on_delivery=on_delivery
+            )
+            return
+        except BufferError:
+            producer.poll(0.05)  # local queue full: let deliveries drain, then retry
+
+
+def _retry_retriable(call: Any, *, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = err is not None and hasattr(err, "retriable") and err.retriable()
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _abort(producer: Producer, timeout_s: float) -> None:
+    try:
+        producer.abort_transaction(timeout_s)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if err is not None and hasattr(err, "fatal") and err.fatal():
+            raise FatalKafkaError(f"fatal Kafka error while aborting: {err}") from exc
+        # No open transaction (it failed before begin) or already aborted: nothing to undo.

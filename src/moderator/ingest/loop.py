@@ -1,0 +1,323 @@
+"""The consume loop: one thread owns the consumer and the producer (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, TopicPartition
+
+from moderator.emit.records import OutRecord, dlq_output, trace_from_headers
+from moderator.errors import ErrorCode
+from moderator.events.parse import MalformedMessage, parse_message
+from moderator.events.s3notify import TenantRule
+from moderator.events.verdict import InputCoords
+from moderator.ingest.checkpoint import CheckpointAborted, FatalKafkaError, commit_checkpoint
+from moderator.ingest.flow import FlowGate
+from moderator.ingest.ports import Consumer, Producer
+from moderator.ingest.tracker import TP, OffsetTracker
+from moderator.pipeline.process import Job, Processor
+from moderator.settings import Settings
+
+log = structlog.get_logger("moderator.ingest")
+
+
+@dataclass
+class LoopStats:
+    messages: int = 0
+    events: int = 0
+    dlq: int = 0
+    skipped_records: int = 0
+    checkpoints: int = 0
+    aborted: int = 0
+    produced: int = 0
+    committed_messages: int = 0
+    pauses: int = 0
+
+
+@dataclass
+class _MessageWork:
+    """One consumed message: its events complete independently; the offset completes with all."""
+
+    outputs: list[list[OutRecord] | None]
+    left: int
+
+
+@dataclass
+class _Completion:
+    tp: TP
+    generation: int
+    offset: int
+    index: int
+    records: list[OutRecord] = field(default_factory=list)
+
+
+class IngestLoop:
+    """Consume → process (concurrently, out of order) → checkpoint, until `stop` is set."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        consumer: Consumer,
+        producer: Producer,
+        processor: Processor,
+        on_checkpoint: Callable[[int], None] | None = None,
+    ) -> None:
+        self._s = settings
+        self._consumer = consumer
+        self._producer = producer
+        self._processor = processor
+        self._rule = TenantRule(settings.tenancy.rule, dict(settings.tenancy.bucket_map))
+        self._eos = settings.kafka.delivery == "exactly_once"
+        self._tracker: OffsetTracker[OutRecord] = OffsetTracker()
+        self._work: dict[tuple[TP, int], _MessageWork] = {}
+        self._generation: dict[TP, int] = {}
+        self._done: queue.SimpleQueue[_Completion] = queue.SimpleQueue()
+        self._jobs = 0
+        self._assigned: set[TP] = set()
+        flow = settings.flow
+        self._gate = FlowGate(
+            flow.high_in_flight, flow.low_in_flight, flow.high_buffered_bytes, flow.low_buffered_bytes
+        )
+        self._repause: list[TP] = []
+        self._since_commit = 0
+        self._last_commit = time.monotonic()
+        self._on_checkpoint = on_checkpoint
+        self._dead = False
+        self.stats = LoopStats()
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until `stop` is set, then drain for the grace period and checkpoint.
+
+        Raises FatalKafkaError when the producer is fenced or otherwise unusable.
+        """
+        if self._eos:
+            self._producer.init_transactions(self._timeout)
+        self._consumer.subscribe(
+            [self._s.kafka.topics.uploads],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("consuming", topic=self._s.kafka.topics.uploads, exactly_once=self._eos)
+        try:
+            while not stop.is_set():
+                self._step(self._s.flow.poll_batch)
+            self._drain()
+        except FatalKafkaError:
+            self._dead = True  # later revoke callbacks (from close) must not touch the producer
+            raise
+
+    def _step(self, batch: int) -> None:
+        room = max(1, self._s.flow.high_in_flight - self._jobs)
+        messages = self._consumer.consume(min(batch, room), 0.05)
+        if self._repause:
+            self._consumer.pause([TopicPartition(t, p) for t, p in self._repause])
+            self._repause = []
+        for msg in messages:
+            self._accept(msg)
+        self._collect()
+        self._apply_flow()
+        if self._checkpoint_due():
+            self._checkpoint()
+
+    def _drain(self) -> None:
+        grace = self._s.flow.drain_grace_s
+        log.info("draining", in_flight=self._jobs, grace_s=grace)
+        self._pause_all()
+        deadline = time.monotonic() + grace
+        while self._jobs > 0 and time.monotonic() < deadline:
+            self._consumer.consume(1, 0.05)  # keeps group membership; paused, so returns nothing
+            self._collect()
+        self._checkpoint()
+        log.info("drained", left_in_flight=self._jobs, **vars(self.stats))
+
+    @property
+    def _timeout(self) -> float:
+        return max(10.0, self._s.kafka.transaction_timeout_ms / 1000 / 2)
+
+    @property
+    def in_flight(self) -> int:
+        return self._jobs
+
+    # -- intake --------------------------------------------------------------------------------
+
+    def _accept(self, msg: Any) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer_error", error=str(err))
+            return
+        tp: TP = (msg.topic(), msg.partition())
+        offset: int = msg.offset()
+        self.stats.messages += 1
+        self._tracker.track(tp, offset)
+        try:
+            parsed = parse_message(msg.value(), self._rule)
+        except MalformedMessage as exc:
+            self.stats.dlq += 1
+            log.info("dead_lettered", topic=tp[0], partition=tp[1], offset=offset, reason=str(exc))
+            dlq = dlq_output(
+                dlq_topic=self._s.kafka.topics.dlq,
+                key=msg.key(),
+                value=msg.value(),
+                code=ErrorCode.MALFORMED_EVENT.value,
+                message=str(exc),
+                source_topic=tp[0],
+                partition=tp[1],
+                offset=offset,
+            )
+            self._complete(tp, offset, [dlq])
+            return
+        self.stats.skipped_records += parsed.skipped_records
+        if not parsed.events:
+            self._complete(tp, offset, [])
+            return
+        generation = self._generation.get(tp, 0)
+        self._work[(tp, offset)] = _MessageWork([None] * len(parsed.events), len(parsed.events))
+        ts_type, ts = msg.timestamp()
+        coords = InputCoords(
+            topic=tp[0], partition=tp[1], offset=offset, timestamp_ms=ts if ts_type else None
+        )
+        for index, event in enumerate(parsed.events):
+            self._jobs += 1
+            self.stats.events += 1
+            job = Job(event, coords, trace_from_headers(msg.headers(), event.event_id),
+                      time.monotonic())
+            self._processor.submit(job, self._completer(tp, generation, offset, index))
+
+    def _completer(
+        self, tp: TP, generation: int, offset: int, index: int
+    ) -> Callable[[list[OutRecord]], None]:
+        def done(records: list[OutRecord]) -> None:
+            self._done.put(_Completion(tp, generation, offset, index, records))
+
+        return done
+
+    def _collect(self) -> None:
+        """Move finished work into the offset tracker (in the loop's thread)."""
+        while True:
+            try:
+                c = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._jobs -= 1
+            if c.generation != self._generation.get(c.tp, 0):
+                continue  # work of a rewound, revoked or lost partition: dropped
+            work = self._work[(c.tp, c.offset)]
+            work.outputs[c.index] = c.records
+            work.left -= 1
+            if work.left == 0:
+                del self._work[(c.tp, c.offset)]
+                outputs = [rec for recs in work.outputs if recs for rec in recs]
+                self._complete(c.tp, c.offset, outputs)
+
+    def _complete(self, tp: TP, offset: int, outputs: list[OutRecord]) -> None:
+        self._tracker.complete(tp, offset, outputs)
+        self._since_commit += 1
+
+    # -- checkpoint ----------------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        kafka = self._s.kafka
+        elapsed_ms = (time.monotonic() - self._last_commit) * 1000
+        return elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= kafka.commit_max_events
+
+    def _checkpoint(self, only: set[TP] | None = None) -> None:
+        self._last_commit = time.monotonic()
+        self._since_commit = 0
+        ready = self._tracker.take_ready(only)
+        if not ready:
+            return
+        try:
+            produced = commit_checkpoint(
+                self._producer, self._consumer, ready, exactly_once=self._eos,
+                timeout_s=self._timeout,
+            )
+        except CheckpointAborted as exc:
+            self.stats.aborted += 1
+            log.warning("checkpoint_aborted", reason=str(exc), partitions=len(ready))
+            self._rewind(set(ready))
+            return
+        count = sum(r.count for r in ready.values())
+        for tp, r in ready.items():
+            self._tracker.committed(tp, r.next_offset)
+        self.stats.checkpoints += 1
+        self.stats.produced += produced
+        self.stats.committed_messages += count
+        log.debug("checkpoint", messages=count, records=produced)
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(count)
+
+    def _rewind(self, tps: set[TP]) -> None:
+        """Seek back to the last committed offsets and drop the partitions' in-flight work."""
+        points = self._tracker.rewind_points()
+        for tp in tps:
+            self._reset(tp)
+            if tp in points and tp in self._assigned:
+                self._consumer.seek(TopicPartition(tp[0], tp[1], points[tp]))
+
+    def _reset(self, tp: TP) -> None:
+        self._generation[tp] = self._generation.get(tp, 0) + 1
+        self._tracker.partition(tp).clear()
+        for key in [k for k in self._work if k[0] == tp]:
+            del self._work[key]
+
+    # -- rebalance (called inside consume(), in this thread) -----------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        for tp in tps:
+            self._reset(tp)
+            self._tracker.forget(tp)
+            self._assigned.add(tp)
+        if self._gate.paused and partitions:
+            consumer.pause(partitions)
+            self._repause.extend(tps)  # pausing inside the callback may precede the assignment
+        log.info("assigned", partitions=sorted(tps))
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        if not self._dead:
+            self._collect()
+            self._checkpoint(only=tps)
+        self._release(tps)
+        log.info("revoked", partitions=sorted(tps))
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self._release(tps)
+        log.warning("lost", partitions=sorted(tps))
+
+    def _release(self, tps: set[TP]) -> None:
+        for tp in tps:
+            self._reset(tp)
+            self._tracker.forget(tp)
+            self._assigned.discard(tp)
+
+    # -- backpressure --------------------------------------------------------------------------
+
+    def _apply_flow(self) -> None:
+        change = self._gate.update(self._jobs, self._processor.buffered_bytes)
+        if change == "pause":
+            self.stats.pauses += 1
+            self._pause_all()
+            log.info("paused", in_flight=self._jobs, buffered=self._processor.buffered_bytes)
+        elif change == "resume":
+            parts = [TopicPartition(t, p) for t, p in self._assigned]
+            if parts:
+                self._consumer.resume(parts)
+            log.info("resumed", in_flight=self._jobs)
+
+    def _pause_all(self) -> None:
+        parts = [TopicPartition(t, p) for t, p in self._assigned]
+        if parts:
+            self._consumer.pause(parts)

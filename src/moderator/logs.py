@@ -1,0 +1,35 @@
+"""structlog set-up: JSON lines, or a console renderer when stderr is a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from moderator.settings import LogSettings
+
+
+def configure_logging(settings: LogSettings) -> None:
+    level = getattr(logging, settings.level.upper())
+    fmt = settings.format
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # librdkafka and botocore log through the standard library: same stream, same level floor.
+    logging.basicConfig(stream=sys.stderr, level=max(level, logging.WARNING), format="%(message)s")

@@ -1,0 +1,1 @@
+"""Per-event processing: policy lookup, fetch, decode, cache, engine, decision, assembly."""

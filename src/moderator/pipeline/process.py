@@ -1,0 +1,294 @@
+"""Per-event processing: every event ends in exactly one verdict, whatever fails on the way."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from moderator import __version__
+from moderator.emit.records import OutRecord, Trace, verdict_outputs
+from moderator.engine.base import EngineRequest
+from moderator.engine.window import EngineWindow, WindowResult
+from moderator.errors import ErrorCode, ProcessingError
+from moderator.events.upload import UploadEvent
+from moderator.events.verdict import InputCoords, ModelInfo, PolicyRef, Timings, VerdictError
+from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image
+from moderator.fetch.store import ObjectStore
+from moderator.pipeline.assemble import (
+    FrameOutcome,
+    ObjectFacts,
+    Provenance,
+    assemble,
+    error_outcome,
+    strictest,
+)
+from moderator.pipeline.cache import VerdictCache
+from moderator.policy.base import CompiledPolicy, PolicyProvider
+
+log = structlog.get_logger("moderator.pipeline")
+
+Done = Callable[[list[OutRecord]], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    event: UploadEvent
+    coords: InputCoords
+    trace: Trace
+    received: float  # monotonic seconds
+
+
+@dataclass(frozen=True)
+class OutputTopics:
+    verdicts: str
+    audit: str
+    source: str  # CloudEvents `ce_source`, stable across instances so consumers can deduplicate
+
+
+@dataclass
+class _Run:
+    job: Job
+    policy: CompiledPolicy
+    done: Done
+    facts: ObjectFacts = ObjectFacts()
+    fetch_ms: float = 0.0
+    held_bytes: int = 0
+
+
+class Processor:
+    """Runs fetch → decode → cache → engine → decide for each submitted event, concurrently.
+
+    `submit` never raises; `done` is called exactly once per job, from a worker thread, with the
+    verdict and audit records.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        window: EngineWindow,
+        model: ModelInfo,
+        input_size: int,
+        policies: PolicyProvider,
+        cache: VerdictCache,
+        limits: DecodeLimits,
+        max_object_bytes: int,
+        concurrency: int,
+        topics: OutputTopics,
+        instance_id: str,
+    ) -> None:
+        self._store = store
+        self._window = window
+        self._model = model
+        self._model_id = f"{model.engine}:{model.name}@{model.revision or ''}"
+        self._input_size = input_size
+        self._policies = policies
+        self._cache = cache
+        self._limits = limits
+        self._max_bytes = max_object_bytes
+        self._topics = topics
+        self._instance_id = instance_id
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fetch")
+        self._lock = threading.Lock()
+        self._buffered = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Object and decoded-frame bytes held by jobs in progress (for backpressure)."""
+        return self._buffered
+
+    def submit(self, job: Job, done: Done) -> None:
+        self._pool.submit(self._start, job, done)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _start(self, job: Job, done: Done) -> None:
+        ev = job.event
+        with structlog.contextvars.bound_contextvars(
+            tenant=ev.tenant_id,
+            event_id=ev.event_id,
+            topic=job.coords.topic,
+            partition=job.coords.partition,
+            offset=job.coords.offset,
+        ):
+            policy = self._policies.resolve(ev.tenant_id, ev.surface)
+            if policy is None:
+                fallback = self._policies.fallback(ev.tenant_id, ev.surface)
+                run = _Run(job, fallback, done)
+                self._fail(run, ErrorCode.UNKNOWN_TENANT, f"no policy for tenant {ev.tenant_id!r}")
+                return
+            run = _Run(job, policy, done)
+            try:
+                self._fetch_and_submit(run)
+            except ProcessingError as exc:
+                self._fail(run, exc.code, exc.message)
+            except Exception as exc:  # a bug must still end in a verdict, never a lost event
+                log.exception("processing_failed")
+                self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
+
+    def _fetch_and_submit(self, run: _Run) -> None:
+        obj = run.job.event.object
+        if not run.policy.allows_object(obj.bucket, obj.key):
+            raise ProcessingError(
+                ErrorCode.TENANT_MISMATCH, f"s3://{obj.bucket}/{obj.key} is outside the tenant"
+            )
+        if obj.size is not None and obj.size > self._max_bytes:
+            raise ProcessingError(
+                ErrorCode.OBJECT_TOO_LARGE, f"object is {obj.size} bytes (limit {self._max_bytes})"
+            )
+        t0 = time.monotonic()
+        fetched = self._store.get(obj.bucket, obj.key, obj.version_id, self._max_bytes)
+        self._hold(run, len(fetched.data))
+        image = self._decode(run, fetched.data, fetched.etag)
+        run.fetch_ms = (time.monotonic() - t0) * 1000
+        self._hold(run, sum(f.width * f.height * 3 for f in image.frames) - len(fetched.data))
+        cached = self._cache.get(self._cache_key(run, image))
+        if cached is not None:
+            outcome = FrameOutcome(decision=run.policy.decide(cached), assessment=cached)
+            self._finish(run, outcome, source="cache")
+            return
+        requests = [
+            EngineRequest(
+                request_id=f"{run.job.event.event_id}#{i}",
+                image=frame,
+                prompt=run.policy.prompt,
+                categories=run.policy.categories,
+            )
+            for i, frame in enumerate(image.frames)
+        ]
+        futures = [self._window.submit(r) for r in requests]
+        gather = _Gather(len(futures), lambda results: self._judged(run, image, results))
+        for index, fut in enumerate(futures):
+            fut.add_done_callback(lambda f, i=index: gather.put(i, f))
+
+    def _decode(self, run: _Run, data: bytes, etag: str | None) -> DecodedImage:
+        try:
+            image = decode_image(data, self._limits, self._input_size)
+        except ProcessingError:
+            run.facts = ObjectFacts(etag=etag, sha256=hashlib.sha256(data).hexdigest())
+            raise
+        run.facts = ObjectFacts(
+            etag=etag,
+            sha256=image.sha256,
+            format=image.format,
+            width=image.width,
+            height=image.height,
+        )
+        return image
+
+    def _cache_key(self, run: _Run, image: DecodedImage) -> tuple[str, str, str]:
+        return (image.sha256, run.policy.version, self._model_id)
+
+    def _judged(self, run: _Run, image: DecodedImage, results: list[WindowResult]) -> None:
+        try:
+            frames = [self._frame_outcome(run.policy, r) for r in results]
+            outcome = strictest(frames)
+            if all(f.error is None for f in frames) and outcome.assessment is not None:
+                self._cache.put(self._cache_key(run, image), outcome.assessment)
+            queue_ms = max(r.queue_ms for r in results)
+            infer_ms = max(r.infer_ms for r in results)
+            self._finish(run, outcome, source="model", queue_ms=queue_ms, infer_ms=infer_ms)
+        except Exception as exc:
+            log.exception("assembly_failed", event_id=run.job.event.event_id)
+            self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
+
+    @staticmethod
+    def _frame_outcome(policy: CompiledPolicy, wr: WindowResult) -> FrameOutcome:
+        res = wr.result
+        if res.error_code is not None or res.assessment is None:
+            code = res.error_code or ErrorCode.ENGINE_ERROR
+            return FrameOutcome(
+                decision=policy.on_error(code),
+                error=VerdictError(code=code, message=res.error_message[:500]),
+                raw_output=res.raw_output,
+                generation=res.generation,
+                attempts=wr.attempts,
+            )
+        return FrameOutcome(
+            decision=policy.decide(res.assessment),
+            assessment=res.assessment,
+            raw_output=res.raw_output,
+            generation=res.generation,
+            attempts=wr.attempts,
+        )
+
+    def _fail(self, run: _Run, code: ErrorCode, message: str) -> None:
+        log.info("event_error", code=code.value, reason=message)
+        self._finish(run, error_outcome(code, message, run.policy.on_error(code)), source="model")
+
+    def _finish(
+        self,
+        run: _Run,
+        outcome: FrameOutcome,
+        *,
+        source: str,
+        queue_ms: float = 0.0,
+        infer_ms: float = 0.0,
+    ) -> None:
+        job, policy = run.job, run.policy
+        total_ms = (time.monotonic() - job.received) * 1000
+        ran_model = outcome.assessment is not None or outcome.error is not None and (
+            outcome.error.code in (ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT)
+        )
+        verdict, audit = assemble(
+            job.event,
+            outcome,
+            policy=PolicyRef(tenant_id=job.event.tenant_id, surface=policy.surface,
+                             version=policy.version),
+            model=self._model if ran_model else None,
+            facts=run.facts,
+            source=source,
+            timings=Timings(fetch=round(run.fetch_ms, 3), queue=round(queue_ms, 3),
+                            infer=round(infer_ms, 3), total=round(total_ms, 3)),
+            decided_at=datetime.now(UTC),
+            trace_id=job.trace.trace_id,
+            provenance=Provenance(
+                coords=job.coords,
+                instance_id=self._instance_id,
+                package_version=__version__,
+                policy_hash=policy.full_hash,
+                prompt_sha256=hashlib.sha256(policy.prompt.encode()).hexdigest(),
+            ),
+        )
+        records = verdict_outputs(
+            verdict,
+            audit,
+            verdicts_topic=self._topics.verdicts,
+            audit_topic=self._topics.audit,
+            source=self._topics.source,
+            trace=job.trace,
+        )
+        self._hold(run, -run.held_bytes)
+        log.debug("verdict", decision=verdict.decision, source=source)
+        run.done(records)
+
+    def _hold(self, run: _Run, delta: int) -> None:
+        with self._lock:
+            self._buffered += delta
+        run.held_bytes += delta
+
+
+class _Gather:
+    """Collects the window results of one event's frames; calls back once all are in."""
+
+    def __init__(self, n: int, then: Callable[[list[WindowResult]], None]) -> None:
+        self._results: list[WindowResult | None] = [None] * n
+        self._left = n
+        self._lock = threading.Lock()
+        self._then = then
+
+    def put(self, index: int, fut: Future[WindowResult]) -> None:
+        with self._lock:
+            self._results[index] = fut.result()
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._then([r for r in self._results if r is not None])

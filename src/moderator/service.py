@@ -1,0 +1,96 @@
+"""Wiring: settings → engine, window, store, policies, cache, processor, loop."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import structlog
+
+from moderator.engine.base import Engine
+from moderator.engine.factory import build_engine, build_window
+from moderator.engine.window import EngineWindow
+from moderator.fetch.decode import DecodeLimits
+from moderator.fetch.s3 import S3ObjectStore
+from moderator.fetch.store import ObjectStore
+from moderator.ingest.kafka import make_consumer, make_producer
+from moderator.ingest.loop import IngestLoop, LoopStats
+from moderator.ingest.ports import Consumer, Producer
+from moderator.pipeline.cache import VerdictCache
+from moderator.pipeline.process import OutputTopics, Processor
+from moderator.policy.minimal import MinimalPolicyProvider
+from moderator.settings import Settings
+
+log = structlog.get_logger("moderator.service")
+
+
+@dataclass
+class Pipeline:
+    engine: Engine
+    window: EngineWindow
+    processor: Processor
+    cache: VerdictCache
+
+    def close(self) -> None:
+        self.processor.close()
+        self.window.close()
+        self.engine.close()
+
+
+def build_pipeline(
+    settings: Settings, *, store: ObjectStore | None = None, engine: Engine | None = None
+) -> Pipeline:
+    """Build the processing side. Raises ConfigError for bad policies or a missing engine extra."""
+    policies = MinimalPolicyProvider(
+        settings.policies.dir,
+        upload_buckets=settings.tenancy.upload_buckets,
+        bucket_map=settings.tenancy.bucket_map if settings.tenancy.rule == "bucket_map" else None,
+        default_for_unknown=settings.policies.default_for_unknown,
+    )
+    engine = engine if engine is not None else build_engine(settings.engine)
+    window = build_window(engine, settings.engine)
+    cache = VerdictCache(settings.cache.max_entries)
+    processor = Processor(
+        store=store if store is not None else S3ObjectStore(settings.s3),
+        window=window,
+        model=engine.info,
+        input_size=engine.input_size,
+        policies=policies,
+        cache=cache,
+        limits=DecodeLimits.from_settings(settings.fetch),
+        max_object_bytes=settings.fetch.max_object_bytes,
+        concurrency=settings.fetch.concurrency,
+        topics=OutputTopics(
+            verdicts=settings.kafka.topics.verdicts,
+            audit=settings.kafka.topics.audit,
+            source=f"/moderator/{settings.kafka.group_id}",
+        ),
+        instance_id=settings.instance_id,
+    )
+    return Pipeline(engine, window, processor, cache)
+
+
+def run_service(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    pipeline: Pipeline | None = None,
+    consumer: Consumer | None = None,
+    producer: Producer | None = None,
+) -> LoopStats:
+    """Consume until `stop` is set; drain, checkpoint, close. Raises FatalKafkaError."""
+    pipeline = pipeline if pipeline is not None else build_pipeline(settings)
+    consumer = consumer if consumer is not None else make_consumer(settings)
+    producer = producer if producer is not None else make_producer(settings)
+    loop = IngestLoop(
+        settings=settings, consumer=consumer, producer=producer, processor=pipeline.processor
+    )
+    try:
+        loop.run(stop)
+    finally:
+        try:
+            consumer.close()
+        finally:
+            pipeline.close()
+            producer.flush(5)
+    return loop.stats
