@@ -11,7 +11,6 @@ from moderator.engine.base import Engine
 from moderator.engine.factory import build_engine, build_window
 from moderator.engine.window import EngineWindow
 from moderator.fetch.decode import DecodeLimits
-from moderator.fetch.s3 import S3ObjectStore
 from moderator.fetch.store import ObjectStore
 from moderator.ingest.kafka import make_consumer, make_producer
 from moderator.ingest.loop import IngestLoop, LoopStats
@@ -50,8 +49,12 @@ def build_pipeline(
     engine = engine if engine is not None else build_engine(settings.engine)
     window = build_window(engine, settings.engine)
     cache = VerdictCache(settings.cache.max_entries)
+    if store is None:
+        from moderator.fetch.s3 import S3ObjectStore
+
+        store = S3ObjectStore(settings.s3)
     processor = Processor(
-        store=store if store is not None else S3ObjectStore(settings.s3),
+        store=store,
         window=window,
         model=engine.info,
         input_size=engine.input_size,

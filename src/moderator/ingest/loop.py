@@ -233,10 +233,11 @@ class IngestLoop:
 
     def _checkpoint(self, only: set[TP] | None = None) -> None:
         self._last_commit = time.monotonic()
-        self._since_commit = 0
         ready = self._tracker.take_ready(only)
         if not ready:
             return
+        # completions still held behind a pending lower offset keep counting towards the next one
+        self._since_commit = max(0, self._since_commit - sum(r.count for r in ready.values()))
         try:
             produced = commit_checkpoint(
                 self._producer, self._consumer, ready, exactly_once=self._eos,

@@ -1,0 +1,122 @@
+"""S3ObjectStore against moto's S3 server over real HTTP: versions, missing objects, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from moderator.errors import ErrorCode, ProcessingError
+from moderator.fetch.s3 import S3ObjectStore, build_s3_client
+from moderator.settings import S3Settings
+
+BUCKET = "uploads"
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def settings(endpoint: str) -> Iterator[S3Settings]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_SESSION_TOKEN", "testing")
+        mp.delenv("AWS_PROFILE", raising=False)
+        yield S3Settings(
+            endpoint_url=endpoint,
+            region="us-east-1",
+            addressing_style="path",
+            connect_timeout_s=2,
+            read_timeout_s=5,
+            max_attempts=2,
+        )
+
+
+@pytest.fixture(scope="module")
+def s3(settings: S3Settings) -> Any:
+    client = build_s3_client(settings)
+    client.create_bucket(Bucket=BUCKET)
+    client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    return client
+
+
+@pytest.fixture(scope="module")
+def store(settings: S3Settings) -> S3ObjectStore:
+    return S3ObjectStore(settings)
+
+
+def expect_error(store: S3ObjectStore, bucket: str, key: str, **kw: Any) -> ProcessingError:
+    with pytest.raises(ProcessingError) as info:
+        store.get(bucket, key, kw.get("version_id"), kw.get("max_bytes", 1 << 20))
+    return info.value
+
+
+def test_get_returns_bytes_etag_and_version(s3: Any, store: S3ObjectStore) -> None:
+    put = s3.put_object(
+        Bucket=BUCKET, Key="acme/a.png", Body=b"\x89PNG fake", ContentType="image/png"
+    )
+    got = store.get(BUCKET, "acme/a.png", None, 1 << 20)
+    assert got.data == b"\x89PNG fake"
+    assert got.etag == put["ETag"].strip('"')
+    assert got.version_id == put["VersionId"]
+    assert got.content_type == "image/png"
+
+
+def test_version_id_selects_the_version(s3: Any, store: S3ObjectStore) -> None:
+    first = s3.put_object(Bucket=BUCKET, Key="acme/v.jpg", Body=b"first version")
+    second = s3.put_object(Bucket=BUCKET, Key="acme/v.jpg", Body=b"second version")
+    assert first["VersionId"] != second["VersionId"]
+    old = store.get(BUCKET, "acme/v.jpg", first["VersionId"], 1 << 20)
+    new = store.get(BUCKET, "acme/v.jpg", second["VersionId"], 1 << 20)
+    current = store.get(BUCKET, "acme/v.jpg", None, 1 << 20)
+    assert (old.data, old.version_id) == (b"first version", first["VersionId"])
+    assert (new.data, new.version_id) == (b"second version", second["VersionId"])
+    assert (current.data, current.version_id) == (b"second version", second["VersionId"])
+
+
+def test_missing_key_is_not_found(s3: Any, store: S3ObjectStore) -> None:
+    err = expect_error(store, BUCKET, "acme/nope.png")
+    assert err.code is ErrorCode.OBJECT_NOT_FOUND
+
+
+def test_missing_bucket_is_not_found(s3: Any, store: S3ObjectStore) -> None:
+    err = expect_error(store, "no-such-bucket", "acme/a.png")
+    assert err.code is ErrorCode.OBJECT_NOT_FOUND
+
+
+def test_missing_version_is_not_found(s3: Any, store: S3ObjectStore) -> None:
+    s3.put_object(Bucket=BUCKET, Key="acme/one.png", Body=b"x")
+    err = expect_error(
+        store, BUCKET, "acme/one.png", version_id="3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"
+    )
+    assert err.code is ErrorCode.OBJECT_NOT_FOUND
+
+
+def test_deleted_object_is_not_found(s3: Any, store: S3ObjectStore) -> None:
+    s3.put_object(Bucket=BUCKET, Key="acme/gone.png", Body=b"x")
+    marker = s3.delete_object(Bucket=BUCKET, Key="acme/gone.png")
+    assert expect_error(store, BUCKET, "acme/gone.png").code is ErrorCode.OBJECT_NOT_FOUND
+    by_marker = expect_error(store, BUCKET, "acme/gone.png", version_id=marker["VersionId"])
+    assert by_marker.code is ErrorCode.OBJECT_NOT_FOUND
+
+
+def test_size_limit(s3: Any, store: S3ObjectStore) -> None:
+    s3.put_object(Bucket=BUCKET, Key="acme/big.bin", Body=b"b" * 5000)
+    err = expect_error(store, BUCKET, "acme/big.bin", max_bytes=4999)
+    assert err.code is ErrorCode.OBJECT_TOO_LARGE
+    assert len(store.get(BUCKET, "acme/big.bin", None, 5000).data) == 5000
+
+
+def test_multi_megabyte_object_round_trips(s3: Any, store: S3ObjectStore) -> None:
+    payload = bytes(range(256)) * (3 * 4096 + 7)
+    s3.put_object(Bucket=BUCKET, Key="acme/large.bin", Body=payload)
+    assert store.get(BUCKET, "acme/large.bin", None, len(payload)).data == payload

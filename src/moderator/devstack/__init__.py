@@ -1,0 +1,1 @@
+"""The embedded development stack (mock Kafka cluster + S3 server) and sample images for it."""

@@ -1,0 +1,273 @@
+"""The engine window: micro-batches requests in front of an engine and isolates failing items.
+
+Every request resolves with a `WindowResult`, never an exception. A hung engine call cannot be
+cancelled: its items time out and its late result is dropped, but it keeps its concurrency slot
+until it returns, so at most `concurrency` engine calls ever run, hung ones included, and no thread
+is abandoned to start another (`hung_calls` counts them). Done-callbacks run on window threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from moderator.engine.base import Engine, EngineRequest, EngineResult
+from moderator.errors import ErrorCode
+
+CLOSED_MESSAGE = "engine window closed"
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What a submitted request resolves to."""
+
+    result: EngineResult
+    queue_ms: float  # submit -> start of the first engine call that included the item
+    infer_ms: float  # time inside engine.classify for the call that produced the result
+    attempts: int  # engine calls that included the item
+
+
+@dataclass(eq=False)
+class _Item:
+    request: EngineRequest
+    future: Future[WindowResult]
+    submitted: float
+    deadline: float
+    started: float | None = None
+    attempts: int = 0
+    failures: int = 0  # failed engine calls with this item alone
+    claimed: bool = False  # a result has been chosen; set under the window's lock
+
+
+class _WrongCount(Exception):
+    """classify returned a result count that does not match its batch."""
+
+
+class EngineWindow:
+    """Forms batches of up to `batch_size` requests and runs up to `concurrency` at once.
+
+    A batch is dispatched as soon as it is full, or `max_wait_ms` after its oldest request was
+    submitted. A failing batch is split in halves until the failing items are alone; a single
+    item is retried `retries` more times before it resolves as `engine_error`. A request not
+    resolved `timeout_s` after submit resolves as `engine_timeout`.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        batch_size: int,
+        max_wait_ms: float,
+        concurrency: int,
+        timeout_s: float,
+        retries: int,
+    ) -> None:
+        if batch_size < 1 or concurrency < 1 or timeout_s <= 0 or retries < 0 or max_wait_ms < 0:
+            raise ValueError("invalid engine window settings")
+        self._engine = engine
+        self._batch_size = batch_size
+        self._max_wait = max_wait_ms / 1000.0
+        self._timeout = timeout_s
+        self._retries = retries
+        self._cond = threading.Condition()
+        self._queue: deque[_Item] = deque()  # waiting for a batch, in submit order
+        self._by_deadline: deque[_Item] = deque()  # every item not yet expired, in submit order
+        self._pending = 0
+        self._free_slots = concurrency
+        self._calls: dict[int, float] = {}  # running engine calls: id -> start time
+        self._call_ids = itertools.count()
+        self._closed = False
+        self._work: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
+        # Daemon threads: a hung engine call must not keep the process alive at exit.
+        self._workers = [
+            threading.Thread(target=self._work_loop, name=f"engine-window-{i}", daemon=True)
+            for i in range(concurrency)
+        ]
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="engine-window-dispatch", daemon=True
+        )
+        for thread in (*self._workers, self._dispatcher):
+            thread.start()
+
+    def submit(self, request: EngineRequest) -> Future[WindowResult]:
+        """Queue one request; the future always resolves with a WindowResult."""
+        future: Future[WindowResult] = Future()
+        future.set_running_or_notify_cancel()  # not cancellable: it always gets a result
+        now = time.monotonic()
+        item = _Item(request, future, now, now + self._timeout)
+        with self._cond:
+            if not self._closed:
+                self._queue.append(item)
+                self._by_deadline.append(item)
+                self._pending += 1
+                self._cond.notify()
+                return future
+        future.set_result(WindowResult(_error(ErrorCode.ENGINE_ERROR, CLOSED_MESSAGE), 0, 0, 0))
+        return future
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted and not yet resolved."""
+        with self._cond:
+            return self._pending
+
+    @property
+    def hung_calls(self) -> int:
+        """Engine calls running for longer than timeout_s (each still holds a slot)."""
+        now = time.monotonic()
+        with self._cond:
+            return sum(1 for start in self._calls.values() if now - start > self._timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop dispatching; queued requests, and those still running after `timeout`, resolve
+        as engine_error "engine window closed". The engine itself is not closed."""
+        until = time.monotonic() + timeout
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            queued = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        self._fail(queued, ErrorCode.ENGINE_ERROR, CLOSED_MESSAGE)
+        self._dispatcher.join(max(0.0, until - time.monotonic()))
+        for _ in self._workers:
+            self._work.put(None)
+        for thread in self._workers:
+            thread.join(max(0.0, until - time.monotonic()))
+        with self._cond:
+            rest = list(self._by_deadline)
+            self._by_deadline.clear()
+        self._fail(rest, ErrorCode.ENGINE_ERROR, CLOSED_MESSAGE)
+
+    def _dispatch_loop(self) -> None:
+        closed = False
+        while not closed:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    expired = self._take_expired(now)
+                    batch = [] if self._closed else self._take_batch(now)
+                    closed = self._closed
+                    if expired or batch or closed:
+                        break
+                    self._cond.wait(self._wait_time(now))
+            self._fail(expired, ErrorCode.ENGINE_TIMEOUT, f"no result within {self._timeout:g}s")
+            if batch:
+                self._work.put(batch)
+
+    def _take_expired(self, now: float) -> list[_Item]:
+        expired: list[_Item] = []
+        while self._by_deadline and (
+            self._by_deadline[0].claimed or self._by_deadline[0].deadline <= now
+        ):
+            item = self._by_deadline.popleft()
+            if not item.claimed:
+                expired.append(item)
+        return expired
+
+    def _take_batch(self, now: float) -> list[_Item]:
+        if self._free_slots == 0:
+            return []
+        while self._queue and self._queue[0].claimed:
+            self._queue.popleft()
+        if not self._queue:
+            return []
+        if len(self._queue) < self._batch_size and now < self._queue[0].submitted + self._max_wait:
+            return []
+        batch: list[_Item] = []
+        while self._queue and len(batch) < self._batch_size:
+            item = self._queue.popleft()
+            if not item.claimed:
+                batch.append(item)
+        self._free_slots -= 1
+        return batch
+
+    def _wait_time(self, now: float) -> float | None:
+        wake = [self._by_deadline[0].deadline] if self._by_deadline else []
+        if self._queue and self._free_slots:
+            wake.append(self._queue[0].submitted + self._max_wait)
+        return max(0.0, min(wake) - now) if wake else None
+
+    def _work_loop(self) -> None:
+        while (batch := self._work.get()) is not None:
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self._free_slots += 1
+                    self._cond.notify()
+
+    def _run(self, batch: list[_Item]) -> None:
+        todo = [batch]
+        while todo:
+            with self._cond:
+                group = [item for item in todo.pop() if not item.claimed]
+            if not group:
+                continue
+            outcome, infer_ms = self._call(group)
+            if not isinstance(outcome, Exception):
+                self._resolve(list(zip(group, outcome, strict=True)), infer_ms)
+            elif len(group) > 1:
+                middle = len(group) // 2
+                todo += [group[middle:], group[:middle]]
+            else:
+                group[0].failures += 1
+                if group[0].failures <= self._retries:
+                    todo.append(group)
+                else:
+                    failed = _error(ErrorCode.ENGINE_ERROR, _describe(outcome))
+                    self._resolve([(group[0], failed)], infer_ms)
+
+    def _call(self, group: list[_Item]) -> tuple[list[EngineResult] | Exception, float]:
+        start = time.monotonic()
+        with self._cond:
+            call_id = next(self._call_ids)
+            self._calls[call_id] = start
+            for item in group:
+                item.attempts += 1
+                item.started = start if item.started is None else item.started
+        outcome: list[EngineResult] | Exception
+        try:
+            outcome = self._engine.classify([item.request for item in group])
+            if len(outcome) != len(group):
+                raise _WrongCount(f"engine returned {len(outcome)} results for {len(group)}")
+        except Exception as exc:  # any engine failure is isolated, never propagated
+            outcome = exc
+        finally:
+            with self._cond:
+                del self._calls[call_id]
+        return outcome, (time.monotonic() - start) * 1000.0
+
+    def _fail(self, items: list[_Item], code: ErrorCode, message: str) -> None:
+        failed = _error(code, message)
+        self._resolve([(item, failed) for item in items], None)
+
+    def _resolve(self, pairs: list[tuple[_Item, EngineResult]], infer_ms: float | None) -> None:
+        """The one place a result is chosen: the first resolution wins, later ones are dropped."""
+        with self._cond:
+            won = [(item, result) for item, result in pairs if not item.claimed]
+            for item, _ in won:
+                item.claimed = True
+            self._pending -= len(won)
+        now = time.monotonic()
+        for item, result in won:  # outside the lock: done-callbacks may submit again
+            started = now if item.started is None else item.started
+            spent = infer_ms if infer_ms is not None else (now - started) * 1000.0
+            queue_ms = (started - item.submitted) * 1000.0
+            item.future.set_result(WindowResult(result, queue_ms, spent, item.attempts))
+
+
+def _error(code: ErrorCode, message: str) -> EngineResult:
+    return EngineResult(error_code=code, error_message=message)
+
+
+def _describe(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text[:300]

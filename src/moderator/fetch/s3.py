@@ -1,0 +1,201 @@
+"""The S3 (or MinIO) adapter of the object-store port: bounded reads, one retry policy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import structlog
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from moderator.errors import ErrorCode, ProcessingError
+from moderator.fetch.store import FetchedObject
+from moderator.settings import S3Settings
+
+log = structlog.get_logger("moderator.fetch")
+
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 2.0
+READ_CHUNK = 1 << 20
+
+_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound", "404"})
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden"})
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+# Socket-level failures: the endpoint was unreachable, slow, or cut the body short.
+_TRANSPORT_ERRORS = (BotoConnectionError, HTTPClientError, IncompleteReadError, OSError)
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; becomes FETCH_FAILED once attempts run out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def build_s3_client(settings: S3Settings) -> Any:
+    """A boto3 S3 client for these settings, with botocore's own retries switched off."""
+    config = Config(
+        s3={"addressing_style": settings.addressing_style},
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        max_pool_connections=settings.max_pool_connections,
+        # tenacity in S3ObjectStore is the one retry policy; two stacked ones multiply.
+        retries={"total_max_attempts": 1, "mode": "standard"},
+    )
+    verify: str | bool = settings.ca_bundle if settings.ca_bundle else settings.verify_tls
+    # A session per client: boto3's default session is shared module state, not thread-safe.
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        verify=verify,
+        config=config,
+    )
+
+
+class S3ObjectStore:
+    """GET objects with a size limit; errors become ProcessingError with a closed-set code.
+
+    Not found and access denied are final. Throttling, 5xx, request timeouts and transport
+    failures are retried with jittered exponential backoff, up to `settings.max_attempts`
+    attempts in all, then reported as FETCH_FAILED. Anything else is FETCH_FAILED at once.
+    `client` defaults to build_s3_client(settings); `sleep` is the backoff's clock.
+    """
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        client: Any | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client if client is not None else build_s3_client(settings)
+        self._max_attempts = settings.max_attempts
+        self._sleep = sleep
+
+    def get(self, bucket: str, key: str, version_id: str | None, max_bytes: int) -> FetchedObject:
+        """Read the whole object (or the given version); never more than max_bytes + 1 bytes.
+
+        The returned etag has S3's surrounding quotes removed; version_id is the one S3
+        served (the current version when none was asked for), or the requested one.
+        """
+        where = f"s3://{bucket}/{key}"
+        retrying = Retrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=wait_random_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_CAP_S),
+            retry=retry_if_exception_type(_Transient),
+            sleep=self._sleep,
+            before_sleep=lambda state: _log_retry(state, where),
+            reraise=True,
+        )
+        try:
+            return retrying(self._get_once, bucket, key, version_id, max_bytes)
+        except _Transient as exc:
+            raise ProcessingError(
+                ErrorCode.FETCH_FAILED,
+                f"{where}: {exc.reason} ({self._max_attempts} attempts)",
+            ) from exc
+
+    def _get_once(
+        self, bucket: str, key: str, version_id: str | None, max_bytes: int
+    ) -> FetchedObject:
+        where = f"s3://{bucket}/{key}"
+        params = {"Bucket": bucket, "Key": key}
+        if version_id:
+            params["VersionId"] = version_id
+        try:
+            response = self._client.get_object(**params)
+        except ClientError as exc:
+            raise _classify(exc, where) from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _Transient(type(exc).__name__) from exc
+        except BotoCoreError as exc:
+            raise ProcessingError(ErrorCode.FETCH_FAILED, f"{where}: {exc}") from exc
+        body = response["Body"]
+        try:
+            length = response.get("ContentLength")
+            if length is not None and length > max_bytes:
+                raise _too_large(f"object is {length} bytes", max_bytes)
+            data = _read_bounded(body, max_bytes)
+        except _TRANSPORT_ERRORS as exc:
+            raise _Transient(f"body read failed: {type(exc).__name__}") from exc
+        finally:
+            body.close()
+        etag = response.get("ETag")
+        return FetchedObject(
+            data=data,
+            etag=etag.strip('"') if etag else None,
+            version_id=response.get("VersionId") or version_id,
+            content_type=response.get("ContentType"),
+        )
+
+
+def _read_bounded(body: Any, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk: bytes = body.read(min(READ_CHUNK, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > max_bytes:
+            raise _too_large("object body is longer", max_bytes)
+        chunks.append(chunk)
+
+
+def _too_large(what: str, max_bytes: int) -> ProcessingError:
+    return ProcessingError(ErrorCode.OBJECT_TOO_LARGE, f"{what} than the {max_bytes}-byte limit")
+
+
+def _classify(exc: ClientError, where: str) -> Exception:
+    error = exc.response.get("Error", {})
+    meta = exc.response.get("ResponseMetadata", {})
+    code = str(error.get("Code", ""))
+    status = int(meta.get("HTTPStatusCode") or 0)
+    deleted = meta.get("HTTPHeaders", {}).get("x-amz-delete-marker") == "true"
+    if code in _NOT_FOUND or status == 404 or deleted:
+        return ProcessingError(ErrorCode.OBJECT_NOT_FOUND, f"{where}: not found ({code})")
+    if code in _DENIED or status == 403:
+        return ProcessingError(ErrorCode.ACCESS_DENIED, f"{where}: access denied ({code})")
+    if code in _TRANSIENT_CODES or status == 429 or status >= 500:
+        return _Transient(f"{code or 'HTTP'} {status}")
+    return ProcessingError(ErrorCode.FETCH_FAILED, f"{where}: {code or 'error'} {status}")
+
+
+def _log_retry(state: RetryCallState, where: str) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "s3_get_retry",
+        object=where,
+        attempt=state.attempt_number,
+        reason=getattr(exc, "reason", None),
+        wait_s=round(state.upcoming_sleep, 3),
+    )

@@ -1,0 +1,155 @@
+"""The checkpoint protocol against the in-memory broker that implements the real rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from moderator.fetch.store import InMemoryObjectStore
+from moderator.ingest.checkpoint import FatalKafkaError
+from moderator.ingest.memory_broker import MemoryBroker
+from tests.harness import (
+    Instance,
+    audit_ids,
+    seed_uploads,
+    settings_for,
+    verdict_ids,
+    wait_for,
+    write_policies,
+)
+
+
+class SimulatedCrash(BaseException):
+    """The process dies here: nothing after this point runs."""
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[MemoryBroker, InMemoryObjectStore, Path]:
+    return MemoryBroker(default_partitions=4), InMemoryObjectStore(), write_policies(tmp_path)
+
+
+def _all_done(broker: MemoryBroker, ids: set[str], dlq: int) -> bool:
+    seen = verdict_ids(broker)
+    return set(seen) >= ids and len(broker.records("moderation.dlq")) >= dlq
+
+
+def _assert_exactly_once(broker: MemoryBroker, ids: set[str], malformed: int) -> None:
+    verdicts = verdict_ids(broker)
+    assert set(verdicts) == ids
+    assert max(verdicts.values()) == 1, [k for k, v in verdicts.items() if v > 1][:5]
+    audits = audit_ids(broker)
+    assert audits == verdicts
+    assert len(broker.records("moderation.dlq")) == malformed
+    # nothing aborted or open is visible, but the aborted attempts did write records
+    assert len(broker.records("moderation.verdicts", read_committed=True)) == len(ids)
+
+
+def test_happy_path_exactly_once(world: tuple[MemoryBroker, InMemoryObjectStore, Path]) -> None:
+    broker, store, policies = world
+    ids, malformed = seed_uploads(broker, store, 120, malformed_every=10)
+    inst = Instance(broker, store, settings_for(policies)).start()
+    wait_for(lambda: _all_done(broker, ids, malformed), what="all verdicts")
+    inst.shutdown()
+    assert inst.error is None
+    _assert_exactly_once(broker, ids, malformed)
+    for p in range(4):
+        end = broker.end_offset("uploads", p)
+        assert broker.committed_offset("g", "uploads", p) == (end if end else None)
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "begin_transaction",
+        "produce",  # before produce
+        "send_offsets_to_transaction",  # between produce and offsets
+        "commit_transaction",  # before commit
+        "after_commit_transaction",  # after the commit took effect
+    ],
+)
+@pytest.mark.parametrize("nth", [1, 3])
+def test_crash_at_each_checkpoint_step_then_restart(
+    world: tuple[MemoryBroker, InMemoryObjectStore, Path], point: str, nth: int
+) -> None:
+    broker, store, policies = world
+    ids, malformed = seed_uploads(broker, store, 160, malformed_every=9)
+    settings = settings_for(
+        policies,
+        **{"kafka.commit_max_events": 10, "kafka.commit_interval_ms": 300, "flow.poll_batch": 4},
+    )
+    first = Instance(broker, store, settings)
+    broker.inject(point, SimulatedCrash(point), skip=nth - 1)  # the nth call crashes the process
+    first.start()
+    first.thread.join(30)
+    assert isinstance(first.error, SimulatedCrash), first.error
+    assert len(verdict_ids(broker)) < len(ids)  # it died with work left
+    broker.evict(first.consumer)  # its session times out; the restarted process takes over
+    second = Instance(broker, store, settings).start()
+    wait_for(lambda: _all_done(broker, ids, malformed), what="verdicts after restart")
+    second.shutdown()
+    assert second.error is None
+    _assert_exactly_once(broker, ids, malformed)
+
+
+def test_abortable_error_rewinds_and_reprocesses(
+    world: tuple[MemoryBroker, InMemoryObjectStore, Path],
+) -> None:
+    broker, store, policies = world
+    ids, malformed = seed_uploads(broker, store, 60, malformed_every=7)
+    err = KafkaException(KafkaError(KafkaError._STATE, "injected", txn_requires_abort=True))
+    broker.inject("commit_transaction", err, times=2)
+    inst = Instance(broker, store, settings_for(policies)).start()
+    wait_for(lambda: _all_done(broker, ids, malformed), what="all verdicts")
+    inst.shutdown()
+    assert inst.error is None
+    assert inst.loop.stats.aborted == 2
+    _assert_exactly_once(broker, ids, malformed)
+    aborted_visible = broker.records("moderation.verdicts", read_committed=False)
+    assert len(aborted_visible) > len(ids)  # the aborted attempts exist but stay hidden
+
+
+def test_retriable_commit_error_is_retried(
+    world: tuple[MemoryBroker, InMemoryObjectStore, Path],
+) -> None:
+    broker, store, policies = world
+    ids, malformed = seed_uploads(broker, store, 30)
+    err = KafkaException(KafkaError(KafkaError._TIMED_OUT, "slow", retriable=True))
+    broker.inject("commit_transaction", err, times=2)
+    inst = Instance(broker, store, settings_for(policies)).start()
+    wait_for(lambda: _all_done(broker, ids, malformed), what="all verdicts")
+    inst.shutdown()
+    assert inst.error is None and inst.loop.stats.aborted == 0
+    _assert_exactly_once(broker, ids, malformed)
+
+
+def test_fenced_zombie_stops_with_fatal_error(
+    world: tuple[MemoryBroker, InMemoryObjectStore, Path],
+) -> None:
+    broker, store, policies = world
+    seed_uploads(broker, store, 10)
+    settings = settings_for(policies)
+    zombie = Instance(broker, store, settings).start()
+    wait_for(lambda: len(verdict_ids(broker)) == 10, what="first verdicts")
+    # a new instance with the same transactional.id fences the old one
+    broker.producer({"transactional.id": settings.transactional_id}).init_transactions()
+    ids, _ = seed_uploads(broker, store, 20)
+    zombie.thread.join(30)
+    assert isinstance(zombie.error, FatalKafkaError)
+
+
+def test_rebalance_between_two_instances_keeps_exactly_once(
+    world: tuple[MemoryBroker, InMemoryObjectStore, Path],
+) -> None:
+    broker, store, policies = world
+    ids, malformed = seed_uploads(broker, store, 200, malformed_every=11)
+    a = Instance(broker, store, settings_for(policies, instance_id="a")).start()
+    wait_for(lambda: len(verdict_ids(broker)) >= 20, what="some verdicts")
+    b = Instance(broker, store, settings_for(policies, instance_id="b")).start()
+    wait_for(lambda: len(verdict_ids(broker)) >= 100, what="more verdicts")
+    a.shutdown()  # revokes: b takes every partition from the committed offsets
+    wait_for(lambda: _all_done(broker, ids, malformed), what="all verdicts")
+    b.shutdown()
+    assert a.error is None and b.error is None
+    _assert_exactly_once(broker, ids, malformed)

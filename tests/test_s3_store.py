@@ -1,0 +1,306 @@
+"""S3ObjectStore error mapping, retries and size limits, against a scripted fake client."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from moderator.errors import ErrorCode, ProcessingError
+from moderator.fetch.s3 import BACKOFF_CAP_S, S3ObjectStore, build_s3_client
+from moderator.settings import S3Settings
+
+SETTINGS = S3Settings(max_attempts=4)
+
+
+class FakeBody:
+    """A streaming body that hands out its bytes in reads and records how it was used."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        self._data = data
+        self._pos = 0
+        self._fail_after = fail_after
+        self.reads: list[int | None] = []
+        self.closed = False
+
+    def read(self, amt: int | None = None) -> bytes:
+        self.reads.append(amt)
+        if self._fail_after is not None and self._pos >= self._fail_after:
+            raise ResponseStreamingError(error="connection reset by peer")
+        end = len(self._data) if amt is None else self._pos + amt
+        if self._fail_after is not None:
+            end = min(end, self._fail_after)
+        chunk = self._data[self._pos : end]
+        self._pos += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def ok(data: bytes, *, length: int | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "Body": FakeBody(data),
+        "ContentLength": len(data) if length is None else length,
+        "ETag": '"abc123"',
+        "ContentType": "image/png",
+        **extra,
+    }
+
+
+def client_error(code: str, status: int, headers: dict[str, str] | None = None) -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": "scripted"},
+        "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers or {}},
+    }
+    return ClientError(response, "GetObject")
+
+
+class FakeS3Client:
+    """Answers get_object from a script of responses and exceptions, recording each call."""
+
+    def __init__(self, *script: dict[str, Any] | Exception) -> None:
+        self._script = deque(script)
+        self.calls: list[dict[str, Any]] = []
+
+    def get_object(self, **params: Any) -> dict[str, Any]:
+        self.calls.append(params)
+        step = self._script.popleft()
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def make_store(
+    *script: dict[str, Any] | Exception, attempts: int = 4
+) -> tuple[S3ObjectStore, FakeS3Client, list[float]]:
+    client = FakeS3Client(*script)
+    sleeps: list[float] = []
+    store = S3ObjectStore(S3Settings(max_attempts=attempts), client, sleep=sleeps.append)
+    return store, client, sleeps
+
+
+def fail_code(store: S3ObjectStore, max_bytes: int = 1000) -> ProcessingError:
+    with pytest.raises(ProcessingError) as info:
+        store.get("uploads", "acme/a.png", None, max_bytes)
+    assert "\n" not in info.value.message
+    return info.value
+
+
+def test_success_returns_bytes_and_metadata() -> None:
+    store, client, sleeps = make_store(ok(b"png-bytes", VersionId="v9"))
+    got = store.get("uploads", "acme/a.png", None, 1000)
+    assert got.data == b"png-bytes"
+    assert got.etag == "abc123"
+    assert got.version_id == "v9"
+    assert got.content_type == "image/png"
+    assert client.calls == [{"Bucket": "uploads", "Key": "acme/a.png"}]
+    assert sleeps == []
+
+
+def test_version_id_is_passed_through() -> None:
+    store, client, _ = make_store(ok(b"old", VersionId="v1"))
+    got = store.get("uploads", "acme/a.png", "v1", 1000)
+    assert client.calls == [{"Bucket": "uploads", "Key": "acme/a.png", "VersionId": "v1"}]
+    assert got.version_id == "v1"
+
+
+def test_requested_version_is_kept_when_s3_does_not_echo_it() -> None:
+    store, _, _ = make_store(ok(b"x"))
+    assert store.get("uploads", "k", "v7", 10).version_id == "v7"
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("NoSuchKey", 404, ErrorCode.OBJECT_NOT_FOUND),
+        ("NoSuchVersion", 404, ErrorCode.OBJECT_NOT_FOUND),
+        ("NoSuchBucket", 404, ErrorCode.OBJECT_NOT_FOUND),
+        ("404", 404, ErrorCode.OBJECT_NOT_FOUND),
+        ("AccessDenied", 403, ErrorCode.ACCESS_DENIED),
+        ("InvalidAccessKeyId", 403, ErrorCode.ACCESS_DENIED),
+    ],
+)
+def test_final_errors_are_not_retried(code: str, status: int, expected: ErrorCode) -> None:
+    store, client, sleeps = make_store(client_error(code, status), ok(b"never"))
+    err = fail_code(store)
+    assert err.code is expected
+    assert "s3://uploads/acme/a.png" in err.message
+    assert len(client.calls) == 1
+    assert sleeps == []
+
+
+def test_a_version_that_is_a_delete_marker_is_not_found() -> None:
+    error = client_error("MethodNotAllowed", 405, {"x-amz-delete-marker": "true"})
+    store, client, _ = make_store(error)
+    assert fail_code(store).code is ErrorCode.OBJECT_NOT_FOUND
+    assert len(client.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        client_error("SlowDown", 503),
+        client_error("Throttling", 400),
+        client_error("ThrottlingException", 400),
+        client_error("RequestLimitExceeded", 400),
+        client_error("TooManyRequests", 429),
+        client_error("InternalError", 500),
+        client_error("", 502),
+        client_error("RequestTimeout", 400),
+        EndpointConnectionError(endpoint_url="http://s3.invalid"),
+        ReadTimeoutError(endpoint_url="http://s3.invalid"),
+    ],
+)
+def test_transient_failure_is_retried_then_succeeds(failure: Exception) -> None:
+    store, client, sleeps = make_store(failure, ok(b"finally"))
+    assert store.get("uploads", "acme/a.png", None, 1000).data == b"finally"
+    assert len(client.calls) == 2
+    assert len(sleeps) == 1
+    assert 0 <= sleeps[0] <= BACKOFF_CAP_S
+
+
+def test_slowdown_twice_then_success_backs_off_within_the_cap() -> None:
+    store, client, sleeps = make_store(
+        client_error("SlowDown", 503), client_error("SlowDown", 503), ok(b"img")
+    )
+    assert store.get("uploads", "acme/a.png", None, 1000).data == b"img"
+    assert len(client.calls) == 3
+    assert len(sleeps) == 2
+    assert all(0 <= s <= BACKOFF_CAP_S for s in sleeps)
+
+
+def test_retries_exhausted_is_fetch_failed() -> None:
+    store, client, sleeps = make_store(*[client_error("SlowDown", 503)] * 4, ok(b"late"))
+    err = fail_code(store)
+    assert err.code is ErrorCode.FETCH_FAILED
+    assert "SlowDown" in err.message
+    assert "4 attempts" in err.message
+    assert len(client.calls) == 4
+    assert len(sleeps) == 3
+
+
+def test_one_attempt_means_no_retry() -> None:
+    store, client, sleeps = make_store(client_error("SlowDown", 503), attempts=1)
+    assert fail_code(store).code is ErrorCode.FETCH_FAILED
+    assert len(client.calls) == 1
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(("code", "status"), [("InvalidArgument", 400), ("InvalidRange", 416)])
+def test_other_client_errors_fail_without_retry(code: str, status: int) -> None:
+    store, client, sleeps = make_store(client_error(code, status), ok(b"never"))
+    err = fail_code(store)
+    assert err.code is ErrorCode.FETCH_FAILED
+    assert code in err.message
+    assert len(client.calls) == 1
+    assert sleeps == []
+
+
+def test_declared_length_over_limit_is_refused_without_reading_the_body() -> None:
+    response = ok(b"x" * 2000)
+    store, client, _ = make_store(response)
+    err = fail_code(store, max_bytes=1000)
+    assert err.code is ErrorCode.OBJECT_TOO_LARGE
+    assert "2000" in err.message
+    body: FakeBody = response["Body"]
+    assert body.reads == []
+    assert body.closed
+    assert len(client.calls) == 1
+
+
+def test_body_longer_than_declared_is_cut_off_while_reading() -> None:
+    response = ok(b"y" * 5000, length=10)
+    store, client, _ = make_store(response)
+    err = fail_code(store, max_bytes=1000)
+    assert err.code is ErrorCode.OBJECT_TOO_LARGE
+    body: FakeBody = response["Body"]
+    assert body.closed
+    assert sum(a or 0 for a in body.reads) <= 1001
+    assert len(client.calls) == 1
+
+
+def test_body_exactly_at_the_limit_is_fine() -> None:
+    store, _, _ = make_store(ok(b"z" * 1000))
+    assert len(store.get("b", "k", None, 1000).data) == 1000
+
+
+def test_large_body_is_read_in_chunks() -> None:
+    response = ok(b"q" * (3 << 20))
+    store, _, _ = make_store(response)
+    assert len(store.get("b", "k", None, 4 << 20).data) == 3 << 20
+    body: FakeBody = response["Body"]
+    assert len(body.reads) == 4  # three full chunks, then the empty read at the end
+    assert body.closed
+
+
+def test_body_read_error_is_retried_from_the_start() -> None:
+    broken = ok(b"abcdef")
+    broken["Body"] = FakeBody(b"abcdef", fail_after=3)
+    store, client, sleeps = make_store(broken, ok(b"abcdef"))
+    assert store.get("b", "k", None, 100).data == b"abcdef"
+    assert len(client.calls) == 2
+    assert broken["Body"].closed
+    assert len(sleeps) == 1
+
+
+def test_body_read_errors_until_exhausted_are_fetch_failed() -> None:
+    script = []
+    for _ in range(3):
+        response = ok(b"abcdef")
+        response["Body"] = FakeBody(b"abcdef", fail_after=0)
+        script.append(response)
+    store, client, _ = make_store(*script, attempts=3)
+    err = fail_code(store)
+    assert err.code is ErrorCode.FETCH_FAILED
+    assert "body read failed" in err.message
+    assert len(client.calls) == 3
+
+
+def test_client_built_from_settings_disables_botocore_retries() -> None:
+    settings = S3Settings(
+        endpoint_url="http://127.0.0.1:9",
+        region="eu-west-1",
+        addressing_style="path",
+        connect_timeout_s=1.5,
+        read_timeout_s=7.0,
+        max_pool_connections=5,
+    )
+    client = build_s3_client(settings)
+    config = client.meta.config
+    assert client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert client.meta.region_name == "eu-west-1"
+    assert config.s3 == {"addressing_style": "path"}
+    assert config.retries["total_max_attempts"] == 1
+    assert (config.connect_timeout, config.read_timeout) == (1.5, 7.0)
+    assert config.max_pool_connections == 5
+
+
+def test_unreachable_endpoint_is_fetch_failed_after_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    settings = S3Settings(
+        endpoint_url="http://127.0.0.1:9",  # discard port: nothing listens
+        region="us-east-1",
+        connect_timeout_s=0.5,
+        max_attempts=2,
+    )
+    client = build_s3_client(settings)
+    sends: list[str] = []
+    client.meta.events.register("before-send.s3", lambda **kw: sends.append(kw["request"].url))
+    sleeps: list[float] = []
+    store = S3ObjectStore(settings, client, sleep=sleeps.append)
+    err = fail_code(store)
+    assert err.code is ErrorCode.FETCH_FAILED
+    assert "EndpointConnectionError" in err.message
+    assert len(sleeps) == 1
+    assert len(sends) == 2  # one request per tenacity attempt: botocore adds none of its own
