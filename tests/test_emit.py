@@ -68,8 +68,15 @@ def test_trace_without_header_is_derived_from_event_id() -> None:
 
 def test_dlq_keeps_original_bytes_and_adds_error_headers() -> None:
     rec = dlq_output(
-        dlq_topic="dlq", key=b"k", value=b"\xffjunk", code="malformed_event", message="not JSON",
-        source_topic="uploads", partition=3, offset=42, headers=[("x", b"y")],
+        dlq_topic="dlq",
+        key=b"k",
+        value=b"\xffjunk",
+        code="malformed_event",
+        message="not JSON",
+        source_topic="uploads",
+        partition=3,
+        offset=42,
+        headers=[("x", b"y")],
     )
     assert rec.value == b"\xffjunk" and rec.key == b"k"
     h = dict(rec.headers)

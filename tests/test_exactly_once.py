@@ -134,7 +134,7 @@ def test_fenced_zombie_stops_with_fatal_error(
     wait_for(lambda: len(verdict_ids(broker)) == 10, what="first verdicts")
     # a new instance with the same transactional.id fences the old one
     broker.producer({"transactional.id": settings.transactional_id}).init_transactions()
-    ids, _ = seed_uploads(broker, store, 20)
+    seed_uploads(broker, store, 20)
     zombie.thread.join(30)
     assert isinstance(zombie.error, FatalKafkaError)
 

@@ -39,13 +39,15 @@ def test_cache_is_bounded_lru() -> None:
 
 def test_strictest_frame_wins() -> None:
     safe = FrameOutcome("allow", Assessment(rating="Safe", category="NA: None applying"))
-    unsafe = FrameOutcome("block", Assessment(rating="Unsafe", category="O4: Nudity Content",
-                                              score=0.7))
+    unsafe = FrameOutcome(
+        "block", Assessment(rating="Unsafe", category="O4: Nudity Content", score=0.7)
+    )
     err = error_outcome(ErrorCode.ENGINE_TIMEOUT, "slow", "review")
     assert strictest([safe, unsafe, err]) is unsafe
     assert strictest([safe, err]) is err
-    review = FrameOutcome("review", Assessment(rating="Unsafe", category="O9: Disasters or "
-                                               "Emergencies"))
+    review = FrameOutcome(
+        "review", Assessment(rating="Unsafe", category="O9: Disasters or Emergencies")
+    )
     assert strictest([err, review]) is review  # equal severity: the assessment wins
 
 
@@ -76,8 +78,10 @@ def test_minimal_policy(tmp_path: Path) -> None:
     assert acme.on_error(ErrorCode.OBJECT_NOT_FOUND) == "allow"
     assert acme.on_error(ErrorCode.CORRUPT_IMAGE) == "block"
     assert acme.on_error(ErrorCode.TENANT_MISMATCH) == "review"  # security: never allow
-    assert acme.decide(Assessment(rating="Unsafe", category="O1: Hate, Humiliation, "
-                                  "Harassment")) == "block"
+    assert (
+        acme.decide(Assessment(rating="Unsafe", category="O1: Hate, Humiliation, Harassment"))
+        == "block"
+    )
     assert acme.decide(Assessment(rating="Safe", category="NA: None applying")) == "allow"
     assert acme.version != provider.resolve("acme", "profile_photo").version  # type: ignore[union-attr]
     assert provider.resolve("nobody", "post") is None
@@ -99,7 +103,11 @@ def test_minimal_policy_bucket_map(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("on_error: maybe\n", "on_error"), ("on_error: {bogus: block}\n", "bogus"), ("- 1\n", "mapping")],
+    [
+        ("on_error: maybe\n", "on_error"),
+        ("on_error: {bogus: block}\n", "bogus"),
+        ("- 1\n", "mapping"),
+    ],
 )
 def test_minimal_policy_errors(tmp_path: Path, text: str, needle: str) -> None:
     d = _policies(tmp_path, default="", acme=text)

@@ -26,8 +26,12 @@ def notification(*records: dict[str, object]) -> bytes:
     return json.dumps({"Records": list(records)}).encode()
 
 
-def record(name: str = "s3:ObjectCreated:Put", key: str = "acme/a+b%2Fc.jpg",
-           bucket: str = "uploads", **obj: object) -> dict[str, object]:
+def record(
+    name: str = "s3:ObjectCreated:Put",
+    key: str = "acme/a+b%2Fc.jpg",
+    bucket: str = "uploads",
+    **obj: object,
+) -> dict[str, object]:
     return {
         "eventName": name,
         "eventTime": "2026-11-29T02:00:00.000Z",

@@ -58,7 +58,7 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     cfg.write_text("engine: [\n")
     with pytest.raises(ConfigError, match="line"):
         load_settings(cfg)
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_settings(tmp_path / "nope.yaml")
 
 

@@ -83,17 +83,20 @@ def run_service(
 ) -> LoopStats:
     """Consume until `stop` is set; drain, checkpoint, close. Raises FatalKafkaError."""
     pipeline = pipeline if pipeline is not None else build_pipeline(settings)
-    consumer = consumer if consumer is not None else make_consumer(settings)
-    producer = producer if producer is not None else make_producer(settings)
+    kafka_consumer: Consumer = consumer if consumer is not None else make_consumer(settings)
+    kafka_producer: Producer = producer if producer is not None else make_producer(settings)
     loop = IngestLoop(
-        settings=settings, consumer=consumer, producer=producer, processor=pipeline.processor
+        settings=settings,
+        consumer=kafka_consumer,
+        producer=kafka_producer,
+        processor=pipeline.processor,
     )
     try:
         loop.run(stop)
     finally:
         try:
-            consumer.close()
+            kafka_consumer.close()
         finally:
             pipeline.close()
-            producer.flush(5)
+            kafka_producer.flush(5)
     return loop.stats

@@ -32,9 +32,7 @@ def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int
     with as_file(files("moderator") / "data" / "demo-policies") as bundled:
         print("starting the embedded Kafka broker and S3 server ...", file=sys.stderr)
         with EmbeddedStack(buckets=(BUCKET,)) as stack:
-            os.environ.update(
-                {k: v for k, v in stack.env().items() if k.startswith("AWS_")}
-            )
+            os.environ.update({k: v for k, v in stack.env().items() if k.startswith("AWS_")})
             settings = load_settings(
                 config,
                 {
@@ -119,7 +117,9 @@ def _upload_samples(settings: Settings, stack: EmbeddedStack, n: int) -> int:
     return count
 
 
-def _send(producer: Any, topic: str, tenant: str, key: str, event_id: str, size: int | None) -> None:
+def _send(
+    producer: Any, topic: str, tenant: str, key: str, event_id: str, size: int | None
+) -> None:
     event = {
         "event_id": event_id,
         "tenant_id": tenant,
@@ -148,8 +148,9 @@ def _read_verdicts(
     try:
         while len(seen) < expected and time.monotonic() < deadline and not stop.is_set():
             for msg in reader.consume(100, 0.2):
-                if msg.error() is None and msg.value():
-                    doc = json.loads(msg.value())
+                value = msg.value()
+                if msg.error() is None and value:
+                    doc = json.loads(value)
                     seen[doc["event_id"]] = doc  # at-least-once: keep one per event
     finally:
         reader.close()

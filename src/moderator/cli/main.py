@@ -74,7 +74,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dev-stack":
         from moderator.cli.devstack import cmd_dev_stack
 
-        return cmd_dev_stack()
+        code: int = cmd_dev_stack()
+        return code
     if args.command == "demo":
         from moderator.cli.demo import cmd_demo
 

@@ -15,18 +15,21 @@ import logging
 import threading
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
+from botocore.exceptions import ClientError
 from confluent_kafka import KafkaException, Producer
 
 from moderator.errors import ModeratorError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.literals import BucketLocationConstraintType
 
 ACCESS_KEY_ID = "testing"
-SECRET_ACCESS_KEY = "testing"  # moto accepts any credentials; these only satisfy the signer
+# moto accepts any credentials; these only satisfy boto3's request signer.
+SECRET_ACCESS_KEY = "testing"  # noqa: S105 - a fixed dummy, never a real secret
 _POLL_INTERVAL_S = 0.2
 _METADATA_TIMEOUT_S = 5.0
 
@@ -194,13 +197,15 @@ class EmbeddedStack:
             else:
                 client.create_bucket(
                     Bucket=bucket,
-                    CreateBucketConfiguration={"LocationConstraint": self._region},  # type: ignore[typeddict-item]  # any region string is valid here
+                    CreateBucketConfiguration={
+                        "LocationConstraint": cast("BucketLocationConstraintType", self._region)
+                    },
                 )
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass  # another stack in this process made it: moto's state is per process
-        client.put_bucket_versioning(
-            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
-        )
+        except ClientError as exc:
+            raise DevStackError(f"cannot create bucket {bucket!r}: {_error_code(exc)}") from exc
+        client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
 
     def _stop_locked(self) -> None:
         if self._server is not None:
@@ -215,6 +220,10 @@ class EmbeddedStack:
             self._holder = None
         self._bootstrap = None
         self._endpoint = None
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", exc))
 
 
 def _quiet_werkzeug() -> None:

@@ -48,7 +48,9 @@ def derive_event_id(bucket: str, key: str, version: str | None, sequencer: str |
     return "s3-" + hashlib.sha256(material).hexdigest()[:40]
 
 
-def events_from_notification(doc: dict[str, Any], rule: TenantRule) -> tuple[list[UploadEvent], int]:
+def events_from_notification(
+    doc: dict[str, Any], rule: TenantRule
+) -> tuple[list[UploadEvent], int]:
     """Return the UploadEvents of a notification and how many records were skipped.
 
     Raises NotificationError when an ObjectCreated record is unusable (the whole message then

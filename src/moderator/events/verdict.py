@@ -82,9 +82,7 @@ class Timings(_Frozen):
 class Verdict(_Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    schema_: Literal["moderator.verdict/v1"] = Field(
-        default="moderator.verdict/v1", alias="schema"
-    )
+    schema_: Literal["moderator.verdict/v1"] = Field(default="moderator.verdict/v1", alias="schema")
     event_id: str
     tenant_id: str
     object: VerdictObject

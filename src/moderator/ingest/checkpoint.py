@@ -103,7 +103,11 @@ def _produce(producer: Producer, rec: OutRecord, on_delivery: Any) -> None:
     while True:
         try:
             producer.produce(
-                rec.topic, value=rec.value, key=rec.key, headers=rec.headers, on_delivery=on_delivery
+                rec.topic,
+                value=rec.value,
+                key=rec.key,
+                headers=rec.headers,
+                on_delivery=on_delivery,
             )
             return
         except BufferError:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import Consumer, Producer
+import confluent_kafka
 
+from moderator.ingest.ports import Consumer, Producer
 from moderator.settings import Settings
 
 
@@ -50,11 +51,11 @@ def make_consumer(settings: Settings, logger: Any | None = None) -> Consumer:
     conf = consumer_config(settings)
     if logger is not None:
         conf["logger"] = logger
-    return Consumer(conf)
+    return cast(Consumer, confluent_kafka.Consumer(conf))
 
 
 def make_producer(settings: Settings, logger: Any | None = None) -> Producer:
     conf = producer_config(settings)
     if logger is not None:
         conf["logger"] = logger
-    return Producer(conf)
+    return cast(Producer, confluent_kafka.Producer(conf))

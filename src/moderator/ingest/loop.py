@@ -83,7 +83,10 @@ class IngestLoop:
         self._assigned: set[TP] = set()
         flow = settings.flow
         self._gate = FlowGate(
-            flow.high_in_flight, flow.low_in_flight, flow.high_buffered_bytes, flow.low_buffered_bytes
+            flow.high_in_flight,
+            flow.low_in_flight,
+            flow.high_buffered_bytes,
+            flow.low_buffered_bytes,
         )
         self._repause: list[TP] = []
         self._since_commit = 0
@@ -190,8 +193,9 @@ class IngestLoop:
         for index, event in enumerate(parsed.events):
             self._jobs += 1
             self.stats.events += 1
-            job = Job(event, coords, trace_from_headers(msg.headers(), event.event_id),
-                      time.monotonic())
+            job = Job(
+                event, coords, trace_from_headers(msg.headers(), event.event_id), time.monotonic()
+            )
             self._processor.submit(job, self._completer(tp, generation, offset, index))
 
     def _completer(
@@ -229,7 +233,9 @@ class IngestLoop:
     def _checkpoint_due(self) -> bool:
         kafka = self._s.kafka
         elapsed_ms = (time.monotonic() - self._last_commit) * 1000
-        return elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= kafka.commit_max_events
+        return (
+            elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= kafka.commit_max_events
+        )
 
     def _checkpoint(self, only: set[TP] | None = None) -> None:
         self._last_commit = time.monotonic()
@@ -240,7 +246,10 @@ class IngestLoop:
         self._since_commit = max(0, self._since_commit - sum(r.count for r in ready.values()))
         try:
             produced = commit_checkpoint(
-                self._producer, self._consumer, ready, exactly_once=self._eos,
+                self._producer,
+                self._consumer,
+                ready,
+                exactly_once=self._eos,
                 timeout_s=self._timeout,
             )
         except CheckpointAborted as exc:

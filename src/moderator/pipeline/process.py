@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -35,6 +36,9 @@ from moderator.policy.base import CompiledPolicy, PolicyProvider
 log = structlog.get_logger("moderator.pipeline")
 
 Done = Callable[[list[OutRecord]], None]
+_ENGINE_ERRORS = frozenset(
+    {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT, ErrorCode.UNPARSEABLE_OUTPUT}
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class _Run:
     job: Job
     policy: CompiledPolicy
     done: Done
-    facts: ObjectFacts = ObjectFacts()
+    facts: ObjectFacts = field(default_factory=ObjectFacts)
     fetch_ms: float = 0.0
     held_bytes: int = 0
 
@@ -167,7 +171,7 @@ class Processor:
         futures = [self._window.submit(r) for r in requests]
         gather = _Gather(len(futures), lambda results: self._judged(run, image, results))
         for index, fut in enumerate(futures):
-            fut.add_done_callback(lambda f, i=index: gather.put(i, f))
+            fut.add_done_callback(functools.partial(gather.put, index))
 
     def _decode(self, run: _Run, data: bytes, etag: str | None) -> DecodedImage:
         try:
@@ -235,19 +239,23 @@ class Processor:
     ) -> None:
         job, policy = run.job, run.policy
         total_ms = (time.monotonic() - job.received) * 1000
-        ran_model = outcome.assessment is not None or outcome.error is not None and (
-            outcome.error.code in (ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT)
-        )
+        engine_failed = outcome.error is not None and outcome.error.code in _ENGINE_ERRORS
+        ran_model = outcome.assessment is not None or engine_failed
         verdict, audit = assemble(
             job.event,
             outcome,
-            policy=PolicyRef(tenant_id=job.event.tenant_id, surface=policy.surface,
-                             version=policy.version),
+            policy=PolicyRef(
+                tenant_id=job.event.tenant_id, surface=policy.surface, version=policy.version
+            ),
             model=self._model if ran_model else None,
             facts=run.facts,
             source=source,
-            timings=Timings(fetch=round(run.fetch_ms, 3), queue=round(queue_ms, 3),
-                            infer=round(infer_ms, 3), total=round(total_ms, 3)),
+            timings=Timings(
+                fetch=round(run.fetch_ms, 3),
+                queue=round(queue_ms, 3),
+                infer=round(infer_ms, 3),
+                total=round(total_ms, 3),
+            ),
             decided_at=datetime.now(UTC),
             trace_id=job.trace.trace_id,
             provenance=Provenance(

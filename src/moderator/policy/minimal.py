@@ -104,7 +104,9 @@ class MinimalPolicyProvider:
         """The default policy, used to decide errors for events no tenant policy covers."""
         return self._compiled("default", surface, as_tenant=tenant_id)
 
-    def _compiled(self, tenant_id: str, surface: str, as_tenant: str | None = None) -> MinimalPolicy:
+    def _compiled(
+        self, tenant_id: str, surface: str, as_tenant: str | None = None
+    ) -> MinimalPolicy:
         name = as_tenant or tenant_id
         cached = self._cache.get((name, surface))
         if cached is not None:
