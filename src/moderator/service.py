@@ -69,6 +69,7 @@ def build_pipeline(
             source=f"/moderator/{settings.kafka.group_id}",
         ),
         instance_id=settings.instance_id,
+        max_buffered_bytes=settings.flow.high_buffered_bytes,
     )
     return Pipeline(engine, window, processor, cache)
 

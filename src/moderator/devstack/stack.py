@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import boto3
 from botocore.exceptions import ClientError
@@ -24,6 +24,7 @@ from confluent_kafka import KafkaException, Producer
 from moderator.errors import ModeratorError
 
 if TYPE_CHECKING:
+    from moto.server import ThreadedMotoServer
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
 
@@ -32,8 +33,6 @@ ACCESS_KEY_ID = "testing"
 SECRET_ACCESS_KEY = "testing"  # noqa: S105 - a fixed dummy, never a real secret
 _POLL_INTERVAL_S = 0.2
 _METADATA_TIMEOUT_S = 5.0
-
-log = logging.getLogger(__name__)
 
 
 class DevStackError(ModeratorError):
@@ -59,7 +58,7 @@ class EmbeddedStack:
         self._holder: Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._server: Any = None  # moto.server.ThreadedMotoServer, imported lazily
+        self._server: ThreadedMotoServer | None = None  # moto is imported only in start()
         self._bootstrap: str | None = None
         self._endpoint: str | None = None
 
@@ -165,7 +164,6 @@ class EmbeddedStack:
         if not brokers:
             raise DevStackError("mock Kafka cluster reported no brokers")
         self._bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)
-        log.debug("kafka mock cluster up: %s", self._bootstrap)
 
     def _poll_loop(self, holder: Producer) -> None:
         while not self._stopping.is_set():
@@ -186,9 +184,11 @@ class EmbeddedStack:
         host, port = server.get_host_and_port()
         self._endpoint = f"http://{host}:{port}"
         client = self.s3_client()
-        for bucket in self._buckets:
-            self._create_bucket(client, bucket)
-        client.close()
+        try:
+            for bucket in self._buckets:
+                self._create_bucket(client, bucket)
+        finally:
+            client.close()
 
     def _create_bucket(self, client: S3Client, bucket: str) -> None:
         try:

@@ -120,7 +120,7 @@ class IngestLoop:
             raise
 
     def _step(self, batch: int) -> None:
-        room = max(1, self._s.flow.high_in_flight - self._jobs)
+        room = max(1, self._s.flow.high_in_flight - self.in_flight)
         messages = self._consumer.consume(min(batch, room), 0.05)
         if self._repause:
             self._consumer.pause([TopicPartition(t, p) for t, p in self._repause])
@@ -134,14 +134,14 @@ class IngestLoop:
 
     def _drain(self) -> None:
         grace = self._s.flow.drain_grace_s
-        log.info("draining", in_flight=self._jobs, grace_s=grace)
+        log.info("draining", in_flight=self.in_flight, grace_s=grace)
         self._pause_all()
         deadline = time.monotonic() + grace
         while self._jobs > 0 and time.monotonic() < deadline:
             self._consumer.consume(1, 0.05)  # keeps group membership; paused, so returns nothing
             self._collect()
         self._checkpoint()
-        log.info("drained", left_in_flight=self._jobs, **vars(self.stats))
+        log.info("drained", left_in_flight=self.in_flight, **vars(self.stats))
 
     @property
     def _timeout(self) -> float:
@@ -149,7 +149,8 @@ class IngestLoop:
 
     @property
     def in_flight(self) -> int:
-        return self._jobs
+        """Events being processed, or messages held uncommitted: what the water marks bound."""
+        return max(self._jobs, self._tracker.in_flight)
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -316,16 +317,16 @@ class IngestLoop:
     # -- backpressure --------------------------------------------------------------------------
 
     def _apply_flow(self) -> None:
-        change = self._gate.update(self._jobs, self._processor.buffered_bytes)
+        change = self._gate.update(self.in_flight, self._processor.buffered_bytes)
         if change == "pause":
             self.stats.pauses += 1
             self._pause_all()
-            log.info("paused", in_flight=self._jobs, buffered=self._processor.buffered_bytes)
+            log.info("paused", in_flight=self.in_flight, buffered=self._processor.buffered_bytes)
         elif change == "resume":
             parts = [TopicPartition(t, p) for t, p in self._assigned]
             if parts:
                 self._consumer.resume(parts)
-            log.info("resumed", in_flight=self._jobs)
+            log.info("resumed", in_flight=self.in_flight)
 
     def _pause_all(self) -> None:
         parts = [TopicPartition(t, p) for t, p in self._assigned]

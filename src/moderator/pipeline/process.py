@@ -87,6 +87,7 @@ class Processor:
         concurrency: int,
         topics: OutputTopics,
         instance_id: str,
+        max_buffered_bytes: int | None = None,
     ) -> None:
         self._store = store
         self._window = window
@@ -100,8 +101,9 @@ class Processor:
         self._topics = topics
         self._instance_id = instance_id
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fetch")
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._buffered = 0
+        self._max_buffered = max_buffered_bytes
 
     @property
     def buffered_bytes(self) -> int:
@@ -130,6 +132,7 @@ class Processor:
                 self._fail(run, ErrorCode.UNKNOWN_TENANT, f"no policy for tenant {ev.tenant_id!r}")
                 return
             run = _Run(job, policy, done)
+            self._admit()
             try:
                 self._fetch_and_submit(run)
             except ProcessingError as exc:
@@ -278,9 +281,20 @@ class Processor:
         log.debug("verdict", decision=verdict.decision, source=source)
         run.done(records)
 
+    def _admit(self) -> None:
+        """Wait before fetching while held bytes are over the limit: accepted events beyond it
+        stay as small parsed events, not as downloaded objects and decoded frames."""
+        if self._max_buffered is None:
+            return
+        with self._lock:
+            while self._buffered >= self._max_buffered:
+                self._lock.wait(0.5)
+
     def _hold(self, run: _Run, delta: int) -> None:
         with self._lock:
             self._buffered += delta
+            if delta < 0:
+                self._lock.notify_all()
         run.held_bytes += delta
 
 

@@ -1,0 +1,590 @@
+"""Streaming throughput of the moderator pipeline against a bare Kafka loop on the same broker.
+
+Run from the project root:
+
+    .venv/bin/python bench/pipeline.py [--events N] [--decode-images K]
+
+Everything runs in this one process: the embedded stack (librdkafka's mock Kafka cluster plus
+moto's S3 server, see DESIGN.md §7) is started once, N UploadEvent messages are written once to
+one input topic, and every measured consumer reads those same N messages through its own fresh
+consumer group and writes to its own fresh output topics.
+
+What is measured:
+
+1. ceiling: a bare confluent-kafka loop. It consumes the N events, parses each JSON value and
+   produces one ~1 KB record per event to an output topic; every 1000 events it flushes the
+   producer and then commits the offsets synchronously (at-least-once: produce, flush, commit).
+   It uses the same client settings as the service where they matter (idempotent producer,
+   acks=all, linger.ms=5, manual commits). Nothing is fetched, decoded or classified: this is
+   what the broker and the client library allow from one Python thread, not a target the
+   pipeline could reach.
+2. pipeline: the real service (`run_service`: the ingest loop, offset tracker, checkpoints,
+   processor, engine window) in a thread, `kafka.delivery=at_least_once` (the mock broker cannot
+   do exactly-once), the `fake` engine with zero latency, default flow and commit settings.
+   It ends when a separate reader has seen a verdict for each of the N event ids. Two variants:
+   - s3: the objects are in moto's S3 server, fetched over HTTP by the real S3 adapter;
+   - memory: the objects are in an InMemoryObjectStore handed to build_pipeline, which takes
+     moto out of the picture and leaves Kafka plus the pipeline's own overhead.
+   The images are tiny (64x64 JPEG and PNG, unique so the verdict cache never answers), so this
+   measures the streaming path, not decoding or inference. The pipeline writes two records per
+   event (verdict + audit), the ceiling one.
+3. decode: `run_decode_bench` from bench/decode_bench.py: ms per 12-megapixel JPEG decoded in
+   full and with JPEG draft downscaling to the engine's input size.
+
+How to read the numbers: "ev/s" counts from the first message a consumer received to the end
+(the ceiling's last commit; the Nth verdict seen by the reader for the pipeline), so the consumer
+group join is left out; "wall s" includes it. "x ceiling" is pipeline ev/s over ceiling ev/s. The
+pipeline checkpoints every 1000 events or every second (kafka.commit_interval_ms), whichever
+comes first, so its last verdicts can wait up to a second for their checkpoint; with a small N
+that tail weighs on ev/s. "cores busy" is this process's CPU time (every thread: the service,
+the reader, librdkafka, moto) over the same window divided by its length; well below the number
+of CPUs means the run waits on something (the GIL, a lock, a timer), not on CPU. moto's server
+and the mock broker live in this process, so moto's request handling competes with the
+pipeline for the GIL: the s3 variant measures moto as much as the fetch path, and the memory
+variant is the figure for the pipeline itself. With the default N the ceiling is over in about a
+tenth of a second, so its rate (and every ratio to it) is an order of magnitude, not a precise
+figure; raise --events for a steadier one. On a machine with few cores all figures are lower
+bounds for a real deployment and compare best against each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from decode_bench import run_decode_bench
+from moderator.devstack.samples import Sample, make_sample
+from moderator.devstack.stack import EmbeddedStack
+from moderator.fetch.store import InMemoryObjectStore, ObjectStore
+from moderator.ingest.kafka import consumer_config
+from moderator.ingest.loop import LoopStats
+from moderator.ingest.ports import Consumer as ConsumerPort
+from moderator.logs import configure_logging
+from moderator.service import build_pipeline, run_service
+from moderator.settings import Settings, load_settings
+
+DEFAULT_EVENTS = 5000
+BUCKET = "uploads"
+TENANT = "bench"
+IMAGE_SIZE = (64, 64)
+CEILING_RECORD_BYTES = 1024
+COMMIT_EVERY = 1000
+CONSUME_BATCH = 500
+UPLOAD_WORKERS = 8
+DECODE_TARGET = 448
+SHORT_RUN_S = 0.5
+
+
+@dataclass
+class Phase:
+    """One measured run over the N events."""
+
+    name: str
+    events: int = 0
+    wall_s: float = 0.0  # start (subscribe / service start) → done
+    active_s: float = 0.0  # first message consumed → done
+    cpu_s: float = 0.0  # CPU time of this whole process (all threads) over active_s
+    commits: int = 0
+    produced: int = 0
+    duplicates: int = 0
+    verdict_errors: int = 0
+    mean_output_bytes: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.active_s if self.active_s > 0 else 0.0
+
+    @property
+    def busy(self) -> float:
+        """Cores kept busy on average while active."""
+        return self.cpu_s / self.active_s if self.active_s > 0 else 0.0
+
+    @property
+    def wall_rate(self) -> float:
+        return self.events / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class _TimedConsumer(Consumer):
+    """A Consumer that remembers when consume() first returned a message."""
+
+    first_message_at: float | None = None
+    first_message_cpu: float = 0.0
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        messages: list[Any] = super().consume(num_messages, timeout)
+        if messages and self.first_message_at is None:
+            self.first_message_at = time.perf_counter()
+            self.first_message_cpu = time.process_time()
+        return messages
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+
+
+def _make_images(n: int) -> list[Sample]:
+    """n distinct tiny images, three JPEGs to one PNG (distinct bytes: no verdict-cache hits)."""
+    return [make_sample("png" if i % 4 == 3 else "jpeg", i, IMAGE_SIZE) for i in range(n)]
+
+
+def _object_key(i: int, sample: Sample) -> str:
+    return f"{TENANT}/bench/{i:06d}-{sample.name}"
+
+
+def _upload(stack: EmbeddedStack, images: Sequence[Sample]) -> float:
+    """PUT every image into moto's S3 server with a thread pool; returns the seconds it took."""
+    s3 = stack.s3_client()  # boto3 clients are thread-safe; its pool holds 10 connections
+
+    def put(item: tuple[int, Sample]) -> None:
+        i, sample = item
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=_object_key(i, sample),
+            Body=sample.data,
+            ContentType=sample.content_type,
+        )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
+        list(pool.map(put, enumerate(images)))
+    elapsed = time.perf_counter() - started
+    s3.close()
+    return elapsed
+
+
+def _publish_events(bootstrap: str, topic: str, run_id: str, images: Sequence[Sample]) -> None:
+    """One UploadEvent per image, keyed by object key so they spread over all partitions."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i, sample in enumerate(images):
+        key = _object_key(i, sample)
+        event = {
+            "event_id": f"{run_id}-{i:06d}",
+            "tenant_id": TENANT,
+            "object": {
+                "bucket": BUCKET,
+                "key": key,
+                "size": len(sample.data),
+                "content_type": sample.content_type,
+            },
+            "uploaded_at": "2026-01-01T00:00:00Z",
+            "context": {"surface": "post"},
+        }
+        _produce(producer, topic, key.encode(), json.dumps(event).encode())
+    left = producer.flush(30)
+    if left:
+        raise RuntimeError(f"{left} input events not acknowledged by the broker")
+
+
+def _write_policies(directory: Path) -> Path:
+    (directory / "default.yaml").write_text("on_error: review\n", encoding="utf-8")
+    (directory / f"{TENANT}.yaml").write_text("on_error: review\n", encoding="utf-8")
+    return directory
+
+
+def _produce(
+    producer: Producer,
+    topic: str,
+    key: bytes,
+    value: bytes,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+# -- 1. ceiling -----------------------------------------------------------------------------------
+
+
+def _ceiling_record(event: dict[str, Any]) -> bytes:
+    """A verdict-sized record: the event's identity plus padding up to ~1 KB."""
+    doc = {
+        "schema": "bench.ceiling/v1",
+        "event_id": event["event_id"],
+        "tenant_id": event["tenant_id"],
+        "object": event["object"],
+        "decision": "allow",
+        "pad": "",
+    }
+    base = len(json.dumps(doc))
+    doc["pad"] = "x" * max(0, CEILING_RECORD_BYTES - base)
+    return json.dumps(doc).encode()
+
+
+def run_ceiling(bootstrap: str, topic: str, n: int, run_id: str, timeout_s: float) -> Phase:
+    phase = Phase("ceiling: bare consume→produce")
+    out_topic = f"bench-ceiling-out-{run_id}"
+    consumer = _TimedConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-ceiling-{run_id}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+        }
+    )
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+    )
+    failures: list[Any] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err)
+
+    sizes = 0
+    since_commit = 0
+    started = time.perf_counter()
+    deadline = started + timeout_s
+    consumer.subscribe([topic])
+    try:
+        while phase.events < n and time.perf_counter() < deadline:
+            for msg in consumer.consume(CONSUME_BATCH, 0.05):
+                if msg.error() is not None:
+                    continue
+                record = _ceiling_record(json.loads(msg.value()))
+                sizes += len(record)
+                _produce(producer, out_topic, msg.key() or b"", record, on_delivery)
+                phase.events += 1
+                since_commit += 1
+            producer.poll(0)
+            if since_commit and (since_commit >= COMMIT_EVERY or phase.events >= n):
+                if producer.flush(30):
+                    raise RuntimeError("ceiling: outputs not acknowledged within 30 s")
+                consumer.commit(asynchronous=False)
+                phase.commits += 1
+                since_commit = 0
+        done = time.perf_counter()
+        phase.cpu_s = time.process_time() - consumer.first_message_cpu
+    finally:
+        consumer.close()
+        producer.flush(10)
+    if failures:
+        raise RuntimeError(f"ceiling: {len(failures)} outputs failed: {failures[0]}")
+    _finish(phase, started, consumer.first_message_at, done, n)
+    phase.produced = phase.events
+    phase.mean_output_bytes = sizes / phase.events if phase.events else 0.0
+    return phase
+
+
+# -- 2. pipeline ----------------------------------------------------------------------------------
+
+
+def _pipeline_settings(
+    stack: EmbeddedStack, policies: Path, uploads: str, label: str, run_id: str
+) -> Settings:
+    prefix = f"bench-{label}-{run_id}"
+    return load_settings(
+        None,
+        {
+            "instance_id": "bench",
+            "engine.kind": "fake",
+            "engine.fake.latency_ms": 0.0,
+            "kafka.bootstrap_servers": stack.bootstrap_servers,
+            "kafka.delivery": "at_least_once",
+            "kafka.group_id": prefix,
+            "kafka.topics.uploads": uploads,
+            "kafka.topics.verdicts": f"{prefix}-verdicts",
+            "kafka.topics.audit": f"{prefix}-audit",
+            "kafka.topics.dlq": f"{prefix}-dlq",
+            "s3.endpoint_url": stack.s3_endpoint_url,
+            "s3.region": stack.region,
+            "policies.dir": policies,
+            "log.level": "warning",
+        },
+    )
+
+
+def run_pipeline(
+    settings: Settings,
+    name: str,
+    n: int,
+    store: ObjectStore | None,
+    timeout_s: float,
+) -> Phase:
+    phase = Phase(name)
+    pipeline = build_pipeline(settings, store=store)
+    consumer = _TimedConsumer(consumer_config(settings))
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"{settings.kafka.group_id}-reader",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "allow.auto.create.topics": True,  # the mock broker creates the topic on request
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    # Assigned, not subscribed: a group join would add seconds of the reader's own to the run.
+    reader.assign(_all_partitions(reader, settings.kafka.topics.verdicts))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    result: list[LoopStats] = []
+
+    def serve() -> None:
+        try:
+            result.append(
+                run_service(
+                    settings, stop, pipeline=pipeline, consumer=cast("ConsumerPort", consumer)
+                )
+            )
+        except BaseException as exc:  # reported after the run; the bench must not hang
+            errors.append(exc)
+            stop.set()
+
+    seen: set[str] = set()
+    sizes = 0
+    worker = threading.Thread(target=serve, name="moderator-bench", daemon=True)
+    started = time.perf_counter()
+    deadline = started + timeout_s
+    worker.start()
+    try:
+        while len(seen) < n and time.perf_counter() < deadline and not stop.is_set():
+            for msg in reader.consume(CONSUME_BATCH, 0.05):
+                value, err = msg.value(), msg.error()
+                if err is not None or not value:
+                    if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                        phase.notes.append(f"reader: {err}")
+                    continue
+                doc = json.loads(value)
+                if doc["event_id"] in seen:
+                    phase.duplicates += 1
+                    continue
+                seen.add(doc["event_id"])
+                sizes += len(value)
+                if doc.get("error") is not None:
+                    phase.verdict_errors += 1
+                    if phase.verdict_errors == 1:
+                        phase.notes.append(f"first verdict error: {doc['error']}")
+        done = time.perf_counter()
+        phase.cpu_s = time.process_time() - consumer.first_message_cpu
+    finally:
+        reader.close()
+        stop.set()
+        worker.join(settings.flow.drain_grace_s + 30)
+    if errors:
+        raise RuntimeError(f"{name}: the service failed: {errors[0]!r}") from errors[0]
+    if worker.is_alive():
+        phase.notes.append("the service did not stop within its drain grace")
+    phase.events = len(seen)
+    _finish(phase, started, consumer.first_message_at, done, n)
+    if result:
+        phase.commits = result[0].checkpoints
+        phase.produced = result[0].produced
+    phase.mean_output_bytes = sizes / len(seen) if seen else 0.0
+    return phase
+
+
+def _all_partitions(client: Consumer, topic: str) -> list[TopicPartition]:
+    """Every partition of `topic` from its start; asking for it makes the mock broker create it."""
+    meta = client.list_topics(topic=topic, timeout=10).topics[topic]
+    if meta.error is not None or not meta.partitions:
+        raise RuntimeError(f"topic {topic} is not available: {meta.error}")
+    return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
+
+
+def _finish(phase: Phase, started: float, first: float | None, done: float, n: int) -> None:
+    phase.wall_s = done - started
+    phase.active_s = done - (first if first is not None else started)
+    if phase.events < n:
+        phase.notes.append(f"TIMED OUT: only {phase.events} of {n} events completed")
+    elif phase.active_s < SHORT_RUN_S:
+        phase.notes.append(
+            f"over in under {SHORT_RUN_S} s: the rate is coarse; a larger --events steadies it"
+        )
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def _cpu_line() -> str:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{usable} usable CPUs (os.cpu_count()={os.cpu_count()})"
+
+
+def _print_phase(phase: Phase, ceiling: Phase | None) -> None:
+    ratio = f", {phase.rate / ceiling.rate:.3g}x ceiling" if ceiling and ceiling.rate else ""
+    print(
+        f"  {phase.name}: {phase.events} events, {phase.rate:,.0f} ev/s from first message "
+        f"({phase.active_s:.2f} s), {phase.wall_rate:,.0f} ev/s wall ({phase.wall_s:.2f} s)"
+        f"{ratio}"
+    )
+    print(
+        f"    CPU {phase.cpu_s:.2f} s while active ({phase.busy:.1f} cores busy), "
+        f"commits/checkpoints {phase.commits}, records produced {phase.produced}, "
+        f"mean output record {phase.mean_output_bytes:,.0f} B"
+        + (f", duplicates {phase.duplicates}" if phase.duplicates else "")
+        + (f", verdicts with error {phase.verdict_errors}" if phase.verdict_errors else "")
+    )
+    for note in phase.notes:
+        print(f"    note: {note}")
+
+
+def _print_table(
+    n: int, phases: list[Phase], upload_s: float | None, decode: dict[str, float] | None
+) -> None:
+    ceiling = phases[0] if phases else None
+    rows: list[tuple[str, str, str, str, str]] = [
+        ("figure", "value", "wall s", "cores busy", "ratio")
+    ]
+    for phase in phases:
+        ratio = (
+            "1.00"
+            if phase is ceiling
+            else (f"{phase.rate / ceiling.rate:.3g} x ceiling" if ceiling and ceiling.rate else "-")
+        )
+        rows.append(
+            (
+                phase.name,
+                f"{phase.rate:,.0f} ev/s",
+                f"{phase.wall_s:.2f}",
+                f"{phase.busy:.1f}",
+                ratio,
+            )
+        )
+    if len(phases) == 3 and phases[2].rate:
+        rows.append(
+            ("pipeline s3 / pipeline memory", "", "", "", f"{phases[1].rate / phases[2].rate:.3g}")
+        )
+    if upload_s is not None:
+        rows.append(
+            ("moto S3 PUT (set-up)", f"{n / upload_s:,.0f} obj/s", f"{upload_s:.2f}", "", "")
+        )
+    if decode is not None:
+        target = int(decode["target"])
+        rows.append(("decode 12 MP JPEG, full", f"{decode['full_ms']:.1f} ms/img", "", "", ""))
+        rows.append(
+            (
+                f"decode 12 MP JPEG, draft to {target}",
+                f"{decode['draft_ms']:.1f} ms/img",
+                "",
+                "",
+                f"{decode['speedup']:.1f}x faster",
+            )
+        )
+        rows.append(
+            (
+                f"decode 12 MP JPEG, full then resize {target}",
+                f"{decode['full_resize_ms']:.1f} ms/img",
+                "",
+                "",
+                "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    print(f"summary: {n} events, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} images, {_cpu_line()}")
+    for j, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        print("  " + "  ".join(cells).rstrip())
+        if j == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="events per run")
+    parser.add_argument(
+        "--decode-images", type=int, default=3, help="12 MP JPEGs for the decode part (0: skip)"
+    )
+    parser.add_argument("--no-s3", action="store_true", help="skip the moto-backed variant")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds each measured run may take"
+    )
+    args = parser.parse_args(argv)
+    n: int = args.events
+    if n < 1:
+        parser.error("--events must be at least 1")
+
+    run_id = uuid.uuid4().hex[:8]
+    uploads = f"bench-uploads-{run_id}"
+    print(f"moderator pipeline bench: {n} events, {_cpu_line()}, Python {sys.version.split()[0]}")
+    print(
+        f"images: {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG/PNG, all distinct: this measures the "
+        "streaming path (Kafka, fetch, checkpoints), not decoding or inference"
+    )
+    started = time.perf_counter()
+    images = _make_images(n)
+    mean_bytes = statistics.mean(len(s.data) for s in images)
+    print(
+        f"generated {n} images ({mean_bytes:,.0f} B mean) in {time.perf_counter() - started:.1f} s"
+    )
+
+    phases: list[Phase] = []
+    upload_s: float | None = None
+    with (
+        tempfile.TemporaryDirectory(prefix="moderator-bench-") as tmp,
+        EmbeddedStack(buckets=(BUCKET,)) as stack,
+    ):
+        policies = _write_policies(Path(tmp))
+        # The S3 adapter resolves credentials the standard AWS way.
+        os.environ.update({k: v for k, v in stack.env().items() if k.startswith("AWS_")})
+        print(f"embedded stack: kafka {stack.bootstrap_servers}, s3 {stack.s3_endpoint_url}")
+        if not args.no_s3:
+            upload_s = _upload(stack, images)
+            print(f"uploaded {n} objects to moto in {upload_s:.1f} s ({n / upload_s:,.0f}/s)")
+        _publish_events(stack.bootstrap_servers, uploads, run_id, images)
+        print(f"published {n} UploadEvents to {uploads}")
+
+        print("\n1. ceiling")
+        phases.append(run_ceiling(stack.bootstrap_servers, uploads, n, run_id, args.timeout))
+        _print_phase(phases[0], None)
+
+        memory = InMemoryObjectStore()
+        for i, sample in enumerate(images):
+            memory.put(BUCKET, _object_key(i, sample), sample.data)
+        settings = _pipeline_settings(stack, policies, uploads, "s3", run_id)
+        configure_logging(settings.log)
+        if not args.no_s3:
+            print("\n2a. pipeline, objects in moto S3")
+            phases.append(run_pipeline(settings, "pipeline, S3 via moto", n, None, args.timeout))
+            gc.collect()  # the service's clients sit in reference cycles: free them now
+            _print_phase(phases[-1], phases[0])
+        print("\n2b. pipeline, objects in memory")
+        settings = _pipeline_settings(stack, policies, uploads, "mem", run_id)
+        phases.append(run_pipeline(settings, "pipeline, in-memory store", n, memory, args.timeout))
+        gc.collect()  # ... before the stack and its broker go away
+        _print_phase(phases[-1], phases[0])
+
+    decode: dict[str, float] | None = None
+    if args.decode_images > 0:
+        print(f"\n3. decode ({args.decode_images} x 4000x3000 JPEG q90)")
+        decode = run_decode_bench(args.decode_images, DECODE_TARGET)
+        print(
+            f"  full {decode['full_ms']:.1f} ms/image, draft {decode['draft_ms']:.1f} ms/image "
+            f"({decode['speedup']:.1f}x), full+resize {decode['full_resize_ms']:.1f} ms/image; "
+            f"{decode['mean_jpeg_mb']:.1f} MB mean"
+        )
+
+    _print_table(n, phases, upload_s, decode)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0 if all(p.events >= n for p in phases) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

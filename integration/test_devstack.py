@@ -1,0 +1,228 @@
+"""The embedded stack, used in-process and through `python -m moderator.cli.devstack`."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+import pytest
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from moderator.devstack.stack import EmbeddedStack
+
+EXPORTED = [
+    "MODERATOR_KAFKA__BOOTSTRAP_SERVERS",
+    "MODERATOR_KAFKA__DELIVERY",
+    "MODERATOR_S3__ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+]
+# The mock cluster delays a new group's first rebalance by ~3 s; leave room for it.
+CONSUME_TIMEOUT_S = 20.0
+
+
+def _produce(conf: dict[str, Any], topic: str, n: int) -> None:
+    producer = Producer({**conf, "enable.idempotence": True})
+    errors: list[object] = []
+    for i in range(n):
+        producer.produce(
+            topic,
+            key=f"k{i}".encode(),
+            value=f"v{i}".encode(),
+            on_delivery=lambda err, _msg: errors.append(err) if err else None,
+        )
+    assert producer.flush(10) == 0
+    assert errors == []
+
+
+def _consume(consumer: Consumer, n: int) -> list[Message]:
+    got: list[Message] = []
+    deadline = time.monotonic() + CONSUME_TIMEOUT_S
+    while len(got) < n and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        assert msg.error() is None, msg.error()
+        got.append(msg)
+    return got
+
+
+def _roundtrip_kafka(conf: dict[str, Any], topic: str, group: str, n: int = 10) -> None:
+    """Produce n records, consume them in a group, commit, and read the commit back."""
+    _produce(conf, topic, n)
+    consumer = Consumer(
+        {
+            **conf,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        got = _consume(consumer, n)
+        assert sorted(m.value() or b"" for m in got) == sorted(f"v{i}".encode() for i in range(n))
+        consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+
+    expected: dict[int, int] = {}  # partition -> next offset to read
+    for m in got:
+        partition, offset = m.partition(), m.offset()
+        assert partition is not None and offset is not None
+        expected[partition] = max(expected.get(partition, 0), offset + 1)
+
+    second = Consumer({**conf, "group.id": group, "enable.auto.commit": False})
+    try:
+        committed = second.committed(
+            [TopicPartition(topic, p) for p in sorted(expected)], timeout=10
+        )
+    finally:
+        second.close()
+    assert {tp.partition: tp.offset for tp in committed} == expected
+
+
+def test_in_process_kafka_roundtrip(kafka_conf: dict[str, Any], unique: str) -> None:
+    _roundtrip_kafka(kafka_conf, f"devstack-{unique}", f"devstack-{unique}")
+
+
+def test_topics_auto_create_with_four_partitions(kafka_conf: dict[str, Any], unique: str) -> None:
+    topic = f"parts-{unique}"
+    _produce(kafka_conf, topic, 1)
+    producer = Producer(kafka_conf)
+    metadata = producer.list_topics(topic, timeout=5)
+    assert len(metadata.topics[topic].partitions) == 4
+
+
+def test_in_process_s3_roundtrip(stack: EmbeddedStack, unique: str) -> None:
+    s3 = stack.s3_client()
+    key = f"tenant-a/{unique}.bin"
+    put = s3.put_object(Bucket="uploads", Key=key, Body=b"payload")
+    assert put.get("VersionId")  # the buckets are versioned
+    got = s3.get_object(Bucket="uploads", Key=key)
+    assert got["Body"].read() == b"payload"
+    s3.close()
+
+
+def test_env_does_not_touch_process_environment(stack: EmbeddedStack) -> None:
+    env = stack.env()
+    assert list(env) == EXPORTED
+    assert env["MODERATOR_KAFKA__DELIVERY"] == "at_least_once"
+    assert env["MODERATOR_S3__ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    assert os.environ.get("MODERATOR_S3__ENDPOINT_URL") != env["MODERATOR_S3__ENDPOINT_URL"]
+
+
+def test_start_is_idempotent_and_stop_releases() -> None:
+    local = EmbeddedStack(buckets=("devstack-idem",))
+    try:
+        assert local.start() is local
+        first = local.bootstrap_servers
+        assert local.start().bootstrap_servers == first
+    finally:
+        local.stop()
+    local.stop()  # a second stop is harmless
+
+
+# -- out of process ---------------------------------------------------------------------------
+
+
+def _lines(stream: IO[str]) -> queue.Queue[str | None]:
+    """Read a pipe on a thread so the test can wait with a deadline."""
+    out: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            out.put(line.rstrip("\n"))
+        out.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return out
+
+
+@pytest.fixture
+def dev_stack_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str], Path]]:
+    stderr_path = tmp_path / "dev-stack.stderr"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moderator.cli.devstack"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    assert proc.stdout is not None
+    lines = _lines(proc.stdout)
+    head: list[str] = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                break
+            if line is None or line == "ready":
+                head.append(line or "<eof>")
+                break
+            head.append(line)
+        assert head and head[-1] == "ready", (head, stderr_path.read_text())
+        yield proc, head[:-1], stderr_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+
+
+def test_dev_stack_cli_serves_other_processes(
+    dev_stack_process: tuple[subprocess.Popen[str], list[str], Path], unique: str
+) -> None:
+    proc, exports, stderr_path = dev_stack_process
+    env: dict[str, str] = {}
+    for line in exports:
+        words = shlex.split(line)
+        assert len(words) == 2 and words[0] == "export", line
+        name, _, value = words[1].partition("=")
+        env[name] = value
+    assert list(env) == EXPORTED
+    assert env["MODERATOR_KAFKA__DELIVERY"] == "at_least_once"
+
+    _roundtrip_kafka(
+        {"bootstrap.servers": env["MODERATOR_KAFKA__BOOTSTRAP_SERVERS"]},
+        f"cli-{unique}",
+        f"cli-{unique}",
+        n=5,
+    )
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["MODERATOR_S3__ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    s3.put_object(Bucket="uploads", Key=f"cli/{unique}", Body=b"hello")
+    assert s3.get_object(Bucket="uploads", Key=f"cli/{unique}")["Body"].read() == b"hello"
+    s3.close()
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0, stderr_path.read_text()
+    assert proc.stdout is not None
+    assert proc.stdout.read() == ""  # nothing after `ready`
+
+
+def test_dev_stack_cli_exits_cleanly_on_sigint(
+    dev_stack_process: tuple[subprocess.Popen[str], list[str], Path],
+) -> None:
+    proc, exports, stderr_path = dev_stack_process
+    assert len(exports) == len(EXPORTED)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0, stderr_path.read_text()
