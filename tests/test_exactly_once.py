@@ -84,7 +84,8 @@ def test_crash_at_each_checkpoint_step_then_restart(
     first.start()
     first.thread.join(30)
     assert isinstance(first.error, SimulatedCrash), first.error
-    assert len(verdict_ids(broker)) < len(ids)  # it died with work left
+    if point != "after_commit_transaction":  # that crash may follow the final commit
+        assert len(verdict_ids(broker)) < len(ids)  # it died with work left
     broker.evict(first.consumer)  # its session times out; the restarted process takes over
     second = Instance(broker, store, settings).start()
     wait_for(lambda: _all_done(broker, ids, malformed), what="verdicts after restart")

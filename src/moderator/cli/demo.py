@@ -12,7 +12,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from moderator.devstack.samples import corrupt_bytes, make_samples
 from moderator.devstack.stack import EmbeddedStack
@@ -45,6 +45,7 @@ def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int
                     "s3.endpoint_url": stack.s3_endpoint_url,
                     "s3.region": "us-east-1",
                     "log.level": "warning",
+                    "kafka.client": {"log.connection.close": False},
                 },
             )
             configure_logging(settings.log)
@@ -73,6 +74,10 @@ def _run_demo(settings: Settings, stack: EmbeddedStack, events: int) -> int:
     started = time.monotonic()
     worker.start()
     verdicts = _read_verdicts(settings, expected, stop, timeout_s=60 + 2.0 * expected)
+    if len(verdicts) == expected:
+        _reupload(settings, stack)
+        expected += 1
+        verdicts = _read_verdicts(settings, expected, stop, timeout_s=30)
     elapsed = time.monotonic() - started
     stop.set()
     worker.join(timeout=settings.flow.drain_grace_s + 10)
@@ -94,7 +99,7 @@ def _upload_samples(settings: Settings, stack: EmbeddedStack, n: int) -> int:
     s3 = stack.s3_client()
     producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
     topic = settings.kafka.topics.uploads
-    samples = make_samples(max(1, n - 3), seed=7)
+    samples = make_samples(max(1, n - 2), seed=7)
     count = 0
     for i, sample in enumerate(samples):
         tenant = TENANTS[i % len(TENANTS)]
@@ -103,7 +108,6 @@ def _upload_samples(settings: Settings, stack: EmbeddedStack, n: int) -> int:
         _send(producer, topic, tenant, key, f"demo-{i:04d}", len(sample.data))
         count += 1
     extras: list[tuple[str, str, bytes | None]] = [
-        ("acme", "acme/demo/reupload-of-photo.jpg", samples[0].data),  # same bytes: cache
         ("kidsplace", "kidsplace/demo/broken.jpg", corrupt_bytes(3)),  # corrupt image
         ("museum", "museum/demo/missing.jpg", None),  # object never uploaded
     ]
@@ -115,6 +119,16 @@ def _upload_samples(settings: Settings, stack: EmbeddedStack, n: int) -> int:
     producer.produce(topic, key=b"junk", value=b"{not json")  # dead-lettered
     producer.flush(10)
     return count
+
+
+def _reupload(settings: Settings, stack: EmbeddedStack) -> None:
+    """The first sample's bytes again under a new key: answered from the verdict cache."""
+    data = make_samples(1, seed=7)[0].data
+    key = "acme/demo/reupload-of-first.jpg"
+    stack.s3_client().put_object(Bucket=BUCKET, Key=key, Body=data)
+    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    _send(producer, settings.kafka.topics.uploads, "acme", key, "demo-reupload", len(data))
+    producer.flush(10)
 
 
 def _send(
@@ -137,12 +151,15 @@ def _read_verdicts(
         {
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "group.id": f"demo-reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
+            "log.connection.close": False,
         }
     )
-    reader.subscribe([settings.kafka.topics.verdicts])
+    topic = settings.kafka.topics.verdicts
+    reader.assign(
+        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in _partitions(reader, topic, stop)]
+    )
     seen: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
     try:
@@ -155,6 +172,16 @@ def _read_verdicts(
     finally:
         reader.close()
     return sorted(seen.values(), key=lambda v: v["event_id"])
+
+
+def _partitions(reader: Any, topic: str, stop: threading.Event) -> list[int]:
+    """The topic's partitions, once it exists (it is created by the first verdict)."""
+    while not stop.is_set():
+        meta = reader.list_topics(topic, timeout=5).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions:
+            return sorted(meta.partitions)
+        time.sleep(0.2)
+    return []
 
 
 def _print_table(verdicts: list[dict[str, Any]]) -> None:
