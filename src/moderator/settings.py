@@ -202,49 +202,51 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     log: LogSettings = LogSettings()
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init carries CLI flags and the YAML file: load_settings merges them in that order.
-        return (_CliSource(settings_cls), env_settings, init_settings)
-
     @property
     def transactional_id(self) -> str:
         return self.kafka.transactional_id or f"moderator-{self.kafka.group_id}-{self.instance_id}"
 
 
-class _CliSource(PydanticBaseSettingsSource):
-    """Highest-priority source holding CLI flag overrides (set by load_settings)."""
+class _Layer(PydanticBaseSettingsSource):
+    """A fixed mapping of values as one settings source (the YAML file's contents)."""
 
-    overrides: dict[str, Any] = {}
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self.overrides.get(field_name), field_name, False
+        return self._values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(self.overrides)
+        return dict(self._values)
 
 
 def load_settings(
     config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
-    """Build and validate the settings; raise ConfigError with one line naming the key."""
-    file_values: dict[str, Any] = {}
-    if config_file is not None:
-        file_values = _read_yaml(config_file)
-    _CliSource.overrides = _nest(overrides or {})
+    """Build and validate the settings; raise ConfigError with one line naming the key.
+
+    Precedence: `overrides` (CLI flags, dotted keys) > MODERATOR_* environment > the YAML file
+    > defaults.
+    """
+    file_values = _read_yaml(config_file) if config_file is not None else {}
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _Layer(settings_cls, file_values))
+
     try:
-        return Settings(**file_values)
+        return _Loaded(**_nest(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, config_file)) from exc
-    finally:
-        _CliSource.overrides = {}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

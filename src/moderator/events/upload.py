@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -52,6 +50,3 @@ class UploadEvent(BaseModel):
     def output_key(self) -> str:
         """Key of the verdict and audit records: `{tenant_id}:{bucket}/{key}`."""
         return f"{self.tenant_id}:{self.object.bucket}/{self.object.key}"
-
-    def uploaded_at_or(self, fallback: datetime) -> datetime:
-        return self.uploaded_at if self.uploaded_at is not None else fallback

@@ -47,15 +47,9 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-def make_consumer(settings: Settings, logger: Any | None = None) -> Consumer:
-    conf = consumer_config(settings)
-    if logger is not None:
-        conf["logger"] = logger
-    return cast(Consumer, confluent_kafka.Consumer(conf))
+def make_consumer(settings: Settings) -> Consumer:
+    return cast(Consumer, confluent_kafka.Consumer(consumer_config(settings)))
 
 
-def make_producer(settings: Settings, logger: Any | None = None) -> Producer:
-    conf = producer_config(settings)
-    if logger is not None:
-        conf["logger"] = logger
-    return cast(Producer, confluent_kafka.Producer(conf))
+def make_producer(settings: Settings) -> Producer:
+    return cast(Producer, confluent_kafka.Producer(producer_config(settings)))

@@ -118,13 +118,6 @@ class OffsetTracker(Generic[T]):
     def rewind_points(self) -> dict[TP, int]:
         return {tp: p.base for tp, p in self._parts.items() if p.base is not None}
 
-    def clear_all(self) -> None:
-        for part in self._parts.values():
-            part.clear()
-
     @property
     def in_flight(self) -> int:
         return sum(len(p) for p in self._parts.values())
-
-    def partitions(self) -> list[TP]:
-        return list(self._parts)
