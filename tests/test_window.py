@@ -261,6 +261,27 @@ def test_hung_engine_times_out(make_window: MakeWindow) -> None:
     assert later.result.assessment is not None
 
 
+class SlowTestEngine(ScriptedTestEngine):
+    """Answers every call after `seconds`: busy, never stalled."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def answer(self, ids: list[str]) -> list[EngineResult]:
+        time.sleep(self.seconds)
+        return super().answer(ids)
+
+
+def test_queue_time_behind_a_busy_engine_is_not_a_timeout(make_window: MakeWindow) -> None:
+    engine = SlowTestEngine(0.1)
+    window = make_window(engine, batch_size=1, max_wait_ms=0, timeout_s=0.3)
+    futures = [window.submit(_request(i)) for i in range(8)]  # 0.8 s of work, 0.3 s timeout
+    results = _results(futures)
+    assert all(r.result.assessment is not None for r in results)
+    assert results[-1].queue_ms > 300  # the last one waited longer than the timeout, and lived
+
+
 def test_close_resolves_queued_and_running(make_window: MakeWindow) -> None:
     gate = threading.Event()
     engine = ScriptedTestEngine(gate=gate)

@@ -9,6 +9,7 @@ is abandoned to start another (`hung_calls` counts them). Done-callbacks run on 
 from __future__ import annotations
 
 import itertools
+import math
 import queue
 import threading
 import time
@@ -37,7 +38,7 @@ class _Item:
     request: EngineRequest
     future: Future[WindowResult]
     submitted: float
-    deadline: float
+    deadline: float = math.inf  # set when the item's first engine call is dispatched
     started: float | None = None
     attempts: int = 0
     failures: int = 0  # failed engine calls with this item alone
@@ -53,8 +54,13 @@ class EngineWindow:
 
     A batch is dispatched as soon as it is full, or `max_wait_ms` after its oldest request was
     submitted. A failing batch is split in halves until the failing items are alone; a single
-    item is retried `retries` more times before it resolves as `engine_error`. A request not
-    resolved `timeout_s` after submit resolves as `engine_timeout`.
+    item is retried `retries` more times before it resolves as `engine_error`.
+
+    Timeouts: a request resolves as `engine_timeout` when it has no result `timeout_s` after its
+    first engine call was dispatched. Waiting in the queue behind a busy engine does not count
+    (the ingest side's water marks bound the queue); a queued request only times out when no
+    engine call at all has finished for `timeout_s` since it was submitted, i.e. the engine is
+    stalled, so a hung engine cannot hold the stream up forever.
     """
 
     def __init__(
@@ -76,7 +82,8 @@ class EngineWindow:
         self._retries = retries
         self._cond = threading.Condition()
         self._queue: deque[_Item] = deque()  # waiting for a batch, in submit order
-        self._by_deadline: deque[_Item] = deque()  # every item not yet expired, in submit order
+        self._by_deadline: deque[_Item] = deque()  # dispatched, unexpired items, by deadline
+        self._last_progress = time.monotonic()  # when an engine call last finished
         self._pending = 0
         self._free_slots = concurrency
         self._calls: dict[int, float] = {}  # running engine calls: id -> start time
@@ -99,11 +106,10 @@ class EngineWindow:
         future: Future[WindowResult] = Future()
         future.set_running_or_notify_cancel()  # not cancellable: it always gets a result
         now = time.monotonic()
-        item = _Item(request, future, now, now + self._timeout)
+        item = _Item(request, future, now)
         with self._cond:
             if not self._closed:
                 self._queue.append(item)
-                self._by_deadline.append(item)
                 self._pending += 1
                 self._cond.notify()
                 return future
@@ -169,7 +175,15 @@ class EngineWindow:
             item = self._by_deadline.popleft()
             if not item.claimed:
                 expired.append(item)
+        while self._queue and (self._queue[0].claimed or self._stalled(self._queue[0], now)):
+            item = self._queue.popleft()
+            if not item.claimed:
+                expired.append(item)
         return expired
+
+    def _stalled(self, item: _Item, now: float) -> bool:
+        """No engine call has finished for timeout_s since this queued item was submitted."""
+        return now - max(item.submitted, self._last_progress) >= self._timeout
 
     def _take_batch(self, now: float) -> list[_Item]:
         if self._free_slots == 0:
@@ -184,12 +198,17 @@ class EngineWindow:
         while self._queue and len(batch) < self._batch_size:
             item = self._queue.popleft()
             if not item.claimed:
+                item.deadline = now + self._timeout
+                self._by_deadline.append(item)
                 batch.append(item)
         self._free_slots -= 1
         return batch
 
     def _wait_time(self, now: float) -> float | None:
         wake = [self._by_deadline[0].deadline] if self._by_deadline else []
+        if self._queue:
+            head = self._queue[0]
+            wake.append(max(head.submitted, self._last_progress) + self._timeout)
         if self._queue and self._free_slots:
             wake.append(self._queue[0].submitted + self._max_wait)
         return max(0.0, min(wake) - now) if wake else None
@@ -242,6 +261,7 @@ class EngineWindow:
         finally:
             with self._cond:
                 del self._calls[call_id]
+                self._last_progress = time.monotonic()
         return outcome, (time.monotonic() - start) * 1000.0
 
     def _fail(self, items: list[_Item], code: ErrorCode, message: str) -> None:
