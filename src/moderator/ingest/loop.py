@@ -148,6 +148,11 @@ class IngestLoop:
         return max(10.0, self._s.kafka.transaction_timeout_ms / 1000 / 2)
 
     @property
+    def paused(self) -> bool:
+        """Whether intake is paused by backpressure."""
+        return self._gate.paused
+
+    @property
     def in_flight(self) -> int:
         """Events being processed, or messages held uncommitted: what the water marks bound."""
         return max(self._jobs, self._tracker.in_flight)
