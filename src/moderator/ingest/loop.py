@@ -243,7 +243,7 @@ class IngestLoop:
             elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= kafka.commit_max_events
         )
 
-    def _checkpoint(self, only: set[TP] | None = None) -> None:
+    def _checkpoint(self, only: set[TP] | None = None, *, revoking: bool = False) -> None:
         self._last_commit = time.monotonic()
         ready = self._tracker.take_ready(only)
         if not ready:
@@ -261,7 +261,11 @@ class IngestLoop:
         except CheckpointAborted as exc:
             self.stats.aborted += 1
             log.warning("checkpoint_aborted", reason=str(exc), partitions=len(ready))
-            self._rewind(set(ready))
+            if revoking:  # the partitions are leaving: the next owner starts from the commit
+                for tp in ready:
+                    self._reset(tp)
+            else:
+                self._rewind(set(ready))
             return
         count = sum(r.count for r in ready.values())
         for tp, r in ready.items():
@@ -304,7 +308,7 @@ class IngestLoop:
         tps = {(p.topic, p.partition) for p in partitions}
         if not self._dead:
             self._collect()
-            self._checkpoint(only=tps)
+            self._checkpoint(only=tps, revoking=True)
         self._release(tps)
         log.info("revoked", partitions=sorted(tps))
 
