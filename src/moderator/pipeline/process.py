@@ -266,7 +266,7 @@ class Processor:
                 instance_id=self._instance_id,
                 package_version=__version__,
                 policy_hash=policy.full_hash,
-                prompt_sha256=hashlib.sha256(policy.prompt.encode()).hexdigest(),
+                prompt_sha256=policy.prompt_sha256,
             ),
         )
         records = verdict_outputs(

@@ -32,6 +32,9 @@ class CompiledPolicy(Protocol):
     def prompt(self) -> str: ...
 
     @property
+    def prompt_sha256(self) -> str: ...
+
+    @property
     def categories(self) -> tuple[str, ...]:
         """Category strings the model may answer with (structured-output enum)."""
         ...

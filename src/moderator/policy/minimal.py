@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,7 +42,7 @@ class MinimalPolicy:
     categories: tuple[str, ...] = CATEGORIES
     prompt: str = _PROMPT_HEAD + "\n" + "\n".join(CATEGORIES)
 
-    @property
+    @cached_property
     def full_hash(self) -> str:
         doc = {
             "kind": "minimal/v1",
@@ -55,9 +56,13 @@ class MinimalPolicy:
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
-    @property
+    @cached_property
     def version(self) -> str:
         return self.full_hash[:16]
+
+    @cached_property
+    def prompt_sha256(self) -> str:
+        return hashlib.sha256(self.prompt.encode()).hexdigest()
 
     def allows_object(self, bucket: str, key: str) -> bool:
         if unsafe_key_reason(key) is not None or bucket not in self.buckets:
