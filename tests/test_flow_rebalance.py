@@ -8,7 +8,15 @@ from pathlib import Path
 
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.memory_broker import MemoryBroker
-from tests.harness import Instance, png, seed_uploads, settings_for, wait_for, write_policies
+from tests.harness import (
+    Instance,
+    png,
+    seed_uploads,
+    settings_for,
+    verdict_ids,
+    wait_for,
+    write_policies,
+)
 
 
 def test_partitions_assigned_while_paused_are_paused(tmp_path: Path) -> None:
@@ -44,3 +52,23 @@ def test_partitions_assigned_while_paused_are_paused(tmp_path: Path) -> None:
     assert a.loop.stats.messages == before  # nothing read from the newly assigned partitions
     a.shutdown()
     b.shutdown()
+
+
+def test_backpressure_does_not_wait_for_the_commit_interval(tmp_path: Path) -> None:
+    """Completed messages count as in flight until committed: the loop must checkpoint before
+    they fill the high-water mark, not only when commit_interval_ms or commit_max_events pass."""
+    broker, store = MemoryBroker(default_partitions=4), InMemoryObjectStore()
+    ids, _ = seed_uploads(broker, store, 300)
+    settings = settings_for(
+        write_policies(tmp_path),
+        **{
+            "flow.high_in_flight": 16,
+            "flow.low_in_flight": 8,
+            "kafka.commit_interval_ms": 600_000,
+            "kafka.commit_max_events": 100_000,
+        },
+    )
+    inst = Instance(broker, store, settings).start()
+    wait_for(lambda: len(verdict_ids(broker)) == len(ids), timeout=20, what="all verdicts")
+    inst.shutdown()
+    assert inst.error is None and inst.loop.stats.pauses > 0

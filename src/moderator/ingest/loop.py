@@ -237,11 +237,13 @@ class IngestLoop:
     # -- checkpoint ----------------------------------------------------------------------------
 
     def _checkpoint_due(self) -> bool:
+        """Every commit_interval_ms, or once enough completions wait. Completed messages count
+        as in flight until committed, so waiting for more than half the high-water mark would
+        let backpressure stall intake until the interval runs out."""
         kafka = self._s.kafka
         elapsed_ms = (time.monotonic() - self._last_commit) * 1000
-        return (
-            elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= kafka.commit_max_events
-        )
+        enough = min(kafka.commit_max_events, max(1, self._s.flow.high_in_flight // 2))
+        return elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= enough
 
     def _checkpoint(self, only: set[TP] | None = None, *, revoking: bool = False) -> None:
         self._last_commit = time.monotonic()
