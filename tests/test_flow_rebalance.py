@@ -64,11 +64,14 @@ def test_backpressure_does_not_wait_for_the_commit_interval(tmp_path: Path) -> N
         **{
             "flow.high_in_flight": 16,
             "flow.low_in_flight": 8,
-            "kafka.commit_interval_ms": 600_000,
+            "kafka.commit_interval_ms": 1000,  # once per second: 300 events need 19 cycles
             "kafka.commit_max_events": 100_000,
         },
     )
     inst = Instance(broker, store, settings).start()
-    wait_for(lambda: len(verdict_ids(broker)) == len(ids), timeout=20, what="all verdicts")
+    started = time.monotonic()
+    wait_for(lambda: len(verdict_ids(broker)) == len(ids), timeout=30, what="all verdicts")
+    elapsed = time.monotonic() - started
     inst.shutdown()
     assert inst.error is None and inst.loop.stats.pauses > 0
+    assert elapsed < 8, f"{elapsed:.1f}s: intake waited for the commit interval while paused"

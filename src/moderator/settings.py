@@ -144,9 +144,9 @@ class FlowSettings(_Section):
     """Backpressure water marks and shutdown."""
 
     high_in_flight: int = Field(
-        default=256, ge=1, description="events (or held messages) in flight before pausing"
+        default=2000, ge=1, description="events (or held messages) in flight before pausing"
     )
-    low_in_flight: int = Field(default=128, ge=0)
+    low_in_flight: int = Field(default=1000, ge=0)
     high_buffered_bytes: int = Field(default=256 * MiB, ge=1)
     low_buffered_bytes: int = Field(default=128 * MiB, ge=0)
     drain_grace_s: float = Field(default=20.0, ge=0)
