@@ -127,10 +127,74 @@ class NudenetSettings(_Section):
     explicit_threshold: float = Field(default=0.7, ge=0, le=1)
 
 
+class GenerationSettings(_Section):
+    """Decoding parameters shared by the guard-model engines; recorded in every audit record."""
+
+    max_new_tokens: int = Field(default=512, ge=16, le=8192)
+    temperature: float = Field(default=0.0, ge=0, le=2, description="0 = greedy (the default)")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = Field(default=None, description="sampling seed when temperature > 0")
+    structured: bool = Field(
+        default=True, description="constrain output to the verdict JSON schema where supported"
+    )
+    rationale_max_chars: int = Field(default=1200, ge=16, le=20_000)
+    score: bool = Field(default=True, description="compute P(Unsafe) from token log-probabilities")
+
+    def record(self) -> dict[str, Any]:
+        """The parameters as they go into the audit record."""
+        return self.model_dump(mode="json")
+
+
+class TransformersSettings(_Section):
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: str | None = Field(default=None, description="e.g. sdpa, eager")
+    max_image_tiles: int | None = Field(
+        default=None,
+        ge=0,
+        le=36,
+        description="LLaVA-OneVision: cap on anyres tiles (0 = base tile only); throughput knob",
+    )
+    max_pixels: int | None = Field(
+        default=None, ge=3136, description="Qwen2-VL family: cap on pixels per image"
+    )
+    warmup: bool = Field(default=True, description="one generation at start-up before ready")
+    threads: int | None = Field(default=None, ge=1, le=256, description="torch CPU threads")
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class LmdeploySettings(_Section):
+    """TurbomindEngineConfig / VisionConfig knobs."""
+
+    max_batch_size: int = Field(default=64, ge=1, le=2048)
+    cache_max_entry_count: float = Field(default=0.8, gt=0, le=1)
+    session_len: int = Field(default=12_288, ge=1024)
+    tp: int = Field(default=1, ge=1, le=64)
+    quant_policy: Literal[0, 4, 8] = 0
+    vision_batch_size: int = Field(default=8, ge=1, le=1024)
+    model_format: Literal["hf", "awq", "gptq"] | None = None
+
+
+class OpenAISettings(_Section):
+    """The `openai` engine's HTTP client (base URL and model come from engine.base_url/model)."""
+
+    api_key: SecretStr | None = Field(default=None, description="sent as a bearer token")
+    max_connections: int = Field(default=64, ge=1, le=4096)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    attempts: int = Field(default=3, ge=1, le=20, description="tries per request (tenacity)")
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    logprobs: bool = Field(default=True, description="ask for log-probabilities (score)")
+    top_logprobs: int = Field(default=5, ge=1, le=20)
+    image_format: Literal["PNG", "JPEG"] = "PNG"
+
+
 class EngineSettings(_Section):
     kind: Literal["nudenet", "transformers", "lmdeploy", "openai", "fake"] = "nudenet"
-    model: str | None = None
-    base_url: str | None = None
+    model: str | None = Field(
+        default=None, description="checkpoint directory (transformers, lmdeploy) or served name"
+    )
+    base_url: str | None = Field(default=None, description="openai engine: e.g. http://h:23333/v1")
     concurrency: int = Field(default=1, ge=1, le=256, description="most engine batches in flight")
     batch_size: int = Field(default=8, ge=1, le=1024)
     max_wait_ms: float = Field(default=20.0, ge=0)
@@ -138,6 +202,10 @@ class EngineSettings(_Section):
     retries: int = Field(default=1, ge=0, le=10)
     fake: FakeEngineSettings = FakeEngineSettings()
     nudenet: NudenetSettings = NudenetSettings()
+    generation: GenerationSettings = GenerationSettings()
+    transformers: TransformersSettings = TransformersSettings()
+    lmdeploy: LmdeploySettings = LmdeploySettings()
+    openai: OpenAISettings = OpenAISettings()
 
 
 class FlowSettings(_Section):
