@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -119,10 +120,22 @@ def test_window_isolates_fake_failures() -> None:
         window.close()
 
 
-@pytest.mark.parametrize("kind", ["transformers", "lmdeploy", "openai"])
-def test_later_engine_kinds_are_config_errors(kind: str) -> None:
-    with pytest.raises(ConfigError, match=f"engine.kind={kind} is not available"):
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("transformers", "engine.model is required for engine.kind=transformers"),
+        ("openai", "engine.base_url is required for engine.kind=openai"),
+    ],
+)
+def test_guard_model_engines_without_a_model_are_config_errors(kind: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         build_engine(EngineSettings(kind=kind))
+
+
+def test_transformers_with_a_missing_checkpoint_names_the_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigError, match=f"no checkpoint directory at {missing}"):
+        build_engine(EngineSettings(kind="transformers", model=str(missing)))
 
 
 def test_nudenet_without_the_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

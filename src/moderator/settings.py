@@ -151,9 +151,9 @@ class TransformersSettings(_Section):
     attn_implementation: str | None = Field(default=None, description="e.g. sdpa, eager")
     max_image_tiles: int | None = Field(
         default=None,
-        ge=0,
+        ge=1,
         le=36,
-        description="LLaVA-OneVision: cap on anyres tiles (0 = base tile only); throughput knob",
+        description="LLaVA-OneVision: most anyres grid tiles beside the base tile; throughput knob",
     )
     max_pixels: int | None = Field(
         default=None, ge=3136, description="Qwen2-VL family: cap on pixels per image"

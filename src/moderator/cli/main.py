@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from moderator import __version__
+from moderator.engine.tiny import ARCHES as TINY_ARCHES  # cheap: torch is imported on use only
 from moderator.errors import ConfigError, ModeratorError
 
 ENGINES = ("nudenet", "transformers", "lmdeploy", "openai", "fake")
@@ -36,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--policies", type=Path, help="policy directory (default: bundled)")
 
     sub.add_parser("dev-stack", help="start the embedded broker and S3 server for local work")
+
+    model = sub.add_parser("model", help="model checkpoint tools")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    tiny = model_sub.add_parser(
+        "make-tiny", help="write a tiny random-weight checkpoint for smoke tests (no downloads)"
+    )
+    tiny.add_argument("directory", type=Path, help="where to write the checkpoint")
+    tiny.add_argument(
+        "--arch", choices=TINY_ARCHES, default=TINY_ARCHES[0], help="model architecture"
+    )
+    tiny.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same bytes)")
     return parser
 
 
@@ -82,6 +94,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_demo(args.events, args.config, _overrides(args))
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "model":
+        from moderator.cli.model import cmd_make_tiny
+
+        return cmd_make_tiny(args.directory, args.arch, args.seed)
     raise ConfigError(f"unknown command {args.command}")
 
 

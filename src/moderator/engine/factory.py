@@ -26,7 +26,19 @@ def build_engine(settings: EngineSettings) -> Engine:
             return NudenetEngine(settings.nudenet)
         except ImportError as exc:
             raise ConfigError(NUDENET_MISSING) from exc
-    raise ConfigError(f"engine.kind={settings.kind} is not available in this build yet")
+    if settings.kind == "transformers":
+        from moderator.engine.hf_engine import TransformersEngine
+
+        return TransformersEngine(settings)
+    if settings.kind == "openai":
+        from moderator.engine.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(settings)
+    if settings.kind == "lmdeploy":
+        from moderator.engine.lmdeploy_engine import LmdeployEngine
+
+        return LmdeployEngine(settings)
+    raise ConfigError(f"engine.kind={settings.kind} is not a known engine")
 
 
 def build_window(engine: Engine, settings: EngineSettings) -> EngineWindow:

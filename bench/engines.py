@@ -1,0 +1,120 @@
+"""The transformers engine on a tiny checkpoint: items/s and latency per batch size, and what
+constrained decoding costs, measured side by side in one run.
+
+A tiny random-weight model makes the model's own compute small, so these figures show the
+engine's overhead (processor, padding, generate loop, grammar masks, scoring), not what a real
+guard model costs on a GPU. Output length is fixed (`--tokens`) with end-of-sequence disabled
+for the unconstrained runs' comparison to be fair: see `_settings`.
+
+    python bench/engines.py [--arch llava-onevision] [--items 48] [--batch-sizes 1,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from moderator.engine.base import EngineRequest
+from moderator.engine.hf_engine import TransformersEngine
+from moderator.engine.tiny import make_tiny
+from moderator.events.verdict import CATEGORIES
+from moderator.settings import EngineSettings
+
+PROMPT = (
+    "Assess the image against the safety policy below and answer with the JSON template.\n"
+    + "\n".join(f"{c}: guideline text for this category." for c in CATEGORIES[:-1])
+)
+
+
+def _images(n: int, seed: int = 7) -> list[Image.Image]:
+    rng = random.Random(seed)
+    sizes = [(64, 48), (48, 64), (96, 96), (120, 80)]
+    out = []
+    for i in range(n):
+        color = tuple(rng.randrange(256) for _ in range(3))
+        out.append(Image.new("RGB", sizes[i % len(sizes)], color))
+    return out
+
+
+def _settings(model: Path, *, structured: bool, score: bool, tokens: int) -> EngineSettings:
+    return EngineSettings.model_validate(
+        {
+            "kind": "transformers",
+            "model": str(model),
+            "transformers": {"device": "cpu", "warmup": True},
+            "generation": {"max_new_tokens": tokens, "structured": structured, "score": score},
+        }
+    )
+
+
+def _run(
+    engine: TransformersEngine, images: list[Image.Image], batch_size: int
+) -> tuple[float, list[float], int]:
+    """Items/s, per-batch latencies (ms) and how many outputs parsed."""
+    requests = [EngineRequest(f"r{i}", im, PROMPT, CATEGORIES) for i, im in enumerate(images)]
+    latencies = []
+    parsed = 0
+    started = time.perf_counter()
+    for i in range(0, len(requests), batch_size):
+        t0 = time.perf_counter()
+        results = engine.classify(requests[i : i + batch_size])
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        parsed += sum(r.assessment is not None for r in results)
+    elapsed = time.perf_counter() - started
+    return len(requests) / elapsed, latencies, parsed
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="llava-onevision")
+    parser.add_argument("--items", type=int, default=48)
+    parser.add_argument("--batch-sizes", default="1,4,8")
+    parser.add_argument("--tokens", type=int, default=64, help="max_new_tokens")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    images = _images(args.items)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_tiny(Path(tmp) / "tiny", args.arch)
+        variants = {
+            "constrained+score": _settings(model, structured=True, score=True, tokens=args.tokens),
+            "constrained": _settings(model, structured=True, score=False, tokens=args.tokens),
+            "unconstrained": _settings(model, structured=False, score=False, tokens=args.tokens),
+        }
+        engines = {name: TransformersEngine(s) for name, s in variants.items()}
+        print(f"arch={args.arch} items={args.items} max_new_tokens={args.tokens} device=cpu")
+        print(
+            f"{'variant':<18} {'batch':>5} {'items/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'parsed':>7}"
+        )
+        rates: dict[tuple[str, int], float] = {}
+        for size in sizes:
+            for name, engine in engines.items():
+                rate, lat, parsed = _run(engine, images, size)
+                rates[(name, size)] = rate
+                print(
+                    f"{name:<18} {size:>5} {rate:>8.1f} {statistics.median(lat):>8.1f} "
+                    f"{_pct(lat, 0.95):>8.1f} {parsed:>4}/{len(images)}"
+                )
+        print("\nconstrained decoding overhead (unconstrained items/s ÷ constrained items/s):")
+        for size in sizes:
+            base = rates[("unconstrained", size)]
+            print(
+                f"  batch {size}: grammar {base / rates[('constrained', size)]:.2f}x, "
+                f"grammar+score {base / rates[('constrained+score', size)]:.2f}x"
+            )
+        for engine in engines.values():
+            engine.close()
+
+
+if __name__ == "__main__":
+    main()
