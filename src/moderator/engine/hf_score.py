@@ -1,14 +1,15 @@
 """The score for the transformers engine: P("Unsafe") from the model's own logits.
 
 score = P(Unsafe) / (P(Unsafe) + P(Safe)), each rating string's probability being the product
-of its tokens' probabilities at the rating position (DESIGN.md §2). The generated path gives the
-chosen rating's tokens directly. The other rating is tokenized the way the tokenizer would write
-it from the same point (including any opening quote the tokenizer merges into the word); its
-first token's probability comes from the same step's logits, and when it needs more than one
-token, one extra forward pass over that row teacher-forces the rest. Logits are recorded before
-the grammar mask and before any sampling warpers, so the score is the model's, not the
-constrained sampler's. When the rating is not found in the first `RECORD_STEPS` generated
-tokens, the score is None.
+of its tokens' probabilities at the rating position (DESIGN.md §2). Both ratings are tokenized the
+way the tokenizer writes them from the step where the rating starts (including any opening
+quote the tokenizer merges into the word), so the two are measured alike even when constrained
+decoding took an unusual token path. A word that the generated path spelled in those tokens is
+read from the recorded logits; a one-token word from the logits of the step where the rating
+starts; anything else gets one extra forward pass over that row, teacher-forcing the word.
+Logits are recorded before the grammar mask and before any sampling warpers, so the score is
+the model's, not the constrained sampler's. When the rating is not found in the first
+`RECORD_STEPS` generated tokens, the score is None.
 """
 
 from __future__ import annotations
@@ -57,13 +58,29 @@ class RowScorer:
         inputs = inputs.to(loaded.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
-        extra = torch.tensor([[*prefix, *cont[:-1]]], dtype=inputs["input_ids"].dtype)
-        inputs["input_ids"] = torch.cat([inputs["input_ids"], extra.to(loaded.device)], dim=1)
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        extend_ids(inputs, [*prefix, *cont[:-1]])
         with torch.inference_mode():
             out = loaded.model(**inputs, logits_to_keep=len(cont))
         logprobs = out.logits[0, -len(cont) :].float().log_softmax(dim=-1)
         return float(sum(logprobs[j, token].item() for j, token in enumerate(cont)))
+
+
+def extend_ids(inputs: Any, tokens: Sequence[int]) -> None:
+    """Append text tokens to a one-row processor output, in place.
+
+    Per-token side inputs (Qwen2-VL's `mm_token_type_ids`) grow with zeros: the new tokens are text.
+    """
+    import torch
+
+    ids = inputs["input_ids"]
+    extra = torch.tensor([list(tokens)], dtype=ids.dtype, device=ids.device)
+    for key, value in list(inputs.items()):
+        if key in ("input_ids", "attention_mask") or not isinstance(value, torch.Tensor):
+            continue
+        if value.dim() == 2 and value.shape == ids.shape:
+            inputs[key] = torch.cat([value, torch.zeros_like(extra, dtype=value.dtype)], dim=1)
+    inputs["input_ids"] = torch.cat([ids, extra], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
 
 
 def rating_score(
@@ -76,24 +93,35 @@ def rating_score(
     located = _locate(tokenizer, ids[: len(step_logprobs)])
     if located is None:
         return None
-    ends, text, r, word = located
+    ends, text, r, _ = located
     k = next(i for i, end in enumerate(ends) if end > r)
-    m = next(i for i, end in enumerate(ends) if end >= r + len(word))
-    chosen = sum(float(step_logprobs[i][ids[i]].item()) for i in range(k, m + 1))
     lead = text[(ends[k - 1] if k > 0 else 0) : r]
-    other = RATINGS[1] if word == RATINGS[0] else RATINGS[0]
-    other_ids = tokenizer.encode(lead + other, add_special_tokens=False)
-    if not other_ids or tokenizer.decode(other_ids) != lead + other:
+    logps = {}
+    for rating in RATINGS:
+        logp = _word_logprob(tokenizer, lead + rating, ids, k, step_logprobs, scorer)
+        if logp is None or not math.isfinite(logp):
+            return None
+        logps[rating] = logp
+    return normalised_unsafe(logps["Unsafe"], logps["Safe"])
+
+
+def _word_logprob(
+    tokenizer: Any,
+    word: str,
+    ids: Sequence[int],
+    k: int,
+    step_logprobs: Sequence[Any],
+    scorer: RowScorer,
+) -> float | None:
+    """log P(word's canonical tokens | everything generated before step k)."""
+    cand = tokenizer.encode(word, add_special_tokens=False)
+    if not cand or tokenizer.decode(cand) != word:
         return None
-    if len(other_ids) == 1:
-        alternative = float(step_logprobs[k][other_ids[0]].item())
-    else:
-        alternative = scorer.continuation_logprob(list(ids[:k]), other_ids)
-    if not (math.isfinite(chosen) and math.isfinite(alternative)):
-        return None
-    if word == "Unsafe":
-        return normalised_unsafe(chosen, alternative)
-    return normalised_unsafe(alternative, chosen)
+    if list(ids[k : k + len(cand)]) == cand and k + len(cand) <= len(step_logprobs):
+        return sum(float(step_logprobs[k + j][t].item()) for j, t in enumerate(cand))
+    if len(cand) == 1:
+        return float(step_logprobs[k][cand[0]].item())
+    return scorer.continuation_logprob(list(ids[:k]), cand)
 
 
 def _locate(tokenizer: Any, ids: Sequence[int]) -> tuple[list[int], str, int, str] | None:
