@@ -91,8 +91,8 @@ def test_score_matches_a_brute_force_computation(hf: Any, tiny: dict[str, Path])
     request = requests(1)[0]
     result = engine.classify([request])[0]
     assert result.assessment is not None and result.assessment.score is not None
-    schema = verdict_schema(CATEGORIES, engine._gen.rationale_max_chars)
-    row = engine.generate(request.prompt, request.image, engine._gen, schema)
+    schema = verdict_schema(CATEGORIES, engine.generation.rationale_max_chars)
+    row = engine.generate(request.prompt, request.image, engine.generation, schema)
     assert row.text == result.raw_output
     loaded = engine._loaded
     tokenizer = engine.tokenizer
@@ -137,7 +137,7 @@ def test_row_scorer_teacher_forces_multi_token_words(tiny: dict[str, Path], arch
 
     engine = TransformersEngine(settings(tiny[arch]))
     request = requests(1)[0]
-    rendered = engine._render(request.prompt)
+    rendered = engine.render(request.prompt)
     prefix = engine.tokenizer.encode('{"rating": "', add_special_tokens=False)
     cont = engine.tokenizer.encode("Un", add_special_tokens=False) + engine.tokenizer.encode(
         "safe", add_special_tokens=False

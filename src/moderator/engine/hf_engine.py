@@ -140,6 +140,15 @@ class TransformersEngine:
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    @property
+    def generation(self) -> GenerationSettings:
+        """The configured decoding parameters (what `classify` uses)."""
+        return self._gen
+
+    def render(self, prompt: str) -> str:
+        """The prompt as the checkpoint's chat template renders it (image part first)."""
+        return self._render(prompt)
+
     def _generate(
         self,
         prompts: Sequence[str],
