@@ -81,6 +81,9 @@ def load(settings: EngineSettings) -> Loaded:
         from moderator.engine.hf_processors import load_processor
     except ImportError as exc:
         raise ConfigError(TRANSFORMERS_MISSING) from exc
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a service logs, no bars
     opts = settings.transformers
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
