@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,nudenet
+EXTRAS ?= dev,nudenet,transformers,openai
 
 .PHONY: install lint typecheck test test-unit test-integration check bench demo clean
 
@@ -10,8 +10,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# lmdeploy cannot run without CUDA, but its configuration and checks are tested on any machine:
+# it is installed without its dependencies (requirements/lmdeploy-cpu.txt says why).
 install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q --no-deps -r requirements/lmdeploy-cpu.txt
 
 lint: install
 	$(BIN)/ruff check src tests integration bench
@@ -34,6 +37,7 @@ check: lint typecheck test
 
 bench: install
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/engines.py
 
 demo: install
 	$(BIN)/moderator demo

@@ -1,7 +1,7 @@
 """Tiny random-weight checkpoints of the guard-model architectures, for smoke tests.
 
 Guard weights cannot be downloaded in tests, so `make_tiny` writes a checkpoint of the real model
-class (LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL) with hidden sizes of 32-64, two layers, images of
+class (LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL) with hidden sizes of 32-128, two layers, images of
 tens of tokens and a tokenizer trained here (`tiny_tokenizer`). It loads with the generic
 `AutoProcessor` / `AutoModelForImageTextToText` classes and generates, which is all an engine needs
 to exercise its real loading, batching and decoding code. Its verdicts are meaningless: the
@@ -38,6 +38,10 @@ MARKER = "moderator-tiny.json"
 
 # Text model shared by all three: Qwen2-style decoder, head_dim 16.
 _HIDDEN = 64
+# Qwen2-VL family: head_dim 64, the smallest TurboMind has attention kernels for, so the same
+# tiny checkpoint can also be served by the lmdeploy engine on a GPU.
+_QWEN_HIDDEN = 128
+_QWEN_HEADS = 2
 _LAYERS = 2
 _HEADS = 4
 _KV_HEADS = 2
@@ -85,6 +89,13 @@ def make_tiny(directory: Path, arch: str, *, seed: int = 0) -> Path:
     tokenizer = hf_tokenizer(tokens, max_length=_MAX_POSITIONS)
     ids = {name: _token_id(tokenizer, tok) for name, tok in tokens.named.items()}
     text = _text_config(tokenizer)
+    if arch != "llava-onevision":
+        text |= {
+            "hidden_size": _QWEN_HIDDEN,
+            "intermediate_size": 2 * _QWEN_HIDDEN,
+            "num_attention_heads": _QWEN_HEADS,
+            "num_key_value_heads": _QWEN_HEADS,
+        }
     if arch == "llava-onevision":
         config = _ov_config(text, ids)
         processor = _ov_processor(tokenizer)
@@ -186,8 +197,8 @@ def _ov_config(text: dict[str, Any], ids: dict[str, int]) -> Any:
 def _qwen_config(arch: str, text: dict[str, Any], ids: dict[str, int]) -> Any:
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-    # M-RoPE splits head_dim / 2 = 8 frequencies over (time, height, width).
-    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]}
+    # M-RoPE splits head_dim / 2 = 32 frequencies over (time, height, width).
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]}
     vision: dict[str, Any] = {
         "depth": _LAYERS,
         "num_heads": 2,
@@ -196,14 +207,14 @@ def _qwen_config(arch: str, text: dict[str, Any], ids: dict[str, int]) -> Any:
         "temporal_patch_size": 2,
     }
     if arch == "qwen2-vl":
-        vision |= {"embed_dim": 32, "mlp_ratio": 2, "hidden_size": _HIDDEN}
+        vision |= {"embed_dim": 32, "mlp_ratio": 2, "hidden_size": _QWEN_HIDDEN}
         config_class: Any = Qwen2VLConfig
     else:
         # Windows of 32 px = 2x2 merged tokens; the second block attends to the whole image.
         vision |= {
             "hidden_size": 32,
             "intermediate_size": 64,
-            "out_hidden_size": _HIDDEN,
+            "out_hidden_size": _QWEN_HIDDEN,
             "window_size": 32,
             "fullatt_block_indexes": [1],
         }
