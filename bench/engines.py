@@ -44,13 +44,24 @@ def _images(n: int, seed: int = 7) -> list[Image.Image]:
 
 
 def _settings(
-    model: Path, *, structured: bool, score: bool, tokens: int, threads: int
+    model: Path,
+    *,
+    structured: bool,
+    score: bool,
+    tokens: int,
+    threads: int,
+    max_tiles: int | None = None,
 ) -> EngineSettings:
     return EngineSettings.model_validate(
         {
             "kind": "transformers",
             "model": str(model),
-            "transformers": {"device": "cpu", "warmup": True, "threads": threads},
+            "transformers": {
+                "device": "cpu",
+                "warmup": True,
+                "threads": threads,
+                "max_image_tiles": max_tiles,
+            },
             "generation": {"max_new_tokens": tokens, "structured": structured, "score": score},
         }
     )
@@ -98,13 +109,18 @@ def main() -> None:
             "constrained": _settings(model, structured=True, score=False, **knobs),
             "unconstrained": _settings(model, structured=False, score=False, **knobs),
         }
+        if args.arch == "llava-onevision":
+            # the tiling cap: a 2x2 anyres grid (4 tiles + base) down to one tile + base
+            variants["constrained tiles<=1"] = _settings(
+                model, structured=True, score=False, max_tiles=1, **knobs
+            )
         engines = {name: TransformersEngine(s) for name, s in variants.items()}
         print(
             f"arch={args.arch} items={args.items} max_new_tokens={args.tokens} "
             f"device=cpu threads={args.threads}; latency is per classify call (one batch)"
         )
         print(
-            f"{'variant':<18} {'batch':>5} {'items/s':>8} {'tokens/s':>9} "
+            f"{'variant':<21} {'batch':>5} {'items/s':>8} {'tokens/s':>9} "
             f"{'p50 ms':>8} {'p95 ms':>8} {'parsed':>7}"
         )
         rates: dict[tuple[str, int], float] = {}
@@ -113,7 +129,7 @@ def main() -> None:
                 rate, lat, parsed, tokens = _run(engine, images, size)
                 rates[(name, size)] = rate
                 print(
-                    f"{name:<18} {size:>5} {rate:>8.1f} {rate * tokens / len(images):>9.0f} "
+                    f"{name:<21} {size:>5} {rate:>8.1f} {rate * tokens / len(images):>9.0f} "
                     f"{statistics.median(lat):>8.1f} {_pct(lat, 0.95):>8.1f} "
                     f"{parsed:>4}/{len(images)}"
                 )
@@ -124,6 +140,11 @@ def main() -> None:
                 f"  batch {size}: grammar {base / rates[('constrained', size)]:.2f}x, "
                 f"grammar+score {base / rates[('constrained+score', size)]:.2f}x"
             )
+        if ("constrained tiles<=1", sizes[0]) in rates:
+            print("tiling cap (constrained tiles<=1 items/s ÷ constrained items/s):")
+            for size in sizes:
+                ratio = rates[("constrained tiles<=1", size)] / rates[("constrained", size)]
+                print(f"  batch {size}: {ratio:.2f}x")
         for engine in engines.values():
             engine.close()
 

@@ -17,6 +17,7 @@ from moderator.ingest.loop import IngestLoop, LoopStats
 from moderator.ingest.ports import Consumer, Producer
 from moderator.pipeline.cache import VerdictCache
 from moderator.pipeline.process import OutputTopics, Processor
+from moderator.policy.base import PolicyProvider
 from moderator.policy.minimal import MinimalPolicyProvider
 from moderator.settings import Settings
 
@@ -36,16 +37,28 @@ class Pipeline:
         self.engine.close()
 
 
-def build_pipeline(
-    settings: Settings, *, store: ObjectStore | None = None, engine: Engine | None = None
-) -> Pipeline:
-    """Build the processing side. Raises ConfigError for bad policies or a missing engine extra."""
-    policies = MinimalPolicyProvider(
+def build_policies(settings: Settings) -> MinimalPolicyProvider:
+    """The tenant policies named by the settings. Raises ConfigError for a bad policy dir."""
+    return MinimalPolicyProvider(
         settings.policies.dir,
         upload_buckets=settings.tenancy.upload_buckets,
         bucket_map=settings.tenancy.bucket_map if settings.tenancy.rule == "bucket_map" else None,
         default_for_unknown=settings.policies.default_for_unknown,
     )
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    store: ObjectStore | None = None,
+    engine: Engine | None = None,
+    policies: PolicyProvider | None = None,
+) -> Pipeline:
+    """Build the processing side. Raises ConfigError for bad policies or a missing engine extra.
+
+    `policies` defaults to build_policies(settings); `scan` passes a wrapped provider.
+    """
+    policies = policies if policies is not None else build_policies(settings)
     engine = engine if engine is not None else build_engine(settings.engine)
     window = build_window(engine, settings.engine)
     cache = VerdictCache(settings.cache.max_entries)

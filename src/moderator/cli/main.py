@@ -38,6 +38,33 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("dev-stack", help="start the embedded broker and S3 server for local work")
 
+    scan = sub.add_parser(
+        "scan",
+        help="classify a local folder or an S3 prefix offline; one verdict JSON line per object",
+        description=(
+            "Classify every regular file under PATH (walked recursively in name order; hidden "
+            "files and folders, names starting with '.', are skipped), a single file, or every "
+            "object under s3://bucket/prefix, with a tenant's policy. Writes one Verdict v1 JSON "
+            "object per line; progress goes to stderr. Exit 0 when every object got a verdict "
+            "(error verdicts included), 1 on a runtime failure, 2 on a usage or config error."
+        ),
+    )
+    scan.add_argument("target", metavar="PATH|s3://bucket/prefix", help="what to scan")
+    scan.add_argument(
+        "--tenant",
+        metavar="T",
+        help="tenant whose policy decides (default: 'default'); "
+        "a tenant without a policy file gets the default policy",
+    )
+    _engine_flags(scan)
+    scan.add_argument(
+        "--output", type=Path, metavar="FILE", help="write verdict lines to FILE (default: stdout)"
+    )
+    scan.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    scan.add_argument(
+        "--policies", type=Path, metavar="DIR", help="policy directory (policies.dir)"
+    )
+
     model = sub.add_parser("model", help="model checkpoint tools")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     tiny = model_sub.add_parser(
@@ -94,6 +121,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_demo(args.events, args.config, _overrides(args))
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "scan":
+        from moderator.cli.scan import cmd_scan
+
+        return cmd_scan(
+            args.target,
+            tenant=args.tenant,
+            output=args.output,
+            config=args.config,
+            overrides=_overrides(args),
+            debug=args.debug,
+        )
     if args.command == "model":
         from moderator.cli.model import cmd_make_tiny
 
