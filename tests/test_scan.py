@@ -73,6 +73,7 @@ def test_scan_folder_writes_one_verdict_per_file(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines()[-1].startswith("scan: done 5/5, errors 1, ")
+    assert "SMOKE-TEST model (fake: fake): verdicts are not meaningful" in captured.err
     lines = out.read_text().splitlines()
     assert all(json.loads(line)["schema"] == "moderator.verdict/v1" for line in lines)
     verdicts = _verdicts(out.read_text())

@@ -66,6 +66,11 @@ def cmd_scan(
     if not (settings.policies.dir / f"{tenant_id}.yaml").is_file():
         progress.note(f"scan: tenant {tenant_id!r} has no policy file; using the default policy")
     pipeline = build_pipeline(settings, store=source.store, policies=policies)
+    model = pipeline.engine.info
+    if model.smoke_test:
+        progress.note(
+            f"scan: SMOKE-TEST model ({model.engine}: {model.name}): verdicts are not meaningful"
+        )
     try:
         out = _open_output(output)
         try:
