@@ -36,6 +36,7 @@ and reports raw byte-level pieces ("Ġ" for a space), vLLM and SGLang decoded te
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import socket
 import sys
@@ -60,9 +61,9 @@ from moderator.engine.openai_engine import (
     OPENAI_MISSING,
     OpenAIEngine,
     OpenAIEngineClosed,
-    _error_message,
     token_logprobs,
 )
+from moderator.engine.openai_request import error_message
 from moderator.engine.score import TokenLogprob, score_from_token_logprobs
 from moderator.engine.window import EngineWindow
 from moderator.errors import ConfigError, ErrorCode
@@ -560,6 +561,19 @@ def test_missing_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_engine_modules_import_without_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    import moderator.engine as package
+
+    names = ("openai_request", "openai_retry", "openai_client", "openai_engine")
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    for name in names:  # imported afresh below; the originals come back after the test
+        monkeypatch.delitem(sys.modules, f"moderator.engine.{name}")
+        monkeypatch.setattr(package, name, getattr(package, name))
+    modules = [importlib.import_module(f"moderator.engine.{name}") for name in names]
+    assert modules[0].token_logprobs(None) is None
+    assert modules[-1].OPENAI_MISSING == OPENAI_MISSING
+
+
 def test_info_and_smoke_test_flag(make_engine: MakeEngine, backend: ScriptedBackend) -> None:
     engine = make_engine()
     assert engine.info.engine == "openai" and engine.info.name == MODEL
@@ -720,4 +734,4 @@ def test_server_answers_the_documented_shape(
     ],
 )
 def test_error_bodies_of_every_server_are_read(body: dict[str, Any], expected: str) -> None:
-    assert expected in _error_message(httpx.Response(400, json=body))
+    assert expected in error_message(httpx.Response(400, json=body))
