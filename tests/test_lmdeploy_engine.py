@@ -38,6 +38,7 @@ from moderator.engine.lmdeploy_config import (
     generation_config_kwargs,
     input_size,
     logprobs_are_exact,
+    scoring_config_kwargs,
     vision_config_kwargs,
 )
 from moderator.engine.lmdeploy_engine import (
@@ -48,10 +49,10 @@ from moderator.engine.lmdeploy_engine import (
     import_lmdeploy,
     lmdeploy_messages,
     preflight,
-    token_logprobs,
     turbomind_problem,
     verify_turbomind,
 )
+from moderator.engine.lmdeploy_score import token_logprobs
 from moderator.engine.schema import verdict_schema
 from moderator.engine.score import TokenLogprob, normalised_unsafe, score_from_token_logprobs
 from moderator.errors import ConfigError, ErrorCode
@@ -178,6 +179,7 @@ def test_engine_config_kwargs_map_every_setting() -> None:
         "session_len": 12_288,
         "tp": 1,
         "quant_policy": 0,
+        "enable_prefix_caching": True,
     }
     custom = LmdeploySettings(
         max_batch_size=128,
@@ -186,6 +188,7 @@ def test_engine_config_kwargs_map_every_setting() -> None:
         tp=2,
         quant_policy=8,
         model_format="awq",
+        enable_prefix_caching=False,
     )
     assert engine_config_kwargs(custom) == {
         "max_batch_size": 128,
@@ -193,6 +196,7 @@ def test_engine_config_kwargs_map_every_setting() -> None:
         "session_len": 8192,
         "tp": 2,
         "quant_policy": 8,
+        "enable_prefix_caching": False,
         "model_format": "awq",
     }
 
@@ -395,6 +399,7 @@ def test_real_config_objects_take_our_settings() -> None:
     assert (turbomind.max_batch_size, turbomind.cache_max_entry_count) == (32, 0.5)
     assert (turbomind.session_len, turbomind.tp, int(turbomind.quant_policy)) == (8192, 1, 8)
     assert turbomind.model_format == "awq"
+    assert turbomind.enable_prefix_caching is True
     assert VisionConfig(**vision_config_kwargs(settings)).max_batch_size == 4
 
     schema = verdict_schema(CATEGORIES, 1200)
@@ -714,7 +719,15 @@ class AsyncEngineDouble:
     `stream_response=False` (the text with its ids and logprobs, then a closing GenOut with the
     finish reason), scripted by a word in the policy text. `session_mgr` and `tokenizer` are
     lmdeploy's own.
+
+    A scoring request (`max_new_tokens == 1`) gets one token and the first
+    `gen_config.logprobs` entries of `SCORING_STEP` (raw log-probabilities, highest first) plus
+    the sampled token, as TurboMind's `_get_logprobs_impl` returns them; `SCOREFAIL` in the
+    policy makes it raise, `SCOREABORT` abort, and `NARROW` report the top token only. Every
+    scoring request's rendered prompt and token ids are kept in `scoring_inputs`.
     """
+
+    SCORING_STEP = (("Unsafe", -0.4), ("Safe", -1.2), ("S", -3.0), ("U", -4.5))
 
     def __init__(self, model_dir: Path, parties: int | None = None) -> None:
         from lmdeploy.serve.managers import SessionManager
@@ -727,6 +740,8 @@ class AsyncEngineDouble:
         self.barrier = asyncio.Barrier(parties) if parties else None
         self.unsafe_id = self.tokenizer.encode("Unsafe", add_bos=False)[0]
         self.safe_id = self.tokenizer.encode("Safe", add_bos=False)[0]
+        self.main_inputs: list[dict[str, Any]] = []
+        self.scoring_inputs: list[dict[str, Any]] = []
 
     async def preprocess(self, messages: Any, session_id: Any, gen_config: Any) -> Any:
         from lmdeploy.serve.core.async_engine import PreprocessedRequest
@@ -738,6 +753,9 @@ class AsyncEngineDouble:
             self.session_mgr.remove(session_id)
             raise RequestError(LmdeployCode.PREPROCESS_FAILED, "bad image")
         inputs = await self.prompt_processor.get_prompt_input(prompt=messages, do_preprocess=True)
+        kept = {"prompt": inputs["prompt"], "input_ids": list(inputs["input_ids"])}
+        scoring = gen_config.max_new_tokens == 1
+        (self.scoring_inputs if scoring else self.main_inputs).append(kept)
         return PreprocessedRequest(
             session=session_id,
             inputs=inputs,
@@ -753,6 +771,10 @@ class AsyncEngineDouble:
 
         assert stream_response is False
         try:
+            if request.gen_config.max_new_tokens == 1:
+                async for out in self._score(request):
+                    yield out
+                return
             if self.barrier is not None:
                 await asyncio.wait_for(self.barrier.wait(), timeout=20)
             prompt = request.inputs["prompt"]
@@ -774,6 +796,23 @@ class AsyncEngineDouble:
             yield GenOut("", n, len(ids), finish, token_ids=[], logprobs=None)
         finally:
             self.session_mgr.remove(request.session)
+
+    async def _score(self, request: Any) -> AsyncIterator[Any]:
+        from lmdeploy.serve.core.async_engine import GenOut
+        from lmdeploy.serve.core.exceptions import ErrorCode as LmdeployCode
+        from lmdeploy.serve.core.exceptions import RequestError
+
+        prompt = request.inputs["prompt"]
+        if "SCOREFAIL" in prompt:
+            raise RequestError(LmdeployCode.INTERNAL_ERROR)
+        n = request.input_token_len
+        ranked = [(self.tokenizer.encode(t, add_bos=False)[0], lp) for t, lp in self.SCORING_STEP]
+        top = 1 if "NARROW" in prompt else request.gen_config.logprobs
+        step = dict(ranked[:top])
+        sampled = ranked[0][0]
+        yield GenOut("Unsafe", n, 1, None, token_ids=[sampled], logprobs=[step])
+        finish = "abort" if "SCOREABORT" in prompt else "length"
+        yield GenOut("", n, 1, finish, token_ids=[], logprobs=None)
 
     def _step(self, token: int) -> dict[int, float]:
         if token in (self.unsafe_id, self.safe_id):
@@ -799,10 +838,15 @@ def make_engine(tiny_qwen: Path) -> Iterator[Callable[..., tuple[LmdeployEngine,
     engines: list[LmdeployEngine] = []
 
     def make(
-        generation: GenerationSettings | None = None, parties: int | None = None
+        generation: GenerationSettings | None = None,
+        parties: int | None = None,
+        lmdeploy: LmdeploySettings | None = None,
     ) -> tuple[LmdeployEngine, PipelineDouble]:
         settings = EngineSettings(
-            kind="lmdeploy", model=str(tiny_qwen), generation=generation or GenerationSettings()
+            kind="lmdeploy",
+            model=str(tiny_qwen),
+            generation=generation or GenerationSettings(),
+            lmdeploy=lmdeploy or LmdeploySettings(),
         )
         pipe = PipelineDouble(AsyncEngineDouble(tiny_qwen, parties))
         engine = LmdeployEngine(settings, pipe)
@@ -843,8 +887,11 @@ def test_a_batch_is_submitted_at_once_and_each_item_stands_alone(
 
     assert unsafe.assessment is not None and unsafe.assessment.rating == "Unsafe"
     assert unsafe.assessment.category == "O2: Violence, Harm, or Cruelty"
-    assert unsafe.assessment.score is None  # greedy: TurboMind's logprobs would be degenerate
+    # Greedy decoding's logprobs are degenerate: the score comes from each item's scoring request.
+    assert unsafe.assessment.score == pytest.approx(normalised_unsafe(-0.4, -1.2))
     assert safe.assessment is not None and safe.assessment.rating == "Safe"
+    assert safe.assessment.score == pytest.approx(normalised_unsafe(-0.4, -1.2))
+    assert len(pipe.async_engine.scoring_inputs) == 2  # only the two items with a rating
     assert bad_image.error_code == ErrorCode.ENGINE_ERROR
     assert bad_image.error_message == "lmdeploy: preprocess_failed: bad image"
     assert garbage.error_code == ErrorCode.UNPARSEABLE_OUTPUT
@@ -861,6 +908,9 @@ def test_a_batch_is_submitted_at_once_and_each_item_stands_alone(
     assert record["finish_reason"] == "stop" and record["output_tokens"] > 0
     assert record["input_tokens"] > 12  # the policy text plus 12 image tokens
     assert record["max_new_tokens"] == 512 and record["temperature"] == 0.0
+    assert record["score_method"] == "scoring_request" and record["score_reason"] is None
+    assert record["score_top_logprobs"] == 20
+    assert "score_method" not in raised.generation  # an error verdict has no score
 
 
 @needs_lmdeploy
@@ -870,7 +920,7 @@ def test_default_requests_are_greedy_and_schema_constrained(
     engine, pipe = make_engine()
     few = ("O1: Hate, Humiliation, Harassment", "NA: None applying")
     engine.classify([_request(0, "SAFE"), _request(1, "SAFE", few), _request(2, "SAFE")])
-    configs = pipe.async_engine.gen_configs
+    configs = [c for c in pipe.async_engine.gen_configs if c.max_new_tokens != 1]
     assert all(c.do_sample is False and c.top_k == 1 and c.logprobs is None for c in configs)
     schemas = [c.response_format["json_schema"]["schema"] for c in configs]
     assert schemas[0]["properties"]["category"]["enum"] == list(CATEGORIES)
@@ -896,6 +946,107 @@ def test_score_from_logprobs_when_they_are_the_models_own(
         None,
     )
     assert unsafe.generation["top_logprobs"] == TOP_LOGPROBS
+    assert unsafe.generation["score_method"] == "generation_logprobs"
+    assert unsafe.generation["score_top_logprobs"] is None
+    assert pipe.async_engine.scoring_inputs == []  # no extra request where logprobs are raw
+
+
+@needs_lmdeploy
+def test_scoring_request_continues_the_answer_at_the_rating_value(
+    make_engine: Callable[..., Any],
+) -> None:
+    engine, pipe = make_engine(lmdeploy=LmdeploySettings(score_top_logprobs=3))
+    engine.classify([_request(0, "UNSAFE")])
+    double = pipe.async_engine
+    [main] = double.main_inputs
+    [scoring] = double.scoring_inputs
+    # lmdeploy's real chat template and TurboMind preprocessing rendered the partial answer as
+    # the start of the assistant turn: nothing after it, no <|im_end|>.
+    assert main["prompt"].endswith("<|im_start|>assistant\n")
+    assert scoring["prompt"] == main["prompt"] + '{"rating": "'
+    assert scoring["prompt"].count("<|im_end|>") == main["prompt"].count("<|im_end|>")
+    # The same tokens as the item's own prompt, then the partial answer's: prefix caching can
+    # reuse the item's KV blocks.
+    answer = double.tokenizer.encode('{"rating": "', add_bos=False)
+    assert scoring["input_ids"] == main["input_ids"] + answer
+    config = next(c for c in double.gen_configs if c.max_new_tokens == 1)
+    assert (config.do_sample, config.temperature, config.top_p, config.top_k) == (True, 1.0, 1.0, 3)
+    assert (config.logprobs, config.ignore_eos, config.response_format) == (3, True, None)
+
+
+@needs_lmdeploy
+def test_scoring_failures_cost_only_the_score(make_engine: Callable[..., Any]) -> None:
+    engine, pipe = make_engine()
+    prompts = ["UNSAFE SCOREFAIL", "SAFE SCOREABORT", "UNSAFE NARROW", "GARBAGE", "SAFE"]
+    failed, aborted, narrow, garbage, fine = engine.classify(
+        [_request(i, p) for i, p in enumerate(prompts)]
+    )
+    for result, reason in (
+        (failed, "scoring request failed"),
+        (aborted, "scoring request failed"),
+        (narrow, "not in top-N"),
+    ):
+        assert result.error_code is None and result.assessment is not None
+        assert result.assessment.score is None
+        assert (result.generation["score_method"], result.generation["score_reason"]) == (
+            "none",
+            reason,
+        )
+    assert failed.assessment is not None and failed.assessment.rating == "Unsafe"
+    assert garbage.error_code == ErrorCode.UNPARSEABLE_OUTPUT
+    assert garbage.generation["score_reason"] == "rating not found"
+    assert fine.assessment is not None and fine.assessment.score is not None
+    assert len(pipe.async_engine.scoring_inputs) == 4  # none for the answer without a rating
+    assert pipe.async_engine.session_mgr.sessions == {}
+
+
+@needs_lmdeploy
+@pytest.mark.parametrize(
+    ("generation", "lmdeploy"),
+    [
+        (GenerationSettings(score=False), LmdeploySettings()),
+        (GenerationSettings(), LmdeploySettings(score_request=False)),
+    ],
+)
+def test_no_scoring_request_when_switched_off(
+    make_engine: Callable[..., Any], generation: GenerationSettings, lmdeploy: LmdeploySettings
+) -> None:
+    engine, pipe = make_engine(generation, lmdeploy=lmdeploy)
+    [result] = engine.classify([_request(0, "UNSAFE")])
+    assert result.assessment is not None and result.assessment.score is None
+    assert (result.generation["score_method"], result.generation["score_reason"]) == (
+        "none",
+        "disabled",
+    )
+    assert result.generation["score_top_logprobs"] is None
+    assert pipe.async_engine.scoring_inputs == []
+
+
+@needs_lmdeploy
+def test_lmdeploy_keeps_the_scoring_configs_distribution(tiny_qwen: Path) -> None:
+    """lmdeploy's own request normalisation leaves top-k, temperature and logprobs alone
+    (with `do_sample=False` it would have replaced top-k by 1)."""
+    from types import SimpleNamespace
+
+    from lmdeploy import GenerationConfig
+    from lmdeploy.serve.core.async_engine import AsyncEngine
+    from lmdeploy.tokenizer import Tokenizer
+
+    host = SimpleNamespace(
+        tokenizer=Tokenizer(str(tiny_qwen)), stop_words=None, hf_gen_cfg={}, session_len=4096
+    )
+    scoring = GenerationConfig(**scoring_config_kwargs(20))
+    decided = AsyncEngine._determine_gen_config(host, [1, 2, 3], scoring)
+    assert (decided.top_k, decided.top_p, decided.temperature, decided.min_p) == (20, 1.0, 1.0, 0.0)
+    assert (decided.max_new_tokens, decided.logprobs, decided.ignore_eos) == (1, 20, True)
+    assert (decided.repetition_penalty, decided.min_new_tokens, decided.bad_token_ids) == (
+        1.0,
+        None,
+        None,
+    )
+    assert decided.response_format is None and decided.random_seed is not None
+    greedy = GenerationConfig(**{**scoring_config_kwargs(20), "do_sample": False})
+    assert AsyncEngine._determine_gen_config(host, [1, 2, 3], greedy).top_k == 1
 
 
 @needs_lmdeploy

@@ -165,7 +165,7 @@ class TransformersSettings(_Section):
 
 
 class LmdeploySettings(_Section):
-    """TurbomindEngineConfig / VisionConfig knobs."""
+    """TurbomindEngineConfig / VisionConfig knobs and the scoring request."""
 
     max_batch_size: int = Field(default=64, ge=1, le=2048)
     cache_max_entry_count: float = Field(default=0.8, gt=0, le=1)
@@ -174,6 +174,16 @@ class LmdeploySettings(_Section):
     quant_policy: Literal[0, 4, 8] = 0
     vision_batch_size: int = Field(default=8, ge=1, le=1024)
     model_format: Literal["hf", "awq", "gptq"] | None = None
+    enable_prefix_caching: bool = Field(
+        default=True, description="TurbomindEngineConfig.enable_prefix_caching"
+    )
+    score_request: bool = Field(
+        default=True,
+        description="score with one extra one-token request per item at the rating position",
+    )
+    score_top_logprobs: int = Field(
+        default=20, ge=2, le=1024, description="log-probabilities the scoring request returns"
+    )
 
 
 class OpenAISettings(_Section):

@@ -95,6 +95,9 @@ def engine_config_kwargs(settings: LmdeploySettings) -> dict[str, Any]:
     """`TurbomindEngineConfig` keyword arguments for engine.lmdeploy.*.
 
     `model_format` is left out when unset so TurboMind reads it from the checkpoint.
+    `enable_prefix_caching` (TurboMind's default is off) lets a scoring request reuse the KV
+    blocks of its item's prompt: lmdeploy 0.18's `VLAsyncEngine.__init__` keeps it on for
+    TurboMind native-vision models such as Qwen2-VL (it switches it off only for other VL paths).
     """
     kwargs: dict[str, Any] = {
         "max_batch_size": settings.max_batch_size,
@@ -102,6 +105,7 @@ def engine_config_kwargs(settings: LmdeploySettings) -> dict[str, Any]:
         "session_len": settings.session_len,
         "tp": settings.tp,
         "quant_policy": settings.quant_policy,
+        "enable_prefix_caching": settings.enable_prefix_caching,
     }
     if settings.model_format is not None:
         kwargs["model_format"] = settings.model_format
@@ -147,6 +151,46 @@ def generation_config_kwargs(
     if top_logprobs is not None:
         kwargs["logprobs"] = top_logprobs
     return kwargs
+
+
+def scoring_config_kwargs(top_logprobs: int) -> dict[str, Any]:
+    """`GenerationConfig` keyword arguments for a scoring request (one token, raw distribution).
+
+    What each field does in lmdeploy 0.18 / TurboMind:
+
+    - `do_sample=True`: `AsyncEngine._determine_gen_config` replaces top-k with 1 (greedy) when
+      `do_sample` is false, which would leave one candidate.
+    - `temperature=1.0`: `LogitsProcessor::Setup` (src/turbomind/generation/logits_processor.cc)
+      scales logits only when the temperature is not 1; `repetition_penalty` stays 1.0 and
+      `min_new_tokens` unset, so no other penalty touches them; no `response_format`, so
+      `GuidedDecoding::FillMask` gives this row an all-ones bitmask (no grammar mask).
+    - `top_k=top_logprobs`: `topKSortStage2` (src/turbomind/kernels/sampling_topk_kernels.cu)
+      keeps the k largest logits and writes their softmax over those k, `exp(l_i - l_max) /
+      sum_k`; `sampling` (sampling_kernels.cu) then records `logf` of each kept probability.
+      So every reported log-probability is the raw one minus the same constant `log Z_k`, and
+      the score, which depends only on the difference of two of them, is exact. `top_k=0` (no
+      top-k: `topKSortStage1` skips the row, the full-vocabulary softmax and sort run instead)
+      would report the raw softmax itself, but `topp_beam_topk_kernel`
+      (sampling_topp_kernels.cu) keeps only the top token when its float32 probability
+      reaches `top_p`, i.e. rounds to 1.0 at `top_p=1`: a confident model (all other tokens
+      below ~6e-8 together) would then report a single token and get no score.
+    - `top_p=1.0`, `min_p=0`: `topPMinPFilter` leaves the row as it is.
+    - `logprobs=top_logprobs`: `_get_logprobs_impl` (lmdeploy/turbomind/turbomind.py) returns
+      the first `min(kept, logprobs)` of those sorted candidates, plus the sampled token.
+    - `ignore_eos=True`: `AsyncEngine.generate` drops the log-probabilities of a step whose
+      token is a stop token (`outputs.logprobs[:-hit_stop_token]`); with `ignore_eos` it has no
+      stop ids, so the one step is always returned. With `max_new_tokens=1` nothing else
+      changes (TurboMind uses `eos_ids` only for `min_new_tokens`).
+    """
+    return {
+        "max_new_tokens": 1,
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": top_logprobs,
+        "logprobs": top_logprobs,
+        "ignore_eos": True,
+    }
 
 
 def input_size(model_dir: Path, default: int = INPUT_SIZE) -> int:

@@ -27,14 +27,21 @@ own request on the pipeline's event loop (`pipe.internal_thread.loop`, the loop 
 started on): `AsyncEngine.preprocess` then `AsyncEngine.generate`, all items gathered at once, so
 TurboMind's scheduler sees every item of every concurrent batch and keeps its slots full. An
 item that fails ends as `engine_error` alone.
+
+Score (`lmdeploy_score`): after an item's generation has given a rating, the same coroutine
+sends its scoring request, the user turn plus the answer up to the rating value as a partial
+assistant message, for one token and the top log-probabilities of the model's own distribution
+(`lmdeploy_config.scoring_config_kwargs`); the scoring requests of a batch therefore run
+concurrently on the same loop. A scoring request that fails
+only leaves that item's score null. When the generation's own log-probabilities are already raw
+(temperature 1, top-p 1, no schema) they are used instead and no extra request is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,11 +57,21 @@ from moderator.engine.lmdeploy_config import (
     generation_config_kwargs,
     input_size,
     logprobs_are_exact,
+    scoring_config_kwargs,
     vision_config_kwargs,
+)
+from moderator.engine.lmdeploy_score import (
+    DISABLED,
+    RATING_NOT_FOUND,
+    ScoreOutcome,
+    collect_output,
+    generation_score,
+    request_score,
+    token_logprobs,
 )
 from moderator.engine.output import result_from_output
 from moderator.engine.schema import verdict_schema
-from moderator.engine.score import TokenLogprob, score_from_token_logprobs
+from moderator.engine.score import TokenLogprob
 from moderator.engine.tiny import is_smoke_test
 from moderator.errors import ConfigError, ErrorCode, ModeratorError
 from moderator.events.verdict import CATEGORIES, ModelInfo, category_code
@@ -88,38 +105,6 @@ def lmdeploy_messages(prompt: str, image: Image) -> list[dict[str, Any]]:
             ],
         }
     ]
-
-
-def token_logprobs(
-    token_ids: Sequence[int],
-    steps: Sequence[Mapping[int, float]] | None,
-    decode: Callable[[int], str],
-) -> list[TokenLogprob] | None:
-    """LMDeploy's per-step `{token id: logprob}` dicts as TokenLogprob, or None if unaligned.
-
-    TurboMind adds the chosen token to each step's dict; a step without it gets NaN, which
-    makes the score None rather than a guess.
-    """
-    if not steps or len(steps) != len(token_ids):
-        return None
-    texts: dict[int, str] = {}
-
-    def text(token: int) -> str:
-        if token not in texts:
-            texts[token] = decode(token)
-        return texts[token]
-
-    tokens = []
-    for token, step in zip(token_ids, steps, strict=True):
-        ranked = sorted(step.items(), key=lambda pair: -pair[1])
-        tokens.append(
-            TokenLogprob(
-                token=text(token),
-                logprob=float(step.get(token, math.nan)),
-                top=tuple((text(t), float(lp)) for t, lp in ranked),
-            )
-        )
-    return tokens
 
 
 # --- start-up checks -----------------------------------------------------------------------------
@@ -252,6 +237,9 @@ class Generated:
     finish_reason: str | None
 
 
+Outcome = tuple[Generated, ScoreOutcome]
+
+
 class LmdeployEngine:
     """Implements the Engine protocol on an lmdeploy Pipeline running TurboMind.
 
@@ -269,6 +257,13 @@ class LmdeployEngine:
         self._gen = settings.generation
         exact = self._gen.score and logprobs_are_exact(self._gen)
         self._top_logprobs = TOP_LOGPROBS if exact else None
+        scoring = self._gen.score and not exact and settings.lmdeploy.score_request
+        self._score_top = settings.lmdeploy.score_top_logprobs if scoring else None
+        self._score_config: Any = None
+        if self._score_top is not None:
+            from lmdeploy import GenerationConfig
+
+            self._score_config = GenerationConfig(**scoring_config_kwargs(self._score_top))
         self._info = ModelInfo(
             engine="lmdeploy",
             name=str(settings.model),
@@ -313,27 +308,23 @@ class LmdeployEngine:
 
     async def _run(
         self, work: Sequence[tuple[list[dict[str, Any]], Any]]
-    ) -> list[Generated | BaseException]:
+    ) -> list[Outcome | BaseException]:
         return await asyncio.gather(
-            *(self._generate(messages, config) for messages, config in work),
+            *(self._item(messages, config) for messages, config in work),
             return_exceptions=True,
         )
+
+    async def _item(self, messages: list[dict[str, Any]], gen_config: Any) -> Outcome:
+        """One item: its generation, then its score (a scoring request where needed)."""
+        generated = await self._generate(messages, gen_config)
+        return generated, await self._score(messages, generated)
 
     async def _generate(self, messages: list[dict[str, Any]], gen_config: Any) -> Generated:
         engine = self._engine
         request = await engine.preprocess(
             messages=messages, session_id=engine.session_mgr.get(), gen_config=gen_config
         )
-        parts: list[str] = []
-        ids: list[int] = []
-        steps: list[dict[int, float]] = []
-        finish = None
-        # Accumulated as lmdeploy's Response.extend does: text, ids and logprobs concatenate.
-        async for out in engine.generate(request, stream_response=False):
-            parts.append(out.response)
-            ids.extend(out.token_ids or ())
-            steps.extend(out.logprobs or ())
-            finish = out.finish_reason
+        text, ids, steps, finish = await collect_output(engine, request)
         tokens = None
         if self._top_logprobs is not None and len(steps) == len(ids):
             # Only the opening steps: decoding every alternative of a long rationale would hold
@@ -344,7 +335,17 @@ class LmdeployEngine:
                 steps[:SCORE_STEPS],
                 lambda t: str(tokenizer.decode([t], skip_special_tokens=False)),
             )
-        return Generated("".join(parts), request.input_token_len, ids, tokens, finish)
+        return Generated(text, request.input_token_len, ids, tokens, finish)
+
+    async def _score(self, messages: list[dict[str, Any]], generated: Generated) -> ScoreOutcome:
+        """The item's score; a failing scoring request only makes it None."""
+        if self._top_logprobs is not None:  # the generation's own logprobs are raw
+            return generation_score(generated.text, generated.tokens)
+        if self._score_config is None:
+            return ScoreOutcome.none(DISABLED)
+        if generated.finish_reason in ("error", "abort"):  # an error verdict, not scored
+            return ScoreOutcome.none(RATING_NOT_FOUND)
+        return await request_score(self._engine, messages, generated.text, self._score_config)
 
     def _gen_config(self, categories: tuple[str, ...]) -> Any:
         """The GenerationConfig for a request's category set (cached; LMDeploy copies it)."""
@@ -364,13 +365,14 @@ class LmdeployEngine:
             return config
 
     def _result(
-        self, request: EngineRequest, outcome: Generated | BaseException, batch_size: int
+        self, request: EngineRequest, outcome: Outcome | BaseException, batch_size: int
     ) -> EngineResult:
         record = self._gen.record()
         record.update(
             engine="lmdeploy",
             backend="turbomind",
             top_logprobs=self._top_logprobs,
+            score_top_logprobs=self._score_top,
             batch_size=batch_size,
         )
         if isinstance(outcome, BaseException):
@@ -379,20 +381,23 @@ class LmdeployEngine:
                 error_message=f"lmdeploy: {_describe(outcome)}",
                 generation=record,
             )
+        generated, score = outcome
         record.update(
-            input_tokens=outcome.input_tokens,
-            output_tokens=len(outcome.token_ids),
-            finish_reason=outcome.finish_reason,
+            input_tokens=generated.input_tokens,
+            output_tokens=len(generated.token_ids),
+            finish_reason=generated.finish_reason,
         )
-        if outcome.finish_reason in ("error", "abort"):
+        if generated.finish_reason in ("error", "abort"):
             return EngineResult(
                 error_code=ErrorCode.ENGINE_ERROR,
-                error_message=f"lmdeploy finished the request with {outcome.finish_reason!r}",
-                raw_output=outcome.text,
+                error_message=f"lmdeploy finished the request with {generated.finish_reason!r}",
+                raw_output=generated.text,
                 generation=record,
             )
-        score = score_from_token_logprobs(outcome.tokens) if outcome.tokens else None
-        return result_from_output(outcome.text, request.categories, score=score, generation=record)
+        record.update(score.record())
+        return result_from_output(
+            generated.text, request.categories, score=score.value, generation=record
+        )
 
 
 def _describe(exc: BaseException) -> str:
