@@ -1,0 +1,174 @@
+"""The policy file format (schema version 1), as pydantic models. Pure: no I/O here.
+
+A tenant file overrides its base (`extends`, `default` unless it is the default policy itself).
+Every field is optional in a tenant file; the merged result must be complete. The category keys
+are the taxonomy codes `O1`..`O9`; `NA` ("None applying") takes its thresholds and action from
+`none_applying`. docs/policies.md documents every field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from moderator.errors import SECURITY_ERRORS, ErrorCode
+
+SCHEMA_VERSION = 1
+CODES: tuple[str, ...] = ("O1", "O2", "O3", "O4", "O5", "O6", "O7", "O8", "O9")
+
+Mode = Literal["default", "allowed", "sensitive"]
+Action = Literal["block", "review", "allow"]
+ACTION_ORDER: dict[str, int] = {"allow": 0, "review": 1, "block": 2}
+SURFACE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Thresholds(_Strict):
+    """Score thresholds: with a score, >= block_at blocks, >= review_at reviews, else allow."""
+
+    block_at: float | None = Field(default=None, ge=0.0, le=1.0)
+    review_at: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if (
+            self.block_at is not None
+            and self.review_at is not None
+            and self.review_at > self.block_at
+        ):
+            raise ValueError("review_at must not be above block_at")
+        return self
+
+
+class CategoryPolicy(Thresholds):
+    """One category's state for the model and its action when the model rates it Unsafe."""
+
+    mode: Mode | None = None
+    action: Action | None = None
+    should_not: tuple[str, ...] | None = None
+    can: tuple[str, ...] | None = None
+    # The texts for the three states; normally only default.yaml sets them.
+    allowed_text: str | None = None
+    sensitive_text: str | None = None
+
+    @field_validator("should_not", "can")
+    @classmethod
+    def _bullets(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and any(not b.strip() or "\n" in b for b in value):
+            raise ValueError("bullets must be non-empty single lines")
+        return value
+
+
+class NoneApplying(Thresholds):
+    """`NA: None applying`: an Unsafe rating that names no category, and tenant-wide thresholds."""
+
+    action: Action | None = None
+
+
+class Locations(_Strict):
+    """Where this tenant's events may point. Unset fields follow `tenancy` (see README)."""
+
+    buckets: tuple[str, ...] | None = None
+    prefixes: tuple[str, ...] | None = None
+
+
+class DsaMapping(_Strict):
+    """How decisions map onto DSA statements of reasons (used by `audit export-dsa`)."""
+
+    categories: dict[str, str] = Field(default_factory=dict)
+    review_restricts_visibility: bool = False
+
+    @field_validator("categories")
+    @classmethod
+    def _codes(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(CODES) - {"NA"})
+        if unknown:
+            raise ValueError(f"unknown category code {unknown[0]!r} (O1..O9 or NA)")
+        return value
+
+
+class SurfaceOverride(_Strict):
+    """Overrides for events whose `context.surface` names this surface."""
+
+    categories: dict[str, CategoryPolicy] = Field(default_factory=dict)
+    none_applying: NoneApplying | None = None
+    on_error: Action | dict[str, Action] | None = None
+
+    @field_validator("categories")
+    @classmethod
+    def _codes(cls, value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
+        return _check_codes(value)
+
+    @field_validator("on_error")
+    @classmethod
+    def _errors(cls, value: Action | dict[str, Action] | None) -> Action | dict[str, Action] | None:
+        return _check_on_error(value)
+
+
+class PolicyFile(_Strict):
+    """One YAML file as written (before inheritance is resolved)."""
+
+    schema_version: Literal[1] = Field(default=1, alias="schema")
+    extends: str | None = None
+    description: str | None = None
+    owner: str | None = None
+    categories: dict[str, CategoryPolicy] = Field(default_factory=dict)
+    none_applying: NoneApplying | None = None
+    surfaces: dict[str, SurfaceOverride] = Field(default_factory=dict)
+    allowed: Locations | None = None
+    on_error: Action | dict[str, Action] | None = None
+    dsa: DsaMapping | None = None
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("categories")
+    @classmethod
+    def _codes(cls, value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
+        return _check_codes(value)
+
+    @field_validator("surfaces")
+    @classmethod
+    def _surfaces(cls, value: dict[str, SurfaceOverride]) -> dict[str, SurfaceOverride]:
+        import re
+
+        for name in value:
+            if not re.fullmatch(SURFACE_PATTERN, name):
+                raise ValueError(f"invalid surface name {name!r}")
+        return value
+
+    @field_validator("on_error")
+    @classmethod
+    def _errors(cls, value: Action | dict[str, Action] | None) -> Action | dict[str, Action] | None:
+        return _check_on_error(value)
+
+
+def _check_codes(value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
+    unknown = sorted(set(value) - set(CODES))
+    if unknown:
+        raise ValueError(f"unknown category {unknown[0]!r}: use O1..O9 (NA is none_applying)")
+    return value
+
+
+def _check_on_error(value: Action | dict[str, Action] | None) -> Action | dict[str, Action] | None:
+    """Known error codes only; security errors can never map to allow."""
+    if value is None:
+        return None
+    mapping = {"default": value} if isinstance(value, str) else value
+    codes = {c.value for c in ErrorCode} | {"default"}
+    for code, action in mapping.items():
+        if code not in codes:
+            raise ValueError(f"unknown error code {code!r}")
+        if action == "allow" and (code == "default" or ErrorCode(code) in SECURITY_ERRORS):
+            security = {c.value for c in SECURITY_ERRORS}
+            if code != "default":
+                raise ValueError(f"{code} is a security error and can never map to allow")
+            if not security <= set(mapping):
+                raise ValueError(
+                    "on_error allows by default: name the security errors "
+                    f"({', '.join(sorted(security))}) with review or block"
+                )
+    return value
