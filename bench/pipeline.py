@@ -75,6 +75,7 @@ from moderator.ingest.kafka import consumer_config
 from moderator.ingest.loop import LoopStats
 from moderator.ingest.ports import Consumer as ConsumerPort
 from moderator.logs import configure_logging
+from moderator.policy.bundled import write_default_policy
 from moderator.service import build_pipeline, run_service
 from moderator.settings import Settings, load_settings
 
@@ -191,7 +192,7 @@ def _publish_events(bootstrap: str, topic: str, run_id: str, images: Sequence[Sa
 
 
 def _write_policies(directory: Path) -> Path:
-    (directory / "default.yaml").write_text("on_error: review\n", encoding="utf-8")
+    write_default_policy(directory)
     (directory / f"{TENANT}.yaml").write_text("on_error: review\n", encoding="utf-8")
     return directory
 

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from moderator.devstack.samples import make_sample
 from moderator.devstack.stack import EmbeddedStack
+from moderator.policy.bundled import write_default_policy
 
 pytestmark = pytest.mark.slow
 
@@ -72,8 +73,8 @@ EXIT_TIMEOUT_S = DRAIN_GRACE_S + 20.0
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("policies")
-    for name in ("default", TENANT):
-        (directory / f"{name}.yaml").write_text("on_error: review\n", encoding="utf-8")
+    write_default_policy(directory)
+    (directory / f"{TENANT}.yaml").write_text("on_error: review\n", encoding="utf-8")
     return directory
 
 

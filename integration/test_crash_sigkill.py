@@ -24,6 +24,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from PIL import Image
 
+from moderator.policy.bundled import write_default_policy
+
 pytestmark = pytest.mark.slow
 
 EVENTS = 1000
@@ -99,7 +101,8 @@ def test_sigkill_five_times_loses_nothing(dev_stack: dict[str, str], tmp_path: P
     bootstrap = dev_stack["MODERATOR_KAFKA__BOOTSTRAP_SERVERS"]
     policies = tmp_path / "policies"
     policies.mkdir()
-    for name in ("default", *TENANTS):
+    write_default_policy(policies)
+    for name in TENANTS:
         (policies / f"{name}.yaml").write_text("on_error: review\n")
     s3 = boto3.client(
         "s3",

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from moderator.devstack.samples import make_sample
 from moderator.devstack.stack import EmbeddedStack
 from moderator.engine.tiny import make_tiny
+from moderator.policy.bundled import write_default_policy
 from moderator.service import build_pipeline, run_service
 from moderator.settings import EngineSettings, load_settings
 
@@ -80,7 +81,8 @@ def _moderate(
             monkeypatch.setenv(name, value)
     policies = tmp_path / "policies"
     policies.mkdir()
-    for name in ("default", *TENANTS):
+    write_default_policy(policies)
+    for name in TENANTS:
         (policies / f"{name}.yaml").write_text("on_error: review\n")
     run = uuid.uuid4().hex[:8]
     topics = {t: f"{t}-{run}" for t in ("uploads", "verdicts", "audit", "dlq")}

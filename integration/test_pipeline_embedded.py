@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer
 
 from moderator.devstack.samples import corrupt_bytes, make_sample, oversized_bytes
 from moderator.devstack.stack import EmbeddedStack
+from moderator.policy.bundled import write_default_policy
 from moderator.service import build_pipeline, run_service
 from moderator.settings import load_settings
 
@@ -68,7 +69,7 @@ def test_500_events_three_tenants_with_bad_input(
             monkeypatch.setenv(name, value)
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "default.yaml").write_text("on_error: review\n")
+    write_default_policy(policies)
     (policies / "acme.yaml").write_text("on_error: review\n")
     (policies / "kids.yaml").write_text("on_error: block\n")
     (policies / "news.yaml").write_text("on_error: {default: review, object_not_found: allow}\n")

@@ -11,6 +11,7 @@ from moderator.devstack.samples import make_sample
 from moderator.devstack.stack import EmbeddedStack
 from moderator.errors import ErrorCode
 from moderator.events.verdict import Verdict
+from moderator.policy.bundled import write_default_policy
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def s3_env(stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch) -> None:
 def policies(tmp_path: Path) -> Path:
     d = tmp_path / "policies"
     d.mkdir()
-    (d / "default.yaml").write_text("on_error: review\n")
+    write_default_policy(d)
     return d
 
 

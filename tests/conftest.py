@@ -6,6 +6,15 @@ from moderator.logs import configure_logging
 from moderator.settings import LogSettings
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regen-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files under tests/golden/ instead of comparing with them",
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> None:
     configure_logging(LogSettings(level="warning", format="json"))

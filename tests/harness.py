@@ -17,6 +17,7 @@ from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.kafka import consumer_config, producer_config
 from moderator.ingest.loop import IngestLoop
 from moderator.ingest.memory_broker import MemoryBroker
+from moderator.policy.bundled import write_default_policy
 from moderator.service import Pipeline, build_pipeline
 from moderator.settings import Settings, load_settings
 
@@ -33,8 +34,7 @@ def png(seed: int, size: int = 24) -> bytes:
 
 
 def write_policies(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "default.yaml").write_text("on_error: review\n")
+    write_default_policy(directory)
     for tenant in TENANTS:
         (directory / f"{tenant}.yaml").write_text("on_error: review\n")
     return directory

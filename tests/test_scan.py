@@ -22,8 +22,9 @@ from moderator.events.verdict import Assessment, Verdict
 from moderator.fetch import local as local_mod
 from moderator.fetch.local import LOCAL_BUCKET, LocalFileStore
 from moderator.pipeline.process import Job
-from moderator.policy.minimal import MinimalPolicyProvider
-from moderator.settings import load_settings
+from moderator.policy.bundled import write_default_policy
+from moderator.policy.registry import PolicyRegistry
+from moderator.settings import TenancySettings, load_settings
 
 FAKE = ["--engine", "fake"]
 
@@ -55,7 +56,7 @@ def _expected_keys(root: Path) -> list[str]:
 def policies(tmp_path: Path) -> Path:
     d = tmp_path / "policies"
     d.mkdir()
-    (d / "default.yaml").write_text("on_error: review\n")
+    write_default_policy(d)
     (d / "acme.yaml").write_text("on_error: block\n")
     return d
 
@@ -246,7 +247,7 @@ def test_local_store_access_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_operator_policy_drops_isolation_only(policies: Path) -> None:
-    provider = MinimalPolicyProvider(policies, upload_buckets=("uploads",))
+    provider = PolicyRegistry(policies, TenancySettings(upload_buckets=("uploads",)))
     inner = provider.resolve("acme", "default")
     assert inner is not None
     assert not inner.allows_object(LOCAL_BUCKET, "/tmp/x.png")

@@ -18,7 +18,7 @@ from moderator.ingest.ports import Consumer, Producer
 from moderator.pipeline.cache import VerdictCache
 from moderator.pipeline.process import OutputTopics, Processor
 from moderator.policy.base import PolicyProvider
-from moderator.policy.minimal import MinimalPolicyProvider
+from moderator.policy.registry import PolicyRegistry
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.service")
@@ -30,20 +30,26 @@ class Pipeline:
     window: EngineWindow
     processor: Processor
     cache: VerdictCache
+    policies: PolicyProvider
 
     def close(self) -> None:
         self.processor.close()
         self.window.close()
         self.engine.close()
+        if isinstance(self.policies, PolicyRegistry):
+            self.policies.close()
 
 
-def build_policies(settings: Settings) -> MinimalPolicyProvider:
-    """The tenant policies named by the settings. Raises ConfigError for a bad policy dir."""
-    return MinimalPolicyProvider(
+def build_policies(settings: Settings) -> PolicyRegistry:
+    """The tenant policies named by the settings, not yet polling for changes.
+
+    Raises ConfigError (file:line: reason) when any policy file is invalid.
+    """
+    return PolicyRegistry(
         settings.policies.dir,
-        upload_buckets=settings.tenancy.upload_buckets,
-        bucket_map=settings.tenancy.bucket_map if settings.tenancy.rule == "bucket_map" else None,
+        settings.tenancy,
         default_for_unknown=settings.policies.default_for_unknown,
+        poll_interval_s=settings.policies.poll_interval_s,
     )
 
 
@@ -84,7 +90,7 @@ def build_pipeline(
         instance_id=settings.instance_id,
         max_buffered_bytes=settings.flow.high_buffered_bytes,
     )
-    return Pipeline(engine, window, processor, cache)
+    return Pipeline(engine, window, processor, cache, policies)
 
 
 def run_service(
@@ -99,6 +105,8 @@ def run_service(
     pipeline = pipeline if pipeline is not None else build_pipeline(settings)
     kafka_consumer: Consumer = consumer if consumer is not None else make_consumer(settings)
     kafka_producer: Producer = producer if producer is not None else make_producer(settings)
+    if isinstance(pipeline.policies, PolicyRegistry):
+        pipeline.policies.start()  # hot reload while consuming
     loop = IngestLoop(
         settings=settings,
         consumer=kafka_consumer,

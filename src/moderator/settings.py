@@ -246,6 +246,9 @@ class CacheSettings(_Section):
 class PolicySettings(_Section):
     dir: Path = Path("policies")
     default_for_unknown: bool = False
+    poll_interval_s: float = Field(
+        default=5.0, ge=0, description="how often policy files are re-read; 0 disables hot reload"
+    )
 
 
 class AuditSettings(_Section):

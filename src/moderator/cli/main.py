@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -65,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         "--policies", type=Path, metavar="DIR", help="policy directory (policies.dir)"
     )
 
+    _policy_parser(sub)
+
     model = sub.add_parser("model", help="model checkpoint tools")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     tiny = model_sub.add_parser(
@@ -76,6 +79,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same bytes)")
     return parser
+
+
+def _policy_parser(sub: Any) -> None:
+    policy = sub.add_parser("policy", help="check, show and compare tenant policies")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    config_help = "YAML settings file (tenancy, policies.dir, policies.default_for_unknown)"
+    validate = policy_sub.add_parser(
+        "validate",
+        help="load every file and compile every tenant and surface; list problems",
+        description=(
+            "Load every *.yaml in DIR and compile each tenant for its default surface and every "
+            "surface it declares. Prints `tenant surface version` per policy and exits 0, or "
+            "prints every problem as `path:line: reason` on stderr and exits 2."
+        ),
+    )
+    validate.add_argument(
+        "directory",
+        nargs="?",
+        type=Path,
+        metavar="DIR",
+        help="policy directory (default: policies.dir)",
+    )
+    validate.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    render = policy_sub.add_parser(
+        "render", help="print a tenant's compiled prompt and decision table"
+    )
+    render.add_argument("tenant", metavar="TENANT", help="tenant id (its file name without .yaml)")
+    render.add_argument("--surface", metavar="S", help="context.surface (default: none)")
+    render.add_argument(
+        "--policies", type=Path, metavar="DIR", help="policy directory (policies.dir)"
+    )
+    render.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    render.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (default: text)"
+    )
+    diff = policy_sub.add_parser(
+        "diff", help="compare two policy directories tenant by tenant and surface by surface"
+    )
+    diff.add_argument("old", type=Path, metavar="OLD_DIR")
+    diff.add_argument("new", type=Path, metavar="NEW_DIR")
+    diff.add_argument("--config", type=Path, metavar="FILE", help=config_help)
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:
@@ -107,6 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`moderator policy render T | head`): not our failure, and the
+        # interpreter must not complain again while flushing stdout on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -132,11 +181,29 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides=_overrides(args),
             debug=args.debug,
         )
+    if args.command == "policy":
+        return _cmd_policy(args)
     if args.command == "model":
         from moderator.cli.model import cmd_make_tiny
 
         return cmd_make_tiny(args.directory, args.arch, args.seed)
     raise ConfigError(f"unknown command {args.command}")
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from moderator.cli.policy import cmd_diff, cmd_render, cmd_validate
+
+    if args.policy_command == "validate":
+        return cmd_validate(args.directory, args.config)
+    if args.policy_command == "render":
+        return cmd_render(
+            args.tenant,
+            surface=args.surface,
+            policies=args.policies,
+            config=args.config,
+            output_format=args.format,
+        )
+    return cmd_diff(args.old, args.new, args.config)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """A tenant's policy after inheritance and surface overrides: every field filled in. Pure.
 
-`ResolvedPolicy` is what the prompt renderer and the decision table are compiled from; its
-canonical JSON (`to_json`) is part of what the policy version hashes.
+`ResolvedPolicy` is what the prompt renderer and the decision table are compiled from;
+`to_json` is its canonical form for display and diffs (the version hashes only what can change a
+decision: see compiled.py).
 """
 
 from __future__ import annotations

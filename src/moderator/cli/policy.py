@@ -1,0 +1,252 @@
+"""`moderator policy validate|render|diff`: check, show and compare policy directories.
+
+Exit codes: 0 ok (a diff with differences included), 2 when a directory is invalid, a tenant is
+unknown or the settings are bad. Problems go to stderr, one `path:line: reason` per line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from moderator.errors import ConfigError
+from moderator.policy.check import (
+    SURFACE_DEFAULT,
+    DirectoryCheck,
+    PolicyKey,
+    check,
+    compile_unknown,
+)
+from moderator.policy.compiled import TenantPolicy
+from moderator.policy.decide import (
+    DECISION_COLUMNS,
+    ERROR_COLUMNS,
+    decision_rows,
+    decision_table_json,
+    error_rows,
+)
+from moderator.policy.diff import SurfaceDiff, TenantDiff, diff_policies
+from moderator.settings import Settings, load_settings
+
+
+def cmd_validate(directory: Path | None, config: Path | None) -> int:
+    """Print `tenant surface version` per compiled policy (0), or every problem on stderr (2)."""
+    settings = _settings(config, directory)
+    result = _checked(settings.policies.dir, settings)
+    if result is None:
+        return 2
+    rows = [(t, s, p.version) for (t, s), p in _ordered(result.policies)]
+    _print_lines(table(("tenant", "surface", "version"), rows, header=False), sys.stdout)
+    return 0
+
+
+def cmd_render(
+    tenant: str,
+    *,
+    surface: str | None,
+    policies: Path | None,
+    config: Path | None,
+    output_format: str = "text",
+) -> int:
+    """Print one tenant's compiled policy for a surface: header, prompt, decision table."""
+    settings = _settings(config, policies)
+    directory = settings.policies.dir
+    result = check(directory, settings.tenancy)
+    requested = surface or SURFACE_DEFAULT
+    unknown = tenant not in result.paths
+    if unknown and not settings.policies.default_for_unknown:
+        raise ConfigError(f"no policy file for tenant {tenant} in {directory}")
+    needed = (SURFACE_DEFAULT if unknown else tenant, SURFACE_DEFAULT)
+    if needed not in result.policies:
+        _print_lines(result.errors, sys.stderr)
+        return 2
+    if result.errors:
+        print(
+            f"warning: {len(result.errors)} problem(s) elsewhere in {directory}; "
+            "run `moderator policy validate`",
+            file=sys.stderr,
+        )
+    if unknown:
+        policy = compile_unknown(result, tenant, settings.tenancy)
+    else:
+        policy = result.policies.get(
+            (tenant, requested), result.policies[(tenant, SURFACE_DEFAULT)]
+        )
+    if output_format == "json":
+        doc = render_json(policy, result, requested=requested, unknown=unknown)
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        _print_lines(render_text(policy, result, requested=requested, unknown=unknown), sys.stdout)
+    return 0
+
+
+def cmd_diff(old: Path, new: Path, config: Path | None) -> int:
+    """Print what changes from OLD to NEW per tenant and surface; 0 even when something does."""
+    settings = _settings(config, None)
+    before = _checked(old, settings)
+    after = _checked(new, settings)
+    if before is None or after is None:
+        return 2
+    _print_lines(format_diff(diff_policies(before.policies, after.policies)), sys.stdout)
+    return 0
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def render_text(
+    policy: TenantPolicy, result: DirectoryCheck, *, requested: str, unknown: bool
+) -> list[str]:
+    """The `policy render` text output, line by line."""
+    resolved = policy.resolved
+    in_force = resolved.surface
+    if in_force != requested:
+        surface = f"{in_force} (requested {requested!r}: no override declared for it)"
+    else:
+        surface = in_force
+    header = [
+        ("tenant", resolved.tenant_id),
+        ("surface", surface),
+        ("version", policy.version),
+        ("full hash", policy.full_hash),
+        ("prompt sha256", policy.prompt_sha256),
+        ("chain", " -> ".join(_chain(result, resolved.chain, unknown))),
+        ("description", resolved.description or "-"),
+        ("owner", resolved.owner or "-"),
+    ]
+    if unknown:
+        note = f"tenant {resolved.tenant_id} has no policy file: the default policy applies"
+        header.append(("note", f"{note} (policies.default_for_unknown)"))
+    lines = table(("", ""), header, header=False)
+    lines += [
+        "",
+        "--- prompt (exactly as sent to the model) ---",
+        policy.prompt,
+        "--- end of prompt ---",
+    ]
+    lines += ["", "--- decision table ---", *table(DECISION_COLUMNS, decision_rows(resolved))]
+    lines += ["", "--- on_error ---", *table(ERROR_COLUMNS, error_rows(resolved))]
+    prefixes = ", ".join(resolved.prefixes) or "(any key in the buckets)"
+    locations = [("buckets", ", ".join(resolved.buckets) or "(none)"), ("prefixes", prefixes)]
+    lines += ["", "--- allowed locations ---", *table(("", ""), locations, header=False)]
+    return lines
+
+
+def render_json(
+    policy: TenantPolicy, result: DirectoryCheck, *, requested: str, unknown: bool
+) -> dict[str, Any]:
+    """The `policy render --format json` document."""
+    resolved = policy.resolved
+    return {
+        "tenant": resolved.tenant_id,
+        "surface": resolved.surface,
+        "requested_surface": requested,
+        "version": policy.version,
+        "full_hash": policy.full_hash,
+        "prompt_sha256": policy.prompt_sha256,
+        "chain": _chain(result, resolved.chain, unknown),
+        "default_for_unknown": unknown,
+        "policy": resolved.to_json(),
+        "prompt": policy.prompt,
+        "decision_table": decision_table_json(resolved),
+    }
+
+
+def format_diff(diffs: Iterable[TenantDiff]) -> list[str]:
+    """The `policy diff` output: one block per tenant, then a summary line."""
+    lines: list[str] = []
+    counts = {"changed": 0, "added": 0, "removed": 0, "unchanged": 0}
+    for diff in diffs:
+        counts[diff.kind] += 1
+        if diff.kind == "unchanged":
+            lines.append(f"{diff.tenant}: unchanged ({_versions(diff.surfaces)})")
+            continue
+        lines.append(f"{diff.tenant}: {diff.kind}")
+        for surface in diff.surfaces:
+            lines.extend(_surface_lines(surface))
+    total = sum(counts.values())
+    lines.append(f"{total} tenant(s): " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    return lines
+
+
+def _surface_lines(diff: SurfaceDiff) -> list[str]:
+    name, old, new = diff.surface, diff.old_version, diff.new_version
+    if diff.kind == "added":
+        return [f"  {name}: added (version {new})"]
+    if diff.kind == "removed":
+        return [f"  {name}: removed (was version {old})"]
+    if diff.kind == "unchanged":
+        return [f"  {name}: unchanged (version {old})"]
+    if diff.kind == "surface_added":
+        head = (
+            f"  {name}: surface added, version {old} -> {new} (it had the default surface's rules)"
+        )
+    elif diff.kind == "surface_removed":
+        head = (
+            f"  {name}: surface removed, version {old} -> {new} (now the default surface's rules)"
+        )
+    else:
+        head = f"  {name}: version {old} -> {new}"
+    body = [f"    {change}" for change in diff.changes]
+    return [head, *body, f"    prompt changed: {'yes' if diff.prompt_changed else 'no'}"]
+
+
+def _versions(surfaces: Sequence[SurfaceDiff]) -> str:
+    first, *rest = surfaces
+    return "; ".join(
+        [f"version {first.old_version}", *(f"{s.surface} {s.old_version}" for s in rest)]
+    )
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def table(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], *, header: bool = True
+) -> list[str]:
+    """Rows as aligned columns (two spaces apart, no trailing spaces)."""
+    body = [tuple(row) for row in rows]
+    every = [tuple(columns), *body] if header else body
+    if not every:
+        return []
+    widths = [max(len(row[i]) for row in every) for i in range(len(every[0]) - 1)]
+    return [
+        "  ".join(
+            [*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]
+        ).rstrip()
+        for row in every
+    ]
+
+
+def _settings(config: Path | None, policies: Path | None) -> Settings:
+    return load_settings(config, {"policies.dir": policies})
+
+
+def _checked(directory: Path, settings: Settings) -> DirectoryCheck | None:
+    """The directory's check, or None after printing its problems to stderr."""
+    result = check(directory, settings.tenancy)
+    if result.errors:
+        _print_lines(result.errors, sys.stderr)
+        return None
+    return result
+
+
+def _ordered(policies: Mapping[PolicyKey, TenantPolicy]) -> list[tuple[PolicyKey, TenantPolicy]]:
+    return sorted(
+        policies.items(), key=lambda item: (item[0][0], item[0][1] != SURFACE_DEFAULT, item[0][1])
+    )
+
+
+def _chain(result: DirectoryCheck, chain: Sequence[str], unknown: bool) -> list[str]:
+    return [
+        "(no file)" if unknown and i == 0 else str(result.paths.get(name, f"{name}.yaml"))
+        for i, name in enumerate(chain)
+    ]
+
+
+def _print_lines(lines: Iterable[str], stream: TextIO) -> None:
+    for line in lines:
+        print(line, file=stream)

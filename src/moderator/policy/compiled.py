@@ -1,0 +1,104 @@
+"""A resolved policy compiled for the pipeline: prompt, category enum, decisions, version. Pure.
+
+The version is a hash of the compiled artefacts that can change a decision or the model's
+answer (prompt, decision table, locations, tenant), and nothing else: the surface label, the
+inheritance chain and the metadata (description, owner, DSA mapping) are left out, so two
+surfaces that compile to the same rules share a version and a verdict-cache entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from moderator.errors import ErrorCode
+from moderator.events.verdict import CATEGORIES, Assessment, Decision
+from moderator.policy.decide import decide, decision_table_json, error_decision
+from moderator.policy.keys import unsafe_key_reason
+from moderator.policy.model import ResolvedPolicy
+from moderator.policy.prompt import render_prompt
+
+if TYPE_CHECKING:
+    from moderator.policy.base import CompiledPolicy
+
+HASH_SCHEMA = "moderator.policy/compiled-v1"
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """One tenant's policy for one surface; implements `CompiledPolicy`."""
+
+    resolved: ResolvedPolicy
+    prompt: str
+    # The surface reported in verdicts; None = the resolved one. Not hashed (see module doc).
+    surface_label: str | None = None
+
+    @property
+    def tenant_id(self) -> str:
+        return self.resolved.tenant_id
+
+    @property
+    def surface(self) -> str:
+        return self.resolved.surface if self.surface_label is None else self.surface_label
+
+    def with_surface(self, name: str) -> TenantPolicy:
+        """The same compiled policy, reported under surface `name` (version unchanged)."""
+        return dataclasses.replace(self, surface_label=name)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """All ten trained category strings: the model keeps its taxonomy whatever the modes."""
+        return CATEGORIES
+
+    def hash_document(self) -> dict[str, Any]:
+        """What `full_hash` covers, as canonical JSON-ready data."""
+        return {
+            "schema": HASH_SCHEMA,
+            "tenant_id": self.resolved.tenant_id,
+            "prompt": self.prompt,
+            "decision_table": decision_table_json(self.resolved),
+            "buckets": list(self.resolved.buckets),
+            "prefixes": list(self.resolved.prefixes),
+        }
+
+    @cached_property
+    def full_hash(self) -> str:
+        canonical = json.dumps(
+            self.hash_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    @cached_property
+    def version(self) -> str:
+        return self.full_hash[:16]
+
+    @cached_property
+    def prompt_sha256(self) -> str:
+        return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
+
+    def allows_object(self, bucket: str, key: str) -> bool:
+        if unsafe_key_reason(key) is not None or bucket not in self.resolved.buckets:
+            return False
+        prefixes = self.resolved.prefixes
+        return not prefixes or any(key.startswith(prefix) for prefix in prefixes)
+
+    def decide(self, assessment: Assessment) -> Decision:
+        return decide(self.resolved, assessment)
+
+    def on_error(self, code: ErrorCode) -> Decision:
+        return error_decision(self.resolved, code)
+
+
+def compile_policy(resolved: ResolvedPolicy) -> TenantPolicy:
+    """Render the prompt and wrap the decision rules; deterministic (same input, same version)."""
+    return TenantPolicy(resolved=resolved, prompt=render_prompt(resolved))
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_port(policy: TenantPolicy) -> CompiledPolicy:
+        return policy  # mypy checks TenantPolicy against the CompiledPolicy protocol

@@ -1,0 +1,51 @@
+"""Policy files for the policy tests: a complete default and helpers to build directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from moderator.policy.load import load_text
+from moderator.policy.schema import CODES, PolicyFile
+from moderator.settings import TenancySettings
+
+KEY_PREFIX = TenancySettings(upload_buckets=("uploads", "media"))
+BUCKET_MAP = TenancySettings(
+    rule="bucket_map", bucket_map={"acme-b": "acme", "acme-a": "acme", "other": "kids"}
+)
+
+
+def default_yaml() -> str:
+    """A test default.yaml: every category with texts for its three states."""
+    lines = ["description: test default", "owner: tests", "categories:"]
+    for code in CODES:
+        lines += [
+            f"  {code}:",
+            "    should_not:",
+            f"      - show {code} material",
+            "    can:",
+            f"      - discuss {code} in general",
+            f"    allowed_text: {code} content is fine here without limits.",
+            f"    sensitive_text: {code} content is never acceptable.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse(text: str, name: str = "t") -> PolicyFile:
+    return load_text(text, Path(f"{name}.yaml"))
+
+
+def directory(**tenants: str) -> dict[str, PolicyFile]:
+    """stem -> parsed file; `default` is the test default unless given."""
+    files = {"default": parse(default_yaml(), "default")}
+    files.update({name: parse(text, name) for name, text in tenants.items()})
+    return files
+
+
+def clear_moderator_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove MODERATOR_* variables, so settings come from the test's files and flags only."""
+    for name in list(os.environ):
+        if name.startswith("MODERATOR_"):
+            monkeypatch.delenv(name)

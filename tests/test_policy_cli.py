@@ -1,0 +1,263 @@
+"""`moderator policy validate|render|diff`: output formats and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moderator.cli.main import main
+from moderator.policy.check import check
+from moderator.settings import TenancySettings
+from tests.policy_fixtures import clear_moderator_env, default_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "policies"
+DEMO = REPO / "src" / "moderator" / "data" / "demo-policies"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_moderator_env(monkeypatch)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = main(["policy", *(str(a) for a in args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def policy_dir(path: Path, **tenants: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "default.yaml").write_text(default_yaml())
+    for name, text in tenants.items():
+        (path / f"{name}.yaml").write_text(text)
+    return path
+
+
+# -- validate ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", [SHIPPED, DEMO], ids=["policies", "demo-policies"])
+def test_validate_shipped_directories(capsys: pytest.CaptureFixture[str], directory: Path) -> None:
+    code, out, err = run(capsys, "validate", directory)
+    assert (code, err) == (0, "")
+    rows = [line.split() for line in out.splitlines()]
+    expected = check(directory, TenancySettings()).policies
+    assert {(t, s): v for t, s, v in rows} == {k: p.version for k, p in expected.items()}
+    assert rows[0][:2] == (["default", "default"] if directory == SHIPPED else ["acme", "default"])
+    lines = out.splitlines()
+    assert len({line.index(row[2]) for line, row in zip(lines, rows, strict=True)}) == 1  # aligned
+
+
+def test_validate_defaults_to_policies_dir_from_the_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    directory = policy_dir(tmp_path / "p", shop="")
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"policies:\n  dir: {directory}\n")
+    code, out, _ = run(capsys, "validate", "--config", config)
+    assert code == 0
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        ["default", "default"],
+        ["shop", "default"],
+    ]
+
+
+def test_validate_reports_every_problem(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    d = policy_dir(
+        tmp_path / "p",
+        bad="description: fine\nowner: x\ncategories:\n  O1: {mode: [\n",
+        typo="extends: default\ncategories:\n  O2:\n    action: block\n    colour: red\n",
+        a="schema: 1\nextends: b\n",
+        b="# b extends a\n\nextends: a\n",
+        orphan="description: lost\nextends: nothere\n",
+        child="extends: bad\n",  # blocked by bad.yaml: not reported again
+        sec="on_error:\n  default: review\n  tenant_mismatch: allow\n",
+        good="categories:\n  O2: {action: review}\n",
+    )
+    code, out, err = run(capsys, "validate", d)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"{d}/bad.yaml:5: invalid YAML: while parsing a flow node, expected the node content, "
+        "but found '<stream end>'",
+        f"{d}/sec.yaml:3: on_error.tenant_mismatch: tenant_mismatch is a security error and "
+        "can never map to allow",
+        f"{d}/typo.yaml:5: categories.O2.colour: unknown key (not part of the policy schema)",
+        f"{d}/b.yaml:3: extends: inheritance cycle a -> b -> a",
+        f"{d}/a.yaml:2: extends: inheritance cycle b -> a -> b",
+        f"{d}/orphan.yaml:2: extends: unknown base policy 'nothere' (no nothere.yaml)",
+    ]
+
+
+def test_validate_merged_threshold_error_has_a_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(
+        tmp_path / "p",
+        base="description: b\ncategories:\n  O3: {review_at: 0.9}\n",
+        shop="extends: base\ncategories:\n  O3: {block_at: 0.5}\n",
+    )
+    code, _, err = run(capsys, "validate", d)
+    assert code == 2
+    assert err == (
+        f"{d}/shop.yaml:3: categories.O3: review_at 0.9 is above block_at 0.5 after inheritance\n"
+    )
+
+
+def test_validate_unusable_directories(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "validate", tmp_path / "missing")
+    assert (code, out) == (2, "")
+    assert err == f"moderator: policies.dir: {tmp_path / 'missing'} is not a directory\n"
+    (tmp_path / "shop.yaml").write_text("")
+    code, _, err = run(capsys, "validate", tmp_path)
+    assert code == 2
+    assert err == f"moderator: {tmp_path}: no default.yaml (every policy directory needs one)\n"
+
+
+# -- render ------------------------------------------------------------------------------------
+
+
+def test_render_text(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "render", "kids", "--surface", "profile_photo", "--policies", SHIPPED
+    )
+    assert (code, err) == (0, "")
+    policy = check(SHIPPED, TenancySettings()).policies[("kids", "profile_photo")]
+    lines = out.splitlines()
+    assert lines[:6] == [
+        "tenant         kids",
+        "surface        profile_photo",
+        f"version        {policy.version}",
+        f"full hash      {policy.full_hash}",
+        f"prompt sha256  {policy.prompt_sha256}",
+        f"chain          {SHIPPED / 'kids.yaml'} -> {SHIPPED / 'default.yaml'}",
+    ]
+    start = "--- prompt (exactly as sent to the model) ---\n"
+    assert f"{start}{policy.prompt}\n--- end of prompt ---\n" in out
+    table = lines[lines.index("--- decision table ---") + 1 :]
+    assert table[0].split() == ["category", "mode", "on", "Unsafe", "block_at", "review_at", "rule"]
+    assert table[1].startswith("O1: Hate, Humiliation, Harassment  ")
+    assert table[1].split("  ")[-1].startswith("score >= 0.3 -> block")
+    assert table[10].startswith("NA: None applying (and unknown categories)  -  ")
+    assert "tenant_mismatch     block" in lines
+    assert lines[-2:] == ["buckets   uploads", "prefixes  kids/"]
+
+
+def test_render_surface_without_override(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "render", "kids", "--surface", "banner", "--policies", SHIPPED)
+    assert code == 0
+    policy = check(SHIPPED, TenancySettings()).policies[("kids", "default")]
+    assert out.splitlines()[1:3] == [
+        "surface        default (requested 'banner': no override declared for it)",
+        f"version        {policy.version}",
+    ]
+
+
+def test_render_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "render", "acme", "--surface", "avatar", "--policies", DEMO, "--format", "json"
+    )
+    assert code == 0
+    doc = json.loads(out)
+    policy = check(DEMO, TenancySettings()).policies[("acme", "avatar")]
+    assert doc["tenant"] == "acme" and doc["surface"] == doc["requested_surface"] == "avatar"
+    assert doc["version"] == policy.version and doc["full_hash"] == policy.full_hash
+    assert doc["prompt"] == policy.prompt
+    assert doc["policy"] == json.loads(json.dumps(policy.resolved.to_json()))
+    assert doc["decision_table"]["categories"]["O6"]["mode"] == "sensitive"
+    assert doc["decision_table"]["none_applying"]["action"] == "block"
+    assert doc["chain"] == [str(DEMO / "acme.yaml"), str(DEMO / "default.yaml")]
+    assert doc["default_for_unknown"] is False
+
+
+def test_render_unknown_tenant(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "render", "nobody", "--policies", SHIPPED)
+    assert (code, out) == (2, "")
+    assert err == f"moderator: no policy file for tenant nobody in {SHIPPED}\n"
+    config = tmp_path / "settings.yaml"
+    config.write_text("policies:\n  default_for_unknown: true\n")
+    code, out, _ = run(capsys, "render", "nobody", "--policies", SHIPPED, "--config", config)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "tenant         nobody"
+    assert lines[5] == f"chain          (no file) -> {SHIPPED / 'default.yaml'}"
+    assert "note           tenant nobody has no policy file: the default policy applies" in out
+    assert lines[lines.index("--- allowed locations ---") + 2] == "prefixes  nobody/"
+
+
+def test_render_a_broken_tenant_lists_the_problems(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(tmp_path / "p", shop="colour: red\n", other="categories:\n  O2: {x: 1}\n")
+    code, out, err = run(capsys, "render", "shop", "--policies", d)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"{d}/other.yaml:2: categories.O2.x: unknown key (not part of the policy schema)",
+        f"{d}/shop.yaml:1: colour: unknown key (not part of the policy schema)",
+    ]
+    code, out, err = run(capsys, "render", "default", "--policies", d)
+    assert code == 0 and out.startswith("tenant         default\n")
+    assert err == f"warning: 2 problem(s) elsewhere in {d}; run `moderator policy validate`\n"
+
+
+# -- diff --------------------------------------------------------------------------------------
+
+
+def test_diff(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    old = policy_dir(
+        tmp_path / "old",
+        shop="categories:\n  O2: {action: review, block_at: 0.9}\non_error: review\n",
+        calm="description: same\n",
+        gone="",
+    )
+    new = policy_dir(
+        tmp_path / "new",
+        shop=(
+            "categories:\n  O2: {mode: sensitive, action: review, block_at: 0.8}\n"
+            "on_error: {default: review, object_not_found: allow}\n"
+            "surfaces:\n  avatar:\n    none_applying: {action: block}\n"
+        ),
+        calm="description: edited, which changes no decision\n",
+        fresh="",
+    )
+    versions = {
+        side: {k: p.version for k, p in check(d, TenancySettings()).policies.items()}
+        for side, d in (("old", old), ("new", new))
+    }
+    code, out, err = run(capsys, "diff", old, new)
+    assert (code, err) == (0, "")
+    o, n = versions["old"], versions["new"]
+    assert out.splitlines() == [
+        f"calm: unchanged (version {o[('calm', 'default')]})",
+        f"default: unchanged (version {o[('default', 'default')]})",
+        "fresh: added",
+        f"  default: added (version {n[('fresh', 'default')]})",
+        "gone: removed",
+        f"  default: removed (was version {o[('gone', 'default')]})",
+        "shop: changed",
+        f"  default: version {o[('shop', 'default')]} -> {n[('shop', 'default')]}",
+        "    O2 mode: default -> sensitive",
+        "    O2 block_at: 0.9 -> 0.8",
+        "    on_error.object_not_found: review -> allow",
+        "    prompt changed: yes",
+        f"  avatar: surface added, version {o[('shop', 'default')]} -> {n[('shop', 'avatar')]} "
+        "(it had the default surface's rules)",
+        "    O2 mode: default -> sensitive",
+        "    O2 block_at: 0.9 -> 0.8",
+        "    NA action: review -> block",
+        "    on_error.object_not_found: review -> allow",
+        "    prompt changed: yes",
+        "5 tenant(s): 1 changed, 1 added, 1 removed, 2 unchanged",
+    ]
+
+
+def test_diff_with_an_invalid_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    good = policy_dir(tmp_path / "good")
+    bad = policy_dir(tmp_path / "bad", shop="extends: nothere\n")
+    code, out, err = run(capsys, "diff", good, bad)
+    assert (code, out) == (2, "")
+    assert err == f"{bad}/shop.yaml:1: extends: unknown base policy 'nothere' (no nothere.yaml)\n"
+    code, _, err = run(capsys, "diff", tmp_path / "none", good)
+    assert code == 2 and err == f"moderator: policies.dir: {tmp_path / 'none'} is not a directory\n"

@@ -1,0 +1,319 @@
+"""The policy loader: YAML → PolicyFile, every failure a PolicyError with file, line and reason."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from moderator.errors import ConfigError
+from moderator.policy.load import MAX_BYTES, MAX_DEPTH, PolicyError, load_file, load_text
+from moderator.policy.schema import CODES, PolicyFile
+from tests.policy_fixtures import default_yaml
+
+P = Path("policies/acme.yaml")
+
+
+def error(text: str) -> PolicyError:
+    with pytest.raises(PolicyError) as info:
+        load_text(text, P)
+    return info.value
+
+
+def test_error_message_format_and_pickling() -> None:
+    with_line = PolicyError(P, 3, "bad")
+    assert str(with_line) == "policies/acme.yaml:3: bad"
+    assert isinstance(with_line, ConfigError)
+    assert str(PolicyError(P, None, "bad")) == "policies/acme.yaml: bad"
+    copy = pickle.loads(pickle.dumps(with_line))  # noqa: S301 - our own object
+    assert (copy.path, copy.line, copy.reason) == (P, 3, "bad")
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "null\n", "~", "---\n"])
+def test_empty_documents_are_empty_policies(text: str) -> None:
+    assert load_text(text, P) == PolicyFile()
+
+
+def test_a_complete_file_loads() -> None:
+    text = default_yaml() + (
+        "extends: null\n"
+        "schema: 1\n"
+        "none_applying: {action: review, review_at: 0.4}\n"
+        "surfaces:\n  profile_photo:\n    categories: {O4: {mode: sensitive}}\n"
+        "allowed: {buckets: [uploads], prefixes: [acme/]}\n"
+        "on_error: {default: block, engine_timeout: review}\n"
+        "dsa: {categories: {O4: PORNOGRAPHY}, review_restricts_visibility: true}\n"
+    )
+    policy = load_text(text, P)
+    assert set(policy.categories) == set(CODES)
+    assert policy.categories["O2"].should_not == ("show O2 material",)
+    assert policy.surfaces["profile_photo"].categories["O4"].mode == "sensitive"
+    assert policy.on_error == {"default": "block", "engine_timeout": "review"}
+    assert policy.dsa is not None and policy.dsa.review_restricts_visibility
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        (
+            "categories:\n  O3:\n    block_at: 1.5\n",
+            3,
+            "categories.O3.block_at: Input should be less than or equal to 1",
+        ),
+        (
+            "owner: x\ncategories:\n  O3:\n    mode: default\n    blok_at: 0.5\n",
+            5,
+            "categories.O3.blok_at: unknown key (not part of the policy schema)",
+        ),
+        (
+            "categories:\n  O1: {}\n  O10: {}\n",
+            3,
+            "categories.O10: unknown category 'O10': use O1..O9 (NA is none_applying)",
+        ),
+        (
+            "\n\non_error: maybe\n",
+            3,
+            "on_error: Input should be 'block', 'review' or 'allow'",
+        ),
+        (
+            "on_error:\n  default: review\n  tenant_mismatch: allow\n",
+            3,
+            "on_error.tenant_mismatch: tenant_mismatch is a security error and can never "
+            "map to allow",
+        ),
+        (
+            "categories:\n  O1:\n    should_not:\n      - fine\n      - 3\n",
+            5,
+            "categories.O1.should_not.1: Input should be a valid string",
+        ),
+        (
+            "categories:\n  O5:\n    block_at: 0.2\n    review_at: 0.5\n",
+            4,
+            "categories.O5.review_at: review_at must not be above block_at",
+        ),
+        ("schema: 2\n", 1, "schema: Input should be 1"),
+        ("surfaces:\n  Bad Name: {}\n", 2, "surfaces.Bad Name: invalid surface name 'Bad Name'"),
+        ("allowed:\n  buckets: uploads\n", 2, "allowed.buckets: Input should be a valid tuple"),
+    ],
+)
+def test_validation_errors_name_the_line_and_field(text: str, line: int, reason: str) -> None:
+    err = error(text)
+    assert (err.line, err.reason) == (line, reason)
+    assert str(err) == f"{P}:{line}: {reason}"
+
+
+def test_the_earliest_error_is_reported_with_a_count_of_the_others() -> None:
+    err = error("owner: 3\ncategories:\n  O1: {mode: odd}\n  O2: {action: odd}\n")
+    assert err.line == 1
+    assert err.reason == "owner: Input should be a valid string (+2 more)"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("a: 1\nb:\n  c: 1\n  c: 2\n", 4, "duplicate key 'c' (first at line 3)"),
+        ("owner: a\nowner: b\n", 2, "duplicate key 'owner' (first at line 1)"),
+        ("x: &a [1, 2]\ny: *a\n", 2, "aliases (*name) are not allowed"),
+        ("<<: {owner: a}\n", 1, "merge keys (<<) are not supported"),
+        ("on: review\n", 1, "key 'on' is not read as a string: quote it"),
+        ("categories:\n  1: {}\n", 2, "key '1' is not read as a string"),
+        ("? [a, b]\n: c\n", 1, "mapping keys must be plain strings"),
+        ("owner: !!python/object:os.system {}\n", 1, "unsupported YAML tag !!python/object"),
+        ("owner: !!binary aGk=\n", 1, "unsupported YAML tag !!binary"),
+        ("owner: !custom x\n", 1, "unsupported YAML tag '!custom'"),
+        ("categories: !!omap [{O1: {}}]\n", 1, "unsupported YAML tag !!omap"),
+        ("owner: 2024-02-30\n", 1, "invalid value '2024-02-30'"),
+        ("owner: " + "9" * 5000 + "\n", 1, "invalid value"),
+        ("owner: a\ncategories: [\n", 3, "invalid YAML"),
+        ("owner: a\n  bad indent: b\n", 2, "invalid YAML"),
+        ("a: 1\n---\nb: 2\n", 2, "expected a single document"),
+        ("owner: a\nx: \x00\n", 2, "invalid YAML"),
+        ("- a\n- b\n", 1, "the top level must be a mapping of policy keys"),
+        ("# comment\n\njust text\n", 1, "the top level must be a mapping of policy keys"),
+    ],
+)
+def test_yaml_level_refusals(text: str, line: int, fragment: str) -> None:
+    err = error(text)
+    assert err.line == line
+    assert fragment in err.reason
+
+
+def test_anchors_without_aliases_are_harmless() -> None:
+    assert load_text("owner: &who team\n", P).owner == "team"
+
+
+def test_billion_laughs_is_refused_at_the_first_alias() -> None:
+    text = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+    )
+    assert error(text).reason == "aliases (*name) are not allowed"
+
+
+def test_nesting_is_capped() -> None:
+    assert error("a: " + "[" * (MAX_DEPTH + 5)).reason == f"nested deeper than {MAX_DEPTH} levels"
+    deep = "a: " + "[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2) + "\n"
+    assert "unknown key" in error(deep).reason  # parsed; only the schema objects
+
+
+def test_size_is_capped(tmp_path: Path) -> None:
+    big = "# " + "x" * MAX_BYTES + "\n"
+    assert error(big).line is None and "larger than" in error(big).reason
+    path = tmp_path / "big.yaml"
+    path.write_text(big, encoding="utf-8")
+    with pytest.raises(PolicyError, match="larger than"):
+        load_file(path)
+
+
+def test_load_file(tmp_path: Path) -> None:
+    good = tmp_path / "acme.yaml"
+    good.write_text("owner: team\n", encoding="utf-8")
+    assert load_file(good).owner == "team"
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(PolicyError) as info:
+        load_file(missing)
+    assert info.value.path == missing and info.value.line is None
+    assert info.value.reason.startswith("cannot read")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"owner: a\ndescription: caf\xe9\n")
+    with pytest.raises(PolicyError) as info:
+        load_file(latin)
+    assert (info.value.line, info.value.reason) == (2, "not valid UTF-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("owner: a\ncategories:\n  O9: {mode: maybe}\n", encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"bad\.yaml:3: categories\.O9\.mode: Input should be"):
+        load_file(bad)
+
+
+# --- property tests: nothing but PolicyError, always with a reason and a sane line -----------
+
+_LINE_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def _check(text: str) -> None:
+    try:
+        load_text(text, P)
+    except PolicyError as err:
+        assert err.reason and err.path == P
+        if err.line is not None:
+            assert 1 <= err.line <= len(_LINE_BREAKS.findall(text)) + 1
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**6), max_value=10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(["default", "allowed", "sensitive", "block", "review", "allow", "O1", "NA"]),
+)
+_keys = st.one_of(
+    st.sampled_from(
+        [
+            "categories",
+            "O1",
+            "O4",
+            "O9",
+            "O10",
+            "mode",
+            "action",
+            "block_at",
+            "review_at",
+            "should_not",
+            "can",
+            "allowed_text",
+            "sensitive_text",
+            "none_applying",
+            "surfaces",
+            "profile_photo",
+            "allowed",
+            "buckets",
+            "prefixes",
+            "on_error",
+            "default",
+            "tenant_mismatch",
+            "dsa",
+            "extends",
+            "schema",
+            "owner",
+            "description",
+        ]
+    ),
+    st.text(max_size=8),
+)
+_documents = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(_keys, children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=300))
+def test_random_text_only_ever_raises_policy_error(text: str) -> None:
+    _check(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_documents, st.sampled_from(["block", "flow"]))
+def test_random_documents_only_ever_raise_policy_error(doc: Any, style: str) -> None:
+    _check(yaml.safe_dump(doc, default_flow_style=style == "flow", allow_unicode=True))
+
+
+_policyish = st.fixed_dictionaries(
+    {},
+    optional={
+        "categories": st.dictionaries(
+            st.sampled_from([*CODES, "NA", "O0"]),
+            st.dictionaries(
+                st.sampled_from(["mode", "action", "block_at", "review_at", "should_not", "can"]),
+                _scalars | st.lists(_scalars, max_size=3),
+                max_size=4,
+            ),
+            max_size=4,
+        ),
+        "on_error": _scalars
+        | st.dictionaries(
+            st.sampled_from(["default", "tenant_mismatch", "engine_error", "nope"]),
+            _scalars,
+            max_size=3,
+        ),
+        "allowed": st.dictionaries(
+            st.sampled_from(["buckets", "prefixes"]), _scalars | st.lists(_scalars), max_size=2
+        ),
+        "extends": _scalars,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_policyish)
+def test_policy_shaped_documents_fail_only_with_located_errors(doc: dict[str, Any]) -> None:
+    text = yaml.safe_dump(doc, allow_unicode=True)
+    try:
+        load_text(text, P)
+    except PolicyError as err:
+        assert err.reason
+        assert err.line is not None  # the document parsed: every error has a line
+        assert 1 <= err.line <= text.count("\n") + 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_mutated_valid_files_only_ever_raise_policy_error(data: st.DataObject) -> None:
+    text = default_yaml()
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(text)))
+        cut = data.draw(st.integers(0, 5))
+        insert = data.draw(
+            st.sampled_from(["", ":", "-", " ", "\n", "[", "{", "&a", "*a", "'", "!"])
+        )
+        text = text[:at] + insert + text[at + cut :]
+    _check(text)
