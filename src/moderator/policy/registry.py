@@ -57,7 +57,7 @@ class _Snapshot:
     policies: Mapping[tuple[str, str], TenantPolicy]
     status: Mapping[str, TenantStatus]
     errors: tuple[str, ...] = ()
-    unknown: OrderedDict[str, TenantPolicy] = field(default_factory=OrderedDict)
+    unknown: OrderedDict[tuple[str, str], TenantPolicy] = field(default_factory=OrderedDict)
 
 
 class PolicyRegistry:
@@ -96,7 +96,7 @@ class PolicyRegistry:
             return base.with_surface(surface)
         if not self._default_for_unknown:
             return None
-        return self._unknown(snap, tenant_id).with_surface(surface)
+        return self._unknown(snap, tenant_id, surface).with_surface(surface)
 
     def fallback(self, tenant_id: str, surface: str) -> TenantPolicy:
         """The default policy, which decides error verdicts for events no tenant policy covers."""
@@ -146,6 +146,9 @@ class PolicyRegistry:
                 raise ConfigError(new.errors[0])
             self._snap = new
         changed = _changes(old, new)
+        if initial:
+            log.info("policies_loaded", directory=str(self._dir), tenants=len(new.status))
+            return bool(changed)
         for tenant, surface, before, after in changed:
             log.info("policy_changed", tenant=tenant, surface=surface, old=before, new=after)
         for error in new.errors:
@@ -236,20 +239,21 @@ class PolicyRegistry:
         except ConfigError as exc:
             return None, str(exc)
 
-    def _unknown(self, snap: _Snapshot, tenant_id: str) -> TenantPolicy:
+    def _unknown(self, snap: _Snapshot, tenant_id: str, surface: str) -> TenantPolicy:
         """The default policy compiled for a tenant without a file (operator opt-in)."""
+        key = (tenant_id, surface)
         with self._unknown_lock:
-            cached = snap.unknown.get(tenant_id)
+            cached = snap.unknown.get(key)
             if cached is not None:
-                snap.unknown.move_to_end(tenant_id)
+                snap.unknown.move_to_end(key)
                 return cached
         docs = {stem: f.policy for stem, f in snap.files.items()}
         docs[tenant_id] = PolicyFile()
         policy = compile_policy(
-            resolve(docs, tenant_id, SURFACE_DEFAULT, self._tenancy, sources=snap.paths)
+            resolve(docs, tenant_id, surface, self._tenancy, sources=snap.paths)
         )
         with self._unknown_lock:
-            snap.unknown[tenant_id] = policy
+            snap.unknown[key] = policy
             while len(snap.unknown) > UNKNOWN_TENANT_CACHE:
                 snap.unknown.popitem(last=False)
         return policy
