@@ -8,6 +8,7 @@ each verdict must carry the decision and the policy version that `moderator poli
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import subprocess
@@ -243,6 +244,8 @@ def test_one_assessment_different_decisions_per_tenant_and_surface(
         worker.join(30)
     assert not worker.is_alive(), "the service did not stop"
     assert not errors, errors
+    del pipeline, worker
+    gc.collect()  # finished Kafka clients go before the shared broker does (no reconnect noise)
 
     by_id = {v["event_id"]: v for v in verdicts}
     assert set(by_id) == want, sorted(by_id)

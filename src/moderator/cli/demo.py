@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -49,7 +50,10 @@ def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int
                 },
             )
             configure_logging(settings.log)
-            return _run_demo(settings, stack, events)
+            try:
+                return _run_demo(settings, stack, events)
+            finally:
+                gc.collect()  # Kafka clients go before the broker does: no reconnect noise
 
 
 def _run_demo(settings: Settings, stack: EmbeddedStack, events: int) -> int:
