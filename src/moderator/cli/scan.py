@@ -262,6 +262,9 @@ class OperatorPolicy:
     def prompt_sha256(self) -> str:
         return self._inner.prompt_sha256
 
+    def document(self) -> dict[str, Any]:
+        return self._inner.document()
+
     @property
     def categories(self) -> tuple[str, ...]:
         return self._inner.categories

@@ -119,6 +119,9 @@ class AuditRecord(_Frozen):
     package_version: str
     policy_hash: str
     prompt_sha256: str | None
+    # What policy_hash covers (prompt, decision table, locations): the audit store keeps each
+    # version once, so any verdict can be explained exactly as it was decided.
+    policy_document: dict[str, Any] | None = None
     generation: dict[str, Any] = Field(default_factory=dict)
     raw_output: str | None = None
     attempts: int = 1

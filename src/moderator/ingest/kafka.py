@@ -39,6 +39,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
+            # Audit records repeat their policy document; batches compress it away.
+            "compression.type": "lz4",
         }
     )
     if kafka.delivery == "exactly_once":

@@ -57,6 +57,7 @@ class Provenance:
     package_version: str
     policy_hash: str
     prompt_sha256: str | None
+    policy_document: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def assemble(
         package_version=provenance.package_version,
         policy_hash=provenance.policy_hash,
         prompt_sha256=provenance.prompt_sha256,
+        policy_document=provenance.policy_document,
         generation=outcome.generation,
         raw_output=outcome.raw_output,
         attempts=outcome.attempts,

@@ -267,6 +267,7 @@ class Processor:
                 package_version=__version__,
                 policy_hash=policy.full_hash,
                 prompt_sha256=policy.prompt_sha256,
+                policy_document=policy.document(),
             ),
         )
         records = verdict_outputs(

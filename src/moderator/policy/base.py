@@ -5,7 +5,7 @@ The pipeline only sees this interface; the policy engine behind it can change fr
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from moderator.errors import ErrorCode
 from moderator.events.verdict import Assessment, Decision
@@ -37,6 +37,10 @@ class CompiledPolicy(Protocol):
     @property
     def categories(self) -> tuple[str, ...]:
         """Category strings the model may answer with (structured-output enum)."""
+        ...
+
+    def document(self) -> dict[str, Any]:
+        """What `full_hash` is the SHA-256 of (canonical JSON): prompt, decision table, ..."""
         ...
 
     def allows_object(self, bucket: str, key: str) -> bool:

@@ -65,6 +65,14 @@ class TenantPolicy:
             "prefixes": list(self.resolved.prefixes),
         }
 
+    def document(self) -> dict[str, Any]:
+        """The hash document, as the audit record carries it (built once per policy)."""
+        return self._document
+
+    @cached_property
+    def _document(self) -> dict[str, Any]:
+        return self.hash_document()
+
     @cached_property
     def full_hash(self) -> str:
         canonical = json.dumps(
