@@ -97,9 +97,7 @@ class FixedAssessmentEngine:
     def classify(self, batch: Sequence[EngineRequest]) -> list[EngineResult]:
         with self._lock:
             self.prompts.extend(r.prompt for r in batch)
-        raw = json.dumps(
-            {"rating": self._assessment.rating, "category": self._assessment.category}
-        )
+        raw = json.dumps({"rating": self._assessment.rating, "category": self._assessment.category})
         return [EngineResult(assessment=self._assessment, raw_output=raw) for _ in batch]
 
     def close(self) -> None:
@@ -130,8 +128,9 @@ def _read(bootstrap: str, topic: str, want: set[str], timeout: float) -> list[di
     try:
         while time.monotonic() < deadline and not want <= seen:
             for m in reader.consume(100, 0.2):
-                if m.error() is None:
-                    doc = json.loads(m.value())
+                value = m.value()
+                if m.error() is None and value is not None:
+                    doc = json.loads(value)
                     out.append(doc)
                     seen.add(doc.get("event_id") or doc["verdict"]["event_id"])
     finally:
@@ -177,11 +176,11 @@ def test_one_assessment_different_decisions_per_tenant_and_surface(
     }
     registry = PolicyRegistry(policies, load_settings().tenancy)
     compiled = {}
-    for tenant, surface in versions:
-        policy = registry.resolve(tenant, surface)
+    for pair, version in versions.items():
+        policy = registry.resolve(*pair)
         assert policy is not None
-        assert policy.version == versions[(tenant, surface)]  # the CLI and the registry agree
-        compiled[(tenant, surface)] = policy
+        assert policy.version == version  # the CLI and the registry agree
+        compiled[pair] = policy
     tenant_versions = [versions[(t, "default")] for t in TENANT_FILES]
     assert len(set(tenant_versions)) == len(tenant_versions)
     assert versions[("strict", "profile_photo")] != versions[("strict", "default")]
@@ -244,7 +243,6 @@ def test_one_assessment_different_decisions_per_tenant_and_surface(
         worker.join(30)
     assert not worker.is_alive(), "the service did not stop"
     assert not errors, errors
-    del pipeline, worker
     gc.collect()  # finished Kafka clients go before the shared broker does (no reconnect noise)
 
     by_id = {v["event_id"]: v for v in verdicts}

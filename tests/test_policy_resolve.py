@@ -100,7 +100,8 @@ def test_categories_merge_field_by_field() -> None:
     )
     policy = resolve(files, "kids", "default", KEY_PREFIX)
     o3 = policy.category("O3")
-    assert (o3.mode, o3.action, o3.block_at, o3.review_at) == ("sensitive", "review", 0.9, 0.3)
+    # the mode changed in kids without an action: the sensitive mode's own action applies
+    assert (o3.mode, o3.action, o3.block_at, o3.review_at) == ("sensitive", "block", 0.9, 0.3)
     assert o3.should_not == ("show O3 material",)  # texts still from the default
     o1 = policy.category("O1")
     assert o1.should_not == ("family rule one", "family rule two")  # replaced wholesale
@@ -132,13 +133,20 @@ def test_the_action_defaults_from_the_merged_mode(tenant: str, mode: str, action
     assert (o4.mode, o4.action) == (mode, action)
 
 
-def test_an_action_set_in_a_base_survives_a_mode_change() -> None:
+def test_a_mode_change_resets_an_inherited_action() -> None:
     files = directory(
-        family="categories: {O4: {action: block}}\n",
-        museum="extends: family\ncategories: {O4: {mode: allowed}}\n",
+        family="categories: {O4: {action: block}, O2: {action: review}}\n",
+        museum="extends: family\ncategories: {O4: {mode: allowed}, O2: {mode: sensitive}}\n",
+        gallery="extends: family\ncategories: {O4: {mode: allowed, action: review}}\n",
+        later="extends: museum\ncategories: {O4: {action: review}}\n",
     )
-    o4 = resolve(files, "museum", "default", KEY_PREFIX).category("O4")
-    assert (o4.mode, o4.action) == ("allowed", "block")  # decide() caps it at review
+    museum = resolve(files, "museum", "default", KEY_PREFIX)
+    assert (museum.category("O4").mode, museum.category("O4").action) == ("allowed", "allow")
+    assert museum.category("O2").action == "block"
+    gallery = resolve(files, "gallery", "default", KEY_PREFIX).category("O4")
+    assert (gallery.mode, gallery.action) == ("allowed", "review")  # named in the same file
+    later = resolve(files, "later", "default", KEY_PREFIX).category("O4")
+    assert (later.mode, later.action) == ("allowed", "review")  # named after the mode change
 
 
 def test_surface_overrides_apply_base_first_and_after_the_top_level() -> None:

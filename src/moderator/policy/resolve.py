@@ -150,6 +150,15 @@ def _set(fields: _Fields, model: BaseModel, origin: tuple[str, int]) -> None:
         fields[field] = (getattr(model, field), origin)
 
 
+_MODE_ACTION: dict[str, Action] = {"default": "block", "sensitive": "block", "allowed": "allow"}
+
+
+def _step(fields: _Fields, name: str) -> int | None:
+    """The merge step (0 = the default policy) that last set `name`."""
+    entry = fields.get(name)
+    return None if entry is None else entry[1][1]
+
+
 def _value(fields: _Fields, name: str) -> Any:
     entry = fields.get(name)
     return None if entry is None else entry[0]
@@ -165,7 +174,12 @@ def _category(
             reason = f"categories.{code}: no {label} (set it in default.yaml)"
             raise PolicyError(_path(sources, ROOT), None, reason)
     mode = cast(Mode, _value(fields, "mode") or "default")
-    action = cast(Action, _value(fields, "action") or ("allow" if mode == "allowed" else "block"))
+    action = cast(Action, _value(fields, "action") or _MODE_ACTION[mode])
+    mode_step, action_step = _step(fields, "mode"), _step(fields, "action")
+    if mode_step is not None and action_step is not None and mode_step > action_step:
+        # A layer that changes the mode without naming an action gets the mode's own default:
+        # `mode: allowed` on top of the default policy's `action: block` means allow.
+        action = _MODE_ACTION[mode]
     block_at, review_at = _thresholds(f"categories.{code}", fields, sources)
     return ResolvedCategory(
         code=code,
