@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from moderator.errors import ConfigError
 
 ENV_PREFIX = "MODERATOR_"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MiB = 1 << 20
 
 
@@ -253,6 +263,47 @@ class PolicySettings(_Section):
 
 class AuditSettings(_Section):
     url: str = "sqlite:///moderator-audit.db"
+    retention_days: dict[str, int] = Field(
+        default_factory=dict,
+        description='tenant -> days before records are redacted; "default" for the others; '
+        "unset = kept forever",
+    )
+    anchor_every_s: float = Field(default=60.0, gt=0, description="chain-head anchor period")
+    anchor_file: Path | None = Field(default=None, description="append anchors to this file")
+    anchor_s3_uri: str | None = Field(default=None, description="s3://bucket/prefix for anchors")
+    anchor_topic: str | None = Field(default=None, description="Kafka topic for anchors")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="sink rows per transaction")
+    sink_group_id: str | None = Field(
+        default=None, description="audit sink consumer group; default {kafka.group_id}-audit-sink"
+    )
+    api_tokens: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="`audit serve` bearer tokens: SHA-256 hex of a token -> tenants it may read "
+        '(["*"] = every tenant); make a hash with: printf %s "$TOKEN" | sha256sum',
+    )
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_hashes(cls, tokens: dict[str, list[str]]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for digest, tenants in tokens.items():
+            key = digest.strip().lower()
+            if not _SHA256_HEX.fullmatch(key):
+                raise ValueError(f"api_tokens keys must be SHA-256 hex digests, got {digest!r}")
+            if not tenants:
+                raise ValueError(f"api_tokens[{key[:12]}...] names no tenant")
+            out[key] = list(tenants)
+        return out
+
+    @model_validator(mode="after")
+    def _checked(self) -> AuditSettings:
+        negative = [tenant for tenant, days in self.retention_days.items() if days < 0]
+        if negative:
+            raise ValueError(f"retention_days[{negative[0]!r}] must be >= 0")
+        uri = self.anchor_s3_uri
+        if uri is not None and (not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]):
+            raise ValueError(f"anchor_s3_uri must look like s3://bucket/prefix, got {uri!r}")
+        return self
 
 
 class LogSettings(_Section):

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from moderator import __version__
+from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands import on use
+from moderator.cli.audit_dsa import add_dsa_parser
+from moderator.cli.audit_query import add_query_parser
 from moderator.engine.tiny import ARCHES as TINY_ARCHES  # cheap: torch is imported on use only
 from moderator.errors import ConfigError, ModeratorError
 
@@ -30,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     _engine_flags(run)
     run.add_argument("--config", type=Path, help="YAML settings file")
     run.add_argument("--policies", type=Path, help="policy directory (policies.dir)")
+    run.add_argument(
+        "--with-audit-sink",
+        action="store_true",
+        help="also run the audit sink in this process (single-process deployments)",
+    )
 
     demo = sub.add_parser("demo", help="run everything embedded on sample images, print verdicts")
     _engine_flags(demo)
@@ -67,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _policy_parser(sub)
+    _audit_parser(sub)
 
     model = sub.add_parser("model", help="model checkpoint tools")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
@@ -120,6 +129,28 @@ def _policy_parser(sub: Any) -> None:
     diff.add_argument("old", type=Path, metavar="OLD_DIR")
     diff.add_argument("new", type=Path, metavar="NEW_DIR")
     diff.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+
+
+def _audit_parser(sub: Any) -> Any:
+    """The `audit` group; returns its subparsers so more subcommands can be added."""
+    audit = sub.add_parser("audit", help="the audit store: sink, queries, verification, exports")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    sink = audit_sub.add_parser(
+        "sink",
+        help="write the audit topic into the audit store until SIGTERM/SIGINT",
+        description=(
+            "Consume kafka.topics.audit (group audit.sink_group_id, default "
+            "{kafka.group_id}-audit-sink) into the store at audit.url in batches of "
+            "audit.batch_size, committing offsets after each database commit; export chain-head "
+            "anchors every audit.anchor_every_s to the configured destinations. Exit 0 on "
+            "SIGTERM/SIGINT, 1 on a runtime failure, 2 on a configuration error."
+        ),
+    )
+    sink.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    add_query_parser(audit_sub)
+    add_admin_parsers(audit_sub)
+    add_dsa_parser(audit_sub)
+    return audit_sub
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:
@@ -183,6 +214,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "policy":
         return _cmd_policy(args)
+    if args.command == "audit":
+        return _cmd_audit(args)
     if args.command == "model":
         from moderator.cli.model import cmd_make_tiny
 
@@ -206,6 +239,47 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     return cmd_diff(args.old, args.new, args.config)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    if args.audit_command == "sink":
+        from moderator.cli.audit_sink import cmd_audit_sink
+
+        return cmd_audit_sink(args.config)
+    if args.audit_command == "query":
+        from moderator.cli.audit_query import cmd_query
+
+        return cmd_query(args)
+    if args.audit_command in ("verify", "retention", "serve"):
+        from moderator.cli import audit_admin
+
+        command = {
+            "verify": audit_admin.cmd_verify,
+            "retention": audit_admin.cmd_retention,
+            "serve": audit_admin.cmd_serve,
+        }[args.audit_command]
+        return command(args)
+    if args.audit_command == "export-dsa":
+        return _cmd_export_dsa(args)
+    raise ConfigError(f"unknown audit command {args.audit_command}")
+
+
+def _cmd_export_dsa(args: argparse.Namespace) -> int:
+    from moderator.cli.audit_dsa import cmd_export_dsa
+    from moderator.settings import load_settings
+
+    return cmd_export_dsa(
+        load_settings(args.config, {"policies.dir": args.policies}),
+        tenant=args.tenant,
+        since=args.since,
+        until=args.until,
+        output=args.output,
+        salt_env=args.salt_env,
+        territorial_scope=args.territorial_scope,
+        terms_url=args.terms_url,
+        ground_text=args.ground_text,
+        content_language=args.content_language,
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from moderator.logs import configure_logging
     from moderator.service import run_service
@@ -214,7 +288,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, _overrides(args))
     configure_logging(settings.log)
     stop = install_stop_handlers()
-    run_service(settings, stop)
+    if args.with_audit_sink:
+        from moderator.cli.audit_sink import run_with_audit_sink
+
+        run_with_audit_sink(settings, stop, lambda: run_service(settings, stop))
+    else:
+        run_service(settings, stop)
     return 0
 
 

@@ -1,0 +1,93 @@
+"""`moderator audit serve` as a real process: uvicorn, settings from the environment, bearer
+tokens by SHA-256, tenant isolation over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from audit_support import incoming, make_record
+from moderator.audit.store import AuditStore
+
+pytest.importorskip("fastapi", reason="the audit API needs the api extra")
+pytest.importorskip("uvicorn", reason="the audit API needs the api extra")
+httpx = pytest.importorskip("httpx")
+
+KIDS_TOKEN = "kids-secret-token"
+ROOT_TOKEN = "root-secret-token"
+
+
+def sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with AuditStore.open(url) as store:
+        kids = [make_record(i, tenant="kids") for i in range(3)]
+        news = [make_record(i, tenant="news") for i in range(3, 5)]
+        store.insert(incoming(kids + news))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
+    env |= {
+        "MODERATOR_AUDIT__URL": url,
+        "MODERATOR_AUDIT__API_TOKENS": json.dumps(
+            {sha256(KIDS_TOKEN): ["kids"], sha256(ROOT_TOKEN): ["*"]}
+        ),
+        "MODERATOR_LOG__LEVEL": "warning",
+    }
+    command = [sys.executable, "-m", "moderator.cli.main", "audit", "serve", "--port", str(port)]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"audit serve did not start: {log.read_text()}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_served_api_isolates_tenants(server: str) -> None:
+    kids = {"Authorization": f"Bearer {KIDS_TOKEN}"}
+    listed = httpx.get(f"{server}/v1/verdicts", headers=kids).json()
+    assert {item["tenant_id"] for item in listed["items"]} == {"kids"}
+    assert len(listed["items"]) == 3
+    assert (
+        httpx.get(f"{server}/v1/verdicts", params={"tenant": "news"}, headers=kids).status_code
+        == 403
+    )
+    assert httpx.get(f"{server}/v1/verdicts/ev-00003", headers=kids).status_code == 404
+    assert httpx.get(f"{server}/v1/verdicts/ev-00001", headers=kids).status_code == 200
+    assert httpx.get(f"{server}/v1/verdicts").status_code == 401
+    root = {"Authorization": f"Bearer {ROOT_TOKEN}"}
+    everything = httpx.get(f"{server}/v1/verdicts", headers=root).json()["items"]
+    assert {item["tenant_id"] for item in everything} == {"kids", "news"}
+    spec = httpx.get(f"{server}/openapi.json").json()
+    assert "/v1/verdicts" in spec["paths"]

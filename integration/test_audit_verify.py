@@ -1,0 +1,264 @@
+"""`verify` against tampering done directly in SQL, on SQLite and PostgreSQL, with and without
+an exported anchor; anchors exported to a file and to S3."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, delete, select, update
+
+from audit_support import BACKENDS, TOPIC, incoming, make_record, opened
+from moderator.audit.anchors import (
+    FileAnchorSink,
+    MemoryAnchorSink,
+    S3AnchorSink,
+    export_anchor,
+    latest_anchor,
+    make_anchor,
+)
+from moderator.audit.canonical import canonical_json, link_hash, record_hash
+from moderator.audit.models import Anchor
+from moderator.audit.retention import redact_expired
+from moderator.audit.schema import anchors, audit_records, chain_heads, policy_versions
+from moderator.audit.store import AuditStore
+from moderator.audit.verify import EXIT_INTACT, EXIT_TAMPERED, VerifyReport, verify
+
+R = audit_records.c
+ROWS = 10
+
+
+@pytest.fixture(params=BACKENDS)
+def db(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[AuditStore, Engine, Anchor]]:
+    """Two partitions of ROWS rows each, and an anchor taken after them."""
+    with opened(str(request.param), tmp_path) as (store, raw):
+        store.insert(incoming([make_record(i) for i in range(ROWS)], 0))
+        store.insert(incoming([make_record(100 + i, tenant="news") for i in range(ROWS)], 1))
+        assert verify(store, None).ok
+        yield store, raw, make_anchor(store)
+
+
+def where(seq: int, partition: int = 0) -> Any:
+    return (R.topic == TOPIC) & (R.partition == partition) & (R.seq == seq)
+
+
+def row(conn: Connection, seq: int, partition: int = 0) -> Any:
+    return conn.execute(select(audit_records).where(where(seq, partition))).one()
+
+
+def only_problem(report: VerifyReport) -> Any:
+    assert not report.ok and report.exit_code == EXIT_TAMPERED
+    assert len(report.problems) == 1, report.problems
+    return report.problems[0]
+
+
+def edit_record(conn: Connection, seq: int, change: Any) -> None:
+    stored = json.loads(row(conn, seq).record)
+    change(stored)
+    conn.execute(
+        update(audit_records).where(where(seq)).values(record=canonical_json(stored).decode())
+    )
+
+
+def set_decision(record: dict[str, Any]) -> None:
+    record["verdict"]["decision"] = "block"
+
+
+def test_an_intact_store_verifies(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, _, anchor = db
+    report = verify(store, anchor)
+    assert report.ok and report.exit_code == EXIT_INTACT
+    assert (report.rows_checked, report.chains) == (2 * ROWS, 2)
+    store.insert(incoming([make_record(50)], 0, 50))  # growth after the anchor is fine
+    assert verify(store, anchor).ok
+
+
+def test_an_edited_record_names_its_row(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, raw, anchor = db
+    with raw.begin() as conn:
+        edit_record(conn, 4, set_decision)
+        conn.execute(update(audit_records).where(where(4)).values(decision="block"))
+        target = row(conn, 4)
+    problem = only_problem(verify(store, anchor))
+    assert (problem.kind, problem.partition, problem.seq) == ("edited", 0, 4)
+    assert (problem.row_id, problem.event_id) == (target.id, target.event_id)
+    assert "ev-00003" in str(problem) and "seq 4" in str(problem)
+
+
+def test_an_edited_column_is_caught_too(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, raw, _ = db
+    with raw.begin() as conn:
+        conn.execute(update(audit_records).where(where(6, 1)).values(decision="block"))
+    problem = only_problem(verify(store, None))
+    assert (problem.kind, problem.partition, problem.seq) == ("edited", 1, 6)
+    assert "column decision" in problem.detail
+
+
+def test_a_deleted_row_leaves_a_gap(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, raw, _ = db
+    with raw.begin() as conn:
+        conn.execute(delete(audit_records).where(where(5)))
+    problem = only_problem(verify(store, None))
+    assert (problem.kind, problem.seq) == ("gap", 6)
+    assert "expected seq 5" in problem.detail
+
+
+def test_swapped_rows_are_reported(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, raw, _ = db
+    with raw.begin() as conn:
+        conn.execute(update(audit_records).where(where(3)).values(seq=-1))
+        conn.execute(update(audit_records).where(where(4)).values(seq=3))
+        conn.execute(update(audit_records).where(where(-1)).values(seq=4))
+    problem = only_problem(verify(store, None))
+    assert (problem.kind, problem.seq) == ("reordered", 3)
+    assert "written as seq 4" in problem.detail
+
+
+def test_a_truncated_tail_is_caught_by_the_anchor(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, raw, anchor = db
+    with raw.begin() as conn:
+        conn.execute(delete(audit_records).where(R.partition == 0, R.seq > 8))
+    problem = only_problem(verify(store, None))  # the recorded head still says 10
+    assert (problem.kind, problem.seq) == ("truncated", 9)
+    with raw.begin() as conn:  # a careful attacker moves the head back too
+        last = row(conn, 8)
+        conn.execute(
+            update(chain_heads)
+            .where(chain_heads.c.partition == 0)
+            .values(seq=8, row_hash=last.row_hash)
+        )
+    assert verify(store, None).ok  # undetectable from inside the database...
+    problem = only_problem(verify(store, anchor))  # ...but not against the anchor
+    assert (problem.kind, problem.partition, problem.seq) == ("truncated", 0, 9)
+    assert "anchor is at seq 10" in problem.detail
+
+
+def test_a_deleted_partition_is_caught_by_the_anchor(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, raw, anchor = db
+    with raw.begin() as conn:
+        conn.execute(delete(audit_records).where(R.partition == 1))
+        conn.execute(delete(chain_heads).where(chain_heads.c.partition == 1))
+    assert verify(store, None).ok
+    problem = only_problem(verify(store, anchor))
+    assert (problem.kind, problem.partition) == ("truncated", 1)
+
+
+def test_a_recomputed_chain_is_caught_only_by_the_anchor(
+    db: tuple[AuditStore, Engine, Anchor],
+) -> None:
+    store, raw, anchor = db
+    with raw.begin() as conn:
+        edit_record(conn, 2, set_decision)
+        conn.execute(update(audit_records).where(where(2)).values(decision="block"))
+    rows = list(store.iter_chain(TOPIC, 0))  # records with policy documents restored
+    with raw.begin() as conn:
+        prev = rows[0].row_hash
+        for r in rows[1:]:
+            rh = record_hash(r.record or {})
+            new = link_hash(prev, rh, r.seq, TOPIC, 0)
+            conn.execute(
+                update(audit_records)
+                .where(R.id == r.id)
+                .values(record_hash=rh, prev_hash=prev, row_hash=new)
+            )
+            prev = new
+        conn.execute(update(chain_heads).where(chain_heads.c.partition == 0).values(row_hash=prev))
+    assert verify(store, None).ok  # consistent from the inside
+    problem = only_problem(verify(store, anchor))
+    assert (problem.kind, problem.partition, problem.seq) == ("anchor_mismatch", 0, ROWS)
+
+
+def test_an_edited_policy_version_is_caught(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, raw, _ = db
+    with raw.begin() as conn:
+        key, doc = conn.execute(
+            select(policy_versions.c.policy_hash, policy_versions.c.document).limit(1)
+        ).one()
+        conn.execute(
+            update(policy_versions)
+            .where(policy_versions.c.policy_hash == key)
+            .values(document=doc.replace("block", "allow"))
+        )
+    report = verify(store, None)
+    kinds = sorted(p.kind for p in report.problems)
+    assert kinds == ["edited", "policy_version"]
+    assert (
+        "policy_versions document" in next(p for p in report.problems if p.kind == "edited").detail
+    )
+
+
+def test_a_record_removed_without_redaction_is_caught(
+    db: tuple[AuditStore, Engine, Anchor],
+) -> None:
+    store, raw, _ = db
+    with raw.begin() as conn:
+        conn.execute(update(audit_records).where(where(7)).values(record=None))
+    assert only_problem(verify(store, None)).kind == "unredacted_null"
+
+
+def test_redaction_keeps_verify_passing_against_the_anchor(
+    db: tuple[AuditStore, Engine, Anchor],
+) -> None:
+    store, _, anchor = db
+    now = make_record(0)["verdict"]["decided_at"]
+    from moderator.audit.fields import parse_time
+
+    counts = redact_expired(store, {"kids": 0, "default": None}, parse_time(now).replace(year=2027))
+    assert counts == {"kids": ROWS}
+    report = verify(store, anchor)
+    assert report.ok and report.rows_redacted == ROWS
+
+
+def test_anchor_exports_are_recorded(db: tuple[AuditStore, Engine, Anchor], tmp_path: Path) -> None:
+    store, raw, _ = db
+    sink = FileAnchorSink(tmp_path / "anchors" / "audit.jsonl")
+    memory = MemoryAnchorSink()
+    first = export_anchor(store, [sink, memory])
+    store.insert(incoming([make_record(60)], 0, 60))
+    second = export_anchor(store, [sink])
+    assert latest_anchor(sink.path) == second != first
+    assert memory.latest() == first
+    assert {(h.partition, h.seq) for h in second.heads} == {(0, ROWS + 1), (1, ROWS)}
+    with raw.connect() as conn:
+        recorded = conn.execute(
+            select(anchors.c.destination, anchors.c.heads).order_by(anchors.c.id)
+        ).all()
+    assert [d for d, _ in recorded] == [sink.destination, "memory", sink.destination]
+    assert json.loads(recorded[-1][1]) == [h.to_json() for h in second.heads]
+    assert verify(store, latest_anchor(sink.path)).ok
+
+
+def test_s3_anchor_sink_round_trip(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    boto3 = pytest.importorskip("boto3")
+    moto = pytest.importorskip("moto")
+    store, _, anchor = db
+    with moto.mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="audit-anchors")
+        sink = S3AnchorSink(client, "audit-anchors", "prod/anchors")
+        assert sink.latest() is None
+        export_anchor(store, [sink], now=anchor.created_at.replace(year=2025))
+        newest = export_anchor(store, [sink], now=anchor.created_at.replace(year=2027))
+        export_anchor(store, [sink], now=anchor.created_at.replace(year=2026))
+        assert sink.latest() == newest
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="audit-anchors")["Contents"]]
+        assert len(keys) == 3 and all(k.startswith("prod/anchors/20") for k in keys)
+
+
+@pytest.mark.postgres
+def test_sqlite_and_postgres_hash_the_same_bytes(tmp_path: Path) -> None:
+    records = [make_record(i, tenant=("kids", "news")[i % 2]) for i in range(12)]
+    records[3]["verdict"]["object"]["key"] = "kids/ünïcødé/😀/\u2028.jpg"
+    records[5]["verdict"]["assessment"]["score"] = 1e-7
+    hashes = []
+    for backend in ("sqlite", "postgres"):
+        with opened(backend, tmp_path / backend) as (store, _):
+            store.insert(incoming(records[:7]))
+            store.insert(incoming(records[7:], first_offset=7))
+            hashes.append([(r.seq, r.record_hash, r.row_hash) for r in store.iter_chain(TOPIC, 0)])
+    assert len(hashes[0]) == 12 and hashes[0] == hashes[1]

@@ -1,0 +1,87 @@
+"""Opening the audit database: URL normalisation, SQLite pragmas and transaction modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import StaticPool
+
+from moderator.errors import ConfigError
+
+WRITE = {"audit_write": True}
+"""Execution options for a connection that will write: on SQLite its transactions start with
+BEGIN IMMEDIATE, so two writers serialise up front instead of failing at their first write."""
+
+BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+
+
+def normalize_url(url: str) -> URL:
+    """Parse an audit URL: `sqlite:///path`, `sqlite://` (in memory) or PostgreSQL. Plain
+    `postgresql://` and `postgres://` URLs get the psycopg (3) driver; other drivers are refused."""
+    try:
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"audit.url: not a database URL: {url!r}") from exc
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ConfigError(
+            f"audit.url: unsupported database {parsed.drivername!r} "
+            "(use sqlite:///path or postgresql://...)"
+        )
+    return parsed
+
+
+def is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_audit_engine(url: URL) -> Engine:
+    """An engine for the audit store; creates a SQLite file's parent directory."""
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    connect_args = (
+        {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    )
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    memory = is_memory(url)
+    if not memory:
+        assert url.database is not None
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if memory:
+        kwargs["poolclass"] = StaticPool  # one shared connection: one in-memory database
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module (SQLAlchemy's documented recipe) so
+        # that BEGIN is ours and can be IMMEDIATE for writers.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # An audit row whose Kafka offset was committed must survive power loss.
+                cursor.execute("PRAGMA synchronous = FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("audit_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

@@ -1,0 +1,96 @@
+"""Audit queries: filters, keyset pagination with opaque cursors, and row mapping."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, or_, select
+
+from moderator.audit.errors import InvalidQuery
+from moderator.audit.fields import MalformedRecord, RecordFields, parse_time
+from moderator.audit.models import AuditQuery, AuditRow
+from moderator.audit.schema import audit_records
+
+T = audit_records.c
+ROW_COLUMNS = tuple(audit_records.columns)
+_NOT_IN_ROW = ("record", "policy_elided", "category_code")
+
+
+def build_select(q: AuditQuery) -> Select[Any]:
+    """The SELECT for one page (limit + 1 rows, to know whether another page follows)."""
+    conditions = _filters(q)
+    descending = q.sort == "-decided_at"
+    if q.cursor is not None:
+        at, last_id = decode_cursor(q.cursor, q.sort)
+        if descending:
+            conditions.append(or_(T.decided_at < at, and_(T.decided_at == at, T.id < last_id)))
+        else:
+            conditions.append(or_(T.decided_at > at, and_(T.decided_at == at, T.id > last_id)))
+    order = (T.decided_at.desc(), T.id.desc()) if descending else (T.decided_at.asc(), T.id.asc())
+    return select(*ROW_COLUMNS).where(*conditions).order_by(*order).limit(q.limit + 1)
+
+
+def _filters(q: AuditQuery) -> list[ColumnElement[bool]]:
+    out: list[ColumnElement[bool]] = []
+    equal = {
+        T.tenant_id: q.tenant_id,
+        T.event_id: q.event_id,
+        T.object_bucket: q.object_bucket,
+        T.object_key: q.object_key,
+        T.sha256: q.sha256,
+        T.decision: q.decision,
+    }
+    out += [column == value for column, value in equal.items() if value is not None]
+    if q.tenant_ids is not None:  # access scope: an empty tuple must match nothing
+        out.append(T.tenant_id.in_(list(q.tenant_ids)))
+    if q.category is not None:
+        if ":" in q.category:
+            code = q.category.split(":", 1)[0]
+            out += [T.category_code == code, T.category == q.category]
+        else:
+            out.append(T.category_code == q.category)
+    if q.policy_version is not None:
+        full = len(q.policy_version) == 64
+        out.append((T.policy_hash if full else T.policy_version) == q.policy_version)
+    if q.model is not None:
+        engine, _, name = q.model.partition(":")
+        out.append(T.model_engine == engine)
+        if name:
+            out.append(T.model_name == name)
+    if q.since is not None:
+        out.append(T.decided_at >= q.since)
+    if q.until is not None:
+        out.append(T.decided_at < q.until)
+    return out
+
+
+def encode_cursor(row: AuditRow, sort: str) -> str:
+    """Opaque: base64url of the last row's (decided_at, id) and the sort it belongs to."""
+    doc = {"s": sort, "t": row.decided_at.isoformat(), "i": row.id}
+    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
+
+
+def decode_cursor(cursor: str, sort: str) -> tuple[datetime, int]:
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        at, last_id, cursor_sort = parse_time(doc["t"]), int(doc["i"]), doc["s"]
+    except (ValueError, KeyError, TypeError, binascii.Error, MalformedRecord) as exc:
+        raise InvalidQuery("invalid cursor (pass next_cursor from the previous page)") from exc
+    if cursor_sort != sort:
+        raise InvalidQuery(f"the cursor belongs to sort {cursor_sort!r}, not {sort!r}")
+    return at, last_id
+
+
+def to_row(row: RowMapping, record: dict[str, Any] | None) -> AuditRow:
+    """An AuditRow from a result mapping of ROW_COLUMNS (`record` already restored)."""
+    values = {c.name: row[c.name] for c in ROW_COLUMNS if c.name not in _NOT_IN_ROW}
+    return AuditRow(**values, record=record)
+
+
+def row_fields(row: RowMapping) -> RecordFields:
+    """The stored indexed columns of a result row, for comparison with the record's."""
+    return RecordFields(**{name: row[name] for name in RecordFields.__dataclass_fields__})

@@ -1,0 +1,244 @@
+"""The read-only audit HTTP API: tenant isolation, auth, filters, pagination, OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the audit API needs the api extra")
+
+from fastapi.testclient import TestClient
+
+from moderator.audit.api import create_app, token_hash
+from moderator.audit.errors import AuditUnavailable
+from moderator.audit.models import AuditQuery
+from moderator.audit.store import AuditStore
+from tests.audit_fixtures import ALPHA, BETA, fill, policy
+
+ALPHA_TOKEN = "alpha-token"
+TOKENS = {ALPHA_TOKEN: [ALPHA], "beta-token": [BETA], "root-token": ["*"]}
+ALPHA_EVENTS = {"a-0", "a-1", "a-2", "a-3", "a-4", "a-5"}
+BETA_EVENTS = {"b-0", "b-1", "b-2", "b-3"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[AuditStore]:
+    with AuditStore.open(f"sqlite:///{tmp_path / 'audit.db'}") as opened:
+        fill(opened)
+        yield opened
+
+
+@pytest.fixture
+def client(store: AuditStore) -> Iterator[TestClient]:
+    app = create_app(lambda: store, {token_hash(t): v for t, v in TOKENS.items()})
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def get(client: TestClient, path: str, token: str | None = ALPHA_TOKEN, **params: Any) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.get(path, params=params, headers=headers)
+
+
+def events(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [item["event_id"] for item in response.json()["items"]]
+
+
+# -- tenant isolation ----------------------------------------------------------------------
+
+
+def test_a_token_lists_only_its_tenants_rows(client: TestClient) -> None:
+    assert set(events(get(client, "/v1/verdicts"))) == ALPHA_EVENTS
+    assert set(events(get(client, "/v1/verdicts", "beta-token"))) == BETA_EVENTS
+    assert set(events(get(client, "/v1/verdicts", "root-token"))) == ALPHA_EVENTS | BETA_EVENTS
+
+
+def test_no_filter_combination_reaches_another_tenant(client: TestClient) -> None:
+    for params in ({"decision": "block"}, {"category": "O4"}, {"model": "fake"}, {"limit": 1000}):
+        assert set(events(get(client, "/v1/verdicts", **params))) <= ALPHA_EVENTS
+    b0 = get(client, "/v1/verdicts/b-0", "beta-token").json()
+    by_beta_hash = get(client, "/v1/verdicts", sha256=b0["sha256"])
+    assert events(by_beta_hash) == []
+    assert events(get(client, "/v1/verdicts", event_id="b-0")) == []
+
+
+def test_tenant_filter_outside_the_token_is_403(client: TestClient) -> None:
+    response = get(client, "/v1/verdicts", tenant=BETA)
+    assert response.status_code == 403
+    assert BETA in response.json()["detail"]
+    assert set(events(get(client, "/v1/verdicts", tenant=ALPHA))) == ALPHA_EVENTS
+    assert set(events(get(client, "/v1/verdicts", "root-token", tenant=BETA))) == BETA_EVENTS
+
+
+def test_another_tenants_verdict_is_404_not_403(client: TestClient) -> None:
+    hidden = get(client, "/v1/verdicts/b-0")
+    missing = get(client, "/v1/verdicts/no-such-event")
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json() == missing.json()  # nothing tells the two apart
+    own = get(client, "/v1/verdicts/a-1")
+    assert own.status_code == 200
+    body = own.json()
+    assert body["tenant_id"] == ALPHA and body["decision"] == "block"
+    assert body["record"]["verdict"]["event_id"] == "a-1"
+    assert body["record"]["policy_document"] == policy(ALPHA).document
+
+
+def test_policy_version_is_visible_only_to_tenants_that_used_it(client: TestClient) -> None:
+    beta = policy(BETA)
+    assert get(client, f"/v1/policy-versions/{beta.hash}").status_code == 404
+    assert get(client, f"/v1/policy-versions/{beta.version}").status_code == 404
+    for token in ("beta-token", "root-token"):
+        response = get(client, f"/v1/policy-versions/{beta.hash}", token)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["policy_hash"] == beta.hash and body["version"] == beta.version
+        assert body["prompt"] == beta.document["prompt"]
+        assert body["decision_table"] == beta.document["decision_table"]
+        assert body["document"] == beta.document
+    alpha = get(client, f"/v1/policy-versions/{policy(ALPHA).version}")  # the 16-hex prefix
+    assert alpha.status_code == 200 and alpha.json()["tenant_id"] == ALPHA
+    assert get(client, "/v1/policy-versions/not-a-hash").status_code == 404
+    assert get(client, f"/v1/policy-versions/{'0' * 64}").status_code == 404
+
+
+def test_empty_tenant_scope_matches_nothing_in_the_store(store: AuditStore) -> None:
+    assert store.query(AuditQuery(tenant_ids=())).rows == []
+    both = store.query(AuditQuery(tenant_ids=(ALPHA, BETA), limit=1000)).rows
+    assert len(both) == 10
+    assert {r.tenant_id for r in store.query(AuditQuery(tenant_ids=(BETA,))).rows} == {BETA}
+
+
+# -- auth ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/verdicts", "/v1/verdicts/a-0", f"/v1/policy-versions/{policy(ALPHA).hash}"]
+)
+def test_missing_or_unknown_token_is_401(client: TestClient, path: str) -> None:
+    for token in (None, "wrong-token", token_hash("alpha-token")):
+        response = get(client, path, token)
+        assert response.status_code == 401, (token, response.text)
+        assert response.headers["www-authenticate"] == "Bearer"
+    basic = client.get(path, headers={"Authorization": "Basic YWxwaGE6eA=="})
+    assert basic.status_code == 401
+
+
+def test_healthz_needs_no_token_and_reports_the_database(store: AuditStore) -> None:
+    with TestClient(create_app(lambda: store, {})) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+    def down() -> AuditStore:
+        raise AuditUnavailable("audit store postgresql://db/x: connection refused")
+
+    with TestClient(create_app(down, {token_hash("t"): ["*"]})) as client:
+        assert client.get("/healthz").status_code == 503
+        response = get(client, "/v1/verdicts", "t")
+        assert response.status_code == 503
+        assert "postgresql" not in response.text  # no connection details in responses
+
+
+# -- filters and pagination ----------------------------------------------------------------
+
+
+def test_filters(client: TestClient) -> None:
+    assert events(get(client, "/v1/verdicts", decision="block")) == ["a-1"]
+    assert events(get(client, "/v1/verdicts", category="o4")) == ["a-1"]
+    assert events(get(client, "/v1/verdicts", category="O1: Hate, Humiliation, Harassment")) == [
+        "a-2"
+    ]
+    assert events(get(client, "/v1/verdicts", model="nudenet:320n")) == ["a-3"]
+    assert events(get(client, "/v1/verdicts", object_key="alpha/2026/11/29/a-0.jpg")) == ["a-0"]
+    window = get(client, "/v1/verdicts", since="2026-11-29T02:02:00", until="2026-11-29T02:05Z")
+    assert events(window) == ["a-2", "a-1"]  # since inclusive, until exclusive, newest first
+    day = get(client, "/v1/verdicts", since="2026-11-29", until="2026-11-30", sort="decided_at")
+    assert events(day) == ["a-0", "a-1", "a-2", "a-3", "a-4", "a-5"]
+    assert events(get(client, "/v1/verdicts", policy_version=policy(ALPHA).version)) != []
+    assert events(get(client, "/v1/verdicts", since="2026-11-30")) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "names"),
+    [
+        ({"since": "yesterday"}, 400, "since"),
+        ({"sha256": "xyz"}, 400, "sha256"),
+        ({"category": "O42"}, 400, "category"),
+        ({"cursor": "garbage"}, 400, "cursor"),
+        ({"since": "2026-11-30", "until": "2026-11-29"}, 400, "until"),
+        ({"limit": 0}, 422, "limit"),
+        ({"limit": 1001}, 422, "limit"),
+        ({"decision": "maybe"}, 422, "decision"),
+        ({"tenant_id": ALPHA}, 422, "tenant_id"),  # unknown parameter, not silently ignored
+    ],
+)
+def test_bad_filter_values(client: TestClient, params: Any, status: int, names: str) -> None:
+    response = get(client, "/v1/verdicts", **params)
+    assert response.status_code == status, response.text
+    assert names in response.text
+
+
+def test_cursor_pagination_walks_every_row_once(client: TestClient) -> None:
+    for sort in ("-decided_at", "decided_at"):
+        seen: list[str] = []
+        decided: list[datetime] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            params: dict[str, Any] = {"limit": 4, "sort": sort}
+            if cursor:
+                params["cursor"] = cursor
+            body = get(client, "/v1/verdicts", "root-token", **params).json()
+            pages += 1
+            seen += [item["event_id"] for item in body["items"]]
+            decided += [datetime.fromisoformat(i["decided_at"]) for i in body["items"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == 3
+        assert len(seen) == len(set(seen)) == 10
+        assert decided == sorted(decided, reverse=sort.startswith("-"))
+        assert all(d.tzinfo == UTC for d in decided)
+
+
+def test_redacted_rows_have_no_record(client: TestClient, store: AuditStore) -> None:
+    now = datetime(2026, 12, 31, tzinfo=UTC)
+    store.redact(datetime(2026, 11, 29, 2, 1, tzinfo=UTC), now, tenant_ids=[ALPHA])
+    body = get(client, "/v1/verdicts/a-0").json()
+    assert body["record"] is None and body["object_key"] is None
+    assert body["redacted_at"] is not None and body["decision"] == "allow"
+
+
+# -- OpenAPI -------------------------------------------------------------------------------
+
+
+def test_openapi_lists_endpoints_and_the_bearer_scheme(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    assert set(doc["paths"]) == {
+        "/v1/verdicts",
+        "/v1/verdicts/{event_id}",
+        "/v1/policy-versions/{policy_hash}",
+        "/healthz",
+    }
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearerToken"]["type"] == "http"
+    assert schemes["bearerToken"]["scheme"] == "bearer"
+    for path, ops in doc["paths"].items():
+        op = ops["get"]
+        assert set(ops) == {"get"}, "the API is read-only"
+        assert op["summary"]
+        if path == "/healthz":
+            assert "security" not in op
+        else:
+            assert op["security"] == [{"bearerToken": []}]
+            assert {"401", "503", "200"} <= set(op["responses"])
+    listing = doc["paths"]["/v1/verdicts"]["get"]
+    assert {"400", "403"} <= set(listing["responses"])
+    params = {p["name"] for p in listing["parameters"]}
+    assert {"tenant", "event_id", "object_key", "decision", "category", "since", "until"} <= params
+    assert {"policy_version", "model", "sort", "limit", "cursor", "sha256"} <= params
+    assert "VerdictPage" in doc["components"]["schemas"]
+    assert "404" in doc["paths"]["/v1/verdicts/{event_id}"]["get"]["responses"]

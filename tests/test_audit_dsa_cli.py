@@ -1,0 +1,201 @@
+"""`moderator audit export-dsa` over a SQLite audit store and a policy directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moderator.audit.dsa import puid_for, validate_statement
+from moderator.audit.models import IncomingRecord
+from moderator.audit.store import AuditStore
+from moderator.cli.main import main
+from moderator.errors import ErrorCode
+from tests.dsa_fixtures import DECIDED_AT, SECRETS, record
+from tests.policy_fixtures import clear_moderator_env
+
+ROOT = Path(__file__).resolve().parent.parent
+SALT = "cli-salt-0123456789abcdef"
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    clear_moderator_env(monkeypatch)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(ROOT / "policies" / "default.yaml", policies / "default.yaml")
+    (policies / "acme.yaml").write_text(
+        "dsa:\n  review_restricts_visibility: true\n"
+        "surfaces:\n  profile_photo:\n    on_error: block\n"
+    )
+    (policies / "kids.yaml").write_text("on_error: block\n")  # reviews stay visible
+    db = tmp_path / "audit.db"
+    monkeypatch.setenv("MODERATOR_AUDIT__URL", f"sqlite:///{db}")
+    monkeypatch.setenv("MODERATOR_POLICIES__DIR", str(policies))
+    monkeypatch.setenv("MODERATOR_DSA_PUID_SALT", SALT)
+    AuditStore.open(f"sqlite:///{db}").close()
+    return {"db": db, "policies": policies, "tmp": tmp_path}
+
+
+def store_records(db: Path, records: list[dict[str, Any]]) -> None:
+    items = [IncomingRecord("moderation.audit", 0, i, r) for i, r in enumerate(records)]
+    with AuditStore.open(f"sqlite:///{db}") as store:
+        result = store.insert(items)
+        assert result.inserted == len(records), result
+
+
+def at(seconds: int) -> datetime:
+    return DECIDED_AT + timedelta(seconds=seconds)
+
+
+def mixed() -> list[dict[str, Any]]:
+    return [
+        record("review", event_id="e-2", decided_at=at(2)),  # acme: restricts → exported
+        record("block", event_id="e-1", decided_at=at(1)),
+        record("allow", event_id="e-3", decided_at=at(3)),  # never read
+        record("review", event_id="e-4", tenant="kids", decided_at=at(4)),  # visible
+        record(category=None, error=ErrorCode.OBJECT_NOT_FOUND, event_id="e-5", decided_at=at(5)),
+        record(category=None, error=ErrorCode.CORRUPT_IMAGE, event_id="e-6", decided_at=at(6)),
+        record("block", event_id="e-7", tenant="kids", decided_at=at(7)),
+    ]
+
+
+def export(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[Any], str]:
+    code = main(["audit", "export-dsa", *args])
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_exports_restricting_decisions_in_time_order(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_records(env["db"], mixed())
+    code, statements, err = export(capsys)
+    assert code == 0, err
+    expected = [("acme", "e-1"), ("acme", "e-2"), ("acme", "e-6"), ("kids", "e-7")]
+    assert [s["puid"] for s in statements] == [puid_for(t, e, SALT) for t, e in expected]
+    assert [s["decision_visibility"][0][20:] for s in statements] == [
+        "CONTENT_REMOVED",
+        "CONTENT_DISABLED",
+        "CONTENT_REMOVED",
+        "CONTENT_REMOVED",
+    ]
+    for statement in statements:
+        assert validate_statement(statement) == []
+        for secret in SECRETS:
+            assert secret not in json.dumps(statement)
+    assert "4 statements of reasons (schema 2025-07-01) in 1 batches of at most 100" in err
+    assert "1 reviews that keep the content visible" in err
+    assert "1 error decisions about no content of the tenant" in err
+    assert "0 redacted records" in err
+
+
+def test_filters_and_output_file(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    store_records(env["db"], mixed())
+    target = env["tmp"] / "sor.jsonl"
+    code, lines, err = export(
+        capsys, "--tenant", "acme", "--since", at(2).isoformat(), "--output", str(target)
+    )
+    assert (code, lines) == (0, []), err
+    statements = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [s["puid"] for s in statements] == [puid_for("acme", e, SALT) for e in ("e-2", "e-6")]
+    code, statements, err = export(capsys, "--until", at(2).isoformat())
+    assert [s["puid"] for s in statements] == [puid_for("acme", "e-1", SALT)]
+
+
+def test_platform_flags(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    store_records(env["db"], [record()])
+    code, [statement], err = export(
+        capsys,
+        "--territorial-scope",
+        "EEA",
+        "--terms-url",
+        "https://example.com/terms",
+        "--content-language",
+        "DE",
+        "--ground-text",
+        "Terms, section 4",
+    )
+    assert code == 0, err
+    assert len(statement["territorial_scope"]) == 30
+    assert statement["decision_ground_reference_url"] == "https://example.com/terms"
+    assert statement["content_language"] == "DE"
+    assert statement["incompatible_content_ground"] == "Terms, section 4"
+
+
+def test_redacted_rows_are_skipped(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_records(env["db"], [record(), record(event_id="e-9", tenant="kids")])
+    with AuditStore.open(f"sqlite:///{env['db']}") as store:
+        now = datetime.now(UTC)
+        store.redact(now, now, tenant_ids=["kids"])
+    code, statements, err = export(capsys)
+    assert (code, len(statements)) == (0, 1), err
+    assert "1 redacted records" in err
+
+
+def test_batches_in_summary(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    store_records(env["db"], [record(event_id=f"b-{i}", decided_at=at(i)) for i in range(1001)])
+    code, statements, err = export(capsys)
+    assert code == 0, err
+    assert len(statements) == 1001  # more than one store page
+    assert len({s["puid"] for s in statements}) == 1001
+    assert "in 11 batches of at most 100" in err
+
+
+def test_missing_salt(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MODERATOR_DSA_PUID_SALT")
+    code, lines, err = export(capsys)
+    assert (code, lines) == (2, [])
+    assert "set MODERATOR_DSA_PUID_SALT" in err
+    monkeypatch.setenv("OTHER_SALT", "short")
+    code, lines, err = export(capsys, "--salt-env", "OTHER_SALT")
+    assert code == 2 and "at least 16 characters" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "yesterday"], "--since: not an ISO 8601 time"),
+        (["--territorial-scope", "DE,CH"], "territorial_scope: 'CH'"),
+        (["--content-language", "german"], "content_language"),
+    ],
+)
+def test_bad_flags(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    store_records(env["db"], [record()])
+    code, lines, err = export(capsys, *args)
+    assert (code, lines) == (2, []), err
+    assert message in err
+
+
+def test_unknown_tenant_fails_and_writes_nothing(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_records(env["db"], [record(), record(event_id="e-x", tenant="gone", decided_at=at(1))])
+    target = env["tmp"] / "sor.jsonl"
+    code, lines, err = export(capsys, "--output", str(target))
+    assert (code, lines) == (1, [])
+    assert "event e-x (tenant gone): no policy file" in err
+    assert not target.exists()
+    assert list(env["tmp"].glob(".sor.jsonl*")) == []
+
+
+def test_invalid_mapping_is_an_error(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (env["policies"] / "kids.yaml").write_text(
+        "dsa:\n  categories:\n    O4: STATEMENT_CATEGORY_PORNOGRAPHY_OR_SEXUALIZED_CONTENT\n"
+    )
+    store_records(env["db"], [record(tenant="kids")])
+    code, lines, err = export(capsys)
+    assert (code, lines) == (1, [])
+    assert "event ev-0001 (tenant kids): invalid statement: category:" in err

@@ -1,0 +1,266 @@
+"""`moderator audit query` (formats, filters, cursor paging, bad flags) and `audit verify`
+(exit 0 intact, 3 tampered, 1 could not verify)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from moderator.audit.anchors import FileAnchorSink, export_anchor
+from moderator.audit.rows import SCALAR_COLUMNS
+from moderator.audit.store import AuditStore
+from moderator.cli.main import main
+from tests.audit_fixtures import ALPHA, BETA, make_db, policy
+from tests.policy_fixtures import clear_moderator_env
+
+ALL_EVENTS = {f"a-{i}" for i in range(6)} | {f"b-{i}" for i in range(4)}
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    clear_moderator_env(monkeypatch)
+    path = tmp_path / "audit.db"
+    monkeypatch.setenv("MODERATOR_AUDIT__URL", make_db(path))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["audit", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def query_events(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    code, out, err = run(capsys, "query", "--format", "json", *args)
+    assert code == 0, err
+    return [json.loads(line)["event_id"] for line in out.splitlines()]
+
+
+# -- formats -------------------------------------------------------------------------------
+
+
+def test_table_is_aligned_with_shortened_keys(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "query")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 11
+    header = lines[0].split()
+    assert header == [
+        "decided_at",
+        "tenant",
+        "event_id",
+        "object",
+        "decision",
+        "category",
+        "score",
+        "policy",
+        "model",
+        "error",
+    ]
+    column = lines[0].index("decision")
+    assert all(line[column - 2 : column] == "  " for line in lines[1:])
+    first = lines[1]  # newest first: a-5, whose long key is shortened
+    assert first.startswith("2026-11-29T02:09:00.000Z  alpha  ")
+    assert "..." in first and "photo.jpg" in first and "deep/" * 20 not in first
+    assert "O4" in out and "0.910" in out and "corrupt_image" in out and "nudenet:320n" in out
+    assert policy(ALPHA).version in out
+    assert err == ""
+
+
+def test_json_lines_carry_columns_and_the_full_record(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "query", "--format", "json", "--event-id", "b-0")
+    assert code == 0
+    (line,) = out.splitlines()
+    doc = json.loads(line)
+    assert doc["tenant_id"] == BETA and doc["decision"] == "block" and doc["category"]
+    assert doc["decided_at"] == "2026-11-29T02:01:00Z"
+    assert doc["record"]["verdict"]["event_id"] == "b-0"
+    assert doc["record"]["policy_document"] == policy(BETA).document
+    assert set(SCALAR_COLUMNS) <= set(doc)
+
+
+def test_csv_has_a_header_and_no_record(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "query", "--format", "csv", "--tenant", BETA)
+    assert code == 0
+    rows = list(csv.reader(io.StringIO(out)))
+    assert tuple(rows[0]) == SCALAR_COLUMNS and "record" not in rows[0]
+    assert len(rows) == 5
+    by_name = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
+    assert {r["tenant_id"] for r in by_name} == {BETA}
+    assert {r["error_code"] for r in by_name} == {"", "engine_timeout"}
+
+
+def test_no_rows_is_not_an_error(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "query", "--since", "2030-01-01")
+    assert (code, out) == (0, "")
+    assert "no matching" in err
+
+
+# -- filters -------------------------------------------------------------------------------
+
+
+def test_filters(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(query_events(capsys, "--tenant", BETA)) == {"b-0", "b-1", "b-2", "b-3"}
+    assert query_events(capsys, "--decision", "block") == ["a-1", "b-0"]
+    assert query_events(capsys, "--category", "O4", "--tenant", ALPHA) == ["a-1"]
+    assert query_events(capsys, "--category", "O4: Nudity Content") == ["a-1", "b-0"]
+    assert query_events(capsys, "--model", "nudenet") == ["a-3"]
+    assert query_events(capsys, "--model", "fake:org/fake-guard", "--tenant", BETA) == [
+        "b-3",
+        "b-2",
+        "b-1",
+        "b-0",
+    ]
+    assert query_events(capsys, "--object-key", "beta/2026/11/29/b-1.jpg") == ["b-1"]
+    assert query_events(capsys, "--policy-version", policy(BETA).hash, "--decision", "review") == [
+        "b-2"
+    ]
+    window = ("--since", "2026-11-29T02:02:00", "--until", "2026-11-29T03:05:00+01:00")
+    assert query_events(capsys, *window, "--sort", "decided_at") == ["a-1", "b-1", "a-2"]
+    assert len(query_events(capsys, "--since", "2026-11-29", "--until", "2026-11-30")) == 10
+    sha = json.loads(run(capsys, "query", "--format", "json", "--event-id", "a-2")[1])["sha256"]
+    assert query_events(capsys, "--sha256", sha.upper()) == ["a-2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--since", "yesterday"), "--since"),
+        (("--until", "2026-13-01"), "--until"),
+        (("--since", "2026-11-30", "--until", "2026-11-29"), "--until"),
+        (("--decision", "maybe"), "--decision"),
+        (("--category", "O42"), "--category"),
+        (("--sha256", "abc"), "--sha256"),
+        (("--policy-version", "xyz"), "--policy-version"),
+        (("--tenant", "Not A Tenant"), "--tenant"),
+        (("--event-id", "bad id"), "--event-id"),
+        (("--model", ":name"), "--model"),
+        (("--limit", "0"), "--limit"),
+        (("--limit", "1001"), "--limit"),
+        (("--sort", "score"), "--sort"),
+        (("--cursor", "not-a-cursor"), "--cursor"),
+    ],
+)
+def test_bad_flag_values_exit_2_naming_the_flag(
+    db: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], flag: str
+) -> None:
+    code, out, err = run(capsys, "query", *args)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"moderator: {flag}: ")
+
+
+def test_a_missing_database_file_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clear_moderator_env(monkeypatch)
+    missing = tmp_path / "nope" / "audit.db"
+    monkeypatch.setenv("MODERATOR_AUDIT__URL", f"sqlite:///{missing}")
+    code, _, err = run(capsys, "query")
+    assert code == 1 and "no such database file" in err
+    assert not missing.exists()  # a read never creates an empty database
+
+
+# -- cursor paging -------------------------------------------------------------------------
+
+
+def test_cursor_pages_and_all(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[str] = []
+    cursor: list[str] = []
+    for _ in range(10):
+        code, out, err = run(capsys, "query", "--format", "json", "--limit", "3", *cursor)
+        assert code == 0
+        seen += [json.loads(line)["event_id"] for line in out.splitlines()]
+        if not err:
+            break
+        assert err.startswith("next: --cursor ")
+        cursor = err.split()[1:3]
+    assert len(seen) == len(set(seen)) == 10
+    assert set(seen) == ALL_EVENTS
+    assert query_events(capsys, "--all", "--limit", "3") == seen
+    code, out, err = run(capsys, "query", "--all", "--limit", "4", "--format", "csv")
+    assert code == 0 and err == "" and len(out.splitlines()) == 11
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+def anchor_file(db: Path) -> Path:
+    path = db.parent / "anchors.jsonl"
+    with AuditStore.open(f"sqlite:///{db}") as store:
+        export_anchor(store, [FileAnchorSink(path)])
+    return path
+
+
+def test_verify_intact_exits_0(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    anchors = anchor_file(db)
+    code, out, err = run(capsys, "verify", "--anchor-file", str(anchors))
+    assert code == 0, out + err
+    assert "moderation.audit[0]  5         5           ok" in out
+    assert "10 rows checked" in out and out.rstrip().endswith("intact")
+
+
+def test_verify_uses_the_configured_anchor_file(
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODERATOR_AUDIT__ANCHOR_FILE", str(anchor_file(db)))
+    code, out, _ = run(capsys, "verify")
+    assert code == 0 and "anchor: file " in out
+
+
+def test_verify_finds_an_edited_row_exits_3(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    anchors = anchor_file(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE audit_records SET decision = 'allow' WHERE event_id = 'a-1'")
+    code, out, _ = run(capsys, "verify", "--anchor-file", str(anchors))
+    assert code == 3
+    assert "problem: " in out and "edited" in out and "a-1" in out
+    assert "TAMPERED" in out and "TAMPERING FOUND" in out
+
+
+def test_verify_finds_truncation_against_the_anchor(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anchors = anchor_file(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM audit_records WHERE event_id = 'a-5'")  # last of chain 1
+        conn.execute("UPDATE chain_heads SET seq = seq - 1 WHERE partition = 1")
+    code, _, _ = run(capsys, "verify", "--anchor-file", str(anchors))
+    assert code == 3
+
+
+def test_verify_unreachable_database_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psycopg")
+    clear_moderator_env(monkeypatch)
+    monkeypatch.setenv("MODERATOR_AUDIT__URL", "postgresql://127.0.0.1:1/x")
+    code, _, err = run(capsys, "verify")
+    assert code == 1
+    assert err.splitlines()[-1].startswith("moderator: could not verify: ")
+
+
+def test_verify_without_a_readable_anchor_exits_1(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "verify", "--anchor-file", str(db.parent / "missing.jsonl"))
+    assert code == 1 and "no anchor found" in err
+    garbage = db.parent / "garbage.jsonl"
+    garbage.write_text("not json\n")
+    code, _, err = run(capsys, "verify", "--anchor-file", str(garbage))
+    assert code == 1
+
+
+def test_verify_without_any_anchor_source_warns(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "verify")
+    assert code == 0 and "warning: no anchor" in err
