@@ -1,140 +1,39 @@
 """The audit sink on the embedded broker, into SQLite and PostgreSQL: every distinct record
 stored once, junk skipped, offsets committed (a restarted sink stores nothing new), anchors
-exported and verified; and a PostgreSQL outage mid-run (a TCP proxy cut and restored) loses and
-duplicates nothing."""
+exported and verified. `moderator run --with-audit-sink` and `moderator demo` end to end."""
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
-import socket
-import threading
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from sqlalchemy.engine import make_url
+from confluent_kafka import Producer
+from PIL import Image
 
-from audit_support import BACKENDS, database_url, make_record
+from audit_sink_support import (
+    Running,
+    committed,
+    end_offsets,
+    event_ids,
+    produce,
+    records,
+    sink_settings,
+    wait_for,
+)
+from audit_support import BACKENDS, database_url
 from moderator.audit.anchors import latest_anchor
-from moderator.audit.models import AuditQuery
-from moderator.audit.sink_input import SinkStats
 from moderator.audit.store import AuditStore
 from moderator.audit.verify import verify
-from moderator.cli.audit_sink import run_audit_sink
 from moderator.devstack.stack import EmbeddedStack
-from moderator.settings import Settings, load_settings
-
-TENANTS = ("kids", "news", "museum")
-
-
-def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "lz4"})
-    for n, value in enumerate(values):
-        producer.produce(topic, key=f"k{n % 97}".encode(), value=value)
-        producer.poll(0)
-    assert producer.flush(30) == 0
-
-
-def records(n: int) -> list[bytes]:
-    """Real AuditRecords; most without their policy document (the store keeps each version
-    once anyway), as the embedded broker drops a partition's oldest records beyond ~5 MiB."""
-    out = []
-    for i in range(n):
-        record = make_record(i, tenant=TENANTS[i % 3])
-        if i % 50:
-            del record["policy_document"]
-        out.append(json.dumps(record).encode())
-    return out
-
-
-def sink_settings(stack: EmbeddedStack, unique: str, url: str, **more: Any) -> Settings:
-    values: dict[str, Any] = {
-        "kafka.bootstrap_servers": stack.bootstrap_servers,
-        "kafka.delivery": "at_least_once",
-        "kafka.group_id": f"g-{unique}",
-        "kafka.topics.audit": f"audit-{unique}",
-        "kafka.session_timeout_ms": 6000,
-        "kafka.client": {"log.connection.close": False},
-        "audit.url": url,
-        "audit.batch_size": 50,
-        "log.level": "warning",
-    }
-    values.update(more)
-    return load_settings(overrides=values)
-
-
-class Running:
-    """run_audit_sink in a thread until stopped; its stats (or its exception) afterwards."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.stop = threading.Event()
-        self.stats: SinkStats | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(settings,), daemon=True)
-        self.thread.start()
-
-    def _run(self, settings: Settings) -> None:
-        try:
-            self.stats = run_audit_sink(settings, self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def finish(self) -> SinkStats:
-        self.stop.set()
-        self.thread.join(60)
-        assert self.error is None, self.error
-        assert self.stats is not None
-        return self.stats
-
-
-def wait_for(what: Callable[[], bool], timeout: float, why: Callable[[], object]) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, why()
-        time.sleep(0.1)
-
-
-def committed(settings: Settings) -> dict[int, int]:
-    topic = settings.kafka.topics.audit
-    reader = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": f"{settings.kafka.group_id}-audit-sink",
-        }
-    )
-    try:
-        parts = [TopicPartition(topic, p) for p in range(4)]
-        return {tp.partition: tp.offset for tp in reader.committed(parts, timeout=10)}
-    finally:
-        reader.close()
-
-
-def end_offsets(settings: Settings) -> dict[int, int]:
-    topic = settings.kafka.topics.audit
-    reader = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "ends"})
-    try:
-        return {
-            p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(4)
-        }
-    finally:
-        reader.close()
-
-
-def event_ids(store: AuditStore) -> set[str]:
-    found: list[str] = []
-    cursor = None
-    while True:
-        page = store.query(AuditQuery(limit=1000, cursor=cursor))
-        found += [row.event_id for row in page.rows]
-        if page.next_cursor is None:
-            assert len(found) == len(set(found))
-            return set(found)
-        cursor = page.next_cursor
+from moderator.policy.bundled import write_default_policy
 
 
 @pytest.fixture(params=BACKENDS)
@@ -180,99 +79,101 @@ def test_sink_stores_each_record_once_and_commits(
         assert anchor is not None and sum(h.seq for h in anchor.heads) == n
 
         restarted = Running(settings)  # same group: resumes at the committed offsets
-        time.sleep(8)  # join the group and poll for a while
+        time.sleep(6)  # join the group (~3 s on the embedded broker) and poll for a while
         again = restarted.finish()
         assert again.messages == 0 and again.inserted == 0
         assert store.count() == n
 
 
-class Proxy:
-    """A TCP forwarder to PostgreSQL that the test can cut (closing every connection and
-    refusing new ones) and restore on the same port: the database "restarting"."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.port = 0
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, None
-            conns, self._conns = self._conns, []
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
-            listener.close()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            with self._lock:
-                self._conns += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+def _png(i: int) -> bytes:
+    img = Image.new("RGB", (16, 16), (i * 40 % 256, 90, 160))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
 
 
-@pytest.mark.postgres
-def test_postgres_outage_mid_run_loses_and_duplicates_nothing(
+def test_run_with_audit_sink_stores_the_verdicts_audit_trail(
     stack: EmbeddedStack, unique: str, tmp_path: Path
 ) -> None:
-    n = 2000
-    with database_url("postgres", tmp_path) as url:
-        direct = make_url(url)
-        proxy = Proxy((direct.host or "127.0.0.1", direct.port or 5432))
-        via_proxy = direct.set(port=proxy.port).render_as_string(hide_password=False)
-        settings = sink_settings(stack, unique, via_proxy)
-        produce(stack.bootstrap_servers, settings.kafka.topics.audit, records(n))
-        with AuditStore.open(url) as store:  # the test reads around the proxy
-            running = Running(settings)
-            wait_for(lambda: store.count() >= n // 3, 60, lambda: (store.count(), running.error))
-            proxy.cut()
-            time.sleep(0.5)
-            during = store.count()
-            time.sleep(3)  # the sink retries with backoff, partitions paused
-            assert store.count() == during, "rows arrived through a cut proxy"
-            assert during < n, "the outage came too late to matter"
-            proxy.restore()
-            wait_for(lambda: store.count() >= n, 90, lambda: (store.count(), running.error))
-            wait_for(lambda: committed(settings) == end_offsets(settings), 30, lambda: "offsets")
-            stats = running.finish()
-            proxy.cut()
-            assert store.count() == n
-            assert stats.retries >= 1, stats
-            assert stats.inserted + stats.duplicates == stats.messages == n
-            assert event_ids(store) == {f"ev-{i:05d}" for i in range(n)}
-            report = verify(store, None)
-            assert report.ok and report.rows_checked == n, report.problems
+    """`moderator run --with-audit-sink`: uploads in, rows in the store, one process, exit 0."""
+    n = 6
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    write_default_policy(policies)
+    (policies / "acme.yaml").write_text("on_error: review\n")
+    s3 = stack.s3_client()
+    uploads = f"uploads-{unique}"
+    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    for i in range(n):
+        key = f"acme/{unique}/{i}.png"
+        s3.put_object(Bucket="uploads", Key=key, Body=_png(i))
+        event = {
+            "event_id": f"{unique}-{i}",
+            "tenant_id": "acme",
+            "object": {"bucket": "uploads", "key": key},
+        }
+        producer.produce(uploads, value=json.dumps(event).encode())
+    assert producer.flush(10) == 0
+    db = tmp_path / "audit.db"
+    env = {
+        **os.environ,
+        **stack.env(),
+        "MODERATOR_ENGINE__KIND": "fake",
+        "MODERATOR_POLICIES__DIR": str(policies),
+        "MODERATOR_KAFKA__GROUP_ID": f"g-{unique}",
+        "MODERATOR_KAFKA__TOPICS__UPLOADS": uploads,
+        "MODERATOR_KAFKA__TOPICS__VERDICTS": f"verdicts-{unique}",
+        "MODERATOR_KAFKA__TOPICS__AUDIT": f"audit-{unique}",
+        "MODERATOR_KAFKA__TOPICS__DLQ": f"dlq-{unique}",
+        "MODERATOR_KAFKA__COMMIT_INTERVAL_MS": "100",
+        "MODERATOR_AUDIT__URL": f"sqlite:///{db}",
+        "MODERATOR_LOG__LEVEL": "warning",
+    }
+    logs = tmp_path / "run.log"
+    with logs.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moderator.cli.main", "run", "--with-audit-sink"],
+            env=env,
+            stderr=log,
+        )
+    try:
+        with AuditStore.open(f"sqlite:///{db}") as store:
+            wait_for(lambda: store.count() >= n, 90, lambda: logs.read_text()[-3000:])
+            assert event_ids(store) == {f"{unique}-{i}" for i in range(n)}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, logs.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_demo_stores_its_audit_trail_and_prints_a_query(tmp_path: Path) -> None:
+    """`moderator demo` writes the default store in the working directory; `audit query`
+    answers from it there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
+    cli = [sys.executable, "-m", "moderator.cli.main"]
+    demo = subprocess.run(
+        [*cli, "demo", "--engine", "fake", "--events", "5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "6/6 verdicts" in demo.stdout
+    assert "audit store sqlite:///moderator-audit.db: 6 records stored" in demo.stdout
+    assert "moderator audit query --tenant acme" in demo.stdout
+    assert (tmp_path / "moderator-audit.db").is_file()
+    query = subprocess.run(
+        [*cli, "audit", "query", "--tenant", "acme", "--format", "json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert query.returncode == 0, query.stderr
+    rows = [json.loads(line) for line in query.stdout.splitlines() if line.strip()]
+    assert rows and {row["tenant_id"] for row in rows} == {"acme"}

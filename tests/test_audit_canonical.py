@@ -227,3 +227,69 @@ def test_malformed_records_name_the_field(changes: dict[str, Any], message: str)
         record_fields(audit_record(**changes))
     with pytest.raises(MalformedRecord, match="verdict"):
         record_fields({"schema": "moderator.audit/v1"})
+
+
+# -- the fast encoder against the reference implementation ---------------------------------------
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53 - 1), 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON)
+def test_jcs_matches_the_rfc8785_package(value: object) -> None:
+    import rfc8785
+
+    from moderator.audit import jcs
+
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(jcs.CanonicalizationError):
+            jcs.dumps(value)
+        return
+    assert jcs.dumps(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        1.0,
+        0.1,
+        1e-7,
+        1e-6,
+        1e21,
+        1e20,
+        1.2345678901234568e20,
+        5e-324,
+        1.7976931348623157e308,
+        -0.0,
+        0.00001,
+        1e16,
+        12.5,
+        -3e-10,
+        2.0**53,
+        0.3,
+    ],
+)
+def test_jcs_numbers_match_ecmascript(value: float) -> None:
+    import rfc8785
+
+    from moderator.audit import jcs
+
+    assert jcs.dumps(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**53, {1: "x"}, "\ud800", object()])
+def test_jcs_refuses_what_json_cannot_carry(value: object) -> None:
+    from moderator.audit import jcs
+
+    with pytest.raises(jcs.CanonicalizationError):
+        jcs.dumps(value)

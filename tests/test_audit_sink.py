@@ -15,6 +15,8 @@ from moderator.audit.models import IncomingRecord, InsertResult
 from moderator.audit.sink import AuditSink
 from moderator.audit.sink_input import parse_value, sink_consumer_config
 from moderator.audit.store import AuditStore
+from moderator.cli.audit_sink import run_with_audit_sink
+from moderator.cli.main import main
 from moderator.events.verdict import AuditRecord, InputCoords, PolicyRef, Verdict, VerdictObject
 from moderator.ingest.memory_broker import MemoryBroker, MemoryConsumer
 from moderator.settings import Settings, load_settings
@@ -243,3 +245,25 @@ def test_anchor_is_written_when_due_and_on_close(broker: MemoryBroker, store: Au
     sink.step()
     sink.close()  # rows since the last anchor: one more on the way out
     assert calls == [1, 1] and sink.stats.anchors == 2
+
+
+def test_with_audit_sink_failure_stops_the_consumer_and_is_raised() -> None:
+    s = settings(**{"audit.url": "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"})
+    stop = threading.Event()
+    served: list[bool] = []
+
+    def serve() -> None:  # stands in for run_service: returns once stop is set
+        served.append(stop.wait(30))
+
+    with pytest.raises(AuditUnavailable):
+        run_with_audit_sink(s, stop, serve)
+    assert served == [True]
+
+
+def test_cli_has_audit_sink_and_run_with_audit_sink(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["audit", "sink", "--help"], ["run", "--help"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "audit-sink" in out and "--with-audit-sink" in out

@@ -25,11 +25,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import rfc8785
+from moderator.audit import jcs
 
 GENESIS_HASH = "0" * 64
 CHAIN_SCHEMA = "moderator.audit-chain/v1"
-CanonicalizationError = rfc8785.CanonicalizationError
+CanonicalizationError = jcs.CanonicalizationError
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -38,7 +38,7 @@ def canonical_json(obj: Any) -> bytes:
     Raises `CanonicalizationError` (a ValueError) for NaN/infinity, integers beyond +-(2**53-1)
     and non-string keys.
     """
-    return rfc8785.dumps(obj)
+    return jcs.dumps(obj)
 
 
 def canonical_members(obj: Mapping[str, Any]) -> dict[str, bytes]:

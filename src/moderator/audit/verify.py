@@ -24,13 +24,12 @@ from typing import Literal
 from moderator.audit.canonical import (
     GENESIS_HASH,
     canonical_json,
-    canonical_members,
-    canonical_object,
     link_hash,
     record_hash,
     sha256_hex,
 )
 from moderator.audit.fields import MalformedRecord, record_fields
+from moderator.audit.jcs import Raw
 from moderator.audit.models import Anchor, ChainHead, ChainRow
 from moderator.audit.store import AuditStore
 
@@ -211,11 +210,9 @@ def _record_hash(row: ChainRow, canon: dict[str, bytes]) -> str:
     key = row.fields.policy_hash
     if not row.policy_elided or key is None or "policy_document" not in record:
         return record_hash(record)
-    members = canonical_members({k: v for k, v in record.items() if k != "policy_document"})
     if key not in canon:
         canon[key] = canonical_json(record["policy_document"])
-    members["policy_document"] = canon[key]
-    return sha256_hex(canonical_object(members))
+    return sha256_hex(canonical_json({**record, "policy_document": Raw(canon[key])}))
 
 
 def _edited(row: ChainRow, canon: dict[str, bytes]) -> str | None:

@@ -16,13 +16,12 @@ from moderator.audit.canonical import (
     GENESIS_HASH,
     CanonicalizationError,
     canonical_json,
-    canonical_members,
-    canonical_object,
     link_hash,
     policy_document_bytes,
     sha256_hex,
 )
 from moderator.audit.fields import MalformedRecord, RecordFields, record_fields
+from moderator.audit.jcs import Raw
 from moderator.audit.models import IncomingRecord, InsertResult, Rejected
 from moderator.audit.schema import audit_records, chain_heads, policy_versions
 
@@ -86,23 +85,22 @@ def _serialize(
 ) -> tuple[bytes, bytes, bytes | None]:
     """(canonical JSON of the whole record, what is stored, the policy document's bytes when
     it matches policy_hash and is therefore kept in policy_versions instead of the row)."""
-    members = canonical_members({k: v for k, v in record.items() if k != "policy_document"})
     document = record.get("policy_document")
     doc = None
     if isinstance(document, dict) and fields.policy_hash:
         doc = policy_document_bytes(document, fields.policy_hash)
     if doc is None:
-        if "policy_document" in record:
-            members["policy_document"] = canonical_json(document)
-        full = canonical_object(members)
+        full = canonical_json(record)
         return full, full, None
+    rest = {k: v for k, v in record.items() if k != "policy_document"}
     assert fields.policy_hash is not None
     canon = cache.get(fields.policy_hash)
     if canon is None:
         if len(cache) >= CANON_CACHE:
             cache.clear()
         canon = cache[fields.policy_hash] = canonical_json(document)
-    return canonical_object({**members, "policy_document": canon}), canonical_object(members), doc
+    full = canonical_json({**rest, "policy_document": Raw(canon)})
+    return full, canonical_json(rest), doc
 
 
 def write_batch(conn: Connection, batch: Batch) -> InsertResult:

@@ -15,6 +15,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from moderator.cli.demo_audit import store_and_show
 from moderator.devstack.samples import corrupt_bytes, make_samples
 from moderator.devstack.stack import EmbeddedStack
 from moderator.errors import ModeratorError
@@ -51,12 +52,12 @@ def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int
             )
             configure_logging(settings.log)
             try:
-                return _run_demo(settings, stack, events)
+                return _run_demo(settings, stack, events, config)
             finally:
                 gc.collect()  # Kafka clients go before the broker does: no reconnect noise
 
 
-def _run_demo(settings: Settings, stack: EmbeddedStack, events: int) -> int:
+def _run_demo(settings: Settings, stack: EmbeddedStack, events: int, config: Path | None) -> int:
     pipeline = build_pipeline(settings)
     expected = _upload_samples(settings, stack, events)
     print(
@@ -96,6 +97,7 @@ def _run_demo(settings: Settings, stack: EmbeddedStack, events: int) -> int:
     )
     if len(verdicts) < expected:
         raise ModeratorError(f"only {len(verdicts)} of {expected} verdicts arrived in time")
+    store_and_show(settings, [v["event_id"] for v in verdicts], TENANTS, config)
     return 0
 
 
@@ -103,13 +105,16 @@ def _upload_samples(settings: Settings, stack: EmbeddedStack, n: int) -> int:
     s3 = stack.s3_client()
     producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
     topic = settings.kafka.topics.uploads
+    # Event ids are unique per run (the group id is): the audit store keeps one row per event
+    # id, and it outlives the run (a file in the working directory by default).
+    run = settings.kafka.group_id
     samples = make_samples(max(1, n - 2), seed=7)
     count = 0
     for i, sample in enumerate(samples):
         tenant = TENANTS[i % len(TENANTS)]
         key = f"{tenant}/demo/{sample.name}"
         s3.put_object(Bucket=BUCKET, Key=key, Body=sample.data, ContentType=sample.content_type)
-        _send(producer, topic, tenant, key, f"demo-{i:04d}", len(sample.data))
+        _send(producer, topic, tenant, key, f"{run}-{i:04d}", len(sample.data))
         count += 1
     extras: list[tuple[str, str, bytes | None]] = [
         ("kidsplace", "kidsplace/demo/broken.jpg", corrupt_bytes(3)),  # corrupt image
@@ -118,7 +123,7 @@ def _upload_samples(settings: Settings, stack: EmbeddedStack, n: int) -> int:
     for j, (tenant, key, data) in enumerate(extras[: max(0, n - count)]):
         if data is not None:
             s3.put_object(Bucket=BUCKET, Key=key, Body=data)
-        _send(producer, topic, tenant, key, f"demo-x{j}", len(data) if data else None)
+        _send(producer, topic, tenant, key, f"{run}-x{j}", len(data) if data else None)
         count += 1
     producer.produce(topic, key=b"junk", value=b"{not json")  # dead-lettered
     producer.flush(10)
@@ -131,7 +136,8 @@ def _reupload(settings: Settings, stack: EmbeddedStack) -> None:
     key = "acme/demo/reupload-of-first.jpg"
     stack.s3_client().put_object(Bucket=BUCKET, Key=key, Body=data)
     producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
-    _send(producer, settings.kafka.topics.uploads, "acme", key, "demo-reupload", len(data))
+    run = settings.kafka.group_id
+    _send(producer, settings.kafka.topics.uploads, "acme", key, f"{run}-reupload", len(data))
     producer.flush(10)
 
 
