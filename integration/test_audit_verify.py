@@ -26,6 +26,7 @@ from moderator.audit.retention import redact_expired
 from moderator.audit.schema import anchors, audit_records, chain_heads, policy_versions
 from moderator.audit.store import AuditStore
 from moderator.audit.verify import EXIT_INTACT, EXIT_TAMPERED, VerifyReport, verify
+from moderator.devstack.stack import EmbeddedStack
 
 R = audit_records.c
 ROWS = 10
@@ -233,21 +234,23 @@ def test_anchor_exports_are_recorded(db: tuple[AuditStore, Engine, Anchor], tmp_
     assert verify(store, latest_anchor(sink.path)).ok
 
 
-def test_s3_anchor_sink_round_trip(db: tuple[AuditStore, Engine, Anchor]) -> None:
-    boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
+def test_s3_anchor_sink_round_trip(
+    db: tuple[AuditStore, Engine, Anchor], stack: EmbeddedStack, unique: str
+) -> None:
+    # The session's S3 server, not moto.mock_aws(): leaving mock_aws resets moto's shared
+    # in-process state, which would empty the embedded stack's buckets for later tests.
     store, _, anchor = db
-    with moto.mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="audit-anchors")
-        sink = S3AnchorSink(client, "audit-anchors", "prod/anchors")
-        assert sink.latest() is None
-        export_anchor(store, [sink], now=anchor.created_at.replace(year=2025))
-        newest = export_anchor(store, [sink], now=anchor.created_at.replace(year=2027))
-        export_anchor(store, [sink], now=anchor.created_at.replace(year=2026))
-        assert sink.latest() == newest
-        keys = [o["Key"] for o in client.list_objects_v2(Bucket="audit-anchors")["Contents"]]
-        assert len(keys) == 3 and all(k.startswith("prod/anchors/20") for k in keys)
+    client = stack.s3_client()
+    bucket = f"audit-anchors-{unique}"
+    client.create_bucket(Bucket=bucket)
+    sink = S3AnchorSink(client, bucket, "prod/anchors")
+    assert sink.latest() is None
+    export_anchor(store, [sink], now=anchor.created_at.replace(year=2025))
+    newest = export_anchor(store, [sink], now=anchor.created_at.replace(year=2027))
+    export_anchor(store, [sink], now=anchor.created_at.replace(year=2026))
+    assert sink.latest() == newest
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len(keys) == 3 and all(k.startswith("prod/anchors/20") for k in keys)
 
 
 @pytest.mark.postgres

@@ -10,6 +10,25 @@ import structlog
 from moderator.settings import LogSettings
 
 
+class StderrLogger:
+    """Writes each line to whatever `sys.stderr` is when the line is logged.
+
+    structlog's PrintLogger keeps the stream it was built with; a stream replaced since (a test
+    harness capturing output, a daemon redirecting) would then be written to after it closed.
+    """
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = failure = msg
+
+
+def _stderr_logger(*_args: object) -> StderrLogger:
+    return StderrLogger()
+
+
 def configure_logging(settings: LogSettings) -> None:
     level = getattr(logging, settings.level.upper())
     fmt = settings.format
@@ -28,7 +47,7 @@ def configure_logging(settings: LogSettings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # librdkafka and botocore log through the standard library: same stream, same level floor.
