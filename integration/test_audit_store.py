@@ -7,7 +7,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,11 @@ def test_open_migrates_once_and_matches_the_schema(db: tuple[AuditStore, Engine]
     store, raw = db
     with raw.connect() as conn:
         versions = conn.execute(select(schema_migrations.c.version)).scalars().all()
-        assert versions == [LATEST]
+        assert versions == list(range(1, LATEST + 1))
         assert schema_differences(conn) == []
     AuditStore.open(store.url).close()  # reopening applies nothing
     with raw.connect() as conn:
-        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == [LATEST]
+        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == versions
 
 
 def test_a_new_step_upgrades_an_old_database_and_a_newer_one_is_refused(
@@ -71,13 +71,42 @@ def test_a_new_step_upgrades_an_old_database_and_a_newer_one_is_refused(
     monkeypatch.setattr(migrations, "LATEST", LATEST + 1)
     AuditStore.open(store.url).close()
     with raw.connect() as conn:
-        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == [1, 2]
+        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == list(
+            range(1, LATEST + 2)
+        )
         assert "ix_test_source" in {ix["name"] for ix in inspect(conn).get_indexes("audit_records")}
     assert store.count() == 1  # data untouched
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:-1])
     monkeypatch.setattr(migrations, "LATEST", LATEST)
     with pytest.raises(SchemaVersionError, match="newer"):
         AuditStore.open(store.url)
+
+
+def test_a_version_1_database_is_upgraded_to_the_current_schema(
+    db: tuple[AuditStore, Engine],
+) -> None:
+    """Migration 2 (object key and sha256 indexes with time order) on a version-1 database."""
+    store, raw = db
+    store.insert(incoming([make_record(1)]))
+    with raw.begin() as conn:  # put the database back into its version-1 shape
+        for new, old, column in (
+            ("ix_audit_records_object_key_time", "ix_audit_records_object_key", "object_key"),
+            ("ix_audit_records_sha256_time", "ix_audit_records_sha256", "sha256"),
+        ):
+            conn.execute(text(f"DROP INDEX {new}"))
+            conn.execute(text(f"CREATE INDEX {old} ON audit_records ({column})"))
+        conn.execute(schema_migrations.delete())
+        conn.execute(
+            schema_migrations.insert().values(
+                version=1, description="baseline", applied_at=datetime.now(UTC)
+            )
+        )
+        assert schema_differences(conn) != []
+    AuditStore.open(store.url).close()
+    with raw.connect() as conn:
+        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == [1, 2]
+        assert schema_differences(conn) == []
+    assert store.count() == 1
 
 
 def test_a_foreign_database_is_refused(tmp_path: Path) -> None:

@@ -53,10 +53,22 @@ def _v1_baseline(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _v2_lookup_indexes(conn: Connection) -> None:
+    # Measured at 1M rows on PostgreSQL before ANALYZE: an object-key lookup ordered by time
+    # scanned the time index backwards (~1 s); with (key, time) it is one index range.
+    for old, new, column in (
+        ("ix_audit_records_object_key", "ix_audit_records_object_key_time", "object_key"),
+        ("ix_audit_records_sha256", "ix_audit_records_sha256_time", "sha256"),
+    ):
+        conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
+        conn.execute(text(f"CREATE INDEX {new} ON audit_records ({column}, decided_at, id)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "audit_records, chain_heads, policy_versions, anchors, schema_migrations", _v1_baseline
     ),
+    Migration(2, "object key and sha256 lookups indexed with time order", _v2_lookup_indexes),
 )
 LATEST = MIGRATIONS[-1].version
 

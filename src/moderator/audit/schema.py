@@ -104,8 +104,10 @@ audit_records = Table(
     UniqueConstraint("topic", "partition", "seq", name="uq_audit_records_chain"),
     Index("ix_audit_records_tenant_time", "tenant_id", "decided_at", "id"),
     Index("ix_audit_records_time", "decided_at", "id"),
-    Index("ix_audit_records_object_key", "object_key"),
-    Index("ix_audit_records_sha256", "sha256"),
+    # Lookups by key or content hash are ordered by time: with the order in the index the
+    # planner never scans the time index backwards hoping to meet the key (migration 2).
+    Index("ix_audit_records_object_key_time", "object_key", "decided_at", "id"),
+    Index("ix_audit_records_sha256_time", "sha256", "decided_at", "id"),
     Index("ix_audit_records_decision", "decision"),
     Index("ix_audit_records_category", "category_code"),
     Index("ix_audit_records_policy_version", "policy_version"),
