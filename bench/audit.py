@@ -179,13 +179,17 @@ def queries(store: AuditStore, rows: int) -> dict[str, tuple[float, float]]:
     }
 
 
-def fresh_postgres(admin_url: str) -> str:
+def fresh_postgres(admin_url: str, *, reuse: bool) -> str:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS moderator_bench"))
-        conn.execute(text("CREATE DATABASE moderator_bench"))
+        exists = conn.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = 'moderator_bench'")
+        ).first()
+        if not (reuse and exists):
+            conn.execute(text("DROP DATABASE IF EXISTS moderator_bench"))
+            conn.execute(text("CREATE DATABASE moderator_bench"))
     engine.dispose()
     return admin_url.rsplit("/", 1)[0] + "/moderator_bench"
 
@@ -241,6 +245,11 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--sink", type=int, default=0, help="records through the real sink")
+    parser.add_argument(
+        "--reuse-postgres",
+        action="store_true",
+        help="keep a moderator_bench database that already holds --rows rows (queries only)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results: dict[str, tuple[float, dict[str, tuple[float, float]]]] = {}
@@ -248,11 +257,15 @@ def main() -> None:
             if backend == "sqlite":
                 url = f"sqlite:///{Path(tmp) / 'audit.db'}"
             else:
-                url = fresh_postgres(args.pg_admin_url)
+                url = fresh_postgres(args.pg_admin_url, reuse=args.reuse_postgres)
             print(f"{backend}: loading {args.rows:,} rows in batches of {args.batch}", flush=True)
             store = AuditStore.open(url)
             try:
-                rate = load(store, args.rows, args.batch)
+                if store.count() >= args.rows:
+                    print("  already loaded: queries only", flush=True)
+                    rate = float("nan")
+                else:
+                    rate = load(store, args.rows, args.batch)
                 results[backend] = (rate, queries(store, args.rows))
             finally:
                 store.close()
