@@ -264,3 +264,18 @@ def test_verify_without_any_anchor_source_warns(
 ) -> None:
     code, _, err = run(capsys, "verify")
     assert code == 0 and "warning: no anchor" in err
+
+
+def test_table_marks_smoke_test_models(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from moderator.audit.models import IncomingRecord
+    from tests.audit_fixtures import BASE, TOPIC, record
+
+    tiny = record("s-1", ALPHA, BASE, engine="transformers", model_name="/models/tiny")
+    tiny["verdict"]["model"]["smoke_test"] = True
+    with AuditStore.open(f"sqlite:///{db}") as store:
+        store.insert([IncomingRecord(TOPIC, 3, 99, tiny)])
+    code, out, _ = run(capsys, "query", "--event-id", "s-1")
+    assert code == 0
+    assert "transformers:tiny (smoke test)" in out
+    code, out, _ = run(capsys, "query", "--event-id", "a-0")
+    assert code == 0 and "(smoke test)" not in out

@@ -205,6 +205,8 @@ def table_cells(row: AuditRow) -> tuple[str, ...]:
     model = row.model_engine or "-"
     if row.model_engine and row.model_name:
         model = f"{row.model_engine}:{row.model_name.rsplit('/', 1)[-1]}"
+    if row.model_smoke_test:
+        model += " (smoke test)"  # a random-weight or fake model: the decision means nothing
     return (
         row.decided_at.strftime("%Y-%m-%dT%H:%M:%S.")
         + f"{row.decided_at.microsecond // 1000:03d}Z",
