@@ -105,6 +105,7 @@ def test_reload_swaps_in_a_change(policy_dir: Path) -> None:
     before = registry.resolve("kids", "default")
     assert before is not None and before.on_error(ErrorCode.CORRUPT_IMAGE) == "block"
     assert registry.reload() is False  # nothing changed on disk
+    assert registry.resolve("kids", "default") is before  # not even compiled again
     write(policy_dir / "kids.yaml", "on_error: review\n")
     with capture_logs() as logs:
         assert registry.reload() is True

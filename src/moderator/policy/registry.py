@@ -196,6 +196,11 @@ class PolicyRegistry:
             errors.append(f"{self._dir / 'default.yaml'}: missing (every directory needs one)")
             if not initial and DEFAULT in old.files:
                 files[DEFAULT] = old.files[DEFAULT]
+        unchanged = files.keys() == old.files.keys() and all(
+            files[stem] is old.files[stem] for stem in files
+        )
+        if unchanged and not errors and not old.errors and not initial:
+            return old  # the common poll: nothing to compile, nothing to swap
         policies: dict[tuple[str, str], TenantPolicy] = {}
         status: dict[str, TenantStatus] = {}
         now = datetime.now(UTC)
