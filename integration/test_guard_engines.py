@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,8 +19,9 @@ from moderator.devstack.samples import make_sample
 from moderator.devstack.stack import EmbeddedStack
 from moderator.engine.tiny import make_tiny
 from moderator.policy.bundled import write_default_policy
-from moderator.service import build_pipeline, run_service
+from moderator.service import build_pipeline
 from moderator.settings import EngineSettings, load_settings
+from service_support import ServiceThread
 
 pytestmark = pytest.mark.transformers
 
@@ -119,25 +119,10 @@ def _moderate(
     producer.flush(30)
     del producer  # its background threads would outlive the stack otherwise
 
-    stop = threading.Event()
-    pipeline = build_pipeline(settings)
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            run_service(settings, stop, pipeline=pipeline)
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=serve, daemon=True)
-    worker.start()
-    try:
+    with ServiceThread(settings, build_pipeline(settings)) as service:
         verdicts = _read(embedded.bootstrap_servers, topics["verdicts"], n, 180)
         audits = _read(embedded.bootstrap_servers, topics["audit"], n, 30)
-    finally:
-        stop.set()
-        worker.join(60)
-    assert not errors
+    assert not service.errors
     return verdicts, audits
 
 

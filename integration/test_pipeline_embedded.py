@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 import uuid
 from collections import Counter
@@ -20,8 +19,9 @@ from confluent_kafka import Consumer, Producer
 from moderator.devstack.samples import corrupt_bytes, make_sample, oversized_bytes
 from moderator.devstack.stack import EmbeddedStack
 from moderator.policy.bundled import write_default_policy
-from moderator.service import build_pipeline, run_service
+from moderator.service import build_pipeline
 from moderator.settings import load_settings
+from service_support import ServiceThread
 
 TENANTS = ("acme", "kids", "news")
 BUCKET = "uploads"
@@ -149,26 +149,13 @@ def test_500_events_three_tenants_with_bad_input(
         producer.produce(topics["uploads"], value=value)
     producer.flush(30)
 
-    stop = threading.Event()
-    pipeline = build_pipeline(settings)
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            run_service(settings, stop, pipeline=pipeline)
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=serve, daemon=True)
-    worker.start()
     n_verdicts = len(expected) + len(notif_keys)
-    verdicts = _read_all(embedded.bootstrap_servers, topics["verdicts"], n_verdicts, 120)
-    audits = _read_all(embedded.bootstrap_servers, topics["audit"], n_verdicts, 30)
-    dlq = _read_all(embedded.bootstrap_servers, topics["dlq"], len(malformed), 30)
-    assert worker.is_alive(), f"the consumer stopped: {errors}"
-    stop.set()
-    worker.join(30)
-    assert not errors
+    with ServiceThread(settings, build_pipeline(settings), join_s=30) as service:
+        verdicts = _read_all(embedded.bootstrap_servers, topics["verdicts"], n_verdicts, 120)
+        audits = _read_all(embedded.bootstrap_servers, topics["audit"], n_verdicts, 30)
+        dlq = _read_all(embedded.bootstrap_servers, topics["dlq"], len(malformed), 30)
+        assert service.alive, f"the consumer stopped: {service.errors}"
+    assert not service.errors
 
     docs = [json.loads(m.value()) for m in verdicts]
     by_id = Counter(d["event_id"] for d in docs)

@@ -29,8 +29,9 @@ from moderator.engine.base import EngineRequest, EngineResult
 from moderator.events.verdict import CATEGORIES, Assessment, ModelInfo, category_code
 from moderator.policy.bundled import write_default_policy
 from moderator.policy.registry import PolicyRegistry
-from moderator.service import build_pipeline, run_service
+from moderator.service import build_pipeline
 from moderator.settings import load_settings
+from service_support import ServiceThread
 
 BUCKET = "uploads"
 SCORE = 0.7
@@ -222,27 +223,12 @@ def test_one_assessment_different_decisions_per_tenant_and_surface(
     del producer
 
     engine = FixedAssessmentEngine(ASSESSMENT)
-    stop = threading.Event()
-    pipeline = build_pipeline(settings, engine=engine)
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            run_service(settings, stop, pipeline=pipeline)
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=serve, daemon=True)
-    worker.start()
     want = {case[0] for case in CASES}
-    try:
+    with ServiceThread(settings, build_pipeline(settings, engine=engine), join_s=30) as service:
         verdicts = _read(stack.bootstrap_servers, topics["verdicts"], want, 60)
         audits = _read(stack.bootstrap_servers, topics["audit"], want, 30)
-    finally:
-        stop.set()
-        worker.join(30)
-    assert not worker.is_alive(), "the service did not stop"
-    assert not errors, errors
+    assert service.stopped, "the service did not stop"
+    assert not service.errors, service.errors
     gc.collect()  # finished Kafka clients go before the shared broker does (no reconnect noise)
 
     by_id = {v["event_id"]: v for v in verdicts}
