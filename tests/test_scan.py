@@ -202,7 +202,7 @@ def test_help_mentions_hidden_files(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_walk_is_sorted_and_skips_hidden(folder: Path, policies: Path) -> None:
     settings = load_settings(None, {"policies.dir": policies})
-    source = scan_mod._open_source(str(folder) + "/", settings, exclude=None)
+    source = scan_mod.open_source(str(folder) + "/", settings, exclude=None)
     keys = [item.key for item in source.items]
     assert keys == _expected_keys(folder)
     assert all(item.bucket == LOCAL_BUCKET for item in source.items)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import json
-import os
 import re
-import stat
 import sys
 import threading
 import time
@@ -21,15 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
+from moderator.cli.scan_sources import Item, open_source
 from moderator.emit.records import OutRecord, trace_from_headers
 from moderator.errors import ConfigError, ErrorCode, ModeratorError
 from moderator.events.upload import TENANT_ID_PATTERN, ObjectRef, UploadEvent
 from moderator.events.verdict import Assessment, Decision, InputCoords
-from moderator.fetch.local import LOCAL_BUCKET, LocalFileStore
-from moderator.fetch.store import ObjectStore
 from moderator.logs import configure_logging
 from moderator.pipeline.process import Job, Processor
 from moderator.policy.base import CompiledPolicy, PolicyProvider
@@ -61,7 +57,7 @@ def cmd_scan(
     level = "debug" if debug else settings.log.level
     configure_logging(settings.log.model_copy(update={"level": _quiet(level)}))
     policies = OperatorPolicies(build_policies(settings))
-    source = _open_source(target, settings, exclude=output)
+    source = open_source(target, settings, exclude=output)
     progress = Progress(sys.stderr)
     if not (settings.policies.dir / f"{tenant_id}.yaml").is_file():
         progress.note(f"scan: tenant {tenant_id!r} has no policy file; using the default policy")
@@ -104,119 +100,6 @@ def max_in_flight(settings: Settings) -> int:
 def _quiet(level: str) -> str:
     """`info` (the service default) becomes `warning`: progress owns stderr during a scan."""
     return "warning" if level == "info" else level
-
-
-# -- what to scan --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Item:
-    bucket: str  # the store's bucket: LOCAL_BUCKET for local files
-    key: str
-    size: int | None
-
-
-@dataclass(frozen=True)
-class Source:
-    store: ObjectStore
-    items: Iterator[Item]
-    local: bool
-
-
-def _open_source(target: str, settings: Settings, *, exclude: Path | None) -> Source:
-    """List `target` up to its first object: usage errors (missing, empty) raise ConfigError."""
-    if target.startswith("s3://"):
-        from moderator.fetch.s3 import S3ObjectStore, build_s3_client
-
-        bucket, _, prefix = target.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ConfigError(f"scan: {target}: an S3 location is s3://bucket/prefix")
-        client = build_s3_client(settings.s3)
-        first, items = _peek(_list_s3(client, bucket, prefix), target)
-        if first is None:
-            raise ConfigError(f"scan: {target} matched no objects")
-        return Source(S3ObjectStore(settings.s3, client), items, local=False)
-    try:
-        info = Path(target).stat()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"scan: no such file or directory: {target}") from exc
-    except OSError as exc:
-        raise ConfigError(f"scan: cannot read {target}: {exc.strerror or exc}") from exc
-    if stat.S_ISREG(info.st_mode):
-        return Source(LocalFileStore(), iter([Item(LOCAL_BUCKET, target, info.st_size)]), True)
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"scan: not a regular file or directory: {target}")
-    try:
-        top = _entries(target)
-    except OSError as exc:
-        raise ConfigError(f"scan: cannot read {target}: {exc.strerror or exc}") from exc
-    first, items = _peek(_walk(top, exclude), target)
-    if first is None:
-        raise ConfigError(f"scan: {target} holds no files (hidden files are skipped)")
-    return Source(LocalFileStore(), items, local=True)
-
-
-def _peek(items: Iterator[Item], target: str) -> tuple[Item | None, Iterator[Item]]:
-    try:
-        first = next(items, None)
-    except NoCredentialsError as exc:
-        raise ConfigError(f"scan: {target}: no AWS credentials found") from exc
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code == "NoSuchBucket":
-            raise ConfigError(f"scan: {target}: no such bucket") from exc
-        raise ModeratorError(f"scan: cannot list {target}: {code or exc}") from exc
-    except BotoCoreError as exc:
-        raise ModeratorError(f"scan: cannot list {target}: {exc}") from exc
-    if first is None:
-        return None, iter(())
-    return first, itertools.chain([first], items)
-
-
-def _list_s3(client: Any, bucket: str, prefix: str) -> Iterator[Item]:
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", ()):
-            key = obj["Key"]
-            if not key.endswith("/"):  # "folder" placeholders written by consoles and tools
-                yield Item(bucket, key, obj.get("Size"))
-
-
-def _entries(path: str) -> list[os.DirEntry[str]]:
-    with os.scandir(path) as it:
-        return sorted(it, key=lambda e: e.name)
-
-
-def _walk(top: list[os.DirEntry[str]], exclude: Path | None) -> Iterator[Item]:
-    """Regular files depth first in name order, hidden names skipped. Symlinks to files are
-    followed, symlinked folders are not (no cycles); unreadable folders are skipped."""
-    stack = [iter(top)]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        if entry.name.startswith("."):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(iter(_entries(entry.path)))
-                continue
-            if not entry.is_file():
-                continue
-            info = entry.stat()
-        except OSError:
-            continue
-        if exclude is not None and _same_file(info, exclude):
-            continue  # the --output file inside the scanned folder
-        yield Item(LOCAL_BUCKET, entry.path, info.st_size)
-
-
-def _same_file(info: os.stat_result, path: Path) -> bool:
-    try:
-        return os.path.samestat(info, path.stat())
-    except OSError:
-        return False
 
 
 def _open_output(output: Path | None) -> TextIO:
