@@ -35,7 +35,10 @@ from moderator.policy.resolve import resolve
 from moderator.settings import TenancySettings
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("AUDIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# What .ci/postgres.sh sets up; run it once (as root) to get the PostgreSQL tier locally.
+PG_URL = os.environ.get(
+    "AUDIT_TEST_POSTGRES_URL", "postgresql://moderator:moderator-test@127.0.0.1:5432/test"
+)
 BASE_TIME = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
 TOPIC = "moderation.audit"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -122,7 +125,10 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
         return
     problem = postgres_problem()
     if problem is not None:
-        pytest.skip(problem)
+        # Locally a missing server skips with the reason; in CI it must fail, never hide.
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{problem} (CI must run .ci/postgres.sh first)")
+        pytest.skip(f"{problem} (run .ci/postgres.sh to set it up)")
     import psycopg
 
     schema = f"audit_test_{uuid.uuid4().hex[:12]}"
