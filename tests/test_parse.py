@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from moderator.events.parse import MalformedMessage, parse_message
-from moderator.events.s3notify import TenantRule, derive_event_id
+from moderator.events.parse import MAX_DEPTH, MalformedMessage, parse_message
+from moderator.events.s3notify import MAX_RECORDS, TenantRule, derive_event_id
 
 RULE = TenantRule()
 
@@ -59,6 +59,8 @@ def test_native_event() -> None:
         (native(tenant_id="Acme"), "tenant_id"),
         (native(object={"bucket": "b"}), "object.key"),
         (native(uploaded_at="2026-11-29T02:00:00"), "uploaded_at"),
+        (native(uploaded_at="9999-12-31T23:00:00-05:00"), "uploaded_at"),
+        (native(uploaded_at="0001-01-01T00:00:00+05:00"), "uploaded_at"),
         (native(attributes={"a": 1}), "attributes"),
     ],
 )
@@ -112,3 +114,183 @@ def test_key_prefix_without_valid_tenant(key: str) -> None:
 def test_record_missing_fields() -> None:
     with pytest.raises(MalformedMessage, match=r"Records\[0\]"):
         parse_message(notification({"eventName": "ObjectCreated:Put", "s3": {}}), RULE)
+
+
+# -- inputs that must end in the DLQ, never in an exception ---------------------------------------
+
+
+def _reason(value: bytes) -> str:
+    with pytest.raises(MalformedMessage) as info:
+        parse_message(value, RULE)
+    reason = str(info.value)
+    assert reason.isprintable() and len(reason) <= 300, reason
+    reason.encode()  # goes into a Kafka header as UTF-8
+    return reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 5000,
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a":' * 3000 + b"1" + b"}" * 3000,
+        native(context={"x": 1})[:-1] + b', "ignored": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+)
+def test_deep_nesting_is_malformed(value: bytes) -> None:
+    assert "nest" in _reason(value)
+
+
+def test_nesting_within_the_limit_is_fine() -> None:
+    deep: object = 1
+    for _ in range(MAX_DEPTH - 2):
+        deep = [deep]
+    (event,) = parse_message(native(ignored=deep), RULE).events
+    assert event.tenant_id == "acme"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        native()[:-1] + b', "ignored": 1' + b"0" * 5000 + b"}",
+        native()[:-1] + b', "ignored": -' + b"9" * 5000 + b"}",
+        b"1" * 5000,
+        native(context={"n": 2**53}),
+        native(object={"bucket": "b", "key": "k", "size": 10**30}),
+    ],
+)
+def test_integers_outside_the_i_json_range_are_malformed(value: bytes) -> None:
+    assert "integer" in _reason(value)
+
+
+def test_integer_limit_is_inclusive() -> None:
+    (event,) = parse_message(native(context={"n": 2**53 - 1, "m": -(2**53 - 1)}), RULE).events
+    assert event.context.model_dump()["n"] == 2**53 - 1
+
+
+@pytest.mark.parametrize(
+    "number", [b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity", b"1" + b"0" * 400 + b".0"]
+)
+def test_non_finite_numbers_are_malformed(number: bytes) -> None:
+    assert "number" in _reason(native()[:-1] + b', "ignored": ' + number + b"}")
+
+
+def test_lone_surrogate_is_malformed() -> None:
+    assert "surrogate" in _reason(native(context={"note": "\ud800"}))
+    (event,) = parse_message(native(context={"note": "\U0001f600"}), RULE).events  # a pair
+    assert event.context.model_dump()["note"] == "\U0001f600"
+
+
+def test_duplicate_member_is_malformed() -> None:
+    value = b'{"tenant_id": "acme", "tenant_id": "evil", "event_id": "e", "object": {}}'
+    assert "twice" in _reason(value)
+
+
+def test_not_utf8_is_malformed_but_a_bom_is_tolerated() -> None:
+    assert "UTF-8" in _reason(native().decode().encode("utf-16"))
+    (event,) = parse_message(b"\xef\xbb\xbf" + native(), RULE).events
+    assert event.tenant_id == "acme"
+
+
+def test_reason_is_one_printable_line() -> None:
+    reason = _reason(native(attributes={"line\nbreak\x00" + "x" * 2000: 1}))
+    assert "attributes" in reason
+
+
+@pytest.mark.parametrize(
+    ("obj", "needle"),
+    [
+        ({"key": "acme/x", "versionId": 5}, "versionId"),
+        ({"key": "acme/x", "sequencer": ["a"]}, "sequencer"),
+        ({"key": "acme/x", "size": "big"}, "size"),
+        ({"key": "acme/x", "eTag": {"a": 1}}, "eTag"),
+        ({"key": 7}, "key"),
+        ({"key": ["acme/x"]}, "key"),
+    ],
+)
+def test_notification_fields_of_the_wrong_type(obj: dict[str, object], needle: str) -> None:
+    rec = record()
+    rec["s3"] = {"bucket": {"name": "uploads"}, "object": obj}
+    assert needle in _reason(notification(rec))
+
+
+@pytest.mark.parametrize(
+    "s3",
+    [
+        {"bucket": {"name": 5}, "object": {"key": "acme/x"}},
+        {"bucket": {"name": ""}, "object": {"key": "acme/x"}},
+        {"bucket": "uploads", "object": {"key": "acme/x"}},
+        {"bucket": {"name": "uploads"}, "object": "acme/x"},
+        [],
+    ],
+)
+def test_notification_bucket_or_object_unusable(s3: object) -> None:
+    rec = record()
+    rec["s3"] = s3
+    assert "Records[0]" in _reason(notification(rec))
+
+
+@pytest.mark.parametrize("key", ["acme/%ff%fe.jpg", "acme/%ED%A0%80.jpg", "acme/%", "acme/%zz"])
+def test_notification_odd_percent_escapes_decode_leniently(key: str) -> None:
+    (event,) = parse_message(notification(record(key=key)), RULE).events
+    assert event.object.key.startswith("acme/")
+
+
+def test_notification_tenant_with_trailing_newline_is_rejected() -> None:
+    assert "tenant" in _reason(notification(record(key="acme%0A/x.jpg")))
+
+
+def test_notification_records_are_bounded() -> None:
+    many = [record(key=f"acme/{i}.jpg") for i in range(MAX_RECORDS + 1)]
+    assert "records" in _reason(notification(*many))
+    assert len(parse_message(notification(*many[:MAX_RECORDS]), RULE).events) == MAX_RECORDS
+
+
+def test_notification_non_string_event_name_is_skipped() -> None:
+    rec = record()
+    rec["eventName"] = ["ObjectCreated:Put"]
+    assert parse_message(notification(rec), RULE).skipped_records == 1
+
+
+def test_minio_notification_shape() -> None:
+    value = json.dumps(
+        {
+            "EventName": "s3:ObjectCreated:Put",
+            "Key": "uploads/acme/a.jpg",
+            "Records": [
+                {
+                    "eventVersion": "2.0",
+                    "eventSource": "minio:s3",
+                    "eventName": "s3:ObjectCreated:Put",
+                    "eventTime": "2026-11-29T02:00:00.000Z",
+                    "userIdentity": {"principalId": "minio"},
+                    "s3": {
+                        "s3SchemaVersion": "1.0",
+                        "bucket": {"name": "uploads", "arn": "arn:aws:s3:::uploads"},
+                        "object": {
+                            "key": "acme%2Fa.jpg",
+                            "size": 5,
+                            "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+                            "contentType": "image/jpeg",
+                            "userMetadata": {"content-type": "image/jpeg"},
+                            "sequencer": "17A1B2C3D4E5F601",
+                        },
+                    },
+                    "source": {"host": "127.0.0.1", "port": "", "userAgent": "MinIO"},
+                }
+            ],
+        }
+    ).encode()
+    (event,) = parse_message(value, RULE).events
+    assert (event.tenant_id, event.object.key) == ("acme", "acme/a.jpg")
+    assert event.object.etag == "d41d8cd98f00b204e9800998ecf8427e"
+
+
+@pytest.mark.parametrize(
+    "when", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00", "yesterday", "2026-11-29"]
+)
+def test_notification_event_time_without_a_utc_time_is_unknown(when: str) -> None:
+    rec = record()
+    rec["eventTime"] = when
+    (event,) = parse_message(notification(rec), RULE).events
+    assert event.uploaded_at is None

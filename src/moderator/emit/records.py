@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,15 +36,32 @@ class Trace:
         return f"00-{self.trace_id}-{secrets.token_hex(8)}-{self.flags}"
 
 
-def trace_from_headers(headers: Headers | None, event_id: str) -> Trace:
-    """Continue the producer's trace when it sent `traceparent`; else a trace derived from the
-    event id, so a re-decision after a crash stays in the same trace."""
-    for name, value in headers or ():
-        if name.lower() == "traceparent" and value:
-            match = _TRACEPARENT.match(value.decode("ascii", "replace").strip().lower())
-            if match and match.group(1) != "0" * 32:
-                return Trace(match.group(1), match.group(2), match.group(3))
+def trace_from_headers(headers: object, event_id: str) -> Trace:
+    """Continue the producer's trace when it sent a valid `traceparent`; else a trace derived from
+    the event id, so a re-decision after a crash stays in the same trace.
+
+    Headers come from the producer unchecked: entries of another shape or type are ignored, like
+    an invalid `traceparent`.
+    """
+    for name, value in _pairs(headers):
+        if name.lower() != "traceparent":
+            continue
+        text = value if isinstance(value, str) else value.decode("ascii", "replace")
+        match = _TRACEPARENT.match(text.strip().lower())
+        if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+            return Trace(match.group(1), match.group(2), match.group(3))
     return Trace(hashlib.sha256(event_id.encode()).hexdigest()[:32], None)
+
+
+def _pairs(headers: object) -> Iterator[tuple[str, bytes | str]]:
+    """The (name, value) entries of a header list that have the types Kafka clients use."""
+    if not isinstance(headers, list | tuple):
+        return
+    for entry in headers:
+        if isinstance(entry, tuple) and len(entry) == 2:
+            name, value = entry
+            if isinstance(name, str) and isinstance(value, bytes | str):
+                yield name, value
 
 
 def cloudevent_headers(

@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote_plus
+
+from pydantic import ValidationError
 
 from moderator.events.upload import TENANT_ID_PATTERN, ObjectRef, UploadEvent
 
 _TENANT_RE = re.compile(TENANT_ID_PATTERN)
+MAX_RECORDS = 1000
+
+_T = TypeVar("_T")
 
 
 class NotificationError(ValueError):
@@ -32,7 +37,7 @@ class TenantRule:
                 raise NotificationError(f"bucket {bucket!r} is not in the bucket→tenant map")
         else:
             tenant = key.split("/", 1)[0] if "/" in key else ""
-        if not _TENANT_RE.match(tenant):
+        if not _TENANT_RE.fullmatch(tenant):
             raise NotificationError(f"no valid tenant id for s3://{bucket}/{key}")
         return tenant
 
@@ -44,8 +49,8 @@ def is_notification(doc: Any) -> bool:
 
 def derive_event_id(bucket: str, key: str, version: str | None, sequencer: str | None) -> str:
     """Deterministic id: a redelivered notification is the same event."""
-    material = "\x00".join([bucket, key, version or "", sequencer or ""]).encode()
-    return "s3-" + hashlib.sha256(material).hexdigest()[:40]
+    material = "\x00".join([bucket, key, version or "", sequencer or ""])
+    return "s3-" + hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def events_from_notification(
@@ -54,58 +59,99 @@ def events_from_notification(
     """Return the UploadEvents of a notification and how many records were skipped.
 
     Raises NotificationError when an ObjectCreated record is unusable (the whole message then
-    goes to the DLQ: partial acceptance would make the DLQ record ambiguous).
+    goes to the DLQ: partial acceptance would make the DLQ record ambiguous), or when there are
+    more than MAX_RECORDS records (one message must not flood the pipeline).
     """
     records = doc.get("Records")
     if records is None:  # s3:TestEvent
         return [], 1
     if not isinstance(records, list):
         raise NotificationError("Records is not a list")
+    if len(records) > MAX_RECORDS:
+        raise NotificationError(f"{len(records)} records (limit {MAX_RECORDS})")
     events: list[UploadEvent] = []
     skipped = 0
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise NotificationError(f"Records[{index}] is not an object")
-        name = str(record.get("eventName", ""))
-        if not name.removeprefix("s3:").startswith("ObjectCreated:"):
+        name = record.get("eventName")
+        if not isinstance(name, str) or not name.removeprefix("s3:").startswith("ObjectCreated:"):
             skipped += 1
             continue
-        events.append(_event_from_record(record, index, rule))
+        events.append(_event_from_record(record, f"Records[{index}]", rule))
     return events, skipped
 
 
-def _event_from_record(record: dict[str, Any], index: int, rule: TenantRule) -> UploadEvent:
+def _event_from_record(record: dict[str, Any], where: str, rule: TenantRule) -> UploadEvent:
+    s3 = _member(record, "s3", dict, where)
+    obj = _member(s3, "object", dict, f"{where}.s3")
+    bucket = _member(_member(s3, "bucket", dict, f"{where}.s3"), "name", str, f"{where}.s3.bucket")
+    key = unquote_plus(_member(obj, "key", str, f"{where}.s3.object"))
+    version = _optional_str(obj, "versionId", where)
+    sequencer = _optional_str(obj, "sequencer", where)
+    etag = _optional_str(obj, "eTag", where) or _optional_str(obj, "etag", where)
     try:
-        s3 = record["s3"]
-        bucket = str(s3["bucket"]["name"])
-        obj = s3["object"]
-        key = unquote_plus(str(obj["key"]))
-    except (KeyError, TypeError) as exc:
-        raise NotificationError(f"Records[{index}] lacks s3.bucket.name or s3.object.key") from exc
-    version = obj.get("versionId") or None
-    sequencer = obj.get("sequencer") or None
-    uploaded_at = None
-    if isinstance(record.get("eventTime"), str):
-        try:
-            parsed = datetime.fromisoformat(record["eventTime"].replace("Z", "+00:00"))
-            uploaded_at = parsed if parsed.tzinfo is not None else None
-        except ValueError:
-            uploaded_at = None
-    try:
-        return UploadEvent(
-            event_id=derive_event_id(bucket, key, version, sequencer),
-            tenant_id=rule.tenant_for(bucket, key),
-            object=ObjectRef(
-                bucket=bucket,
-                key=key,
-                version_id=version,
-                etag=obj.get("eTag") or obj.get("etag") or None,
-                size=obj.get("size"),
-                content_type=obj.get("contentType") or None,
-            ),
-            uploaded_at=uploaded_at,
+        ref = ObjectRef(
+            bucket=bucket,
+            key=key,
+            version_id=version,
+            etag=etag,
+            size=obj.get("size"),
+            content_type=_optional_str(obj, "contentType", where),
         )
-    except ValueError as exc:
-        if isinstance(exc, NotificationError):
-            raise
-        raise NotificationError(f"Records[{index}]: {exc}".splitlines()[0]) from exc
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        name = _FIELD_NAMES.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else ""
+        raise NotificationError(f"{where}.{name}: {err['msg']}") from exc
+    return UploadEvent(
+        event_id=derive_event_id(bucket, key, version, sequencer),
+        tenant_id=rule.tenant_for(bucket, key),
+        object=ref,
+        uploaded_at=_event_time(record.get("eventTime")),
+    )
+
+
+# ObjectRef's field names as the notification spells them, for error messages.
+_FIELD_NAMES = {
+    "bucket": "s3.bucket.name",
+    "key": "s3.object.key",
+    "version_id": "s3.object.versionId",
+    "etag": "s3.object.eTag",
+    "size": "s3.object.size",
+    "content_type": "s3.object.contentType",
+}
+
+_KIND_NAMES: dict[type, str] = {dict: "an object", str: "a string"}
+
+
+def _member(doc: dict[str, Any], name: str, kind: type[_T], where: str) -> _T:
+    value = doc.get(name)
+    if value is None:
+        raise NotificationError(f"{where}.{name} is missing")
+    if not isinstance(value, kind):
+        raise NotificationError(f"{where}.{name} is not {_KIND_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+def _optional_str(obj: dict[str, Any], name: str, where: str) -> str | None:
+    """An optional string of `s3.object`; empty counts as absent, as S3 sends it."""
+    value = obj.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise NotificationError(f"{where}.s3.object.{name} is not a string")
+    return value
+
+
+def _event_time(value: Any) -> datetime | None:
+    """eventTime when it is an ISO 8601 time with an offset; otherwise unknown (not an error)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            return None
+        parsed.astimezone(UTC)  # year 1 or 9999 with an offset has no UTC time
+    except (ValueError, OverflowError):
+        return None
+    return parsed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from datetime import UTC, datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -41,6 +43,17 @@ class UploadEvent(BaseModel):
     uploaded_at: AwareDatetime | None = None
     context: UploadContext = Field(default_factory=UploadContext)
     attributes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("uploaded_at")
+    @classmethod
+    def _convertible_to_utc(cls, value: datetime | None) -> datetime | None:
+        """Year 1 or 9999 with an offset has no UTC time; reports convert every time to UTC."""
+        if value is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError as exc:
+                raise ValueError("time is out of range in UTC") from exc
+        return value
 
     @property
     def surface(self) -> str:

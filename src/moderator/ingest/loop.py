@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from moderator.emit.records import OutRecord, dlq_output, trace_from_headers
 from moderator.errors import ErrorCode
-from moderator.events.parse import MalformedMessage, parse_message
+from moderator.events.parse import MalformedMessage, one_line, parse_message
 from moderator.events.s3notify import TenantRule
 from moderator.events.verdict import InputCoords
 from moderator.ingest.checkpoint import CheckpointAborted, FatalKafkaError, commit_checkpoint
@@ -32,6 +32,7 @@ class LoopStats:
     messages: int = 0
     events: int = 0
     dlq: int = 0
+    accept_errors: int = 0  # messages dead-lettered by the intake's safety net (a bug)
     skipped_records: int = 0
     checkpoints: int = 0
     aborted: int = 0
@@ -160,6 +161,7 @@ class IngestLoop:
     # -- intake --------------------------------------------------------------------------------
 
     def _accept(self, msg: Any) -> None:
+        """Start the message's events, or dead-letter it: every message completes its offset."""
         err = msg.error()
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
@@ -170,39 +172,61 @@ class IngestLoop:
         self.stats.messages += 1
         self._tracker.track(tp, offset)
         try:
-            parsed = parse_message(msg.value(), self._rule)
+            jobs, skipped = self._jobs_for(msg, tp, offset)
         except MalformedMessage as exc:
-            self.stats.dlq += 1
-            log.info("dead_lettered", topic=tp[0], partition=tp[1], offset=offset, reason=str(exc))
-            dlq = dlq_output(
-                dlq_topic=self._s.kafka.topics.dlq,
-                key=msg.key(),
-                value=msg.value(),
-                code=ErrorCode.MALFORMED_EVENT.value,
-                message=str(exc),
-                source_topic=tp[0],
-                partition=tp[1],
-                offset=offset,
-            )
-            self._complete(tp, offset, [dlq])
+            self._dead_letter(msg, tp, offset, str(exc))
             return
-        self.stats.skipped_records += parsed.skipped_records
-        if not parsed.events:
+        except Exception as exc:
+            # Safety net for a bug in parsing or job creation: it costs this one message (in the
+            # DLQ, the exception named in its headers, logged with the traceback), never the loop
+            # and with it every later message of the partition.
+            self.stats.accept_errors += 1
+            log.exception("accept_failed", topic=tp[0], partition=tp[1], offset=offset)
+            self._dead_letter(
+                msg, tp, offset, one_line(f"internal error: {type(exc).__name__}: {exc}")
+            )
+            return
+        self.stats.skipped_records += skipped
+        if not jobs:
             self._complete(tp, offset, [])
             return
         generation = self._generation.get(tp, 0)
-        self._work[(tp, offset)] = _MessageWork([None] * len(parsed.events), len(parsed.events))
+        self._work[(tp, offset)] = _MessageWork([None] * len(jobs), len(jobs))
+        for index, job in enumerate(jobs):
+            self._jobs += 1
+            self.stats.events += 1
+            self._processor.submit(job, self._completer(tp, generation, offset, index))
+
+    def _jobs_for(self, msg: Any, tp: TP, offset: int) -> tuple[list[Job], int]:
+        """All of the message's jobs, or none (MalformedMessage), and its skipped records."""
+        parsed = parse_message(msg.value(), self._rule)
+        if not parsed.events:
+            return [], parsed.skipped_records
         ts_type, ts = msg.timestamp()
         coords = InputCoords(
             topic=tp[0], partition=tp[1], offset=offset, timestamp_ms=ts if ts_type else None
         )
-        for index, event in enumerate(parsed.events):
-            self._jobs += 1
-            self.stats.events += 1
-            job = Job(
-                event, coords, trace_from_headers(msg.headers(), event.event_id), time.monotonic()
-            )
-            self._processor.submit(job, self._completer(tp, generation, offset, index))
+        headers, now = msg.headers(), time.monotonic()
+        jobs = [
+            Job(event, coords, trace_from_headers(headers, event.event_id), now)
+            for event in parsed.events
+        ]
+        return jobs, parsed.skipped_records
+
+    def _dead_letter(self, msg: Any, tp: TP, offset: int, reason: str) -> None:
+        self.stats.dlq += 1
+        log.info("dead_lettered", topic=tp[0], partition=tp[1], offset=offset, reason=reason)
+        dlq = dlq_output(
+            dlq_topic=self._s.kafka.topics.dlq,
+            key=msg.key(),
+            value=msg.value(),
+            code=ErrorCode.MALFORMED_EVENT.value,
+            message=reason,
+            source_topic=tp[0],
+            partition=tp[1],
+            offset=offset,
+        )
+        self._complete(tp, offset, [dlq])
 
     def _completer(
         self, tp: TP, generation: int, offset: int, index: int
