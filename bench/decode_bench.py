@@ -1,14 +1,33 @@
-"""How much JPEG draft decoding saves on 12-megapixel photos: full decode vs target size."""
+"""Decoding costs: time saved by JPEG draft decoding, and peak memory per decode vs its estimate.
+
+    .venv/bin/python bench/decode_bench.py             # draft vs full decode of 12 MP JPEGs
+    .venv/bin/python bench/decode_bench.py --memory    # peak RSS of one decode, per format/mode
+
+The memory mode decodes one image per case in a fresh process and reads the kernel's peak
+resident set size (VmHWM, reset just before the decode) against the bytes decode_image reserved
+from its DecodeBudget: the estimate must never be below the measurement. tests/test_decode_cost.py
+runs it for the costliest cases.
+"""
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import io
+import json
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodeLimits, decode_image
 
 SIZE = (4000, 3000)
@@ -72,8 +91,197 @@ def run_decode_bench(n_images: int = 5, target: int = 448) -> dict[str, float]:
     }
 
 
+# -- peak memory per decode ---------------------------------------------------------------------
+
+MiB = 1 << 20
+ALL_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+MEMORY_TARGET = 448
+
+
+def _encode(im: Image.Image, fmt: str, **params: Any) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def _noise(size: tuple[int, int], mode: str) -> Image.Image:
+    """Noise in `mode`, so that no decoder can take a shortcut on flat data."""
+    grey = Image.effect_noise(size, 64)
+    if mode in ("L", "1", "P"):
+        return grey.convert(mode)
+    bands = [grey.rotate(90 * i) for i in range(len(Image.new(mode, (1, 1)).getbands()))]
+    return Image.merge(mode, bands[: len(Image.new(mode, (1, 1)).getbands())])
+
+
+def _frames(size: tuple[int, int], n: int, mode: str) -> list[Image.Image]:
+    return [Image.new(mode, size, (40 * i) % 256 if mode in ("L", "P") else None) for i in range(n)]
+
+
+def memory_cases(side: int) -> dict[str, Callable[[], bytes]]:
+    """Images that make decode_image allocate the most, per format and mode, `side` px square."""
+    size = (side, side)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+
+    def animation(fmt: str, mode: str, **params: Any) -> bytes:
+        noise = _noise(size, mode)
+        turns = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM)
+        frames = [noise, *(noise.transpose(t) for t in turns)]
+        return _encode(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
+
+    return {
+        "png-L-flat": lambda: _encode(Image.new("L", size), "PNG"),
+        "png-1": lambda: _encode(_noise(size, "1"), "PNG"),
+        "png-RGB-interlaced": lambda: _encode(_noise(size, "RGB"), "PNG", interlace=1),
+        "png-RGBA": lambda: _encode(_noise(size, "RGBA"), "PNG", compress_level=0),
+        "png-LA": lambda: _encode(_noise(size, "LA"), "PNG"),
+        "png-P-transparent": lambda: _encode(_noise(size, "P"), "PNG", transparency=0),
+        "png-I16": lambda: _encode(
+            _noise(size, "L").point(lambda v: v * 250).convert("I;16"), "PNG"
+        ),
+        "apng-RGBA": lambda: animation("PNG", "RGBA", duration=40, disposal=2, compress_level=0),
+        "gif-P": lambda: _encode(_noise(size, "P"), "GIF"),
+        "gif-anim": lambda: animation("GIF", "P", duration=40, disposal=2, transparency=0),
+        "gif-anim-previous": lambda: animation("GIF", "P", duration=40, disposal=3),
+        "gif-anim-RGB": lambda: _gif_local_palettes(size),
+        "webp-lossy": lambda: _encode(_noise(size, "RGB"), "WEBP", quality=90),
+        "webp-RGBA": lambda: _encode(_noise(size, "RGBA"), "WEBP", lossless=True),
+        "webp-anim": lambda: animation("WEBP", "RGBA", duration=40, lossless=True, method=0),
+        "tiff-RGB": lambda: _encode(_noise(size, "RGB"), "TIFF"),
+        "tiff-RGBA-lzw": lambda: _encode(_noise(size, "RGBA"), "TIFF", compression="tiff_lzw"),
+        "tiff-RGBA-one-strip": lambda: _encode(
+            _noise(size, "RGBA"), "TIFF", compression="tiff_adobe_deflate", strip_size=1 << 40
+        ),
+        "tiff-CMYK": lambda: _encode(
+            _noise(size, "CMYK"), "TIFF", compression="tiff_adobe_deflate"
+        ),
+        "tiff-I16": lambda: _encode(_noise(size, "L").convert("I;16"), "TIFF"),
+        "tiff-pages": lambda: animation("TIFF", "RGB"),
+        "jpeg-444": lambda: _encode(_noise(size, "RGB"), "JPEG", subsampling=0, quality=95),
+        "jpeg-progressive": lambda: _encode(
+            _noise(size, "RGB"), "JPEG", progressive=True, subsampling=0, quality=95
+        ),
+        "jpeg-CMYK": lambda: _encode(_noise(size, "CMYK"), "JPEG"),
+        "jpeg-rotated": lambda: _encode(_noise(size, "RGB"), "JPEG", exif=exif.tobytes()),
+        "bmp-RGB": lambda: _encode(_noise(size, "RGB"), "BMP"),
+        "bmp-rle8": lambda: _bmp_rle8(side),
+    }
+
+
+def _gif_local_palettes(size: tuple[int, int]) -> bytes:
+    """Three noise frames, each with a palette of its own: Pillow composites them in RGB."""
+    frames = []
+    for i in range(3):
+        frame = _noise(size, "P")
+        frame.putpalette([(v * (i + 3)) % 256 for v in range(768)])
+        frames.append(frame)
+    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], optimize=False)
+
+
+def _bmp_rle8(side: int) -> bytes:
+    """An 8-bit RLE BMP (Pillow cannot write one): every row is a run of one colour."""
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    rows = b"".join(
+        bytes((255, y % 256)) * (side // 255) + bytes((side % 255, 1, 0, 0)) for y in range(side)
+    )
+    pixels = rows + b"\x00\x01"
+    header = (
+        (40).to_bytes(4, "little")
+        + side.to_bytes(4, "little")
+        + side.to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (8).to_bytes(2, "little")
+        + (1).to_bytes(4, "little")
+        + len(pixels).to_bytes(4, "little")
+        + bytes(8)
+        + (256).to_bytes(4, "little")
+        + bytes(4)
+    )
+    offset = 14 + len(header) + len(palette)
+    file_header = b"BM" + (offset + len(pixels)).to_bytes(4, "little") + bytes(4)
+    return file_header + offset.to_bytes(4, "little") + header + palette + pixels
+
+
+def _status(key: str) -> int:
+    with Path("/proc/self/status").open(encoding="ascii") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _probe(path: str, target: int | None) -> dict[str, Any]:
+    """In this (fresh) process: decode `path` once and report its peak RSS over the baseline."""
+    limits = DecodeLimits(ALL_FORMATS, 64_000_000, 4)
+    data = Path(path).read_bytes()
+    warm = _encode(Image.new("RGB", (64, 64)), "PNG")
+    decode_image(warm, limits, 16)  # plugins imported, allocator warmed
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc_trim(0)
+    base = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    budget = DecodeBudget(1 << 40, 1.0)
+    started = time.perf_counter()
+    decode_image(data, limits, target, budget)
+    return {
+        "measured": _status("VmHWM") - base,
+        "estimate": budget.peak,
+        "seconds": time.perf_counter() - started,
+        "object": len(data),
+    }
+
+
+def measure_memory(
+    side: int = 2048, names: list[str] | None = None, target: int | None = MEMORY_TARGET
+) -> list[dict[str, Any]]:
+    """Peak RSS of one decode and decode_image's estimate for it, per case (fresh processes)."""
+    cases = memory_cases(side)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names or list(cases):
+            path = Path(tmp) / name
+            path.write_bytes(cases[name]())
+            arg = "none" if target is None else str(target)
+            out = subprocess.run(
+                [sys.executable, __file__, "--probe", str(path), arg],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows.append({"case": name, "side": side, **json.loads(out.stdout)})
+    return rows
+
+
 def main() -> None:
     """Run the bench with its defaults and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--memory", action="store_true", help="peak RSS per decode vs estimate")
+    parser.add_argument("--side", type=int, default=4096, help="--memory: image side in pixels")
+    parser.add_argument("--full", action="store_true", help="--memory: no target size")
+    parser.add_argument("--json", action="store_true", help="--memory: one JSON document")
+    parser.add_argument("--case", action="append", help="--memory: only these cases")
+    parser.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        path, target = args.probe
+        print(json.dumps(_probe(path, None if target == "none" else int(target))))
+        return
+    if args.memory:
+        target = None if args.full else MEMORY_TARGET
+        rows = measure_memory(args.side, args.case, target)
+        if args.json:
+            print(json.dumps(rows))
+            return
+        shown = "none" if args.full else MEMORY_TARGET
+        print(f"peak RSS of one decode, {args.side}x{args.side}, target {shown}")
+        for r in rows:
+            ratio = r["estimate"] / max(r["measured"], 1)
+            print(
+                f"  {r['case']:20} measured {r['measured'] / MiB:7.1f} MiB  "
+                f"estimate {r['estimate'] / MiB:7.1f} MiB  x{ratio:4.2f}  {r['seconds']:.2f}s  "
+                f"object {r['object'] / MiB:.1f} MiB"
+            )
+        return
     r = run_decode_bench()
     print(f"decode bench: {int(r['n_images'])} x 4000x3000 JPEG q90 ({r['mean_jpeg_mb']:.1f} MB)")
     print(f"  full decode (target_size=None): {r['full_ms']:8.1f} ms/image")

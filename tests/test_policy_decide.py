@@ -158,7 +158,7 @@ ON_ERROR_CASES: list[dict[str, str]] = [
 
 def error_oracle(on_error: dict[str, str], code: ErrorCode) -> str:
     action = on_error[code.value] if code.value in on_error else on_error.get("default", "review")
-    security = {"tenant_mismatch", "unknown_tenant", "decompression_bomb"}
+    security = {"tenant_mismatch", "unknown_tenant", "decompression_bomb", "decode_timeout"}
     return "review" if code.value in security and action == "allow" else action
 
 
@@ -178,6 +178,7 @@ def test_security_errors_never_allow() -> None:
         "tenant_mismatch",
         "unknown_tenant",
         "decompression_bomb",
+        "decode_timeout",
     }
 
 

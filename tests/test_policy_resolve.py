@@ -207,7 +207,7 @@ def test_on_error_merges_key_by_key() -> None:
 
 def test_an_allowing_default_must_name_every_security_error() -> None:
     text = "on_error: {default: allow, tenant_mismatch: block, unknown_tenant: review, "
-    files = directory(acme=text + "decompression_bomb: review}\n")
+    files = directory(acme=text + "decompression_bomb: review, decode_timeout: block}\n")
     assert resolve(files, "acme", "default", KEY_PREFIX).on_error["default"] == "allow"
 
 
@@ -311,15 +311,19 @@ def test_invalid_tenant_ids_are_refused(tenant: str) -> None:
         resolve(directory(), tenant, "default", KEY_PREFIX)
 
 
+OTHER = "STATEMENT_CATEGORY_OTHER_VIOLATION_TC"
+MINORS = "STATEMENT_CATEGORY_PROTECTION_OF_MINORS"
+
+
 def test_metadata_and_dsa_merge() -> None:
     files = directory(
-        default=default_yaml() + "dsa: {categories: {O3: SEX, O4: NUDITY}}\n",
-        acme="description: acme policy\ndsa: {categories: {O4: ADULT}, "
+        default=default_yaml() + f"dsa: {{categories: {{O3: {OTHER}, O4: {OTHER}}}}}\n",
+        acme=f"description: acme policy\ndsa: {{categories: {{O4: {MINORS}}}, "
         "review_restricts_visibility: true}\n",
     )
     policy = resolve(files, "acme", "default", KEY_PREFIX)
     assert (policy.description, policy.owner) == ("acme policy", "tests")
-    assert policy.dsa_categories == {"O3": "SEX", "O4": "ADULT"}
+    assert policy.dsa_categories == {"O3": OTHER, "O4": MINORS}
     assert policy.review_restricts_visibility
 
 

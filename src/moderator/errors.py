@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     CORRUPT_IMAGE = "corrupt_image"
     DECOMPRESSION_BOMB = "decompression_bomb"
+    DECODE_TIMEOUT = "decode_timeout"  # more decoding work or CPU time than the fetch limits allow
     TENANT_MISMATCH = "tenant_mismatch"
     UNKNOWN_TENANT = "unknown_tenant"
     ENGINE_TIMEOUT = "engine_timeout"
@@ -32,9 +33,16 @@ class ErrorCode(StrEnum):
 
 
 SECURITY_ERRORS: frozenset[ErrorCode] = frozenset(
-    {ErrorCode.TENANT_MISMATCH, ErrorCode.UNKNOWN_TENANT, ErrorCode.DECOMPRESSION_BOMB}
+    {
+        ErrorCode.TENANT_MISMATCH,
+        ErrorCode.UNKNOWN_TENANT,
+        ErrorCode.DECOMPRESSION_BOMB,
+        ErrorCode.DECODE_TIMEOUT,
+    }
 )
-"""Error codes that a policy may never map to `allow`."""
+"""Error codes that a policy may never map to `allow`: an uploader can cause them on purpose
+(a crafted file that is too big or too slow to decode), so allowing them would let any image
+through unchecked."""
 
 
 class ProcessingError(ModeratorError):

@@ -20,6 +20,7 @@ _ERROR_PHRASES = {
     "unsupported_format": "the file is not in a supported image format",
     "corrupt_image": "the file is damaged or is not a valid image",
     "decompression_bomb": "the image is too large once decoded",
+    "decode_timeout": "the image took too long to decode for checking",
     "engine_timeout": "the automated check did not finish in time",
     "engine_error": "the automated check failed",
     "unparseable_output": "the automated check gave no usable answer",

@@ -1,41 +1,42 @@
-"""Decode object bytes into a few RGB frames, refusing bombs, odd formats and broken files."""
+"""Decode object bytes into a few RGB frames, refusing bombs, odd formats and broken files.
+
+Every decode is planned from the header first (frame count, sizes, modes): the plan's peak
+memory is reserved from the process's DecodeBudget before a pixel is decoded, and the decode
+runs against a deadline checked between frames and between the full-size steps of each frame.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 from moderator.errors import ErrorCode, ProcessingError
+from moderator.fetch import pixels
+from moderator.fetch.budget import DecodeBudget
+from moderator.fetch.decode_cost import DecodePlan, FrameShape, peak_bytes
+from moderator.fetch.limits import Deadline, DecodeLimits
+from moderator.fetch.prescan import GifLayout, count_jpeg_scans, count_png_chunks, scan_gif
 
-if TYPE_CHECKING:
-    from moderator.settings import FetchSettings
+__all__ = ["DecodeLimits", "DecodedImage", "decode_image", "sample_indices", "sha256_hex"]
 
 MAX_SOURCE_FRAMES = 10_000
 """More frames than this is not a real animation but a way to burn CPU: treated as a bomb."""
+MAX_PNG_CHUNKS = 100_000
+"""Pillow parses PNG chunks in Python (about 3 us each): a file of tiny chunks burns CPU."""
+SCANS_PER_PASS = 8
+"""A progressive JPEG's scans cost about an eighth of a full decode each (measured)."""
+
+COMPOSITED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+"""Animations whose frame k is drawn over frame k-1: reaching it decodes every frame before."""
 
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """What decode_image accepts: format allowlist, pixel limit, frames sampled (K)."""
-
-    allowed_formats: tuple[str, ...]
-    max_pixels: int
-    max_frames: int
-
-    @classmethod
-    def from_settings(cls, s: FetchSettings) -> DecodeLimits:
-        """The limits configured in the `fetch` settings section."""
-        return cls(tuple(f.upper() for f in s.allowed_formats), s.max_pixels, s.max_frames)
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,24 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, limits: DecodeLimits, target_size: int | None) -> DecodedImage:
+def decode_image(
+    data: bytes, limits: DecodeLimits, target_size: int | None, budget: DecodeBudget | None = None
+) -> DecodedImage:
     """Decode `data` into up to `limits.max_frames` RGB frames, longest side <= `target_size`.
 
-    Raises ProcessingError: UNSUPPORTED_FORMAT, CORRUPT_IMAGE or DECOMPRESSION_BOMB.
+    With a `budget`, the decode's planned peak memory is reserved from it first (waiting for
+    other decodes to finish if need be). `limits.timeout_s` bounds the CPU time it may use.
+    Raises ProcessingError: UNSUPPORTED_FORMAT, CORRUPT_IMAGE, DECOMPRESSION_BOMB or
+    DECODE_TIMEOUT.
     """
     digest = sha256_hex(data)
+    clock = Deadline(limits.timeout_s)
     try:
         with _open_allowed(data, limits.allowed_formats) as im:
-            return _decode(im, limits, target_size, digest)
+            clock.check("parsing the header")
+            plan, source = _plan(im, data, limits, target_size)
+            with _reserved(budget, peak_bytes(plan)):
+                return _decode(im, source, plan, clock, digest)
     except ProcessingError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -76,6 +86,15 @@ def decode_image(data: bytes, limits: DecodeLimits, target_size: int | None) -> 
     # every one of them means the bytes are not a usable image.
     except Exception as exc:
         raise ProcessingError(ErrorCode.CORRUPT_IMAGE, _first_line(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _Source:
+    format: str
+    width: int  # frame 0's size before any draft scaling
+    height: int
+    frame_count: int
+    indices: tuple[int, ...]  # the frames to keep
 
 
 def _open_allowed(data: bytes, allowed: tuple[str, ...]) -> ImageFile.ImageFile:
@@ -92,6 +111,8 @@ def _open_allowed(data: bytes, allowed: tuple[str, ...]) -> ImageFile.ImageFile:
         # Plugins without a sniffer are never tried: Pillow would feed them anything.
         if factory is None or accept is None or not _accepts(accept, prefix):
             continue
+        if name.upper() == "PNG":
+            _check_png_chunks(data)  # before Pillow parses them
         try:
             return factory(io.BytesIO(data), "")
         except SyntaxError as exc:
@@ -103,6 +124,13 @@ def _open_allowed(data: bytes, allowed: tuple[str, ...]) -> ImageFile.ImageFile:
     raise ProcessingError(ErrorCode.UNSUPPORTED_FORMAT, what)
 
 
+def _check_png_chunks(data: bytes) -> None:
+    chunks = count_png_chunks(data, MAX_PNG_CHUNKS)
+    if chunks > MAX_PNG_CHUNKS:
+        msg = f"more than {MAX_PNG_CHUNKS} PNG chunks to parse"
+        raise ProcessingError(ErrorCode.DECODE_TIMEOUT, msg)
+
+
 def _accepts(accept: Callable[[bytes], bool | str], prefix: bytes) -> bool:
     try:
         return accept(prefix) is True
@@ -110,29 +138,132 @@ def _accepts(accept: Callable[[bytes], bool | str], prefix: bytes) -> bool:
         return False
 
 
-def _decode(
-    im: ImageFile.ImageFile, limits: DecodeLimits, target: int | None, digest: str
-) -> DecodedImage:
+def _plan(
+    im: ImageFile.ImageFile, data: bytes, limits: DecodeLimits, target: int | None
+) -> tuple[DecodePlan, _Source]:
+    """What will be decoded, from the header alone; refuses what is over the pixel limits."""
     fmt = im.format or "UNKNOWN"
+    width, height = im.size
     _check_pixels(im.size, limits.max_pixels)
+    # Pillow counts a GIF's frames by walking them all in Python: count (boundedly) first.
+    layout = scan_gif(data, MAX_SOURCE_FRAMES) if fmt == "GIF" else None
     if fmt == "MPO":
         # A multi-picture JPEG (stereo or depth views): the primary picture is the photo.
         fmt, n_frames = "JPEG", 1
+    elif layout is not None and layout.frames > MAX_SOURCE_FRAMES:
+        n_frames = layout.frames
     else:
         n_frames = int(getattr(im, "n_frames", 1))
     if not 1 <= n_frames <= MAX_SOURCE_FRAMES:
         code = ErrorCode.CORRUPT_IMAGE if n_frames < 1 else ErrorCode.DECOMPRESSION_BOMB
         raise ProcessingError(code, f"{n_frames} frames (limit {MAX_SOURCE_FRAMES})")
-    orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+    indices = tuple(sample_indices(n_frames, limits.max_frames))
+    source = _Source(fmt, width, height, n_frames, indices)
+    progressive = 0
+    if fmt == "JPEG":
+        if im.info.get("progressive"):
+            progressive = width * height
+        if target is not None:
+            # libjpeg then decodes at 1/2, 1/4 or 1/8 scale: most of the cost of a large photo.
+            im.draft("RGB", pixels.fit(im.size, target))
+    composited = n_frames > 1 and fmt in COMPOSITED_FORMATS
+    if composited:
+        canvas = _canvas(im, layout)
+        _check_pixels(canvas, limits.max_pixels)
+        # Frames after the first are composited in RGB(A), whatever the first frame's mode.
+        mode = "RGBA" if fmt == "GIF" else im.mode
+        shapes = tuple(FrameShape(*canvas, mode) for _ in indices)
+        visited = indices[-1] + 1  # reaching a frame decodes every one before it
+        work = canvas[0] * canvas[1] * visited
+        what = f"{visited} frames of {canvas[0]}x{canvas[1]}"
+    elif n_frames > 1:
+        shapes = tuple(_page_shape(im, i, limits.max_pixels) for i in indices)
+        im.seek(0)
+        work = sum(f.pixels for f in shapes)
+        what = f"{len(shapes)} pages"
+    elif fmt == "JPEG":
+        shapes = (_shape(im),)
+        # Every scan is a pass over the full-size image, whatever the draft scale.
+        scans = count_jpeg_scans(data)
+        work = width * height * -(-scans // SCANS_PER_PASS)
+        what = f"{width}x{height} in {scans} scans"
+    else:
+        shapes = (_shape(im),)
+        work = width * height
+        what = f"{width}x{height}"
+    if limits.max_decoded_pixels is not None and work > limits.max_decoded_pixels:
+        raise ProcessingError(
+            ErrorCode.DECODE_TIMEOUT,
+            f"decoding {what} = {work} pixels is more work than allowed "
+            f"(fetch.max_decoded_pixels = {limits.max_decoded_pixels})",
+        )
+    plan = DecodePlan(
+        format=fmt,
+        frames=shapes,
+        target=target,
+        object_bytes=len(data),
+        composited=composited,
+        progressive_pixels=progressive,
+        components=int(getattr(im, "layers", 4) or 4),
+        rle=any(tile[0] == "bmp_rle" for tile in im.tile),
+    )
+    return plan, source
+
+
+def _canvas(im: ImageFile.ImageFile, layout: GifLayout | None) -> tuple[int, int]:
+    """An animation's canvas: a GIF's grows to fit frames that stick out of its screen."""
+    if layout is None:
+        return im.size
+    return max(layout.width, im.size[0]), max(layout.height, im.size[1])
+
+
+def _shape(im: ImageFile.ImageFile) -> FrameShape:
+    mode = im.mode
+    if "transparency" in im.info and mode in ("1", "L", "P", "RGB"):
+        mode = "PA"  # a transparent colour becomes alpha before resampling: count it as such
+    return FrameShape(im.size[0], im.size[1], mode)
+
+
+def _page_shape(im: ImageFile.ImageFile, index: int, max_pixels: int) -> FrameShape:
+    """A page of a multi-page file whose pages are independent (TIFF): its own size and mode."""
+    im.seek(index)
+    _check_pixels(im.size, max_pixels)
+    return _shape(im)
+
+
+@contextmanager
+def _reserved(budget: DecodeBudget | None, nbytes: int) -> Iterator[None]:
+    if budget is None:
+        yield
+        return
+    with budget.reserve(nbytes):
+        yield
+
+
+def _decode(
+    im: ImageFile.ImageFile, source: _Source, plan: DecodePlan, clock: Deadline, digest: str
+) -> DecodedImage:
+    orientation = im.getexif().get(_ORIENTATION_TAG, 1)  # PNG: decodes frame 0 to find it
     orientation = orientation if isinstance(orientation, int) else 1
-    width, height = im.size[::-1] if orientation in _SWAPPING_ORIENTATIONS else im.size
+    size = (source.width, source.height)
+    width, height = size[::-1] if orientation in _SWAPPING_ORIENTATIONS else size
+    # Composited animations are walked frame by frame, each decoded once, so that the deadline
+    # is checked between any two of them; other formats seek straight to the frames kept.
+    steps = range(source.indices[-1] + 1) if plan.composited else source.indices
+    largest = max(f.pixels for f in plan.frames)
     frames = []
-    for index in sample_indices(n_frames, limits.max_frames):
+    for index in steps:
         if index:
+            clock.check(f"before frame {index}")
             im.seek(index)
-            _check_pixels(im.size, limits.max_pixels)
-        frames.append(_frame(im, fmt, orientation, target))
-    return DecodedImage(tuple(frames), fmt, width, height, n_frames, digest)
+            if im.size[0] * im.size[1] > largest:
+                msg = f"frame {index} is {im.size[0]}x{im.size[1]}, larger than its header said"
+                raise ProcessingError(ErrorCode.DECOMPRESSION_BOMB, msg)
+        if index in source.indices:
+            frames.append(_frame(im, orientation, plan.target, clock))
+        else:
+            im.load()
+    return DecodedImage(tuple(frames), source.format, width, height, source.frame_count, digest)
 
 
 def sample_indices(n_frames: int, k: int) -> list[int]:
@@ -144,48 +275,21 @@ def sample_indices(n_frames: int, k: int) -> list[int]:
     return sorted({round(i * (n_frames - 1) / (k - 1)) for i in range(k)})
 
 
-def _frame(im: ImageFile.ImageFile, fmt: str, orientation: int, target: int | None) -> Image.Image:
-    if target is not None and fmt == "JPEG":
-        # libjpeg then decodes at 1/2, 1/4 or 1/8 scale: most of the cost of a large photo.
-        im.draft("RGB", _fit(im.size, target))
+def _frame(
+    im: ImageFile.ImageFile, orientation: int, target: int | None, clock: Deadline
+) -> Image.Image:
     im.load()
-    source: Image.Image = ImageOps.exif_transpose(im) if orientation != 1 else im
-    rgb = _to_rgb(source)
-    if target is not None:
-        rgb.thumbnail((target, target))
-    return rgb
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """A new RGB image; alpha is composited on white, 16-bit and float values are rescaled."""
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        wide = im.convert("I") if im.mode.startswith("I;16") else im
-        high = wide.getextrema()[1]
-        if isinstance(high, int | float) and high > 255:
-            wide = wide.point(lambda v: v * (255 / 65535))
-        return wide.convert("L").convert("RGB")
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
-    return im.convert("RGB")
-
-
-def _fit(size: tuple[int, int], target: int) -> tuple[int, int]:
-    """The size `thumbnail((target, target))` produces: never larger than the source."""
-    w, h = size
-    scale = min(1.0, target / max(w, h))
-    return max(1, round(w * scale)), max(1, round(h * scale))
+    clock.check("after decoding a frame")
+    return pixels.engine_frame(im, orientation, target, clock.check)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     # Pillow's own limit still applies deeper down (as a warning, then an error): never let
     # an image past ours that would only trip it later.
     max_pixels = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-    pixels = size[0] * size[1]
-    if pixels > max_pixels:
-        msg = f"{size[0]}x{size[1]} = {pixels} pixels (limit {max_pixels})"
+    count = size[0] * size[1]
+    if count > max_pixels:
+        msg = f"{size[0]}x{size[1]} = {count} pixels (limit {max_pixels})"
         raise ProcessingError(ErrorCode.DECOMPRESSION_BOMB, msg)
 
 

@@ -26,6 +26,7 @@ from tenacity import (
 
 from moderator.errors import ErrorCode, ProcessingError
 from moderator.fetch.store import FetchedObject
+from moderator.masking import mask_passwords
 from moderator.settings import S3Settings
 
 log = structlog.get_logger("moderator.fetch")
@@ -138,7 +139,10 @@ class S3ObjectStore:
         except _TRANSPORT_ERRORS as exc:
             raise _Transient(type(exc).__name__) from exc
         except BotoCoreError as exc:
-            raise ProcessingError(ErrorCode.FETCH_FAILED, f"{where}: {exc}") from exc
+            # botocore names the endpoint URL in its messages: never show a password from it.
+            raise ProcessingError(
+                ErrorCode.FETCH_FAILED, f"{where}: {mask_passwords(str(exc))}"
+            ) from exc
         body = response["Body"]
         try:
             length = response.get("ContentLength")

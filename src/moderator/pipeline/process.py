@@ -20,6 +20,7 @@ from moderator.engine.window import EngineWindow, WindowResult
 from moderator.errors import ErrorCode, ProcessingError
 from moderator.events.upload import UploadEvent
 from moderator.events.verdict import InputCoords, ModelInfo, PolicyRef, Timings, VerdictError
+from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image
 from moderator.fetch.store import ObjectStore
 from moderator.pipeline.assemble import (
@@ -39,6 +40,8 @@ Done = Callable[[list[OutRecord]], None]
 _ENGINE_ERRORS = frozenset(
     {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT, ErrorCode.UNPARSEABLE_OUTPUT}
 )
+RGB_BYTES_PER_PIXEL = 4  # Pillow stores RGB with a padding byte
+UNLIMITED_DECODE_WAIT_S = 600.0  # without a decode deadline: how long one may wait for budget
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,25 @@ class Processor:
         self._topics = topics
         self._instance_id = instance_id
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fetch")
+        # One budget for the process: every decode of every fetch worker reserves from it. A
+        # wait lasts while the decodes ahead use up to their CPU time each, on shared cores:
+        # twice that in all is the most it should take, so longer means a stuck holder.
+        per_decode_s = limits.timeout_s if limits.timeout_s is not None else UNLIMITED_DECODE_WAIT_S
+        self.decode_budget = (
+            DecodeBudget(limits.budget_bytes, 2 * concurrency * per_decode_s)
+            if limits.budget_bytes is not None
+            else None
+        )
         self._lock = threading.Condition()
         self._buffered = 0
         self._max_buffered = max_buffered_bytes
 
     @property
     def buffered_bytes(self) -> int:
-        """Object and decoded-frame bytes held by jobs in progress (for backpressure)."""
+        """Object and decoded-frame bytes held by jobs in progress (for backpressure).
+
+        Memory inside decoders is not counted here: the decode budget bounds it separately.
+        """
         return self._buffered
 
     def submit(self, job: Job, done: Done) -> None:
@@ -156,7 +171,8 @@ class Processor:
         self._hold(run, len(fetched.data))
         image = self._decode(run, fetched.data, fetched.etag)
         run.fetch_ms = (time.monotonic() - t0) * 1000
-        self._hold(run, sum(f.width * f.height * 3 for f in image.frames) - len(fetched.data))
+        frame_bytes = sum(f.width * f.height * RGB_BYTES_PER_PIXEL for f in image.frames)
+        self._hold(run, frame_bytes - len(fetched.data))
         cached = self._cache.get(self._cache_key(run, image))
         if cached is not None:
             outcome = FrameOutcome(decision=run.policy.decide(cached), assessment=cached)
@@ -178,7 +194,7 @@ class Processor:
 
     def _decode(self, run: _Run, data: bytes, etag: str | None) -> DecodedImage:
         try:
-            image = decode_image(data, self._limits, self._input_size)
+            image = decode_image(data, self._limits, self._input_size, self.decode_budget)
         except ProcessingError:
             run.facts = ObjectFacts(etag=etag, sha256=hashlib.sha256(data).hexdigest())
             raise
