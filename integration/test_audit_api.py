@@ -1,5 +1,5 @@
 """`moderator audit serve` as a real process: uvicorn, settings from the environment, bearer
-tokens by SHA-256, tenant isolation over HTTP."""
+tokens by SHA-256, tenant isolation over HTTP, no store bookkeeping in answers, logs on stderr."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     with AuditStore.open(url) as store:
         kids = [make_record(i, tenant="kids") for i in range(3)]
@@ -53,9 +53,9 @@ def server(tmp_path: Path) -> Iterator[str]:
         "MODERATOR_LOG__LEVEL": "warning",
     }
     command = [sys.executable, "-m", "moderator.cli.main", "audit", "serve", "--port", str(port)]
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    log, stdout = tmp_path / "serve.log", tmp_path / "serve.out"
+    with log.open("wb") as err, stdout.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=err)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -68,26 +68,30 @@ def server(tmp_path: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"audit serve did not start: {log.read_text()}")
             time.sleep(0.1)
-        yield base
+        yield base, stdout
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def test_served_api_isolates_tenants(server: str) -> None:
+def test_served_api_isolates_tenants(server: tuple[str, Path]) -> None:
+    base, stdout = server
     kids = {"Authorization": f"Bearer {KIDS_TOKEN}"}
-    listed = httpx.get(f"{server}/v1/verdicts", headers=kids).json()
+    listed = httpx.get(f"{base}/v1/verdicts", headers=kids).json()
     assert {item["tenant_id"] for item in listed["items"]} == {"kids"}
     assert len(listed["items"]) == 3
     assert (
-        httpx.get(f"{server}/v1/verdicts", params={"tenant": "news"}, headers=kids).status_code
-        == 403
+        httpx.get(f"{base}/v1/verdicts", params={"tenant": "news"}, headers=kids).status_code == 403
     )
-    assert httpx.get(f"{server}/v1/verdicts/ev-00003", headers=kids).status_code == 404
-    assert httpx.get(f"{server}/v1/verdicts/ev-00001", headers=kids).status_code == 200
-    assert httpx.get(f"{server}/v1/verdicts").status_code == 401
+    assert httpx.get(f"{base}/v1/verdicts/ev-00003", headers=kids).status_code == 404
+    assert httpx.get(f"{base}/v1/verdicts/ev-00001", headers=kids).status_code == 200
+    assert httpx.get(f"{base}/v1/verdicts").status_code == 401
     root = {"Authorization": f"Bearer {ROOT_TOKEN}"}
-    everything = httpx.get(f"{server}/v1/verdicts", headers=root).json()["items"]
+    everything = httpx.get(f"{base}/v1/verdicts", headers=root).json()["items"]
     assert {item["tenant_id"] for item in everything} == {"kids", "news"}
-    spec = httpx.get(f"{server}/openapi.json").json()
+    spec = httpx.get(f"{base}/openapi.json").json()
     assert "/v1/verdicts" in spec["paths"]
+    for item in [*listed["items"], *everything]:
+        assert not {"id", "seq", "offset", "partition", "row_hash"} & set(item)
+        assert "offset" not in item["record"]["input"]
+    assert stdout.read_bytes() == b""  # uvicorn's access log goes to stderr too

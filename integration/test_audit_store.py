@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, inspect, select, text
+from tests.audit_tamper import revert_to_version_2, write_as_format_v1
 
 from audit_support import BACKENDS, BASE_TIME, TOPIC, incoming, make_record, opened, policy
 from moderator.audit import migrations
-from moderator.audit.canonical import GENESIS_HASH, link_hash, record_hash
+from moderator.audit.anchors import make_anchor
+from moderator.audit.canonical import GENESIS_HASH, columns_hash, link_hash, record_hash
 from moderator.audit.errors import AuditUnavailable, InvalidQuery, SchemaVersionError
 from moderator.audit.migrations import LATEST, schema_differences
 from moderator.audit.models import AuditQuery, AuditRow, IncomingRecord
@@ -42,17 +44,22 @@ def store(db: tuple[AuditStore, Engine]) -> AuditStore:
     return db[0]
 
 
+def reopen(raw: Engine) -> AuditStore:
+    """Another store on the same database (`AuditStore.url` hides the password)."""
+    return AuditStore.open(raw.url.render_as_string(hide_password=False))
+
+
 def chain(store: AuditStore, partition: int = 0) -> list[Any]:
     return list(store.iter_chain(TOPIC, partition))
 
 
 def test_open_migrates_once_and_matches_the_schema(db: tuple[AuditStore, Engine]) -> None:
-    store, raw = db
+    _, raw = db
     with raw.connect() as conn:
         versions = conn.execute(select(schema_migrations.c.version)).scalars().all()
         assert versions == list(range(1, LATEST + 1))
         assert schema_differences(conn) == []
-    AuditStore.open(store.url).close()  # reopening applies nothing
+    reopen(raw).close()  # reopening applies nothing
     with raw.connect() as conn:
         assert conn.execute(select(schema_migrations.c.version)).scalars().all() == versions
 
@@ -69,7 +76,7 @@ def test_a_new_step_upgrades_an_old_database_and_a_newer_one_is_refused(
     step = migrations.Migration(LATEST + 1, "index on source (test)", add_index)
     monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, step))
     monkeypatch.setattr(migrations, "LATEST", LATEST + 1)
-    AuditStore.open(store.url).close()
+    reopen(raw).close()
     with raw.connect() as conn:
         assert conn.execute(select(schema_migrations.c.version)).scalars().all() == list(
             range(1, LATEST + 2)
@@ -79,16 +86,20 @@ def test_a_new_step_upgrades_an_old_database_and_a_newer_one_is_refused(
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:-1])
     monkeypatch.setattr(migrations, "LATEST", LATEST)
     with pytest.raises(SchemaVersionError, match="newer"):
-        AuditStore.open(store.url)
+        reopen(raw)
 
 
 def test_a_version_1_database_is_upgraded_to_the_current_schema(
     db: tuple[AuditStore, Engine],
 ) -> None:
-    """Migration 2 (object key and sha256 indexes with time order) on a version-1 database."""
+    """Migrations 2 (object key and sha256 indexes with time order) and 3 (columns_hash, keyset
+    indexes) on a version-1 database whose rows are in chain format v1."""
     store, raw = db
-    store.insert(incoming([make_record(1)]))
-    with raw.begin() as conn:  # put the database back into its version-1 shape
+    store.insert(incoming([make_record(1), make_record(2)]))
+    with raw.begin() as conn:
+        write_as_format_v1(conn, TOPIC, 0)
+    revert_to_version_2(raw)
+    with raw.begin() as conn:  # and back into its version-1 shape
         for new, old, column in (
             ("ix_audit_records_object_key_time", "ix_audit_records_object_key", "object_key"),
             ("ix_audit_records_sha256_time", "ix_audit_records_sha256", "sha256"),
@@ -102,11 +113,52 @@ def test_a_version_1_database_is_upgraded_to_the_current_schema(
             )
         )
         assert schema_differences(conn) != []
-    AuditStore.open(store.url).close()
+    reopen(raw).close()
     with raw.connect() as conn:
-        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == [1, 2]
+        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == [1, 2, 3]
         assert schema_differences(conn) == []
-    assert store.count() == 1
+    assert store.count() == 2
+    report = verify(store, None)
+    assert report.ok and (report.rows_legacy, report.rows_uncovered) == (2, 0)
+
+
+def test_a_version_2_database_gets_columns_hashes_for_new_rows_only(
+    db: tuple[AuditStore, Engine],
+) -> None:
+    """Migration 3 on a version-2 database: the old rows keep their format v1 hashes (their
+    chain still verifies, anchors taken before stay valid), rows stored after it extend the
+    same chains in format v2, and retention works on both."""
+    store, raw = db
+    store.insert(incoming([make_record(i) for i in range(3)]))
+    with raw.begin() as conn:
+        write_as_format_v1(conn, TOPIC, 0)
+    revert_to_version_2(raw)
+    with raw.connect() as conn:
+        assert "audit_records: missing column columns_hash" in schema_differences(conn)
+    old_anchor = make_anchor(store)
+    with reopen(raw) as upgraded:
+        with raw.connect() as conn:
+            assert schema_differences(conn) == []
+            indexes = {
+                ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("audit_records")
+            }
+        assert indexes["ix_audit_records_tenant_time_event"] == [
+            "tenant_id",
+            "decided_at",
+            "event_id",
+        ]
+        assert indexes["ix_audit_records_time_event"] == ["decided_at", "event_id"]
+        upgraded.insert(incoming([make_record(i) for i in range(3, 5)], first_offset=3))
+        rows = chain(upgraded)
+        assert [r.columns_hash is None for r in rows] == [True, True, True, False, False]
+        assert [r.seq for r in rows] == [1, 2, 3, 4, 5] and rows[3].prev_hash == rows[2].row_hash
+        report = verify(upgraded, old_anchor)
+        assert report.ok, report.problems
+        assert (report.rows_legacy, report.rows_uncovered) == (3, 0)
+        redact_expired(upgraded, {"default": 0}, BASE_TIME + timedelta(days=1))
+        report = verify(upgraded, make_anchor(upgraded))
+        assert report.ok, report.problems
+        assert (report.rows_redacted, report.rows_legacy, report.rows_uncovered) == (5, 3, 3)
 
 
 def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
@@ -155,7 +207,10 @@ def test_chains_continue_across_batches_per_partition(store: AuditStore) -> None
         for row in rows:
             assert row.prev_hash == prev
             assert row.record_hash == record_hash(row.record)
-            assert row.row_hash == link_hash(prev, row.record_hash, row.seq, TOPIC, partition)
+            assert row.columns_hash == columns_hash({**row.fields.columns(), "offset": row.offset})
+            assert row.row_hash == link_hash(
+                prev, row.record_hash, row.seq, TOPIC, partition, row.columns_hash
+            )
             prev = row.row_hash
     heads = store.chain_heads()
     assert [(h.partition, h.seq) for h in heads] == [(0, 9), (1, 9)]
@@ -178,9 +233,11 @@ def test_malformed_records_are_rejected_not_raised(store: AuditStore) -> None:
     bad = {"verdict": {"event_id": "x"}}
     nan = make_record(2)
     nan["verdict"]["assessment"]["score"] = float("nan")
-    result = store.insert(incoming([make_record(1), bad, nan]))
+    huge = make_record(3)  # JSON allows any integer; a float holds none this large
+    huge["verdict"]["assessment"]["score"] = 10**400
+    result = store.insert(incoming([make_record(1), bad, nan, huge]))
     assert result.inserted == 1
-    assert [r.offset for r in result.rejected] == [1, 2]
+    assert [r.offset for r in result.rejected] == [1, 2, 3]
     assert "tenant_id" in result.rejected[0].reason
 
 
@@ -379,8 +436,9 @@ def test_redaction_by_tenant_retention_keeps_the_chain(db: tuple[AuditStore, Eng
         )
 
 
-def test_concurrent_writers_never_fork_a_chain(store: AuditStore) -> None:
-    other = AuditStore.open(store.url)  # a second sink: its own engine and connections
+def test_concurrent_writers_never_fork_a_chain(db: tuple[AuditStore, Engine]) -> None:
+    store, raw = db
+    other = reopen(raw)  # a second sink: its own engine and connections
     errors: list[BaseException] = []
 
     def write(target: AuditStore, base: int) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, delete, select, update
+from tests.audit_tamper import fake_redaction, recompute_chain
 
-from audit_support import BACKENDS, TOPIC, incoming, make_record, opened
+from audit_support import BACKENDS, BASE_TIME, TOPIC, incoming, make_record, opened
 from moderator.audit.anchors import (
     FileAnchorSink,
     MemoryAnchorSink,
@@ -20,7 +22,7 @@ from moderator.audit.anchors import (
     latest_anchor,
     make_anchor,
 )
-from moderator.audit.canonical import canonical_json, link_hash, record_hash
+from moderator.audit.canonical import canonical_json, link_hash
 from moderator.audit.models import Anchor
 from moderator.audit.retention import redact_expired
 from moderator.audit.schema import anchors, audit_records, chain_heads, policy_versions
@@ -156,19 +158,7 @@ def test_a_recomputed_chain_is_caught_only_by_the_anchor(
     with raw.begin() as conn:
         edit_record(conn, 2, set_decision)
         conn.execute(update(audit_records).where(where(2)).values(decision="block"))
-    rows = list(store.iter_chain(TOPIC, 0))  # records with policy documents restored
-    with raw.begin() as conn:
-        prev = rows[0].row_hash
-        for r in rows[1:]:
-            rh = record_hash(r.record or {})
-            new = link_hash(prev, rh, r.seq, TOPIC, 0)
-            conn.execute(
-                update(audit_records)
-                .where(R.id == r.id)
-                .values(record_hash=rh, prev_hash=prev, row_hash=new)
-            )
-            prev = new
-        conn.execute(update(chain_heads).where(chain_heads.c.partition == 0).values(row_hash=prev))
+    recompute_chain(raw, store, TOPIC, 0)
     assert verify(store, None).ok  # consistent from the inside
     problem = only_problem(verify(store, anchor))
     assert (problem.kind, problem.partition, problem.seq) == ("anchor_mismatch", 0, ROWS)
@@ -191,6 +181,88 @@ def test_an_edited_policy_version_is_caught(db: tuple[AuditStore, Engine, Anchor
     assert (
         "policy_versions document" in next(p for p in report.problems if p.kind == "edited").detail
     )
+
+
+# What retention keeps on a redacted row is bound into row_hash by columns_hash: forging any of
+# it on a row made to look redacted (record NULL, redacted_at set) breaks that row.
+FORGERIES: dict[str, Any] = {
+    "decision": "block",
+    "tenant_id": "news",
+    "event_id": "ev-99999",
+    "decided_at": BASE_TIME + timedelta(days=30),
+    "score": 0.99,
+    "category_code": "O4",
+    "policy_hash": "f" * 64,
+}
+
+
+@pytest.mark.parametrize("column", list(FORGERIES))
+def test_a_fake_redaction_cannot_hide_an_edited_column(
+    db: tuple[AuditStore, Engine, Anchor], column: str
+) -> None:
+    store, raw, anchor = db
+    with raw.begin() as conn:
+        fake_redaction(conn, "ev-00003", **{column: FORGERIES[column]})
+    problem = only_problem(verify(store, anchor))
+    assert (problem.kind, problem.partition, problem.seq) == ("edited", 0, 4)
+    assert "columns_hash" in problem.detail
+
+
+def test_a_redacted_row_keeps_nothing_redaction_clears(
+    db: tuple[AuditStore, Engine, Anchor],
+) -> None:
+    store, raw, anchor = db
+    redact_expired(store, {"default": 0}, BASE_TIME + timedelta(days=1))
+    assert verify(store, anchor).ok
+    with raw.begin() as conn:
+        conn.execute(update(audit_records).where(where(2)).values(object_key="kids/u/other.jpg"))
+        conn.execute(update(audit_records).where(where(3, 1)).values(record='{"verdict": {}}'))
+    report = verify(store, anchor)
+    assert sorted((p.partition, p.seq, p.kind) for p in report.problems) == [
+        (0, 2, "edited"),
+        (1, 3, "edited"),
+    ]
+    assert "column object_key still holds a value" in str(report.problems[0])
+    assert "the record is still there" in str(report.problems[1])
+
+
+def test_redacted_at_on_a_row_that_keeps_its_record_is_caught(
+    db: tuple[AuditStore, Engine, Anchor],
+) -> None:
+    store, raw, anchor = db
+    with raw.begin() as conn:
+        conn.execute(
+            update(audit_records).where(where(5)).values(redacted_at=BASE_TIME + timedelta(days=9))
+        )
+    problem = only_problem(verify(store, anchor))
+    assert (problem.kind, problem.seq) == ("edited", 5)
+
+
+def test_an_edited_offset_is_caught(db: tuple[AuditStore, Engine, Anchor]) -> None:
+    store, raw, anchor = db
+    with raw.begin() as conn:
+        conn.execute(update(audit_records).where(where(6)).values(offset=600))
+    problem = only_problem(verify(store, anchor))
+    assert (problem.kind, problem.seq) == ("edited", 6)
+
+
+def test_a_row_turned_back_into_format_v1_is_caught(
+    db: tuple[AuditStore, Engine, Anchor],
+) -> None:
+    """Without columns_hash a redacted row's columns would go unchecked: dropping it from a row
+    (and even giving the row a consistent format v1 hash) is tampering."""
+    store, raw, anchor = db
+    with raw.begin() as conn:
+        fake_redaction(conn, "ev-00009", decision="block")
+        conn.execute(update(audit_records).where(where(10)).values(columns_hash=None))
+    problem = only_problem(verify(store, anchor))
+    assert (problem.kind, problem.seq) == ("downgraded", 10)
+    with raw.begin() as conn:  # a v1 hash that covers the row's seq, prev_hash and record_hash
+        last = row(conn, 10)
+        v1 = link_hash(last.prev_hash, last.record_hash, 10, TOPIC, 0)
+        conn.execute(update(audit_records).where(where(10)).values(row_hash=v1))
+        conn.execute(update(chain_heads).where(chain_heads.c.partition == 0).values(row_hash=v1))
+    assert only_problem(verify(store, None)).kind == "downgraded"
 
 
 def test_a_record_removed_without_redaction_is_caught(
@@ -258,10 +330,17 @@ def test_sqlite_and_postgres_hash_the_same_bytes(tmp_path: Path) -> None:
     records = [make_record(i, tenant=("kids", "news")[i % 2]) for i in range(12)]
     records[3]["verdict"]["object"]["key"] = "kids/ünïcødé/😀/\u2028.jpg"
     records[5]["verdict"]["assessment"]["score"] = 1e-7
+    records[6]["verdict"]["model"]["name"] = "modèle/😀\u2028"  # a kept column: columns_hash
     hashes = []
     for backend in ("sqlite", "postgres"):
         with opened(backend, tmp_path / backend) as (store, _):
             store.insert(incoming(records[:7]))
             store.insert(incoming(records[7:], first_offset=7))
-            hashes.append([(r.seq, r.record_hash, r.row_hash) for r in store.iter_chain(TOPIC, 0)])
+            hashes.append(
+                [
+                    (r.seq, r.record_hash, r.columns_hash, r.row_hash)
+                    for r in store.iter_chain(TOPIC, 0)
+                ]
+            )
     assert len(hashes[0]) == 12 and hashes[0] == hashes[1]
+    assert all(columns is not None for _, _, columns, _ in hashes[0])

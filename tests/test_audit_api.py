@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -242,3 +244,143 @@ def test_openapi_lists_endpoints_and_the_bearer_scheme(client: TestClient) -> No
     assert {"policy_version", "model", "sort", "limit", "cursor", "sha256"} <= params
     assert "VerdictPage" in doc["components"]["schemas"]
     assert "404" in doc["paths"]["/v1/verdicts/{event_id}"]["get"]["responses"]
+
+
+# -- hostile parameters --------------------------------------------------------------------
+
+
+def forged(doc: Any) -> str:
+    """A cursor as an attacker would make one: base64url of any JSON text."""
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+AT = "2026-11-29T02:03:00+00:00"
+FORGED_CURSORS = [
+    forged({"s": "-decided_at", "t": AT, "i": 2**63}),
+    forged({"s": "-decided_at", "t": AT, "i": 10**400}),
+    forged({"s": "-decided_at", "t": AT, "e": 2**63}),
+    forged('{"s": "-decided_at", "t": "' + AT + '", "i": 1e308}'),
+    forged('{"s": "-decided_at", "t": "' + AT + '", "e": 1e400}'),
+    forged('{"s": "-decided_at", "t": "' + AT + '", "i": Infinity}'),
+    forged('{"s": "-decided_at", "t": "' + AT + '", "e": NaN}'),
+    forged({"s": ["-decided_at"], "t": AT, "e": "a-1"}),
+    forged({"s": "-decided_at", "t": [AT], "e": "a-1"}),
+    forged({"s": "-decided_at", "t": AT, "e": ["a-1"]}),
+    forged({"s": "-decided_at", "t": AT, "e": "a\u0000"}),
+    forged({"s": "-decided_at", "t": AT, "e": "\ud800"}),
+    forged({"s": "-decided_at", "t": AT, "e": ""}),
+    forged({"s": "-decided_at", "t": "0001-01-01T00:00:00+01:00", "e": "a-1"}),
+    forged({"s": "-decided_at", "t": "9999-12-31T23:59:59-23:59", "e": "a-1"}),
+    forged({"s": "-decided_at", "t": "2026-11-29T02:03:00", "e": "a-1"}),
+    forged({"s": "-decided_at", "t": AT, "e": "a-1", "x": 1}),
+    forged([AT, "a-1"]),
+    forged("[" * 3000 + "]" * 3000),
+    forged("null"),
+    "%%%",
+    "\u00e9t\u00e9",
+    base64.urlsafe_b64encode(b"\xff\xfe{").decode(),
+    "A" * 9000,
+]
+
+
+@pytest.mark.parametrize("cursor", FORGED_CURSORS, ids=range(len(FORGED_CURSORS)))
+def test_forged_cursors_are_400_with_one_line(client: TestClient, cursor: str) -> None:
+    response = get(client, "/v1/verdicts", cursor=cursor)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("cursor: ") and "\n" not in detail and len(detail) < 200
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "9999-12-31T23:59:59-23:59"},
+        {"until": "9999-12-31T23:59:59-23:59"},
+        {"since": "0001-01-01T00:00:00+01:00"},
+        {"since": "0001-01-01"},
+        {"until": "0999-12-31T23:59:59Z"},
+        {"since": "2026-11-29T02:00:00+23:59", "until": "9999-12-31T23:59:59.999999-00:01"},
+        {"object_key": "a\u0000b"},
+        {"bucket": "\u0000"},
+        {"model": "fake:\u0000"},
+        {"category": "O4: \u0000"},
+        {"object_key": "k" * 5000},
+    ],
+)
+def test_extreme_or_unstorable_values_are_400_with_one_line(
+    client: TestClient, params: dict[str, str]
+) -> None:
+    response = get(client, "/v1/verdicts", **params)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert detail.split(":")[0] in params and "\n" not in detail and len(detail) < 300
+
+
+def test_the_latest_representable_times_are_accepted(client: TestClient) -> None:
+    window = {"since": "1000-01-01", "until": "9999-12-31T23:59:59.999999Z"}
+    assert set(events(get(client, "/v1/verdicts", **window))) == ALPHA_EVENTS
+
+
+def test_validation_errors_are_one_line(client: TestClient) -> None:
+    for params in ({"limit": "many"}, {"limit": 10**30}, {"sort": "x"}, {"nope": "1"}):
+        response = get(client, "/v1/verdicts", **params)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert isinstance(detail, str) and "\n" not in detail, detail
+
+
+def test_a_parameter_given_twice_is_422(client: TestClient) -> None:
+    response = client.get(
+        "/v1/verdicts?tenant=alpha&tenant=beta", headers={"Authorization": f"Bearer {ALPHA_TOKEN}"}
+    )
+    assert response.status_code == 422
+    assert response.json() == {"detail": "tenant: given more than once"}
+
+
+def test_an_unstorable_event_id_is_404(client: TestClient) -> None:
+    for event_id in ("a%00", "x" * 5000):
+        assert get(client, f"/v1/verdicts/{event_id}").status_code == 404
+
+
+# -- no cross-tenant volumes ---------------------------------------------------------------
+
+VOLUME_FIELDS = {"id", "seq", "offset", "partition", "topic", "prev_hash", "row_hash"}
+
+
+def test_items_reveal_no_row_ids_chain_positions_or_offsets(client: TestClient) -> None:
+    body = get(client, "/v1/verdicts", limit=2).json()
+    single = get(client, "/v1/verdicts/a-1").json()
+    for item in [*body["items"], single]:
+        assert not VOLUME_FIELDS & set(item), item.keys()
+        assert set(item["record"]["input"]) <= {"topic", "timestamp_ms"}
+    assert single["record"]["verdict"]["event_id"] == "a-1"  # the rest of the record stays
+    doc = json.loads(base64.urlsafe_b64decode(body["next_cursor"]))
+    assert set(doc) == {"s", "t", "e"} and doc["e"] in ALPHA_EVENTS
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    for name, model in schema.items():
+        assert not VOLUME_FIELDS & set(model.get("properties", {})), name
+
+
+def test_pages_walk_rows_with_equal_times_by_event_id(tmp_path: Path) -> None:
+    from tests.audit_fixtures import BASE, record
+
+    same = [record(f"t-{n:02d}", ALPHA, BASE) for n in (5, 1, 9, 3, 7, 2, 8)]
+    with AuditStore.open(f"sqlite:///{tmp_path / 'same.db'}") as store:
+        fill(store, same)
+        app = create_app(lambda: store, {token_hash(ALPHA_TOKEN): [ALPHA]})
+        with TestClient(app) as client:
+            for sort in ("decided_at", "-decided_at"):
+                seen: list[str] = []
+                cursor: str | None = None
+                while True:
+                    params: dict[str, Any] = {"limit": 3, "sort": sort}
+                    if cursor:
+                        params["cursor"] = cursor
+                    body = get(client, "/v1/verdicts", **params).json()
+                    seen += [item["event_id"] for item in body["items"]]
+                    cursor = body["next_cursor"]
+                    if cursor is None:
+                        break
+                expected = sorted(r["verdict"]["event_id"] for r in same)
+                assert seen == (expected if sort == "decided_at" else expected[::-1])

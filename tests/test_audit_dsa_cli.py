@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -164,6 +167,8 @@ def test_missing_salt(
     ("args", "message"),
     [
         (["--since", "yesterday"], "--since: not an ISO 8601 time"),
+        (["--until", "9999-12-31T23:59:59-23:59"], "--until: out of range"),
+        (["--tenant", "acme\x00"], "--tenant: expected a tenant id"),
         (["--territorial-scope", "DE,CH"], "territorial_scope: 'CH'"),
         (["--content-language", "german"], "content_language"),
     ],
@@ -197,5 +202,23 @@ def test_invalid_mapping_is_an_error(
     )
     store_records(env["db"], [record(tenant="kids")])
     code, lines, err = export(capsys)
-    assert (code, lines) == (1, [])
-    assert "event ev-0001 (tenant kids): invalid statement: category:" in err
+    # Caught when the policy directory is loaded, before any statement is built.
+    assert (code, lines) == (2, [])
+    assert "kids.yaml:3: dsa.categories.O4: O4 maps to" in err
+    assert "not a DSA statement category" in err and err.count("\n") == 1
+
+
+def test_stdout_holds_only_statements_in_a_real_process(env: dict[str, Path]) -> None:
+    """Run as a shell would (nothing configured logging first): every stdout line is a valid
+    statement, and the summary and any log line go to stderr."""
+    store_records(env["db"], mixed())
+    command = [sys.executable, "-m", "moderator.cli.main", "audit", "export-dsa"]
+    done = subprocess.run(
+        command, env=dict(os.environ), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        assert validate_statement(json.loads(line)) == [], line
+    assert "4 statements of reasons" in done.stderr

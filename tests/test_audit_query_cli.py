@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,3 +283,63 @@ def test_table_marks_smoke_test_models(db: Path, capsys: pytest.CaptureFixture[s
     assert "transformers:tiny (smoke test)" in out
     code, out, _ = run(capsys, "query", "--event-id", "a-0")
     assert code == 0 and "(smoke test)" not in out
+
+
+# -- hostile values ------------------------------------------------------------------------
+
+
+def forged(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+AT = "2026-11-29T02:03:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","i":{2**63}}}')), "--cursor"),
+        (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","e":1e308}}')), "--cursor"),
+        (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","i":Infinity}}')), "--cursor"),
+        (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","e":NaN}}')), "--cursor"),
+        (
+            ("--cursor", forged('{"s":"-decided_at","t":"0001-01-01T00:00+01:00","e":"a"}')),
+            "--cursor",
+        ),
+        (("--cursor", forged("[" * 3000 + "]" * 3000)), "--cursor"),
+        (("--since", "9999-12-31T23:59:59-23:59"), "--since"),
+        (("--until", "0001-01-01T00:00:00+00:01"), "--until"),
+        (("--since", "0001-01-01"), "--since"),
+        (("--object-key", "a\udcff"), "--object-key"),  # undecodable argv bytes
+        (("--bucket", "b\x00"), "--bucket"),
+        (("--model", "x" * 2000), "--model"),
+        (("--limit", "many"), "--limit"),
+        (("--limit", "9" * 5000), "--limit"),
+        (("--format", "xml"), "--format"),
+    ],
+)
+def test_hostile_values_exit_2_with_one_line(
+    db: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], flag: str
+) -> None:
+    code, out, err = run(capsys, "query", *args)
+    assert (code, out) == (2, ""), err
+    assert len(err.splitlines()) == 1 and len(err) < 300, err
+    assert err.startswith(f"moderator: {flag}: ")
+
+
+def test_json_and_csv_keep_operator_columns(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "query", "--format", "json", "--event-id", "a-1")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {"id", "seq", "offset", "partition", "topic", "row_hash"} <= set(doc)
+    assert {"partition", "offset"} <= set(doc["record"]["input"])
+
+
+def test_stdout_holds_only_rows_in_a_real_process(db: Path, tmp_path: Path) -> None:
+    """No log line reaches stdout when nothing configured logging (as in a shell)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
+    env["MODERATOR_AUDIT__URL"] = f"sqlite:///{db}"
+    command = [sys.executable, "-m", "moderator.cli.main", "audit", "query", "--format", "json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert {json.loads(line)["event_id"] for line in done.stdout.splitlines()} == ALL_EVENTS

@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines, or a console renderer when stderr is a terminal."""
+"""structlog set-up: JSON lines, or a console renderer when stderr is a terminal. Logs always
+go to stderr: stdout belongs to a command's data (verdict lines, statements, query rows)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ class StderrLogger:
 
 def _stderr_logger(*_args: object) -> StderrLogger:
     return StderrLogger()
+
+
+def route_logs_to_stderr() -> None:
+    """Before any settings are read: send structlog's output to stderr, keeping its other
+    defaults. Unconfigured, structlog prints to stdout, where a command's data goes."""
+    structlog.configure(logger_factory=_stderr_logger)
+
+
+def configure_cli_logging(settings: LogSettings) -> None:
+    """`configure_logging` for a command that reports to stderr itself: `info` (the service
+    default) becomes `warning`, so a routine event (`policies_loaded`) does not interleave with
+    the command's own lines."""
+    level = "warning" if settings.level == "info" else settings.level
+    configure_logging(settings.model_copy(update={"level": level}))
 
 
 def configure_logging(settings: LogSettings) -> None:

@@ -4,78 +4,43 @@ Auth: a bearer token, looked up by its SHA-256 hex in `tokens` (audit.api_tokens
 tenants whose rows it may read (`*`: all). The scope is applied inside the store query, so a
 token never receives another tenant's rows: a `tenant` filter outside the scope is 403, and a
 verdict or policy version of another tenant is 404 (its existence is not disclosed).
+Responses carry no row ids, chain positions or Kafka offsets (`api_models` says why), and every
+bad parameter is a 400 or 422 with a one-line `detail`.
 Needs the `api` extra (fastapi, uvicorn).
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 
 from moderator import __version__
+from moderator.audit.api_models import (
+    ErrorBody,
+    Health,
+    PolicyVersion,
+    VerdictFilters,
+    VerdictItem,
+    VerdictPage,
+)
 from moderator.audit.errors import AuditUnavailable, InvalidQuery
-from moderator.audit.filters import TIME_HELP, Filters, build_query
-from moderator.audit.models import MAX_LIMIT, AuditQuery
-from moderator.audit.rows import AuditItem
+from moderator.audit.filters import Filters, build_query, shown
+from moderator.audit.models import AuditQuery, text_problem
 from moderator.audit.store import AuditStore
+from moderator.audit.tokens import token_hash
+
+__all__ = ["create_app", "scopes_from_tokens", "token_hash"]
 
 StoreFactory = Callable[[], AuditStore]
 ALL_TENANTS = "*"
-
-
-class ErrorBody(BaseModel):
-    detail: str = Field(description="why the request failed, one line")
-
-
-class VerdictPage(BaseModel):
-    items: list[AuditItem]
-    next_cursor: str | None = Field(
-        description="pass as `cursor` (with the same filters and sort) for the next page; "
-        "null on the last page"
-    )
-
-
-class PolicyVersion(BaseModel):
-    policy_hash: str = Field(description="SHA-256 hex of the compiled policy document")
-    version: str = Field(description="its 16-hex prefix, as verdicts name it")
-    tenant_id: str | None
-    prompt: str | None = Field(description="the prompt text sent to the guard model")
-    decision_table: Any = Field(description="category → action rules, as compiled")
-    document: dict[str, Any] = Field(description="the whole compiled policy document")
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-
-
-class VerdictFilters(BaseModel):
-    """Query parameters of GET /v1/verdicts (all optional, combined with AND)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tenant: str | None = Field(None, description="tenant id (must be one of the token's)")
-    event_id: str | None = None
-    bucket: str | None = Field(None, description="object bucket")
-    object_key: str | None = Field(None, description="exact object key")
-    sha256: str | None = Field(None, description="image content SHA-256 (64 hex)")
-    decision: Literal["allow", "review", "block"] | None = None
-    category: str | None = Field(None, description="code (O1..O9, NA) or full category string")
-    policy_version: str | None = Field(None, description="16-hex version or 64-hex policy hash")
-    model: str | None = Field(None, description="ENGINE or ENGINE:NAME")
-    since: str | None = Field(None, description=f"decided at or after; {TIME_HELP}")
-    until: str | None = Field(None, description=f"decided before; {TIME_HELP}")
-    sort: Literal["decided_at", "-decided_at"] = "-decided_at"
-    limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    cursor: str | None = Field(None, description="next_cursor of the previous page")
 
 
 @dataclass(frozen=True)
@@ -90,11 +55,6 @@ class Scope:
     def restriction(self) -> tuple[str, ...] | None:
         """The store query's `tenant_ids` (None: unrestricted)."""
         return None if self.tenants is None else tuple(sorted(self.tenants))
-
-
-def token_hash(token: str) -> str:
-    """What audit.api_tokens is keyed by: `printf %s "$TOKEN" | sha256sum`."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def scopes_from_tokens(tokens: Mapping[str, Sequence[str]]) -> dict[str, Scope]:
@@ -138,6 +98,7 @@ def _errors(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+_UNPROCESSABLE = (422, "a parameter has the wrong type, is unknown or is given twice")
 _UNAUTHORIZED = (401, "missing or unknown bearer token")
 _BEARER = HTTPBearer(
     auto_error=False,
@@ -161,6 +122,16 @@ def _scope(
 
 
 Auth = Annotated[Scope, Depends(_scope)]
+
+
+def _once_each(request: Request) -> None:
+    """422 for a query parameter given twice: each is one value, and which of two would count
+    is not something a caller should have to guess."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen:
+            raise HTTPException(422, f"{_label(name)}: given more than once")
+        seen.add(name)
 
 
 def create_app(store_factory: StoreFactory, tokens: Mapping[str, Sequence[str]]) -> FastAPI:
@@ -191,6 +162,10 @@ def create_app(store_factory: StoreFactory, tokens: Mapping[str, Sequence[str]])
     async def _invalid(_request: Request, exc: InvalidQuery) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    @app.exception_handler(RequestValidationError)
+    async def _unprocessable(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+
     @app.get(
         "/v1/verdicts",
         summary="List verdicts matching filters, one page at a time",
@@ -199,12 +174,17 @@ def create_app(store_factory: StoreFactory, tokens: Mapping[str, Sequence[str]])
             (400, "a filter value is invalid"),
             _UNAUTHORIZED,
             (403, "`tenant` is not one of the token's"),
+            _UNPROCESSABLE,
         ),
     )
-    def list_verdicts(auth: Auth, params: Annotated[VerdictFilters, Query()]) -> VerdictPage:
+    def list_verdicts(
+        auth: Auth,
+        params: Annotated[VerdictFilters, Query()],
+        _once: Annotated[None, Depends(_once_each)],
+    ) -> VerdictPage:
         """Newest first by default. Without `tenant` the rows of every tenant of the token."""
         if params.tenant is not None and not auth.allows(params.tenant):
-            raise HTTPException(403, f"this token may not read tenant {params.tenant!r}")
+            raise HTTPException(403, f"this token may not read tenant {shown(params.tenant)}")
         filters = Filters(
             **params.model_dump(exclude={"sort", "limit", "cursor"}),
         )
@@ -217,28 +197,29 @@ def create_app(store_factory: StoreFactory, tokens: Mapping[str, Sequence[str]])
         )
         page = holder.get().query(query)
         return VerdictPage(
-            items=[AuditItem.from_row(row) for row in page.rows], next_cursor=page.next_cursor
+            items=[VerdictItem.from_row(row) for row in page.rows], next_cursor=page.next_cursor
         )
 
     @app.get(
         "/v1/verdicts/{event_id}",
-        summary="One verdict with its full audit record",
-        response_model=AuditItem,
-        responses=_errors(_UNAUTHORIZED, (404, _NOT_FOUND)),
+        summary="One verdict with its audit record",
+        response_model=VerdictItem,
+        responses=_errors(_UNAUTHORIZED, (404, _NOT_FOUND), _UNPROCESSABLE),
     )
     def get_verdict(
         auth: Auth, event_id: Annotated[str, Path(description="the upload event id")]
-    ) -> AuditItem:
-        row = holder.get().get(event_id)
+    ) -> VerdictItem:
+        # What no database can compare (a NUL, say) names no stored verdict either.
+        row = None if text_problem(event_id) else holder.get().get(event_id)
         if row is None or not auth.allows(row.tenant_id):
             raise HTTPException(404, "no such verdict")
-        return AuditItem.from_row(row)
+        return VerdictItem.from_row(row)
 
     @app.get(
         "/v1/policy-versions/{policy_hash}",
         summary="The prompt text and decision table of a policy version",
         response_model=PolicyVersion,
-        responses=_errors(_UNAUTHORIZED, (404, _NOT_FOUND)),
+        responses=_errors(_UNAUTHORIZED, (404, _NOT_FOUND), _UNPROCESSABLE),
     )
     def get_policy_version(
         auth: Auth,
@@ -283,3 +264,18 @@ def create_app(store_factory: StoreFactory, tokens: Mapping[str, Sequence[str]])
 
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def validation_detail(errors: Sequence[Any]) -> str:
+    """FastAPI's list of validation errors as one line naming the first bad parameter."""
+    first = errors[0] if errors else {}
+    loc = first.get("loc", ()) if isinstance(first, dict) else ()
+    name = str(loc[-1]) if loc else "request"
+    message = str(first.get("msg", "invalid")) if isinstance(first, dict) else "invalid"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return " ".join(f"{_label(name)}: {message}{more}".split())
+
+
+def _label(name: str) -> str:
+    """A parameter name as an error names it: bare when it looks like one, else quoted."""
+    return name if name.isidentifier() and len(name) <= 40 else shown(name)

@@ -5,12 +5,20 @@ so SQLite and PostgreSQL, and any other verifier, hash exactly the same bytes:
 
 - ``record_hash = sha256(JCS(record))``, where `record` is the AuditRecord JSON object as the
   sink received it (including `policy_document`).
-- ``row_hash = link_hash(prev_hash, record_hash, seq, topic, partition)`` =
-  ``sha256(JCS({"chain": "moderator.audit-chain/v1", "partition": partition,
-  "prev_hash": prev_hash, "record_hash": record_hash, "seq": seq, "topic": topic}))``.
+- ``columns_hash = sha256(JCS({"columns": "moderator.audit-columns/v1", <kept column>: value,
+  ...}))`` over `KEPT_COLUMNS`: every indexed column that redaction keeps (all of
+  `fields.RecordFields` but `fields.PERSONAL_COLUMNS`) and the row's audit-topic `offset`;
+  `decided_at` as fixed-width UTC text (`2026-11-29T02:00:01.234000Z`), absent values as null.
+  A redacted row has no record left to hash, so this is what binds its kept columns.
+- ``row_hash = link_hash(prev_hash, record_hash, seq, topic, partition, columns_hash)`` =
+  ``sha256(JCS({"chain": "moderator.audit-chain/v2", "columns_hash": columns_hash,
+  "partition": partition, "prev_hash": prev_hash, "record_hash": record_hash, "seq": seq,
+  "topic": topic}))``. Rows written before schema version 3 have no columns hash and use
+  format v1: the same object with `"chain": "moderator.audit-chain/v1"` and no `columns_hash`.
   `seq` is the row's 1-based position in its (topic, partition) chain and `prev_hash` is the
   previous row's `row_hash`, or `GENESIS_HASH` (64 zeros) for seq 1. Covering seq, topic and
-  partition means a row cannot be moved within or between chains without breaking its own hash.
+  partition means a row cannot be moved within or between chains without breaking its own hash;
+  covering the format tag and columns_hash means a row cannot be turned into a v1 row either.
 
 Policy documents are hashed the way `moderator.policy.compiled.TenantPolicy.full_hash` does
 (`json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`), which differs from
@@ -23,12 +31,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any
 
 from moderator.audit import jcs
+from moderator.audit.fields import PERSONAL_COLUMNS, RecordFields
 
 GENESIS_HASH = "0" * 64
 CHAIN_SCHEMA = "moderator.audit-chain/v1"
+CHAIN_SCHEMA_V2 = "moderator.audit-chain/v2"
+COLUMNS_SCHEMA = "moderator.audit-columns/v1"
+KEPT_COLUMNS: tuple[str, ...] = (
+    *(f.name for f in fields(RecordFields) if f.name not in PERSONAL_COLUMNS),
+    "offset",
+)
+"""What `columns_hash` covers: the columns a redacted row still shows."""
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 CanonicalizationError = jcs.CanonicalizationError
 
 
@@ -67,20 +86,43 @@ def record_hash(record: Mapping[str, Any]) -> str:
     return sha256_hex(canonical_json(dict(record)))
 
 
-def link_hash(prev_hash: str, record_hash: str, seq: int, topic: str, partition: int) -> str:
-    """The row hash chaining one record to its predecessor (see the module docstring)."""
-    return sha256_hex(
-        canonical_json(
-            {
-                "chain": CHAIN_SCHEMA,
-                "partition": partition,
-                "prev_hash": prev_hash,
-                "record_hash": record_hash,
-                "seq": seq,
-                "topic": topic,
-            }
-        )
-    )
+def columns_hash(columns: Mapping[str, Any]) -> str:
+    """The hash of a row's `KEPT_COLUMNS` (a mapping holding at least those names). Raises
+    `CanonicalizationError` for a value JSON cannot hold (an offset beyond 2**53, NaN)."""
+    doc: dict[str, Any] = {"columns": COLUMNS_SCHEMA}
+    for name in KEPT_COLUMNS:
+        value = columns[name]
+        doc[name] = _time_text(value) if isinstance(value, datetime) else value
+    return sha256_hex(canonical_json(doc))
+
+
+def _time_text(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise CanonicalizationError("timestamps must be timezone-aware")
+    return value.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+def link_hash(
+    prev_hash: str,
+    record_hash: str,
+    seq: int,
+    topic: str,
+    partition: int,
+    columns_hash: str | None = None,
+) -> str:
+    """The row hash chaining one record to its predecessor (see the module docstring): format
+    v2 with a columns hash, v1 (rows written before schema version 3) without."""
+    doc: dict[str, Any] = {
+        "chain": CHAIN_SCHEMA,
+        "partition": partition,
+        "prev_hash": prev_hash,
+        "record_hash": record_hash,
+        "seq": seq,
+        "topic": topic,
+    }
+    if columns_hash is not None:
+        doc |= {"chain": CHAIN_SCHEMA_V2, "columns_hash": columns_hash}
+    return sha256_hex(canonical_json(doc))
 
 
 def policy_json(document: Mapping[str, Any]) -> bytes:

@@ -54,13 +54,17 @@ def parse_time(value: object) -> datetime:
     """An ISO 8601 timestamp with an offset (or `Z`), as UTC."""
     if not isinstance(value, str):
         raise MalformedRecord(f"timestamp must be a string, got {type(value).__name__}")
+    shown = value if len(value) <= 64 else value[:61] + "..."
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise MalformedRecord(f"invalid timestamp {value!r}") from exc
+        raise MalformedRecord(f"invalid timestamp {shown!r}") from exc
     if parsed.tzinfo is None:
-        raise MalformedRecord(f"timestamp {value!r} has no UTC offset")
-    return parsed.astimezone(UTC)
+        raise MalformedRecord(f"timestamp {shown!r} has no UTC offset")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # year 1 east of UTC, year 9999 west of it
+        raise MalformedRecord(f"timestamp {shown!r} is out of range in UTC") from exc
 
 
 def record_fields(record: Mapping[str, Any]) -> RecordFields:

@@ -64,11 +64,27 @@ def _v2_lookup_indexes(conn: Connection) -> None:
         conn.execute(text(f"CREATE INDEX {new} ON audit_records ({column}, decided_at, id)"))
 
 
+def _v3_columns_hash(conn: Connection) -> None:
+    # Rows already stored keep a NULL columns_hash: their row_hash (format v1) cannot cover one
+    # without rewriting every later link, which anchors exported before would then contradict.
+    conn.execute(text("ALTER TABLE audit_records ADD COLUMN columns_hash VARCHAR(64)"))
+    for name, columns in (
+        ("ix_audit_records_tenant_time_event", "tenant_id, decided_at, event_id"),
+        ("ix_audit_records_time_event", "decided_at, event_id"),
+    ):
+        conn.execute(text(f"CREATE INDEX {name} ON audit_records ({columns})"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "audit_records, chain_heads, policy_versions, anchors, schema_migrations", _v1_baseline
     ),
     Migration(2, "object key and sha256 lookups indexed with time order", _v2_lookup_indexes),
+    Migration(
+        3,
+        "columns_hash (chain format v2); (tenant, time, event id) and (time, event id) indexes",
+        _v3_columns_hash,
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -14,6 +14,28 @@ from moderator.audit.fields import MalformedRecord, RecordFields, parse_time
 ANCHOR_SCHEMA = "moderator.audit-anchor/v1"
 Sort = Literal["decided_at", "-decided_at"]
 MAX_LIMIT = 1000
+# The times a query may name: SQLite keeps times as text with a four-digit year, so that text
+# order is time order only from the year 1000 on.
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+MAX_TEXT = 1024
+"""Characters of one text filter value (an S3 object key is at most 1024 bytes)."""
+
+
+def text_problem(value: str, max_chars: int = MAX_TEXT) -> str | None:
+    """Why `value` cannot be compared with a stored text column, or None: PostgreSQL text holds
+    no NUL character, and neither database takes a lone surrogate (undecodable command-line
+    bytes)."""
+    if not value:
+        return "must not be empty"
+    if len(value) > max_chars:
+        return f"longer than {max_chars} characters"
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text"
+    return None
 
 
 @dataclass(frozen=True)
@@ -118,6 +140,8 @@ class AuditRow:
     source: str | None
     surface: str | None
     record_hash: str
+    # Not for API items: it covers the offset, which a small search would recover from it.
+    columns_hash: str | None  # None on rows written before schema version 3
     prev_hash: str
     row_hash: str
     redacted_at: datetime | None
@@ -162,6 +186,9 @@ class ChainRow:
     redacted_at: datetime | None
     policy_elided: bool  # the record's policy_document came back from policy_versions
     fields: RecordFields
+    offset: int = 0  # the audit topic offset
+    columns_hash: str | None = None  # None: a row written in chain format v1
+    unreadable: str | None = None  # a stored value no writer produces (an edit), as read
 
 
 @dataclass(frozen=True)

@@ -12,25 +12,33 @@ from sqlalchemy import ColumnElement, RowMapping, Select, and_, or_, select
 
 from moderator.audit.errors import InvalidQuery
 from moderator.audit.fields import MalformedRecord, RecordFields, parse_time
-from moderator.audit.models import AuditQuery, AuditRow
+from moderator.audit.models import EARLIEST, AuditQuery, AuditRow, text_problem
 from moderator.audit.schema import audit_records
 
 T = audit_records.c
 ROW_COLUMNS = tuple(audit_records.columns)
 _NOT_IN_ROW = ("record", "policy_elided", "category_code")
+MAX_CURSOR = 8192
+"""Characters of a cursor: about 100 plus the JSON of one event id."""
 
 
 def build_select(q: AuditQuery) -> Select[Any]:
-    """The SELECT for one page (limit + 1 rows, to know whether another page follows)."""
+    """The SELECT for one page (limit + 1 rows, to know whether another page follows), ordered
+    by (decided_at, event_id): event ids are unique, and a cursor holding the last row's own
+    event id says nothing about other rows (a row id would count every tenant's rows)."""
     conditions = _filters(q)
     descending = q.sort == "-decided_at"
     if q.cursor is not None:
-        at, last_id = decode_cursor(q.cursor, q.sort)
+        at, last = decode_cursor(q.cursor, q.sort)
         if descending:
-            conditions.append(or_(T.decided_at < at, and_(T.decided_at == at, T.id < last_id)))
+            conditions.append(or_(T.decided_at < at, and_(T.decided_at == at, T.event_id < last)))
         else:
-            conditions.append(or_(T.decided_at > at, and_(T.decided_at == at, T.id > last_id)))
-    order = (T.decided_at.desc(), T.id.desc()) if descending else (T.decided_at.asc(), T.id.asc())
+            conditions.append(or_(T.decided_at > at, and_(T.decided_at == at, T.event_id > last)))
+    order = (
+        (T.decided_at.desc(), T.event_id.desc())
+        if descending
+        else (T.decided_at.asc(), T.event_id.asc())
+    )
     return select(*ROW_COLUMNS).where(*conditions).order_by(*order).limit(q.limit + 1)
 
 
@@ -69,20 +77,38 @@ def _filters(q: AuditQuery) -> list[ColumnElement[bool]]:
 
 
 def encode_cursor(row: AuditRow, sort: str) -> str:
-    """Opaque: base64url of the last row's (decided_at, id) and the sort it belongs to."""
-    doc = {"s": sort, "t": row.decided_at.isoformat(), "i": row.id}
+    """Opaque: base64url of the last row's (decided_at, event_id) and the sort it belongs to."""
+    doc = {"s": sort, "t": row.decided_at.isoformat(), "e": row.event_id}
     return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
 
 
-def decode_cursor(cursor: str, sort: str) -> tuple[datetime, int]:
+def decode_cursor(cursor: str, sort: str) -> tuple[datetime, str]:
+    """The position a cursor names; InvalidQuery for anything `encode_cursor` did not make (a
+    forged cursor may hold any JSON: numbers too large for the database, deep nesting, times
+    that overflow in UTC, text the database cannot compare)."""
+    invalid = InvalidQuery("invalid cursor (pass next_cursor from the previous page)")
+    if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR:
+        raise invalid
     try:
         doc = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-        at, last_id, cursor_sort = parse_time(doc["t"]), int(doc["i"]), doc["s"]
-    except (ValueError, KeyError, TypeError, binascii.Error, MalformedRecord) as exc:
-        raise InvalidQuery("invalid cursor (pass next_cursor from the previous page)") from exc
+    except (ValueError, RecursionError, binascii.Error):
+        raise invalid from None
+    if not isinstance(doc, dict) or set(doc) != {"s", "t", "e"}:
+        raise invalid
+    cursor_sort, last = doc["s"], doc["e"]
+    if not isinstance(cursor_sort, str) or not isinstance(last, str):
+        raise invalid
+    if text_problem(last, max_chars=MAX_CURSOR):
+        raise invalid
+    try:
+        at = parse_time(doc["t"])
+    except MalformedRecord:
+        raise invalid from None
+    if at < EARLIEST:
+        raise invalid
     if cursor_sort != sort:
-        raise InvalidQuery(f"the cursor belongs to sort {cursor_sort!r}, not {sort!r}")
-    return at, last_id
+        raise InvalidQuery("the cursor belongs to the other sort order")
+    return at, last
 
 
 def to_row(row: RowMapping, record: dict[str, Any] | None) -> AuditRow:

@@ -57,6 +57,23 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def stored_time(value: Any) -> datetime | None:
+    """A timestamp as the database returned it without `UtcDateTime`'s conversion (text on
+    SQLite, a datetime on PostgreSQL), held to what `UtcDateTime` writes: `ValueError` for
+    anything else (SQLite keeps whatever text it is given; text order must stay time order)."""
+    if value is None or isinstance(value, datetime):
+        return None if value is None else value.astimezone(UTC)
+    if not isinstance(value, str):
+        raise ValueError(f"{type(value).__name__} where a timestamp belongs")
+    try:
+        parsed = datetime.strptime(value, _SQLITE_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.strftime(_SQLITE_FORMAT) != value:
+        raise ValueError(f"{value[:40]!r} is not a timestamp as the store writes them")
+    return parsed
+
+
 # SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid).
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 _Hash = String(64)
@@ -97,6 +114,9 @@ audit_records = Table(
     Column("record", Text),
     Column("policy_elided", Boolean, nullable=False, default=False),
     Column("record_hash", _Hash, nullable=False),
+    # canonical.columns_hash of the columns redaction keeps, covered by row_hash (chain format
+    # v2, migration 3); NULL on rows written before, whose row_hash is format v1.
+    Column("columns_hash", _Hash),
     Column("prev_hash", _Hash, nullable=False),
     Column("row_hash", _Hash, nullable=False),
     Column("redacted_at", UtcDateTime),
@@ -104,6 +124,9 @@ audit_records = Table(
     UniqueConstraint("topic", "partition", "seq", name="uq_audit_records_chain"),
     Index("ix_audit_records_tenant_time", "tenant_id", "decided_at", "id"),
     Index("ix_audit_records_time", "decided_at", "id"),
+    # Keyset order by (time, event id), stable across databases and copies (migration 3).
+    Index("ix_audit_records_tenant_time_event", "tenant_id", "decided_at", "event_id"),
+    Index("ix_audit_records_time_event", "decided_at", "event_id"),
     # Lookups by key or content hash are ordered by time: with the order in the index the
     # planner never scans the time index backwards hoping to meet the key (migration 2).
     Index("ix_audit_records_object_key_time", "object_key", "decided_at", "id"),

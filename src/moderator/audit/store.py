@@ -5,17 +5,29 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, distinct, func, insert, or_, select, union, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    union,
+    update,
+)
 from sqlalchemy.engine import URL, RowMapping
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
 from moderator.audit.connect import WRITE, create_audit_engine, normalize_url
 from moderator.audit.errors import AuditError, AuditUnavailable
-from moderator.audit.fields import PERSONAL_COLUMNS
+from moderator.audit.fields import PERSONAL_COLUMNS, RecordFields
 from moderator.audit.migrations import migrate
 from moderator.audit.models import (
     Anchor,
@@ -27,11 +39,23 @@ from moderator.audit.models import (
     InsertResult,
     Page,
 )
-from moderator.audit.query import build_select, encode_cursor, row_fields, to_row
-from moderator.audit.schema import anchors, audit_records, chain_heads, policy_versions
+from moderator.audit.query import build_select, encode_cursor, to_row
+from moderator.audit.schema import (
+    anchors,
+    audit_records,
+    chain_heads,
+    policy_versions,
+    stored_time,
+)
 from moderator.audit.writer import prepare, restore_policy, write_batch
 
 T = audit_records.c
+# verify reads timestamps as stored, to hold them to the one form the store writes.
+_RAW_TIMES = ("decided_at", "redacted_at")
+_CHAIN_COLUMNS = tuple(
+    type_coerce(c, String()).label(c.name) if c.name in _RAW_TIMES else c for c in T
+)
+_UNREADABLE_TIME = datetime.min.replace(tzinfo=UTC)
 INSERT_ATTEMPTS = 3
 _DOC_CACHE = 256
 _Docs = dict[str, str | None]
@@ -150,8 +174,8 @@ class AuditStore:
     # -- reading ---------------------------------------------------------------------------
 
     def query(self, q: AuditQuery) -> Page:
-        """One page of rows matching `q`, in `q.sort` order (ties by id); pass `next_cursor` in
-        the next query (same filters and sort) for the following page."""
+        """One page of rows matching `q`, in `q.sort` order (ties by event id); pass
+        `next_cursor` in the next query (same filters and sort) for the following page."""
         with self._tx() as conn:
             rows = conn.execute(build_select(q)).mappings().all()
             more = len(rows) > q.limit
@@ -189,7 +213,7 @@ class AuditStore:
     def tenants(self) -> list[str]:
         """Tenants that have rows not yet redacted."""
         with self._tx() as conn:
-            query = select(distinct(T.tenant_id)).where(T.redacted_at.is_(None))
+            query = select(T.tenant_id).distinct().where(T.redacted_at.is_(None))
             return sorted(str(t) for t in conn.execute(query).scalars())
 
     def chain_heads(self) -> list[ChainHead]:
@@ -213,7 +237,7 @@ class AuditStore:
         last: tuple[int, int] | None = None
         docs: _Docs = {}
         while True:
-            query = select(audit_records).where(T.topic == topic, T.partition == partition)
+            query = select(*_CHAIN_COLUMNS).where(T.topic == topic, T.partition == partition)
             if last is not None:
                 query = query.where(or_(T.seq > last[0], and_(T.seq == last[0], T.id > last[1])))
             with self._tx() as conn:
@@ -227,19 +251,44 @@ class AuditStore:
     # -- helpers ---------------------------------------------------------------------------
 
     def _row(self, conn: Connection, row: RowMapping, docs: _Docs) -> AuditRow:
-        return to_row(row, self._record(conn, row, docs))
+        try:
+            record = self._record(conn, row, docs)
+        except ValueError as exc:
+            raise AuditError(
+                f"audit row {row['event_id']!r}: {_first_line(exc)} (run moderator audit verify)"
+            ) from exc
+        return to_row(row, record)
 
     def _chain_row(self, conn: Connection, row: RowMapping, docs: _Docs) -> ChainRow:
+        """What verify reads; values no writer stores are kept as `unreadable`, not raised."""
+        values = dict(row)
+        problems: list[str] = []
+        for name in _RAW_TIMES:
+            try:
+                values[name] = stored_time(row[name])
+            except ValueError as exc:
+                values[name] = _UNREADABLE_TIME
+                problems.append(f"{name}: {exc}")
+        try:
+            record = self._record(conn, row, docs)
+        except ValueError as exc:
+            record = None
+            problems.append(f"record: {_first_line(exc)}")
         return ChainRow(
             id=row["id"],
             seq=row["seq"],
             record_hash=row["record_hash"],
             prev_hash=row["prev_hash"],
             row_hash=row["row_hash"],
-            record=self._record(conn, row, docs),
-            redacted_at=row["redacted_at"],
+            record=record,
+            redacted_at=values["redacted_at"],
             policy_elided=bool(row["policy_elided"]),
-            fields=row_fields(row),
+            fields=RecordFields(
+                **{name: values[name] for name in RecordFields.__dataclass_fields__}
+            ),
+            offset=row["offset"],
+            columns_hash=row["columns_hash"],
+            unreadable="; ".join(problems) or None,
         )
 
     def _record(self, conn: Connection, row: RowMapping, docs: _Docs) -> dict[str, Any] | None:

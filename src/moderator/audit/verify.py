@@ -2,17 +2,27 @@
 latest exported anchor. The per-chain walk (`check_chain`) is pure.
 
 Per row, in seq order, the first of these that fails is the chain's problem:
+- `edited` (first): a stored value that no writer produces (a record that is not a JSON object,
+  a timestamp in another form);
+- `unredacted_null`: the record is NULL but redacted_at is not set;
 - `edited`: the stored record (its policy document restored) no longer hashes to record_hash,
-  or an indexed column (decision, category, ...) differs from the record;
-- `reordered` / `row_hash`: row_hash does not cover this row's seq, prev_hash and record_hash
-  (when it covers a nearby seq instead, the row was moved there);
+  or an indexed column (decision, category, ...) differs from the record, or the columns a
+  redacted row keeps (and the offset) no longer hash to columns_hash, or the row is marked
+  redacted but still holds what redaction removes (the record, `fields.PERSONAL_COLUMNS`);
+- `downgraded`: a row without columns_hash (chain format v1) after one with it: only rows
+  stored before schema version 3 may lack it;
+- `reordered` / `row_hash`: row_hash does not cover this row's seq, prev_hash, record_hash and
+  columns_hash (when it covers a nearby seq instead, the row was moved there);
 - `gap`: seq is not the previous seq + 1 (rows deleted);
 - `link`: prev_hash is not the previous row's row_hash (rows deleted, inserted or swapped);
 - `anchor_mismatch` / `head_mismatch`: the row at the anchored (or recorded) head's seq has
   another row_hash: the chain was rewritten since (wholesale recomputation is caught here);
 - `truncated`: the chain ends before the anchored (or recorded) head.
-Redacted rows (record NULL, redacted_at set) are checked with their stored record_hash; a NULL
-record without redacted_at is `unredacted_null`. Policy versions must hash to their key.
+Policy versions must hash to their key.
+
+Rows stored before schema version 3 (format v1, no columns_hash) are checked as before: links,
+record hash, columns against the record. Their offset is not covered, and once redacted their
+kept columns are not either: `VerifyReport.rows_legacy` / `rows_uncovered` count them.
 """
 
 from __future__ import annotations
@@ -23,12 +33,15 @@ from typing import Literal
 
 from moderator.audit.canonical import (
     GENESIS_HASH,
+    CanonicalizationError,
     canonical_json,
+    columns_hash,
     link_hash,
     record_hash,
     sha256_hex,
 )
-from moderator.audit.fields import MalformedRecord, record_fields
+from moderator.audit.errors import AuditError
+from moderator.audit.fields import PERSONAL_COLUMNS, MalformedRecord, record_fields
 from moderator.audit.jcs import Raw
 from moderator.audit.models import Anchor, ChainHead, ChainRow
 from moderator.audit.store import AuditStore
@@ -48,6 +61,7 @@ Kind = Literal[
     "head_mismatch",
     "truncated",
     "unredacted_null",
+    "downgraded",
     "policy_version",
 ]
 
@@ -77,6 +91,8 @@ class ChainResult:
     rows_redacted: int
     last_seq: int
     problem: Problem | None
+    rows_legacy: int = 0  # chain format v1: stored before schema version 3
+    rows_uncovered: int = 0  # of those, redacted: their kept columns are not covered
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,8 @@ class VerifyReport:
     chains: int = 0
     anchor: Anchor | None = None
     heads: tuple[ChainHead, ...] = field(default=())
+    rows_legacy: int = 0
+    rows_uncovered: int = 0
 
     @property
     def ok(self) -> bool:
@@ -99,7 +117,17 @@ class VerifyReport:
 
 def verify(store: AuditStore, anchor: Anchor | None) -> VerifyReport:
     """Walk every chain (streaming) and every policy version. Database failures raise
-    AuditUnavailable/AuditError ("could not verify", exit 1), never a report."""
+    AuditUnavailable/AuditError ("could not verify", exit 1), never a report; so does a value
+    of the wrong type where the walk cannot place the row (SQLite stores any type anywhere)."""
+    try:
+        return _verify(store, anchor)
+    except (TypeError, ValueError) as exc:
+        raise AuditError(
+            f"a stored value has a type no writer stores (edited in the database?): {exc}"
+        ) from exc
+
+
+def _verify(store: AuditStore, anchor: Anchor | None) -> VerifyReport:
     problems: list[Problem] = [
         Problem("policy_version", f"document of {key} hashes to {sha256_hex(data)}")
         for key, data in store.policy_documents()
@@ -108,7 +136,7 @@ def verify(store: AuditStore, anchor: Anchor | None) -> VerifyReport:
     recorded = {(h.topic, h.partition): h for h in store.chain_heads()}
     anchored = {(h.topic, h.partition): h for h in (anchor.heads if anchor else ())}
     chains = sorted(set(store.chains()) | set(anchored))
-    checked = redacted = 0
+    checked = redacted = legacy = uncovered = 0
     for topic, partition in chains:
         targets: list[tuple[Literal["anchor", "head"], ChainHead]] = []
         if (topic, partition) in anchored:
@@ -118,6 +146,8 @@ def verify(store: AuditStore, anchor: Anchor | None) -> VerifyReport:
         result = check_chain(topic, partition, store.iter_chain(topic, partition), targets)
         checked += result.rows_checked
         redacted += result.rows_redacted
+        legacy += result.rows_legacy
+        uncovered += result.rows_uncovered
         if result.problem is not None:
             problems.append(result.problem)
     return VerifyReport(
@@ -127,6 +157,8 @@ def verify(store: AuditStore, anchor: Anchor | None) -> VerifyReport:
         chains=len(chains),
         anchor=anchor,
         heads=tuple(sorted(recorded.values())),
+        rows_legacy=legacy,
+        rows_uncovered=uncovered,
     )
 
 
@@ -139,12 +171,20 @@ def check_chain(
     """Walk one chain in seq order; stop at its first broken link."""
     pending = {name: head for name, head in targets if head.seq > 0}
     canon: dict[str, bytes] = {}  # policy_hash -> canonical document, for this walk only
-    checked = redacted = last_seq = 0
+    checked = redacted = legacy = uncovered = last_seq = 0
     prev_hash = GENESIS_HASH
+    v2_seen = False
+
+    def result(problem: Problem | None) -> ChainResult:
+        return ChainResult(checked, redacted, last_seq, problem, legacy, uncovered)
+
     for row in rows:
         checked += 1
         redacted += row.record is None
-        problem = _check_row(topic, partition, row, last_seq, prev_hash, canon)
+        if row.columns_hash is None:
+            legacy += 1
+            uncovered += row.record is None
+        problem = _check_row(topic, partition, row, last_seq, prev_hash, canon, v2_seen)
         for name, head in list(pending.items()):
             if problem is None and head.seq == row.seq:
                 del pending[name]
@@ -158,14 +198,14 @@ def check_chain(
                         f"{head.row_hash[:16]}...: the chain was rewritten since",
                     )
         if problem is not None:
-            return ChainResult(checked, redacted, last_seq, problem)
+            return result(problem)
         last_seq, prev_hash = row.seq, row.row_hash
+        v2_seen = v2_seen or row.columns_hash is not None
     for name, head in pending.items():
         if head.seq > last_seq:
             detail = f"the chain ends at seq {last_seq} but the {_label(name)} is at seq {head.seq}"
-            problem = Problem("truncated", detail, topic, partition, last_seq + 1)
-            return ChainResult(checked, redacted, last_seq, problem)
-    return ChainResult(checked, redacted, last_seq, None)
+            return result(Problem("truncated", detail, topic, partition, last_seq + 1))
+    return result(None)
 
 
 def _check_row(
@@ -175,21 +215,30 @@ def _check_row(
     last_seq: int,
     prev_hash: str,
     canon: dict[str, bytes],
+    v2_seen: bool,
 ) -> Problem | None:
+    if row.unreadable is not None:
+        return _problem(topic, partition, row, "edited", f"unreadable {row.unreadable}")
     if row.record is None and row.redacted_at is None:
         return _problem(
             topic, partition, row, "unredacted_null", "record removed without redaction"
         )
-    if row.record is not None:
-        edited = _edited(row, canon)
-        if edited is not None:
-            return _problem(topic, partition, row, "edited", edited)
-    if link_hash(row.prev_hash, row.record_hash, row.seq, topic, partition) != row.row_hash:
+    edited = _redaction(row) or (_edited(row, canon) if row.record is not None else None)
+    edited = edited or _columns_edited(row)
+    if edited is not None:
+        return _problem(topic, partition, row, "edited", edited)
+    if row.columns_hash is None and v2_seen:
+        detail = (
+            "no columns_hash (chain format v1) after rows that have one: "
+            "the row was rewritten to escape the columns check"
+        )
+        return _problem(topic, partition, row, "downgraded", detail)
+    if _link(row, row.seq, topic, partition) != row.row_hash:
         moved = _moved_from(topic, partition, row)
         if moved is not None:
             detail = f"this row was written as seq {moved}: rows reordered, deleted or inserted"
             return _problem(topic, partition, row, "reordered", detail)
-        detail = "row_hash does not cover this row's seq, prev_hash and record_hash"
+        detail = "row_hash does not cover this row's seq, prev_hash, record_hash and columns_hash"
         return _problem(topic, partition, row, "row_hash", detail)
     if row.seq != last_seq + 1:
         detail = f"expected seq {last_seq + 1}, found {row.seq}: rows missing (deleted)"
@@ -200,6 +249,38 @@ def _check_row(
         )
         return _problem(topic, partition, row, "link", detail)
     return None
+
+
+def _redaction(row: ChainRow) -> str | None:
+    """A row marked redacted must hold nothing that redaction removes."""
+    if row.redacted_at is None:
+        return None
+    if row.record is not None:
+        return "redacted_at is set but the record is still there"
+    kept = sorted(name for name in PERSONAL_COLUMNS if getattr(row.fields, name) is not None)
+    if kept:
+        return f"redacted, yet column {', '.join(kept)} still holds a value"
+    return None
+
+
+def _columns_edited(row: ChainRow) -> str | None:
+    """The kept columns and the offset against columns_hash (rows of format v2)."""
+    if row.columns_hash is None:
+        return None
+    try:
+        digest = columns_hash({**row.fields.columns(), "offset": row.offset})
+    except CanonicalizationError as exc:
+        return f"a kept column holds a value no writer stores: {exc}"
+    if digest != row.columns_hash:
+        return (
+            "a column kept on redaction (decision, tenant_id, decided_at, ..., offset) or "
+            "columns_hash was changed: they no longer match"
+        )
+    return None
+
+
+def _link(row: ChainRow, seq: int, topic: str, partition: int) -> str:
+    return link_hash(row.prev_hash, row.record_hash, seq, topic, partition, row.columns_hash)
 
 
 def _record_hash(row: ChainRow, canon: dict[str, bytes]) -> str:
@@ -217,7 +298,11 @@ def _record_hash(row: ChainRow, canon: dict[str, bytes]) -> str:
 
 def _edited(row: ChainRow, canon: dict[str, bytes]) -> str | None:
     assert row.record is not None
-    if _record_hash(row, canon) != row.record_hash:
+    try:
+        digest = _record_hash(row, canon)
+    except CanonicalizationError as exc:
+        return f"the stored record holds what no writer stores: {exc}"
+    if digest != row.record_hash:
         also = " or its policy_versions document" if row.policy_elided else ""
         return f"the record{also} was changed: it no longer hashes to record_hash"
     try:
@@ -234,10 +319,7 @@ def _edited(row: ChainRow, canon: dict[str, bytes]) -> str | None:
 def _moved_from(topic: str, partition: int, row: ChainRow) -> int | None:
     for distance in range(1, MOVE_SEARCH + 1):
         for seq in (row.seq - distance, row.seq + distance):
-            if (
-                seq > 0
-                and link_hash(row.prev_hash, row.record_hash, seq, topic, partition) == row.row_hash
-            ):
+            if seq > 0 and _link(row, seq, topic, partition) == row.row_hash:
                 return seq
     return None
 

@@ -16,6 +16,7 @@ from moderator.audit.canonical import (
     GENESIS_HASH,
     CanonicalizationError,
     canonical_json,
+    columns_hash,
     link_hash,
     policy_document_bytes,
     sha256_hex,
@@ -36,6 +37,7 @@ class Prepared:
     item: IncomingRecord
     fields: RecordFields
     record_hash: str
+    columns_hash: str  # of the kept columns and the offset: bound into row_hash
     stored: str  # canonical JSON as stored (policy_document removed when `policy_doc` is set)
     policy_doc: bytes | None  # the document's bytes whose sha256 is fields.policy_hash
 
@@ -64,7 +66,8 @@ def prepare(items: Sequence[IncomingRecord], canon_cache: dict[str, bytes] | Non
         try:
             fields = record_fields(item.record)
             full, stored, doc = _serialize(item.record, fields, cache)
-        except (MalformedRecord, CanonicalizationError) as exc:
+            kept = columns_hash({**fields.columns(), "offset": item.offset})
+        except (MalformedRecord, CanonicalizationError, OverflowError) as exc:
             batch.rejected.append(Rejected(item.topic, item.partition, item.offset, str(exc)))
             continue
         digest = sha256_hex(full)
@@ -75,7 +78,7 @@ def prepare(items: Sequence[IncomingRecord], canon_cache: dict[str, bytes] | Non
         seen[fields.event_id] = digest
         if isinstance(item.record.get("policy_document"), dict) and fields.policy_hash:
             batch.policy_mismatches += doc is None
-        batch.records.append(Prepared(item, fields, digest, stored.decode("utf-8"), doc))
+        batch.records.append(Prepared(item, fields, digest, kept, stored.decode("utf-8"), doc))
     batch.records.sort(key=lambda p: (p.item.topic, p.item.partition, p.item.offset))
     return batch
 
@@ -124,7 +127,7 @@ def write_batch(conn: Connection, batch: Batch) -> InsertResult:
         topic, partition = prep.item.topic, prep.item.partition
         seq, prev = heads[(topic, partition)]
         seq += 1
-        row_hash = link_hash(prev, prep.record_hash, seq, topic, partition)
+        row_hash = link_hash(prev, prep.record_hash, seq, topic, partition, prep.columns_hash)
         heads[(topic, partition)] = (seq, row_hash)
         rows.append(_row(prep, seq, prev, row_hash))
     if rows:
@@ -165,6 +168,7 @@ def _row(prep: Prepared, seq: int, prev: str, row_hash: str) -> dict[str, Any]:
         "record": prep.stored,
         "policy_elided": prep.policy_doc is not None,
         "record_hash": prep.record_hash,
+        "columns_hash": prep.columns_hash,
         "prev_hash": prev,
         "row_hash": row_hash,
         "redacted_at": None,
@@ -249,8 +253,11 @@ def _chunks(values: list[str]) -> Iterable[list[str]]:
 
 
 def restore_policy(stored: str, document: str | None) -> dict[str, Any]:
-    """The record as received: the stored JSON with its policy document put back."""
-    record: dict[str, Any] = json.loads(stored)
+    """The record as received: the stored JSON with its policy document put back. Raises
+    ValueError when either is not a JSON object (never so as written: edited in the database)."""
+    record = json.loads(stored)
+    if not isinstance(record, dict):
+        raise ValueError(f"the stored record is a JSON {type(record).__name__}, not an object")
     if document is not None:
         record["policy_document"] = json.loads(document)
     return record

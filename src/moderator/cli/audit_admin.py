@@ -1,7 +1,8 @@
-"""`moderator audit verify | retention | serve`.
+"""`moderator audit verify | retention`, and the registration of `serve` and `hash-token`
+(cli/audit_serve.py).
 
 verify exits 0 when every chain is intact, 3 when tampering was found, 1 when it could not
-verify (database unreachable, anchor unreadable); retention and serve exit 0, 1 or 2 as usual.
+verify (database unreachable, anchor unreadable); retention exits 0, 1 or 2 as usual.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,9 @@ CONFIG_HELP = "YAML settings file (audit.*)"
 
 
 def add_admin_parsers(audit_sub: Any) -> None:
-    """Register `audit verify`, `audit retention` and `audit serve`."""
+    """Register `audit verify`, `audit retention`, `audit serve` and `audit hash-token`."""
+    from moderator.cli.audit_serve import add_serve_parsers
+
     verify = audit_sub.add_parser(
         "verify",
         help="check every hash chain against its head and the latest exported anchor",
@@ -54,19 +57,7 @@ def add_admin_parsers(audit_sub: Any) -> None:
     retention.add_argument("--dry-run", action="store_true", help="count, change nothing")
     retention.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
 
-    serve = audit_sub.add_parser(
-        "serve",
-        help="serve the read-only audit HTTP API (needs the api extra)",
-        description=(
-            "Serve GET /v1/verdicts, /v1/verdicts/{event_id}, /v1/policy-versions/{hash} and "
-            "/healthz over the audit store, with bearer tokens from audit.api_tokens (SHA-256 "
-            'hex of the token → tenants; make one with: printf %%s "$TOKEN" | sha256sum). '
-            "OpenAPI at /openapi.json. Needs: pip install 'moderator[api]'."
-        ),
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8700, help="port (default: 8700)")
-    serve.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    add_serve_parsers(audit_sub)
 
 
 # -- verify --------------------------------------------------------------------------------
@@ -171,6 +162,13 @@ def _print_report(report: VerifyReport, url: str, where: str | None) -> None:
     for problem in report.problems:
         print(f"problem: {problem}")
     print("intact" if report.ok else "TAMPERING FOUND")
+    if report.rows_legacy:
+        print(
+            f"warning: {_plural(report.rows_legacy, 'row')} predate schema version 3 (chain "
+            "format v1): the hash chain does not cover their offset, nor the kept columns "
+            f"(decision, tenant, time, ...) of the {report.rows_uncovered} redacted among them",
+            file=sys.stderr,
+        )
 
 
 # -- retention -----------------------------------------------------------------------------
@@ -207,15 +205,15 @@ def expired_counts(store: AuditStore, policy: Mapping[str, int], now: datetime) 
     from dataclasses import replace
 
     from moderator.audit.models import AuditQuery
-    from moderator.audit.retention import DEFAULT_KEY
+    from moderator.audit.retention import DEFAULT_KEY, cutoff
 
     named = {t: d for t, d in policy.items() if t != DEFAULT_KEY}
     plans = [
-        (AuditQuery(tenant_id=t, until=now - timedelta(days=d), limit=1000), False)
+        (AuditQuery(tenant_id=t, until=cutoff(now, t, d), limit=1000), False)
         for t, d in named.items()
     ]
     if DEFAULT_KEY in policy:
-        until = now - timedelta(days=policy[DEFAULT_KEY])
+        until = cutoff(now, DEFAULT_KEY, policy[DEFAULT_KEY])
         plans.append((AuditQuery(until=until, limit=1000), True))
     counts: dict[str, int] = {}
     for query, is_default in plans:
@@ -227,34 +225,6 @@ def expired_counts(store: AuditStore, policy: Mapping[str, int], now: datetime) 
                     counts[row.tenant_id] = counts.get(row.tenant_id, 0) + 1
             q = replace(q, cursor=page.next_cursor) if page.next_cursor else None
     return counts
-
-
-# -- serve ---------------------------------------------------------------------------------
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from moderator.cli.audit_query import open_existing_store
-    from moderator.settings import load_settings
-
-    try:
-        import uvicorn
-
-        from moderator.audit.api import create_app
-    except ImportError as exc:
-        raise ConfigError(
-            f"audit serve needs the api extra ({exc.name} is missing): pip install 'moderator[api]'"
-        ) from exc
-    settings = load_settings(args.config)
-    if not settings.audit.api_tokens:
-        raise ConfigError(
-            "audit.api_tokens: empty, so no request could be authorised (docs/audit.md)"
-        )
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port: must be 1..65535, got {args.port}")
-    url = settings.audit.url
-    app = create_app(lambda: open_existing_store(url), settings.audit.api_tokens)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log.level)
-    return 0
 
 
 def _plural(n: int, word: str) -> str:

@@ -90,8 +90,10 @@ def cmd_export_dsa(
     from moderator.audit.dsa import SCHEMA_VERSION, DsaOptions
     from moderator.audit.dsa_schema import BATCH_MAX
     from moderator.cli.audit_query import open_existing_store
+    from moderator.logs import configure_cli_logging
     from moderator.policy.registry import PolicyRegistry
 
+    configure_cli_logging(settings.log)  # stdout holds statements only
     salt = os.environ.get(salt_env, "")
     if not salt:
         print(
@@ -117,7 +119,9 @@ def cmd_export_dsa(
     exporter = _Exporter(registry, options)
     with open_existing_store(settings.audit.url) as store, _output(output) as out:
         pages = [_rows(store, q) for q in queries]
-        for row in heapq.merge(*pages, key=lambda r: (r.decided_at, r.id)):
+        # Each page stream is in (decided_at, event_id) order, event ids in the database's
+        # collation: merging on the time alone never disagrees with it.
+        for row in heapq.merge(*pages, key=lambda r: r.decided_at):
             statement = exporter.statement(row)
             if statement is not None:
                 out.write(json.dumps(statement, ensure_ascii=False, separators=(",", ":")) + "\n")

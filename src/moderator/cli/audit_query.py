@@ -1,6 +1,8 @@
 """`moderator audit query`: filter audit rows; print them as a table, JSON lines or CSV.
 
-Exit codes: 0 ok (no rows included), 2 for a bad filter value (one line naming the flag) or bad
+For operators: JSON and CSV carry every column, row ids, chain positions and Kafka offsets
+included (the HTTP API leaves those out for tenants). stdout holds only rows.
+Exit codes: 0 ok (no rows included), 2 for a bad flag value (one line naming the flag) or bad
 settings, 1 when the audit database cannot be opened.
 """
 
@@ -74,16 +76,20 @@ def add_query_parser(audit_sub: Any) -> None:
         metavar="decided_at|-decided_at",
         help="order (default: -decided_at, newest first)",
     )
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="rows per page (1..1000)")
+    # --limit and --format are checked by the command, so a bad value is one line naming it.
+    p.add_argument("--limit", default="100", metavar="N", help="rows per page (1..1000)")
     p.add_argument("--cursor", metavar="C", help="continue after the page that printed it")
     p.add_argument("--all", action="store_true", help="page through every matching row")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output (default: table)")
+    p.add_argument(
+        "--format", default="table", metavar="|".join(FORMATS), help="output (default: table)"
+    )
     p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (audit.url)")
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     """Run `audit query` with parsed arguments."""
-    from moderator.audit.filters import BadFilter, Filters, build_query
+    from moderator.audit.filters import BadFilter, Filters, build_query, parse_limit, shown
+    from moderator.logs import configure_cli_logging
     from moderator.settings import load_settings
 
     filters = Filters(
@@ -99,11 +105,17 @@ def cmd_query(args: argparse.Namespace) -> int:
         since=args.since,
         until=args.until,
     )
+    if args.format not in FORMATS:
+        raise ConfigError(
+            f"--format: must be one of {', '.join(FORMATS)}, got {shown(args.format)}"
+        )
     try:
-        query = build_query(filters, sort=args.sort, limit=args.limit, cursor=args.cursor)
+        limit = parse_limit(str(args.limit))
+        query = build_query(filters, sort=args.sort, limit=limit, cursor=args.cursor)
     except BadFilter as exc:
         raise ConfigError(f"{flag_name(exc.field)}: {exc.reason}") from exc
     settings = load_settings(args.config)
+    configure_cli_logging(settings.log)
     with open_existing_store(settings.audit.url) as store:
         pages = _pages(store, query, every=args.all)
         if args.format == "json":

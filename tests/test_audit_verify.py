@@ -1,0 +1,300 @@
+"""`moderator audit verify` on SQLite: the columns a redacted row keeps are bound into its hash
+chain (columns_hash), retention limits, rows stored before schema version 3, and the edits
+verify cannot see by design."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine
+
+from moderator.audit.anchors import FileAnchorSink, export_anchor
+from moderator.audit.canonical import GENESIS_HASH, columns_hash, link_hash
+from moderator.audit.fields import RecordFields
+from moderator.audit.models import IncomingRecord
+from moderator.audit.retention import redact_expired
+from moderator.audit.store import AuditStore
+from moderator.cli.main import main
+from moderator.errors import ConfigError
+from tests.audit_fixtures import BASE, TOPIC, make_db, record
+from tests.audit_tamper import recompute_chain, revert_to_version_2, write_as_format_v1
+from tests.policy_fixtures import clear_moderator_env
+
+FAKE_REDACTION = (
+    "UPDATE audit_records SET record = NULL, object_key = NULL, "
+    "redacted_at = '2027-01-01T00:00:00.000000Z'"
+)
+LATER = BASE + timedelta(days=400)  # every sample row is expired by then
+
+
+class Db:
+    """A SQLite audit database of the ten sample rows (two chains) and an anchor file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = make_db(path)
+        self.anchors = path.parent / "anchors.jsonl"
+        self.anchor()
+
+    def anchor(self) -> None:
+        with AuditStore.open(self.url) as store:
+            export_anchor(store, [FileAnchorSink(self.anchors)])
+
+    def sql(self, statement: str, *params: object) -> None:
+        with sqlite3.connect(self.path) as conn:
+            conn.execute(statement, params)
+        conn.close()
+
+    def engine(self) -> Engine:
+        return create_engine(self.url)
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Db]:
+    clear_moderator_env(monkeypatch)
+    made = Db(tmp_path / "audit.db")
+    monkeypatch.setenv("MODERATOR_AUDIT__URL", made.url)
+    monkeypatch.setenv("MODERATOR_AUDIT__ANCHOR_FILE", str(made.anchors))
+    yield made
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["audit", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# -- the forgeries a fake redaction used to hide ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("decision", "allow"),  # b-0 was blocked
+        ("tenant_id", "alpha"),
+        ("event_id", "b-forged"),
+        ("decided_at", "2026-11-30T00:00:00.000000Z"),
+    ],
+)
+def test_a_forged_column_on_a_fake_redaction_is_tampering(
+    db: Db, capsys: pytest.CaptureFixture[str], column: str, value: str
+) -> None:
+    db.sql(FAKE_REDACTION + ", " + column + " = ? WHERE event_id = 'b-0'", value)
+    code, out, _ = run(capsys, "verify")
+    assert code == 3, out
+    assert "problem: moderation.audit[1] seq 1 (row id 6, event_id " in out
+    assert "edited" in out and out.splitlines()[-1] == "TAMPERING FOUND"
+
+
+def test_a_real_retention_redaction_verifies(db: Db, capsys: pytest.CaptureFixture[str]) -> None:
+    with AuditStore.open(db.url) as store:
+        assert sum(redact_expired(store, {"default": 30}, LATER).values()) == 10
+    code, out, err = run(capsys, "verify")
+    assert code == 0, out
+    assert "(10 redacted), 0 problems" in out and "predate" not in err
+
+
+@pytest.mark.parametrize(
+    ("statement", "found"),
+    [
+        ("UPDATE audit_records SET record = '[1, 2]' WHERE event_id = 'a-3'", "JSON list"),
+        ("UPDATE audit_records SET record = 'NaN' WHERE event_id = 'a-3'", "JSON float"),
+        (
+            "UPDATE audit_records SET record = '{\"a\": NaN}' WHERE event_id = 'a-3'",
+            "not a JSON number",
+        ),
+        ("UPDATE audit_records SET record = '{' WHERE event_id = 'a-3'", "unreadable record"),
+        (
+            "UPDATE audit_records SET decided_at = '2026-11-29 02:06:00' WHERE event_id = 'a-3'",
+            "unreadable decided_at",
+        ),
+        (
+            "UPDATE audit_records SET redacted_at = 'soon' WHERE event_id = 'a-3'",
+            "unreadable redacted_at",
+        ),
+    ],
+)
+def test_values_no_writer_stores_are_tampering_not_a_crash(
+    db: Db, capsys: pytest.CaptureFixture[str], statement: str, found: str
+) -> None:
+    db.sql(statement)
+    code, out, err = run(capsys, "verify")
+    assert code == 3, (out, err)
+    assert "moderation.audit[0] seq 4 " in out and found in out
+
+
+def test_a_wrong_type_where_verify_cannot_place_the_row_is_could_not_verify(
+    db: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db.sql("UPDATE audit_records SET partition = 'abc' WHERE event_id = 'a-1'")
+    code, out, err = run(capsys, "verify")
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1].startswith("moderator: could not verify: a stored value has a type")
+
+
+# -- retention limits --------------------------------------------------------------------------
+
+
+def test_retention_days_too_large_is_one_line_exit_2(
+    db: Db, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODERATOR_AUDIT__RETENTION_DAYS", json.dumps({"default": 999999999}))
+    for args in (("retention",), ("retention", "--dry-run")):
+        code, out, err = run(capsys, *args)
+        assert (code, out) == (2, "")
+        assert len(err.strip().splitlines()) == 1 and "retention_days['default']" in err
+        assert "36500" in err and "Traceback" not in err
+
+
+def test_retention_checks_its_days_before_redacting_anything(db: Db) -> None:
+    with AuditStore.open(db.url) as store:
+        for days in (999999999, 36501, -1):
+            with pytest.raises(ConfigError, match=r"audit\.retention_days\['beta'\]"):
+                redact_expired(store, {"alpha": 0, "beta": days}, LATER)
+        assert store.tenants() == ["alpha", "beta"]  # nothing redacted
+        assert redact_expired(store, {"default": 36500}, LATER) == {}
+
+
+# -- the hash definitions ----------------------------------------------------------------------
+
+
+def test_columns_hash_and_format_v2_row_hash_definitions() -> None:
+    fields = RecordFields(
+        event_id="e-1",
+        tenant_id="t",
+        decided_at=datetime(2026, 11, 29, 2, 0, 1, 234000, tzinfo=UTC),
+        decision="block",
+        object_key="personal/key.jpg",
+        score=0.5,
+        model_smoke_test=False,
+    )
+    raw = (
+        '{"category":null,"category_code":null,"columns":"moderator.audit-columns/v1",'
+        '"decided_at":"2026-11-29T02:00:01.234000Z","decision":"block","error_code":null,'
+        '"event_id":"e-1","model_engine":null,"model_name":null,"model_smoke_test":false,'
+        '"object_bucket":null,"offset":7,"policy_hash":null,"policy_version":null,'
+        '"rating":null,"score":0.5,"sha256":null,"source":null,"surface":null,"tenant_id":"t"}'
+    )
+    digest = columns_hash({**fields.columns(), "offset": 7})
+    assert digest == hashlib.sha256(raw.encode()).hexdigest()  # object_key is not covered
+    assert columns_hash({**fields.columns(), "object_key": None, "offset": 7}) == digest
+    rh = "ab" * 32
+    v2 = (
+        '{"chain":"moderator.audit-chain/v2","columns_hash":"' + digest + '","partition":3,'
+        '"prev_hash":"' + GENESIS_HASH + '","record_hash":"' + rh + '","seq":1,"topic":"t"}'
+    )
+    assert link_hash(GENESIS_HASH, rh, 1, "t", 3, digest) == hashlib.sha256(v2.encode()).hexdigest()
+    assert link_hash(GENESIS_HASH, rh, 1, "t", 3, digest) != link_hash(GENESIS_HASH, rh, 1, "t", 3)
+
+
+# -- rows stored before schema version 3 -------------------------------------------------------
+
+
+@pytest.fixture
+def legacy(db: Db) -> Db:
+    """The sample rows as moderator stored them before schema version 3, half redacted, then
+    opened (migrated) by this version; the anchor is taken before the upgrade."""
+    engine = db.engine()
+    with engine.begin() as conn:
+        for partition in (0, 1):
+            write_as_format_v1(conn, TOPIC, partition)
+    revert_to_version_2(engine)
+    engine.dispose()
+    db.anchors.unlink()
+    db.anchor()  # opens the store: migration 3
+    with AuditStore.open(db.url) as store:
+        assert redact_expired(store, {"default": 0}, BASE + timedelta(minutes=4)) == {
+            "alpha": 2,
+            "beta": 2,
+        }
+    return db
+
+
+def test_rows_stored_before_version_3_verify_with_a_warning(
+    legacy: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "verify")
+    assert code == 0, out
+    assert out.splitlines()[-1] == "intact"
+    assert err.splitlines()[-1] == (
+        "warning: 10 rows predate schema version 3 (chain format v1): the hash chain does not "
+        "cover their offset, nor the kept columns (decision, tenant, time, ...) of the 4 "
+        "redacted among them"
+    )
+    with AuditStore.open(legacy.url) as store:  # later rows are format v2 on the same chain
+        store.insert([IncomingRecord(TOPIC, 0, 5, record("a-6", "alpha", BASE))])
+    legacy.sql(FAKE_REDACTION + ", decision = 'block' WHERE seq = 6 AND partition = 0")
+    code, out, _ = run(capsys, "verify", "--anchor-file", str(legacy.anchors))
+    assert code == 3 and "moderation.audit[0] seq 6" in out
+
+
+def test_a_legacy_row_cannot_be_downgraded_into(legacy: Db) -> None:
+    """A format v2 row whose columns_hash is removed is not taken for a legacy row."""
+    with AuditStore.open(legacy.url) as store:
+        store.insert([IncomingRecord(TOPIC, 0, 5, record("a-6", "alpha", BASE))])
+    legacy.sql("UPDATE audit_records SET columns_hash = NULL WHERE seq = 6 AND partition = 0")
+    assert main(["audit", "verify"]) == 3
+
+
+# -- what verify cannot see, by design ---------------------------------------------------------
+
+
+def test_a_legacy_redacted_rows_columns_are_not_covered(
+    legacy: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    legacy.sql("UPDATE audit_records SET decision = 'allow' WHERE event_id = 'b-0'")
+    code, _, err = run(capsys, "verify")
+    assert code == 0 and "of the 4 redacted among them" in err
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        # a redacted row's redaction time: retention writes it after the row was chained
+        (
+            FAKE_REDACTION + " WHERE event_id = 'a-2'",
+            "UPDATE audit_records SET redacted_at = '2030-01-01T00:00:00.000000Z' "
+            "WHERE event_id = 'a-2'",
+        ),
+        # a redaction done by hand is the same edit as retention's
+        (FAKE_REDACTION + " WHERE event_id = 'a-3'",),
+        # the store's row id is a storage key, not an audit fact
+        ("UPDATE audit_records SET id = 1000 WHERE event_id = 'a-4'",),
+    ],
+    ids=["redacted_at", "redaction", "id"],
+)
+def test_edits_verify_does_not_report(
+    db: Db, capsys: pytest.CaptureFixture[str], statements: tuple[str, ...]
+) -> None:
+    for statement in statements:
+        db.sql(statement)
+    code, out, _ = run(capsys, "verify")
+    assert code == 0, out
+
+
+def test_rows_after_the_last_anchor_can_be_rewritten_with_their_chain(
+    db: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with AuditStore.open(db.url) as store:
+        store.insert([IncomingRecord(TOPIC, 0, 5, record("a-6", "alpha", BASE))])
+    db.sql("UPDATE audit_records SET decision = 'block' WHERE event_id = 'a-6'")
+    db.sql(
+        "UPDATE audit_records SET record = json_set(record, '$.verdict.decision', 'block') "
+        "WHERE event_id = 'a-6'"
+    )
+    assert run(capsys, "verify")[0] == 3
+    engine = db.engine()
+    with AuditStore.open(db.url) as store:
+        recompute_chain(engine, store, TOPIC, 0)
+    engine.dispose()
+    code, out, _ = run(capsys, "verify")
+    assert code == 0, out  # the anchor ends at seq 5: what follows is the writer's word
+    db.anchor()
+    db.sql("UPDATE audit_records SET decision = 'allow' WHERE event_id = 'a-6'")
+    assert run(capsys, "verify")[0] == 3
