@@ -21,6 +21,12 @@ from moderator.errors import ConfigError
 from moderator.settings import AuditSettings
 
 ANCHOR_KEY = b"anchor"
+# An anchor is ~150 bytes per chain head: this is room for some 25,000 chains. Anything longer
+# read back from a file or S3 is not one of ours, and is not read into memory.
+MAX_ANCHOR_BYTES = 4 << 20
+# S3 listings are paged (1,000 keys a page); a prefix that needs more pages than this for one
+# date folder is not an anchor prefix (or the endpoint keeps answering "truncated").
+MAX_LIST_PAGES = 1000
 
 
 class AnchorSink(Protocol):
@@ -87,7 +93,8 @@ class FileAnchorSink:
 
 def latest_anchor(path: Path, *, block: int = 1 << 16) -> Anchor | None:
     """The last complete anchor line of a file (a torn last line is skipped); None when the
-    file is missing or holds none. Reads from the end, so long files are cheap."""
+    file is missing or holds none. Reads from the end, so long files are cheap; a line longer
+    than MAX_ANCHOR_BYTES is skipped without being held in memory."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -95,18 +102,25 @@ def latest_anchor(path: Path, *, block: int = 1 << 16) -> Anchor | None:
     with handle:
         end = handle.seek(0, os.SEEK_END)
         tail = b""
+        oversized = False  # the partial line in `tail` is already too long to be an anchor
         while end > 0:
             start = max(0, end - block)
             handle.seek(start)
             tail = handle.read(end - start) + tail
             end = start
             lines = tail.split(b"\n")
-            # lines[0] may be partial unless we reached the start of the file
-            for line in reversed(lines if end == 0 else lines[1:]):
+            # lines[0] may be partial unless we reached the start of the file; the last line
+            # continues one found too long before
+            complete = lines if end == 0 else lines[1:]
+            if oversized and complete:
+                complete, oversized = complete[:-1], False
+            for line in reversed(complete):
                 anchor = _parse_line(line)
                 if anchor is not None:
                     return anchor
             tail = lines[0] if end > 0 else b""
+            if len(tail) > MAX_ANCHOR_BYTES:
+                tail, oversized = b"", True
     return None
 
 
@@ -121,7 +135,9 @@ def _parse_line(line: bytes) -> Anchor | None:
 
 class S3AnchorSink:
     """One object per anchor: `{prefix}/YYYY/MM/DD/YYYYMMDDTHHMMSS.ffffffZ-{hash12}.json`, so
-    keys sort by time; `latest` walks the date folders down (a handful of LIST calls)."""
+    keys sort by time; `latest` walks the date folders down (a handful of LIST calls), keeping
+    only the greatest name of each listing (at most MAX_LIST_PAGES pages), and reads at most
+    MAX_ANCHOR_BYTES of the object (else AuditError)."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "anchors") -> None:
         self.client = client
@@ -149,27 +165,50 @@ class S3AnchorSink:
     def latest(self) -> Anchor | None:
         prefix = f"{self.prefix}/" if self.prefix else ""
         for _level in ("year", "month", "day"):
-            folders = self._list(prefix, delimiter=True)
-            if not folders:
+            folder = self._greatest(prefix, delimiter=True)
+            if folder is None:
                 return None
-            prefix = max(folders)
-        keys = self._list(prefix, delimiter=False)
-        if not keys:
+            prefix = folder
+        key = self._greatest(prefix, delimiter=False)
+        if key is None:
             return None
-        body = self.client.get_object(Bucket=self.bucket, Key=max(keys))["Body"].read()
-        return Anchor.from_bytes(body)
+        where = f"s3://{self.bucket}/{key}"
+        response = self.client.get_object(Bucket=self.bucket, Key=key)
+        body = response["Body"]
+        try:
+            length = response.get("ContentLength")
+            if isinstance(length, int) and length > MAX_ANCHOR_BYTES:
+                raise AuditError(
+                    f"{where}: {length} bytes, not an anchor (over {MAX_ANCHOR_BYTES})"
+                )
+            data = body.read(MAX_ANCHOR_BYTES + 1)
+        finally:
+            body.close()
+        if len(data) > MAX_ANCHOR_BYTES:
+            raise AuditError(f"{where}: longer than {MAX_ANCHOR_BYTES} bytes, not an anchor")
+        return Anchor.from_bytes(data)
 
-    def _list(self, prefix: str, *, delimiter: bool) -> list[str]:
-        found: list[str] = []
+    def _greatest(self, prefix: str, *, delimiter: bool) -> str | None:
+        """The greatest sub-folder (with `delimiter`) or key under `prefix`; None if none."""
+        greatest: str | None = None
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = "/"
-        for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+        pages = self.client.get_paginator("list_objects_v2").paginate(**kwargs)
+        for count, page in enumerate(pages, start=1):
+            if count > MAX_LIST_PAGES:
+                raise AuditError(
+                    f"s3://{self.bucket}/{prefix}: more than {MAX_LIST_PAGES} pages of objects; "
+                    "is audit.anchor_s3_uri a prefix of its own?"
+                )
             if delimiter:
-                found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+                names = [p.get("Prefix") for p in page.get("CommonPrefixes", [])]
             else:
-                found += [o["Key"] for o in page.get("Contents", [])]
-        return found
+                names = [o.get("Key") for o in page.get("Contents", [])]
+            for name in names:
+                if isinstance(name, str) and (greatest is None or name > greatest):
+                    greatest = name
+        return greatest
 
 
 class KafkaAnchorSink:

@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -21,6 +21,8 @@ from moderator.devstack.openai_protocol import RequestRejected, error_body
 
 API_PREFIX = "/v1"
 MAX_BODY_BYTES = 64 << 20
+# What a BodyFault's padded answer says, so a client that reads it all judges it normally.
+FAULT_CONTENT = '{"rating": "Safe", "category": "NA: None applying", "rationale": "padded"}'
 
 
 @dataclass
@@ -32,11 +34,25 @@ class Fault:
     retry_after: float | None = None
 
 
+@dataclass
+class BodyFault:
+    """A large or slow answer injected in place of the next chat completion: a `status` answer
+    whose body is `size` bytes (a chat completion padded with filler, generated on the fly),
+    written `chunk_bytes` at a time with `interval_s` between writes. `declare_length` sends a
+    Content-Length; otherwise the body is chunked."""
+
+    size: int
+    status: int = HTTPStatus.OK
+    chunk_bytes: int = 64 << 10
+    interval_s: float = 0.0
+    declare_length: bool = True
+
+
 class FaultRaised(Exception):
     """Raised by the chat route to answer with `fault` (and its Retry-After)."""
 
-    def __init__(self, fault: Fault) -> None:
-        super().__init__(fault.message)
+    def __init__(self, fault: Fault | BodyFault) -> None:
+        super().__init__(fault.message if isinstance(fault, Fault) else "body fault")
         self.fault = fault
 
 
@@ -75,15 +91,46 @@ class Connections:
                 thread.join(0.1)
 
 
+def padded_body(size: int, content: str) -> tuple[int, Iterator[bytes]]:
+    """A chat completion answering `content`, padded with filler to `size` bytes (or the
+    unpadded answer's length, if longer): its length, and its bytes in pieces of 64 KiB."""
+    answer = {
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    head = json.dumps(answer)[:-1].encode() + b', "padding": "'
+    tail = b'"}'
+    filler = max(0, size - len(head) - len(tail))
+
+    def pieces() -> Iterator[bytes]:
+        yield head
+        piece = b"x" * (64 << 10)
+        left = filler
+        while left > 0:
+            yield piece[:left]
+            left -= min(left, len(piece))
+        yield tail
+
+    return len(head) + filler + len(tail), pieces()
+
+
 def handler_class(
     *,
     chat: Callable[[Any], dict[str, Any]],
     models: Callable[[], dict[str, Any]],
     api_key: Callable[[], str | None],
     connections: Connections,
+    stopping: threading.Event,
 ) -> type[BaseHTTPRequestHandler]:
-    """A handler answering `models()` and `chat(body)` (which raises RequestRejected or
-    FaultRaised), demanding the bearer token `api_key()` when it is not None."""
+    """A handler answering `models()` (which may raise FaultRaised with a BodyFault) and
+    `chat(body)` (which raises RequestRejected or FaultRaised), demanding the bearer token
+    `api_key()` when it is not None. `stopping` cuts slow BodyFault answers short."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, so clients can pool connections
@@ -105,7 +152,11 @@ def handler_class(
             if not self._authorized():
                 return
             if self.path.rstrip("/") == f"{API_PREFIX}/models":
-                self._send(HTTPStatus.OK, models())
+                try:
+                    self._send(HTTPStatus.OK, models())
+                except FaultRaised as exc:
+                    if isinstance(exc.fault, BodyFault):
+                        self._stream(exc.fault)
             else:
                 self._error(RequestRejected(f"no route {self.path}", status=HTTPStatus.NOT_FOUND))
 
@@ -122,6 +173,9 @@ def handler_class(
                 self._error(exc)
             except FaultRaised as exc:
                 fault = exc.fault
+                if isinstance(fault, BodyFault):
+                    self._stream(fault)
+                    return
                 headers = {}
                 if fault.retry_after is not None:
                     headers["Retry-After"] = f"{fault.retry_after:g}"
@@ -129,6 +183,35 @@ def handler_class(
                     RequestRejected(fault.message, status=fault.status, kind="server_error"),
                     headers,
                 )
+
+        def _stream(self, fault: BodyFault) -> None:
+            """Write a BodyFault's answer; the connection closes afterwards (the client may
+            well have stopped reading halfway)."""
+            self.close_connection = True
+            length, pieces = padded_body(fault.size, FAULT_CONTENT)
+            try:
+                self.send_response(fault.status)
+                self.send_header("Content-Type", "application/json")
+                if fault.declare_length:
+                    self.send_header("Content-Length", str(length))
+                else:
+                    self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for piece in pieces:
+                    for start in range(0, len(piece), fault.chunk_bytes):
+                        if stopping.is_set():
+                            return
+                        chunk = piece[start : start + fault.chunk_bytes]
+                        if fault.declare_length:
+                            self.wfile.write(chunk)
+                        else:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        if fault.interval_s > 0:
+                            stopping.wait(fault.interval_s)
+                if not fault.declare_length:
+                    self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass  # the client stopped reading: what the fault is there to provoke
 
         def _read_body(self) -> Any:
             try:

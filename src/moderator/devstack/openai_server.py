@@ -9,8 +9,9 @@ itself only checks (`openai_validation`), decodes the image and shapes the respo
 (`openai_protocol`); `openai_http` holds the request handler.
 
 Faults for retry tests: `fail_next` answers the next N completions with an error status,
-`delay_s` holds every completion back. `requests` keeps the bodies received, `max_concurrent`
-the most completions handled at once.
+`delay_s` holds every completion back; `stream_next` answers the next N with a body of any size,
+at any pace (`models_fault` does the same for `/v1/models`), generated on the fly. `requests`
+keeps the bodies received, `max_concurrent` the most completions handled at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from moderator.devstack.openai_http import (
     API_PREFIX,
     MAX_BODY_BYTES,
+    BodyFault,
     Connections,
     Fault,
     FaultRaised,
@@ -50,6 +52,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_TOP_LOGPROBS",
     "STOP_TIMEOUT_S",
+    "BodyFault",
     "Completion",
     "CompletionBackend",
     "CompletionParams",
@@ -69,7 +72,7 @@ class OpenAIServerError(ModeratorError):
 @dataclass
 class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
-    faults: deque[Fault] = field(default_factory=deque)
+    faults: deque[Fault | BodyFault] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
     active: int = 0
     max_concurrent: int = 0
@@ -103,6 +106,7 @@ class OpenAITestServer:
         self.max_top_logprobs = max_top_logprobs
         self.api_key = api_key
         self.delay_s = 0.0
+        self.models_fault: BodyFault | None = None
         self._state = _State()
         self._connections = Connections()
         self._stopping = threading.Event()
@@ -116,9 +120,10 @@ class OpenAITestServer:
             raise OpenAIServerError("the OpenAI test server is already running")
         handler = handler_class(
             chat=self._chat,
-            models=lambda: models_response(self.model, smoke_test=self.smoke_test),
+            models=self._models,
             api_key=lambda: self.api_key,
             connections=self._connections,
+            stopping=self._stopping,
         )
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         # Daemon handler threads, so a server nobody stopped cannot hold the interpreter at
@@ -176,6 +181,23 @@ class OpenAITestServer:
         with self._state.lock:
             self._state.faults.extend(Fault(status, message, retry_after) for _ in range(count))
 
+    def stream_next(
+        self,
+        count: int,
+        size: int,
+        *,
+        status: int = HTTPStatus.OK,
+        chunk_bytes: int = 64 << 10,
+        interval_s: float = 0.0,
+        declare_length: bool = True,
+    ) -> None:
+        """Answer the next `count` chat completions with a `size`-byte body (a chat completion
+        padded with filler), `chunk_bytes` per write, `interval_s` between writes; chunked
+        when not `declare_length`. Nothing of that size is held in memory."""
+        fault = BodyFault(size, status, chunk_bytes, interval_s, declare_length)
+        with self._state.lock:
+            self._state.faults.extend(fault for _ in range(count))
+
     @property
     def requests(self) -> list[dict[str, Any]]:
         """The chat completion bodies received so far (valid or not), in arrival order."""
@@ -189,6 +211,11 @@ class OpenAITestServer:
             return self._state.max_concurrent
 
     # -- request handling (handler threads) ------------------------------------------------
+
+    def _models(self) -> dict[str, Any]:
+        if self.models_fault is not None:
+            raise FaultRaised(self.models_fault)
+        return models_response(self.model, smoke_test=self.smoke_test)
 
     def _chat(self, body: Any) -> dict[str, Any]:
         with self._state.lock:

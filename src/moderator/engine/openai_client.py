@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -17,6 +18,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from moderator.engine.openai_body import (
+    ERROR_BODY_BYTES,
+    AnswerTooLarge,
+    UnreadableAnswer,
+    read_capped,
+)
 from moderator.engine.openai_request import (
     describe,
     error_message,
@@ -27,6 +34,7 @@ from moderator.engine.openai_request import (
 )
 from moderator.engine.openai_retry import BadResponse, StatusError, retrying
 from moderator.errors import ConfigError, ErrorCode, ModeratorError
+from moderator.masking import mask_passwords
 from moderator.settings import OpenAISettings
 
 if TYPE_CHECKING:
@@ -66,8 +74,10 @@ class OpenAIClient:
     """Talks to the server at `base_url` from its own event-loop thread.
 
     At most `max_in_flight` requests are open at once; each has `timeout_s` in all, queueing
-    for a slot, retries and backoff included. The constructor starts the thread and opens the
-    client (closing again if that fails); `close` must be called to stop them.
+    for a slot, retries and backoff included, reading the answer too. An answer is read as a
+    stream and given up as soon as it passes `max_response_bytes` (an error answer is cut at
+    64 KiB: only its message is kept). The constructor starts the thread and opens the client
+    (closing again if that fails); `close` must be called to stop them.
     """
 
     def __init__(
@@ -77,14 +87,17 @@ class OpenAIClient:
         *,
         timeout_s: float,
         max_in_flight: int,
+        max_response_bytes: int,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         backoff_s: float = 0.5,
         backoff_max_s: float = 8.0,
     ) -> None:
         self._base_url = base_url
+        self._shown = mask_passwords(base_url)  # in messages, which reach verdicts and logs
         self._openai = options
         self._timeout_s = timeout_s
         self._max_in_flight = max_in_flight
+        self._max_response_bytes = max_response_bytes
         self._probe_timeout_s = probe_timeout_s
         self._backoff_s = backoff_s
         self._backoff_max_s = backoff_max_s
@@ -118,7 +131,7 @@ class OpenAIClient:
             return future.result(self._timeout_s + _RESULT_GRACE_S)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            message = f"no answer from {self._base_url} within {self._timeout_s:g}s"
+            message = f"no answer from {self._shown} within {self._timeout_s:g}s"
             return [Failure(ErrorCode.ENGINE_TIMEOUT, message) for _ in payloads]
         except concurrent.futures.CancelledError:
             return [Failure(ErrorCode.ENGINE_ERROR, "the openai engine was closed")] * len(payloads)
@@ -155,7 +168,9 @@ class OpenAIClient:
         import httpx
 
         opts = self._openai
-        headers = {"Accept": "application/json"}
+        # identity: real servers do not compress, and a compressed answer costs CPU to inflate
+        # (one that comes compressed anyway is inflated within the same cap).
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if opts.api_key is not None:
             headers["Authorization"] = f"Bearer {opts.api_key.get_secret_value()}"
         self._client = httpx.AsyncClient(
@@ -172,26 +187,36 @@ class OpenAIClient:
         import httpx
 
         assert self._client is not None
-        url = f"{self._base_url}/models"
+        url = f"{self._shown}/models"
         timeout = httpx.Timeout(
             self._probe_timeout_s,
             connect=min(self._openai.connect_timeout_s, self._probe_timeout_s),
         )
+        limit = self._max_response_bytes
         try:
-            response = await self._client.get(url, timeout=timeout)
+            models = f"{self._base_url}/models"
+            async with self._client.stream("GET", models, timeout=timeout) as response:
+                status, reason = response.status_code, response.reason_phrase
+                body = await read_capped(response, limit, truncate=status != 200)
         except httpx.HTTPError as exc:
             raise ConfigError(f"engine.base_url: cannot reach {url}: {describe(exc)}") from None
-        if response.status_code in (401, 403):
+        except AnswerTooLarge as exc:
             raise ConfigError(
-                f"engine.openai.api_key: {url} answered HTTP {response.status_code}: "
-                f"{error_message(response)}"
-            )
-        if response.status_code != 200:
+                f"engine.base_url: {url}: {exc} (engine.openai.max_response_bytes)"
+            ) from None
+        except UnreadableAnswer as exc:
+            raise ConfigError(f"engine.base_url: {url}: {exc}") from None
+        if status in (401, 403):
             raise ConfigError(
-                f"engine.base_url: {url} answered HTTP {response.status_code}: "
-                f"{error_message(response)} (the base URL usually ends in /v1)"
+                f"engine.openai.api_key: {url} answered HTTP {status}: "
+                f"{error_message(body, reason)}"
             )
-        entries = model_entries(response)
+        if status != 200:
+            raise ConfigError(
+                f"engine.base_url: {url} answered HTTP {status}: "
+                f"{error_message(body, reason)} (the base URL usually ends in /v1)"
+            )
+        entries = model_entries(body)
         if entries is None:
             raise ConfigError(
                 f"engine.base_url: {url} did not answer with a model list "
@@ -201,7 +226,7 @@ class OpenAIClient:
         if entry is None:
             served = ", ".join(str(e.get("id")) for e in entries) or "none"
             raise ConfigError(
-                f"engine.model: {model!r} is not served by {self._base_url} (served: {served})"
+                f"engine.model: {model!r} is not served by {self._shown} (served: {served})"
             )
         return entry.get("smoke_test") is True
 
@@ -222,35 +247,48 @@ class OpenAIClient:
         except TimeoutError:
             return Failure(
                 ErrorCode.ENGINE_TIMEOUT,
-                f"no answer from {self._base_url} within {timeout_s:g}s ({tries(attempts[0])})",
+                f"no answer from {self._shown} within {timeout_s:g}s ({tries(attempts[0])})",
             )
         except httpx.TimeoutException as exc:
             return Failure(
                 ErrorCode.ENGINE_TIMEOUT,
-                f"{self._base_url} timed out ({describe(exc)}; {tries(attempts[0])})",
+                f"{self._shown} timed out ({describe(exc)}; {tries(attempts[0])})",
             )
         except StatusError as exc:
             return Failure(ErrorCode.ENGINE_ERROR, self._status_message(exc, attempts[0]))
         except httpx.HTTPError as exc:
             return Failure(
                 ErrorCode.ENGINE_ERROR,
-                f"cannot reach {self._base_url}: {describe(exc)} ({tries(attempts[0])})",
+                f"cannot reach {self._shown}: {describe(exc)} ({tries(attempts[0])})",
             )
-        except BadResponse as exc:
-            return Failure(ErrorCode.ENGINE_ERROR, f"{self._base_url}: {exc}")
+        except AnswerTooLarge as exc:
+            # Not retried: the same request would most likely bring the same answer again.
+            return Failure(
+                ErrorCode.ENGINE_ERROR,
+                f"{self._shown}: {exc} (engine.openai.max_response_bytes; not retried)",
+            )
+        except (BadResponse, UnreadableAnswer) as exc:
+            return Failure(ErrorCode.ENGINE_ERROR, f"{self._shown}: {exc}")
 
     async def _post(self, payload: bytes, attempts: list[int]) -> dict[str, Any]:
         assert self._client is not None
         attempts[0] += 1
-        response = await self._client.post(
+        async with self._client.stream(
+            "POST",
             f"{self._base_url}/chat/completions",
             content=payload,
             headers={"Content-Type": "application/json"},
-        )
-        if not 200 <= response.status_code < 300:
-            raise StatusError(response.status_code, error_message(response), retry_after(response))
+        ) as response:
+            if not 200 <= response.status_code < 300:
+                try:
+                    body = await read_capped(response, ERROR_BODY_BYTES, truncate=True)
+                    message = error_message(body, response.reason_phrase)
+                except UnreadableAnswer as exc:
+                    message = str(exc)
+                raise StatusError(response.status_code, message, retry_after(response))
+            body = await read_capped(response, self._max_response_bytes)
         try:
-            data = response.json()
+            data = json.loads(body)
         except ValueError:
             raise BadResponse("the answer is not JSON") from None
         if not isinstance(data, dict):
@@ -258,7 +296,7 @@ class OpenAIClient:
         return data
 
     def _status_message(self, exc: StatusError, attempts: int) -> str:
-        where = f"{self._base_url} answered HTTP {exc.status}: {exc.message}"
+        where = f"{self._shown} answered HTTP {exc.status}: {exc.message}"
         if exc.retryable:
             return f"{where} ({tries(attempts)})"
         advice = hint(exc.message) if exc.status in (400, 422) else None

@@ -21,9 +21,10 @@ from moderator.engine.openai_client import (
     OpenAIClient,
     OpenAIEngineClosed,
 )
-from moderator.engine.openai_request import ChatFormat, token_logprobs
+from moderator.engine.openai_request import ChatFormat, response_limit, token_logprobs
 from moderator.errors import ConfigError
 from moderator.events.verdict import CATEGORIES, ModelInfo, category_code
+from moderator.masking import mask_passwords
 from moderator.settings import EngineSettings
 
 __all__ = [
@@ -51,7 +52,8 @@ class OpenAIEngine:
     Requests in flight are capped at `engine.concurrency x engine.batch_size`: as many as the
     window can hand over at once, so the cap only bites if the engine is shared by several
     windows. Each item has `engine.timeout_s` in all, queueing for a slot, retries and backoff
-    included; HTTP connections are capped at `engine.openai.max_connections`.
+    included; HTTP connections are capped at `engine.openai.max_connections`, and each answer
+    at `engine.openai.max_response_bytes` (automatic when unset: `response_limit`).
 
     With `probe` (the default) the constructor checks, with a short timeout, that the server
     answers `GET {base_url}/models` and serves `engine.model`, so `moderator run` fails fast
@@ -78,13 +80,13 @@ class OpenAIEngine:
         if not settings.base_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"engine.base_url must be an http(s) URL such as http://127.0.0.1:23333/v1, "
-                f"got {settings.base_url!r}"
+                f"got {mask_passwords(settings.base_url)!r}"
             )
         _require_httpx()
         base_url = settings.base_url.rstrip("/")
         self._model = settings.model
         self._format = ChatFormat(
-            settings.model, settings.generation, settings.openai, source=base_url
+            settings.model, settings.generation, settings.openai, source=mask_passwords(base_url)
         )
         self._max_in_flight = settings.concurrency * settings.batch_size
         self._client = OpenAIClient(
@@ -92,6 +94,7 @@ class OpenAIEngine:
             settings.openai,
             timeout_s=settings.timeout_s,
             max_in_flight=self._max_in_flight,
+            max_response_bytes=response_limit(settings.generation, settings.openai),
             probe_timeout_s=probe_timeout_s,
             backoff_s=backoff_s,
             backoff_max_s=backoff_max_s,

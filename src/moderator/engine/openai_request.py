@@ -16,10 +16,18 @@ from moderator.engine.prompting import image_data_url, openai_messages
 from moderator.engine.schema import response_format, verdict_schema
 from moderator.engine.score import TokenLogprob, score_from_token_logprobs
 from moderator.errors import ErrorCode
+from moderator.masking import mask_passwords
 from moderator.settings import GenerationSettings, OpenAISettings
 
 if TYPE_CHECKING:
     import httpx
+
+# The automatic answer cap (response_limit): the envelope, usage and slack, plus per generated
+# token and per alternative a generous entry: its text JSON-escaped (up to ~16 characters, six
+# bytes each), its log-probability and its byte list. With the defaults (512 tokens, 5
+# alternatives) that is 2.5 MiB; a real answer is a small fraction of it.
+RESPONSE_BASE_BYTES = 1 << 20
+TOKEN_ENTRY_BYTES = 512
 
 
 class ChatFormat:
@@ -113,6 +121,15 @@ class ChatFormat:
         return result_from_output(text, request.categories, score=score, generation=generation)
 
 
+def response_limit(generation: GenerationSettings, options: OpenAISettings) -> int:
+    """The most bytes one answer may have: `engine.openai.max_response_bytes`, or, unset, room
+    for `max_new_tokens` tokens each with its log-probability entry and its alternatives."""
+    if options.max_response_bytes is not None:
+        return options.max_response_bytes
+    per_token = 1 + (options.top_logprobs if generation.score and options.logprobs else 0)
+    return RESPONSE_BASE_BYTES + generation.max_new_tokens * per_token * TOKEN_ENTRY_BYTES
+
+
 def token_logprobs(logprobs: Any) -> list[TokenLogprob] | None:
     """`choices[0].logprobs` → TokenLogprob per generated token; None if absent or malformed.
 
@@ -177,10 +194,10 @@ def _piece_text(token: str) -> str:
         return token
 
 
-def model_entries(response: httpx.Response) -> list[dict[str, Any]] | None:
-    """The entries of a `GET /models` answer; None if it is not a model list."""
+def model_entries(body: bytes) -> list[dict[str, Any]] | None:
+    """The entries of a `GET /models` answer's body; None if it is not a model list."""
     try:
-        data = response.json()
+        data = json.loads(body)
     except ValueError:
         return None
     entries = data.get("data") if isinstance(data, dict) else None
@@ -189,11 +206,12 @@ def model_entries(response: httpx.Response) -> list[dict[str, Any]] | None:
     return entries
 
 
-def error_message(response: httpx.Response) -> str:
-    """The server's error text, one line: OpenAI and vLLM nest it under "error", lmdeploy and
-    SGLang send it flat, FastAPI's request validation sends "detail"."""
+def error_message(raw: bytes, reason: str = "") -> str:
+    """The server's error text from an error answer's body (`reason`, the status line's phrase,
+    when it has none), one line: OpenAI and vLLM nest it under "error", lmdeploy and SGLang send
+    it flat, FastAPI's request validation sends "detail"."""
     try:
-        body = response.json()
+        body = json.loads(raw)
     except ValueError:
         body = None
     message: Any = None
@@ -208,7 +226,8 @@ def error_message(response: httpx.Response) -> str:
         if message is None and "detail" in body:
             message = _detail(body["detail"])
     if not isinstance(message, str) or not message.strip():
-        message = response.text.strip() or response.reason_phrase or "no details"
+        text = raw.decode("utf-8", "replace").strip()
+        message = text or reason or "no details"
     return one_line(message)
 
 
@@ -247,8 +266,8 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 def describe(exc: BaseException) -> str:
-    """An exception as one line: its type and message."""
-    text = one_line(str(exc))
+    """An exception as one line: its type and message (URL passwords masked)."""
+    text = one_line(mask_passwords(str(exc)))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
