@@ -99,7 +99,7 @@ def test_the_version_ignores_labels_chain_and_metadata() -> None:
     base = compiled()
     same = [
         compiled(museum=MUSEUM.replace("a museum", "a gallery").replace("curators", "x")),
-        compiled(museum=MUSEUM + "dsa: {categories: {O4: NUDITY}}\n"),
+        compiled(museum=MUSEUM + "dsa: {categories: {O4: STATEMENT_CATEGORY_VIOLENCE}}\n"),
         compiled(museum=MUSEUM.replace("{default: block}", "block")),
         compile_policy(dataclasses.replace(base.resolved, chain=("museum", "arts", "default"))),
         compile_policy(dataclasses.replace(base.resolved, surface="elsewhere")),

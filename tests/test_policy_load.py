@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from moderator.errors import ConfigError
 from moderator.policy.load import MAX_BYTES, MAX_DEPTH, PolicyError, load_file, load_text
 from moderator.policy.schema import CODES, PolicyFile
+from tests.fuzz import fuzz_settings
 from tests.policy_fixtures import default_yaml
 
 P = Path("policies/acme.yaml")
@@ -48,7 +49,8 @@ def test_a_complete_file_loads() -> None:
         "surfaces:\n  profile_photo:\n    categories: {O4: {mode: sensitive}}\n"
         "allowed: {buckets: [uploads], prefixes: [acme/]}\n"
         "on_error: {default: block, engine_timeout: review}\n"
-        "dsa: {categories: {O4: PORNOGRAPHY}, review_restricts_visibility: true}\n"
+        "dsa: {categories: {O4: STATEMENT_CATEGORY_OTHER_VIOLATION_TC},\n"
+        "      review_restricts_visibility: true}\n"
     )
     policy = load_text(text, P)
     assert set(policy.categories) == set(CODES)
@@ -255,13 +257,15 @@ _documents = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.fuzz
+@fuzz_settings(150)
 @given(st.text(max_size=300))
 def test_random_text_only_ever_raises_policy_error(text: str) -> None:
     _check(text)
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.fuzz
+@fuzz_settings(150)
 @given(_documents, st.sampled_from(["block", "flow"]))
 def test_random_documents_only_ever_raise_policy_error(doc: Any, style: str) -> None:
     _check(yaml.safe_dump(doc, default_flow_style=style == "flow", allow_unicode=True))
@@ -293,7 +297,8 @@ _policyish = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.fuzz
+@fuzz_settings(150)
 @given(_policyish)
 def test_policy_shaped_documents_fail_only_with_located_errors(doc: dict[str, Any]) -> None:
     text = yaml.safe_dump(doc, allow_unicode=True)
@@ -305,7 +310,8 @@ def test_policy_shaped_documents_fail_only_with_located_errors(doc: dict[str, An
         assert 1 <= err.line <= text.count("\n") + 1
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.fuzz
+@fuzz_settings(150)
 @given(st.data())
 def test_mutated_valid_files_only_ever_raise_policy_error(data: st.DataObject) -> None:
     text = default_yaml()

@@ -59,7 +59,9 @@ def cmd_scan(
     policies = OperatorPolicies(build_policies(settings))
     source = open_source(target, settings, exclude=output)
     progress = Progress(sys.stderr)
-    if not (settings.policies.dir / f"{tenant_id}.yaml").is_file():
+    if not any(
+        (settings.policies.dir / f"{tenant_id}{ext}").is_file() for ext in (".yaml", ".yml")
+    ):
         progress.note(f"scan: tenant {tenant_id!r} has no policy file; using the default policy")
     pipeline = build_pipeline(settings, store=source.store, policies=policies)
     model = pipeline.engine.info

@@ -16,7 +16,7 @@ import yaml
 
 from moderator.errors import ConfigError
 from moderator.policy.compiled import TenantPolicy, compile_policy
-from moderator.policy.load import PolicyError, load_file
+from moderator.policy.load import PolicyError, load_file, policy_paths, read_policy
 from moderator.policy.resolve import ROOT, resolve, surfaces
 from moderator.policy.schema import PolicyFile
 from moderator.settings import TenancySettings
@@ -34,7 +34,7 @@ class DirectoryCheck:
 
     directory: Path
     files: Mapping[str, PolicyFile]  # stem -> parsed file, for the files that loaded
-    paths: Mapping[str, Path]  # stem -> path, for every *.yaml found
+    paths: Mapping[str, Path]  # stem -> path, for every *.yaml / *.yml found
     policies: Mapping[PolicyKey, TenantPolicy]  # the tenants that compiled, every surface
     errors: tuple[str, ...]  # `path:line: reason`, in file order, without duplicates
 
@@ -42,24 +42,25 @@ class DirectoryCheck:
 def check(directory: Path, tenancy: TenancySettings) -> DirectoryCheck:
     """Load and compile everything in `directory`; ConfigError when it is unusable as a whole.
 
-    A directory that is missing or has no default.yaml raises (one line). Problems in files
-    are collected in `errors`; a tenant whose chain reaches a file that failed to load is
-    skipped silently, since that file's own error already explains it.
+    A directory that is missing or has no default.yaml (or .yml) raises (one line). Problems
+    in files are collected in `errors`; a tenant whose chain reaches a file that failed to load
+    is skipped silently, since that file's own error already explains it.
     """
     if not directory.is_dir():
         raise ConfigError(f"policies.dir: {directory} is not a directory")
-    if not (directory / f"{ROOT}.yaml").is_file():
+    paths, duplicates = policy_paths(directory)
+    if ROOT not in paths:
         raise ConfigError(f"{directory}: no {ROOT}.yaml (every policy directory needs one)")
     files: dict[str, PolicyFile] = {}
-    paths: dict[str, Path] = {}
-    errors: list[str] = []
-    failed: set[str] = set()
-    for path in sorted(directory.glob("*.yaml")):
-        paths[path.stem] = path
+    errors: list[str] = [str(error) for error in duplicates]
+    failed: set[str] = {error.path.stem for error in duplicates}
+    for stem, path in paths.items():
+        if stem in failed:
+            continue
         try:
-            files[path.stem] = load_file(path)
+            files[stem] = load_file(path)
         except PolicyError as exc:
-            failed.add(path.stem)
+            failed.add(stem)
             errors.append(str(exc))
     policies: dict[PolicyKey, TenantPolicy] = {}
     for tenant in sorted(files):
@@ -116,8 +117,8 @@ def with_line(error: PolicyError) -> PolicyError:
 def key_line(path: Path, keys: tuple[str, ...]) -> int | None:
     """The 1-based line of the deepest of `keys` (a path of mapping keys) present in the file."""
     try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        node = yaml.compose(read_policy(path).decode("utf-8"), Loader=yaml.SafeLoader)
+    except (PolicyError, UnicodeDecodeError, yaml.YAMLError):
         return None
     line = None
     for key in keys:

@@ -10,12 +10,19 @@ pydantic error's `loc` is reported at the line of the offending key. Stricter th
   alone are harmless and ignored;
 - merge keys (`<<`), non-string keys (quote `on:`/`yes:`, which YAML 1.1 reads as booleans) and
   tags other than the plain null/bool/int/float/str/timestamp/map/seq are refused;
-- input is capped at `MAX_BYTES` and nesting at `MAX_DEPTH`.
+- input is capped at `MAX_BYTES` and nesting at `MAX_DEPTH`;
+- only regular files are read (symlinks to them included): a FIFO, device or directory named
+  like a policy file is an error, never a read that blocks.
+
+A directory's policy files are its `*.yaml` and `*.yml` files (`policy_paths`); the file name
+without the suffix is the tenant id.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +35,7 @@ from moderator.policy.schema import PolicyFile
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
+SUFFIXES = (".yaml", ".yml")
 
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = frozenset(_TAG + t for t in ("null", "bool", "int", "float", "str", "timestamp"))
@@ -79,15 +87,75 @@ class _Loader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def load_file(path: Path) -> PolicyFile:
-    """Read and validate one policy file (UTF-8, at most `MAX_BYTES`)."""
+def policy_paths(directory: Path) -> tuple[dict[str, Path], list[PolicyError]]:
+    """{tenant id: path} for the `*.yaml` and `*.yml` entries of `directory`, in name order,
+    and an error for each tenant id that both suffixes define (that id maps to its `.yaml`
+    path, so callers can treat it as a file that failed to load). Entries are not opened."""
     try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_BYTES + 1)
+        names = sorted(entry.name for entry in os.scandir(directory))
+    except OSError as exc:
+        raise ConfigError(f"policies.dir: {directory}: {exc.strerror or exc}") from exc
+    paths: dict[str, Path] = {}
+    errors: list[PolicyError] = []
+    for name in names:
+        path = directory / name
+        if path.suffix not in SUFFIXES or not path.stem:
+            continue
+        first = paths.get(path.stem)
+        if first is None:
+            paths[path.stem] = path
+            continue
+        yaml_path, other = (first, path) if first.suffix == ".yaml" else (path, first)
+        paths[path.stem] = yaml_path
+        errors.append(
+            PolicyError(
+                yaml_path, None, f"tenant {path.stem!r} is also defined by {other}: keep one"
+            )
+        )
+    return paths, errors
+
+
+def read_policy(path: Path) -> bytes:
+    """The bytes of one policy file: a regular file (symlinks followed) of at most `MAX_BYTES`,
+    else PolicyError. Opened non-blocking, so a FIFO cannot hang the caller."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise PolicyError(path, None, f"cannot read: {exc.strerror or exc}") from exc
-    if len(data) > MAX_BYTES:
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise PolicyError(path, None, f"not a regular file ({_kind(mode)})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise PolicyError(path, None, f"cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:
         raise PolicyError(path, None, f"larger than {MAX_BYTES} bytes")
+    return b"".join(chunks)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device or other special file"
+
+
+def load_file(path: Path) -> PolicyFile:
+    """Read and validate one policy file (a regular file, UTF-8, at most `MAX_BYTES`)."""
+    data = read_policy(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -10,6 +10,7 @@ tenant's status, until the file is fixed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -22,7 +23,7 @@ import structlog
 
 from moderator.errors import ConfigError
 from moderator.policy.compiled import TenantPolicy, compile_policy
-from moderator.policy.load import PolicyError, load_text
+from moderator.policy.load import PolicyError, load_text, policy_paths, read_policy
 from moderator.policy.resolve import resolve, surfaces
 from moderator.policy.schema import PolicyFile
 from moderator.settings import TenancySettings
@@ -61,7 +62,7 @@ class _Snapshot:
 
 
 class PolicyRegistry:
-    """Implements PolicyProvider over `directory/*.yaml` (`default.yaml` is required)."""
+    """Implements PolicyProvider over `directory/*.yaml` and `*.yml` (`default` is required)."""
 
     def __init__(
         self,
@@ -166,15 +167,20 @@ class PolicyRegistry:
     def _build(self, old: _Snapshot, *, initial: bool) -> _Snapshot:
         errors: list[str] = []
         files: dict[str, _File] = {}
-        paths: dict[str, Path] = {}
-        failed: dict[str, str] = {}
-        for path in sorted(self._dir.glob("*.yaml")):
-            stem = path.stem
-            paths[stem] = path
+        try:
+            paths, duplicates = policy_paths(self._dir)
+        except ConfigError as exc:  # the directory itself is gone or unreadable
+            if initial:
+                raise
+            return dataclasses.replace(old, errors=(str(exc),))
+        failed: dict[str, str] = {error.path.stem: str(error) for error in duplicates}
+        for stem, path in paths.items():
+            if stem in failed:
+                continue
             try:
-                data = path.read_bytes()
-            except OSError as exc:
-                failed[stem] = f"{path}: cannot read: {exc.strerror or exc}"
+                data = read_policy(path)
+            except PolicyError as exc:
+                failed[stem] = str(exc)
                 continue
             fingerprint = hashlib.sha256(data).hexdigest()
             previous = old.files.get(stem)

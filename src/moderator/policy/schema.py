@@ -8,11 +8,21 @@ are the taxonomy codes `O1`..`O9`; `NA` ("None applying") takes its thresholds a
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from moderator.errors import SECURITY_ERRORS, ErrorCode
+from moderator.events.dsa_categories import STATEMENT_CATEGORIES, STATEMENT_CATEGORY_PREFIX
 
 SCHEMA_VERSION = 1
 CODES: tuple[str, ...] = ("O1", "O2", "O3", "O4", "O5", "O6", "O7", "O8", "O9")
@@ -21,6 +31,8 @@ Mode = Literal["default", "allowed", "sensitive"]
 Action = Literal["block", "review", "allow"]
 ACTION_ORDER: dict[str, int] = {"allow": 0, "review": 1, "block": 2}
 SURFACE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+# A number as YAML writes one: `true` or "0.5" is refused, not read as 1.0 or 0.5.
+Score = Annotated[float, Strict()]
 
 
 class _Strict(BaseModel):
@@ -30,8 +42,8 @@ class _Strict(BaseModel):
 class Thresholds(_Strict):
     """Score thresholds: with a score, >= block_at blocks, >= review_at reviews, else allow."""
 
-    block_at: float | None = Field(default=None, ge=0.0, le=1.0)
-    review_at: float | None = Field(default=None, ge=0.0, le=1.0)
+    block_at: Score | None = Field(default=None, ge=0.0, le=1.0)
+    review_at: Score | None = Field(default=None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
@@ -80,7 +92,7 @@ class DsaMapping(_Strict):
     """How decisions map onto DSA statements of reasons (used by `audit export-dsa`)."""
 
     categories: dict[str, str] = Field(default_factory=dict)
-    review_restricts_visibility: bool = False
+    review_restricts_visibility: StrictBool = False
 
     @field_validator("categories")
     @classmethod
@@ -88,6 +100,9 @@ class DsaMapping(_Strict):
         unknown = sorted(set(value) - set(CODES) - {"NA"})
         if unknown:
             raise ValueError(f"unknown category code {unknown[0]!r} (O1..O9 or NA)")
+        for code, category in sorted(value.items()):
+            if category not in STATEMENT_CATEGORIES:
+                raise ValueError(f"{code} maps to {_statement_problem(category)}")
         return value
 
 
@@ -125,6 +140,13 @@ class PolicyFile(_Strict):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"schema must be the number {SCHEMA_VERSION}")
+        return value
+
     @field_validator("categories")
     @classmethod
     def _codes(cls, value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
@@ -144,6 +166,19 @@ class PolicyFile(_Strict):
     @classmethod
     def _errors(cls, value: Action | dict[str, Action] | None) -> Action | dict[str, Action] | None:
         return _check_on_error(value)
+
+
+def _statement_problem(category: str) -> str:
+    """Why `category` is not a DSA statement category, with the nearest one when it is close."""
+    names = sorted(c.removeprefix(STATEMENT_CATEGORY_PREFIX) for c in STATEMENT_CATEGORIES)
+    name = category.removeprefix(STATEMENT_CATEGORY_PREFIX)
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    hint = (
+        f"did you mean {STATEMENT_CATEGORY_PREFIX}{near[0]}?"
+        if near
+        else "see docs/policies.md for the list"
+    )
+    return f"{category[:80]!r}, which is not a DSA statement category ({hint})"
 
 
 def _check_codes(value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
