@@ -87,3 +87,21 @@ def test_at_least_once_producer_is_not_transactional() -> None:
     s = load_settings(overrides={"kafka.delivery": "at_least_once"})
     p = producer_config(s)
     assert "transactional.id" not in p and p["enable.idempotence"] is True
+
+
+def test_a_raw_token_as_api_tokens_key_is_not_echoed(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('audit:\n  api_tokens:\n    "s3cr3t-raw-token-value": ["acme"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    assert "s3cr3t" not in str(err.value)
+    assert "hash-token" in str(err.value)
+
+
+def test_a_binary_or_nul_config_path_is_a_config_error(tmp_path: Path) -> None:
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(binary)
+    with pytest.raises(ConfigError, match="invalid path"):
+        load_settings(Path("bad\x00name.yaml"))

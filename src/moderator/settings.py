@@ -7,6 +7,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -18,9 +19,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from moderator.errors import ConfigError
+from moderator.masking import has_userinfo, mask_passwords
 
 ENV_PREFIX = "MODERATOR_"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -57,7 +64,10 @@ class KafkaSettings(_Section):
     )
     # Production cluster pass-through.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
-    sasl_mechanism: str | None = None
+    # The mechanisms librdkafka knows (its sasl.mechanisms property, spelled exactly).
+    sasl_mechanism: (
+        Literal["GSSAPI", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None
+    ) = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: str | None = None
@@ -99,6 +109,21 @@ class S3Settings(_Section):
     max_attempts: int = Field(default=4, ge=1, le=20)
     max_pool_connections: int = Field(default=32, ge=1)
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if has_userinfo(url):
+            raise ValueError(
+                f"must not hold credentials: {mask_passwords(url)!r} (they come from the AWS "
+                "chain, e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL such as http://minio:9000, got {url!r}")
+        return url
+
 
 class TenancySettings(_Section):
     rule: Literal["key_prefix", "bucket_map"] = "key_prefix"
@@ -122,6 +147,30 @@ class FetchSettings(_Section):
     max_frames: int = Field(
         default=4, ge=1, le=64, description="frames sampled from an animation (strictest wins)"
     )
+    decode_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="CPU time one object's decoding may use (checked between frames); "
+        "then the verdict is decode_timeout",
+    )
+    max_decoded_pixels: int = Field(
+        default=1_000_000_000,
+        ge=1,
+        description="pixels one object's decoding may produce, counting every animation frame "
+        "decoded on the way to the sampled ones; checked from the header: decode_timeout",
+    )
+    decode_budget_bytes: int = Field(
+        default=1024 * MiB,
+        ge=16 * MiB,
+        description="memory all decodes in progress may hold at once, estimated from each "
+        "image's header before decoding; a single image needing more is a decompression_bomb",
+    )
+
+    @model_validator(mode="after")
+    def _work_covers_one_frame(self) -> FetchSettings:
+        if self.max_decoded_pixels < self.max_pixels:
+            raise ValueError("max_decoded_pixels must be at least max_pixels")
+        return self
 
 
 class FakeEngineSettings(_Section):
@@ -207,6 +256,13 @@ class OpenAISettings(_Section):
     logprobs: bool = Field(default=True, description="ask for log-probabilities (score)")
     top_logprobs: int = Field(default=5, ge=1, le=20)
     image_format: Literal["PNG", "JPEG"] = "PNG"
+    max_response_bytes: int | None = Field(
+        default=None,
+        ge=4096,
+        le=1 << 30,
+        description="cap on one answer's body; unset = sized from max_new_tokens and "
+        "top_logprobs (1 MiB + 512 bytes per token and alternative)",
+    )
 
 
 class EngineSettings(_Section):
@@ -261,12 +317,16 @@ class PolicySettings(_Section):
     )
 
 
+# A cutoff this far back stays a valid date; longer is "forever": leave the tenant out.
+MAX_RETENTION_DAYS = 36_500
+
+
 class AuditSettings(_Section):
     url: str = "sqlite:///moderator-audit.db"
     retention_days: dict[str, int] = Field(
         default_factory=dict,
-        description='tenant -> days before records are redacted; "default" for the others; '
-        "unset = kept forever",
+        description='tenant -> days (0..36500) before records are redacted; "default" for the '
+        "others; unset = kept forever",
     )
     anchor_every_s: float = Field(default=60.0, gt=0, description="chain-head anchor period")
     anchor_file: Path | None = Field(default=None, description="append anchors to this file")
@@ -279,7 +339,7 @@ class AuditSettings(_Section):
     api_tokens: dict[str, list[str]] = Field(
         default_factory=dict,
         description="`audit serve` bearer tokens: SHA-256 hex of a token -> tenants it may read "
-        '(["*"] = every tenant); make a hash with: printf %s "$TOKEN" | sha256sum',
+        '(["*"] = every tenant); make a hash with: printf %s "$TOKEN" | moderator audit hash-token',
     )
 
     @field_validator("api_tokens")
@@ -289,7 +349,10 @@ class AuditSettings(_Section):
         for digest, tenants in tokens.items():
             key = digest.strip().lower()
             if not _SHA256_HEX.fullmatch(key):
-                raise ValueError(f"api_tokens keys must be SHA-256 hex digests, got {digest!r}")
+                raise ValueError(
+                    f"api_tokens: a key of {len(digest)} characters is not a SHA-256 hex digest "
+                    "(not echoed: it may be a raw token); make keys with moderator audit hash-token"
+                )
             if not tenants:
                 raise ValueError(f"api_tokens[{key[:12]}...] names no tenant")
             out[key] = list(tenants)
@@ -297,9 +360,12 @@ class AuditSettings(_Section):
 
     @model_validator(mode="after")
     def _checked(self) -> AuditSettings:
-        negative = [tenant for tenant, days in self.retention_days.items() if days < 0]
-        if negative:
-            raise ValueError(f"retention_days[{negative[0]!r}] must be >= 0")
+        for tenant, days in self.retention_days.items():
+            if not 0 <= days <= MAX_RETENTION_DAYS:
+                raise ValueError(
+                    f"retention_days[{tenant!r}] must be 0..{MAX_RETENTION_DAYS} days, got "
+                    f"{days} (leave the tenant out to keep its records forever)"
+                )
         uri = self.anchor_s3_uri
         if uri is not None and (not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]):
             raise ValueError(f"anchor_s3_uri must look like s3://bucket/prefix, got {uri!r}")
@@ -379,6 +445,8 @@ def load_settings(
         return _Loaded(**_nest(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, config_file)) from exc
+    except SettingsError as exc:  # an environment value that should be JSON and is not
+        raise ConfigError(_env_problem(exc)) from exc
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -386,6 +454,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from exc
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(f"config file {str(path)!a}: invalid path ({exc})") from exc
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -413,6 +485,24 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def _env_problem(exc: SettingsError) -> str:
+    """One line for a MODERATOR_* value pydantic-settings could not even parse: a map or a
+    list (it reads those as JSON) that is not JSON."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else "settings"
+    prefix = ENV_PREFIX + field.upper()
+    names = sorted(
+        name
+        for name in os.environ
+        if name.upper() == prefix or name.upper().startswith(prefix + "__")
+    )
+    where = f" (from environment {', '.join(names)})" if names else ""
+    return (
+        f"configuration error: {field}: a value is not valid JSON{where}; maps and lists are "
+        'written as JSON in the environment, e.g. {"key": "value"} or ["a", "b"]'
+    )
+
+
 def _one_line(exc: ValidationError, config_file: Path | None) -> str:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
@@ -425,4 +515,5 @@ def _one_line(exc: ValidationError, config_file: Path | None) -> str:
     else:
         where = ""
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"configuration error: {key}: {err['msg']}{where}{more}"
+    message = mask_passwords(" ".join(err["msg"].removeprefix("Value error, ").split()))
+    return f"configuration error: {key}: {message}{where}{more}"

@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
 from moderator.errors import ConfigError
+from moderator.masking import mask_passwords
 
 WRITE = {"audit_write": True}
 """Execution options for a connection that will write: on SQLite its transactions start with
@@ -22,13 +23,21 @@ PG_CONNECT_TIMEOUT_S = 10
 
 def normalize_url(url: str) -> URL:
     """Parse an audit URL: `sqlite:///path`, `sqlite://` (in memory) or PostgreSQL. Plain
-    `postgresql://` and `postgres://` URLs get the psycopg (3) driver; other drivers are refused."""
+    `postgresql://` and `postgres://` URLs get the psycopg (3) driver; other drivers are refused.
+    Errors are one line, the URL's password shown as `***`."""
+    shown = mask_passwords(url)
     try:
         if url.startswith("postgres://"):
             url = "postgresql://" + url.removeprefix("postgres://")
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ConfigError(f"audit.url: not a database URL: {url!r}") from exc
+        raise ConfigError(
+            f"audit.url: not a database URL: {shown!r} (use sqlite:///path or postgresql://...)"
+        ) from exc
+    except ValueError as exc:  # a port that is not a number, an unclosed IPv6 bracket
+        raise ConfigError(f"audit.url: malformed host or port in {shown!r}") from exc
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigError(f"audit.url: port {parsed.port} out of range in {shown!r}")
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):

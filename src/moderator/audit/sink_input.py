@@ -9,7 +9,7 @@ from typing import Any, cast
 import confluent_kafka
 
 from moderator.audit.models import IncomingRecord
-from moderator.ingest.kafka import consumer_config
+from moderator.ingest.kafka import build_client, consumer_config
 from moderator.ingest.ports import Consumer
 from moderator.settings import Settings
 
@@ -38,7 +38,8 @@ def sink_consumer_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_sink_consumer(settings: Settings) -> Consumer:
-    return cast(Consumer, confluent_kafka.Consumer(sink_consumer_config(settings)))
+    conf = sink_consumer_config(settings)
+    return cast(Consumer, build_client(confluent_kafka.Consumer, conf, settings.kafka))
 
 
 def parse_value(value: bytes | None) -> dict[str, Any]:

@@ -76,9 +76,11 @@ def build_anchor(settings: Settings, store: AuditStore) -> tuple[Callable[[], No
     if audit.anchor_topic is not None:
         import confluent_kafka
 
+        from moderator.ingest.kafka import build_client
+
         conf = settings.kafka.client_config()
         conf.update({"enable.idempotence": True, "acks": "all"})
-        producer = confluent_kafka.Producer(conf)
+        producer = build_client(confluent_kafka.Producer, conf, settings.kafka)
     sinks: list[AnchorSink] = sinks_from_settings(audit, s3_client=s3_client, producer=producer)
     if not sinks:
         return None, producer

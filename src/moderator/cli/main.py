@@ -7,9 +7,10 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from moderator import __version__
 from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands import on use
@@ -17,12 +18,13 @@ from moderator.cli.audit_dsa import add_dsa_parser
 from moderator.cli.audit_query import add_query_parser
 from moderator.engine.tiny import ARCHES as TINY_ARCHES  # cheap: torch is imported on use only
 from moderator.errors import ConfigError, ModeratorError
+from moderator.masking import mask_passwords
 
 ENGINES = ("nudenet", "transformers", "lmdeploy", "openai", "fake")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="moderator", description="Streaming content moderation for image uploads."
     )
     parser.add_argument("--version", action="version", version=f"moderator {__version__}")
@@ -98,9 +100,9 @@ def _policy_parser(sub: Any) -> None:
         "validate",
         help="load every file and compile every tenant and surface; list problems",
         description=(
-            "Load every *.yaml in DIR and compile each tenant for its default surface and every "
-            "surface it declares. Prints `tenant surface version` per policy and exits 0, or "
-            "prints every problem as `path:line: reason` on stderr and exits 2."
+            "Load every *.yaml and *.yml in DIR and compile each tenant for its default surface "
+            "and every surface it declares. Prints `tenant surface version` per policy and exits "
+            "0, or prints every problem as `path:line: reason` on stderr and exits 2."
         ),
     )
     validate.add_argument(
@@ -167,19 +169,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. A failure is one line on stderr (URL passwords masked):
+    2 for configuration and usage errors, 1 for the rest. `--debug` adds the traceback before
+    that line and changes no exit code."""
+    from moderator.logs import route_logs_to_stderr
+
+    route_logs_to_stderr()  # until a command configures logging: stdout is for its data
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except ConfigError as exc:
-        if args.debug:
-            raise
-        print(f"moderator: {exc}", file=sys.stderr)
-        return 2
-    except ModeratorError as exc:
-        if args.debug:
-            raise
-        print(f"moderator: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -187,6 +185,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interpreter must not complain again while flushing stdout on exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        if args.debug:
+            trace = "".join(traceback.format_exception(exc))
+            sys.stderr.write(mask_passwords(trace))
+        print(f"moderator: {error_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) or _kafka_refusal(exc) is not None else 1
+
+
+def error_line(exc: BaseException, limit: int = 2000) -> str:
+    """An exception as one line of text for people, URL passwords masked. Our own errors are
+    shown as they are; anything else is an unexpected error, named by its type."""
+    text = " ".join(str(exc).split())
+    refusal = _kafka_refusal(exc)
+    if refusal is not None:
+        text = f"kafka: librdkafka refused the client configuration: {refusal}"
+    elif not isinstance(exc, ModeratorError):
+        text = f"unexpected error: {type(exc).__name__}" + (f": {text}" if text else "")
+    text = mask_passwords(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kafka_refusal(exc: BaseException) -> str | None:
+    """librdkafka's reason when `exc` is its refusal of a client configuration (an invalid
+    argument, which only building a client raises this far up); else None."""
+    kafka = sys.modules.get("confluent_kafka")  # loaded by whatever raised it, if anything
+    if kafka is None or not isinstance(exc, kafka.KafkaException) or not exc.args:
+        return None
+    error = exc.args[0]
+    if not isinstance(error, kafka.KafkaError) or error.code() != kafka.KafkaError._INVALID_ARG:
+        return None
+    return " ".join(str(error.str()).split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), pointing at --help for the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -248,13 +284,14 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         from moderator.cli.audit_query import cmd_query
 
         return cmd_query(args)
-    if args.audit_command in ("verify", "retention", "serve"):
-        from moderator.cli import audit_admin
+    if args.audit_command in ("verify", "retention", "serve", "hash-token"):
+        from moderator.cli import audit_admin, audit_serve
 
         command = {
             "verify": audit_admin.cmd_verify,
             "retention": audit_admin.cmd_retention,
-            "serve": audit_admin.cmd_serve,
+            "serve": audit_serve.cmd_serve,
+            "hash-token": audit_serve.cmd_hash_token,
         }[args.audit_command]
         return command(args)
     if args.audit_command == "export-dsa":

@@ -1,13 +1,21 @@
-"""confluent-kafka client construction from the settings (the real adapters of ports.py)."""
+"""confluent-kafka client construction from the settings (the real adapters of ports.py).
+
+librdkafka checks its configuration when a client is built; what it refuses becomes one
+ConfigError line (exit 2 at start-up), never a KafkaException traceback.
+"""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import confluent_kafka
 
+from moderator.errors import ConfigError
 from moderator.ingest.ports import Consumer, Producer
-from moderator.settings import Settings
+from moderator.settings import KafkaSettings, Settings
+
+T = TypeVar("T")
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -50,8 +58,31 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_consumer(settings: Settings) -> Consumer:
-    return cast(Consumer, confluent_kafka.Consumer(consumer_config(settings)))
+    conf = consumer_config(settings)
+    return cast(Consumer, build_client(confluent_kafka.Consumer, conf, settings.kafka))
 
 
 def make_producer(settings: Settings) -> Producer:
-    return cast(Producer, confluent_kafka.Producer(producer_config(settings)))
+    conf = producer_config(settings)
+    return cast(Producer, build_client(confluent_kafka.Producer, conf, settings.kafka))
+
+
+def build_client(
+    factory: Callable[[dict[str, Any]], T], conf: dict[str, Any], kafka: KafkaSettings
+) -> T:
+    """`factory(conf)` (a confluent_kafka Consumer, Producer or AdminClient); librdkafka
+    refusing the configuration raises ConfigError, one line, with the passwords of `kafka`
+    masked should librdkafka quote one."""
+    try:
+        return factory(conf)
+    except confluent_kafka.KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        text = error.str() if isinstance(error, confluent_kafka.KafkaError) else str(exc)
+        for secret in (kafka.sasl_password, kafka.ssl_key_password):
+            if secret is not None and secret.get_secret_value():
+                text = text.replace(secret.get_secret_value(), "***")
+        text = " ".join(text.split())
+        raise ConfigError(
+            f"kafka: librdkafka refused the client configuration: {text} "
+            "(check the kafka.* settings and kafka.client)"
+        ) from exc
