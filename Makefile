@@ -1,4 +1,4 @@
-# One tooling surface: CI (.ci/run) calls `make test` too.
+# One tooling surface: CI (.ci/run) calls `make check` (lint, typecheck, tests) too.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
