@@ -19,18 +19,18 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from moderator.devstack.samples import make_sample
 from moderator.devstack.stack import EmbeddedStack
 from moderator.policy.bundled import write_default_policy
+from topic_support import read_topic
 
 pytestmark = pytest.mark.slow
 
@@ -279,39 +279,8 @@ def _wait_for_start(proc: subprocess.Popen[bytes], err_path: Path) -> float:
 
 def _count_verdicts(bootstrap: str, topic: str) -> tuple[int, list[str]]:
     """Read the verdict topic to its end; return the count and the errors verdicts carry."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bp-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        parts = meta.topics[topic].partitions if topic in meta.topics else {}
-        if not parts or meta.topics[topic].error is not None:
-            return 0, []
-        consumer.assign(
-            [TopicPartition(topic, p, -2) for p in parts]  # -2: OFFSET_BEGINNING
-        )
-        open_parts = set(parts)
-        count, errors = 0, []
-        deadline = time.monotonic() + 20
-        while open_parts and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard(msg.partition())
-                    continue
-                count += 1
-                verdict = json.loads(msg.value() or b"{}")
-                if verdict.get("error"):
-                    errors.append(str(verdict["error"]))
-        return count, errors
-    finally:
-        consumer.close()
+    verdicts = [json.loads(v or b"{}") for v in read_topic(bootstrap, topic)]
+    return len(verdicts), [str(v["error"]) for v in verdicts if v.get("error")]
 
 
 def _read(path: Path) -> str:

@@ -17,17 +17,17 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from tests.hostile_images import flat_png, many_frame_gif
 
 from moderator.devstack.samples import make_sample
 from moderator.devstack.stack import EmbeddedStack
 from moderator.policy.bundled import write_default_policy
+from topic_support import read_topic
 
 MiB = 1 << 20
 BUCKET = "uploads"
@@ -179,30 +179,5 @@ def _vm_hwm(pid: int) -> int:
 
 def _read(stack: EmbeddedStack, topic: str, *, raw: bool = False) -> list[Any]:
     """Every record of `topic` so far: parsed JSON values, or raw values."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": stack.bootstrap_servers,
-            "group.id": f"hostile-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        parts = meta.topics[topic].partitions if topic in meta.topics else {}
-        if not parts or meta.topics[topic].error is not None:
-            return []
-        consumer.assign([TopicPartition(topic, p, -2) for p in parts])  # -2: the beginning
-        open_parts, out = set(parts), []
-        deadline = time.monotonic() + 10
-        while open_parts and time.monotonic() < deadline:
-            for msg in consumer.consume(100, 0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard(msg.partition())
-                    continue
-                out.append(msg.value() if raw else json.loads(msg.value() or b"{}"))
-        return out
-    finally:
-        consumer.close()
+    values = read_topic(stack.bootstrap_servers, topic, timeout_s=10)
+    return values if raw else [json.loads(v or b"{}") for v in values]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moderator.audit.filters import TIME_HELP
 from moderator.audit.models import MAX_LIMIT, AuditRow
+from moderator.audit.rows import VerdictColumns
 
 # Keys of the record's `input` (where the upload was read) that a tenant may see.
 INPUT_KEPT = ("topic", "timestamp_ms")
@@ -25,31 +26,11 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="why the request failed, one line")
 
 
-class VerdictItem(BaseModel):
+class VerdictItem(VerdictColumns):
     """One verdict as a token of its tenant sees it: the indexed columns and the AuditRecord
     (`record`, null once the row was redacted by retention; its `input` keeps only the topic
     and timestamp)."""
 
-    model_config = ConfigDict(frozen=True)
-
-    event_id: str
-    tenant_id: str
-    decided_at: datetime
-    decision: str = Field(description="allow | review | block")
-    object_bucket: str | None
-    object_key: str | None = Field(description="null once redacted")
-    sha256: str | None
-    rating: str | None
-    category: str | None
-    score: float | None
-    policy_version: str | None = Field(description="16-hex prefix of policy_hash")
-    policy_hash: str | None
-    model_engine: str | None
-    model_name: str | None
-    model_smoke_test: bool | None
-    error_code: str | None
-    source: str | None = Field(description="model | cache")
-    surface: str | None
     redacted_at: datetime | None
     record: dict[str, Any] | None = Field(
         description="the AuditRecord v1 without the upload's partition and offset; "

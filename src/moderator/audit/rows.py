@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from moderator.audit.models import AuditRow
 
 
-class AuditItem(BaseModel):
-    """One audit row: its indexed columns, chain position and hashes, and the full AuditRecord
-    (`record`), which is null once the row was redacted by retention."""
+class VerdictColumns(BaseModel):
+    """The indexed columns of an audit row that say what was decided: what operators and the
+    tenants' API clients both see."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -35,6 +35,12 @@ class AuditItem(BaseModel):
     error_code: str | None
     source: str | None = Field(description="model | cache")
     surface: str | None
+
+
+class AuditItem(VerdictColumns):
+    """One audit row: its indexed columns, chain position and hashes, and the full AuditRecord
+    (`record`), which is null once the row was redacted by retention."""
+
     topic: str = Field(description="audit topic of the record (its hash chain)")
     partition: int
     offset: int
