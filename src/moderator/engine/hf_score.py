@@ -1,7 +1,7 @@
 """The score for the transformers engine: P("Unsafe") from the model's own logits.
 
 score = P(Unsafe) / (P(Unsafe) + P(Safe)), each rating string's probability being the product
-of its tokens' probabilities at the rating position (DESIGN.md §2). Both ratings are tokenized the
+of its tokens' probabilities at the rating position (docs/engines.md). Both ratings are tokenized the
 way the tokenizer writes them from the step where the rating starts (including any opening
 quote the tokenizer merges into the word), so the two are measured alike even when constrained
 decoding took an unusual token path. A word that the generated path spelled in those tokens is

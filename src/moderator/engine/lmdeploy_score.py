@@ -1,4 +1,4 @@
-"""The `lmdeploy` engine's score: P("Unsafe") from the model's own distribution (DESIGN §2).
+"""The `lmdeploy` engine's score: P("Unsafe") from the model's own distribution (docs/engines.md).
 
 TurboMind reports log-probabilities from the distribution it samples from, after temperature,
 the schema's grammar mask and the top-k/top-p cut. With the default greedy, schema-constrained

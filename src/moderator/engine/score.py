@@ -1,4 +1,4 @@
-"""P("Unsafe") from token log-probabilities (DESIGN §2), exact or null, never a guess.
+"""P("Unsafe") from token log-probabilities (docs/engines.md), exact or null, never a guess.
 
 score = P(Unsafe) / (P(Unsafe) + P(Safe)), where each rating word's probability is that of its
 tokens at the position where the rating value starts, whatever the tokenizer merged into them

@@ -1,4 +1,4 @@
-"""UploadEvent v1: the native upload event (DESIGN.md §3)."""
+"""UploadEvent v1: the native upload event (docs/architecture.md, "Topics and schemas")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Verdict v1 and AuditRecord v1 (DESIGN.md §3)."""
+"""Verdict v1 and AuditRecord v1 (docs/architecture.md, "Topics and schemas")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The commit protocol: one checkpoint, one transaction (DESIGN.md §4)."""
+"""The commit protocol: one checkpoint, one transaction (docs/architecture.md, "The delivery guarantee")."""
 
 from __future__ import annotations
 
