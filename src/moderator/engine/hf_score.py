@@ -1,16 +1,15 @@
 """The score for the transformers engine: P("Unsafe") from the model's own logits.
 
-score = P(Unsafe) / (P(Unsafe) + P(Safe)), each rating string's probability being the product
-of its tokens' probabilities at the rating position (docs/engines.md). Both ratings are tokenized the
-way the tokenizer writes them from the step where the rating starts (including any opening
+score = P(Unsafe) / (P(Unsafe) + P(Safe)), each rating string's probability being the product of
+its tokens' probabilities at the rating position (docs/engines.md). Both ratings are tokenized
+the way the tokenizer writes them from the step where the rating starts (including any opening
 quote the tokenizer merges into the word), so the two are measured alike even when constrained
 decoding took an unusual token path. A word that the generated path spelled in those tokens is
 read from the recorded logits; a one-token word from the logits of the step where the rating
 starts; anything else gets one extra forward pass over that row, teacher-forcing the word.
-Logits are recorded before the grammar mask and before any sampling warpers, so the score is
-the model's, not the constrained sampler's. When the rating is not found in the first
-`RECORD_STEPS` generated tokens, the score is None.
-"""
+Logits are recorded before the grammar mask and before any sampling warpers, so the score is the
+model's, not the constrained sampler's. When the rating is not found in the first `RECORD_STEPS`
+generated tokens, the score is None. """
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The commit protocol: one checkpoint, one transaction (docs/architecture.md, "The delivery guarantee")."""
+"""The commit protocol: one checkpoint, one transaction (docs/architecture.md)."""
 
 from __future__ import annotations
 
