@@ -9,7 +9,8 @@ read from the recorded logits; a one-token word from the logits of the step wher
 starts; anything else gets one extra forward pass over that row, teacher-forcing the word.
 Logits are recorded before the grammar mask and before any sampling warpers, so the score is the
 model's, not the constrained sampler's. When the rating is not found in the first `RECORD_STEPS`
-generated tokens, the score is None. """
+generated tokens, the score is None.
+"""
 
 from __future__ import annotations
 
