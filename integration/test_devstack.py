@@ -1,4 +1,4 @@
-"""The embedded stack, used in-process and through `python -m moderator.cli.devstack`."""
+"""The dev stack, used in-process and through `moderator dev-stack` (mock or real Kafka)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,7 +19,10 @@ import boto3
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from kafka_support import broker_unavailable
+from moderator.devstack.apache_kafka import broker_jars
 from moderator.devstack.stack import EmbeddedStack
+from moderator.errors import ConfigError
 
 EXPORTED = [
     "MODERATOR_KAFKA__BOOTSTRAP_SERVERS",
@@ -150,12 +154,16 @@ def _lines(stream: IO[str]) -> queue.Queue[str | None]:
     return out
 
 
-@pytest.fixture
-def dev_stack_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str], Path]]:
+@contextmanager
+def _dev_stack(
+    tmp_path: Path, *args: str, timeout_s: float = 30
+) -> Iterator[tuple[subprocess.Popen[str], list[str], Path]]:
+    """`moderator dev-stack ARGS` running until the block ends: (process, export lines, stderr
+    file); the export lines have been read up to and including `ready`."""
     stderr_path = tmp_path / "dev-stack.stderr"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moderator.cli.devstack"],
+            [sys.executable, "-m", "moderator.cli.main", "dev-stack", *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -163,7 +171,7 @@ def dev_stack_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], l
     assert proc.stdout is not None
     lines = _lines(proc.stdout)
     head: list[str] = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             try:
@@ -183,16 +191,27 @@ def dev_stack_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], l
         proc.stdout.close()
 
 
-def test_dev_stack_cli_serves_other_processes(
-    dev_stack_process: tuple[subprocess.Popen[str], list[str], Path], unique: str
-) -> None:
-    proc, exports, stderr_path = dev_stack_process
+def _exported(lines: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
-    for line in exports:
+    for line in lines:
         words = shlex.split(line)
         assert len(words) == 2 and words[0] == "export", line
         name, _, value = words[1].partition("=")
         env[name] = value
+    return env
+
+
+@pytest.fixture
+def dev_stack_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str], Path]]:
+    with _dev_stack(tmp_path) as started:
+        yield started
+
+
+def test_dev_stack_cli_serves_other_processes(
+    dev_stack_process: tuple[subprocess.Popen[str], list[str], Path], unique: str
+) -> None:
+    proc, exports, stderr_path = dev_stack_process
+    env = _exported(exports)
     assert list(env) == EXPORTED
     assert env["MODERATOR_KAFKA__DELIVERY"] == "at_least_once"
 
@@ -226,3 +245,52 @@ def test_dev_stack_cli_exits_cleanly_on_sigint(
     assert len(exports) == len(EXPORTED)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(10) == 0, stderr_path.read_text()
+
+
+def test_dev_stack_apache_serves_exactly_once(tmp_path: Path, unique: str) -> None:
+    try:
+        broker_jars()
+    except ConfigError as exc:
+        broker_unavailable(str(exc))
+    with _dev_stack(tmp_path, "--kafka", "apache", timeout_s=120) as started:
+        proc, exports, stderr_path = started
+        env = _exported(exports)
+        assert list(env) == EXPORTED
+        assert env["MODERATOR_KAFKA__DELIVERY"] == "exactly_once"
+        conf = {"bootstrap.servers": env["MODERATOR_KAFKA__BOOTSTRAP_SERVERS"]}
+        _roundtrip_kafka(conf, f"apache-{unique}", f"apache-{unique}", n=5)
+        producer = Producer({**conf, "transactional.id": f"dev-stack-{unique}"})
+        producer.init_transactions(30)  # the mock's transactions are not the real thing
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, stderr_path.read_text()
+        assert proc.stdout is not None
+        assert proc.stdout.read() == ""
+
+
+def test_dev_stack_apache_without_java_is_a_usage_error(tmp_path: Path) -> None:
+    # An empty PATH: neither java nor mvn can be found.
+    done = subprocess.run(
+        [sys.executable, "-m", "moderator.cli.main", "dev-stack", "--kafka", "apache"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": str(tmp_path)},
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "java: not found on PATH" in done.stderr
+
+
+def test_dev_stack_help_names_both_brokers() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "moderator.cli.main", "dev-stack", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "--kafka {mock,apache}" in text
+    assert "MODERATOR_KAFKA__DELIVERY=exactly_once" in text
+    assert "MODERATOR_KAFKA__DELIVERY=at_least_once" in text

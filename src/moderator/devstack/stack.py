@@ -1,10 +1,12 @@
-"""librdkafka's mock Kafka cluster and moto's S3 server, running inside this process.
+"""A Kafka broker and moto's S3 server for local work; the mock broker runs inside this process.
 
 The mock cluster lives inside one librdkafka client instance: it is served by that client's
 threads and disappears when the client is closed. Other processes can connect to it over TCP
 for as long as it lives. It auto-creates topics with 4 partitions (librdkafka has no setting
-for that number), does not answer CreateTopics, and cannot do exactly-once (see DESIGN §7),
-so `env()` selects `at_least_once` delivery.
+for that number), does not answer CreateTopics, and cannot do exactly-once
+(docs/architecture.md), so `env()` selects `at_least_once` delivery. With kafka="apache" a
+real Apache Kafka node (a JVM: moderator.devstack.apache_kafka) takes its place and `env()`
+selects `exactly_once`.
 
 moto keeps its backends per process: two stacks started in one process share their S3 state.
 """
@@ -15,19 +17,23 @@ import logging
 import threading
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import boto3
 from botocore.exceptions import ClientError
 from confluent_kafka import KafkaException, Producer
 
-from moderator.errors import ModeratorError
+from moderator.devstack.errors import DevStackError as DevStackError  # re-exported
 
 if TYPE_CHECKING:
     from moto.server import ThreadedMotoServer
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
 
+    from moderator.devstack.apache_kafka import ApacheKafka
+
+KafkaKind = Literal["mock", "apache"]
+KAFKA_KINDS: tuple[KafkaKind, ...] = ("mock", "apache")
 ACCESS_KEY_ID = "testing"
 # moto accepts any credentials; these only satisfy boto3's request signer.
 SECRET_ACCESS_KEY = "testing"  # noqa: S105 - a fixed dummy, never a real secret
@@ -35,12 +41,9 @@ _POLL_INTERVAL_S = 0.2
 _METADATA_TIMEOUT_S = 5.0
 
 
-class DevStackError(ModeratorError):
-    """The embedded stack could not start, or was used before start()."""
-
-
 class EmbeddedStack:
-    """librdkafka mock cluster + moto S3 server, living as long as this object."""
+    """A Kafka cluster (librdkafka's mock, or Apache Kafka with kafka="apache") + moto S3
+    server, living as long as this object."""
 
     def __init__(
         self,
@@ -48,9 +51,14 @@ class EmbeddedStack:
         buckets: Sequence[str] = ("uploads",),
         region: str = "us-east-1",
         brokers: int = 1,
+        kafka: KafkaKind = "mock",
     ) -> None:
         if brokers < 1:
             raise ValueError("brokers must be at least 1")
+        if kafka not in KAFKA_KINDS:
+            raise ValueError(f"kafka must be one of {', '.join(KAFKA_KINDS)}")
+        self._kafka_kind: KafkaKind = kafka
+        self._apache: ApacheKafka | None = None
         self._buckets = tuple(buckets)
         self._region = region
         self._brokers = brokers
@@ -65,7 +73,9 @@ class EmbeddedStack:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> EmbeddedStack:
-        """Start both servers and create the buckets; a second call does nothing."""
+        """Start both servers and create the buckets; a second call does nothing.
+
+        With kafka="apache": ConfigError when Java or the broker's jars are unavailable."""
         with self._lock:
             if self._bootstrap is not None:
                 return self
@@ -96,8 +106,13 @@ class EmbeddedStack:
     # -- what clients need ------------------------------------------------------------------
 
     @property
+    def kafka(self) -> KafkaKind:
+        """Which broker serves Kafka: "mock" or "apache"."""
+        return self._kafka_kind
+
+    @property
     def bootstrap_servers(self) -> str:
-        """Comma-separated host:port list of the mock brokers."""
+        """Comma-separated host:port list of the brokers."""
         if self._bootstrap is None:
             raise DevStackError("the embedded stack is not started")
         return self._bootstrap
@@ -121,7 +136,10 @@ class EmbeddedStack:
         """The environment a `moderator` process needs to use this stack, in a fixed order."""
         return {
             "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "MODERATOR_KAFKA__DELIVERY": "at_least_once",
+            # The mock cannot do transactions; the real broker is where exactly-once is proven.
+            "MODERATOR_KAFKA__DELIVERY": (
+                "exactly_once" if self._kafka_kind == "apache" else "at_least_once"
+            ),
             "MODERATOR_S3__ENDPOINT_URL": self.s3_endpoint_url,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
@@ -141,6 +159,12 @@ class EmbeddedStack:
     # -- internals --------------------------------------------------------------------------
 
     def _start_kafka(self) -> None:
+        if self._kafka_kind == "apache":
+            from moderator.devstack.apache_kafka import ApacheKafka
+
+            self._apache = ApacheKafka(self._brokers)
+            self._bootstrap = self._apache.start().bootstrap_servers
+            return
         # bootstrap.servers is ignored once test.mock.num.brokers is set; librdkafka's log
         # lines are routed to Python logging and served by the poller thread.
         holder = Producer(
@@ -211,6 +235,9 @@ class EmbeddedStack:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self._apache is not None:
+            self._apache.stop()
+            self._apache = None
         self._stopping.set()
         if self._poller is not None:
             self._poller.join()
