@@ -46,11 +46,37 @@ class TopicSettings(_Section):
     replay: str = "moderation.replay"
 
 
+class TopicSpecSettings(_Section):
+    """How `moderator topics create` makes one topic (docs/operations.md, "Topics")."""
+
+    partitions: int = Field(default=12, ge=1, le=100_000)
+    replication_factor: int = Field(default=3, ge=1, le=32)
+    configs: dict[str, str | int | bool | None] = Field(
+        default_factory=dict,
+        description="topic configs merged over the built-in defaults; null drops a default",
+    )
+
+
+class TopicSpecsSettings(_Section):
+    uploads: TopicSpecSettings = TopicSpecSettings()
+    verdicts: TopicSpecSettings = TopicSpecSettings()
+    audit: TopicSpecSettings = TopicSpecSettings()
+    dlq: TopicSpecSettings = TopicSpecSettings(partitions=3)
+    replay: TopicSpecSettings = TopicSpecSettings()
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "localhost:9092"
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     group_id: str = "moderator"
     topics: TopicSettings = TopicSettings()
+    topic_specs: TopicSpecsSettings = TopicSpecsSettings()
+    create_topics: bool = Field(
+        default=False, description="`moderator run` creates missing topics at start-up"
+    )
+    startup_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="how long topic administration waits for Kafka"
+    )
     transactional_id: str | None = Field(
         default=None, description="default: moderator-{group_id}-{instance_id} (stable per pod)"
     )

@@ -16,6 +16,8 @@ from moderator import __version__
 from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands import on use
 from moderator.cli.audit_dsa import add_dsa_parser
 from moderator.cli.audit_query import add_query_parser
+from moderator.cli.devstack import add_dev_stack_parser
+from moderator.cli.topics import add_topics_parser
 from moderator.engine.tiny import ARCHES as TINY_ARCHES  # cheap: torch is imported on use only
 from moderator.errors import ConfigError, ModeratorError
 from moderator.masking import mask_passwords
@@ -47,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, help="YAML settings file")
     demo.add_argument("--policies", type=Path, help="policy directory (default: bundled)")
 
-    sub.add_parser("dev-stack", help="start the embedded broker and S3 server for local work")
+    add_dev_stack_parser(sub)
 
     scan = sub.add_parser(
         "scan",
@@ -78,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _policy_parser(sub)
     _audit_parser(sub)
+    add_topics_parser(sub)
 
     model = sub.add_parser("model", help="model checkpoint tools")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
@@ -229,7 +232,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dev-stack":
         from moderator.cli.devstack import cmd_dev_stack
 
-        code: int = cmd_dev_stack()
+        code: int = cmd_dev_stack(kafka=args.kafka)
         return code
     if args.command == "demo":
         from moderator.cli.demo import cmd_demo
@@ -252,6 +255,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_policy(args)
     if args.command == "audit":
         return _cmd_audit(args)
+    if args.command == "topics":
+        from moderator.cli.topics import cmd_topics_create
+
+        return cmd_topics_create(args.config, dry_run=args.dry_run, debug=args.debug)
     if args.command == "model":
         from moderator.cli.model import cmd_make_tiny
 
@@ -324,6 +331,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, _overrides(args))
     configure_logging(settings.log)
+    if settings.kafka.create_topics:
+        from moderator.cli.topics import ensure_at_startup
+
+        ensure_at_startup(settings)
     stop = install_stop_handlers()
     if args.with_audit_sink:
         from moderator.cli.audit_sink import run_with_audit_sink
