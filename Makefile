@@ -35,8 +35,10 @@ test-integration: install
 
 check: lint typecheck test
 
+# bench/brokers.py starts a one-node Apache Kafka: it needs Java 17+ and Maven (docs/operations.md).
 bench: install
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/brokers.py
 	$(BIN)/python bench/engines.py
 
 demo: install

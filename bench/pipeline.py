@@ -5,15 +5,17 @@ Run from the project root:
     .venv/bin/python bench/pipeline.py [--events N] [--decode-images K]
 
 Everything runs in this one process: the embedded stack (librdkafka's mock Kafka cluster plus
-moto's S3 server, see DESIGN.md §7) is started once, N UploadEvent messages are written once to
-one input topic, and every measured consumer reads those same N messages through its own fresh
-consumer group and writes to its own fresh output topics.
+moto's S3 server, see docs/architecture.md) is started once, N UploadEvent messages are written
+once to one input topic, and every measured consumer reads those same N messages through its own
+fresh consumer group and writes to its own fresh output topics.
 
 What is measured:
 
 1. ceiling: a bare confluent-kafka loop. It consumes the N events, parses each JSON value and
-   produces one ~1 KB record per event to an output topic; every 1000 events it flushes the
-   producer and then commits the offsets synchronously (at-least-once: produce, flush, commit).
+   produces one ~1 KB record per event to an output topic; every 1000 events (the service's
+   default checkpoint size) it flushes the producer and then commits those events' offsets
+   synchronously (at-least-once: produce, flush, commit; bench/brokers.py also runs it with a
+   transaction per batch on a real broker).
    It uses the same client settings as the service where they matter (idempotent producer,
    acks=all, linger.ms=5, manual commits). Nothing is fetched, decoded or classified: this is
    what the broker and the client library allow from one Python thread, not a target the
@@ -77,14 +79,15 @@ from moderator.ingest.ports import Consumer as ConsumerPort
 from moderator.logs import configure_logging
 from moderator.policy.bundled import write_default_policy
 from moderator.service import build_pipeline, run_service
-from moderator.settings import Settings, load_settings
+from moderator.settings import KafkaSettings, Settings, load_settings
 
 DEFAULT_EVENTS = 5000
 BUCKET = "uploads"
 TENANT = "bench"
 IMAGE_SIZE = (64, 64)
 CEILING_RECORD_BYTES = 1024
-COMMIT_EVERY = 1000
+# The service's checkpoint size by default: the bare loop commits batches of the same size.
+COMMIT_EVERY: int = KafkaSettings.model_fields["commit_max_events"].default
 CONSUME_BATCH = 500
 UPLOAD_WORKERS = 8
 DECODE_TARGET = 448
@@ -230,22 +233,50 @@ def _ceiling_record(event: dict[str, Any]) -> bytes:
     return json.dumps(doc).encode()
 
 
-def run_ceiling(bootstrap: str, topic: str, n: int, run_id: str, timeout_s: float) -> Phase:
-    phase = Phase("ceiling: bare consume→produce")
-    out_topic = f"bench-ceiling-out-{run_id}"
+def ceiling_topic(run_id: str) -> str:
+    """The output topic of the bare loop's run `run_id`."""
+    return f"bench-ceiling-out-{run_id}"
+
+
+def run_ceiling(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    run_id: str,
+    timeout_s: float,
+    *,
+    exactly_once: bool = False,
+    name: str = "ceiling: bare consume→produce",
+) -> Phase:
+    """The bare loop over the first n messages of `topic`, checkpointing every COMMIT_EVERY.
+
+    Both modes do the same work per message (parse, produce, note the next offset) and end a
+    batch the way the service's checkpoint does: exactly_once sends the batch's offsets to the
+    transaction opened at its first message and commits it; at_least_once flushes the producer
+    and commits those offsets synchronously.
+    """
+    phase = Phase(name)
+    out_topic = ceiling_topic(run_id)
     consumer = _TimedConsumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-ceiling-{run_id}",
             "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
         }
     )
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
-    )
+    producer_conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+    }
+    if exactly_once:
+        producer_conf["transactional.id"] = f"bench-ceiling-{run_id}"
+    producer = Producer(producer_conf)
     failures: list[Any] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -254,65 +285,89 @@ def run_ceiling(bootstrap: str, topic: str, n: int, run_id: str, timeout_s: floa
 
     sizes = 0
     since_commit = 0
+    batch: dict[tuple[str, int], int] = {}  # (topic, partition) → next offset to commit
     started = time.perf_counter()
     deadline = started + timeout_s
+    if exactly_once:
+        producer.init_transactions(30)
     consumer.subscribe([topic])
     try:
         while phase.events < n and time.perf_counter() < deadline:
             for msg in consumer.consume(CONSUME_BATCH, 0.05):
                 if msg.error() is not None:
                     continue
+                if exactly_once and not batch:
+                    producer.begin_transaction()
                 record = _ceiling_record(json.loads(msg.value()))
                 sizes += len(record)
                 _produce(producer, out_topic, msg.key() or b"", record, on_delivery)
+                batch[(msg.topic(), msg.partition())] = msg.offset() + 1
                 phase.events += 1
                 since_commit += 1
             producer.poll(0)
-            if since_commit and (since_commit >= COMMIT_EVERY or phase.events >= n):
-                if producer.flush(30):
-                    raise RuntimeError("ceiling: outputs not acknowledged within 30 s")
-                consumer.commit(asynchronous=False)
+            if batch and (since_commit >= COMMIT_EVERY or phase.events >= n):
+                _end_batch(producer, consumer, batch, exactly_once=exactly_once)
                 phase.commits += 1
                 since_commit = 0
+                batch.clear()
         done = time.perf_counter()
         phase.cpu_s = time.process_time() - consumer.first_message_cpu
     finally:
         consumer.close()
         producer.flush(10)
     if failures:
-        raise RuntimeError(f"ceiling: {len(failures)} outputs failed: {failures[0]}")
+        raise RuntimeError(f"{name}: {len(failures)} outputs failed: {failures[0]}")
     _finish(phase, started, consumer.first_message_at, done, n)
     phase.produced = phase.events
     phase.mean_output_bytes = sizes / phase.events if phase.events else 0.0
     return phase
 
 
+def _end_batch(
+    producer: Producer, consumer: Consumer, batch: dict[tuple[str, int], int], *, exactly_once: bool
+) -> None:
+    offsets = [TopicPartition(t, p, o) for (t, p), o in batch.items()]
+    if exactly_once:
+        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+        producer.commit_transaction(30)
+        return
+    if producer.flush(30):
+        raise RuntimeError("bare loop: outputs not acknowledged within 30 s")
+    consumer.commit(offsets=offsets, asynchronous=False)
+
+
 # -- 2. pipeline ----------------------------------------------------------------------------------
 
 
 def _pipeline_settings(
-    stack: EmbeddedStack, policies: Path, uploads: str, label: str, run_id: str
+    bootstrap: str,
+    policies: Path,
+    uploads: str,
+    label: str,
+    run_id: str,
+    *,
+    delivery: str = "at_least_once",
+    stack: EmbeddedStack | None = None,
 ) -> Settings:
+    """The service's settings for one run; `stack` points the S3 adapter at its moto server."""
     prefix = f"bench-{label}-{run_id}"
-    return load_settings(
-        None,
-        {
-            "instance_id": "bench",
-            "engine.kind": "fake",
-            "engine.fake.latency_ms": 0.0,
-            "kafka.bootstrap_servers": stack.bootstrap_servers,
-            "kafka.delivery": "at_least_once",
-            "kafka.group_id": prefix,
-            "kafka.topics.uploads": uploads,
-            "kafka.topics.verdicts": f"{prefix}-verdicts",
-            "kafka.topics.audit": f"{prefix}-audit",
-            "kafka.topics.dlq": f"{prefix}-dlq",
-            "s3.endpoint_url": stack.s3_endpoint_url,
-            "s3.region": stack.region,
-            "policies.dir": policies,
-            "log.level": "warning",
-        },
-    )
+    overrides: dict[str, Any] = {
+        "instance_id": "bench",
+        "engine.kind": "fake",
+        "engine.fake.latency_ms": 0.0,
+        "kafka.bootstrap_servers": bootstrap,
+        "kafka.delivery": delivery,
+        "kafka.group_id": prefix,
+        "kafka.topics.uploads": uploads,
+        "kafka.topics.verdicts": f"{prefix}-verdicts",
+        "kafka.topics.audit": f"{prefix}-audit",
+        "kafka.topics.dlq": f"{prefix}-dlq",
+        "policies.dir": policies,
+        "log.level": "warning",
+    }
+    if stack is not None:
+        overrides.update({"s3.endpoint_url": stack.s3_endpoint_url, "s3.region": stack.region})
+    return load_settings(None, overrides)
 
 
 def run_pipeline(
@@ -559,7 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         memory = InMemoryObjectStore()
         for i, sample in enumerate(images):
             memory.put(BUCKET, _object_key(i, sample), sample.data)
-        settings = _pipeline_settings(stack, policies, uploads, "s3", run_id)
+        settings = _pipeline_settings(
+            stack.bootstrap_servers, policies, uploads, "s3", run_id, stack=stack
+        )
         configure_logging(settings.log)
         if not args.no_s3:
             print("\n2a. pipeline, objects in moto S3")
@@ -567,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.collect()  # the service's clients sit in reference cycles: free them now
             _print_phase(phases[-1], phases[0])
         print("\n2b. pipeline, objects in memory")
-        settings = _pipeline_settings(stack, policies, uploads, "mem", run_id)
+        settings = _pipeline_settings(stack.bootstrap_servers, policies, uploads, "mem", run_id)
         phases.append(run_pipeline(settings, "pipeline, in-memory store", n, memory, args.timeout))
         gc.collect()  # ... before the stack and its broker go away
         _print_phase(phases[-1], phases[0])
