@@ -10,6 +10,14 @@ from confluent_kafka import KafkaError, KafkaException
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.checkpoint import FatalKafkaError
 from moderator.ingest.memory_broker import MemoryBroker
+from tests.eos_scenarios import (
+    CRASH_POINTS,
+    MemoryWorld,
+    break_checkpoint,
+    crash_then_restart,
+    fenced_zombie,
+    rebalance,
+)
 from tests.harness import (
     Instance,
     audit_ids,
@@ -125,6 +133,26 @@ def test_retriable_commit_error_is_retried(
     _assert_exactly_once(broker, ids, malformed)
 
 
+def test_retriable_send_offsets_error_is_retried(
+    world: tuple[MemoryBroker, InMemoryObjectStore, Path],
+) -> None:
+    """librdkafka reports a coordinator that is moving or still finishing the previous commit
+    (CONCURRENT_TRANSACTIONS, a transport error) as retriable. Aborting then can meet the
+    previous transaction still being completed, which Kafka refuses with INVALID_TXN_STATE,
+    fatal in librdkafka: the call must be retried instead."""
+    broker, store, policies = world
+    ids, malformed = seed_uploads(broker, store, 30)
+    err = KafkaException(
+        KafkaError(KafkaError.CONCURRENT_TRANSACTIONS, "previous commit ongoing", retriable=True)
+    )
+    broker.inject("send_offsets_to_transaction", err, times=2)
+    inst = Instance(broker, store, settings_for(policies)).start()
+    wait_for(lambda: _all_done(broker, ids, malformed), what="all verdicts")
+    inst.shutdown()
+    assert inst.error is None and inst.loop.stats.aborted == 0
+    _assert_exactly_once(broker, ids, malformed)
+
+
 def test_fenced_zombie_stops_with_fatal_error(
     world: tuple[MemoryBroker, InMemoryObjectStore, Path],
 ) -> None:
@@ -154,3 +182,38 @@ def test_rebalance_between_two_instances_keeps_exactly_once(
     b.shutdown()
     assert a.error is None and b.error is None
     _assert_exactly_once(broker, ids, malformed)
+
+
+# -- the scenarios shared with the real-broker tier (integration/test_exactly_once_kafka.py) ---
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_shared_crash_scenario(tmp_path: Path, point: str) -> None:
+    run = crash_then_restart(MemoryWorld(), write_policies(tmp_path), point, 3)
+    assert run.problems() == []
+
+
+def test_shared_fenced_zombie(tmp_path: Path) -> None:
+    run = fenced_zombie(MemoryWorld(), write_policies(tmp_path))
+    assert isinstance(run.instances[0].error, FatalKafkaError)
+    assert run.problems() == []
+
+
+@pytest.mark.parametrize("members", [2, 3])
+def test_shared_rebalance(tmp_path: Path, members: int) -> None:
+    faster = {"engine.fake.latency_ms": 10}
+    run = rebalance(MemoryWorld(), write_policies(tmp_path), members, events=200, **faster)
+    assert run.problems() == []
+    shares = [i.loop.stats.committed_messages for i in run.instances]
+    assert all(shares) and sum(shares) == 200, shares
+
+
+def test_broken_checkpoint_loses_events(tmp_path: Path) -> None:
+    """The scenarios can fail: offsets committed before the transaction lose the events of a
+    crash in between."""
+    undo = break_checkpoint()
+    try:
+        run = crash_then_restart(MemoryWorld(), write_policies(tmp_path), "commit_transaction", 3)
+    finally:
+        undo()
+    assert any("without a verdict" in p for p in run.problems()), run.problems()

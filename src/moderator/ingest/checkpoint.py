@@ -36,7 +36,11 @@ def commit_checkpoint(
       1. begin_transaction()
       2. produce every held output, partition by partition, in offset order
       3. send_offsets_to_transaction(next offsets, the consumer's group metadata)
-      4. commit_transaction(), retried while the error is retriable (it is idempotent)
+      4. commit_transaction()
+      Steps 3 and 4 are retried while librdkafka calls the error retriable (a coordinator
+      moving to another broker, or still completing the previous commit): aborting then can
+      reach the coordinator before that commit is complete, which it refuses with a fatal
+      INVALID_TXN_STATE.
       An error that requires abort → abort_transaction(), CheckpointAborted.
     at_least_once:
       1. produce every held output (idempotent producer)
@@ -72,7 +76,11 @@ def _transactional(
     producer.begin_transaction()
     for rec in records:
         _produce(producer, rec, None)
-    producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), timeout_s)
+    metadata = consumer.consumer_group_metadata()
+    _retry_retriable(
+        lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout_s),
+        deadline_s=timeout_s,
+    )
     _retry_retriable(lambda: producer.commit_transaction(timeout_s), deadline_s=timeout_s)
 
 

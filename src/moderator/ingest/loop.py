@@ -1,4 +1,4 @@
-"""The consume loop: one thread owns the consumer and the producer (DESIGN.md §4)."""
+"""The consume loop: one thread owns the consumer and the producer (docs/architecture.md)."""
 
 from __future__ import annotations
 
