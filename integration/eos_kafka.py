@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -16,7 +16,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from tests.eos_scenarios import PARTITIONS
 
 from moderator.ingest.ports import Consumer as ConsumerPort
@@ -66,12 +66,10 @@ class KafkaWorld:
         assert producer.flush(30) == 0
 
     def consumer(self, config: dict[str, Any]) -> ConsumerPort:
-        consumer: ConsumerPort = Consumer({**config, **CONSUMER_TIMING})
-        return consumer
+        return cast(ConsumerPort, Consumer({**config, **CONSUMER_TIMING}))
 
     def producer(self, config: dict[str, Any]) -> ProducerPort:
-        producer: ProducerPort = Producer(config)
-        return producer
+        return cast(ProducerPort, Producer(config))
 
     def read(
         self, topics: Sequence[str], timeout_s: float = 30
@@ -97,10 +95,11 @@ class KafkaWorld:
                 assert time.monotonic() < deadline, f"no end in sight for {sorted(open_parts)}"
                 for msg in reader.consume(1000, 0.1):
                     err = msg.error()
+                    topic, partition = str(msg.topic()), int(msg.partition() or 0)
                     if err is None:
-                        out[msg.topic()].append((msg.partition(), msg.value() or b""))
+                        out[topic].append((partition, msg.value() or b""))
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard((msg.topic(), msg.partition()))
+                        open_parts.discard((topic, partition))
                     else:
                         raise KafkaException(err)
             return out

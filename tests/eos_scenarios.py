@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -269,7 +270,7 @@ class Instance:
         self.pipeline: Pipeline = build_pipeline(settings, store=store)
         self.loop = IngestLoop(
             settings=settings,
-            consumer=self.consumer,  # type: ignore[arg-type]  # delegates the rest
+            consumer=self.consumer,  # delegates the rest of the port to the real consumer
             producer=self.producer,
             processor=self.pipeline.processor,
         )
@@ -521,6 +522,10 @@ def fenced_zombie(world: World, policies: Path, *, timeout: float = 60, **over: 
     return Run(outcome(world, names), ids | more, malformed, [zombie, successor])
 
 
+def _owns_partitions(instance: Instance) -> bool:
+    return bool(instance.consumer.owned)
+
+
 def rebalance(
     world: World,
     policies: Path,
@@ -554,7 +559,7 @@ def rebalance(
             world, store, eos_settings(world, names, policies, instance_id=f"m{member}", **slow)
         ).start()
         running.append(joining)
-        wait_for(lambda j=joining: bool(j.consumer.owned), timeout, f"m{member}'s partitions")
+        wait_for(partial(_owns_partitions, joining), timeout, f"m{member}'s partitions")
     for leaving in running[:-1]:
         settle("before a member leaves")
         leaving.shutdown()  # revokes mid-stream: the rest take over from the committed offsets

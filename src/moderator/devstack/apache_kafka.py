@@ -262,8 +262,8 @@ class ApacheKafka:
                 "kafka.tools.StorageTool",
                 "format",
                 "--ignore-formatted",
-                "-t",
-                cluster_id,
+                # One argument: an id may start with "-", which argparse would take for a flag.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(node.home / "server.properties"),
             ]

@@ -1,0 +1,183 @@
+"""`moderator run --with-audit-sink` in exactly_once mode on a real Kafka broker, SIGKILLed five
+times at random moments during a 1,000-event stream (objects from the embedded S3 server, audit
+store in SQLite) and restarted each time with the same transactional id: a read_committed
+reader sees exactly one verdict and one audit record per event, the group's offsets end at the
+input's end, and the audit store holds exactly one row per event."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from tests.eos_scenarios import (
+    Names,
+    checkpoint_is_broken,
+    exactly_once_problems,
+    finished,
+    outcome,
+    progress,
+    seed,
+)
+from tests.harness import write_policies
+
+from eos_kafka import KafkaWorld
+from moderator.devstack.stack import EmbeddedStack
+
+if TYPE_CHECKING:
+    from moderator.devstack.apache_kafka import ApacheKafka
+
+pytestmark = pytest.mark.slow
+
+EVENTS = 1000
+KILLS = 5
+REPO = Path(__file__).resolve().parent.parent
+
+
+class S3Uploads:
+    """seed()'s object sink: puts into the embedded S3 server, eight at a time."""
+
+    def __init__(self, stack: EmbeddedStack) -> None:
+        self._client = stack.s3_client()
+        self._pool = ThreadPoolExecutor(8)
+        self._pending: list[Future[Any]] = []
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        self._pending.append(
+            self._pool.submit(self._client.put_object, Bucket=bucket, Key=key, Body=data)
+        )
+
+    def wait(self) -> None:
+        for future in self._pending:
+            future.result(60)
+        self._pool.shutdown()
+
+
+def _rows(db: Path, sql: str = "SELECT count(*) FROM audit_records") -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    except sqlite3.OperationalError:  # not migrated yet
+        return 0
+    finally:
+        conn.close()
+
+
+def _stored_ids(db: Path) -> list[str]:
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return [row[0] for row in conn.execute("SELECT event_id FROM audit_records")]
+    finally:
+        conn.close()
+
+
+def _command() -> list[str]:
+    """`moderator run --with-audit-sink`, or the same with the broken checkpoint when this
+    test process runs under tests.eos_break_checkpoint."""
+    module = "tests.eos_broken_run" if checkpoint_is_broken() else "moderator.cli.main"
+    return [sys.executable, "-m", module, "run", "--with-audit-sink"]
+
+
+def test_sigkilled_five_times_every_event_once(
+    apache_kafka: ApacheKafka, stack: EmbeddedStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    world = KafkaWorld(apache_kafka.bootstrap_servers)
+    request.addfinalizer(world.close)
+    names = Names.unique("kill")
+    world.create_topics(names.topics)
+    uploads = S3Uploads(stack)
+    ids, malformed = seed(world, uploads, names, EVENTS, malformed_every=50)
+    uploads.wait()
+    db, logs = tmp_path / "audit.db", tmp_path / "run.log"
+    env = {
+        **os.environ,
+        **stack.env(),
+        "PYTHONPATH": str(REPO),
+        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": apache_kafka.bootstrap_servers,
+        "MODERATOR_KAFKA__DELIVERY": "exactly_once",
+        "MODERATOR_INSTANCE_ID": "eos-kill",  # one transactional id across the restarts
+        "MODERATOR_KAFKA__GROUP_ID": names.group,
+        "MODERATOR_KAFKA__TOPICS__UPLOADS": names.uploads,
+        "MODERATOR_KAFKA__TOPICS__VERDICTS": names.verdicts,
+        "MODERATOR_KAFKA__TOPICS__AUDIT": names.audit,
+        "MODERATOR_KAFKA__TOPICS__DLQ": names.dlq,
+        "MODERATOR_KAFKA__COMMIT_INTERVAL_MS": "200",
+        "MODERATOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "MODERATOR_KAFKA__CLIENT__LOG_LEVEL": "3",  # librdkafka: errors only
+        # about 100 events/s: each run is killed long before the stream ends
+        "MODERATOR_ENGINE__KIND": "fake",
+        "MODERATOR_ENGINE__FAKE__LATENCY_MS": "20",
+        "MODERATOR_ENGINE__BATCH_SIZE": "2",
+        "MODERATOR_POLICIES__DIR": str(write_policies(tmp_path / "policies")),
+        "MODERATOR_AUDIT__URL": f"sqlite:///{db}",
+        "MODERATOR_AUDIT__BATCH_SIZE": "50",
+        "MODERATOR_LOG__LEVEL": "warning",
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        with logs.open("ab") as log:
+            procs.append(subprocess.Popen(_command(), env=env, cwd=REPO, stderr=log))
+        return procs[-1]
+
+    def tail() -> str:
+        return logs.read_text(errors="replace")[-3000:]
+
+    rng = random.Random(7)
+    at_kill: list[int] = []
+    started = time.monotonic()
+    try:
+        for _ in range(KILLS):
+            proc = start()
+            before = at_kill[-1] if at_kill else 0
+            deadline = time.monotonic() + 60
+            while progress(world, names) <= before:  # this run has committed something
+                assert proc.poll() is None, tail()
+                assert time.monotonic() < deadline, (at_kill, tail())
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.0))  # then a random moment, likely mid-transaction
+            proc.kill()
+            proc.wait(10)
+            at_kill.append(progress(world, names))
+        final = start()
+        deadline = time.monotonic() + 180
+        while not finished(world, names):
+            assert final.poll() is None, tail()
+            assert time.monotonic() < deadline, (at_kill, tail())
+            time.sleep(0.2)
+        result = outcome(world, names)
+        published = len(result.audit_counts())
+        while _rows(db) < published:  # the sink stores what the audit topic holds
+            assert final.poll() is None, tail()
+            assert time.monotonic() < deadline, (at_kill, _rows(db), published, tail())
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        time.sleep(1.0)  # its signal handlers are surely installed by now
+        final.send_signal(signal.SIGTERM)
+        assert final.wait(60) == 0, tail()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+    print(
+        f"\ninput committed at each SIGKILL: {at_kill} of {EVENTS}; done in {elapsed:.1f}s "
+        f"including {KILLS} restarts"
+    )
+    assert 0 < at_kill[-1] < EVENTS, "the kills did not land mid-run"
+    problems = exactly_once_problems(result, ids, malformed)
+    assert problems == [], problems
+    stored = _stored_ids(db)
+    assert len(stored) == len(ids), f"{len(stored)} audit rows for {len(ids)} events"
+    assert set(stored) == ids
