@@ -193,32 +193,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             trace = "".join(traceback.format_exception(exc))
             sys.stderr.write(mask_passwords(trace))
         print(f"moderator: {error_line(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) or _kafka_refusal(exc) is not None else 1
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 def error_line(exc: BaseException, limit: int = 2000) -> str:
     """An exception as one line of text for people, URL passwords masked. Our own errors are
     shown as they are; anything else is an unexpected error, named by its type."""
     text = " ".join(str(exc).split())
-    refusal = _kafka_refusal(exc)
-    if refusal is not None:
-        text = f"kafka: librdkafka refused the client configuration: {refusal}"
-    elif not isinstance(exc, ModeratorError):
+    if not isinstance(exc, ModeratorError):
         text = f"unexpected error: {type(exc).__name__}" + (f": {text}" if text else "")
     text = mask_passwords(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _kafka_refusal(exc: BaseException) -> str | None:
-    """librdkafka's reason when `exc` is its refusal of a client configuration (an invalid
-    argument, which only building a client raises this far up); else None."""
-    kafka = sys.modules.get("confluent_kafka")  # loaded by whatever raised it, if anything
-    if kafka is None or not isinstance(exc, kafka.KafkaException) or not exc.args:
-        return None
-    error = exc.args[0]
-    if not isinstance(error, kafka.KafkaError) or error.code() != kafka.KafkaError._INVALID_ARG:
-        return None
-    return " ".join(str(error.str()).split())
 
 
 class _Parser(argparse.ArgumentParser):
