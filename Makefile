@@ -17,8 +17,8 @@ install: $(BIN)/python
 	$(BIN)/pip install -q --no-deps -r requirements/lmdeploy-cpu.txt
 
 lint: install
-	$(BIN)/ruff check src tests integration bench
-	$(BIN)/ruff format --check src tests integration bench
+	$(BIN)/ruff check moderator tests integration bench
+	$(BIN)/ruff format --check moderator tests integration bench
 
 typecheck: install
 	$(BIN)/mypy

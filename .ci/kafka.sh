@@ -9,4 +9,4 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
   apt-get update -qq >&2
   apt-get install -y -qq default-jre-headless maven >&2
 fi
-.venv/bin/python -m moderator.devstack.apache_kafka --resolve
+.venv/bin/python -m moderator.dev.kafka.cluster --resolve

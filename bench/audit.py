@@ -27,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from moderator.audit.db.store import AuditStore
 from moderator.audit.models import AuditQuery, IncomingRecord
-from moderator.audit.store import AuditStore
 
 TENANTS = [f"tenant-{i:02d}" for i in range(20)]
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -198,8 +198,8 @@ def sink_rate(n: int, tmp: Path) -> float:
     """N records through the real AuditSink from the embedded broker into SQLite; rows/s."""
     from confluent_kafka import Producer
 
-    from moderator.audit.sink import AuditSink
-    from moderator.devstack.stack import EmbeddedStack
+    from moderator.audit.sink.loop import AuditSink
+    from moderator.dev.stack import EmbeddedStack
     from moderator.ingest.kafka import make_consumer
     from moderator.settings import load_settings
 

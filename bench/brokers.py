@@ -7,7 +7,7 @@ Run from the project root:
 
 Both brokers run at once: librdkafka's mock cluster inside this process (EmbeddedStack) and a
 one-node Apache Kafka (KRaft) that the script starts in a JVM of its own and stops at the end
-(`moderator.devstack.apache_kafka.ApacheKafka`; `--bootstrap-servers` uses a running broker
+(`moderator.dev.kafka.cluster.ApacheKafka`; `--bootstrap-servers` uses a running broker
 instead). The same N UploadEvents (same keys and payloads, 64x64 images, all distinct) are
 written to a 4-partition input topic on each broker, and the objects sit in an
 InMemoryObjectStore, so nothing but Kafka and the service's own work is measured.
@@ -46,8 +46,8 @@ from pathlib import Path
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from moderator.devstack.samples import Sample
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.samples import Sample
+from moderator.dev.stack import EmbeddedStack
 from moderator.errors import ConfigError, ModeratorError
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.logs import configure_logging
@@ -284,7 +284,7 @@ def real_broker(bootstrap: str | None) -> Iterator[tuple[str, str]]:
     if bootstrap is not None:
         yield bootstrap, f"real ({bootstrap})"
         return
-    from moderator.devstack.apache_kafka import KAFKA_VERSION, ApacheKafka
+    from moderator.dev.kafka.cluster import KAFKA_VERSION, ApacheKafka
 
     started = time.perf_counter()
     with ApacheKafka() as kafka:

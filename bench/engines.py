@@ -21,9 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from moderator.dev.tiny.checkpoint import make_tiny
 from moderator.engine.base import EngineRequest
-from moderator.engine.hf_engine import TransformersEngine
-from moderator.engine.tiny import make_tiny
+from moderator.engine.transformers.engine import TransformersEngine
 from moderator.events.verdict import CATEGORIES
 from moderator.settings import EngineSettings
 

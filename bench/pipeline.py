@@ -70,8 +70,8 @@ from typing import Any, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from decode_bench import run_decode_bench
-from moderator.devstack.samples import Sample, make_sample
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.samples import Sample, make_sample
+from moderator.dev.stack import EmbeddedStack
 from moderator.fetch.store import InMemoryObjectStore, ObjectStore
 from moderator.ingest.kafka import consumer_config
 from moderator.ingest.loop import LoopStats

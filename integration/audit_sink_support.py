@@ -12,11 +12,11 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from audit_support import make_record
+from moderator.audit.db.store import AuditStore
 from moderator.audit.models import AuditQuery
-from moderator.audit.sink_input import SinkStats
-from moderator.audit.store import AuditStore
+from moderator.audit.sink.inputs import SinkStats
 from moderator.cli.audit_sink import run_audit_sink
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.stack import EmbeddedStack
 from moderator.settings import Settings, load_settings
 
 TENANTS = ("kids", "news", "museum")

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from moderator.audit.connect import normalize_url
+from moderator.audit.db.connect import normalize_url
+from moderator.audit.db.store import AuditStore
 from moderator.audit.models import IncomingRecord
-from moderator.audit.store import AuditStore
 from moderator.events.verdict import (
     Assessment,
     AuditRecord,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from kafka_support import running_kafka
-from moderator.devstack.apache_kafka import ApacheKafka
-from moderator.devstack.stack import EmbeddedStack  # imports moto only when a stack starts
+from moderator.dev.kafka.cluster import ApacheKafka
+from moderator.dev.stack import EmbeddedStack  # imports moto only when a stack starts
 
 # The S3 server comes from the devstack extra; without it the whole tier is skipped, not failed.
 pytest.importorskip(

@@ -17,10 +17,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from tests.eos_scenarios import PARTITIONS
 
 from moderator.ingest.ports import Consumer as ConsumerPort
 from moderator.ingest.ports import Producer as ProducerPort
+from tests.eos_scenarios import PARTITIONS
 
 # Heartbeats every 0.5 s, so that members learn of a rebalance quickly (the broker's minimum
 # session timeout, 6 s, is what a member that vanished costs the group), and short retry

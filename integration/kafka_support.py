@@ -14,8 +14,8 @@ from typing import NoReturn
 
 import pytest
 
-from moderator.devstack.apache_kafka import ApacheKafka
-from moderator.devstack.errors import DevStackError
+from moderator.dev.errors import DevStackError
+from moderator.dev.kafka.cluster import ApacheKafka
 from moderator.errors import ConfigError
 
 

@@ -11,8 +11,8 @@ from confluent_kafka import OFFSET_INVALID, Consumer, Message, Producer, TopicPa
 from confluent_kafka.admin import AdminClient
 
 from kafka_support import broker_unavailable
-from moderator.devstack.apache_kafka import PROBE_TOPIC, ApacheKafka
-from moderator.devstack.errors import DevStackError
+from moderator.dev.errors import DevStackError
+from moderator.dev.kafka.cluster import PROBE_TOPIC, ApacheKafka
 from moderator.errors import ConfigError
 
 TIMEOUT_S = 30.0
@@ -209,7 +209,7 @@ def test_a_cluster_id_starting_with_a_dash_is_formatted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Random ids are base64url: about one in 64 starts with '-', which a flag parser misreads."""
-    from moderator.devstack import kafka_config
+    from moderator.dev.kafka import config as kafka_config
 
     monkeypatch.setattr(kafka_config, "new_cluster_id", lambda: "-" + "A" * 21)
     kafka = ApacheKafka(1, workdir=tmp_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from audit_support import incoming, make_record
-from moderator.audit.store import AuditStore
+from moderator.audit.db.store import AuditStore
 
 pytest.importorskip("fastapi", reason="the audit API needs the api extra")
 pytest.importorskip("uvicorn", reason="the audit API needs the api extra")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from audit_support import BACKENDS, BASE_TIME, incoming, make_record, opened
+from moderator.audit.db.store import AuditStore
 from moderator.audit.errors import InvalidQuery
-from moderator.audit.filters import Filters, build_query
-from moderator.audit.store import AuditStore
+from moderator.audit.read.filters import Filters, build_query
 
 
 @pytest.fixture(params=BACKENDS)

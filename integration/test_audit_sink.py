@@ -29,10 +29,10 @@ from audit_sink_support import (
     wait_for,
 )
 from audit_support import BACKENDS, database_url
-from moderator.audit.anchors import latest_anchor
-from moderator.audit.store import AuditStore
-from moderator.audit.verify import verify
-from moderator.devstack.stack import EmbeddedStack
+from moderator.audit.db.store import AuditStore
+from moderator.audit.integrity.anchors import latest_anchor
+from moderator.audit.integrity.verify import verify
+from moderator.dev.stack import EmbeddedStack
 from moderator.policy.bundled import write_default_policy
 
 

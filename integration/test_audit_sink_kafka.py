@@ -13,12 +13,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from audit_sink_support import Running, event_ids, wait_for
 from audit_support import make_record
-from moderator.audit.store import AuditStore
+from moderator.audit.db.store import AuditStore
 from moderator.ingest.lag import group_lag
 from moderator.settings import load_settings
 
 if TYPE_CHECKING:
-    from moderator.devstack.apache_kafka import ApacheKafka
+    from moderator.dev.kafka.cluster import ApacheKafka
 
 PARTITIONS = 3
 

@@ -23,9 +23,9 @@ from audit_sink_support import (
     wait_for,
 )
 from audit_support import database_url
-from moderator.audit.store import AuditStore
-from moderator.audit.verify import verify
-from moderator.devstack.stack import EmbeddedStack
+from moderator.audit.db.store import AuditStore
+from moderator.audit.integrity.verify import verify
+from moderator.dev.stack import EmbeddedStack
 
 
 class Proxy:

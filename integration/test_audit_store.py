@@ -13,19 +13,19 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, inspect, select, text
-from tests.audit_tamper import revert_to_version_2, write_as_format_v1
 
 from audit_support import BACKENDS, BASE_TIME, TOPIC, incoming, make_record, opened, policy
-from moderator.audit import migrations
-from moderator.audit.anchors import make_anchor
-from moderator.audit.canonical import GENESIS_HASH, columns_hash, link_hash, record_hash
+from moderator.audit.chain.canonical import GENESIS_HASH, columns_hash, link_hash, record_hash
+from moderator.audit.db import migrations
+from moderator.audit.db.migrations import LATEST, schema_differences
+from moderator.audit.db.retention import redact_expired
+from moderator.audit.db.store import AuditStore
+from moderator.audit.db.tables import audit_records, policy_versions, schema_migrations
 from moderator.audit.errors import AuditUnavailable, InvalidQuery, SchemaVersionError
-from moderator.audit.migrations import LATEST, schema_differences
+from moderator.audit.integrity.anchors import make_anchor
+from moderator.audit.integrity.verify import verify
 from moderator.audit.models import AuditQuery, AuditRow, IncomingRecord
-from moderator.audit.retention import redact_expired
-from moderator.audit.schema import audit_records, policy_versions, schema_migrations
-from moderator.audit.store import AuditStore
-from moderator.audit.verify import verify
+from tests.audit_tamper import revert_to_version_2, write_as_format_v1
 
 
 @pytest.fixture(params=BACKENDS)

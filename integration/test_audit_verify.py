@@ -11,10 +11,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, delete, select, update
-from tests.audit_tamper import fake_redaction, recompute_chain
 
 from audit_support import BACKENDS, BASE_TIME, TOPIC, incoming, make_record, opened
-from moderator.audit.anchors import (
+from moderator.audit.chain.canonical import canonical_json, link_hash
+from moderator.audit.db.retention import redact_expired
+from moderator.audit.db.store import AuditStore
+from moderator.audit.db.tables import anchors, audit_records, chain_heads, policy_versions
+from moderator.audit.integrity.anchors import (
     FileAnchorSink,
     MemoryAnchorSink,
     S3AnchorSink,
@@ -22,13 +25,10 @@ from moderator.audit.anchors import (
     latest_anchor,
     make_anchor,
 )
-from moderator.audit.canonical import canonical_json, link_hash
+from moderator.audit.integrity.verify import EXIT_INTACT, EXIT_TAMPERED, VerifyReport, verify
 from moderator.audit.models import Anchor
-from moderator.audit.retention import redact_expired
-from moderator.audit.schema import anchors, audit_records, chain_heads, policy_versions
-from moderator.audit.store import AuditStore
-from moderator.audit.verify import EXIT_INTACT, EXIT_TAMPERED, VerifyReport, verify
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.stack import EmbeddedStack
+from tests.audit_tamper import fake_redaction, recompute_chain
 
 R = audit_records.c
 ROWS = 10

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.audit_edits import World, build, check, edits
-from tests.fuzz import fuzz_settings
 
 from audit_support import database_url
+from tests.audit_edits import World, build, check, edits
+from tests.fuzz import fuzz_settings
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ import psutil
 import pytest
 from confluent_kafka import Producer
 
-from moderator.devstack.samples import make_sample
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.samples import make_sample
+from moderator.dev.stack import EmbeddedStack
 from moderator.policy.bundled import write_default_policy
 from topic_support import read_topic
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from moderator.devstack.apache_kafka import ApacheKafka
+    from moderator.dev.kafka.cluster import ApacheKafka
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "brokers.py"

@@ -20,8 +20,8 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from kafka_support import broker_unavailable
-from moderator.devstack.apache_kafka import broker_jars
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.kafka.cluster import broker_jars
+from moderator.dev.stack import EmbeddedStack
 from moderator.errors import ConfigError
 
 EXPORTED = [

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 import pytest
 from confluent_kafka import TopicCollection
 from confluent_kafka.admin import AdminClient
+
+from eos_kafka import KafkaWorld
+from moderator.fetch.store import InMemoryObjectStore
 from tests.eos_scenarios import (
     Instance,
     Names,
@@ -26,11 +29,8 @@ from tests.eos_scenarios import (
 )
 from tests.harness import write_policies
 
-from eos_kafka import KafkaWorld
-from moderator.fetch.store import InMemoryObjectStore
-
 if TYPE_CHECKING:
-    from moderator.devstack.apache_kafka import ApacheKafka
+    from moderator.dev.kafka.cluster import ApacheKafka
 
 pytestmark = pytest.mark.slow  # about 30 s a test, most of it Kafka noticing the dead node
 

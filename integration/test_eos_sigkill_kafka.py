@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from eos_kafka import KafkaWorld
+from moderator.dev.stack import EmbeddedStack
 from tests.eos_scenarios import (
     Names,
     checkpoint_is_broken,
@@ -29,11 +32,8 @@ from tests.eos_scenarios import (
 )
 from tests.harness import write_policies
 
-from eos_kafka import KafkaWorld
-from moderator.devstack.stack import EmbeddedStack
-
 if TYPE_CHECKING:
-    from moderator.devstack.apache_kafka import ApacheKafka
+    from moderator.dev.kafka.cluster import ApacheKafka
 
 pytestmark = pytest.mark.slow
 

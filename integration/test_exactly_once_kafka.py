@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from eos_kafka import KafkaWorld
+from moderator.ingest.checkpoint import FatalKafkaError
 from tests.eos_scenarios import (
     CRASH_POINTS,
     MemoryWorld,
@@ -27,11 +30,8 @@ from tests.eos_scenarios import (
 )
 from tests.harness import write_policies
 
-from eos_kafka import KafkaWorld
-from moderator.ingest.checkpoint import FatalKafkaError
-
 if TYPE_CHECKING:
-    from moderator.devstack.apache_kafka import ApacheKafka
+    from moderator.dev.kafka.cluster import ApacheKafka
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from moderator.devstack.samples import make_sample
-from moderator.devstack.stack import EmbeddedStack
-from moderator.engine.tiny import make_tiny
+from moderator.dev.samples import make_sample
+from moderator.dev.stack import EmbeddedStack
+from moderator.dev.tiny.checkpoint import make_tiny
 from moderator.policy.bundled import write_default_policy
 from moderator.service import build_pipeline
 from moderator.settings import EngineSettings, load_settings
@@ -163,9 +163,9 @@ def test_transformers_engine_end_to_end(
 def test_openai_engine_against_the_test_server(
     embedded: EmbeddedStack, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from moderator.devstack.hf_backend import TransformersBackend
-    from moderator.devstack.openai_server import OpenAITestServer
-    from moderator.engine.hf_engine import TransformersEngine
+    from moderator.dev.openai.hf_backend import TransformersBackend
+    from moderator.dev.openai.server import OpenAITestServer
+    from moderator.engine.transformers.engine import TransformersEngine
 
     model = TransformersEngine(
         EngineSettings.model_validate(

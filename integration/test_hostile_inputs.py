@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from tests.hostile_images import flat_png, many_frame_gif
 
-from moderator.devstack.samples import make_sample
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.samples import make_sample
+from moderator.dev.stack import EmbeddedStack
 from moderator.policy.bundled import write_default_policy
+from tests.hostile_images import flat_png, many_frame_gif
 from topic_support import read_topic
 
 MiB = 1 << 20

@@ -42,8 +42,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     reason = _turbomind_skip_reason()
     if reason is not None:
         pytest.skip(reason)
-    from moderator.engine.lmdeploy_engine import LmdeployEngine
-    from moderator.engine.tiny import make_tiny
+    from moderator.dev.tiny.checkpoint import make_tiny
+    from moderator.engine.lmdeploy.engine import LmdeployEngine
 
     model_dir = make_tiny(tmp_path_factory.mktemp("tiny-qwen2-vl"), "qwen2-vl")
     settings = EngineSettings(
@@ -60,7 +60,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 def test_four_images_end_to_end_on_turbomind(engine: object, tmp_path: Path) -> None:
-    from moderator.engine.lmdeploy_engine import LmdeployEngine, turbomind_problem
+    from moderator.engine.lmdeploy.engine import LmdeployEngine, turbomind_problem
 
     assert isinstance(engine, LmdeployEngine)
     assert turbomind_problem(engine._pipe) is None  # the start-up verification, once more

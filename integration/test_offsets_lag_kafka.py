@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.stack import EmbeddedStack
 from moderator.ingest.lag import LagError, PartitionLag, group_lag
 from moderator.ingest.offsets import (
     PartitionRange,
@@ -23,7 +23,7 @@ from moderator.ingest.offsets import (
 )
 
 if TYPE_CHECKING:
-    from moderator.devstack.apache_kafka import ApacheKafka
+    from moderator.dev.kafka.cluster import ApacheKafka
 
 BASE_MS = int(time.time() * 1000) - 3_600_000  # recent: older records could be retention-deleted
 # Per partition, the timestamps (offset order) of its records, as seconds after BASE_MS:

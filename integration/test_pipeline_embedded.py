@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from moderator.devstack.samples import corrupt_bytes, make_sample, oversized_bytes
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.samples import corrupt_bytes, make_sample, oversized_bytes
+from moderator.dev.stack import EmbeddedStack
 from moderator.policy.bundled import write_default_policy
 from moderator.service import build_pipeline
 from moderator.settings import load_settings

@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from PIL import Image
 
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.stack import EmbeddedStack
 from moderator.engine.base import EngineRequest, EngineResult
 from moderator.events.verdict import CATEGORIES, Assessment, ModelInfo, category_code
 from moderator.policy.bundled import write_default_policy

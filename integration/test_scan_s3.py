@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from moderator.cli.main import main
-from moderator.devstack.samples import make_sample
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.samples import make_sample
+from moderator.dev.stack import EmbeddedStack
 from moderator.errors import ErrorCode
 from moderator.events.verdict import Verdict
 from moderator.policy.bundled import write_default_policy

@@ -15,12 +15,12 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from moderator.cli.main import main
 from moderator.cli.topics import ensure_at_startup
-from moderator.devstack.stack import EmbeddedStack
+from moderator.dev.stack import EmbeddedStack
 from moderator.ingest.topics import ROLES, topic_specs
 from moderator.settings import load_settings
 
 if TYPE_CHECKING:
-    from moderator.devstack.apache_kafka import ApacheKafka
+    from moderator.dev.kafka.cluster import ApacheKafka
 
 
 def _config(tmp_path: Path, bootstrap: str, unique: str, **kafka: Any) -> Path:

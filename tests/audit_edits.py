@@ -32,21 +32,21 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DataError, IntegrityError
 
-from moderator.audit.anchors import make_anchor
-from moderator.audit.canonical import (
+from moderator.audit.chain.canonical import (
     CanonicalizationError,
     canonical_json,
     columns_hash,
     link_hash,
     record_hash,
 )
+from moderator.audit.db.retention import redact_expired
+from moderator.audit.db.store import AuditStore
+from moderator.audit.db.tables import audit_records, chain_heads, policy_versions, stored_time
+from moderator.audit.db.writer import restore_policy
 from moderator.audit.fields import MalformedRecord, record_fields
+from moderator.audit.integrity.anchors import make_anchor
+from moderator.audit.integrity.verify import verify
 from moderator.audit.models import Anchor
-from moderator.audit.retention import redact_expired
-from moderator.audit.schema import audit_records, chain_heads, policy_versions, stored_time
-from moderator.audit.store import AuditStore
-from moderator.audit.verify import verify
-from moderator.audit.writer import restore_policy
 from tests.audit_fixtures import BASE, fill, record, sample_records
 from tests.audit_tamper import recompute_chain
 

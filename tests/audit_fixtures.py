@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from moderator.audit.db.store import AuditStore
 from moderator.audit.models import IncomingRecord
-from moderator.audit.store import AuditStore
 
 TOPIC = "moderation.audit"
 BASE = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from moderator.audit.filters import CATEGORY_CODES, DECISIONS, SORTS
+from moderator.audit.read.filters import CATEGORY_CODES, DECISIONS, SORTS
 
 # Any code point, surrogates too (argv decoded with surrogateescape carries them).
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)

@@ -8,15 +8,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, text, update
 
-from moderator.audit.canonical import (
+from moderator.audit.chain.canonical import (
     GENESIS_HASH,
     CanonicalizationError,
     columns_hash,
     link_hash,
     record_hash,
 )
-from moderator.audit.schema import audit_records, chain_heads, schema_migrations
-from moderator.audit.store import AuditStore
+from moderator.audit.db.store import AuditStore
+from moderator.audit.db.tables import audit_records, chain_heads, schema_migrations
 
 R = audit_records.c
 V3_INDEXES = ("ix_audit_records_tenant_time_event", "ix_audit_records_time_event")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from moderator.policy.document import CODES, PolicyFile
 from moderator.policy.load import load_text
-from moderator.policy.schema import CODES, PolicyFile
 from moderator.settings import TenancySettings
 
 KEY_PREFIX = TenancySettings(upload_buckets=("uploads", "media"))

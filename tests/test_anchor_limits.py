@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from moderator.audit.anchors import (
+from moderator.audit.errors import AuditError
+from moderator.audit.integrity.anchors import (
     MAX_ANCHOR_BYTES,
     MAX_LIST_PAGES,
     FileAnchorSink,
     S3AnchorSink,
     latest_anchor,
 )
-from moderator.audit.errors import AuditError
 from moderator.audit.models import Anchor, ChainHead
 
 ANCHOR = Anchor(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from moderator.devstack.apache_kafka import ApacheKafka, main
-from moderator.devstack.errors import DevStackError
+from moderator.dev.errors import DevStackError
+from moderator.dev.kafka.cluster import ApacheKafka, main
 from moderator.errors import ConfigError
 
 

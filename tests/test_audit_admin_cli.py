@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from moderator.audit.anchors import FileAnchorSink, export_anchor
+from moderator.audit.db.store import AuditStore
+from moderator.audit.integrity.anchors import FileAnchorSink, export_anchor
 from moderator.audit.models import AuditQuery
-from moderator.audit.store import AuditStore
 from moderator.cli.main import main
 from moderator.settings import load_settings
 from tests.audit_fixtures import ALPHA, BETA, fill, record

@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
-from moderator.audit.anchors import (
+from moderator.audit.chain.canonical import GENESIS_HASH, link_hash, record_hash
+from moderator.audit.db.connect import normalize_url
+from moderator.audit.errors import AuditError, InvalidQuery
+from moderator.audit.fields import RecordFields
+from moderator.audit.integrity.anchors import (
     ANCHOR_KEY,
     FileAnchorSink,
     KafkaAnchorSink,
@@ -18,12 +22,8 @@ from moderator.audit.anchors import (
     parse_s3_uri,
     sinks_from_settings,
 )
-from moderator.audit.canonical import GENESIS_HASH, link_hash, record_hash
-from moderator.audit.connect import normalize_url
-from moderator.audit.errors import AuditError, InvalidQuery
-from moderator.audit.fields import RecordFields
+from moderator.audit.integrity.verify import check_chain
 from moderator.audit.models import Anchor, AuditQuery, ChainHead, ChainRow
-from moderator.audit.verify import check_chain
 from moderator.errors import ConfigError
 from moderator.settings import AuditSettings
 

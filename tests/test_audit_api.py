@@ -15,10 +15,10 @@ pytest.importorskip("fastapi", reason="the audit API needs the api extra")
 
 from fastapi.testclient import TestClient
 
-from moderator.audit.api import create_app, token_hash
+from moderator.audit.db.store import AuditStore
 from moderator.audit.errors import AuditUnavailable
 from moderator.audit.models import AuditQuery
-from moderator.audit.store import AuditStore
+from moderator.audit.read.api import create_app, token_hash
 from tests.audit_fixtures import ALPHA, BETA, fill, policy
 
 ALPHA_TOKEN = "alpha-token"

@@ -34,9 +34,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from moderator.audit.api import create_app
-from moderator.audit.store import AuditStore
-from moderator.audit.tokens import token_hash
+from moderator.audit.db.store import AuditStore
+from moderator.audit.read.api import create_app
+from moderator.audit.read.tokens import token_hash
 from tests import audit_strategies as values
 from tests.audit_fixtures import ALPHA, BETA, fill
 from tests.fuzz import fuzz_settings

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moderator.audit.canonical import (
+from moderator.audit.chain.canonical import (
     GENESIS_HASH,
     CanonicalizationError,
     canonical_json,
@@ -247,7 +247,7 @@ _JSON = st.recursive(
 def test_jcs_matches_the_rfc8785_package(value: object) -> None:
     import rfc8785
 
-    from moderator.audit import jcs
+    from moderator.audit.chain import jcs
 
     try:
         expected = rfc8785.dumps(value)
@@ -282,14 +282,14 @@ def test_jcs_matches_the_rfc8785_package(value: object) -> None:
 def test_jcs_numbers_match_ecmascript(value: float) -> None:
     import rfc8785
 
-    from moderator.audit import jcs
+    from moderator.audit.chain import jcs
 
     assert jcs.dumps(value) == rfc8785.dumps(value)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**53, {1: "x"}, "\ud800", object()])
 def test_jcs_refuses_what_json_cannot_carry(value: object) -> None:
-    from moderator.audit import jcs
+    from moderator.audit.chain import jcs
 
     with pytest.raises(jcs.CanonicalizationError):
         jcs.dumps(value)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from moderator.audit.dsa import (
+from moderator.audit.dsa.export import (
     EU_COUNTRIES,
     STATEMENT_CATEGORIES,
     DsaExportError,
@@ -22,8 +22,8 @@ from moderator.audit.dsa import (
     validate_statement,
 )
 from moderator.errors import ConfigError, ErrorCode
+from moderator.policy.document import CODES
 from moderator.policy.registry import PolicyRegistry
-from moderator.policy.schema import CODES
 from moderator.settings import TenancySettings
 from tests.dsa_fixtures import (
     ERROR_MESSAGE,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from moderator.audit.dsa import puid_for, validate_statement
+from moderator.audit.db.store import AuditStore
+from moderator.audit.dsa.export import puid_for, validate_statement
 from moderator.audit.models import IncomingRecord
-from moderator.audit.store import AuditStore
 from moderator.cli.main import main
 from moderator.errors import ErrorCode
 from tests.dsa_fixtures import DECIDED_AT, SECRETS, record

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from moderator.audit.anchors import FileAnchorSink, export_anchor
-from moderator.audit.rows import SCALAR_COLUMNS
-from moderator.audit.store import AuditStore
+from moderator.audit.db.store import AuditStore
+from moderator.audit.integrity.anchors import FileAnchorSink, export_anchor
+from moderator.audit.read.rows import SCALAR_COLUMNS
 from moderator.cli.main import main
 from tests.audit_fixtures import ALPHA, BETA, make_db, policy
 from tests.policy_fixtures import clear_moderator_env

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from moderator.audit.tokens import KNOWN_MISTAKES, mistaken_hash
+from moderator.audit.read.tokens import KNOWN_MISTAKES, mistaken_hash
 from moderator.cli.main import main
 from tests.policy_fixtures import clear_moderator_env
 

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
+from moderator.audit.db.store import AuditStore
 from moderator.audit.errors import AuditError, AuditUnavailable
 from moderator.audit.models import IncomingRecord, InsertResult
-from moderator.audit.sink import AuditSink
-from moderator.audit.sink_input import parse_value, sink_consumer_config
-from moderator.audit.store import AuditStore
+from moderator.audit.sink.inputs import parse_value, sink_consumer_config
+from moderator.audit.sink.loop import AuditSink
 from moderator.cli.audit_sink import run_with_audit_sink
 from moderator.cli.main import main
+from moderator.dev.memory_broker import MemoryBroker, MemoryConsumer
 from moderator.events.verdict import AuditRecord, InputCoords, PolicyRef, Verdict, VerdictObject
-from moderator.ingest.memory_broker import MemoryBroker, MemoryConsumer
 from moderator.settings import Settings, load_settings
 
 TOPIC = "audit-t"

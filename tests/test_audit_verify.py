@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from moderator.audit.anchors import FileAnchorSink, export_anchor
-from moderator.audit.canonical import GENESIS_HASH, columns_hash, link_hash
+from moderator.audit.chain.canonical import GENESIS_HASH, columns_hash, link_hash
+from moderator.audit.db.retention import redact_expired
+from moderator.audit.db.store import AuditStore
 from moderator.audit.fields import RecordFields
+from moderator.audit.integrity.anchors import FileAnchorSink, export_anchor
 from moderator.audit.models import IncomingRecord
-from moderator.audit.retention import redact_expired
-from moderator.audit.store import AuditStore
 from moderator.cli.main import main
 from moderator.errors import ConfigError
 from tests.audit_fixtures import BASE, TOPIC, make_db, record

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moderator.engine.output import (
+from moderator.engine.guard.output import (
     TRUNCATED_MARKER,
     ParsedOutput,
     UnparseableOutput,

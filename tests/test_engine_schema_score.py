@@ -8,10 +8,10 @@ import math
 import pytest
 from PIL import Image
 
-from moderator.engine.output import parse_output
-from moderator.engine.prompting import hf_messages, image_data_url, openai_messages
-from moderator.engine.schema import response_format, verdict_schema
-from moderator.engine.score import (
+from moderator.engine.guard.output import parse_output
+from moderator.engine.guard.prompting import hf_messages, image_data_url, openai_messages
+from moderator.engine.guard.schema import response_format, verdict_schema
+from moderator.engine.guard.score import (
     TokenLogprob,
     normalised_unsafe,
     rating_value_span,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moderator.audit import jcs
+from moderator.audit.chain import jcs
 from moderator.emit.records import trace_from_headers
 from moderator.events.parse import MAX_REASON_CHARS, MalformedMessage, Parsed, parse_message
 from moderator.events.s3notify import TenantRule, derive_event_id

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from moderator.dev.tiny.checkpoint import make_tiny
 from moderator.engine.base import EngineRequest
 from moderator.engine.factory import build_engine
-from moderator.engine.schema import verdict_schema
-from moderator.engine.tiny import make_tiny
+from moderator.engine.guard.schema import verdict_schema
 from moderator.errors import ConfigError, ErrorCode
 from moderator.events.verdict import CATEGORIES
 from moderator.settings import EngineSettings
@@ -85,7 +85,7 @@ def test_constrained_batch_always_parses_with_scores(tiny: dict[str, Path], arch
 def test_score_matches_a_brute_force_computation(hf: Any, tiny: dict[str, Path]) -> None:
     """P(Unsafe) recomputed independently: full forward passes over prompt + prefix + word."""
 
-    from moderator.engine.hf_engine import TransformersEngine
+    from moderator.engine.transformers.engine import TransformersEngine
 
     engine = TransformersEngine(settings(tiny["qwen2-vl"]))
     request = requests(1)[0]
@@ -132,8 +132,8 @@ def brute_force_logprob(loaded: Any, inputs: Any, prefix: list[int], cont: list[
 @pytest.mark.parametrize("arch", ["llava-onevision", "qwen2-vl"])
 def test_row_scorer_teacher_forces_multi_token_words(tiny: dict[str, Path], arch: str) -> None:
     """The extra forward pass used when a rating word takes several tokens."""
-    from moderator.engine.hf_engine import TransformersEngine
-    from moderator.engine.hf_score import RowScorer
+    from moderator.engine.transformers.engine import TransformersEngine
+    from moderator.engine.transformers.score import RowScorer
 
     engine = TransformersEngine(settings(tiny[arch]))
     request = requests(1)[0]
@@ -168,7 +168,7 @@ def test_greedy_is_deterministic_and_seeded_sampling_repeats(tiny: dict[str, Pat
 
 
 def test_tile_cap_shrinks_the_image_token_count(tiny: dict[str, Path]) -> None:
-    from moderator.engine import hf_load
+    from moderator.engine.transformers import load as hf_load
 
     base = settings(tiny["llava-onevision"])
     capped = base.model_copy(
@@ -190,7 +190,7 @@ def test_tile_cap_shrinks_the_image_token_count(tiny: dict[str, Path]) -> None:
 
 
 def test_warm_up_sets_ready(tiny: dict[str, Path]) -> None:
-    from moderator.engine.hf_engine import TransformersEngine
+    from moderator.engine.transformers.engine import TransformersEngine
 
     base = settings(tiny["qwen2-vl"])
     warm = base.model_copy(
@@ -202,7 +202,7 @@ def test_warm_up_sets_ready(tiny: dict[str, Path]) -> None:
 
 
 def test_missing_extra_is_one_line(tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from moderator.engine.hf_load import TRANSFORMERS_MISSING
+    from moderator.engine.transformers.load import TRANSFORMERS_MISSING
 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ConfigError) as caught:
@@ -219,7 +219,7 @@ def test_directory_without_weights_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_pinpoint_cap_keeps_the_single_tile() -> None:
-    from moderator.engine.hf_load import cap_pinpoints
+    from moderator.engine.transformers.load import cap_pinpoints
 
     grid = [[384, 384], [384, 768], [768, 384], [768, 768], [1152, 1152]]
     assert cap_pinpoints(grid, 384, 1) == [[384, 384]]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moderator.devstack.kafka_config import (
+from moderator.dev.kafka.config import (
     NodePorts,
     log4j2_properties,
     new_cluster_id,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from moderator.devstack.kafka_jars import (
+from moderator.dev.kafka.jars import (
     JARS_ENV,
     KAFKA_VERSION,
     MARKER,

@@ -28,7 +28,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from moderator.engine.base import EngineRequest
-from moderator.engine.lmdeploy_config import (
+from moderator.engine.guard.schema import verdict_schema
+from moderator.engine.guard.score import TokenLogprob, normalised_unsafe, score_from_token_logprobs
+from moderator.engine.lmdeploy.config import (
     INPUT_SIZE,
     TURBOMIND_ARCHITECTURES,
     check_architecture,
@@ -41,7 +43,7 @@ from moderator.engine.lmdeploy_config import (
     scoring_config_kwargs,
     vision_config_kwargs,
 )
-from moderator.engine.lmdeploy_engine import (
+from moderator.engine.lmdeploy.engine import (
     LMDEPLOY_MISSING,
     TOP_LOGPROBS,
     LmdeployEngine,
@@ -52,9 +54,7 @@ from moderator.engine.lmdeploy_engine import (
     turbomind_problem,
     verify_turbomind,
 )
-from moderator.engine.lmdeploy_score import token_logprobs
-from moderator.engine.schema import verdict_schema
-from moderator.engine.score import TokenLogprob, normalised_unsafe, score_from_token_logprobs
+from moderator.engine.lmdeploy.score import token_logprobs
 from moderator.errors import ConfigError, ErrorCode
 from moderator.events.verdict import CATEGORIES
 from moderator.settings import EngineSettings, GenerationSettings, LmdeploySettings
@@ -439,13 +439,13 @@ def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reason = _lmdeploy_skip_reason()
     if reason is not None:
         pytest.skip(reason)
-    from moderator.engine.tiny import make_tiny
+    from moderator.dev.tiny.checkpoint import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny-qwen2-vl"), "qwen2-vl")
 
 
 def _image_only_processor(path: str, **_: Any) -> Any:
-    from moderator.engine.hf_processors import IMAGE_ONLY, processor_class
+    from moderator.engine.transformers.processors import IMAGE_ONLY, processor_class
 
     return IMAGE_ONLY[processor_class(Path(path)) or ""].from_pretrained(
         path, local_files_only=True
@@ -667,7 +667,7 @@ def test_without_the_extension_no_engine_object_passes_as_turbomind() -> None:
 def test_engine_start_closes_a_pipeline_that_fails_verification(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from moderator.engine import lmdeploy_engine
+    from moderator.engine.lmdeploy import engine as lmdeploy_engine
 
     model_dir = _config_dir(tmp_path, QWEN2_VL)
     built: list[PipelineViewDouble] = []

@@ -16,8 +16,9 @@ import pydantic
 import pytest
 from PIL import Image
 
-from moderator.engine.lmdeploy_config import scoring_config_kwargs
-from moderator.engine.lmdeploy_score import (
+from moderator.engine.guard.score import TokenLogprob, normalised_unsafe
+from moderator.engine.lmdeploy.config import scoring_config_kwargs
+from moderator.engine.lmdeploy.score import (
     DISABLED,
     GENERATION_INEXACT,
     NOT_CONTINUED,
@@ -35,7 +36,6 @@ from moderator.engine.lmdeploy_score import (
     score_from_top,
     scoring_messages,
 )
-from moderator.engine.score import TokenLogprob, normalised_unsafe
 from moderator.settings import LmdeploySettings
 
 PREFIX = '{"rating": "'

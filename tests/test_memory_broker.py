@@ -11,7 +11,7 @@ from confluent_kafka import TopicPartition as TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moderator.ingest.memory_broker import (
+from moderator.dev.memory_broker import (
     FAULT_POINTS,
     FaultPoint,
     MemoryBroker,

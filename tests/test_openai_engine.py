@@ -49,7 +49,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from moderator.devstack.openai_server import (
+from moderator.dev.openai.server import (
     ACCEPTED_FIELDS,
     Completion,
     CompletionParams,
@@ -57,14 +57,14 @@ from moderator.devstack.openai_server import (
     ScriptedBackend,
 )
 from moderator.engine.base import EngineRequest, EngineResult
-from moderator.engine.openai_engine import (
+from moderator.engine.guard.score import TokenLogprob, score_from_token_logprobs
+from moderator.engine.openai.engine import (
     OPENAI_MISSING,
     OpenAIEngine,
     OpenAIEngineClosed,
     token_logprobs,
 )
-from moderator.engine.openai_request import error_message
-from moderator.engine.score import TokenLogprob, score_from_token_logprobs
+from moderator.engine.openai.request import error_message
 from moderator.engine.window import EngineWindow
 from moderator.errors import ConfigError, ErrorCode
 from moderator.events.verdict import CATEGORIES
@@ -562,14 +562,14 @@ def test_missing_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_engine_modules_import_without_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
-    import moderator.engine as package
+    import moderator.engine.openai as package
 
-    names = ("openai_request", "openai_retry", "openai_client", "openai_engine")
+    names = ("request", "retry", "client", "engine")
     monkeypatch.setitem(sys.modules, "httpx", None)
     for name in names:  # imported afresh below; the originals come back after the test
-        monkeypatch.delitem(sys.modules, f"moderator.engine.{name}")
+        monkeypatch.delitem(sys.modules, f"moderator.engine.openai.{name}")
         monkeypatch.setattr(package, name, getattr(package, name))
-    modules = [importlib.import_module(f"moderator.engine.{name}") for name in names]
+    modules = [importlib.import_module(f"moderator.engine.openai.{name}") for name in names]
     assert modules[0].token_logprobs(None) is None
     assert modules[-1].OPENAI_MISSING == OPENAI_MISSING
 
@@ -667,7 +667,7 @@ def _post(server: OpenAITestServer, body: dict[str, Any]) -> httpx.Response:
 
 
 def _valid_body() -> dict[str, Any]:
-    from moderator.engine.prompting import image_data_url, openai_messages
+    from moderator.engine.guard.prompting import image_data_url, openai_messages
 
     url = image_data_url(Image.new("RGB", (8, 8)))
     return {"model": MODEL, "messages": openai_messages("p", url), "max_tokens": 16}

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from moderator.devstack.openai_server import BodyFault, OpenAITestServer, ScriptedBackend
+from moderator.dev.openai.server import BodyFault, OpenAITestServer, ScriptedBackend
 from moderator.engine.base import EngineRequest
-from moderator.engine.openai_body import AnswerTooLarge, UnreadableAnswer, read_capped
-from moderator.engine.openai_engine import OpenAIEngine
-from moderator.engine.openai_request import response_limit
+from moderator.engine.openai.body import AnswerTooLarge, UnreadableAnswer, read_capped
+from moderator.engine.openai.engine import OpenAIEngine
+from moderator.engine.openai.request import response_limit
 from moderator.errors import ConfigError, ErrorCode
 from moderator.events.verdict import CATEGORIES
 from moderator.settings import EngineSettings, GenerationSettings, OpenAISettings
@@ -164,9 +164,9 @@ def test_a_declared_length_over_the_cap_is_refused_before_reading() -> None:
 _RSS_PROBE = """
 import resource, sys
 from PIL import Image
-from moderator.devstack.openai_server import OpenAITestServer, ScriptedBackend
+from moderator.dev.openai.server import OpenAITestServer, ScriptedBackend
 from moderator.engine.base import EngineRequest
-from moderator.engine.openai_engine import OpenAIEngine
+from moderator.engine.openai.engine import OpenAIEngine
 from moderator.events.verdict import CATEGORIES
 from moderator.settings import EngineSettings
 

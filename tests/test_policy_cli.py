@@ -14,7 +14,7 @@ from tests.policy_fixtures import clear_moderator_env, default_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "policies"
-DEMO = REPO / "src" / "moderator" / "data" / "demo-policies"
+DEMO = REPO / "moderator" / "data" / "demo-policies"
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from tests.policy_fixtures import clear_moderator_env
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "policies"
 # golden folder name -> policy directory, relative to the repository root
-SOURCES = {"policies": "policies", "demo-policies": "src/moderator/data/demo-policies"}
+SOURCES = {"policies": "policies", "demo-policies": "moderator/data/demo-policies"}
 TENANCY = TenancySettings(rule="key_prefix", upload_buckets=("uploads",))
 REGEN = "pytest tests/test_policy_golden.py --regen-golden"
 

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moderator.errors import ConfigError
+from moderator.policy.document import CODES, PolicyFile
 from moderator.policy.load import MAX_BYTES, MAX_DEPTH, PolicyError, load_file, load_text
-from moderator.policy.schema import CODES, PolicyFile
 from tests.fuzz import fuzz_settings
 from tests.policy_fixtures import default_yaml
 

@@ -11,13 +11,13 @@ import pytest
 import yaml
 
 from moderator.events.verdict import CATEGORIES, NONE_APPLYING
+from moderator.policy.document import CODES, Mode, PolicyFile
 from moderator.policy.model import ResolvedCategory, ResolvedNoneApplying, ResolvedPolicy
 from moderator.policy.prompt import OPENING, render_prompt
-from moderator.policy.schema import CODES, Mode, PolicyFile
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies"
-DEMO_POLICIES = ROOT / "src" / "moderator" / "data" / "demo-policies"
+DEMO_POLICIES = ROOT / "moderator" / "data" / "demo-policies"
 
 
 def _load(path: Path) -> PolicyFile:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from moderator.events.verdict import CATEGORIES
+from moderator.policy.document import CODES, PolicyFile
 from moderator.policy.load import PolicyError
 from moderator.policy.resolve import chain_of, default_locations, resolve, surfaces
-from moderator.policy.schema import CODES, PolicyFile
 from moderator.settings import TenancySettings
 from tests.policy_fixtures import BUCKET_MAP, KEY_PREFIX, default_yaml, directory, parse
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from moderator.devstack.samples import (
+from moderator.dev.samples import (
     KINDS,
     corrupt_bytes,
     make_sample,

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from moderator.cli.main import main
-from moderator.engine.tiny import ARCHES, MARKER, is_smoke_test, make_tiny
+from moderator.dev.tiny.checkpoint import ARCHES, make_tiny
+from moderator.engine.smoke import MARKER, is_smoke_test
 from moderator.errors import ConfigError
 
 needs_transformers = pytest.mark.transformers
@@ -55,7 +56,7 @@ def checkpoints(hf: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
 
 def _load(hf: Any, path: Path) -> tuple[Any, Any]:
-    from moderator.engine.hf_processors import load_processor
+    from moderator.engine.transformers.processors import load_processor
 
     processor = load_processor(path)
     model = hf.AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
@@ -191,7 +192,7 @@ def test_cli_without_the_extra_says_how_to_install(
 @needs_transformers
 @pytest.mark.parametrize("arch", ARCHES)
 def test_names_the_real_processor_class(hf: Any, checkpoints: dict[str, Path], arch: str) -> None:
-    from moderator.engine.hf_processors import IMAGE_ONLY, load_processor, processor_class
+    from moderator.engine.transformers.processors import IMAGE_ONLY, load_processor, processor_class
 
     name = processor_class(checkpoints[arch])
     assert name in IMAGE_ONLY

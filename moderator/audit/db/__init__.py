@@ -1,0 +1,1 @@
+"""The audit database: schema, migrations, connection, inserts, queries and retention."""

@@ -1,0 +1,1 @@
+"""EU DSA statements of reasons built from audit records."""

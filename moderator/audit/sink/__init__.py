@@ -1,0 +1,1 @@
+"""The audit sink: `moderation.audit` into the audit store, and its wiring."""

@@ -1,0 +1,306 @@
+"""The audit sink: `moderation.audit` → audit store. Offsets are committed only after the rows.
+
+Delivery is at-least-once into an idempotent store: a record is stored once per event_id, so a
+batch redelivered after a crash (stored, offsets not yet committed) inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
+from moderator.audit.errors import AuditUnavailable
+from moderator.audit.models import AuditWriter, IncomingRecord, InsertResult
+from moderator.audit.sink.inputs import TP, Batch, SinkStats, parse_value, sink_group_id
+from moderator.ingest.ports import Consumer
+from moderator.settings import Settings
+
+log = structlog.get_logger("moderator.audit.sink.loop")
+
+POLL_TIMEOUT_S = 0.5
+STATS_EVERY_S = 60.0
+
+
+class _Abandoned(Exception):
+    """Stop was requested while the database stayed unreachable for the grace period."""
+
+
+class AuditSink:
+    """Consume audit records in batches into the store; see `step` for the protocol."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: AuditWriter,
+        consumer: Consumer,
+        *,
+        anchor: Callable[[], None] | None = None,
+        poll_timeout_s: float = POLL_TIMEOUT_S,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        grace_s: float | None = None,
+    ) -> None:
+        self._s = settings
+        self._store = store
+        self._consumer = consumer
+        self._anchor = anchor
+        self._poll_timeout_s = poll_timeout_s
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._grace_s = settings.flow.drain_grace_s if grace_s is None else grace_s
+        self._assigned: set[TP] = set()
+        self._batch = Batch()
+        self._carry: list[Any] = []  # messages a poll returned while an insert was retried
+        self._retrying = False
+        self._repause: list[TP] = []
+        self._stop = threading.Event()
+        self._stop_seen: float | None = None
+        self._last_anchor = time.monotonic()
+        self._anchor_pending = False  # rows inserted since the last anchor
+        self._last_stats = time.monotonic()
+        self.committed: dict[TP, int] = {}  # next offset per partition, as committed by us
+        self.stats = SinkStats()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        topic = self._s.kafka.topics.audit
+        self._consumer.subscribe(
+            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("audit_sink_started", topic=topic, group=sink_group_id(self._s))
+
+    def run(self, stop: threading.Event) -> SinkStats:
+        """Subscribe and run batches until `stop` is set; the batch in progress finishes (or,
+        when the database stays unreachable for the grace period, is left uncommitted), then
+        a last anchor is written and the consumer closed."""
+        self._stop = stop
+        self.start()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        try:
+            if self._anchor_pending:
+                self._write_anchor()
+        finally:
+            self._consumer.close()
+            log.info("audit_sink_stopped", **vars(self.stats))
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """One batch, in this order:
+
+        1. consume up to audit.batch_size messages (short timeout);
+        2. parse each value; a malformed one is counted, logged with its coordinates and
+           skipped (its offset still advances, so it never blocks the partition);
+        3. insert the records in one database transaction (idempotent by event_id); while the
+           database is unreachable, pause the partitions and retry with exponential backoff,
+           polling so that the member stays in the group;
+        4. only then commit the batch's offsets, synchronously;
+        5. anchor and log stats when due.
+
+        Returns the number of messages consumed.
+        """
+        want = max(1, self._s.audit.batch_size - len(self._carry))
+        messages = self._carry + self._consumer.consume(want, self._poll_timeout_s)
+        self._carry = []
+        self._apply_repause()
+        batch = self._batch = Batch()
+        for msg in messages:
+            self._accept(batch, msg)
+        try:
+            if batch.items:
+                self._count(self._insert(batch))
+            self._commit(batch)
+        except _Abandoned:
+            self.stats.abandoned += 1
+            log.warning("audit_batch_abandoned", records=len(batch.items), reason="stopping")
+        self.stats.batches += bool(batch.next_offsets)
+        self._periodic()
+        return len(messages)
+
+    def _accept(self, batch: Batch, msg: Any) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer_error", error=str(err))
+            return
+        tp: TP = (msg.topic(), msg.partition())
+        offset: int = msg.offset()
+        self.stats.messages += 1
+        batch.next_offsets[tp] = offset + 1
+        try:
+            record = parse_value(msg.value())
+        except ValueError as exc:  # json, UnicodeDecodeError and schema problems alike
+            self._skip(tp, offset, str(exc))
+            return
+        batch.items.append(IncomingRecord(tp[0], tp[1], offset, record))
+
+    def _skip(self, tp: TP, offset: int, reason: str) -> None:
+        self.stats.skipped += 1
+        log.warning(
+            "audit_record_skipped", topic=tp[0], partition=tp[1], offset=offset, reason=reason[:300]
+        )
+
+    def _count(self, result: InsertResult) -> None:
+        for r in result.rejected:
+            self._skip((r.topic, r.partition), r.offset, r.reason)
+        self.stats.inserted += result.inserted
+        self.stats.duplicates += result.duplicates
+        self.stats.conflicts += result.conflicts
+        if result.conflicts:
+            log.warning("audit_duplicate_conflicts", count=result.conflicts)
+        self._anchor_pending |= result.inserted > 0
+
+    def _insert(self, batch: Batch) -> InsertResult:
+        initial, most = self._backoff
+        retrying = Retrying(
+            retry=retry_if_exception_type(AuditUnavailable),
+            wait=wait_exponential(multiplier=initial, min=initial, max=most),
+            stop=self._give_up,
+            sleep=self._wait_paused,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._store.insert(list(batch.items))
+        except AuditUnavailable as exc:
+            raise _Abandoned() from exc
+        finally:
+            if self._retrying:
+                self._retrying = False
+                self._set_paused(False)
+        raise AssertionError("unreachable")  # Retrying either returns or raises
+
+    def _commit(self, batch: Batch) -> None:
+        offsets = [
+            TopicPartition(t, p, o)
+            for (t, p), o in batch.next_offsets.items()
+            if (t, p) in self._assigned
+        ]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The rows are stored: a failed commit only means the next owner re-reads them.
+            self.stats.commit_failures += 1
+            log.warning("offset_commit_failed", error=str(exc.args[0] if exc.args else exc))
+            return
+        for tp in offsets:
+            self.committed[(tp.topic, tp.partition)] = tp.offset
+
+    # -- database outage -----------------------------------------------------------------------
+
+    def _give_up(self, state: RetryCallState) -> bool:
+        """Never while running; once stop is set, after the grace period."""
+        return self._grace_over()
+
+    def _grace_over(self) -> bool:
+        if not self._stop.is_set():
+            return False
+        now = time.monotonic()
+        if self._stop_seen is None:
+            self._stop_seen = now
+        return now - self._stop_seen >= self._grace_s
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "audit_insert_retry",
+            attempt=state.attempt_number,
+            wait_s=round(wait, 2),
+            records=len(self._batch.items),
+            error=str(exc),
+        )
+
+    def _wait_paused(self, seconds: float) -> None:
+        """Backoff sleep that keeps the group membership: partitions paused, poll kept up."""
+        if not self._retrying:
+            self._retrying = True
+            self._set_paused(True)
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._carry += self._consumer.consume(self._s.audit.batch_size, min(left, 0.2))
+            self._apply_repause()
+            if self._grace_over():
+                return
+
+    def _set_paused(self, paused: bool) -> None:
+        parts = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if not parts:
+            return
+        if paused:
+            self._consumer.pause(parts)
+        else:
+            self._consumer.resume(parts)
+
+    def _apply_repause(self) -> None:
+        if self._repause and self._retrying:
+            self._consumer.pause([TopicPartition(t, p) for t, p in self._repause])
+        self._repause = []
+
+    # -- rebalance (inside consume(), in this thread) ------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        self._assigned.update(tps)
+        if self._retrying:  # assigned while paused: they arrive unpaused (cooperative-sticky)
+            consumer.pause(partitions)
+            self._repause.extend(tps)
+        log.info("audit_sink_assigned", partitions=sorted(tps))
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Only reachable mid-batch while an insert is being retried: abandon those partitions'
+        # records (uncommitted, so the next owner reads them again; the rows are idempotent).
+        self._release({(p.topic, p.partition) for p in partitions}, "audit_sink_revoked")
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._release({(p.topic, p.partition) for p in partitions}, "audit_sink_lost")
+
+    def _release(self, tps: set[TP], event: str) -> None:
+        self._batch.drop(tps)
+        self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in tps]
+        self._assigned -= tps
+        for tp in tps:
+            self.committed.pop(tp, None)
+        log.info(event, partitions=sorted(tps))
+
+    # -- anchors and stats ---------------------------------------------------------------------
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        every = self._s.audit.anchor_every_s
+        if self._anchor is not None and self._anchor_pending and now - self._last_anchor >= every:
+            self._write_anchor()
+        if now - self._last_stats >= STATS_EVERY_S:
+            self._last_stats = now
+            log.info("audit_sink_stats", **vars(self.stats))
+
+    def _write_anchor(self) -> None:
+        if self._anchor is None:
+            return
+        self._last_anchor = time.monotonic()
+        try:
+            self._anchor()
+        except Exception as exc:  # an anchor destination down must not stop the rows
+            self.stats.anchor_failures += 1
+            log.warning("audit_anchor_failed", error=str(exc))
+            return
+        self.stats.anchors += 1
+        self._anchor_pending = False

@@ -1,0 +1,234 @@
+"""`moderator audit export-dsa`: restricting decisions → DSA statements of reasons, JSON lines.
+
+Exit codes: 0 ok (no statements included), 2 for a missing PUID salt, a bad flag value or bad
+settings, 1 when the audit database cannot be read or a record cannot become a valid statement
+(the line names the event and the problem; nothing is written then).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from moderator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from moderator.audit.db.store import AuditStore
+    from moderator.audit.dsa.export import DsaOptions, TenantDsa
+    from moderator.audit.models import AuditQuery, AuditRow
+    from moderator.policy.registry import PolicyRegistry
+    from moderator.settings import Settings
+
+SALT_ENV = "MODERATOR_DSA_PUID_SALT"
+PAGE = 1000
+SPOOL_BYTES = 16 << 20
+SKIPPED = {
+    "review_visible": "reviews that keep the content visible",
+    "no_content": "error decisions about no content of the tenant",
+    "redacted": "redacted records",
+}
+
+
+def add_dsa_parser(audit_sub: Any) -> None:
+    """Register `audit export-dsa` on the `audit` subparsers."""
+    p = audit_sub.add_parser(
+        "export-dsa",
+        help="write DSA statements of reasons for decisions that restrict content (JSON lines)",
+        description=(
+            "Turn every block decision (and review decisions of tenants whose policy sets "
+            "dsa.review_restricts_visibility) decided in [--since, --until) into an EU DSA "
+            "Transparency Database statement of reasons (schema of 1 July 2025), one JSON object "
+            "per line, oldest first; every 100 lines make one POST /api/v1/statements body. "
+            f"The PUID salt is read from ${SALT_ENV} (or --salt-env). A summary goes to stderr. "
+            "Exit 0 ok, 2 missing salt or bad flag value, 1 unreadable store or invalid statement."
+        ),
+    )
+    p.add_argument("--tenant", metavar="T", help="one tenant only (default: every tenant)")
+    p.add_argument("--since", metavar="TIME", help="decided at or after TIME (ISO 8601, UTC)")
+    p.add_argument("--until", metavar="TIME", help="decided before TIME (ISO 8601, UTC)")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write here (default: stdout)")
+    p.add_argument(
+        "--salt-env", default=SALT_ENV, metavar="NAME", help=f"PUID salt variable ({SALT_ENV})"
+    )
+    p.add_argument(
+        "--territorial-scope",
+        default="EU",
+        metavar="EU|EEA|CODES",
+        help="EU (the 27 member states, default), EEA (adds IS, LI, NO) or codes like DE,AT",
+    )
+    p.add_argument("--terms-url", metavar="URL", help="decision_ground_reference_url (your ToS)")
+    p.add_argument("--ground-text", metavar="TEXT", help="incompatible_content_ground text")
+    p.add_argument("--content-language", metavar="XX", help="ISO 639-1 code, e.g. EN")
+    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    p.add_argument("--policies", type=Path, metavar="DIR", help="policy directory (policies.dir)")
+
+
+def cmd_export_dsa(
+    settings: Settings,
+    *,
+    tenant: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    output: Path | None = None,
+    salt_env: str = SALT_ENV,
+    territorial_scope: str = "EU",
+    terms_url: str | None = None,
+    ground_text: str | None = None,
+    content_language: str | None = None,
+) -> int:
+    """Export the statements; see the module docstring for exit codes."""
+    from moderator.audit.dsa.export import SCHEMA_VERSION, DsaOptions
+    from moderator.audit.dsa.spec import BATCH_MAX
+    from moderator.cli.audit_query import open_existing_store
+    from moderator.logs import configure_cli_logging
+    from moderator.policy.registry import PolicyRegistry
+
+    configure_cli_logging(settings.log)  # stdout holds statements only
+    salt = os.environ.get(salt_env, "")
+    if not salt:
+        print(
+            f"moderator: audit export-dsa: set {salt_env} to the platform's PUID salt (a secret "
+            "of at least 16 characters; keep it: another salt gives every statement a new PUID)",
+            file=sys.stderr,
+        )
+        return 2
+    extra = {"incompatible_content_ground": ground_text} if ground_text else {}
+    options = DsaOptions(
+        puid_salt=salt,
+        territorial_scope=_scope(territorial_scope),
+        decision_ground_reference_url=terms_url,
+        content_language=content_language,
+        **extra,
+    )
+    queries = [_query(tenant, since, until, decision) for decision in ("block", "review")]
+    registry = PolicyRegistry(
+        settings.policies.dir,
+        settings.tenancy,
+        default_for_unknown=settings.policies.default_for_unknown,
+    )
+    exporter = _Exporter(registry, options)
+    with open_existing_store(settings.audit.url) as store, _output(output) as out:
+        pages = [_rows(store, q) for q in queries]
+        # Each page stream is in (decided_at, event_id) order, event ids in the database's
+        # collation: merging on the time alone never disagrees with it.
+        for row in heapq.merge(*pages, key=lambda r: r.decided_at):
+            statement = exporter.statement(row)
+            if statement is not None:
+                out.write(json.dumps(statement, ensure_ascii=False, separators=(",", ":")) + "\n")
+    written = exporter.counts["statements"]
+    skipped = ", ".join(f"{exporter.counts[k]} {text}" for k, text in SKIPPED.items())
+    print(
+        f"moderator: {written} statements of reasons (schema {SCHEMA_VERSION}) in "
+        f"{-(-written // BATCH_MAX)} batches of at most {BATCH_MAX}"
+        f"{f' to {output}' if output else ''}; skipped: {skipped}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+class _Exporter:
+    """Builds and checks one row's statement; resolves each tenant's mapping once."""
+
+    def __init__(self, registry: PolicyRegistry, options: DsaOptions) -> None:
+        self._registry = registry
+        self._options = options
+        self._mappings: dict[str, TenantDsa] = {}
+        self.counts: Counter[str] = Counter()
+
+    def statement(self, row: AuditRow) -> dict[str, Any] | None:
+        from moderator.audit.dsa.export import DsaExportError, skip_reason, statement_for
+        from moderator.audit.dsa.spec import validate_statement
+
+        if row.record is None:
+            self.counts["redacted"] += 1
+            return None
+        where = f"event {row.event_id} (tenant {row.tenant_id})"
+        try:
+            mapping = self._mapping(row.tenant_id)
+            reason = skip_reason(row.record, mapping)
+            statement = None if reason else statement_for(row.record, mapping, self._options)
+        except DsaExportError as exc:
+            raise DsaExportError(f"{where}: {exc}") from exc
+        if statement is None:
+            self.counts[reason or "skipped"] += 1
+            return None
+        problems = validate_statement(statement)
+        if problems:
+            raise DsaExportError(f"{where}: invalid statement: " + "; ".join(problems))
+        self.counts["statements"] += 1
+        return statement
+
+    def _mapping(self, tenant_id: str) -> TenantDsa:
+        from moderator.audit.dsa.export import DsaExportError, TenantDsa
+
+        mapping = self._mappings.get(tenant_id)
+        if mapping is None:
+            policy = self._registry.resolve(tenant_id, "default")
+            if policy is None:
+                raise DsaExportError("no policy file for the tenant, so its DSA mapping is unknown")
+            status = self._registry.status().get(tenant_id)
+            surfaces = status.versions if status is not None else ("default",)
+            mapping = TenantDsa.from_policy(policy.resolved, surfaces)
+            self._mappings[tenant_id] = mapping
+        return mapping
+
+
+def _scope(value: str) -> tuple[str, ...]:
+    from moderator.audit.dsa.export import EEA_COUNTRIES, EU_COUNTRIES
+
+    named = {"EU": EU_COUNTRIES, "EEA": EEA_COUNTRIES}
+    text = value.strip().upper()
+    codes = named.get(text) or tuple(c.strip() for c in text.split(",") if c.strip())
+    if not codes:
+        raise ConfigError("--territorial-scope: EU, EEA or country codes like DE,AT")
+    return codes
+
+
+def _query(tenant: str | None, since: str | None, until: str | None, decision: str) -> AuditQuery:
+    from moderator.audit.read.filters import BadFilter, Filters, build_query
+    from moderator.cli.audit_query import flag_name
+
+    filters = Filters(tenant=tenant, decision=decision, since=since, until=until)
+    try:
+        return build_query(filters, sort="decided_at", limit=PAGE)
+    except BadFilter as exc:
+        raise ConfigError(f"{flag_name(exc.field)}: {exc.reason}") from exc
+
+
+def _rows(store: AuditStore, query: AuditQuery) -> Iterator[AuditRow]:
+    while True:
+        page = store.query(query)
+        yield from page.rows
+        if page.next_cursor is None:
+            return
+        query = replace(query, cursor=page.next_cursor)
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    """Lines go to a temporary file that replaces `path` (or is copied to stdout) only when the
+    whole export succeeded: a failed export leaves nothing half-written."""
+    if path is None:
+        with tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8") as spool:
+            yield spool  # type: ignore[misc]  # a text-mode spool file is a TextIO
+            spool.seek(0)
+            shutil.copyfileobj(spool, sys.stdout)
+            sys.stdout.flush()
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            yield fh
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

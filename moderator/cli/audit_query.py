@@ -1,0 +1,242 @@
+"""`moderator audit query`: filter audit rows; print them as a table, JSON lines or CSV.
+
+For operators: JSON and CSV carry every column, row ids, chain positions and Kafka offsets
+included (the HTTP API leaves those out for tenants). stdout holds only rows.
+Exit codes: 0 ok (no rows included), 2 for a bad flag value (one line naming the flag) or bad
+settings, 1 when the audit database cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from moderator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from moderator.audit.db.store import AuditStore
+    from moderator.audit.models import AuditQuery, AuditRow
+
+FORMATS = ("table", "json", "csv")
+TABLE_COLUMNS = (
+    "decided_at",
+    "tenant",
+    "event_id",
+    "object",
+    "decision",
+    "category",
+    "score",
+    "policy",
+    "model",
+    "error",
+)
+KEY_WIDTH = 40
+TIME_NOTE = (
+    "ISO 8601, e.g. 2026-11-29T02:00:00Z; a date alone means 00:00 UTC that day; "
+    "a time without an offset is UTC"
+)
+
+
+def add_query_parser(audit_sub: Any) -> None:
+    """Register `audit query` on the `audit` subparsers."""
+    p = audit_sub.add_parser(
+        "query",
+        help="filter audit rows; print a table, JSON lines or CSV",
+        description=(
+            "Print audit rows matching every given filter, newest first by default. When more "
+            "rows match than --limit, the next page's flag is printed on stderr as "
+            "`next: --cursor C` (repeat the same filters and --sort with it), or use --all. "
+            "Times are ISO 8601; a date alone means midnight UTC and a time without an offset "
+            "is UTC. Exit 0 ok, 2 bad flag value, 1 database unavailable."
+        ),
+    )
+    p.add_argument("--tenant", metavar="T", help="tenant id")
+    p.add_argument("--event-id", metavar="ID", help="upload event id")
+    p.add_argument("--bucket", metavar="B", help="object bucket")
+    p.add_argument("--object-key", metavar="KEY", help="exact object key")
+    p.add_argument("--sha256", metavar="HEX", help="image content SHA-256")
+    p.add_argument("--decision", metavar="allow|review|block", help="decision")
+    p.add_argument(
+        "--category", metavar="C", help="category code (O1..O9, NA) or the full category string"
+    )
+    p.add_argument(
+        "--policy-version", metavar="V", help="policy version (16 hex) or full policy hash (64)"
+    )
+    p.add_argument("--model", metavar="ENGINE[:NAME]", help="engine, or engine and model name")
+    p.add_argument("--since", metavar="TIME", help=f"decided at or after TIME ({TIME_NOTE})")
+    p.add_argument("--until", metavar="TIME", help=f"decided before TIME ({TIME_NOTE})")
+    p.add_argument(
+        "--sort",
+        default="-decided_at",
+        metavar="decided_at|-decided_at",
+        help="order (default: -decided_at, newest first)",
+    )
+    # --limit and --format are checked by the command, so a bad value is one line naming it.
+    p.add_argument("--limit", default="100", metavar="N", help="rows per page (1..1000)")
+    p.add_argument("--cursor", metavar="C", help="continue after the page that printed it")
+    p.add_argument("--all", action="store_true", help="page through every matching row")
+    p.add_argument(
+        "--format", default="table", metavar="|".join(FORMATS), help="output (default: table)"
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (audit.url)")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Run `audit query` with parsed arguments."""
+    from moderator.audit.read.filters import BadFilter, Filters, build_query, parse_limit, shown
+    from moderator.logs import configure_cli_logging
+    from moderator.settings import load_settings
+
+    filters = Filters(
+        tenant=args.tenant,
+        event_id=args.event_id,
+        bucket=args.bucket,
+        object_key=args.object_key,
+        sha256=args.sha256,
+        decision=args.decision,
+        category=args.category,
+        policy_version=args.policy_version,
+        model=args.model,
+        since=args.since,
+        until=args.until,
+    )
+    if args.format not in FORMATS:
+        raise ConfigError(
+            f"--format: must be one of {', '.join(FORMATS)}, got {shown(args.format)}"
+        )
+    try:
+        limit = parse_limit(str(args.limit))
+        query = build_query(filters, sort=args.sort, limit=limit, cursor=args.cursor)
+    except BadFilter as exc:
+        raise ConfigError(f"{flag_name(exc.field)}: {exc.reason}") from exc
+    settings = load_settings(args.config)
+    configure_cli_logging(settings.log)
+    with open_existing_store(settings.audit.url) as store:
+        pages = _pages(store, query, every=args.all)
+        if args.format == "json":
+            _write_json(pages, sys.stdout)
+        elif args.format == "csv":
+            _write_csv(pages, sys.stdout)
+        else:
+            _write_table(pages, sys.stdout)
+    return 0
+
+
+def flag_name(field: str) -> str:
+    """A filter's field name as its CLI flag (`event_id` → `--event-id`)."""
+    return "--" + field.replace("_", "-")
+
+
+def open_existing_store(url: str) -> AuditStore:
+    """Open the audit store for reading; a SQLite file that does not exist is an error (exit 1)
+    rather than a new, empty database."""
+    from moderator.audit.db.connect import is_memory, normalize_url
+    from moderator.audit.db.store import AuditStore
+    from moderator.audit.errors import AuditUnavailable
+
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite" and not is_memory(parsed):
+        path = Path(parsed.database or "").expanduser()
+        if not path.is_file():
+            raise AuditUnavailable(f"audit store {url}: no such database file {path}")
+    return AuditStore.open(url)
+
+
+def _pages(store: AuditStore, query: AuditQuery, *, every: bool) -> Iterator[list[AuditRow]]:
+    """Yield each page's rows; without `every`, one page and the next cursor on stderr."""
+    from dataclasses import replace
+
+    while True:
+        page = store.query(query)
+        yield page.rows
+        if page.next_cursor is None:
+            return
+        if not every:
+            sys.stdout.flush()
+            print(f"next: --cursor {page.next_cursor}", file=sys.stderr)
+            return
+        query = replace(query, cursor=page.next_cursor)
+
+
+def _write_json(pages: Iterator[list[AuditRow]], out: TextIO) -> None:
+    from moderator.audit.read.rows import AuditItem
+
+    for rows in pages:
+        for row in rows:
+            doc = AuditItem.from_row(row).model_dump(mode="json")
+            out.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def _write_csv(pages: Iterator[list[AuditRow]], out: TextIO) -> None:
+    from moderator.audit.read.rows import SCALAR_COLUMNS, AuditItem
+
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(SCALAR_COLUMNS)
+    for rows in pages:
+        for row in rows:
+            doc = AuditItem.from_row(row).model_dump(mode="json", exclude={"record"})
+            writer.writerow([_csv_cell(doc[name]) for name in SCALAR_COLUMNS])
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _write_table(pages: Iterator[list[AuditRow]], out: TextIO) -> None:
+    # Aligned over every printed row, so the rows are held until the last page (use json or
+    # csv for large exports).
+    from moderator.cli.policy import table
+
+    cells = [table_cells(row) for rows in pages for row in rows]
+    if not cells:
+        print("no matching audit rows", file=sys.stderr)
+        return
+    for line in table(TABLE_COLUMNS, cells):
+        out.write(line + "\n")
+
+
+def table_cells(row: AuditRow) -> tuple[str, ...]:
+    """One table line's cells ("-" for a missing value)."""
+    from moderator.events.verdict import category_code
+
+    if row.object_key is None:
+        key = "(redacted)" if row.redacted_at is not None else "-"
+    else:
+        key = shorten(
+            f"{row.object_bucket}/{row.object_key}" if row.object_bucket else row.object_key
+        )
+    model = row.model_engine or "-"
+    if row.model_engine and row.model_name:
+        model = f"{row.model_engine}:{row.model_name.rsplit('/', 1)[-1]}"
+    if row.model_smoke_test:
+        model += " (smoke test)"  # a random-weight or fake model: the decision means nothing
+    return (
+        row.decided_at.strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{row.decided_at.microsecond // 1000:03d}Z",
+        row.tenant_id,
+        row.event_id,
+        key,
+        row.decision,
+        category_code(row.category) if row.category else "-",
+        f"{row.score:.3f}" if row.score is not None else "-",
+        row.policy_version or "-",
+        model,
+        row.error_code or "-",
+    )
+
+
+def shorten(text: str, width: int = KEY_WIDTH) -> str:
+    """Keep both ends of a long key: `acme/2026/11/...b/photo.jpg`."""
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 3
+    return text[:head] + "..." + text[-(width - 3 - head) :]

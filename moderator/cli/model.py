@@ -1,0 +1,32 @@
+"""`moderator model ...`: checkpoint tools. `make-tiny` writes a random-weight smoke-test model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from moderator.errors import ConfigError
+
+TRANSFORMERS_MISSING = (
+    "make-tiny needs the transformers extra (torch, transformers): "
+    "pip install 'moderator[transformers]'"
+)
+
+
+def cmd_make_tiny(directory: Path, arch: str, seed: int) -> int:
+    """Write a tiny checkpoint of `arch` to `directory`; print its path and a warning."""
+    try:
+        import torch  # noqa: F401  # probe only: make_tiny imports what it needs itself
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(TRANSFORMERS_MISSING) from exc
+    from moderator.dev.tiny.checkpoint import make_tiny
+
+    path = make_tiny(directory, arch, seed=seed)
+    print(path)
+    print(
+        f"warning: {arch} checkpoint with random weights (seed {seed}): "
+        "for smoke tests only, its verdicts are meaningless",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""A small OpenAI-compatible chat completions server for tests and local work."""

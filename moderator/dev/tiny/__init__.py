@@ -1,0 +1,1 @@
+"""Tiny random-weight checkpoints of the guard-model architectures, for smoke tests."""

@@ -1,0 +1,1 @@
+"""`engine.kind: lmdeploy`: guard models on LMDeploy's TurboMind (CUDA only)."""

@@ -1,0 +1,412 @@
+"""`engine.kind: lmdeploy`: QwenGuard in-process on LMDeploy's TurboMind engine (CUDA only).
+
+Start-up (`LmdeployEngine(settings)`, through `start_pipeline`) refuses anything but
+TurboMind. lmdeploy 0.18 picks the backend in `lmdeploy.archs.autoget_backend`, which
+`Pipeline.__init__` calls through `autoget_backend_config`: when `lmdeploy.turbomind.is_available()`
+is false (the CUDA extension `lmdeploy.turbomind._turbomind` failed to import;
+`lmdeploy/turbomind/__init__.py` keeps the error in `_import_error`) or
+`turbomind.supported_models.is_supported(path)` is false, it logs one warning and returns
+"pytorch", and `autoget_backend_config` copies our TurbomindEngineConfig's fields onto a
+PytorchEngineConfig. Passing a TurbomindEngineConfig therefore does not force TurboMind. So, in
+order:
+
+1. the checkpoint is a QwenGuard architecture (lmdeploy_config.check_architecture);
+2. lmdeploy imports, `turbomind.is_available()` is true, and `is_supported(path)` is true, the
+   two conditions `autoget_backend` tests;
+3. the pipeline is built with `backend_config=TurbomindEngineConfig(...)` and
+   `vision_config=VisionConfig(...)`;
+4. the built pipeline is checked where it records its choice: `pipe.async_engine.backend` is
+   "turbomind", `pipe.backend_config` (the engine's own `engine_config`) is a
+   TurbomindEngineConfig, `pipe.async_engine.engine` is a `lmdeploy.turbomind.TurboMind`, and the
+   async engine has a vision encoder (a VLAsyncEngine, not a text-only one).
+
+Each failure is one ConfigError line naming the checkpoint and the reason.
+
+Requests: `classify` is called from the window's worker threads. Each item of a batch becomes its
+own request on the pipeline's event loop (`pipe.internal_thread.loop`, the loop the engine was
+started on): `AsyncEngine.preprocess` then `AsyncEngine.generate`, all items gathered at once, so
+TurboMind's scheduler sees every item of every concurrent batch and keeps its slots full. An
+item that fails ends as `engine_error` alone.
+
+Score (`lmdeploy_score`): after an item's generation has given a rating, the same coroutine
+sends its scoring request, the user turn plus the answer up to the rating value as a partial
+assistant message, for one token and the top log-probabilities of the model's own distribution
+(`lmdeploy_config.scoring_config_kwargs`); the scoring requests of a batch therefore run
+concurrently on the same loop. A scoring request that fails
+only leaves that item's score null. When the generation's own log-probabilities are already raw
+(temperature 1, top-p 1, no schema) they are used instead and no extra request is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from PIL.Image import Image
+
+from moderator.engine.base import EngineRequest, EngineResult
+from moderator.engine.guard.output import result_from_output
+from moderator.engine.guard.schema import verdict_schema
+from moderator.engine.guard.score import TokenLogprob
+from moderator.engine.lmdeploy.config import (
+    check_architecture,
+    checkpoint_dir,
+    engine_config_kwargs,
+    generation_config_kwargs,
+    input_size,
+    logprobs_are_exact,
+    scoring_config_kwargs,
+    vision_config_kwargs,
+)
+from moderator.engine.lmdeploy.score import (
+    DISABLED,
+    RATING_NOT_FOUND,
+    ScoreOutcome,
+    collect_output,
+    generation_score,
+    request_score,
+    token_logprobs,
+)
+from moderator.engine.smoke import is_smoke_test
+from moderator.errors import ConfigError, ErrorCode, ModeratorError
+from moderator.events.verdict import CATEGORIES, ModelInfo, category_code
+from moderator.settings import EngineSettings, LmdeploySettings
+
+log = structlog.get_logger("moderator.engine.lmdeploy")
+
+LMDEPLOY_MISSING = "engine.kind=lmdeploy needs lmdeploy on a CUDA machine: pip install lmdeploy"
+TOP_LOGPROBS = 20  # alternatives per step when the score is computable; both ratings fit easily
+SCORE_STEPS = 32  # the rating comes within the first few tokens of `{"rating": "...`
+GUARD_CATEGORIES = tuple(category_code(c) for c in CATEGORIES[:-1])
+
+
+class LmdeployEngineClosed(ModeratorError):
+    """classify was called after close()."""
+
+
+def lmdeploy_messages(prompt: str, image: Image) -> list[dict[str, Any]]:
+    """One user turn, image first, in the OpenAI-style form LMDeploy's VL pipeline takes.
+
+    `image_data` carries a PIL image as is (no encoding round trip); it is the part LMDeploy's
+    own `MultimodalProcessor` writes for a `(prompt, image)` pair.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_data", "image_data": {"data": rgb}},
+                {"type": "text", "text": prompt},
+            ],
+        }
+    ]
+
+
+# --- start-up checks -----------------------------------------------------------------------------
+
+
+def import_lmdeploy() -> None:
+    """Import lmdeploy, undoing its process-wide side effect on Pillow.
+
+    `lmdeploy/vl/media/image.py` sets `PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True` when imported,
+    which would make our decoder accept truncated uploads instead of failing them as
+    `corrupt_image`. We hand LMDeploy decoded images, so it never needs the setting.
+    """
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        import lmdeploy  # noqa: F401
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def preflight(model_dir: Path) -> str:
+    """Checks 1 and 2: the architecture, lmdeploy, TurboMind's extension, `is_supported`."""
+    arch = check_architecture(model_dir)
+    try:
+        import_lmdeploy()
+        from lmdeploy import turbomind
+        from lmdeploy.turbomind.supported_models import is_supported
+    except (ImportError, OSError) as exc:  # OSError: a shared library of torch or lmdeploy
+        if isinstance(exc, ImportError) and exc.name in (None, "lmdeploy"):
+            raise ConfigError(LMDEPLOY_MISSING) from exc
+        raise ConfigError(f"{LMDEPLOY_MISSING} (importing it failed: {_first_line(exc)})") from exc
+    if not turbomind.is_available():
+        reason = getattr(turbomind, "_import_error", None)
+        raise ConfigError(
+            f"engine.kind=lmdeploy cannot serve {model_dir}: LMDeploy's TurboMind extension "
+            f"did not import ({_first_line(reason) if reason else 'no reason given'}), so "
+            "LMDeploy would fall back to its PyTorch engine; run on a CUDA machine with "
+            "lmdeploy's CUDA build"
+        )
+    try:
+        supported = bool(is_supported(str(model_dir)))
+    except Exception as exc:  # it reads the config with transformers; any failure is fatal here
+        raise ConfigError(
+            f"engine.kind=lmdeploy cannot serve {model_dir}: TurboMind's is_supported failed: "
+            f"{_first_line(exc)}"
+        ) from exc
+    if not supported:
+        raise ConfigError(
+            f"engine.kind=lmdeploy cannot serve {model_dir}: TurboMind does not support this "
+            f"{arch} checkpoint (lmdeploy.turbomind.supported_models.is_supported is false), "
+            "so LMDeploy would fall back to its PyTorch engine"
+        )
+    return arch
+
+
+def build_pipeline(model_dir: Path, settings: LmdeploySettings) -> Any:
+    """Check 3: an lmdeploy Pipeline asked for TurboMind and our vision batch size."""
+    from lmdeploy import TurbomindEngineConfig, VisionConfig, pipeline
+
+    try:
+        return pipeline(
+            str(model_dir),
+            backend_config=TurbomindEngineConfig(**engine_config_kwargs(settings)),
+            vision_config=VisionConfig(**vision_config_kwargs(settings)),
+            log_level="WARNING",
+        )
+    except Exception as exc:  # CUDA, memory, weights: all mean this engine cannot start
+        raise ConfigError(
+            f"engine.kind=lmdeploy: building the TurboMind pipeline for {model_dir} failed: "
+            f"{_first_line(exc)}"
+        ) from exc
+
+
+def turbomind_problem(pipe: Any) -> str | None:
+    """Check 4: why the built pipeline is not TurboMind serving images, or None if it is."""
+    from lmdeploy import TurbomindEngineConfig, turbomind
+
+    engine = getattr(pipe, "async_engine", None)
+    if engine is None:
+        return "the pipeline has no async_engine (not the lmdeploy 0.18 Pipeline API)"
+    backend = getattr(engine, "backend", None)
+    if backend != "turbomind":
+        return f"LMDeploy built its {backend} engine instead (silent fallback)"
+    config = getattr(pipe, "backend_config", None)
+    if not isinstance(config, TurbomindEngineConfig):
+        return f"the engine runs with a {type(config).__name__}, not a TurbomindEngineConfig"
+    turbomind_class = getattr(turbomind, "TurboMind", None)
+    inner = getattr(engine, "engine", None)
+    if turbomind_class is None or not isinstance(inner, turbomind_class):
+        return f"the engine object is {type(inner).__qualname__}, not lmdeploy.turbomind.TurboMind"
+    if getattr(engine, "vl_encoder", None) is None:
+        return "LMDeploy built a text-only pipeline (no vision encoder)"
+    return None
+
+
+def verify_turbomind(pipe: Any, model_dir: Path) -> None:
+    """Raise ConfigError unless `pipe` really is TurboMind serving images."""
+    problem = turbomind_problem(pipe)
+    if problem is not None:
+        raise ConfigError(
+            f"engine.kind=lmdeploy: LMDeploy did not build TurboMind for {model_dir}: {problem}"
+        )
+
+
+def start_pipeline(model_dir: Path, settings: LmdeploySettings) -> Any:
+    """Checks 1 to 4 in order; the verified pipeline (closed again if check 4 fails)."""
+    arch = preflight(model_dir)
+    pipe = build_pipeline(model_dir, settings)
+    try:
+        verify_turbomind(pipe, model_dir)
+    except ConfigError:
+        pipe.close()
+        raise
+    log.info("lmdeploy_engine_ready", model=str(model_dir), architecture=arch, backend="turbomind")
+    return pipe
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One finished request: the text, its token ids and per-step logprobs, LMDeploy's reason."""
+
+    text: str
+    input_tokens: int
+    token_ids: list[int]
+    tokens: list[TokenLogprob] | None
+    finish_reason: str | None
+
+
+Outcome = tuple[Generated, ScoreOutcome]
+
+
+class LmdeployEngine:
+    """Implements the Engine protocol on an lmdeploy Pipeline running TurboMind.
+
+    Without `pipe` it starts one for engine.model through every start-up check
+    (`start_pipeline`); `pipe` hands it one already built and verified (tests pass a double).
+    """
+
+    def __init__(self, settings: EngineSettings, pipe: Any = None) -> None:
+        model_dir = checkpoint_dir(settings.model)
+        if pipe is None:
+            pipe = start_pipeline(model_dir, settings.lmdeploy)
+        self._pipe = pipe
+        self._engine = pipe.async_engine
+        self._loop: asyncio.AbstractEventLoop = pipe.internal_thread.loop
+        self._gen = settings.generation
+        exact = self._gen.score and logprobs_are_exact(self._gen)
+        self._top_logprobs = TOP_LOGPROBS if exact else None
+        scoring = self._gen.score and not exact and settings.lmdeploy.score_request
+        self._score_top = settings.lmdeploy.score_top_logprobs if scoring else None
+        self._score_config: Any = None
+        if self._score_top is not None:
+            from lmdeploy import GenerationConfig
+
+            self._score_config = GenerationConfig(**scoring_config_kwargs(self._score_top))
+        self._info = ModelInfo(
+            engine="lmdeploy",
+            name=str(settings.model),
+            categories=GUARD_CATEGORIES,
+            smoke_test=is_smoke_test(model_dir),
+        )
+        self._input_size = input_size(model_dir)
+        self._configs: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    def classify(self, batch: Sequence[EngineRequest]) -> list[EngineResult]:
+        """Every item as its own request on the pipeline's loop; one result per item."""
+        if not batch:
+            return []
+        if self._closed:
+            raise LmdeployEngineClosed("the lmdeploy engine is closed")
+        work = [
+            (lmdeploy_messages(r.prompt, r.image), self._gen_config(r.categories)) for r in batch
+        ]
+        future = asyncio.run_coroutine_threadsafe(self._run(work), self._loop)
+        outcomes = future.result()
+        return [
+            self._result(request, outcome, len(batch))
+            for request, outcome in zip(batch, outcomes, strict=True)
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pipe.close()
+
+    async def _run(
+        self, work: Sequence[tuple[list[dict[str, Any]], Any]]
+    ) -> list[Outcome | BaseException]:
+        return await asyncio.gather(
+            *(self._item(messages, config) for messages, config in work),
+            return_exceptions=True,
+        )
+
+    async def _item(self, messages: list[dict[str, Any]], gen_config: Any) -> Outcome:
+        """One item: its generation, then its score (a scoring request where needed)."""
+        generated = await self._generate(messages, gen_config)
+        return generated, await self._score(messages, generated)
+
+    async def _generate(self, messages: list[dict[str, Any]], gen_config: Any) -> Generated:
+        engine = self._engine
+        request = await engine.preprocess(
+            messages=messages, session_id=engine.session_mgr.get(), gen_config=gen_config
+        )
+        text, ids, steps, finish = await collect_output(engine, request)
+        tokens = None
+        if self._top_logprobs is not None and len(steps) == len(ids):
+            # Only the opening steps: decoding every alternative of a long rationale would hold
+            # up the loop, and the rating is near the start.
+            tokenizer = engine.tokenizer
+            tokens = token_logprobs(
+                ids[:SCORE_STEPS],
+                steps[:SCORE_STEPS],
+                lambda t: str(tokenizer.decode([t], skip_special_tokens=False)),
+            )
+        return Generated(text, request.input_token_len, ids, tokens, finish)
+
+    async def _score(self, messages: list[dict[str, Any]], generated: Generated) -> ScoreOutcome:
+        """The item's score; a failing scoring request only makes it None."""
+        if self._top_logprobs is not None:  # the generation's own logprobs are raw
+            return generation_score(generated.text, generated.tokens)
+        if self._score_config is None:
+            return ScoreOutcome.none(DISABLED)
+        if generated.finish_reason in ("error", "abort"):  # an error verdict, not scored
+            return ScoreOutcome.none(RATING_NOT_FOUND)
+        return await request_score(self._engine, messages, generated.text, self._score_config)
+
+    def _gen_config(self, categories: tuple[str, ...]) -> Any:
+        """The GenerationConfig for a request's category set (cached; LMDeploy copies it)."""
+        with self._lock:
+            config = self._configs.get(categories)
+            if config is None:
+                from lmdeploy import GenerationConfig
+
+                schema = (
+                    verdict_schema(categories, self._gen.rationale_max_chars)
+                    if self._gen.structured
+                    else None
+                )
+                kwargs = generation_config_kwargs(self._gen, schema, self._top_logprobs)
+                config = GenerationConfig(**kwargs)
+                self._configs[categories] = config
+            return config
+
+    def _result(
+        self, request: EngineRequest, outcome: Outcome | BaseException, batch_size: int
+    ) -> EngineResult:
+        record = self._gen.record()
+        record.update(
+            engine="lmdeploy",
+            backend="turbomind",
+            top_logprobs=self._top_logprobs,
+            score_top_logprobs=self._score_top,
+            batch_size=batch_size,
+        )
+        if isinstance(outcome, BaseException):
+            return EngineResult(
+                error_code=ErrorCode.ENGINE_ERROR,
+                error_message=f"lmdeploy: {_describe(outcome)}",
+                generation=record,
+            )
+        generated, score = outcome
+        record.update(
+            input_tokens=generated.input_tokens,
+            output_tokens=len(generated.token_ids),
+            finish_reason=generated.finish_reason,
+        )
+        if generated.finish_reason in ("error", "abort"):
+            return EngineResult(
+                error_code=ErrorCode.ENGINE_ERROR,
+                error_message=f"lmdeploy finished the request with {generated.finish_reason!r}",
+                raw_output=generated.text,
+                generation=record,
+            )
+        record.update(score.record())
+        return result_from_output(
+            generated.text, request.categories, score=score.value, generation=record
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an item's failure; LMDeploy's RequestError carries a stable code."""
+    code = getattr(getattr(exc, "code", None), "value", None)
+    text = _first_line(exc) or type(exc).__name__
+    return f"{code}: {text}" if isinstance(code, str) else f"{type(exc).__name__}: {text}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,1 @@
+"""`engine.kind: openai`: guard models behind any OpenAI-compatible server."""

@@ -1,0 +1,314 @@
+"""The `openai` engine's HTTP side: one background thread runs an asyncio event loop that owns
+one pooled `httpx.AsyncClient`; requests are capped in flight, retried with backoff, and every
+outcome comes back as data (a Reply or a Failure), never as an exception.
+
+httpx is imported lazily, inside the functions that use it, so this module imports without the
+`openai` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from moderator.engine.openai.body import (
+    ERROR_BODY_BYTES,
+    AnswerTooLarge,
+    UnreadableAnswer,
+    read_capped,
+)
+from moderator.engine.openai.request import (
+    describe,
+    error_message,
+    hint,
+    model_entries,
+    retry_after,
+    tries,
+)
+from moderator.engine.openai.retry import BadResponse, StatusError, retrying
+from moderator.errors import ConfigError, ErrorCode, ModeratorError
+from moderator.masking import mask_passwords
+from moderator.settings import OpenAISettings
+
+if TYPE_CHECKING:
+    import httpx
+
+log = structlog.get_logger("moderator.engine.openai")
+
+PROBE_TIMEOUT_S = 10.0  # start-up check of GET /models
+CLOSE_TIMEOUT_S = 10.0
+_RESULT_GRACE_S = 30.0  # beyond the request timeout, before send stops waiting for the loop
+_THREAD_NAME = "moderator-openai-engine"
+
+T = TypeVar("T")
+
+
+class OpenAIEngineClosed(ModeratorError):
+    """classify or check was called after close()."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A 2xx JSON object answer, after `attempts` tries."""
+
+    data: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one request got no answer."""
+
+    code: ErrorCode
+    message: str
+
+
+class OpenAIClient:
+    """Talks to the server at `base_url` from its own event-loop thread.
+
+    At most `max_in_flight` requests are open at once; each has `timeout_s` in all, queueing
+    for a slot, retries and backoff included, reading the answer too. An answer is read as a
+    stream and given up as soon as it passes `max_response_bytes` (an error answer is cut at
+    64 KiB: only its message is kept). The constructor starts the thread and opens the client
+    (closing again if that fails); `close` must be called to stop them.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        options: OpenAISettings,
+        *,
+        timeout_s: float,
+        max_in_flight: int,
+        max_response_bytes: int,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+    ) -> None:
+        self._base_url = base_url
+        self._shown = mask_passwords(base_url)  # in messages, which reach verdicts and logs
+        self._openai = options
+        self._timeout_s = timeout_s
+        self._max_in_flight = max_in_flight
+        self._max_response_bytes = max_response_bytes
+        self._probe_timeout_s = probe_timeout_s
+        self._backoff_s = backoff_s
+        self._backoff_max_s = backoff_max_s
+        self._lock = threading.Lock()
+        self._closed = False
+        self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=_THREAD_NAME, daemon=True
+        )
+        self._thread.start()
+        try:
+            self._call(self._open())
+        except BaseException:
+            self.close()
+            raise
+
+    def probe(self, model: str) -> bool:
+        """Check the server answers GET /models and serves `model` (else ConfigError, one
+        line); whether its entry marks a smoke-test model."""
+        return self._call(self._probe(model))
+
+    def send(self, payloads: list[bytes]) -> list[Reply | Failure]:
+        """POST each body to /chat/completions, all in flight together; one outcome each."""
+        with self._lock:
+            if self._closed:
+                raise OpenAIEngineClosed("the openai engine is closed")
+            future = asyncio.run_coroutine_threadsafe(self._send_all(payloads), self._loop)
+        try:
+            return future.result(self._timeout_s + _RESULT_GRACE_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            message = f"no answer from {self._shown} within {self._timeout_s:g}s"
+            return [Failure(ErrorCode.ENGINE_TIMEOUT, message) for _ in payloads]
+        except concurrent.futures.CancelledError:
+            return [Failure(ErrorCode.ENGINE_ERROR, "the openai engine was closed")] * len(payloads)
+
+    def close(self) -> None:
+        """Cancel requests still in flight, close the client and stop the loop thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._thread.is_alive():
+            shutdown = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            try:
+                shutdown.result(CLOSE_TIMEOUT_S)
+            except Exception as exc:  # closing must not raise; the loop stops anyway
+                log.warning("openai_engine_close_failed", error=repr(exc))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(CLOSE_TIMEOUT_S)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for it (start-up and check only)."""
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise OpenAIEngineClosed("the openai engine is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    # -- the loop's side -------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        import httpx
+
+        opts = self._openai
+        # identity: real servers do not compress, and a compressed answer costs CPU to inflate
+        # (one that comes compressed anyway is inflated within the same cap).
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        if opts.api_key is not None:
+            headers["Authorization"] = f"Bearer {opts.api_key.get_secret_value()}"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            limits=httpx.Limits(
+                max_connections=opts.max_connections,
+                max_keepalive_connections=opts.max_connections,
+            ),
+            timeout=httpx.Timeout(self._timeout_s, connect=opts.connect_timeout_s),
+        )
+        self._slots = asyncio.Semaphore(self._max_in_flight)
+
+    async def _probe(self, model: str) -> bool:
+        import httpx
+
+        assert self._client is not None
+        url = f"{self._shown}/models"
+        timeout = httpx.Timeout(
+            self._probe_timeout_s,
+            connect=min(self._openai.connect_timeout_s, self._probe_timeout_s),
+        )
+        limit = self._max_response_bytes
+        try:
+            models = f"{self._base_url}/models"
+            async with self._client.stream("GET", models, timeout=timeout) as response:
+                status, reason = response.status_code, response.reason_phrase
+                body = await read_capped(response, limit, truncate=status != 200)
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"engine.base_url: cannot reach {url}: {describe(exc)}") from None
+        except AnswerTooLarge as exc:
+            raise ConfigError(
+                f"engine.base_url: {url}: {exc} (engine.openai.max_response_bytes)"
+            ) from None
+        except UnreadableAnswer as exc:
+            raise ConfigError(f"engine.base_url: {url}: {exc}") from None
+        if status in (401, 403):
+            raise ConfigError(
+                f"engine.openai.api_key: {url} answered HTTP {status}: "
+                f"{error_message(body, reason)}"
+            )
+        if status != 200:
+            raise ConfigError(
+                f"engine.base_url: {url} answered HTTP {status}: "
+                f"{error_message(body, reason)} (the base URL usually ends in /v1)"
+            )
+        entries = model_entries(body)
+        if entries is None:
+            raise ConfigError(
+                f"engine.base_url: {url} did not answer with a model list "
+                "(is it an OpenAI-compatible server? the base URL usually ends in /v1)"
+            )
+        entry = next((e for e in entries if e.get("id") == model), None)
+        if entry is None:
+            served = ", ".join(str(e.get("id")) for e in entries) or "none"
+            raise ConfigError(
+                f"engine.model: {model!r} is not served by {self._shown} (served: {served})"
+            )
+        return entry.get("smoke_test") is True
+
+    async def _send_all(self, payloads: list[bytes]) -> list[Reply | Failure]:
+        return list(await asyncio.gather(*(self._send_one(p) for p in payloads)))
+
+    async def _send_one(self, payload: bytes) -> Reply | Failure:
+        import httpx
+
+        assert self._slots is not None
+        attempts = [0]
+        timeout_s = self._timeout_s
+        retry = retrying(self._openai.attempts, self._backoff_s, self._backoff_max_s)
+        try:
+            async with asyncio.timeout(timeout_s), self._slots:
+                data: dict[str, Any] = await retry(self._post, payload, attempts)
+            return Reply(data, attempts[0])
+        except TimeoutError:
+            return Failure(
+                ErrorCode.ENGINE_TIMEOUT,
+                f"no answer from {self._shown} within {timeout_s:g}s ({tries(attempts[0])})",
+            )
+        except httpx.TimeoutException as exc:
+            return Failure(
+                ErrorCode.ENGINE_TIMEOUT,
+                f"{self._shown} timed out ({describe(exc)}; {tries(attempts[0])})",
+            )
+        except StatusError as exc:
+            return Failure(ErrorCode.ENGINE_ERROR, self._status_message(exc, attempts[0]))
+        except httpx.HTTPError as exc:
+            return Failure(
+                ErrorCode.ENGINE_ERROR,
+                f"cannot reach {self._shown}: {describe(exc)} ({tries(attempts[0])})",
+            )
+        except AnswerTooLarge as exc:
+            # Not retried: the same request would most likely bring the same answer again.
+            return Failure(
+                ErrorCode.ENGINE_ERROR,
+                f"{self._shown}: {exc} (engine.openai.max_response_bytes; not retried)",
+            )
+        except (BadResponse, UnreadableAnswer) as exc:
+            return Failure(ErrorCode.ENGINE_ERROR, f"{self._shown}: {exc}")
+
+    async def _post(self, payload: bytes, attempts: list[int]) -> dict[str, Any]:
+        assert self._client is not None
+        attempts[0] += 1
+        async with self._client.stream(
+            "POST",
+            f"{self._base_url}/chat/completions",
+            content=payload,
+            headers={"Content-Type": "application/json"},
+        ) as response:
+            if not 200 <= response.status_code < 300:
+                try:
+                    body = await read_capped(response, ERROR_BODY_BYTES, truncate=True)
+                    message = error_message(body, response.reason_phrase)
+                except UnreadableAnswer as exc:
+                    message = str(exc)
+                raise StatusError(response.status_code, message, retry_after(response))
+            body = await read_capped(response, self._max_response_bytes)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise BadResponse("the answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadResponse("the answer is not a JSON object")
+        return data
+
+    def _status_message(self, exc: StatusError, attempts: int) -> str:
+        where = f"{self._shown} answered HTTP {exc.status}: {exc.message}"
+        if exc.retryable:
+            return f"{where} ({tries(attempts)})"
+        advice = hint(exc.message) if exc.status in (400, 422) else None
+        return f"{where} (request rejected, not retried{'; ' + advice if advice else ''})"
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+        await self._loop.shutdown_asyncgens()
+        await self._loop.shutdown_default_executor()

@@ -1,0 +1,156 @@
+"""The `openai` engine: judges images through any OpenAI-compatible chat completions server
+(`lmdeploy serve api_server`, vLLM, SGLang), typically a shared GPU pool.
+
+`classify` is called from the engine window's worker threads: it encodes each image and its
+request body on the calling thread (so encoding runs in parallel, off the loop), hands the
+bodies to the client's event-loop thread (`openai_client`), where each item is its own HTTP
+request, and turns the answers into one EngineResult per item (`openai_request`). A failed
+item never fails its batch. httpx is imported lazily: without the `openai` extra the package
+still imports, and building this engine says what to install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from moderator.engine.base import EngineRequest, EngineResult
+from moderator.engine.openai.client import (
+    CLOSE_TIMEOUT_S,
+    PROBE_TIMEOUT_S,
+    Failure,
+    OpenAIClient,
+    OpenAIEngineClosed,
+)
+from moderator.engine.openai.request import ChatFormat, response_limit, token_logprobs
+from moderator.errors import ConfigError
+from moderator.events.verdict import CATEGORIES, ModelInfo, category_code
+from moderator.masking import mask_passwords
+from moderator.settings import EngineSettings
+
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "INPUT_SIZE",
+    "OPENAI_MISSING",
+    "PROBE_TIMEOUT_S",
+    "OpenAIEngine",
+    "OpenAIEngineClosed",
+    "token_logprobs",
+]
+
+OPENAI_MISSING = "engine.kind=openai needs the openai extra: pip install 'moderator[openai]'"
+# Images are sent as base64 data URLs, so this bounds the request size (a 1024x1024 PNG is at
+# most ~4 MiB encoded) while leaving the servers' own image processors room to work: it covers
+# a 2x2 grid of LLaVA-OneVision's 384-pixel anyres tiles with detail to spare, and about 1,300
+# Qwen2-VL visual tokens (28-pixel patches). The server resizes further as its model needs.
+INPUT_SIZE = 1024
+_JUDGED = tuple(category_code(c) for c in CATEGORIES[:-1])  # O1..O9
+
+
+class OpenAIEngine:
+    """Implements the Engine protocol against `engine.base_url` serving `engine.model`.
+
+    Requests in flight are capped at `engine.concurrency x engine.batch_size`: as many as the
+    window can hand over at once, so the cap only bites if the engine is shared by several
+    windows. Each item has `engine.timeout_s` in all, queueing for a slot, retries and backoff
+    included; HTTP connections are capped at `engine.openai.max_connections`, and each answer
+    at `engine.openai.max_response_bytes` (automatic when unset: `response_limit`).
+
+    With `probe` (the default) the constructor checks, with a short timeout, that the server
+    answers `GET {base_url}/models` and serves `engine.model`, so `moderator run` fails fast
+    with one line. `model.smoke_test` is true only when that model entry says `smoke_test:
+    true` (our test server marks tiny models so; real servers do not send the field). Without
+    the probe it is false. `backoff_s` / `backoff_max_s` shape the retry waits.
+    """
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        probe: bool = True,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+    ) -> None:
+        if not settings.base_url:
+            raise ConfigError("engine.base_url is required for engine.kind=openai")
+        if not settings.model:
+            raise ConfigError(
+                "engine.model is required for engine.kind=openai (the model name the server serves)"
+            )
+        if not settings.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"engine.base_url must be an http(s) URL such as http://127.0.0.1:23333/v1, "
+                f"got {mask_passwords(settings.base_url)!r}"
+            )
+        _require_httpx()
+        base_url = settings.base_url.rstrip("/")
+        self._model = settings.model
+        self._format = ChatFormat(
+            settings.model, settings.generation, settings.openai, source=mask_passwords(base_url)
+        )
+        self._max_in_flight = settings.concurrency * settings.batch_size
+        self._client = OpenAIClient(
+            base_url,
+            settings.openai,
+            timeout_s=settings.timeout_s,
+            max_in_flight=self._max_in_flight,
+            max_response_bytes=response_limit(settings.generation, settings.openai),
+            probe_timeout_s=probe_timeout_s,
+            backoff_s=backoff_s,
+            backoff_max_s=backoff_max_s,
+        )
+        try:
+            smoke_test = self._client.probe(self._model) if probe else False
+        except BaseException:
+            self._client.close()
+            raise
+        self._info = ModelInfo(
+            engine="openai", name=self._model, categories=_JUDGED, smoke_test=smoke_test
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def input_size(self) -> int:
+        return INPUT_SIZE
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most HTTP requests this engine has open at once."""
+        return self._max_in_flight
+
+    def check(self) -> None:
+        """Readiness probe: the server answers GET /models and serves the model (else
+        ConfigError, one line)."""
+        self._client.probe(self._model)
+
+    def classify(self, batch: Sequence[EngineRequest]) -> list[EngineResult]:
+        """One request per item, all in flight together; one result per item, in order."""
+        prepared = [self._format.encode(request) for request in batch]
+        payloads = [p for p in prepared if isinstance(p, bytes)]
+        outcomes = self._client.send(payloads) if payloads else []
+        answers = iter(outcomes)
+        results: list[EngineResult] = []
+        for request, item in zip(batch, prepared, strict=True):
+            if isinstance(item, EngineResult):
+                results.append(item)
+                continue
+            outcome = next(answers)
+            if isinstance(outcome, Failure):
+                results.append(EngineResult(error_code=outcome.code, error_message=outcome.message))
+            else:
+                results.append(self._format.result(request, outcome.data, outcome.attempts))
+        return results
+
+    def close(self) -> None:
+        """Cancel requests still in flight, close the client and stop the loop thread."""
+        self._client.close()
+
+
+def _require_httpx() -> None:
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        raise ConfigError(OPENAI_MISSING) from None

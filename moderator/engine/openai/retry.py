@@ -1,0 +1,84 @@
+"""When and how long the `openai` engine's client waits before trying a request again: HTTP
+429 and 5xx answers, timeouts and dropped connections are retried with capped exponential
+backoff and jitter, honouring a server's Retry-After.
+
+httpx is imported lazily, so this module imports without the `openai` extra.
+"""
+
+from __future__ import annotations
+
+import random
+
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base
+
+from moderator.engine.openai.request import describe
+
+log = structlog.get_logger("moderator.engine.openai")
+
+
+class StatusError(Exception):
+    """The server answered with an HTTP error status."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+
+class BadResponse(Exception):
+    """A 2xx answer that is not the documented chat.completion shape."""
+
+
+def retrying(attempts: int, backoff_s: float, backoff_max_s: float) -> AsyncRetrying:
+    """Up to `attempts` tries of the retryable failures, re-raising the last one."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=_Backoff(backoff_s, backoff_max_s),
+        retry=retry_if_exception(_retryable),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
+
+class _Backoff(wait_base):
+    """Exponential backoff (initial x 2^n, capped) plus up to `initial` of random jitter; a
+    server's Retry-After (capped) is waited at least."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._initial = initial
+        self._max = maximum
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exponent = min(retry_state.attempt_number - 1, 30)
+        delay = min(self._max, self._initial * 2.0**exponent + random.uniform(0, self._initial))
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, StatusError) and exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, self._max))
+        return delay
+
+
+def _retryable(exc: BaseException) -> bool:
+    import httpx
+
+    if isinstance(exc, StatusError):
+        return exc.retryable
+    return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
+
+
+def _log_retry(retry_state: RetryCallState) -> None:
+    outcome = retry_state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    log.warning(
+        "openai_request_retry",
+        attempt=retry_state.attempt_number,
+        error=str(exc) if isinstance(exc, StatusError) else describe(exc) if exc else None,
+        wait_s=round(retry_state.upcoming_sleep, 3),
+    )

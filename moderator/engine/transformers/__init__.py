@@ -1,0 +1,1 @@
+"""`engine.kind: transformers`: guard models in-process with Hugging Face transformers."""

@@ -1,0 +1,145 @@
+"""Checking a policy directory as a whole: every file loaded, every tenant and surface compiled.
+
+Unlike the registry, which stops at the first problem at start-up and keeps last good versions
+on reload, this pass collects every problem (`path:line: reason`) so that `policy validate` can
+report them all at once. It reads the files but logs nothing and keeps no state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from moderator.errors import ConfigError
+from moderator.policy.compiled import TenantPolicy, compile_policy
+from moderator.policy.document import PolicyFile
+from moderator.policy.load import PolicyError, load_file, policy_paths, read_policy
+from moderator.policy.resolve import ROOT, resolve, surfaces
+from moderator.settings import TenancySettings
+
+SURFACE_DEFAULT = "default"
+# "categories.O2: ..." -> the dotted key a resolve error names, used to find its line.
+_FIELD = re.compile(r"^([a-z_]+(?:\.[A-Za-z0-9_]+)*): ")
+
+PolicyKey = tuple[str, str]  # (tenant, surface)
+
+
+@dataclass(frozen=True)
+class DirectoryCheck:
+    """The outcome of checking one directory."""
+
+    directory: Path
+    files: Mapping[str, PolicyFile]  # stem -> parsed file, for the files that loaded
+    paths: Mapping[str, Path]  # stem -> path, for every *.yaml / *.yml found
+    policies: Mapping[PolicyKey, TenantPolicy]  # the tenants that compiled, every surface
+    errors: tuple[str, ...]  # `path:line: reason`, in file order, without duplicates
+
+
+def check(directory: Path, tenancy: TenancySettings) -> DirectoryCheck:
+    """Load and compile everything in `directory`; ConfigError when it is unusable as a whole.
+
+    A directory that is missing or has no default.yaml (or .yml) raises (one line). Problems
+    in files are collected in `errors`; a tenant whose chain reaches a file that failed to load
+    is skipped silently, since that file's own error already explains it.
+    """
+    if not directory.is_dir():
+        raise ConfigError(f"policies.dir: {directory} is not a directory")
+    paths, duplicates = policy_paths(directory)
+    if ROOT not in paths:
+        raise ConfigError(f"{directory}: no {ROOT}.yaml (every policy directory needs one)")
+    files: dict[str, PolicyFile] = {}
+    errors: list[str] = [str(error) for error in duplicates]
+    failed: set[str] = {error.path.stem for error in duplicates}
+    for stem, path in paths.items():
+        if stem in failed:
+            continue
+        try:
+            files[stem] = load_file(path)
+        except PolicyError as exc:
+            failed.add(stem)
+            errors.append(str(exc))
+    policies: dict[PolicyKey, TenantPolicy] = {}
+    for tenant in sorted(files):
+        if _blocked(files, failed, tenant):
+            continue
+        try:
+            compiled = compile_tenant(files, tenant, tenancy, sources=paths)
+        except PolicyError as exc:
+            errors.append(str(with_line(exc)))
+            continue
+        policies.update({(tenant, surface): p for surface, p in compiled.items()})
+    return DirectoryCheck(directory, files, paths, policies, tuple(dict.fromkeys(errors)))
+
+
+def check_directory(
+    directory: Path, tenancy: TenancySettings
+) -> tuple[dict[PolicyKey, TenantPolicy], list[str]]:
+    """{(tenant, surface): compiled policy} for every tenant that compiled, and every problem."""
+    result = check(directory, tenancy)
+    return dict(result.policies), list(result.errors)
+
+
+def compile_tenant(
+    files: Mapping[str, PolicyFile],
+    tenant: str,
+    tenancy: TenancySettings,
+    *,
+    sources: Mapping[str, Path] | None = None,
+) -> dict[str, TenantPolicy]:
+    """The tenant compiled for its default surface and each surface its chain declares."""
+    return {
+        surface: compile_policy(resolve(files, tenant, surface, tenancy, sources=sources))
+        for surface in (SURFACE_DEFAULT, *surfaces(files, tenant, sources=sources))
+    }
+
+
+def compile_unknown(result: DirectoryCheck, tenant: str, tenancy: TenancySettings) -> TenantPolicy:
+    """The default policy compiled for a tenant without a file, as the registry does it."""
+    files = {**result.files, tenant: PolicyFile()}
+    return compile_policy(resolve(files, tenant, SURFACE_DEFAULT, tenancy, sources=result.paths))
+
+
+def with_line(error: PolicyError) -> PolicyError:
+    """The error with the line of the key it names, when it had none and the key is found."""
+    if error.line is not None:
+        return error
+    match = _FIELD.match(error.reason)
+    if match is None:
+        return error
+    line = key_line(error.path, tuple(match.group(1).split(".")))
+    return error if line is None else PolicyError(error.path, line, error.reason)
+
+
+def key_line(path: Path, keys: tuple[str, ...]) -> int | None:
+    """The 1-based line of the deepest of `keys` (a path of mapping keys) present in the file."""
+    try:
+        node = yaml.compose(read_policy(path).decode("utf-8"), Loader=yaml.SafeLoader)
+    except (PolicyError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        found = next((pair for pair in node.value if pair[0].value == key), None)
+        if found is None:
+            break
+        line = found[0].start_mark.line + 1
+        node = found[1]
+    return line
+
+
+def _blocked(files: Mapping[str, PolicyFile], failed: set[str], tenant: str) -> bool:
+    """Whether the tenant's chain runs into a file that failed to load."""
+    if ROOT in failed:
+        return True
+    name, seen = tenant, set()
+    while name in files and name != ROOT and name not in seen:
+        seen.add(name)
+        name = files[name].extends or ROOT
+        if name in failed:
+            return True
+    return False

@@ -1,0 +1,311 @@
+"""Reading one policy file: YAML text → `PolicyFile`, or a `PolicyError` naming file, line, reason.
+
+The YAML is composed into a node tree first (the safe loader: no Python tags), then built into
+plain dicts, lists and scalars while the line of every key and list item is recorded, so that a
+pydantic error's `loc` is reported at the line of the offending key. Stricter than
+`yaml.safe_load`:
+
+- duplicate keys are an error (PyYAML silently keeps the last one);
+- aliases (`*name`) are refused outright, which rules out "billion laughs" expansion; anchors
+  alone are harmless and ignored;
+- merge keys (`<<`), non-string keys (quote `on:`/`yes:`, which YAML 1.1 reads as booleans) and
+  tags other than the plain null/bool/int/float/str/timestamp/map/seq are refused;
+- input is capped at `MAX_BYTES` and nesting at `MAX_DEPTH`;
+- only regular files are read (symlinks to them included): a FIFO, device or directory named
+  like a policy file is an error, never a read that blocks.
+
+A directory's policy files are its `*.yaml` and `*.yml` files (`policy_paths`); the file name
+without the suffix is the tenant id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from moderator.errors import ConfigError
+from moderator.policy.document import PolicyFile
+
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 32
+SUFFIXES = (".yaml", ".yml")
+
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = frozenset(_TAG + t for t in ("null", "bool", "int", "float", "str", "timestamp"))
+# PyYAML counts these as line breaks in its marks; lines computed here must agree.
+_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+Loc = tuple[str | int, ...]
+
+
+class PolicyError(ConfigError):
+    """A policy file that cannot be used: where (file and, when known, 1-based line) and why."""
+
+    def __init__(self, path: Path, line: int | None, reason: str) -> None:
+        self.path = path
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.line, self.reason))
+
+
+class _Refused(Exception):
+    """Raised while building the tree; becomes a PolicyError with the file's path."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+        self.reason = reason
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing aliases and deep nesting while it composes."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped stub
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(_mark_line(event.start_mark), "aliases (*name) are not allowed")
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(_mark_line(event.start_mark), f"nested deeper than {MAX_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def policy_paths(directory: Path) -> tuple[dict[str, Path], list[PolicyError]]:
+    """{tenant id: path} for the `*.yaml` and `*.yml` entries of `directory`, in name order,
+    and an error for each tenant id that both suffixes define (that id maps to its `.yaml`
+    path, so callers can treat it as a file that failed to load). Entries are not opened."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(directory))
+    except OSError as exc:
+        raise ConfigError(f"policies.dir: {directory}: {exc.strerror or exc}") from exc
+    paths: dict[str, Path] = {}
+    errors: list[PolicyError] = []
+    for name in names:
+        path = directory / name
+        if path.suffix not in SUFFIXES or not path.stem:
+            continue
+        first = paths.get(path.stem)
+        if first is None:
+            paths[path.stem] = path
+            continue
+        yaml_path, other = (first, path) if first.suffix == ".yaml" else (path, first)
+        paths[path.stem] = yaml_path
+        errors.append(
+            PolicyError(
+                yaml_path, None, f"tenant {path.stem!r} is also defined by {other}: keep one"
+            )
+        )
+    return paths, errors
+
+
+def read_policy(path: Path) -> bytes:
+    """The bytes of one policy file: a regular file (symlinks followed) of at most `MAX_BYTES`,
+    else PolicyError. Opened non-blocking, so a FIFO cannot hang the caller."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PolicyError(path, None, f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise PolicyError(path, None, f"not a regular file ({_kind(mode)})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise PolicyError(path, None, f"cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:
+        raise PolicyError(path, None, f"larger than {MAX_BYTES} bytes")
+    return b"".join(chunks)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device or other special file"
+
+
+def load_file(path: Path) -> PolicyFile:
+    """Read and validate one policy file (a regular file, UTF-8, at most `MAX_BYTES`)."""
+    data = read_policy(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = _line_at(data[: exc.start].decode("utf-8", "replace"), exc.start)
+        raise PolicyError(path, line, "not valid UTF-8") from exc
+    return load_text(text, path)
+
+
+def load_text(text: str, path: Path) -> PolicyFile:
+    """Validate policy YAML `text`; `path` is only used in error messages."""
+    if len(text.encode("utf-8", "replace")) > MAX_BYTES:
+        raise PolicyError(path, None, f"larger than {MAX_BYTES} bytes")
+    lines: dict[Loc, int] = {(): 1}
+    try:
+        doc = _parse(text, lines)
+    except _Refused as exc:
+        raise PolicyError(path, exc.line, exc.reason) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(path, *_yaml_problem(exc, text)) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise PolicyError(path, 1, "the top level must be a mapping of policy keys")
+    try:
+        return PolicyFile.model_validate(doc)
+    except ValidationError as exc:
+        line, reason = _first_error(exc.errors(), lines)
+        raise PolicyError(path, line, reason) from None
+
+
+def _parse(text: str, lines: dict[Loc, int]) -> Any:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _build(loader, node, (), lines)
+    finally:
+        loader.dispose()
+
+
+def _build(loader: _Loader, node: yaml.Node, path: Loc, lines: dict[Loc, int]) -> Any:
+    line = _mark_line(node.start_mark)
+    if isinstance(node, yaml.MappingNode):
+        _check_tag(node, _TAG + "map")
+        mapping: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _key(loader, key_node)
+            key_line = _mark_line(key_node.start_mark)
+            if key in mapping:
+                first = lines[(*path, key)]
+                raise _Refused(key_line, f"duplicate key {key!r} (first at line {first})")
+            lines[(*path, key)] = key_line
+            mapping[key] = _build(loader, value_node, (*path, key), lines)
+        return mapping
+    if isinstance(node, yaml.SequenceNode):
+        _check_tag(node, _TAG + "seq")
+        items = []
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = _mark_line(item.start_mark)
+            items.append(_build(loader, item, (*path, index), lines))
+        return items
+    if node.tag not in _SCALAR_TAGS:
+        raise _Refused(line, f"unsupported YAML tag {_short_tag(node.tag)}")
+    try:
+        return loader.construct_object(node)
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:
+        why = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        raise _Refused(line, f"invalid value {str(node.value)[:40]!r}: {why}") from None
+
+
+def _key(loader: _Loader, node: yaml.Node) -> str:
+    line = _mark_line(node.start_mark)
+    if node.tag == _TAG + "merge":
+        raise _Refused(line, "merge keys (<<) are not supported")
+    if not isinstance(node, yaml.ScalarNode):
+        raise _Refused(line, "mapping keys must be plain strings")
+    key = _build(loader, node, (), {})
+    if not isinstance(key, str):
+        raise _Refused(line, f"key {str(node.value)[:40]!r} is not read as a string: quote it")
+    return key
+
+
+def _check_tag(node: yaml.Node, expected: str) -> None:
+    if node.tag != expected:
+        raise _Refused(_mark_line(node.start_mark), f"unsupported YAML tag {_short_tag(node.tag)}")
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix(_TAG) if tag.startswith(_TAG) else repr(tag)
+
+
+class _Mark(Protocol):
+    line: int
+
+
+def _mark_line(mark: _Mark | None) -> int:
+    return 1 if mark is None else mark.line + 1
+
+
+def _line_at(text: str, index: int) -> int:
+    return len(_BREAKS.findall(text[: max(index, 0)])) + 1
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        words = [w for w in (exc.context, exc.problem) if w]
+        reason = "invalid YAML: " + ", ".join(words) if words else "invalid YAML"
+        return (None if mark is None else mark.line + 1), reason
+    if isinstance(exc, yaml.reader.ReaderError):
+        return _line_at(text, int(exc.position)), f"invalid YAML: {exc.reason}"
+    return None, "invalid YAML"
+
+
+def _first_error(errors: list[ErrorDetails], lines: dict[Loc, int]) -> tuple[int, str]:
+    """The error at the earliest line, as (line, 'field.path: message (+N more)')."""
+    located = []
+    for order, error in enumerate(errors):
+        where = _locate(error["loc"], lines)
+        where = _named_key(error, where, lines)
+        located.append((lines[where], order, where, _message(error)))
+    located.sort()
+    line, _, where, message = located[0]
+    field = ".".join(str(part) for part in where) or "(top level)"
+    others = len({entry[2] for entry in located}) - 1
+    more = f" (+{others} more)" if others else ""
+    return line, f"{field}: {message}{more}"
+
+
+def _locate(loc: tuple[str | int, ...], lines: dict[Loc, int]) -> Loc:
+    """The longest path of real document keys in `loc`, skipping pydantic's union tags."""
+    where: Loc = ()
+    for part in loc:
+        if (*where, part) in lines:
+            where = (*where, part)
+    return where
+
+
+def _named_key(error: ErrorDetails, where: Loc, lines: dict[Loc, int]) -> Loc:
+    """A mapping-level error that quotes one of the mapping's keys points at that key."""
+    value = error.get("input")
+    if error["type"] == "value_error" and isinstance(value, dict):
+        message = _message(error)
+        for key in value:
+            named = repr(key) in message or message.startswith(f"{key} ")
+            if isinstance(key, str) and named and (*where, key) in lines:
+                return (*where, key)
+    return where
+
+
+def _message(error: ErrorDetails) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (not part of the policy schema)"
+    return error["msg"].removeprefix("Value error, ")

@@ -1,0 +1,283 @@
+"""The policy registry: a directory of tenant files, validated, compiled, hot-reloaded.
+
+Validate, compile, swap: every reload builds a complete new snapshot (each tenant's policy for
+its default surface and every surface it declares) and replaces the old one in one assignment,
+so an event never sees half of a change. A file that fails to load keeps its last good content
+in force; a tenant whose policy fails to resolve or compile keeps its last good compiled
+policies. Both are reported (`file:line: reason`) in the log, in `errors` and as `stale` in the
+tenant's status, until the file is fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from moderator.errors import ConfigError
+from moderator.policy.compiled import TenantPolicy, compile_policy
+from moderator.policy.document import PolicyFile
+from moderator.policy.load import PolicyError, load_text, policy_paths, read_policy
+from moderator.policy.resolve import resolve, surfaces
+from moderator.settings import TenancySettings
+
+log = structlog.get_logger("moderator.policy")
+
+DEFAULT = "default"
+SURFACE_DEFAULT = "default"
+UNKNOWN_TENANT_CACHE = 4096  # compiled default policies for unknown tenants (opt-in), LRU
+
+
+@dataclass(frozen=True)
+class TenantStatus:
+    """What is in force for one tenant, for readiness checks and metrics."""
+
+    versions: Mapping[str, str]  # surface -> version in force
+    loaded_at: datetime  # when the policies in force were compiled
+    stale: bool  # a change on disk is not in force (see `error`)
+    error: str | None
+
+
+@dataclass(frozen=True)
+class _File:
+    fingerprint: str  # sha256 of the bytes
+    policy: PolicyFile
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    files: Mapping[str, _File]  # last good content per file stem
+    paths: Mapping[str, Path]
+    policies: Mapping[tuple[str, str], TenantPolicy]
+    status: Mapping[str, TenantStatus]
+    errors: tuple[str, ...] = ()
+    unknown: OrderedDict[tuple[str, str], TenantPolicy] = field(default_factory=OrderedDict)
+
+
+class PolicyRegistry:
+    """Implements PolicyProvider over `directory/*.yaml` and `*.yml` (`default` is required)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        tenancy: TenancySettings,
+        *,
+        default_for_unknown: bool = False,
+        poll_interval_s: float = 0.0,
+    ) -> None:
+        self._dir = directory
+        self._tenancy = tenancy
+        self._default_for_unknown = default_for_unknown
+        self._poll_interval_s = poll_interval_s
+        self._lock = threading.Lock()  # one reload at a time; readers never take it
+        self._unknown_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not directory.is_dir():
+            raise ConfigError(f"policies.dir: {directory} is not a directory")
+        self._snap = _Snapshot(files={}, paths={}, policies={}, status={})
+        self.reload(initial=True)
+
+    # -- PolicyProvider -----------------------------------------------------------------------
+
+    def resolve(self, tenant_id: str, surface: str) -> TenantPolicy | None:
+        snap = self._snap
+        policy = snap.policies.get((tenant_id, surface))
+        if policy is not None:
+            return policy
+        base = snap.policies.get((tenant_id, SURFACE_DEFAULT))
+        if base is not None:
+            return base.with_surface(surface)
+        if not self._default_for_unknown:
+            return None
+        return self._unknown(snap, tenant_id, surface).with_surface(surface)
+
+    def fallback(self, tenant_id: str, surface: str) -> TenantPolicy:
+        """The default policy, which decides error verdicts for events no tenant policy covers."""
+        return self._snap.policies[(DEFAULT, SURFACE_DEFAULT)].with_surface(surface)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """`file:line: reason` for every file whose latest content is not in force."""
+        return self._snap.errors
+
+    def status(self) -> Mapping[str, TenantStatus]:
+        return self._snap.status
+
+    @property
+    def stale(self) -> bool:
+        return bool(self._snap.errors)
+
+    def tenants(self) -> tuple[str, ...]:
+        return tuple(sorted(self._snap.status))
+
+    # -- reloading -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Poll the directory every `poll_interval_s` seconds (no-op when it is 0)."""
+        if self._poll_interval_s <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._poll, name="policy-reload", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def reload(self, *, initial: bool = False) -> bool:
+        """Re-read changed files and swap in the result; True when anything in force changed.
+
+        At start-up (`initial`) there is no last good version: any error raises ConfigError.
+        """
+        with self._lock:
+            old = self._snap
+            new = self._build(old, initial=initial)
+            if new.errors and initial:
+                raise ConfigError(new.errors[0])
+            self._snap = new
+        changed = _changes(old, new)
+        if initial:
+            log.info("policies_loaded", directory=str(self._dir), tenants=len(new.status))
+            return bool(changed)
+        for tenant, surface, before, after in changed:
+            log.info("policy_changed", tenant=tenant, surface=surface, old=before, new=after)
+        for error in new.errors:
+            if error not in old.errors:
+                log.error("policy_invalid", error=error)
+        return bool(changed)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._poll_interval_s):
+            try:
+                self.reload()
+            except Exception:  # the last good snapshot stays; never kill the poller
+                log.exception("policy_reload_failed")
+
+    def _build(self, old: _Snapshot, *, initial: bool) -> _Snapshot:
+        errors: list[str] = []
+        files: dict[str, _File] = {}
+        try:
+            paths, duplicates = policy_paths(self._dir)
+        except ConfigError as exc:  # the directory itself is gone or unreadable
+            if initial:
+                raise
+            return dataclasses.replace(old, errors=(str(exc),))
+        failed: dict[str, str] = {error.path.stem: str(error) for error in duplicates}
+        for stem, path in paths.items():
+            if stem in failed:
+                continue
+            try:
+                data = read_policy(path)
+            except PolicyError as exc:
+                failed[stem] = str(exc)
+                continue
+            fingerprint = hashlib.sha256(data).hexdigest()
+            previous = old.files.get(stem)
+            if previous is not None and previous.fingerprint == fingerprint:
+                files[stem] = previous
+                continue
+            try:
+                text = data.decode("utf-8")
+                files[stem] = _File(fingerprint, load_text(text, path))
+            except UnicodeDecodeError:
+                failed[stem] = f"{path}: not UTF-8 text"
+            except PolicyError as exc:
+                failed[stem] = str(exc)
+        for stem, reason in failed.items():
+            errors.append(reason)
+            if stem in old.files:  # the last good content stays in force
+                files[stem] = old.files[stem]
+        if DEFAULT not in files:
+            errors.append(f"{self._dir / 'default.yaml'}: missing (every directory needs one)")
+            if not initial and DEFAULT in old.files:
+                files[DEFAULT] = old.files[DEFAULT]
+        unchanged = files.keys() == old.files.keys() and all(
+            files[stem] is old.files[stem] for stem in files
+        )
+        if unchanged and not errors and not old.errors and not initial:
+            return old  # the common poll: nothing to compile, nothing to swap
+        policies: dict[tuple[str, str], TenantPolicy] = {}
+        status: dict[str, TenantStatus] = {}
+        now = datetime.now(UTC)
+        docs = {stem: f.policy for stem, f in files.items()}
+        for tenant in sorted(files):
+            compiled, error = self._compile_tenant(docs, paths, tenant)
+            file_error = failed.get(tenant)
+            if compiled is None:
+                errors.append(error or f"{tenant}: cannot compile")
+                kept = {k: v for k, v in old.policies.items() if k[0] == tenant}
+                policies.update(kept)
+                previous_status = old.status.get(tenant)
+                status[tenant] = TenantStatus(
+                    versions={s: p.version for (_, s), p in kept.items()},
+                    loaded_at=previous_status.loaded_at if previous_status else now,
+                    stale=True,
+                    error=error,
+                )
+                continue
+            policies.update({(tenant, s): p for s, p in compiled.items()})
+            before = old.status.get(tenant)
+            versions = {s: p.version for s, p in compiled.items()}
+            unchanged = before is not None and dict(before.versions) == versions
+            status[tenant] = TenantStatus(
+                versions=versions,
+                loaded_at=before.loaded_at if unchanged and before else now,
+                stale=file_error is not None,
+                error=file_error,
+            )
+        return _Snapshot(files, paths, policies, status, tuple(dict.fromkeys(errors)))
+
+    def _compile_tenant(
+        self, docs: Mapping[str, PolicyFile], paths: Mapping[str, Path], tenant: str
+    ) -> tuple[dict[str, TenantPolicy] | None, str | None]:
+        try:
+            compiled = {}
+            for surface in (SURFACE_DEFAULT, *surfaces(docs, tenant)):
+                resolved = resolve(docs, tenant, surface, self._tenancy, sources=paths)
+                compiled[surface] = compile_policy(resolved)
+            return compiled, None
+        except ConfigError as exc:
+            return None, str(exc)
+
+    def _unknown(self, snap: _Snapshot, tenant_id: str, surface: str) -> TenantPolicy:
+        """The default policy compiled for a tenant without a file (operator opt-in)."""
+        key = (tenant_id, surface)
+        with self._unknown_lock:
+            cached = snap.unknown.get(key)
+            if cached is not None:
+                snap.unknown.move_to_end(key)
+                return cached
+        docs = {stem: f.policy for stem, f in snap.files.items()}
+        docs[tenant_id] = PolicyFile()
+        policy = compile_policy(
+            resolve(docs, tenant_id, surface, self._tenancy, sources=snap.paths)
+        )
+        with self._unknown_lock:
+            snap.unknown[key] = policy
+            while len(snap.unknown) > UNKNOWN_TENANT_CACHE:
+                snap.unknown.popitem(last=False)
+        return policy
+
+
+def _changes(old: _Snapshot, new: _Snapshot) -> list[tuple[str, str, str | None, str | None]]:
+    keys = set(old.policies) | set(new.policies)
+    out = []
+    for tenant, surface in sorted(keys):
+        before = old.policies.get((tenant, surface))
+        after = new.policies.get((tenant, surface))
+        b = before.version if before else None
+        a = after.version if after else None
+        if a != b:
+            out.append((tenant, surface, b, a))
+    return out

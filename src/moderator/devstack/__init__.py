@@ -1,1 +1,0 @@
-"""The embedded development stack (mock Kafka cluster + S3 server) and sample images for it."""
