@@ -15,7 +15,7 @@ from audit_support import make_record
 from moderator.audit.db.store import AuditStore
 from moderator.audit.models import AuditQuery
 from moderator.audit.sink.inputs import SinkStats
-from moderator.cli.audit_sink import run_audit_sink
+from moderator.audit.sink.wiring import run_audit_sink
 from moderator.dev.stack import EmbeddedStack
 from moderator.settings import Settings, load_settings
 

@@ -12,7 +12,8 @@ from confluent_kafka.admin import AdminClient
 
 from kafka_support import broker_unavailable
 from moderator.dev.errors import DevStackError
-from moderator.dev.kafka.cluster import PROBE_TOPIC, ApacheKafka
+from moderator.dev.kafka.cluster import ApacheKafka
+from moderator.dev.kafka.ready import PROBE_TOPIC
 from moderator.errors import ConfigError
 
 TIMEOUT_S = 30.0

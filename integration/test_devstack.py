@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from kafka_support import broker_unavailable
-from moderator.dev.kafka.cluster import broker_jars
+from moderator.dev.kafka.jars import broker_jars
 from moderator.dev.stack import EmbeddedStack
 from moderator.errors import ConfigError
 

@@ -60,7 +60,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 def test_four_images_end_to_end_on_turbomind(engine: object, tmp_path: Path) -> None:
-    from moderator.engine.lmdeploy.engine import LmdeployEngine, turbomind_problem
+    from moderator.engine.lmdeploy.engine import LmdeployEngine
+    from moderator.engine.lmdeploy.startup import turbomind_problem
 
     assert isinstance(engine, LmdeployEngine)
     assert turbomind_problem(engine._pipe) is None  # the start-up verification, once more

@@ -23,13 +23,13 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from moderator.dev.memory_broker import MemoryBroker
 from moderator.emit.records import OutRecord
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest import checkpoint as checkpoint_module
 from moderator.ingest import loop as loop_module
 from moderator.ingest.kafka import consumer_config, producer_config
 from moderator.ingest.loop import IngestLoop
+from moderator.ingest.memory.broker import MemoryBroker
 from moderator.ingest.ports import Consumer, Producer
 from moderator.ingest.tracker import TP, Ready
 from moderator.service import Pipeline, build_pipeline

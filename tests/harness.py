@@ -13,10 +13,10 @@ from typing import Any
 
 from PIL import Image
 
-from moderator.dev.memory_broker import MemoryBroker
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.kafka import consumer_config, producer_config
 from moderator.ingest.loop import IngestLoop
+from moderator.ingest.memory.broker import MemoryBroker
 from moderator.policy.bundled import write_default_policy
 from moderator.service import Pipeline, build_pipeline
 from moderator.settings import Settings, load_settings

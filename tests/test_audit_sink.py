@@ -15,10 +15,11 @@ from moderator.audit.errors import AuditError, AuditUnavailable
 from moderator.audit.models import IncomingRecord, InsertResult
 from moderator.audit.sink.inputs import parse_value, sink_consumer_config
 from moderator.audit.sink.loop import AuditSink
-from moderator.cli.audit_sink import run_with_audit_sink
+from moderator.audit.sink.wiring import run_with_audit_sink
 from moderator.cli.main import main
-from moderator.dev.memory_broker import MemoryBroker, MemoryConsumer
 from moderator.events.verdict import AuditRecord, InputCoords, PolicyRef, Verdict, VerdictObject
+from moderator.ingest.memory.broker import MemoryBroker
+from moderator.ingest.memory.consumer import MemoryConsumer
 from moderator.settings import Settings, load_settings
 
 TOPIC = "audit-t"

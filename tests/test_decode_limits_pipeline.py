@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from moderator.dev.memory_broker import MemoryBroker
 from moderator.fetch.store import InMemoryObjectStore
+from moderator.ingest.memory.broker import MemoryBroker
 from tests.harness import Instance, png, settings_for, wait_for, write_policies
 from tests.hostile_images import flat_png, many_frame_gif
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from moderator.dev.memory_broker import MemoryBroker
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.checkpoint import FatalKafkaError
+from moderator.ingest.memory.broker import MemoryBroker
 from tests.eos_scenarios import (
     CRASH_POINTS,
     MemoryWorld,

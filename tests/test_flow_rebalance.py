@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from moderator.dev.memory_broker import MemoryBroker
 from moderator.fetch.store import InMemoryObjectStore
+from moderator.ingest.memory.broker import MemoryBroker
 from tests.harness import (
     Instance,
     png,

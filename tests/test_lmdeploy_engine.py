@@ -44,17 +44,19 @@ from moderator.engine.lmdeploy.config import (
     vision_config_kwargs,
 )
 from moderator.engine.lmdeploy.engine import (
-    LMDEPLOY_MISSING,
     TOP_LOGPROBS,
     LmdeployEngine,
     LmdeployEngineClosed,
-    import_lmdeploy,
     lmdeploy_messages,
+)
+from moderator.engine.lmdeploy.score import token_logprobs
+from moderator.engine.lmdeploy.startup import (
+    LMDEPLOY_MISSING,
+    import_lmdeploy,
     preflight,
     turbomind_problem,
     verify_turbomind,
 )
-from moderator.engine.lmdeploy.score import token_logprobs
 from moderator.errors import ConfigError, ErrorCode
 from moderator.events.verdict import CATEGORIES
 from moderator.settings import EngineSettings, GenerationSettings, LmdeploySettings
@@ -667,7 +669,7 @@ def test_without_the_extension_no_engine_object_passes_as_turbomind() -> None:
 def test_engine_start_closes_a_pipeline_that_fails_verification(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from moderator.engine.lmdeploy import engine as lmdeploy_engine
+    from moderator.engine.lmdeploy import startup as lmdeploy_startup
 
     model_dir = _config_dir(tmp_path, QWEN2_VL)
     built: list[PipelineViewDouble] = []
@@ -676,8 +678,8 @@ def test_engine_start_closes_a_pipeline_that_fails_verification(
         built.append(_fallback_pipeline(directory))
         return built[-1]
 
-    monkeypatch.setattr(lmdeploy_engine, "preflight", lambda directory: QWEN2_VL[0])
-    monkeypatch.setattr(lmdeploy_engine, "build_pipeline", build)
+    monkeypatch.setattr(lmdeploy_startup, "preflight", lambda directory: QWEN2_VL[0])
+    monkeypatch.setattr(lmdeploy_startup, "build_pipeline", build)
     with pytest.raises(ConfigError, match="did not build TurboMind"):
         LmdeployEngine(EngineSettings(kind="lmdeploy", model=str(model_dir)))
     assert built[0].closed == 1

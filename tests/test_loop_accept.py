@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moderator.dev.memory_broker import MemoryBroker, StoredRecord
 from moderator.emit.records import trace_from_headers
 from moderator.errors import ErrorCode
 from moderator.events.parse import MalformedMessage, parse_message
 from moderator.events.s3notify import TenantRule
 from moderator.fetch.store import InMemoryObjectStore
+from moderator.ingest.memory.broker import MemoryBroker
+from moderator.ingest.memory.messages import StoredRecord
 from tests.fuzz import fuzz_settings
 from tests.harness import Instance, png, settings_for, wait_for, write_policies
 from tests.messages import BUCKET, STORED_KEYS, header_lists, message_keys, message_values

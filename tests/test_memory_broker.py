@@ -11,14 +11,10 @@ from confluent_kafka import TopicPartition as TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moderator.dev.memory_broker import (
-    FAULT_POINTS,
-    FaultPoint,
-    MemoryBroker,
-    MemoryConsumer,
-    MemoryProducer,
-    TxnState,
-)
+from moderator.ingest.memory.broker import MemoryBroker
+from moderator.ingest.memory.consumer import MemoryConsumer
+from moderator.ingest.memory.messages import FAULT_POINTS, FaultPoint, TxnState
+from moderator.ingest.memory.producer import MemoryProducer
 from moderator.ingest.ports import Consumer, Producer
 
 

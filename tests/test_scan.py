@@ -13,15 +13,16 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from moderator.cli import scan as scan_mod
 from moderator.cli.main import main
-from moderator.cli.scan import Counts, Item, OperatorPolicy, Progress, Scan
 from moderator.emit.records import OutRecord
 from moderator.errors import ErrorCode, ProcessingError
 from moderator.events.verdict import Assessment, Verdict
 from moderator.fetch import local as local_mod
 from moderator.fetch.local import LOCAL_BUCKET, LocalFileStore
 from moderator.pipeline.process import Job
+from moderator.pipeline.progress import LOG_EVERY_S, Counts, Progress
+from moderator.pipeline.scan import OperatorPolicy, Scan, max_in_flight
+from moderator.pipeline.scan_sources import Item, open_source
 from moderator.policy.bundled import write_default_policy
 from moderator.policy.registry import PolicyRegistry
 from moderator.settings import TenancySettings, load_settings
@@ -202,7 +203,7 @@ def test_help_mentions_hidden_files(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_walk_is_sorted_and_skips_hidden(folder: Path, policies: Path) -> None:
     settings = load_settings(None, {"policies.dir": policies})
-    source = scan_mod.open_source(str(folder) + "/", settings, exclude=None)
+    source = open_source(str(folder) + "/", settings, exclude=None)
     keys = [item.key for item in source.items]
     assert keys == _expected_keys(folder)
     assert all(item.bucket == LOCAL_BUCKET for item in source.items)
@@ -341,7 +342,7 @@ def test_max_in_flight_follows_the_engine_and_fetch_settings() -> None:
     settings = load_settings(
         None, {"engine.batch_size": 4, "engine.concurrency": 2, "fetch.concurrency": 3}
     )
-    assert scan_mod.max_in_flight(settings) == 2 * 4 * 2 + 3
+    assert max_in_flight(settings) == 2 * 4 * 2 + 3
 
 
 # -- progress ------------------------------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_progress_on_a_terminal_redraws_in_place() -> None:
 def test_progress_in_a_log_is_one_line_each() -> None:
     stream = io.StringIO()
     progress = Progress(stream)
-    assert progress.every_s == scan_mod.LOG_EVERY_S
+    assert progress.every_s == LOG_EVERY_S
     progress.tick(Counts(3, 1, 0, 0), listing=True)  # too soon: nothing
     progress._next = 0.0
     progress.tick(Counts(3, 1, 0, 0), listing=False)

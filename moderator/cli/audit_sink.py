@@ -1,120 +1,18 @@
-"""`moderator audit sink` and `moderator run --with-audit-sink`: the audit sink's wiring."""
+"""`moderator audit sink`: run the audit sink in the foreground until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import structlog
-
-from moderator.audit.db.store import AuditStore
-from moderator.audit.integrity.anchors import AnchorSink, export_anchor, sinks_from_settings
-from moderator.audit.sink.inputs import SinkStats, make_sink_consumer
-from moderator.audit.sink.loop import AuditSink
-from moderator.errors import ModeratorError
-from moderator.ingest.ports import Consumer
-from moderator.settings import Settings
-
-log = structlog.get_logger("moderator.audit.sink.loop")
+from moderator.audit.sink.wiring import run_audit_sink
+from moderator.cli.signals import install_stop_handlers
+from moderator.logs import configure_logging
+from moderator.settings import load_settings
 
 
 def cmd_audit_sink(config: Path | None) -> int:
     """Run the sink until SIGTERM/SIGINT; exit 0 after the last batch is committed."""
-    from moderator.cli.main import install_stop_handlers
-    from moderator.logs import configure_logging
-    from moderator.settings import load_settings
-
     settings = load_settings(config, {})
     configure_logging(settings.log)
     run_audit_sink(settings, install_stop_handlers())
     return 0
-
-
-def run_audit_sink(
-    settings: Settings,
-    stop: threading.Event,
-    *,
-    store: AuditStore | None = None,
-    consumer: Consumer | None = None,
-) -> SinkStats:
-    """Open the store (unless given), consume until `stop` is set, close what was opened here.
-
-    Raises AuditUnavailable when the database cannot be reached at start-up (the orchestrator
-    restarts the sink; once running, outages are retried instead).
-    """
-    own_store = store is None
-    audit_store = store if store is not None else AuditStore.open(settings.audit.url)
-    producer: Any = None
-    try:
-        anchor, producer = build_anchor(settings, audit_store)
-        sink = AuditSink(
-            settings,
-            audit_store,
-            consumer if consumer is not None else make_sink_consumer(settings),
-            anchor=anchor,
-        )
-        return sink.run(stop)
-    finally:
-        if producer is not None:
-            producer.flush(5)
-        if own_store:
-            audit_store.close()
-
-
-def build_anchor(settings: Settings, store: AuditStore) -> tuple[Callable[[], None] | None, Any]:
-    """The periodic anchor export the settings ask for (None when no destination is set), and
-    the Kafka producer made for it (None unless audit.anchor_topic is set; the caller flushes)."""
-    audit = settings.audit
-    s3_client: Any = None
-    producer: Any = None
-    if audit.anchor_s3_uri is not None:
-        from moderator.fetch.s3 import build_s3_client
-
-        s3_client = build_s3_client(settings.s3)
-    if audit.anchor_topic is not None:
-        import confluent_kafka
-
-        from moderator.ingest.kafka import build_client
-
-        conf = settings.kafka.client_config()
-        conf.update({"enable.idempotence": True, "acks": "all"})
-        producer = build_client(confluent_kafka.Producer, conf, settings.kafka)
-    sinks: list[AnchorSink] = sinks_from_settings(audit, s3_client=s3_client, producer=producer)
-    if not sinks:
-        return None, producer
-
-    def anchor() -> None:
-        export_anchor(store, sinks)
-
-    return anchor, producer
-
-
-def run_with_audit_sink(
-    settings: Settings, stop: threading.Event, serve: Callable[[], object]
-) -> None:
-    """`moderator run --with-audit-sink`: the sink in a thread beside `serve` (the consumer),
-    both stopped by `stop`. A sink failure stops the consumer too and is raised here."""
-    failures: list[BaseException] = []
-
-    def sink_thread() -> None:
-        try:
-            run_audit_sink(settings, stop)
-        except BaseException as exc:  # reported by the main thread after the consumer drained
-            failures.append(exc)
-            log.error("audit_sink_failed", error=str(exc))
-            stop.set()
-
-    thread = threading.Thread(target=sink_thread, name="audit-sink", daemon=True)
-    thread.start()
-    try:
-        serve()
-    finally:
-        stop.set()
-        thread.join()
-    if failures:
-        exc = failures[0]
-        if isinstance(exc, ModeratorError):
-            raise exc
-        raise ModeratorError(f"audit sink failed: {exc}") from exc

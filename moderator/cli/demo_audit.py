@@ -11,7 +11,7 @@ from moderator.audit.db.store import AuditStore
 from moderator.audit.models import AuditQuery, AuditRow
 from moderator.audit.sink.inputs import make_sink_consumer
 from moderator.audit.sink.loop import AuditSink
-from moderator.cli.audit_sink import build_anchor
+from moderator.audit.sink.wiring import build_anchor
 from moderator.errors import ModeratorError
 from moderator.settings import Settings
 

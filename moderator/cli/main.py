@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +15,7 @@ from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands impor
 from moderator.cli.audit_dsa import add_dsa_parser
 from moderator.cli.audit_query import add_query_parser
 from moderator.cli.devstack import add_dev_stack_parser
+from moderator.cli.signals import install_stop_handlers
 from moderator.cli.topics import add_topics_parser
 from moderator.dev.tiny.checkpoint import (
     ARCHES as TINY_ARCHES,  # cheap: torch is imported on use only
@@ -324,24 +323,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ensure_at_startup(settings)
     stop = install_stop_handlers()
     if args.with_audit_sink:
-        from moderator.cli.audit_sink import run_with_audit_sink
+        from moderator.audit.sink.wiring import run_with_audit_sink
 
         run_with_audit_sink(settings, stop, lambda: run_service(settings, stop))
     else:
         run_service(settings, stop)
     return 0
-
-
-def install_stop_handlers() -> threading.Event:
-    """SIGTERM/SIGINT set the returned event: the loop drains and exits 0."""
-    stop = threading.Event()
-
-    def handler(_signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
 
 
 if __name__ == "__main__":

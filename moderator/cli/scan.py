@@ -1,40 +1,24 @@
 """`moderator scan`: judge a local folder or an S3 prefix offline through the real pipeline.
 
-Objects are listed lazily and submitted to the same Processor `run` uses, with a bounded number
-in flight; each verdict is written as one JSON line the moment it completes.
+The command's edge: arguments, settings and logging, the output file, the exit code. The work is
+moderator/pipeline/scan.py's Scan over a source from moderator/pipeline/scan_sources.py.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import re
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import ValidationError
-
-from moderator.emit.records import OutRecord, trace_from_headers
-from moderator.errors import ConfigError, ErrorCode, ModeratorError
-from moderator.events.upload import TENANT_ID_PATTERN, ObjectRef, UploadEvent
-from moderator.events.verdict import Assessment, Decision, InputCoords
+from moderator.errors import ConfigError, ModeratorError
+from moderator.events.upload import TENANT_ID_PATTERN
 from moderator.logs import configure_logging
-from moderator.pipeline.process import Job, Processor
-from moderator.pipeline.scan_sources import Item, open_source
-from moderator.policy.base import CompiledPolicy, PolicyProvider
+from moderator.pipeline.progress import Progress
+from moderator.pipeline.scan import OperatorPolicies, Scan, max_in_flight
+from moderator.pipeline.scan_sources import open_source
 from moderator.service import build_pipeline, build_policies
-from moderator.settings import Settings, load_settings
-
-TTY_EVERY_S = 0.2
-LOG_EVERY_S = 5.0
-SCAN_TOPIC = "scan"  # InputCoords.topic of scanned objects (audit provenance only)
+from moderator.settings import load_settings
 
 
 def cmd_scan(
@@ -93,12 +77,6 @@ def cmd_scan(
     return 0
 
 
-def max_in_flight(settings: Settings) -> int:
-    """Events submitted and not yet decided: enough to keep every engine batch and fetch busy."""
-    engine = settings.engine
-    return 2 * engine.batch_size * engine.concurrency + settings.fetch.concurrency
-
-
 def _quiet(level: str) -> str:
     """`info` (the service default) becomes `warning`: progress owns stderr during a scan."""
     return "warning" if level == "info" else level
@@ -111,243 +89,3 @@ def _open_output(output: Path | None) -> TextIO:
         return output.open("w", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"scan: cannot write {output}: {exc.strerror or exc}") from exc
-
-
-# -- tenant policy, minus tenant isolation -------------------------------------------------------
-
-
-class OperatorPolicy:
-    """A tenant's compiled policy for objects the operator named on the command line: these are
-    in scope whatever the tenant's allowed buckets and prefixes say. All else is the tenant's."""
-
-    def __init__(self, inner: CompiledPolicy) -> None:
-        self._inner = inner
-
-    @property
-    def tenant_id(self) -> str:
-        return self._inner.tenant_id
-
-    @property
-    def surface(self) -> str:
-        return self._inner.surface
-
-    @property
-    def version(self) -> str:
-        return self._inner.version
-
-    @property
-    def full_hash(self) -> str:
-        return self._inner.full_hash
-
-    @property
-    def prompt(self) -> str:
-        return self._inner.prompt
-
-    @property
-    def prompt_sha256(self) -> str:
-        return self._inner.prompt_sha256
-
-    def document(self) -> dict[str, Any]:
-        return self._inner.document()
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return self._inner.categories
-
-    def allows_object(self, bucket: str, key: str) -> bool:
-        return True
-
-    def decide(self, assessment: Assessment) -> Decision:
-        return self._inner.decide(assessment)
-
-    def on_error(self, code: ErrorCode) -> Decision:
-        return self._inner.on_error(code)
-
-
-class OperatorPolicies:
-    """Wraps every policy of `inner` in OperatorPolicy."""
-
-    def __init__(self, inner: PolicyProvider) -> None:
-        self._inner = inner
-
-    def resolve(self, tenant_id: str, surface: str) -> CompiledPolicy | None:
-        policy = self._inner.resolve(tenant_id, surface)
-        return OperatorPolicy(policy) if policy is not None else None
-
-    def fallback(self, tenant_id: str, surface: str) -> CompiledPolicy:
-        return OperatorPolicy(self._inner.fallback(tenant_id, surface))
-
-
-# -- running -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Counts:
-    total: int  # objects listed so far
-    done: int  # verdicts written
-    errors: int  # of which error verdicts
-    skipped: int  # objects that could not be submitted
-
-
-class Scan:
-    """Submits items with at most `max_in_flight` undecided; writes verdict lines as they come."""
-
-    def __init__(
-        self,
-        processor: Processor,
-        out: TextIO,
-        *,
-        tenant_id: str,
-        local: bool,
-        verdicts_topic: str,
-        max_in_flight: int,
-    ) -> None:
-        self._processor = processor
-        self._out = out
-        self._tenant = tenant_id
-        self._local = local
-        self._topic = verdicts_topic
-        self._slots = threading.Semaphore(max_in_flight)
-        self._cond = threading.Condition()
-        self._total = self._submitted = self._finished = 0
-        self._done = self._errors = 0
-        self.skipped = 0
-        self.fatal: str | None = None
-
-    def counts(self) -> Counts:
-        with self._cond:
-            return Counts(self._total, self._done, self._errors, self.skipped)
-
-    def run(self, items: Iterator[Item], progress: Progress) -> None:
-        """Submit every item (until a fatal error), then wait for all submitted to finish."""
-        try:
-            for index, item in enumerate(items):
-                with self._cond:
-                    if self.fatal is not None:
-                        break
-                    self._total += 1
-                job = self._job(item, index, progress)
-                if job is None:
-                    continue
-                while not self._slots.acquire(timeout=progress.every_s):
-                    progress.tick(self.counts(), listing=True)
-                with self._cond:
-                    self._submitted += 1
-                self._processor.submit(job, functools.partial(self._on_done, item))
-                progress.tick(self.counts(), listing=True)
-        except (OSError, BotoCoreError, ClientError) as exc:
-            with self._cond:
-                self.fatal = self.fatal or f"listing failed: {exc}"
-        try:
-            while True:
-                with self._cond:
-                    if self._finished >= self._submitted:
-                        break
-                    self._cond.wait(progress.every_s)
-                progress.tick(self.counts(), listing=False)
-        finally:
-            progress.finish(self.counts())
-
-    def _job(self, item: Item, index: int, progress: Progress) -> Job | None:
-        shown_bucket = "" if self._local else item.bucket
-        try:
-            digest = hashlib.sha256(f"{shown_bucket}/{item.key}".encode()).hexdigest()
-            event_id = "scan-" + digest[:24]
-            event = UploadEvent(
-                event_id=event_id,
-                tenant_id=self._tenant,
-                object=ObjectRef(bucket=item.bucket, key=item.key, size=item.size),
-            )
-        except (UnicodeEncodeError, ValidationError) as exc:
-            reason = "not valid UTF-8" if isinstance(exc, UnicodeEncodeError) else "unusable key"
-            progress.note(f"scan: skipped {item.key!r}: {reason}")
-            with self._cond:
-                self.skipped += 1
-            return None
-        return Job(
-            event=event,
-            coords=InputCoords(topic=SCAN_TOPIC, partition=0, offset=index),
-            trace=trace_from_headers(None, event_id),
-            received=time.monotonic(),
-        )
-
-    def _on_done(self, item: Item, records: list[OutRecord]) -> None:
-        """Called once per job from a worker thread."""
-        try:
-            line, failed = self._line(records)
-            with self._cond:
-                if self.fatal is None:
-                    self._out.write(line)
-                    self._out.flush()
-                    self._done += 1
-                    self._errors += failed
-        except Exception as exc:  # a broken pipe, a full disk: stop, report, exit 1
-            with self._cond:
-                self.fatal = self.fatal or f"{item.key}: {type(exc).__name__}: {exc}"
-        finally:
-            with self._cond:
-                self._finished += 1
-                self._cond.notify_all()
-            self._slots.release()
-
-    def _line(self, records: list[OutRecord]) -> tuple[str, int]:
-        value = next(r.value for r in records if r.topic == self._topic)
-        if value is None:
-            raise ModeratorError("verdict record without a value")
-        doc = json.loads(value)
-        if self._local:
-            doc["object"]["bucket"] = ""
-        return json.dumps(doc, separators=(",", ":")) + "\n", int(doc.get("error") is not None)
-
-
-class Progress:
-    """One status line on stderr: redrawn in place on a terminal, else a line every 5 s."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._tty = stream.isatty()
-        self.every_s = TTY_EVERY_S if self._tty else LOG_EVERY_S
-        self._started = time.monotonic()
-        self._next = self._started + self.every_s
-        self._drawn = False
-
-    def tick(self, counts: Counts, *, listing: bool) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.every_s
-        self._show(self._status(counts, now, listing=listing), final=False)
-
-    def note(self, message: str) -> None:
-        """A line of its own (the status line is redrawn on the next tick)."""
-        self._clear()
-        print(message, file=self._stream, flush=True)
-
-    def finish(self, counts: Counts) -> None:
-        now = time.monotonic()
-        line = self._status(counts, now, listing=False) + f", {now - self._started:.1f} s"
-        if counts.skipped:
-            line += f", {counts.skipped} not scanned"
-        self._show(line, final=True)
-
-    def _status(self, counts: Counts, now: float, *, listing: bool) -> str:
-        rate = counts.done / max(now - self._started, 1e-9)
-        more = "+" if listing else ""
-        return (
-            f"scan: done {counts.done}/{counts.total}{more}, errors {counts.errors}, "
-            f"{rate:.1f} images/s"
-        )
-
-    def _show(self, line: str, *, final: bool) -> None:
-        if self._tty:
-            end = "\n" if final else ""
-            self._stream.write(f"\r{line}\x1b[K{end}")
-            self._drawn = not final
-        else:
-            self._stream.write(line + "\n")
-        self._stream.flush()
-
-    def _clear(self) -> None:
-        if self._tty and self._drawn:
-            self._stream.write("\r\x1b[K")
-            self._drawn = False

@@ -1,7 +1,7 @@
 """The statement categories of the EU DSA Transparency Database (schema of 1 July 2025).
 
 A shared vocabulary, pure: the policy schema checks a tenant's `dsa.categories` against it when
-a file is loaded, and the DSA export (audit/dsa_schema.py) checks the statements it builds.
+a file is loaded, and the DSA export (audit/dsa/spec.py) checks the statements it builds.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import TopicPartition
 
 from moderator.emit.records import OutRecord, dlq_output, trace_from_headers
 from moderator.errors import ErrorCode
@@ -19,6 +19,7 @@ from moderator.events.s3notify import TenantRule
 from moderator.events.verdict import InputCoords
 from moderator.ingest.checkpoint import CheckpointAborted, FatalKafkaError, commit_checkpoint
 from moderator.ingest.flow import FlowGate
+from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer, Producer
 from moderator.ingest.tracker import TP, OffsetTracker
 from moderator.pipeline.process import Job, Processor
@@ -162,10 +163,7 @@ class IngestLoop:
 
     def _accept(self, msg: Any) -> None:
         """Start the message's events, or dead-letter it: every message completes its offset."""
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer_error", error=str(err))
+        if not carries_record(msg, log):
             return
         tp: TP = (msg.topic(), msg.partition())
         offset: int = msg.offset()

@@ -1,7 +1,7 @@
 """The subset of confluent-kafka's Consumer and Producer that the ingest loop uses.
 
 `confluent_kafka.Consumer` / `Producer` satisfy these structurally; so does the in-memory
-transactional broker fake in `moderator.dev.memory_broker`. Partitions are
+transactional broker fake in `moderator.ingest.memory`. Partitions are
 `confluent_kafka.TopicPartition` objects in both; errors are `confluent_kafka.KafkaException`
 wrapping a `KafkaError` (whose `retriable()`, `fatal()` and `txn_requires_abort()` the
 checkpoint inspects).

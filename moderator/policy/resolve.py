@@ -11,9 +11,9 @@ even with `null` (which clears an inherited threshold); lists (`should_not`, `ca
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from pydantic import BaseModel
 
@@ -24,18 +24,28 @@ from moderator.policy.document import CODES, Action, Mode, PolicyFile, SurfaceOv
 from moderator.policy.keys import unsafe_key_reason
 from moderator.policy.load import PolicyError
 from moderator.policy.model import ResolvedCategory, ResolvedNoneApplying, ResolvedPolicy
-from moderator.settings import TenancySettings
 
 ROOT = "default"
+
+
+class Tenancy(Protocol):
+    """How events map to tenants (the `tenancy` settings), as far as default locations need it."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def bucket_map(self) -> Mapping[str, str]: ...
+    @property
+    def upload_buckets(self) -> Sequence[str]: ...
+
+
 _TEXTS = ("should_not", "can", "allowed_text", "sensitive_text")
 
 # field -> (value, (name of the file that set it, merge step))
 _Fields = dict[str, tuple[Any, tuple[str, int]]]
 
 
-def default_locations(
-    tenant_id: str, tenancy: TenancySettings
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def default_locations(tenant_id: str, tenancy: Tenancy) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(buckets, key prefixes) a tenant may use when its policy files say nothing.
 
     bucket_map rule: the buckets mapped to the tenant, any key in them. key_prefix rule: the
@@ -85,7 +95,7 @@ def resolve(
     files: Mapping[str, PolicyFile],
     tenant_id: str,
     surface: str,
-    tenancy: TenancySettings,
+    tenancy: Tenancy,
     *,
     sources: Mapping[str, Path] | None = None,
 ) -> ResolvedPolicy:
@@ -236,7 +246,7 @@ def _on_error(
 def _locations(
     layers: list[tuple[str, PolicyFile]],
     tenant_id: str,
-    tenancy: TenancySettings,
+    tenancy: Tenancy,
     sources: Mapping[str, Path] | None,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     buckets, prefixes = default_locations(tenant_id, tenancy)

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from moderator.audit.errors import AuditUnavailable
 from moderator.audit.models import AuditWriter, IncomingRecord, InsertResult
 from moderator.audit.sink.inputs import TP, Batch, SinkStats, parse_value, sink_group_id
+from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer
 from moderator.settings import Settings
 
@@ -131,10 +132,7 @@ class AuditSink:
         return len(messages)
 
     def _accept(self, batch: Batch, msg: Any) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer_error", error=str(err))
+        if not carries_record(msg, log):
             return
         tp: TP = (msg.topic(), msg.partition())
         offset: int = msg.offset()

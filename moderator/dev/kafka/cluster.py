@@ -7,8 +7,9 @@ Each node is one JVM acting as broker and KRaft controller, started from the pin
 
 The nodes are killed with this process: they are started with a parent-death signal from one
 long-lived launcher thread (Linux, where `setpriv` exists), so a crashed test run leaves no JVM
-behind. `python -m moderator.dev.kafka.cluster --resolve` resolves the jars and prints
-their folder.
+behind. start() returns once the cluster serves clients and transactions
+(moderator.dev.kafka.ready). `python -m moderator.dev.kafka.cluster --resolve` resolves the jars
+and prints their folder.
 """
 
 from __future__ import annotations
@@ -18,36 +19,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from moderator.dev.errors import DevStackError
 from moderator.dev.kafka import config as kafka_config
 from moderator.dev.kafka.config import NodePorts
 from moderator.dev.kafka.jars import KAFKA_VERSION, broker_jars, java_command, resolve_jars
 from moderator.dev.kafka.process import Launcher, free_ports, last_line, tail, terminate
+from moderator.dev.kafka.ready import wait_ready
 from moderator.errors import ConfigError
 
-__all__ = ["KAFKA_VERSION", "PROBE_TOPIC", "ApacheKafka", "broker_jars"]
+__all__ = ["KAFKA_VERSION", "ApacheKafka", "broker_jars"]
 
 START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
 _FORMAT_TIMEOUT_S = 120.0
-_PROBE_TIMEOUT_S = 2.0
-_POLL_S = 0.2
 _LOG_NAME = "broker.log"
 _FORMAT_LOG = "format.log"
-# start() commits offsets for this topic in an aborted transaction: the cluster has it.
-PROBE_TOPIC = "moderator-devstack-probe"
-# librdkafka logs every refused connection while a node starts; probes stay quiet.
-_QUIET = {"log_level": 0}
 
 
 @dataclass
@@ -125,7 +116,7 @@ class ApacheKafka:
             self._format(ports)
             for node in self._nodes:
                 self._launch(node)
-            self._wait_ready(time.monotonic() + self._start_timeout_s, transactions=True)
+            wait_ready(self._nodes, self._start_timeout_s, transactions=True)
         except BaseException as exc:
             if isinstance(exc, DevStackError):
                 exc.add_note(self.log_tails())  # read before stop() deletes a temporary folder
@@ -174,7 +165,7 @@ class ApacheKafka:
             return
         self._launch(node)
         try:
-            self._wait_ready(time.monotonic() + self._start_timeout_s, transactions=False)
+            wait_ready(self._nodes, self._start_timeout_s, transactions=False)
         except DevStackError as exc:
             exc.add_note(self.log_tails())
             raise
@@ -305,80 +296,6 @@ class ApacheKafka:
         if self._launcher is None:
             raise DevStackError("the Kafka cluster is not started")
         return self._launcher.spawn(command, log)
-
-    def _wait_ready(self, deadline: float, *, transactions: bool) -> None:
-        """Until `deadline`: every running node answers metadata listing every running node,
-        and (with transactions=True) a transactional producer can commit offsets."""
-        running = [n for n in self._nodes if n.process is not None]
-        expected = {kafka_config.node_id(n.index) for n in running}
-        probes = {n.index: AdminClient({"bootstrap.servers": n.address, **_QUIET}) for n in running}
-        waiting = list(running)
-        while True:
-            for node in running:
-                self._check_alive(node)
-            waiting = [n for n in waiting if not _answers(probes[n.index], expected)]
-            if not waiting and (not transactions or self._transactions_work(deadline)):
-                return
-            if time.monotonic() >= deadline:
-                node = waiting[0] if waiting else running[0]
-                what = "did not answer" if waiting else "could not run a transaction"
-                raise DevStackError(
-                    f"kafka node {node.index} {what} within {self._start_timeout_s:.0f} s "
-                    f"({node.log}: {last_line(node.log) or 'empty log'})"
-                )
-            time.sleep(_POLL_S)
-
-    def _check_alive(self, node: _Node) -> None:
-        process = node.process
-        if process is not None and process.poll() is not None:
-            raise DevStackError(
-                f"kafka node {node.index} exited with code {process.returncode} "
-                f"({node.log}: {last_line(node.log) or 'empty log'})"
-            )
-
-    def _transactions_work(self, deadline: float) -> bool:
-        """Whether a throwaway transactional producer can initialise and commit offsets: the
-        transaction and group coordinators (and their internal topics) are up."""
-        suffix = uuid.uuid4().hex[:12]
-        timeout = max(min(deadline - time.monotonic(), 10.0), _PROBE_TIMEOUT_S)
-        producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap_servers,
-                "transactional.id": f"moderator-devstack-probe-{suffix}",
-                **_QUIET,
-            }
-        )
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap_servers,
-                "group.id": f"moderator-devstack-probe-{suffix}",
-                **_QUIET,
-            }
-        )
-        try:
-            producer.init_transactions(timeout)
-            producer.begin_transaction()
-            # Offsets can only be committed for a topic that exists: the record creates it.
-            producer.produce(PROBE_TOPIC, b"", partition=0)
-            producer.flush(timeout)
-            producer.send_offsets_to_transaction(
-                [TopicPartition(PROBE_TOPIC, 0, 0)], consumer.consumer_group_metadata(), timeout
-            )
-            producer.abort_transaction(timeout)
-        except KafkaException:
-            return False
-        finally:
-            consumer.close()
-            producer.flush(0)
-        return True
-
-
-def _answers(admin: AdminClient, expected: set[int]) -> bool:
-    try:
-        metadata = admin.list_topics(timeout=_PROBE_TIMEOUT_S)
-    except KafkaException:
-        return False
-    return expected <= set(metadata.brokers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from moderator.engine.guard.score import TokenLogprob
 MAX_TOP_LOGPROBS = 20  # OpenAI's documented ceiling, and vLLM's default --max-logprobs
 
 # Request fields OpenAI, lmdeploy, vLLM and SGLang all document for chat completions (see the
-# table in tests/test_openai_engine.py); each one is checked in openai_validation or must keep
+# table in tests/test_openai_engine.py); each one is checked in validation.py or must keep
 # its default.
 ACCEPTED_FIELDS = frozenset(
     {

@@ -5,8 +5,8 @@ request strictly against the portable subset of the documented request shape: on
 OpenAI, `lmdeploy serve api_server`, vLLM and SGLang all document are accepted, anything else is
 a 400 with an OpenAI-style error body. So a request this server accepts is one every supported
 server understands. What the model says comes from a pluggable `CompletionBackend`; the server
-itself only checks (`openai_validation`), decodes the image and shapes the response
-(`openai_protocol`); `openai_http` holds the request handler.
+itself only checks (`validation.py`), decodes the image and shapes the response
+(`protocol.py`); `http.py` holds the request handler.
 
 Faults for retry tests: `fail_next` answers the next N completions with an error status,
 `delay_s` holds every completion back; `stream_next` answers the next N with a body of any size,

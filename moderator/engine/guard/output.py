@@ -1,11 +1,9 @@
-"""Parse a guard model's verdict JSON defensively, and turn it into an engine result.
+"""Map a guard model's verdict JSON to a validated verdict, and that to an engine result.
 
 The models answer `{"rating": ..., "category": ..., "rationale": ...}`, usually alone but
 sometimes fenced in markdown, wrapped in prose, with Python-style quotes or a trailing comma, or
-cut off when generation hits its token limit. A rationale may itself contain braces and quotes,
-so the text is never cut at the first `}`: every `{` (up to `_MAX_STARTS` of them) starts a
-string-aware scan for its balanced closing brace, and each balanced candidate is decoded as
-JSON. The first decoded object that has a rating key is the verdict.
+cut off when generation hits its token limit. `moderator.engine.guard.repair` finds and decodes
+the candidate objects in the text; the first decoded object that has a rating key is the verdict.
 
 Leniency, and where it stops:
 
@@ -17,8 +15,7 @@ Leniency, and where it stops:
   anything else, such as "O10: Spam" or "O4: Nudity", is an unknown category. Guessing from a
   paraphrased name would put words in the model's mouth;
 - a missing rationale is an empty string; a non-string rating, category or rationale is an error;
-- trailing commas are dropped and single-quoted (Python dict style) strings are rewritten as JSON
-  strings by a string-aware pass of our own (no `eval`, no `ast`, nothing executes);
+- trailing commas and single-quoted (Python dict style) strings are repaired (see `repair`);
 - truncation: when no balanced object has a rating, the first unclosed `{` is read as a cut-off
   JSON object. If the rating and category values are both complete strings, the verdict stands
   (those two fields decide; a sentence that was cut does not change them) and the rationale is
@@ -28,25 +25,19 @@ Leniency, and where it stops:
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from moderator.engine.base import EngineResult
+from moderator.engine.guard.repair import Cut, Pairs, candidates, load_object, read_cut
 from moderator.errors import ErrorCode, ProcessingError
 from moderator.events.verdict import CATEGORIES, Assessment, Rating, category_code
 
 TRUNCATED_MARKER = "[truncated]"
 FIELDS = ("rating", "category", "rationale")
-_MAX_STARTS = 32  # candidate `{` positions tried; bounds the work on pathological text
 _RATINGS: dict[str, Rating] = {"safe": "Safe", "unsafe": "Unsafe"}
-_WS = re.compile(r"\s*")
-_STRING_BODY = re.compile(r'(?:[^"\\]|\\.)*', re.DOTALL)
-_TRAILING_COMMA = re.compile(r'"(?:[^"\\]|\\.)*"|,(\s*[}\]])', re.DOTALL)
-_PY_CONSTANTS = re.compile(r"\b(True|False|None)\b")
-_PY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _COLON = re.compile(r"\s*:\s*")
 
 
@@ -64,37 +55,17 @@ class UnparseableOutput(ProcessingError):
         super().__init__(ErrorCode.UNPARSEABLE_OUTPUT, reason)
 
 
-@dataclass(frozen=True)
-class _Object:
-    """A decoded JSON object as its key/value pairs in order, so repeated keys stay visible."""
-
-    pairs: tuple[tuple[str, Any], ...]
-
-
-@dataclass(frozen=True)
-class _Cut:
-    """A JSON object cut off by the end of the text: its complete pairs and the value it was in.
-
-    `key` is the key whose value was being generated (None when the cut fell between values or
-    inside a key); `partial` is that value's text so far when it was a string, else None.
-    """
-
-    pairs: tuple[tuple[str, Any], ...]
-    key: str | None
-    partial: str | None
-
-
 def parse_output(text: str, categories: Sequence[str] = CATEGORIES) -> ParsedOutput:
     """Find and validate the verdict in `text`; raise UnparseableOutput saying why not."""
     if not text.strip():
         raise UnparseableOutput("empty output")
     saw_object = False
     unclosed: list[int] = []
-    for start, end in _candidates(text):
+    for start, end in candidates(text):
         if end is None:
             unclosed.append(start)
             continue
-        obj = _load(text[start:end])
+        obj = load_object(text[start:end])
         if obj is None:
             continue
         saw_object = True
@@ -102,7 +73,7 @@ def parse_output(text: str, categories: Sequence[str] = CATEGORIES) -> ParsedOut
             return _verdict(_fields(obj.pairs), categories)
     saw_prefix = False
     for start in unclosed:
-        cut = _read_cut(text, start)
+        cut = read_cut(text, start)
         if cut is None:
             continue
         saw_prefix = True
@@ -138,192 +109,6 @@ def result_from_output(
     return EngineResult(assessment=assessment, raw_output=text, generation=generation)
 
 
-# --- finding and decoding candidates -------------------------------------------------------------
-
-
-def _candidates(text: str) -> Iterator[tuple[int, int | None]]:
-    """(start, end) of the object each `{` opens; end is None when the text ends first."""
-    start = text.find("{")
-    for _ in range(_MAX_STARTS):
-        if start < 0:
-            return
-        yield start, _close(text, start)
-        start = text.find("{", start + 1)
-
-
-def _close(text: str, start: int) -> int | None:
-    """Index just past the brace closing the one at `start`. Quotes of either kind open a
-    string (JSON, or Python-literal style) in which braces do not count; backslash escapes."""
-    depth = 0
-    quote = ""
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
-
-
-def _load(candidate: str) -> _Object | None:
-    """Decode a balanced candidate as a JSON object, tolerating trailing commas and '-quotes."""
-    attempts = [candidate, _drop_trailing_commas(candidate)]
-    converted = _python_to_json(candidate)
-    if converted is not None:
-        attempts += [converted, _drop_trailing_commas(converted)]
-    for attempt in attempts:
-        try:
-            value = json.loads(attempt, strict=False, object_pairs_hook=_as_object)
-        except (ValueError, RecursionError):
-            continue
-        return value if isinstance(value, _Object) else None
-    return None
-
-
-def _as_object(pairs: list[tuple[str, Any]]) -> _Object:
-    return _Object(tuple(pairs))
-
-
-def _drop_trailing_commas(candidate: str) -> str:
-    return _TRAILING_COMMA.sub(lambda m: m.group(1) if m.group(1) is not None else m[0], candidate)
-
-
-def _python_to_json(candidate: str) -> str | None:
-    """Rewrite single-quoted strings (and True/False/None) as JSON; None if there are none."""
-    if "'" not in candidate:
-        return None
-    out: list[str] = []
-    i = 0
-    while i < len(candidate):
-        quote = candidate[i]
-        if quote not in "\"'":
-            nxt = min((p for p in (candidate.find(q, i) for q in "\"'") if p >= 0), default=-1)
-            chunk = candidate[i:] if nxt < 0 else candidate[i:nxt]
-            out.append(_PY_CONSTANTS.sub(_py_constant, chunk))
-            i += len(chunk)
-            continue
-        end = _string_end(candidate, i)
-        if end is None:
-            return None
-        body = candidate[i + 1 : end - 1]
-        out.append(
-            candidate[i:end] if quote == '"' else json.dumps(_PY_ESCAPE.sub(_unescape, body))
-        )
-        i = end
-    return "".join(out)
-
-
-def _py_constant(match: re.Match[str]) -> str:
-    return {"True": "true", "False": "false", "None": "null"}[match[1]]
-
-
-def _unescape(match: re.Match[str]) -> str:
-    return {"n": "\n", "t": "\t", "r": "\r"}.get(match[1], match[1])
-
-
-def _string_end(text: str, start: int) -> int | None:
-    """Index just past the quote closing the string that opens at `start`."""
-    quote = text[start]
-    i = start + 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == quote:
-            return i + 1
-        i += 1
-    return None
-
-
-# --- reading a cut-off object --------------------------------------------------------------------
-
-
-def _read_cut(text: str, start: int) -> _Cut | None:
-    """Read text[start:] as a JSON object cut by the end of the text; None if it is not a
-    prefix of one (or if it closes after all)."""
-    pairs: list[tuple[str, Any]] = []
-    pos = start + 1
-    while True:
-        pos = _skip(text, pos)
-        if pos == len(text):
-            return _Cut(tuple(pairs), None, None)
-        if pairs:
-            if text[pos] != ",":
-                return None
-            pos = _skip(text, pos + 1)
-            if pos == len(text):
-                return _Cut(tuple(pairs), None, None)
-        if text[pos] != '"':
-            return None
-        key, pos, complete = _string(text, pos)
-        if key is None:
-            return None
-        if not complete:
-            return _Cut(tuple(pairs), None, None)
-        pos = _skip(text, pos)
-        if pos == len(text):
-            return _Cut(tuple(pairs), key, "")
-        if text[pos] != ":":
-            return None
-        pos = _skip(text, pos + 1)
-        if pos == len(text):
-            return _Cut(tuple(pairs), key, "")
-        value: Any
-        if text[pos] == '"':
-            value, pos, complete = _string(text, pos)
-            if value is None:
-                return None
-            if not complete:
-                return _Cut(tuple(pairs), key, value)
-        else:
-            try:
-                value, pos = json.JSONDecoder(strict=False).raw_decode(text, pos)
-            except (ValueError, RecursionError):
-                return _Cut(tuple(pairs), key, None)
-        pairs.append((key, value))
-
-
-def _skip(text: str, pos: int) -> int:
-    match = _WS.match(text, pos)
-    return match.end() if match else pos
-
-
-def _string(text: str, pos: int) -> tuple[str | None, int, bool]:
-    """Decode the JSON string opening at `pos`: (value, end, complete). A string the text cuts
-    off yields its decodable prefix; a malformed escape yields None."""
-    body_end = _STRING_BODY.match(text, pos + 1)
-    end = body_end.end() if body_end else pos + 1
-    if end < len(text) and text[end] == '"':
-        return _decode(text[pos + 1 : end]), end + 1, True
-    body = text[pos + 1 :]
-    for trim in range(7):  # an escape such as \u00e9 may itself be cut: drop its start
-        value = _decode(body[: len(body) - trim])
-        if value is not None:
-            if value and "\ud800" <= value[-1] <= "\udbff":  # a pair's first half; second cut
-                value = value[:-1]
-            return value, len(text), False
-    return None, len(text), False
-
-
-def _decode(body: str) -> str | None:
-    try:
-        value = json.loads(f'"{body}"', strict=False)
-    except ValueError:
-        return None
-    return value if isinstance(value, str) else None
-
-
 # --- validating fields ---------------------------------------------------------------------------
 
 
@@ -331,11 +116,11 @@ def _key(name: str) -> str:
     return name.strip().casefold()
 
 
-def _has_rating(pairs: tuple[tuple[str, Any], ...]) -> bool:
+def _has_rating(pairs: Pairs) -> bool:
     return any(_key(k) == "rating" for k, _ in pairs)
 
 
-def _fields(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+def _fields(pairs: Pairs) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for name, value in pairs:
         key = _key(name)
@@ -355,7 +140,7 @@ def _verdict(fields: dict[str, Any], categories: Sequence[str]) -> ParsedOutput:
     return ParsedOutput(rating, category, _encodable(rationale))
 
 
-def _truncated_verdict(cut: _Cut, categories: Sequence[str]) -> ParsedOutput:
+def _truncated_verdict(cut: Cut, categories: Sequence[str]) -> ParsedOutput:
     fields = _fields(cut.pairs)
     cut_key = _key(cut.key) if cut.key is not None else None
     if cut_key in fields:

@@ -1,26 +1,7 @@
 """`engine.kind: lmdeploy`: QwenGuard in-process on LMDeploy's TurboMind engine (CUDA only).
 
-Start-up (`LmdeployEngine(settings)`, through `start_pipeline`) refuses anything but
-TurboMind. lmdeploy 0.18 picks the backend in `lmdeploy.archs.autoget_backend`, which
-`Pipeline.__init__` calls through `autoget_backend_config`: when `lmdeploy.turbomind.is_available()`
-is false (the CUDA extension `lmdeploy.turbomind._turbomind` failed to import;
-`lmdeploy/turbomind/__init__.py` keeps the error in `_import_error`) or
-`turbomind.supported_models.is_supported(path)` is false, it logs one warning and returns
-"pytorch", and `autoget_backend_config` copies our TurbomindEngineConfig's fields onto a
-PytorchEngineConfig. Passing a TurbomindEngineConfig therefore does not force TurboMind. So, in
-order:
-
-1. the checkpoint is a QwenGuard architecture (lmdeploy_config.check_architecture);
-2. lmdeploy imports, `turbomind.is_available()` is true, and `is_supported(path)` is true, the
-   two conditions `autoget_backend` tests;
-3. the pipeline is built with `backend_config=TurbomindEngineConfig(...)` and
-   `vision_config=VisionConfig(...)`;
-4. the built pipeline is checked where it records its choice: `pipe.async_engine.backend` is
-   "turbomind", `pipe.backend_config` (the engine's own `engine_config`) is a
-   TurbomindEngineConfig, `pipe.async_engine.engine` is a `lmdeploy.turbomind.TurboMind`, and the
-   async engine has a vision encoder (a VLAsyncEngine, not a text-only one).
-
-Each failure is one ConfigError line naming the checkpoint and the reason.
+Start-up (`LmdeployEngine(settings)`) builds the pipeline through `startup.start_pipeline`, which
+refuses anything but TurboMind serving images (its docstring lists the checks).
 
 Requests: `classify` is called from the window's worker threads. Each item of a batch becomes its
 own request on the pipeline's event loop (`pipe.internal_thread.loop`, the loop the engine was
@@ -28,10 +9,10 @@ started on): `AsyncEngine.preprocess` then `AsyncEngine.generate`, all items gat
 TurboMind's scheduler sees every item of every concurrent batch and keeps its slots full. An
 item that fails ends as `engine_error` alone.
 
-Score (`lmdeploy_score`): after an item's generation has given a rating, the same coroutine
+Score (`score`): after an item's generation has given a rating, the same coroutine
 sends its scoring request, the user turn plus the answer up to the rating value as a partial
 assistant message, for one token and the top log-probabilities of the model's own distribution
-(`lmdeploy_config.scoring_config_kwargs`); the scoring requests of a batch therefore run
+(`config.scoring_config_kwargs`); the scoring requests of a batch therefore run
 concurrently on the same loop. A scoring request that fails
 only leaves that item's score null. When the generation's own log-probabilities are already raw
 (temperature 1, top-p 1, no schema) they are used instead and no extra request is sent.
@@ -43,10 +24,8 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import structlog
 from PIL.Image import Image
 
 from moderator.engine.base import EngineRequest, EngineResult
@@ -54,14 +33,11 @@ from moderator.engine.guard.output import result_from_output
 from moderator.engine.guard.schema import verdict_schema
 from moderator.engine.guard.score import TokenLogprob
 from moderator.engine.lmdeploy.config import (
-    check_architecture,
     checkpoint_dir,
-    engine_config_kwargs,
     generation_config_kwargs,
     input_size,
     logprobs_are_exact,
     scoring_config_kwargs,
-    vision_config_kwargs,
 )
 from moderator.engine.lmdeploy.score import (
     DISABLED,
@@ -72,14 +48,12 @@ from moderator.engine.lmdeploy.score import (
     request_score,
     token_logprobs,
 )
+from moderator.engine.lmdeploy.startup import first_line, start_pipeline
 from moderator.engine.smoke import is_smoke_test
-from moderator.errors import ConfigError, ErrorCode, ModeratorError
+from moderator.errors import ErrorCode, ModeratorError
 from moderator.events.verdict import CATEGORIES, ModelInfo, category_code
-from moderator.settings import EngineSettings, LmdeploySettings
+from moderator.settings import EngineSettings
 
-log = structlog.get_logger("moderator.engine.lmdeploy")
-
-LMDEPLOY_MISSING = "engine.kind=lmdeploy needs lmdeploy on a CUDA machine: pip install lmdeploy"
 TOP_LOGPROBS = 20  # alternatives per step when the score is computable; both ratings fit easily
 SCORE_STEPS = 32  # the rating comes within the first few tokens of `{"rating": "...`
 GUARD_CATEGORIES = tuple(category_code(c) for c in CATEGORIES[:-1])
@@ -105,122 +79,6 @@ def lmdeploy_messages(prompt: str, image: Image) -> list[dict[str, Any]]:
             ],
         }
     ]
-
-
-# --- start-up checks -----------------------------------------------------------------------------
-
-
-def import_lmdeploy() -> None:
-    """Import lmdeploy, undoing its process-wide side effect on Pillow.
-
-    `lmdeploy/vl/media/image.py` sets `PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True` when imported,
-    which would make our decoder accept truncated uploads instead of failing them as
-    `corrupt_image`. We hand LMDeploy decoded images, so it never needs the setting.
-    """
-    from PIL import ImageFile
-
-    before = ImageFile.LOAD_TRUNCATED_IMAGES
-    try:
-        import lmdeploy  # noqa: F401
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = before
-
-
-def preflight(model_dir: Path) -> str:
-    """Checks 1 and 2: the architecture, lmdeploy, TurboMind's extension, `is_supported`."""
-    arch = check_architecture(model_dir)
-    try:
-        import_lmdeploy()
-        from lmdeploy import turbomind
-        from lmdeploy.turbomind.supported_models import is_supported
-    except (ImportError, OSError) as exc:  # OSError: a shared library of torch or lmdeploy
-        if isinstance(exc, ImportError) and exc.name in (None, "lmdeploy"):
-            raise ConfigError(LMDEPLOY_MISSING) from exc
-        raise ConfigError(f"{LMDEPLOY_MISSING} (importing it failed: {_first_line(exc)})") from exc
-    if not turbomind.is_available():
-        reason = getattr(turbomind, "_import_error", None)
-        raise ConfigError(
-            f"engine.kind=lmdeploy cannot serve {model_dir}: LMDeploy's TurboMind extension "
-            f"did not import ({_first_line(reason) if reason else 'no reason given'}), so "
-            "LMDeploy would fall back to its PyTorch engine; run on a CUDA machine with "
-            "lmdeploy's CUDA build"
-        )
-    try:
-        supported = bool(is_supported(str(model_dir)))
-    except Exception as exc:  # it reads the config with transformers; any failure is fatal here
-        raise ConfigError(
-            f"engine.kind=lmdeploy cannot serve {model_dir}: TurboMind's is_supported failed: "
-            f"{_first_line(exc)}"
-        ) from exc
-    if not supported:
-        raise ConfigError(
-            f"engine.kind=lmdeploy cannot serve {model_dir}: TurboMind does not support this "
-            f"{arch} checkpoint (lmdeploy.turbomind.supported_models.is_supported is false), "
-            "so LMDeploy would fall back to its PyTorch engine"
-        )
-    return arch
-
-
-def build_pipeline(model_dir: Path, settings: LmdeploySettings) -> Any:
-    """Check 3: an lmdeploy Pipeline asked for TurboMind and our vision batch size."""
-    from lmdeploy import TurbomindEngineConfig, VisionConfig, pipeline
-
-    try:
-        return pipeline(
-            str(model_dir),
-            backend_config=TurbomindEngineConfig(**engine_config_kwargs(settings)),
-            vision_config=VisionConfig(**vision_config_kwargs(settings)),
-            log_level="WARNING",
-        )
-    except Exception as exc:  # CUDA, memory, weights: all mean this engine cannot start
-        raise ConfigError(
-            f"engine.kind=lmdeploy: building the TurboMind pipeline for {model_dir} failed: "
-            f"{_first_line(exc)}"
-        ) from exc
-
-
-def turbomind_problem(pipe: Any) -> str | None:
-    """Check 4: why the built pipeline is not TurboMind serving images, or None if it is."""
-    from lmdeploy import TurbomindEngineConfig, turbomind
-
-    engine = getattr(pipe, "async_engine", None)
-    if engine is None:
-        return "the pipeline has no async_engine (not the lmdeploy 0.18 Pipeline API)"
-    backend = getattr(engine, "backend", None)
-    if backend != "turbomind":
-        return f"LMDeploy built its {backend} engine instead (silent fallback)"
-    config = getattr(pipe, "backend_config", None)
-    if not isinstance(config, TurbomindEngineConfig):
-        return f"the engine runs with a {type(config).__name__}, not a TurbomindEngineConfig"
-    turbomind_class = getattr(turbomind, "TurboMind", None)
-    inner = getattr(engine, "engine", None)
-    if turbomind_class is None or not isinstance(inner, turbomind_class):
-        return f"the engine object is {type(inner).__qualname__}, not lmdeploy.turbomind.TurboMind"
-    if getattr(engine, "vl_encoder", None) is None:
-        return "LMDeploy built a text-only pipeline (no vision encoder)"
-    return None
-
-
-def verify_turbomind(pipe: Any, model_dir: Path) -> None:
-    """Raise ConfigError unless `pipe` really is TurboMind serving images."""
-    problem = turbomind_problem(pipe)
-    if problem is not None:
-        raise ConfigError(
-            f"engine.kind=lmdeploy: LMDeploy did not build TurboMind for {model_dir}: {problem}"
-        )
-
-
-def start_pipeline(model_dir: Path, settings: LmdeploySettings) -> Any:
-    """Checks 1 to 4 in order; the verified pipeline (closed again if check 4 fails)."""
-    arch = preflight(model_dir)
-    pipe = build_pipeline(model_dir, settings)
-    try:
-        verify_turbomind(pipe, model_dir)
-    except ConfigError:
-        pipe.close()
-        raise
-    log.info("lmdeploy_engine_ready", model=str(model_dir), architecture=arch, backend="turbomind")
-    return pipe
 
 
 # --- the engine ----------------------------------------------------------------------------------
@@ -403,10 +261,5 @@ class LmdeployEngine:
 def _describe(exc: BaseException) -> str:
     """One line for an item's failure; LMDeploy's RequestError carries a stable code."""
     code = getattr(getattr(exc, "code", None), "value", None)
-    text = _first_line(exc) or type(exc).__name__
+    text = first_line(exc) or type(exc).__name__
     return f"{code}: {text}" if isinstance(code, str) else f"{type(exc).__name__}: {text}"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -3,8 +3,8 @@
 
 `classify` is called from the engine window's worker threads: it encodes each image and its
 request body on the calling thread (so encoding runs in parallel, off the loop), hands the
-bodies to the client's event-loop thread (`openai_client`), where each item is its own HTTP
-request, and turns the answers into one EngineResult per item (`openai_request`). A failed
+bodies to the client's event-loop thread (`client.py`), where each item is its own HTTP
+request, and turns the answers into one EngineResult per item (`request.py`). A failed
 item never fails its batch. httpx is imported lazily: without the `openai` extra the package
 still imports, and building this engine says what to install.
 """

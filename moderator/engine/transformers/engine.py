@@ -3,7 +3,7 @@
 One `generate` call per micro-batch: the prompts are rendered through the checkpoint's own chat
 template, padded on the left, and decoded greedily unless sampling is configured. With
 `generation.structured` the xgrammar logits processor holds every row to the verdict schema.
-The score is computed from the model's raw logits at the rating position (hf_score.py).
+The score is computed from the model's raw logits at the rating position (score.py).
 """
 
 from __future__ import annotations

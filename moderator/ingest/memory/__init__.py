@@ -1,0 +1,1 @@
+"""In-memory Kafka fake for `moderator.ingest.ports`, with the real transaction and group rules."""
