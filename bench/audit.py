@@ -162,7 +162,7 @@ def queries(store: AuditStore, rows: int) -> dict[str, tuple[float, float]]:
     def tenant_page() -> None:
         tenant, since = next(windows)
         q = AuditQuery(
-            tenant_id=tenant, since=since, until=since + timedelta(days=2), sort="decided_at"
+            tenant=tenant, since=since, until=since + timedelta(days=2), sort="decided_at"
         )
         page = store.query(q)
         if page.next_cursor:
@@ -170,7 +170,7 @@ def queries(store: AuditStore, rows: int) -> dict[str, tuple[float, float]]:
 
     def next_page() -> None:
         tenant, _ = next(windows)
-        store.query(AuditQuery(tenant_id=tenant, sort="decided_at", limit=100))
+        store.query(AuditQuery(tenant=tenant, sort="decided_at", limit=100))
 
     return {
         "object-key lookup": timed(by_key, 200),

@@ -320,8 +320,9 @@ def test_query_filters_sort_and_pagination(store: AuditStore) -> None:
         return {v["event_id"] for v in verdicts if pred(v)}
 
     cases: list[tuple[dict[str, Any], Any]] = [
-        ({"tenant_id": "news"}, lambda v: v["tenant_id"] == "news"),
+        ({"tenant": "news"}, lambda v: v["tenant_id"] == "news"),
         ({"event_id": "ev-00007"}, lambda v: v["event_id"] == "ev-00007"),
+        ({"bucket": "uploads"}, lambda v: v["object"]["bucket"] == "uploads"),
         ({"object_key": "kids/u/3.jpg"}, lambda v: v["object"]["key"] == "kids/u/3.jpg"),
         ({"sha256": f"{5:064x}"}, lambda v: v["event_id"] == "ev-00005"),
         ({"decision": "block"}, lambda v: v["decision"] == "block"),
@@ -345,7 +346,7 @@ def test_query_filters_sort_and_pagination(store: AuditStore) -> None:
             lambda v: 12 <= int(v["event_id"][3:]) < 20,
         ),
         (
-            {"tenant_id": "kids", "decision": "allow", "model": "fake"},
+            {"tenant": "kids", "decision": "allow", "model": "fake"},
             lambda v: (
                 v["tenant_id"] == "kids"
                 and v["decision"] == "allow"

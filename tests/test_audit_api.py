@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from moderator.audit.db.store import AuditStore
 from moderator.audit.errors import AuditUnavailable
 from moderator.audit.models import AuditQuery
-from moderator.audit.read.api import create_app, token_hash
+from moderator.audit.read.api import create_app
+from moderator.audit.read.tokens import token_hash
 from tests.audit_fixtures import ALPHA, BETA, fill, policy
 
 ALPHA_TOKEN = "alpha-token"
@@ -161,6 +162,8 @@ def test_filters(client: TestClient) -> None:
     assert events(day) == ["a-0", "a-1", "a-2", "a-3", "a-4", "a-5"]
     assert events(get(client, "/v1/verdicts", policy_version=policy(ALPHA).version)) != []
     assert events(get(client, "/v1/verdicts", since="2026-11-30")) == []
+    assert set(events(get(client, "/v1/verdicts", bucket="uploads"))) == ALPHA_EVENTS
+    assert events(get(client, "/v1/verdicts", bucket="elsewhere")) == []
 
 
 @pytest.mark.parametrize(

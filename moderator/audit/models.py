@@ -76,13 +76,15 @@ class AuditWriter(Protocol):
 
 @dataclass(frozen=True)
 class AuditQuery:
-    """Filters (all optional, combined with AND), order and page. `since` is inclusive and
-    `until` exclusive. `category` is a code (`O4`) or the full string; `model` is an engine or
-    `engine:name`; `policy_version` is the 16-hex version or the full 64-hex policy hash."""
+    """Filters (all optional, combined with AND), order and page. The filters are the fields of
+    `audit.read.filters.FILTERS`, by the same names, which say what each matches (`tenant` is the
+    tenant_id column, `bucket` object_bucket). `since` is inclusive and `until` exclusive.
+    `category` is a code (`O4`) or the full string; `model` is an engine or `engine:name`;
+    `policy_version` is the 16-hex version or the full 64-hex policy hash."""
 
-    tenant_id: str | None = None
+    tenant: str | None = None
     event_id: str | None = None
-    object_bucket: str | None = None
+    bucket: str | None = None
     object_key: str | None = None
     sha256: str | None = None
     decision: str | None = None
@@ -95,7 +97,7 @@ class AuditQuery:
     limit: int = 100
     cursor: str | None = None
     # Access scope (the HTTP API's per-tenant tokens): rows of these tenants only; an empty
-    # tuple matches nothing. None: no restriction. Combined with `tenant_id` like any filter.
+    # tuple matches nothing. None: no restriction. Combined with `tenant` like any filter.
     tenant_ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:

@@ -209,8 +209,7 @@ def expired_counts(store: AuditStore, policy: Mapping[str, int], now: datetime) 
 
     named = {t: d for t, d in policy.items() if t != DEFAULT_KEY}
     plans = [
-        (AuditQuery(tenant_id=t, until=cutoff(now, t, d), limit=1000), False)
-        for t, d in named.items()
+        (AuditQuery(tenant=t, until=cutoff(now, t, d), limit=1000), False) for t, d in named.items()
     ]
     if DEFAULT_KEY in policy:
         until = cutoff(now, DEFAULT_KEY, policy[DEFAULT_KEY])

@@ -41,6 +41,8 @@ SKIPPED = {
 
 def add_dsa_parser(audit_sub: Any) -> None:
     """Register `audit export-dsa` on the `audit` subparsers."""
+    from moderator.cli.audit_query import add_filter_flags
+
     p = audit_sub.add_parser(
         "export-dsa",
         help="write DSA statements of reasons for decisions that restrict content (JSON lines)",
@@ -53,9 +55,9 @@ def add_dsa_parser(audit_sub: Any) -> None:
             "Exit 0 ok, 2 missing salt or bad flag value, 1 unreadable store or invalid statement."
         ),
     )
-    p.add_argument("--tenant", metavar="T", help="one tenant only (default: every tenant)")
-    p.add_argument("--since", metavar="TIME", help="decided at or after TIME (ISO 8601, UTC)")
-    p.add_argument("--until", metavar="TIME", help="decided before TIME (ISO 8601, UTC)")
+    add_filter_flags(
+        p, ("tenant", "since", "until"), {"tenant": "one tenant only (default: every tenant)"}
+    )
     p.add_argument("--output", type=Path, metavar="FILE", help="write here (default: stdout)")
     p.add_argument(
         "--salt-env", default=SALT_ENV, metavar="NAME", help=f"PUID salt variable ({SALT_ENV})"
@@ -195,12 +197,12 @@ def _scope(value: str) -> tuple[str, ...]:
 
 
 def _query(tenant: str | None, since: str | None, until: str | None, decision: str) -> AuditQuery:
-    from moderator.audit.read.filters import BadFilter, Filters, build_query
+    from moderator.audit.read.filters import BadFilter, build_query
     from moderator.cli.audit_query import flag_name
 
-    filters = Filters(tenant=tenant, decision=decision, since=since, until=until)
+    given = {"tenant": tenant, "decision": decision, "since": since, "until": until}
     try:
-        return build_query(filters, sort="decided_at", limit=PAGE)
+        return build_query(given, sort="decided_at", limit=PAGE)
     except BadFilter as exc:
         raise ConfigError(f"{flag_name(exc.field)}: {exc.reason}") from exc
 

@@ -12,7 +12,7 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -36,10 +36,6 @@ TABLE_COLUMNS = (
     "error",
 )
 KEY_WIDTH = 40
-TIME_NOTE = (
-    "ISO 8601, e.g. 2026-11-29T02:00:00Z; a date alone means 00:00 UTC that day; "
-    "a time without an offset is UTC"
-)
 
 
 def add_query_parser(audit_sub: Any) -> None:
@@ -55,21 +51,7 @@ def add_query_parser(audit_sub: Any) -> None:
             "is UTC. Exit 0 ok, 2 bad flag value, 1 database unavailable."
         ),
     )
-    p.add_argument("--tenant", metavar="T", help="tenant id")
-    p.add_argument("--event-id", metavar="ID", help="upload event id")
-    p.add_argument("--bucket", metavar="B", help="object bucket")
-    p.add_argument("--object-key", metavar="KEY", help="exact object key")
-    p.add_argument("--sha256", metavar="HEX", help="image content SHA-256")
-    p.add_argument("--decision", metavar="allow|review|block", help="decision")
-    p.add_argument(
-        "--category", metavar="C", help="category code (O1..O9, NA) or the full category string"
-    )
-    p.add_argument(
-        "--policy-version", metavar="V", help="policy version (16 hex) or full policy hash (64)"
-    )
-    p.add_argument("--model", metavar="ENGINE[:NAME]", help="engine, or engine and model name")
-    p.add_argument("--since", metavar="TIME", help=f"decided at or after TIME ({TIME_NOTE})")
-    p.add_argument("--until", metavar="TIME", help=f"decided before TIME ({TIME_NOTE})")
+    add_filter_flags(p)
     p.add_argument(
         "--sort",
         default="-decided_at",
@@ -88,30 +70,17 @@ def add_query_parser(audit_sub: Any) -> None:
 
 def cmd_query(args: argparse.Namespace) -> int:
     """Run `audit query` with parsed arguments."""
-    from moderator.audit.read.filters import BadFilter, Filters, build_query, parse_limit, shown
+    from moderator.audit.read.filters import BadFilter, build_query, parse_limit, shown
     from moderator.logs import configure_cli_logging
     from moderator.settings import load_settings
 
-    filters = Filters(
-        tenant=args.tenant,
-        event_id=args.event_id,
-        bucket=args.bucket,
-        object_key=args.object_key,
-        sha256=args.sha256,
-        decision=args.decision,
-        category=args.category,
-        policy_version=args.policy_version,
-        model=args.model,
-        since=args.since,
-        until=args.until,
-    )
     if args.format not in FORMATS:
         raise ConfigError(
             f"--format: must be one of {', '.join(FORMATS)}, got {shown(args.format)}"
         )
     try:
         limit = parse_limit(str(args.limit))
-        query = build_query(filters, sort=args.sort, limit=limit, cursor=args.cursor)
+        query = build_query(filter_values(args), sort=args.sort, limit=limit, cursor=args.cursor)
     except BadFilter as exc:
         raise ConfigError(f"{flag_name(exc.field)}: {exc.reason}") from exc
     settings = load_settings(args.config)
@@ -125,6 +94,30 @@ def cmd_query(args: argparse.Namespace) -> int:
         else:
             _write_table(pages, sys.stdout)
     return 0
+
+
+def add_filter_flags(
+    parser: argparse.ArgumentParser,
+    names: Collection[str] | None = None,
+    helps: Mapping[str, str] | None = None,
+) -> None:
+    """One flag per audit filter of the table (`event_id` → `--event-id`), or only of `names`;
+    `helps` replaces a flag's help where a command gives the filter a narrower meaning."""
+    from moderator.audit.read.filters import FILTERS
+
+    for field in FILTERS:
+        if names is None or field.name in names:
+            help_text = (helps or {}).get(field.name, field.help)
+            parser.add_argument(
+                flag_name(field.name), dest=field.name, metavar=field.metavar, help=help_text
+            )
+
+
+def filter_values(args: argparse.Namespace) -> dict[str, str | None]:
+    """The filter flags' values as typed (None: not given), by field name."""
+    from moderator.audit.read.filters import FILTERS
+
+    return {f.name: getattr(args, f.name, None) for f in FILTERS}
 
 
 def flag_name(field: str) -> str:

@@ -56,7 +56,7 @@ def store_and_show(
         rows = [
             row
             for tenant in tenants
-            for row in store.query(AuditQuery(tenant_id=tenant, limit=ROWS_PER_TENANT)).rows
+            for row in store.query(AuditQuery(tenant=tenant, limit=ROWS_PER_TENANT)).rows
         ]
         _print_rows(rows)
     with_config = f" --config {config}" if config is not None else ""

@@ -79,6 +79,19 @@ class Timings(_Frozen):
     total: float = 0.0
 
 
+ReplayPath = Literal["engine", "cache", "assessment", "error"]
+
+
+class ReplayInfo(_Frozen):
+    """Set on verdicts of a replay run (`moderation.replay`); null on live verdicts."""
+
+    run_id: str
+    original_decision: Decision | None  # None: the original verdict was not found
+    # How the replayed decision was reached: the engine judged the image again, the verdict cache
+    # answered, the original assessment was re-decided under the new policy, or processing failed.
+    path: ReplayPath
+
+
 class Verdict(_Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -91,6 +104,7 @@ class Verdict(_Frozen):
     policy: PolicyRef
     model: ModelInfo | None
     source: Literal["model", "cache"] = "model"
+    replay: ReplayInfo | None = None
     error: VerdictError | None = None
     timings_ms: Timings = Field(default_factory=Timings)
     decided_at: AwareDatetime

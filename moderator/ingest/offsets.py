@@ -83,8 +83,8 @@ def time_range_offsets(
     """
     if from_ms > to_ms:
         raise ValueError(f"from_ms {from_ms} is after to_ms {to_ms}")
-    partitions = _partitions(consumer, topic, timeout_s)
-    watermarks = {p: _watermarks(consumer, topic, p, timeout_s) for p in partitions}
+    partitions = partitions_of(consumer, topic, timeout_s)
+    watermarks = {p: watermarks_of(consumer, topic, p, timeout_s) for p in partitions}
     probes = _lookup(consumer, topic, partitions, 0, timeout_s)
     if not lookups_answered(probes, watermarks):
         ranges = tuple(PartitionRange(p, *watermarks[p]) for p in partitions)
@@ -103,8 +103,8 @@ def scan_offsets(
     topic's partitions and left unassigned afterwards."""
     if from_ms > to_ms:
         raise ValueError(f"from_ms {from_ms} is after to_ms {to_ms}")
-    partitions = _partitions(consumer, topic, timeout_s)
-    watermarks = {p: _watermarks(consumer, topic, p, timeout_s) for p in partitions}
+    partitions = partitions_of(consumer, topic, timeout_s)
+    watermarks = {p: watermarks_of(consumer, topic, p, timeout_s) for p in partitions}
     found: dict[int, list[int]] = {p: [OFFSET_NONE, OFFSET_NONE] for p in partitions}
     open_parts = {p for p, (low, high) in watermarks.items() if high > low}
     consumer.assign([TopicPartition(topic, p, watermarks[p][0]) for p in sorted(open_parts)])
@@ -146,7 +146,8 @@ def _done(
     return done | {p for p in parts if OFFSET_NONE not in found[p]}
 
 
-def _partitions(consumer: Any, topic: str, timeout_s: float) -> list[int]:
+def partitions_of(consumer: Any, topic: str, timeout_s: float) -> list[int]:
+    """The partition numbers of `topic`; OffsetLookupError when it cannot be read."""
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)
     except KafkaException as exc:
@@ -160,7 +161,8 @@ def _partitions(consumer: Any, topic: str, timeout_s: float) -> list[int]:
     return sorted(found.partitions)
 
 
-def _watermarks(consumer: Any, topic: str, partition: int, timeout_s: float) -> tuple[int, int]:
+def watermarks_of(consumer: Any, topic: str, partition: int, timeout_s: float) -> tuple[int, int]:
+    """(low, high): with read_committed consumers, high is the last stable offset."""
     try:
         low, high = consumer.get_watermark_offsets(
             TopicPartition(topic, partition), timeout=timeout_s

@@ -47,7 +47,8 @@ from moderator.audit.models import (
     InsertResult,
     Page,
 )
-from moderator.audit.read.query import build_select, encode_cursor, to_row
+from moderator.audit.read.cursor import encode_cursor
+from moderator.audit.read.query import build_select, to_row
 
 T = audit_records.c
 # verify reads timestamps as stored, to hold them to the one form the store writes.

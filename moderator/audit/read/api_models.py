@@ -10,12 +10,12 @@ topic. `VerdictItem` is therefore an audit row without them; operators see them 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from moderator.audit.models import MAX_LIMIT, AuditRow
-from moderator.audit.read.filters import TIME_HELP
+from moderator.audit.models import MAX_LIMIT, AuditRow, Sort
+from moderator.audit.read.filters import FILTERS
 from moderator.audit.read.rows import VerdictColumns
 
 # Keys of the record's `input` (where the upload was read) that a tenant may see.
@@ -73,22 +73,29 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
-class VerdictFilters(BaseModel):
-    """Query parameters of GET /v1/verdicts (all optional, combined with AND)."""
+def _verdict_filters() -> type[BaseModel]:
+    """The model of GET /v1/verdicts's query parameters: one per filter of the table, then the
+    page. Unknown parameters are refused (422); a closed set of values is an enum (422 too)."""
+    params: dict[str, Any] = {
+        f.name: (
+            (cast(Any, Literal)[f.choices] if f.choices else str) | None,
+            Field(None, description=f.help),
+        )
+        for f in FILTERS
+    }
+    return create_model(
+        "VerdictFilters",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="Query parameters of GET /v1/verdicts (all optional, filters combined with AND).",
+        **params,
+        sort=(Sort, "-decided_at"),
+        limit=(int, Field(100, ge=1, le=MAX_LIMIT)),
+        cursor=(str | None, Field(None, description="next_cursor of the previous page")),
+    )
 
-    model_config = ConfigDict(extra="forbid")
 
-    tenant: str | None = Field(None, description="tenant id (must be one of the token's)")
-    event_id: str | None = None
-    bucket: str | None = Field(None, description="object bucket")
-    object_key: str | None = Field(None, description="exact object key")
-    sha256: str | None = Field(None, description="image content SHA-256 (64 hex)")
-    decision: Literal["allow", "review", "block"] | None = None
-    category: str | None = Field(None, description="code (O1..O9, NA) or full category string")
-    policy_version: str | None = Field(None, description="16-hex version or 64-hex policy hash")
-    model: str | None = Field(None, description="ENGINE or ENGINE:NAME")
-    since: str | None = Field(None, description=f"decided at or after; {TIME_HELP}")
-    until: str | None = Field(None, description=f"decided before; {TIME_HELP}")
-    sort: Literal["decided_at", "-decided_at"] = "-decided_at"
-    limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    cursor: str | None = Field(None, description="next_cursor of the previous page")
+# mypy needs a class it can see; FastAPI reads the generated model (its fields are the table's).
+if TYPE_CHECKING:
+    VerdictFilters = BaseModel
+else:
+    VerdictFilters = _verdict_filters()

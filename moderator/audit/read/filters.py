@@ -1,21 +1,25 @@
-"""Audit query filters as typed by people (CLI flags, HTTP query parameters) → `AuditQuery`.
+"""The audit query filters: one table of fields, and their values as typed by people → `AuditQuery`.
 
-One parser for `moderator audit query` and the HTTP API, so both accept the same values and
-reject bad ones with the same one-line reason. Times are ISO 8601; a date alone is midnight UTC
-of that day and a time without an offset is UTC. Every value that passes can be bound to a query
-on either database: times within years 1000..9999 in UTC, text without NUL or lone surrogates.
-Pure.
+`FILTERS` is the only list of them. Each field's name is its HTTP query parameter, its CLI flag
+(`event_id` → `--event-id`) and its `AuditQuery` attribute; the table also holds its help text,
+how a value is checked and normalised, and the audit_records column it compares. `audit query`,
+`audit export-dsa` and the HTTP API build their flags and parameters from it, and the store
+query its conditions, so all of them accept the same values and reject bad ones with the same
+one-line reason. Times are ISO 8601; a date alone is midnight UTC of that day and a time without
+an offset is UTC. Every value that passes can be bound to a query on either database: times
+within years 1000..9999 in UTC, text without NUL or lone surrogates. Pure.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from moderator.audit.errors import InvalidQuery
 from moderator.audit.models import EARLIEST, MAX_LIMIT, AuditQuery, Sort, text_problem
-from moderator.audit.read.query import decode_cursor
+from moderator.audit.read.cursor import decode_cursor
 from moderator.events.verdict import CATEGORIES, category_code
 
 DECISIONS = ("allow", "review", "block")
@@ -31,6 +35,9 @@ TIME_HELP = (
 )
 TIME_RANGE = "1000-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z"
 
+Parser = Callable[[str, str], "str | datetime"]
+"""(field name, value as typed) → the normalised value; raises BadFilter."""
+
 
 class BadFilter(InvalidQuery):
     """One filter value is wrong; `field` is its name (`since`, `event_id`, ...)."""
@@ -42,34 +49,38 @@ class BadFilter(InvalidQuery):
 
 
 @dataclass(frozen=True)
-class Filters:
-    """Raw filter values; None = not given."""
+class FilterField:
+    """One filter: `name` is the query parameter, the CLI flag and the AuditQuery attribute;
+    `column` the audit_records column it must equal (None: `query.py` has a rule of its own for
+    it); `choices` a closed set of values, which the API's schema lists."""
 
-    tenant: str | None = None
-    event_id: str | None = None
-    bucket: str | None = None
-    object_key: str | None = None
-    sha256: str | None = None
-    decision: str | None = None
-    category: str | None = None
-    policy_version: str | None = None
-    model: str | None = None
-    since: str | None = None
-    until: str | None = None
+    name: str
+    help: str
+    metavar: str
+    parse: Parser
+    column: str | None
+    choices: tuple[str, ...] = ()
 
 
 def build_query(
-    filters: Filters,
+    raw: Mapping[str, str | None],
     *,
     sort: str = "-decided_at",
     limit: int = 100,
     cursor: str | None = None,
     tenant_ids: tuple[str, ...] | None = None,
 ) -> AuditQuery:
-    """Validate and normalise every value; raise `BadFilter` naming the first bad one."""
-    since = parse_time_arg("since", filters.since)
-    until = parse_time_arg("until", filters.until)
-    if since is not None and until is not None and until <= since:
+    """Validate and normalise every value of `raw` (keyed by field name; None or absent: not
+    given), in the table's order; raise `BadFilter` naming the first bad one."""
+    unknown = set(raw) - {f.name for f in FILTERS}
+    if unknown:  # a caller's mistake, not a user's: every name comes from FILTERS
+        raise ValueError(f"not audit filters: {', '.join(sorted(unknown))}")
+    values: dict[str, str | datetime | None] = {}
+    for field in FILTERS:
+        value = raw.get(field.name)
+        values[field.name] = None if value is None else field.parse(field.name, value)
+    since, until = values["since"], values["until"]
+    if isinstance(since, datetime) and isinstance(until, datetime) and until <= since:
         raise BadFilter("until", "must be later than since")
     if sort not in SORTS:
         raise BadFilter("sort", f"must be decided_at or -decided_at, got {shown(sort)}")
@@ -81,22 +92,7 @@ def build_query(
         except InvalidQuery as exc:
             raise BadFilter("cursor", str(exc)) from exc
     return AuditQuery(
-        tenant_id=_match("tenant", filters.tenant, TENANT_RE, "a tenant id like acme"),
-        event_id=_match("event_id", filters.event_id, EVENT_ID_RE, "1-128 of [A-Za-z0-9._:-]"),
-        object_bucket=_text("bucket", filters.bucket),
-        object_key=_text("object_key", filters.object_key),
-        sha256=_match("sha256", _lower(filters.sha256), HEX64_RE, "64 hex digits"),
-        decision=_decision(filters.decision),
-        category=parse_category(filters.category),
-        policy_version=_match(
-            "policy_version",
-            _lower(filters.policy_version),
-            VERSION_RE,
-            "16 hex digits (version) or 64 (full policy hash)",
-        ),
-        model=_model(filters.model),
-        since=since,
-        until=until,
+        **values,  # type: ignore[arg-type]  # each parser returns its attribute's type
         sort="decided_at" if sort == "decided_at" else "-decided_at",
         limit=limit,
         cursor=cursor,
@@ -115,10 +111,8 @@ def parse_limit(value: str) -> int:
     return limit
 
 
-def parse_time_arg(field: str, value: str | None) -> datetime | None:
+def parse_time_arg(field: str, value: str) -> datetime:
     """ISO 8601 → aware UTC datetime; date-only and offset-less values are taken as UTC."""
-    if value is None:
-        return None
     text = value.strip()
     try:
         parsed = datetime.fromisoformat(text)
@@ -135,45 +129,43 @@ def parse_time_arg(field: str, value: str | None) -> datetime | None:
     return utc
 
 
-def parse_category(value: str | None) -> str | None:
+def parse_category(field: str, value: str) -> str:
     """A code (`O4`, `o4`, `NA`) → upper-case code; a full `code: name` string stays as it is."""
-    if value is None:
-        return None
     text = value.strip()
     code = category_code(text).strip().upper()
     if code not in CATEGORY_CODES:
         known = ", ".join(CATEGORY_CODES)
-        raise BadFilter("category", f"unknown category {shown(value)} (use a code: {known})")
-    return _text("category", text) if ":" in text else code
+        raise BadFilter(field, f"unknown category {shown(value)} (use a code: {known})")
+    return _text(field, text) if ":" in text else code
 
 
-def _decision(value: str | None) -> str | None:
-    if value is None:
-        return None
+def _decision(field: str, value: str) -> str:
     if value not in DECISIONS:
-        raise BadFilter("decision", f"must be one of {', '.join(DECISIONS)}, got {shown(value)}")
+        raise BadFilter(field, f"must be one of {', '.join(DECISIONS)}, got {shown(value)}")
     return value
 
 
-def _model(value: str | None) -> str | None:
-    if value is None:
-        return None
+def _model(field: str, value: str) -> str:
     engine, colon, name = value.partition(":")
     if not engine.strip() or (colon and not name.strip()):
-        raise BadFilter("model", f"must be ENGINE or ENGINE:NAME, got {shown(value)}")
-    return _text("model", value)
+        raise BadFilter(field, f"must be ENGINE or ENGINE:NAME, got {shown(value)}")
+    return _text(field, value)
 
 
-def _match(field: str, value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
-    if value is None:
-        return None
-    if not pattern.fullmatch(value):
-        raise BadFilter(field, f"expected {what}, got {shown(value)}")
-    return value
+def _matching(pattern: re.Pattern[str], what: str, *, lower: bool = False) -> Parser:
+    """A parser for values that must match `pattern` (stripped and lower-cased first: hex)."""
+
+    def parse(field: str, value: str) -> str:
+        text = value.strip().lower() if lower else value
+        if not pattern.fullmatch(text):
+            raise BadFilter(field, f"expected {what}, got {shown(text)}")
+        return text
+
+    return parse
 
 
-def _text(field: str, value: str | None) -> str | None:
-    problem = text_problem(value) if value is not None else None
+def _text(field: str, value: str) -> str:
+    problem = text_problem(value)
     if problem:
         raise BadFilter(field, problem)
     return value
@@ -185,5 +177,73 @@ def shown(value: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 4] + "...'"
 
 
-def _lower(value: str | None) -> str | None:
-    return value.strip().lower() if value is not None else None
+FILTERS: tuple[FilterField, ...] = (
+    FilterField(
+        "tenant",
+        help="tenant id",
+        metavar="T",
+        parse=_matching(TENANT_RE, "a tenant id like acme"),
+        column="tenant_id",
+    ),
+    FilterField(
+        "event_id",
+        help="upload event id",
+        metavar="ID",
+        parse=_matching(EVENT_ID_RE, "1-128 of [A-Za-z0-9._:-]"),
+        column="event_id",
+    ),
+    FilterField("bucket", help="object bucket", metavar="B", parse=_text, column="object_bucket"),
+    FilterField(
+        "object_key", help="exact object key", metavar="KEY", parse=_text, column="object_key"
+    ),
+    FilterField(
+        "sha256",
+        help="image content SHA-256 (64 hex)",
+        metavar="HEX",
+        parse=_matching(HEX64_RE, "64 hex digits", lower=True),
+        column="sha256",
+    ),
+    FilterField(
+        "decision",
+        help="the decision: allow, review or block",
+        metavar="|".join(DECISIONS),
+        parse=_decision,
+        column="decision",
+        choices=DECISIONS,
+    ),
+    FilterField(
+        "category",
+        help="category code (O1..O9, NA) or the full category string",
+        metavar="C",
+        parse=parse_category,
+        column=None,  # the code column, and the full string when one is given
+    ),
+    FilterField(
+        "policy_version",
+        help="policy version (16 hex) or full policy hash (64 hex)",
+        metavar="V",
+        parse=_matching(VERSION_RE, "16 hex digits (version) or 64 (full policy hash)", lower=True),
+        column=None,  # policy_version or policy_hash, by length
+    ),
+    FilterField(
+        "model",
+        help="engine, or engine and model name (ENGINE or ENGINE:NAME)",
+        metavar="ENGINE[:NAME]",
+        parse=_model,
+        column=None,  # model_engine, and model_name when one is given
+    ),
+    FilterField(
+        "since",
+        help=f"decided at or after; {TIME_HELP}",
+        metavar="TIME",
+        parse=parse_time_arg,
+        column=None,  # decided_at, inclusive
+    ),
+    FilterField(
+        "until",
+        help=f"decided before; {TIME_HELP}",
+        metavar="TIME",
+        parse=parse_time_arg,
+        column=None,  # decided_at, exclusive
+    ),
+)

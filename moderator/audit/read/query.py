@@ -1,25 +1,21 @@
-"""Audit queries: filters, keyset pagination with opaque cursors, and row mapping."""
+"""Audit queries as SQL: the filters' conditions, keyset pagination, and row mapping."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import ColumnElement, RowMapping, Select, and_, or_, select
 
 from moderator.audit.db.tables import audit_records
-from moderator.audit.errors import InvalidQuery
-from moderator.audit.fields import MalformedRecord, RecordFields, parse_time
-from moderator.audit.models import EARLIEST, AuditQuery, AuditRow, text_problem
+from moderator.audit.fields import RecordFields
+from moderator.audit.models import AuditQuery, AuditRow
+from moderator.audit.read.cursor import decode_cursor
+from moderator.audit.read.filters import FILTERS
 
 T = audit_records.c
 ROW_COLUMNS = tuple(audit_records.columns)
 _NOT_IN_ROW = ("record", "policy_elided", "category_code")
-MAX_CURSOR = 8192
-"""Characters of a cursor: about 100 plus the JSON of one event id."""
 
 
 def build_select(q: AuditQuery) -> Select[Any]:
@@ -44,71 +40,42 @@ def build_select(q: AuditQuery) -> Select[Any]:
 
 def _filters(q: AuditQuery) -> list[ColumnElement[bool]]:
     out: list[ColumnElement[bool]] = []
-    equal = {
-        T.tenant_id: q.tenant_id,
-        T.event_id: q.event_id,
-        T.object_bucket: q.object_bucket,
-        T.object_key: q.object_key,
-        T.sha256: q.sha256,
-        T.decision: q.decision,
-    }
-    out += [column == value for column, value in equal.items() if value is not None]
+    for field in FILTERS:
+        value = getattr(q, field.name)
+        if value is None:
+            continue
+        if field.column is not None:
+            out.append(T[field.column] == value)
+        else:
+            out += RULES[field.name](value)
     if q.tenant_ids is not None:  # access scope: an empty tuple must match nothing
         out.append(T.tenant_id.in_(list(q.tenant_ids)))
-    if q.category is not None:
-        if ":" in q.category:
-            code = q.category.split(":", 1)[0]
-            out += [T.category_code == code, T.category == q.category]
-        else:
-            out.append(T.category_code == q.category)
-    if q.policy_version is not None:
-        full = len(q.policy_version) == 64
-        out.append((T.policy_hash if full else T.policy_version) == q.policy_version)
-    if q.model is not None:
-        engine, _, name = q.model.partition(":")
-        out.append(T.model_engine == engine)
-        if name:
-            out.append(T.model_name == name)
-    if q.since is not None:
-        out.append(T.decided_at >= q.since)
-    if q.until is not None:
-        out.append(T.decided_at < q.until)
     return out
 
 
-def encode_cursor(row: AuditRow, sort: str) -> str:
-    """Opaque: base64url of the last row's (decided_at, event_id) and the sort it belongs to."""
-    doc = {"s": sort, "t": row.decided_at.isoformat(), "e": row.event_id}
-    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
+def _category(value: str) -> list[ColumnElement[bool]]:
+    if ":" in value:
+        return [T.category_code == value.split(":", 1)[0], T.category == value]
+    return [T.category_code == value]
 
 
-def decode_cursor(cursor: str, sort: str) -> tuple[datetime, str]:
-    """The position a cursor names; InvalidQuery for anything `encode_cursor` did not make (a
-    forged cursor may hold any JSON: numbers too large for the database, deep nesting, times
-    that overflow in UTC, text the database cannot compare)."""
-    invalid = InvalidQuery("invalid cursor (pass next_cursor from the previous page)")
-    if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR:
-        raise invalid
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-    except (ValueError, RecursionError, binascii.Error):
-        raise invalid from None
-    if not isinstance(doc, dict) or set(doc) != {"s", "t", "e"}:
-        raise invalid
-    cursor_sort, last = doc["s"], doc["e"]
-    if not isinstance(cursor_sort, str) or not isinstance(last, str):
-        raise invalid
-    if text_problem(last, max_chars=MAX_CURSOR):
-        raise invalid
-    try:
-        at = parse_time(doc["t"])
-    except MalformedRecord:
-        raise invalid from None
-    if at < EARLIEST:
-        raise invalid
-    if cursor_sort != sort:
-        raise InvalidQuery("the cursor belongs to the other sort order")
-    return at, last
+def _policy_version(value: str) -> list[ColumnElement[bool]]:
+    return [(T.policy_hash if len(value) == 64 else T.policy_version) == value]
+
+
+def _model(value: str) -> list[ColumnElement[bool]]:
+    engine, _, name = value.partition(":")
+    return [T.model_engine == engine] + ([T.model_name == name] if name else [])
+
+
+RULES: dict[str, Callable[[Any], list[ColumnElement[bool]]]] = {
+    "category": _category,
+    "policy_version": _policy_version,
+    "model": _model,
+    "since": lambda at: [T.decided_at >= at],  # inclusive
+    "until": lambda at: [T.decided_at < at],  # exclusive
+}
+"""The conditions of the filters whose `column` is None (keyed by field name)."""
 
 
 def to_row(row: RowMapping, record: dict[str, Any] | None) -> AuditRow:
