@@ -44,6 +44,11 @@ CORE = (
     "pipeline.assemble",
     "emit.records",
     "audit.dsa",
+    "replay.request",
+    "replay.compare",
+    "replay.report",
+    "replay.tables",
+    "replay.markdown",
 )
 # Development-only code (the embedded stack, test servers, tiny checkpoints): only the command
 # line and dev/ itself may import it.

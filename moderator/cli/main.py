@@ -15,6 +15,7 @@ from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands impor
 from moderator.cli.audit_dsa import add_dsa_parser
 from moderator.cli.audit_query import add_query_parser
 from moderator.cli.devstack import add_dev_stack_parser
+from moderator.cli.replay import add_replay_parser
 from moderator.cli.signals import install_stop_handlers
 from moderator.cli.topics import add_topics_parser
 from moderator.dev.tiny.checkpoint import (
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         "--policies", type=Path, metavar="DIR", help="policy directory (policies.dir)"
     )
 
+    add_replay_parser(sub, ENGINES)
     _policy_parser(sub)
     _audit_parser(sub)
     add_topics_parser(sub)
@@ -237,6 +239,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides=_overrides(args),
             debug=args.debug,
         )
+    if args.command == "replay":
+        from moderator.cli.replay import cmd_replay
+
+        return cmd_replay(args)
     if args.command == "policy":
         return _cmd_policy(args)
     if args.command == "audit":

@@ -132,3 +132,12 @@ def dlq_output(
         ("moderator.source.offset", str(offset).encode()),
     ]
     return OutRecord(dlq_topic, key, value, list(headers or []) + ours)
+
+
+def replay_output(record: OutRecord, verdict: Verdict, *, topic: str, run_id: str) -> OutRecord:
+    """A replayed verdict on the replay topic: the live verdict record's key and headers, its
+    value `verdict` (which carries `replay`), and `ce_id` `{event_id}/replay/{run_id}` so each
+    run's verdict of an event has its own id."""
+    ce_id = f"{verdict.event_id}/replay/{run_id}".encode()
+    headers = [(k, ce_id if k == "ce_id" else v) for k, v in record.headers]
+    return OutRecord(topic, record.key, verdict.to_json(), headers)

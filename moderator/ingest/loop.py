@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import TopicPartition
@@ -22,10 +22,18 @@ from moderator.ingest.flow import FlowGate
 from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer, Producer
 from moderator.ingest.tracker import TP, OffsetTracker
-from moderator.pipeline.process import Job, Processor
+from moderator.pipeline.process import Done, Job
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.ingest")
+
+
+class JobProcessor(Protocol):
+    """What the loop hands events to: the service's Processor, or a replay's wrapper of one."""
+
+    @property
+    def buffered_bytes(self) -> int: ...
+    def submit(self, job: Job, done: Done) -> None: ...
 
 
 @dataclass
@@ -68,7 +76,7 @@ class IngestLoop:
         settings: Settings,
         consumer: Consumer,
         producer: Producer,
-        processor: Processor,
+        processor: JobProcessor,
         on_checkpoint: Callable[[int], None] | None = None,
     ) -> None:
         self._s = settings

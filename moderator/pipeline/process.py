@@ -19,7 +19,14 @@ from moderator.engine.base import EngineRequest
 from moderator.engine.window import EngineWindow, WindowResult
 from moderator.errors import ErrorCode, ProcessingError
 from moderator.events.upload import UploadEvent
-from moderator.events.verdict import InputCoords, ModelInfo, PolicyRef, Timings, VerdictError
+from moderator.events.verdict import (
+    Assessment,
+    InputCoords,
+    ModelInfo,
+    PolicyRef,
+    Timings,
+    VerdictError,
+)
 from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image
 from moderator.fetch.store import ObjectStore
@@ -128,6 +135,13 @@ class Processor:
     def submit(self, job: Job, done: Done) -> None:
         self._pool.submit(self._start, job, done)
 
+    def submit_assessed(
+        self, job: Job, assessment: Assessment, facts: ObjectFacts, done: Done
+    ) -> None:
+        """Decide `job` from an assessment made before (a replay reusing the audit trail's)
+        under the current policy, without fetching or judging the image again."""
+        self._pool.submit(self._redecide, job, assessment, facts, done)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -155,6 +169,21 @@ class Processor:
             except Exception as exc:  # a bug must still end in a verdict, never a lost event
                 log.exception("processing_failed")
                 self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
+
+    def _redecide(self, job: Job, assessment: Assessment, facts: ObjectFacts, done: Done) -> None:
+        ev = job.event
+        policy = self._policies.resolve(ev.tenant_id, ev.surface)
+        if policy is None:
+            run = _Run(job, self._policies.fallback(ev.tenant_id, ev.surface), done, facts)
+            self._fail(run, ErrorCode.UNKNOWN_TENANT, f"no policy for tenant {ev.tenant_id!r}")
+            return
+        run = _Run(job, policy, done, facts)
+        if not policy.allows_object(ev.object.bucket, ev.object.key):
+            where = f"s3://{ev.object.bucket}/{ev.object.key}"
+            self._fail(run, ErrorCode.TENANT_MISMATCH, f"{where} is outside the tenant")
+            return
+        outcome = FrameOutcome(decision=policy.decide(assessment), assessment=assessment)
+        self._finish(run, outcome, source="cache")
 
     def _fetch_and_submit(self, run: _Run) -> None:
         obj = run.job.event.object

@@ -1,0 +1,138 @@
+"""`moderator replay` on the embedded broker and S3 server: 300 events moderated under one policy
+directory, replayed under another, and the report checked against counts worked out here."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moderator.cli.main import main
+from moderator.dev.stack import EmbeddedStack
+from moderator.policy.bundled import write_default_policy
+from replay_support import BUCKET, Moderated, committed, moderate, read_topic
+
+N = 300
+GONE = 12  # objects deleted after the live run: missing, not changes
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    """The stack, with its S3 credentials in the environment for the whole module (the live
+    run in `moderated` and the replays read objects with them)."""
+    with EmbeddedStack(buckets=(BUCKET,)) as started, pytest.MonkeyPatch.context() as env:
+        for name, value in started.env().items():
+            if name.startswith("AWS_"):
+                env.setenv(name, value)
+        yield started
+
+
+@pytest.fixture(scope="module")
+def moderated(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Moderated:
+    return moderate(stack, tmp_path_factory.mktemp("replay"), N)
+
+
+def _p2(directory: Path) -> Path:
+    """acme: O2 (violence) switched to allowed; kids: O6 decided by score thresholds."""
+    directory.mkdir()
+    write_default_policy(directory)
+    (directory / "acme.yaml").write_text("categories:\n  O2: {mode: allowed, action: allow}\n")
+    (directory / "kids.yaml").write_text("categories:\n  O6: {block_at: 0.8, review_at: 0.6}\n")
+    (directory / "news.yaml").write_text("on_error: review\n")
+    return directory
+
+
+def _expected(original: dict[str, Any]) -> str:
+    """The decision under P2, worked out from the original verdict by the rules above."""
+    assessment = original["assessment"]
+    if original["error"] is not None or assessment is None:
+        return str(original["decision"])
+    code = assessment["category"].split(":")[0]
+    if original["tenant_id"] == "acme" and code == "O2" and assessment["rating"] == "Unsafe":
+        return "allow"
+    if original["tenant_id"] == "kids" and code == "O6":
+        score = assessment["score"]
+        return "block" if score >= 0.8 else "review" if score >= 0.6 else "allow"
+    return str(original["decision"])
+
+
+def test_replay_under_new_policies_reports_what_changes(
+    moderated: Moderated, stack: EmbeddedStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s3 = stack.s3_client()
+    gone = sorted(moderated.keys)[:GONE]
+    for event_id in gone:
+        s3.delete_object(Bucket=BUCKET, Key=moderated.keys[event_id])
+    live_before = committed(stack.bootstrap_servers, moderated.group, moderated.topics["uploads"])
+    p2 = _p2(tmp_path / "p2")
+    report_dir = tmp_path / "report"
+
+    code = main(
+        [
+            "replay",
+            "--config",
+            str(moderated.config),
+            "--policies",
+            str(p2),
+            "--report",
+            str(report_dir),
+        ]
+    )
+
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((report_dir / "report.json").read_text())
+    compared = {e: v for e, v in moderated.verdicts.items() if e not in gone}
+    transitions = Counter(f"{v['decision']}->{_expected(v)}" for v in compared.values())
+    changed = {e for e, v in compared.items() if v["decision"] != _expected(v)}
+    assert report["events"] == N
+    assert report["missing_objects"] == GONE
+    assert report["transitions"] == dict(transitions)
+    assert report["changed"] == len(changed) > 0
+    lines = (report_dir / "changed.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["event_id"] for line in lines) == sorted(changed)
+    per_tenant = Counter(compared[e]["tenant_id"] for e in changed)
+    assert {t: c["changed"] for t, c in report["by_tenant"].items() if c["changed"]} == dict(
+        per_tenant
+    )
+    assert set(report["policy_versions"]) >= {"acme/default", "kids/default", "news/default"}
+    assert any("O2" in line for line in report["header"]["policy_diff"])
+
+    # Replayed verdicts went to the replay topic only, the live group did not move.
+    bootstrap = stack.bootstrap_servers
+    replayed = read_topic(bootstrap, moderated.topics["replay"], N, 30)
+    assert {v["event_id"] for v in replayed} == set(moderated.verdicts)
+    assert {v["replay"]["run_id"] for v in replayed} == {report["run_id"]}
+    assert len(read_topic(bootstrap, moderated.topics["verdicts"], N, 10)) == N
+    assert len(read_topic(bootstrap, moderated.topics["audit"], N, 10)) == N
+    assert committed(bootstrap, moderated.group, moderated.topics["uploads"]) == live_before
+    for path in ("report.md", "report.html", "run.json"):
+        assert (report_dir / path).stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "allow->allow" in out or "allow" in out
+
+
+def test_dry_run_counts_per_tenant_without_writing(
+    moderated: Moderated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "replay",
+            "--config",
+            str(moderated.config),
+            "--tenant",
+            "kids",
+            "--dry-run",
+            "--report",
+            str(tmp_path / "r"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not (tmp_path / "r").exists()
+    kids = sum(1 for v in moderated.verdicts.values() if v["tenant_id"] == "kids")
+    assert f"{'kids':<24}  {kids:>9}" in out
+    assert "acme" not in out

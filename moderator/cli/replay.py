@@ -1,0 +1,311 @@
+"""`moderator replay`: re-evaluate a range of `uploads` under other policies or another model.
+
+A run finds its offset ranges, writes its plan (`run.json`) into the report directory, replays
+through the same loop and pipeline as `moderator run` (its own group and transactional id,
+output to the replay topic only), then reads its verdicts back, joins them with the originals
+and writes the diff report. Exit 0 when the run finished and the report is written; 1 when it
+stopped early (resume it with `--resume RUN_ID`) or failed; 2 for usage or configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = (
+    "Re-evaluate past uploads under another policy directory and/or engine/model and report "
+    "what would change. The range is a time range (--from/--to, RFC 3339), explicit offsets "
+    "(--offsets P:START-END,...; END exclusive) or, without either, the whole topic up to its "
+    "end now. Replayed verdicts go to the replay topic only (kafka.topics.replay), never to the "
+    "live verdicts or audit topics. The report directory gets run.json (the plan), report.json, "
+    "changed.jsonl, report.md and report.html. Exit 0 when finished, 1 when stopped before the "
+    "end (resume with --resume RUN_ID --report DIR) or on a runtime failure, 2 on bad flags or "
+    "settings."
+)
+RANGE_FLAGS = ("from_", "to", "offsets", "tenant", "sample", "policies", "engine", "model")
+
+
+def add_replay_parser(sub: Any, engines: tuple[str, ...]) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="re-evaluate past uploads under a new policy or model",
+        description=DESCRIPTION,
+    )
+    p.add_argument("--from", dest="from_", metavar="RFC3339", help="range start (inclusive)")
+    p.add_argument("--to", metavar="RFC3339", help="range end (exclusive; default: now)")
+    p.add_argument("--offsets", metavar="P:START-END,...", help="explicit offsets per partition")
+    p.add_argument(
+        "--tenant", action="append", metavar="T", help="replay only this tenant (repeatable)"
+    )
+    p.add_argument("--sample", metavar="RATE", help="replay this fraction of events, e.g. 0.1")
+    p.add_argument("--policies", type=Path, metavar="DIR", help="policy directory to replay under")
+    p.add_argument("--engine", choices=engines, help="engine.kind to replay with")
+    p.add_argument("--model", metavar="M", help="engine.model to replay with")
+    p.add_argument(
+        "--output-topic", metavar="T", help="where replayed verdicts go (kafka.topics.replay)"
+    )
+    p.add_argument(
+        "--allow-live-output",
+        action="store_true",
+        help="allow --output-topic to name the live verdicts or audit topic",
+    )
+    p.add_argument(
+        "--report", type=Path, metavar="DIR", help="report directory (default: replay-RUN_ID)"
+    )
+    p.add_argument("--rate", type=float, metavar="N", help="at most N events per second")
+    p.add_argument(
+        "--max-in-flight", type=int, metavar="N", help="events in progress at most (flow cap)"
+    )
+    p.add_argument(
+        "--reuse-assessments",
+        action="store_true",
+        help="re-decide from the original assessment when the model is the same (no engine call)",
+    )
+    p.add_argument(
+        "--originals",
+        choices=("auto", "audit", "topic"),
+        default="auto",
+        help="where original verdicts come from: the audit store (audit.url), the verdicts "
+        "topic, or auto (the audit store when its database exists)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count the range's events and exit")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its report directory")
+    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from moderator.errors import ConfigError
+    from moderator.logs import configure_logging
+    from moderator.settings import load_settings
+
+    overrides = {
+        "engine.kind": args.engine,
+        "engine.model": args.model,
+        "policies.dir": args.policies,
+    }
+    settings = load_settings(args.config, overrides)
+    live = load_settings(args.config, {})
+    configure_logging(settings.log)
+    if args.rate is not None and not args.rate > 0:
+        raise ConfigError(f"--rate: must be above 0 events per second, got {args.rate:g}")
+    if args.max_in_flight is not None and not 2 <= args.max_in_flight <= 100_000:
+        raise ConfigError(
+            f"--max-in-flight: must be between 2 and 100000, got {args.max_in_flight}"
+        )
+    if args.resume is not None:
+        plan, directory = _resumed(args)
+    else:
+        plan, directory = _new_plan(args, settings)
+    if args.dry_run:
+        return _dry_run(settings, plan)
+    from moderator.replay.plan import save_plan
+
+    save_plan(plan, directory)
+    print(
+        f"replay {plan.run_id}: {plan.events_upper_bound} offsets in {len(plan.ranges)} "
+        f"partitions ({plan.lookup}); report in {directory}",
+        file=sys.stderr,
+    )
+    return _run(args, settings, live, plan, directory)
+
+
+def _resumed(args: argparse.Namespace) -> tuple[Any, Path]:
+    from moderator.errors import ConfigError
+    from moderator.replay.plan import load_plan
+    from moderator.replay.request import check_run_id
+
+    run_id = check_run_id(args.resume)
+    given = [f"--{f.rstrip('_').replace('_', '-')}" for f in RANGE_FLAGS if getattr(args, f)]
+    if given or args.output_topic:
+        raise ConfigError(
+            f"--resume {run_id}: the run's plan fixes its range, policies and engine; "
+            f"drop {', '.join(given + (['--output-topic'] if args.output_topic else []))}"
+        )
+    directory = args.report or Path(f"replay-{run_id}")
+    return load_plan(directory, run_id), directory
+
+
+def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
+    from moderator.errors import ConfigError
+    from moderator.ingest.kafka import make_consumer
+    from moderator.replay.plan import RunPlan
+    from moderator.replay.ranges import find_ranges, output_ends
+    from moderator.replay.request import (
+        EventFilter,
+        new_run_id,
+        parse_offsets,
+        parse_sample,
+        parse_time,
+    )
+
+    if args.offsets and (args.from_ or args.to):
+        raise ConfigError("--offsets: give either --offsets or --from/--to, not both")
+    from_ms = parse_time("--from", args.from_) if args.from_ else None
+    to_ms = parse_time("--to", args.to) if args.to else None
+    if from_ms is not None and to_ms is not None and to_ms <= from_ms:
+        raise ConfigError("--to: must be later than --from")
+    offsets = parse_offsets(args.offsets) if args.offsets else None
+    sample = parse_sample(args.sample) if args.sample else 1.0
+    topics = settings.kafka.topics
+    output = args.output_topic or topics.replay
+    if output == topics.uploads:
+        raise ConfigError(f"--output-topic: {output} is the uploads topic being replayed")
+    if output in (topics.verdicts, topics.audit, topics.dlq) and not args.allow_live_output:
+        raise ConfigError(
+            f"--output-topic: {output} is a live topic; add --allow-live-output to write there"
+        )
+    now = datetime.now(UTC)
+    run_id = new_run_id(now)
+    probe = make_consumer(_group(settings, run_id))
+    try:
+        timeout = settings.kafka.startup_timeout_s
+        ranges, how = find_ranges(
+            probe,
+            topics.uploads,
+            offsets=offsets,
+            from_ms=from_ms,
+            to_ms=to_ms,
+            now_ms=int(now.timestamp() * 1000),
+            timeout_s=timeout,
+        )
+        starts = output_ends(probe, output, timeout) if not args.dry_run else {}
+    finally:
+        probe.close()
+    plan = RunPlan(
+        run_id=run_id,
+        created_at=now.isoformat().replace("+00:00", "Z"),
+        uploads_topic=topics.uploads,
+        output_topic=output,
+        ranges=ranges,
+        event_filter=EventFilter(frozenset(args.tenant or ()), from_ms, to_ms, sample),
+        range_text=_range_text(args),
+        lookup=how,
+        policies_dir=str(settings.policies.dir),
+        engine=settings.engine.kind,
+        model=settings.engine.model,
+        reuse_assessments=args.reuse_assessments,
+        rate=args.rate,
+        output_start=starts,
+    )
+    return plan, args.report or Path(f"replay-{run_id}")
+
+
+def _range_text(args: argparse.Namespace) -> str:
+    if args.offsets:
+        return f"offsets {args.offsets}"
+    if args.from_ or args.to:
+        return f"{args.from_ or 'the earliest record'} .. {args.to or 'the start of the run'}"
+    return "the whole topic"
+
+
+def _group(settings: Any, run_id: str) -> Any:
+    """The settings with the run's own consumer group (lookups and reads never use the live
+    group: nothing of the live service's offsets moves)."""
+    kafka = settings.kafka.model_copy(
+        update={"group_id": f"{settings.kafka.group_id}.replay.{run_id}"}
+    )
+    return settings.model_copy(update={"kafka": kafka})
+
+
+def _dry_run(settings: Any, plan: Any) -> int:
+    from moderator.events.s3notify import TenantRule
+    from moderator.ingest.kafka import make_consumer
+    from moderator.replay.census import take_census
+
+    consumer = make_consumer(_group(settings, plan.run_id))
+    try:
+        rule = TenantRule(settings.tenancy.rule, dict(settings.tenancy.bucket_map))
+        census = take_census(consumer, plan, rule)
+    finally:
+        consumer.close()
+    print(f"range: {plan.range_text} ({plan.lookup}) on {plan.uploads_topic}")
+    for line in census.lines():
+        print(line)
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, directory: Path) -> int:
+    from moderator.cli.signals import install_stop_handlers
+    from moderator.ingest.kafka import make_consumer
+    from moderator.replay.progress import ReplayProgress
+    from moderator.replay.runner import collect_results, replay_overrides, run_plan
+    from moderator.settings import load_settings
+
+    replay_settings = load_settings(
+        args.config, replay_overrides(settings, plan, args.max_in_flight)
+    )
+    originals = _originals(args.originals, settings)
+    stop = install_stop_handlers()
+    progress = ReplayProgress(sys.stderr, plan.events_upper_bound)
+    started = datetime.now(UTC)
+    outcome = run_plan(
+        replay_settings, plan, stop, originals=originals, on_checkpoint=progress.advance
+    )
+    progress.finish(complete=outcome.completed)
+    if not outcome.completed:
+        print(
+            f"replay {plan.run_id} stopped before the end of its range; continue it with: "
+            f"moderator replay --resume {plan.run_id} --report {directory}",
+            file=sys.stderr,
+        )
+        return 1
+    reader = make_consumer(_group(settings, plan.run_id))
+    try:
+        results = collect_results(reader, plan, timeout_s=settings.kafka.startup_timeout_s)
+    finally:
+        reader.close()
+    from moderator.replay.summary import run_header, write_summary
+
+    header = run_header(
+        plan,
+        originals,
+        live_policies=str(live.policies.dir),
+        live_engine=live.engine.kind,
+        live_model=live.engine.model,
+        policy_diff=_policy_diff(live, settings),
+        started_at=started.isoformat().replace("+00:00", "Z"),
+        replayed_here={"kept": outcome.replay.kept, "filtered": outcome.replay.filtered},
+        dropped_outputs=outcome.dropped,
+        resumed_from={str(p): o for p, o in sorted(outcome.resumed_from.items())},
+    )
+    write_summary(plan, results, originals, directory, header=header)
+    return 0
+
+
+def _policy_diff(live: Any, settings: Any) -> list[str]:
+    """What `policy diff LIVE REPLAY` says, or why it cannot say it."""
+    from moderator.cli.policy import format_diff
+    from moderator.policy.check import check
+    from moderator.policy.diff import diff_policies
+
+    if live.policies.dir == settings.policies.dir:
+        return ["the replay uses the live policy directory"]
+    before = check(live.policies.dir, live.tenancy)
+    after = check(settings.policies.dir, settings.tenancy)
+    if before.errors:
+        return [f"live policies ({live.policies.dir}) have errors; not compared"]
+    return format_diff(diff_policies(before.policies, after.policies))
+
+
+def _originals(choice: str, settings: Any) -> Any:
+    from moderator.audit.errors import AuditUnavailable
+    from moderator.cli.audit_query import open_existing_store
+    from moderator.ingest.kafka import make_consumer
+    from moderator.replay.originals import AuditOriginals, TopicOriginals
+
+    if choice in ("auto", "audit"):
+        try:
+            return AuditOriginals(open_existing_store(settings.audit.url))
+        except AuditUnavailable:
+            if choice == "audit":
+                raise
+    consumer = make_consumer(_group(settings, "originals"))
+    try:
+        return TopicOriginals.read(
+            consumer, settings.kafka.topics.verdicts, timeout_s=settings.kafka.startup_timeout_s
+        )
+    finally:
+        consumer.close()

@@ -1,0 +1,174 @@
+"""A replay run: the plan's ranges through the same ingest loop and pipeline as `moderator run`.
+
+The run has its own consumer group and transactional id (`{group}.replay.{run_id}`), so it never
+moves the live group's offsets and a resumed run continues from its own last checkpoint: with
+`exactly_once` each event's replayed verdict is committed once, together with its offset. Its
+producer is handed only records for the output topic; anything else the loop or the pipeline
+would write (audit records, DLQ records of malformed messages) is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from moderator.ingest.kafka import make_consumer, make_producer
+from moderator.ingest.loop import IngestLoop, LoopStats
+from moderator.ingest.offsets import partitions_of, watermarks_of
+from moderator.replay.originals import Originals
+from moderator.replay.plan import RunPlan
+from moderator.replay.processor import (
+    LIVE_AUDIT,
+    LIVE_VERDICTS,
+    ReplayProcessor,
+    ReplayStats,
+    model_id,
+)
+from moderator.replay.reader import RangeConsumer
+from moderator.settings import Settings
+
+log = structlog.get_logger("moderator.replay")
+
+MIN_DRAIN_S = 120.0  # a finished range waits this long for its last events before checkpointing
+LIVE_DLQ = "\x00replay-dlq"
+
+
+def replay_overrides(
+    settings: Settings, plan: RunPlan, max_in_flight: int | None
+) -> dict[str, Any]:
+    """The settings a run's clients and pipeline are built with (on top of the operator's)."""
+    overrides: dict[str, Any] = {
+        "kafka.group_id": f"{settings.kafka.group_id}.replay.{plan.run_id}",
+        "kafka.transactional_id": f"{settings.transactional_id}.replay.{plan.run_id}",
+        "kafka.topics.verdicts": LIVE_VERDICTS,
+        "kafka.topics.audit": LIVE_AUDIT,
+        "kafka.topics.dlq": LIVE_DLQ,
+        "policies.dir": plan.policies_dir,
+        "engine.kind": plan.engine,
+        "engine.model": plan.model,
+        "flow.drain_grace_s": max(settings.flow.drain_grace_s, MIN_DRAIN_S),
+    }
+    if max_in_flight is not None:
+        overrides["flow.high_in_flight"] = max_in_flight
+        overrides["flow.low_in_flight"] = max(0, max_in_flight // 2)
+        overrides["fetch.concurrency"] = min(settings.fetch.concurrency, max_in_flight)
+    return overrides
+
+
+class OneTopicProducer:
+    """The loop's producer for a replay: passes on records for `topic`, drops the rest."""
+
+    def __init__(self, inner: Any, topic: str) -> None:
+        self._inner = inner
+        self._topic = topic
+        self.dropped: Counter[str] = Counter()
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        if topic != self._topic:
+            self.dropped[{LIVE_DLQ: "dlq", LIVE_AUDIT: "audit"}.get(topic, topic)] += 1
+            return
+        self._inner.produce(topic, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@dataclass
+class RunOutcome:
+    completed: bool  # every range read to its end and committed
+    loop: LoopStats
+    replay: ReplayStats
+    dropped: dict[str, int]
+    resumed_from: dict[int, int]
+
+
+def run_plan(
+    settings: Settings,
+    plan: RunPlan,
+    stop: threading.Event,
+    *,
+    originals: Originals,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> RunOutcome:
+    """Replay the plan until its ranges are done or `stop` is set. `settings` carry
+    replay_overrides. Raises ConfigError (bad policies, engine) and FatalKafkaError."""
+    from moderator.service import build_pipeline
+
+    pipeline = build_pipeline(settings)
+    processor = ReplayProcessor(
+        pipeline.processor,
+        run_id=plan.run_id,
+        output_topic=plan.output_topic,
+        originals=originals,
+        event_filter=plan.event_filter,
+        rate=plan.rate,
+        reuse_assessments=plan.reuse_assessments,
+        model_id=model_id(pipeline.engine.info.model_dump()),
+    )
+    inner_consumer = make_consumer(settings)
+    consumer = RangeConsumer(inner_consumer, plan.uploads_topic, plan.ranges, stop)
+    producer = OneTopicProducer(make_producer(settings), plan.output_topic)
+    loop = IngestLoop(
+        settings=settings,
+        consumer=consumer,
+        producer=producer,
+        processor=processor,
+        on_checkpoint=on_checkpoint,
+    )
+    try:
+        loop.run(stop)
+        completed = consumer.done and _committed_to_end(inner_consumer, plan, consumer.last_handed)
+    finally:
+        try:
+            consumer.close()
+        finally:
+            pipeline.close()
+            producer.flush(5)
+    return RunOutcome(
+        completed, loop.stats, processor.stats, dict(producer.dropped), consumer.resumed_from
+    )
+
+
+def _committed_to_end(consumer: Any, plan: RunPlan, handed: dict[int, int]) -> bool:
+    """Whether the run's group committed past every record this process handed out (the last
+    offsets of a range may be transaction markers, which are never handed out)."""
+    if not handed:
+        return True
+    asked = [TopicPartition(plan.uploads_topic, p) for p in sorted(handed)]
+    committed = {tp.partition: tp.offset for tp in consumer.committed(asked, timeout=30)}
+    return all(committed.get(p, -1) > last for p, last in handed.items())
+
+
+def collect_results(consumer: Any, plan: RunPlan, *, timeout_s: float) -> dict[str, dict[str, Any]]:
+    """This run's replayed verdicts, by event id, read from the output topic after the plan's
+    recorded start (read_committed: aborted transactions are invisible). Left unassigned."""
+    topic = plan.output_topic
+    ends = {
+        p: watermarks_of(consumer, topic, p, timeout_s)[1]
+        for p in partitions_of(consumer, topic, timeout_s)
+    }
+    starts = {p: plan.output_start.get(p, OFFSET_BEGINNING) for p in ends}
+    open_parts = {p for p in ends if ends[p] > max(starts[p], 0)}
+    found: dict[str, dict[str, Any]] = {}
+    consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(open_parts)])
+    try:
+        while open_parts:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is not None or not msg.value():
+                    continue
+                data = json.loads(msg.value())
+                replay = data.get("replay") or {}
+                if replay.get("run_id") == plan.run_id:
+                    found[data["event_id"]] = data
+            done = consumer.position([TopicPartition(topic, p) for p in sorted(open_parts)])
+            open_parts -= {tp.partition for tp in done if tp.offset >= ends[tp.partition]}
+    finally:
+        consumer.unassign()
+    return found

@@ -1,0 +1,61 @@
+"""The end of a replay run: its verdicts joined with the originals, the report written and shown.
+
+Each replayed event appears once (the verdicts are keyed by event id, so a verdict written twice
+by an at-least-once run counts once), whichever process of a resumed run replayed it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from moderator.replay.compare import pair_of
+from moderator.replay.originals import Originals
+from moderator.replay.plan import RunPlan
+from moderator.replay.render import summary_table, write_report
+from moderator.replay.report import Report, build_report
+
+
+def run_header(plan: RunPlan, originals: Originals, **more: Any) -> dict[str, Any]:
+    """What report.json's `header` and the report pages say about the run itself."""
+    filt = plan.event_filter
+    header: dict[str, Any] = {
+        "range": plan.range_text,
+        "lookup": plan.lookup,
+        "uploads_topic": plan.uploads_topic,
+        "output_topic": plan.output_topic,
+        "offsets": {str(r.partition): [r.start, r.end] for r in plan.ranges},
+        "tenants": sorted(filt.tenants) or "all",
+        "sample": filt.sample,
+        "rate": plan.rate,
+        "policies": plan.policies_dir,
+        "engine": plan.engine,
+        "model": plan.model,
+        "reuse_assessments": plan.reuse_assessments,
+        "originals": originals.source,
+        "created_at": plan.created_at,
+        "finished_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    header.update(more)
+    return header
+
+
+def write_summary(
+    plan: RunPlan,
+    results: Mapping[str, Mapping[str, Any]],
+    originals: Originals,
+    directory: Path,
+    *,
+    header: dict[str, Any],
+    out: TextIO = sys.stdout,
+) -> Report:
+    """Join, count, write the report files into `directory` and print the summary table."""
+    pairs = [pair_of(originals.get(event_id), results[event_id]) for event_id in sorted(results)]
+    report = build_report(pairs, run_id=plan.run_id, header=header)
+    write_report(report, [p for p in pairs if p.changed], directory)
+    print(summary_table(report), file=out)
+    print(f"report: {directory / 'report.html'}", file=out)
+    return report
