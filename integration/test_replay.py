@@ -4,6 +4,11 @@ directory, replayed under another, and the report checked against counts worked 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +141,50 @@ def test_dry_run_counts_per_tenant_without_writing(
     kids = sum(1 for v in moderated.verdicts.values() if v["tenant_id"] == "kids")
     assert f"{'kids':<24}  {kids:>9}" in out
     assert "acme" not in out
+
+
+def test_a_killed_replay_resumes_and_reports_each_event_once(
+    moderated: Moderated, stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "report"
+    base = [sys.executable, "-m", "moderator.cli.main", "replay", "--config", str(moderated.config)]
+    env = {**os.environ, **{k: v for k, v in stack.env().items() if k.startswith("AWS_")}}
+    first = subprocess.Popen(
+        [*base, "--rate", "20", "--report", str(report_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (report_dir / "run.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(6)  # about 120 of the 300 events at 20/s
+        assert first.poll() is None, "the first process ended before it could be killed"
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(30)
+    plan = json.loads((report_dir / "run.json").read_text())
+    assert not (report_dir / "report.json").exists()
+    before = [
+        v
+        for v in read_topic(stack.bootstrap_servers, moderated.topics["replay"], 1, 15)
+        if v["replay"]["run_id"] == plan["run_id"]
+    ]
+    assert 0 < len({v["event_id"] for v in before}) < N
+
+    resumed = subprocess.run(
+        [*base, "--resume", plan["run_id"], "--report", str(report_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["run_id"] == plan["run_id"]
+    assert report["events"] == N
+    assert sum(report["transitions"].values()) + report["missing_objects"] == N
+    assert report["header"]["resumed_from"], "the second process started where the first stopped"

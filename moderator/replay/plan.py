@@ -102,7 +102,7 @@ def load_plan(directory: Path, run_id: str) -> RunPlan:
         raise ConfigError(
             f"--resume {run_id}: no {PLAN_FILE} in {directory} (pass the run's --report directory)"
         ) from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of any shape
         raise ConfigError(f"--resume {run_id}: {path} is not a replay plan: {exc}") from exc
     if plan.run_id != run_id:
         raise ConfigError(f"--resume {run_id}: {path} belongs to run {plan.run_id}")

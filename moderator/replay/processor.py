@@ -10,6 +10,7 @@ same model is re-decided from that assessment under the new policy, without the 
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import Counter
@@ -80,6 +81,10 @@ class ReplayProcessor:
         self._originals = originals
         self._filter = event_filter
         self._pacer = Pacer(rate)
+        self._paced: queue.SimpleQueue[tuple[Job, Done] | None] | None = None
+        if rate is not None:
+            self._paced = queue.SimpleQueue()
+            threading.Thread(target=self._pace, name="replay-pacer", daemon=True).start()
         self._reuse = reuse_assessments
         self._model_id = model_id
         self._lock = threading.Lock()
@@ -96,7 +101,26 @@ class ReplayProcessor:
             done([])
             return
         self.stats.kept += 1
-        self._pacer.wait()
+        if self._paced is None:
+            self._start(job, done)
+        else:
+            self._paced.put((job, done))
+
+    def close(self) -> None:
+        """Stop the pacing thread (events still queued are dropped: the run is over)."""
+        if self._paced is not None:
+            self._paced.put(None)
+
+    def _pace(self) -> None:
+        """The pacing thread: starts queued events one by one at the rate. The loop never
+        waits here, so it goes on checkpointing; what waits is bounded by its in-flight cap."""
+        assert self._paced is not None
+        while (item := self._paced.get()) is not None:
+            self._pacer.wait()
+            self._start(*item)
+
+    def _start(self, job: Job, done: Done) -> None:
+        ev = job.event
         original = self._originals.get(ev.event_id)
         reused = self._reusable(original)
         if reused is not None:

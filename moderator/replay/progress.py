@@ -24,6 +24,7 @@ class ReplayProgress:
         self._base = done
         self._started = time.monotonic()
         self._next = self._started + self._every
+        self._last = ""
 
     def advance(self, committed_messages: int) -> None:
         """Called by the loop after each checkpoint with the messages it committed."""
@@ -49,6 +50,9 @@ class ReplayProgress:
         return f"replay: {shown}/{self._total} messages{pct}, {rate:.1f} msg/s{eta}"
 
     def _show(self, line: str, *, final: bool) -> None:
+        if final and not self._tty and line == self._last:
+            return
+        self._last = line
         if self._tty:
             self._stream.write(f"\r{line}\x1b[K" + ("\n" if final else ""))
         else:

@@ -4,13 +4,14 @@ It stands in for the service's consumer inside the same ingest loop as `moderato
 the loop subscribes, this one assigns the plan's partitions itself (no group membership, no
 rebalances), starting at the run's committed offset when there is one (a resumed run) and
 otherwise at the range's start. Records at or past a range's end are never handed out; when
-every partition's position has reached its end, `finished` is set and the loop stops, drains and
-checkpoints as at any shutdown.
+every partition's position has reached its end, `finished` is set and `done` is true; the run
+stops the loop once everything handed out is committed.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,8 @@ class RangeConsumer:
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
         if not self._open:
             self._finished.set()
+            if timeout > 0:
+                time.sleep(min(timeout, 0.1))  # the loop polls in a loop: no busy wait
             return []
         out = []
         for msg in self._inner.consume(num_messages, timeout):

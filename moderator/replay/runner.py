@@ -113,7 +113,7 @@ def run_plan(
         model_id=model_id(pipeline.engine.info.model_dump()),
     )
     inner_consumer = make_consumer(settings)
-    consumer = RangeConsumer(inner_consumer, plan.uploads_topic, plan.ranges, stop)
+    consumer = RangeConsumer(inner_consumer, plan.uploads_topic, plan.ranges, threading.Event())
     producer = OneTopicProducer(make_producer(settings), plan.output_topic)
     loop = IngestLoop(
         settings=settings,
@@ -123,10 +123,11 @@ def run_plan(
         on_checkpoint=on_checkpoint,
     )
     try:
-        loop.run(stop)
+        loop.run(_RunStop(stop, lambda: consumer.done and loop.in_flight == 0))
         completed = consumer.done and _committed_to_end(inner_consumer, plan, consumer.last_handed)
     finally:
         try:
+            processor.close()
             consumer.close()
         finally:
             pipeline.close()
@@ -134,6 +135,20 @@ def run_plan(
     return RunOutcome(
         completed, loop.stats, processor.stats, dict(producer.dropped), consumer.resumed_from
     )
+
+
+class _RunStop(threading.Event):
+    """The loop's stop signal: set by the operator (SIGINT, SIGTERM), or true by itself once
+    the ranges are read and every event is committed. Until then the loop checkpoints as it
+    goes, so a killed run loses at most the last commit interval."""
+
+    def __init__(self, stop: threading.Event, finished: Callable[[], bool]) -> None:
+        super().__init__()
+        self._stop = stop
+        self._finished = finished
+
+    def is_set(self) -> bool:
+        return self._stop.is_set() or self._finished()
 
 
 def _committed_to_end(consumer: Any, plan: RunPlan, handed: dict[int, int]) -> bool:
