@@ -35,12 +35,20 @@ class Moderated:
     keys: dict[str, str]  # event id -> object key
 
 
-def settings_file(path: Path, stack: EmbeddedStack, topics: dict[str, str], group: str) -> Path:
+def settings_file(
+    path: Path,
+    stack: EmbeddedStack,
+    topics: dict[str, str],
+    group: str,
+    *,
+    bootstrap: str | None = None,
+    delivery: str = "at_least_once",
+) -> Path:
     values = {
         "engine": {"kind": "fake", "fake": {"unsafe_rate": 0.6}, "retries": 0},
         "kafka": {
-            "bootstrap_servers": stack.bootstrap_servers,
-            "delivery": "at_least_once",
+            "bootstrap_servers": bootstrap or stack.bootstrap_servers,
+            "delivery": delivery,
             "group_id": group,
             "commit_interval_ms": 200,
             "topics": topics,
@@ -59,6 +67,8 @@ def moderate(
     n: int,
     *,
     timestamps: list[int] | None = None,
+    bootstrap: str | None = None,
+    delivery: str = "at_least_once",
 ) -> Moderated:
     """Upload `n` images for three tenants, publish their events (with `timestamps` when
     given), and moderate them with `moderator run`'s service under the default policy."""
@@ -70,7 +80,10 @@ def moderate(
     write_default_policy(p1)
     for tenant in TENANTS:
         (p1 / f"{tenant}.yaml").write_text("on_error: review\n")
-    config = settings_file(workdir / "settings.yaml", stack, topics, group)
+    config = settings_file(
+        workdir / "settings.yaml", stack, topics, group, bootstrap=bootstrap, delivery=delivery
+    )
+    bootstrap = bootstrap or stack.bootstrap_servers
     s3 = stack.s3_client()
     keys = {f"ev-{i}": f"{TENANTS[i % 3]}/{suffix}/img-{i}.png" for i in range(n)}
     with ThreadPoolExecutor(8) as pool:
@@ -82,7 +95,7 @@ def moderate(
                 enumerate(keys.values()),
             )
         )
-    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    producer = Producer({"bootstrap.servers": bootstrap})
     for i, (event_id, key) in enumerate(keys.items()):
         event = {
             "event_id": event_id,
@@ -94,7 +107,7 @@ def moderate(
     producer.flush(30)
     settings = load_settings(config, {"policies.dir": p1})
     with ServiceThread(settings, build_pipeline(settings), join_s=30) as service:
-        docs = read_topic(stack.bootstrap_servers, topics["verdicts"], n, 120)
+        docs = read_topic(bootstrap, topics["verdicts"], n, 120)
         assert service.alive, f"the service stopped: {service.errors}"
     verdicts = {d["event_id"]: d for d in docs}
     assert len(verdicts) == n

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,47 @@ def test_a_killed_replay_resumes_and_reports_each_event_once(
     assert report["events"] == N
     assert sum(report["transitions"].values()) + report["missing_objects"] == N
     assert report["header"]["resumed_from"], "the second process started where the first stopped"
+
+
+def test_a_time_range_on_the_embedded_broker_is_exact(
+    stack: EmbeddedStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hour = 3_600_000
+    base = (int(time.time()) // 3600 - 5) * hour  # on the hour, five hours ago
+    stamps = [base + (i // 30) * hour + (i % 30) * 1000 for i in range(90)]  # 3 bands of 30
+    (tmp_path / "live").mkdir()
+    timed = moderate(stack, tmp_path / "live", 90, timestamps=stamps)
+    band = {f"ev-{i}" for i in range(30, 60)}
+    since = datetime.fromtimestamp((base + hour) / 1000, UTC).isoformat()
+    until = datetime.fromtimestamp((base + 2 * hour) / 1000, UTC).isoformat()
+    args = ["replay", "--config", str(timed.config), "--from", since, "--to", until]
+
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "timestamp scan" in out
+    totals = [line.split() for line in out.splitlines() if line.split()[:1] == ["total"]]
+    assert totals == [["total", "30", "30", "30"]], out  # offsets, messages, events in range
+
+    assert main([*args, "--report", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["events"] == 30
+    replayed = read_topic(stack.bootstrap_servers, timed.topics["replay"], 30, 30)
+    assert {v["event_id"] for v in replayed if v["replay"]["run_id"] == report["run_id"]} == band
+
+
+def test_reuse_assessments_redecides_without_the_engine(
+    moderated: Moderated, tmp_path: Path
+) -> None:
+    p2 = _p2(tmp_path / "p2")
+    report_dir = tmp_path / "report"
+    args = ["replay", "--config", str(moderated.config), "--policies", str(p2)]
+
+    assert main([*args, "--reuse-assessments", "--report", str(report_dir)]) == 0
+
+    report = json.loads((report_dir / "report.json").read_text())
+    judged = [v for v in moderated.verdicts.values() if v["assessment"] and not v["error"]]
+    assert report["paths"] == {"assessment": len(judged)} | (
+        {"error": N - len(judged)} if len(judged) < N else {}
+    )
+    expected = Counter(f"{v['decision']}->{_expected(v)}" for v in judged)
+    assert report["transitions"] == dict(expected)
