@@ -191,19 +191,20 @@ class Outputs:
     """A `done` callback that keeps what it was given (called once per job)."""
 
     def __init__(self) -> None:
-        self.calls: list[list[OutRecord]] = []
+        self.calls: list[list[OutRecord] | None] = []  # None: abandoned
         self.times: list[float] = []
         self.lock = threading.Lock()
 
-    def __call__(self, records: list[OutRecord]) -> None:
+    def __call__(self, records: list[OutRecord] | None) -> None:
         with self.lock:
             self.calls.append(records)
             self.times.append(time.monotonic())
 
     def only(self) -> OutRecord:
         assert len(self.calls) == 1
-        assert len(self.calls[0]) == 1
-        return self.calls[0][0]
+        only = self.calls[0]
+        assert only is not None and len(only) == 1
+        return only[0]
 
 
 def verdict_of(record: OutRecord) -> Verdict:
@@ -464,6 +465,37 @@ def test_a_paced_replay_starts_events_at_the_rate() -> None:
     assert len(out.calls) == 20
     assert 0.3 <= out.times[-1] - t0 < 3.0
     assert [j.event.event_id for j in inner.submitted] == [f"ev-{i}" for i in range(20)]
+
+
+def test_stopping_abandons_the_events_still_waiting_for_their_slot() -> None:
+    stop = threading.Event()
+    inner = RecordingProcessor()
+    proc = ReplayProcessor(
+        cast(Processor, inner),
+        run_id=RUN,
+        output_topic=OUT,
+        originals=TopicOriginals({}, "moderation.verdicts"),
+        event_filter=EventFilter(),
+        rate=1,
+        reuse_assessments=False,
+        model_id=MODEL_ID,
+        stop=stop,
+    )
+    out = Outputs()
+    try:
+        for i in range(5):
+            proc.submit(job(f"ev-{i}"), out)
+        deadline = time.monotonic() + 5
+        while not out.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()  # the other four wait for slots a second apart
+        while len(out.calls) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        proc.close()
+    assert [j.event.event_id for j in inner.submitted] == ["ev-0"]
+    assert out.calls[0] is not None and out.calls[1:] == [None] * 4
+    assert out.times[-1] - out.times[0] < 2.0, "abandoned at once, not at the rate"
 
 
 def test_filtered_events_are_not_paced() -> None:

@@ -88,7 +88,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     }
     settings = load_settings(args.config, overrides)
     live = load_settings(args.config, {})
-    configure_logging(settings.log)
+    level = "debug" if args.debug else settings.log.level
+    # `info` (the service default) becomes `warning`: the progress line owns stderr.
+    configure_logging(
+        settings.log.model_copy(update={"level": "warning" if level == "info" else level})
+    )
     if args.rate is not None and not args.rate > 0:
         raise ConfigError(f"--rate: must be above 0 events per second, got {args.rate:g}")
     if args.max_in_flight is not None and not 2 <= args.max_in_flight <= 100_000:
@@ -105,8 +109,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     save_plan(plan, directory)
     print(
-        f"replay {plan.run_id}: {plan.events_upper_bound} offsets in {len(plan.ranges)} "
-        f"partitions ({plan.lookup}); report in {directory}",
+        f"replay {plan.run_id}: {plan.range_text}, {plan.events_upper_bound} offsets in "
+        f"{len(plan.ranges)} partitions; report in {directory}",
         file=sys.stderr,
     )
     return _run(args, settings, live, plan, directory)
@@ -221,7 +225,8 @@ def _dry_run(settings: Any, plan: Any) -> int:
         census = take_census(consumer, plan, rule)
     finally:
         consumer.close()
-    print(f"range: {plan.range_text} ({plan.lookup}) on {plan.uploads_topic}")
+    how = "" if plan.lookup in plan.range_text else f" ({plan.lookup})"
+    print(f"range: {plan.range_text}{how} on {plan.uploads_topic}")
     for line in census.lines():
         print(line)
     return 0

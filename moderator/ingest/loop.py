@@ -22,10 +22,15 @@ from moderator.ingest.flow import FlowGate
 from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer, Producer
 from moderator.ingest.tracker import TP, OffsetTracker
-from moderator.pipeline.process import Done, Job
+from moderator.pipeline.process import Job
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.ingest")
+
+
+# Called once per job with its output records, or None when the job was abandoned (a replay
+# stopping before it started the job): its offset then stays uncommitted.
+JobDone = Callable[[list[OutRecord] | None], None]
 
 
 class JobProcessor(Protocol):
@@ -33,7 +38,7 @@ class JobProcessor(Protocol):
 
     @property
     def buffered_bytes(self) -> int: ...
-    def submit(self, job: Job, done: Done) -> None: ...
+    def submit(self, job: Job, done: JobDone) -> None: ...
 
 
 @dataclass
@@ -64,7 +69,7 @@ class _Completion:
     generation: int
     offset: int
     index: int
-    records: list[OutRecord] = field(default_factory=list)
+    records: list[OutRecord] | None = field(default_factory=list)
 
 
 class IngestLoop:
@@ -234,10 +239,8 @@ class IngestLoop:
         )
         self._complete(tp, offset, [dlq])
 
-    def _completer(
-        self, tp: TP, generation: int, offset: int, index: int
-    ) -> Callable[[list[OutRecord]], None]:
-        def done(records: list[OutRecord]) -> None:
+    def _completer(self, tp: TP, generation: int, offset: int, index: int) -> JobDone:
+        def done(records: list[OutRecord] | None) -> None:
             self._done.put(_Completion(tp, generation, offset, index, records))
 
         return done
@@ -252,6 +255,8 @@ class IngestLoop:
             self._jobs -= 1
             if c.generation != self._generation.get(c.tp, 0):
                 continue  # work of a rewound, revoked or lost partition: dropped
+            if c.records is None:
+                continue  # abandoned: the message never completes, its offset is not committed
             work = self._work[(c.tp, c.offset)]
             work.outputs[c.index] = c.records
             work.left -= 1

@@ -21,6 +21,7 @@ import structlog
 
 from moderator.emit.records import OutRecord, replay_output
 from moderator.events.verdict import Assessment, ReplayInfo, ReplayPath, Verdict
+from moderator.ingest.loop import JobDone
 from moderator.pipeline.assemble import ObjectFacts
 from moderator.pipeline.process import Done, Job, Processor
 from moderator.replay.originals import Originals
@@ -74,6 +75,7 @@ class ReplayProcessor:
         rate: float | None,
         reuse_assessments: bool,
         model_id: str,
+        stop: threading.Event | None = None,
     ) -> None:
         self._inner = inner
         self._run_id = run_id
@@ -81,7 +83,8 @@ class ReplayProcessor:
         self._originals = originals
         self._filter = event_filter
         self._pacer = Pacer(rate)
-        self._paced: queue.SimpleQueue[tuple[Job, Done] | None] | None = None
+        self._stop = stop if stop is not None else threading.Event()
+        self._paced: queue.SimpleQueue[tuple[Job, JobDone] | None] | None = None
         if rate is not None:
             self._paced = queue.SimpleQueue()
             threading.Thread(target=self._pace, name="replay-pacer", daemon=True).start()
@@ -94,7 +97,7 @@ class ReplayProcessor:
     def buffered_bytes(self) -> int:
         return self._inner.buffered_bytes
 
-    def submit(self, job: Job, done: Done) -> None:
+    def submit(self, job: Job, done: JobDone) -> None:
         ev = job.event
         if not self._filter.keeps(ev.event_id, ev.tenant_id, job.coords.timestamp_ms):
             self.stats.filtered += 1
@@ -116,10 +119,16 @@ class ReplayProcessor:
         waits here, so it goes on checkpointing; what waits is bounded by its in-flight cap."""
         assert self._paced is not None
         while (item := self._paced.get()) is not None:
-            self._pacer.wait()
+            if not self._stop.is_set():
+                self._pacer.wait()
+            if self._stop.is_set():
+                # Stopping: what waits here is abandoned, not started. Its offsets stay
+                # uncommitted, so a resumed run replays these events.
+                item[1](None)
+                continue
             self._start(*item)
 
-    def _start(self, job: Job, done: Done) -> None:
+    def _start(self, job: Job, done: JobDone) -> None:
         ev = job.event
         original = self._originals.get(ev.event_id)
         reused = self._reusable(original)
@@ -151,7 +160,7 @@ class ReplayProcessor:
         )
         return assessment, facts
 
-    def _rewriter(self, original: dict[str, Any] | None, done: Done, *, reused: bool) -> Done:
+    def _rewriter(self, original: dict[str, Any] | None, done: JobDone, *, reused: bool) -> Done:
         decision = original.get("decision") if original else None
         original_decision = decision if decision in ("allow", "review", "block") else None
 

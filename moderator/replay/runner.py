@@ -36,7 +36,6 @@ from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.replay")
 
-MIN_DRAIN_S = 120.0  # a finished range waits this long for its last events before checkpointing
 LIVE_DLQ = "\x00replay-dlq"
 
 
@@ -53,7 +52,6 @@ def replay_overrides(
         "policies.dir": plan.policies_dir,
         "engine.kind": plan.engine,
         "engine.model": plan.model,
-        "flow.drain_grace_s": max(settings.flow.drain_grace_s, MIN_DRAIN_S),
     }
     if max_in_flight is not None:
         overrides["flow.high_in_flight"] = max_in_flight
@@ -111,6 +109,7 @@ def run_plan(
         rate=plan.rate,
         reuse_assessments=plan.reuse_assessments,
         model_id=model_id(pipeline.engine.info.model_dump()),
+        stop=stop,
     )
     inner_consumer = make_consumer(settings)
     consumer = RangeConsumer(inner_consumer, plan.uploads_topic, plan.ranges, threading.Event())
