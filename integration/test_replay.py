@@ -204,13 +204,13 @@ def test_a_time_range_on_the_embedded_broker_is_exact(
     until = datetime.fromtimestamp((base + 2 * hour) / 1000, UTC).isoformat()
     args = ["replay", "--config", str(timed.config), "--from", since, "--to", until]
 
-    assert main([*args, "--dry-run"]) == 0
+    assert main([*args, "--dry-run"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "timestamp scan" in out
     totals = [line.split() for line in out.splitlines() if line.split()[:1] == ["total"]]
     assert totals == [["total", "30", "30", "30"]], out  # offsets, messages, events in range
 
-    assert main([*args, "--report", str(tmp_path / "report")]) == 0
+    assert main([*args, "--report", str(tmp_path / "report")]) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["events"] == 30
     replayed = read_topic(stack.bootstrap_servers, timed.topics["replay"], 30, 30)

@@ -122,11 +122,13 @@ def _resumed(args: argparse.Namespace) -> tuple[Any, Path]:
     from moderator.replay.request import check_run_id
 
     run_id = check_run_id(args.resume)
-    given = [f"--{f.rstrip('_').replace('_', '-')}" for f in RANGE_FLAGS if getattr(args, f)]
-    if given or args.output_topic:
+    # `is not None`: an empty value (`--from "$UNSET"`) is given too, and must be dropped.
+    flags = (*RANGE_FLAGS, "output_topic")
+    given = [f"--{f.rstrip('_').replace('_', '-')}" for f in flags if getattr(args, f) is not None]
+    if given:
         raise ConfigError(
             f"--resume {run_id}: the run's plan fixes its range, policies and engine; "
-            f"drop {', '.join(given + (['--output-topic'] if args.output_topic else []))}"
+            f"drop {', '.join(given)}"
         )
     directory = args.report or Path(f"replay-{run_id}")
     return load_plan(directory, run_id), directory
@@ -145,16 +147,19 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         parse_time,
     )
 
-    if args.offsets and (args.from_ or args.to):
+    # `is not None`, not truth: an empty `--offsets ""` must fail, not replay the whole topic.
+    if args.offsets is not None and (args.from_ is not None or args.to is not None):
         raise ConfigError("--offsets: give either --offsets or --from/--to, not both")
-    from_ms = parse_time("--from", args.from_) if args.from_ else None
-    to_ms = parse_time("--to", args.to) if args.to else None
+    from_ms = parse_time("--from", args.from_) if args.from_ is not None else None
+    to_ms = parse_time("--to", args.to) if args.to is not None else None
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise ConfigError("--to: must be later than --from")
-    offsets = parse_offsets(args.offsets) if args.offsets else None
-    sample = parse_sample(args.sample) if args.sample else 1.0
+    offsets = parse_offsets(args.offsets) if args.offsets is not None else None
+    sample = parse_sample(args.sample) if args.sample is not None else 1.0
     topics = settings.kafka.topics
-    output = args.output_topic or topics.replay
+    output = topics.replay if args.output_topic is None else args.output_topic
+    if not output:
+        raise ConfigError("--output-topic: must name a topic")
     if output == topics.uploads:
         raise ConfigError(f"--output-topic: {output} is the uploads topic being replayed")
     if output in (topics.verdicts, topics.audit, topics.dlq) and not args.allow_live_output:
@@ -187,7 +192,7 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         event_filter=EventFilter(frozenset(args.tenant or ()), from_ms, to_ms, sample),
         range_text=_range_text(args),
         lookup=how,
-        policies_dir=str(settings.policies.dir),
+        policies_dir=str(settings.policies.dir.resolve()),
         engine=settings.engine.kind,
         model=settings.engine.model,
         reuse_assessments=args.reuse_assessments,
@@ -270,7 +275,7 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
         live_policies=str(live.policies.dir),
         live_engine=live.engine.kind,
         live_model=live.engine.model,
-        policy_diff=_policy_diff(live, settings),
+        policy_diff=_policy_diff(live, Path(plan.policies_dir)),
         started_at=started.isoformat().replace("+00:00", "Z"),
         replayed_here={"kept": outcome.replay.kept, "filtered": outcome.replay.filtered},
         dropped_outputs=outcome.dropped,
@@ -280,18 +285,19 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
     return 0
 
 
-def _policy_diff(live: Any, settings: Any) -> list[str]:
-    """What `policy diff LIVE REPLAY` says, or why it cannot say it."""
+def _policy_diff(live: Any, replayed: Path) -> list[str]:
+    """What `policy diff LIVE REPLAYED` says, or why it cannot say it."""
     from moderator.cli.policy import format_diff
     from moderator.policy.check import check
     from moderator.policy.diff import diff_policies
 
-    if live.policies.dir == settings.policies.dir:
+    if live.policies.dir.resolve() == replayed.resolve():
         return ["the replay uses the live policy directory"]
     before = check(live.policies.dir, live.tenancy)
-    after = check(settings.policies.dir, settings.tenancy)
-    if before.errors:
-        return [f"live policies ({live.policies.dir}) have errors; not compared"]
+    after = check(replayed, live.tenancy)
+    if before.errors or after.errors:
+        broken = live.policies.dir if before.errors else replayed
+        return [f"policies in {broken} have errors; not compared"]
     return format_diff(diff_policies(before.policies, after.policies))
 
 

@@ -85,7 +85,7 @@ def compact(value: bytes) -> dict[str, Any] | None:
     """The kept fields of one verdict message; None for anything that is not a verdict."""
     try:
         data = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's limit: not a verdict either
         return None
     if not isinstance(data, dict) or not isinstance(data.get("event_id"), str):
         return None

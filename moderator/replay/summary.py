@@ -50,9 +50,11 @@ def write_summary(
     directory: Path,
     *,
     header: dict[str, Any],
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> Report:
-    """Join, count, write the report files into `directory` and print the summary table."""
+    """Join, count, write the report files into `directory` and print the summary table (to
+    stdout unless `out` is given; looked up when called, so a replaced stdout is honoured)."""
+    out = out if out is not None else sys.stdout
     pairs = [pair_of(originals.get(event_id), results[event_id]) for event_id in sorted(results)]
     report = build_report(pairs, run_id=plan.run_id, header=header)
     write_report(report, [p for p in pairs if p.changed], directory)

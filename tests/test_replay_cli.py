@@ -1,0 +1,227 @@
+"""`moderator replay` flags: every usage error exits 2 with one stderr line naming the flag, and
+is found before Kafka is contacted; `--help` lists the whole interface.
+
+Kafka is out of reach twice over: the settings point at 127.0.0.1:1 (nothing listens there), and
+`make_consumer` is replaced by a stand-in that fails the command at once, so a check that
+happened only after contacting Kafka shows up as exit 1 naming that stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moderator.cli.main import main
+from moderator.logs import configure_logging
+from moderator.settings import ENV_PREFIX, LogSettings
+
+FROM, EARLIER = "2026-11-29T02:00:00Z", "2026-11-29T01:59:59Z"
+INTERFACE = (
+    *("--from", "--to", "--offsets", "--tenant", "--sample", "--policies", "--engine"),
+    *("--model", "--output-topic", "--report", "--rate", "--dry-run", "--resume"),
+    *("--allow-live-output", "--max-in-flight", "--reuse-assessments", "--originals"),
+    "--config",
+)
+CONTACTED = "replay test: contacted Kafka"
+
+
+@pytest.fixture(autouse=True)
+def no_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No MODERATOR_* variables, and any Kafka client the command makes fails it loudly."""
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError(CONTACTED)
+
+    monkeypatch.setattr("moderator.ingest.kafka.make_consumer", refuse)
+    yield
+    configure_logging(LogSettings(level="warning", format="json"))  # as tests/conftest.py has it
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "settings.yaml"
+    path.write_text(
+        "kafka:\n"
+        "  bootstrap_servers: 127.0.0.1:1\n"
+        "  startup_timeout_s: 1\n"
+        "  topics:\n"
+        "    uploads: in.uploads\n"
+        "    verdicts: out.verdicts\n"
+        "    audit: out.audit\n"
+        "    dlq: out.dlq\n"
+        "    replay: out.replay\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    """main(argv): (exit code, stdout, stderr); argparse exits included."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 2
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -> str:
+    """`moderator replay --config CONFIG FLAGS` exits 2 with one stderr line and nothing on
+    stdout, and `--debug` only puts a traceback before the same line. The line."""
+    argv = ["replay", "--config", str(config), *flags]
+    code, out, err = run(capsys, argv)
+    assert (code, out) == (2, ""), err
+    assert err.count("\n") == 1 and err.startswith("moderator"), err
+    debug_code, debug_out, debug_err = run(capsys, ["--debug", *argv])
+    assert (debug_code, debug_out) == (2, "")
+    assert debug_err.splitlines()[-1] == err.rstrip("\n")
+    return err.rstrip("\n")
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--from", "yesterday"], "--from: 'yesterday' is not an RFC 3339 time"),
+        (["--from", "2026-11-29T02:00"], "--from: '2026-11-29T02:00' is not an RFC 3339 time"),
+        (["--from", ""], "--from: '' is not an RFC 3339 time"),
+        (["--to", "2026-13-01T00:00:00Z"], "--to: '2026-13-01T00:00:00Z' is not a valid time"),
+        (["--from", FROM, "--to", EARLIER], "--to: must be later than --from"),
+        (["--from", FROM, "--to", FROM], "--to: must be later than --from"),
+        (["--offsets", "0:0-10", "--from", FROM], "--offsets: give either --offsets or --from"),
+        (["--offsets", "0:0-10", "--to", FROM], "--offsets: give either --offsets or --from"),
+        (["--offsets", "x"], "--offsets: 'x' is not PARTITION:START-END"),
+        (["--offsets", "0:10"], "--offsets: '0:10' is not PARTITION:START-END"),
+        (["--offsets", ""], "--offsets: '' is not PARTITION:START-END"),
+        (["--offsets", "0:10-5"], "--offsets: '0:10-5': END must be >= START"),
+        (["--offsets", "0:0-1,0:5-6"], "--offsets: partition 0 is given twice"),
+        (["--sample", "0"], "--sample: '0' must be a fraction in (0, 1]"),
+        (["--sample", "2"], "--sample: '2' must be a fraction in (0, 1]"),
+        (["--sample", "half"], "--sample: 'half' must be a fraction in (0, 1]"),
+        (["--sample", ""], "--sample: '' must be a fraction in (0, 1]"),
+        (["--rate", "0"], "--rate: must be above 0 events per second, got 0"),
+        (["--rate", "-5"], "--rate: must be above 0 events per second"),
+        (["--rate", "nan"], "--rate: must be above 0 events per second"),
+        (["--max-in-flight", "1"], "--max-in-flight: must be between 2 and 100000, got 1"),
+        (["--max-in-flight", "100001"], "--max-in-flight: must be between 2 and 100000"),
+        (["--output-topic", "in.uploads"], "--output-topic: in.uploads is the uploads topic"),
+        (["--output-topic", ""], "--output-topic: must name a topic"),
+    ],
+)
+def test_a_bad_range_or_rate_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], config: Path, flags: list[str], says: str
+) -> None:
+    line = usage_error(capsys, config, *flags)
+    assert line.startswith("moderator: " + says.split(":")[0] + ":"), line
+    assert says in line, line
+    assert CONTACTED not in line
+
+
+@pytest.mark.parametrize("topic", ["out.verdicts", "out.audit", "out.dlq"])
+def test_a_live_output_topic_needs_allow_live_output(
+    capsys: pytest.CaptureFixture[str], config: Path, topic: str
+) -> None:
+    line = usage_error(capsys, config, "--output-topic", topic)
+    assert line == (
+        f"moderator: --output-topic: {topic} is a live topic; add --allow-live-output to write "
+        "there"
+    )
+
+
+def test_allow_live_output_never_allows_the_uploads_topic(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    line = usage_error(capsys, config, "--output-topic", "in.uploads", "--allow-live-output")
+    assert "--output-topic: in.uploads is the uploads topic" in line
+
+
+def test_a_dry_run_checks_its_flags_before_kafka_too(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    line = usage_error(capsys, config, "--dry-run", "--from", FROM, "--to", EARLIER)
+    assert line == "moderator: --to: must be later than --from"
+
+
+@pytest.mark.parametrize("run_id", ["../r1", "r 1", "-r1", "", "r" * 65])
+def test_resume_needs_a_run_id(
+    capsys: pytest.CaptureFixture[str], config: Path, run_id: str
+) -> None:
+    line = usage_error(capsys, config, f"--resume={run_id}")
+    assert line.startswith(f"moderator: --resume: {run_id!r} is not a run id"), line
+
+
+@pytest.mark.parametrize(
+    ("flags", "drop"),
+    [
+        (["--from", FROM], "--from"),
+        (["--to", FROM], "--to"),
+        (["--from", ""], "--from"),
+        (["--offsets", "0:0-10"], "--offsets"),
+        (["--tenant", "alpha"], "--tenant"),
+        (["--sample", "0.5"], "--sample"),
+        (["--policies", "policies"], "--policies"),
+        (["--engine", "fake"], "--engine"),
+        (["--model", "m"], "--model"),
+        (["--output-topic", "out.replay"], "--output-topic"),
+        (
+            ["--from", FROM, "--tenant", "a", "--output-topic", "t"],
+            "--from, --tenant, --output-topic",
+        ),
+    ],
+)
+def test_resume_names_the_flags_to_drop(
+    capsys: pytest.CaptureFixture[str], config: Path, flags: list[str], drop: str
+) -> None:
+    line = usage_error(capsys, config, "--resume", "r1", *flags)
+    assert line.startswith("moderator: --resume r1: the run's plan fixes"), line
+    assert line.endswith(f"; drop {drop}"), line
+
+
+def test_resume_without_a_plan_asks_for_the_report_directory(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "replay-r1"
+    empty.mkdir()
+    line = usage_error(capsys, config, "--resume", "r1", "--report", str(empty))
+    assert line == (
+        f"moderator: --resume r1: no run.json in {empty} (pass the run's --report directory)"
+    )
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--engine", "gpt"],
+        ["--originals", "elsewhere"],
+        ["--rate", "fast"],
+        ["--max-in-flight", "many"],
+        ["--bogus"],
+    ],
+)
+def test_a_malformed_flag_is_an_argparse_usage_error(
+    capsys: pytest.CaptureFixture[str], config: Path, flags: list[str]
+) -> None:
+    line = usage_error(capsys, config, *flags)
+    assert "error:" in line and flags[0] in line and "--help" in line
+
+
+def test_valid_flags_go_on_to_kafka(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    """The stand-in for Kafka is reached once the flags are right (so the tests above would see
+    a check made after contacting Kafka)."""
+    argv = ["replay", "--config", str(config), "--dry-run", "--from", EARLIER, "--to", FROM]
+    code, out, err = run(capsys, argv)
+    assert (code, out) == (1, ""), err
+    assert CONTACTED in err
+
+
+def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, ["replay", "--help"])
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: moderator replay")
+    missing = [flag for flag in INTERFACE if flag not in out.split()]
+    assert not missing, missing
