@@ -168,6 +168,8 @@ def test_resume_needs_a_run_id(
         (["--engine", "fake"], "--engine"),
         (["--model", "m"], "--model"),
         (["--output-topic", "out.replay"], "--output-topic"),
+        (["--reuse-assessments"], "--reuse-assessments"),
+        (["--allow-live-output"], "--allow-live-output"),
         (
             ["--from", FROM, "--tenant", "a", "--output-topic", "t"],
             "--from, --tenant, --output-topic",

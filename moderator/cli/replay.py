@@ -10,6 +10,7 @@ stopped early (resume it with `--resume RUN_ID`) or failed; 2 for usage or confi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,13 +126,21 @@ def _resumed(args: argparse.Namespace) -> tuple[Any, Path]:
     # `is not None`: an empty value (`--from "$UNSET"`) is given too, and must be dropped.
     flags = (*RANGE_FLAGS, "output_topic")
     given = [f"--{f.rstrip('_').replace('_', '-')}" for f in flags if getattr(args, f) is not None]
+    given += [
+        f"--{f.replace('_', '-')}"
+        for f in ("reuse_assessments", "allow_live_output")
+        if getattr(args, f)
+    ]
     if given:
         raise ConfigError(
             f"--resume {run_id}: the run's plan fixes its range, policies and engine; "
             f"drop {', '.join(given)}"
         )
     directory = args.report or Path(f"replay-{run_id}")
-    return load_plan(directory, run_id), directory
+    plan = load_plan(directory, run_id)
+    if args.rate is not None:  # pacing changes no result: a resumed run may go faster or slower
+        plan = dataclasses.replace(plan, rate=args.rate)
+    return plan, directory
 
 
 def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
