@@ -25,7 +25,7 @@ typecheck: install
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test-unit: install
 	$(BIN)/pytest -q tests

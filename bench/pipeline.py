@@ -73,8 +73,8 @@ from decode_bench import run_decode_bench
 from moderator.dev.samples import Sample, make_sample
 from moderator.dev.stack import EmbeddedStack
 from moderator.fetch.store import InMemoryObjectStore, ObjectStore
+from moderator.ingest.jobs import LoopStats
 from moderator.ingest.kafka import consumer_config
-from moderator.ingest.loop import LoopStats
 from moderator.ingest.ports import Consumer as ConsumerPort
 from moderator.logs import configure_logging
 from moderator.policy.bundled import write_default_policy

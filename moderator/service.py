@@ -1,27 +1,41 @@
-"""Wiring: settings → engine, window, store, policies, cache, processor, loop."""
+"""Wiring: settings → engine, window, store, policies, cache, processor, loop, and the
+observability endpoint (`/metrics`, `/healthz`, `/readyz`: docs/observability.md)."""
 
 from __future__ import annotations
 
 import threading
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import structlog
+from opentelemetry.trace import Tracer
 
 from moderator.engine.base import Engine
-from moderator.engine.factory import build_engine, build_window
+from moderator.engine.factory import build_engine, build_window, warm_up
 from moderator.engine.window import EngineWindow
 from moderator.fetch.decode import DecodeLimits
 from moderator.fetch.store import ObjectStore
+from moderator.ingest.jobs import LoopStats
 from moderator.ingest.kafka import make_consumer, make_producer
-from moderator.ingest.loop import IngestLoop, LoopStats
+from moderator.ingest.loop import IngestLoop
 from moderator.ingest.ports import Consumer, Producer
+from moderator.obs.engine import EngineWatch
+from moderator.obs.health import Check, CheckFn, Contact
+from moderator.obs.http import serving
+from moderator.obs.metrics import Metrics
+from moderator.obs.probes import kafka_metadata
+from moderator.obs.telemetry import Telemetry
+from moderator.obs.tracing import TRACER_NAME, build_tracer_provider
 from moderator.pipeline.cache import VerdictCache
 from moderator.pipeline.process import OutputTopics, Processor
 from moderator.policy.base import PolicyProvider
-from moderator.policy.registry import PolicyRegistry
+from moderator.policy.registry import DEFAULT, SURFACE_DEFAULT, PolicyRegistry
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.service")
+
+WARM_UP_RETRY_S = 15.0
 
 
 @dataclass
@@ -40,7 +54,7 @@ class Pipeline:
             self.policies.close()
 
 
-def build_policies(settings: Settings) -> PolicyRegistry:
+def build_policies(settings: Settings, metrics: Metrics | None = None) -> PolicyRegistry:
     """The tenant policies named by the settings, not yet polling for changes.
 
     Raises ConfigError (file:line: reason) when any policy file is invalid.
@@ -50,6 +64,7 @@ def build_policies(settings: Settings) -> PolicyRegistry:
         settings.tenancy,
         default_for_unknown=settings.policies.default_for_unknown,
         poll_interval_s=settings.policies.poll_interval_s,
+        metrics=metrics,
     )
 
 
@@ -59,14 +74,18 @@ def build_pipeline(
     store: ObjectStore | None = None,
     engine: Engine | None = None,
     policies: PolicyProvider | None = None,
+    metrics: Metrics | None = None,
+    tracer: Tracer | None = None,
 ) -> Pipeline:
     """Build the processing side. Raises ConfigError for bad policies or a missing engine extra.
 
     `policies` defaults to build_policies(settings); `scan` passes a wrapped provider.
+    `metrics`: where the window, the policies built here and the processor record;
+    `tracer`: where the processor's event spans go (default: none recorded).
     """
-    policies = policies if policies is not None else build_policies(settings)
+    policies = policies if policies is not None else build_policies(settings, metrics)
     engine = engine if engine is not None else build_engine(settings.engine)
-    window = build_window(engine, settings.engine)
+    window = build_window(engine, settings.engine, metrics)
     cache = VerdictCache(settings.cache.max_entries)
     if store is None:
         from moderator.fetch.s3 import S3ObjectStore
@@ -89,6 +108,8 @@ def build_pipeline(
         ),
         instance_id=settings.instance_id,
         max_buffered_bytes=settings.flow.high_buffered_bytes,
+        metrics=metrics,
+        tracer=tracer,
     )
     return Pipeline(engine, window, processor, cache, policies)
 
@@ -100,25 +121,132 @@ def run_service(
     pipeline: Pipeline | None = None,
     consumer: Consumer | None = None,
     producer: Producer | None = None,
+    telemetry: Telemetry | None = None,
 ) -> LoopStats:
-    """Consume until `stop` is set; drain, checkpoint, close. Raises FatalKafkaError."""
-    pipeline = pipeline if pipeline is not None else build_pipeline(settings)
+    """Consume until `stop` is set; drain, checkpoint, close. Raises FatalKafkaError, and
+    ConfigError when the endpoint's port cannot be bound.
+
+    The endpoint is served on `settings.http` from the start (before the engine loads) unless
+    `telemetry` is given: then its owner serves it. A pipeline built here records into the
+    telemetry's metrics and is warmed up (readiness waits for the engine's first answer); a
+    pipeline passed in records where it was built to, and is ready at its first answered batch.
+    """
+    traces = settings.telemetry
+    provider = build_tracer_provider(
+        traces.traces, traces.otlp_endpoint, instance_id=settings.instance_id
+    )
+    try:
+        with serving(settings.http) if telemetry is None else nullcontext(telemetry) as current:
+            current.readiness.expect("broker", "engine", "policies")
+            warm = pipeline is None
+            tracer = provider.get_tracer(TRACER_NAME)
+            if pipeline is None:
+                pipeline = build_pipeline(settings, metrics=current.metrics, tracer=tracer)
+            return _serve(
+                settings, stop, current, pipeline, consumer, producer, warm=warm, tracer=tracer
+            )
+    finally:
+        provider.shutdown()  # sends the last spans
+
+
+def _serve(
+    settings: Settings,
+    stop: threading.Event,
+    telemetry: Telemetry,
+    pipeline: Pipeline,
+    consumer: Consumer | None,
+    producer: Producer | None,
+    *,
+    warm: bool,
+    tracer: Tracer,
+) -> LoopStats:
     kafka_consumer: Consumer = consumer if consumer is not None else make_consumer(settings)
     kafka_producer: Producer = producer if producer is not None else make_producer(settings)
+    broker = _checks(settings, telemetry, pipeline, kafka_consumer)
     if isinstance(pipeline.policies, PolicyRegistry):
         pipeline.policies.start()  # hot reload while consuming
+    finished = threading.Event()
+    if warm:
+        threading.Thread(
+            target=_warm_up, args=(pipeline, finished), name="engine-warm-up", daemon=True
+        ).start()
     loop = IngestLoop(
         settings=settings,
         consumer=kafka_consumer,
         producer=kafka_producer,
         processor=pipeline.processor,
+        metrics=telemetry.metrics,
+        broker=broker,
+        tracer=tracer,
     )
     try:
         loop.run(stop)
     finally:
+        finished.set()
+        broker.close()  # no metadata probe may reach the consumer while it closes
         try:
             kafka_consumer.close()
         finally:
             pipeline.close()
             kafka_producer.flush(5)
     return loop.stats
+
+
+def _checks(
+    settings: Settings, telemetry: Telemetry, pipeline: Pipeline, consumer: Consumer
+) -> Contact:
+    """Add the service's readiness checks and gauges to `telemetry`; the broker's Contact,
+    which the loop tells of each answer and which asks for the uploads topic's metadata when
+    the loop has heard nothing lately."""
+    probe = (
+        kafka_metadata(consumer, settings.kafka.topics.uploads)
+        if hasattr(consumer, "list_topics")
+        else None
+    )
+    broker = Contact(probe)
+    watch = EngineWatch(pipeline.engine, pipeline.window, telemetry.metrics)
+    telemetry.readiness.add("broker", broker)
+    telemetry.readiness.add("engine", watch.check)
+    telemetry.readiness.add("policies", _policies_check(pipeline.policies))
+    telemetry.on_scrape(watch.collect)
+    return broker
+
+
+def _policies_check(policies: PolicyProvider) -> CheckFn:
+    def check() -> Check:
+        if not isinstance(policies, PolicyRegistry):
+            return Check(True, "provided")
+        status = policies.status()
+        stale = sorted(tenant for tenant, s in status.items() if s.stale)
+        detail = f"{len(status)} tenants loaded"
+        if stale:
+            detail += f"; stale (last good version in force): {', '.join(stale)}"
+        return Check(DEFAULT in status, detail)
+
+    return check
+
+
+def _warm_up(pipeline: Pipeline, finished: threading.Event) -> None:
+    """Until the engine has answered: a warm-up request, again every WARM_UP_RETRY_S."""
+    try:
+        policy = pipeline.policies.fallback(DEFAULT, SURFACE_DEFAULT)
+    except Exception:  # a provider without a default: readiness waits for the first batch
+        log.exception("engine_warm_up_skipped")
+        return
+    while not finished.is_set() and not pipeline.window.answered:
+        started = time.monotonic()
+        outcome = warm_up(
+            pipeline.window, policy.prompt, policy.categories, pipeline.engine.input_size
+        ).result
+        if pipeline.window.answered:
+            log.info("engine_warm", seconds=round(time.monotonic() - started, 3))
+            return
+        if finished.is_set():
+            return
+        log.warning(
+            "engine_warm_up_failed",
+            code=outcome.error_code.value if outcome.error_code else None,
+            error=outcome.error_message,
+            retry_s=WARM_UP_RETRY_S,
+        )
+        finished.wait(WARM_UP_RETRY_S)

@@ -35,7 +35,9 @@ MiB = 1 << 20
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a rejected value may be a secret (a raw token, a key in the wrong
+    # shape); errors name the key and the problem, never the value.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 class TopicSettings(_Section):
@@ -398,6 +400,41 @@ class AuditSettings(_Section):
         return self
 
 
+class HttpSettings(_Section):
+    """The one observability port: /metrics, /healthz and /readyz (docs/observability.md)."""
+
+    port: int = Field(default=9400, ge=0, le=65535, description="0 disables the endpoint")
+    # Every interface: the kubelet's probes and Prometheus connect from outside the pod. The
+    # endpoint is read-only and shows counts, tenant ids and versions, never a secret;
+    # 127.0.0.1 keeps it on the machine.
+    host: str = Field(default="0.0.0.0", min_length=1, description="address to listen on")  # noqa: S104
+
+
+class TelemetrySettings(_Section):
+    """Traces (docs/observability.md, "Traces"); metrics are always served on `http`."""
+
+    traces: Literal["none", "console", "otlp"] = Field(
+        default="none", description="span exporter: none, console (stderr) or otlp"
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector base URL, e.g. http://collector:4318 (unset: the "
+        "OTEL_EXPORTER_OTLP_* environment)",
+    )
+
+    @model_validator(mode="after")
+    def _plain_endpoint(self) -> TelemetrySettings:
+        endpoint = self.otlp_endpoint
+        if endpoint is not None:
+            if not endpoint.startswith(("http://", "https://")):
+                raise ValueError("otlp_endpoint must be an http:// or https:// URL")
+            if "@" in endpoint.split("://", 1)[1].split("/", 1)[0]:
+                raise ValueError(
+                    "otlp_endpoint must not carry credentials; set OTEL_EXPORTER_OTLP_HEADERS"
+                )
+        return self
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -412,6 +449,7 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         nested_model_default_partial_update=True,
+        hide_input_in_errors=True,
     )
 
     instance_id: str = Field(default_factory=socket.gethostname)
@@ -424,6 +462,8 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     policies: PolicySettings = PolicySettings()
     audit: AuditSettings = AuditSettings()
+    http: HttpSettings = HttpSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     log: LogSettings = LogSettings()
 
     @property

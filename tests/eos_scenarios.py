@@ -579,6 +579,7 @@ def broken_commit_checkpoint(
     *,
     exactly_once: bool,
     timeout_s: float,
+    tracer: Any = None,
 ) -> int:
     """The checkpoint with its classic bug: the offsets are committed by the consumer, outside
     the transaction, before the outputs are. A crash in between loses those events."""

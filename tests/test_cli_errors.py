@@ -20,7 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from moderator.cli.main import error_line, main
+from moderator.cli.lines import error_line
+from moderator.cli.main import main
 from moderator.errors import ConfigError, ModeratorError
 from moderator.ingest.kafka import make_producer
 from moderator.policy.bundled import write_default_policy

@@ -8,8 +8,9 @@ import threading
 from pathlib import Path
 
 from moderator.fetch.store import InMemoryObjectStore
+from moderator.ingest.jobs import JobDone
 from moderator.ingest.kafka import consumer_config, producer_config
-from moderator.ingest.loop import IngestLoop, JobDone
+from moderator.ingest.loop import IngestLoop
 from moderator.ingest.memory.broker import MemoryBroker
 from moderator.pipeline.process import Job, Processor
 from moderator.service import build_pipeline

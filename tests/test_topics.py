@@ -321,6 +321,7 @@ def test_run_with_create_topics_checks_the_topics_first(
     config.write_text(
         "kafka:\n  bootstrap_servers: 127.0.0.1:1\n  startup_timeout_s: 1\n  create_topics: true\n"
     )
-    assert main(["run", "--config", str(config), "--engine", "fake"]) == 1
+    assert main(["run", "--config", str(config), "--engine", "fake"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[-1]]  # one line: the start-up probe, before topics or clients
     assert err[-1].startswith("moderator: kafka: cannot reach the cluster within 1 s")

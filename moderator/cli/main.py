@@ -15,13 +15,14 @@ from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands impor
 from moderator.cli.audit_dsa import add_dsa_parser
 from moderator.cli.audit_query import add_query_parser
 from moderator.cli.devstack import add_dev_stack_parser
+from moderator.cli.lines import error_line
 from moderator.cli.replay import add_replay_parser
 from moderator.cli.signals import install_stop_handlers
 from moderator.cli.topics import add_topics_parser
 from moderator.dev.tiny.checkpoint import (
     ARCHES as TINY_ARCHES,  # cheap: torch is imported on use only
 )
-from moderator.errors import ConfigError, ModeratorError
+from moderator.errors import ConfigError
 from moderator.masking import mask_passwords
 
 ENGINES = ("nudenet", "transformers", "lmdeploy", "openai", "fake")
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the audit sink in this process (single-process deployments)",
     )
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="check the settings, Kafka, S3, the engine and the policies, print a table and "
+        "exit: 0 when all pass, 2 when any fails (consumes and produces nothing)",
+    )
+    _http_port_flag(run)
 
     demo = sub.add_parser("demo", help="run everything embedded on sample images, print verdicts")
     _engine_flags(demo)
@@ -155,6 +163,7 @@ def _audit_parser(sub: Any) -> Any:
         ),
     )
     sink.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    _http_port_flag(sink)
     add_query_parser(audit_sub)
     add_admin_parsers(audit_sub)
     add_dsa_parser(audit_sub)
@@ -166,11 +175,21 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="engine.model (checkpoint path or served model name)")
 
 
+def _http_port_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--http-port",
+        type=int,
+        metavar="N",
+        help="serve /metrics, /healthz and /readyz on port N (http.port, default 9400; 0 = off)",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "engine.kind": getattr(args, "engine", None),
         "engine.model": getattr(args, "model", None),
         "policies.dir": getattr(args, "policies", None),
+        "http.port": getattr(args, "http_port", None),
     }
 
 
@@ -197,16 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(mask_passwords(trace))
         print(f"moderator: {error_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-
-
-def error_line(exc: BaseException, limit: int = 2000) -> str:
-    """An exception as one line of text for people, URL passwords masked. Our own errors are
-    shown as they are; anything else is an unexpected error, named by its type."""
-    text = " ".join(str(exc).split())
-    if not isinstance(exc, ModeratorError):
-        text = f"unexpected error: {type(exc).__name__}" + (f": {text}" if text else "")
-    text = mask_passwords(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -278,7 +287,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.audit_command == "sink":
         from moderator.cli.audit_sink import cmd_audit_sink
 
-        return cmd_audit_sink(args.config)
+        return cmd_audit_sink(args.config, _overrides(args))
     if args.audit_command == "query":
         from moderator.cli.audit_query import cmd_query
 
@@ -317,12 +326,19 @@ def _cmd_export_dsa(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.check:
+        from moderator.cli.check import cmd_check
+
+        return cmd_check(args.config, _overrides(args))
+    from moderator.ingest.startup import probe_cluster
     from moderator.logs import configure_logging
     from moderator.service import run_service
     from moderator.settings import load_settings
 
     settings = load_settings(args.config, _overrides(args))
     configure_logging(settings.log)
+    # No broker within kafka.startup_timeout_s: one line and exit 2, before any client retries.
+    probe_cluster(settings.kafka, client_id=f"moderator-probe-{settings.instance_id}")
     if settings.kafka.create_topics:
         from moderator.cli.topics import ensure_at_startup
 
@@ -330,8 +346,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop = install_stop_handlers()
     if args.with_audit_sink:
         from moderator.audit.sink.wiring import run_with_audit_sink
+        from moderator.obs.http import serving
 
-        run_with_audit_sink(settings, stop, lambda: run_service(settings, stop))
+        with serving(settings.http) as shared:  # one endpoint for the consumer and the sink
+            run_with_audit_sink(
+                settings,
+                stop,
+                lambda: run_service(settings, stop, telemetry=shared),
+                telemetry=shared,
+            )
     else:
         run_service(settings, stop)
     return 0

@@ -25,15 +25,21 @@ class OutRecord:
 
 @dataclass(frozen=True)
 class Trace:
-    """W3C trace context for one event's outputs."""
+    """W3C trace context of one event: the trace it belongs to and our outputs' parent span.
+
+    The one source of the event's trace: the verdict's `trace_id`, the outputs' `traceparent`
+    and the event span (moderator.obs.tracing, started from this) all take the trace from here.
+    """
 
     trace_id: str
-    parent_span: str | None
+    parent_span: str | None  # the producer's span from the upload's header; None: a new trace
     flags: str = "01"
+    span_id: str | None = None  # our event span, once one is started for the event
 
     def traceparent(self) -> str:
-        """A child span of the incoming one (or a new root) for our outputs."""
-        return f"00-{self.trace_id}-{secrets.token_hex(8)}-{self.flags}"
+        """Our outputs' context: a child of the event span, else of a fresh span id."""
+        span = self.span_id or secrets.token_hex(8)
+        return f"00-{self.trace_id}-{span}-{self.flags}"
 
 
 def trace_from_headers(headers: object, event_id: str) -> Trace:
@@ -43,14 +49,22 @@ def trace_from_headers(headers: object, event_id: str) -> Trace:
     Headers come from the producer unchecked: entries of another shape or type are ignored, like
     an invalid `traceparent`.
     """
+    found = traceparent_of(headers)
+    if found is not None:
+        return Trace(*found)
+    return Trace(hashlib.sha256(event_id.encode()).hexdigest()[:32], None)
+
+
+def traceparent_of(headers: object) -> tuple[str, str, str] | None:
+    """(trace id, span id, flags) of the first valid `traceparent` header, in lowercase hex."""
     for name, value in _pairs(headers):
         if name.lower() != "traceparent":
             continue
         text = value if isinstance(value, str) else value.decode("ascii", "replace")
         match = _TRACEPARENT.match(text.strip().lower())
         if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
-            return Trace(match.group(1), match.group(2), match.group(3))
-    return Trace(hashlib.sha256(event_id.encode()).hexdigest()[:32], None)
+            return match.group(1), match.group(2), match.group(3)
+    return None
 
 
 def _pairs(headers: object) -> Iterator[tuple[str, bytes | str]]:

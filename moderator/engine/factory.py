@@ -1,12 +1,17 @@
-"""Build the configured engine and the window in front of it."""
+"""Build the configured engine and the window in front of it, and warm it up."""
 
 from __future__ import annotations
 
-from moderator.engine.base import Engine
+from PIL import Image
+
+from moderator.engine.base import Engine, EngineRequest
 from moderator.engine.fake import FakeEngine
-from moderator.engine.window import EngineWindow
+from moderator.engine.window import EngineWindow, WindowResult
 from moderator.errors import ConfigError
+from moderator.obs.metrics import Metrics
 from moderator.settings import EngineSettings
+
+WARM_UP_ID = "warm-up"
 
 NUDENET_MISSING = "engine.kind=nudenet needs the nudenet extra: pip install 'moderator[nudenet]'"
 
@@ -41,8 +46,16 @@ def build_engine(settings: EngineSettings) -> Engine:
     raise ConfigError(f"engine.kind={settings.kind} is not a known engine")
 
 
-def build_window(engine: Engine, settings: EngineSettings) -> EngineWindow:
-    """The micro-batching window with the engine section's knobs."""
+def build_window(
+    engine: Engine, settings: EngineSettings, metrics: Metrics | None = None
+) -> EngineWindow:
+    """The micro-batching window with the engine section's knobs; with `metrics`, each engine
+    call's size goes into `moderator_engine_batch_size`."""
+
+    def on_call(size: int) -> None:
+        if metrics is not None:
+            metrics.record("moderator_engine_batch_size", size)
+
     return EngineWindow(
         engine,
         batch_size=settings.batch_size,
@@ -50,4 +63,16 @@ def build_window(engine: Engine, settings: EngineSettings) -> EngineWindow:
         concurrency=settings.concurrency,
         timeout_s=settings.timeout_s,
         retries=settings.retries,
+        on_call=on_call if metrics is not None else None,
     )
+
+
+def warm_up(
+    window: EngineWindow, prompt: str, categories: tuple[str, ...], input_size: int
+) -> WindowResult:
+    """One request through the window, so the engine's first call (kernels, caches, a remote
+    server's connection) is paid before real traffic and the window sees it answer: a grey
+    image of the model's input size under a real policy prompt. Blocks until it resolves."""
+    image = Image.new("RGB", (input_size, input_size), (127, 127, 127))
+    request = EngineRequest(WARM_UP_ID, image, prompt, categories)
+    return window.submit(request).result()

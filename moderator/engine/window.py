@@ -4,6 +4,10 @@ Every request resolves with a `WindowResult`, never an exception. A hung engine 
 cancelled: its items time out and its late result is dropped, but it keeps its concurrency slot
 until it returns, so at most `concurrency` engine calls ever run, hung ones included, and no thread
 is abandoned to start another (`hung_calls` counts them). Done-callbacks run on window threads.
+
+For metrics and readiness the window reports, without importing any metrics library: the size
+of each engine call (`on_call`), the time spent in engine calls (`busy_seconds`) and whether
+the engine has answered yet (`answered`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -21,6 +26,9 @@ from moderator.engine.base import Engine, EngineRequest, EngineResult
 from moderator.errors import ErrorCode
 
 CLOSED_MESSAGE = "engine window closed"
+# Results that are not the model's answer: a call returning only these has not shown that the
+# engine works (an OpenAI-compatible server that cannot be reached answers them per item).
+_NO_ANSWER = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT})
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,9 @@ class EngineWindow:
         concurrency: int,
         timeout_s: float,
         retries: int,
+        on_call: Callable[[int], None] | None = None,
     ) -> None:
+        """`on_call(n)` is called, on a worker thread, as each engine call of n items starts."""
         if batch_size < 1 or concurrency < 1 or timeout_s <= 0 or retries < 0 or max_wait_ms < 0:
             raise ValueError("invalid engine window settings")
         self._engine = engine
@@ -80,6 +90,10 @@ class EngineWindow:
         self._max_wait = max_wait_ms / 1000.0
         self._timeout = timeout_s
         self._retries = retries
+        self._on_call = on_call
+        self._concurrency = concurrency
+        self._busy = 0.0  # seconds spent in finished engine calls, all workers together
+        self._answered = False
         self._cond = threading.Condition()
         self._queue: deque[_Item] = deque()  # waiting for a batch, in submit order
         self._by_deadline: deque[_Item] = deque()  # dispatched, unexpired items, by deadline
@@ -121,6 +135,22 @@ class EngineWindow:
         """Requests submitted and not yet resolved."""
         with self._cond:
             return self._pending
+
+    @property
+    def answered(self) -> bool:
+        """Whether an engine call has returned a model's answer (not only engine errors)."""
+        return self._answered
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds spent in engine calls since the start, running calls included."""
+        now = time.monotonic()
+        with self._cond:
+            return self._busy + sum(now - start for start in self._calls.values())
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
 
     @property
     def hung_calls(self) -> int:
@@ -251,6 +281,8 @@ class EngineWindow:
             for item in group:
                 item.attempts += 1
                 item.started = start if item.started is None else item.started
+        if self._on_call is not None:
+            self._on_call(len(group))
         outcome: list[EngineResult] | Exception
         try:
             outcome = self._engine.classify([item.request for item in group])
@@ -262,6 +294,9 @@ class EngineWindow:
             with self._cond:
                 del self._calls[call_id]
                 self._last_progress = time.monotonic()
+                self._busy += self._last_progress - start
+        if not self._answered and not isinstance(outcome, Exception):
+            self._answered = any(r.error_code not in _NO_ANSWER for r in outcome)
         return outcome, (time.monotonic() - start) * 1000.0
 
     def _fail(self, items: list[_Item], code: ErrorCode, message: str) -> None:

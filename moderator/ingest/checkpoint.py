@@ -7,11 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from moderator.emit.records import OutRecord
 from moderator.errors import ModeratorError
 from moderator.ingest.ports import Consumer, Producer
 from moderator.ingest.tracker import TP, Ready
+from moderator.obs.tracing import publish_span
 
 
 class CheckpointAborted(ModeratorError):
@@ -29,6 +31,7 @@ def commit_checkpoint(
     *,
     exactly_once: bool,
     timeout_s: float,
+    tracer: Tracer | None = None,
 ) -> int:
     """Publish the outputs of the completed prefixes and commit their offsets together.
 
@@ -48,9 +51,28 @@ def commit_checkpoint(
       3. commit() the offsets synchronously
       Any failure → CheckpointAborted (outputs may repeat after the rewind: at least once).
     A fatal producer error raises FatalKafkaError in both modes. Returns the records produced.
+    All of it is one `moderator.publish` span linking the event spans whose outputs it carries.
     """
     offsets = [TopicPartition(t, p, r.next_offset) for (t, p), r in ready.items()]
     records = [rec for r in ready.values() for rec in r.outputs]
+    messages = sum(r.count for r in ready.values())
+    tracer = tracer if tracer is not None else NoOpTracer()
+    with publish_span(tracer, records, exactly_once=exactly_once, messages=messages):
+        _commit(
+            producer, consumer, records, offsets, exactly_once=exactly_once, timeout_s=timeout_s
+        )
+    return len(records)
+
+
+def _commit(
+    producer: Producer,
+    consumer: Consumer,
+    records: list[OutRecord],
+    offsets: list[TopicPartition],
+    *,
+    exactly_once: bool,
+    timeout_s: float,
+) -> None:
     try:
         if exactly_once:
             _transactional(producer, consumer, records, offsets, timeout_s)
@@ -63,7 +85,6 @@ def commit_checkpoint(
         if exactly_once:
             _abort(producer, timeout_s)
         raise CheckpointAborted(f"checkpoint aborted: {err}") from exc
-    return len(records)
 
 
 def _transactional(

@@ -1,7 +1,8 @@
 """confluent-kafka client construction from the settings (the real adapters of ports.py).
 
 librdkafka checks its configuration when a client is built; what it refuses becomes one
-ConfigError line (exit 2 at start-up), never a KafkaException traceback.
+ConfigError line (exit 2 at start-up), never a KafkaException traceback. Its own log lines go
+through structlog (ingest/client_log.py), never raw to stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, TypeVar, cast
 import confluent_kafka
 
 from moderator.errors import ConfigError
+from moderator.ingest.client_log import client_logger
 from moderator.ingest.ports import Consumer, Producer
 from moderator.settings import KafkaSettings, Settings
 
@@ -72,9 +74,12 @@ def build_client(
 ) -> T:
     """`factory(conf)` (a confluent_kafka Consumer, Producer or AdminClient); librdkafka
     refusing the configuration raises ConfigError, one line, with the passwords of `kafka`
-    masked should librdkafka quote one."""
+    masked should librdkafka quote one.
+
+    Unless `conf` names its own `logger`, the client logs through `client_logger()`: its
+    lines reach structlog when the client is polled, repeats held back."""
     try:
-        return factory(conf)
+        return factory({"logger": client_logger(), **conf})
     except confluent_kafka.KafkaException as exc:
         error = exc.args[0] if exc.args else None
         text = error.str() if isinstance(error, confluent_kafka.KafkaError) else str(exc)

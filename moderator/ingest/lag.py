@@ -7,12 +7,15 @@ committed: a consumer that commits "last record + 1" (the audit sink) ends one m
 one that commits its position (librdkafka's position passes markers) ends at 0. `stable_lag`
 counts to the last stable offset instead, i.e. leaves out an open transaction's records,
 which a read_committed reader cannot read yet.
+
+`group_lag` asks the cluster (the `lag` command); `assigned_lag` is what a running consumer
+knows without asking (the service's `moderator_consumer_lag`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
@@ -72,6 +75,41 @@ def partition_lags(
         PartitionLag(p, committed.get(p), low[p], high[p], stable.get(p, high[p]))
         for p in sorted(high)
     ]
+
+
+def assigned_lag(
+    consumer: Any, assigned: Iterable[tuple[str, int]], committed: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """Lag of a running consumer's partitions, without a request to the cluster.
+
+    The end of each partition is the high watermark librdkafka cached from its last fetch
+    (`get_watermark_offsets(cached=True)`; a paused partition's end is as old as its last
+    fetch). The start is `committed` (the loop's last commit, or where it started reading),
+    else the consumer's position. Partitions with neither end nor start known are left out,
+    and so is everything when the consumer cannot tell its watermarks (the in-memory broker).
+    """
+    watermarks = getattr(consumer, "get_watermark_offsets", None)
+    if watermarks is None:
+        return {}
+    tps = list(assigned)
+    starts = {tp: committed[tp] for tp in tps if tp in committed}
+    unknown = [TopicPartition(t, p) for t, p in tps if (t, p) not in starts]
+    try:
+        positions = consumer.position(unknown) if unknown else []
+    except KafkaException:
+        positions = []
+    for part in positions:
+        if part.offset >= 0:
+            starts[(part.topic, part.partition)] = part.offset
+    out: dict[tuple[str, int], int] = {}
+    for tp, start in starts.items():
+        try:
+            ends = watermarks(TopicPartition(*tp), cached=True)
+        except KafkaException:
+            continue
+        if ends is not None and ends[1] >= 0:
+            out[tp] = max(0, ends[1] - start)
+    return out
 
 
 def group_lag(

@@ -7,10 +7,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from confluent_kafka import TopicPartition
+from opentelemetry.trace import Tracer
 
 from moderator.emit.records import OutRecord, dlq_output, trace_from_headers
 from moderator.errors import ErrorCode
@@ -19,40 +20,18 @@ from moderator.events.s3notify import TenantRule
 from moderator.events.verdict import InputCoords
 from moderator.ingest.checkpoint import CheckpointAborted, FatalKafkaError, commit_checkpoint
 from moderator.ingest.flow import FlowGate
+from moderator.ingest.jobs import JobDone, JobProcessor, LoopStats
+from moderator.ingest.lag import assigned_lag
 from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer, Producer
 from moderator.ingest.tracker import TP, OffsetTracker
+from moderator.obs.health import Contact
+from moderator.obs.intake import IntakeObserver
+from moderator.obs.metrics import Metrics
 from moderator.pipeline.process import Job
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.ingest")
-
-
-# Called once per job with its output records, or None when the job was abandoned (a replay
-# stopping before it started the job): its offset then stays uncommitted.
-JobDone = Callable[[list[OutRecord] | None], None]
-
-
-class JobProcessor(Protocol):
-    """What the loop hands events to: the service's Processor, or a replay's wrapper of one."""
-
-    @property
-    def buffered_bytes(self) -> int: ...
-    def submit(self, job: Job, done: JobDone) -> None: ...
-
-
-@dataclass
-class LoopStats:
-    messages: int = 0
-    events: int = 0
-    dlq: int = 0
-    accept_errors: int = 0  # messages dead-lettered by the intake's safety net (a bug)
-    skipped_records: int = 0
-    checkpoints: int = 0
-    aborted: int = 0
-    produced: int = 0
-    committed_messages: int = 0
-    pauses: int = 0
 
 
 @dataclass
@@ -83,8 +62,13 @@ class IngestLoop:
         producer: Producer,
         processor: JobProcessor,
         on_checkpoint: Callable[[int], None] | None = None,
+        metrics: Metrics | None = None,
+        broker: Contact | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._s = settings
+        self._tracer = tracer
+        self._obs = IntakeObserver(settings.kafka.topics.verdicts, metrics, broker)
         self._consumer = consumer
         self._producer = producer
         self._processor = processor
@@ -137,6 +121,7 @@ class IngestLoop:
     def _step(self, batch: int) -> None:
         room = max(1, self._s.flow.high_in_flight - self.in_flight)
         messages = self._consumer.consume(min(batch, room), 0.05)
+        self._obs.consumed(messages)
         if self._repause:
             self._consumer.pause([TopicPartition(t, p) for t, p in self._repause])
             self._repause = []
@@ -144,6 +129,7 @@ class IngestLoop:
             self._accept(msg)
         self._collect()
         self._apply_flow()
+        self._obs.tick(self.in_flight, self.paused, self._processor.buffered_bytes, self._lag)
         if self._checkpoint_due():
             self._checkpoint()
 
@@ -172,6 +158,9 @@ class IngestLoop:
         """Events being processed, or messages held uncommitted: what the water marks bound."""
         return max(self._jobs, self._tracker.in_flight)
 
+    def _lag(self) -> dict[TP, int]:
+        return assigned_lag(self._consumer, self._assigned, self._tracker.rewind_points())
+
     # -- intake --------------------------------------------------------------------------------
 
     def _accept(self, msg: Any) -> None:
@@ -198,6 +187,7 @@ class IngestLoop:
             )
             return
         self.stats.skipped_records += skipped
+        self._obs.accepted(tp, offset, jobs, skipped)
         if not jobs:
             self._complete(tp, offset, [])
             return
@@ -226,6 +216,7 @@ class IngestLoop:
 
     def _dead_letter(self, msg: Any, tp: TP, offset: int, reason: str) -> None:
         self.stats.dlq += 1
+        self._obs.dead_lettered(ErrorCode.MALFORMED_EVENT.value)
         log.info("dead_lettered", topic=tp[0], partition=tp[1], offset=offset, reason=reason)
         dlq = dlq_output(
             dlq_topic=self._s.kafka.topics.dlq,
@@ -259,6 +250,7 @@ class IngestLoop:
                 continue  # abandoned: the message never completes, its offset is not committed
             work = self._work[(c.tp, c.offset)]
             work.outputs[c.index] = c.records
+            self._obs.completed(c.records)
             work.left -= 1
             if work.left == 0:
                 del self._work[(c.tp, c.offset)]
@@ -294,9 +286,11 @@ class IngestLoop:
                 ready,
                 exactly_once=self._eos,
                 timeout_s=self._timeout,
+                tracer=self._tracer,
             )
         except CheckpointAborted as exc:
             self.stats.aborted += 1
+            self._obs.aborted()
             log.warning("checkpoint_aborted", reason=str(exc), partitions=len(ready))
             if revoking:  # the partitions are leaving: the next owner starts from the commit
                 for tp in ready:
@@ -308,6 +302,7 @@ class IngestLoop:
         for tp, r in ready.items():
             self._tracker.committed(tp, r.next_offset)
         self.stats.checkpoints += 1
+        self._obs.committed({tp: r.next_offset for tp, r in ready.items()})
         self.stats.produced += produced
         self.stats.committed_messages += count
         log.debug("checkpoint", messages=count, records=produced)
@@ -355,6 +350,7 @@ class IngestLoop:
         log.warning("lost", partitions=sorted(tps))
 
     def _release(self, tps: set[TP]) -> None:
+        self._obs.released(tps)
         for tp in tps:
             self._reset(tp)
             self._tracker.forget(tp)

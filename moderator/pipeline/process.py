@@ -8,10 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from moderator import __version__
 from moderator.emit.records import OutRecord, Trace, verdict_outputs
@@ -30,6 +32,8 @@ from moderator.events.verdict import (
 from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image
 from moderator.fetch.store import ObjectStore
+from moderator.obs.event import EventTelemetry
+from moderator.obs.metrics import Metrics, no_metrics
 from moderator.pipeline.assemble import (
     FrameOutcome,
     ObjectFacts,
@@ -71,6 +75,7 @@ class _Run:
     job: Job
     policy: CompiledPolicy
     done: Done
+    obs: EventTelemetry
     facts: ObjectFacts = field(default_factory=ObjectFacts)
     fetch_ms: float = 0.0
     held_bytes: int = 0
@@ -80,7 +85,8 @@ class Processor:
     """Runs fetch → decode → cache → engine → decide for each submitted event, concurrently.
 
     `submit` never raises; `done` is called exactly once per job, from a worker thread, with the
-    verdict and audit records.
+    verdict and audit records. Each job has its spans and metrics (moderator.obs.event); log
+    lines while it runs carry its context and trace id.
     """
 
     def __init__(
@@ -98,8 +104,12 @@ class Processor:
         topics: OutputTopics,
         instance_id: str,
         max_buffered_bytes: int | None = None,
+        tracer: Tracer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._tracer: Tracer = tracer if tracer is not None else NoOpTracer()
+        self._metrics = metrics if metrics is not None else no_metrics()
         self._window = window
         self._model = model
         self._model_id = f"{model.engine}:{model.name}@{model.revision or ''}"
@@ -146,21 +156,10 @@ class Processor:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _start(self, job: Job, done: Done) -> None:
-        ev = job.event
-        with structlog.contextvars.bound_contextvars(
-            tenant=ev.tenant_id,
-            event_id=ev.event_id,
-            topic=job.coords.topic,
-            partition=job.coords.partition,
-            offset=job.coords.offset,
-        ):
-            policy = self._policies.resolve(ev.tenant_id, ev.surface)
-            if policy is None:
-                fallback = self._policies.fallback(ev.tenant_id, ev.surface)
-                run = _Run(job, fallback, done)
-                self._fail(run, ErrorCode.UNKNOWN_TENANT, f"no policy for tenant {ev.tenant_id!r}")
+        with _bound(job):
+            run = self._run(job, done, ObjectFacts())
+            if run is None:
                 return
-            run = _Run(job, policy, done)
             self._admit()
             try:
                 self._fetch_and_submit(run)
@@ -172,18 +171,28 @@ class Processor:
 
     def _redecide(self, job: Job, assessment: Assessment, facts: ObjectFacts, done: Done) -> None:
         ev = job.event
+        with _bound(job):
+            run = self._run(job, done, facts)
+            if run is None:
+                return
+            if not run.policy.allows_object(ev.object.bucket, ev.object.key):
+                where = f"s3://{ev.object.bucket}/{ev.object.key}"
+                self._fail(run, ErrorCode.TENANT_MISMATCH, f"{where} is outside the tenant")
+                return
+            outcome = FrameOutcome(decision=run.policy.decide(assessment), assessment=assessment)
+            self._finish(run, outcome, source="cache")
+
+    def _run(self, job: Job, done: Done, facts: ObjectFacts) -> _Run | None:
+        """The job under its tenant's policy, its spans started; None once it has failed for
+        want of a policy."""
+        ev = job.event
+        obs = EventTelemetry(self._tracer, self._metrics, job.trace, ev, job.coords, job.received)
         policy = self._policies.resolve(ev.tenant_id, ev.surface)
-        if policy is None:
-            run = _Run(job, self._policies.fallback(ev.tenant_id, ev.surface), done, facts)
-            self._fail(run, ErrorCode.UNKNOWN_TENANT, f"no policy for tenant {ev.tenant_id!r}")
-            return
-        run = _Run(job, policy, done, facts)
-        if not policy.allows_object(ev.object.bucket, ev.object.key):
-            where = f"s3://{ev.object.bucket}/{ev.object.key}"
-            self._fail(run, ErrorCode.TENANT_MISMATCH, f"{where} is outside the tenant")
-            return
-        outcome = FrameOutcome(decision=policy.decide(assessment), assessment=assessment)
-        self._finish(run, outcome, source="cache")
+        if policy is not None:
+            return _Run(job, policy, done, obs, facts)
+        run = _Run(job, self._policies.fallback(ev.tenant_id, ev.surface), done, obs, facts)
+        self._fail(run, ErrorCode.UNKNOWN_TENANT, f"no policy for tenant {ev.tenant_id!r}")
+        return None
 
     def _fetch_and_submit(self, run: _Run) -> None:
         obj = run.job.event.object
@@ -196,13 +205,16 @@ class Processor:
                 ErrorCode.OBJECT_TOO_LARGE, f"object is {obj.size} bytes (limit {self._max_bytes})"
             )
         t0 = time.monotonic()
-        fetched = self._store.get(obj.bucket, obj.key, obj.version_id, self._max_bytes)
+        with run.obs.stage("fetch"):
+            fetched = self._store.get(obj.bucket, obj.key, obj.version_id, self._max_bytes)
         self._hold(run, len(fetched.data))
-        image = self._decode(run, fetched.data, fetched.etag)
+        with run.obs.stage("decode"):
+            image = self._decode(run, fetched.data, fetched.etag)
         run.fetch_ms = (time.monotonic() - t0) * 1000
         frame_bytes = sum(f.width * f.height * RGB_BYTES_PER_PIXEL for f in image.frames)
         self._hold(run, frame_bytes - len(fetched.data))
         cached = self._cache.get(self._cache_key(run, image))
+        run.obs.cache(hit=cached is not None)
         if cached is not None:
             outcome = FrameOutcome(decision=run.policy.decide(cached), assessment=cached)
             self._finish(run, outcome, source="cache")
@@ -216,8 +228,9 @@ class Processor:
             )
             for i, frame in enumerate(image.frames)
         ]
+        submitted_ns = time.time_ns()
         futures = [self._window.submit(r) for r in requests]
-        gather = _Gather(len(futures), lambda results: self._judged(run, image, results))
+        gather = _Gather(len(futures), functools.partial(self._judged, run, image, submitted_ns))
         for index, fut in enumerate(futures):
             fut.add_done_callback(functools.partial(gather.put, index))
 
@@ -239,18 +252,22 @@ class Processor:
     def _cache_key(self, run: _Run, image: DecodedImage) -> tuple[str, str, str]:
         return (image.sha256, run.policy.version, self._model_id)
 
-    def _judged(self, run: _Run, image: DecodedImage, results: list[WindowResult]) -> None:
-        try:
-            frames = [self._frame_outcome(run.policy, r) for r in results]
-            outcome = strictest(frames)
-            if all(f.error is None for f in frames) and outcome.assessment is not None:
-                self._cache.put(self._cache_key(run, image), outcome.assessment)
-            queue_ms = max(r.queue_ms for r in results)
-            infer_ms = max(r.infer_ms for r in results)
-            self._finish(run, outcome, source="model", queue_ms=queue_ms, infer_ms=infer_ms)
-        except Exception as exc:
-            log.exception("assembly_failed", event_id=run.job.event.event_id)
-            self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
+    def _judged(
+        self, run: _Run, image: DecodedImage, submitted_ns: int, results: list[WindowResult]
+    ) -> None:
+        with _bound(run.job):  # on an engine window thread: bind the event's context here too
+            try:
+                run.obs.engine_calls(results, submitted_ns)
+                frames = [self._frame_outcome(run.policy, r) for r in results]
+                outcome = strictest(frames)
+                if all(f.error is None for f in frames) and outcome.assessment is not None:
+                    self._cache.put(self._cache_key(run, image), outcome.assessment)
+                queue_ms = max(r.queue_ms for r in results)
+                infer_ms = max(r.infer_ms for r in results)
+                self._finish(run, outcome, source="model", queue_ms=queue_ms, infer_ms=infer_ms)
+            except Exception as exc:
+                log.exception("assembly_failed")
+                self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
 
     @staticmethod
     def _frame_outcome(policy: CompiledPolicy, wr: WindowResult) -> FrameOutcome:
@@ -289,42 +306,44 @@ class Processor:
         total_ms = (time.monotonic() - job.received) * 1000
         engine_failed = outcome.error is not None and outcome.error.code in _ENGINE_ERRORS
         ran_model = outcome.assessment is not None or engine_failed
-        verdict, audit = assemble(
-            job.event,
-            outcome,
-            policy=PolicyRef(
-                tenant_id=job.event.tenant_id, surface=policy.surface, version=policy.version
-            ),
-            model=self._model if ran_model else None,
-            facts=run.facts,
-            source=source,
-            timings=Timings(
-                fetch=round(run.fetch_ms, 3),
-                queue=round(queue_ms, 3),
-                infer=round(infer_ms, 3),
-                total=round(total_ms, 3),
-            ),
-            decided_at=datetime.now(UTC),
-            trace_id=job.trace.trace_id,
-            provenance=Provenance(
-                coords=job.coords,
-                instance_id=self._instance_id,
-                package_version=__version__,
-                policy_hash=policy.full_hash,
-                prompt_sha256=policy.prompt_sha256,
-                policy_document=policy.document(),
-            ),
-        )
-        records = verdict_outputs(
-            verdict,
-            audit,
-            verdicts_topic=self._topics.verdicts,
-            audit_topic=self._topics.audit,
-            source=self._topics.source,
-            trace=job.trace,
-        )
+        with run.obs.stage("decide"):
+            verdict, audit = assemble(
+                job.event,
+                outcome,
+                policy=PolicyRef(
+                    tenant_id=job.event.tenant_id, surface=policy.surface, version=policy.version
+                ),
+                model=self._model if ran_model else None,
+                facts=run.facts,
+                source=source,
+                timings=Timings(
+                    fetch=round(run.fetch_ms, 3),
+                    queue=round(queue_ms, 3),
+                    infer=round(infer_ms, 3),
+                    total=round(total_ms, 3),
+                ),
+                decided_at=datetime.now(UTC),
+                trace_id=job.trace.trace_id,
+                provenance=Provenance(
+                    coords=job.coords,
+                    instance_id=self._instance_id,
+                    package_version=__version__,
+                    policy_hash=policy.full_hash,
+                    prompt_sha256=policy.prompt_sha256,
+                    policy_document=policy.document(),
+                ),
+            )
+            records = verdict_outputs(
+                verdict,
+                audit,
+                verdicts_topic=self._topics.verdicts,
+                audit_topic=self._topics.audit,
+                source=self._topics.source,
+                trace=run.obs.trace,
+            )
         self._hold(run, -run.held_bytes)
         log.debug("verdict", decision=verdict.decision, source=source)
+        run.obs.end(verdict, source)
         run.done(records)
 
     def _admit(self) -> None:
@@ -360,3 +379,15 @@ class _Gather:
             last = self._left == 0
         if last:
             self._then([r for r in self._results if r is not None])
+
+
+def _bound(job: Job) -> AbstractContextManager[None]:
+    """The event's context on every log line while it is processed, its trace id included."""
+    return structlog.contextvars.bound_contextvars(
+        tenant=job.event.tenant_id,
+        event_id=job.event.event_id,
+        topic=job.coords.topic,
+        partition=job.coords.partition,
+        offset=job.coords.offset,
+        trace_id=job.trace.trace_id,
+    )

@@ -5,7 +5,9 @@ its default surface and every surface it declares) and replaces the old one in o
 so an event never sees half of a change. A file that fails to load keeps its last good content
 in force; a tenant whose policy fails to resolve or compile keeps its last good compiled
 policies. Both are reported (`file:line: reason`) in the log, in `errors` and as `stale` in the
-tenant's status, until the file is fixed.
+tenant's status, until the file is fixed. With `metrics`, every reload also sets
+`moderator_policy_info` (1 for each tenant's default-surface version in force, 0 for the one
+it replaced) and `moderator_policy_stale`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import structlog
 
 from moderator.errors import ConfigError
+from moderator.obs.metrics import Metrics
 from moderator.policy.compiled import TenantPolicy, compile_policy
 from moderator.policy.document import PolicyFile
 from moderator.policy.load import PolicyError, load_text, policy_paths, read_policy
@@ -71,8 +74,10 @@ class PolicyRegistry:
         *,
         default_for_unknown: bool = False,
         poll_interval_s: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._dir = directory
+        self._metrics = metrics
         self._tenancy = tenancy
         self._default_for_unknown = default_for_unknown
         self._poll_interval_s = poll_interval_s
@@ -146,6 +151,7 @@ class PolicyRegistry:
             if new.errors and initial:
                 raise ConfigError(new.errors[0])
             self._snap = new
+            self._publish(old, new)
         changed = _changes(old, new)
         if initial:
             log.info("policies_loaded", directory=str(self._dir), tenants=len(new.status))
@@ -156,6 +162,23 @@ class PolicyRegistry:
             if error not in old.errors:
                 log.error("policy_invalid", error=error)
         return bool(changed)
+
+    def _publish(self, old: _Snapshot, new: _Snapshot) -> None:
+        """The metrics of what is in force now (under the reload lock: in order)."""
+        if self._metrics is None or new is old:
+            return
+        for tenant in sorted(old.status.keys() | new.status.keys()):
+            before = (
+                old.status[tenant].versions.get(SURFACE_DEFAULT) if tenant in old.status else None
+            )
+            status = new.status.get(tenant)
+            after = status.versions.get(SURFACE_DEFAULT) if status is not None else None
+            if before is not None and before != after:
+                self._metrics.set("moderator_policy_info", 0, tenant=tenant, version=before)
+            if after is not None:
+                self._metrics.set("moderator_policy_info", 1, tenant=tenant, version=after)
+            stale = status is not None and status.stale
+            self._metrics.set("moderator_policy_stale", 1 if stale else 0, tenant=tenant)
 
     def _poll(self) -> None:
         while not self._stop.wait(self._poll_interval_s):

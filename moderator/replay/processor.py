@@ -21,7 +21,7 @@ import structlog
 
 from moderator.emit.records import OutRecord, replay_output
 from moderator.events.verdict import Assessment, ReplayInfo, ReplayPath, Verdict
-from moderator.ingest.loop import JobDone
+from moderator.ingest.jobs import JobDone
 from moderator.pipeline.assemble import ObjectFacts
 from moderator.pipeline.process import Done, Job, Processor
 from moderator.replay.originals import Originals

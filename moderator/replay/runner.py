@@ -19,8 +19,9 @@ from typing import Any
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from moderator.ingest.jobs import LoopStats
 from moderator.ingest.kafka import make_consumer, make_producer
-from moderator.ingest.loop import IngestLoop, LoopStats
+from moderator.ingest.loop import IngestLoop
 from moderator.ingest.offsets import partitions_of, watermarks_of
 from moderator.replay.originals import Originals
 from moderator.replay.plan import RunPlan

@@ -18,6 +18,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 from moderator.audit.errors import AuditUnavailable
 from moderator.audit.models import AuditWriter, IncomingRecord, InsertResult
 from moderator.audit.sink.inputs import TP, Batch, SinkStats, parse_value, sink_group_id
+from moderator.audit.sink.observe import SinkObserver
 from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer
 from moderator.settings import Settings
@@ -46,8 +47,10 @@ class AuditSink:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
         grace_s: float | None = None,
+        observer: SinkObserver | None = None,
     ) -> None:
         self._s = settings
+        self._obs = observer if observer is not None else SinkObserver()
         self._store = store
         self._consumer = consumer
         self._anchor = anchor
@@ -90,6 +93,7 @@ class AuditSink:
         return self.stats
 
     def close(self) -> None:
+        self._obs.closing()
         try:
             if self._anchor_pending:
                 self._write_anchor()
@@ -115,6 +119,7 @@ class AuditSink:
         """
         want = max(1, self._s.audit.batch_size - len(self._carry))
         messages = self._carry + self._consumer.consume(want, self._poll_timeout_s)
+        self._obs.consumed(messages)
         self._carry = []
         self._apply_repause()
         batch = self._batch = Batch()
@@ -163,6 +168,7 @@ class AuditSink:
 
     def _insert(self, batch: Batch) -> InsertResult:
         initial, most = self._backoff
+        started = time.monotonic()
         retrying = Retrying(
             retry=retry_if_exception_type(AuditUnavailable),
             wait=wait_exponential(multiplier=initial, min=initial, max=most),
@@ -174,7 +180,9 @@ class AuditSink:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._store.insert(list(batch.items))
+                    result = self._store.insert(list(batch.items))
+                    self._obs.stored(result, time.monotonic() - started)
+                    return result
         except AuditUnavailable as exc:
             raise _Abandoned() from exc
         finally:
@@ -200,6 +208,7 @@ class AuditSink:
             return
         for tp in offsets:
             self.committed[(tp.topic, tp.partition)] = tp.offset
+        self._obs.committed()
 
     # -- database outage -----------------------------------------------------------------------
 
@@ -219,6 +228,7 @@ class AuditSink:
         self.stats.retries += 1
         exc = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
+        self._obs.retry(str(exc))
         log.warning(
             "audit_insert_retry",
             attempt=state.attempt_number,
@@ -282,6 +292,7 @@ class AuditSink:
     # -- anchors and stats ---------------------------------------------------------------------
 
     def _periodic(self) -> None:
+        self._obs.periodic()
         now = time.monotonic()
         every = self._s.audit.anchor_every_s
         if self._anchor is not None and self._anchor_pending and now - self._last_anchor >= every:

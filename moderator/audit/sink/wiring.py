@@ -1,13 +1,15 @@
 """The audit sink's wiring: store, consumer and anchor export built from the settings.
 
 The sink's twin of moderator/service.py; `moderator audit sink` and `moderator run
---with-audit-sink` call it, and so do the integration tests.
+--with-audit-sink` call it, and so do the integration tests. `/metrics`, `/healthz` and
+`/readyz` (checks `broker` and `audit_store`) are served on the `http` settings.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import structlog
@@ -16,8 +18,13 @@ from moderator.audit.db.store import AuditStore
 from moderator.audit.integrity.anchors import AnchorSink, export_anchor, sinks_from_settings
 from moderator.audit.sink.inputs import SinkStats, make_sink_consumer
 from moderator.audit.sink.loop import AuditSink
+from moderator.audit.sink.observe import SinkObserver
 from moderator.errors import ModeratorError
 from moderator.ingest.ports import Consumer
+from moderator.obs.health import Contact
+from moderator.obs.http import serving
+from moderator.obs.probes import kafka_metadata
+from moderator.obs.telemetry import Telemetry
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.audit.sink.loop")
@@ -29,29 +36,56 @@ def run_audit_sink(
     *,
     store: AuditStore | None = None,
     consumer: Consumer | None = None,
+    telemetry: Telemetry | None = None,
 ) -> SinkStats:
     """Open the store (unless given), consume until `stop` is set, close what was opened here.
 
-    Raises AuditUnavailable when the database cannot be reached at start-up (the orchestrator
-    restarts the sink; once running, outages are retried instead).
+    Serves the observability endpoint on `settings.http` unless `telemetry` is given (then its
+    owner serves it; the sink adds its metrics and readiness checks to it). Raises
+    AuditUnavailable when the database cannot be reached at start-up (the orchestrator
+    restarts the sink; once running, outages are retried instead), ConfigError when the
+    endpoint's port cannot be bound.
     """
-    own_store = store is None
-    audit_store = store if store is not None else AuditStore.open(settings.audit.url)
-    producer: Any = None
-    try:
-        anchor, producer = build_anchor(settings, audit_store)
-        sink = AuditSink(
-            settings,
-            audit_store,
-            consumer if consumer is not None else make_sink_consumer(settings),
-            anchor=anchor,
-        )
-        return sink.run(stop)
-    finally:
-        if producer is not None:
-            producer.flush(5)
-        if own_store:
-            audit_store.close()
+    with serving(settings.http) if telemetry is None else nullcontext(telemetry) as current:
+        current.readiness.expect("broker", "audit_store")
+        own_store = store is None
+        audit_store = store if store is not None else AuditStore.open(settings.audit.url)
+        producer: Any = None
+        try:
+            anchor, producer = build_anchor(settings, audit_store)
+            sink_consumer = consumer if consumer is not None else make_sink_consumer(settings)
+            sink = AuditSink(
+                settings,
+                audit_store,
+                sink_consumer,
+                anchor=anchor,
+                observer=_observer(settings, current, audit_store, sink_consumer),
+            )
+            return sink.run(stop)
+        finally:
+            if producer is not None:
+                producer.flush(5)
+            if own_store:
+                audit_store.close()
+
+
+def _observer(
+    settings: Settings, telemetry: Telemetry, store: AuditStore, consumer: Consumer
+) -> SinkObserver:
+    """The sink's metrics on `telemetry`, and its two readiness checks: the cluster (a metadata
+    request when the sink has not heard from it lately) and the database (the chain heads
+    query, likewise)."""
+    probe = (
+        kafka_metadata(consumer, settings.kafka.topics.audit)
+        if hasattr(consumer, "list_topics")
+        else None
+    )
+    broker, database = Contact(probe), Contact(store.chain_heads)
+    telemetry.readiness.add("broker", broker)
+    telemetry.readiness.add("audit_store", database)
+    return SinkObserver(
+        telemetry.metrics, broker=broker, database=database, chain_heads=store.chain_heads
+    )
 
 
 def build_anchor(settings: Settings, store: AuditStore) -> tuple[Callable[[], None] | None, Any]:
@@ -83,19 +117,31 @@ def build_anchor(settings: Settings, store: AuditStore) -> tuple[Callable[[], No
 
 
 def run_with_audit_sink(
-    settings: Settings, stop: threading.Event, serve: Callable[[], object]
+    settings: Settings,
+    stop: threading.Event,
+    serve: Callable[[], object],
+    *,
+    telemetry: Telemetry | None = None,
 ) -> None:
     """`moderator run --with-audit-sink`: the sink in a thread beside `serve` (the consumer),
-    both stopped by `stop`. A sink failure stops the consumer too and is raised here."""
+    both stopped by `stop`. A sink failure stops the consumer too and is raised here.
+
+    The process has one endpoint: the sink reports into `telemetry` when given (whoever
+    serves it, and passes it to `serve` too); without it the sink's metrics and checks are
+    not served, as `serve` holds the port."""
     failures: list[BaseException] = []
 
     def sink_thread() -> None:
+        shared = telemetry if telemetry is not None else Telemetry()
         try:
-            run_audit_sink(settings, stop)
+            run_audit_sink(settings, stop, telemetry=shared)
         except BaseException as exc:  # reported by the main thread after the consumer drained
             failures.append(exc)
             log.error("audit_sink_failed", error=str(exc))
             stop.set()
+        finally:
+            if telemetry is None:
+                shared.shutdown()
 
     thread = threading.Thread(target=sink_thread, name="audit-sink", daemon=True)
     thread.start()

@@ -1,0 +1,36 @@
+"""What the consume loop hands its events to, how a job reports back, and the loop's counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from moderator.emit.records import OutRecord
+from moderator.pipeline.process import Job
+
+# Called once per job with its output records, or None when the job was abandoned (a replay
+# stopping before it started the job): its offset then stays uncommitted.
+JobDone = Callable[[list[OutRecord] | None], None]
+
+
+class JobProcessor(Protocol):
+    """What the loop hands events to: the service's Processor, or a replay's wrapper of one."""
+
+    @property
+    def buffered_bytes(self) -> int: ...
+    def submit(self, job: Job, done: JobDone) -> None: ...
+
+
+@dataclass
+class LoopStats:
+    messages: int = 0
+    events: int = 0
+    dlq: int = 0
+    accept_errors: int = 0  # messages dead-lettered by the intake's safety net (a bug)
+    skipped_records: int = 0
+    checkpoints: int = 0
+    aborted: int = 0
+    produced: int = 0
+    committed_messages: int = 0
+    pauses: int = 0

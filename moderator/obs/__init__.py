@@ -1,0 +1,1 @@
+"""Observability: metrics, traces, health and the HTTP endpoint that serves them."""

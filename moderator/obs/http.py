@@ -1,0 +1,133 @@
+"""The observability endpoint: `/metrics`, `/healthz` and `/readyz` on one port.
+
+A stdlib threading HTTP server in daemon threads: the endpoint must answer while the consume
+loop is busy and must never keep the process alive. `/healthz` answers 200 while the process
+runs; `/readyz` evaluates the readiness checks and answers 200 or 503 with their JSON.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from moderator.errors import ConfigError
+from moderator.obs.telemetry import Telemetry
+from moderator.settings import HttpSettings
+
+log = structlog.get_logger("moderator.obs")
+
+REQUEST_TIMEOUT_S = 10.0  # a client that stops sending cannot hold a thread longer
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    telemetry: Telemetry
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = REQUEST_TIMEOUT_S
+    server_version = "moderator"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        telemetry = cast(_Server, self.server).telemetry
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, CONTENT_TYPE_LATEST, telemetry.scrape())
+        elif path == "/healthz":
+            self._send(200, "text/plain; charset=utf-8", b"ok\n")
+        elif path == "/readyz":
+            ready, checks = telemetry.readiness.evaluate()
+            body = {"ready": ready, "checks": {n: c.to_json() for n, c in checks.items()}}
+            self._send(200 if ready else 503, "application/json", json.dumps(body).encode())
+        else:
+            self._send(
+                404, "text/plain; charset=utf-8", b"not found: /metrics, /healthz, /readyz\n"
+            )
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Probes and scrapes every few seconds are not worth a log line each."""
+
+
+class ObsServer:
+    """The endpoint for one Telemetry, listening from construction until `close()`.
+
+    `port` 0 asks the system for a free port (tests); the settings' 0 never gets here, it
+    disables the endpoint (`serving`). A port that cannot be bound is a ConfigError.
+    """
+
+    def __init__(self, telemetry: Telemetry, host: str, port: int) -> None:
+        server_class = _Server6 if ":" in host else _Server
+        try:
+            self._server = server_class((host, port), _Handler)
+        except OSError as exc:
+            raise ConfigError(_bind_problem(host, port, exc)) from exc
+        self._server.telemetry = telemetry
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.5,), name="obs-http", daemon=True
+        )
+        self._thread.start()
+        log.debug("http_listening", host=host, port=self.port)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@contextmanager
+def serving(settings: HttpSettings, telemetry: Telemetry | None = None) -> Iterator[Telemetry]:
+    """`telemetry` (a new one unless given) served on `settings` while the block runs; with
+    port 0 nothing is served. A Telemetry made here is shut down at the end."""
+    own = telemetry is None
+    current = telemetry if telemetry is not None else Telemetry()
+    try:
+        server = ObsServer(current, settings.host, settings.port) if settings.port else None
+        try:
+            yield current
+        finally:
+            if server is not None:
+                server.close()
+    finally:
+        if own:
+            current.shutdown()
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        why = "the port is in use"
+    elif exc.errno == errno.EACCES:
+        why = "permission denied"
+    elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        why = "no such local address (http.host)"
+    else:
+        why = exc.strerror or str(exc)
+    return (
+        f"http.port: cannot listen on {host}:{port}: {why} (set http.port, "
+        "MODERATOR_HTTP__PORT or --http-port to a free port, or 0 to turn the endpoint off)"
+    )

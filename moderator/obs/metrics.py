@@ -1,0 +1,197 @@
+"""The service's metrics: one table of instruments, created on an OpenTelemetry meter.
+
+`METRICS` is the single definition of every metric: its Prometheus name as scraped from
+`/metrics` (counters end in `_total`, histograms of seconds in `_seconds`), its kind, unit,
+labels and meaning. docs/observability.md lists the same table (a test holds them equal), and
+the dashboard and alert rules in deploy/ may use only these names. Components record through a
+`Metrics` object; without a configured provider it records into OpenTelemetry's no-op meter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opentelemetry.metrics import Meter, NoOpMeter
+
+Kind = Literal["counter", "histogram", "gauge"]
+
+# Histogram buckets: seconds for latencies (sub-millisecond to a minute), items for batch sizes.
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # as scraped; the instrument's own name drops `_total` / `_seconds`
+    kind: Kind
+    labels: tuple[str, ...]
+    help: str
+    unit: str = "1"
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def instrument(self) -> str:
+        for suffix in ("_total", "_seconds"):
+            if self.name.endswith(suffix):
+                return self.name[: -len(suffix)]
+        return self.name
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "moderator_events_total",
+        "counter",
+        ("outcome",),
+        "events taken from uploads, by outcome: verdict, error_verdict, dlq, skipped",
+    ),
+    MetricSpec(
+        "moderator_verdicts_total",
+        "counter",
+        ("tenant", "decision", "category"),
+        "verdicts published, by tenant, decision and category code (none without an assessment)",
+    ),
+    MetricSpec("moderator_dlq_total", "counter", ("code",), "records dead-lettered, by error code"),
+    MetricSpec(
+        "moderator_stage_latency_seconds",
+        "histogram",
+        ("stage",),
+        "time per stage: fetch, decode, queue, infer, decide, and total (event taken to verdict "
+        "ready)",
+        "s",
+        SECONDS,
+    ),
+    MetricSpec(
+        "moderator_upload_to_verdict_seconds",
+        "histogram",
+        (),
+        "from the upload's uploaded_at (or the message timestamp) to its verdict being committed",
+        "s",
+        SECONDS,
+    ),
+    MetricSpec(
+        "moderator_engine_batch_size", "histogram", (), "images per engine call", "1", SIZES
+    ),
+    MetricSpec(
+        "moderator_engine_busy_ratio",
+        "gauge",
+        (),
+        "fraction of the last interval the engine workers spent in engine calls",
+    ),
+    MetricSpec(
+        "moderator_engine_ready", "gauge", (), "1 when the engine has loaded and answered, else 0"
+    ),
+    MetricSpec(
+        "moderator_cache_requests_total",
+        "counter",
+        ("result",),
+        "verdict cache lookups, by result: hit, miss",
+    ),
+    MetricSpec(
+        "moderator_inflight",
+        "gauge",
+        (),
+        "events in progress or held uncommitted (what the flow gate bounds)",
+    ),
+    MetricSpec(
+        "moderator_buffered_bytes", "gauge", (), "object and frame bytes held by events in progress"
+    ),
+    MetricSpec("moderator_paused", "gauge", (), "1 while intake is paused by backpressure"),
+    MetricSpec(
+        "moderator_consumer_lag",
+        "gauge",
+        ("topic", "partition"),
+        "messages between the committed offset and the end of each assigned partition",
+    ),
+    MetricSpec(
+        "moderator_transactions_total",
+        "counter",
+        ("result",),
+        "checkpoints, by result: commit, abort",
+    ),
+    MetricSpec(
+        "moderator_policy_info",
+        "gauge",
+        ("tenant", "version"),
+        "1 per tenant and the version of its default surface now in force",
+    ),
+    MetricSpec(
+        "moderator_policy_stale",
+        "gauge",
+        ("tenant",),
+        "1 while a tenant's file on disk fails to load and the last good version stays in force",
+    ),
+    MetricSpec(
+        "moderator_audit_rows_total",
+        "counter",
+        ("result",),
+        "audit records written by the sink, by result: stored, duplicate",
+    ),
+    MetricSpec(
+        "moderator_audit_batch_latency_seconds",
+        "histogram",
+        (),
+        "time to store one batch of audit records",
+        "s",
+        SECONDS,
+    ),
+    MetricSpec(
+        "moderator_audit_db_retries_total",
+        "counter",
+        (),
+        "audit store writes retried during a database outage",
+    ),
+    MetricSpec(
+        "moderator_audit_chain_head",
+        "gauge",
+        ("topic", "partition"),
+        "sequence number of each hash chain's head",
+    ),
+)
+BY_NAME = {spec.name: spec for spec in METRICS}
+
+
+class Metrics:
+    """The instruments of `METRICS` on one meter, by scraped name: `metrics["moderator_..."]`."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._instruments: dict[str, Any] = {}
+        for spec in METRICS:
+            self._instruments[spec.name] = _create(meter, spec)
+
+    def add(self, name: str, amount: float = 1, **labels: str) -> None:
+        """Count on a counter."""
+        self._instruments[_checked(name, "counter")].add(amount, labels)
+
+    def record(self, name: str, value: float, **labels: str) -> None:
+        """A histogram observation."""
+        self._instruments[_checked(name, "histogram")].record(value, labels)
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """A gauge's current value."""
+        self._instruments[_checked(name, "gauge")].set(value, labels)
+
+
+def no_metrics() -> Metrics:
+    """Instruments that record nothing (tests, commands that publish no metrics)."""
+    return Metrics(NoOpMeter("moderator"))
+
+
+def _create(meter: Meter, spec: MetricSpec) -> Any:
+    if spec.kind == "counter":
+        return meter.create_counter(spec.instrument, unit=spec.unit, description=spec.help)
+    if spec.kind == "histogram":
+        return meter.create_histogram(
+            spec.instrument,
+            unit=spec.unit,
+            description=spec.help,
+            explicit_bucket_boundaries_advisory=list(spec.buckets),
+        )
+    return meter.create_gauge(spec.instrument, unit=spec.unit, description=spec.help)
+
+
+def _checked(name: str, kind: Kind) -> str:
+    spec = BY_NAME.get(name)
+    if spec is None or spec.kind != kind:
+        raise KeyError(f"{name} is not a {kind} of moderator.obs.metrics.METRICS")
+    return name
