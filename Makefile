@@ -25,7 +25,8 @@ typecheck: install
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 test: install
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not memory"
+	$(BIN)/pytest -q -m memory
 
 test-unit: install
 	$(BIN)/pytest -q tests

@@ -45,6 +45,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         store.insert(incoming(kids + news))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
+    env["MODERATOR_HTTP__PORT"] = "0"  # no endpoint: tests run side by side
     env |= {
         "MODERATOR_AUDIT__URL": url,
         "MODERATOR_AUDIT__API_TOKENS": json.dumps(

@@ -152,6 +152,7 @@ def test_demo_stores_its_audit_trail_and_prints_a_query(tmp_path: Path) -> None:
     """`moderator demo` writes the default store in the working directory; `audit query`
     answers from it there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
+    env["MODERATOR_HTTP__PORT"] = "0"  # no endpoint: tests run side by side
     cli = [sys.executable, "-m", "moderator.cli.main"]
     demo = subprocess.run(
         [*cli, "demo", "--engine", "fake", "--events", "5"],

@@ -157,6 +157,7 @@ def _environment(
     stack: EmbeddedStack, uploads: str, policies: Path, name: str, flow: dict[str, str]
 ) -> tuple[dict[str, str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODERATOR_", "AWS_"))}
+    env["MODERATOR_HTTP__PORT"] = "0"  # no endpoint: tests run side by side
     env.update(stack.env())
     tag = f"{uploads}-{name}"
     verdicts = f"{tag}-verdicts"
@@ -311,6 +312,7 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 # -- the test -----------------------------------------------------------------------------------
 
 
+@pytest.mark.memory
 def test_peak_rss_stays_bounded_with_a_slow_engine_and_a_backlog(
     stack: EmbeddedStack, policies: Path, backlog: str, tmp_path: Path
 ) -> None:

@@ -98,6 +98,8 @@ def test_hostile_inputs_through_run(
     assert producer.flush(30) == 0
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODERATOR_", "AWS_"))}
+
+    env["MODERATOR_HTTP__PORT"] = "0"  # no endpoint: tests run side by side
     env.update(stack.env())
     env.update(
         {

@@ -47,5 +47,5 @@ def directory(**tenants: str) -> dict[str, PolicyFile]:
 def clear_moderator_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Remove MODERATOR_* variables, so settings come from the test's files and flags only."""
     for name in list(os.environ):
-        if name.startswith("MODERATOR_"):
+        if name.startswith("MODERATOR_") and name != "MODERATOR_HTTP__PORT":
             monkeypatch.delenv(name)

@@ -338,6 +338,7 @@ def test_json_and_csv_keep_operator_columns(db: Path, capsys: pytest.CaptureFixt
 def test_stdout_holds_only_rows_in_a_real_process(db: Path, tmp_path: Path) -> None:
     """No log line reaches stdout when nothing configured logging (as in a shell)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
+    env["MODERATOR_HTTP__PORT"] = "0"  # no endpoint: tests run side by side
     env["MODERATOR_AUDIT__URL"] = f"sqlite:///{db}"
     command = [sys.executable, "-m", "moderator.cli.main", "audit", "query", "--format", "json"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

@@ -29,11 +29,10 @@ from moderator.settings import TenancySettings
 from tests.harness import BUCKET, TENANTS, png, settings_for, wait_for, write_policies
 from tests.test_obs_http import samples
 
-UPLOADED = datetime.now(UTC) - timedelta(seconds=2)
-
 
 def _seed(broker: MemoryBroker, store: InMemoryObjectStore) -> dict[str, int]:
     """Judged, missing-object, malformed and skipped inputs; the outcomes they should count."""
+    uploaded = datetime.now(UTC) - timedelta(seconds=2)  # now, not at import: tests run later
     for i in range(12):
         tenant = TENANTS[i % 3]
         key = f"{tenant}/img-{i}.png"
@@ -43,7 +42,7 @@ def _seed(broker: MemoryBroker, store: InMemoryObjectStore) -> dict[str, int]:
             "event_id": f"ev-{i}",
             "tenant_id": tenant,
             "object": {"bucket": BUCKET, "key": key},
-            "uploaded_at": UPLOADED.isoformat(),
+            "uploaded_at": uploaded.isoformat(),
         }
         broker.produce_plain("uploads", json.dumps(event).encode(), key=tenant.encode())
     for _ in range(2):
