@@ -14,6 +14,7 @@ partitions; `scan_offsets` then finds the same offsets by reading the records.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,3 +195,22 @@ def _lookup(
             )
         out[tp.partition] = tp.offset
     return out
+
+
+def read_until(
+    consumer: Any, topic: str, starts: dict[int, int], ends: dict[int, int]
+) -> Iterator[Any]:
+    """Every record of `topic` from `starts` (offsets, or OFFSET_BEGINNING) until each
+    partition's position reaches its entry in `ends` (transaction markers included). Yields
+    messages without an error; `consumer` is assigned those partitions and left unassigned."""
+    open_parts = {p for p, end in ends.items() if end > max(starts.get(p, 0), 0)}
+    consumer.assign([TopicPartition(topic, p, starts.get(p, 0)) for p in sorted(open_parts)])
+    try:
+        while open_parts:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    yield msg
+            done = consumer.position([TopicPartition(topic, p) for p in sorted(open_parts)])
+            open_parts -= {tp.partition for tp in done if tp.offset >= ends[tp.partition]}
+    finally:
+        consumer.unassign()

@@ -13,9 +13,9 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING
 
-from moderator.ingest.offsets import partitions_of, watermarks_of
+from moderator.ingest.offsets import partitions_of, read_until, watermarks_of
 
 if TYPE_CHECKING:
     from moderator.audit.db.store import AuditStore
@@ -62,21 +62,14 @@ class TopicOriginals:
         """Read `topic` from its earliest offset to its end now. `consumer` is assigned the
         topic and left unassigned afterwards."""
         partitions = partitions_of(consumer, topic, timeout_s)
-        ends = {p: watermarks_of(consumer, topic, p, timeout_s) for p in partitions}
+        marks = {p: watermarks_of(consumer, topic, p, timeout_s) for p in partitions}
+        ends = {p: high for p, (low, high) in marks.items() if high > low}  # others are empty
+        starts = dict.fromkeys(ends, OFFSET_BEGINNING)
         verdicts: dict[str, dict[str, Any]] = {}
-        open_parts = {p for p, (low, high) in ends.items() if high > low}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(open_parts)])
-        try:
-            while open_parts:
-                for msg in consumer.consume(500, 0.2):
-                    if msg.error() is None and msg.value():
-                        kept = compact(msg.value())
-                        if kept is not None:
-                            verdicts[kept["event_id"]] = kept
-                done = consumer.position([TopicPartition(topic, p) for p in sorted(open_parts)])
-                open_parts -= {tp.partition for tp in done if tp.offset >= ends[tp.partition][1]}
-        finally:
-            consumer.unassign()
+        for msg in read_until(consumer, topic, starts, ends):
+            kept = compact(msg.value()) if msg.value() else None
+            if kept is not None:
+                verdicts[kept["event_id"]] = kept
         log.info("originals_read", topic=topic, verdicts=len(verdicts))
         return cls(verdicts, topic)
 

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from moderator.ingest.jobs import LoopStats
 from moderator.ingest.kafka import make_consumer, make_producer
 from moderator.ingest.loop import IngestLoop
-from moderator.ingest.offsets import partitions_of, watermarks_of
+from moderator.ingest.offsets import partitions_of, read_until, watermarks_of
 from moderator.replay.originals import Originals
 from moderator.replay.plan import RunPlan
 from moderator.replay.processor import (
@@ -170,20 +170,13 @@ def collect_results(consumer: Any, plan: RunPlan, *, timeout_s: float) -> dict[s
         for p in partitions_of(consumer, topic, timeout_s)
     }
     starts = {p: plan.output_start.get(p, OFFSET_BEGINNING) for p in ends}
-    open_parts = {p for p in ends if ends[p] > max(starts[p], 0)}
     found: dict[str, dict[str, Any]] = {}
-    consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(open_parts)])
-    try:
-        while open_parts:
-            for msg in consumer.consume(500, 0.2):
-                if msg.error() is not None or not msg.value():
-                    continue
-                data = json.loads(msg.value())
-                replay = data.get("replay") or {}
-                if replay.get("run_id") == plan.run_id:
-                    found[data["event_id"]] = data
-            done = consumer.position([TopicPartition(topic, p) for p in sorted(open_parts)])
-            open_parts -= {tp.partition for tp in done if tp.offset >= ends[tp.partition]}
-    finally:
-        consumer.unassign()
+    for msg in read_until(consumer, topic, starts, ends):
+        try:
+            data = json.loads(msg.value() or b"")
+        except (ValueError, RecursionError):
+            continue  # not a verdict: never one of this run's
+        replay = data.get("replay") if isinstance(data, dict) else None
+        if isinstance(replay, dict) and replay.get("run_id") == plan.run_id:
+            found[data["event_id"]] = data
     return found
