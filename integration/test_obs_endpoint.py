@@ -175,7 +175,11 @@ def test_readyz_waits_for_the_engine_and_metrics_move(
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     assert moved("moderator_engine_batch_size_sum") == 5
-    assert moved("moderator_transactions_total", ("result", "commit")) >= 1
+    commits = moved("moderator_transactions_total", ("result", "commit"))
+    assert commits >= 1
+    aborts = moved("moderator_transactions_total", ("result", "abort"))
+    publish = ("stage", "publish")  # one publish stage per checkpoint, aborted or not
+    assert moved("moderator_stage_latency_seconds_count", publish) == commits + aborts
     assert ("moderator_inflight", ()) in after and ("moderator_paused", ()) in after
     assert 0 <= after[("moderator_engine_busy_ratio", ())] <= 1
     assert any(k[0] == "moderator_policy_info" and v == 1 for k, v in after.items())

@@ -8,6 +8,7 @@ import sys
 
 import structlog
 
+from moderator.obs.log_sampling import HotPathSampler
 from moderator.settings import LogSettings
 
 
@@ -54,6 +55,7 @@ def configure_logging(settings: LogSettings) -> None:
     )
     structlog.configure(
         processors=[
+            HotPathSampler(settings.hot_path_per_s),
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -81,11 +81,12 @@ def build_pipeline(
 
     `policies` defaults to build_policies(settings); `scan` passes a wrapped provider.
     `metrics`: where the window, the policies built here and the processor record;
-    `tracer`: where the processor's event spans go (default: none recorded).
+    `tracer`: where the processor's event spans and the window's batch spans go (default:
+    none recorded).
     """
     policies = policies if policies is not None else build_policies(settings, metrics)
     engine = engine if engine is not None else build_engine(settings.engine)
-    window = build_window(engine, settings.engine, metrics)
+    window = build_window(engine, settings.engine, metrics, tracer)
     cache = VerdictCache(settings.cache.max_entries)
     if store is None:
         from moderator.fetch.s3 import S3ObjectStore

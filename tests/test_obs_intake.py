@@ -138,19 +138,22 @@ def test_observer_holds_upload_times_until_commit_and_drops_them_on_rewind() -> 
     obs.accepted(tp, 10, [_job(10, datetime.fromtimestamp(990, UTC), 5)], 0)
     obs.accepted(tp, 11, [_job(11, None, 995_000), _job(11, None, None)], 0)
     obs.accepted(tp, 12, [_job(12, None, 999_000)], 0)
-    obs.committed({tp: 12})  # offsets 10 and 11
+    obs.committed({tp: 12}, 0.25)  # offsets 10 and 11
     found = samples(telemetry)
     assert found[("moderator_upload_to_verdict_seconds_count", ())] == 2  # one time unknown
     assert found[("moderator_upload_to_verdict_seconds_sum", ())] == 15.0
-    obs.aborted()
+    obs.aborted(0.5)
     obs.accepted(tp, 12, [_job(12, None, 999_500)], 0)  # rewound: 12 comes again
     wall[0] = 1001.0
-    obs.committed({tp: 13})
+    obs.committed({tp: 13}, 0.25)
     found = samples(telemetry)
     assert found[("moderator_upload_to_verdict_seconds_count", ())] == 3
     assert found[("moderator_upload_to_verdict_seconds_sum", ())] == 16.5
     assert found[("moderator_transactions_total", (("result", "abort"),))] == 1
     assert found[("moderator_transactions_total", (("result", "commit"),))] == 2
+    publish = (("stage", "publish"),)  # every checkpoint, aborted or not, is a publish stage
+    assert found[("moderator_stage_latency_seconds_count", publish)] == 3
+    assert found[("moderator_stage_latency_seconds_sum", publish)] == 1.0
     telemetry.shutdown()
 
 

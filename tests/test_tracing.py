@@ -19,11 +19,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from moderator.engine.base import Engine
+from moderator.engine.factory import build_window
+from moderator.engine.window import EngineWindow
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.memory.broker import MemoryBroker
 from moderator.obs.metrics import Metrics
-from moderator.obs.tracing import EVENT_SPAN, TRACER_NAME, new_tracer_provider
+from moderator.obs.tracing import BATCH_SPAN, EVENT_SPAN, TRACER_NAME, new_tracer_provider
 from moderator.pipeline.process import Processor
+from moderator.settings import EngineSettings
 from tests.harness import BUCKET, Instance, png, settings_for, wait_for, write_policies
 
 UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -54,8 +58,8 @@ class Observed:
 
 @pytest.fixture
 def observed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Observed]:
-    """Every Processor the service builds traces into an in-memory exporter and records its
-    metrics on an in-memory reader (whatever service.py itself passes)."""
+    """Every Processor and engine window the service builds traces into an in-memory exporter
+    and records its metrics on an in-memory reader (whatever service.py itself passes)."""
     exporter = InMemorySpanExporter()
     provider = new_tracer_provider(instance_id="test-0")
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -67,7 +71,11 @@ def observed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Observed]:
         kwargs.update(tracer=provider.get_tracer(TRACER_NAME), metrics=metrics)
         return Processor(**kwargs)
 
+    def windowed(engine: Engine, settings: EngineSettings, *args: Any) -> EngineWindow:
+        return build_window(engine, settings, metrics, provider.get_tracer(TRACER_NAME))
+
     monkeypatch.setattr("moderator.service.Processor", traced)
+    monkeypatch.setattr("moderator.service.build_window", windowed)
     yield Observed(exporter, reader)
     provider.shutdown()
     meters.shutdown()
@@ -157,6 +165,26 @@ def test_the_event_span_continues_the_upload_trace_into_the_verdict(
             assert event.start_time <= span.start_time
             assert span.end_time is not None and event.end_time is not None
             assert span.end_time <= event.end_time
+
+
+def test_each_engine_call_is_a_batch_span_linking_the_events_it_carried(
+    tmp_path: Path, observed: Observed
+) -> None:
+    _run(tmp_path, [None] * 5)
+    spans = observed.finished()
+    events = {s.get_span_context().span_id: s for s in _by_event(spans).values()}
+    batches = [s for s in spans if s.name == BATCH_SPAN]
+    assert batches, "no moderator.engine.batch span"
+    linked = [link.context.span_id for b in batches for link in b.links]
+    # Every model-judged event rode in exactly one engine call (no retries on the fake engine);
+    # the warm-up request carries no event span, so its call links nothing.
+    assert sorted(linked) == sorted(events)
+    for batch in batches:
+        attributes = dict(batch.attributes or {})
+        assert attributes["moderator.batch.size"] >= len(batch.links)
+        assert batch.parent is None and batch.status.status_code is not StatusCode.ERROR
+    points = observed.points("moderator_engine_batch_size")
+    assert sum(p.count for p in points.values()) == len(batches)
 
 
 def test_without_a_traceparent_the_event_span_is_a_root_in_the_derived_trace(

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
 
 from moderator.emit.records import OutRecord, dlq_output, trace_from_headers
+from moderator.engine.window import BatchCall
 from moderator.events.upload import UploadEvent
 from moderator.events.verdict import InputCoords
 from moderator.fetch.store import InMemoryObjectStore
@@ -198,7 +199,8 @@ def test_a_batch_span_links_its_items_and_keeps_its_times(
     items: list[object] = [SpanContext(int(TRACE, 16), i, True, TraceFlags(1)) for i in (5, 6)]
     start = time.time_ns()
     tracer = provider.get_tracer(TRACER_NAME)
-    record_batch(tracer, [*items, None], start, start + 1000, "engine_error")  # one untagged
+    call = BatchCall((*items, None), start, start + 1000, "engine_error")  # one untagged
+    record_batch(tracer, call)
     (span,) = spans.get_finished_spans()
     assert span.name == BATCH_SPAN and (span.start_time, span.end_time) == (start, start + 1000)
     assert [link.context.span_id for link in span.links] == [5, 6]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from moderator.engine.base import EngineRequest, EngineResult
-from moderator.engine.window import CLOSED_MESSAGE, EngineWindow, WindowResult
+from moderator.engine.window import CLOSED_MESSAGE, BatchCall, EngineWindow, WindowResult
 from moderator.errors import ErrorCode
 from moderator.events.verdict import NONE_APPLYING, Assessment, ModelInfo
 
@@ -351,3 +351,30 @@ def test_every_future_resolves_once_and_errors_iff_failing(
             assert result.result.error_code is ErrorCode.ENGINE_ERROR
             assert result.attempts >= retries + 1
     assert window.pending == 0
+
+
+def test_each_finished_call_reports_its_items_tags_and_a_whole_call_failure() -> None:
+    engine = ScriptedTestEngine(failing=frozenset({"2"}))
+    calls: list[BatchCall] = []
+    window = EngineWindow(
+        engine,
+        batch_size=4,
+        max_wait_ms=60_000,
+        concurrency=1,
+        timeout_s=WAIT,
+        retries=0,
+        on_batch=calls.append,
+    )
+    try:
+        before = time.time_ns()
+        _results([window.submit(_request(i), tag=f"t{i}") for i in range(4)])
+    finally:
+        window.close()
+    # The full batch fails on item 2 and is split in halves until 2 is alone: every call is
+    # reported, in the order it ran, with its items' tags.
+    assert engine.batches[:2] == [["0", "1", "2", "3"], ["0", "1"]]
+    assert [c.tags for c in calls] == [tuple(f"t{i}" for i in ids) for ids in engine.batches]
+    assert [c.error for c in calls] == [
+        "EngineBoom" if "2" in ids else None for ids in engine.batches
+    ]
+    assert all(before <= c.start_ns <= c.end_ns for c in calls)

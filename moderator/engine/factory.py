@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from opentelemetry.trace import Tracer
 from PIL import Image
 
 from moderator.engine.base import Engine, EngineRequest
 from moderator.engine.fake import FakeEngine
-from moderator.engine.window import EngineWindow, WindowResult
+from moderator.engine.window import BatchCall, EngineWindow, WindowResult
 from moderator.errors import ConfigError
 from moderator.obs.metrics import Metrics
+from moderator.obs.tracing import record_batch
 from moderator.settings import EngineSettings
 
 WARM_UP_ID = "warm-up"
@@ -47,14 +49,22 @@ def build_engine(settings: EngineSettings) -> Engine:
 
 
 def build_window(
-    engine: Engine, settings: EngineSettings, metrics: Metrics | None = None
+    engine: Engine,
+    settings: EngineSettings,
+    metrics: Metrics | None = None,
+    tracer: Tracer | None = None,
 ) -> EngineWindow:
     """The micro-batching window with the engine section's knobs; with `metrics`, each engine
-    call's size goes into `moderator_engine_batch_size`."""
+    call's size goes into `moderator_engine_batch_size`; with `tracer`, each call is a
+    `moderator.engine.batch` span linking the event spans of the requests it carried."""
 
     def on_call(size: int) -> None:
         if metrics is not None:
             metrics.record("moderator_engine_batch_size", size)
+
+    def on_batch(call: BatchCall) -> None:
+        if tracer is not None:
+            record_batch(tracer, call)
 
     return EngineWindow(
         engine,
@@ -64,6 +74,7 @@ def build_window(
         timeout_s=settings.timeout_s,
         retries=settings.retries,
         on_call=on_call if metrics is not None else None,
+        on_batch=on_batch if tracer is not None else None,
     )
 
 

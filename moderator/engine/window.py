@@ -6,8 +6,9 @@ until it returns, so at most `concurrency` engine calls ever run, hung ones incl
 is abandoned to start another (`hung_calls` counts them). Done-callbacks run on window threads.
 
 For metrics and readiness the window reports, without importing any metrics library: the size
-of each engine call (`on_call`), the time spent in engine calls (`busy_seconds`) and whether
-the engine has answered yet (`answered`).
+of each engine call as it starts (`on_call`), each finished call with the tags its items were
+submitted with (`on_batch`: a tracer links a batch span to the events it carried), the time
+spent in engine calls (`busy_seconds`) and whether the engine has answered yet (`answered`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moderator.engine.base import Engine, EngineRequest, EngineResult
 from moderator.errors import ErrorCode
@@ -41,11 +42,24 @@ class WindowResult:
     attempts: int  # engine calls that included the item
 
 
+@dataclass(frozen=True)
+class BatchCall:
+    """One finished engine call, for `on_batch`: its items' tags in batch order, its wall-clock
+    start and end (ns since the epoch) and, when the call failed as a whole, the exception's
+    type name (never its message: it may quote inputs)."""
+
+    tags: tuple[object, ...]
+    start_ns: int
+    end_ns: int
+    error: str | None
+
+
 @dataclass(eq=False)
 class _Item:
     request: EngineRequest
     future: Future[WindowResult]
     submitted: float
+    tag: object = field(default=None)
     deadline: float = math.inf  # set when the item's first engine call is dispatched
     started: float | None = None
     attempts: int = 0
@@ -81,8 +95,10 @@ class EngineWindow:
         timeout_s: float,
         retries: int,
         on_call: Callable[[int], None] | None = None,
+        on_batch: Callable[[BatchCall], None] | None = None,
     ) -> None:
-        """`on_call(n)` is called, on a worker thread, as each engine call of n items starts."""
+        """`on_call(n)` is called, on a worker thread, as each engine call of n items starts;
+        `on_batch(call)` as each ends, before its items resolve. A hook must not raise."""
         if batch_size < 1 or concurrency < 1 or timeout_s <= 0 or retries < 0 or max_wait_ms < 0:
             raise ValueError("invalid engine window settings")
         self._engine = engine
@@ -91,6 +107,7 @@ class EngineWindow:
         self._timeout = timeout_s
         self._retries = retries
         self._on_call = on_call
+        self._on_batch = on_batch
         self._concurrency = concurrency
         self._busy = 0.0  # seconds spent in finished engine calls, all workers together
         self._answered = False
@@ -115,12 +132,13 @@ class EngineWindow:
         for thread in (*self._workers, self._dispatcher):
             thread.start()
 
-    def submit(self, request: EngineRequest) -> Future[WindowResult]:
-        """Queue one request; the future always resolves with a WindowResult."""
+    def submit(self, request: EngineRequest, tag: object = None) -> Future[WindowResult]:
+        """Queue one request; the future always resolves with a WindowResult. `tag` is opaque
+        to the window: it is handed to `on_batch` with each call that includes the request."""
         future: Future[WindowResult] = Future()
         future.set_running_or_notify_cancel()  # not cancellable: it always gets a result
         now = time.monotonic()
-        item = _Item(request, future, now)
+        item = _Item(request, future, now, tag=tag)
         with self._cond:
             if not self._closed:
                 self._queue.append(item)
@@ -275,6 +293,7 @@ class EngineWindow:
 
     def _call(self, group: list[_Item]) -> tuple[list[EngineResult] | Exception, float]:
         start = time.monotonic()
+        start_ns = time.time_ns()
         with self._cond:
             call_id = next(self._call_ids)
             self._calls[call_id] = start
@@ -297,6 +316,10 @@ class EngineWindow:
                 self._busy += self._last_progress - start
         if not self._answered and not isinstance(outcome, Exception):
             self._answered = any(r.error_code not in _NO_ANSWER for r in outcome)
+        if self._on_batch is not None:
+            error = type(outcome).__name__ if isinstance(outcome, Exception) else None
+            tags = tuple(item.tag for item in group)
+            self._on_batch(BatchCall(tags, start_ns, time.time_ns(), error))
         return outcome, (time.monotonic() - start) * 1000.0
 
     def _fail(self, items: list[_Item], code: ErrorCode, message: str) -> None:

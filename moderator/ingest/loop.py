@@ -273,7 +273,7 @@ class IngestLoop:
         return elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= enough
 
     def _checkpoint(self, only: set[TP] | None = None, *, revoking: bool = False) -> None:
-        self._last_commit = time.monotonic()
+        self._last_commit = started = time.monotonic()
         ready = self._tracker.take_ready(only)
         if not ready:
             return
@@ -290,7 +290,7 @@ class IngestLoop:
             )
         except CheckpointAborted as exc:
             self.stats.aborted += 1
-            self._obs.aborted()
+            self._obs.aborted(time.monotonic() - started)
             log.warning("checkpoint_aborted", reason=str(exc), partitions=len(ready))
             if revoking:  # the partitions are leaving: the next owner starts from the commit
                 for tp in ready:
@@ -302,7 +302,9 @@ class IngestLoop:
         for tp, r in ready.items():
             self._tracker.committed(tp, r.next_offset)
         self.stats.checkpoints += 1
-        self._obs.committed({tp: r.next_offset for tp, r in ready.items()})
+        self._obs.committed(
+            {tp: r.next_offset for tp, r in ready.items()}, time.monotonic() - started
+        )
         self.stats.produced += produced
         self.stats.committed_messages += count
         log.debug("checkpoint", messages=count, records=produced)

@@ -88,9 +88,11 @@ class IntakeObserver:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def committed(self, next_offsets: Mapping[TP, int]) -> None:
-        """A checkpoint committed these partitions up to (not including) the offsets."""
+    def committed(self, next_offsets: Mapping[TP, int], seconds: float) -> None:
+        """A checkpoint committed these partitions up to (not including) the offsets; it took
+        `seconds` (the `publish` stage)."""
         self._m.add("moderator_transactions_total", result="commit")
+        self._m.record("moderator_stage_latency_seconds", seconds, stage="publish")
         if self._broker is not None:
             self._broker.answered()
         now = self._wall()
@@ -102,8 +104,10 @@ class IntakeObserver:
                         latency = max(0.0, now - start)
                         self._m.record("moderator_upload_to_verdict_seconds", latency)
 
-    def aborted(self) -> None:
+    def aborted(self, seconds: float) -> None:
+        """A checkpoint aborted after `seconds` (its outputs are produced again later)."""
         self._m.add("moderator_transactions_total", result="abort")
+        self._m.record("moderator_stage_latency_seconds", seconds, stage="publish")
 
     def released(self, tps: Iterable[TP]) -> None:
         """No longer assigned here: its lag is another member's to report."""

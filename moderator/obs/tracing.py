@@ -44,6 +44,7 @@ from opentelemetry.util.types import AttributeValue
 
 from moderator import __version__
 from moderator.emit.records import OutRecord, Trace, traceparent_of
+from moderator.engine.window import BatchCall
 
 TracesKind = Literal["none", "console", "otlp"]
 
@@ -204,29 +205,29 @@ def publish_span(
         span.end()
 
 
-def record_batch(
-    tracer: Tracer,
-    tags: Sequence[object],
-    start_ns: int,
-    end_ns: int,
-    error: str | None = None,
-) -> None:
-    """`moderator.engine.batch`: one engine call of `len(tags)` items, a root span linking the
-    event span of each item tagged with one (its SpanContext; other tags are skipped).
+def record_batch(tracer: Tracer, call: BatchCall) -> None:
+    """`moderator.engine.batch`: one engine call of `len(call.tags)` items, a root span linking
+    the event span of each item tagged with one (its SpanContext; other tags are skipped).
 
-    Shaped for the engine window's per-call hook, which knows each item's tag as opaque data.
+    The engine window's `on_batch` hook: the processor tags each request with its event span.
+    A call whose events were all left unsampled upstream is not recorded either (a call with
+    no event at all, the warm-up, is).
     """
-    links = [Link(t) for t in tags if isinstance(t, SpanContext) and t.is_valid]
+    contexts = [t for t in call.tags if isinstance(t, SpanContext) and t.is_valid]
+    if contexts and not any(c.trace_flags.sampled for c in contexts):
+        return
+    links = [Link(c) for c in contexts]
     span = tracer.start_span(
         BATCH_SPAN,
         Context(),
-        attributes={"moderator.batch.size": len(tags)},
+        kind=SpanKind.INTERNAL,
+        attributes={"moderator.batch.size": len(call.tags)},
         links=links,
-        start_time=start_ns,
+        start_time=call.start_ns,
     )
-    if error is not None:
-        failed(span, error)
-    span.end(end_time=max(start_ns, end_ns))
+    if call.error is not None:
+        failed(span, call.error)
+    span.end(end_time=max(call.start_ns, call.end_ns))
 
 
 class _Stderr:

@@ -229,7 +229,7 @@ class Processor:
             for i, frame in enumerate(image.frames)
         ]
         submitted_ns = time.time_ns()
-        futures = [self._window.submit(r) for r in requests]
+        futures = [self._window.submit(r, tag=run.obs.context) for r in requests]
         gather = _Gather(len(futures), functools.partial(self._judged, run, image, submitted_ns))
         for index, fut in enumerate(futures):
             fut.add_done_callback(functools.partial(gather.put, index))
