@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -123,9 +124,13 @@ def run_service(
     consumer: Consumer | None = None,
     producer: Producer | None = None,
     telemetry: Telemetry | None = None,
+    on_built: Callable[[Pipeline], None] | None = None,
 ) -> LoopStats:
     """Consume until `stop` is set; drain, checkpoint, close. Raises FatalKafkaError, and
     ConfigError when the endpoint's port cannot be bound.
+
+    `on_built(pipeline)` is called with the pipeline built here (with the service's metrics
+    and tracer), before consuming starts: how a caller such as the demo learns about it.
 
     The endpoint is served on `settings.http` from the start (before the engine loads) unless
     `telemetry` is given: then its owner serves it. A pipeline built here records into the
@@ -143,6 +148,8 @@ def run_service(
             tracer = provider.get_tracer(TRACER_NAME)
             if pipeline is None:
                 pipeline = build_pipeline(settings, metrics=current.metrics, tracer=tracer)
+                if on_built is not None:
+                    on_built(pipeline)
             return _serve(
                 settings, stop, current, pipeline, consumer, producer, warm=warm, tracer=tracer
             )

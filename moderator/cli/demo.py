@@ -20,7 +20,7 @@ from moderator.dev.samples import corrupt_bytes, make_samples
 from moderator.dev.stack import EmbeddedStack
 from moderator.errors import ModeratorError
 from moderator.logs import configure_logging
-from moderator.service import build_pipeline, run_service
+from moderator.service import Pipeline, run_service
 from moderator.settings import Settings, load_settings
 
 TENANTS = ("acme", "kidsplace", "museum")
@@ -58,26 +58,37 @@ def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int
 
 
 def _run_demo(settings: Settings, stack: EmbeddedStack, events: int, config: Path | None) -> int:
-    pipeline = build_pipeline(settings)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    built: list[Pipeline] = []
+    ready = threading.Event()
+
+    def keep(pipeline: Pipeline) -> None:
+        built.append(pipeline)
+        ready.set()
+
+    def serve() -> None:
+        try:
+            # The service builds the pipeline: with its metrics and `telemetry.traces`.
+            run_service(settings, stop, on_built=keep)
+        except BaseException as exc:  # reported below; the demo must not hang
+            errors.append(exc)
+            stop.set()
+            ready.set()
+
+    worker = threading.Thread(target=serve, name="moderator", daemon=True)
+    started = time.monotonic()
+    worker.start()
     expected = _upload_samples(settings, stack, events)
+    ready.wait()
+    if not built:  # the engine or the policies could not be loaded: that error, as it is
+        raise errors[0] if isinstance(errors[0], ModeratorError) else _failed(errors[0])
+    pipeline = built[0]
     print(
         f"engine {pipeline.engine.info.engine} ({pipeline.engine.info.name}); "
         f"{expected} upload events, 1 malformed message",
         file=sys.stderr,
     )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            run_service(settings, stop, pipeline=pipeline)
-        except BaseException as exc:  # reported below; the demo must not hang
-            errors.append(exc)
-            stop.set()
-
-    worker = threading.Thread(target=serve, name="moderator", daemon=True)
-    started = time.monotonic()
-    worker.start()
     verdicts = _read_verdicts(settings, expected, stop, timeout_s=60 + 2.0 * expected)
     if len(verdicts) == expected:
         _reupload(settings, stack)
@@ -87,7 +98,7 @@ def _run_demo(settings: Settings, stack: EmbeddedStack, events: int, config: Pat
     stop.set()
     worker.join(timeout=settings.flow.drain_grace_s + 10)
     if errors:
-        raise ModeratorError(f"pipeline failed: {errors[0]}")
+        raise _failed(errors[0])
     _print_table(verdicts)
     smoke = any((v.get("model") or {}).get("smoke_test") for v in verdicts)
     print(
@@ -212,3 +223,7 @@ def _print_table(verdicts: list[dict[str, Any]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _failed(exc: BaseException) -> ModeratorError:
+    return ModeratorError(f"pipeline failed: {exc}")

@@ -1,0 +1,61 @@
+"""`moderator demo` as a user runs it: its spans with `telemetry.traces=console`, and an engine
+that cannot load reported in one line before any verdict is awaited."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _demo(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
+    clean["MODERATOR_HTTP__PORT"] = "0"  # no endpoint: tests run side by side
+    return subprocess.run(
+        [sys.executable, "-m", "moderator.cli.main", "demo", *args],
+        cwd=tmp_path,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def _spans(stderr: str) -> list[dict[str, Any]]:
+    """The console exporter's JSON documents among the log lines on stderr."""
+    decoder, spans, at = json.JSONDecoder(), [], 0
+    while (start := stderr.find("{\n", at)) >= 0:
+        doc, at = decoder.raw_decode(stderr, start)
+        if isinstance(doc, dict) and "context" in doc:
+            spans.append(doc)
+    return spans
+
+
+def test_the_demo_traces_each_event_and_engine_call(tmp_path: Path) -> None:
+    done = _demo(
+        tmp_path, "--engine", "fake", "--events", "4", MODERATOR_TELEMETRY__TRACES="console"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    spans = _spans(done.stderr)
+    events = {s["context"]["span_id"] for s in spans if s["name"] == "moderator.process"}
+    # 4 uploads and the re-upload the demo sends after them (a cache hit): 5 events.
+    assert len(events) == 5
+    batches = [s for s in spans if s["name"] == "moderator.engine.batch"]
+    linked = {link["context"]["span_id"] for b in batches for link in b["links"]}
+    assert linked and linked <= events
+    assert any(s["name"] == "moderator.publish" for s in spans)
+    assert "5/5 verdicts" in done.stdout
+
+
+def test_an_engine_that_cannot_load_is_one_line(tmp_path: Path) -> None:
+    done = _demo(tmp_path, "--engine", "transformers", "--model", str(tmp_path / "none"))
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("moderator:")]
+    assert lines == [
+        f"moderator: engine.model: no checkpoint directory at {tmp_path / 'none'}"
+        " (weights are never downloaded: put the checkpoint there)"
+    ]
+    assert "Traceback" not in done.stderr
