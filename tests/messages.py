@@ -189,6 +189,9 @@ def s3_records(draw: st.DrawFn) -> dict[str, Any]:
                 "s3:ObjectCreated:Put",
                 "ObjectCreated:Post",
                 "ObjectCreated:CompleteMultipartUpload",
+                "s3:ObjectCreated:Copy",
+                "s3:ObjectCreated:PutTagging",  # MinIO: metadata only, skipped
+                "s3:ObjectCreated:PutRetention",
                 "s3:ObjectRemoved:Delete",
                 "s3:ObjectAccessed:Get",
             ]

@@ -15,6 +15,11 @@ from moderator.events.upload import TENANT_ID_PATTERN, ObjectRef, UploadEvent
 
 _TENANT_RE = re.compile(TENANT_ID_PATTERN)
 MAX_RECORDS = 1000
+# The ObjectCreated events that write an object's content (AWS names these four). MinIO also
+# files tag, retention and legal-hold changes under ObjectCreated (PutTagging, DeleteTagging,
+# PutRetention, PutLegalHold): the content is unchanged, so those are skipped like any other
+# event, never judged again (a service that writes verdicts back as tags would loop).
+CONTENT_EVENTS = frozenset({"Put", "Post", "Copy", "CompleteMultipartUpload"})
 
 _T = TypeVar("_T")
 
@@ -58,7 +63,8 @@ def events_from_notification(
 ) -> tuple[list[UploadEvent], int]:
     """Return the UploadEvents of a notification and how many records were skipped.
 
-    Raises NotificationError when an ObjectCreated record is unusable (the whole message then
+    Only records that write content become events (`creates_content`); the rest are skipped.
+    Raises NotificationError when such a record is unusable (the whole message then
     goes to the DLQ: partial acceptance would make the DLQ record ambiguous), or when there are
     more than MAX_RECORDS records (one message must not flood the pipeline).
     """
@@ -74,12 +80,20 @@ def events_from_notification(
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise NotificationError(f"Records[{index}] is not an object")
-        name = record.get("eventName")
-        if not isinstance(name, str) or not name.removeprefix("s3:").startswith("ObjectCreated:"):
+        if not creates_content(record.get("eventName")):
             skipped += 1
             continue
         events.append(_event_from_record(record, f"Records[{index}]", rule))
     return events, skipped
+
+
+def creates_content(event_name: object) -> bool:
+    """Whether a record's eventName (`s3:ObjectCreated:Put`, `ObjectCreated:Copy`, ...) writes
+    an object's content: one of CONTENT_EVENTS under ObjectCreated."""
+    if not isinstance(event_name, str):
+        return False
+    kind, _, action = event_name.removeprefix("s3:").partition(":")
+    return kind == "ObjectCreated" and action in CONTENT_EVENTS
 
 
 def _event_from_record(record: dict[str, Any], where: str, rule: TenantRule) -> UploadEvent:
