@@ -136,9 +136,13 @@ def test_run_without_a_broker_is_one_line_and_exit_2(image: Image) -> None:
     assert lines[0].startswith("moderator: kafka: cannot reach the cluster within 3 s")
     assert "Traceback" not in done.stderr
 
-    # `run --check` prints its table on stdout instead; the image's mount points appear in it.
+    # `run --check` prints its table on stdout and one line on stderr; the image's mount points
+    # appear in the table.
     checked = image.run("run", "--check", options=unreachable)
     assert checked.returncode == 2, checked.stderr[-3000:]
+    lines = [line for line in checked.stderr.splitlines() if line.startswith("moderator:")]
+    assert len(lines) == 1 and lines[0].startswith("moderator: run --check: "), checked.stderr
+    assert "kafka" in lines[0]
     rows = {line.split()[0]: line for line in checked.stdout.splitlines() if line.strip()}
     assert "FAIL" in rows["kafka"] and "cannot reach the cluster within 3 s" in rows["kafka"]
     assert "policies.dir: /policies is not a directory" in rows["policies"]

@@ -101,6 +101,7 @@ def test_check_passes_on_the_embedded_stack(check_env: dict[str, str]) -> None:
     code, table, stderr = _check(check_env)
     assert code == 0, (table, stderr)
     assert {status for status, _ in table.values()} == {"ok"}
+    assert "moderator:" not in stderr
     assert "uploads-" in table["kafka"][1]
     assert "uploads" in table["s3"][1]
     assert "Traceback" not in stderr
@@ -121,6 +122,8 @@ def test_check_fails_on_a_closed_kafka_port(check_env: dict[str, str]) -> None:
     assert status == "FAIL" and servers in detail and "kafka.bootstrap_servers" in detail
     assert all(table[name][0] == "ok" for name in ("config", "s3", "engine", "policies"))
     assert "%3|" not in stderr and "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("moderator:")]
+    assert lines == ["moderator: run --check: 1 of 5 checks failed: kafka"]
 
 
 def test_check_fails_on_a_missing_bucket_and_a_missing_topic(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import structlog
 from opentelemetry.trace import Tracer
 
-from moderator.engine.base import Engine
+from moderator.engine.base import Engine, declared_capabilities
 from moderator.engine.factory import build_engine, build_window, warm_up
 from moderator.engine.window import EngineWindow
 from moderator.fetch.decode import DecodeLimits
@@ -31,6 +31,7 @@ from moderator.obs.tracing import TRACER_NAME, build_tracer_provider
 from moderator.pipeline.cache import VerdictCache
 from moderator.pipeline.process import OutputTopics, Processor
 from moderator.policy.base import PolicyProvider
+from moderator.policy.reach import Shortfall, shortfalls
 from moderator.policy.registry import DEFAULT, SURFACE_DEFAULT, PolicyRegistry
 from moderator.settings import Settings
 
@@ -87,6 +88,8 @@ def build_pipeline(
     """
     policies = policies if policies is not None else build_policies(settings, metrics)
     engine = engine if engine is not None else build_engine(settings.engine)
+    if isinstance(policies, PolicyRegistry):
+        warn_unreachable(policies, engine)
     window = build_window(engine, settings.engine, metrics, tracer)
     cache = VerdictCache(settings.cache.max_entries)
     if store is None:
@@ -114,6 +117,32 @@ def build_pipeline(
         tracer=tracer,
     )
     return Pipeline(engine, window, processor, cache, policies)
+
+
+def warn_unreachable(policies: PolicyRegistry, engine: Engine) -> list[Shortfall]:
+    """Log `engine_cannot_raise` once per tenant whose policy (any surface) acts on categories
+    the engine can never raise (moderator/policy/reach.py); what was logged. An engine that
+    declares no capabilities is not checked."""
+    declared = declared_capabilities(engine)
+    if declared is None:
+        return []
+    resolved = [
+        policy.resolved
+        for tenant, status in sorted(policies.status().items())
+        for surface in status.versions
+        if (policy := policies.resolve(tenant, surface)) is not None
+    ]
+    found = shortfalls(resolved, engine.info.engine, declared)
+    for gap in found:
+        log.warning(
+            "engine_cannot_raise",
+            tenant=gap.tenant,
+            engine=gap.engine,
+            categories=list(gap.categories),
+            judged=list(gap.judged),
+            detail=gap.message(),
+        )
+    return found
 
 
 def run_service(

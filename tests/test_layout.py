@@ -41,6 +41,7 @@ CORE = (
     "policy.compiled",
     "policy.decide",
     "policy.diff",
+    "policy.reach",
     "pipeline.assemble",
     "emit.records",
     "audit.dsa",

@@ -7,6 +7,7 @@ none consumes, produces or creates anything (Kafka: a metadata request; S3: Head
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,10 +35,18 @@ class CheckResult:
 
 
 def cmd_check(config: Path | None, overrides: dict[str, Any]) -> int:
-    """Run every check, print the table; 0 when all passed, else 2."""
+    """Run every check, print the table (stdout); 0 when all passed, else 2 with one line on
+    stderr naming the checks that failed."""
     results = run_checks(config, overrides)
     for line in table(("check", "status", "detail"), [_row(r) for r in results]):
         print(line)
+    failed = [r.check for r in results if r.status == FAIL]
+    if failed:
+        print(
+            f"moderator: run --check: {len(failed)} of {len(results)} checks failed: "
+            f"{', '.join(failed)}",
+            file=sys.stderr,
+        )
     return 0 if all(r.status == OK for r in results) else 2
 
 

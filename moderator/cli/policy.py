@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from moderator.engine.capabilities import capabilities
 from moderator.errors import ConfigError
 from moderator.policy.check import (
     SURFACE_DEFAULT,
@@ -29,17 +30,26 @@ from moderator.policy.decide import (
     error_rows,
 )
 from moderator.policy.diff import SurfaceDiff, TenantDiff, diff_policies
+from moderator.policy.reach import shortfalls
 from moderator.settings import Settings, load_settings
 
 
-def cmd_validate(directory: Path | None, config: Path | None) -> int:
-    """Print `tenant surface version` per compiled policy (0), or every problem on stderr (2)."""
+def cmd_validate(directory: Path | None, config: Path | None, engine: str | None = None) -> int:
+    """Print `tenant surface version` per compiled policy (0), or every problem on stderr (2).
+
+    With `engine` (an `engine.kind`), also one warning line on stderr per tenant whose policy
+    acts on categories that engine can never raise; warnings leave the exit code at 0.
+    """
     settings = _settings(config, directory)
+    declared = capabilities(engine) if engine is not None else None  # unknown kind: exit 2
     result = _checked(settings.policies.dir, settings)
     if result is None:
         return 2
     rows = [(t, s, p.version) for (t, s), p in _ordered(result.policies)]
     _print_lines(table(("tenant", "surface", "version"), rows, header=False), sys.stdout)
+    if engine is not None and declared is not None:
+        gaps = shortfalls([p.resolved for p in result.policies.values()], engine, declared)
+        _print_lines((f"moderator: warning: {gap.message()}" for gap in gaps), sys.stderr)
     return 0
 
 

@@ -15,7 +15,7 @@ from moderator.errors import ConfigError, ModeratorError
 from moderator.events.upload import TENANT_ID_PATTERN
 from moderator.logs import configure_logging
 from moderator.pipeline.progress import Progress
-from moderator.pipeline.scan import OperatorPolicies, Scan, max_in_flight
+from moderator.pipeline.scan import OperatorPolicies, Scan, engine_shortfall, max_in_flight
 from moderator.pipeline.scan_sources import open_source
 from moderator.service import build_pipeline, build_policies
 from moderator.settings import load_settings
@@ -40,7 +40,8 @@ def cmd_scan(
     settings = load_settings(config, {**overrides, "policies.default_for_unknown": True})
     level = "debug" if debug else settings.log.level
     configure_logging(settings.log.model_copy(update={"level": _quiet(level)}))
-    policies = OperatorPolicies(build_policies(settings))
+    registry = build_policies(settings)
+    policies = OperatorPolicies(registry)
     source = open_source(target, settings, exclude=output)
     progress = Progress(sys.stderr)
     if not any(
@@ -53,6 +54,9 @@ def cmd_scan(
         progress.note(
             f"scan: SMOKE-TEST model ({model.engine}: {model.name}): verdicts are not meaningful"
         )
+    gap = engine_shortfall(registry, tenant_id, pipeline.engine)
+    if gap is not None:
+        progress.note(f"moderator: warning: {gap.message()}")
     try:
         out = _open_output(output)
         try:

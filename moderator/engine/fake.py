@@ -10,10 +10,11 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from typing import ClassVar
 
 from PIL.Image import Image
 
-from moderator.engine.base import EngineRequest, EngineResult
+from moderator.engine.base import Capabilities, EngineRequest, EngineResult
 from moderator.errors import ModeratorError
 from moderator.events.verdict import CATEGORIES, NONE_APPLYING, Assessment, ModelInfo, category_code
 from moderator.settings import FakeEngineSettings
@@ -33,12 +34,17 @@ class FakeEngineFailure(ModeratorError):
 class FakeEngine:
     """Implements the Engine protocol with hash-derived verdicts; `smoke_test` is always true."""
 
+    # Draws any of O1..O9, whatever the prompt says.
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        categories=tuple(category_code(c) for c in UNSAFE_CATEGORIES), reads_policy=False
+    )
+
     def __init__(self, settings: FakeEngineSettings) -> None:
         self._settings = settings
         self._info = ModelInfo(
             engine="fake",
             name="fake",
-            categories=tuple(category_code(c) for c in UNSAFE_CATEGORIES),
+            categories=self.capabilities.categories,
             smoke_test=True,
         )
 

@@ -15,14 +15,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from moderator.engine.base import EngineRequest, EngineResult
+from moderator.engine.base import Capabilities, EngineRequest, EngineResult
 from moderator.errors import ConfigError
-from moderator.events.verdict import NONE_APPLYING, Assessment, ModelInfo
+from moderator.events.verdict import NONE_APPLYING, Assessment, ModelInfo, category_code
 from moderator.settings import NudenetSettings
 
 if TYPE_CHECKING:
@@ -176,6 +176,11 @@ class NudenetEngine:
     spinning off, so one call uses about `threads` cores (concurrent calls add up).
     """
 
+    # What `assess` can answer: O3 and O4, from detections alone (the prompt is never read).
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        categories=(category_code(EXPLICIT), category_code(NUDITY)), reads_policy=False
+    )
+
     def __init__(self, settings: NudenetSettings) -> None:
         import onnxruntime as ort
 
@@ -199,7 +204,7 @@ class NudenetEngine:
             engine="nudenet",
             name="nudenet-320n",
             revision=importlib.metadata.version("nudenet"),
-            categories=("O3", "O4"),
+            categories=self.capabilities.categories,
             smoke_test=False,
         )
         self._generation = {

@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from moderator.emit.records import OutRecord, trace_from_headers
+from moderator.engine.base import Engine, declared_capabilities
 from moderator.errors import ErrorCode, ModeratorError
 from moderator.events.upload import ObjectRef, UploadEvent
 from moderator.events.verdict import Assessment, Decision, InputCoords
@@ -25,6 +26,8 @@ from moderator.pipeline.process import Job, Processor
 from moderator.pipeline.progress import Counts, Progress
 from moderator.pipeline.scan_sources import Item
 from moderator.policy.base import CompiledPolicy, PolicyProvider
+from moderator.policy.reach import Shortfall, shortfall
+from moderator.policy.registry import SURFACE_DEFAULT, PolicyRegistry
 from moderator.settings import Settings
 
 SCAN_TOPIC = "scan"  # InputCoords.topic of scanned objects (audit provenance only)
@@ -99,6 +102,16 @@ class OperatorPolicies:
 
     def fallback(self, tenant_id: str, surface: str) -> CompiledPolicy:
         return OperatorPolicy(self._inner.fallback(tenant_id, surface))
+
+
+def engine_shortfall(policies: PolicyRegistry, tenant_id: str, engine: Engine) -> Shortfall | None:
+    """What the tenant's policy for scanned objects (no surface: its default one) acts on that
+    the engine can never raise (moderator/policy/reach.py); None when nothing."""
+    declared = declared_capabilities(engine)
+    policy = policies.resolve(tenant_id, SURFACE_DEFAULT)
+    if declared is None or policy is None:
+        return None
+    return shortfall(tenant_id, engine.info.engine, [policy.resolved], declared)
 
 
 # -- running -------------------------------------------------------------------------------------

@@ -24,11 +24,11 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL.Image import Image
 
-from moderator.engine.base import EngineRequest, EngineResult
+from moderator.engine.base import GUARD_MODEL, Capabilities, EngineRequest, EngineResult
 from moderator.engine.guard.output import result_from_output
 from moderator.engine.guard.schema import verdict_schema
 from moderator.engine.guard.score import TokenLogprob
@@ -51,12 +51,11 @@ from moderator.engine.lmdeploy.score import (
 from moderator.engine.lmdeploy.startup import first_line, start_pipeline
 from moderator.engine.smoke import is_smoke_test
 from moderator.errors import ErrorCode, ModeratorError
-from moderator.events.verdict import CATEGORIES, ModelInfo, category_code
+from moderator.events.verdict import ModelInfo
 from moderator.settings import EngineSettings
 
 TOP_LOGPROBS = 20  # alternatives per step when the score is computable; both ratings fit easily
 SCORE_STEPS = 32  # the rating comes within the first few tokens of `{"rating": "...`
-GUARD_CATEGORIES = tuple(category_code(c) for c in CATEGORIES[:-1])
 
 
 class LmdeployEngineClosed(ModeratorError):
@@ -105,6 +104,8 @@ class LmdeployEngine:
     (`start_pipeline`); `pipe` hands it one already built and verified (tests pass a double).
     """
 
+    capabilities: ClassVar[Capabilities] = GUARD_MODEL  # O1..O9, told by the policy prompt
+
     def __init__(self, settings: EngineSettings, pipe: Any = None) -> None:
         model_dir = checkpoint_dir(settings.model)
         if pipe is None:
@@ -125,7 +126,7 @@ class LmdeployEngine:
         self._info = ModelInfo(
             engine="lmdeploy",
             name=str(settings.model),
-            categories=GUARD_CATEGORIES,
+            categories=self.capabilities.categories,
             smoke_test=is_smoke_test(model_dir),
         )
         self._input_size = input_size(model_dir)

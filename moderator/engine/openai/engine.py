@@ -12,8 +12,9 @@ still imports, and building this engine says what to install.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
-from moderator.engine.base import EngineRequest, EngineResult
+from moderator.engine.base import GUARD_MODEL, Capabilities, EngineRequest, EngineResult
 from moderator.engine.openai.client import (
     CLOSE_TIMEOUT_S,
     PROBE_TIMEOUT_S,
@@ -23,7 +24,7 @@ from moderator.engine.openai.client import (
 )
 from moderator.engine.openai.request import ChatFormat, response_limit, token_logprobs
 from moderator.errors import ConfigError
-from moderator.events.verdict import CATEGORIES, ModelInfo, category_code
+from moderator.events.verdict import ModelInfo
 from moderator.masking import mask_passwords
 from moderator.settings import EngineSettings
 
@@ -43,7 +44,6 @@ OPENAI_MISSING = "engine.kind=openai needs the openai extra: pip install 'modera
 # a 2x2 grid of LLaVA-OneVision's 384-pixel anyres tiles with detail to spare, and about 1,300
 # Qwen2-VL visual tokens (28-pixel patches). The server resizes further as its model needs.
 INPUT_SIZE = 1024
-_JUDGED = tuple(category_code(c) for c in CATEGORIES[:-1])  # O1..O9
 
 
 class OpenAIEngine:
@@ -61,6 +61,8 @@ class OpenAIEngine:
     true` (our test server marks tiny models so; real servers do not send the field). Without
     the probe it is false. `backoff_s` / `backoff_max_s` shape the retry waits.
     """
+
+    capabilities: ClassVar[Capabilities] = GUARD_MODEL  # O1..O9, told by the policy prompt
 
     def __init__(
         self,
@@ -105,7 +107,10 @@ class OpenAIEngine:
             self._client.close()
             raise
         self._info = ModelInfo(
-            engine="openai", name=self._model, categories=_JUDGED, smoke_test=smoke_test
+            engine="openai",
+            name=self._model,
+            categories=self.capabilities.categories,
+            smoke_test=smoke_test,
         )
 
     @property

@@ -13,12 +13,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image as PILImage
 from PIL.Image import Image
 
-from moderator.engine.base import EngineRequest, EngineResult
+from moderator.engine.base import GUARD_MODEL, Capabilities, EngineRequest, EngineResult
 from moderator.engine.guard.output import result_from_output
 from moderator.engine.guard.prompting import hf_messages
 from moderator.engine.guard.schema import verdict_schema
@@ -31,10 +31,9 @@ from moderator.engine.transformers.score import (
     rating_score,
 )
 from moderator.errors import ModeratorError
-from moderator.events.verdict import CATEGORIES, ModelInfo, category_code
+from moderator.events.verdict import CATEGORIES, ModelInfo
 from moderator.settings import EngineSettings, GenerationSettings
 
-GUARD_CATEGORIES = tuple(category_code(c) for c in CATEGORIES[:-1])
 WARMUP_PROMPT = "Warm-up request: describe the image as a safety assessment."
 
 
@@ -53,6 +52,8 @@ class GeneratedRow:
 class TransformersEngine:
     """Implements the Engine protocol on a local image-text-to-text checkpoint."""
 
+    capabilities: ClassVar[Capabilities] = GUARD_MODEL  # O1..O9, told by the policy prompt
+
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
         self._gen = settings.generation
@@ -62,7 +63,7 @@ class TransformersEngine:
             engine="transformers",
             name=str(settings.model),
             revision=settings.transformers.revision,
-            categories=GUARD_CATEGORIES,
+            categories=self.capabilities.categories,
             smoke_test=is_smoke_test(path),
         )
         self._grammars: dict[str, Any] = {}
