@@ -159,6 +159,22 @@ class TenancySettings(_Section):
     upload_buckets: tuple[str, ...] = Field(
         default=("uploads",), description="buckets a tenant's own prefix may be read from"
     )
+    content_events: tuple[str, ...] = Field(
+        default=("Put", "Post", "Copy", "CompleteMultipartUpload"),
+        min_length=1,
+        description="ObjectCreated event names that write content and are judged; others skipped",
+    )
+
+    @field_validator("content_events")
+    @classmethod
+    def _event_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,63}", name):
+                raise ValueError(
+                    f"{name[:70]!r} is not an event name such as Put or CompleteMultipartUpload "
+                    "(the part after s3:ObjectCreated:)"
+                )
+        return names
 
     @model_validator(mode="after")
     def _map_needed(self) -> TenancySettings:

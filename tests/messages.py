@@ -1,6 +1,7 @@
 """Generated `uploads` messages for property tests: valid, mutated and hostile.
 
-Valid UploadEvents and S3 notifications (AWS and MinIO shapes) are mutated by deleting or
+Valid UploadEvents, S3 notifications (AWS and MinIO shapes), EventBridge events and SNS
+envelopes around either store shape are mutated by deleting or
 replacing members with random JSON, adding members, and splicing in text that `json.dumps`
 cannot write: nesting thousands deep, integers of thousands of digits, NaN, lone surrogates,
 duplicate member names.
@@ -41,6 +42,16 @@ NAMES = (
     "sequencer",
     "eTag",
     "contentType",
+    "detail-type",
+    "source",
+    "detail",
+    "reason",
+    "version-id",
+    "etag",
+    "time",
+    "Type",
+    "TopicArn",
+    "Message",
 )
 
 
@@ -225,6 +236,61 @@ def notification_docs(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
+EVENTBRIDGE_REASONS = ("PutObject", "POST Object", "CopyObject", "CompleteMultipartUpload")
+
+
+@st.composite
+def eventbridge_docs(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid EventBridge event from S3: mostly "Object Created", the key as it is (not
+    URL-encoded), any reason (those of EVENTBRIDGE_REASONS write content)."""
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(STORED_KEYS))
+    else:
+        key = f"{draw(st.sampled_from(TENANTS))}/{draw(st.text(min_size=1, max_size=20))}"
+    obj: dict[str, Any] = {"key": key, "size": draw(st.integers(0, 10**9))}
+    for name, value in (
+        ("etag", st.text("0123456789abcdef", min_size=32, max_size=32)),
+        ("version-id", st.text(max_size=12)),
+        ("sequencer", st.text("0123456789ABCDEF", min_size=16, max_size=18)),
+    ):
+        if draw(st.booleans()):
+            obj[name] = draw(value)
+    kind = draw(st.sampled_from(["Object Created"] * 3 + ["Object Deleted", "Object Tags Added"]))
+    detail: dict[str, Any] = {"version": "0", "bucket": {"name": BUCKET}, "object": obj}
+    if draw(st.integers(0, 5)):
+        detail["reason"] = draw(st.sampled_from([*EVENTBRIDGE_REASONS, "DeleteObject"]))
+    return {
+        "version": "0",
+        "id": "17793124-05d4-b198-2fde-7ededc63b103",
+        "detail-type": kind,
+        "source": "aws.s3",
+        "account": "111122223333",
+        "time": draw(st.one_of(_times, st.text(max_size=10))),
+        "region": "eu-west-1",
+        "resources": [f"arn:aws:s3:::{BUCKET}"],
+        "detail": detail,
+    }
+
+
+@st.composite
+def sns_docs(draw: st.DrawFn, inner: st.SearchStrategy[Any] | None = None) -> dict[str, Any]:
+    """An SNS envelope whose Message is the JSON text of a document from `inner` (default: a
+    valid S3 notification or EventBridge event)."""
+    if inner is None:
+        inner = st.one_of(notification_docs(), eventbridge_docs())
+    message = draw(inner)
+    return {
+        "Type": "Notification",
+        "MessageId": "e3a7c1d4-58b2-5f09-a6e3-1b9d7c2f4a80",
+        "TopicArn": "arn:aws:sns:eu-west-1:111122223333:uploads-events",
+        "Subject": "Amazon S3 Notification",
+        "Message": dump(message),
+        "Timestamp": "2026-03-14T09:45:27.311Z",
+        "SignatureVersion": "1",
+        "Signature": "c2lnbmF0dXJl",
+    }
+
+
 def _paths(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Paths of every container in `doc` (the root included)."""
     found = [path]
@@ -274,8 +340,13 @@ def _encode(text: str, how: str) -> bytes:
 documents: st.SearchStrategy[Any] = st.one_of(
     upload_docs(),
     notification_docs(),
+    eventbridge_docs(),
+    sns_docs(),
     mutated(upload_docs()),
     mutated(notification_docs()),
+    mutated(eventbridge_docs()),
+    mutated(sns_docs()),
+    sns_docs(st.one_of(mutated(notification_docs()), mutated(eventbridge_docs()), json_values)),
     json_values,
 )
 

@@ -19,13 +19,16 @@ from moderator.events.upload import UploadEvent
 from tests.fuzz import fuzz_settings
 from tests.messages import (
     BUCKET,
+    EVENTBRIDGE_REASONS,
     TENANTS,
     dump,
+    eventbridge_docs,
     header_lists,
     json_values,
     message_values,
     mutated,
     notification_docs,
+    sns_docs,
     upload_docs,
 )
 
@@ -142,8 +145,57 @@ def test_valid_notifications_round_trip(doc: dict[str, Any]) -> None:
         key = unquote_plus(obj["key"])
         assert (event.object.bucket, event.object.key) == (BUCKET, key)
         assert event.tenant_id == key.split("/", 1)[0] and event.tenant_id in TENANTS
+        time = record.get("eventTime")
         assert event.event_id == derive_event_id(
-            BUCKET, key, obj.get("versionId") or None, obj.get("sequencer") or None
+            BUCKET,
+            key,
+            obj.get("versionId") or None,
+            obj.get("sequencer") or None,
+            etag=obj.get("eTag") or None,
+            event_time=time if isinstance(time, str) else None,
         )
         again = outcome(event.model_dump_json().encode(), TenantRule())
         assert again is not None and again.events == [event]
+
+
+@fuzz_settings(200)
+@given(mutated(st.one_of(eventbridge_docs(), sns_docs())), RULES)
+def test_mutated_eventbridge_and_sns(doc: Any, rule: TenantRule) -> None:
+    """EventBridge events and SNS envelopes, mutated (default 200 inputs, about 2 s)."""
+    outcome(dump(doc).encode(), rule)
+
+
+@fuzz_settings(150)
+@given(eventbridge_docs())
+def test_valid_eventbridge_events_round_trip(doc: dict[str, Any]) -> None:
+    """An "Object Created" event whose reason writes content becomes one event for its key as
+    sent; any other is skipped (default 150 inputs, under a second)."""
+    parsed = outcome(json.dumps(doc).encode(), TenantRule())
+    assert parsed is not None
+    detail = doc["detail"]
+    if doc["detail-type"] != "Object Created" or detail.get("reason") not in EVENTBRIDGE_REASONS:
+        assert (parsed.events, parsed.skipped_records) == ([], 1)
+        return
+    (event,) = parsed.events
+    obj = detail["object"]
+    assert (event.object.bucket, event.object.key) == (BUCKET, obj["key"])
+    assert event.tenant_id == obj["key"].split("/", 1)[0] and event.tenant_id in TENANTS
+    assert (event.object.size, event.object.etag) == (obj["size"], obj.get("etag") or None)
+    assert event.event_id == derive_event_id(
+        BUCKET,
+        obj["key"],
+        obj.get("version-id") or None,
+        obj.get("sequencer") or None,
+        etag=obj.get("etag") or None,
+        event_time=doc["time"],
+    )
+
+
+@fuzz_settings(150)
+@given(sns_docs())
+def test_sns_envelopes_hold_what_raw_delivery_sends(doc: dict[str, Any]) -> None:
+    """An SNS envelope yields what its Message alone yields (default 150 inputs, under a
+    second)."""
+    wrapped = outcome(json.dumps(doc).encode(), TenantRule())
+    assert wrapped is not None
+    assert wrapped == outcome(doc["Message"].encode(), TenantRule())

@@ -152,7 +152,11 @@ def consumer_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 def rule_of(settings: Settings) -> TenantRule:
     """The tenant rule the consume loop builds from the settings."""
-    return TenantRule(settings.tenancy.rule, dict(settings.tenancy.bucket_map))
+    return TenantRule(
+        settings.tenancy.rule,
+        dict(settings.tenancy.bucket_map),
+        frozenset(settings.tenancy.content_events),
+    )
 
 
 def test_the_builder_writes_what_minio_writes() -> None:

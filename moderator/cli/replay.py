@@ -235,7 +235,11 @@ def _dry_run(settings: Any, plan: Any) -> int:
 
     consumer = make_consumer(_group(settings, plan.run_id))
     try:
-        rule = TenantRule(settings.tenancy.rule, dict(settings.tenancy.bucket_map))
+        rule = TenantRule(
+            settings.tenancy.rule,
+            dict(settings.tenancy.bucket_map),
+            frozenset(settings.tenancy.content_events),
+        )
         census = take_census(consumer, plan, rule)
     finally:
         consumer.close()

@@ -10,6 +10,11 @@ later be written as canonical JSON in the audit trail:
 - integers within +-(2**53 - 1), finite numbers only (no NaN or Infinity);
 - no lone surrogates (`"\\ud800"`), no member name twice in one object;
 - at most MAX_RECORDS records in an S3 notification (see `moderator.events.s3notify`).
+
+A value is one of these shapes, tried in this order: an S3/MinIO bucket notification
+(`Records`, or `s3:TestEvent`), an EventBridge event (`detail-type` and `source`), an SNS
+envelope (`Type` and `TopicArn`) whose `Message` string holds any other shape and is held to the
+same limits on its own, or else a native UploadEvent.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from moderator.events.eventbridge import events_from_eventbridge, is_eventbridge
 from moderator.events.s3notify import (
     NotificationError,
     TenantRule,
     events_from_notification,
     is_notification,
 )
+from moderator.events.sns import is_sns_envelope, sns_message
 from moderator.events.upload import UploadEvent
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -79,17 +86,47 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 def parse_message(value: bytes | None, rule: TenantRule) -> Parsed:
     """Parse a message value; raise MalformedMessage with a one-line reason."""
-    doc = _decode_json(value)
+    return _parse_document(_decode_json(value), rule, in_sns=False)
+
+
+def _parse_document(doc: Any, rule: TenantRule, *, in_sns: bool) -> Parsed:
+    """The events of one decoded document of any accepted shape."""
     if is_notification(doc):
         try:
             events, skipped = events_from_notification(doc, rule)
         except NotificationError as exc:
             raise MalformedMessage(f"S3 notification: {exc}") from exc
         return Parsed(events, skipped)
+    if is_eventbridge(doc):
+        try:
+            events, skipped = events_from_eventbridge(doc, rule)
+        except NotificationError as exc:
+            raise MalformedMessage(f"EventBridge event: {exc}") from exc
+        return Parsed(events, skipped)
+    if is_sns_envelope(doc):
+        return _parse_sns(doc, rule, in_sns=in_sns)
     try:
         return Parsed([UploadEvent.model_validate(doc)])
     except ValidationError as exc:
         raise MalformedMessage(_first_error(exc)) from exc
+
+
+def _parse_sns(doc: dict[str, Any], rule: TenantRule, *, in_sns: bool) -> Parsed:
+    """The events of the document in an SNS envelope's `Message` (one envelope deep)."""
+    try:
+        if in_sns:
+            raise NotificationError("its Message is another SNS envelope")
+        text = sns_message(doc)
+    except NotificationError as exc:
+        raise MalformedMessage(f"SNS message: {exc}") from exc
+    if text is None:  # a subscription confirmation
+        return Parsed([], 1)
+    try:
+        # The outer document has no lone surrogates (checked while decoding it), so this encodes.
+        inner = _decode_json(text.encode("utf-8"))
+        return _parse_document(inner, rule, in_sns=True)
+    except MalformedMessage as exc:
+        raise MalformedMessage(f"SNS message: {exc}") from exc
 
 
 def _decode_json(value: bytes | None) -> Any:

@@ -31,6 +31,25 @@ def category_code(category: str) -> str:
     return category.split(":", 1)[0]
 
 
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+_BY_CODE = {_folded(category_code(c)): category_code(c) for c in CATEGORIES}
+_BY_NAME = {_folded(c.split(":", 1)[1]): category_code(c) for c in CATEGORIES}
+
+
+def code_of(text: str) -> str | None:
+    """The code a category names as people write it, in any case and spacing: a code (`O4`,
+    `o4`, `NA`), a name (`nudity content`, `None applying`) or both (`o4: Nudity Content`).
+    None when it names no category of the taxonomy, or a code and a name that disagree."""
+    code, colon, name = _folded(text).partition(":")
+    if colon:
+        found = _BY_CODE.get(code.strip())
+        return found if found is not None and _BY_NAME.get(name.strip()) == found else None
+    return _BY_CODE.get(code) or _BY_NAME.get(code)
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -79,6 +98,10 @@ class Timings(_Frozen):
     total: float = 0.0
 
 
+# Where a verdict's decision came from: `model`, the engine's assessment of this image; `cache`,
+# an assessment made before for the same bytes, policy version and model; `error`, no usable
+# assessment (processing or the engine failed), so the policy's `on_error` rule decided.
+Source = Literal["model", "cache", "error"]
 ReplayPath = Literal["engine", "cache", "assessment", "error"]
 
 
@@ -103,7 +126,7 @@ class Verdict(_Frozen):
     assessment: Assessment | None
     policy: PolicyRef
     model: ModelInfo | None
-    source: Literal["model", "cache"] = "model"
+    source: Source = "model"
     replay: ReplayInfo | None = None
     error: VerdictError | None = None
     timings_ms: Timings = Field(default_factory=Timings)

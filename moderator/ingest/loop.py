@@ -72,7 +72,11 @@ class IngestLoop:
         self._consumer = consumer
         self._producer = producer
         self._processor = processor
-        self._rule = TenantRule(settings.tenancy.rule, dict(settings.tenancy.bucket_map))
+        self._rule = TenantRule(
+            settings.tenancy.rule,
+            dict(settings.tenancy.bucket_map),
+            frozenset(settings.tenancy.content_events),
+        )
         self._eos = settings.kafka.delivery == "exactly_once"
         self._tracker: OffsetTracker[OutRecord] = OffsetTracker()
         self._work: dict[tuple[TP, int], _MessageWork] = {}
