@@ -225,6 +225,7 @@ def test_openapi_lists_endpoints_and_the_bearer_scheme(client: TestClient) -> No
     assert set(doc["paths"]) == {
         "/v1/verdicts",
         "/v1/verdicts/{event_id}",
+        "/v1/verdicts/{event_id}/explanation",
         "/v1/policy-versions/{policy_hash}",
         "/healthz",
     }

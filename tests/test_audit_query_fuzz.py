@@ -36,6 +36,10 @@ FLAGS = {
     "--sort": values.sorts,
     "--limit": values.limits,
     "--cursor": values.cursors,
+    "--columns": st.one_of(
+        st.sampled_from(["event_id,because", "score,surface,rationale", "tenant_id,because"]),
+        values.texts,
+    ),
     "--format": st.one_of(st.sampled_from(["table", "json", "csv"]), values.texts),
     # Never a file that exists: the working directory is an empty folder. Surrogates only as
     # argv carries them (undecodable bytes), and no NUL: the settings loader does not turn

@@ -42,6 +42,7 @@ CORE = (
     "policy.decide",
     "policy.diff",
     "policy.reach",
+    "explain",
     "pipeline.assemble",
     "emit.records",
     "audit.dsa",

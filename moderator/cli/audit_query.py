@@ -2,6 +2,8 @@
 
 For operators: JSON and CSV carry every column, row ids, chain positions and Kafka offsets
 included (the HTTP API leaves those out for tenants). stdout holds only rows.
+`--columns a,b,c` picks the table's (or CSV's) columns, from its default ones and a few more
+(surface, rationale, `because`: the rule that decided, from the explain core).
 Exit codes: 0 ok (no rows included), 2 for a bad flag value (one line naming the flag) or bad
 settings, 1 when the audit database cannot be opened.
 """
@@ -35,7 +37,20 @@ TABLE_COLUMNS = (
     "model",
     "error",
 )
+EXTRA_TABLE_COLUMNS = (
+    "surface",
+    "rating",
+    "source",
+    "sha256",
+    "policy_hash",
+    "rationale",
+    "because",
+)
+"""Table columns shown only when `--columns` names them."""
+EXTRA_CSV_COLUMNS = ("rationale", "because")
+"""CSV columns beyond the row's scalar columns, shown only when `--columns` names them."""
 KEY_WIDTH = 40
+RATIONALE_WIDTH = 60
 
 
 def add_query_parser(audit_sub: Any) -> None:
@@ -65,6 +80,13 @@ def add_query_parser(audit_sub: Any) -> None:
     p.add_argument(
         "--format", default="table", metavar="|".join(FORMATS), help="output (default: table)"
     )
+    p.add_argument(
+        "--columns",
+        metavar="A,B,...",
+        help="the table's or CSV's columns, in this order (default: the usual ones); table: "
+        + ", ".join(TABLE_COLUMNS + EXTRA_TABLE_COLUMNS)
+        + "; CSV: every CSV header name, rationale, because",
+    )
     p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (audit.url)")
 
 
@@ -78,6 +100,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--format: must be one of {', '.join(FORMATS)}, got {shown(args.format)}"
         )
+    columns = parse_columns(args.columns, args.format)
     try:
         limit = parse_limit(str(args.limit))
         query = build_query(filter_values(args), sort=args.sort, limit=limit, cursor=args.cursor)
@@ -87,13 +110,66 @@ def cmd_query(args: argparse.Namespace) -> int:
     configure_cli_logging(settings.log)
     with open_existing_store(settings.audit.url) as store:
         pages = _pages(store, query, every=args.all)
+        extra = _Extras(store)
         if args.format == "json":
             _write_json(pages, sys.stdout)
         elif args.format == "csv":
-            _write_csv(pages, sys.stdout)
+            _write_csv(pages, sys.stdout, columns, extra)
         else:
-            _write_table(pages, sys.stdout)
+            _write_table(pages, sys.stdout, columns, extra)
     return 0
+
+
+def parse_columns(value: str | None, output: str) -> tuple[str, ...] | None:
+    """`--columns` as a tuple of names valid for the format (None: the default columns);
+    ConfigError (exit 2) naming the valid ones for an unknown name."""
+    from moderator.audit.read.filters import shown
+
+    if value is None:
+        return None
+    if output == "json":
+        raise ConfigError(
+            "--columns: only with --format table or csv (JSON lines carry every column)"
+        )
+    valid = TABLE_COLUMNS + EXTRA_TABLE_COLUMNS if output == "table" else _csv_names()
+    names = tuple(name.strip() for name in value.split(","))
+    for name in names:
+        if name not in valid:
+            what = f"unknown column {shown(name, 24)}" if name else "an empty column name"
+            raise ConfigError(f"--columns: {what}; valid: {', '.join(valid)}")
+    return names
+
+
+def _csv_names() -> tuple[str, ...]:
+    from moderator.audit.read.rows import SCALAR_COLUMNS
+
+    return SCALAR_COLUMNS + EXTRA_CSV_COLUMNS
+
+
+class _Extras:
+    """Cells no column holds: the rationale (from the record) and `because` (the explain core,
+    with each policy version's document read once)."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self._store = store
+        self._documents: dict[str, dict[str, Any] | None] = {}
+
+    def rationale(self, row: AuditRow) -> str | None:
+        assessment = ((row.record or {}).get("verdict") or {}).get("assessment") or {}
+        found = assessment.get("rationale") if isinstance(assessment, dict) else None
+        return found if isinstance(found, str) else None
+
+    def because(self, row: AuditRow) -> str:
+        from moderator.explain.build import explain_row
+        from moderator.explain.render import because
+
+        found = (row.record or {}).get("policy_document")
+        document = found if isinstance(found, dict) else None
+        if document is None and row.policy_hash:  # redacted: the kept policy version
+            if row.policy_hash not in self._documents:
+                self._documents[row.policy_hash] = self._store.policy_version(row.policy_hash)
+            document = self._documents[row.policy_hash]
+        return because(explain_row(row, document))
 
 
 def add_filter_flags(
@@ -165,15 +241,27 @@ def _write_json(pages: Iterator[list[AuditRow]], out: TextIO) -> None:
             out.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
-def _write_csv(pages: Iterator[list[AuditRow]], out: TextIO) -> None:
+def _write_csv(
+    pages: Iterator[list[AuditRow]],
+    out: TextIO,
+    columns: tuple[str, ...] | None = None,
+    extra: _Extras | None = None,
+) -> None:
     from moderator.audit.read.rows import SCALAR_COLUMNS, AuditItem
 
+    names = columns or SCALAR_COLUMNS
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(SCALAR_COLUMNS)
+    writer.writerow(names)
     for rows in pages:
         for row in rows:
-            doc = AuditItem.from_row(row).model_dump(mode="json", exclude={"record"})
-            writer.writerow([_csv_cell(doc[name]) for name in SCALAR_COLUMNS])
+            doc: dict[str, Any] = AuditItem.from_row(row).model_dump(
+                mode="json", exclude={"record"}
+            )
+            if extra is not None and "rationale" in names:
+                doc["rationale"] = extra.rationale(row)
+            if extra is not None and "because" in names:
+                doc["because"] = extra.because(row)
+            writer.writerow([_csv_cell(doc[name]) for name in names])
 
 
 def _csv_cell(value: Any) -> str:
@@ -184,17 +272,41 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
-def _write_table(pages: Iterator[list[AuditRow]], out: TextIO) -> None:
+def _write_table(
+    pages: Iterator[list[AuditRow]],
+    out: TextIO,
+    columns: tuple[str, ...] | None = None,
+    extra: _Extras | None = None,
+) -> None:
     # Aligned over every printed row, so the rows are held until the last page (use json or
     # csv for large exports).
     from moderator.cli.policy import table
 
-    cells = [table_cells(row) for rows in pages for row in rows]
+    names = columns or TABLE_COLUMNS
+    cells = [_pick(row, names, extra) for rows in pages for row in rows]
     if not cells:
         print("no matching audit rows", file=sys.stderr)
         return
-    for line in table(TABLE_COLUMNS, cells):
+    for line in table(names, cells):
         out.write(line + "\n")
+
+
+def _pick(row: AuditRow, names: tuple[str, ...], extra: _Extras | None) -> tuple[str, ...]:
+    """The cells of `names` for one row ("-" for a missing value)."""
+    cells = dict(zip(TABLE_COLUMNS, table_cells(row), strict=True))
+    for name in names:
+        if name in cells:
+            continue
+        if name == "rationale":
+            found = extra.rationale(row) if extra else None
+            text = " ".join((found or "").split())
+            cells[name] = shorten_end(text, RATIONALE_WIDTH) if text else "-"
+        elif name == "because":
+            cells[name] = extra.because(row) if extra else "-"
+        else:
+            value = getattr(row, name)
+            cells[name] = "-" if value is None else str(value)
+    return tuple(cells[name] for name in names)
 
 
 def table_cells(row: AuditRow) -> tuple[str, ...]:
@@ -225,6 +337,11 @@ def table_cells(row: AuditRow) -> tuple[str, ...]:
         model,
         row.error_code or "-",
     )
+
+
+def shorten_end(text: str, width: int) -> str:
+    """`text` cut to `width` characters, ending in `...` when it was longer."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def shorten(text: str, width: int = KEY_WIDTH) -> str:

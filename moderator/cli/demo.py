@@ -99,7 +99,9 @@ def _run_demo(settings: Settings, stack: EmbeddedStack, events: int, config: Pat
     worker.join(timeout=settings.flow.drain_grace_s + 10)
     if errors:
         raise _failed(errors[0])
-    _print_table(verdicts)
+    from moderator.cli.explain import provider_documents
+
+    _print_table(verdicts, provider_documents(verdicts, pipeline.policies))
     smoke = any((v.get("model") or {}).get("smoke_test") for v in verdicts)
     print(
         f"\n{len(verdicts)}/{expected} verdicts in {elapsed:.1f}s "
@@ -205,17 +207,30 @@ def _partitions(reader: Any, topic: str, stop: threading.Event) -> list[int]:
     return []
 
 
-def _print_table(verdicts: list[dict[str, Any]]) -> None:
-    rows = [("TENANT", "OBJECT", "DECISION", "ASSESSMENT / ERROR", "SOURCE", "MS")]
-    for v in verdicts:
+def _print_table(
+    verdicts: list[dict[str, Any]], documents: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """One line per verdict. SCORE is the engine's; BECAUSE is the rule that decided, from the
+    explain core, read from `documents` (compiled policy documents by version; default: the
+    bundled demo policies). A verdict whose version is not among them shows no thresholds."""
+    from moderator.cli.explain import verdict_reasons
+
+    reasons = verdict_reasons(verdicts, documents)
+    rows = [
+        ("TENANT", "OBJECT", "DECISION", "ASSESSMENT / ERROR", "SCORE", "BECAUSE", "SOURCE", "MS")
+    ]
+    for v, because in zip(verdicts, reasons, strict=True):
         a, err = v.get("assessment"), v.get("error")
         what = f"{a['rating']} {a['category']}" if a else f"error: {err['code']}" if err else "-"
+        score = a.get("score") if a else None
         rows.append(
             (
                 v["tenant_id"],
                 v["object"]["key"].split("/", 1)[-1][:34],
                 v["decision"],
                 what[:40],
+                f"{score:.3f}" if isinstance(score, int | float) else "-",
+                because[:48],
                 v["source"],
                 f"{v['timings_ms']['total']:.0f}",
             )

@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add_replay_parser(sub, ENGINES)
+    from moderator.cli.explain import add_explain_parser  # cheap: the command imports on use
+
+    add_explain_parser(sub)
     _policy_parser(sub)
     _audit_parser(sub)
     add_topics_parser(sub)
@@ -116,7 +119,9 @@ def _policy_parser(sub: Any) -> None:
         description=(
             "Load every *.yaml and *.yml in DIR and compile each tenant for its default surface "
             "and every surface it declares. Prints `tenant surface version` per policy and exits "
-            "0, or prints every problem as `path:line: reason` on stderr and exits 2."
+            "0, or prints every problem as `path:line: reason` on stderr and exits 2. With "
+            "--engine E, also prints a warning line on stderr for each tenant whose policy acts "
+            "on categories engine E can never raise (exit code still 0)."
         ),
     )
     validate.add_argument(
@@ -127,6 +132,12 @@ def _policy_parser(sub: Any) -> None:
         help="policy directory (default: policies.dir)",
     )
     validate.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    validate.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="also warn, once per tenant, about categories the policy acts on that this "
+        "engine.kind can never raise (a warning: the exit code stays 0)",
+    )
     render = policy_sub.add_parser(
         "render", help="print a tenant's compiled prompt and decision table"
     )
@@ -252,6 +263,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from moderator.cli.replay import cmd_replay
 
         return cmd_replay(args)
+    if args.command == "explain":
+        from moderator.cli.explain import cmd_explain
+
+        return cmd_explain(args)
     if args.command == "policy":
         return _cmd_policy(args)
     if args.command == "audit":
@@ -271,7 +286,7 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     from moderator.cli.policy import cmd_diff, cmd_render, cmd_validate
 
     if args.policy_command == "validate":
-        return cmd_validate(args.directory, args.config)
+        return cmd_validate(args.directory, args.config, engine=args.engine)
     if args.policy_command == "render":
         return cmd_render(
             args.tenant,

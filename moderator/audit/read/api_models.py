@@ -73,6 +73,107 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+# -- GET /v1/verdicts/{event_id}/explanation: moderator.explanation/v1 (docs/explain.md) ------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExplanationInput(_Strict):
+    surface: str | None
+    bucket: str | None
+    key: str | None = Field(description="null once redacted")
+    version_id: str | None
+    sha256: str | None
+    format: str | None
+    width: int | None
+    height: int | None
+    uploaded_at: str | None
+
+
+class ExplanationRow(_Strict):
+    category: str = Field(description="O1..O9, or NA (none_applying, also for unknown ones)")
+    mode: str | None = Field(description="default | allowed | sensitive; null for NA")
+    action: str = Field(description="what an Unsafe rating leads to without thresholds")
+    block_at: float | None
+    review_at: float | None
+
+
+class ExplanationPolicy(_Strict):
+    version: str | None
+    hash: str | None
+    document_kept: bool = Field(description="the compiled policy document was found")
+    row: ExplanationRow | None = Field(description="the decision-table row of the category")
+    on_error: str | None = Field(description="the table's decision for the error code")
+
+
+class ExplanationModel(_Strict):
+    engine: str
+    name: str | None
+    smoke_test: bool
+
+
+class ExplanationAssessment(_Strict):
+    rating: str | None
+    category: str | None
+    score: float | None
+    rationale: str | None = Field(description="null once redacted")
+
+
+class ExplanationError(_Strict):
+    code: str
+    message: str | None = Field(description="null once redacted")
+    security: bool = Field(description="a code no policy may map to allow")
+
+
+class ExplanationCache(_Strict):
+    looked_up: bool
+    original_event_id: str | None = Field(
+        description="the earliest model judgement of the same image, policy version and model"
+    )
+    original_decided_at: str | None
+
+
+class ExplanationRule(_Strict):
+    kind: Literal["threshold", "rating", "on_error", "unknown"]
+    decision: str | None = Field(description="what the rule gives; null when unknown")
+    threshold: Literal["block_at", "review_at"] | None
+    threshold_value: float | None
+    crossed: bool | None
+    capped: bool = Field(description="an allowed category: block became review")
+    text: str
+
+
+class ExplanationStep(_Strict):
+    step: str
+    text: str
+
+
+class VerdictExplanation(_Strict):
+    """Why a verdict was decided: the moderator.explanation/v1 document of `moderator explain`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_: Literal["moderator.explanation/v1"] = Field(alias="schema")
+    event_id: str
+    tenant_id: str
+    decided_at: str | None
+    decision: str
+    source: str | None
+    input: ExplanationInput
+    policy: ExplanationPolicy
+    model: ExplanationModel | None
+    assessment: ExplanationAssessment | None
+    error: ExplanationError | None
+    cache: ExplanationCache | None
+    rule: ExplanationRule
+    matches_policy: bool | None = Field(description="the rule gives the recorded decision")
+    redacted_at: str | None
+    missing: list[str] = Field(description="what could not be shown, and why")
+    steps: list[ExplanationStep] = Field(description="the text output, one step a line")
+
+
 def _verdict_filters() -> type[BaseModel]:
     """The model of GET /v1/verdicts's query parameters: one per filter of the table, then the
     page. Unknown parameters are refused (422); a closed set of values is an enum (422 too)."""

@@ -27,11 +27,14 @@ from moderator.audit.read.api_errors import (
 from moderator.audit.read.api_models import (
     Health,
     PolicyVersion,
+    VerdictExplanation,
     VerdictFilters,
     VerdictItem,
     VerdictPage,
 )
 from moderator.audit.read.filters import FILTERS, build_query, shown
+from moderator.explain.lookup import explain_event
+from moderator.explain.render import explanation_json
 
 router = APIRouter()
 
@@ -126,6 +129,28 @@ def get_verdict(
     if row is None or not auth.allows(row.tenant_id):
         raise HTTPException(404, "no such verdict")
     return VerdictItem.from_row(row)
+
+
+@router.get(
+    "/v1/verdicts/{event_id}/explanation",
+    summary="Why a verdict was decided: its decision path (as `moderator explain` prints it)",
+    response_model=VerdictExplanation,
+    responses=responses(UNAUTHORIZED, (404, NOT_FOUND), UNPROCESSABLE),
+)
+def explain_verdict(
+    auth: Auth, store: Store, event_id: Annotated[str, Path(description="the upload event id")]
+) -> VerdictExplanation:
+    """The input, the policy's rule for the category (or its on_error rule), the engine's
+    answer or the error, the rule that decided and the decision. Another tenant's verdict is
+    404, as if it did not exist."""
+    found = (
+        None
+        if text_problem(event_id)
+        else explain_event(store.get(), event_id, tenant_ids=auth.restriction())
+    )
+    if found is None:
+        raise HTTPException(404, "no such verdict")
+    return VerdictExplanation.model_validate(explanation_json(found))
 
 
 @router.get(

@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 from moderator.audit.errors import InvalidQuery
 from moderator.audit.models import EARLIEST, MAX_LIMIT, AuditQuery, Sort, text_problem
 from moderator.audit.read.cursor import decode_cursor
-from moderator.events.verdict import CATEGORIES, category_code
+from moderator.events.verdict import CATEGORIES, category_code, code_of
 
 DECISIONS = ("allow", "review", "block")
 SORTS: tuple[Sort, ...] = ("decided_at", "-decided_at")
 CATEGORY_CODES = tuple(category_code(c) for c in CATEGORIES)
+_FULL = {category_code(c): c for c in CATEGORIES}
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
@@ -130,13 +131,20 @@ def parse_time_arg(field: str, value: str) -> datetime:
 
 
 def parse_category(field: str, value: str) -> str:
-    """A code (`O4`, `o4`, `NA`) → upper-case code; a full `code: name` string stays as it is."""
+    """A code or a name in any case (`O4`, `o4`, `nudity content`, `NA`) → the upper-case code;
+    a full `code: name` string → the taxonomy's spelling of it, or the string with its code in
+    upper case when the name is not the taxonomy's."""
     text = value.strip()
+    code = code_of(text)
+    if code is not None:
+        return _FULL[code] if ":" in text else code
     code = category_code(text).strip().upper()
-    if code not in CATEGORY_CODES:
+    if ":" not in text or code not in CATEGORY_CODES:
         known = ", ".join(CATEGORY_CODES)
-        raise BadFilter(field, f"unknown category {shown(value)} (use a code: {known})")
-    return _text(field, text) if ":" in text else code
+        raise BadFilter(
+            field, f"unknown category {shown(value)} (use a code, {known}, or a category name)"
+        )
+    return _text(field, f"{code}:{text.split(':', 1)[1]}")
 
 
 def _decision(field: str, value: str) -> str:
@@ -213,7 +221,7 @@ FILTERS: tuple[FilterField, ...] = (
     ),
     FilterField(
         "category",
-        help="category code (O1..O9, NA) or the full category string",
+        help="category: a code (O1..O9, NA) or name in any case, or the full category string",
         metavar="C",
         parse=parse_category,
         column=None,  # the code column, and the full string when one is given

@@ -33,7 +33,13 @@ class VerdictColumns(BaseModel):
     model_name: str | None
     model_smoke_test: bool | None
     error_code: str | None
-    source: str | None = Field(description="model | cache")
+    source: str | None = Field(
+        description=(
+            "model | cache | error: the engine judged the image, the verdict cache answered, or "
+            "there was no usable assessment and on_error decided (records written before "
+            "`error` existed say model)"
+        )
+    )
     surface: str | None
 
 

@@ -1,0 +1,140 @@
+"""`moderator explain EVENT_ID`: why a verdict was decided, read from the audit store.
+
+Prints the decision path of one event: the input, the policy version and its decision-table row
+for the category (or its on_error rule), the engine's answer or the error, the rule that
+decided, and the decision; `--format json` prints the same as a `moderator.explanation/v1`
+document (docs/explain.md). Exit codes: 0 explained, 1 no audit record has the event id or the
+audit database cannot be opened, 2 a bad argument or bad settings.
+
+Also here: the `because` cells of the demo's verdict table, from the same explain core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moderator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from moderator.policy.base import PolicyProvider
+
+FORMATS = ("text", "json")
+DESCRIPTION = (
+    "Explain why the verdict of EVENT_ID was decided, from its audit record in the audit store "
+    "(audit.url): the input, the policy version and what its decision table says for the "
+    "category (or its on_error rule), the engine's rating, category, score and rationale (or "
+    "the error and its code), the rule that decided, and the decision. A record redacted by "
+    "retention is explained from the columns the store keeps, and the output says what is "
+    "missing. Exit 0 explained, 1 no record has the event id (or the database cannot be "
+    "opened), 2 bad arguments or settings."
+)
+EXAMPLES = """examples:
+  moderator explain demo-1a2b3c4d-0001
+  moderator explain a-1 --format json --config settings.yaml
+  MODERATOR_AUDIT__URL=postgresql://audit@db/audit moderator explain a-1
+"""
+
+
+def add_explain_parser(sub: Any) -> None:
+    """Register `explain` on the top-level subparsers."""
+    p = sub.add_parser(
+        "explain",
+        help="explain why an event's verdict was decided (from the audit store)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("event_id", metavar="EVENT_ID", help="the upload event id")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text: one line per step (default); json: a moderator.explanation/v1 document",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (audit.url)")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Run `explain` with parsed arguments."""
+    from moderator.audit.errors import AuditError
+    from moderator.audit.models import text_problem
+    from moderator.audit.read.filters import shown
+    from moderator.cli.audit_query import open_existing_store
+    from moderator.explain.lookup import explain_event
+    from moderator.explain.render import explanation_json, text_lines
+    from moderator.logs import configure_cli_logging
+    from moderator.settings import load_settings
+
+    event_id: str = args.event_id
+    problem = text_problem(event_id)
+    if problem is not None:
+        raise ConfigError(f"EVENT_ID: {problem}")
+    settings = load_settings(args.config)
+    configure_cli_logging(settings.log)
+    with open_existing_store(settings.audit.url) as store:
+        explanation = explain_event(store, event_id)
+        if explanation is None:
+            raise AuditError(f"no audit record for event {shown(event_id)} in {store.url}")
+    if args.format == "json":
+        print(json.dumps(explanation_json(explanation), indent=2, ensure_ascii=False))
+    else:
+        for line in text_lines(explanation):
+            print(line)
+    return 0
+
+
+# -- the demo's verdict table --------------------------------------------------------------
+
+
+def verdict_reasons(
+    verdicts: Sequence[Mapping[str, Any]],
+    documents: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """The `because` cell of each Verdict v1 document. `documents` maps policy versions to
+    compiled policy documents (default: the bundled demo policies); a verdict whose version is
+    not among them is explained without its decision table."""
+    from moderator.explain.build import explain_verdict
+    from moderator.explain.render import because
+
+    known = bundled_demo_documents() if documents is None else documents
+    out = []
+    for verdict in verdicts:
+        policy = verdict.get("policy")
+        version = policy.get("version") if isinstance(policy, Mapping) else None
+        try:
+            out.append(because(explain_verdict(verdict, known.get(str(version)))))
+        except ValueError:
+            out.append("-")
+    return out
+
+
+def bundled_demo_documents() -> dict[str, dict[str, Any]]:
+    """Every compiled policy document of the bundled demo policies, by version."""
+    from importlib.resources import as_file, files
+
+    from moderator.policy.check import check
+    from moderator.settings import TenancySettings
+
+    with as_file(files("moderator") / "data" / "demo-policies") as directory:
+        result = check(Path(directory), TenancySettings())
+    return {p.version: p.document() for p in result.policies.values()}
+
+
+def provider_documents(
+    verdicts: Sequence[Mapping[str, Any]], policies: PolicyProvider
+) -> dict[str, dict[str, Any]]:
+    """The compiled policy documents a running pipeline's policies give the verdicts, by
+    version (only where the version still matches the verdict's)."""
+    out: dict[str, dict[str, Any]] = {}
+    for verdict in verdicts:
+        ref = verdict.get("policy")
+        if not isinstance(ref, Mapping):
+            continue
+        policy = policies.resolve(str(ref.get("tenant_id")), str(ref.get("surface")))
+        if policy is not None and policy.version == ref.get("version"):
+            out[policy.version] = policy.document()
+    return out

@@ -1,0 +1,294 @@
+"""An `Explanation` as plain-text steps, as a short `because` cell, and as JSON. Pure.
+
+Numbers are shown exactly as recorded (`0.252`, not `0.25`), except in the `because` cell, which
+rounds a score to three significant digits unless that would flip the comparison it shows.
+The JSON document (`moderator.explanation/v1`) is described in docs/explain.md; its `steps` are
+the text lines, so both formats say the same.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from moderator.explain.model import Explanation, RuleFacts, TableRow
+
+SCHEMA = "moderator.explanation/v1"
+RATIONALE_CHARS = 300
+LABEL_WIDTH = 9  # the longest step name, "rationale"
+
+
+def steps(e: Explanation) -> list[tuple[str, str]]:
+    """(step name, one short line) from the input to the decision."""
+    out = [
+        ("event", f"{e.event_id}, decided {_time(e.decided_at)}"),
+        ("input", _input(e)),
+        ("image", _image(e)),
+        ("policy", _policy(e)),
+        ("engine", _engine(e)),
+    ]
+    if e.assessment is not None and e.assessment.rationale:
+        out.append(("rationale", _rationale(e.assessment.rationale)))
+    if e.error is not None:
+        message = f": {_one_line(e.error.message)}" if e.error.message else ""
+        security = " (a security error: never allowed)" if e.error.security else ""
+        out.append(("error", f"{e.error.code}{message}{security}"))
+    if e.cache is not None:
+        out.append(("cache", _cache(e)))
+    out.append(("rule", rule_text(e)))
+    out.append(("decision", e.decision))
+    if e.matches_policy is False:
+        out.append(
+            (
+                "mismatch",
+                f"the decision table gives {e.rule.decision}; the verdict records {e.decision}",
+            )
+        )
+    out += [("missing", item) for item in e.missing]
+    return out
+
+
+def text_lines(e: Explanation) -> list[str]:
+    """The steps as aligned `name  text` lines."""
+    return [f"{name.ljust(LABEL_WIDTH)}  {text}" for name, text in steps(e)]
+
+
+def rule_text(e: Explanation) -> str:
+    """The rule that decided, in one line: `score 0.252 >= review_at 0.2 for O6 -> review`."""
+    rule = e.rule
+    if rule.kind == "on_error" and e.error is not None:
+        if rule.decision is None:
+            return (
+                f"not known: the decision table has no on_error entry for {e.error.code}; "
+                f"the verdict records {e.decision}"
+            )
+        return f"on_error for {e.error.code} -> {rule.decision}"
+    row = e.policy.row
+    a = e.assessment
+    if rule.kind == "threshold" and row is not None and a is not None and a.score is not None:
+        sign = ">=" if rule.crossed else "<"
+        base = _base(rule)
+        text = f"score {num(a.score)} {sign} {rule.threshold} {num(rule.threshold_value)}"
+        return f"{text} for {row.category} -> {base}" + _capped(rule, row)
+    if rule.kind == "rating" and row is not None and a is not None:
+        why = "no score, so the rating decides" if _thresholds(row) else "no score thresholds"
+        text = f"rating {a.rating or '(none)'} for {row.category}"
+        if a.rating == "Unsafe":
+            text += f": row action {row.action} -> {_base(rule)}"
+        else:
+            text += " -> allow"
+        return f"{text} ({why})" + _capped(rule, row)
+    return f"not known: no decision table to read; the verdict records {e.decision}"
+
+
+def because(e: Explanation) -> str:
+    """A short cell for tables: `score 0.252 >= review 0.2`, `error: x -> on_error review`."""
+    rule, row, a = e.rule, e.policy.row, e.assessment
+    prefix = "cache; " if e.source == "cache" else ""
+    if e.error is not None:
+        given = f" -> on_error {rule.decision}" if rule.decision else ""
+        return f"error: {e.error.code}{given}"
+    if rule.kind == "threshold" and row is not None and a is not None and a.score is not None:
+        value = rule.threshold_value or 0.0
+        sign = ">=" if rule.crossed else "<"
+        name = "block" if rule.threshold == "block_at" else "review"
+        text = f"score {_short(a.score, value)} {sign} {name} {num(value)}"
+        return prefix + text + (", allowed: review" if rule.capped else "")
+    if rule.kind == "rating" and row is not None and a is not None:
+        if a.rating == "Unsafe":
+            capped = ", allowed: review" if rule.capped else ""
+            return f"{prefix}Unsafe {row.category} -> {row.action}{capped}"
+        return f"{prefix}{a.rating or 'no rating'} -> allow"
+    if a is not None:
+        return f"{prefix}{a.rating or 'no rating'} {_code(a.category)} (no policy table)"
+    return prefix + "no policy table"
+
+
+def explanation_json(e: Explanation) -> dict[str, Any]:
+    """The `moderator.explanation/v1` document (keys in docs/explain.md)."""
+    i, p = e.input, e.policy
+    row = p.row
+    return {
+        "schema": SCHEMA,
+        "event_id": e.event_id,
+        "tenant_id": e.tenant_id,
+        "decided_at": _time_or_none(e.decided_at),
+        "decision": e.decision,
+        "source": e.source,
+        "input": {
+            "surface": i.surface,
+            "bucket": i.bucket,
+            "key": i.key,
+            "version_id": i.version_id,
+            "sha256": i.sha256,
+            "format": i.format,
+            "width": i.width,
+            "height": i.height,
+            "uploaded_at": _time_or_none(i.uploaded_at),
+        },
+        "policy": {
+            "version": p.version,
+            "hash": p.hash,
+            "document_kept": p.document_kept,
+            "row": None
+            if row is None
+            else {
+                "category": row.category,
+                "mode": row.mode,
+                "action": row.action,
+                "block_at": row.block_at,
+                "review_at": row.review_at,
+            },
+            "on_error": p.on_error,
+        },
+        "model": None
+        if e.model is None
+        else {"engine": e.model.engine, "name": e.model.name, "smoke_test": e.model.smoke_test},
+        "assessment": None
+        if e.assessment is None
+        else {
+            "rating": e.assessment.rating,
+            "category": e.assessment.category,
+            "score": e.assessment.score,
+            "rationale": e.assessment.rationale,
+        },
+        "error": None
+        if e.error is None
+        else {"code": e.error.code, "message": e.error.message, "security": e.error.security},
+        "cache": None
+        if e.cache is None
+        else {
+            "looked_up": e.cache.looked_up,
+            "original_event_id": e.cache.original_event_id,
+            "original_decided_at": _time_or_none(e.cache.original_decided_at),
+        },
+        "rule": {
+            "kind": e.rule.kind,
+            "decision": e.rule.decision,
+            "threshold": e.rule.threshold,
+            "threshold_value": e.rule.threshold_value,
+            "crossed": e.rule.crossed,
+            "capped": e.rule.capped,
+            "text": rule_text(e),
+        },
+        "matches_policy": e.matches_policy,
+        "redacted_at": _time_or_none(e.redacted_at),
+        "missing": list(e.missing),
+        "steps": [{"step": name, "text": text} for name, text in steps(e)],
+    }
+
+
+def num(value: float | None) -> str:
+    """A number as recorded: the shortest text that reads back as the same float."""
+    if value is None:
+        return "-"
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _short(score: float, threshold: float) -> str:
+    text = f"{score:.3g}"
+    return text if (float(text) >= threshold) == (score >= threshold) else num(score)
+
+
+def _input(e: Explanation) -> str:
+    i = e.input
+    where = f"s3://{i.bucket or '?'}/{i.key}" if i.key is not None else "object key redacted"
+    if i.version_id:
+        where += f" (version {i.version_id})"
+    parts = [f"tenant {e.tenant_id}", f"surface {i.surface or '-'}", where]
+    if i.uploaded_at is not None:
+        parts.append(f"uploaded {_time(i.uploaded_at)}")
+    return ", ".join(parts)
+
+
+def _image(e: Explanation) -> str:
+    i = e.input
+    sha = f"sha256 {i.sha256}" if i.sha256 else "not read (no sha256)"
+    size = f" {i.width}x{i.height}" if i.width is not None and i.height is not None else ""
+    if i.format or size:
+        return f"{sha}, {i.format or 'format -'}{size}"
+    return sha
+
+
+def _policy(e: Explanation) -> str:
+    p = e.policy
+    version = p.version or "(no version recorded)"
+    if not p.document_kept:
+        return f"{version}: document not available"
+    if e.error is not None:
+        return f"{version}: on_error for {e.error.code} is {p.on_error or '(not in the table)'}"
+    if p.row is None:
+        return f"{version}: no decision-table row applies"
+    return f"{version}: {_row(p.row)}"
+
+
+def _row(row: TableRow) -> str:
+    mode = f" ({row.mode}{': never blocks' if row.mode == 'allowed' else ''})" if row.mode else ""
+    limits = [
+        f"{name} {num(value)}"
+        for name, value in (("block_at", row.block_at), ("review_at", row.review_at))
+        if value is not None
+    ]
+    thresholds = ", ".join(limits) or "no score thresholds"
+    return f"row {row.category}{mode}: {thresholds}; Unsafe -> {row.action}"
+
+
+def _engine(e: Explanation) -> str:
+    if e.model is None:
+        return "not run" + (f" (failed before it: {e.error.code})" if e.error is not None else "")
+    name = e.model.engine + (f":{e.model.name}" if e.model.name else "")
+    if e.model.smoke_test:
+        name += " (smoke test: its decisions mean nothing)"
+    a = e.assessment
+    if a is None:
+        return f"{name}: no usable answer"
+    score = f"score {num(a.score)}" if a.score is not None else "no score"
+    return f"{name}: {a.rating or '(no rating)'}, {a.category or '(no category)'}, {score}"
+
+
+def _cache(e: Explanation) -> str:
+    c = e.cache
+    text = "assessment reused from the verdict cache (same image bytes, policy version and model)"
+    if c is None or not c.looked_up:
+        return text
+    if c.original_event_id is None:
+        return f"{text}; no earlier model judgement of it is in the audit store"
+    at = _time(c.original_decided_at)
+    return f"{text}; first judged by the model in event {c.original_event_id} at {at}"
+
+
+def _rationale(text: str) -> str:
+    line = _one_line(text)
+    if len(line) <= RATIONALE_CHARS:
+        return f'"{line}"'
+    more = len(line) - RATIONALE_CHARS
+    return f'"{line[:RATIONALE_CHARS]}..." ({more} more characters in --format json)'
+
+
+def _code(category: str | None) -> str:
+    return category.split(":", 1)[0] if category else "-"
+
+
+def _base(rule: RuleFacts) -> str:
+    return "block" if rule.capped else (rule.decision or "-")
+
+
+def _capped(rule: RuleFacts, row: TableRow) -> str:
+    return f"; {row.category} is allowed (never blocks): review" if rule.capped else ""
+
+
+def _thresholds(row: TableRow) -> bool:
+    return row.block_at is not None or row.review_at is not None
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _time(at: datetime | None) -> str:
+    return _time_or_none(at) or "-"
+
+
+def _time_or_none(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat().replace("+00:00", "Z")
