@@ -84,7 +84,8 @@ def test_validate_reports_every_problem(capsys: pytest.CaptureFixture[str], tmp_
         "but found '<stream end>'",
         f"{d}/sec.yaml:3: on_error.tenant_mismatch: tenant_mismatch is a security error and "
         "can never map to allow",
-        f"{d}/typo.yaml:5: categories.O2.colour: unknown key (not part of the policy schema)",
+        f"{d}/typo.yaml:5: categories.O2.colour: unknown key 'colour'; the keys here are "
+        "action, allowed_text, block_at, can, mode, review_at, sensitive_text, should_not",
         f"{d}/b.yaml:3: extends: inheritance cycle a -> b -> a",
         f"{d}/a.yaml:2: extends: inheritance cycle b -> a -> b",
         f"{d}/orphan.yaml:2: extends: unknown base policy 'nothere' (no nothere.yaml)",
@@ -194,8 +195,10 @@ def test_render_a_broken_tenant_lists_the_problems(
     code, out, err = run(capsys, "render", "shop", "--policies", d)
     assert (code, out) == (2, "")
     assert err.splitlines() == [
-        f"{d}/other.yaml:2: categories.O2.x: unknown key (not part of the policy schema)",
-        f"{d}/shop.yaml:1: colour: unknown key (not part of the policy schema)",
+        f"{d}/other.yaml:2: categories.O2.x: unknown key 'x'; the keys here are action, "
+        "allowed_text, block_at, can, mode, review_at, sensitive_text, should_not",
+        f"{d}/shop.yaml:1: colour: unknown key 'colour'; the keys here are allowed, categories, "
+        "description, dsa, extends, none_applying, on_error, owner, schema, surfaces",
     ]
     code, out, err = run(capsys, "render", "default", "--policies", d)
     assert code == 0 and out.startswith("tenant         default\n")

@@ -26,6 +26,7 @@ from moderator.events.verdict import (
     InputCoords,
     ModelInfo,
     PolicyRef,
+    Source,
     Timings,
     VerdictError,
 )
@@ -291,14 +292,14 @@ class Processor:
 
     def _fail(self, run: _Run, code: ErrorCode, message: str) -> None:
         log.info("event_error", code=code.value, reason=message)
-        self._finish(run, error_outcome(code, message, run.policy.on_error(code)), source="model")
+        self._finish(run, error_outcome(code, message, run.policy.on_error(code)), source="error")
 
     def _finish(
         self,
         run: _Run,
         outcome: FrameOutcome,
         *,
-        source: str,
+        source: Source,
         queue_ms: float = 0.0,
         infer_ms: float = 0.0,
     ) -> None:
@@ -342,8 +343,8 @@ class Processor:
                 trace=run.obs.trace,
             )
         self._hold(run, -run.held_bytes)
-        log.debug("verdict", decision=verdict.decision, source=source)
-        run.obs.end(verdict, source)
+        log.debug("verdict", decision=verdict.decision, source=verdict.source)
+        run.obs.end(verdict, verdict.source)
         run.done(records)
 
     def _admit(self) -> None:

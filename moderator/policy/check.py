@@ -115,7 +115,8 @@ def with_line(error: PolicyError) -> PolicyError:
 
 
 def key_line(path: Path, keys: tuple[str, ...]) -> int | None:
-    """The 1-based line of the deepest of `keys` (a path of mapping keys) present in the file."""
+    """The 1-based line of the deepest of `keys` (a path of mapping keys) present in the file;
+    a key not found as written is looked up in any case."""
     try:
         node = yaml.compose(read_policy(path).decode("utf-8"), Loader=yaml.SafeLoader)
     except (PolicyError, UnicodeDecodeError, yaml.YAMLError):
@@ -125,6 +126,10 @@ def key_line(path: Path, keys: tuple[str, ...]) -> int | None:
         if not isinstance(node, yaml.MappingNode):
             break
         found = next((pair for pair in node.value if pair[0].value == key), None)
+        if found is None:  # a category code written in another case (`o2` for `O2`)
+            found = next(
+                (p for p in node.value if str(p[0].value).casefold() == key.casefold()), None
+            )
         if found is None:
             break
         line = found[0].start_mark.line + 1

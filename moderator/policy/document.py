@@ -2,8 +2,8 @@
 
 A tenant file overrides its base (`extends`, `default` unless it is the default policy itself).
 Every field is optional in a tenant file; the merged result must be complete. The category keys
-are the taxonomy codes `O1`..`O9`; `NA` ("None applying") takes its thresholds and action from
-`none_applying`. docs/policies.md documents every field.
+are the taxonomy codes `O1`..`O9`, in either case (`o3` is read as `O3`); `NA` ("None applying")
+takes its thresholds and action from `none_applying`. docs/policies.md documents every field.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import (
 
 from moderator.errors import SECURITY_ERRORS, ErrorCode
 from moderator.events.dsa_categories import STATEMENT_CATEGORIES, STATEMENT_CATEGORY_PREFIX
+from moderator.events.verdict import code_of
 
 SCHEMA_VERSION = 1
 CODES: tuple[str, ...] = ("O1", "O2", "O3", "O4", "O5", "O6", "O7", "O8", "O9")
@@ -94,12 +95,17 @@ class DsaMapping(_Strict):
     categories: dict[str, str] = Field(default_factory=dict)
     review_restricts_visibility: StrictBool = False
 
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return upper_codes(value, (*CODES, "NA"))
+
     @field_validator("categories")
     @classmethod
     def _codes(cls, value: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(value) - set(CODES) - {"NA"})
         if unknown:
-            raise ValueError(f"unknown category code {unknown[0]!r} (O1..O9 or NA)")
+            raise ValueError(_unknown_code(unknown[0], "O1..O9 or NA", na=True))
         for code, category in sorted(value.items()):
             if category not in STATEMENT_CATEGORIES:
                 raise ValueError(f"{code} maps to {_statement_problem(category)}")
@@ -112,6 +118,11 @@ class SurfaceOverride(_Strict):
     categories: dict[str, CategoryPolicy] = Field(default_factory=dict)
     none_applying: NoneApplying | None = None
     on_error: Action | dict[str, Action] | None = None
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return upper_codes(value, CODES)
 
     @field_validator("categories")
     @classmethod
@@ -147,6 +158,11 @@ class PolicyFile(_Strict):
             raise ValueError(f"schema must be the number {SCHEMA_VERSION}")
         return value
 
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return upper_codes(value, CODES)
+
     @field_validator("categories")
     @classmethod
     def _codes(cls, value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
@@ -181,10 +197,40 @@ def _statement_problem(category: str) -> str:
     return f"{category[:80]!r}, which is not a DSA statement category ({hint})"
 
 
+def upper_codes(value: Any, codes: tuple[str, ...]) -> Any:
+    """A mapping keyed by category codes with the codes in upper case (`o3` → `O3`); other keys
+    and other values are left for validation to judge. Two keys naming one code are an error."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[Any, Any] = {}
+    written: dict[Any, Any] = {}  # code -> the key that named it first
+    for key, item in value.items():
+        code = key.upper() if isinstance(key, str) and key.upper() in codes else key
+        if code in out:
+            raise ValueError(
+                f"duplicate category {key!r}: {written[code]} names the same one (codes are "
+                "read in either case)"
+            )
+        out[code] = item
+        written[code] = key
+    return out
+
+
+def _unknown_code(key: str, valid: str, *, na: bool = False) -> str:
+    """Why `key` is not a category code, with the code it means when it names a category.
+    `na`: whether NA is a valid key here."""
+    code = code_of(key)
+    if code == "NA" and not na:
+        return f"{key!r} (None applying) is not set here: use the none_applying key"
+    if code is not None:
+        return f"unknown category {key!r}: write its code, {code}"
+    return f"unknown category {key!r}: use {valid}"
+
+
 def _check_codes(value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
     unknown = sorted(set(value) - set(CODES))
     if unknown:
-        raise ValueError(f"unknown category {unknown[0]!r}: use O1..O9 (NA is none_applying)")
+        raise ValueError(_unknown_code(unknown[0], "O1..O9 (NA is none_applying)"))
     return value
 
 
@@ -196,7 +242,9 @@ def _check_on_error(value: Action | dict[str, Action] | None) -> Action | dict[s
     codes = {c.value for c in ErrorCode} | {"default"}
     for code, action in mapping.items():
         if code not in codes:
-            raise ValueError(f"unknown error code {code!r}")
+            near = difflib.get_close_matches(str(code), sorted(codes), n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}?" if near else "see docs/errors.md for the codes"
+            raise ValueError(f"unknown error code {code!r}; {hint}")
         if action == "allow" and (code == "default" or ErrorCode(code) in SECURITY_ERRORS):
             security = {c.value for c in SECURITY_ERRORS}
             if code != "default":

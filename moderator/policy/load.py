@@ -32,6 +32,7 @@ from pydantic_core import ErrorDetails
 
 from moderator.errors import ConfigError
 from moderator.policy.document import PolicyFile
+from moderator.policy.messages import reason, relevant
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -272,10 +273,10 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
 def _first_error(errors: list[ErrorDetails], lines: dict[Loc, int]) -> tuple[int, str]:
     """The error at the earliest line, as (line, 'field.path: message (+N more)')."""
     located = []
-    for order, error in enumerate(errors):
+    for order, error in enumerate(relevant(errors)):
         where = _locate(error["loc"], lines)
         where = _named_key(error, where, lines)
-        located.append((lines[where], order, where, _message(error)))
+        located.append((lines[where], order, where, reason(error)))
     located.sort()
     line, _, where, message = located[0]
     field = ".".join(str(part) for part in where) or "(top level)"
@@ -285,27 +286,41 @@ def _first_error(errors: list[ErrorDetails], lines: dict[Loc, int]) -> tuple[int
 
 
 def _locate(loc: tuple[str | int, ...], lines: dict[Loc, int]) -> Loc:
-    """The longest path of real document keys in `loc`, skipping pydantic's union tags."""
+    """The longest path of real document keys in `loc`, skipping pydantic's union tags. A key
+    the models normalised (a category code written `o3`, validated as `O3`) is found as
+    written."""
     where: Loc = ()
     for part in loc:
         if (*where, part) in lines:
             where = (*where, part)
+        elif isinstance(part, str):
+            written = _written_as(where, part, lines)
+            if written is not None:
+                where = (*where, written)
     return where
+
+
+def _written_as(where: Loc, key: str, lines: dict[Loc, int]) -> str | None:
+    """The key under `where` that is `key` in another case, if there is exactly one."""
+    found = [
+        path[-1]
+        for path in lines
+        if len(path) == len(where) + 1
+        and path[:-1] == where
+        and isinstance(path[-1], str)
+        and path[-1].casefold() == key.casefold()
+    ]
+    return found[0] if len(found) == 1 and isinstance(found[0], str) else None
 
 
 def _named_key(error: ErrorDetails, where: Loc, lines: dict[Loc, int]) -> Loc:
     """A mapping-level error that quotes one of the mapping's keys points at that key."""
     value = error.get("input")
     if error["type"] == "value_error" and isinstance(value, dict):
-        message = _message(error)
+        message = reason(error)
         for key in value:
-            named = repr(key) in message or message.startswith(f"{key} ")
+            # A key the models normalised (`o3` → `O3`) is named as normalised.
+            named = repr(key) in message or message.casefold().startswith(f"{key} ".casefold())
             if isinstance(key, str) and named and (*where, key) in lines:
                 return (*where, key)
     return where
-
-
-def _message(error: ErrorDetails) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key (not part of the policy schema)"
-    return error["msg"].removeprefix("Value error, ")
