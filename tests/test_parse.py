@@ -294,3 +294,15 @@ def test_notification_event_time_without_a_utc_time_is_unknown(when: str) -> Non
     rec["eventTime"] = when
     (event,) = parse_message(notification(rec), RULE).events
     assert event.uploaded_at is None
+
+
+def test_an_integral_float_size_beyond_the_safe_range_is_malformed() -> None:
+    """9007199254740992.0 is I-JSON (a float) but as an integer the audit trail's canonical
+    JSON could not hold it: the event is dead-lettered, not accepted."""
+    doc = {
+        "event_id": "e",
+        "tenant_id": "acme",
+        "object": {"bucket": "b", "key": "acme/k", "size": 9007199254740992.0},
+    }
+    with pytest.raises(MalformedMessage, match=r"object\.size"):
+        parse_message(json.dumps(doc).encode(), RULE)

@@ -174,7 +174,8 @@ def test_check_prints_a_table_and_exits_0_only_when_all_pass(
     monkeypatch.setattr(cli_check, "CHECKS", {**passing, "s3": failing})
     assert main(["run", "--check"]) == 2
     out, err = capsys.readouterr()
-    assert "s3        FAIL    nope" in out and err == ""
+    assert "s3        FAIL    nope" in out
+    assert err == "moderator: run --check: 1 of 5 checks failed: s3\n"
 
 
 def test_check_with_bad_settings_fails_config_and_skips_the_rest(

@@ -19,7 +19,9 @@ class ObjectRef(BaseModel):
     key: str = Field(min_length=1, max_length=1024)
     version_id: str | None = None
     etag: str | None = None
-    size: int | None = Field(default=None, ge=0)
+    # An integral float such as 9007199254740992.0 is I-JSON but would become an integer the
+    # audit trail's canonical JSON cannot hold: the same bound as the parser's integers.
+    size: int | None = Field(default=None, ge=0, le=2**53 - 1)
     content_type: str | None = None
 
 
