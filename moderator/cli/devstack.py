@@ -1,40 +1,109 @@
-"""`moderator dev-stack`: run a Kafka broker and the S3 server until SIGTERM or SIGINT.
+"""`moderator dev-stack`: run a Kafka broker and the S3 server until a signal; `dev-stack upload`
+sends one upload to it and `dev-stack verdicts` reads the verdicts back.
 
-stdout carries only the contract: one `export NAME=value` line per variable, then `ready`.
+stdout of `dev-stack` carries only the contract: one `export NAME=value` line per variable, then
+`ready`. Everything meant for people (bucket, topics, how to send an upload) goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
+import mimetypes
+import os
+import random
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from moderator.dev.guide import EXAMPLE_TENANT  # cheap: stdlib only
 from moderator.dev.kafka.jars import JARS_ENV, KAFKA_VERSION  # cheap: stdlib only
-from moderator.errors import ConfigError
+from moderator.errors import ConfigError, ModeratorError
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_DESCRIPTION = (
-    f"Start a Kafka broker and an S3 server (bucket 'uploads') on loopback, print one "
-    "`export NAME=value` line per variable a `moderator` process needs, then `ready`, and serve "
-    "until SIGTERM or SIGINT (exit 0). --kafka mock (the default) is librdkafka's mock cluster "
-    "inside this process: no transactions, so it exports MODERATOR_KAFKA__DELIVERY=at_least_once. "
-    f"--kafka apache starts a real Apache Kafka {KAFKA_VERSION} node (needs Java 17+; its jars "
-    f"are resolved once with Maven into ~/.cache/moderator or ${JARS_ENV}) and exports "
-    "MODERATOR_KAFKA__DELIVERY=exactly_once. Exit 2 when Java or Maven is missing."
-)
+if TYPE_CHECKING:
+    from moderator.ingest.topics import TopicSpec
+    from moderator.settings import Settings
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+BUCKET = "uploads"
+DEFAULT_TIMEOUT_S = 60.0
+# What `upload` and `verdicts` need from the environment `dev-stack` exports.
+_STACK_ENV = ("MODERATOR_KAFKA__BOOTSTRAP_SERVERS", "MODERATOR_S3__ENDPOINT_URL")
+
+_DESCRIPTION = f"""\
+Start a Kafka broker and an S3 server on loopback for local work. Creates the
+bucket '{BUCKET}' (versioned) and the service's topics (kafka.topics.*), prints
+one `export NAME=value` line per variable a `moderator` process needs, then
+`ready`, and serves until SIGTERM, SIGINT or SIGHUP (exit 0). stdout carries
+only the export lines and `ready`; the bucket, the topics and how to send an
+upload go to stderr. --env-file FILE also writes the export lines to FILE once
+ready (complete at once: written aside, then renamed) and removes it on exit.
+
+--kafka mock (the default) is librdkafka's mock cluster inside this process:
+no transactions, so it exports MODERATOR_KAFKA__DELIVERY=at_least_once; its
+topics have 4 partitions. --kafka apache starts a real Apache Kafka {KAFKA_VERSION}
+node (needs Java 17+; its jars are resolved once with Maven into
+~/.cache/moderator or ${JARS_ENV}), creates the topics from
+kafka.topic_specs with one replica, and exports
+MODERATOR_KAFKA__DELIVERY=exactly_once. Exit 2 when Java or Maven is missing or
+a setting is invalid, 1 when a server cannot start."""
+
+_EPILOG = f"""\
+examples:
+  # the stack in the background, its environment in this shell, one upload
+  rm -f .dev-stack.env
+  moderator dev-stack --env-file .dev-stack.env & stack=$!
+  until [ -f .dev-stack.env ]; do sleep 0.2; done; . ./.dev-stack.env
+  moderator run --engine fake --policies policies & service=$!
+  id=$(moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT})
+  moderator dev-stack verdicts "$id"
+  kill $service; wait $service; kill $stack
+
+  # a tool reads the export lines from stdout
+  moderator dev-stack | sed '/^ready$/q'
+
+  # a real broker (exactly-once)
+  moderator dev-stack --kafka apache --env-file .dev-stack.env"""
+
+_UPLOAD_DESCRIPTION = """\
+Put FILE into the stack's bucket at T/<file name> (or --key), produce its
+UploadEvent v1 to the uploads topic (kafka.topics.uploads) and print the event
+id on stdout. Without FILE a generated sample JPEG is sent. The addresses come
+from the environment `moderator dev-stack` exports
+(MODERATOR_KAFKA__BOOTSTRAP_SERVERS, MODERATOR_S3__ENDPOINT_URL, AWS_*). Exit 2
+when they are not set or an argument is invalid, 1 when S3 or Kafka fails."""
+
+_UPLOAD_EPILOG = f"""\
+examples:
+  moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT}
+  moderator dev-stack upload --tenant {EXAMPLE_TENANT} --surface profile   # a sample image
+  moderator dev-stack upload a.png --tenant {EXAMPLE_TENANT} --key {EXAMPLE_TENANT}/2026/a.png"""
+
+_VERDICTS_DESCRIPTION = """\
+Read the verdicts topic (kafka.topics.verdicts) from the beginning and print
+each verdict as one JSON line. With EVENT_IDs: wait until each has a verdict and
+print those (exit 0), or exit 1 after --timeout seconds naming the ids still
+missing. Without: print the verdicts on the topic now and exit 0. Needs
+MODERATOR_KAFKA__BOOTSTRAP_SERVERS from `moderator dev-stack` (exit 2 without)."""
+
+_VERDICTS_EPILOG = """\
+examples:
+  moderator dev-stack verdicts "$id"
+  moderator dev-stack verdicts --timeout 120 dev-0123 dev-4567
+  moderator dev-stack verdicts | python3 -m json.tool --json-lines"""
 
 
 def add_dev_stack_parser(sub: Any) -> None:
     """Add `dev-stack` to `sub` (argparse sub-parsers); cheap: nothing heavy is imported."""
     parser = sub.add_parser(
         "dev-stack",
-        help="start a Kafka broker (mock or real) and S3 server for local work",
+        help="start a Kafka broker (mock or real) and S3 server for local work; send uploads",
         description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(parser)
 
@@ -47,44 +116,143 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mock: in-process mock, at_least_once (default); "
         "apache: a real Apache Kafka broker (Java 17+), exactly_once",
     )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="FILE",
+        help="also write the export lines to FILE once ready (for `. FILE`); removed on exit",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML settings file: the topic names and specs (kafka.topics, kafka.topic_specs)",
+    )
+    commands = parser.add_subparsers(
+        dest="dev_stack_command",
+        metavar="[COMMAND]",
+        help="none: start the stack; the others need its environment in the shell",
+    )
+    upload = commands.add_parser(
+        "upload",
+        help="put a file into the stack's bucket and send its upload event; prints the event id",
+        description=_UPLOAD_DESCRIPTION,
+        epilog=_UPLOAD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    upload.add_argument(
+        "file", nargs="?", type=Path, metavar="FILE", help="the file (default: a sample JPEG)"
+    )
+    upload.add_argument("--tenant", required=True, metavar="T", help="the event's tenant_id")
+    upload.add_argument("--key", metavar="KEY", help="object key (default: T/<file name>)")
+    upload.add_argument(
+        "--bucket", default=BUCKET, metavar="BUCKET", help=f"bucket (default: {BUCKET})"
+    )
+    upload.add_argument(
+        "--surface", metavar="SURFACE", help="context.surface: selects policy overrides"
+    )
+    upload.add_argument(
+        "--content-type", metavar="TYPE", help="default: guessed from the file name"
+    )
+    verdicts = commands.add_parser(
+        "verdicts",
+        help="print verdicts (JSON lines), waiting for the given event ids",
+        description=_VERDICTS_DESCRIPTION,
+        epilog=_VERDICTS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verdicts.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="ids to wait for")
+    verdicts.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait (default: {DEFAULT_TIMEOUT_S:g})",
+    )
 
 
-def cmd_dev_stack(buckets: Sequence[str] = ("uploads",), *, kafka: str = "mock") -> int:
+def run_dev_stack(args: argparse.Namespace) -> int:
+    """`moderator dev-stack [COMMAND]` from parsed arguments; the exit code."""
+    command = getattr(args, "dev_stack_command", None)
+    if command == "upload":
+        return cmd_upload(
+            args.file,
+            tenant=args.tenant,
+            key=args.key,
+            bucket=args.bucket,
+            surface=args.surface,
+            content_type=args.content_type,
+        )
+    if command == "verdicts":
+        return cmd_verdicts(args.event_ids, timeout_s=args.timeout)
+    return cmd_dev_stack(
+        kafka=args.kafka,
+        env_file=getattr(args, "env_file", None),
+        config=getattr(args, "config", None),
+    )
+
+
+def cmd_dev_stack(
+    buckets: Sequence[str] = (BUCKET,),
+    *,
+    kafka: str = "mock",
+    env_file: Path | None = None,
+    config: Path | None = None,
+) -> int:
     """Start the stack, print its environment and `ready`, serve until a signal; exit code.
 
     Must run on the main thread (it installs signal handlers, restored on return).
     """
+    from moderator.dev.envfile import env_file_text, export_lines, remove_env_file
+    from moderator.dev.guide import guide
     from moderator.dev.stack import KAFKA_KINDS, DevStackError, EmbeddedStack
 
     kind = next((k for k in KAFKA_KINDS if k == kafka), None)
     if kind is None:
         print(f"error: dev-stack: --kafka must be one of {', '.join(KAFKA_KINDS)}", file=sys.stderr)
         return 2
+    if env_file is not None and not env_file.parent.is_dir():
+        print(f"error: dev-stack: --env-file: {env_file.parent} is not a folder", file=sys.stderr)
+        return 2
+    specs = _topic_specs(config)  # ConfigError (exit 2) before anything starts
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in _SIGNALS}
+    # A SIGHUP already ignored (`nohup moderator dev-stack &`) stays ignored.
+    handled = [s for s in _SIGNALS if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         try:
-            stack = EmbeddedStack(buckets=buckets, kafka=kind).start()
+            stack = EmbeddedStack(buckets=buckets, kafka=kind, topics=specs).start()
         except ConfigError as exc:
             print(f"error: dev-stack: {exc}", file=sys.stderr)
             return 2
         except DevStackError as exc:
             print(f"error: dev-stack: {exc}", file=sys.stderr)
             return 1
+        text = ""
         try:
             if stop.is_set():  # asked to stop while the broker was starting
                 return 0
-            lines = [f"export {name}={shlex.quote(value)}" for name, value in stack.env().items()]
-            sys.stdout.write("\n".join([*lines, "ready"]) + "\n")
+            env = stack.env()
+            if env_file is not None:
+                text = env_file_text(env, os.getpid())
+                if not _write(env_file, text):
+                    return 1
+            sys.stdout.write("\n".join([*export_lines(env), "ready"]) + "\n")
             sys.stdout.flush()
+            sys.stderr.write(
+                guide(stack.kafka, env, stack.buckets, stack.topics, env_file=env_file)
+            )
+            sys.stderr.flush()
             # A timed wait keeps the main thread responsive to signals on every platform.
             while not stop.wait(0.5):
                 pass
         finally:
+            if env_file is not None and text:
+                remove_env_file(env_file, text)
             stack.stop()
         return 0
     finally:
@@ -92,12 +260,128 @@ def cmd_dev_stack(buckets: Sequence[str] = ("uploads",), *, kafka: str = "mock")
             signal.signal(sig, handler)
 
 
+def _write(path: Path, text: str) -> bool:
+    from moderator.dev.envfile import write_env_file
+
+    try:
+        write_env_file(path, text)
+    except OSError as exc:
+        print(f"error: dev-stack: --env-file: cannot write {path}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _topic_specs(config: Path | None) -> list[TopicSpec]:
+    """The service's topics as the settings name them, with one replica each: the dev stack
+    has one broker."""
+    from moderator.ingest.topics import ROLES, topic_specs
+    from moderator.settings import load_settings
+
+    overrides = {f"kafka.topic_specs.{role}.replication_factor": 1 for role in ROLES}
+    return topic_specs(load_settings(config, overrides).kafka)
+
+
+def cmd_upload(
+    file: Path | None,
+    *,
+    tenant: str,
+    key: str | None = None,
+    bucket: str = BUCKET,
+    surface: str | None = None,
+    content_type: str | None = None,
+) -> int:
+    """`dev-stack upload`: put the file, send its event, print the event id; exit code."""
+    settings = _stack_settings("upload", _STACK_ENV)
+    guessed: str | None
+    if file is None:
+        from moderator.dev.samples import make_sample
+
+        sample = make_sample("jpeg", seed=random.randrange(10_000))
+        data, name, guessed = sample.data, sample.name, sample.content_type
+    else:
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"dev-stack upload: cannot read {file}: {exc.strerror}") from exc
+        name, guessed = file.name, mimetypes.guess_type(file.name)[0]
+    from moderator.dev.uploads import send_upload
+
+    object_key = key or f"{tenant}/{name}"
+    sent = send_upload(
+        settings,
+        data,
+        tenant=tenant,
+        bucket=bucket,
+        key=object_key,
+        content_type=content_type or guessed,
+        surface=surface,
+    )
+    print(sent.event.event_id)
+    what = "a sample image" if file is None else str(file)
+    print(
+        f"dev-stack: {what} put at s3://{bucket}/{object_key} ({sent.size} bytes); "
+        f"event {sent.event.event_id} sent to topic {sent.topic}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_verdicts(event_ids: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+    """`dev-stack verdicts`: print verdicts as JSON lines; exit 1 when an id got none in time."""
+    import json
+
+    from moderator.dev.uploads import read_verdicts
+
+    if timeout_s <= 0:
+        raise ConfigError("dev-stack verdicts: --timeout must be above 0")
+    settings = _stack_settings("verdicts", _STACK_ENV[:1])
+    found, missing = read_verdicts(settings, event_ids, timeout_s=timeout_s)
+    for verdict in found:
+        print(json.dumps(verdict, ensure_ascii=False))
+    sys.stdout.flush()
+    if missing:
+        print(
+            f"dev-stack verdicts: no verdict within {timeout_s:g} s for {', '.join(missing)} "
+            f"(is `moderator run` consuming {settings.kafka.topics.uploads}?)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _stack_settings(command: str, needed: Sequence[str]) -> Settings:
+    """The settings from the environment `dev-stack` exports; ConfigError when it is not set."""
+    from moderator.settings import load_settings
+
+    unset = [name for name in needed if not os.environ.get(name)]
+    if unset:
+        raise ConfigError(
+            f"dev-stack {command}: {' and '.join(unset)} not set: load the stack's environment "
+            "first (`. ./.dev-stack.env` after `moderator dev-stack --env-file .dev-stack.env`, "
+            "or paste the export lines `moderator dev-stack` printed)"
+        )
+    return load_settings(None, {})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m moderator.cli.devstack [--kafka mock|apache]`."""
-    parser = argparse.ArgumentParser(prog="moderator dev-stack", description=_DESCRIPTION)
+    """`python -m moderator.cli.devstack [--kafka mock|apache] [--env-file FILE] [COMMAND]`."""
+    from moderator.cli.lines import error_line
+
+    parser = argparse.ArgumentParser(
+        prog="moderator dev-stack",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_arguments(parser)
     args = parser.parse_args(argv)
-    return cmd_dev_stack(kafka=args.kafka)
+    try:
+        return run_dev_stack(args)
+    except KeyboardInterrupt:
+        return 130
+    except ModeratorError as exc:
+        print(f"moderator: {error_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 if __name__ == "__main__":

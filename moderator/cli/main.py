@@ -238,10 +238,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dev-stack":
-        from moderator.cli.devstack import cmd_dev_stack
+        from moderator.cli.devstack import run_dev_stack
 
-        code: int = cmd_dev_stack(kafka=args.kafka)
-        return code
+        return run_dev_stack(args)
     if args.command == "demo":
         from moderator.cli.demo import cmd_demo
 

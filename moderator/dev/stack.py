@@ -8,6 +8,11 @@ for that number), does not answer CreateTopics, and cannot do exactly-once
 real Apache Kafka node (a JVM: moderator.dev.kafka.cluster) takes its place and `env()`
 selects `exactly_once`.
 
+`topics` are created at start, so a consumer that subscribes before anything was produced
+finds them: on the mock by a producer's metadata request naming each topic (the mock creates
+a topic a producer asks about, with 4 partitions, whatever the spec says); on Apache Kafka by
+CreateTopics with each spec's partitions, replication factor and configs.
+
 moto keeps its backends per process: two stacks started in one process share their S3 state.
 """
 
@@ -15,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import boto3
 from botocore.exceptions import ClientError
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.literals import BucketLocationConstraintType
 
     from moderator.dev.kafka.cluster import ApacheKafka
+    from moderator.ingest.topics import TopicSpec
 
 KafkaKind = Literal["mock", "apache"]
 KAFKA_KINDS: tuple[KafkaKind, ...] = ("mock", "apache")
@@ -39,6 +46,7 @@ ACCESS_KEY_ID = "testing"
 SECRET_ACCESS_KEY = "testing"  # noqa: S105 - a fixed dummy, never a real secret
 _POLL_INTERVAL_S = 0.2
 _METADATA_TIMEOUT_S = 5.0
+_TOPICS_TIMEOUT_S = 30.0
 
 
 class EmbeddedStack:
@@ -52,6 +60,7 @@ class EmbeddedStack:
         region: str = "us-east-1",
         brokers: int = 1,
         kafka: KafkaKind = "mock",
+        topics: Sequence[TopicSpec] = (),
     ) -> None:
         if brokers < 1:
             raise ValueError("brokers must be at least 1")
@@ -60,6 +69,8 @@ class EmbeddedStack:
         self._kafka_kind: KafkaKind = kafka
         self._apache: ApacheKafka | None = None
         self._buckets = tuple(buckets)
+        self._topic_specs = tuple(topics)
+        self._topics: dict[str, int] = {}
         self._region = region
         self._brokers = brokers
         self._lock = threading.Lock()
@@ -73,14 +84,16 @@ class EmbeddedStack:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> EmbeddedStack:
-        """Start both servers and create the buckets; a second call does nothing.
+        """Start both servers and create the buckets and topics; a second call does nothing.
 
-        With kafka="apache": ConfigError when Java or the broker's jars are unavailable."""
+        With kafka="apache": ConfigError when Java or the broker's jars are unavailable.
+        DevStackError when a server does not start or a topic cannot be created."""
         with self._lock:
             if self._bootstrap is not None:
                 return self
             try:
                 self._start_kafka()
+                self._create_topics()
                 self._start_s3()
             except BaseException:
                 self._stop_locked()
@@ -127,6 +140,11 @@ class EmbeddedStack:
     @property
     def buckets(self) -> tuple[str, ...]:
         return self._buckets
+
+    @property
+    def topics(self) -> dict[str, int]:
+        """The topics created at start, in the order given: name -> partitions on the cluster."""
+        return dict(self._topics)
 
     @property
     def region(self) -> str:
@@ -189,6 +207,14 @@ class EmbeddedStack:
             raise DevStackError("mock Kafka cluster reported no brokers")
         self._bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)
 
+    def _create_topics(self) -> None:
+        if not self._topic_specs:
+            return
+        if self._holder is not None:
+            self._topics = _mock_topics(self._holder, [s.name for s in self._topic_specs])
+        else:
+            self._topics = _apache_topics(self.bootstrap_servers, self._topic_specs)
+
     def _poll_loop(self, holder: Producer) -> None:
         while not self._stopping.is_set():
             holder.poll(_POLL_INTERVAL_S)
@@ -247,6 +273,48 @@ class EmbeddedStack:
             self._holder = None
         self._bootstrap = None
         self._endpoint = None
+        self._topics = {}
+
+
+def _mock_topics(holder: Producer, names: Sequence[str]) -> dict[str, int]:
+    """Make the mock create `names`: a producer's metadata request for a topic the mock does
+    not know creates it. Returns name -> partitions once the metadata shows every topic."""
+    found: dict[str, int] = {}
+    deadline = time.monotonic() + _TOPICS_TIMEOUT_S
+    for name in names:
+        while True:
+            try:
+                topic = holder.list_topics(name, timeout=_METADATA_TIMEOUT_S).topics.get(name)
+            except KafkaException as exc:
+                raise DevStackError(f"mock Kafka cluster did not answer: {exc}") from exc
+            if topic is not None and topic.error is None and topic.partitions:
+                found[name] = len(topic.partitions)
+                break
+            if time.monotonic() > deadline:
+                reason = topic.error if topic is not None else "not in the metadata"
+                raise DevStackError(f"mock Kafka cluster did not create topic {name}: {reason}")
+            time.sleep(_POLL_INTERVAL_S)
+    return found
+
+
+def _apache_topics(bootstrap: str, specs: Sequence[TopicSpec]) -> dict[str, int]:
+    """CreateTopics for `specs` (the service's topic administration); name -> partitions."""
+    from confluent_kafka.admin import AdminClient
+
+    from moderator.ingest.topic_admin import TopicAdminError, ensure_topics
+
+    quiet = logging.getLogger("moderator.dev.kafka.admin")
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
+    admin = AdminClient(conf)
+    try:
+        outcomes = ensure_topics(admin, list(specs), timeout_s=_TOPICS_TIMEOUT_S)
+    except TopicAdminError as exc:
+        raise DevStackError(str(exc)) from exc
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        reasons = "; ".join(f"{o.spec.name}: {o.details[0]}" for o in failed)
+        raise DevStackError(f"Kafka refused to create topics: {reasons}")
+    return {o.spec.name: o.spec.partitions for o in outcomes}
 
 
 def _error_code(exc: ClientError) -> str:

@@ -1,0 +1,258 @@
+"""`moderator dev-stack` as a first-hour user meets it: topics made at start, the env file, the
+guide on stderr, and `dev-stack upload` / `dev-stack verdicts` against a running stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+
+from kafka_support import broker_unavailable
+from moderator.dev.kafka.jars import broker_jars
+from moderator.dev.samples import make_sample
+from moderator.dev.stack import EmbeddedStack
+from moderator.errors import ConfigError
+
+ROLES = ("uploads", "verdicts", "audit", "dlq", "replay")
+
+
+def _pump(stream: IO[str]) -> queue.Queue[str | None]:
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def run() -> None:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=run, daemon=True).start()
+    return lines
+
+
+@contextmanager
+def _dev_stack(
+    tmp_path: Path, *args: str, timeout_s: float = 30
+) -> Iterator[tuple[subprocess.Popen[str], list[str], Path]]:
+    """`moderator dev-stack ARGS` until the block ends: (process, stdout lines before `ready`,
+    stderr file)."""
+    stderr_path = tmp_path / "dev-stack.stderr"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moderator.cli.main", "dev-stack", *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=tmp_path,
+        )
+    assert proc.stdout is not None
+    lines = _pump(proc.stdout)
+    head: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                break
+            if line is None or line == "ready":
+                head.append(line or "<eof>")
+                break
+            head.append(line)
+        assert head and head[-1] == "ready", (head, stderr_path.read_text())
+        yield proc, head[:-1], stderr_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+
+
+def _wait_for_guide(stderr_path: Path, timeout_s: float = 10) -> str:
+    """stderr once the guide's last line is there (it follows `ready`)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = stderr_path.read_text()
+        if "dev-stack: serving until" in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"no guide on stderr:\n{stderr_path.read_text()}")
+
+
+def _listed_topics(bootstrap: str) -> set[str]:
+    # Listing every topic creates none (a producer naming a topic would create it on the mock).
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return set(admin.list_topics(timeout=10).topics)
+
+
+def test_dev_stack_creates_topics_and_writes_env_file(tmp_path: Path, unique: str) -> None:
+    names = {role: f"{role}-{unique}" for role in ROLES}
+    config = tmp_path / "settings.yaml"
+    config.write_text(
+        "kafka:\n  topics:\n" + "".join(f"    {r}: {n}\n" for r, n in names.items()),
+        encoding="utf-8",
+    )
+    env_file = tmp_path / "stack.env"
+    with _dev_stack(tmp_path, "--env-file", "stack.env", "--config", str(config)) as started:
+        proc, exports, stderr_path = started
+        # The file holds the export lines stdout carries, complete once `ready` is printed.
+        assert env_file.read_text().splitlines()[1:] == exports
+        bootstrap = exports[0].split("=", 1)[1]
+        assert set(names.values()) <= _listed_topics(bootstrap)
+        guide = _wait_for_guide(stderr_path)
+        assert "bucket uploads" in guide
+        assert ", ".join(names.values()) + " (4 partitions each)" in guide
+        assert "load it in a shell: . ./stack.env" in guide
+        assert "moderator dev-stack upload" in guide and "moderator dev-stack verdicts" in guide
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, stderr_path.read_text()
+        assert proc.stdout is not None
+        assert proc.stdout.read() == ""  # nothing after `ready`
+    assert not env_file.exists()  # removed on exit: never sourced for a stack that is gone
+
+
+def test_dev_stack_stops_on_sighup(tmp_path: Path) -> None:
+    with _dev_stack(tmp_path, "--env-file", "stack.env") as (proc, _exports, stderr_path):
+        proc.send_signal(signal.SIGHUP)  # the terminal of the shell that started it closed
+        assert proc.wait(10) == 0, stderr_path.read_text()
+    assert not (tmp_path / "stack.env").exists()
+
+
+def _env(stack: EmbeddedStack, unique: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        **stack.env(),
+        "MODERATOR_KAFKA__TOPICS__UPLOADS": f"up-{unique}",
+        "MODERATOR_KAFKA__TOPICS__VERDICTS": f"verdicts-{unique}",
+    }
+
+
+def _moderator(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "moderator.cli.main", "dev-stack", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+    )
+
+
+def _read_all(bootstrap: str, topic: str, n: int) -> list[Any]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"read-{topic}", "enable.auto.commit": False}
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        got: list[Any] = []
+        deadline = time.monotonic() + 20
+        while len(got) < n and time.monotonic() < deadline:
+            got.extend(m for m in consumer.consume(10, 0.2) if m.error() is None)
+        return got
+    finally:
+        consumer.close()
+
+
+def test_upload_puts_the_file_and_sends_its_event(
+    stack: EmbeddedStack, tmp_path: Path, unique: str
+) -> None:
+    sample = make_sample("png", seed=3)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(sample.data)
+    env = _env(stack, unique)
+    done = _moderator(env, "upload", str(photo), "--tenant", "acme", "--surface", "profile")
+    assert done.returncode == 0, done.stderr
+    event_id = done.stdout.strip()
+    assert event_id.startswith("dev-") and done.stdout.count("\n") == 1
+    assert f"s3://uploads/acme/photo.png ({len(sample.data)} bytes)" in done.stderr
+
+    s3 = stack.s3_client()
+    stored = s3.get_object(Bucket="uploads", Key="acme/photo.png")
+    assert stored["Body"].read() == sample.data
+    assert stored["ContentType"] == "image/png"
+    s3.close()
+
+    (message,) = _read_all(stack.bootstrap_servers, f"up-{unique}", 1)
+    event = json.loads(message.value())
+    assert message.key() == b"acme:uploads/acme/photo.png"
+    assert event["event_id"] == event_id and event["tenant_id"] == "acme"
+    assert event["object"]["key"] == "acme/photo.png"
+    assert event["object"]["version_id"] == stored["VersionId"]
+    assert event["object"]["size"] == len(sample.data)
+    assert event["context"]["surface"] == "profile"
+
+
+def test_upload_with_a_bad_tenant_writes_nothing(
+    stack: EmbeddedStack, tmp_path: Path, unique: str
+) -> None:
+    photo = tmp_path / "x.jpg"
+    photo.write_bytes(b"x")
+    done = _moderator(_env(stack, unique), "upload", str(photo), "--tenant", f"Bad {unique}")
+    assert done.returncode == 2
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert "tenant_id" in done.stderr
+    listed = stack.s3_client().list_objects_v2(Bucket="uploads", Prefix=f"Bad {unique}")
+    assert listed.get("KeyCount") == 0
+
+
+def test_verdicts_waits_for_ids_and_lists_the_topic(stack: EmbeddedStack, unique: str) -> None:
+    topic = f"verdicts-{unique}"
+    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    docs = [{"schema": "moderator.verdict/v1", "event_id": f"e{i}-{unique}"} for i in range(3)]
+    for doc in docs:
+        producer.produce(topic, key=doc["event_id"].encode(), value=json.dumps(doc).encode())
+    producer.produce(topic, key=b"junk", value=b"{not json")  # skipped, not fatal
+    assert producer.flush(10) == 0
+    env = _env(stack, unique)
+
+    done = _moderator(env, "verdicts", docs[2]["event_id"], docs[0]["event_id"])
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [docs[2], docs[0]]
+
+    everything = _moderator(env, "verdicts")  # no ids: what is there now, then exit
+    assert everything.returncode == 0, everything.stderr
+    listed = [json.loads(line) for line in everything.stdout.splitlines()]
+    assert sorted(d["event_id"] for d in listed) == sorted(d["event_id"] for d in docs)
+
+    missing = _moderator(env, "verdicts", "--timeout", "2", docs[1]["event_id"], "nope")
+    assert missing.returncode == 1
+    assert [json.loads(line) for line in missing.stdout.splitlines()] == [docs[1]]
+    assert "no verdict within 2 s for nope" in missing.stderr
+
+
+def test_dev_stack_apache_creates_topics_from_specs(tmp_path: Path) -> None:
+    try:
+        broker_jars()
+    except ConfigError as exc:
+        broker_unavailable(str(exc))
+    with _dev_stack(tmp_path, "--kafka", "apache", timeout_s=120) as started:
+        proc, exports, stderr_path = started
+        bootstrap = exports[0].split("=", 1)[1]
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        topics = admin.list_topics(timeout=10).topics
+        expected = {
+            "uploads": 12,
+            "moderation.verdicts": 12,
+            "moderation.audit": 12,
+            "moderation.dlq": 3,
+            "moderation.replay": 12,
+        }
+        for name, partitions in expected.items():
+            assert len(topics[name].partitions) == partitions, name
+            assert all(len(p.replicas) == 1 for p in topics[name].partitions.values())
+        resource = ConfigResource("TOPIC", "moderation.verdicts")
+        configs = next(iter(admin.describe_configs([resource]).values())).result(timeout=10)
+        assert configs["cleanup.policy"].value == "compact"
+        assert configs["min.insync.replicas"].value == "1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, stderr_path.read_text()

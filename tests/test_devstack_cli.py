@@ -1,0 +1,176 @@
+"""`moderator dev-stack` without servers: help texts, the env file, the stderr guide, the upload
+event, and the usage errors that must stop it before anything starts."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moderator.dev.envfile import env_file_text, export_lines, remove_env_file, write_env_file
+from moderator.dev.guide import guide
+from moderator.dev.uploads import upload_event
+from moderator.errors import ConfigError
+
+ENV = {
+    "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1234",
+    "MODERATOR_KAFKA__DELIVERY": "at_least_once",
+    "MODERATOR_S3__ENDPOINT_URL": "http://127.0.0.1:5678",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "it's a test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+TOPICS = {
+    "uploads": 4,
+    "moderation.verdicts": 4,
+    "moderation.audit": 4,
+    "moderation.dlq": 4,
+    "moderation.replay": 4,
+}
+
+
+def _moderator(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "moderator.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def _without_stack_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MODERATOR_KAFKA__", "MODERATOR_S3__"))
+    }
+
+
+@pytest.mark.parametrize(
+    "command", [("dev-stack",), ("dev-stack", "upload"), ("dev-stack", "verdicts")]
+)
+def test_help_has_a_description_and_examples(command: tuple[str, ...]) -> None:
+    done = _moderator(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    description = text.split("\n\n", 2)[1]  # after the usage paragraph
+    assert len(description.split()) > 20, text
+    assert "\nexamples:\n" in text, text
+    examples = text.split("\nexamples:\n", 1)[1].splitlines()
+    assert any(line.strip().startswith(f"moderator {' '.join(command)}") for line in examples)
+
+
+def test_export_lines_round_trip_through_a_shell() -> None:
+    lines = export_lines(ENV)
+    assert [line.split("=", 1)[0] for line in lines] == [f"export {k}" for k in ENV]
+    parsed = dict(shlex.split(line)[1].split("=", 1) for line in lines)
+    assert parsed == ENV
+
+
+def test_env_file_is_written_aside_then_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / ".dev-stack.env"
+    text = env_file_text(ENV, pid=42)
+    seen: list[tuple[bool, str]] = []
+    real_replace = Path.replace
+
+    def spy(self: Path, destination: Path) -> Path:
+        # At the rename the target is not there yet and the source holds the whole text.
+        seen.append((Path(destination).exists(), self.read_text()))
+        return real_replace(self, destination)
+
+    monkeypatch.setattr(Path, "replace", spy)
+    write_env_file(target, text)
+    assert seen == [(False, text)]
+    assert target.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dev-stack.env"]  # no temp file left
+    assert text.startswith("# moderator dev-stack (pid 42)")
+    assert text.splitlines()[1:] == export_lines(ENV)
+
+
+def test_env_file_is_removed_only_while_it_is_ours(tmp_path: Path) -> None:
+    target = tmp_path / "stack.env"
+    ours = env_file_text(ENV, pid=1)
+    write_env_file(target, ours)
+    remove_env_file(target, env_file_text(ENV, pid=2))  # another stack replaced it
+    assert target.exists()
+    remove_env_file(target, ours)
+    assert not target.exists()
+    remove_env_file(target, ours)  # gone already: nothing to do
+
+
+def test_guide_names_bucket_topics_and_commands() -> None:
+    text = guide("mock", ENV, ("uploads",), TOPICS, env_file=Path(".dev-stack.env"))
+    assert "bucket uploads" in text
+    assert (
+        "uploads, moderation.verdicts, moderation.audit, moderation.dlq, moderation.replay" in text
+    )
+    assert "(4 partitions each)" in text
+    assert ". ./.dev-stack.env" in text  # `. name` would search PATH
+    assert "moderator dev-stack upload photo.jpg --tenant kids" in text
+    assert 'moderator dev-stack verdicts "$id"' in text
+    assert "127.0.0.1:1234" in text and "http://127.0.0.1:5678" in text
+    without = guide("mock", ENV, ("uploads",), {"a": 12, "b": 3}, env_file=None)
+    assert "a (12 partitions), b (3 partitions)" in without
+    assert "paste the export lines" in without
+
+
+def test_upload_event_is_validated() -> None:
+    event = upload_event(
+        tenant="kids",
+        bucket="uploads",
+        key="kids/photo.jpg",
+        size=10,
+        content_type="image/jpeg",
+        version_id="v1",
+        surface="profile",
+    )
+    assert event.event_id.startswith("dev-") and len(event.event_id) == 36
+    assert event.output_key == "kids:uploads/kids/photo.jpg"
+    assert event.surface == "profile" and event.object.version_id == "v1"
+    with pytest.raises(ConfigError, match="tenant_id"):
+        upload_event(
+            tenant="Not A Tenant",
+            bucket="uploads",
+            key="k",
+            size=1,
+            content_type=None,
+            version_id=None,
+            surface=None,
+        )
+
+
+def test_upload_without_the_stack_environment_is_a_usage_error(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"not needed")
+    done = _moderator(
+        "dev-stack", "upload", str(photo), "--tenant", "kids", env=_without_stack_env()
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert (
+        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS and MODERATOR_S3__ENDPOINT_URL not set" in done.stderr
+    )
+
+
+def test_verdicts_timeout_must_be_positive() -> None:
+    done = _moderator("dev-stack", "verdicts", "--timeout", "0", env={**os.environ, **ENV})
+    assert done.returncode == 2
+    assert "--timeout must be above 0" in done.stderr
+
+
+def test_env_file_in_a_missing_folder_stops_before_starting(tmp_path: Path) -> None:
+    done = _moderator("dev-stack", "--env-file", str(tmp_path / "nowhere" / "x.env"))
+    assert done.returncode == 2
+    assert done.stdout == ""  # no export lines, no `ready`: nothing was started
+    assert (
+        done.stderr.strip()
+        == f"error: dev-stack: --env-file: {tmp_path / 'nowhere'} is not a folder"
+    )
