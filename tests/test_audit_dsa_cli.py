@@ -169,8 +169,8 @@ def test_missing_salt(
         (["--since", "yesterday"], "--since: not an ISO 8601 time"),
         (["--until", "9999-12-31T23:59:59-23:59"], "--until: out of range"),
         (["--tenant", "acme\x00"], "--tenant: expected a tenant id"),
-        (["--territorial-scope", "DE,CH"], "territorial_scope: 'CH'"),
-        (["--content-language", "german"], "content_language"),
+        (["--territorial-scope", "DE,CH"], "--territorial-scope: 'CH'"),
+        (["--content-language", "german"], "--content-language: 'GERMAN' is not one of"),
     ],
 )
 def test_bad_flags(

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from moderator.audit.dsa.facts import decision_facts, explanation
@@ -22,6 +22,7 @@ from moderator.audit.dsa.spec import (
     AUTOMATED_DECISION,
     AUTOMATED_DETECTION,
     BATCH_MAX,
+    CONTENT_DATES,
     CONTENT_TYPES,
     DECISION_GROUND_ILLEGAL,
     DECISION_GROUND_INCOMPATIBLE,
@@ -34,6 +35,7 @@ from moderator.audit.dsa.spec import (
     SOURCE_TYPES,
     SOURCE_VOLUNTARY,
     STATEMENT_CATEGORIES,
+    trim,
     validate_statement,
 )
 from moderator.errors import ConfigError, ModeratorError
@@ -53,9 +55,11 @@ __all__ = [
     "SOURCE_TYPES",
     "STATEMENT_CATEGORIES",
     "DsaExportError",
+    "DsaOptionError",
     "DsaOptions",
     "TenantDsa",
     "batches",
+    "content_date_for",
     "puid_for",
     "skip_reason",
     "statement_for",
@@ -70,6 +74,25 @@ NO_CONTENT_ERRORS = frozenset({"object_not_found", "tenant_mismatch", "unknown_t
 
 class DsaExportError(ModeratorError):
     """An audit record that cannot become a statement (malformed, or its category is unmapped)."""
+
+
+class DsaOptionError(ConfigError):
+    """A `DsaOptions` value the database would refuse; `option` names the field."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"DSA option {option}: {problem}")
+        self.option = option
+        self.problem = problem
+
+
+# Free-text options: trimmed, and a blank one is missing (as the API treats it).
+_TEXT_OPTIONS = (
+    *("incompatible_content_ground", "illegal_content_legal_ground"),
+    *("decision_ground_reference_url", "content_language"),
+)
+_INCOMPATIBLE_TEXT = "incompatible_content_ground"
+# Whether the ground is DECISION_GROUND_ILLEGAL -> the ground text the statement must carry.
+_GROUND_TEXT_OPTION = {False: _INCOMPATIBLE_TEXT, True: "illegal_content_legal_ground"}
 
 
 @dataclass(frozen=True)
@@ -90,9 +113,19 @@ class DsaOptions:
     def __post_init__(self) -> None:
         if len(self.puid_salt) < MIN_SALT_CHARS:
             raise ConfigError(f"DSA PUID salt: at least {MIN_SALT_CHARS} characters")
-        illegal = self.decision_ground == DECISION_GROUND_ILLEGAL
-        if illegal and not self.illegal_content_legal_ground:
-            raise ConfigError(f"DSA {DECISION_GROUND_ILLEGAL} needs illegal_content_legal_ground")
+        # The API trims every string and treats a blank one as missing: so do we, up front.
+        for name in _TEXT_OPTIONS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                text = trim(value)  # the one `str` field stays a (possibly empty) str
+                object.__setattr__(self, name, text if name == _INCOMPATIBLE_TEXT else text or None)
+        ground_text = _GROUND_TEXT_OPTION[self.decision_ground == DECISION_GROUND_ILLEGAL]
+        if self.decision_ground in DECISION_GROUNDS and not getattr(self, ground_text):
+            raise DsaOptionError(
+                ground_text,
+                f"required with {self.decision_ground}, and blank or missing (the database "
+                "would refuse every statement)",
+            )
         if "DECISION_VISIBILITY_OTHER" in (self.visibility_block, self.visibility_review):
             raise ConfigError("DSA visibility: DECISION_VISIBILITY_OTHER needs a text; not offered")
         # The fields these options fill, checked by the statement validator itself.
@@ -108,8 +141,9 @@ class DsaOptions:
             "category": self.error_category,
         }
         for problem in validate_statement(probe):
-            if problem.split(":", 1)[0] in probe:
-                raise ConfigError(f"DSA option {problem}")
+            name, _, text = problem.partition(": ")
+            if name in probe:
+                raise DsaOptionError(name, text)
 
 
 @dataclass(frozen=True)
@@ -167,8 +201,7 @@ def statement_for(
         category = mapping.categories.get(code, "")
         if not category:
             raise DsaExportError(f"the tenant's dsa.categories has no entry for {code}")
-    decided = _day(verdict.get("decided_at"), "decided_at")
-    uploaded = record.get("uploaded_at")
+    content_date, from_upload = content_date_for(record)
     why = explanation(code, error, block)
     statement: dict[str, Any] = {
         "decision_visibility": [options.visibility_block if block else options.visibility_review],
@@ -186,9 +219,11 @@ def statement_for(
         "content_type": ["CONTENT_TYPE_IMAGE"],
         "category": category,
         "territorial_scope": list(options.territorial_scope),
-        "content_date": _day(uploaded, "uploaded_at") if uploaded else decided,
-        "application_date": decided,
-        "decision_facts": decision_facts(verdict, mapping.surfaces, code, error, block),
+        "content_date": content_date,
+        "application_date": _day(verdict["decided_at"], "decided_at"),
+        "decision_facts": decision_facts(
+            verdict, mapping.surfaces, code, error, block, upload_date_known=from_upload
+        ),
         "source_type": SOURCE_VOLUNTARY,
         "automated_detection": "Yes",
         "automated_decision": "AUTOMATED_DECISION_FULLY",
@@ -197,6 +232,27 @@ def statement_for(
     if options.content_language:
         statement["content_language"] = options.content_language
     return statement
+
+
+def content_date_for(record: Mapping[str, Any]) -> tuple[str, bool]:
+    """The statement's `content_date` and whether it is the upload date.
+
+    The UTC date of `uploaded_at` when it is usable: an ISO 8601 time with an offset, on a day
+    the database accepts (CONTENT_DATES) and not after the decision. Otherwise the date of
+    `decided_at`, our own clock's: the content existed by then, so it is the closest date known
+    to be true. An unusable upload time comes from the producer (a sample event of 1970, a
+    wrong clock) and costs only that statement its exact date, never the export."""
+    verdict = _verdict(record)
+    decided = _date(verdict["decided_at"], "decided_at")
+    uploaded = record.get("uploaded_at")
+    try:
+        day = None if uploaded is None else _date(uploaded, "uploaded_at")
+    except DsaExportError:
+        day = None
+    low, high = CONTENT_DATES
+    if day is None or not low <= day <= min(high, decided):
+        return decided.isoformat(), False
+    return day.isoformat(), True
 
 
 def batches(
@@ -241,10 +297,15 @@ def _assessed_code(verdict: Mapping[str, Any]) -> str:
 
 
 def _day(value: Any, name: str) -> str:
+    return _date(value, name).isoformat()
+
+
+def _date(value: Any, name: str) -> date:
+    """The UTC date of an ISO 8601 time with an offset."""
     try:
         moment = datetime.fromisoformat(str(value))
-    except ValueError as exc:
+        if moment.tzinfo is None:
+            raise DsaExportError(f"{name}: no time zone")
+        return moment.astimezone(UTC).date()
+    except (ValueError, OverflowError) as exc:  # OverflowError: year 1 or 9999 moved to UTC
         raise DsaExportError(f"{name}: not an ISO 8601 timestamp") from exc
-    if moment.tzinfo is None:
-        raise DsaExportError(f"{name}: no time zone")
-    return moment.astimezone(UTC).date().isoformat()

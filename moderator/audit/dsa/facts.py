@@ -1,8 +1,9 @@
 """The fixed texts of a statement of reasons: `decision_facts` and the ground's explanation.
 
 Built only from closed sets: the taxonomy's category names, the policy version (hex), a surface
-the tenant's policy declares, the detection path and one phrase per error code. Nothing the model
-wrote, no error message, object key or user id (any of them may hold personal data).
+the tenant's policy declares, the detection path, one phrase per error code and whether the
+upload time was usable. Nothing the model wrote, no error message, object key or user id (any of
+them may hold personal data).
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ def decision_facts(
     code: str | None,
     error: str | None,
     block: bool,
+    *,
+    upload_date_known: bool = True,
 ) -> str:
+    """The statement's `decision_facts`. `upload_date_known=False` adds that `content_date` is
+    the decision's date: the one place the schema lets a statement say so."""
     policy = verdict.get("policy")
     policy = policy if isinstance(policy, Mapping) else {}
     version = str(policy.get("version", ""))
@@ -88,5 +93,10 @@ def decision_facts(
         parts.append(
             "The image was hidden automatically until a moderator reviews it; no person was "
             "involved in hiding it."
+        )
+    if not upload_date_known:
+        parts.append(
+            "No usable upload time was recorded for the image; the content date given is the "
+            "date of the decision."
         )
     return " ".join(parts)

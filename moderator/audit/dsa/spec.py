@@ -1,7 +1,11 @@
 """The EU DSA Transparency Database statement of reasons, schema of 1 July 2025: enums and rules.
 
-Pure. The builder (dsa.py) and `validate_statement` share these sets, so what we produce and what
-we check cannot drift apart. Field names and enum keys are the API's own.
+Pure. The builder (export.py) and `validate_statement` share these sets, so what we produce and
+what we check cannot drift apart. Field names and enum keys are the API's own. The rules follow
+the database's own request validation (repository digital-services-act/transparency-database,
+app/Http/Requests/StatementStoreRequest.php; the same rules apply per statement to the batch
+endpoint): `validate_statement` judges a statement as the API receives it, after its request
+middleware has trimmed every string and turned empty ones into null (`as_received`).
 """
 
 from __future__ import annotations
@@ -75,10 +79,21 @@ EU_COUNTRIES: tuple[str, ...] = (
 )
 EEA_COUNTRIES: tuple[str, ...] = (*EU_COUNTRIES, "IS", "LI", "NO")
 TERRITORIES = frozenset(EEA_COUNTRIES)
+# `content_language`: the upper-case ISO 639-1 codes the database accepts, transcribed from the
+# keys of ALL_LANGUAGES in app/Services/EuropeanLanguagesService.php of the repository
+# digital-services-act/transparency-database: 184 codes, the two-letter codes of ISO 639-1.
+# Any other value, `ZZ` or a lower-case `en` included, is refused (HTTP 422).
+_LANGUAGE_CODES = """
+    AA AB AE AF AK AM AN AR AS AV AY AZ BA BE BG BH BI BM BN BO BR BS CA CE CH CO CR CS CU CV
+    CY DA DE DV DZ EE EL EN EO ES ET EU FA FF FI FJ FO FR FY GA GD GL GN GU GV HA HE HI HO HR HT
+    HU HY HZ IA ID IE IG II IK IO IS IT IU JA JV KA KG KI KJ KK KL KM KN KO KR KS KU KV KW KY LA
+    LB LG LI LN LO LT LU LV MG MH MI MK ML MN MR MS MT MY NA NB ND NE NG NL NN NO NR NV NY OC OJ
+    OM OR OS PA PI PL PS PT QU RM RN RO RU RW SA SC SD SE SG SI SK SL SM SN SO SQ SR SS ST SU SV
+    SW TA TE TG TH TI TK TL TN TO TR TS TT TW TY UG UK UR UZ VE VI VO WA WO XH YI YO ZA ZH ZU"""
+LANGUAGES = frozenset(_LANGUAGE_CODES.split())
 
 PUID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_LANGUAGE = re.compile(r"^[A-Z]{2}$")
 _EAN13 = re.compile(r"^\d{13}$")
 _DECISION_FIELDS = ("decision_visibility", "decision_monetary", "decision_provision",
                     "decision_account")  # fmt: skip
@@ -133,9 +148,11 @@ _GROUND_TEXT = {
         "incompatible_content_explanation",
     ),
 }
+CONTENT_DATES = (date(2000, 1, 1), date(2038, 1, 1))  # both ends allowed
+APPLICATION_DATES = (date(2020, 1, 1), date(2038, 1, 1))
 _DATE_RANGES: dict[str, tuple[date, date]] = {
-    "content_date": (date(2000, 1, 1), date(2038, 1, 1)),
-    "application_date": (date(2020, 1, 1), date(2038, 1, 1)),
+    "content_date": CONTENT_DATES,
+    "application_date": APPLICATION_DATES,
 }
 END_DATES = (
     *("end_date_visibility_restriction", "end_date_monetary_restriction"),
@@ -147,13 +164,39 @@ KNOWN_FIELDS = frozenset(
 )  # fmt: skip
 
 
+# What the API's trimming removes from both ends of a string: white space (here Unicode white
+# space, at least as much as the API's), NUL, and the byte-order and zero-width marks.
+_ENDS = re.compile(r"^[\s\x00\ufeff\u200b\u200e]+|[\s\x00\ufeff\u200b\u200e]+$")
+
+
+def trim(text: str) -> str:
+    """`text` without the characters the API trims from both ends."""
+    return _ENDS.sub("", text)
+
+
+def as_received(value: Any) -> Any:
+    """`value` as the API's middleware hands it to the validation: every string trimmed, then
+    an empty string null, inside arrays and objects too. A blank ground text is therefore
+    missing, and a required one makes the statement invalid."""
+    if isinstance(value, str):
+        text = trim(value)
+        return text or None
+    if isinstance(value, Mapping):
+        return {key: as_received(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_received(item) for item in value]
+    return value
+
+
 def _present(s: Mapping[str, Any], name: str) -> bool:
     value = s.get(name)
     return value is not None and value != "" and value != []
 
 
-def validate_statement(s: Mapping[str, Any]) -> list[str]:
-    """Every rule of the reference field table: one `field: problem` line each; [] = valid."""
+def validate_statement(statement: Mapping[str, Any]) -> list[str]:
+    """Every rule of the reference field table, applied to the statement as the API receives it
+    (`as_received`): one `field: problem` line each; [] = valid."""
+    s: Mapping[str, Any] = as_received(statement)
     problems = [f"{name}: required" for name in REQUIRED if not _present(s, name)]
     problems += [f"{name}: unknown field" for name in sorted(set(s) - KNOWN_FIELDS)]
     if not any(_present(s, name) for name in _DECISION_FIELDS):
@@ -224,8 +267,11 @@ def _check_misc(s: Mapping[str, Any]) -> list[str]:
     if isinstance(puid, str) and puid and not PUID_PATTERN.match(puid):
         problems.append("puid: only the characters a-z, A-Z, 0-9, '-' and '_' are allowed")
     language = s.get("content_language")
-    if language is not None and (not isinstance(language, str) or not _LANGUAGE.match(language)):
-        problems.append(f"content_language: {language!r} is not an uppercase ISO 639-1 code")
+    if language is not None and (not isinstance(language, str) or language not in LANGUAGES):
+        problems.append(
+            f"content_language: {language!r} is not one of the upper-case ISO 639-1 codes the "
+            "database accepts (e.g. EN, DE, FR)"
+        )
     url = s.get("decision_ground_reference_url")
     if isinstance(url, str) and url:
         parts = urlsplit(url)
