@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import random
 import struct
 import threading
@@ -15,7 +17,7 @@ from PIL import GifImagePlugin, Image, ImageFile
 from moderator.errors import SECURITY_ERRORS, ErrorCode, ProcessingError
 from moderator.fetch import decode
 from moderator.fetch.budget import DecodeBudget
-from moderator.fetch.decode import DecodeLimits, decode_image
+from moderator.fetch.decode import SCANS_PER_PASS, DecodeLimits, decode_image
 from moderator.fetch.prescan import scan_gif
 from moderator.settings import FetchSettings
 from tests.hostile_images import encode, flat_png, many_frame_gif
@@ -385,3 +387,26 @@ def test_turned_cmyk_jpeg_is_turned_after_downscaling() -> None:
     top, bottom = frame.getpixel((25, 10)), frame.getpixel((25, 90))
     assert isinstance(top, tuple) and isinstance(bottom, tuple)
     assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+
+
+def test_a_sequential_jpeg_is_not_charged_for_scan_markers_in_its_metadata() -> None:
+    """Only a progressive JPEG's scans are counted: a sequential one names each component in
+    one scan, so its components bound its passes, whatever bytes its metadata holds."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(buf, "JPEG", comment=b"\xff\xda" * 64)
+    data = buf.getvalue()
+    assert data.count(b"\xff\xda") > SCANS_PER_PASS
+    limits = dataclasses.replace(LIMITS, max_decoded_pixels=64 * 64)
+    decoded = decode_image(data, limits, None)  # 64 x 64 pixels in one pass: within the cap
+    assert (decoded.width, decoded.height) == (64, 64)
+
+
+def test_repeated_scans_in_a_sequential_jpeg_cost_nothing() -> None:
+    """Why a sequential JPEG's markers need no counting: libjpeg refuses a scan repeated after
+    its components were read, at once (the progressive case above takes 20 s of CPU)."""
+    data = encode(Image.new("RGB", (2000, 2000), (120, 30, 200)), "JPEG")
+    sos = data.rindex(b"\xff\xda")
+    repeated = data[:-2] + data[sos:-2] * 2000 + b"\xff\xd9"
+    code, _, cpu = timed_code(repeated, DecodeLimits.from_settings(FetchSettings()))
+    assert code is ErrorCode.CORRUPT_IMAGE
+    assert cpu < 0.5

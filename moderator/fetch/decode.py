@@ -183,8 +183,10 @@ def _plan(
         what = f"{len(shapes)} pages"
     elif fmt == "JPEG":
         shapes = (_shape(im),)
-        # Every scan is a pass over the full-size image, whatever the draft scale.
-        scans = count_jpeg_scans(data)
+        # Every scan is a pass over the full-size image, whatever the draft scale. A sequential
+        # JPEG names each component in exactly one scan, so its components bound its scans
+        # without reading the whole file; only a progressive one is counted.
+        scans = count_jpeg_scans(data) if progressive else max(1, _components(im))
         work = width * height * -(-scans // SCANS_PER_PASS)
         what = f"{width}x{height} in {scans} scans"
     else:
@@ -204,10 +206,15 @@ def _plan(
         object_bytes=len(data),
         composited=composited,
         progressive_pixels=progressive,
-        components=int(getattr(im, "layers", 4) or 4),
+        components=_components(im),
         rle=any(tile[0] == "bmp_rle" for tile in im.tile),
     )
     return plan, source
+
+
+def _components(im: ImageFile.ImageFile) -> int:
+    """The frame header's component count (Pillow's `layers`; 4 when it does not say)."""
+    return int(getattr(im, "layers", 4) or 4)
 
 
 def _canvas(im: ImageFile.ImageFile, layout: GifLayout | None) -> tuple[int, int]:
