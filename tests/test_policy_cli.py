@@ -110,7 +110,7 @@ def test_validate_merged_threshold_error_has_a_line(
 def test_validate_unusable_directories(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "validate", tmp_path / "missing")
     assert (code, out) == (2, "")
-    assert err == f"moderator: policies.dir: {tmp_path / 'missing'} is not a directory\n"
+    assert err == f"moderator: DIR: {tmp_path / 'missing'} is not a directory\n"
     (tmp_path / "shop.yaml").write_text("")
     code, _, err = run(capsys, "validate", tmp_path)
     assert code == 2
@@ -263,4 +263,4 @@ def test_diff_with_an_invalid_directory(capsys: pytest.CaptureFixture[str], tmp_
     assert (code, out) == (2, "")
     assert err == f"{bad}/shop.yaml:1: extends: unknown base policy 'nothere' (no nothere.yaml)\n"
     code, _, err = run(capsys, "diff", tmp_path / "none", good)
-    assert code == 2 and err == f"moderator: policies.dir: {tmp_path / 'none'} is not a directory\n"
+    assert code == 2 and err == f"moderator: OLD_DIR: {tmp_path / 'none'} is not a directory\n"

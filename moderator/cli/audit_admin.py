@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moderator.cli.style import add_command, add_config_flag, examples
 from moderator.errors import ConfigError, ModeratorError
 
 if TYPE_CHECKING:
@@ -23,16 +24,21 @@ if TYPE_CHECKING:
     from moderator.settings import Settings
 
 EXIT_UNVERIFIABLE = 1
-CONFIG_HELP = "YAML settings file (audit.*)"
 
 
 def add_admin_parsers(audit_sub: Any) -> None:
     """Register `audit verify`, `audit retention`, `audit serve` and `audit hash-token`."""
     from moderator.cli.audit_serve import add_serve_parsers
 
-    verify = audit_sub.add_parser(
+    verify = add_command(
+        audit_sub,
         "verify",
         help="check every hash chain against its head and the latest exported anchor",
+        epilog=examples(
+            "moderator audit verify --config settings.yaml",
+            "moderator audit verify --anchor-file anchors.jsonl",
+            "moderator audit verify --anchor-s3 s3://audit-anchors/moderator/",
+        ),
         description=(
             "Walk every (topic, partition) hash chain of the audit store and hold it to its "
             "recorded head and to the latest anchor (from --anchor-file / --anchor-s3, else "
@@ -41,13 +47,18 @@ def add_admin_parsers(audit_sub: Any) -> None:
         ),
     )
     source = verify.add_mutually_exclusive_group()
-    source.add_argument("--anchor-file", type=Path, metavar="F", help="anchor file (JSON lines)")
+    source.add_argument("--anchor-file", type=Path, metavar="FILE", help="anchor file (JSON lines)")
     source.add_argument("--anchor-s3", metavar="s3://BUCKET/PREFIX", help="anchor objects")
-    verify.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    add_config_flag(verify)
 
-    retention = audit_sub.add_parser(
+    retention = add_command(
+        audit_sub,
         "retention",
         help="redact records older than audit.retention_days; print counts per tenant",
+        epilog=examples(
+            "moderator audit retention --dry-run --config settings.yaml",
+            "moderator audit retention --config settings.yaml",
+        ),
         description=(
             "Clear the record and object key of rows decided more than audit.retention_days "
             "days ago (per tenant; 'default' for the others). Hashes stay, so chains still "
@@ -55,7 +66,7 @@ def add_admin_parsers(audit_sub: Any) -> None:
         ),
     )
     retention.add_argument("--dry-run", action="store_true", help="count, change nothing")
-    retention.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    add_config_flag(retention)
 
     add_serve_parsers(audit_sub)
 

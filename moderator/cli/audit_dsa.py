@@ -42,10 +42,23 @@ SKIPPED = {
 def add_dsa_parser(audit_sub: Any) -> None:
     """Register `audit export-dsa` on the `audit` subparsers."""
     from moderator.cli.audit_query import add_filter_flags
+    from moderator.cli.style import (
+        add_command,
+        add_config_flag,
+        add_output_flag,
+        add_policies_flag,
+        examples,
+    )
 
-    p = audit_sub.add_parser(
+    p = add_command(
+        audit_sub,
         "export-dsa",
         help="write DSA statements of reasons for decisions that restrict content (JSON lines)",
+        epilog=examples(
+            f"{SALT_ENV}=... moderator audit export-dsa --since 2026-11-01 --until 2026-12-01",
+            "moderator audit export-dsa --tenant acme --output acme.jsonl --terms-url "
+            "https://example.com/terms",
+        ),
         description=(
             "Turn every block decision (and review decisions of tenants whose policy sets "
             "dsa.review_restricts_visibility) decided in [--since, --until) into an EU DSA "
@@ -58,7 +71,7 @@ def add_dsa_parser(audit_sub: Any) -> None:
     add_filter_flags(
         p, ("tenant", "since", "until"), {"tenant": "one tenant only (default: every tenant)"}
     )
-    p.add_argument("--output", type=Path, metavar="FILE", help="write here (default: stdout)")
+    add_output_flag(p)
     p.add_argument(
         "--salt-env", default=SALT_ENV, metavar="NAME", help=f"PUID salt variable ({SALT_ENV})"
     )
@@ -69,10 +82,16 @@ def add_dsa_parser(audit_sub: Any) -> None:
         help="EU (the 27 member states, default), EEA (adds IS, LI, NO) or codes like DE,AT",
     )
     p.add_argument("--terms-url", metavar="URL", help="decision_ground_reference_url (your ToS)")
-    p.add_argument("--ground-text", metavar="TEXT", help="incompatible_content_ground text")
-    p.add_argument("--content-language", metavar="XX", help="ISO 639-1 code, e.g. EN")
-    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
-    p.add_argument("--policies", type=Path, metavar="DIR", help="policy directory (policies.dir)")
+    p.add_argument(
+        "--ground-text", metavar="TEXT", help="incompatible_content_ground text (not blank)"
+    )
+    p.add_argument(
+        "--content-language",
+        metavar="XX",
+        help="content_language: an ISO 639-1 code the database lists, e.g. EN",
+    )
+    add_config_flag(p)
+    add_policies_flag(p)
 
 
 def cmd_export_dsa(
@@ -89,7 +108,7 @@ def cmd_export_dsa(
     content_language: str | None = None,
 ) -> int:
     """Export the statements; see the module docstring for exit codes."""
-    from moderator.audit.dsa.export import SCHEMA_VERSION, DsaOptions
+    from moderator.audit.dsa.export import SCHEMA_VERSION
     from moderator.audit.dsa.spec import BATCH_MAX
     from moderator.cli.audit_query import open_existing_store
     from moderator.logs import configure_cli_logging
@@ -104,14 +123,7 @@ def cmd_export_dsa(
             file=sys.stderr,
         )
         return 2
-    extra = {"incompatible_content_ground": ground_text} if ground_text else {}
-    options = DsaOptions(
-        puid_salt=salt,
-        territorial_scope=_scope(territorial_scope),
-        decision_ground_reference_url=terms_url,
-        content_language=content_language,
-        **extra,
-    )
+    options = _options(salt, territorial_scope, terms_url, ground_text, content_language)
     queries = [_query(tenant, since, until, decision) for decision in ("block", "review")]
     registry = PolicyRegistry(
         settings.policies.dir,
@@ -129,13 +141,53 @@ def cmd_export_dsa(
                 out.write(json.dumps(statement, ensure_ascii=False, separators=(",", ":")) + "\n")
     written = exporter.counts["statements"]
     skipped = ", ".join(f"{exporter.counts[k]} {text}" for k, text in SKIPPED.items())
+    dated = exporter.counts["dated_by_decision"]
+    first = f" (first: {exporter.first_dated_by_decision})" if dated else ""
     print(
         f"moderator: {written} statements of reasons (schema {SCHEMA_VERSION}) in "
         f"{-(-written // BATCH_MAX)} batches of at most {BATCH_MAX}"
-        f"{f' to {output}' if output else ''}; skipped: {skipped}",
+        f"{f' to {output}' if output else ''}; skipped: {skipped}; "
+        f"{dated} with an unusable upload time, dated by their decision{first}",
         file=sys.stderr,
     )
     return 0
+
+
+# DsaOptions field -> the flag that sets it, so that a refused value names the flag.
+FLAGS = {
+    "territorial_scope": "--territorial-scope",
+    "decision_ground_reference_url": "--terms-url",
+    "incompatible_content_ground": "--ground-text",
+    "content_language": "--content-language",
+}
+
+
+def _options(
+    salt: str,
+    territorial_scope: str,
+    terms_url: str | None,
+    ground_text: str | None,
+    content_language: str | None,
+) -> DsaOptions:
+    """The export's options from the flags; a value the database would refuse is a ConfigError
+    naming its flag. Blank texts count as missing, as the API treats them: a blank
+    --terms-url or --content-language is left out, a blank --ground-text is refused."""
+    from moderator.audit.dsa.export import DsaOptionError, DsaOptions
+
+    extra = {} if ground_text is None else {"incompatible_content_ground": ground_text}
+    try:
+        return DsaOptions(
+            puid_salt=salt,
+            territorial_scope=_scope(territorial_scope),
+            decision_ground_reference_url=terms_url,
+            content_language=None if content_language is None else content_language.upper(),
+            **extra,
+        )
+    except DsaOptionError as exc:
+        flag = FLAGS.get(exc.option)
+        if flag is None:
+            raise
+        raise ConfigError(f"{flag}: {exc.problem}") from exc
 
 
 class _Exporter:
@@ -146,9 +198,15 @@ class _Exporter:
         self._options = options
         self._mappings: dict[str, TenantDsa] = {}
         self.counts: Counter[str] = Counter()
+        self.first_dated_by_decision = ""  # "event E, tenant T"
 
     def statement(self, row: AuditRow) -> dict[str, Any] | None:
-        from moderator.audit.dsa.export import DsaExportError, skip_reason, statement_for
+        from moderator.audit.dsa.export import (
+            DsaExportError,
+            content_date_for,
+            skip_reason,
+            statement_for,
+        )
         from moderator.audit.dsa.spec import validate_statement
 
         if row.record is None:
@@ -168,6 +226,11 @@ class _Exporter:
         if problems:
             raise DsaExportError(f"{where}: invalid statement: " + "; ".join(problems))
         self.counts["statements"] += 1
+        if row.record.get("uploaded_at") is not None and not content_date_for(row.record)[1]:
+            self.counts["dated_by_decision"] += 1
+            self.first_dated_by_decision = (
+                self.first_dated_by_decision or f"event {row.event_id}, tenant {row.tenant_id}"
+            )
         return statement
 
     def _mapping(self, tenant_id: str) -> TenantDsa:

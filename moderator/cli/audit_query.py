@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from moderator.cli.style import add_command, add_config_flag, examples
 from moderator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -55,9 +56,15 @@ RATIONALE_WIDTH = 60
 
 def add_query_parser(audit_sub: Any) -> None:
     """Register `audit query` on the `audit` subparsers."""
-    p = audit_sub.add_parser(
+    p = add_command(
+        audit_sub,
         "query",
         help="filter audit rows; print a table, JSON lines or CSV",
+        epilog=examples(
+            "moderator audit query --tenant acme --decision block --since 2026-11-01",
+            "moderator audit query --event-id a-1 --format json",
+            "moderator audit query --all --format csv --columns event_id,decision,because",
+        ),
         description=(
             "Print audit rows matching every given filter, newest first by default. When more "
             "rows match than --limit, the next page's flag is printed on stderr as "
@@ -78,7 +85,11 @@ def add_query_parser(audit_sub: Any) -> None:
     p.add_argument("--cursor", metavar="C", help="continue after the page that printed it")
     p.add_argument("--all", action="store_true", help="page through every matching row")
     p.add_argument(
-        "--format", default="table", metavar="|".join(FORMATS), help="output (default: table)"
+        "--format",
+        default="table",
+        metavar="|".join(FORMATS),
+        help="table: aligned columns; json: one row per line, every column; csv: a header, "
+        "then one row per line (default: table)",
     )
     p.add_argument(
         "--columns",
@@ -87,7 +98,7 @@ def add_query_parser(audit_sub: Any) -> None:
         + ", ".join(TABLE_COLUMNS + EXTRA_TABLE_COLUMNS)
         + "; CSV: every CSV header name, rationale, because",
     )
-    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (audit.url)")
+    add_config_flag(p)
 
 
 def cmd_query(args: argparse.Namespace) -> int:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
+from moderator.cli.style import add_command, add_config_flag, examples
 from moderator.errors import ConfigError
 
-CONFIG_HELP = "YAML settings file (audit.*)"
-# Raw text: argparse would print each line's `%s` as it is, but only wraps what it may rewrap.
+# Indented lines: printed as written (moderator/cli/style.py), `%s` included.
 KEY_RECIPE = """\
 Make a token and its audit.api_tokens key:
   TOKEN=$(openssl rand -hex 32)
@@ -26,34 +25,43 @@ Make a token and its audit.api_tokens key:
 
 def add_serve_parsers(audit_sub: Any) -> None:
     """Register `audit serve` and `audit hash-token`."""
-    serve = audit_sub.add_parser(
+    serve = add_command(
+        audit_sub,
         "serve",
         help="serve the read-only audit HTTP API (needs the api extra)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Serve GET /v1/verdicts, /v1/verdicts/{event_id}, /v1/policy-versions/{hash} and\n"
-            "/healthz over the audit store, with bearer tokens from audit.api_tokens (SHA-256\n"
-            "hex of a token -> the tenants it may read). OpenAPI at /openapi.json.\n"
-            "Needs: pip install 'moderator[api]'. Exit 2 on bad settings: no tokens, or a\n"
-            'token hash that is a known mistake (the hash of an empty string or of "%s").\n\n'
-            + KEY_RECIPE
+            "Serve GET /v1/verdicts, /v1/verdicts/{event_id}, /v1/policy-versions/{hash} and "
+            "/healthz over the audit store, with bearer tokens from audit.api_tokens (SHA-256 "
+            "hex of a token -> the tenants it may read). OpenAPI at /openapi.json. "
+            "Needs: pip install 'moderator[api]'. Exit 2 on bad settings: no tokens, or a "
+            'token hash that is a known mistake (the hash of an empty string or of "%s").'
         ),
+        epilog=examples(
+            "moderator audit serve --config settings.yaml",
+            "moderator audit serve --host 0.0.0.0 --port 8700 --config settings.yaml",
+        )
+        + "\n\n"
+        + KEY_RECIPE,
     )
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8700, help="port (default: 8700)")
-    serve.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    serve.add_argument(
+        "--host", default="127.0.0.1", metavar="ADDR", help="bind address (default: 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8700, metavar="N", help="port (default: 8700)")
+    add_config_flag(serve)
 
-    audit_sub.add_parser(
+    add_command(
+        audit_sub,
         "hash-token",
         help="print the audit.api_tokens key (SHA-256 hex) of a token read from stdin",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Read one bearer token from stdin (typed without echo on a terminal; one trailing\n"
-            "line break is ignored) and print the SHA-256 hex that audit.api_tokens is keyed by.\n"
-            "Exit 2 for a token no request header could carry (empty, white space at either\n"
-            "end, control characters, non-ASCII). Tokens under 32 characters get a warning.\n\n"
-            + KEY_RECIPE
+            "Read one bearer token from stdin (typed without echo on a terminal; one trailing "
+            "line break is ignored) and print the SHA-256 hex that audit.api_tokens is keyed by. "
+            "Exit 2 for a token no request header could carry (empty, white space at either "
+            "end, control characters, non-ASCII). Tokens under 32 characters get a warning."
         ),
+        epilog=examples("moderator audit hash-token < token.txt", "moderator audit hash-token")
+        + "\n\n"
+        + KEY_RECIPE,
     )
 
 

@@ -185,13 +185,10 @@ def check_engine(settings: Settings) -> str:
 
 def check_policies(settings: Settings) -> str:
     """The check `moderator policy validate` makes: every file loads, every tenant compiles."""
-    from moderator.policy.check import check
+    from moderator.cli.preflight import check_policies as checked
 
     directory = settings.policies.dir
-    result = check(directory, settings.tenancy)
-    if result.errors:
-        more = f" (+{len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-        raise ConfigError(f"{result.errors[0]}{more}; `moderator policy validate` lists all")
+    result = checked(settings)
     tenants = {tenant for tenant, _ in result.policies}
     return f"{directory}: {len(tenants)} tenant(s), {len(result.policies)} compiled policies"
 

@@ -16,9 +16,10 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from moderator.cli.demo_audit import store_and_show
+from moderator.cli.preflight import check_settings
 from moderator.dev.samples import corrupt_bytes, make_samples
 from moderator.dev.stack import EmbeddedStack
-from moderator.errors import ModeratorError
+from moderator.errors import ConfigError, ModeratorError
 from moderator.logs import configure_logging
 from moderator.service import Pipeline, run_service
 from moderator.settings import Settings, load_settings
@@ -28,33 +29,45 @@ BUCKET = "uploads"
 
 
 def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int:
-    """Moderate `events` generated uploads end to end and print what was decided."""
+    """Moderate `events` generated uploads end to end and print what was decided.
+
+    The arguments, the settings, the engine's files and the policies are checked before the
+    embedded broker and S3 server start: a bad one is one line, and nothing is started."""
     if events < 1:
-        raise ModeratorError("--events must be at least 1")
+        raise ConfigError(f"--events: must be at least 1, got {events}")
     with as_file(files("moderator") / "data" / "demo-policies") as bundled:
+        given = {"policies.dir": bundled, **{k: v for k, v in overrides.items() if v is not None}}
+        # The stack's addresses are not known yet: stand-ins, replaced once it runs.
+        check_settings(load_settings(config, _demo_settings(given, "127.0.0.1:9092", None)))
         print("starting the embedded Kafka broker and S3 server ...", file=sys.stderr)
         with EmbeddedStack(buckets=(BUCKET,)) as stack:
             os.environ.update({k: v for k, v in stack.env().items() if k.startswith("AWS_")})
             settings = load_settings(
                 config,
-                {
-                    "policies.dir": bundled,
-                    **{k: v for k, v in overrides.items() if v is not None},
-                    "kafka.bootstrap_servers": stack.bootstrap_servers,
-                    "kafka.delivery": "at_least_once",
-                    "kafka.group_id": f"demo-{uuid.uuid4().hex[:8]}",
-                    "kafka.commit_interval_ms": 200,
-                    "s3.endpoint_url": stack.s3_endpoint_url,
-                    "s3.region": "us-east-1",
-                    "log.level": "warning",
-                    "kafka.client": {"log.connection.close": False},
-                },
+                _demo_settings(given, stack.bootstrap_servers, stack.s3_endpoint_url),
             )
             configure_logging(settings.log)
             try:
                 return _run_demo(settings, stack, events, config)
             finally:
                 gc.collect()  # Kafka clients go before the broker does: no reconnect noise
+
+
+def _demo_settings(
+    given: dict[str, Any], bootstrap_servers: str, s3_endpoint_url: str | None
+) -> dict[str, Any]:
+    """The settings overrides of a demo run: the flags, then the embedded stack's."""
+    return {
+        **given,
+        "kafka.bootstrap_servers": bootstrap_servers,
+        "kafka.delivery": "at_least_once",
+        "kafka.group_id": f"demo-{uuid.uuid4().hex[:8]}",
+        "kafka.commit_interval_ms": 200,
+        "s3.endpoint_url": s3_endpoint_url,
+        "s3.region": "us-east-1",
+        "log.level": "warning",
+        "kafka.client": {"log.connection.close": False},
+    }
 
 
 def _run_demo(settings: Settings, stack: EmbeddedStack, events: int, config: Path | None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from moderator.cli.style import TENANT_METAVAR, HelpFormatter, add_command, add_config_flag
 from moderator.dev.guide import EXAMPLE_TENANT  # cheap: stdlib only
 from moderator.dev.kafka.jars import JARS_ENV, KAFKA_VERSION  # cheap: stdlib only
 from moderator.errors import ConfigError, ModeratorError
@@ -53,20 +54,19 @@ a setting is invalid, 1 when a server cannot start."""
 
 _EPILOG = f"""\
 examples:
-  # the stack in the background, its environment in this shell, one upload
+  moderator dev-stack --env-file .dev-stack.env
+  moderator dev-stack | sed '/^ready$/q'
+  moderator dev-stack --kafka apache --env-file .dev-stack.env
+  moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT}
+
+local work in one shell (the stack in the background, its environment here, one upload):
   rm -f .dev-stack.env
   moderator dev-stack --env-file .dev-stack.env & stack=$!
   until [ -f .dev-stack.env ]; do sleep 0.2; done; . ./.dev-stack.env
   moderator run --engine fake --policies policies & service=$!
   id=$(moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT})
   moderator dev-stack verdicts "$id"
-  kill $service; wait $service; kill $stack
-
-  # a tool reads the export lines from stdout
-  moderator dev-stack | sed '/^ready$/q'
-
-  # a real broker (exactly-once)
-  moderator dev-stack --kafka apache --env-file .dev-stack.env"""
+  kill $service; wait $service; kill $stack"""
 
 _UPLOAD_DESCRIPTION = """\
 Put FILE into the stack's bucket at T/<file name> (or --key), produce its
@@ -98,12 +98,12 @@ examples:
 
 def add_dev_stack_parser(sub: Any) -> None:
     """Add `dev-stack` to `sub` (argparse sub-parsers); cheap: nothing heavy is imported."""
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "dev-stack",
         help="start a Kafka broker (mock or real) and S3 server for local work; send uploads",
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(parser)
 
@@ -112,6 +112,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kafka",
         choices=("mock", "apache"),
+        metavar="mock|apache",
         default="mock",
         help="mock: in-process mock, at_least_once (default); "
         "apache: a real Apache Kafka broker (Java 17+), exactly_once",
@@ -122,44 +123,37 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also write the export lines to FILE once ready (for `. FILE`); removed on exit",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="YAML settings file: the topic names and specs (kafka.topics, kafka.topic_specs)",
-    )
+    add_config_flag(parser)  # the topic names and specs: kafka.topics, kafka.topic_specs
     commands = parser.add_subparsers(
         dest="dev_stack_command",
         metavar="[COMMAND]",
         help="none: start the stack; the others need its environment in the shell",
     )
-    upload = commands.add_parser(
+    upload = add_command(
+        commands,
         "upload",
         help="put a file into the stack's bucket and send its upload event; prints the event id",
         description=_UPLOAD_DESCRIPTION,
         epilog=_UPLOAD_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     upload.add_argument(
         "file", nargs="?", type=Path, metavar="FILE", help="the file (default: a sample JPEG)"
     )
-    upload.add_argument("--tenant", required=True, metavar="T", help="the event's tenant_id")
+    upload.add_argument(
+        "--tenant", required=True, metavar=TENANT_METAVAR, help="the event's tenant_id"
+    )
     upload.add_argument("--key", metavar="KEY", help="object key (default: T/<file name>)")
-    upload.add_argument(
-        "--bucket", default=BUCKET, metavar="BUCKET", help=f"bucket (default: {BUCKET})"
-    )
-    upload.add_argument(
-        "--surface", metavar="SURFACE", help="context.surface: selects policy overrides"
-    )
+    upload.add_argument("--bucket", default=BUCKET, metavar="B", help=f"bucket (default: {BUCKET})")
+    upload.add_argument("--surface", metavar="S", help="context.surface: selects policy overrides")
     upload.add_argument(
         "--content-type", metavar="TYPE", help="default: guessed from the file name"
     )
-    verdicts = commands.add_parser(
+    verdicts = add_command(
+        commands,
         "verdicts",
         help="print verdicts (JSON lines), waiting for the given event ids",
         description=_VERDICTS_DESCRIPTION,
         epilog=_VERDICTS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verdicts.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="ids to wait for")
     verdicts.add_argument(
@@ -371,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="moderator dev-stack",
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_arguments(parser)
     args = parser.parse_args(argv)

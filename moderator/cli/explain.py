@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moderator.cli.style import add_command, add_config_flag, add_format_flag, examples
 from moderator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,37 +26,38 @@ if TYPE_CHECKING:
 FORMATS = ("text", "json")
 DESCRIPTION = (
     "Explain why the verdict of EVENT_ID was decided, from its audit record in the audit store "
-    "(audit.url): the input, the policy version and what its decision table says for the "
-    "category (or its on_error rule), the engine's rating, category, score and rationale (or "
+    "(audit.url: --config FILE or MODERATOR_AUDIT__URL): the input, the policy version and "
+    "what its decision table says for the category (or its on_error rule), the engine's "
+    "rating, category, score and rationale (or "
     "the error and its code), the rule that decided, and the decision. A record redacted by "
     "retention is explained from the columns the store keeps, and the output says what is "
     "missing. Exit 0 explained, 1 no record has the event id (or the database cannot be "
     "opened), 2 bad arguments or settings."
 )
-EXAMPLES = """examples:
-  moderator explain demo-1a2b3c4d-0001
-  moderator explain a-1 --format json --config settings.yaml
-  MODERATOR_AUDIT__URL=postgresql://audit@db/audit moderator explain a-1
-"""
+EXAMPLES = examples(
+    "moderator explain demo-1a2b3c4d-0001",
+    "moderator explain a-1 --format json --config settings.yaml",
+    "MODERATOR_AUDIT__URL=postgresql://audit@db/audit moderator explain a-1",
+)
 
 
 def add_explain_parser(sub: Any) -> None:
     """Register `explain` on the top-level subparsers."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "explain",
         help="explain why an event's verdict was decided (from the audit store)",
         description=DESCRIPTION,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("event_id", metavar="EVENT_ID", help="the upload event id")
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
+    add_format_flag(
+        p,
+        FORMATS,
         default="text",
-        help="text: one line per step (default); json: a moderator.explanation/v1 document",
+        help="text: one line per step; json: a moderator.explanation/v1 document",
     )
-    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (audit.url)")
+    add_config_flag(p)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from moderator.cli.preflight import check_directory
 from moderator.engine.capabilities import capabilities
 from moderator.errors import ConfigError
 from moderator.policy.check import (
@@ -34,13 +35,26 @@ from moderator.policy.reach import shortfalls
 from moderator.settings import Settings, load_settings
 
 
-def cmd_validate(directory: Path | None, config: Path | None, engine: str | None = None) -> int:
+def cmd_validate(
+    directory: Path | None,
+    config: Path | None,
+    engine: str | None = None,
+    policies: Path | None = None,
+) -> int:
     """Print `tenant surface version` per compiled policy (0), or every problem on stderr (2).
 
-    With `engine` (an `engine.kind`), also one warning line on stderr per tenant whose policy
-    acts on categories that engine can never raise; warnings leave the exit code at 0.
+    The directory is `directory` (the positional DIR) or `policies` (--policies DIR), not both
+    unless they are the same; else policies.dir. With `engine` (an `engine.kind`), also one
+    warning line on stderr per tenant whose policy acts on categories that engine can never
+    raise; warnings leave the exit code at 0.
     """
-    settings = _settings(config, directory)
+    if directory is not None:
+        if policies is not None and policies != directory:
+            raise ConfigError(
+                f"DIR: {directory} and --policies {policies} disagree: give the directory once"
+            )
+        check_directory("DIR", directory)
+    settings = _settings(config, directory or policies)
     declared = capabilities(engine) if engine is not None else None  # unknown kind: exit 2
     result = _checked(settings.policies.dir, settings)
     if result is None:
@@ -95,6 +109,8 @@ def cmd_render(
 
 def cmd_diff(old: Path, new: Path, config: Path | None) -> int:
     """Print what changes from OLD to NEW per tenant and surface; 0 even when something does."""
+    check_directory("OLD_DIR", old)
+    check_directory("NEW_DIR", new)
     settings = _settings(config, None)
     before = _checked(old, settings)
     after = _checked(new, settings)

@@ -16,35 +16,57 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from moderator.cli.style import (
+    TENANT_METAVAR,
+    add_command,
+    add_config_flag,
+    add_engine_flags,
+    add_policies_flag,
+    examples,
+)
+
 DESCRIPTION = (
     "Re-evaluate past uploads under another policy directory and/or engine/model and report "
     "what would change. The range is a time range (--from/--to, RFC 3339), explicit offsets "
     "(--offsets P:START-END,...; END exclusive) or, without either, the whole topic up to its "
     "end now. Replayed verdicts go to the replay topic only (kafka.topics.replay), never to the "
     "live verdicts or audit topics. The report directory gets run.json (the plan), report.json, "
-    "changed.jsonl, report.md and report.html. Exit 0 when finished, 1 when stopped before the "
+    "changed.jsonl, report.md and report.html. --policies, --engine and --model say what to "
+    "replay under (default: the live settings); the engine's files and the policies are "
+    "checked before Kafka is contacted. Exit 0 when finished, 1 when stopped before the "
     "end (resume with --resume RUN_ID --report DIR) or on a runtime failure, 2 on bad flags or "
     "settings."
 )
 RANGE_FLAGS = ("from_", "to", "offsets", "tenant", "sample", "policies", "engine", "model")
+EXAMPLES = examples(
+    "moderator replay --from 2026-11-01T00:00:00Z --to 2026-11-02T00:00:00Z "
+    "--policies policies-next",
+    "moderator replay --offsets 0:100-200,1:0-50 --engine fake --report replay-test",
+    "moderator replay --tenant acme --sample 0.1 --dry-run",
+    "moderator replay --resume RUN_ID --report replay-RUN_ID",
+)
 
 
-def add_replay_parser(sub: Any, engines: tuple[str, ...]) -> None:
-    p = sub.add_parser(
+def add_replay_parser(sub: Any) -> None:
+    p = add_command(
+        sub,
         "replay",
         help="re-evaluate past uploads under a new policy or model",
         description=DESCRIPTION,
+        epilog=EXAMPLES,
     )
     p.add_argument("--from", dest="from_", metavar="RFC3339", help="range start (inclusive)")
     p.add_argument("--to", metavar="RFC3339", help="range end (exclusive; default: now)")
     p.add_argument("--offsets", metavar="P:START-END,...", help="explicit offsets per partition")
     p.add_argument(
-        "--tenant", action="append", metavar="T", help="replay only this tenant (repeatable)"
+        "--tenant",
+        action="append",
+        metavar=TENANT_METAVAR,
+        help="replay only this tenant (repeatable)",
     )
     p.add_argument("--sample", metavar="RATE", help="replay this fraction of events, e.g. 0.1")
-    p.add_argument("--policies", type=Path, metavar="DIR", help="policy directory to replay under")
-    p.add_argument("--engine", choices=engines, help="engine.kind to replay with")
-    p.add_argument("--model", metavar="M", help="engine.model to replay with")
+    add_policies_flag(p)
+    add_engine_flags(p)
     p.add_argument(
         "--output-topic", metavar="T", help="where replayed verdicts go (kafka.topics.replay)"
     )
@@ -68,13 +90,14 @@ def add_replay_parser(sub: Any, engines: tuple[str, ...]) -> None:
     p.add_argument(
         "--originals",
         choices=("auto", "audit", "topic"),
+        metavar="auto|audit|topic",
         default="auto",
         help="where original verdicts come from: the audit store (audit.url), the verdicts "
         "topic, or auto (the audit store when its database exists)",
     )
     p.add_argument("--dry-run", action="store_true", help="count the range's events and exit")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its report directory")
-    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    add_config_flag(p)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -100,9 +123,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--max-in-flight: must be between 2 and 100000, got {args.max_in_flight}"
         )
+    from moderator.cli.preflight import check_settings
+
     if args.resume is not None:
         plan, directory = _resumed(args)
+        if not args.dry_run:
+            check_settings(load_settings(args.config, _plan_overrides(plan)))
     else:
+        if not args.dry_run:
+            check_settings(settings)  # before any Kafka lookup or file is written
         plan, directory = _new_plan(args, settings)
     if args.dry_run:
         return _dry_run(settings, plan)
@@ -115,6 +144,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return _run(args, settings, live, plan, directory)
+
+
+def _plan_overrides(plan: Any) -> dict[str, Any]:
+    return {
+        "policies.dir": plan.policies_dir,
+        "engine.kind": plan.engine,
+        "engine.model": plan.model,
+    }
 
 
 def _resumed(args: argparse.Namespace) -> tuple[Any, Path]:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from moderator.cli.preflight import check_engine_files
 from moderator.errors import ConfigError, ModeratorError
 from moderator.events.upload import TENANT_ID_PATTERN
 from moderator.logs import configure_logging
@@ -29,8 +30,13 @@ def cmd_scan(
     config: Path | None,
     overrides: dict[str, Any],
     debug: bool = False,
+    output_format: str = "jsonl",
 ) -> int:
-    """Write one Verdict v1 line per object under `target`; 0 when every object got one."""
+    """Write one verdict line per object under `target` (JSON Lines or CSV), then a summary
+    by decision and error code on stderr; 0 when every object got a verdict.
+
+    Everything cheap is checked before the engine loads or a bucket is listed: the tenant id,
+    the settings, the engine's files, the policies and the output file's folder."""
     tenant_id = tenant if tenant is not None else "default"
     if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
         raise ConfigError(
@@ -40,7 +46,9 @@ def cmd_scan(
     settings = load_settings(config, {**overrides, "policies.default_for_unknown": True})
     level = "debug" if debug else settings.log.level
     configure_logging(settings.log.model_copy(update={"level": _quiet(level)}))
+    check_engine_files(settings.engine)
     registry = build_policies(settings)
+    _check_output(output)
     policies = OperatorPolicies(registry)
     source = open_source(target, settings, exclude=output)
     progress = Progress(sys.stderr)
@@ -67,6 +75,7 @@ def cmd_scan(
                 local=source.local,
                 verdicts_topic=settings.kafka.topics.verdicts,
                 max_in_flight=max_in_flight(settings),
+                output_format=output_format,
             )
             scan.run(source.items, progress)
         finally:
@@ -84,6 +93,17 @@ def cmd_scan(
 def _quiet(level: str) -> str:
     """`info` (the service default) becomes `warning`: progress owns stderr during a scan."""
     return "warning" if level == "info" else level
+
+
+def _check_output(output: Path | None) -> None:
+    """The output can be created: a usage error now, not after the engine has loaded."""
+    if output is None:
+        return
+    if output.is_dir():
+        raise ConfigError(f"scan: cannot write {output}: it is a directory")
+    folder = output.parent
+    if not folder.is_dir():
+        raise ConfigError(f"scan: cannot write {output}: no directory {folder}")
 
 
 def _open_output(output: Path | None) -> TextIO:

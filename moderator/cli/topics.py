@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from moderator.cli.style import add_command, add_config_flag, add_group, examples
 from moderator.errors import ModeratorError
 from moderator.settings import Settings
 
@@ -33,12 +34,29 @@ DESCRIPTION = (
 
 
 def add_topics_parser(sub: Any) -> None:
-    topics = sub.add_parser("topics", help="create and check the service's Kafka topics")
-    topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
-    create = topics_sub.add_parser(
-        "create", help="create missing topics from kafka.topic_specs", description=DESCRIPTION
+    topics_sub = add_group(
+        sub,
+        "topics",
+        help="create and check the service's Kafka topics",
+        description=(
+            "The service's five topics (kafka.topics.*: uploads, verdicts, audit, dlq, replay) "
+            "and their specs (kafka.topic_specs.*: partitions, replication factor, configs)."
+        ),
+        epilog=examples("moderator topics create --config settings.yaml --dry-run"),
+        dest="topics_command",
     )
-    create.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    create = add_command(
+        topics_sub,
+        "create",
+        help="create missing topics from kafka.topic_specs",
+        description=DESCRIPTION,
+        epilog=examples(
+            "moderator topics create --config settings.yaml",
+            "moderator topics create --dry-run",
+            "MODERATOR_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 moderator topics create",
+        ),
+    )
+    add_config_flag(create)
     create.add_argument(
         "--dry-run",
         action="store_true",

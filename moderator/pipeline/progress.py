@@ -1,8 +1,10 @@
-"""The scan's progress display: one status line on stderr while objects are judged."""
+"""The scan's progress display: one status line on stderr while objects are judged, and the
+summary table at the end (verdicts by decision and by error code)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -18,6 +20,32 @@ class Counts:
     done: int  # verdicts written
     errors: int  # of which error verdicts
     skipped: int  # objects that could not be submitted
+
+
+@dataclass(frozen=True)
+class Tally:
+    """The verdicts a scan wrote, counted by decision and by error code (error verdicts only)."""
+
+    decisions: Mapping[str, int]
+    error_codes: Mapping[str, int]
+
+
+DECISIONS = ("allow", "review", "block")
+
+
+def summary_lines(tally: Tally) -> list[str]:
+    """The summary table: every decision (zeros included) and the total, then each error code,
+    most frequent first; aligned columns, no trailing spaces."""
+    decisions = [*DECISIONS, *sorted(set(tally.decisions) - set(DECISIONS))]
+    rows = [("decision", "verdicts")]
+    rows += [(d, str(tally.decisions.get(d, 0))) for d in decisions]
+    rows.append(("total", str(sum(tally.decisions.values()))))
+    rows.append(("error code", "verdicts"))
+    codes = sorted(tally.error_codes.items(), key=lambda item: (-item[1], item[0]))
+    rows += [(code, str(n)) for code, n in codes] or [("(none)", "0")]
+    width = max(len(name) for name, _ in rows)
+    count = max(len(n) for _, n in rows)
+    return [f"  {name.ljust(width)}  {n.rjust(count)}" for name, n in rows]
 
 
 class Progress:
@@ -43,7 +71,12 @@ class Progress:
         self._clear()
         print(message, file=self._stream, flush=True)
 
-    def finish(self, counts: Counts) -> None:
+    def finish(self, counts: Counts, tally: Tally | None = None) -> None:
+        """The final status line; with `tally`, the summary table just before it."""
+        if tally is not None:
+            self._clear()
+            for line in summary_lines(tally):
+                print(line, file=self._stream)
         now = time.monotonic()
         line = self._status(counts, now, listing=False) + f", {now - self._started:.1f} s"
         if counts.skipped:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -23,7 +24,8 @@ from moderator.errors import ErrorCode, ModeratorError
 from moderator.events.upload import ObjectRef, UploadEvent
 from moderator.events.verdict import Assessment, Decision, InputCoords
 from moderator.pipeline.process import Job, Processor
-from moderator.pipeline.progress import Counts, Progress
+from moderator.pipeline.progress import Counts, Progress, Tally
+from moderator.pipeline.scan_output import VerdictLines
 from moderator.pipeline.scan_sources import Item
 from moderator.policy.base import CompiledPolicy, PolicyProvider
 from moderator.policy.reach import Shortfall, shortfall
@@ -118,7 +120,8 @@ def engine_shortfall(policies: PolicyRegistry, tenant_id: str, engine: Engine) -
 
 
 class Scan:
-    """Submits items with at most `max_in_flight` undecided; writes verdict lines as they come."""
+    """Submits items with at most `max_in_flight` undecided; writes verdict lines as they come,
+    in `output_format` (scan_output.FORMATS), and tallies them by decision and error code."""
 
     def __init__(
         self,
@@ -129,9 +132,13 @@ class Scan:
         local: bool,
         verdicts_topic: str,
         max_in_flight: int,
+        output_format: str = "jsonl",
     ) -> None:
         self._processor = processor
         self._out = out
+        self._lines = VerdictLines(output_format)
+        self._decisions: Counter[str] = Counter()
+        self._error_codes: Counter[str] = Counter()
         self._tenant = tenant_id
         self._local = local
         self._topic = verdicts_topic
@@ -146,8 +153,22 @@ class Scan:
         with self._cond:
             return Counts(self._total, self._done, self._errors, self.skipped)
 
+    def tally(self) -> Tally:
+        """Verdicts written so far, by decision and by error code."""
+        with self._cond:
+            return Tally(dict(self._decisions), dict(self._error_codes))
+
     def run(self, items: Iterator[Item], progress: Progress) -> None:
         """Submit every item (until a fatal error), then wait for all submitted to finish."""
+        header = self._lines.header()
+        try:
+            if header:
+                self._out.write(header)
+                self._out.flush()
+        except Exception as exc:  # a closed pipe, a full disk: as for a verdict line
+            self.fatal = f"output: {type(exc).__name__}: {exc}"
+            progress.finish(self.counts(), self.tally())
+            return
         try:
             for index, item in enumerate(items):
                 with self._cond:
@@ -174,7 +195,7 @@ class Scan:
                     self._cond.wait(progress.every_s)
                 progress.tick(self.counts(), listing=False)
         finally:
-            progress.finish(self.counts())
+            progress.finish(self.counts(), self.tally())
 
     def _job(self, item: Item, index: int, progress: Progress) -> Job | None:
         shown_bucket = "" if self._local else item.bucket
@@ -202,13 +223,19 @@ class Scan:
     def _on_done(self, item: Item, records: list[OutRecord]) -> None:
         """Called once per job from a worker thread."""
         try:
-            line, failed = self._line(records)
+            doc = self._verdict(records)
+            line = self._lines.line(doc)
+            error = doc.get("error")
+            code = error.get("code") if isinstance(error, dict) else None
             with self._cond:
                 if self.fatal is None:
                     self._out.write(line)
                     self._out.flush()
                     self._done += 1
-                    self._errors += failed
+                    self._errors += int(error is not None)
+                    self._decisions[str(doc.get("decision"))] += 1
+                    if error is not None:
+                        self._error_codes[str(code)] += 1
         except Exception as exc:  # a broken pipe, a full disk: stop, report, exit 1
             with self._cond:
                 self.fatal = self.fatal or f"{item.key}: {type(exc).__name__}: {exc}"
@@ -218,11 +245,11 @@ class Scan:
                 self._cond.notify_all()
             self._slots.release()
 
-    def _line(self, records: list[OutRecord]) -> tuple[str, int]:
+    def _verdict(self, records: list[OutRecord]) -> dict[str, Any]:
         value = next(r.value for r in records if r.topic == self._topic)
         if value is None:
             raise ModeratorError("verdict record without a value")
-        doc = json.loads(value)
+        doc: dict[str, Any] = json.loads(value)
         if self._local:
             doc["object"]["bucket"] = ""
-        return json.dumps(doc, separators=(",", ":")) + "\n", int(doc.get("error") is not None)
+        return doc
