@@ -71,8 +71,11 @@ def env_name(path: tuple[str, ...]) -> str:
 
 @contextlib.contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
-    """Exactly these MODERATOR_* variables (others removed) for the block."""
+    """Exactly these MODERATOR_* variables (others removed) for the block, and the HTTP
+    endpoint off unless they set it (a command that gets far would otherwise bind 9400, which
+    another process on the machine may hold)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    values = {f"{ENV_PREFIX}HTTP__PORT": "0", **values}
     with mock.patch.dict(os.environ, {**clean, **values}, clear=True):
         yield
 
