@@ -298,8 +298,9 @@ def test_edit_applies_and_a_broken_edit_keeps_the_last_good_version(tmp_path: Pa
             assert (changed["surface"], changed["old"], changed["new"]) == ("default", v1, v2)
             second = traffic.phase(2, alive)
             _check(second, v2, image="review", missing="block")
-            # the same images, judged again under the new version (not served from the cache)
-            assert {v["source"] for v in _images(second)} == {"model"}
+            # the same images and model input (the fake engine does not read the prompt): the
+            # answers of phase 1 from the cache, decided under the new version
+            assert {v["source"] for v in _images(second)} == {"cache"}
             assert _assessments(second) == _assessments(first)
 
             # phase 3: a broken edit is reported and V2 stays in force

@@ -99,7 +99,8 @@ class Timings(_Frozen):
 
 
 # Where a verdict's decision came from: `model`, the engine's assessment of this image; `cache`,
-# an assessment made before for the same bytes, policy version and model; `error`, no usable
+# an assessment made before for the same bytes, model input (the prompt, for engines that read
+# the policy) and model; `error`, no usable
 # assessment (processing or the engine failed), so the policy's `on_error` rule decided.
 Source = Literal["model", "cache", "error"]
 ReplayPath = Literal["engine", "cache", "assessment", "error"]

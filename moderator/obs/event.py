@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from opentelemetry.trace import Span, SpanContext, Tracer, set_span_in_context
+from opentelemetry.trace import Link, Span, SpanContext, Tracer, set_span_in_context
 from opentelemetry.util.types import AttributeValue
 
 from moderator.emit.records import Trace
@@ -83,6 +83,24 @@ class EventTelemetry:
         """A verdict cache lookup's result."""
         self.span.set_attribute("moderator.cache.hit", hit)
         self._metrics.add("moderator_cache_requests_total", result="hit" if hit else "miss")
+
+    def coalesced(self, joined_ns: int, leader: SpanContext | None) -> None:
+        """The event was answered by an engine call made for another event with the same
+        judgement key (moderator.pipeline.coalesce): marks the event span, counts it, and records
+        the wait, from joining to the answer, as `moderator.coalesce`, linked to the event span
+        of the event that called the engine."""
+        self.span.set_attribute("moderator.coalesced", True)
+        self._metrics.add("moderator_coalesced_total")
+        links = [Link(leader)] if leader is not None and leader.is_valid else None
+        span = self._tracer.start_span(
+            "moderator.coalesce", self._context, start_time=joined_ns, links=links
+        )
+        span.end(end_time=max(joined_ns, time.time_ns()))
+
+    def served(self, waiters: int) -> None:
+        """How many other events this event's engine call answered (set when any)."""
+        if waiters:
+            self.span.set_attribute("moderator.coalesce.waiters", waiters)
 
     def engine_calls(self, results: Sequence[WindowResult], submitted_ns: int) -> None:
         """Each frame's wait in the engine window and its engine call, measured on the window's

@@ -88,6 +88,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "verdict cache lookups, by result: hit, miss",
     ),
     MetricSpec(
+        "moderator_coalesced_total",
+        "counter",
+        (),
+        "events answered by an engine call made for another event in flight with the same image, "
+        "model input and model (no engine call of their own)",
+    ),
+    MetricSpec(
         "moderator_inflight",
         "gauge",
         (),

@@ -1,4 +1,10 @@
-"""Bounded verdict cache keyed by (sha256, policy version, model)."""
+"""Bounded verdict cache keyed by (image sha256, model input, model): see pipeline/coalesce.py.
+
+Memory: at most `cache.max_entries` entries (0 disables the cache). An entry of a still image
+takes about 1.3 KB with a 300-character rationale and 2.2 KB with a 1,200-character one (the
+`engine.generation.rationale_max_chars` default); an animation holds one assessment per sampled
+frame (at most `fetch.max_frames`). `bench/coalesce.py` measures these figures.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +14,26 @@ from collections import OrderedDict
 from moderator.events.verdict import Assessment
 
 CacheKey = tuple[str, str, str]
+Judgement = tuple[Assessment, ...]  # the model's assessment of each sampled frame, in order
 
 
 class VerdictCache:
-    """LRU map from (object sha256, policy version, model id) to the model's assessment.
+    """LRU map from a judgement key to the model's assessments of the image's frames.
 
     Only successful model assessments are stored: errors are never cached, so a transient
-    failure is retried on the next upload.
+    failure is retried on the next upload. Decisions are not stored: each event decides under
+    its own policy from the assessments, so entries are shared by every policy whose key is the
+    same.
     """
 
     def __init__(self, max_entries: int) -> None:
         self._max = max_entries
-        self._items: OrderedDict[CacheKey, Assessment] = OrderedDict()
+        self._items: OrderedDict[CacheKey, Judgement] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: CacheKey) -> Assessment | None:
+    def get(self, key: CacheKey) -> Judgement | None:
         with self._lock:
             found = self._items.get(key)
             if found is None:
@@ -34,11 +43,11 @@ class VerdictCache:
             self.hits += 1
             return found
 
-    def put(self, key: CacheKey, assessment: Assessment) -> None:
+    def put(self, key: CacheKey, frames: Judgement) -> None:
         if self._max <= 0:
             return
         with self._lock:
-            self._items[key] = assessment
+            self._items[key] = frames
             self._items.move_to_end(key)
             while len(self._items) > self._max:
                 self._items.popitem(last=False)

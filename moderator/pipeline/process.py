@@ -7,7 +7,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +28,6 @@ from moderator.events.verdict import (
     PolicyRef,
     Source,
     Timings,
-    VerdictError,
 )
 from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image
@@ -41,9 +40,16 @@ from moderator.pipeline.assemble import (
     Provenance,
     assemble,
     error_outcome,
-    strictest,
 )
-from moderator.pipeline.cache import VerdictCache
+from moderator.pipeline.cache import CacheKey, VerdictCache
+from moderator.pipeline.coalesce import (
+    Answer,
+    Coalescer,
+    decide_cached,
+    decide_frames,
+    gather,
+    wake,
+)
 from moderator.policy.base import CompiledPolicy, PolicyProvider
 
 log = structlog.get_logger("moderator.pipeline")
@@ -88,6 +94,9 @@ class Processor:
     `submit` never raises; `done` is called exactly once per job, from a worker thread, with the
     verdict and audit records. Each job has its spans and metrics (moderator.obs.event); log
     lines while it runs carry its context and trace id.
+
+    Identical model inputs are judged once (moderator.pipeline.coalesce, which says what
+    `reads_policy` is): one event calls the engine, the others wait for it or find the cache.
     """
 
     def __init__(
@@ -107,16 +116,16 @@ class Processor:
         max_buffered_bytes: int | None = None,
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
+        reads_policy: bool | None = None,
     ) -> None:
         self._store = store
         self._tracer: Tracer = tracer if tracer is not None else NoOpTracer()
         self._metrics = metrics if metrics is not None else no_metrics()
         self._window = window
         self._model = model
-        self._model_id = f"{model.engine}:{model.name}@{model.revision or ''}"
         self._input_size = input_size
         self._policies = policies
-        self._cache = cache
+        self._coalescer = Coalescer(cache, model, reads_policy)
         self._limits = limits
         self._max_bytes = max_object_bytes
         self._topics = topics
@@ -142,6 +151,10 @@ class Processor:
         Memory inside decoders is not counted here: the decode budget bounds it separately.
         """
         return self._buffered
+
+    @property
+    def coalescer(self) -> Coalescer:
+        return self._coalescer
 
     def submit(self, job: Job, done: Done) -> None:
         self._pool.submit(self._start, job, done)
@@ -214,12 +227,23 @@ class Processor:
         run.fetch_ms = (time.monotonic() - t0) * 1000
         frame_bytes = sum(f.width * f.height * RGB_BYTES_PER_PIXEL for f in image.frames)
         self._hold(run, frame_bytes - len(fetched.data))
-        cached = self._cache.get(self._cache_key(run, image))
-        run.obs.cache(hit=cached is not None)
-        if cached is not None:
-            outcome = FrameOutcome(decision=run.policy.decide(cached), assessment=cached)
-            self._finish(run, outcome, source="cache")
+        key = self._coalescer.key(image.sha256, run.policy)
+        claim = self._coalescer.claim(key, functools.partial(self._coalesced, run, time.time_ns()))
+        if claim.kind == "wait":
+            self._hold(run, None)  # it may have been called back already: touch nothing else
             return
+        run.obs.cache(hit=claim.frames is not None)
+        if claim.frames is not None:
+            self._finish(run, decide_cached(run.policy, claim.frames), source="cache")
+            return
+        try:
+            self._lead(run, key, image)
+        except BaseException:
+            self._coalescer.abandon(key)  # nothing was submitted: the waiters get an error
+            raise
+
+    def _lead(self, run: _Run, key: CacheKey, image: DecodedImage) -> None:
+        """Submit the image's frames to the engine window; `_judged` settles `key`."""
         requests = [
             EngineRequest(
                 request_id=f"{run.job.event.event_id}#{i}",
@@ -231,9 +255,7 @@ class Processor:
         ]
         submitted_ns = time.time_ns()
         futures = [self._window.submit(r, tag=run.obs.context) for r in requests]
-        gather = _Gather(len(futures), functools.partial(self._judged, run, image, submitted_ns))
-        for index, fut in enumerate(futures):
-            fut.add_done_callback(functools.partial(gather.put, index))
+        gather(futures, functools.partial(self._judged, run, key, submitted_ns))
 
     def _decode(self, run: _Run, data: bytes, etag: str | None) -> DecodedImage:
         try:
@@ -250,45 +272,40 @@ class Processor:
         )
         return image
 
-    def _cache_key(self, run: _Run, image: DecodedImage) -> tuple[str, str, str]:
-        return (image.sha256, run.policy.version, self._model_id)
-
     def _judged(
-        self, run: _Run, image: DecodedImage, submitted_ns: int, results: list[WindowResult]
+        self, run: _Run, key: CacheKey, submitted_ns: int, results: list[WindowResult]
     ) -> None:
-        with _bound(run.job):  # on an engine window thread: bind the event's context here too
+        """The leader's results are in (on an engine window thread): cache them, decide the
+        leader's verdict, then each waiter's, whatever happens to the leader's."""
+        waiters = self._coalescer.settle(key, results)
+        try:
+            with _bound(run.job):  # bind the event's context on this thread too
+                try:
+                    run.obs.engine_calls(results, submitted_ns)
+                    run.obs.served(len(waiters))
+                    queue_ms = max(r.queue_ms for r in results)
+                    infer_ms = max(r.infer_ms for r in results)
+                    outcome = decide_frames(run.policy, results)
+                    self._finish(run, outcome, source="model", queue_ms=queue_ms, infer_ms=infer_ms)
+                except Exception as exc:
+                    log.exception("assembly_failed")
+                    self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
+        finally:
+            wake(waiters, Answer(tuple(results), run.obs.context))
+
+    def _coalesced(self, run: _Run, joined_ns: int, answer: Answer) -> None:
+        """A waiter's verdict from the leader's answer, under its own policy: source `model`,
+        queue time its wait, infer time 0 (the engine time is the leader's)."""
+        with _bound(run.job):
             try:
-                run.obs.engine_calls(results, submitted_ns)
-                frames = [self._frame_outcome(run.policy, r) for r in results]
-                outcome = strictest(frames)
-                if all(f.error is None for f in frames) and outcome.assessment is not None:
-                    self._cache.put(self._cache_key(run, image), outcome.assessment)
-                queue_ms = max(r.queue_ms for r in results)
-                infer_ms = max(r.infer_ms for r in results)
-                self._finish(run, outcome, source="model", queue_ms=queue_ms, infer_ms=infer_ms)
+                run.obs.cache(hit=False)
+                run.obs.coalesced(joined_ns, answer.leader)
+                waited_ms = max(0.0, (time.time_ns() - joined_ns) / 1e6)
+                outcome = decide_frames(run.policy, answer.results)
+                self._finish(run, outcome, source="model", queue_ms=waited_ms)
             except Exception as exc:
                 log.exception("assembly_failed")
                 self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
-
-    @staticmethod
-    def _frame_outcome(policy: CompiledPolicy, wr: WindowResult) -> FrameOutcome:
-        res = wr.result
-        if res.error_code is not None or res.assessment is None:
-            code = res.error_code or ErrorCode.ENGINE_ERROR
-            return FrameOutcome(
-                decision=policy.on_error(code),
-                error=VerdictError(code=code, message=res.error_message[:500]),
-                raw_output=res.raw_output,
-                generation=res.generation,
-                attempts=wr.attempts,
-            )
-        return FrameOutcome(
-            decision=policy.decide(res.assessment),
-            assessment=res.assessment,
-            raw_output=res.raw_output,
-            generation=res.generation,
-            attempts=wr.attempts,
-        )
 
     def _fail(self, run: _Run, code: ErrorCode, message: str) -> None:
         log.info("event_error", code=code.value, reason=message)
@@ -342,7 +359,7 @@ class Processor:
                 source=self._topics.source,
                 trace=run.obs.trace,
             )
-        self._hold(run, -run.held_bytes)
+        self._hold(run, None)
         log.debug("verdict", decision=verdict.decision, source=verdict.source)
         run.obs.end(verdict, verdict.source)
         run.done(records)
@@ -356,30 +373,14 @@ class Processor:
             while self._buffered >= self._max_buffered:
                 self._lock.wait(0.5)
 
-    def _hold(self, run: _Run, delta: int) -> None:
+    def _hold(self, run: _Run, delta: int | None) -> None:
+        """Count `delta` more bytes held by the run; None gives all back (a second time: none)."""
         with self._lock:
+            delta = -run.held_bytes if delta is None else delta
             self._buffered += delta
+            run.held_bytes += delta
             if delta < 0:
                 self._lock.notify_all()
-        run.held_bytes += delta
-
-
-class _Gather:
-    """Collects the window results of one event's frames; calls back once all are in."""
-
-    def __init__(self, n: int, then: Callable[[list[WindowResult]], None]) -> None:
-        self._results: list[WindowResult | None] = [None] * n
-        self._left = n
-        self._lock = threading.Lock()
-        self._then = then
-
-    def put(self, index: int, fut: Future[WindowResult]) -> None:
-        with self._lock:
-            self._results[index] = fut.result()
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            self._then([r for r in self._results if r is not None])
 
 
 def _bound(job: Job) -> AbstractContextManager[None]:

@@ -1,0 +1,498 @@
+"""No image judged twice: identical model inputs in flight share one engine call.
+
+Through the real Processor and engine window, with an engine double that counts the images it
+is asked about and holds every call until the test opens its gate, so that all copies are in
+flight together. Also `moderator scan` end to end on 6 images x 8 copies.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from PIL import Image
+
+from moderator.cli.main import main
+from moderator.emit.records import OutRecord, trace_from_headers
+from moderator.engine.base import EngineRequest, EngineResult
+from moderator.engine.fake import FakeEngine
+from moderator.engine.window import EngineWindow
+from moderator.errors import ErrorCode
+from moderator.events.upload import ObjectRef, UploadEvent
+from moderator.events.verdict import Assessment, InputCoords, ModelInfo, Verdict
+from moderator.fetch.decode import DecodeLimits
+from moderator.fetch.store import InMemoryObjectStore
+from moderator.obs.metrics import Metrics
+from moderator.obs.tracing import EVENT_SPAN, TRACER_NAME, new_tracer_provider
+from moderator.pipeline.cache import VerdictCache
+from moderator.pipeline.coalesce import judgement_key
+from moderator.pipeline.process import Job, OutputTopics, Processor
+from moderator.policy.bundled import write_default_policy
+from moderator.policy.registry import PolicyRegistry
+from moderator.service import build_policies
+from tests.harness import BUCKET, png, settings_for
+
+VERDICTS = "moderation.verdicts"
+O4 = Assessment(rating="Unsafe", category="O4: Nudity Content", rationale="double", score=0.7)
+O1 = Assessment(
+    rating="Unsafe", category="O1: Hate, Humiliation, Harassment", rationale="double", score=0.7
+)
+# Tenant files: `art` and `strict` read different prompts (O4 allowed vs sensitive);
+# `strict_photo` has the same prompt as `strict` and other thresholds (its own decisions).
+TENANTS = {
+    "art": "categories:\n  O4: {mode: allowed, action: allow}\n",
+    "strict": "categories:\n  O4: {mode: sensitive, block_at: 0.5}\n",
+    "strict_photo": "categories:\n  O4: {mode: sensitive, block_at: 0.9, review_at: 0.6}\n",
+    # for animations: each allows the category the other blocks
+    "hate_ok": "categories:\n  O1: {mode: allowed, action: allow}\n",
+    "nudity_ok": "categories:\n  O4: {mode: allowed, action: allow}\n",
+}
+
+
+class GatedEngine:
+    """Engine double: counts calls, images and prompts; each call waits for `gate`. Answers
+    `answer(image)`, or raises when `fail` is set."""
+
+    def __init__(
+        self, kind: str = "double", answer: Callable[[Image.Image], Assessment] | None = None
+    ) -> None:
+        self._info = ModelInfo(engine=kind, name="double")
+        self._answer = answer if answer is not None else (lambda _: O4)
+        self._lock = threading.Lock()
+        self.gate = threading.Event()
+        self.fail = False
+        self.calls = 0
+        self.items = 0
+        self.prompts: list[str] = []
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def input_size(self) -> int:
+        return 64
+
+    def classify(self, batch: Sequence[EngineRequest]) -> list[EngineResult]:
+        with self._lock:
+            self.calls += 1
+            self.items += len(batch)
+            self.prompts.extend(r.prompt for r in batch)
+        if not self.gate.wait(20):
+            raise TimeoutError("gate never opened")
+        if self.fail:
+            raise RuntimeError("engine down")
+        return [EngineResult(assessment=self._answer(r.image), raw_output="{}") for r in batch]
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Rig:
+    processor: Processor
+    window: EngineWindow
+    engine: GatedEngine
+    store: InMemoryObjectStore
+    policies: PolicyRegistry
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    submitted: int = 0
+
+    def submit(self, event_id: str, tenant: str, data: bytes | None) -> None:
+        """Submit an upload of `data` (None: an object that is not in the store)."""
+        key = f"{tenant}/{event_id}"
+        if data is not None:
+            self.store.put(BUCKET, key, data)
+        event = UploadEvent(
+            event_id=event_id, tenant_id=tenant, object=ObjectRef(bucket=BUCKET, key=key)
+        )
+        job = Job(
+            event=event,
+            coords=InputCoords(topic="uploads", partition=0, offset=self.submitted),
+            trace=trace_from_headers(None, event_id),
+            received=time.monotonic(),
+        )
+        self.submitted += 1
+        self.processor.submit(job, self._done)
+
+    def _done(self, records: list[OutRecord]) -> None:
+        value = next(r.value for r in records if r.topic == VERDICTS)
+        assert value is not None
+        verdict = Verdict.model_validate_json(value)
+        with self.lock:
+            self.verdicts[verdict.event_id] = verdict
+
+    def coalesced(self) -> int:
+        coalescer = getattr(self.processor, "coalescer", None)  # None before coalescing existed
+        return int(getattr(coalescer, "coalesced", 0))
+
+    def release(self, expected: int) -> None:
+        """Open the gate once `expected` images are in flight (at the engine or coalesced onto
+        one that is), or after a few seconds: then let every verdict come."""
+        _until(lambda: self.engine.items + self.coalesced() >= expected, 5)
+        self.engine.gate.set()
+        assert _until(lambda: len(self.verdicts) >= self.submitted, 20), "verdicts missing"
+
+
+def _until(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+def _policies(tmp_path: Path) -> Path:
+    directory = tmp_path / "policies"
+    write_default_policy(directory)
+    for tenant, text in TENANTS.items():
+        (directory / f"{tenant}.yaml").write_text(text)
+    return directory
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    built: list[Rig] = []
+
+    def make(engine: GatedEngine | None = None, **extra: Any) -> Rig:
+        settings = settings_for(_policies(tmp_path))
+        engine = engine if engine is not None else GatedEngine()
+        window = EngineWindow(
+            engine, batch_size=8, max_wait_ms=1, concurrency=8, timeout_s=30, retries=0
+        )
+        store = InMemoryObjectStore()
+        policies = build_policies(settings)
+        processor = Processor(
+            store=store,
+            window=window,
+            model=engine.info,
+            input_size=engine.input_size,
+            policies=policies,
+            cache=VerdictCache(1000),
+            limits=DecodeLimits.from_settings(settings.fetch),
+            max_object_bytes=settings.fetch.max_object_bytes,
+            concurrency=16,
+            topics=OutputTopics(verdicts=VERDICTS, audit="moderation.audit", source="/test"),
+            instance_id="test-0",
+            **extra,
+        )
+        rig = Rig(processor, window, engine, store, policies)
+        built.append(rig)
+        return rig
+
+    yield make
+    for rig in built:
+        rig.engine.gate.set()
+        rig.processor.close()
+        rig.window.close()
+        rig.policies.close()
+
+
+def test_copies_in_flight_make_one_engine_call(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    data = png(1, size=48)
+    for n in range(8):
+        rig.submit(f"copy-{n}", "strict", data)
+    rig.release(8)
+    assert (rig.engine.calls, rig.engine.items) == (1, 1)
+    verdicts = list(rig.verdicts.values())
+    assert len(verdicts) == 8
+    # every copy has the model's answer, judged once: source `model`, decided by the policy
+    assert {v.source for v in verdicts} == {"model"}
+    assert all(v.assessment == O4 and v.decision == "block" for v in verdicts)
+    assert rig.processor.coalescer.coalesced == 7
+    # only the event that called the engine spent engine time
+    assert sorted(v.timings_ms.infer > 0 for v in verdicts) == [False] * 7 + [True]
+    # a copy after the answer is a cache hit: still one engine call
+    rig.submit("later", "strict", data)
+    assert _until(lambda: "later" in rig.verdicts, 10)
+    assert rig.verdicts["later"].source == "cache" and rig.engine.items == 1
+
+
+def test_six_images_eight_copies_each_make_six_engine_calls(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    images = [png(seed, size=40) for seed in range(6)]
+    for copy in range(8):
+        for seed, data in enumerate(images):
+            rig.submit(f"img{seed}-copy{copy}", "strict", data)
+    rig.release(48)
+    assert rig.engine.items == 6
+    assert rig.processor.coalescer.coalesced == 42
+    assert len(rig.verdicts) == 48 and all(v.error is None for v in rig.verdicts.values())
+    by_image = Counter(v.object.sha256 for v in rig.verdicts.values())
+    assert sorted(by_image.values()) == [8] * 6
+
+
+def _decisions(rig: Rig, tenants: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for tenant in tenants:
+        policy = rig.policies.resolve(tenant, "default")
+        assert policy is not None
+        out[tenant] = policy.decide(O4)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "reads_policy", "calls"),
+    [
+        ("double", None, 2),  # an engine kind of no known capabilities: keyed on its prompt
+        ("openai", None, 2),  # a guard engine reads the prompt
+        ("fake", None, 1),  # the fake engine does not read it
+        ("double", False, 1),  # declared by the caller
+        ("double", True, 2),
+    ],
+)
+def test_tenants_share_an_engine_call_only_when_the_model_input_is_the_same(
+    make_rig: Callable[..., Rig], kind: str, reads_policy: bool | None, calls: int
+) -> None:
+    extra = {} if reads_policy is None else {"reads_policy": reads_policy}
+    rig = make_rig(GatedEngine(kind), **extra)
+    tenants = ("art", "strict", "strict_photo")
+    data = png(3, size=48)
+    for tenant in tenants:
+        rig.submit(f"ev-{tenant}", tenant, data)
+    rig.release(3)
+    assert rig.engine.items == calls
+    if calls == 2:  # each distinct prompt reached the engine once
+        prompts = {t: rig.policies.resolve(t, "default").prompt for t in tenants}  # type: ignore[union-attr]
+        assert prompts["strict"] == prompts["strict_photo"] != prompts["art"]
+        assert sorted(rig.engine.prompts) == sorted({prompts["art"], prompts["strict"]})
+    # one answer, each tenant's own decision from it
+    want = _decisions(rig, tenants)
+    assert len(set(want.values())) == 3
+    got = {t: rig.verdicts[f"ev-{t}"] for t in tenants}
+    assert {t: v.decision for t, v in got.items()} == want
+    assert all(v.assessment == O4 and v.source == "model" for v in got.values())
+    assert {t: v.policy.version for t, v in got.items()} == {
+        t: rig.policies.resolve(t, "default").version  # type: ignore[union-attr]
+        for t in tenants
+    }
+
+
+def test_an_engine_failure_reaches_every_waiter_and_is_not_cached(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    rig.engine.fail = True
+    data = png(5, size=48)
+    for n in range(5):
+        rig.submit(f"copy-{n}", "strict" if n % 2 else "strict_photo", data)  # one prompt
+    rig.release(5)
+    assert rig.engine.items == 1
+    verdicts = list(rig.verdicts.values())
+    assert all(v.error is not None and v.error.code == ErrorCode.ENGINE_ERROR for v in verdicts)
+    assert {v.source for v in verdicts} == {"error"}
+    assert all(v.model is not None for v in verdicts)  # the engine was called, and failed
+    # each decided by its own policy's on_error (both `review` here)
+    on_error = {
+        t: rig.policies.resolve(t, "default").on_error(ErrorCode.ENGINE_ERROR)  # type: ignore[union-attr]
+        for t in ("strict", "strict_photo")
+    }
+    assert all(v.decision == on_error[v.tenant_id] for v in verdicts)
+    # errors are not cached: the next copy is judged again
+    rig.engine.fail = False
+    rig.submit("retry", "strict", data)
+    assert _until(lambda: "retry" in rig.verdicts, 10)
+    assert rig.verdicts["retry"].source == "model" and rig.engine.items == 2
+
+
+def test_a_waiters_own_fetch_or_decode_failure_is_its_own(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    data = png(6, size=48)
+    for n in range(4):
+        rig.submit(f"copy-{n}", "strict", data)
+    rig.submit("broken", "strict", data[: len(data) // 2])  # truncated: cannot decode
+    rig.submit("missing", "strict", None)
+    rig.release(4)
+    assert rig.engine.items == 1
+    assert all(rig.verdicts[f"copy-{n}"].source == "model" for n in range(4))
+    assert rig.processor.coalescer.coalesced == 3
+    broken, missing = rig.verdicts["broken"].error, rig.verdicts["missing"].error
+    assert broken is not None and broken.code == ErrorCode.CORRUPT_IMAGE
+    assert missing is not None and missing.code == ErrorCode.OBJECT_NOT_FOUND
+
+
+def _animation(colors: Sequence[tuple[int, int, int]]) -> bytes:
+    frames = [Image.new("RGB", (32, 32), c) for c in colors]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return buf.getvalue()
+
+
+def _by_color(image: Image.Image) -> Assessment:
+    red, _, blue = image.convert("RGB").getpixel((4, 4))  # type: ignore[misc]
+    return O4 if red > blue else O1
+
+
+def test_an_animation_is_judged_once_and_cached_per_frame(make_rig: Callable[..., Rig]) -> None:
+    """The cache keeps every frame's assessment: a later event under another policy decides
+    from all frames, not from the frame that was strictest under the first policy."""
+    rig = make_rig(GatedEngine(answer=_by_color), reads_policy=False)
+    data = _animation([(250, 0, 0), (0, 0, 250)])  # an O4 frame, then an O1 frame
+    for n in range(3):
+        rig.submit(f"first-{n}", "hate_ok", data)
+    rig.release(4)  # the leader's two frames at the engine, two events coalesced
+    assert rig.engine.items == 2  # both frames, once
+    first = rig.verdicts["first-0"]
+    assert first.assessment == O4 and first.decision == "block"  # the O1 frame is allowed
+    rig.submit("second", "nudity_ok", data)
+    assert _until(lambda: "second" in rig.verdicts, 10)
+    second = rig.verdicts["second"]
+    assert second.source == "cache" and rig.engine.items == 2
+    assert second.assessment == O1 and second.decision == "block"  # the O4 frame is allowed
+
+
+def test_waiters_hold_no_image_bytes(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    data = png(7, size=48)
+    for n in range(6):
+        rig.submit(f"copy-{n}", "strict", data)
+    one_image = 48 * 48 * 4  # the leader's decoded frame (input size 64: not resized)
+    in_flight = _until(lambda: rig.engine.items + rig.coalesced() >= 6, 5)
+    # while the leader's engine call runs, only its frame is held (a waiter gives its bytes
+    # back right after joining)
+    held_one = _until(lambda: rig.processor.buffered_bytes == one_image, 5)
+    held = rig.processor.buffered_bytes
+    rig.release(6)
+    assert in_flight and held_one, held
+    assert rig.processor.buffered_bytes == 0
+
+
+def test_a_coalesced_event_says_so_in_its_spans_and_metrics(
+    make_rig: Callable[..., Rig],
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = new_tracer_provider(instance_id="test-0")
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    try:
+        rig = make_rig(
+            tracer=provider.get_tracer(TRACER_NAME),
+            metrics=Metrics(meters.get_meter("moderator")),
+        )
+        data = png(8, size=48)
+        for n in range(3):
+            rig.submit(f"copy-{n}", "strict", data)
+        rig.release(3)
+        assert _until(lambda: len(_event_spans(exporter)) == 3, 5)
+        events = _event_spans(exporter)
+        coalesced = {
+            e for e, s in events.items() if (s.attributes or {}).get("moderator.coalesced")
+        }
+        (leader,) = set(events) - coalesced
+        assert len(coalesced) == 2
+        assert (events[leader].attributes or {})["moderator.coalesce.waiters"] == 2
+        leader_ctx = events[leader].get_span_context()
+        waits = [s for s in exporter.get_finished_spans() if s.name == "moderator.coalesce"]
+        assert len(waits) == 2
+        for wait in waits:
+            assert [link.context for link in wait.links] == [leader_ctx]
+            assert wait.parent is not None
+            assert wait.parent.span_id in {events[e].get_span_context().span_id for e in coalesced}
+        for e in coalesced:
+            names = {
+                s.name
+                for s in exporter.get_finished_spans()
+                if s.parent == events[e].get_span_context()
+            }
+            assert "moderator.infer" not in names and "moderator.coalesce" in names
+        data_points = _points(reader, "moderator_coalesced")
+        assert data_points == [2]
+    finally:
+        provider.shutdown()
+        meters.shutdown()
+
+
+def _event_spans(exporter: InMemorySpanExporter) -> dict[str, Any]:
+    return {
+        str((s.attributes or {})["messaging.message.id"]): s
+        for s in exporter.get_finished_spans()
+        if s.name == EVENT_SPAN
+    }
+
+
+def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def test_the_key_is_the_image_the_model_input_and_the_model(tmp_path: Path) -> None:
+    registry = build_policies(settings_for(_policies(tmp_path)))
+    try:
+        art, strict, photo = (registry.resolve(t, "default") for t in TENANTS if "_ok" not in t)
+        assert art is not None and strict is not None and photo is not None
+        assert strict.version != photo.version and strict.prompt == photo.prompt
+
+        def key(policy: Any, reads: bool, sha: str = "a" * 64, model: str = "m") -> Any:
+            return judgement_key(sha, policy, model, reads_policy=reads)
+
+        assert key(strict, True) == key(photo, True) != key(art, True)
+        assert key(strict, False) == key(photo, False) == key(art, False)
+        assert key(strict, True) != key(strict, True, sha="b" * 64)
+        assert key(strict, True) != key(strict, True, model="n")
+    finally:
+        registry.close()
+
+
+def test_scan_of_six_images_eight_copies_each_calls_the_engine_six_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`moderator scan` (fake engine, 20 ms per call): the 42 copies come from the cache or
+    from an engine call in flight, never from a call of their own."""
+    seen: list[int] = []
+    real = FakeEngine.classify
+
+    def counting(self: FakeEngine, batch: Sequence[EngineRequest]) -> list[EngineResult]:
+        seen.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(FakeEngine, "classify", counting)
+    monkeypatch.setenv("MODERATOR_ENGINE__FAKE__LATENCY_MS", "20")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for copy in range(8):
+        for seed in range(6):
+            (folder / f"c{copy}-img{seed}.png").write_bytes(png(seed, size=40))
+    policies = tmp_path / "policies"
+    write_default_policy(policies)
+    out = tmp_path / "verdicts.jsonl"
+    argv = [
+        "scan",
+        str(folder),
+        "--engine",
+        "fake",
+        "--policies",
+        str(policies),
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 48 and all(line["error"] is None for line in lines)
+    assert sum(seen) == 6
+    sources = Counter(line["source"] for line in lines)
+    assert sources["cache"] + sources["model"] == 48
+    assert sources["cache"] + (sources["model"] - 6) == 42
