@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,nudenet,transformers,openai,postgres,api
 
-.PHONY: install lint typecheck test test-unit test-integration check bench demo clean
+.PHONY: install lint typecheck test test-unit test-integration check bench demo clean gpu-check gpu-wheels
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,3 +47,25 @@ demo: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# GPU readiness (docs/gpu.md): the GPU suite, then bench/gpu.py's table. Needs a CUDA GPU.
+# GPU_PY: an interpreter with torch built for CUDA (python3 on a lent machine).
+GPU_PY ?= $(BIN)/python
+# What a lent GPU machine lacks, at the versions in .venv (docs/gpu.md).
+GPU_WHEELS := pydantic pydantic[-_]core pydantic[-_]settings annotated[-_]types typing[-_]inspection \
+	typing[-_]extensions python[-_]dotenv structlog opentelemetry[-_]api opentelemetry[-_]sdk \
+	opentelemetry[-_]semantic[-_]conventions xgrammar apache[-_]tvm[-_]ffi
+WHL ?= .whl
+
+gpu-check:
+	GPU_REQUIRED=1 $(GPU_PY) -m pytest -q -p no:cacheprovider tests/gpu
+	$(GPU_PY) bench/gpu.py
+
+gpu-wheels: install
+	rm -rf $(WHL) && mkdir -p $(WHL)
+	$(BIN)/python -m pip freeze | grep -iE '^($(shell echo $(GPU_WHEELS) | tr ' ' '|'))==' > $(WHL)/requirements.txt
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(WHL) -r $(WHL)/requirements.txt
+	du -sh $(WHL)

@@ -6,7 +6,7 @@ importable (on CPU: `pip install --no-deps -r requirements/lmdeploy-cpu.txt` aft
 message processing and backend selection. On a CPU machine TurboMind's CUDA extension cannot
 load, which is exactly the situation in which lmdeploy silently falls back to its PyTorch
 engine, so the fallback is exercised for real here. Nothing here runs TurboMind itself;
-integration/test_lmdeploy_gpu.py does, on a CUDA machine.
+tests/gpu/test_lmdeploy_turbomind.py does, on a CUDA machine.
 """
 
 from __future__ import annotations

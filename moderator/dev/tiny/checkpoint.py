@@ -1,11 +1,14 @@
-"""Tiny random-weight checkpoints of the guard-model architectures, for smoke tests.
+"""Random-weight checkpoints of the guard-model architectures: tiny for smoke tests, full size
+for GPU benchmarks.
 
 Guard weights cannot be downloaded in tests, so `make_tiny` writes a checkpoint of the real model
-class (LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL) with hidden sizes of 32-128, two layers, images of
+class (LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL) with hidden sizes of 32-256, two layers, images of
 tens of tokens and a tokenizer trained here (`dev/tiny/tokenizer.py`). It loads with the generic
 `AutoProcessor` / `AutoModelForImageTextToText` classes and generates, which is all an engine needs
 to exercise its real loading, batching and decoding code. Its verdicts are meaningless: the
 directory carries the marker of `engine/smoke.py`, which lets engines label their output.
+`write_checkpoint` does the same for any `Dims` (`dev/tiny/dims.py`); with the `FULL` sizes it
+writes a model that costs on a GPU what the released one costs (`bench/gpu.py`).
 
 Processors: the checkpoints name the real processor classes (`LlavaOnevisionProcessor`,
 `Qwen2VLProcessor`, `Qwen2_5_VLProcessor`) and hold no video processor. Where torchvision is
@@ -24,38 +27,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moderator.dev.tiny.dims import TINY, Dims, OnevisionVision, QwenVision, TextDims
 from moderator.engine.smoke import MARKER, is_smoke_test
 from moderator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase, ProcessorMixin
 
 ARCHES = ("llava-onevision", "qwen2-vl", "qwen2.5-vl")
 """Architectures `make_tiny` can build; the LlavaGuard-OV and QwenGuard model classes."""
 
-# Text model shared by all three: Qwen2-style decoder, head_dim 16.
-_HIDDEN = 64
-# Qwen2-VL family: head_dim 64, the smallest TurboMind has attention kernels for, so the same
-# tiny checkpoint can also be served by the lmdeploy engine on a GPU.
-_QWEN_HIDDEN = 128
-_QWEN_HEADS = 2
-_LAYERS = 2
-_HEADS = 4
-_KV_HEADS = 2
-_INTERMEDIATE = 128
-_MAX_POSITIONS = 4096
-
-# LLaVA-OneVision: 32 px SigLIP tiles of 8 px patches = 16 tokens per tile; up to 2x2 tiles.
-_OV_TILE = 32
-_OV_PATCH = 8
-_OV_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
-
-# Qwen2-VL family: 8 px patches merged 2x2 into one token; images resized to 256..4096 pixels,
-# so a 64x48 image is 8x6 patches = 12 tokens.
-_QWEN_PATCH = 8
-_QWEN_MERGE = 2
-_QWEN_MIN_PIXELS = 16 * 16
-_QWEN_MAX_PIXELS = 64 * 64
+ARCHITECTURES = {
+    "llava-onevision": "LlavaOnevisionForConditionalGeneration",
+    "qwen2-vl": "Qwen2VLForConditionalGeneration",
+    "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
+}
+"""The model class of each arch: config.json's `architectures`."""
 
 
 def make_tiny(directory: Path, arch: str, *, seed: int = 0) -> Path:
@@ -68,6 +55,25 @@ def make_tiny(directory: Path, arch: str, *, seed: int = 0) -> Path:
     """
     if arch not in ARCHES:
         raise ConfigError(f"unknown tiny-model arch {arch!r}; choose one of {', '.join(ARCHES)}")
+    return write_checkpoint(directory, TINY[arch], seed=seed)
+
+
+def write_checkpoint(
+    directory: Path,
+    dims: Dims,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> Path:
+    """Write a random-weight checkpoint of `dims` into `directory` and return the directory.
+
+    `make_tiny` is this with the `TINY` sizes. Weights are initialised on `device` in `dtype`
+    (a `FULL`-size model on "cuda" in "bfloat16" takes seconds; on a CPU, minutes) and saved in
+    that dtype. The overwrite rule and errors are make_tiny's.
+    """
+    if dims.arch not in ARCHES:
+        raise ConfigError(f"unknown model arch {dims.arch!r}; choose one of {', '.join(ARCHES)}")
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not is_smoke_test(directory):
         raise ConfigError(f"{directory} is not empty and holds no tiny checkpoint; not overwriting")
@@ -75,51 +81,55 @@ def make_tiny(directory: Path, arch: str, *, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    from moderator.dev.tiny.tokenizer import OV_TOKENS, QWEN_TOKENS, hf_tokenizer
-
-    tokens = OV_TOKENS if arch == "llava-onevision" else QWEN_TOKENS
-    tokenizer = hf_tokenizer(tokens, max_length=_MAX_POSITIONS)
-    ids = {name: _token_id(tokenizer, tok) for name, tok in tokens.named.items()}
-    text = _text_config(tokenizer)
-    if arch != "llava-onevision":
-        text |= {
-            "hidden_size": _QWEN_HIDDEN,
-            "intermediate_size": 2 * _QWEN_HIDDEN,
-            "num_attention_heads": _QWEN_HEADS,
-            "num_key_value_heads": _QWEN_HEADS,
-        }
-    if arch == "llava-onevision":
-        config = _ov_config(text, ids)
-        processor = _ov_processor(tokenizer)
-    else:
-        config = _qwen_config(arch, text, ids)
-        processor = _qwen_processor(tokenizer, arch)
-
+    tokenizer, config = model_config(dims)
+    processor = _processor(dims, tokenizer)
+    text = config.get_text_config()
+    target = torch.device(device)
     # A private RNG stream: the caller's torch seed state is left as it was.
-    with torch.random.fork_rng(devices=[]):
+    rng_devices = [target.index or 0] if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), target:
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(  # type: ignore[no-untyped-call]  # untyped
-            config, dtype=torch.float32
+            config, dtype=getattr(torch, dtype)
         )
     model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]  # untyped
-        eos_token_id=text["eos_token_id"],
-        pad_token_id=text["pad_token_id"],
-        bos_token_id=text["bos_token_id"],
+        eos_token_id=text.eos_token_id,
+        pad_token_id=text.pad_token_id,
+        bos_token_id=text.bos_token_id,
         do_sample=False,
     )
     directory.mkdir(parents=True, exist_ok=True)
     with _no_progress_bars():
         model.save_pretrained(directory)
+    del model
     processor.save_pretrained(directory)
     _name_real_processor(directory, processor)
-    marker = {
+    marker: dict[str, Any] = {
         "smoke_test": True,
-        "arch": arch,
+        "arch": dims.arch,
         "seed": seed,
         "note": "random weights: verdicts are meaningless",
     }
+    if dims.name != "tiny":
+        marker["sizes"] = dims.name
     (directory / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return directory
+
+
+def model_config(dims: Dims) -> tuple[PreTrainedTokenizerBase, PretrainedConfig]:
+    """The trained tokenizer and the transformers config of `dims` (no weights: fast)."""
+    from moderator.dev.tiny.tokenizer import OV_TOKENS, QWEN_TOKENS, hf_tokenizer
+
+    tokens = OV_TOKENS if dims.arch == "llava-onevision" else QWEN_TOKENS
+    tokenizer = hf_tokenizer(tokens, max_length=dims.text.max_positions)
+    ids = {name: _token_id(tokenizer, tok) for name, tok in tokens.named.items()}
+    text = _text_config(tokenizer, dims.text)
+    if isinstance(dims.vision, OnevisionVision):
+        config = _ov_config(text, ids, dims.vision)
+    else:
+        config = _qwen_config(dims.arch, text, ids, dims.text, dims.vision)
+    config.architectures = [ARCHITECTURES[dims.arch]]
+    return tokenizer, config
 
 
 @contextmanager
@@ -143,100 +153,120 @@ def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     return token_id
 
 
-def _text_config(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+def _text_config(tokenizer: PreTrainedTokenizerBase, dims: TextDims) -> dict[str, Any]:
     return {
-        "vocab_size": len(tokenizer),
-        "hidden_size": _HIDDEN,
-        "intermediate_size": _INTERMEDIATE,
-        "num_hidden_layers": _LAYERS,
-        "num_attention_heads": _HEADS,
-        "num_key_value_heads": _KV_HEADS,
-        "max_position_embeddings": _MAX_POSITIONS,
+        "vocab_size": dims.vocab_size or len(tokenizer),
+        "hidden_size": dims.hidden,
+        "intermediate_size": dims.intermediate,
+        "num_hidden_layers": dims.layers,
+        "num_attention_heads": dims.heads,
+        "num_key_value_heads": dims.kv_heads,
+        "max_position_embeddings": dims.max_positions,
         # Qwen2 has no BOS token in its prompts; its configs name <|endoftext|> anyway.
         "bos_token_id": _token_id(tokenizer, "<|endoftext|>"),
         "eos_token_id": _token_id(tokenizer, "<|im_end|>"),
         "pad_token_id": _token_id(tokenizer, "<|endoftext|>"),
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": dims.tie_embeddings,
     }
 
 
-def _ov_config(text: dict[str, Any], ids: dict[str, int]) -> Any:
+def _ov_config(text: dict[str, Any], ids: dict[str, int], vision: OnevisionVision) -> Any:
     from transformers import LlavaOnevisionConfig
 
-    vision = {
+    vision_config = {
         "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": _LAYERS,
-        "num_attention_heads": 2,
-        "image_size": _OV_TILE,
-        "patch_size": _OV_PATCH,
+        "hidden_size": vision.hidden,
+        "intermediate_size": vision.intermediate,
+        "num_hidden_layers": vision.layers,
+        "num_attention_heads": vision.heads,
+        "image_size": vision.tile,
+        "patch_size": vision.patch,
         "vision_use_head": False,
     }
     return LlavaOnevisionConfig(
-        vision_config=vision,
+        vision_config=vision_config,
         text_config={"model_type": "qwen2", **text},
         image_token_index=ids["image_token"],
         video_token_index=ids["video_token"],
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
-        image_grid_pinpoints=_OV_PINPOINTS,
+        image_grid_pinpoints=[list(pair) for pair in vision.pinpoints],
         vision_aspect_ratio="anyres_max_9",
-        tie_word_embeddings=False,
+        tie_word_embeddings=text["tie_word_embeddings"],
     )
 
 
-def _qwen_config(arch: str, text: dict[str, Any], ids: dict[str, int]) -> Any:
+def _qwen_config(
+    arch: str, text: dict[str, Any], ids: dict[str, int], dims: TextDims, vision: QwenVision
+) -> Any:
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-    # M-RoPE splits head_dim / 2 = 32 frequencies over (time, height, width).
-    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]}
-    vision: dict[str, Any] = {
-        "depth": _LAYERS,
-        "num_heads": 2,
-        "patch_size": _QWEN_PATCH,
-        "spatial_merge_size": _QWEN_MERGE,
-        "temporal_patch_size": 2,
+    if dims.mrope_section is None:
+        raise ConfigError(f"{arch}: the text model needs an M-RoPE section")
+    rope = {
+        "rope_type": "default",
+        "rope_theta": dims.rope_theta,
+        "mrope_section": list(dims.mrope_section),
+    }
+    vision_config: dict[str, Any] = {
+        "depth": vision.depth,
+        "num_heads": vision.heads,
+        "patch_size": vision.patch,
+        "spatial_merge_size": vision.merge,
+        "temporal_patch_size": vision.temporal_patch,
     }
     if arch == "qwen2-vl":
-        vision |= {"embed_dim": 32, "mlp_ratio": 2, "hidden_size": _QWEN_HIDDEN}
+        # embed_dim is the encoder's width; hidden_size is what the merger hands the text model.
+        # The MLP is sized by a whole-number ratio to the width.
+        if vision.intermediate % vision.width:
+            raise ConfigError(f"{arch}: the vision MLP must be a multiple of the width")
+        vision_config |= {
+            "embed_dim": vision.width,
+            "mlp_ratio": vision.intermediate // vision.width,
+            "hidden_size": dims.hidden,
+        }
         config_class: Any = Qwen2VLConfig
     else:
-        # Windows of 32 px = 2x2 merged tokens; the second block attends to the whole image.
-        vision |= {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "out_hidden_size": _QWEN_HIDDEN,
-            "window_size": 32,
-            "fullatt_block_indexes": [1],
+        vision_config |= {
+            "hidden_size": vision.width,
+            "intermediate_size": vision.intermediate,
+            "out_hidden_size": dims.hidden,
+            "window_size": vision.window_size,
+            "fullatt_block_indexes": list(vision.fullatt_blocks),
         }
         config_class = Qwen2_5_VLConfig
     return config_class(
         text_config={**text, "rope_parameters": rope},
-        vision_config=vision,
+        vision_config=vision_config,
         image_token_id=ids["image_token"],
         video_token_id=ids["video_token"],
         vision_start_token_id=ids["vision_start_token"],
         vision_end_token_id=ids["vision_end_token"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=text["tie_word_embeddings"],
     )
 
 
-def _ov_processor(tokenizer: PreTrainedTokenizerBase) -> ProcessorMixin:
+def _processor(dims: Dims, tokenizer: PreTrainedTokenizerBase) -> ProcessorMixin:
+    if isinstance(dims.vision, OnevisionVision):
+        return _ov_processor(tokenizer, dims.vision)
+    return _qwen_processor(tokenizer, dims.arch, dims.vision)
+
+
+def _ov_processor(tokenizer: PreTrainedTokenizerBase, vision: OnevisionVision) -> ProcessorMixin:
     from transformers import LlavaOnevisionImageProcessorPil
 
     from moderator.engine.transformers.processors import ImageOnlyLlavaOnevisionProcessor
 
     image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": _OV_TILE, "width": _OV_TILE},
-        image_grid_pinpoints=_OV_PINPOINTS,
-        image_mean=[0.5, 0.5, 0.5],  # SigLIP's normalisation, as in the LLaVA-OV checkpoints
-        image_std=[0.5, 0.5, 0.5],
+        size={"height": vision.tile, "width": vision.tile},
+        image_grid_pinpoints=[list(pair) for pair in vision.pinpoints],
+        image_mean=list(vision.mean),
+        image_std=list(vision.std),
     )
     processor: ProcessorMixin = ImageOnlyLlavaOnevisionProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        num_image_tokens=(_OV_TILE // _OV_PATCH) ** 2,
+        num_image_tokens=vision.tokens_per_tile,
         vision_feature_select_strategy="full",
         chat_template=tokenizer.chat_template,
         image_token="<image>",  # noqa: S106  # a vocabulary entry, not a secret
@@ -245,7 +275,9 @@ def _ov_processor(tokenizer: PreTrainedTokenizerBase) -> ProcessorMixin:
     return processor
 
 
-def _qwen_processor(tokenizer: PreTrainedTokenizerBase, arch: str) -> ProcessorMixin:
+def _qwen_processor(
+    tokenizer: PreTrainedTokenizerBase, arch: str, vision: QwenVision
+) -> ProcessorMixin:
     from transformers import Qwen2VLImageProcessorPil
 
     from moderator.engine.transformers.processors import (
@@ -253,11 +285,15 @@ def _qwen_processor(tokenizer: PreTrainedTokenizerBase, arch: str) -> ProcessorM
         ImageOnlyQwen2VLProcessor,
     )
 
+    normalise: dict[str, Any] = {}
+    if vision.mean is not None and vision.std is not None:
+        normalise = {"image_mean": list(vision.mean), "image_std": list(vision.std)}
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": _QWEN_MIN_PIXELS, "longest_edge": _QWEN_MAX_PIXELS},
-        patch_size=_QWEN_PATCH,
-        merge_size=_QWEN_MERGE,
-        temporal_patch_size=2,
+        size={"shortest_edge": vision.min_pixels, "longest_edge": vision.max_pixels},
+        patch_size=vision.patch,
+        merge_size=vision.merge,
+        temporal_patch_size=vision.temporal_patch,
+        **normalise,
     )
     cls = ImageOnlyQwen2VLProcessor if arch == "qwen2-vl" else ImageOnlyQwen2_5_VLProcessor
     processor: ProcessorMixin = cls(
