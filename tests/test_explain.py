@@ -6,6 +6,7 @@ to `moderator.policy.decide` for generated rules and assessments."""
 from __future__ import annotations
 
 import dataclasses
+import types
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib.resources import as_file, files
@@ -35,6 +36,7 @@ from moderator.explain.build import (
     read_table,
     trace,
 )
+from moderator.explain.lookup import cache_origin
 from moderator.explain.render import because, explanation_json, rule_text, steps, text_lines
 from moderator.pipeline.assemble import (
     FrameOutcome,
@@ -259,7 +261,7 @@ def test_a_cache_hit_names_the_original_judgement() -> None:
     e = explain(record, cache_origin=origin, origin_looked_up=True)
     assert e.cache is not None and e.cache.original_event_id == "e-0"
     assert dict(steps(e))["cache"] == (
-        "assessment reused from the verdict cache (same image bytes, policy version and model); "
+        "assessment reused from the verdict cache (same image bytes, model input and model); "
         "first judged by the model in event e-0 at 2026-11-29T01:05:00Z"
     )
     assert rule_text(e) == "rating Unsafe for O5: row action block -> block (no score thresholds)"
@@ -422,3 +424,27 @@ def _resolved(
 
 def test_the_explain_core_imports_no_io_library_nor_the_settings() -> None:
     assert core_violations(read_graph(ROOT, "moderator"), ["explain"]) == []
+
+
+class _QueryRecorder:
+    """Test double of the audit reader: answers no row and keeps the queries it was asked."""
+
+    def __init__(self) -> None:
+        self.queries: list[Any] = []
+
+    def query(self, q: Any) -> Any:
+        self.queries.append(q)
+        return types.SimpleNamespace(rows=[], next_cursor=None)
+
+
+def test_a_cache_hit_looks_for_its_original_in_its_own_tenant_under_any_policy_version() -> None:
+    """The cache is keyed by the image, the model input and the model: the original judgement
+    may be under an earlier policy version (a threshold edit), never in another tenant."""
+    record = audit_record("e-16", demo("acme"), assessment=unsafe("O5", 0.74), source="cache")
+    row = types.SimpleNamespace(**vars(record_fields(record)))
+    row.tenant_id, row.decided_at = "acme", DECIDED
+    reader = _QueryRecorder()
+    assert cache_origin(reader, row, ("acme", "museum")) is None  # type: ignore[arg-type]
+    (query,) = reader.queries
+    assert query.tenant_ids == ("acme",) and query.policy_version is None
+    assert query.sha256 == row.sha256 and query.until == DECIDED

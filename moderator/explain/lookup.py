@@ -3,7 +3,9 @@
 `explain_event` reads the row of one event id, the compiled policy document it was decided
 under (the record's own, else the store's `policy_versions` copy, which retention keeps), and,
 for a verdict answered from the verdict cache, the earliest model judgement of the same image
-under the same policy version and model. `tenant_ids` restricts every read to those tenants
+by the same model in the same tenant (the cache is keyed by the image, the model input and the
+model, so the original may be under another policy version; another tenant's rows are never
+searched). `tenant_ids` restricts every read to those tenants
 (the HTTP API's token scope): a row of another tenant is answered as if it did not exist.
 No I/O of its own.
 """
@@ -55,19 +57,19 @@ def policy_document(reader: AuditReader, row: AuditRow) -> dict[str, Any] | None
 def cache_origin(
     reader: AuditReader, row: AuditRow, tenant_ids: tuple[str, ...] | None
 ) -> CacheOrigin | None:
-    """The earliest row decided before `row` by the model (not the cache, not an error) for the
-    same sha256, policy version and model: where the cached assessment most likely came from."""
-    if not (row.sha256 and row.model_engine and (row.policy_hash or row.policy_version)):
+    """The earliest row of the same tenant decided before `row` by the model (not the cache,
+    not an error) for the same sha256 and model: where the cached assessment most likely came
+    from."""
+    if not (row.sha256 and row.model_engine):
         return None
     model = row.model_engine + (f":{row.model_name}" if row.model_name else "")
     query = AuditQuery(
         sha256=row.sha256,
-        policy_version=row.policy_hash or row.policy_version,
         model=model,
         until=row.decided_at,
         sort="decided_at",
         limit=100,
-        tenant_ids=tenant_ids,
+        tenant_ids=(row.tenant_id,),
     )
     for _ in range(ORIGIN_PAGES):
         page = reader.query(query)

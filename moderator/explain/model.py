@@ -77,9 +77,9 @@ class ErrorFacts:
 
 @dataclass(frozen=True)
 class CacheFacts:
-    """A verdict answered from the verdict cache: the assessment of the same bytes under the same
-    policy version and model was reused. `original_*`: the earliest model judgement of them in
-    the audit store, when one was looked up and found."""
+    """A verdict answered from the verdict cache: the assessment of the same bytes, model input
+    and model was reused. `original_*`: the earliest model judgement of them in the tenant's
+    audit rows, when one was looked up and found."""
 
     looked_up: bool
     original_event_id: str | None = None

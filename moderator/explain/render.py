@@ -249,7 +249,7 @@ def _engine(e: Explanation) -> str:
 
 def _cache(e: Explanation) -> str:
     c = e.cache
-    text = "assessment reused from the verdict cache (same image bytes, policy version and model)"
+    text = "assessment reused from the verdict cache (same image bytes, model input and model)"
     if c is None or not c.looked_up:
         return text
     if c.original_event_id is None:
