@@ -39,7 +39,8 @@ SHARED = {
     "--tenant": (TENANT_METAVAR, None),
 }
 # `audit query --model ENGINE[:NAME]` filters rows by the recorded model; it sets nothing.
-FILTERS = {("audit", "query", "--model")}
+# `dataset from-audit` takes the same filters, with the same metavar.
+FILTERS = {("audit", "query", "--model"), ("dataset", "from-audit", "--model")}
 
 
 def _flags() -> dict[str, list[tuple[tuple[str, ...], argparse.Action]]]:

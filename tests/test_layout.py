@@ -51,6 +51,11 @@ CORE = (
     "replay.report",
     "replay.tables",
     "replay.markdown",
+    "training.metrics",
+    "training.dataset",
+    "training.manifest",
+    "training.augment",
+    "training.build",
 )
 # Development-only code (the embedded stack, test servers, tiny checkpoints): only the command
 # line and dev/ itself may import it.

@@ -1,0 +1,168 @@
+"""`moderator dataset rationales`: fill a dataset's missing rationales with a guard model.
+
+The command's edge (arguments, settings, the summary, the exit code); the work is
+moderator/training/rationales.py. Exit 0 when every sample lacking a rationale has an outcome
+(a rationale, or a final rejection), 1 when some hit engine or image errors (run it again to
+retry them) or on a runtime failure, 2 on bad arguments, settings or input files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from moderator.cli.style import (
+    add_command,
+    add_config_flag,
+    add_engine_flags,
+    add_policies_flag,
+    examples,
+)
+from moderator.errors import ConfigError, ModeratorError
+
+MAX_REPEAT = 0.2  # moderator.training.rationales.MAX_REPEAT (not imported: parsers stay cheap)
+DESCRIPTION = (
+    "Fill the missing rationales of DATASET with a guard model told the answer and write the "
+    "completed dataset to OUT. Each sample without a rationale is judged through the same "
+    "engine code as `moderator run` (engine.* settings from --config apply), with its prompt "
+    "(or the default policy's) followed by a hint naming its true rating and category. An "
+    "answer is kept only when its rating and category agree with the label and its rationale "
+    "is at least 8 words, not cut off and not repetitive (share of repeated word trigrams "
+    "above --max-repeat); otherwise it is asked again while --attempts remain, then rejected. "
+    "Every outcome is appended to OUT.progress.jsonl as it arrives: run the same command "
+    "again to resume (ids with an outcome are skipped; --retry-rejected asks the rejected ones "
+    "again). Exit 0 when every sample got an outcome, 1 when some hit engine or image errors "
+    "(run again to retry them) or on a runtime failure, 2 on bad arguments, settings or input "
+    "files."
+)
+
+
+def add_rationales_parser(dataset_sub: Any) -> None:
+    """Register `rationales` on the `dataset` group's subparsers."""
+    p = add_command(
+        dataset_sub,
+        "rationales",
+        help="fill missing rationales with a guard model told the label",
+        description=DESCRIPTION,
+        epilog=examples(
+            "moderator dataset rationales data/train.json data/train-rationales.json "
+            "--engine transformers --model ./LlavaGuard-7B",
+            "MODERATOR_ENGINE__BASE_URL=http://127.0.0.1:8000/v1 moderator dataset rationales "
+            "data/train.json data/train-rationales.json --engine openai --model big-vlm "
+            "--config rationales.yaml --attempts 3",
+        ),
+    )
+    p.add_argument("dataset", type=Path, metavar="DATASET", help="the dataset file to complete")
+    p.add_argument(
+        "out",
+        type=Path,
+        metavar="OUT",
+        help="where the completed dataset goes (.jsonl: JSON Lines, else a JSON array); its "
+        "journal is OUT.progress.jsonl",
+    )
+    add_engine_flags(p)
+    p.add_argument(
+        "--max-repeat",
+        type=float,
+        default=MAX_REPEAT,
+        metavar="R",
+        help=f"reject a rationale whose share of repeated word trigrams is above R "
+        f"(default: {MAX_REPEAT})",
+    )
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ask up to N times per sample before rejecting (default: 1; more helps only with "
+        "engine.generation.temperature above 0)",
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="ask for at most N samples in this run")
+    p.add_argument(
+        "--retry-rejected",
+        action="store_true",
+        help="ask again for the samples the journal lists as rejected",
+    )
+    add_config_flag(p)
+    add_policies_flag(p)
+
+
+def cmd_rationales(args: argparse.Namespace) -> int:
+    from moderator.cli.preflight import check_engine_files
+    from moderator.logs import configure_logging
+    from moderator.settings import load_settings
+    from moderator.training.dataset import read_dataset
+    from moderator.training.evaluate import Engines, ImageSource, default_policy_prompt
+    from moderator.training.predictions import listed
+    from moderator.training.rationales import Options, Target, fill_rationales, journal_path
+
+    _check_flags(args)
+    overrides = {
+        "engine.kind": args.engine,
+        "engine.model": args.model,
+        "policies.dir": args.policies,
+    }
+    settings = load_settings(args.config, overrides)
+    level = "debug" if args.debug else settings.log.level
+    configure_logging(
+        settings.log.model_copy(update={"level": "warning" if level == "info" else level})
+    )
+    samples = read_dataset(args.dataset)
+    check_engine_files(settings.engine)
+    missing = ImageSource(args.dataset, settings).missing_local(
+        [s.image for s in samples if not s.rationale]
+    )
+    if missing:
+        raise ConfigError(
+            f"dataset rationales: {len(missing)} image file(s) not found: {listed(missing)}"
+        )
+    prompt, _ = default_policy_prompt(settings.policies.dir, settings.tenancy)
+    options = Options(
+        max_repeat=args.max_repeat,
+        attempts=args.attempts,
+        limit=args.limit,
+        retry_rejected=args.retry_rejected,
+    )
+    target = Target(args.dataset, args.out, prompt)
+    engines = Engines.start(settings, prompt)
+    try:
+        outcome = fill_rationales(samples, target, engines, settings, options, sys.stderr)
+    finally:
+        engines.close()
+    print(
+        f"rationales: {outcome.lacking} sample(s) lacked one; this run: {outcome.filled} "
+        f"filled, {sum(outcome.rejected.values())} rejected, {sum(outcome.failed.values())} "
+        f"failed; skipped (done earlier): {outcome.earlier}"
+    )
+    for kind, n in outcome.rejected.most_common():
+        print(f"  rejected: {kind}: {n}")
+    print(
+        f"wrote {args.out}: {outcome.total_filled} rationale(s) filled, "
+        f"{outcome.total_rejected} rejected (journal: {journal_path(args.out)})"
+    )
+    if outcome.failed:
+        codes = ", ".join(f"{code} {n}" for code, n in outcome.failed.most_common())
+        raise ModeratorError(
+            f"dataset rationales: {sum(outcome.failed.values())} sample(s) failed ({codes}); "
+            "run the command again to retry them"
+        )
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.engine is None:
+        raise ConfigError("dataset rationales: --engine E is required (the model that writes)")
+    if not 0.0 <= args.max_repeat <= 1.0:
+        raise ConfigError(f"dataset rationales: --max-repeat must be 0..1, got {args.max_repeat}")
+    if args.attempts < 1:
+        raise ConfigError(f"dataset rationales: --attempts must be at least 1, got {args.attempts}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"dataset rationales: --limit must be at least 1, got {args.limit}")
+    if args.out.resolve() == args.dataset.resolve():
+        raise ConfigError("dataset rationales: OUT must not be the input dataset")
+    if args.out.is_dir() or not args.out.parent.is_dir():
+        raise ConfigError(
+            f"dataset rationales: cannot write {args.out}: no such folder or a folder"
+        )

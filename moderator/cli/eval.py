@@ -1,0 +1,298 @@
+"""`moderator eval`: measure a guard model and its policy prompts against a labelled dataset.
+
+Either runs the configured engine over the dataset (`--engine E --model M`, through the same
+engine and window code as the service: moderator/training/evaluate.py) or scores a file of raw
+model outputs (`--predictions FILE`, parsed by the service's parser). The metrics and the report
+directory come from moderator/training/metrics.py and report.py. `moderator eval compare A B`
+sets two report directories side by side. Exit 0 when the report is written, 1 on a runtime
+failure, 2 on bad arguments, settings or input files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moderator.cli.style import (
+    add_command,
+    add_config_flag,
+    add_engine_flags,
+    add_format_flag,
+    add_policies_flag,
+    examples,
+)
+from moderator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from moderator.settings import Settings
+    from moderator.training.dataset import Sample
+    from moderator.training.metrics import Prediction
+
+DESCRIPTION = (
+    "Evaluate a guard model on a dataset file (the LlavaGuard conversation format, as "
+    "`moderator dataset build` writes it). With --engine E --model M the model judges every "
+    "sample through the same engine and batching code as `moderator run` (engine.* settings "
+    "from --config apply), with the sample's own prompt or, when it has none, the default "
+    "policy's (default.yaml in policies.dir, else the bundled one); progress with an ETA goes "
+    "to stderr. With --predictions FILE, existing raw outputs are scored instead: JSON Lines "
+    '{"id": ..., "output": "<raw model text>", "score": P(Unsafe) (optional)}, parsed by '
+    "the service's own parser. The report directory gets metrics.json, report.md, report.html, "
+    "PNG plots and misclassified.jsonl (plus predictions.jsonl after an engine run); the main "
+    "metrics are printed. docs/evaluation.md defines every metric. Exit 0 when the report is "
+    "written, 1 on a runtime failure, 2 on bad arguments, settings or input files."
+)
+EXAMPLES = examples(
+    "moderator eval --dataset data/test.json --engine transformers --model ./LlavaGuard-0.5B "
+    "--report eval-0.5b",
+    "MODERATOR_ENGINE__BASE_URL=http://127.0.0.1:23333/v1 moderator eval --dataset "
+    "data/test.json --engine openai --model qwenguard-3b --report eval-qwen",
+    "moderator eval --dataset data/test.json --predictions outputs.jsonl --report eval-outputs",
+    "moderator eval compare eval-0.5b eval-qwen",
+)
+COMPARE_DESCRIPTION = (
+    "Compare two evaluation reports (directories written by `moderator eval`): each metric of "
+    "A beside B with the difference, and a plain verdict of which is better. Exit 0 when both "
+    "reports were read, 2 when one is missing or is not an evaluation report, or when --out "
+    "cannot be written."
+)
+# The metrics printed after a run, in this order (all of them are in metrics.json).
+SHOWN = (
+    "n",
+    "balanced_accuracy",
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "f2",
+    "category_accuracy",
+    "policy_exception_rate",
+    "pes",
+    "unparseable",
+    "missing",
+    "roc_auc",
+    "pr_auc",
+    "samples_per_second",
+)
+
+
+def add_eval_parser(sub: Any) -> None:
+    """Register `eval` (and `eval compare`) on the top-level subparsers."""
+    p = add_command(
+        sub,
+        "eval",
+        help="evaluate a guard model on a labelled dataset; write a report",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+    )
+    p.add_argument("--dataset", type=Path, metavar="FILE", help="the dataset file to evaluate on")
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="FILE",
+        help="score these raw outputs (JSON Lines) instead of running a model",
+    )
+    add_engine_flags(p)
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="report directory (created if missing; an earlier report's files are replaced)",
+    )
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="evaluate only the dataset's first N samples"
+    )
+    add_config_flag(p)
+    add_policies_flag(p)
+    commands = p.add_subparsers(dest="eval_command", metavar="compare")
+    compare = add_command(
+        commands,
+        "compare",
+        help="compare two evaluation reports",
+        description=COMPARE_DESCRIPTION,
+        epilog=examples(
+            "moderator eval compare eval-0.5b eval-7b",
+            "moderator eval compare eval-old eval-new --format json",
+            "moderator eval compare eval-0.5b eval-7b --out review",
+        ),
+    )
+    compare.add_argument("a", type=Path, metavar="A", help="the first report directory")
+    compare.add_argument("b", type=Path, metavar="B", help="the report directory to compare")
+    compare.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="also write the comparison to DIR/compare.md (DIR is created if missing)",
+    )
+    add_format_flag(
+        compare,
+        ("text", "json"),
+        default="text",
+        help="text: a table for people; json: the comparison as one document",
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if getattr(args, "eval_command", None) == "compare":
+        return cmd_compare(args.a, args.b, output_format=args.format, out=args.out)
+    _check_flags(args)
+    from moderator.logs import configure_logging
+    from moderator.settings import load_settings
+    from moderator.training.dataset import read_dataset
+
+    overrides = {
+        "engine.kind": args.engine,
+        "engine.model": args.model,
+        "policies.dir": args.policies,
+    }
+    settings = load_settings(args.config, overrides)
+    level = "debug" if args.debug else settings.log.level
+    # `info` (the service default) becomes `warning`: the progress line owns stderr.
+    configure_logging(
+        settings.log.model_copy(update={"level": "warning" if level == "info" else level})
+    )
+    samples = read_dataset(args.dataset)
+    if args.limit is not None:
+        samples = samples[: args.limit]
+    if not samples:
+        raise ConfigError(f"eval: {args.dataset} holds no samples")
+    if args.predictions is not None:
+        predictions, elapsed, source = _from_file(args.predictions, samples)
+    else:
+        predictions, elapsed, source = _from_engine(args, settings, samples)
+    from moderator.training.metrics import compute
+    from moderator.training.report import write_report
+
+    _create(args.report)
+    metrics = compute(samples, predictions, elapsed_s=elapsed)
+    header = {
+        "dataset": str(args.dataset),
+        "samples": len(samples),
+        **source,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_report(args.report, metrics, samples, predictions, header)
+    for line in summary_lines(metrics):
+        print(line)
+    print(f"report: {args.report / 'report.md'}")
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Usage errors before anything is read or loaded."""
+    if args.dataset is None:
+        raise ConfigError("eval: --dataset FILE is required")
+    if args.report is None:
+        raise ConfigError("eval: --report DIR is required")
+    if (args.predictions is None) == (args.engine is None):
+        raise ConfigError(
+            "eval: give either --predictions FILE (score existing outputs) "
+            "or --engine E (run a model), not both"
+            if args.engine is not None
+            else "eval: give --predictions FILE (score existing outputs) or --engine E "
+            "(run a model)"
+        )
+    if args.predictions is not None and args.model is not None:
+        raise ConfigError("eval: --model goes with --engine, not with --predictions")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"eval: --limit must be at least 1, got {args.limit}")
+    if args.report.exists() and not args.report.is_dir():
+        raise ConfigError(f"eval: --report {args.report}: not a directory")
+
+
+def _from_file(
+    path: Path, samples: list[Sample]
+) -> tuple[list[Prediction], float | None, dict[str, Any]]:
+    from moderator.training.predictions import match, read_predictions
+
+    matched = match(samples, read_predictions(path))
+    for note in matched.notes():
+        print(f"eval: warning: {note}", file=sys.stderr)
+    source = {"source": "predictions", "predictions": str(path)}
+    return matched.predictions, None, source
+
+
+def _from_engine(
+    args: argparse.Namespace, settings: Settings, samples: list[Sample]
+) -> tuple[list[Prediction], float, dict[str, Any]]:
+    from moderator.cli.preflight import check_engine_files
+    from moderator.training.evaluate import (
+        ImageSource,
+        default_policy_prompt,
+        evaluate_engine,
+    )
+    from moderator.training.predictions import listed, write_predictions
+
+    check_engine_files(settings.engine)
+    images = ImageSource(args.dataset, settings)
+    missing = images.missing_local([s.image for s in samples])
+    if missing:
+        raise ConfigError(f"eval: {len(missing)} image file(s) not found: {listed(missing)}")
+    prompt, where = default_policy_prompt(settings.policies.dir, settings.tenancy)
+    without = sum(1 for s in samples if not s.prompt)
+    _create(args.report)
+    if without:
+        print(f"eval: {without} sample(s) without a prompt use {where}", file=sys.stderr)
+    run = evaluate_engine(samples, settings, images, prompt, sys.stderr)
+    if run.model.smoke_test:
+        print(
+            f"eval: SMOKE-TEST model ({run.model.engine}: {run.model.name}): "
+            "the metrics are not meaningful",
+            file=sys.stderr,
+        )
+    write_predictions(args.report / "predictions.jsonl", run.predictions)
+    source = {
+        "source": "engine",
+        "engine": run.model.engine,
+        "model": run.model.name,
+        "smoke_test": run.model.smoke_test,
+        "errors": run.stats.errors,
+    }
+    return run.predictions, run.stats.seconds, source
+
+
+def _create(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"eval: cannot create {directory}: {exc.strerror or exc}") from exc
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """The main metrics, one per line, aligned: `name  value` (4 decimals; `-` when undefined)."""
+    rows = [(key, _shown(metrics.get(key))) for key in SHOWN if key in metrics]
+    width = max(len(key) for key, _ in rows)
+    return [f"{key.ljust(width)}  {value}" for key, value in rows]
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def cmd_compare(a: Path, b: Path, *, output_format: str, out: Path | None = None) -> int:
+    """Print the comparison of report B against report A; with `out`, also write
+    `out/compare.md` (its path goes to stderr, so stdout stays the table or the JSON)."""
+    from moderator.training.report import compare, compare_table, write_compare
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"eval compare: --out {out}: not a directory")
+    comparison = compare(a, b)
+    if output_format == "json":
+        print(json.dumps(comparison, indent=2, ensure_ascii=False))
+    else:
+        print(compare_table(comparison))
+    if out is not None:
+        try:
+            written = write_compare(out, comparison)
+        except OSError as exc:
+            raise ConfigError(f"eval compare: cannot write {out}: {exc.strerror or exc}") from exc
+        print(f"compare: {written}", file=sys.stderr)
+    return 0
