@@ -2,12 +2,12 @@
 
 Run from the project root:
 
-    .venv/bin/python bench/pipeline.py [--events N] [--decode-images K]
+    .venv/bin/python bench/pipeline.py [--events N] [--decode-images K] [--no-s3] [--workers N]
 
-Everything runs in this one process: the embedded stack (librdkafka's mock Kafka cluster plus
-moto's S3 server, see docs/architecture.md) is started once, N UploadEvent messages are written
-once to one input topic, and every measured consumer reads those same N messages through its own
-fresh consumer group and writes to its own fresh output topics.
+Everything but phase 4 runs in this one process: the embedded stack (librdkafka's mock Kafka
+cluster plus moto's S3 server, see docs/architecture.md) is started once, N UploadEvent messages
+are written once to one input topic, and every measured consumer reads those same N messages
+through its own fresh consumer group and writes to its own fresh output topics.
 
 What is measured:
 
@@ -32,6 +32,9 @@ What is measured:
    event (verdict + audit), the ceiling one.
 3. decode: `run_decode_bench` from bench/decode_bench.py: ms per 12-megapixel JPEG decoded in
    full and with JPEG draft downscaling to the engine's input size.
+4. with --workers N: the in-memory pipeline in 1 worker process and in N, as
+   `moderator run --workers N` runs it, and the gain (bench/pipeline_workers.py explains the
+   method; docs/performance.md the figures).
 
 How to read the numbers: "ev/s" counts from the first message a consumer received to the end
 (the ceiling's last commit; the Nth verdict seen by the reader for the pipeline), so the consumer
@@ -80,6 +83,7 @@ from moderator.logs import configure_logging
 from moderator.policy.bundled import write_default_policy
 from moderator.service import build_pipeline, run_service
 from moderator.settings import KafkaSettings, Settings, load_settings
+from pipeline_workers import WorkersRun, fresh_topic, run_workers
 
 DEFAULT_EVENTS = 5000
 BUCKET = "uploads"
@@ -92,6 +96,7 @@ CONSUME_BATCH = 500
 UPLOAD_WORKERS = 8
 DECODE_TARGET = 448
 SHORT_RUN_S = 0.5
+MAX_BENCH_WORKERS = 4  # the mock cluster's partitions per topic: more would sit idle
 
 
 @dataclass
@@ -350,6 +355,25 @@ def _pipeline_settings(
     stack: EmbeddedStack | None = None,
 ) -> Settings:
     """The service's settings for one run; `stack` points the S3 adapter at its moto server."""
+    return load_settings(
+        None,
+        _pipeline_overrides(
+            bootstrap, policies, uploads, label, run_id, delivery=delivery, stack=stack
+        ),
+    )
+
+
+def _pipeline_overrides(
+    bootstrap: str,
+    policies: Path,
+    uploads: str,
+    label: str,
+    run_id: str,
+    *,
+    delivery: str = "at_least_once",
+    stack: EmbeddedStack | None = None,
+) -> dict[str, Any]:
+    """What _pipeline_settings sets, as dotted keys (a worker process loads them itself)."""
     prefix = f"bench-{label}-{run_id}"
     overrides: dict[str, Any] = {
         "instance_id": "bench",
@@ -367,7 +391,7 @@ def _pipeline_settings(
     }
     if stack is not None:
         overrides.update({"s3.endpoint_url": stack.s3_endpoint_url, "s3.region": stack.region})
-    return load_settings(None, overrides)
+    return overrides
 
 
 def run_pipeline(
@@ -470,6 +494,57 @@ def _finish(phase: Phase, started: float, first: float | None, done: float, n: i
         )
 
 
+# -- 4. several processes -------------------------------------------------------------------------
+
+
+def _run_worker_phases(
+    workers: int,
+    bootstrap: str,
+    policies: Path,
+    run_id: str,
+    images: Sequence[Sample],
+    n: int,
+    timeout_s: float,
+) -> list[WorkersRun]:
+    """The in-memory pipeline in 1 worker process, then in `workers`, measured alike."""
+    objects = [(BUCKET, _object_key(i, s), s.data) for i, s in enumerate(images)]
+    runs: list[WorkersRun] = []
+    with tempfile.TemporaryDirectory(prefix="moderator-bench-workers-") as tmp:
+        for count in sorted({1, workers}):
+            label = f"w{count}"
+            uploads = f"bench-uploads-{label}-{run_id}"
+            fresh_topic(bootstrap, uploads)
+            overrides = {
+                **_pipeline_overrides(bootstrap, policies, uploads, label, run_id),
+                "http.port": 0,
+            }
+
+            def publish(topic: str) -> None:
+                _publish_events(bootstrap, topic, run_id, images)
+
+            run = run_workers(
+                count,
+                overrides=overrides,
+                objects=objects,
+                publish=publish,
+                n=n,
+                tmp=Path(tmp),
+                timeout_s=timeout_s,
+            )
+            runs.append(run)
+            print(
+                f"  {count} worker process(es): {run.events} events, {run.rate:,.0f} ev/s from "
+                f"the first event published ({run.active_s:.2f} s), workers' CPU "
+                f"{run.cpu_s:.2f} s ({run.busy:.1f} cores busy)"
+                + (f", duplicates {run.duplicates}" if run.duplicates else "")
+            )
+            for note in run.notes or []:
+                print(f"    note: {note}")
+    if len(runs) == 2 and runs[0].rate:
+        print(f"  gain: {runs[1].rate / runs[0].rate:.2f}x with {workers} processes over 1")
+    return runs
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -497,7 +572,11 @@ def _print_phase(phase: Phase, ceiling: Phase | None) -> None:
 
 
 def _print_table(
-    n: int, phases: list[Phase], upload_s: float | None, decode: dict[str, float] | None
+    n: int,
+    phases: list[Phase],
+    upload_s: float | None,
+    decode: dict[str, float] | None,
+    multi: Sequence[WorkersRun] = (),
 ) -> None:
     ceiling = phases[0] if phases else None
     rows: list[tuple[str, str, str, str, str]] = [
@@ -521,6 +600,17 @@ def _print_table(
     if len(phases) == 3 and phases[2].rate:
         rows.append(
             ("pipeline s3 / pipeline memory", "", "", "", f"{phases[1].rate / phases[2].rate:.3g}")
+        )
+    for run in multi:
+        ratio = f"{run.rate / multi[0].rate:.2f} x 1 process" if run is not multi[0] else "1.00"
+        rows.append(
+            (
+                f"pipeline, memory, {run.workers} worker process(es)",
+                f"{run.rate:,.0f} ev/s",
+                f"{run.active_s:.2f}",
+                f"{run.busy:.1f}",
+                ratio,
+            )
         )
     if upload_s is not None:
         rows.append(
@@ -572,10 +662,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds each measured run may take"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the in-memory pipeline in 1 and in N worker processes, as "
+        f"`moderator run --workers N` does, and print the gain (1..{MAX_BENCH_WORKERS}; "
+        "default 0: skip)",
+    )
     args = parser.parse_args(argv)
     n: int = args.events
     if n < 1:
         parser.error("--events must be at least 1")
+    if not 0 <= args.workers <= MAX_BENCH_WORKERS:
+        parser.error(f"--workers must be between 0 and {MAX_BENCH_WORKERS}")
 
     run_id = uuid.uuid4().hex[:8]
     uploads = f"bench-uploads-{run_id}"
@@ -592,6 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     phases: list[Phase] = []
+    multi: list[WorkersRun] = []
     upload_s: float | None = None
     with (
         tempfile.TemporaryDirectory(prefix="moderator-bench-") as tmp,
@@ -628,6 +730,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases.append(run_pipeline(settings, "pipeline, in-memory store", n, memory, args.timeout))
         gc.collect()  # ... before the stack and its broker go away
         _print_phase(phases[-1], phases[0])
+        if args.workers:
+            print(f"\n4. pipeline in worker processes (1 and {args.workers}), objects in memory")
+            multi = _run_worker_phases(
+                args.workers, stack.bootstrap_servers, policies, run_id, images, n, args.timeout
+            )
 
     decode: dict[str, float] | None = None
     if args.decode_images > 0:
@@ -639,9 +746,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{decode['mean_jpeg_mb']:.1f} MB mean"
         )
 
-    _print_table(n, phases, upload_s, decode)
+    _print_table(n, phases, upload_s, decode, multi)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    return 0 if all(p.events >= n for p in phases) else 1
+    complete = all(p.events >= n for p in phases) and all(r.events >= n for r in multi)
+    return 0 if complete else 1
 
 
 if __name__ == "__main__":

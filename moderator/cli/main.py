@@ -7,13 +7,15 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from moderator import __version__
 from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands import on use
 from moderator.cli.audit_dsa import add_dsa_parser
 from moderator.cli.audit_query import add_query_parser
+from moderator.cli.dataset import add_dataset_parser
 from moderator.cli.devstack import add_dev_stack_parser
+from moderator.cli.eval import add_eval_parser
 from moderator.cli.explain import add_explain_parser
 from moderator.cli.lines import error_line
 from moderator.cli.parsers import (
@@ -33,6 +35,9 @@ from moderator.dev.tiny.checkpoint import (
 )
 from moderator.errors import ConfigError
 from moderator.masking import mask_passwords
+
+if TYPE_CHECKING:
+    from moderator.settings import Settings
 
 __all__ = ["ENGINES", "build_parser", "main"]
 
@@ -68,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_scan_parser(sub)
     add_replay_parser(sub)
     add_explain_parser(sub)
+    add_eval_parser(sub)
+    add_dataset_parser(sub)
     add_policy_parser(sub)
     audit_sub = add_audit_parser(sub)
     add_query_parser(audit_sub)
@@ -149,6 +156,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from moderator.cli.replay import cmd_replay
 
         return cmd_replay(args)
+    if args.command == "dataset":
+        from moderator.cli.dataset import cmd_dataset
+
+        return cmd_dataset(args)
+    if args.command == "eval":
+        from moderator.cli.eval import cmd_eval
+
+        return cmd_eval(args)
     if args.command == "explain":
         from moderator.cli.explain import cmd_explain
 
@@ -231,12 +246,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from moderator.cli.check import cmd_check
 
         return cmd_check(args.config, _overrides(args))
+    from moderator.cli import workers
     from moderator.ingest.startup import probe_cluster
     from moderator.logs import configure_logging
     from moderator.service import run_service
     from moderator.settings import load_settings
 
     settings = load_settings(args.config, _overrides(args))
+    if args.worker_index is not None:  # started by a supervisor, which did the checks below
+        return _run_worker(workers.worker_settings(settings, args.worker_index))
+    workers.check_workers(settings, args.workers)
+    if args.workers > 1 and args.with_audit_sink:
+        raise ConfigError("--with-audit-sink runs in one process: not with --workers")
     configure_logging(settings.log)
     from moderator.cli.preflight import check_engine_files
 
@@ -248,6 +269,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         ensure_at_startup(settings)
     stop = install_stop_handlers()
+    if args.workers > 1:
+        return workers.supervise(
+            settings,
+            args.workers,
+            stop,
+            lambda k: workers.worker_argv(
+                k,
+                config=args.config,
+                engine=args.engine,
+                model=args.model,
+                policies=args.policies,
+                http_port=args.http_port,
+                debug=args.debug,
+            ),
+        )
     if args.with_audit_sink:
         from moderator.audit.sink.wiring import run_with_audit_sink
         from moderator.obs.http import serving
@@ -261,6 +297,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
     else:
         run_service(settings, stop)
+    return 0
+
+
+def _run_worker(settings: Settings) -> int:
+    """One worker of `run --workers N`: the service under its own instance id, stopping on
+    SIGTERM/SIGINT or when its supervisor is gone."""
+    import structlog
+
+    from moderator.cli.preflight import check_engine_files
+    from moderator.cli.workers import watch_parent
+    from moderator.logs import configure_logging
+    from moderator.service import run_service
+
+    configure_logging(settings.log)
+    structlog.contextvars.bind_contextvars(worker=settings.instance_id)  # the loop's log lines
+    check_engine_files(settings.engine)
+    stop = install_stop_handlers()
+    watch_parent(stop)
+    run_service(settings, stop)
     return 0
 
 

@@ -48,6 +48,7 @@ def add_run_parser(sub: Any) -> None:
             "--model qwenguard-3b",
             "moderator run --check --config settings.yaml",
             "moderator run --with-audit-sink --engine fake --policies policies",
+            "moderator run --workers 4 --config settings.yaml",
         ),
     )
     add_engine_flags(run)
@@ -64,6 +65,17 @@ def add_run_parser(sub: Any) -> None:
         help="check the settings, Kafka, S3, the engine and the policies, print a table and "
         "exit: 0 when all pass, 2 when any fails (consumes and produces nothing)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N consumer processes in the consumer group under a supervisor that forwards "
+        "SIGTERM/SIGINT (default: 1, this process alone); worker k has instance_id "
+        "{instance_id}-w{k} and serves on http.port + k (docs/performance.md)",
+    )
+    # Set by the supervisor on each worker it starts (moderator/cli/workers.py).
+    run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     add_http_port_flag(run)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from moderator.emit.serialise import audit_json
 from moderator.events.verdict import AuditRecord, Verdict
 
 Headers = list[tuple[str, bytes]]
@@ -95,6 +96,20 @@ def cloudevent_headers(
     return [(k, v.encode()) for k, v in pairs]
 
 
+# The names in cloudevent_headers' order, and each output kind's ce_type.
+_HEADER_ORDER = (
+    "ce_specversion",
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_subject",
+    "ce_time",
+    "content-type",
+    "traceparent",
+)
+_CE_TYPES = {kind: f"moderator.{kind}.v1".encode() for kind in ("verdict", "audit")}
+
+
 def verdict_outputs(
     verdict: Verdict,
     audit: AuditRecord,
@@ -104,23 +119,28 @@ def verdict_outputs(
     source: str,
     trace: Trace,
 ) -> list[OutRecord]:
-    """The verdict and its audit record, keyed `{tenant}:{bucket}/{key}`."""
-    key = f"{verdict.tenant_id}:{verdict.object.bucket}/{verdict.object.key}".encode()
+    """The verdict and its audit record, keyed `{tenant}:{bucket}/{key}`, with the headers of
+    `cloudevent_headers`. The verdict is serialised once, for both records (emit.serialise)."""
     subject = f"{verdict.object.bucket}/{verdict.object.key}"
-    parent = trace.traceparent()
+    key = f"{verdict.tenant_id}:{subject}".encode()
+    verdict_json = verdict.to_json()
+    nested = verdict_json if audit.verdict is verdict else audit.verdict.to_json()
+    # Every header but ce_id and ce_type is the same on both records: encoded once.
+    shared = {
+        "ce_specversion": b"1.0",
+        "ce_source": source.encode(),
+        "ce_subject": subject.encode(),
+        "ce_time": verdict.decided_at.isoformat().replace("+00:00", "Z").encode(),
+        "content-type": b"application/json",
+        "traceparent": trace.traceparent().encode(),
+    }
     out = []
     for topic, kind, value in (
-        (verdicts_topic, "verdict", verdict.to_json()),
-        (audit_topic, "audit", audit.to_json()),
+        (verdicts_topic, "verdict", verdict_json),
+        (audit_topic, "audit", audit_json(audit, nested)),
     ):
-        headers = cloudevent_headers(
-            ce_id=f"{verdict.event_id}/{kind}",
-            ce_type=f"moderator.{kind}.v1",
-            source=source,
-            subject=subject,
-            time=verdict.decided_at,
-            traceparent=parent,
-        )
+        own = {"ce_id": f"{verdict.event_id}/{kind}".encode(), "ce_type": _CE_TYPES[kind]}
+        headers = [(name, own[name] if name in own else shared[name]) for name in _HEADER_ORDER]
         out.append(OutRecord(topic, key, value, headers))
     return out
 

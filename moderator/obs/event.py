@@ -10,7 +10,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from opentelemetry.trace import Link, Span, SpanContext, Tracer, set_span_in_context
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    Span,
+    SpanContext,
+    Tracer,
+    set_span_in_context,
+)
 from opentelemetry.util.types import AttributeValue
 
 from moderator.emit.records import Trace
@@ -29,7 +36,9 @@ class EventTelemetry:
 
     Started when the loop took the event (`received`, monotonic seconds). `trace` is the
     event's Trace naming the event span: what the outputs carry. With a no-op tracer the spans
-    cost next to nothing and `trace` is the one given.
+    cost next to nothing and `trace` is the one given. When the event span is not recorded
+    (telemetry.traces `none`, or the upload's trace was not sampled), its children would not be
+    either: none is started, the metrics are recorded all the same.
     """
 
     def __init__(
@@ -58,6 +67,7 @@ class EventTelemetry:
         self.span = start_event_span(tracer, trace, attributes, start_ns)
         self.trace = naming(trace, self.span)
         self._context = set_span_in_context(self.span)
+        self._recording = self.span.is_recording()
 
     @property
     def context(self) -> SpanContext:
@@ -69,7 +79,11 @@ class EventTelemetry:
         """A child span `moderator.<stage>` around the block and its latency, failed or not; an
         exception marks the span failed with its error code."""
         start = time.monotonic()
-        span = self._tracer.start_span(f"moderator.{stage}", self._context)
+        span = (
+            self._tracer.start_span(f"moderator.{stage}", self._context)
+            if self._recording
+            else INVALID_SPAN
+        )
         try:
             yield span
         except Exception as exc:
@@ -91,6 +105,8 @@ class EventTelemetry:
         of the event that called the engine."""
         self.span.set_attribute("moderator.coalesced", True)
         self._metrics.add("moderator_coalesced_total")
+        if not self._recording:
+            return
         links = [Link(leader)] if leader is not None and leader.is_valid else None
         span = self._tracer.start_span(
             "moderator.coalesce", self._context, start_time=joined_ns, links=links
@@ -136,6 +152,8 @@ class EventTelemetry:
     def _record(
         self, stage: str, start_ns: int, end_ns: int, attributes: Mapping[str, AttributeValue]
     ) -> None:
+        if not self._recording:
+            return
         span = self._tracer.start_span(
             f"moderator.{stage}", self._context, attributes=attributes, start_time=start_ns
         )

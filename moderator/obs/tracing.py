@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
+    NoOpTracer,
     Span,
     SpanContext,
     SpanKind,
@@ -174,7 +175,8 @@ def publish_span(
     dead-lettered messages."""
     links: list[Link] = []
     seen: set[tuple[str, str]] = set()
-    for rec in records:
+    # An unrecorded span drops its links: reading every record's headers would be wasted.
+    for rec in records if records_spans(tracer) else ():
         found = traceparent_of(rec.headers)
         if found is None or found[:2] in seen:
             continue
@@ -203,6 +205,14 @@ def publish_span(
         raise
     finally:
         span.end()
+
+
+def records_spans(tracer: Tracer) -> bool:
+    """Whether `tracer` may record a root span: not a no-op tracer, nor a provider's tracer
+    built with `recording=False` (telemetry.traces `none`), whose sampler drops every span."""
+    if isinstance(tracer, NoOpTracer):
+        return False
+    return getattr(tracer, "sampler", None) is not ALWAYS_OFF
 
 
 def record_batch(tracer: Tracer, call: BatchCall) -> None:

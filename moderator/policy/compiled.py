@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from moderator.policy.base import CompiledPolicy
 
 HASH_SCHEMA = "moderator.policy/compiled-v1"
+# The cached properties that do not depend on the surface label (see with_surface).
+_SURFACE_FREE = ("_document", "full_hash", "version", "prompt_sha256")
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,17 @@ class TenantPolicy:
         return self.resolved.surface if self.surface_label is None else self.surface_label
 
     def with_surface(self, name: str) -> TenantPolicy:
-        """The same compiled policy, reported under surface `name` (version unchanged)."""
-        return dataclasses.replace(self, surface_label=name)
+        """The same compiled policy, reported under surface `name` (version unchanged).
+
+        It shares this policy's hashes and document, computed once here: a registry hands out
+        one of these per event whose surface has no policy of its own, and hashing the policy
+        again for each would cost more than the rest of the event's bookkeeping.
+        """
+        other = dataclasses.replace(self, surface_label=name)
+        for attr in _SURFACE_FREE:
+            # cached_property stores its value in the instance's __dict__, frozen or not
+            other.__dict__[attr] = getattr(self, attr)
+        return other
 
     @property
     def categories(self) -> tuple[str, ...]:
