@@ -293,7 +293,28 @@ class OpenAISettings(_Section):
     """The `openai` engine's HTTP client (base URL and model come from engine.base_url/model)."""
 
     api_key: SecretStr | None = Field(default=None, description="sent as a bearer token")
-    max_connections: int = Field(default=64, ge=1, le=4096)
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="most requests open at once: the server's batch slots (lmdeploy "
+        "--max-batch-size, vLLM --max-num-seqs) over the pods sharing it, with headroom",
+    )
+    adaptive: bool = Field(
+        default=True,
+        description="adapt the in-flight limit between 1 and max_in_flight (AIMD): grow while "
+        "latency stays flat, shrink on a latency rise or HTTP 429/503/504",
+    )
+    latency_tolerance: float = Field(
+        default=2.5,
+        gt=1,
+        le=10,
+        description="adaptive: shrink once a round's median latency passes this multiple of "
+        "the lowest measured (with few requests queued)",
+    )
+    max_connections: int | None = Field(
+        default=None, ge=1, le=4096, description="HTTP connection pool size; unset = max_in_flight"
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     attempts: int = Field(default=3, ge=1, le=20, description="tries per request (tenacity)")
     response_format: Literal["json_schema", "json_object", "none"] = "json_schema"

@@ -590,7 +590,7 @@ def test_info_and_smoke_test_flag(make_engine: MakeEngine, backend: ScriptedBack
 
 
 def test_requests_in_flight_are_capped(make_engine: MakeEngine, server: OpenAITestServer) -> None:
-    engine = make_engine(concurrency=1, batch_size=2)
+    engine = make_engine(concurrency=1, batch_size=2, openai={"max_in_flight": 2})
     assert engine.max_in_flight == 2
     server.delay_s = 0.15
     results: list[list[EngineResult]] = []

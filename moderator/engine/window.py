@@ -1,14 +1,13 @@
 """The engine window: micro-batches requests in front of an engine and isolates failing items.
 
-Every request resolves with a `WindowResult`, never an exception. A hung engine call cannot be
-cancelled: its items time out and its late result is dropped, but it keeps its concurrency slot
-until it returns, so at most `concurrency` engine calls ever run, hung ones included, and no thread
-is abandoned to start another (`hung_calls` counts them). Done-callbacks run on window threads.
-
-For metrics and readiness the window reports, without importing any metrics library: the size
-of each engine call as it starts (`on_call`), each finished call with the tags its items were
-submitted with (`on_batch`: a tracer links a batch span to the events it carried), the time
-spent in engine calls (`busy_seconds`) and whether the engine has answered yet (`answered`).
+A `SelfBatching` engine (its server batches by itself: `openai`) gets one request per call,
+dispatched at once within the engine's call limit: no request waits for batch-mates.
+Every request resolves with a `WindowResult`, never an exception. A hung call cannot be
+cancelled: its items time out, its late result is dropped, and it keeps its slot until it
+returns, so at most `concurrency` calls ever run (`hung_calls` counts the hung ones).
+Done-callbacks run on window threads. For metrics and readiness, without a metrics library:
+`on_call` (each call's size as it starts), `on_batch` (each finished call with its items' tags:
+a tracer links a batch span to its events), `busy_seconds` and `answered`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from moderator.engine.base import Engine, EngineRequest, EngineResult
 from moderator.errors import ErrorCode
@@ -30,6 +30,18 @@ CLOSED_MESSAGE = "engine window closed"
 # Results that are not the model's answer: a call returning only these has not shown that the
 # engine works (an OpenAI-compatible server that cannot be reached answers them per item).
 _NO_ANSWER = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT})
+
+
+@runtime_checkable
+class SelfBatching(Protocol):
+    """An engine whose server batches by itself: one request per call, up to `call_limit`
+    calls at once (never above `max_calls`); extra calls are held ready until a request ends."""
+
+    @property
+    def max_calls(self) -> int: ...
+
+    @property
+    def call_limit(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,8 @@ class EngineWindow:
     (the ingest side's water marks bound the queue); a queued request only times out when no
     engine call at all has finished for `timeout_s` since it was submitted, i.e. the engine is
     stalled, so a hung engine cannot hold the stream up forever.
+
+    A SelfBatching engine ignores `batch_size`, `max_wait_ms`, `concurrency` (see above).
     """
 
     def __init__(
@@ -101,6 +115,10 @@ class EngineWindow:
         `on_batch(call)` as each ends, before its items resolve. A hook must not raise."""
         if batch_size < 1 or concurrency < 1 or timeout_s <= 0 or retries < 0 or max_wait_ms < 0:
             raise ValueError("invalid engine window settings")
+        self._self_batching = engine if isinstance(engine, SelfBatching) else None
+        if self._self_batching is not None:
+            batch_size, max_wait_ms = 1, 0.0
+            concurrency = max(1, self._self_batching.max_calls)
         self._engine = engine
         self._batch_size = batch_size
         self._max_wait = max_wait_ms / 1000.0
@@ -117,6 +135,7 @@ class EngineWindow:
         self._last_progress = time.monotonic()  # when an engine call last finished
         self._pending = 0
         self._free_slots = concurrency
+        self._in_engine = 0  # SelfBatching: items dispatched whose engine calls are not over
         self._calls: dict[int, float] = {}  # running engine calls: id -> start time
         self._call_ids = itertools.count()
         self._closed = False
@@ -168,7 +187,11 @@ class EngineWindow:
 
     @property
     def concurrency(self) -> int:
-        return self._concurrency
+        """The most engine calls that may run at once now: `concurrency`, or for a
+        SelfBatching engine its current call limit (one item per call), so that busy
+        time over this is the share of the engine's capacity in use."""
+        engine = self._self_batching
+        return self._concurrency if engine is None else engine.call_limit
 
     @property
     def hung_calls(self) -> int:
@@ -233,8 +256,16 @@ class EngineWindow:
         """No engine call has finished for timeout_s since this queued item was submitted."""
         return now - max(item.submitted, self._last_progress) >= self._timeout
 
-    def _take_batch(self, now: float) -> list[_Item]:
+    def _can_dispatch(self) -> bool:
+        """A worker is free and, for a SelfBatching engine, its call limit has room (the
+        limit only moves as a call ends, and every end wakes the dispatcher)."""
         if self._free_slots == 0:
+            return False
+        engine = self._self_batching
+        return engine is None or self._in_engine < engine.call_limit
+
+    def _take_batch(self, now: float) -> list[_Item]:
+        if not self._can_dispatch():
             return []
         while self._queue and self._queue[0].claimed:
             self._queue.popleft()
@@ -250,6 +281,8 @@ class EngineWindow:
                 self._by_deadline.append(item)
                 batch.append(item)
         self._free_slots -= 1
+        if self._self_batching is not None:
+            self._in_engine += 1
         return batch
 
     def _wait_time(self, now: float) -> float | None:
@@ -257,7 +290,7 @@ class EngineWindow:
         if self._queue:
             head = self._queue[0]
             wake.append(max(head.submitted, self._last_progress) + self._timeout)
-        if self._queue and self._free_slots:
+        if self._queue and self._can_dispatch():
             wake.append(self._queue[0].submitted + self._max_wait)
         return max(0.0, min(wake) - now) if wake else None
 
@@ -271,25 +304,41 @@ class EngineWindow:
                     self._cond.notify()
 
     def _run(self, batch: list[_Item]) -> None:
+        held = self._self_batching is not None  # a place under the engine's call limit
         todo = [batch]
-        while todo:
-            with self._cond:
-                group = [item for item in todo.pop() if not item.claimed]
-            if not group:
-                continue
-            outcome, infer_ms = self._call(group)
-            if not isinstance(outcome, Exception):
-                self._resolve(list(zip(group, outcome, strict=True)), infer_ms)
-            elif len(group) > 1:
-                middle = len(group) // 2
-                todo += [group[middle:], group[:middle]]
-            else:
-                group[0].failures += 1
-                if group[0].failures <= self._retries:
-                    todo.append(group)
+        try:
+            while todo:
+                with self._cond:
+                    group = [item for item in todo.pop() if not item.claimed]
+                if not group:
+                    continue
+                outcome, infer_ms = self._call(group)
+                if not isinstance(outcome, Exception):
+                    held = self._leave_engine(held)
+                    self._resolve(list(zip(group, outcome, strict=True)), infer_ms)
+                elif len(group) > 1:
+                    middle = len(group) // 2
+                    todo += [group[middle:], group[:middle]]
                 else:
-                    failed = _error(ErrorCode.ENGINE_ERROR, _describe(outcome))
-                    self._resolve([(group[0], failed)], infer_ms)
+                    group[0].failures += 1
+                    if group[0].failures <= self._retries:
+                        todo.append(group)
+                    else:
+                        held = self._leave_engine(held)
+                        failed = _error(ErrorCode.ENGINE_ERROR, _describe(outcome))
+                        self._resolve([(group[0], failed)], infer_ms)
+        finally:
+            self._leave_engine(held)
+
+    def _leave_engine(self, held: bool) -> bool:
+        """The item's engine calls are over: its place under a SelfBatching engine's call
+        limit frees up before its done-callbacks run (they assemble and publish a verdict, no
+        engine work), so the next item goes in at once. Returns False: nothing is held."""
+        if held:
+            with self._cond:
+                self._in_engine -= 1
+                self._cond.notify()
+        return False
 
     def _call(self, group: list[_Item]) -> tuple[list[EngineResult] | Exception, float]:
         start = time.monotonic()

@@ -1,6 +1,7 @@
 """The HTTP side of the devstack OpenAI test server: a keep-alive request handler that routes
 `GET /v1/models` and `POST /v1/chat/completions`, reads JSON bodies, checks the bearer token
-and answers injected faults, plus the bookkeeping that lets the server cut open connections
+and answers injected faults, the threaded server itself (with a listen backlog that takes a
+burst of new connections), plus the bookkeeping that lets the server cut open connections
 when it stops.
 """
 
@@ -14,13 +15,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from moderator.dev.openai.protocol import RequestRejected, error_body
 
 API_PREFIX = "/v1"
 MAX_BODY_BYTES = 64 << 20
+# socketserver listens with a backlog of 5: a client opening a few dozen connections at once
+# (an empty pool meeting a burst of requests) overflows it, the kernel drops the handshakes it
+# has no room for, and those requests stall for a second or fail with a reset (ReadError).
+# Real servers listen with far more (uvicorn: 2048); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 # What a BodyFault's padded answer says, so a client that reads it all judges it normally.
 FAULT_CONTENT = '{"rating": "Safe", "category": "NA: None applying", "rationale": "padded"}'
 
@@ -48,12 +54,25 @@ class BodyFault:
     declare_length: bool = True
 
 
+@dataclass
+class Drop:
+    """In place of the next chat completion: close the connection without answering, as a
+    server does with a keep-alive connection it times out just as the client reuses it."""
+
+
 class FaultRaised(Exception):
     """Raised by the chat route to answer with `fault` (and its Retry-After)."""
 
-    def __init__(self, fault: Fault | BodyFault) -> None:
-        super().__init__(fault.message if isinstance(fault, Fault) else "body fault")
+    def __init__(self, fault: Fault | BodyFault | Drop) -> None:
+        super().__init__(fault.message if isinstance(fault, Fault) else type(fault).__name__)
         self.fault = fault
+
+
+class Server(ThreadingHTTPServer):
+    """A thread per connection, daemon threads, and room for a burst of new connections."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
 
 
 @dataclass
@@ -134,6 +153,9 @@ def handler_class(
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, so clients can pool connections
+        # TCP_NODELAY: the head and the body of an answer are two writes, and with Nagle's
+        # algorithm the body waits for the client's delayed ACK of the head (40 ms on Linux).
+        disable_nagle_algorithm = True
         server_version = "moderator-openai-test"
 
         def setup(self) -> None:
@@ -157,6 +179,8 @@ def handler_class(
                 except FaultRaised as exc:
                     if isinstance(exc.fault, BodyFault):
                         self._stream(exc.fault)
+                    else:
+                        self.close_connection = True
             else:
                 self._error(RequestRejected(f"no route {self.path}", status=HTTPStatus.NOT_FOUND))
 
@@ -175,14 +199,16 @@ def handler_class(
                 fault = exc.fault
                 if isinstance(fault, BodyFault):
                     self._stream(fault)
-                    return
-                headers = {}
-                if fault.retry_after is not None:
-                    headers["Retry-After"] = f"{fault.retry_after:g}"
-                self._error(
-                    RequestRejected(fault.message, status=fault.status, kind="server_error"),
-                    headers,
-                )
+                elif isinstance(fault, Drop):
+                    self.close_connection = True  # no answer at all
+                else:
+                    rejected = RequestRejected(
+                        fault.message,
+                        status=fault.status,
+                        kind="server_error",
+                        retry_after=fault.retry_after,
+                    )
+                    self._error(rejected)
 
         def _stream(self, fault: BodyFault) -> None:
             """Write a BodyFault's answer; the connection closes afterwards (the client may
@@ -244,7 +270,10 @@ def handler_class(
             )
             return False
 
-        def _error(self, exc: RequestRejected, headers: Mapping[str, str] | None = None) -> None:
+        def _error(self, exc: RequestRejected) -> None:
+            headers = {}
+            if exc.retry_after is not None:
+                headers["Retry-After"] = f"{exc.retry_after:g}"
             self._send(exc.status, error_body(exc), headers)
 
         def _send(

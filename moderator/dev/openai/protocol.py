@@ -115,7 +115,8 @@ def _as_completion(value: Completion | str) -> Completion:
 
 
 class RequestRejected(Exception):
-    """A request that breaks the documented shape; becomes an OpenAI-style error response."""
+    """A request that breaks the documented shape, or one a backend refuses (busy, failed):
+    becomes an OpenAI-style error response."""
 
     def __init__(
         self,
@@ -125,6 +126,7 @@ class RequestRejected(Exception):
         param: str | None = None,
         code: str | None = None,
         kind: str = "invalid_request_error",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -132,6 +134,7 @@ class RequestRejected(Exception):
         self.param = param
         self.code = code
         self.kind = kind
+        self.retry_after = retry_after  # seconds, sent as a Retry-After header
 
 
 def error_body(exc: RequestRejected) -> dict[str, Any]:

@@ -9,9 +9,11 @@ itself only checks (`validation.py`), decodes the image and shapes the response
 (`protocol.py`); `http.py` holds the request handler.
 
 Faults for retry tests: `fail_next` answers the next N completions with an error status,
-`delay_s` holds every completion back; `stream_next` answers the next N with a body of any size,
-at any pace (`models_fault` does the same for `/v1/models`), generated on the fly. `requests`
-keeps the bodies received, `max_concurrent` the most completions handled at once.
+`drop_next` closes the connection instead of answering, `delay_s` holds every completion back;
+`stream_next` answers the next N with a body of any size, at any pace (`models_fault` does the
+same for `/v1/models`), generated on the fly. A backend may refuse a request itself by raising
+RequestRejected (the simulator in `simulator.py` answers 429 and 500 so). `requests` keeps the
+bodies received, `max_concurrent` the most completions handled at once.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from moderator.dev.openai.http import (
     API_PREFIX,
+    LISTEN_BACKLOG,
     MAX_BODY_BYTES,
     BodyFault,
     Connections,
+    Drop,
     Fault,
     FaultRaised,
+    Server,
     handler_class,
 )
 from moderator.dev.openai.protocol import (
@@ -49,6 +53,7 @@ from moderator.errors import ModeratorError
 __all__ = [
     "ACCEPTED_FIELDS",
     "API_PREFIX",
+    "LISTEN_BACKLOG",
     "MAX_BODY_BYTES",
     "MAX_TOP_LOGPROBS",
     "STOP_TIMEOUT_S",
@@ -72,7 +77,7 @@ class OpenAIServerError(ModeratorError):
 @dataclass
 class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
-    faults: deque[Fault | BodyFault] = field(default_factory=deque)
+    faults: deque[Fault | BodyFault | Drop] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
     active: int = 0
     max_concurrent: int = 0
@@ -110,7 +115,7 @@ class OpenAITestServer:
         self._state = _State()
         self._connections = Connections()
         self._stopping = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -125,10 +130,9 @@ class OpenAITestServer:
             connections=self._connections,
             stopping=self._stopping,
         )
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         # Daemon handler threads, so a server nobody stopped cannot hold the interpreter at
         # exit; stop() joins them itself.
-        httpd.daemon_threads = True
+        httpd = Server(("127.0.0.1", 0), handler)
         self._httpd = httpd
         self._stopping.clear()
         self._thread = threading.Thread(
@@ -180,6 +184,11 @@ class OpenAITestServer:
         """Answer the next `count` chat completions with `status` and an error body."""
         with self._state.lock:
             self._state.faults.extend(Fault(status, message, retry_after) for _ in range(count))
+
+    def drop_next(self, count: int) -> None:
+        """Close the connection of the next `count` chat completions without answering."""
+        with self._state.lock:
+            self._state.faults.extend(Drop() for _ in range(count))
 
     def stream_next(
         self,
@@ -236,6 +245,8 @@ class OpenAITestServer:
             )
             try:
                 completion = self.backend.complete(prompt, image, params)
+            except RequestRejected:
+                raise  # the backend's own answer (busy, failed), as it chose it
             except Exception as exc:
                 raise RequestRejected(
                     f"backend failed: {exc}",

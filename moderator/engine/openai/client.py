@@ -1,6 +1,7 @@
 """The `openai` engine's HTTP side: one background thread runs an asyncio event loop that owns
-one pooled `httpx.AsyncClient`; requests are capped in flight, retried with backoff, and every
-outcome comes back as data (a Reply or a Failure), never as an exception.
+one pooled `httpx.AsyncClient`; requests are capped in flight (by an InFlightLimit, adaptive or
+fixed: `limit.py`), retried with backoff, and every outcome comes back as data (a Reply or a
+Failure), never as an exception.
 
 httpx is imported lazily, inside the functions that use it, so this module imports without the
 `openai` extra.
@@ -12,6 +13,7 @@ import asyncio
 import concurrent.futures
 import json
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +26,7 @@ from moderator.engine.openai.body import (
     UnreadableAnswer,
     read_capped,
 )
+from moderator.engine.openai.limit import InFlightLimit
 from moderator.engine.openai.request import (
     describe,
     error_message,
@@ -32,7 +35,7 @@ from moderator.engine.openai.request import (
     retry_after,
     tries,
 )
-from moderator.engine.openai.retry import BadResponse, StatusError, retrying
+from moderator.engine.openai.retry import OVERLOAD_STATUSES, BadResponse, StatusError, retrying
 from moderator.errors import ConfigError, ErrorCode, ModeratorError
 from moderator.masking import mask_passwords
 from moderator.settings import OpenAISettings
@@ -46,6 +49,10 @@ PROBE_TIMEOUT_S = 10.0  # start-up check of GET /models
 CLOSE_TIMEOUT_S = 10.0
 _RESULT_GRACE_S = 30.0  # beyond the request timeout, before send stops waiting for the loop
 _THREAD_NAME = "moderator-openai-engine"
+# Idle pooled connections are closed after this long. The servers run on uvicorn, which closes
+# a connection idle for 5 s (--timeout-keep-alive): a client that reuses one at that moment
+# gets a dropped connection. Staying under it leaves the closing to the client.
+KEEPALIVE_EXPIRY_S = 4.0
 
 T = TypeVar("T")
 
@@ -73,11 +80,13 @@ class Failure:
 class OpenAIClient:
     """Talks to the server at `base_url` from its own event-loop thread.
 
-    At most `max_in_flight` requests are open at once; each has `timeout_s` in all, queueing
-    for a slot, retries and backoff included, reading the answer too. An answer is read as a
-    stream and given up as soon as it passes `max_response_bytes` (an error answer is cut at
-    64 KiB: only its message is kept). The constructor starts the thread and opens the client
-    (closing again if that fails); `close` must be called to stop them.
+    At most `limit.limit` requests are open at once (the limit learns from every answer's
+    latency and from overload answers); the pool holds up to `connections` connections. Each
+    request has `timeout_s` in all, queueing for a slot, retries and backoff included, reading
+    the answer too. An answer is read as a stream and given up as soon as it passes
+    `max_response_bytes` (an error answer is cut at 64 KiB: only its message is kept). The
+    constructor starts the thread and opens the client (closing again if that fails); `close`
+    must be called to stop them.
     """
 
     def __init__(
@@ -86,7 +95,8 @@ class OpenAIClient:
         options: OpenAISettings,
         *,
         timeout_s: float,
-        max_in_flight: int,
+        limit: InFlightLimit,
+        connections: int,
         max_response_bytes: int,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         backoff_s: float = 0.5,
@@ -96,7 +106,8 @@ class OpenAIClient:
         self._shown = mask_passwords(base_url)  # in messages, which reach verdicts and logs
         self._openai = options
         self._timeout_s = timeout_s
-        self._max_in_flight = max_in_flight
+        self._limit = limit
+        self._connections = connections
         self._max_response_bytes = max_response_bytes
         self._probe_timeout_s = probe_timeout_s
         self._backoff_s = backoff_s
@@ -104,7 +115,7 @@ class OpenAIClient:
         self._lock = threading.Lock()
         self._closed = False
         self._client: httpx.AsyncClient | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._gate: _Gate | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=_THREAD_NAME, daemon=True
@@ -176,12 +187,13 @@ class OpenAIClient:
         self._client = httpx.AsyncClient(
             headers=headers,
             limits=httpx.Limits(
-                max_connections=opts.max_connections,
-                max_keepalive_connections=opts.max_connections,
+                max_connections=self._connections,
+                max_keepalive_connections=self._connections,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
             ),
             timeout=httpx.Timeout(self._timeout_s, connect=opts.connect_timeout_s),
         )
-        self._slots = asyncio.Semaphore(self._max_in_flight)
+        self._gate = _Gate(self._limit)
 
     async def _probe(self, model: str) -> bool:
         import httpx
@@ -236,15 +248,17 @@ class OpenAIClient:
     async def _send_one(self, payload: bytes) -> Reply | Failure:
         import httpx
 
-        assert self._slots is not None
+        assert self._gate is not None
         attempts = [0]
         timeout_s = self._timeout_s
         retry = retrying(self._openai.attempts, self._backoff_s, self._backoff_max_s)
         try:
-            async with asyncio.timeout(timeout_s), self._slots:
-                data: dict[str, Any] = await retry(self._post, payload, attempts)
+            async with asyncio.timeout(timeout_s), self._gate as epoch:
+                data: dict[str, Any] = await retry(self._post, payload, attempts, epoch)
             return Reply(data, attempts[0])
         except TimeoutError:
+            if attempts[0]:  # sent and not answered in time (not: waited for our own limit)
+                self._limit.overloaded()
             return Failure(
                 ErrorCode.ENGINE_TIMEOUT,
                 f"no answer from {self._shown} within {timeout_s:g}s ({tries(attempts[0])})",
@@ -270,23 +284,35 @@ class OpenAIClient:
         except (BadResponse, UnreadableAnswer) as exc:
             return Failure(ErrorCode.ENGINE_ERROR, f"{self._shown}: {exc}")
 
-    async def _post(self, payload: bytes, attempts: list[int]) -> dict[str, Any]:
+    async def _post(self, payload: bytes, attempts: list[int], epoch: int) -> dict[str, Any]:
+        """One attempt; its latency (a 2xx) or its overload (429, 503, 504, a timeout) goes to
+        the in-flight limit."""
+        import httpx
+
         assert self._client is not None
         attempts[0] += 1
-        async with self._client.stream(
-            "POST",
-            f"{self._base_url}/chat/completions",
-            content=payload,
-            headers={"Content-Type": "application/json"},
-        ) as response:
-            if not 200 <= response.status_code < 300:
-                try:
-                    body = await read_capped(response, ERROR_BODY_BYTES, truncate=True)
-                    message = error_message(body, response.reason_phrase)
-                except UnreadableAnswer as exc:
-                    message = str(exc)
-                raise StatusError(response.status_code, message, retry_after(response))
-            body = await read_capped(response, self._max_response_bytes)
+        started = time.monotonic()
+        try:
+            async with self._client.stream(
+                "POST",
+                f"{self._base_url}/chat/completions",
+                content=payload,
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                if not 200 <= response.status_code < 300:
+                    try:
+                        body = await read_capped(response, ERROR_BODY_BYTES, truncate=True)
+                        message = error_message(body, response.reason_phrase)
+                    except UnreadableAnswer as exc:
+                        message = str(exc)
+                    if response.status_code in OVERLOAD_STATUSES:
+                        self._limit.overloaded()
+                    raise StatusError(response.status_code, message, retry_after(response))
+                body = await read_capped(response, self._max_response_bytes)
+        except httpx.TimeoutException:
+            self._limit.overloaded()
+            raise
+        self._limit.answered(time.monotonic() - started, epoch)
         try:
             data = json.loads(body)
         except ValueError:
@@ -312,3 +338,24 @@ class OpenAIClient:
             await self._client.aclose()
         await self._loop.shutdown_asyncgens()
         await self._loop.shutdown_default_executor()
+
+
+class _Gate:
+    """Admits a request while fewer than the limit are open (event-loop thread only); entering
+    gives the limit's epoch, for the request's answers."""
+
+    def __init__(self, limit: InFlightLimit) -> None:
+        self._limit = limit
+        self._open = 0
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> int:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._open < self._limit.limit)
+            self._open += 1
+            return self._limit.started(self._open)
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._changed:
+            self._open -= 1
+            self._changed.notify_all()

@@ -1,12 +1,18 @@
 """The `openai` engine: judges images through any OpenAI-compatible chat completions server
 (`lmdeploy serve api_server`, vLLM, SGLang), typically a shared GPU pool.
 
-`classify` is called from the engine window's worker threads: it encodes each image and its
-request body on the calling thread (so encoding runs in parallel, off the loop), hands the
+The servers batch by themselves (continuous batching), so the engine declares itself
+self-batching (`max_calls`, `call_limit`): the engine window then hands it one item per call,
+as soon as the item arrives, and no item waits for batch-mates. It takes a few more calls than
+its in-flight limit lets requests out (`call_limit`): those wait encoded at the client's gate
+and go out the moment a request ends, with no thread hand-off in between, so the server's
+queue does not run dry while the pod's threads wait for the CPU. `classify` is called from the
+window's worker threads: it encodes each image and
+its request body on the calling thread (so encoding runs in parallel, off the loop), hands the
 bodies to the client's event-loop thread (`client.py`), where each item is its own HTTP
-request, and turns the answers into one EngineResult per item (`request.py`). A failed
-item never fails its batch. httpx is imported lazily: without the `openai` extra the package
-still imports, and building this engine says what to install.
+request, and turns the answers into one EngineResult per item (`request.py`). A failed item
+never fails its batch. httpx is imported lazily: without the `openai` extra the package still
+imports, and building this engine says what to install.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from moderator.engine.openai.client import (
     OpenAIClient,
     OpenAIEngineClosed,
 )
+from moderator.engine.openai.limit import InFlightLimit
 from moderator.engine.openai.request import ChatFormat, response_limit, token_logprobs
 from moderator.errors import ConfigError
 from moderator.events.verdict import ModelInfo
@@ -44,16 +51,22 @@ OPENAI_MISSING = "engine.kind=openai needs the openai extra: pip install 'modera
 # a 2x2 grid of LLaVA-OneVision's 384-pixel anyres tiles with detail to spare, and about 1,300
 # Qwen2-VL visual tokens (28-pixel patches). The server resizes further as its model needs.
 INPUT_SIZE = 1024
+# Requests held encoded at the gate, ready to go out as others end: limit // READY_SHARE, at
+# least READY_MIN.
+READY_SHARE = 4
+READY_MIN = 2
 
 
 class OpenAIEngine:
     """Implements the Engine protocol against `engine.base_url` serving `engine.model`.
 
-    Requests in flight are capped at `engine.concurrency x engine.batch_size`: as many as the
-    window can hand over at once, so the cap only bites if the engine is shared by several
-    windows. Each item has `engine.timeout_s` in all, queueing for a slot, retries and backoff
-    included; HTTP connections are capped at `engine.openai.max_connections`, and each answer
-    at `engine.openai.max_response_bytes` (automatic when unset: `response_limit`).
+    Requests in flight are capped by an InFlightLimit: up to `engine.openai.max_in_flight`
+    (and `engine.openai.max_connections` when set), adapted to the server's latency and
+    overload answers unless `engine.openai.adaptive` is false. Each item has
+    `engine.timeout_s` in all, queueing for a slot, retries and backoff included; the
+    connection pool holds `engine.openai.max_connections` (default: max_in_flight), and each
+    answer is capped at `engine.openai.max_response_bytes` (automatic when unset:
+    `response_limit`).
 
     With `probe` (the default) the constructor checks, with a short timeout, that the server
     answers `GET {base_url}/models` and serves `engine.model`, so `moderator run` fails fast
@@ -90,12 +103,19 @@ class OpenAIEngine:
         self._format = ChatFormat(
             settings.model, settings.generation, settings.openai, source=mask_passwords(base_url)
         )
-        self._max_in_flight = settings.concurrency * settings.batch_size
+        opts = settings.openai
+        connections = opts.max_connections or opts.max_in_flight
+        self._limit = InFlightLimit(
+            min(opts.max_in_flight, connections),
+            adaptive=opts.adaptive,
+            tolerance=opts.latency_tolerance,
+        )
         self._client = OpenAIClient(
             base_url,
-            settings.openai,
+            opts,
             timeout_s=settings.timeout_s,
-            max_in_flight=self._max_in_flight,
+            limit=self._limit,
+            connections=connections,
             max_response_bytes=response_limit(settings.generation, settings.openai),
             probe_timeout_s=probe_timeout_s,
             backoff_s=backoff_s,
@@ -123,8 +143,25 @@ class OpenAIEngine:
 
     @property
     def max_in_flight(self) -> int:
-        """The most HTTP requests this engine has open at once."""
-        return self._max_in_flight
+        """The most HTTP requests this engine ever has open at once."""
+        return self._limit.maximum
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The most HTTP requests this engine opens at once now (adaptive: moves in
+        [1, max_in_flight])."""
+        return self._limit.limit
+
+    @property
+    def call_limit(self) -> int:
+        """The most `classify` calls (one item each, behind the engine window) to take now: the
+        in-flight limit and a quarter more (at least 2), ready to go out as requests end."""
+        return _with_ready(self._limit.limit)
+
+    @property
+    def max_calls(self) -> int:
+        """The most `classify` calls ever taken at once."""
+        return _with_ready(self._limit.maximum)
 
     def check(self) -> None:
         """Readiness probe: the server answers GET /models and serves the model (else
@@ -132,7 +169,8 @@ class OpenAIEngine:
         self._client.probe(self._model)
 
     def classify(self, batch: Sequence[EngineRequest]) -> list[EngineResult]:
-        """One request per item, all in flight together; one result per item, in order."""
+        """One request per item, all sent together as the in-flight limit allows; one result
+        per item, in order. Behind the engine window each call holds one item."""
         prepared = [self._format.encode(request) for request in batch]
         payloads = [p for p in prepared if isinstance(p, bytes)]
         outcomes = self._client.send(payloads) if payloads else []
@@ -152,6 +190,11 @@ class OpenAIEngine:
     def close(self) -> None:
         """Cancel requests still in flight, close the client and stop the loop thread."""
         self._client.close()
+
+
+def _with_ready(limit: int) -> int:
+    """A limit plus the requests held ready behind it: a quarter more, at least 2."""
+    return limit + max(READY_MIN, limit // READY_SHARE)
 
 
 def _require_httpx() -> None:

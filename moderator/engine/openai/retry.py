@@ -1,6 +1,8 @@
 """When and how long the `openai` engine's client waits before trying a request again: HTTP
 429 and 5xx answers, timeouts and dropped connections are retried with capped exponential
-backoff and jitter, honouring a server's Retry-After.
+backoff and jitter, honouring a server's Retry-After. A connection dropped without an answer
+is retried once at once: that is a pooled keep-alive connection the server closed as it was
+reused, or a handshake the server had no room for, not a server in trouble.
 
 httpx is imported lazily, so this module imports without the `openai` extra.
 """
@@ -16,6 +18,9 @@ from tenacity.wait import wait_base
 from moderator.engine.openai.request import describe
 
 log = structlog.get_logger("moderator.engine.openai")
+
+# Answers that say the server has more work than it can take: the in-flight limit shrinks.
+OVERLOAD_STATUSES = frozenset({429, 503, 504})
 
 
 class StatusError(Exception):
@@ -56,10 +61,12 @@ class _Backoff(wait_base):
         self._max = maximum
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        exponent = min(retry_state.attempt_number - 1, 30)
-        delay = min(self._max, self._initial * 2.0**exponent + random.uniform(0, self._initial))
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
+        if retry_state.attempt_number == 1 and _dropped(exc):
+            return 0.0
+        exponent = min(retry_state.attempt_number - 1, 30)
+        delay = min(self._max, self._initial * 2.0**exponent + random.uniform(0, self._initial))
         if isinstance(exc, StatusError) and exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, self._max))
         return delay
@@ -71,6 +78,13 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, StatusError):
         return exc.retryable
     return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
+
+
+def _dropped(exc: BaseException | None) -> bool:
+    """The connection went away without an answer (not: could not connect, timed out)."""
+    import httpx
+
+    return isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
 
 
 def _log_retry(retry_state: RetryCallState) -> None:
