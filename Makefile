@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/brokers.py
 	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/saturation.py
 
 demo: install
 	$(BIN)/moderator demo

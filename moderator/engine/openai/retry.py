@@ -54,7 +54,8 @@ def retrying(attempts: int, backoff_s: float, backoff_max_s: float) -> AsyncRetr
 
 class _Backoff(wait_base):
     """Exponential backoff (initial x 2^n, capped) plus up to `initial` of random jitter; a
-    server's Retry-After (capped) is waited at least."""
+    server's Retry-After (capped) is waited at least. A first attempt whose connection dropped
+    without an answer is retried at once."""
 
     def __init__(self, initial: float, maximum: float) -> None:
         self._initial = initial
