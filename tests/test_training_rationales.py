@@ -386,3 +386,16 @@ def test_output_and_engine_are_checked_first(
     assert main([*base, str(tmp_path / "o.json"), "--engine", "fake"]) == 2
     assert "1 image file(s) not found: 'images/s2.png'" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_smoke_test_model_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fake engine's stand-in rationales could end up in a training set: say so."""
+    make_dataset(tmp_path)
+    dataset, out = tmp_path / "data" / "train.json", tmp_path / "o.json"
+    code = main(["dataset", "rationales", str(dataset), str(out), "--engine", "fake"])
+    err = capsys.readouterr().err
+    assert code in (0, 1), err
+    assert "rationales: SMOKE-TEST model (fake: " in err
+    assert "do not train on them" in err

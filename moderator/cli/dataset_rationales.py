@@ -127,6 +127,13 @@ def cmd_rationales(args: argparse.Namespace) -> int:
     )
     target = Target(args.dataset, args.out, prompt)
     engines = Engines.start(settings, prompt)
+    model = engines.engine.info
+    if model.smoke_test:
+        print(
+            f"rationales: SMOKE-TEST model ({model.engine}: {model.name}): its rationales mean "
+            "nothing; do not train on them",
+            file=sys.stderr,
+        )
     try:
         outcome = fill_rationales(samples, target, engines, settings, options, sys.stderr)
     finally:
