@@ -66,7 +66,7 @@ def render_html(report: Report, changed: Sequence[Pair]) -> str:
         parts.append(f"<h2>{escape(table.title)}</h2>")
         if chart_id is not None and chart_id in images:
             parts.append(_image(chart_id, table.title, images[chart_id]))
-        parts += _table(table)
+        parts += html_table(table)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -79,7 +79,8 @@ def _image(element_id: str, title: str, png: bytes) -> str:
     )
 
 
-def _table(table: Table) -> list[str]:
+def html_table(table: Table) -> list[str]:
+    """A table as HTML lines: numbers right-aligned, a note above it, `None.` when empty."""
     lines = [f'<p class="note">{escape(table.note)}</p>'] if table.note else []
     head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
     lines.append(f'<table id="{escape(table.id)}"><thead><tr>{head}</tr></thead><tbody>')

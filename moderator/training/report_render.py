@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from moderator.replay.html import html_table
 from moderator.replay.tables import Table, cell_text
 from moderator.training.report_charts import CHART_FILES, NO_CHARTS
 from moderator.training.report_tables import policy_snippets
@@ -105,7 +106,7 @@ def render_html(
     for table in tables:
         parts.append(f"<h2>{escape(table.title)}</h2>")
         parts += _html_chart(CHART_BEFORE.get(table.id), charts)
-        parts += _html_table(table)
+        parts += html_table(table)
         if table.id == "thresholds":
             parts += ["<h2>Policy snippets</h2>", f'<p class="note">{escape(SNIPPETS_NOTE)}</p>']
             parts += [
@@ -152,24 +153,6 @@ def _md_table(table: Table) -> list[str]:
     aligns = ("---:" if _numeric(table, i) else "---" for i in range(len(table.columns)))
     lines.append("|" + "|".join(aligns) + "|")
     lines += ["| " + " | ".join(_inline(cell_text(c)) for c in row) + " |" for row in table.rows]
-    return lines
-
-
-def _html_table(table: Table) -> list[str]:
-    lines = [f'<p class="note">{escape(table.note)}</p>'] if table.note else []
-    head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
-    lines.append(f'<table id="{escape(table.id)}"><thead><tr>{head}</tr></thead><tbody>')
-    for row in table.rows:
-        cells = "".join(
-            f'<td class="n">{escape(cell_text(c))}</td>'
-            if isinstance(c, int | float)
-            else f"<td>{escape(cell_text(c))}</td>"
-            for c in row
-        )
-        lines.append(f"<tr>{cells}</tr>")
-    if not table.rows:
-        lines.append(f'<tr><td colspan="{len(table.columns)}">None.</td></tr>')
-    lines.append("</tbody></table>")
     return lines
 
 
