@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,nudenet,transformers,openai,postgres,api
+EXTRAS ?= dev,nudenet,transformers,train,openai,postgres,api
 
 .PHONY: install lint typecheck test test-unit test-integration check bench demo clean gpu-check gpu-wheels
 
