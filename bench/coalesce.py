@@ -8,7 +8,8 @@ Run from the project root:
 Everything runs in this process: the real Processor and engine window, objects in an
 InMemoryObjectStore, and an engine that sleeps `--engine-ms` per call (a stand-in for a model
 on a GPU: only the call's duration matters here). Photo-like JPEGs of `--size` are fetched and
-decoded for real on every event, hit or not. Events are submitted one at a time, each after the
+decoded for real by every event that calls the engine; a hit or a coalesced event is answered
+before its object is decoded. Events are submitted one at a time, each after the
 previous verdict, so that no latency includes queueing behind another event:
 
 1. engine: `--images` distinct images, each judged by the engine (a cache miss);
@@ -46,7 +47,8 @@ from moderator.events.verdict import Assessment, InputCoords, ModelInfo, Verdict
 from moderator.fetch.decode import DecodeLimits
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.logs import configure_logging
-from moderator.pipeline.cache import VerdictCache
+from moderator.pipeline.assemble import ObjectFacts
+from moderator.pipeline.cache import Judged, VerdictCache
 from moderator.pipeline.coalesce import Answer, Coalescer
 from moderator.pipeline.process import Job, OutputTopics, Processor
 from moderator.policy.bundled import write_default_policy
@@ -237,7 +239,8 @@ def _entry_bytes(n: int, rationale_chars: int, frames: int = 1) -> float:
             judged.append(
                 Assessment(rating="Safe", category=category, rationale=rationale, score=0.1)
             )
-        cache.put((sha, "0" * 64, f"{engine.engine}:{engine.name}@"), tuple(judged))
+        facts = ObjectFacts(sha256=sha, format="JPEG", width=1280, height=960)
+        cache.put((sha, "0" * 64, f"{engine.engine}:{engine.name}@"), Judged(tuple(judged), facts))
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert len(cache) == n

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,181 +22,31 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from PIL import Image
 
 from moderator.cli.main import main
-from moderator.emit.records import OutRecord, trace_from_headers
 from moderator.engine.base import EngineRequest, EngineResult
 from moderator.engine.fake import FakeEngine
-from moderator.engine.window import EngineWindow
 from moderator.errors import ErrorCode
-from moderator.events.upload import ObjectRef, UploadEvent
-from moderator.events.verdict import Assessment, InputCoords, ModelInfo, Verdict
-from moderator.fetch.decode import DecodeLimits
-from moderator.fetch.store import InMemoryObjectStore
+from moderator.events.verdict import Assessment
 from moderator.obs.metrics import Metrics
 from moderator.obs.tracing import EVENT_SPAN, TRACER_NAME, new_tracer_provider
-from moderator.pipeline.cache import VerdictCache
 from moderator.pipeline.coalesce import judgement_key
-from moderator.pipeline.process import Job, OutputTopics, Processor
 from moderator.policy.bundled import write_default_policy
-from moderator.policy.registry import PolicyRegistry
 from moderator.service import build_policies
-from tests.harness import BUCKET, png, settings_for
-
-VERDICTS = "moderation.verdicts"
-O4 = Assessment(rating="Unsafe", category="O4: Nudity Content", rationale="double", score=0.7)
-O1 = Assessment(
-    rating="Unsafe", category="O1: Hate, Humiliation, Harassment", rationale="double", score=0.7
+from tests.coalesce_rig import (
+    O1,
+    O4,
+    TENANTS,
+    GatedEngine,
+    Rig,
+    policies_dir,
+    rig_factory,
+    until,
 )
-# Tenant files: `art` and `strict` read different prompts (O4 allowed vs sensitive);
-# `strict_photo` has the same prompt as `strict` and other thresholds (its own decisions).
-TENANTS = {
-    "art": "categories:\n  O4: {mode: allowed, action: allow}\n",
-    "strict": "categories:\n  O4: {mode: sensitive, block_at: 0.5}\n",
-    "strict_photo": "categories:\n  O4: {mode: sensitive, block_at: 0.9, review_at: 0.6}\n",
-    # for animations: each allows the category the other blocks
-    "hate_ok": "categories:\n  O1: {mode: allowed, action: allow}\n",
-    "nudity_ok": "categories:\n  O4: {mode: allowed, action: allow}\n",
-}
-
-
-class GatedEngine:
-    """Engine double: counts calls, images and prompts; each call waits for `gate`. Answers
-    `answer(image)`, or raises when `fail` is set."""
-
-    def __init__(
-        self, kind: str = "double", answer: Callable[[Image.Image], Assessment] | None = None
-    ) -> None:
-        self._info = ModelInfo(engine=kind, name="double")
-        self._answer = answer if answer is not None else (lambda _: O4)
-        self._lock = threading.Lock()
-        self.gate = threading.Event()
-        self.fail = False
-        self.calls = 0
-        self.items = 0
-        self.prompts: list[str] = []
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def input_size(self) -> int:
-        return 64
-
-    def classify(self, batch: Sequence[EngineRequest]) -> list[EngineResult]:
-        with self._lock:
-            self.calls += 1
-            self.items += len(batch)
-            self.prompts.extend(r.prompt for r in batch)
-        if not self.gate.wait(20):
-            raise TimeoutError("gate never opened")
-        if self.fail:
-            raise RuntimeError("engine down")
-        return [EngineResult(assessment=self._answer(r.image), raw_output="{}") for r in batch]
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class Rig:
-    processor: Processor
-    window: EngineWindow
-    engine: GatedEngine
-    store: InMemoryObjectStore
-    policies: PolicyRegistry
-    verdicts: dict[str, Verdict] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    submitted: int = 0
-
-    def submit(self, event_id: str, tenant: str, data: bytes | None) -> None:
-        """Submit an upload of `data` (None: an object that is not in the store)."""
-        key = f"{tenant}/{event_id}"
-        if data is not None:
-            self.store.put(BUCKET, key, data)
-        event = UploadEvent(
-            event_id=event_id, tenant_id=tenant, object=ObjectRef(bucket=BUCKET, key=key)
-        )
-        job = Job(
-            event=event,
-            coords=InputCoords(topic="uploads", partition=0, offset=self.submitted),
-            trace=trace_from_headers(None, event_id),
-            received=time.monotonic(),
-        )
-        self.submitted += 1
-        self.processor.submit(job, self._done)
-
-    def _done(self, records: list[OutRecord]) -> None:
-        value = next(r.value for r in records if r.topic == VERDICTS)
-        assert value is not None
-        verdict = Verdict.model_validate_json(value)
-        with self.lock:
-            self.verdicts[verdict.event_id] = verdict
-
-    def coalesced(self) -> int:
-        coalescer = getattr(self.processor, "coalescer", None)  # None before coalescing existed
-        return int(getattr(coalescer, "coalesced", 0))
-
-    def release(self, expected: int) -> None:
-        """Open the gate once `expected` images are in flight (at the engine or coalesced onto
-        one that is), or after a few seconds: then let every verdict come."""
-        _until(lambda: self.engine.items + self.coalesced() >= expected, 5)
-        self.engine.gate.set()
-        assert _until(lambda: len(self.verdicts) >= self.submitted, 20), "verdicts missing"
-
-
-def _until(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
-
-
-def _policies(tmp_path: Path) -> Path:
-    directory = tmp_path / "policies"
-    write_default_policy(directory)
-    for tenant, text in TENANTS.items():
-        (directory / f"{tenant}.yaml").write_text(text)
-    return directory
+from tests.harness import png, settings_for
 
 
 @pytest.fixture
 def make_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
-    built: list[Rig] = []
-
-    def make(engine: GatedEngine | None = None, **extra: Any) -> Rig:
-        settings = settings_for(_policies(tmp_path))
-        engine = engine if engine is not None else GatedEngine()
-        window = EngineWindow(
-            engine, batch_size=8, max_wait_ms=1, concurrency=8, timeout_s=30, retries=0
-        )
-        store = InMemoryObjectStore()
-        policies = build_policies(settings)
-        processor = Processor(
-            store=store,
-            window=window,
-            model=engine.info,
-            input_size=engine.input_size,
-            policies=policies,
-            cache=VerdictCache(1000),
-            limits=DecodeLimits.from_settings(settings.fetch),
-            max_object_bytes=settings.fetch.max_object_bytes,
-            concurrency=16,
-            topics=OutputTopics(verdicts=VERDICTS, audit="moderation.audit", source="/test"),
-            instance_id="test-0",
-            **extra,
-        )
-        rig = Rig(processor, window, engine, store, policies)
-        built.append(rig)
-        return rig
-
-    yield make
-    for rig in built:
-        rig.engine.gate.set()
-        rig.processor.close()
-        rig.window.close()
-        rig.policies.close()
+    yield from rig_factory(tmp_path)
 
 
 def test_copies_in_flight_make_one_engine_call(make_rig: Callable[..., Rig]) -> None:
@@ -219,7 +66,7 @@ def test_copies_in_flight_make_one_engine_call(make_rig: Callable[..., Rig]) -> 
     assert sorted(v.timings_ms.infer > 0 for v in verdicts) == [False] * 7 + [True]
     # a copy after the answer is a cache hit: still one engine call
     rig.submit("later", "strict", data)
-    assert _until(lambda: "later" in rig.verdicts, 10)
+    assert until(lambda: "later" in rig.verdicts, 10)
     assert rig.verdicts["later"].source == "cache" and rig.engine.items == 1
 
 
@@ -306,7 +153,7 @@ def test_an_engine_failure_reaches_every_waiter_and_is_not_cached(
     # errors are not cached: the next copy is judged again
     rig.engine.fail = False
     rig.submit("retry", "strict", data)
-    assert _until(lambda: "retry" in rig.verdicts, 10)
+    assert until(lambda: "retry" in rig.verdicts, 10)
     assert rig.verdicts["retry"].source == "model" and rig.engine.items == 2
 
 
@@ -350,7 +197,7 @@ def test_an_animation_is_judged_once_and_cached_per_frame(make_rig: Callable[...
     first = rig.verdicts["first-0"]
     assert first.assessment == O4 and first.decision == "block"  # the O1 frame is allowed
     rig.submit("second", "nudity_ok", data)
-    assert _until(lambda: "second" in rig.verdicts, 10)
+    assert until(lambda: "second" in rig.verdicts, 10)
     second = rig.verdicts["second"]
     assert second.source == "cache" and rig.engine.items == 2
     assert second.assessment == O1 and second.decision == "block"  # the O4 frame is allowed
@@ -362,10 +209,10 @@ def test_waiters_hold_no_image_bytes(make_rig: Callable[..., Rig]) -> None:
     for n in range(6):
         rig.submit(f"copy-{n}", "strict", data)
     one_image = 48 * 48 * 4  # the leader's decoded frame (input size 64: not resized)
-    in_flight = _until(lambda: rig.engine.items + rig.coalesced() >= 6, 5)
+    in_flight = until(lambda: rig.engine.items + rig.coalesced() >= 6, 5)
     # while the leader's engine call runs, only its frame is held (a waiter gives its bytes
     # back right after joining)
-    held_one = _until(lambda: rig.processor.buffered_bytes == one_image, 5)
+    held_one = until(lambda: rig.processor.buffered_bytes == one_image, 5)
     held = rig.processor.buffered_bytes
     rig.release(6)
     assert in_flight and held_one, held
@@ -389,7 +236,7 @@ def test_a_coalesced_event_says_so_in_its_spans_and_metrics(
         for n in range(3):
             rig.submit(f"copy-{n}", "strict", data)
         rig.release(3)
-        assert _until(lambda: len(_event_spans(exporter)) == 3, 5)
+        assert until(lambda: len(_event_spans(exporter)) == 3, 5)
         events = _event_spans(exporter)
         coalesced = {
             e for e, s in events.items() if (s.attributes or {}).get("moderator.coalesced")
@@ -440,7 +287,7 @@ def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
 
 
 def test_the_key_is_the_image_the_model_input_and_the_model(tmp_path: Path) -> None:
-    registry = build_policies(settings_for(_policies(tmp_path)))
+    registry = build_policies(settings_for(policies_dir(tmp_path)))
     try:
         art, strict, photo = (registry.resolve(t, "default") for t in TENANTS if "_ok" not in t)
         assert art is not None and strict is not None and photo is not None

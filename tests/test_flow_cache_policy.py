@@ -5,8 +5,8 @@ import pytest
 from moderator.errors import ErrorCode
 from moderator.events.verdict import Assessment
 from moderator.ingest.flow import FlowGate
-from moderator.pipeline.assemble import FrameOutcome, error_outcome, strictest
-from moderator.pipeline.cache import VerdictCache
+from moderator.pipeline.assemble import FrameOutcome, ObjectFacts, error_outcome, strictest
+from moderator.pipeline.cache import Judged, VerdictCache
 from moderator.policy.keys import unsafe_key_reason
 
 
@@ -23,14 +23,15 @@ def test_gate_hysteresis() -> None:
 def test_cache_is_bounded_lru() -> None:
     cache = VerdictCache(2)
     a = Assessment(rating="Safe", category="NA: None applying")
-    cache.put(("1", "v", "m"), a)
-    cache.put(("2", "v", "m"), a)
-    assert cache.get(("1", "v", "m")) == a  # 1 is now most recent
-    cache.put(("3", "v", "m"), a)
+    judged = Judged((a,), ObjectFacts(sha256="1" * 64, format="PNG", width=2, height=3))
+    cache.put(("1", "v", "m"), judged)
+    cache.put(("2", "v", "m"), judged)
+    assert cache.get(("1", "v", "m")) == judged  # 1 is now most recent
+    cache.put(("3", "v", "m"), judged)
     assert cache.get(("2", "v", "m")) is None
     assert len(cache) == 2 and cache.hits == 1 and cache.misses == 1
     disabled = VerdictCache(0)
-    disabled.put(("1", "v", "m"), a)
+    disabled.put(("1", "v", "m"), judged)
     assert disabled.get(("1", "v", "m")) is None
 
 

@@ -263,7 +263,8 @@ def test_stage_latencies_cache_lookups_and_verdicts_are_counted(
     stages = {
         dict(k)["stage"]: p.count for k, p in observed.points("moderator_stage_latency").items()
     }
-    assert stages == {"fetch": 2, "decode": 2, "queue": 1, "infer": 1, "decide": 2, "total": 2}
+    # The hit is answered before its object is decoded: one decode, by the event that missed.
+    assert stages == {"fetch": 2, "decode": 1, "queue": 1, "infer": 1, "decide": 2, "total": 2}
     cache = {
         dict(k)["result"]: p.value for k, p in observed.points("moderator_cache_requests").items()
     }

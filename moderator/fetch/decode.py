@@ -61,16 +61,22 @@ def sha256_hex(data: bytes) -> str:
 
 
 def decode_image(
-    data: bytes, limits: DecodeLimits, target_size: int | None, budget: DecodeBudget | None = None
+    data: bytes,
+    limits: DecodeLimits,
+    target_size: int | None,
+    budget: DecodeBudget | None = None,
+    *,
+    sha256: str | None = None,
 ) -> DecodedImage:
     """Decode `data` into up to `limits.max_frames` RGB frames, longest side <= `target_size`.
 
+    `sha256`: the bytes' hex SHA-256 when the caller has it already (else it is computed).
     With a `budget`, the decode's planned peak memory is reserved from it first (waiting for
     other decodes to finish if need be). `limits.timeout_s` bounds the CPU time it may use.
     Raises ProcessingError: UNSUPPORTED_FORMAT, CORRUPT_IMAGE, DECOMPRESSION_BOMB or
     DECODE_TIMEOUT.
     """
-    digest = sha256_hex(data)
+    digest = sha256 if sha256 is not None else sha256_hex(data)
     clock = Deadline(limits.timeout_s)
     try:
         with _open_allowed(data, limits.allowed_formats) as im:

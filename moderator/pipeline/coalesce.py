@@ -6,6 +6,10 @@ the verdict cache and the in-flight table use it: an event whose key is cached i
 the cache; one whose key is being judged for another event waits for that engine call; only the
 first of its key calls the engine. Each waiter then decides under its own tenant's policy.
 
+The key needs only the object's bytes, so the lookup comes before the decode: a hit and a waiter
+never decode. The leader's decode facts (format, size) go into the cache and to its waiters;
+when its decode fails, each waiter gets the same error, since its bytes are the same.
+
 The table holds one entry per key being judged, each with the list of events waiting on it, so
 it never holds more entries than events in progress (bounded by `flow.high_in_flight`, or by a
 scan's in-flight limit). Waiters keep no image: only their event and a callback.
@@ -13,6 +17,7 @@ scan's in-flight limit). Waiters keep no image: only their event and a callback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import threading
@@ -29,12 +34,13 @@ from moderator.engine.capabilities import capabilities
 from moderator.engine.window import WindowResult
 from moderator.errors import ConfigError, ErrorCode
 from moderator.events.verdict import ModelInfo, VerdictError
-from moderator.pipeline.assemble import FrameOutcome, strictest
-from moderator.pipeline.cache import CacheKey, Judgement, VerdictCache
+from moderator.pipeline.assemble import FrameOutcome, ObjectFacts, strictest
+from moderator.pipeline.cache import CacheKey, Judged, Judgement, VerdictCache
 from moderator.policy.base import CompiledPolicy
 
 log = structlog.get_logger("moderator.pipeline")
 
+NO_FACTS = ObjectFacts()
 POLICY_NOT_READ = "-"
 """The key's middle part for an engine that does not read the policy: every policy shares it."""
 
@@ -65,10 +71,14 @@ def _model_input(prompt_sha256: str, categories: tuple[str, ...]) -> str:
 @dataclass(frozen=True)
 class Answer:
     """What the event that called the engine hands to the events waiting on the same key: its
-    window results, one per frame, and its event span (a waiter's trace links to it)."""
+    window results, one per frame, its event span (a waiter's trace links to it) and the facts
+    its decode found; or, when the image could not be judged before the engine (a decode
+    error), that `error` and no results."""
 
     results: tuple[WindowResult, ...]
     leader: SpanContext | None
+    facts: ObjectFacts = NO_FACTS
+    error: VerdictError | None = None
 
 
 Waiter = Callable[[Answer], None]
@@ -78,13 +88,13 @@ Waiter = Callable[[Answer], None]
 class Claim:
     """The outcome of `Coalescer.claim`.
 
-    `hit`: `frames` holds the cached assessments. `lead`: the caller calls the engine and must
-    call `settle` once its results are in. `wait`: the waiter given to `claim` will be called
-    with the leader's answer, on the thread that settles.
+    `hit`: `judged` holds the cached assessments and facts. `lead`: the caller decodes, calls
+    the engine and must end the flight with `settle`, `fail` or `abandon`. `wait`: the waiter
+    given to `claim` will be called with the leader's answer, on the thread that ends it.
     """
 
     kind: Literal["hit", "lead", "wait"]
-    frames: Judgement | None = None
+    judged: Judged | None = None
 
 
 LEAD = Claim("lead")
@@ -118,9 +128,9 @@ class Coalescer:
     def claim(self, key: CacheKey, waiter: Waiter) -> Claim:
         """Look `key` up: cached, being judged (then `waiter` is queued) or new."""
         with self._lock:
-            frames = self._cache.get(key)
-            if frames is not None:
-                return Claim("hit", frames)
+            judged = self._cache.get(key)
+            if judged is not None:
+                return Claim("hit", judged)
             waiting = self._flights.get(key)
             if waiting is not None:
                 waiting.append(waiter)
@@ -129,18 +139,26 @@ class Coalescer:
             self._flights[key] = []
             return LEAD
 
-    def settle(self, key: CacheKey, results: Sequence[WindowResult]) -> list[Waiter]:
-        """End the flight of `key` with the leader's results: cache them when every frame has an
-        assessment (errors are never cached), and return the waiters for the caller to call
-        with the answer. Later events find the cache, or start a new flight."""
+    def settle(
+        self, key: CacheKey, results: Sequence[WindowResult], facts: ObjectFacts = NO_FACTS
+    ) -> list[Waiter]:
+        """End the flight of `key` with the leader's results: cache them with the image's
+        `facts` when every frame has an assessment (errors are never cached), and return the
+        waiters for the caller to call with the answer. Later events find the cache, or start
+        a new flight."""
         frames = cacheable(results)
         with self._lock:
             try:
                 if frames is not None:
-                    self._cache.put(key, frames)
+                    self._cache.put(key, Judged(frames, dataclasses.replace(facts, etag=None)))
             finally:
                 waiters = self._flights.pop(key, [])
         return waiters
+
+    def fail(self, key: CacheKey, error: VerdictError, facts: ObjectFacts) -> None:
+        """The leader's image failed before the engine (a decode error): each waiter, holding
+        the same bytes, gets the same error. Nothing is cached."""
+        wake(self.settle(key, []), Answer((), None, facts, error))
 
     def abandon(self, key: CacheKey) -> None:
         """The leader could not submit its frames: each waiter gets an `engine_error` verdict."""

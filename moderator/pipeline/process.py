@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +27,10 @@ from moderator.events.verdict import (
     PolicyRef,
     Source,
     Timings,
+    VerdictError,
 )
 from moderator.fetch.budget import DecodeBudget
-from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image
+from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image, sha256_hex
 from moderator.fetch.store import ObjectStore
 from moderator.obs.event import EventTelemetry
 from moderator.obs.metrics import Metrics, no_metrics
@@ -50,6 +50,7 @@ from moderator.pipeline.coalesce import (
     gather,
     wake,
 )
+from moderator.pipeline.held import HeldBytes
 from moderator.policy.base import CompiledPolicy, PolicyProvider
 
 log = structlog.get_logger("moderator.pipeline")
@@ -140,9 +141,7 @@ class Processor:
             if limits.budget_bytes is not None
             else None
         )
-        self._lock = threading.Condition()
-        self._buffered = 0
-        self._max_buffered = max_buffered_bytes
+        self._held = HeldBytes(max_buffered_bytes)
 
     @property
     def buffered_bytes(self) -> int:
@@ -150,7 +149,7 @@ class Processor:
 
         Memory inside decoders is not counted here: the decode budget bounds it separately.
         """
-        return self._buffered
+        return self._held.total
 
     @property
     def coalescer(self) -> Coalescer:
@@ -174,7 +173,7 @@ class Processor:
             run = self._run(job, done, ObjectFacts())
             if run is None:
                 return
-            self._admit()
+            self._held.admit()
             try:
                 self._fetch_and_submit(run)
             except ProcessingError as exc:
@@ -221,23 +220,31 @@ class Processor:
         t0 = time.monotonic()
         with run.obs.stage("fetch"):
             fetched = self._store.get(obj.bucket, obj.key, obj.version_id, self._max_bytes)
-        self._hold(run, len(fetched.data))
-        with run.obs.stage("decode"):
-            image = self._decode(run, fetched.data, fetched.etag)
-        run.fetch_ms = (time.monotonic() - t0) * 1000
-        frame_bytes = sum(f.width * f.height * RGB_BYTES_PER_PIXEL for f in image.frames)
-        self._hold(run, frame_bytes - len(fetched.data))
-        key = self._coalescer.key(image.sha256, run.policy)
+        self._held.add(run, len(fetched.data))
+        sha256 = sha256_hex(fetched.data)
+        run.facts = ObjectFacts(etag=fetched.etag, sha256=sha256)
+        # The key needs only the bytes: a cached image or one being judged is never decoded.
+        key = self._coalescer.key(sha256, run.policy)
         claim = self._coalescer.claim(key, functools.partial(self._coalesced, run, time.time_ns()))
         if claim.kind == "wait":
-            self._hold(run, None)  # it may have been called back already: touch nothing else
+            self._held.add(run, None)  # it may have been called back already: touch nothing else
             return
-        run.obs.cache(hit=claim.frames is not None)
-        if claim.frames is not None:
-            self._finish(run, decide_cached(run.policy, claim.frames), source="cache")
+        run.obs.cache(hit=claim.judged is not None)
+        if claim.judged is not None:
+            run.fetch_ms = (time.monotonic() - t0) * 1000
+            run.facts = dataclasses.replace(claim.judged.facts, etag=fetched.etag)
+            self._finish(run, decide_cached(run.policy, claim.judged.frames), source="cache")
             return
         try:
+            with run.obs.stage("decode"):
+                image = self._decode(run, fetched.data, sha256)
+            run.fetch_ms = (time.monotonic() - t0) * 1000
+            frame_bytes = sum(f.width * f.height * RGB_BYTES_PER_PIXEL for f in image.frames)
+            self._held.add(run, frame_bytes - len(fetched.data))
             self._lead(run, key, image)
+        except ProcessingError as exc:  # the same bytes fail the same way for every waiter
+            self._coalescer.fail(key, VerdictError(code=exc.code, message=exc.message), run.facts)
+            raise
         except BaseException:
             self._coalescer.abandon(key)  # nothing was submitted: the waiters get an error
             raise
@@ -257,18 +264,12 @@ class Processor:
         futures = [self._window.submit(r, tag=run.obs.context) for r in requests]
         gather(futures, functools.partial(self._judged, run, key, submitted_ns))
 
-    def _decode(self, run: _Run, data: bytes, etag: str | None) -> DecodedImage:
-        try:
-            image = decode_image(data, self._limits, self._input_size, self.decode_budget)
-        except ProcessingError:
-            run.facts = ObjectFacts(etag=etag, sha256=hashlib.sha256(data).hexdigest())
-            raise
-        run.facts = ObjectFacts(
-            etag=etag,
-            sha256=image.sha256,
-            format=image.format,
-            width=image.width,
-            height=image.height,
+    def _decode(self, run: _Run, data: bytes, sha256: str) -> DecodedImage:
+        image = decode_image(
+            data, self._limits, self._input_size, self.decode_budget, sha256=sha256
+        )
+        run.facts = dataclasses.replace(
+            run.facts, format=image.format, width=image.width, height=image.height
         )
         return image
 
@@ -277,7 +278,7 @@ class Processor:
     ) -> None:
         """The leader's results are in (on an engine window thread): cache them, decide the
         leader's verdict, then each waiter's, whatever happens to the leader's."""
-        waiters = self._coalescer.settle(key, results)
+        waiters = self._coalescer.settle(key, results, run.facts)
         try:
             with _bound(run.job):  # bind the event's context on this thread too
                 try:
@@ -291,7 +292,7 @@ class Processor:
                     log.exception("assembly_failed")
                     self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
         finally:
-            wake(waiters, Answer(tuple(results), run.obs.context))
+            wake(waiters, Answer(tuple(results), run.obs.context, run.facts))
 
     def _coalesced(self, run: _Run, joined_ns: int, answer: Answer) -> None:
         """A waiter's verdict from the leader's answer, under its own policy: source `model`,
@@ -300,6 +301,10 @@ class Processor:
             try:
                 run.obs.cache(hit=False)
                 run.obs.coalesced(joined_ns, answer.leader)
+                run.facts = dataclasses.replace(answer.facts, etag=run.facts.etag)
+                if answer.error is not None:
+                    self._fail(run, answer.error.code, answer.error.message)
+                    return
                 waited_ms = max(0.0, (time.time_ns() - joined_ns) / 1e6)
                 outcome = decide_frames(run.policy, answer.results)
                 self._finish(run, outcome, source="model", queue_ms=waited_ms)
@@ -359,28 +364,10 @@ class Processor:
                 source=self._topics.source,
                 trace=run.obs.trace,
             )
-        self._hold(run, None)
+        self._held.add(run, None)
         log.debug("verdict", decision=verdict.decision, source=verdict.source)
         run.obs.end(verdict, verdict.source)
         run.done(records)
-
-    def _admit(self) -> None:
-        """Wait before fetching while held bytes are over the limit: accepted events beyond it
-        stay as small parsed events, not as downloaded objects and decoded frames."""
-        if self._max_buffered is None:
-            return
-        with self._lock:
-            while self._buffered >= self._max_buffered:
-                self._lock.wait(0.5)
-
-    def _hold(self, run: _Run, delta: int | None) -> None:
-        """Count `delta` more bytes held by the run; None gives all back (a second time: none)."""
-        with self._lock:
-            delta = -run.held_bytes if delta is None else delta
-            self._buffered += delta
-            run.held_bytes += delta
-            if delta < 0:
-                self._lock.notify_all()
 
 
 def _bound(job: Job) -> AbstractContextManager[None]:
