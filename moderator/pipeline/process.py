@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ from moderator.pipeline.coalesce import (
     wake,
 )
 from moderator.pipeline.held import HeldBytes
+from moderator.pipeline.jobpool import JobPool
 from moderator.policy.base import CompiledPolicy, PolicyProvider
 
 log = structlog.get_logger("moderator.pipeline")
@@ -131,7 +131,7 @@ class Processor:
         self._max_bytes = max_object_bytes
         self._topics = topics
         self._instance_id = instance_id
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fetch")
+        self._pool = JobPool(concurrency, "fetch")
         # One budget for the process: every decode of every fetch worker reserves from it. A
         # wait lasts while the decodes ahead use up to their CPU time each, on shared cores:
         # twice that in all is the most it should take, so longer means a stuck holder.
@@ -156,17 +156,17 @@ class Processor:
         return self._coalescer
 
     def submit(self, job: Job, done: Done) -> None:
-        self._pool.submit(self._start, job, done)
+        self._pool.submit(functools.partial(self._start, job, done))
 
     def submit_assessed(
         self, job: Job, assessment: Assessment, facts: ObjectFacts, done: Done
     ) -> None:
         """Decide `job` from an assessment made before (a replay reusing the audit trail's)
         under the current policy, without fetching or judging the image again."""
-        self._pool.submit(self._redecide, job, assessment, facts, done)
+        self._pool.submit(functools.partial(self._redecide, job, assessment, facts, done))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
     def _start(self, job: Job, done: Done) -> None:
         with _bound(job):
