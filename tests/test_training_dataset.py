@@ -17,6 +17,7 @@ from moderator.training.dataset import (
     Sample,
     read_dataset,
     resolve_image,
+    smoke_test_rationales,
     write_dataset,
 )
 
@@ -237,3 +238,39 @@ def test_images_resolve_from_the_dataset_folder(tmp_path: Path) -> None:
     assert resolve_image(dataset, "../img/a.jpg") == tmp_path / "data" / "../img/a.jpg"
     assert resolve_image(dataset, "/abs/a.jpg") == Path("/abs/a.jpg")
     assert resolve_image(dataset, "s3://b/k.jpg") == "s3://b/k.jpg"
+
+
+def test_a_missing_file_is_named_in_words(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as caught:
+        read_dataset(tmp_path / "missing.json")
+    assert (
+        str(caught.value) == f"{tmp_path / 'missing.json'}: cannot read: No such file or directory"
+    )
+    with pytest.raises(DatasetError) as caught:
+        read_dataset(tmp_path)
+    assert str(caught.value) == f"{tmp_path}: cannot read: Is a directory"
+
+
+def test_a_smoke_test_rationale_keeps_its_mark(tmp_path: Path) -> None:
+    """A rationale a smoke-test model wrote says so in the file and is found before training."""
+    marked = Sample("m", "images/m.jpg", "Unsafe", O2, "stand-in text", rationale_smoke_test=True)
+    path = tmp_path / "d.jsonl"
+    write_dataset(path, [*samples(), marked])
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert entries[-1]["rationale_smoke_test"] is True
+    assert all("rationale_smoke_test" not in e for e in entries[:-1])  # absent unless marked
+    back = read_dataset(path)
+    assert back[-1] == marked
+    assert smoke_test_rationales(back) == ["m"]
+    assert smoke_test_rationales(samples()) == []
+
+
+def test_a_smoke_test_mark_must_be_a_flag(tmp_path: Path) -> None:
+    entry = Sample("m", "m.jpg", "Safe", NA, "text").to_entry()
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({**entry, "rationale_smoke_test": "yes"}) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as caught:
+        read_dataset(path)
+    assert str(caught.value) == (
+        f"{path}:1: entry 1 (id m): rationale_smoke_test: must be true or false when given"
+    )

@@ -4,6 +4,7 @@ fake engine) into a report with every metric key; the runner's prompts, errors a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,13 +16,20 @@ import pytest
 import yaml
 from PIL import Image
 
+from moderator.cli.eval import score_note
 from moderator.cli.main import main
 from moderator.dev.openai.server import CompletionParams, OpenAITestServer, ScriptedBackend
 from moderator.pipeline.progress import Counts
 from moderator.policy.bundled import write_default_policy
-from moderator.settings import TenancySettings
+from moderator.settings import Settings, TenancySettings
 from moderator.training.dataset import Sample, write_dataset
-from moderator.training.evaluate import RunProgress, default_policy_prompt, duration
+from moderator.training.evaluate import (
+    RunProgress,
+    default_policy_prompt,
+    duration,
+    loading_line,
+)
+from moderator.training.metrics import Prediction
 from tests.policy_fixtures import clear_moderator_env
 from tests.test_training_predictions import INTERFACE_KEYS
 
@@ -259,3 +267,60 @@ def test_transformers_tiny_checkpoint_end_to_end(
     assert all(json.loads(x)["output"].startswith('{"rating": "') for x in lines)
     for name in ("report.html", "roc_pr.png", "calibration.png"):
         assert (report / name).stat().st_size > 0, name
+
+
+# -- what a long run tells its user --------------------------------------------------------------
+
+
+def test_loading_is_announced_and_missing_scores_explained(
+    tmp_path: Path, server: OpenAITestServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Loading a real checkpoint takes minutes: the user sees it start and end. The scripted
+    server sends no log-probabilities, so no answer has a score: stderr says why the score
+    metrics are missing instead of leaving `roc_auc -` unexplained."""
+    dataset = make_dataset(tmp_path, 2)
+    config = openai_config(tmp_path / "s.yaml", server)
+    argv = ["eval", "--dataset", str(dataset), "--engine", "openai", "--config", str(config)]
+    assert main([*argv, "--report", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "eval: 2 sample(s) without a prompt use the bundled default policy"
+    assert err[1] == (
+        f"eval: loading the openai engine (model test-guard at {server.url}), "
+        "then one warm-up request"
+    )
+    assert re.fullmatch(
+        r"eval: engine ready in \d+ s \(a SMOKE-TEST model: its answers mean nothing\)", err[2]
+    )
+    assert err[-1] == (
+        "eval: no answer came with a score (P(Unsafe)), so ROC-AUC, PR-AUC, calibration and "
+        'the threshold table are left out; docs/evaluation.md, "Scores", says what an engine '
+        "needs to give one"
+    )
+
+
+def test_the_score_note_counts_predictions_without_one() -> None:
+    scored = Prediction("a", "Safe", NA, 0.1, "{}")
+    unscored = Prediction("b", None, None, None, "")
+    assert score_note([scored, scored]) is None
+    assert score_note([scored, unscored, unscored]) == (
+        "2 of 3 prediction(s) have no score: the score metrics use the 1 that have one"
+    )
+    assert (score_note([unscored]) or "").startswith("no answer came with a score")
+
+
+def test_a_password_in_the_server_address_is_not_shown() -> None:
+    settings = Settings.model_validate(
+        {"engine": {"kind": "openai", "model": "m", "base_url": "http://u:secret@h:1/v1"}}
+    )
+    line = loading_line(settings)
+    assert "secret" not in line and "http://u:***@h:1/v1" in line
+
+
+def test_the_header_fingerprints_the_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = make_dataset(tmp_path, 2)
+    argv = ["eval", "--dataset", str(dataset), "--engine", "fake", "--report", str(tmp_path / "r")]
+    assert main(argv) == 0
+    header = json.loads((tmp_path / "r" / "metrics.json").read_text())["header"]
+    assert header["dataset_sha256"] == hashlib.sha256(dataset.read_bytes()).hexdigest()

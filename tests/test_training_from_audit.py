@@ -28,9 +28,12 @@ from moderator.training.from_audit import (
     Exported,
     Exporter,
     ExportOptions,
+    Skip,
     export,
     query_rows,
     read_labels,
+    skip_kinds,
+    skipped_line,
     write_export,
 )
 from tests.audit_fixtures import ALPHA, BASE, BETA, fill, policy, record
@@ -264,3 +267,36 @@ def test_the_command_line(
     assert sample.id == "b-allow" and (out / sample.image).is_file()
     monkeypatch.setenv("MODERATOR_AUDIT__URL", f"sqlite:///{tmp_path / 'none.db'}")
     assert main(["dataset", "from-audit", "--out", str(out)]) == 1
+
+
+def test_a_label_never_takes_a_smoke_test_model_s_rationale(
+    tmp_path: Path, store: AuditStore, s3_settings: S3Settings
+) -> None:
+    """A reviewer who agrees with a smoke-test model's answer labels the image; the model's
+    stand-in rationale is still meaningless and must not become training text."""
+    labels_file = tmp_path / "reviews.csv"
+    labels_file.write_text("event_id,rating,category\na-smoke,Unsafe,O1\n", encoding="utf-8")
+    out = tmp_path / "out"
+    options = ExportOptions(read_labels(labels_file), labelled_only=True)
+    run(store, out, s3_settings, options)
+    [sample] = read_dataset(out / "dataset.json")
+    assert (sample.id, sample.rating, sample.category) == ("a-smoke", "Unsafe", O1)
+    assert sample.rationale is None
+
+
+def test_skipped_rows_are_counted_by_kind() -> None:
+    skipped = [
+        Skip("a", "image: fetch_failed: s3://b/a.png: Unable to locate credentials"),
+        Skip("b", "image: fetch_failed: s3://b/b.png: Unable to locate credentials"),
+        Skip("c", "image: the object's bytes differ from the ones judged"),
+        Skip("d", "a smoke-test model's answer (meaningless) and no label"),
+    ]
+    assert skip_kinds(skipped) == {
+        "image: fetch_failed": 2,
+        "image": 1,
+        "a smoke-test model's answer (meaningless) and no label": 1,
+    }
+    assert skipped_line(skipped, Path("out/skipped.jsonl")) == (
+        "4 row(s) skipped (image: fetch_failed 2, image 1, a smoke-test model's answer "
+        "(meaningless) and no label 1), listed in out/skipped.jsonl"
+    )

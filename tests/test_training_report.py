@@ -26,7 +26,9 @@ from moderator.training.report import (
     write_compare,
     write_report,
 )
+from moderator.training.report_charts import category_figure
 from moderator.training.report_compare import RULE, compare_metrics
+from moderator.training.report_render import header_items
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -274,3 +276,92 @@ def test_compare_names_a_missing_report(tmp_path: Path) -> None:
     (tmp_path / "b" / "metrics.json").write_text("[1]", encoding="utf-8")
     with pytest.raises(ReportError, match=r"B: .*not a metrics document"):
         compare(tmp_path, tmp_path / "b")
+
+
+# -- what a reader sees first --------------------------------------------------------------------
+
+SMOKE_HEADER = {
+    **HEADER,
+    "engine": "transformers",
+    "model": "./tiny",
+    "smoke_test": True,
+    "errors": {},
+}
+
+
+def test_the_header_reads_as_words_not_python(
+    tmp_path: Path, data: tuple[list[Sample], list[Prediction]]
+) -> None:
+    samples, predictions = data
+    header = {**SMOKE_HEADER, "errors": {"engine_error": 2, "corrupt_image": 1}}
+    assert dict(header_items(header)) == {
+        "dataset": HEADER["dataset"],
+        "engine": "transformers",
+        "errors": "engine_error 2, corrupt_image 1",
+        "model": "./tiny",
+        "smoke test": "yes",
+    }
+    assert dict(header_items({"errors": {}, "smoke_test": False})) == {
+        "errors": "none",
+        "smoke test": "no",
+    }
+    metrics = compute(samples, predictions)
+    write_report(tmp_path, metrics, samples, predictions, SMOKE_HEADER)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "- **errors**: none\n" in md and "- **smoke test**: yes\n" in md
+    top = md.split("## Summary")[0]
+    assert "{}" not in top and "True" not in top
+
+
+def test_a_smoke_test_report_says_so_before_any_number(
+    tmp_path: Path, data: tuple[list[Sample], list[Prediction]]
+) -> None:
+    samples, predictions = data
+    metrics = compute(samples, predictions)
+    write_report(tmp_path, metrics, samples, predictions, SMOKE_HEADER)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    warning = "> **Warning**: a smoke-test model (transformers: ./tiny) answered"
+    assert warning in md and md.index(warning) < md.index("## Summary")
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<p class="warning" id="smoke-test">Warning: a smoke-test model' in html
+    assert html.index('id="smoke-test"') < html.index("<h2>Summary</h2>")
+    write_report(tmp_path, metrics, samples, predictions, HEADER)
+    assert "smoke-test model" not in (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert 'id="smoke-test"' not in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_compare_warns_about_a_smoke_test_report() -> None:
+    a = _doc(balanced_accuracy=0.8, header={"smoke_test": True, "model": "./tiny"})
+    b = _doc(balanced_accuracy=0.9, header={"smoke_test": False, "model": "big"})
+    assert compare_metrics(a, b)["warnings"] == [
+        "A was answered by a smoke-test model (./tiny): its metrics are not meaningful."
+    ]
+    assert compare_metrics(b, b)["warnings"] == []
+
+
+def test_the_per_category_legend_covers_no_bar(data: tuple[list[Sample], list[Prediction]]) -> None:
+    """The legend used to sit inside the plot, over the last category's bars and values."""
+    pytest.importorskip("matplotlib", reason="the plots need the replay extra")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = category_figure(compute(*data))
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    [axes] = figure.axes
+    legends = [*figure.legends, *([axes.get_legend()] if axes.get_legend() else [])]
+    assert len(legends) == 1
+    box = legends[0].get_window_extent(renderer)
+    assert not box.overlaps(axes.get_window_extent(renderer))
+
+
+def test_compare_goes_by_the_dataset_s_contents_not_its_path() -> None:
+    one, two = "a" * 64, "b" * 64
+    here = _doc(header={"dataset": "data/test.json", "dataset_sha256": one})
+    there = _doc(header={"dataset": "/abs/data/test.json", "dataset_sha256": one})
+    assert compare_metrics(here, there)["warnings"] == []  # one file, two paths
+    rebuilt = _doc(header={"dataset": "data/test.json", "dataset_sha256": two})
+    assert compare_metrics(here, rebuilt)["warnings"] == [
+        "The reports were made on different dataset contents (data/test.json sha256 "
+        "aaaaaaaaaaaa vs data/test.json sha256 bbbbbbbbbbbb)."
+    ]

@@ -243,10 +243,8 @@ def cmd_from_audit(args: argparse.Namespace) -> int:
         fa.finish_line(progress, result)
     fa.write_export(args.out, result, query, options)
     if result.skipped:
-        where = args.out / fa.SKIPPED_FILE
-        print(
-            f"moderator: {len(result.skipped)} row(s) skipped, listed in {where}", file=sys.stderr
-        )
+        line = fa.skipped_line(result.skipped, args.out / fa.SKIPPED_FILE)
+        print(f"moderator: {line}", file=sys.stderr)
     print(f"{len(result.samples)} samples -> {args.out / fa.DATASET_FILE}")
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moderator.cli.style import (
     add_command,
@@ -22,7 +22,12 @@ from moderator.cli.style import (
 )
 from moderator.errors import ConfigError, ModeratorError
 
-MAX_REPEAT = 0.2  # moderator.training.rationales.MAX_REPEAT (not imported: parsers stay cheap)
+if TYPE_CHECKING:
+    from moderator.training.rationales import Outcome
+
+# Copies of moderator.training constants (not imported: parsers stay cheap).
+MAX_REPEAT = 0.2  # rationales.MAX_REPEAT
+SMOKE_TEST_KEY = "rationale_smoke_test"  # dataset.SMOKE_TEST_KEY
 DESCRIPTION = (
     "Fill the missing rationales of DATASET with a guard model told the answer and write the "
     "completed dataset to OUT. Each sample without a rationale is judged through the same "
@@ -33,7 +38,9 @@ DESCRIPTION = (
     "above --max-repeat); otherwise it is asked again while --attempts remain, then rejected. "
     "Every outcome is appended to OUT.progress.jsonl as it arrives: run the same command "
     "again to resume (ids with an outcome are skipped; --retry-rejected asks the rejected ones "
-    "again). Exit 0 when every sample got an outcome, 1 when some hit engine or image errors "
+    "again). A rationale written by a smoke-test model (the fake engine, a tiny checkpoint) is "
+    "marked rationale_smoke_test: true in OUT: it means nothing. Exit 0 when every sample got "
+    "an outcome, 1 when some hit engine or image errors "
     "(run again to retry them) or on a runtime failure, 2 on bad arguments, settings or input "
     "files."
 )
@@ -126,29 +133,20 @@ def cmd_rationales(args: argparse.Namespace) -> int:
         retry_rejected=args.retry_rejected,
     )
     target = Target(args.dataset, args.out, prompt)
-    engines = Engines.start(settings, prompt)
+    engines = Engines.start(settings, prompt, announce=sys.stderr, label="rationales")
     model = engines.engine.info
     if model.smoke_test:
         print(
             f"rationales: SMOKE-TEST model ({model.engine}: {model.name}): its rationales mean "
-            "nothing; do not train on them",
+            f"nothing; do not train on them (each is marked {SMOKE_TEST_KEY}: true)",
             file=sys.stderr,
         )
     try:
         outcome = fill_rationales(samples, target, engines, settings, options, sys.stderr)
     finally:
         engines.close()
-    print(
-        f"rationales: {outcome.lacking} sample(s) lacked one; this run: {outcome.filled} "
-        f"filled, {sum(outcome.rejected.values())} rejected, {sum(outcome.failed.values())} "
-        f"failed; skipped (done earlier): {outcome.earlier}"
-    )
-    for kind, n in outcome.rejected.most_common():
-        print(f"  rejected: {kind}: {n}")
-    print(
-        f"wrote {args.out}: {outcome.total_filled} rationale(s) filled, "
-        f"{outcome.total_rejected} rejected (journal: {journal_path(args.out)})"
-    )
+    for line in summary_lines(outcome, args.out, journal_path(args.out)):
+        print(line)
     if outcome.failed:
         codes = ", ".join(f"{code} {n}" for code, n in outcome.failed.most_common())
         raise ModeratorError(
@@ -156,6 +154,29 @@ def cmd_rationales(args: argparse.Namespace) -> int:
             "run the command again to retry them"
         )
     return 0
+
+
+def summary_lines(outcome: Outcome, out: Path, journal: Path) -> list[str]:
+    """The run's summary for stdout: what this run did, the rejections by kind, what was left
+    for a later run, and what OUT holds (with the smoke-test rationales it marks)."""
+    lines = [
+        f"rationales: {outcome.lacking} sample(s) lacked one; this run: {outcome.filled} "
+        f"filled, {sum(outcome.rejected.values())} rejected, {sum(outcome.failed.values())} "
+        f"failed; skipped (done earlier): {outcome.earlier}"
+    ]
+    lines += [f"  rejected: {kind}: {n}" for kind, n in outcome.rejected.most_common()]
+    if outcome.left:
+        lines.append(f"  not asked (--limit): {outcome.left}; run the command again for them")
+    lines.append(
+        f"wrote {out}: {outcome.total_filled} rationale(s) filled, "
+        f"{outcome.total_rejected} rejected (journal: {journal})"
+    )
+    if outcome.total_smoke_test:
+        lines.append(
+            f"  {outcome.total_smoke_test} of them written by a smoke-test model, marked "
+            f"{SMOKE_TEST_KEY}: true: never train on them"
+        )
+    return lines
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -169,7 +190,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"dataset rationales: --limit must be at least 1, got {args.limit}")
     if args.out.resolve() == args.dataset.resolve():
         raise ConfigError("dataset rationales: OUT must not be the input dataset")
-    if args.out.is_dir() or not args.out.parent.is_dir():
+    if args.out.is_dir():
+        raise ConfigError(f"dataset rationales: OUT {args.out} is a folder; give a file name")
+    if not args.out.parent.is_dir():
         raise ConfigError(
-            f"dataset rationales: cannot write {args.out}: no such folder or a folder"
+            f"dataset rationales: cannot write {args.out}: the folder {args.out.parent} "
+            "does not exist"
         )

@@ -11,6 +11,7 @@ failure, 2 on bad arguments, settings or input files.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -171,6 +172,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = compute(samples, predictions, elapsed_s=elapsed)
     header = {
         "dataset": str(args.dataset),
+        "dataset_sha256": file_sha256(args.dataset),
         "samples": len(samples),
         **source,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -180,6 +182,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(line)
     print(f"report: {args.report / 'report.md'}")
     return 0
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256 (hex): `eval compare` tells the same dataset at another path from
+    another dataset at the same path."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -237,13 +249,16 @@ def _from_engine(
     _create(args.report)
     if without:
         print(f"eval: {without} sample(s) without a prompt use {where}", file=sys.stderr)
-    run = evaluate_engine(samples, settings, images, prompt, sys.stderr)
+    run = evaluate_engine(samples, settings, images, prompt, sys.stderr, announce=True)
     if run.model.smoke_test:
         print(
             f"eval: SMOKE-TEST model ({run.model.engine}: {run.model.name}): "
             "the metrics are not meaningful",
             file=sys.stderr,
         )
+    note = score_note(run.predictions)
+    if note is not None:
+        print(f"eval: {note}", file=sys.stderr)
     write_predictions(args.report / "predictions.jsonl", run.predictions)
     source = {
         "source": "engine",
@@ -253,6 +268,23 @@ def _from_engine(
         "errors": run.stats.errors,
     }
     return run.predictions, run.stats.seconds, source
+
+
+def score_note(predictions: list[Prediction]) -> str | None:
+    """Why the score metrics are missing or cover only part of an engine run, or None."""
+    scored = sum(1 for p in predictions if p.score is not None)
+    if scored == len(predictions):
+        return None
+    if scored == 0:
+        return (
+            "no answer came with a score (P(Unsafe)), so ROC-AUC, PR-AUC, calibration and the "
+            'threshold table are left out; docs/evaluation.md, "Scores", says what an '
+            "engine needs to give one"
+        )
+    return (
+        f"{len(predictions) - scored} of {len(predictions)} prediction(s) have no score: "
+        f"the score metrics use the {scored} that have one"
+    )
 
 
 def _create(directory: Path) -> None:

@@ -8,11 +8,15 @@ A dataset file is a JSON array (or JSON Lines) of entries:
        {"from": "human", "value": "<image>" + newline + the policy prompt},
        {"from": "gpt", "value": the answer as JSON text: {"rating", "category", "rationale"}}],
      "policy": "default",                optional: the policy the prompt was compiled from
-     "augmented": "violated_allowed"}    optional: the augmentation rule that made it
+     "augmented": "violated_allowed",    optional: the augmentation rule that made it
+     "rationale_smoke_test": true}       only when a smoke-test model wrote the rationale
 
 The answer's keys are `rating`, `category`, `rationale`, in that order; `rationale` is left out
 while a sample has none yet. Other keys of an entry (LlavaGuard's own `score`, `category`) are
-read past. docs/evaluation.md, "Datasets", describes the format and the augmentation rules.
+read past. A rationale written by a smoke-test model (`moderator dataset rationales` with the
+`fake` engine or a tiny checkpoint) is marked `rationale_smoke_test`: it means nothing, and
+`smoke_test_rationales` finds such samples before anything trains on them. docs/evaluation.md,
+"Datasets", describes the format and the augmentation rules.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from moderator.events.verdict import CATEGORIES, NONE_APPLYING, Rating
 RATINGS: tuple[Rating, ...] = ("Safe", "Unsafe")
 IMAGE_TOKEN = "<image>"  # noqa: S105 (the LLaVA image placeholder)
 S3_PREFIX = "s3://"
+SMOKE_TEST_KEY = "rationale_smoke_test"
 
 # The augmentation rules (the `augmented` field). The first and the last make policy-exception
 # samples: the policy, not the image, decides the label.
@@ -64,6 +69,7 @@ class Sample:
     policy: str | None = None  # the tenant or policy variant the prompt was compiled from
     prompt: str | None = None
     augmented: str | None = None  # the rule that made it (AUGMENTATIONS); None: an original
+    rationale_smoke_test: bool = False  # the rationale came from a smoke-test model
 
     def __post_init__(self) -> None:
         problem = field_problem(vars(self))
@@ -97,7 +103,15 @@ class Sample:
             entry["policy"] = self.policy
         if self.augmented is not None:
             entry["augmented"] = self.augmented
+        if self.rationale_smoke_test:
+            entry[SMOKE_TEST_KEY] = True
         return entry
+
+
+def smoke_test_rationales(samples: Sequence[Sample]) -> list[str]:
+    """The ids of the samples whose rationale a smoke-test model wrote (meaningless text that
+    must never be trained on), in order."""
+    return [s.id for s in samples if s.rationale_smoke_test and s.rationale]
 
 
 def field_problem(values: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -120,6 +134,8 @@ def field_problem(values: Mapping[str, Any]) -> tuple[str, str] | None:
         value = values.get(name)
         if value is not None and not isinstance(value, str):
             return name, "must be a string when given"
+    if not isinstance(values.get(SMOKE_TEST_KEY, False), bool):
+        return SMOKE_TEST_KEY, "must be true or false when given"
     return None
 
 
@@ -148,7 +164,7 @@ def read_dataset(path: Path) -> list[Sample]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read: {exc}") from exc
+        raise DatasetError(f"{path}: cannot read: {read_problem(exc)}") from exc
     entries = _array(text, path) if text.lstrip().startswith("[") else _lines(text, path)
     samples: list[Sample] = []
     first: dict[str, int] = {}
@@ -163,6 +179,14 @@ def read_dataset(path: Path) -> list[Sample]:
         first[sample.id] = line
         samples.append(sample)
     return samples
+
+
+def read_problem(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a file could not be read, in words: `No such file or directory`, `Is a directory`,
+    `not UTF-8 text`."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return exc.strerror or str(exc)
 
 
 def _array(text: str, path: Path) -> Iterator[tuple[int, Any]]:
@@ -250,6 +274,7 @@ def _parse_entry(entry: Any) -> Sample:
         "policy": entry.get("policy"),
         "prompt": prompt or None,
         "augmented": entry.get("augmented"),
+        SMOKE_TEST_KEY: entry.get(SMOKE_TEST_KEY, False),
     }
     problem = field_problem(fields)
     if problem is not None:

@@ -32,6 +32,7 @@ from moderator.events.verdict import CATEGORIES, ModelInfo
 from moderator.fetch.decode import DecodeLimits, decode_image
 from moderator.fetch.local import LOCAL_BUCKET, LocalFileStore
 from moderator.fetch.store import ObjectStore
+from moderator.masking import mask_passwords
 from moderator.pipeline.progress import Counts, Progress
 from moderator.policy.bundled import bundled_default
 from moderator.policy.compiled import compile_policy
@@ -274,6 +275,15 @@ class EngineRunner:
             self._slots.release()
 
 
+def loading_line(settings: Settings) -> str:
+    """`loading the transformers engine (model ./ckpt), then one warm-up request`."""
+    s = settings.engine
+    where = f" (model {s.model})" if s.model else ""
+    if s.kind == "openai" and s.base_url:
+        where = f" (model {s.model} at {mask_passwords(str(s.base_url))})"
+    return f"loading the {s.kind} engine{where}, then one warm-up request"
+
+
 def max_in_flight(settings: Settings, engine: Engine) -> int:
     """Enough requests to keep every engine batch (or a server's in-flight limit) busy."""
     s = settings.engine
@@ -291,9 +301,31 @@ class Engines:
     window: EngineWindow
 
     @classmethod
-    def start(cls, settings: Settings, warm_prompt: str) -> Engines:
+    def start(
+        cls,
+        settings: Settings,
+        warm_prompt: str,
+        *,
+        announce: TextIO | None = None,
+        label: str = "eval",
+    ) -> Engines:
         """Build the engine and window as the service does and send one warm-up request, so
-        the first call's cost (kernels, connections) is not counted in samples/s."""
+        the first call's cost (kernels, connections) is not counted in samples/s. With
+        `announce`, a line goes there before loading (which can take minutes) and one when the
+        engine has answered, with the time taken."""
+        started = time.monotonic()
+        if announce is not None:
+            print(f"{label}: {loading_line(settings)}", file=announce, flush=True)
+        engines = cls._build(settings, warm_prompt)
+        if announce is not None:
+            took = duration(time.monotonic() - started)
+            smoke = " (a SMOKE-TEST model: its answers mean nothing)"
+            smoke = smoke if engines.engine.info.smoke_test else ""
+            print(f"{label}: engine ready in {took}{smoke}", file=announce, flush=True)
+        return engines
+
+    @classmethod
+    def _build(cls, settings: Settings, warm_prompt: str) -> Engines:
         engine = build_engine(settings.engine)
         try:
             window = build_window(engine, settings.engine)
@@ -337,10 +369,13 @@ def evaluate_engine(
     images: ImageSource,
     default_prompt: str,
     progress_stream: TextIO,
+    *,
+    announce: bool = False,
 ) -> EngineEval:
     """Every sample through the configured engine; one prediction each, in dataset order.
     A result without a parseable answer (unparseable output, an engine or image error) is a
-    prediction with rating None and the raw text when there was one."""
+    prediction with rating None and the raw text when there was one. With `announce`, the
+    engine's loading and warm-up are reported on `progress_stream` too."""
     jobs = jobs_for(samples, default_prompt)
     results: dict[str, EngineResult] = {}
     lock = threading.Lock()
@@ -349,7 +384,9 @@ def evaluate_engine(
         with lock:
             results[job.id] = result
 
-    engines = Engines.start(settings, default_prompt)
+    engines = Engines.start(
+        settings, default_prompt, announce=progress_stream if announce else None
+    )
     try:
         progress = RunProgress(progress_stream, "eval")  # from here: warm-up is not counted
         stats = engines.runner(settings, images).run(jobs, keep, progress)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,8 +201,9 @@ def export(
 
 
 def _labelled(sample: Sample, label: Label | None, row: AuditRow) -> Sample:
-    """A reviewer's label keeps the recorded rationale only when it agrees with the model."""
-    if label is None or label.rationale is not None:
+    """A reviewer's label keeps the recorded rationale only when it agrees with the model, and
+    never a smoke-test model's (meaningless text, whatever the label)."""
+    if label is None or label.rationale is not None or row.model_smoke_test:
         return sample
     agrees = (row.rating, row.category) == (label.rating, label.category)
     recorded = (((row.record or {}).get("verdict") or {}).get("assessment") or {}).get("rationale")
@@ -221,6 +223,27 @@ def query_rows(store: AuditStore, query: AuditQuery) -> Iterator[AuditRow]:
         query = dataclasses.replace(query, cursor=page.next_cursor)
 
 
+def skip_kind(reason: str) -> str:
+    """A skip reason without its details: `image: fetch_failed` for an image that could not be
+    read, else the reason up to its first ':'."""
+    head, _, rest = reason.partition(": ")
+    code = rest.partition(": ")[0]
+    if head == "image" and re.fullmatch(r"[a-z_]+", code):
+        return f"image: {code}"
+    return head
+
+
+def skip_kinds(skipped: Sequence[Skip]) -> Counter[str]:
+    """Skipped rows by kind of reason (skip_kind)."""
+    return Counter(skip_kind(s.reason) for s in skipped)
+
+
+def skipped_line(skipped: Sequence[Skip], where: Path) -> str:
+    """`9 row(s) skipped (image: fetch_failed 7, ...), listed in DIR/skipped.jsonl`."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in skip_kinds(skipped).most_common())
+    return f"{len(skipped)} row(s) skipped ({kinds}), listed in {where}"
+
+
 def write_export(out: Path, result: Exported, query: AuditQuery, options: ExportOptions) -> None:
     """DIR/dataset.json, DIR/skipped.jsonl (when rows were skipped) and DIR/export.json."""
     write_dataset(out / DATASET_FILE, result.samples)
@@ -233,7 +256,7 @@ def write_export(out: Path, result: Exported, query: AuditQuery, options: Export
         skipped.write_text("".join(lines), encoding="utf-8")
     else:
         skipped.unlink(missing_ok=True)
-    reasons = Counter(s.reason.split(":", 1)[0] for s in result.skipped)
+    reasons = skip_kinds(result.skipped)
     doc = {
         "schema": SCHEMA,
         "filters": {

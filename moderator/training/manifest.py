@@ -26,7 +26,7 @@ from typing import Any
 
 from moderator.errors import ConfigError
 from moderator.events.verdict import CATEGORIES, NONE_APPLYING, Rating, category_code, code_of
-from moderator.training.dataset import S3_PREFIX
+from moderator.training.dataset import S3_PREFIX, read_problem
 
 REQUIRED = ("image", "rating", "category")
 OPTIONAL = ("rationale", "id")
@@ -104,7 +104,7 @@ def read_table(
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what}: cannot read {path}: {exc}") from exc
+        raise ConfigError(f"{what}: cannot read {path}: {read_problem(exc)}") from exc
     suffix = path.suffix.lower()
     known = required + optional
     if suffix in (".jsonl", ".ndjson") or (suffix != ".csv" and text.lstrip().startswith("{")):

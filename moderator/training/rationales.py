@@ -11,6 +11,10 @@ Resumable: every outcome is appended to a journal (JSON Lines, `<out>.progress.j
 arrives; a new run skips the ids the journal already has (rejected ones too, unless told to
 retry them) and the output dataset is written from the journal at the end. Engine and image
 errors are not journalled: a rerun tries those samples again.
+
+A rationale from a smoke-test model (the `fake` engine, a tiny checkpoint) is journalled with
+`"smoke_test": true` and its sample written with `rationale_smoke_test: true`, so that nothing
+trains on it unknowingly (moderator.training.dataset.smoke_test_rationales finds them).
 """
 
 from __future__ import annotations
@@ -104,16 +108,21 @@ def journal_path(out: Path) -> Path:
 
 @dataclass
 class Journal:
-    """Outcomes by id, as read from the journal file: a rationale, or a rejection reason."""
+    """Outcomes by id, as read from the journal file: a rationale, or a rejection reason; and
+    the ids whose rationale a smoke-test model wrote."""
 
     rationales: dict[str, str] = dataclasses.field(default_factory=dict)
     rejected: dict[str, str] = dataclasses.field(default_factory=dict)
+    smoke_test: set[str] = dataclasses.field(default_factory=set)
 
     def record(self, doc: dict[str, Any]) -> None:
         sample_id = doc["id"]
+        self.smoke_test.discard(sample_id)
         if "rationale" in doc:
             self.rationales[sample_id] = doc["rationale"]
             self.rejected.pop(sample_id, None)
+            if doc.get("smoke_test") is True:
+                self.smoke_test.add(sample_id)
         else:
             self.rejected[sample_id] = doc["rejected"]
             self.rationales.pop(sample_id, None)
@@ -140,6 +149,7 @@ def read_journal(path: Path) -> Journal:
             valid = valid and (
                 isinstance(doc.get("rationale"), str) or isinstance(doc.get("rejected"), str)
             )
+            valid = valid and isinstance(doc.get("smoke_test", False), bool)
         except json.JSONDecodeError:
             valid = False
         if not valid:
@@ -182,20 +192,22 @@ class Outcome:
 
     lacking: int  # samples without a rationale in the dataset
     earlier: int  # of which had an outcome in the journal before this run and were skipped
+    left: int = 0  # of which were not asked in this run because of --limit
     filled: int = 0  # rationales accepted by this run
     rejected: Counter[str] = dataclasses.field(default_factory=Counter)  # final, by kind
     failed: Counter[str] = dataclasses.field(default_factory=Counter)  # by error code
     total_filled: int = 0  # rationales in the written dataset that came from the journal
     total_rejected: int = 0  # samples still without one after a final rejection
+    total_smoke_test: int = 0  # written rationales that a smoke-test model wrote (marked)
 
 
 def pending_samples(samples: Sequence[Sample], journal: Journal, options: Options) -> list[Sample]:
-    """The samples lacking a rationale and without an outcome yet, up to `options.limit`."""
+    """The samples lacking a rationale and without an outcome yet (all of them: `--limit` is
+    applied by the caller)."""
     done = set(journal.rationales)
     if not options.retry_rejected:
         done |= set(journal.rejected)
-    todo = [s for s in samples if not s.rationale and s.id not in done]
-    return todo[: options.limit] if options.limit is not None else todo
+    return [s for s in samples if not s.rationale and s.id not in done]
 
 
 @dataclass(frozen=True)
@@ -221,8 +233,12 @@ def fill_rationales(
     path = journal_path(target.out)
     journal = read_journal(path)
     lacking = [s for s in samples if not s.rationale]
-    todo = pending_samples(samples, journal, options)
-    outcome = Outcome(lacking=len(lacking), earlier=len(lacking) - len(todo))
+    pending = pending_samples(samples, journal, options)
+    todo = pending[: options.limit] if options.limit is not None else pending
+    outcome = Outcome(
+        lacking=len(lacking), earlier=len(lacking) - len(pending), left=len(pending) - len(todo)
+    )
+    smoke_test = engines.engine.info.smoke_test
     images = ImageSource(target.dataset, settings)
     with path.open("a", encoding="utf-8") as stream:
         writer = JournalWriter(stream, journal)
@@ -230,7 +246,9 @@ def fill_rationales(
             if not todo:
                 break
             label = "rationales" if options.attempts == 1 else f"rationales {attempt}"
-            run = _Attempt(todo, writer, outcome, options, final=attempt == options.attempts)
+            run = _Attempt(
+                todo, writer, outcome, options, final=attempt == options.attempts, smoke=smoke_test
+            )
             jobs = [
                 Job(
                     s.id,
@@ -245,6 +263,7 @@ def fill_rationales(
             todo = [s for s in todo if s.id in run.again]
     outcome.total_filled = sum(1 for s in lacking if s.id in journal.rationales)
     outcome.total_rejected = sum(1 for s in lacking if s.id in journal.rejected)
+    outcome.total_smoke_test = sum(1 for s in lacking if s.id in journal.smoke_test)
     filled = [_with_rationale(s, journal) for s in samples]
     write_dataset(target.out, [rebase(s, target.dataset, target.out) for s in filled])
     return outcome
@@ -261,8 +280,10 @@ class _Attempt:
         options: Options,
         *,
         final: bool,
+        smoke: bool,
     ) -> None:
         self._samples = {s.id: s for s in samples}
+        self._smoke = smoke
         self._writer = writer
         self._outcome = outcome
         self._options = options
@@ -288,7 +309,10 @@ class _Attempt:
             with self._lock:
                 self._outcome.rejected[reason_kind(str(exc))] += 1
             return
-        self._writer.write({"id": sample.id, "rationale": text})
+        kept: dict[str, Any] = {"id": sample.id, "rationale": text}
+        if self._smoke:
+            kept["smoke_test"] = True
+        self._writer.write(kept)
         with self._lock:
             self._outcome.filled += 1
 
@@ -296,7 +320,11 @@ class _Attempt:
 def _with_rationale(sample: Sample, journal: Journal) -> Sample:
     if sample.rationale or sample.id not in journal.rationales:
         return sample
-    return dataclasses.replace(sample, rationale=journal.rationales[sample.id])
+    return dataclasses.replace(
+        sample,
+        rationale=journal.rationales[sample.id],
+        rationale_smoke_test=sample.id in journal.smoke_test,
+    )
 
 
 def rebase(sample: Sample, dataset: Path, out: Path) -> Sample:

@@ -36,7 +36,7 @@ def draw_charts(metrics: Mapping[str, Any], outcomes: Sequence[Outcome]) -> dict
         return None
     charts = {
         "confusion.png": _png(_confusion_figure(metrics)),
-        "per_category.png": _png(_category_figure(metrics)),
+        "per_category.png": _png(category_figure(metrics)),
     }
     scored = [(o.unsafe, o.score) for o in outcomes if o.score is not None]
     if scored and metrics.get("calibration"):
@@ -75,7 +75,8 @@ def _confusion_figure(metrics: Mapping[str, Any]) -> Figure:
     return figure
 
 
-def _category_figure(metrics: Mapping[str, Any]) -> Figure:
+def category_figure(metrics: Mapping[str, Any]) -> Figure:
+    """Recall, specificity and category accuracy per true category, as horizontal bars."""
     from matplotlib.figure import Figure
 
     per_category: Mapping[str, Mapping[str, Any]] = metrics.get("per_category") or {}
@@ -103,7 +104,8 @@ def _category_figure(metrics: Mapping[str, Any]) -> Figure:
     axes.set_xlim(0.0, 1.1)
     axes.set_xlabel("share of the category's samples")
     axes.set_title("Per true category")
-    axes.legend(loc="lower right", fontsize="small", framealpha=0.9)
+    # Below the plot, never over a bar or its value.
+    figure.legend(loc="outside lower center", ncols=len(series), fontsize="small", frameon=False)
     return figure
 
 

@@ -152,13 +152,30 @@ def _warnings(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     notes = []
     data_a = lookup(a, "header.dataset")
     data_b = lookup(b, "header.dataset")
-    if data_a is not None and data_b is not None and data_a != data_b:
+    sha_a = lookup(a, "header.dataset_sha256")
+    sha_b = lookup(b, "header.dataset_sha256")
+    if sha_a is not None and sha_b is not None:
+        # The contents decide: the same file under two paths is the same data, and a file
+        # rebuilt in place between the two runs is not.
+        if sha_a != sha_b:
+            notes.append(
+                f"The reports were made on different dataset contents ({data_a} "
+                f"sha256 {str(sha_a)[:12]} vs {data_b} sha256 {str(sha_b)[:12]})."
+            )
+    elif data_a is not None and data_b is not None and data_a != data_b:
         notes.append(f"The reports name different datasets ({data_a} vs {data_b}).")
     if a.get("n") != b.get("n"):
         notes.append(
             f"The reports cover different numbers of samples ({a.get('n')} vs {b.get('n')}): "
             "their deltas compare different data."
         )
+    for name, report in (("A", a), ("B", b)):
+        if lookup(report, "header.smoke_test") is True:
+            model = lookup(report, "header.model") or lookup(report, "header.engine")
+            notes.append(
+                f"{name} was answered by a smoke-test model ({model}): its metrics are not "
+                "meaningful."
+            )
     return notes
 
 

@@ -23,6 +23,10 @@ NO_SCORES = (
     "No prediction has a score, so there is no ROC-AUC, PR-AUC, calibration or threshold table: "
     "they need the engine's P(Unsafe)."
 )
+SMOKE_TEST = (
+    "a smoke-test model ({model}) answered: random weights or a stand-in, so these numbers say "
+    "nothing about any real model. Use this report to check the tooling only."
+)
 SNIPPETS_NOTE = (
     "Per-rule thresholds as a tenant policy's entries (docs/policies.md), one block per level. "
     "Check the sample counts in the table above before trusting a rule's values."
@@ -42,7 +46,9 @@ table { border-collapse: collapse; margin: .5em 0; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f1f3f5; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; }
-p.note { color: #555; } figure { margin: .5em 0; } img { max-width: 100%; }
+p.note { color: #555; }
+p.warning { background: #fff3cd; border: 1px solid #e0b252; padding: .6em .8em; }
+figure { margin: .5em 0; } img { max-width: 100%; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
 dt { font-weight: 600; } dd { margin: 0; }
 """
@@ -50,16 +56,29 @@ _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def header_items(header: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The run header as (label, text), in key order."""
-    items = []
-    for key in sorted(header):
-        value = header[key]
-        if isinstance(value, list | tuple):
-            text = ", ".join(str(v) for v in value)
-        else:
-            text = "-" if value is None else str(value)
-        items.append((key.replace("_", " "), text))
-    return items
+    """The run header as (label, text), in key order: yes/no for a flag, `code n, ...` (or
+    `none`) for counts by key."""
+    return [(key.replace("_", " "), _header_text(header[key])) for key in sorted(header)]
+
+
+def _header_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def smoke_test_warning(header: Mapping[str, Any]) -> str | None:
+    """The warning a report of a smoke-test model opens with, or None."""
+    if not header.get("smoke_test"):
+        return None
+    model = ": ".join(str(header[k]) for k in ("engine", "model") if header.get(k))
+    return SMOKE_TEST.format(model=model or "unnamed")
 
 
 def render_markdown(
@@ -71,6 +90,9 @@ def render_markdown(
     """The whole report.md; `charts` names the PNG files written beside it (None: no matplotlib)."""
     lines = [f"# {TITLE}", ""]
     lines += [f"- **{_inline(k)}**: {_inline(v)}" for k, v in header_items(header)]
+    warning = smoke_test_warning(header)
+    if warning is not None:
+        lines += ["", f"> **Warning**: {_inline(warning)}"]
     if not metrics.get("scored"):
         lines += ["", NO_SCORES]
     for table in tables:
@@ -101,6 +123,9 @@ def render_html(
         *(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in header_items(header)),
         "</dl>",
     ]
+    warning = smoke_test_warning(header)
+    if warning is not None:
+        parts.append(f'<p class="warning" id="smoke-test">Warning: {escape(warning)}</p>')
     if not metrics.get("scored"):
         parts.append(f'<p class="note" id="no-scores">{escape(NO_SCORES)}</p>')
     for table in tables:
