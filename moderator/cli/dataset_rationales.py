@@ -97,25 +97,15 @@ def add_rationales_parser(dataset_sub: Any) -> None:
 
 
 def cmd_rationales(args: argparse.Namespace) -> int:
+    from moderator.cli.offline import offline_settings
     from moderator.cli.preflight import check_engine_files
-    from moderator.logs import configure_logging
-    from moderator.settings import load_settings
     from moderator.training.dataset import read_dataset
     from moderator.training.evaluate import Engines, ImageSource, default_policy_prompt
     from moderator.training.predictions import listed
     from moderator.training.rationales import Options, Target, fill_rationales, journal_path
 
     _check_flags(args)
-    overrides = {
-        "engine.kind": args.engine,
-        "engine.model": args.model,
-        "policies.dir": args.policies,
-    }
-    settings = load_settings(args.config, overrides)
-    level = "debug" if args.debug else settings.log.level
-    configure_logging(
-        settings.log.model_copy(update={"level": "warning" if level == "info" else level})
-    )
+    settings = offline_settings(args)
     samples = read_dataset(args.dataset)
     check_engine_files(settings.engine)
     missing = ImageSource(args.dataset, settings).missing_local(

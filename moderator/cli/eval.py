@@ -141,21 +141,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if getattr(args, "eval_command", None) == "compare":
         return cmd_compare(args.a, args.b, output_format=args.format, out=args.out)
     _check_flags(args)
-    from moderator.logs import configure_logging
-    from moderator.settings import load_settings
+    from moderator.cli.offline import offline_settings
     from moderator.training.dataset import read_dataset
 
-    overrides = {
-        "engine.kind": args.engine,
-        "engine.model": args.model,
-        "policies.dir": args.policies,
-    }
-    settings = load_settings(args.config, overrides)
-    level = "debug" if args.debug else settings.log.level
-    # `info` (the service default) becomes `warning`: the progress line owns stderr.
-    configure_logging(
-        settings.log.model_copy(update={"level": "warning" if level == "info" else level})
-    )
+    settings = offline_settings(args)
     samples = read_dataset(args.dataset)
     if args.limit is not None:
         samples = samples[: args.limit]

@@ -1,0 +1,28 @@
+"""Settings and logging shared by the offline commands that run an engine over a dataset
+(`eval`, `dataset rationales`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from moderator.settings import Settings
+
+
+def offline_settings(args: argparse.Namespace) -> Settings:
+    """The settings file (`--config`) with `--engine`, `--model` and `--policies` over it, and
+    logging configured: the service's `info` becomes `warning`, since a progress line owns
+    stderr; `--debug` logs everything."""
+    from moderator.logs import configure_logging
+    from moderator.settings import load_settings
+
+    overrides = {
+        "engine.kind": args.engine,
+        "engine.model": args.model,
+        "policies.dir": args.policies,
+    }
+    settings = load_settings(args.config, overrides)
+    level = "debug" if args.debug else settings.log.level
+    configure_logging(
+        settings.log.model_copy(update={"level": "warning" if level == "info" else level})
+    )
+    return settings
