@@ -12,8 +12,8 @@ from moderator.replay.tables import Table, cell_text, header_items, policy_diff,
 
 def render_markdown(report: Report, changed: Sequence[Pair]) -> str:
     """The whole report.md; `changed` is the run's changed pairs sorted by event id."""
-    lines = [f"# Replay report {_inline(report.run_id)}", ""]
-    lines += [f"- **{_inline(label)}**: {_inline(value)}" for label, value in header_items(report)]
+    lines = [f"# Replay report {inline(report.run_id)}", ""]
+    lines += [f"- **{inline(label)}**: {inline(value)}" for label, value in header_items(report)]
     lines += ["", "## Policy diff", ""]
     diff = policy_diff(report)
     if diff:
@@ -29,13 +29,18 @@ def render_markdown(report: Report, changed: Sequence[Pair]) -> str:
 def _table(table: Table) -> list[str]:
     lines = [f"## {table.title}", ""]
     if table.note:
-        lines += [_inline(table.note), ""]
+        lines += [inline(table.note), ""]
+    return lines + table_lines(table)
+
+
+def table_lines(table: Table) -> list[str]:
+    """A Table's columns and rows as a Markdown table (numbers right-aligned), or "None."."""
     if not table.rows:
-        return [*lines, "None."]
-    lines.append("| " + " | ".join(table.columns) + " |")
+        return ["None."]
+    lines = ["| " + " | ".join(inline(c) for c in table.columns) + " |"]
     aligns = ("---:" if _numeric(table, i) else "---" for i in range(len(table.columns)))
     lines.append("|" + "|".join(aligns) + "|")
-    lines += ["| " + " | ".join(_inline(cell_text(c)) for c in row) + " |" for row in table.rows]
+    lines += ["| " + " | ".join(inline(cell_text(c)) for c in row) + " |" for row in table.rows]
     return lines
 
 
@@ -44,10 +49,10 @@ def _numeric(table: Table, column: int) -> bool:
     return bool(values) and all(isinstance(v, int | float) for v in values)
 
 
-def _inline(text: str) -> str:
+def inline(text: str) -> str:
     """Data as literal Markdown text: no table breaks, no emphasis, no raw HTML from a key."""
     text = " ".join(text.splitlines())
-    text = re.sub(r"([\\`*|\[\]])", r"\\\1", text)
+    text = re.sub(r"([\\`*_|\[\]])", r"\\\1", text)
     return text.replace("<", "&lt;").replace(">", "&gt;")
 
 

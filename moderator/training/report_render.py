@@ -8,13 +8,14 @@ that came from data is escaped.
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
 from moderator.replay.html import html_table
-from moderator.replay.tables import Table, cell_text
+from moderator.replay.markdown import inline as _inline
+from moderator.replay.markdown import table_lines
+from moderator.replay.tables import Table
 from moderator.training.report_charts import CHART_FILES, NO_CHARTS
 from moderator.training.report_tables import policy_snippets
 
@@ -172,22 +173,4 @@ def _html_chart(name: str | None, charts: Mapping[str, bytes] | None) -> list[st
 
 def _md_table(table: Table) -> list[str]:
     lines = [_inline(table.note), ""] if table.note else []
-    if not table.rows:
-        return [*lines, "None."]
-    lines.append("| " + " | ".join(_inline(c) for c in table.columns) + " |")
-    aligns = ("---:" if _numeric(table, i) else "---" for i in range(len(table.columns)))
-    lines.append("|" + "|".join(aligns) + "|")
-    lines += ["| " + " | ".join(_inline(cell_text(c)) for c in row) + " |" for row in table.rows]
-    return lines
-
-
-def _numeric(table: Table, column: int) -> bool:
-    values = [row[column] for row in table.rows if row[column] is not None]
-    return bool(values) and all(isinstance(v, int | float) for v in values)
-
-
-def _inline(text: str) -> str:
-    """Data as literal Markdown text: no table breaks, no emphasis, no raw HTML."""
-    text = " ".join(text.splitlines())
-    text = re.sub(r"([\\`*_|\[\]])", r"\\\1", text)
-    return text.replace("<", "&lt;").replace(">", "&gt;")
+    return lines + table_lines(table)
