@@ -55,7 +55,7 @@ GPU_PY ?= $(BIN)/python
 # What a lent GPU machine lacks, at the versions in .venv (docs/gpu.md).
 GPU_WHEELS := pydantic pydantic[-_]core pydantic[-_]settings annotated[-_]types typing[-_]inspection \
 	typing[-_]extensions python[-_]dotenv structlog opentelemetry[-_]api opentelemetry[-_]sdk \
-	opentelemetry[-_]semantic[-_]conventions xgrammar apache[-_]tvm[-_]ffi
+	opentelemetry[-_]semantic[-_]conventions xgrammar apache[-_]tvm[-_]ffi peft
 WHL ?= .whl
 
 gpu-check:

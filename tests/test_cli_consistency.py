@@ -40,7 +40,14 @@ SHARED = {
 }
 # `audit query --model ENGINE[:NAME]` filters rows by the recorded model; it sets nothing.
 # `dataset from-audit` takes the same filters, with the same metavar.
-FILTERS = {("audit", "query", "--model"), ("dataset", "from-audit", "--model")}
+# `train --config FILE` is the run configuration, not the settings file; `train --resume
+# [CHECKPOINT]` names a checkpoint directory, not a replay run id.
+FILTERS = {
+    ("audit", "query", "--model"),
+    ("dataset", "from-audit", "--model"),
+    ("train", "--config"),
+    ("train", "--resume"),
+}
 
 
 def _flags() -> dict[str, list[tuple[tuple[str, ...], argparse.Action]]]:

@@ -30,6 +30,7 @@ from moderator.cli.replay import add_replay_parser
 from moderator.cli.signals import install_stop_handlers
 from moderator.cli.style import ENGINES, HelpFormatter, examples
 from moderator.cli.topics import add_topics_parser
+from moderator.cli.train import add_train_parser
 from moderator.dev.tiny.checkpoint import (
     ARCHES as TINY_ARCHES,  # cheap: torch is imported on use only
 )
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_parser(sub)
     add_eval_parser(sub)
     add_dataset_parser(sub)
+    add_train_parser(sub)
     add_policy_parser(sub)
     audit_sub = add_audit_parser(sub)
     add_query_parser(audit_sub)
@@ -164,6 +166,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from moderator.cli.eval import cmd_eval
 
         return cmd_eval(args)
+    if args.command == "train":
+        from moderator.cli.train import cmd_train
+
+        return cmd_train(args)
     if args.command == "explain":
         from moderator.cli.explain import cmd_explain
 

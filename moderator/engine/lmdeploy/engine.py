@@ -49,7 +49,7 @@ from moderator.engine.lmdeploy.score import (
     token_logprobs,
 )
 from moderator.engine.lmdeploy.startup import first_line, start_pipeline
-from moderator.engine.smoke import is_smoke_test
+from moderator.engine.smoke import card_identity, is_smoke_test
 from moderator.errors import ErrorCode, ModeratorError
 from moderator.events.verdict import ModelInfo
 from moderator.settings import EngineSettings
@@ -123,9 +123,11 @@ class LmdeployEngine:
             from lmdeploy import GenerationConfig
 
             self._score_config = GenerationConfig(**scoring_config_kwargs(self._score_top))
+        card = card_identity(model_dir)  # a checkpoint of `moderator train merge` names itself
         self._info = ModelInfo(
             engine="lmdeploy",
-            name=str(settings.model),
+            name=card.name or str(settings.model),
+            revision=card.revision,
             categories=self.capabilities.categories,
             smoke_test=is_smoke_test(model_dir),
         )

@@ -22,7 +22,7 @@ from moderator.engine.base import GUARD_MODEL, Capabilities, EngineRequest, Engi
 from moderator.engine.guard.output import result_from_output
 from moderator.engine.guard.prompting import hf_messages
 from moderator.engine.guard.schema import verdict_schema
-from moderator.engine.smoke import is_smoke_test
+from moderator.engine.smoke import card_identity, is_smoke_test
 from moderator.engine.transformers import load as hf_load
 from moderator.engine.transformers.score import (
     RECORD_STEPS,
@@ -57,12 +57,13 @@ class TransformersEngine:
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
         self._gen = settings.generation
-        self._loaded = hf_load.load(settings)
         path = hf_load.checkpoint_dir(settings)
+        card = card_identity(path)  # a fine-tuned checkpoint names itself
+        self._loaded = hf_load.load(settings)
         self._info = ModelInfo(
             engine="transformers",
-            name=str(settings.model),
-            revision=settings.transformers.revision,
+            name=card.name or str(settings.model),
+            revision=settings.transformers.revision or card.revision,
             categories=self.capabilities.categories,
             smoke_test=is_smoke_test(path),
         )

@@ -1,0 +1,117 @@
+"""The run directory (`output_dir`): its files, and which checkpoint a resumed run starts from.
+
+    RUN/config.yaml        the effective configuration (config.py `effective`)
+    RUN/log.jsonl          one JSON object per logged step (progress.py)
+    RUN/checkpoint-N/      the Trainer's checkpoint after optimizer step N (weights or adapter,
+                           optimizer, scheduler and RNG states, the processor files)
+    RUN/final/             the result: the LoRA adapter, or the whole model, and the processor
+
+A directory that already holds a run (a checkpoint or final/) is only written to again with
+`--resume`: a new run never mixes its checkpoints with an old one's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from moderator.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.jsonl"
+FINAL = "final"
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+
+Resume = Path | Literal["latest"] | None
+"""What `--resume` asked for: the run's latest checkpoint, a given one, or nothing."""
+
+_CHECKPOINT = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
+
+
+def checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of the run's checkpoints, in step order."""
+    if not run.is_dir():
+        return []
+    found = [
+        (int(match.group(1)), path)
+        for path in run.iterdir()
+        if path.is_dir() and (match := _CHECKPOINT.fullmatch(path.name))
+    ]
+    return sorted(found)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a checkpoint was saved at (its trainer_state.json)."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+        return int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"--resume: {checkpoint} is not a training checkpoint (no readable {TRAINER_STATE})"
+        ) from exc
+
+
+def start_checkpoint(run: Path, resume: Resume) -> Path | None:
+    """The checkpoint to resume from, or None for a new run (whose directory must not hold
+    another run). ConfigError when there is nothing to resume or the directory is taken."""
+    if resume is None:
+        taken = [p.name for _, p in checkpoints(run)[-1:]] + (
+            [FINAL] if (run / FINAL).exists() else []
+        )
+        if taken:
+            raise ConfigError(
+                f"output_dir: {run} already holds a run ({', '.join(taken)}); continue it with "
+                "--resume, or choose another output_dir"
+            )
+        return None
+    if resume == "latest":
+        found = checkpoints(run)
+        if not found:
+            raise ConfigError(f"--resume: {run} holds no checkpoint-N directory to resume from")
+        return found[-1][1]
+    path = resume.expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--resume: no checkpoint directory at {path}")
+    checkpoint_step(path)
+    return path
+
+
+def write_config(run: Path, text: str) -> Path:
+    """RUN/config.yaml, replaced whole."""
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / CONFIG_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_config(run: Path) -> dict[str, Any] | None:
+    """RUN/config.yaml as written by an earlier start of the run (None: none, or unreadable)."""
+    try:
+        doc = yaml.safe_load((run / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_log(run: Path) -> list[dict[str, Any]]:
+    """The entries of RUN/log.jsonl (none when there is no log yet)."""
+    path = run / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def trim_log(run: Path, step: int) -> None:
+    """Drop the log entries after `step`: a resumed run logs those steps again."""
+    path = run / LOG_FILE
+    if not path.is_file():
+        return
+    kept = [entry for entry in read_log(run) if int(entry.get("step", 0)) <= step]
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in kept), encoding="utf-8")

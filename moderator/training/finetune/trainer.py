@@ -1,0 +1,140 @@
+"""Running a fine-tuning job: inputs checked, model prepared, transformers' Trainer run, the
+run directory written (rundir.py), the trained model evaluated.
+
+Why transformers' `Trainer` and not TRL's `SFTTrainer`: the guard models are vision-language
+models whose examples need the architecture's own image tensors and a loss mask that covers
+exactly the JSON answer and its end token. SFTTrainer's value is its text-first data handling
+(packing, chat formatting, completion-only masks), which would have to be switched off or
+overridden for images, while the plain Trainer takes our collator and labels as they are,
+gives the same optimizer, schedule, accumulation, mixed precision, checkpointing and resume,
+and needs no dependency beyond the transformers extra (peft only for LoRA).
+
+Order of a run: the configuration's paths are checked before anything is loaded (a typo is a
+one-line error, exit 2); the dataset's images must all exist; config.yaml is written before the
+first step, so a crashed run says what it was.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from moderator.engine.smoke import MARKER
+from moderator.errors import ConfigError
+from moderator.training.finetune import rundir
+from moderator.training.finetune.config import RESOLVED, TrainConfig, dump_yaml, effective
+from moderator.training.finetune.inputs import Inputs, check_inputs
+from moderator.training.finetune.rundir import FINAL, Resume
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a finished run put its model, and its evaluation report (None: not evaluated)."""
+
+    run: Path
+    final: Path
+    steps: int
+    report: Path | None
+
+
+def train(
+    config: TrainConfig, *, resume: Resume = None, stderr: TextIO | None = None
+) -> TrainResult:
+    """Run the training `config` describes (continuing a checkpoint with `resume`)."""
+    stream = stderr or sys.stderr
+    inputs = check_inputs(config)
+    run = config.output_dir.expanduser().resolve()
+    start = rundir.start_checkpoint(run, resume)
+    check_extra(config)
+    from moderator.training.finetune.wiring import build_run  # torch and transformers from here
+
+    built = build_run(config, inputs, stream)
+    resolved = {**inputs.resolved(), "samples": len(built.dataset), **built.facts}
+    if start is not None:
+        _resuming(run, start, resolved, stream)
+    rundir.write_config(run, dump_yaml(effective(filled(config, inputs), resolved)))
+    trainer = built.trainer(run, stream, every_steps=_eval_every(config, inputs))
+    output = trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
+    final = save_final(built.model, built.processor, run / FINAL, inputs.base)
+    print(f"train: model saved to {final}", file=stream)
+    steps = int(output.global_step)
+    del trainer, built, output  # the evaluation loads the trained model on its own
+    _free_memory()
+    report = evaluate(run, inputs, stream)
+    return TrainResult(run, final, steps, report)
+
+
+def check_extra(config: TrainConfig) -> None:
+    """ConfigError when the libraries of the train extra are not installed."""
+    needed = ["torch", "transformers", "accelerate"] + (["peft"] if config.method == "lora" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"method: {config.method} needs {', '.join(missing)}, part of the train extra: "
+            "pip install 'moderator[train]'"
+        )
+
+
+def filled(config: TrainConfig, inputs: Inputs) -> TrainConfig:
+    """`config` with what was left to the inputs decided: the arch, whether to evaluate."""
+    evaluation = config.eval.model_copy(update={"enabled": inputs.eval is not None})
+    return config.model_copy(update={"arch": inputs.arch, "eval": evaluation})
+
+
+def save_final(model: Any, processor: Any, final: Path, base: Path) -> Path:
+    """RUN/final: the adapter (LoRA) or the whole model, the processor files, and the
+    smoke-test marker when the base had one (a tuned random model is still one)."""
+    from moderator.training.finetune.model import save_processor
+
+    final.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(final)
+    save_processor(processor, final)
+    if (base / MARKER).is_file():
+        (final / MARKER).write_bytes((base / MARKER).read_bytes())
+    return final
+
+
+def _free_memory() -> None:
+    """Give the training's GPU memory back before the evaluation loads a model."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _resuming(run: Path, start: Path, resolved: dict[str, Any], stream: TextIO) -> None:
+    """Before a resumed run: the log cut back to the checkpoint's step; a warning when the data
+    changed since the run started (allowed: fine-tuning further on new data)."""
+    rundir.trim_log(run, rundir.checkpoint_step(start))
+    print(f"train: resuming from {start}", file=stream)
+    before = (rundir.read_config(run) or {}).get(RESOLVED) or {}
+    old, new = before.get("dataset_sha256") or {}, resolved["dataset_sha256"]
+    changed = sorted(name for name in new if name in old and old[name] != new[name])
+    if changed:
+        print(
+            f"train: warning: the {', '.join(changed)} split(s) changed since the run started "
+            "(another SHA-256); resuming on the new data",
+            file=stream,
+        )
+
+
+def _eval_every(config: TrainConfig, inputs: Inputs) -> int | None:
+    return config.eval.every_steps if inputs.eval is not None else None
+
+
+def evaluate(run: Path, inputs: Inputs, stream: TextIO) -> Path | None:
+    """The built-in evaluation of the trained model on the eval split (when there is one)."""
+    if inputs.eval is None:
+        return None
+    try:
+        from moderator.training.finetune.evaluate import evaluate_run
+    except ImportError:
+        print("train: evaluation skipped: this install has no evaluation module", file=stream)
+        return None
+    return evaluate_run(run)

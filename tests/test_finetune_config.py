@@ -1,0 +1,228 @@
+"""The run configuration of `moderator train` and the checks of what it names, without torch:
+unknown keys, bad values, missing files, architecture mismatches, the run directory's rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moderator.errors import ConfigError
+from moderator.training.finetune import rundir
+from moderator.training.finetune.config import (
+    LEARNING_RATE,
+    PROJECTIONS,
+    dump_yaml,
+    effective,
+    load_config,
+    parse_config,
+)
+from moderator.training.finetune.inputs import check_inputs, sha256_file
+from tests.finetune_fixtures import make_dataset
+
+
+def fake_checkpoint(path: Path, architecture: str = "Qwen2VLForConditionalGeneration") -> Path:
+    """A directory whose config.json names `architecture` (enough for the checks)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"architectures": [architecture]}))
+    return path
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "base": fake_checkpoint(tmp_path / "base"),
+        "data": make_dataset(tmp_path / "data", eval_split=True),
+        "out": tmp_path / "run",
+    }
+
+
+def config_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def minimal(paths: dict[str, Path], **extra: object) -> dict[str, object]:
+    return {
+        "base_model": str(paths["base"]),
+        "dataset": str(paths["data"]),
+        "output_dir": str(paths["out"]),
+        **extra,
+    }
+
+
+def test_the_three_required_keys_and_defaults(tmp_path: Path, paths: dict[str, Path]) -> None:
+    config = load_config(config_file(tmp_path, yaml.safe_dump(minimal(paths))))
+    assert config.method == "lora"
+    assert config.lora.target_modules == PROJECTIONS
+    assert config.freeze_vision is True
+    assert config.bf16 == "auto"
+    assert config.lr == LEARNING_RATE["lora"]
+    assert parse_config(minimal(paths, method="full"), "x").lr == LEARNING_RATE["full"]
+    assert parse_config(minimal(paths, learning_rate=1e-3), "x").lr == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"epoch": 3}, "train config F: epoch: unknown key"),
+        ({"lora": {"rank": 8}}, "train config F: lora.rank: unknown key"),
+        ({"eval": {"every": 5}}, "train config F: eval.every: unknown key"),
+        ({"method": "qlora"}, "train config F: method: Input should be 'lora' or 'full'"),
+        ({"lora": {"r": 0}}, "train config F: lora.r: Input should be greater than or equal to 1"),
+        ({"bf16": "sometimes"}, "train config F: bf16"),
+        ({"arch": "llama"}, "train config F: arch: Input should be"),
+        ({"max_steps": 0}, "train config F: max_steps: Input should be greater than or equal"),
+    ],
+)
+def test_bad_keys_and_values_are_one_line_naming_the_key(
+    paths: dict[str, Path], extra: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(paths, **extra), "F")
+    text = str(caught.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+
+
+def test_a_missing_required_key_and_a_broken_file(tmp_path: Path, paths: dict[str, Path]) -> None:
+    doc = minimal(paths)
+    del doc["dataset"]
+    with pytest.raises(ConfigError, match=r"^train config F: dataset: required$"):
+        parse_config(doc, "F")
+    with pytest.raises(ConfigError, match=r"train\.yaml line 2: invalid YAML$"):
+        load_config(config_file(tmp_path, "method: lora\n  bad: [\n"))
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
+        load_config(config_file(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_inputs_are_resolved_with_hashes(paths: dict[str, Path]) -> None:
+    inputs = check_inputs(parse_config(minimal(paths), "x"))
+    assert inputs.arch == "qwen2-vl"
+    assert inputs.train == paths["data"].resolve() / "train.json"
+    assert inputs.eval == paths["data"].resolve() / "eval.json"
+    resolved = inputs.resolved()
+    assert resolved["dataset_sha256"]["train"] == sha256_file(paths["data"] / "train.json")
+    assert set(resolved["dataset_sha256"]) == {"train", "eval"}
+
+
+def test_evaluation_follows_the_eval_split(tmp_path: Path, paths: dict[str, Path]) -> None:
+    assert check_inputs(parse_config(minimal(paths, eval={"enabled": False}), "x")).eval is None
+    bare = make_dataset(tmp_path / "bare")
+    assert check_inputs(parse_config(minimal(paths, dataset=str(bare)), "x")).eval is None
+    with pytest.raises(ConfigError, match=r"^eval\.split: .* has no eval split"):
+        check_inputs(parse_config(minimal(paths, dataset=str(bare), eval={"enabled": True}), "x"))
+    one_file = parse_config(minimal(paths, dataset=str(bare / "train.json")), "x")
+    assert check_inputs(one_file).train == (bare / "train.json").resolve()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset": "missing-data"}, r"^dataset: no dataset directory or file at .*missing-data$"),
+        ({"train_split": "training"}, r"^dataset: .* has no training split"),
+        ({"base_model": "no-such-model"}, r"^base_model: no checkpoint directory at .*no-such"),
+        ({"policies": "no-policies"}, r"^policies: no-policies is not a directory$"),
+        ({"settings": "none.yaml"}, r"^settings: no settings file at none\.yaml$"),
+    ],
+)
+def test_missing_files_are_named(
+    paths: dict[str, Path],
+    change: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        check_inputs(parse_config(minimal(paths, **change), "x"))
+
+
+def test_architecture_mismatch_and_unsupported_models(
+    tmp_path: Path, paths: dict[str, Path]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_inputs(parse_config(minimal(paths, arch="llava-onevision"), "x"))
+    assert str(caught.value) == (
+        f"arch: llava-onevision, but base_model {paths['base'].resolve()}/config.json names "
+        "Qwen2VLForConditionalGeneration (qwen2-vl)"
+    )
+    llama = fake_checkpoint(tmp_path / "llama", "LlamaForCausalLM")
+    with pytest.raises(ConfigError, match=r"^base_model: .*llama is a LlamaForCausalLM; moderator"):
+        check_inputs(parse_config(minimal(paths, base_model=str(llama)), "x"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"^base_model: .*empty has no config\.json"):
+        check_inputs(parse_config(minimal(paths, base_model=str(empty)), "x"))
+
+
+def test_the_effective_config_round_trips(paths: dict[str, Path]) -> None:
+    config = parse_config(minimal(paths, method="full"), "x")
+    doc = effective(config, {"base_model": "/abs/base"})
+    assert doc["learning_rate"] == LEARNING_RATE["full"]
+    assert doc["output_dir"] == str(paths["out"].resolve())
+    assert doc["lora"]["r"] == 16
+    assert list(doc)[-1] == "resolved"
+    again = parse_config(yaml.safe_load(dump_yaml(doc)), "config.yaml")  # resolved: skipped
+    assert again.model_dump(mode="json") == {k: v for k, v in doc.items() if k != "resolved"}
+
+
+def _checkpoint(run: Path, step: int) -> Path:
+    path = run / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / rundir.TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+    return path
+
+
+def test_a_new_run_needs_a_free_directory(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert rundir.start_checkpoint(run, None) is None
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert rundir.start_checkpoint(run, None) is None
+    _checkpoint(run, 3)
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-3\); continue it"):
+        rundir.start_checkpoint(run, None)
+
+
+def test_resume_takes_the_latest_checkpoint_or_the_one_given(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="holds no checkpoint-N directory"):
+        rundir.start_checkpoint(run, "latest")
+    for step in (9, 10, 2):
+        _checkpoint(run, step)
+    assert rundir.start_checkpoint(run, "latest") == run / "checkpoint-10"
+    assert rundir.start_checkpoint(run, run / "checkpoint-2") == (run / "checkpoint-2").resolve()
+    (run / "checkpoint-11").mkdir()  # no trainer state: not a checkpoint
+    with pytest.raises(ConfigError, match="is not a training checkpoint"):
+        rundir.start_checkpoint(run, run / "checkpoint-11")
+    with pytest.raises(ConfigError, match="no checkpoint directory at"):
+        rundir.start_checkpoint(run, tmp_path / "elsewhere")
+
+
+def test_a_resumed_run_drops_the_log_after_its_checkpoint(tmp_path: Path) -> None:
+    lines = [{"step": n, "loss": 1.0 / n} for n in (1, 2, 3, 4)]
+    (tmp_path / rundir.LOG_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rundir.trim_log(tmp_path, 2)
+    assert [entry["step"] for entry in rundir.read_log(tmp_path)] == [1, 2]
+
+
+def test_a_missing_library_of_the_train_extra_is_named(
+    paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from moderator.training.finetune.trainer import check_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a)
+    )
+    check_extra(parse_config(minimal(paths, method="full"), "x"))  # full: no peft needed
+    with pytest.raises(ConfigError, match=r"^method: lora needs peft, part of the train extra: "):
+        check_extra(parse_config(minimal(paths), "x"))
