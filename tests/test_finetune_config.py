@@ -73,7 +73,9 @@ def test_the_three_required_keys_and_defaults(tmp_path: Path, paths: dict[str, P
         ({"eval": {"every": 5}}, "train config F: eval.every: unknown key"),
         ({"method": "qlora"}, "train config F: method: Input should be 'lora' or 'full'"),
         ({"lora": {"r": 0}}, "train config F: lora.r: Input should be greater than or equal to 1"),
-        ({"bf16": "sometimes"}, "train config F: bf16"),
+        ({"bf16": "sometimes"}, "train config F: bf16: should be true, false or auto"),
+        ({"lora": 8}, "train config F: lora: should be a mapping of keys"),
+        ({"eval": [1]}, "train config F: eval: should be a mapping of keys"),
         ({"arch": "llama"}, "train config F: arch: Input should be"),
         ({"max_steps": 0}, "train config F: max_steps: Input should be greater than or equal"),
     ],
@@ -201,6 +203,12 @@ def test_resume_takes_the_latest_checkpoint_or_the_one_given(tmp_path: Path) -> 
     (run / "checkpoint-11").mkdir()  # no trainer state: not a checkpoint
     with pytest.raises(ConfigError, match="is not a training checkpoint"):
         rundir.start_checkpoint(run, run / "checkpoint-11")
+    # A save cut short (no trainer_state.json, written last) is passed over by --resume.
+    assert rundir.start_checkpoint(run, "latest") == run / "checkpoint-10"
+    cut = tmp_path / "cut"
+    (cut / "checkpoint-4").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"no checkpoint-N .*\(only checkpoints whose saving"):
+        rundir.start_checkpoint(cut, "latest")
     with pytest.raises(ConfigError, match="no checkpoint directory at"):
         rundir.start_checkpoint(run, tmp_path / "elsewhere")
 
@@ -226,3 +234,49 @@ def test_a_missing_library_of_the_train_extra_is_named(
     check_extra(parse_config(minimal(paths, method="full"), "x"))  # full: no peft needed
     with pytest.raises(ConfigError, match=r"^method: lora needs peft, part of the train extra: "):
         check_extra(parse_config(minimal(paths), "x"))
+
+
+def test_an_output_dir_behind_a_file_is_named(tmp_path: Path, paths: dict[str, Path]) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    for out in (blocker, blocker / "run"):
+        with pytest.raises(ConfigError) as caught:
+            check_inputs(parse_config(minimal(paths, output_dir=str(out)), "x"))
+        assert str(caught.value) == f"output_dir: {blocker} is a file, not a directory"
+
+
+def _lora_checkpoint(run: Path, architecture: str, r: int = 16) -> Path:
+    """A LoRA checkpoint of a run whose config.yaml records `architecture`."""
+    checkpoint = _checkpoint(run, 2)
+    (checkpoint / rundir.ADAPTER_CONFIG).write_text(json.dumps({"r": r}))
+    rundir.write_config(run, yaml.safe_dump({"resolved": {"architecture": architecture}}))
+    return checkpoint
+
+
+def test_a_checkpoint_must_fit_the_run(tmp_path: Path, paths: dict[str, Path]) -> None:
+    qwen, ov = "Qwen2VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"
+    lora = parse_config(minimal(paths), "x")
+    full = parse_config(minimal(paths, method="full"), "x")
+    adapter = _lora_checkpoint(tmp_path / "lora-run", qwen)
+    rundir.check_resume_fits(adapter, lora, qwen)  # fits: no error
+    problems = [
+        (adapter, full, qwen, f"{adapter} is a LoRA checkpoint, but method is full"),
+        (adapter, lora, ov, f"{adapter} was trained from a {qwen}, but base_model is a {ov}"),
+        (
+            _lora_checkpoint(tmp_path / "r8", qwen, r=8),
+            lora,
+            qwen,
+            "has LoRA rank 8, but lora.r is 16",
+        ),
+    ]
+    model = fake_checkpoint(_checkpoint(tmp_path / "full-run", 2), ov)
+    rundir.check_resume_fits(model, full, ov)
+    problems += [
+        (model, lora, ov, f"{model} is a full fine-tuning checkpoint, but method is lora"),
+        (model, full, qwen, f"{model} was trained from a {ov}, but base_model is a {qwen}"),
+    ]
+    for checkpoint, config, architecture, message in problems:
+        with pytest.raises(ConfigError) as caught:
+            rundir.check_resume_fits(checkpoint, config, architecture)
+        assert str(caught.value).startswith("--resume: ")
+        assert message in str(caught.value)

@@ -121,9 +121,26 @@ def test_a_run_is_evaluated_every_n_steps_and_at_the_end(
     assert card["evaluation"]["metrics"]["n"] == 2
     assert card["evaluation"]["base_metrics"]["n"] == 2
     assert "| balanced_accuracy |" in (run / "merged" / "README.md").read_text()
-    assert "SMOKE-TEST model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "SMOKE-TEST model" in err
+    assert f"eval: merging the adapter {run / 'final'} into {run / 'merged'} for the" in err
+    verdict = "eval: the base model (A) against the trained one (B): "
+    assert f"{verdict}" in err and f" ({run / 'eval' / 'compare.md'})\n" in err
     with pytest.raises(ConfigError, match="every_steps must be at least 1"):
         PeriodicEval(run, every_steps=0)
+
+
+def test_a_full_runs_final_model_is_named_by_its_card(tmp_path: Path, base: Path) -> None:
+    from moderator.training.finetune.evaluate import evaluate_run
+    from moderator.training.finetune.trainer import write_full_run_card
+
+    run = make_run(tmp_path, base, base, method="full")  # final/: a whole model
+    write_full_run_card(run, base)
+    assert evaluate_run(run) == run / "eval"
+    card = read(run / "final" / CARD)
+    header = read(run / "eval" / "metrics.json")["header"]
+    assert (header["model"], header["revision"]) == ("run-acme", card["revision"])
+    assert card["evaluation"]["metrics"]["n"] == 2  # the card was given the evaluation
 
 
 def test_another_base_is_evaluated_again(tmp_path: Path, base: Path, adapter: Path) -> None:

@@ -214,6 +214,7 @@ def test_a_run_directory_merges_its_final_adapter_under_the_runs_name(
     stdout, stderr = capsys.readouterr()
     card = json.loads((out / CARD).read_text())
     assert stdout.strip() == str(out)
+    assert stderr.startswith(f"merge: {run} -> {out}: the adapter folded into the base, loaded")
     assert f"merged: run-acme@{card['revision']} (SMOKE-TEST" in stderr
     assert card["training"]["config"]["base_model"] == str(tiny["qwen2-vl"])
     assert card_identity(out).name == "run-acme"

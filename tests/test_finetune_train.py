@@ -32,8 +32,9 @@ pytest.importorskip("transformers", reason="needs the transformers extra")
 pytest.importorskip("peft", reason="needs the train extra (peft)")
 
 from moderator.dev.tiny.checkpoint import make_tiny  # noqa: E402  # torch checked first
-from moderator.engine.smoke import MARKER  # noqa: E402
+from moderator.engine.smoke import CARD, MARKER  # noqa: E402
 from moderator.engine.transformers import load as hf_load  # noqa: E402
+from moderator.training.finetune.card import weights_revision  # noqa: E402
 from moderator.training.finetune.collate import Collator  # noqa: E402
 from moderator.training.finetune.data import ChatEncoder, TrainingSet  # noqa: E402
 from moderator.training.finetune.trainer import TrainResult, train  # noqa: E402
@@ -114,8 +115,15 @@ def test_a_few_steps_lower_the_loss_and_the_result_loads(
     # LoRA on LLaVA-OneVision; by 4 for full fine-tuning).
     assert logged[10] < logged[1] - DROP, logged
     final = result.final
+    assert final is not None
     expected = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
     assert (final / expected).is_file()
+    if method == "full":  # servable as it is: its card names it in verdicts and reports
+        card = json.loads((final / CARD).read_text())
+        assert (card["name"], card["revision"]) == ("run", weights_revision(final))
+        assert card["training"]["method"] == "full"
+    else:  # an adapter: no card (train merge writes one), nor peft's empty template
+        assert not (final / CARD).exists() and not (final / "README.md").exists()
     assert (final / MARKER).is_file()  # tuned from a smoke-test model: still one
     processor = json.loads((final / "processor_config.json").read_text())
     assert not processor["processor_class"].startswith("ImageOnly")
@@ -162,6 +170,49 @@ def test_the_run_directory_records_config_log_and_progress(
     assert capsys.readouterr().out == ""  # stdout is for a command's data only
     assert [p.name for _, p in rundir.checkpoints(result.run)] == ["checkpoint-3"]
     assert (result.run / "checkpoint-3" / "tokenizer.json").is_file()  # loads on its own
+
+
+def test_the_plan_and_the_first_step_are_shown_at_once(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    data = make_dataset(tmp_path / "data")
+    config = run_config(tiny["qwen2-vl"], data, tmp_path / "run", max_steps=2, logging_steps=10)
+    result, stderr = run(config)
+    lines = stderr.splitlines()
+    assert "train: SMOKE-TEST base model (random weights): the trained model means nothing" in lines
+    plan = "train: 2 optimizer steps of 2 samples (2.0 epochs of 2), logged every 10, saved every 3"
+    assert plan in lines
+    first = [line for line in lines if line.startswith("train: step ")]
+    assert len(first) == 1 and first[0].startswith("train: step 1/2 (50%), epoch 1.00, loss ")
+    assert [e["step"] for e in rundir.read_log(result.run)] == [1, 2]  # step 1, the summary
+
+
+def test_target_modules_that_match_nothing_are_named(tiny: dict[str, Path], tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data")
+    config = run_config(
+        tiny["qwen2.5-vl"], data, tmp_path / "run", lora={"target_modules": ["qkv"]}
+    )
+    with pytest.raises(ConfigError) as caught:
+        run(config)
+    assert str(caught.value) == (
+        "lora.target_modules: no linear layer of the language model is named qkv (its "
+        "projections: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
+    )
+
+
+def test_device_cuda_without_cuda_is_refused_before_the_data_is_read(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    data = tmp_path / "data"
+    write_dataset(data / "train.json", make_samples(data))
+    shutil.rmtree(data / "images")  # reading the data would fail on these first
+    stderr = io.StringIO()
+    config = run_config(tiny["qwen2-vl"], data, tmp_path / "run", device="cuda")
+    with pytest.raises(ConfigError, match=r"^device: cuda, but no CUDA device is available here$"):
+        train(config, stderr=stderr)
+    assert stderr.getvalue() == ""
 
 
 def test_resume_continues_from_the_checkpoints_step(tiny: dict[str, Path], tmp_path: Path) -> None:

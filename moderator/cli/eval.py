@@ -253,6 +253,7 @@ def _from_engine(
         "source": "engine",
         "engine": run.model.engine,
         "model": run.model.name,
+        "revision": run.model.revision,
         "smoke_test": run.model.smoke_test,
         "errors": run.stats.errors,
     }

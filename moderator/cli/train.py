@@ -4,12 +4,13 @@ adapter into a full checkpoint the engines serve.
 Training is moderator/training/finetune/ (trainer.py runs it); this module only parses the
 flags. Exit 0 when the model is saved, 1 on a runtime failure, 2 on a bad configuration (one
 line naming the key: an unknown key, a missing dataset or checkpoint, an architecture
-mismatch).
+mismatch), 128 + the signal's number when Ctrl-C or SIGTERM stopped the run with a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,10 @@ DESCRIPTION = (
     "line per logged step), checkpoint-N/ (every save_steps; --resume continues from them) "
     "and final/ (the adapter or the model, with the processor); the path of final/ goes to "
     "stdout, progress and loss to stderr. With an eval split, the trained model is then "
-    "evaluated on it. docs/training.md lists every configuration key. Exit 0 when the model "
-    "is saved, 1 on a runtime failure, 2 on a bad configuration (one line naming the key)."
+    "evaluated on it. Ctrl-C (or SIGTERM) stops after the running step with a checkpoint; a "
+    "second Ctrl-C stops at once. docs/training.md lists every configuration key. Exit 0 when "
+    "the model is saved, 1 on a runtime failure, 2 on a bad configuration (one line naming the "
+    "key), 130 (143 for SIGTERM) when stopped."
 )
 EXAMPLES = examples(
     "moderator train --config train.yaml",
@@ -118,7 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     resume = None if args.resume is None else _resume(args.resume)
-    result = train(config, resume=resume, stderr=sys.stderr)
+    result = train(config, resume=resume, stderr=sys.stderr, config_file=args.config)
+    if result.stopped is not None:  # a signal stopped it with a checkpoint: 128 + the signal
+        return 128 + int(signal.Signals[result.stopped])
     print(f"final: {result.final}")
     if result.report is not None:
         print(f"report: {result.report}")

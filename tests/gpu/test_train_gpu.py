@@ -105,5 +105,6 @@ def test_lora_steps_at_the_released_05b_size(tmp_path: Path) -> None:
     )
     assert result.steps == STEPS
     assert len(losses) >= STEPS and all(math.isfinite(loss) for loss in losses)
+    assert result.final is not None
     adapter = json.loads((result.final / "adapter_config.json").read_text())
     assert adapter["r"] == config.lora.r

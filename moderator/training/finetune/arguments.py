@@ -14,13 +14,20 @@ from moderator.errors import ConfigError
 from moderator.training.finetune.config import TrainConfig
 
 
+def check_device(config: TrainConfig) -> None:
+    """ConfigError when `device: cuda` is asked for where there is no CUDA device."""
+    import torch
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda, but no CUDA device is available here")
+
+
 def use_bf16(config: TrainConfig) -> bool:
     """bfloat16 mixed precision: as configured; `auto` means where CUDA supports it."""
     import torch
 
+    check_device(config)
     cuda = config.device != "cpu" and torch.cuda.is_available()
-    if config.device == "cuda" and not cuda:
-        raise ConfigError("device: cuda, but no CUDA device is available here")
     if config.bf16 == "auto":
         return bool(cuda and torch.cuda.is_bf16_supported())
     return bool(config.bf16)
@@ -46,6 +53,7 @@ def training_arguments(config: TrainConfig, run: Path, *, bf16: bool) -> Any:
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_strategy="steps",
         logging_steps=config.logging_steps,
+        logging_first_step=True,  # the time per step and an ETA without waiting logging_steps
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,

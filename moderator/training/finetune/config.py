@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moderator.errors import ConfigError
 
@@ -121,6 +121,13 @@ class TrainConfig(_Section):
     image: ImageOptions = ImageOptions()
     eval: EvalOptions = EvalOptions()
 
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bf16(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError("should be true, false or auto")
+
     @property
     def lr(self) -> float:
         """The learning rate: as configured, else the method's default."""
@@ -162,6 +169,8 @@ def _problem(exc: ValidationError) -> str:
         return f"{key}: unknown key{more}"
     if err["type"] == "missing":
         return f"{key}: required{more}"
+    if err["type"] == "model_type":  # a section given as a scalar or a list
+        return f"{key}: should be a mapping of keys (docs/training.md lists them){more}"
     message = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
     return f"{key}: {message}{more}"
 

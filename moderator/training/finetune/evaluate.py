@@ -44,8 +44,8 @@ from moderator.training.finetune.card import (
 )
 from moderator.training.finetune.config import TrainConfig, load_config
 from moderator.training.finetune.inputs import sha256_file, split_file
-from moderator.training.finetune.merge import ADAPTER_CONFIG, merge_lora
-from moderator.training.finetune.rundir import CHECKPOINT_PREFIX, CONFIG_FILE, FINAL
+from moderator.training.finetune.merge import merge_lora
+from moderator.training.finetune.rundir import ADAPTER_CONFIG, CHECKPOINT_PREFIX, CONFIG_FILE, FINAL
 from moderator.training.report import compare, read_metrics, write_compare, write_report
 
 MERGED = "merged"
@@ -69,18 +69,25 @@ def evaluate_run(
         raise ConfigError(f"eval.split: {dataset} holds no samples")
     base_report = _base_report(run_dir, config, dataset, samples, progress)
     if every_step is None:
-        model, report, scratch = final_model(run_dir), run_dir / EVAL_DIR, None
+        model, report, scratch = final_model(run_dir, progress), run_dir / EVAL_DIR, None
     else:
         report = run_dir / EVAL_DIR / f"{STEP_PREFIX}{every_step}"
-        model, scratch = _step_model(run_dir, every_step)
+        model, scratch = _step_model(run_dir, every_step, progress)
     try:
         _evaluate(model, config, dataset, samples, report, progress, {})
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    write_compare(report, compare(base_report, report))
-    if every_step is None and (run_dir / MERGED / CARD).is_file():
-        refresh_evaluation(run_dir / MERGED, run_dir)  # the card shows the new report
+    comparison = compare(base_report, report)
+    write_compare(report, comparison)
+    verdict = str(comparison["verdict"]["reason"]).rstrip(".")
+    print(
+        f"eval: the base model (A) against the trained one (B): {verdict} "
+        f"({report / 'compare.md'})",
+        file=progress,
+    )
+    if every_step is None and (model / CARD).is_file():
+        refresh_evaluation(model, run_dir)  # the card (RUN/merged, a full run's final) shows it
     return report
 
 
@@ -124,9 +131,9 @@ class PeriodicEval(TrainerCallback):
 # -- the models ----------------------------------------------------------------------------------
 
 
-def final_model(run: Path) -> Path:
+def final_model(run: Path, progress: TextIO | None = None) -> Path:
     """RUN/final for a full run; a LoRA run's adapter merged into RUN/merged (kept while its
-    card names the same adapter)."""
+    card names the same adapter). A merge is announced on `progress`: it loads the base."""
     final = run / FINAL
     if not final.is_dir():
         raise ConfigError(f"train eval: {run} has no {FINAL}/ (the run has not finished)")
@@ -137,10 +144,16 @@ def final_model(run: Path) -> Path:
         training = read_card(merged).get("training") or {}
         if training.get("adapter_sha256") == adapter_digest(final):
             return merged
+    _merging(final, merged, progress)
     return merge_lora(run, merged, name=run.name)
 
 
-def _step_model(run: Path, step: int) -> tuple[Path, Path | None]:
+def _merging(adapter: Path, out: Path, progress: TextIO | None) -> None:
+    if progress is not None:
+        print(f"eval: merging the adapter {adapter} into {out} for the evaluation", file=progress)
+
+
+def _step_model(run: Path, step: int, progress: TextIO | None = None) -> tuple[Path, Path | None]:
     """The checkpoint of `step` as a loadable model, and the scratch directory to remove."""
     checkpoint = run / f"{CHECKPOINT_PREFIX}{step}"
     if not checkpoint.is_dir():
@@ -148,6 +161,7 @@ def _step_model(run: Path, step: int) -> tuple[Path, Path | None]:
     if not (checkpoint / ADAPTER_CONFIG).is_file():
         return checkpoint, None
     scratch = run / f".eval-{STEP_PREFIX}{step}"
+    _merging(checkpoint, scratch, progress)
     return merge_lora(checkpoint, scratch, name=f"{run.name}-{STEP_PREFIX}{step}"), scratch
 
 

@@ -60,7 +60,17 @@ def check_inputs(config: TrainConfig) -> Inputs:
         raise ConfigError(f"policies: {config.policies} is not a directory")
     if config.settings is not None and not config.settings.expanduser().is_file():
         raise ConfigError(f"settings: no settings file at {config.settings}")
+    check_output_dir(config.output_dir.expanduser().resolve())
     return Inputs(base, architecture, arch, train, eval_file)
+
+
+def check_output_dir(run: Path) -> None:
+    """ConfigError when the run directory cannot be one: a file is in the way."""
+    for path in (run, *run.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"output_dir: {path} is a file, not a directory")
+            return
 
 
 def checkpoint_class(base: Path) -> str:

@@ -29,9 +29,13 @@ from typing import Any
 from moderator.engine.smoke import CARD, MARKER, is_smoke_test
 from moderator.errors import ConfigError
 from moderator.training.finetune.card import EVAL_DIR, STEP_PREFIX, CardInputs, write_card
-from moderator.training.finetune.rundir import CHECKPOINT_PREFIX, CONFIG_FILE, FINAL
+from moderator.training.finetune.rundir import (
+    ADAPTER_CONFIG,
+    CHECKPOINT_PREFIX,
+    CONFIG_FILE,
+    FINAL,
+)
 
-ADAPTER_CONFIG = "adapter_config.json"
 PEFT_MISSING = (
     "train merge needs the train extra (torch, transformers, peft): pip install 'moderator[train]'"
 )
@@ -113,6 +117,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     path on stdout, its name and revision on stderr."""
     if args.out is None:
         raise ConfigError("train merge: --out DIR is required")
+    trained = locate(Path(args.source), Path(args.base) if args.base is not None else None)
+    how = "the adapter folded into the base, loaded on the CPU" if trained.lora else "a copy"
+    print(f"merge: {args.source} -> {args.out}: {how}", file=sys.stderr)
     out = merge_lora(args.source, args.out, base=args.base, name=args.name)
     card = json.loads((out / CARD).read_text(encoding="utf-8"))
     smoke = " (SMOKE-TEST model: random base weights)" if is_smoke_test(out) else ""

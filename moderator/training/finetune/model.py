@@ -29,7 +29,7 @@ from typing import Any
 from moderator.engine.transformers import load as hf_load
 from moderator.errors import ConfigError
 from moderator.settings import EngineSettings
-from moderator.training.finetune.config import TrainConfig
+from moderator.training.finetune.config import PROJECTIONS, TrainConfig
 from moderator.training.finetune.inputs import Inputs
 
 VISION_MODULES = ("vision_tower", "visual")
@@ -138,7 +138,13 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
             )
             return get_peft_model(model, lora)
     except ValueError as exc:  # peft: no module matched the targets
-        raise ConfigError(f"lora.target_modules: {_first_line(exc)}") from exc
+        if "not found in the base model" not in str(exc):
+            raise ConfigError(f"lora.target_modules: {_first_line(exc)}") from exc
+        where = "language model" if config.freeze_vision else "model"
+        raise ConfigError(
+            f"lora.target_modules: no linear layer of the {where} is named "
+            f"{' or '.join(config.lora.target_modules)} (its projections: {', '.join(PROJECTIONS)})"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,10 +1,11 @@
 """The run's log: RUN/log.jsonl and a progress line on stderr for every logged step.
 
-Each Trainer log (every `logging_steps` optimizer steps, and once at the end) becomes one JSON
-object in log.jsonl: `step`, `epoch`, then what the Trainer reported (`loss`, `learning_rate`,
-`grad_norm`; at the end `train_loss`, `train_runtime`, ...), and `time` (UTC). The same step is
-printed for people:
+Each Trainer log (after the first optimizer step, every `logging_steps` steps, and once at the
+end) becomes one JSON object in log.jsonl: `step`, `epoch`, then what the Trainer reported
+(`loss`, `learning_rate`, `grad_norm`; at the end `train_loss`, `train_runtime`, ...), and
+`time` (UTC). The plan is printed when training starts, then each logged step, for people:
 
+    train: 200 optimizer steps of 8 samples (2.0 epochs of 800), logged every 10, saved every 500
     train: step 40/200 (20%), epoch 0.80, loss 0.4123, lr 1.9e-04, 1.52 s/step, ETA 4 min 03 s
 
 The callback also saves the processor into each checkpoint (so a checkpoint loads, and merges,
@@ -37,6 +38,8 @@ class RunLog(TrainerCallback):
         *,
         processor: Any,
         save_every: int | None = None,
+        samples: int | None = None,
+        stopped: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = run / LOG_FILE
@@ -44,6 +47,8 @@ class RunLog(TrainerCallback):
         self._stream = stream
         self._processor = processor
         self._save_every = save_every
+        self._samples = samples
+        self._stopped = stopped or (lambda: False)
         self._clock = clock
         self._started = clock()
         self._first_step = 0
@@ -53,6 +58,21 @@ class RunLog(TrainerCallback):
     ) -> None:
         self._started = self._clock()
         self._first_step = state.global_step  # not 0 when resumed
+        print(self.plan(args, state.max_steps), file=self._stream, flush=True)
+
+    def plan(self, args: TrainingArguments, total: int) -> str:
+        """The line that opens a run: its steps, how often it logs and saves."""
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        per_step *= max(args.world_size, 1)
+        line = f"train: {total} optimizer steps of {per_step} sample{'' if per_step == 1 else 's'}"
+        if self._samples:  # the epochs asked for, else those that max_steps makes
+            epochs = (
+                args.num_train_epochs if args.max_steps <= 0 else total * per_step / self._samples
+            )
+            line += f" ({epochs:.1f} epochs of {self._samples})"
+        if self._first_step:
+            line += f", resuming after step {self._first_step}"
+        return f"{line}, logged every {int(args.logging_steps)}, saved every {int(args.save_steps)}"
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
@@ -87,10 +107,7 @@ class RunLog(TrainerCallback):
         """The progress line of one log entry."""
         step = int(entry["step"])
         if "train_runtime" in entry:
-            loss = entry.get("train_loss")
-            mean = f", mean loss {loss:.4f}" if isinstance(loss, int | float) else ""
-            steps = f"{step} step{'' if step == 1 else 's'}"
-            return f"train: done, {steps} in {duration(entry['train_runtime'])}{mean}"
+            return self._end_line(step, entry)
         parts = [f"train: step {step}/{total} ({100 * step / max(total, 1):.0f}%)"]
         if entry.get("epoch") is not None:
             parts.append(f"epoch {entry['epoch']:.2f}")
@@ -105,6 +122,16 @@ class RunLog(TrainerCallback):
             if step < total:
                 parts.append(f"ETA {duration(per_step * (total - step))}")
         return ", ".join(parts)
+
+    def _end_line(self, step: int, entry: dict[str, Any]) -> str:
+        loss = entry.get("train_loss")
+        mean = f", mean loss {loss:.4f}" if isinstance(loss, int | float) else ""
+        ran = step - self._first_step
+        steps = f"{ran} step{'' if ran == 1 else 's'}"
+        if self._first_step:
+            steps = f"{steps} (steps {self._first_step + 1}-{step})" if ran else "no step"
+        what = "stopped" if self._stopped() else "done"
+        return f"train: {what}, {steps} in {duration(entry['train_runtime'])}{mean}"
 
 
 def log_entry(step: int, epoch: float | None, logs: dict[str, Any]) -> dict[str, Any]:

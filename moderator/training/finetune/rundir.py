@@ -7,7 +7,10 @@
     RUN/final/             the result: the LoRA adapter, or the whole model, and the processor
 
 A directory that already holds a run (a checkpoint or final/) is only written to again with
-`--resume`: a new run never mixes its checkpoints with an old one's.
+`--resume`: a new run never mixes its checkpoints with an old one's. `--resume` alone takes the
+newest complete checkpoint (one with its trainer_state.json, written last: a checkpoint whose
+saving was cut short has none), and a checkpoint must fit the run: the same method, model class
+and LoRA rank.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from typing import Any, Literal
 import yaml
 
 from moderator.errors import ConfigError
+from moderator.training.finetune.config import TrainConfig
 
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
 FINAL = "final"
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
+ADAPTER_CONFIG = "adapter_config.json"
 
 Resume = Path | Literal["latest"] | None
 """What `--resume` asked for: the run's latest checkpoint, a given one, or nothing."""
@@ -70,15 +75,73 @@ def start_checkpoint(run: Path, resume: Resume) -> Path | None:
             )
         return None
     if resume == "latest":
-        found = checkpoints(run)
-        if not found:
-            raise ConfigError(f"--resume: {run} holds no checkpoint-N directory to resume from")
-        return found[-1][1]
+        latest = latest_checkpoint(run)
+        if latest is None:
+            partial = " (only checkpoints whose saving was cut short)" if checkpoints(run) else ""
+            raise ConfigError(
+                f"--resume: {run} holds no checkpoint-N directory to resume from{partial}"
+            )
+        return latest
     path = resume.expanduser().resolve()
     if not path.is_dir():
         raise ConfigError(f"--resume: no checkpoint directory at {path}")
     checkpoint_step(path)
     return path
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint that was saved whole (it has its trainer_state.json)."""
+    complete = [path for _, path in checkpoints(run) if (path / TRAINER_STATE).is_file()]
+    return complete[-1] if complete else None
+
+
+def check_resume_fits(checkpoint: Path, config: TrainConfig, architecture: str) -> None:
+    """ConfigError (one line) when `checkpoint` was not saved by a run like this one: another
+    method, another LoRA rank, or another model class than base_model's `architecture`."""
+    adapter = _json(checkpoint / ADAPTER_CONFIG)
+    kind = "a LoRA" if adapter is not None else "a full fine-tuning"
+    if (adapter is not None) != (config.method == "lora"):
+        raise ConfigError(
+            f"--resume: {checkpoint} is {kind} checkpoint, but method is {config.method}"
+        )
+    if adapter is not None and adapter.get("r") != config.lora.r:
+        raise ConfigError(
+            f"--resume: {checkpoint} has LoRA rank {adapter.get('r')}, but lora.r is "
+            f"{config.lora.r}"
+        )
+    trained = _trained_class(checkpoint, adapter)
+    if trained is not None and trained != architecture:
+        raise ConfigError(
+            f"--resume: {checkpoint} was trained from a {trained}, but base_model is a "
+            f"{architecture}"
+        )
+
+
+def _trained_class(checkpoint: Path, adapter: dict[str, Any] | None) -> str | None:
+    """The model class a checkpoint holds: a full model's config.json; for an adapter, its
+    run's config.yaml, else the config.json of the base it names."""
+    if adapter is None:
+        return _first_class(_json(checkpoint / "config.json"))
+    resolved = (read_config(checkpoint.parent) or {}).get("resolved")
+    if isinstance(resolved, dict) and isinstance(resolved.get("architecture"), str):
+        return str(resolved["architecture"])
+    named = adapter.get("base_model_name_or_path")
+    if isinstance(named, str) and named:
+        return _first_class(_json(Path(named).expanduser() / "config.json"))
+    return None
+
+
+def _first_class(config: dict[str, Any] | None) -> str | None:
+    names = (config or {}).get("architectures")
+    return names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def write_config(run: Path, text: str) -> Path:

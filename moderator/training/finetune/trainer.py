@@ -9,9 +9,11 @@ overridden for images, while the plain Trainer takes our collator and labels as 
 gives the same optimizer, schedule, accumulation, mixed precision, checkpointing and resume,
 and needs no dependency beyond the transformers extra (peft only for LoRA).
 
-Order of a run: the configuration's paths are checked before anything is loaded (a typo is a
-one-line error, exit 2); the dataset's images must all exist; config.yaml is written before the
-first step, so a crashed run says what it was.
+Order of a run: the configuration's paths, the device and a resumed checkpoint's fit are
+checked before anything is loaded (a typo is a one-line error, exit 2); the dataset's images
+must all exist; config.yaml is written before the first step, so a crashed run says what it was.
+The first Ctrl-C (or SIGTERM) stops after the running step with a checkpoint (stop.py); a
+second one stops at once, and one line says which checkpoint `--resume` would continue from.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from moderator.engine.smoke import MARKER
 from moderator.errors import ConfigError
@@ -29,42 +31,120 @@ from moderator.training.finetune.config import RESOLVED, TrainConfig, dump_yaml,
 from moderator.training.finetune.inputs import Inputs, check_inputs
 from moderator.training.finetune.rundir import FINAL, Resume
 
+if TYPE_CHECKING:
+    from moderator.training.finetune.stop import GracefulStop
+
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where a finished run put its model, and its evaluation report (None: not evaluated)."""
+    """Where a run put its model (None when a signal stopped it first), and its evaluation
+    report (None: not evaluated). `stopped` names the signal that stopped the run early."""
 
     run: Path
-    final: Path
+    final: Path | None
     steps: int
     report: Path | None
+    stopped: str | None = None
 
 
 def train(
-    config: TrainConfig, *, resume: Resume = None, stderr: TextIO | None = None
+    config: TrainConfig,
+    *,
+    resume: Resume = None,
+    stderr: TextIO | None = None,
+    config_file: Path | None = None,
 ) -> TrainResult:
-    """Run the training `config` describes (continuing a checkpoint with `resume`)."""
+    """Run the training `config` describes (continuing a checkpoint with `resume`);
+    `config_file`, where the configuration came from, goes into the lines that say how to
+    resume a stopped run."""
     stream = stderr or sys.stderr
+    again = f"moderator train --config {config_file or 'FILE'} --resume"
     inputs = check_inputs(config)
     run = config.output_dir.expanduser().resolve()
     start = rundir.start_checkpoint(run, resume)
+    if start is not None:
+        rundir.check_resume_fits(start, config, inputs.architecture)
     check_extra(config)
+    from moderator.training.finetune.arguments import check_device
+    from moderator.training.finetune.stop import GracefulStop
     from moderator.training.finetune.wiring import build_run  # torch and transformers from here
 
+    check_device(config)
     built = build_run(config, inputs, stream)
     resolved = {**inputs.resolved(), "samples": len(built.dataset), **built.facts}
     if start is not None:
         _resuming(run, start, resolved, stream)
+    else:
+        rundir.trim_log(run, 0)  # a run stopped before its first checkpoint starts over
     rundir.write_config(run, dump_yaml(effective(filled(config, inputs), resolved)))
-    trainer = built.trainer(run, stream, every_steps=_eval_every(config, inputs))
-    output = trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
+    stop = GracefulStop(stream)
+    trainer = built.trainer(run, stream, every_steps=_eval_every(config, inputs), stop=stop)
+    steps = _fit(trainer, start, stop, run, stream, again)
+    if stop.requested:
+        print(stopped_line(run, steps, stop.name(), again), file=stream)
+        return TrainResult(run, None, steps, None, stop.name())
     final = save_final(built.model, built.processor, run / FINAL, inputs.base)
+    if config.method == "full":
+        write_full_run_card(run, inputs.base)
     print(f"train: model saved to {final}", file=stream)
-    steps = int(output.global_step)
-    del trainer, built, output  # the evaluation loads the trained model on its own
+    del trainer, built  # the evaluation loads the trained model on its own
     _free_memory()
     report = evaluate(run, inputs, stream)
     return TrainResult(run, final, steps, report)
+
+
+def _fit(
+    trainer: Any, start: Path | None, stop: GracefulStop, run: Path, stream: TextIO, again: str
+) -> int:
+    """trainer.train() under the stop signals; the optimizer step it ended at. A second
+    Ctrl-C gets one line naming the checkpoint to resume from, then goes on up."""
+    try:
+        with stop.installed():
+            output = trainer.train(resume_from_checkpoint=str(start) if start else None)
+    except KeyboardInterrupt:
+        line = interrupted_line(run, int(trainer.state.global_step), again)
+        print(line, file=stream, flush=True)
+        raise
+    except RuntimeError as exc:
+        if start is not None and "Error(s) in loading state_dict" in str(exc):
+            raise ConfigError(
+                f"--resume: {start} does not fit base_model (other layer sizes): "
+                f"{str(exc).split(':', 1)[0]}"
+            ) from exc
+        raise
+    return int(output.global_step)
+
+
+def stopped_line(run: Path, step: int, signal_name: str, again: str) -> str:
+    """What a run stopped by a signal says: where it stopped and how to go on."""
+    return (
+        f"train: stopped by {signal_name} at step {step}; {rundir.CHECKPOINT_PREFIX}{step} is "
+        f"saved in {run}: continue with `{again}`"
+    )
+
+
+def interrupted_line(run: Path, step: int, again: str) -> str:
+    """What a run stopped at once says: which checkpoint `--resume` continues from."""
+    latest = rundir.latest_checkpoint(run)
+    if latest is None:
+        return (
+            f"train: interrupted during step {step + 1}, before any checkpoint was saved; "
+            "a new run starts over"
+        )
+    lost = step - rundir.checkpoint_step(latest)
+    after = f" (the {lost} step(s) after it are lost)" if lost > 0 else ""
+    return (
+        f"train: interrupted during step {step + 1}; the newest checkpoint is {latest.name}"
+        f"{after}: continue from it with `{again}`"
+    )
+
+
+def _drop_peft_readme(directory: Path) -> None:
+    """peft saves an empty model-card template beside an adapter; `train merge` writes the real
+    card, so the template would only mislead."""
+    readme = directory / "README.md"
+    if readme.is_file() and "library_name: peft" in readme.read_text(encoding="utf-8"):
+        readme.unlink()
 
 
 def check_extra(config: TrainConfig) -> None:
@@ -91,10 +171,19 @@ def save_final(model: Any, processor: Any, final: Path, base: Path) -> Path:
 
     final.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(final)
+    _drop_peft_readme(final)
     save_processor(processor, final)
     if (base / MARKER).is_file():
         (final / MARKER).write_bytes((base / MARKER).read_bytes())
     return final
+
+
+def write_full_run_card(run: Path, base: Path) -> None:
+    """RUN/final of a full run is a servable checkpoint: its model card names it (the run's
+    name, a revision of its weights) in verdicts and evaluation reports."""
+    from moderator.training.finetune.card import CardInputs, write_card
+
+    write_card(run / FINAL, CardInputs(run.name, base, run, run / FINAL, None))
 
 
 def _free_memory() -> None:

@@ -44,16 +44,25 @@ class BuiltRun:
     def processor(self) -> Any:
         return self.prepared.loaded.processor
 
-    def trainer(self, run: Any, stream: TextIO, *, every_steps: int | None) -> Any:
-        """transformers' Trainer over the dataset, logging to `run` and `stream`."""
+    def trainer(
+        self, run: Any, stream: TextIO, *, every_steps: int | None, stop: Any = None
+    ) -> Any:
+        """transformers' Trainer over the dataset, logging to `run` and `stream`; `stop` (a
+        stop.GracefulStop) saves a checkpoint and stops when a signal asks."""
         from transformers import PrinterCallback, Trainer
 
         from moderator.training.finetune.arguments import training_arguments
         from moderator.training.finetune.progress import RunLog
 
-        callbacks: list[Any] = [
-            RunLog(run, stream, processor=self.processor, save_every=every_steps)
-        ]
+        log = RunLog(
+            run,
+            stream,
+            processor=self.processor,
+            save_every=every_steps,
+            samples=len(self.dataset),
+            stopped=(lambda: stop.requested) if stop is not None else None,
+        )
+        callbacks: list[Any] = [log] + ([stop] if stop is not None else [])
         if every_steps is not None:
             callbacks.extend(_periodic_eval(run, every_steps, stream))
         trainer = Trainer(
@@ -119,6 +128,11 @@ def build_run(config: TrainConfig, inputs: Inputs, stream: TextIO) -> BuiltRun:
         f"{prepared.total:,} parameters trainable, bf16 {'on' if bf16 else 'off'}",
         file=stream,
     )
+    if is_smoke_test(inputs.base):
+        print(
+            "train: SMOKE-TEST base model (random weights): the trained model means nothing",
+            file=stream,
+        )
     return BuiltRun(config, prepared, dataset, bf16, facts)
 
 
