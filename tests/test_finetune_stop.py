@@ -148,14 +148,21 @@ def test_sigterm_asks_for_a_stop_too_and_an_ignored_sigint_stays_ignored(
 
     stream = io.StringIO()
     stop = GracefulStop(stream)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a shell's background job
-    with stop.installed():
+    # What was there before (an earlier test in this process may have left handlers): the stop
+    # must put back exactly that.
+    before_term = signal.getsignal(signal.SIGTERM)
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a shell's background job
+    try:
+        with stop.installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop.handle
+            stop.handle(signal.SIGTERM, None)
+            with pytest.raises(KeyboardInterrupt):
+                stop.handle(signal.SIGINT, None)  # the second signal: at once
+        assert signal.getsignal(signal.SIGTERM) is before_term
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) == stop.handle
-        stop.handle(signal.SIGTERM, None)
-        with pytest.raises(KeyboardInterrupt):
-            stop.handle(signal.SIGINT, None)  # the second signal: at once
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, before_int)
     assert (stop.requested, stop.name()) == (True, "SIGTERM")
     assert stream.getvalue().startswith("train: SIGTERM: stopping after step 1, with a checkpoint")
 
