@@ -7,7 +7,7 @@ without it `draw_charts` returns None and report.html shows a note instead of th
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,8 +33,8 @@ def draw_charts(report: Report) -> Charts | None:
     except ImportError:
         return None
     return Charts(
-        transitions=_png(_transition_figure(report.transitions)),
-        score_shifts=_png(_shift_figure(report.score_summary)),
+        transitions=png(_transition_figure(report.transitions)),
+        score_shifts=png(_shift_figure(report.score_summary)),
     )
 
 
@@ -44,16 +44,39 @@ def transition_matrix(transitions: Mapping[str, int]) -> list[list[int]]:
 
 
 def _transition_figure(transitions: Mapping[str, int]) -> Figure:
+    return count_heatmap(
+        transition_matrix(transitions),
+        DECISIONS,
+        DECISIONS,
+        xlabel="replayed decision",
+        ylabel="original decision",
+        title="Decision transitions (events)",
+        size=_SIZE,
+        bold=lambda i, j: i != j,  # an off-diagonal count is a changed decision
+    )
+
+
+def count_heatmap(
+    matrix: Sequence[Sequence[int]],
+    columns: Sequence[str],
+    rows: Sequence[str],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    size: tuple[float, float],
+    bold: Callable[[int, int], bool] | None = None,
+) -> Figure:
+    """A matrix of counts as shaded cells with each count written in it: white on dark cells,
+    in bold where `bold(row, column)` holds and the count is not 0."""
     from matplotlib.figure import Figure
 
-    matrix = transition_matrix(transitions)
     peak = max((n for row in matrix for n in row), default=0)
-    figure = Figure(figsize=_SIZE, layout="constrained")
+    figure = Figure(figsize=size, layout="constrained")
     axes = figure.add_subplot()
     axes.imshow(matrix, cmap="Blues", vmin=0, vmax=max(peak, 1))
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            # Dark cells get white text; an off-diagonal count is a changed decision, in bold.
             axes.text(
                 j,
                 i,
@@ -61,13 +84,13 @@ def _transition_figure(transitions: Mapping[str, int]) -> Figure:
                 ha="center",
                 va="center",
                 color="white" if peak and count > peak / 2 else "black",
-                fontweight="bold" if i != j and count else "normal",
+                fontweight="bold" if bold is not None and bold(i, j) and count else "normal",
             )
-    axes.set_xticks(range(len(DECISIONS)), DECISIONS)
-    axes.set_yticks(range(len(DECISIONS)), DECISIONS)
-    axes.set_xlabel("replayed decision")
-    axes.set_ylabel("original decision")
-    axes.set_title("Decision transitions (events)")
+    axes.set_xticks(range(len(columns)), columns)
+    axes.set_yticks(range(len(rows)), rows)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     return figure
 
 
@@ -88,7 +111,8 @@ def _shift_figure(summary: ScoreSummary) -> Figure:
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def png(figure: Figure) -> bytes:
+    """The figure as PNG bytes, the same for the same figure whatever matplotlib drew it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)

@@ -6,10 +6,10 @@ matplotlib comes with the `replay` extra and is imported only inside these funct
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from moderator.replay.charts import count_heatmap, png
 from moderator.training import curves
 from moderator.training.metrics import PREDICTED_COLUMNS, Outcome
 
@@ -35,44 +35,31 @@ def draw_charts(metrics: Mapping[str, Any], outcomes: Sequence[Outcome]) -> dict
     except ImportError:
         return None
     charts = {
-        "confusion.png": _png(_confusion_figure(metrics)),
-        "per_category.png": _png(category_figure(metrics)),
+        "confusion.png": png(_confusion_figure(metrics)),
+        "per_category.png": png(category_figure(metrics)),
     }
     scored = [(o.unsafe, o.score) for o in outcomes if o.score is not None]
     if scored and metrics.get("calibration"):
-        charts["roc_pr.png"] = _png(_curves_figure(scored, metrics))
-        charts["calibration.png"] = _png(_calibration_figure(metrics["calibration"]))
+        charts["roc_pr.png"] = png(_curves_figure(scored, metrics))
+        charts["calibration.png"] = png(_calibration_figure(metrics["calibration"]))
     return charts
 
 
 def _confusion_figure(metrics: Mapping[str, Any]) -> Figure:
-    from matplotlib.figure import Figure
-
     table = metrics.get("confusion") or {}
     # The "missing" column only when some sample had no prediction.
     columns = [c for c in PREDICTED_COLUMNS if c != "missing" or metrics.get("missing")]
     truths = ("Safe", "Unsafe")
     matrix = [[int((table.get(t) or {}).get(c, 0)) for c in columns] for t in truths]
-    peak = max((n for row in matrix for n in row), default=0)
-    figure = Figure(figsize=_SIZE, layout="constrained")
-    axes = figure.add_subplot()
-    axes.imshow(matrix, cmap="Blues", vmin=0, vmax=max(peak, 1))
-    for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            axes.text(
-                j,
-                i,
-                str(count),
-                ha="center",
-                va="center",
-                color="white" if peak and count > peak / 2 else "black",
-            )
-    axes.set_xticks(range(len(columns)), columns)
-    axes.set_yticks(range(len(truths)), truths)
-    axes.set_xlabel("predicted rating")
-    axes.set_ylabel("true rating")
-    axes.set_title(f"Confusion matrix (n={metrics.get('n', 0)})")
-    return figure
+    return count_heatmap(
+        matrix,
+        columns,
+        truths,
+        xlabel="predicted rating",
+        ylabel="true rating",
+        title=f"Confusion matrix (n={metrics.get('n', 0)})",
+        size=_SIZE,
+    )
 
 
 def category_figure(metrics: Mapping[str, Any]) -> Figure:
@@ -160,13 +147,3 @@ def _calibration_figure(calibration: Mapping[str, Any]) -> Figure:
 
 def _number(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "-"
-
-
-def _png(figure: Figure) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    # No "Software" entry: the same metrics give the same bytes whatever matplotlib drew them.
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return buffer.getvalue()
