@@ -79,6 +79,8 @@ def test_waiters_take_their_leaders_facts_and_never_decode(
     assert rig.processor.coalescer.coalesced == 4
     facts = {(v.object.format, v.object.width, v.object.height) for v in rig.verdicts.values()}
     assert facts == {("PNG", 40, 40)}
+    # Every event fetched its object: a waiter's fetch time is its own, not 0.
+    assert all(v.timings_ms.fetch > 0 for v in rig.verdicts.values())
 
 
 def test_a_decode_failure_reaches_each_waiter_with_its_code(

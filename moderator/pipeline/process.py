@@ -220,6 +220,7 @@ class Processor:
         t0 = time.monotonic()
         with run.obs.stage("fetch"):
             fetched = self._store.get(obj.bucket, obj.key, obj.version_id, self._max_bytes)
+        run.fetch_ms = (time.monotonic() - t0) * 1000  # a hit's or a waiter's; a leader adds decode
         self._held.add(run, len(fetched.data))
         sha256 = sha256_hex(fetched.data)
         run.facts = ObjectFacts(etag=fetched.etag, sha256=sha256)
@@ -231,7 +232,6 @@ class Processor:
             return
         run.obs.cache(hit=claim.judged is not None)
         if claim.judged is not None:
-            run.fetch_ms = (time.monotonic() - t0) * 1000
             run.facts = dataclasses.replace(claim.judged.facts, etag=fetched.etag)
             self._finish(run, decide_cached(run.policy, claim.judged.frames), source="cache")
             return
