@@ -294,17 +294,6 @@ def test_the_trained_model_is_evaluated_when_there_is_an_eval_split(
     assert set(saved["resolved"]["splits"]) == {"train", "eval"}
 
 
-def test_without_the_evaluation_module_training_still_finishes(
-    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "moderator.training.finetune.evaluate", None)
-    data = make_dataset(tmp_path / "data", eval_split=True)
-    config = run_config(tiny["qwen2-vl"], data, tmp_path / "run", max_steps=1, eval={})
-    result, stderr = run(config)
-    assert result.report is None
-    assert "train: evaluation skipped: this install has no evaluation module" in stderr
-
-
 def test_smoke_test_rationales_never_train_a_real_model(
     tiny: dict[str, Path], tmp_path: Path
 ) -> None:

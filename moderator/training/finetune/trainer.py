@@ -89,7 +89,7 @@ def train(
     print(f"train: model saved to {final}", file=stream)
     del trainer, built  # the evaluation loads the trained model on its own
     _free_memory()
-    report = evaluate(run, inputs, stream)
+    report = evaluate(run, inputs)
     return TrainResult(run, final, steps, report)
 
 
@@ -217,13 +217,10 @@ def _eval_every(config: TrainConfig, inputs: Inputs) -> int | None:
     return config.eval.every_steps if inputs.eval is not None else None
 
 
-def evaluate(run: Path, inputs: Inputs, stream: TextIO) -> Path | None:
+def evaluate(run: Path, inputs: Inputs) -> Path | None:
     """The built-in evaluation of the trained model on the eval split (when there is one)."""
     if inputs.eval is None:
         return None
-    try:
-        from moderator.training.finetune.evaluate import evaluate_run
-    except ImportError:
-        print("train: evaluation skipped: this install has no evaluation module", file=stream)
-        return None
+    from moderator.training.finetune.evaluate import evaluate_run
+
     return evaluate_run(run)

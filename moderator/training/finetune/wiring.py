@@ -64,7 +64,9 @@ class BuiltRun:
         )
         callbacks: list[Any] = [log] + ([stop] if stop is not None else [])
         if every_steps is not None:
-            callbacks.extend(_periodic_eval(run, every_steps, stream))
+            from moderator.training.finetune.evaluate import PeriodicEval
+
+            callbacks.append(PeriodicEval(run, every_steps))
         trainer = Trainer(
             model=self.model,
             args=training_arguments(self.config, run, bf16=self.bf16),
@@ -154,13 +156,3 @@ def _check_rationales(samples: Sequence[Sample], inputs: Inputs, stream: TextIO)
         "the base is a smoke-test model too",
         file=stream,
     )
-
-
-def _periodic_eval(run: Any, every_steps: int, stream: TextIO) -> list[Any]:
-    """The evaluation callback of the evaluation module, where this install has it."""
-    try:
-        from moderator.training.finetune.evaluate import PeriodicEval
-    except ImportError:
-        print("train: eval.every_steps skipped: this install has no evaluation module", file=stream)
-        return []
-    return [PeriodicEval(run, every_steps)]
