@@ -6,31 +6,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from moderator.errors import ErrorCode, ProcessingError
 from moderator.fetch.s3 import S3ObjectStore, build_s3_client
 from moderator.settings import S3Settings
+from tests.moto_s3 import moto_s3
 
 BUCKET = "uploads"
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def settings(endpoint: str) -> Iterator[S3Settings]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_SESSION_TOKEN", "testing")
-        mp.delenv("AWS_PROFILE", raising=False)
+def settings() -> Iterator[S3Settings]:
+    with moto_s3() as endpoint:
         yield S3Settings(
             endpoint_url=endpoint,
             region="us-east-1",

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from moderator.audit.db.store import AuditStore
@@ -37,6 +36,7 @@ from moderator.training.from_audit import (
     write_export,
 )
 from tests.audit_fixtures import ALPHA, BASE, BETA, fill, policy, record
+from tests.moto_s3 import moto_s3
 
 BUCKET = "training-export"
 O1 = "O1: Hate, Humiliation, Harassment"
@@ -45,20 +45,8 @@ NA = "NA: None applying"
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3_settings(endpoint: str) -> Iterator[S3Settings]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.delenv("AWS_PROFILE", raising=False)
+def s3_settings() -> Iterator[S3Settings]:
+    with moto_s3() as endpoint:
         settings = S3Settings(
             endpoint_url=endpoint, region="us-east-1", addressing_style="path", max_attempts=1
         )
