@@ -103,7 +103,7 @@ def test_broker_killed_mid_transaction_then_restarted(
             offsets = f"committed {world.committed(names.group, names.uploads)}"
         except Exception as exc:
             offsets = f"committed offsets unreadable: {exc}"
-        return f"{offsets}, {instance.loop.stats}, {instance.error!r}"
+        return f"{offsets}, {instance.loop.stats}, {instance.error!r}\n{instance.where()}"
 
     try:
         wait_for(lambda: progress(world, names) >= EVENTS // 5, 60, "progress before the kill")

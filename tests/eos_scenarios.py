@@ -11,8 +11,10 @@ the nth call of one checkpoint step, after which the "dead" instance runs no fur
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -294,6 +296,13 @@ class Instance:
     def start(self) -> Instance:
         self.thread.start()
         return self
+
+    def where(self) -> str:
+        """The loop thread's stack now: where a stuck instance waits, for a failure message."""
+        frame = sys._current_frames().get(self.thread.ident or -1)
+        if frame is None:
+            return "the loop thread is not running"
+        return "the loop thread is at:\n" + "".join(traceback.format_stack(frame)[-8:])
 
     def join(self, timeout: float) -> None:
         self.thread.join(timeout)

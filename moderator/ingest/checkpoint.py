@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -43,8 +43,10 @@ def commit_checkpoint(
       Steps 3 and 4 are retried while librdkafka calls the error retriable (a coordinator
       moving to another broker, or still completing the previous commit): aborting then can
       reach the coordinator before that commit is complete, which it refuses with a fatal
-      INVALID_TXN_STATE.
-      An error that requires abort → abort_transaction(), CheckpointAborted.
+      INVALID_TXN_STATE. Both steps share one deadline, `timeout_s`: each attempt gets only
+      the time left, so a broker that stays away costs at most `timeout_s` before the abort
+      (and the abort at most `timeout_s` more), however many attempts were made.
+      An error that requires abort, or the deadline → abort_transaction(), CheckpointAborted.
     at_least_once:
       1. produce every held output (idempotent producer)
       2. flush and check every delivery report
@@ -98,11 +100,11 @@ def _transactional(
     for rec in records:
         _produce(producer, rec, None)
     metadata = consumer.consumer_group_metadata()
+    deadline = time.monotonic() + timeout_s
     _retry_retriable(
-        lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout_s),
-        deadline_s=timeout_s,
+        lambda left: producer.send_offsets_to_transaction(offsets, metadata, left), deadline
     )
-    _retry_retriable(lambda: producer.commit_transaction(timeout_s), deadline_s=timeout_s)
+    _retry_retriable(producer.commit_transaction, deadline)
 
 
 def _at_least_once(
@@ -143,16 +145,21 @@ def _produce(producer: Producer, rec: OutRecord, on_delivery: Any) -> None:
             producer.poll(0.05)  # local queue full: let deliveries drain, then retry
 
 
-def _retry_retriable(call: Any, *, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
+# The least time one attempt is given: librdkafka reads a timeout of 0 as "do not wait".
+_MIN_ATTEMPT_S = 0.1
+
+
+def _retry_retriable(call: Callable[[float], None], deadline: float) -> None:
+    """`call(seconds left before deadline)` until it succeeds; a retriable error is retried
+    while time is left, any other error (or the deadline passing) is raised."""
     while True:
         try:
-            call()
+            call(max(deadline - time.monotonic(), _MIN_ATTEMPT_S))
             return
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             retriable = err is not None and hasattr(err, "retriable") and err.retriable()
-            if not retriable or time.monotonic() >= deadline:
+            if not retriable or time.monotonic() + 0.05 >= deadline:
                 raise
             time.sleep(0.05)
 
