@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,nudenet,transformers,train,openai,postgres,api
 
-.PHONY: install lint typecheck test test-unit test-integration check bench demo clean gpu-check gpu-wheels
+.PHONY: install lint typecheck test test-unit test-integration check bench demo clean gpu-check gpu-wheels \
+	lint-only typecheck-only test-parallel test-memory
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,16 +18,14 @@ install: $(BIN)/python
 	$(BIN)/pip install -q --no-deps -r requirements/lmdeploy-cpu.txt
 
 lint: install
-	$(BIN)/ruff check moderator tests integration bench
-	$(BIN)/ruff format --check moderator tests integration bench
+	$(MAKE) --no-print-directory lint-only
 
 typecheck: install
-	$(BIN)/mypy
+	$(MAKE) --no-print-directory typecheck-only
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 test: install
-	$(BIN)/pytest -q -n 2 --dist loadfile -m "not memory"
-	$(BIN)/pytest -q -m memory
+	$(MAKE) --no-print-directory test-parallel test-memory
 
 test-unit: install
 	$(BIN)/pytest -q tests
@@ -34,7 +33,27 @@ test-unit: install
 test-integration: install
 	$(BIN)/pytest -q integration
 
-check: lint typecheck test
+# The whole check. mypy and the memory pass each keep about one core busy, so they run side by
+# side (a memory bound is about its own process, not the machine's load), each one's output
+# kept together; then every other test, two workers.
+check: install
+	$(MAKE) --no-print-directory lint-only
+	$(MAKE) --no-print-directory --output-sync=target -j2 typecheck-only test-memory
+	$(MAKE) --no-print-directory test-parallel
+
+# The steps, without the install (the targets above install first).
+lint-only:
+	$(BIN)/ruff check moderator tests integration bench
+	$(BIN)/ruff format --check moderator tests integration bench
+
+typecheck-only:
+	$(BIN)/mypy
+
+test-parallel:
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not memory"
+
+test-memory:
+	$(BIN)/pytest -q -m memory
 
 # bench/brokers.py starts a one-node Apache Kafka: it needs Java 17+ and Maven (docs/operations.md).
 bench: install
