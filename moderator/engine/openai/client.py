@@ -1,7 +1,7 @@
 """The `openai` engine's HTTP side: one background thread runs an asyncio event loop that owns
-one pooled `httpx.AsyncClient`; requests are capped in flight (by an InFlightLimit, adaptive or
-fixed: `limit.py`), retried with backoff, and every outcome comes back as data (a Reply or a
-Failure), never as an exception.
+the connection pools (`httpx.AsyncClient`s); requests are capped in flight (by an InFlightLimit,
+adaptive or fixed: `limit.py`), retried with backoff, and every outcome comes back as data (a
+Reply or a Failure), never as an exception.
 
 httpx is imported lazily, inside the functions that use it, so this module imports without the
 `openai` extra.
@@ -53,6 +53,11 @@ _THREAD_NAME = "moderator-openai-engine"
 # a connection idle for 5 s (--timeout-keep-alive): a client that reuses one at that moment
 # gets a dropped connection. Staying under it leaves the closing to the client.
 KEEPALIVE_EXPIRY_S = 4.0
+# httpcore walks every connection of a pool to place each request, so what a request costs the
+# client's CPU grows with the pool's size. The connections are split over pools (one
+# AsyncClient each) of at most this many, and each request goes to the pool with the fewest
+# requests open: with 64 connections, a request is placed among 8, not 64.
+POOL_CONNECTIONS = 8
 
 T = TypeVar("T")
 
@@ -77,13 +82,29 @@ class Failure:
     message: str
 
 
+@dataclass
+class _Pool:
+    """One AsyncClient and how many requests it has open (event-loop thread only)."""
+
+    client: httpx.AsyncClient
+    open: int = 0
+
+
+def pool_sizes(connections: int, most: int = POOL_CONNECTIONS) -> list[int]:
+    """`connections` split into pools of at most `most`, as even as can be."""
+    count = -(-connections // most)
+    size, extra = divmod(connections, count)
+    return [size + 1 if i < extra else size for i in range(count)]
+
+
 class OpenAIClient:
     """Talks to the server at `base_url` from its own event-loop thread.
 
     At most `limit.limit` requests are open at once (the limit learns from every answer's
-    latency and from overload answers); the pool holds up to `connections` connections. Each
+    latency and from overload answers); the pools hold up to `connections` connections in all. Each
     request has `timeout_s` in all, queueing for a slot, retries and backoff included, reading
-    the answer too. An answer is read as a stream and given up as soon as it passes
+    the answer too. `pool_connections` is the most connections one pool holds (benchmarks
+    compare it with one pool of all). An answer is read as a stream and given up as soon as it passes
     `max_response_bytes` (an error answer is cut at 64 KiB: only its message is kept). The
     constructor starts the thread and opens the client (closing again if that fails); `close`
     must be called to stop them.
@@ -101,8 +122,10 @@ class OpenAIClient:
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         backoff_s: float = 0.5,
         backoff_max_s: float = 8.0,
+        pool_connections: int = POOL_CONNECTIONS,
     ) -> None:
         self._base_url = base_url
+        self._pool_connections = pool_connections
         self._shown = mask_passwords(base_url)  # in messages, which reach verdicts and logs
         self._openai = options
         self._timeout_s = timeout_s
@@ -114,7 +137,7 @@ class OpenAIClient:
         self._backoff_max_s = backoff_max_s
         self._lock = threading.Lock()
         self._closed = False
-        self._client: httpx.AsyncClient | None = None
+        self._pools: list[_Pool] = []
         self._gate: _Gate | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -184,21 +207,20 @@ class OpenAIClient:
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if opts.api_key is not None:
             headers["Authorization"] = f"Bearer {opts.api_key.get_secret_value()}"
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            limits=httpx.Limits(
-                max_connections=self._connections,
-                max_keepalive_connections=self._connections,
+        timeout = httpx.Timeout(self._timeout_s, connect=opts.connect_timeout_s)
+        for size in pool_sizes(self._connections, self._pool_connections):
+            limits = httpx.Limits(
+                max_connections=size,
+                max_keepalive_connections=size,
                 keepalive_expiry=KEEPALIVE_EXPIRY_S,
-            ),
-            timeout=httpx.Timeout(self._timeout_s, connect=opts.connect_timeout_s),
-        )
+            )
+            client = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
+            self._pools.append(_Pool(client))
         self._gate = _Gate(self._limit)
 
     async def _probe(self, model: str) -> bool:
         import httpx
 
-        assert self._client is not None
         url = f"{self._shown}/models"
         timeout = httpx.Timeout(
             self._probe_timeout_s,
@@ -207,7 +229,8 @@ class OpenAIClient:
         limit = self._max_response_bytes
         try:
             models = f"{self._base_url}/models"
-            async with self._client.stream("GET", models, timeout=timeout) as response:
+            client = self._pools[0].client
+            async with client.stream("GET", models, timeout=timeout) as response:
                 status, reason = response.status_code, response.reason_phrase
                 body = await read_capped(response, limit, truncate=status != 200)
         except httpx.HTTPError as exc:
@@ -289,11 +312,12 @@ class OpenAIClient:
         the in-flight limit."""
         import httpx
 
-        assert self._client is not None
         attempts[0] += 1
+        pool = min(self._pools, key=_open_requests)
+        pool.open += 1
         started = time.monotonic()
         try:
-            async with self._client.stream(
+            async with pool.client.stream(
                 "POST",
                 f"{self._base_url}/chat/completions",
                 content=payload,
@@ -312,6 +336,8 @@ class OpenAIClient:
         except httpx.TimeoutException:
             self._limit.overloaded()
             raise
+        finally:
+            pool.open -= 1
         self._limit.answered(time.monotonic() - started, epoch)
         try:
             data = json.loads(body)
@@ -334,10 +360,14 @@ class OpenAIClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        for pool in self._pools:
+            await pool.client.aclose()
         await self._loop.shutdown_asyncgens()
         await self._loop.shutdown_default_executor()
+
+
+def _open_requests(pool: _Pool) -> int:
+    return pool.open
 
 
 class _Gate:
