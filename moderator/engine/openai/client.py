@@ -101,10 +101,10 @@ class OpenAIClient:
     """Talks to the server at `base_url` from its own event-loop thread.
 
     At most `limit.limit` requests are open at once (the limit learns from every answer's
-    latency and from overload answers); the pools hold up to `connections` connections in all. Each
-    request has `timeout_s` in all, queueing for a slot, retries and backoff included, reading
-    the answer too. `pool_connections` is the most connections one pool holds (benchmarks
-    compare it with one pool of all). An answer is read as a stream and given up as soon as it passes
+    latency and from overload answers); the pools hold up to `connections` connections in all,
+    at most `pool_connections` each (benchmarks compare that with one pool of all). Each request
+    has `timeout_s` in all, queueing for a slot, retries and backoff included, reading the
+    answer too. An answer is read as a stream and given up as soon as it passes
     `max_response_bytes` (an error answer is cut at 64 KiB: only its message is kept). The
     constructor starts the thread and opens the client (closing again if that fails); `close`
     must be called to stop them.
