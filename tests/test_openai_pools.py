@@ -4,8 +4,11 @@ while the in-flight limit allows it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -79,3 +82,21 @@ def test_every_request_the_limit_allows_runs_at_once_across_the_pools(
     assert all(r.assessment is not None for r in results)
     assert simulator.stats().max_running == 24
     assert elapsed < 2 * 0.4  # one service time, not several rounds of 8
+
+
+def test_the_client_benchmark_prints_both_layouts_and_the_ratio() -> None:
+    root = Path(__file__).resolve().parent.parent
+    args = ["--requests", "40", "--rounds", "1", "--in-flight", "12"]
+    command = [sys.executable, "bench/openai_client.py", *args]
+    done = subprocess.run(
+        command,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip().startswith("12 ")]
+    assert [row[1:3] for row in rows] == [["one", "pool"], ["pools", "of"]], done.stdout
+    assert rows[0][-1] == "1.00x"
+    assert all(float(row[-3]) > 0 and float(row[-2]) > 0 for row in rows), done.stdout
