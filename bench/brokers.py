@@ -64,6 +64,7 @@ from pipeline import (
     _publish_events,
     _write_policies,
     ceiling_topic,
+    print_rows,
     run_ceiling,
     run_pipeline,
 )
@@ -251,17 +252,6 @@ def table_rows(targets: Sequence[Target], results: Results) -> list[list[str]]:
     return rows
 
 
-def print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        print("  " + "  ".join(cells).rstrip())
-        if j == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-
-
 def _print_run(phase: Phase) -> None:
     print(
         f"  {phase.name}: {phase.events} events, {phase.rate:,.0f} ev/s "
@@ -382,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"broker bench failed: {exc}", file=sys.stderr)
         return 1
     print(f"\nsummary: {n} events per run, median of {args.repeat} (min-max), {_cpu_line()}")
-    print_table(table_rows(targets, results))
+    print_rows(table_rows(targets, results))
     print(f"\n{NA_MOCK}: {MOCK_EOS_REASON}")
     print(f"total {time.perf_counter() - started:.0f} s")
     if results.failures:

@@ -553,6 +553,19 @@ def _cpu_line() -> str:
     return f"{usable} usable CPUs (os.cpu_count()={os.cpu_count()})"
 
 
+def print_rows(rows: Sequence[Sequence[str]]) -> None:
+    """A table: the first row is the header (underlined), the first column left-aligned and
+    the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for j, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        print("  " + "  ".join(cells).rstrip())
+        if j == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
 def _print_phase(phase: Phase, ceiling: Phase | None) -> None:
     ratio = f", {phase.rate / ceiling.rate:.3g}x ceiling" if ceiling and ceiling.rate else ""
     print(
@@ -637,16 +650,9 @@ def _print_table(
                 "",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     print(f"summary: {n} events, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} images, {_cpu_line()}")
-    for j, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        print("  " + "  ".join(cells).rstrip())
-        if j == 0:
-            print("  " + "  ".join("-" * w for w in widths))
+    print_rows(rows)
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ from pipeline import (
     _publish_events,
     _TimedConsumer,
     _write_policies,
+    print_rows,
 )
 
 DEFAULT_EVENTS = 2000
@@ -440,16 +441,9 @@ def print_table(outcomes: Sequence[Outcome], model: BatchingModel, load_at_start
                 f"{o.client_cores:.2f}",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     print()
     print(f"summary: {_describe_model(model)}; {_cpu_line()}")
-    for j, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        print("  " + "  ".join(cells).rstrip())
-        if j == 0:
-            print("  " + "  ".join("-" * w for w in widths))
+    print_rows(rows)
     print(f"load average {load_at_start} at the start, {_load()} at the end (1 minute)")
     for o in outcomes:
         for note in o.notes:

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import os
-import queue
-import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import boto3
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from devstack_support import dev_stack, exported
 from kafka_support import broker_unavailable
 from moderator.dev.kafka.jars import broker_jars
 from moderator.dev.stack import EmbeddedStack
@@ -141,69 +138,9 @@ def test_start_is_idempotent_and_stop_releases() -> None:
 # -- out of process ---------------------------------------------------------------------------
 
 
-def _lines(stream: IO[str]) -> queue.Queue[str | None]:
-    """Read a pipe on a thread so the test can wait with a deadline."""
-    out: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            out.put(line.rstrip("\n"))
-        out.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return out
-
-
-@contextmanager
-def _dev_stack(
-    tmp_path: Path, *args: str, timeout_s: float = 30
-) -> Iterator[tuple[subprocess.Popen[str], list[str], Path]]:
-    """`moderator dev-stack ARGS` running until the block ends: (process, export lines, stderr
-    file); the export lines have been read up to and including `ready`."""
-    stderr_path = tmp_path / "dev-stack.stderr"
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moderator.cli.main", "dev-stack", *args],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-    assert proc.stdout is not None
-    lines = _lines(proc.stdout)
-    head: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                break
-            if line is None or line == "ready":
-                head.append(line or "<eof>")
-                break
-            head.append(line)
-        assert head and head[-1] == "ready", (head, stderr_path.read_text())
-        yield proc, head[:-1], stderr_path
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
-
-
-def _exported(lines: list[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in lines:
-        words = shlex.split(line)
-        assert len(words) == 2 and words[0] == "export", line
-        name, _, value = words[1].partition("=")
-        env[name] = value
-    return env
-
-
 @pytest.fixture
 def dev_stack_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str], Path]]:
-    with _dev_stack(tmp_path) as started:
+    with dev_stack(tmp_path) as started:
         yield started
 
 
@@ -211,7 +148,7 @@ def test_dev_stack_cli_serves_other_processes(
     dev_stack_process: tuple[subprocess.Popen[str], list[str], Path], unique: str
 ) -> None:
     proc, exports, stderr_path = dev_stack_process
-    env = _exported(exports)
+    env = exported(exports)
     assert list(env) == EXPORTED
     assert env["MODERATOR_KAFKA__DELIVERY"] == "at_least_once"
 
@@ -252,9 +189,9 @@ def test_dev_stack_apache_serves_exactly_once(tmp_path: Path, unique: str) -> No
         broker_jars()
     except ConfigError as exc:
         broker_unavailable(str(exc))
-    with _dev_stack(tmp_path, "--kafka", "apache", timeout_s=120) as started:
+    with dev_stack(tmp_path, "--kafka", "apache", timeout_s=120) as started:
         proc, exports, stderr_path = started
-        env = _exported(exports)
+        env = exported(exports)
         assert list(env) == EXPORTED
         assert env["MODERATOR_KAFKA__DELIVERY"] == "exactly_once"
         conf = {"bootstrap.servers": env["MODERATOR_KAFKA__BOOTSTRAP_SERVERS"]}

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
+from devstack_support import dev_stack
 from kafka_support import broker_unavailable
 from moderator.dev.kafka.jars import broker_jars
 from moderator.dev.samples import make_sample
@@ -26,56 +23,6 @@ from moderator.dev.stack import EmbeddedStack
 from moderator.errors import ConfigError
 
 ROLES = ("uploads", "verdicts", "audit", "dlq", "replay")
-
-
-def _pump(stream: IO[str]) -> queue.Queue[str | None]:
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def run() -> None:
-        for line in stream:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=run, daemon=True).start()
-    return lines
-
-
-@contextmanager
-def _dev_stack(
-    tmp_path: Path, *args: str, timeout_s: float = 30
-) -> Iterator[tuple[subprocess.Popen[str], list[str], Path]]:
-    """`moderator dev-stack ARGS` until the block ends: (process, stdout lines before `ready`,
-    stderr file)."""
-    stderr_path = tmp_path / "dev-stack.stderr"
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moderator.cli.main", "dev-stack", *args],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            cwd=tmp_path,
-        )
-    assert proc.stdout is not None
-    lines = _pump(proc.stdout)
-    head: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                break
-            if line is None or line == "ready":
-                head.append(line or "<eof>")
-                break
-            head.append(line)
-        assert head and head[-1] == "ready", (head, stderr_path.read_text())
-        yield proc, head[:-1], stderr_path
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
 
 
 def _wait_for_guide(stderr_path: Path, timeout_s: float = 10) -> str:
@@ -103,7 +50,7 @@ def test_dev_stack_creates_topics_and_writes_env_file(tmp_path: Path, unique: st
         encoding="utf-8",
     )
     env_file = tmp_path / "stack.env"
-    with _dev_stack(tmp_path, "--env-file", "stack.env", "--config", str(config)) as started:
+    with dev_stack(tmp_path, "--env-file", "stack.env", "--config", str(config)) as started:
         proc, exports, stderr_path = started
         # The file holds the export lines stdout carries, complete once `ready` is printed.
         assert env_file.read_text().splitlines()[1:] == exports
@@ -122,7 +69,7 @@ def test_dev_stack_creates_topics_and_writes_env_file(tmp_path: Path, unique: st
 
 
 def test_dev_stack_stops_on_sighup(tmp_path: Path) -> None:
-    with _dev_stack(tmp_path, "--env-file", "stack.env") as (proc, _exports, stderr_path):
+    with dev_stack(tmp_path, "--env-file", "stack.env") as (proc, _exports, stderr_path):
         proc.send_signal(signal.SIGHUP)  # the terminal of the shell that started it closed
         assert proc.wait(10) == 0, stderr_path.read_text()
     assert not (tmp_path / "stack.env").exists()
@@ -235,7 +182,7 @@ def test_dev_stack_apache_creates_topics_from_specs(tmp_path: Path) -> None:
         broker_jars()
     except ConfigError as exc:
         broker_unavailable(str(exc))
-    with _dev_stack(tmp_path, "--kafka", "apache", timeout_s=120) as started:
+    with dev_stack(tmp_path, "--kafka", "apache", timeout_s=120) as started:
         proc, exports, stderr_path = started
         bootstrap = exports[0].split("=", 1)[1]
         admin = AdminClient({"bootstrap.servers": bootstrap})
