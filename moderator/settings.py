@@ -313,7 +313,10 @@ class OpenAISettings(_Section):
         "the lowest measured (with few requests queued)",
     )
     max_connections: int | None = Field(
-        default=None, ge=1, le=4096, description="HTTP connection pool size; unset = max_in_flight"
+        default=None,
+        ge=1,
+        le=4096,
+        description="HTTP connections in all (pools of at most 8); unset = max_in_flight",
     )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     attempts: int = Field(default=3, ge=1, le=20, description="tries per request (tenacity)")
