@@ -1,5 +1,6 @@
 """One deadline for a transactional checkpoint's offsets and commit steps: a broker that keeps
-answering "retry" costs at most `timeout_s` before the checkpoint is aborted."""
+answering "retry" costs at most `timeout_s` before the checkpoint is aborted, and the commit
+(which goes on in the background when it times out) always gets a fair share of it."""
 
 from __future__ import annotations
 
@@ -71,11 +72,13 @@ def _commit(producer: StallingProducerDouble, timeout_s: float) -> None:
 
 
 def _within_the_deadline(producer: StallingProducerDouble, timeout_s: float) -> None:
-    """Every attempt was given at most what was left of one deadline set before the first."""
+    """Every attempt was given at most what was left of one deadline set before the first (a
+    commit attempt a third of the timeout at least)."""
     t0 = producer.attempts[0][2]
     for step, given, started in producer.attempts:
         left = timeout_s - (started - t0)
-        assert given <= max(left, 0.1) + 0.01, (step, given, left)
+        least = timeout_s / 3 if step == "commit" else 0.1
+        assert given <= max(left, least) + 0.01, (step, given, left)
 
 
 def test_a_broker_that_keeps_answering_retry_costs_one_timeout_then_the_abort() -> None:
@@ -97,4 +100,16 @@ def test_the_commit_gets_what_the_offsets_step_left() -> None:
     _within_the_deadline(producer, 2.0)
     commit_given = producer.attempts[-1][1]
     assert commit_given < 2.0 - 0.6, commit_given  # not a fresh 2 s for the second step
+    assert producer.aborted == []
+
+
+def test_the_commit_gets_a_third_of_the_timeout_when_the_offsets_used_more() -> None:
+    # offsets: fail at 0.6 s and at 1.25 s, then succeed with about 0.2 s of 1.5 left
+    producer = StallingProducerDouble(failures=2, stall_s=0.6)
+    _commit(producer, timeout_s=1.5)
+    assert [step for step, _, _ in producer.attempts] == ["send_offsets"] * 3 + ["commit"]
+    _within_the_deadline(producer, 1.5)
+    t0, commit_at = producer.attempts[0][2], producer.attempts[-1][2]
+    assert 1.5 - (commit_at - t0) < 0.45  # less than a third was left
+    assert producer.attempts[-1][1] == pytest.approx(0.5, abs=0.01)  # given a third anyway
     assert producer.aborted == []

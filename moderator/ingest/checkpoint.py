@@ -44,8 +44,9 @@ def commit_checkpoint(
       moving to another broker, or still completing the previous commit): aborting then can
       reach the coordinator before that commit is complete, which it refuses with a fatal
       INVALID_TXN_STATE. Both steps share one deadline, `timeout_s`: each attempt gets only
-      the time left, so a broker that stays away costs at most `timeout_s` before the abort
-      (and the abort at most `timeout_s` more), however many attempts were made.
+      the time left (a commit attempt at least `timeout_s` / 3), so a broker that stays away
+      costs at most 4/3 x `timeout_s` before the abort (and the abort at most `timeout_s`
+      more), however many attempts were made.
       An error that requires abort, or the deadline → abort_transaction(), CheckpointAborted.
     at_least_once:
       1. produce every held output (idempotent producer)
@@ -104,7 +105,10 @@ def _transactional(
     _retry_retriable(
         lambda left: producer.send_offsets_to_transaction(offsets, metadata, left), deadline
     )
-    _retry_retriable(producer.commit_transaction, deadline)
+    # A commit that times out goes on in the background, and aborting it then is what
+    # librdkafka advises against: the commit gets a third of the time at least, even when the
+    # offsets step (waiting for a new group coordinator, say) used up more of it.
+    _retry_retriable(producer.commit_transaction, deadline, least_s=timeout_s / 3)
 
 
 def _at_least_once(
@@ -149,12 +153,14 @@ def _produce(producer: Producer, rec: OutRecord, on_delivery: Any) -> None:
 _MIN_ATTEMPT_S = 0.1
 
 
-def _retry_retriable(call: Callable[[float], None], deadline: float) -> None:
-    """`call(seconds left before deadline)` until it succeeds; a retriable error is retried
-    while time is left, any other error (or the deadline passing) is raised."""
+def _retry_retriable(
+    call: Callable[[float], None], deadline: float, *, least_s: float = _MIN_ATTEMPT_S
+) -> None:
+    """`call(seconds left before deadline, or least_s if more)` until it succeeds; a retriable
+    error is retried while time is left, any other error (or the deadline passing) is raised."""
     while True:
         try:
-            call(max(deadline - time.monotonic(), _MIN_ATTEMPT_S))
+            call(max(deadline - time.monotonic(), least_s))
             return
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
