@@ -105,9 +105,9 @@ def _transactional(
     _retry_retriable(
         lambda left: producer.send_offsets_to_transaction(offsets, metadata, left), deadline
     )
-    # A commit that times out goes on in the background, and aborting it then is what
-    # librdkafka advises against: the commit gets a third of the time at least, even when the
-    # offsets step (waiting for a new group coordinator, say) used up more of it.
+    # A commit that times out may go on in the background, and librdkafka's documentation has
+    # the application call it again rather than give up: the commit gets a third of the time at
+    # least, even when the offsets step (waiting for a new group coordinator, say) used more.
     _retry_retriable(producer.commit_transaction, deadline, least_s=timeout_s / 3)
 
 
