@@ -15,24 +15,12 @@ from PIL import Image
 
 from moderator.cli.main import main
 from tests.policy_fixtures import clear_moderator_env
+from tests.test_training_predictions import INTERFACE_KEYS
 
 pytestmark = pytest.mark.transformers
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-REPORT_KEYS = {
-    "n",
-    "balanced_accuracy",
-    "accuracy",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "category_accuracy",
-    "policy_exception_rate",
-    "pes",
-    "unparseable",
-    "header",
-}
+REPORT_KEYS = {*INTERFACE_KEYS, "header"}
 """What an evaluation report's metrics.json must hold (docs/evaluation.md)."""
 
 

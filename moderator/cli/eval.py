@@ -60,25 +60,8 @@ COMPARE_DESCRIPTION = (
     "reports were read, 2 when one is missing or is not an evaluation report, or when --out "
     "cannot be written."
 )
-# The metrics printed after a run, in this order (all of them are in metrics.json).
-SHOWN = (
-    "n",
-    "balanced_accuracy",
-    "accuracy",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "f2",
-    "category_accuracy",
-    "policy_exception_rate",
-    "pes",
-    "unparseable",
-    "missing",
-    "roc_auc",
-    "pr_auc",
-    "samples_per_second",
-)
+# Printed after a run, after the headline metrics (all of them are in metrics.json).
+SHOWN_AFTER = ("missing", "roc_auc", "pr_auc", "samples_per_second")
 
 
 def add_eval_parser(sub: Any) -> None:
@@ -286,7 +269,10 @@ def _create(directory: Path) -> None:
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """The main metrics, one per line, aligned: `name  value` (4 decimals; `-` when undefined)."""
-    rows = [(key, _shown(metrics.get(key))) for key in SHOWN if key in metrics]
+    from moderator.training.metrics import HEADLINE  # not at start-up: it loads the dataset code
+
+    shown = (*HEADLINE, *SHOWN_AFTER)
+    rows = [(key, _shown(metrics.get(key))) for key in shown if key in metrics]
     width = max(len(key) for key, _ in rows)
     return [f"{key.ljust(width)}  {value}" for key, value in rows]
 

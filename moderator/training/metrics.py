@@ -21,6 +21,21 @@ Rating = Literal["Safe", "Unsafe"]
 DEFAULT_POLICY = "default"  # Sample.policy of a prompt built from the default policy
 NONE_APPLYING = "NA"  # the rule code of "NA: None applying"
 PREDICTED_COLUMNS = ("Safe", "Unsafe", "unparseable", "missing")  # confusion() columns
+# The headline figures of a run, in the order the eval command and a model card show them.
+HEADLINE = (
+    "n",
+    "balanced_accuracy",
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "f2",
+    "category_accuracy",
+    "policy_exception_rate",
+    "pes",
+    "unparseable",
+)
 
 
 class SampleLike(Protocol):

@@ -30,6 +30,7 @@ from moderator.errors import ConfigError
 from moderator.training.dataset import read_dataset
 from moderator.training.finetune.inputs import sha256_file, split_file
 from moderator.training.finetune.rundir import CONFIG_FILE
+from moderator.training.metrics import HEADLINE
 
 README = "README.md"
 EVAL_DIR = "eval"
@@ -39,20 +40,8 @@ SPLITS = ("train", "eval", "test")
 UNKNOWN = "unknown"
 METHODS = {"lora": "LoRA adapters merged into the base", "full": "full fine-tuning"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-# The metrics a card shows (metrics.json has them all: docs/evaluation.md defines each).
-CARD_METRICS = (
-    "n",
-    "balanced_accuracy",
-    "accuracy",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "category_accuracy",
-    "policy_exception_rate",
-    "pes",
-    "unparseable",
-)
+# The metrics a card shows: the headline ones (metrics.json has them all).
+CARD_METRICS = HEADLINE
 # Where a run's config.yaml (config.py's `effective`) names the base model and the dataset.
 BASE_KEYS = ("resolved.base_model", "base_model")
 DATASET_KEYS = ("dataset",)
