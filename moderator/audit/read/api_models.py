@@ -10,7 +10,7 @@ topic. `VerdictItem` is therefore an audit row without them; operators see them 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -177,9 +177,12 @@ class VerdictExplanation(_Strict):
 def _verdict_filters() -> type[BaseModel]:
     """The model of GET /v1/verdicts's query parameters: one per filter of the table, then the
     page. Unknown parameters are refused (422); a closed set of values is an enum (422 too)."""
+    # typing caches `X | None` by equality, and Literals of the same values are equal in any
+    # order: a `Literal[...] | None` made elsewhere first (the policy's actions) would lend this
+    # enum its order. Annotating the Literal with the filter's name makes the union this one's.
     params: dict[str, Any] = {
         f.name: (
-            (cast(Any, Literal)[f.choices] if f.choices else str) | None,
+            (Annotated[cast(Any, Literal)[f.choices], f.name] if f.choices else str) | None,
             Field(None, description=f.help),
         )
         for f in FILTERS
