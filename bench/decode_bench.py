@@ -1,6 +1,7 @@
-"""Decoding costs: time saved by JPEG draft decoding, and peak memory per decode vs its estimate.
+"""Decoding costs: time saved by JPEG draft decoding and by the native JPEG decoder, and peak
+memory per decode vs its estimate.
 
-    .venv/bin/python bench/decode_bench.py             # draft vs full decode of 12 MP JPEGs
+    .venv/bin/python bench/decode_bench.py             # draft vs full, native vs Pillow
     .venv/bin/python bench/decode_bench.py --memory    # peak RSS of one decode, per format/mode
 
 The memory mode decodes one image per case in a fresh process and reads the kernel's peak
@@ -28,6 +29,7 @@ from typing import Any
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from moderator.fetch import jpeg_native
 from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodeLimits, decode_image
 
@@ -59,19 +61,27 @@ def make_photo(seed: int, size: tuple[int, int] = SIZE, quality: int = 90) -> by
     return buf.getvalue()
 
 
+ALWAYS_NATIVE = 1 << 62
+"""native_max_pixels that sends every plain JPEG to the native decoder, whatever its size."""
+
+
 def _ms_per_image(
-    images: list[bytes], target: int | None, resize_after: int | None = None
+    images: list[bytes],
+    target: int | None,
+    resize_after: int | None = None,
+    *,
+    native_max_pixels: int = jpeg_native.MAX_PIXELS,
 ) -> float:
     """Mean over the images of the best of `REPEATS` decodes, in ms of this thread's CPU time
-    (Pillow decodes in the calling thread): other work on the machine does not inflate it."""
+    (both decoders decode in the calling thread): other work on the machine does not inflate it."""
     times = []
     for data in images:
         best = math.inf
         for _ in range(REPEATS):
             t0 = time.thread_time()
-            frame = decode_image(data, LIMITS, target).frames[0]
+            decoded = decode_image(data, LIMITS, target, native_max_pixels=native_max_pixels)
             if resize_after is not None:
-                frame.thumbnail((resize_after, resize_after))
+                decoded.frames[0].thumbnail((resize_after, resize_after))
             best = min(best, (time.thread_time() - t0) * 1000)
         times.append(best)
     return statistics.mean(times)
@@ -81,12 +91,15 @@ def run_decode_bench(n_images: int = 5, target: int = 448) -> dict[str, float]:
     """Decode n 12 MP JPEGs in full and at `target`; ms/image for both and the speed-up.
 
     `full_resize_ms` adds the naive alternative to drafting: decode in full, then resize.
+    `native_draft_ms` is the draft decode by the native decoder, which the service leaves to
+    Pillow at this size (jpeg_native.MAX_PIXELS).
     """
     images = [make_photo(seed) for seed in range(n_images)]
     _ms_per_image(images[:1], None)  # warm-up: plugin imports, allocator
     full = _ms_per_image(images, None)
     draft = _ms_per_image(images, target)
     full_resize = _ms_per_image(images, None, resize_after=target)
+    native_draft = _ms_per_image(images, target, native_max_pixels=ALWAYS_NATIVE)
     return {
         "n_images": float(n_images),
         "target": float(target),
@@ -95,7 +108,50 @@ def run_decode_bench(n_images: int = 5, target: int = 448) -> dict[str, float]:
         "draft_ms": draft,
         "speedup": full / draft,
         "full_resize_ms": full_resize,
+        "native_draft_ms": native_draft,
     }
+
+
+def small_jpegs(n: int, side: int) -> list[bytes]:
+    """Distinct `side`-pixel JPEGs of flat colours (the pipeline benches' kind of image)."""
+    rng = random.Random(0)
+    images = []
+    for _ in range(n):
+        im = Image.new("RGB", (side, side), tuple(rng.randrange(256) for _ in range(3)))
+        ImageDraw.Draw(im).ellipse((4, 4, side - 4, side - 8), fill=(rng.randrange(256), 0, 0))
+        images.append(_encode(im, "JPEG", quality=90))
+    return images
+
+
+SIZES = ((64, 64), (640, 480), (1280, 960), (2000, 1500))
+
+
+def run_sizes_bench(target: int = 448) -> list[dict[str, float]]:
+    """ms of CPU per JPEG to the model's input, by the native decoder and on Pillow's way, per
+    size (64x64 flat images, photos above), alternately in rounds; the best round of each."""
+    rows = []
+    for size in SIZES:
+        if size[0] < 320:
+            images = small_jpegs(200, size[0])
+        else:
+            images = [make_photo(seed, size) for seed in range(3)]
+        best = {ALWAYS_NATIVE: math.inf, 0: math.inf}
+        for _ in range(REPEATS + 2):
+            for limit in best:
+                t0 = time.thread_time()
+                for data in images:
+                    decode_image(data, LIMITS, target, native_max_pixels=limit)
+                best[limit] = min(best[limit], (time.thread_time() - t0) / len(images) * 1000)
+        rows.append(
+            {
+                "width": size[0],
+                "height": size[1],
+                "native_ms": best[ALWAYS_NATIVE],
+                "pillow_ms": best[0],
+                "default_native": float(size[0] * size[1] <= jpeg_native.MAX_PIXELS),
+            }
+        )
+    return rows
 
 
 # -- peak memory per decode ---------------------------------------------------------------------
@@ -301,6 +357,18 @@ def main() -> None:
         f"  draft ÷ (full decode + resize), both to the model input: "
         f"{r['draft_ms'] / r['full_resize_ms']:.2f}"
     )
+    print(
+        f"  the native decoder's draft decode (left to Pillow at this size): "
+        f"{r['native_draft_ms']:.1f} ms/image, {r['native_draft_ms'] / r['draft_ms']:.2f}x Pillow's"
+    )
+    print(f"JPEG to a {MEMORY_TARGET}-pixel input, native decoder against Pillow's way:")
+    for row in run_sizes_bench(MEMORY_TARGET):
+        way = "native" if row["default_native"] else "Pillow"
+        print(
+            f"  {int(row['width']):>5}x{int(row['height']):<5} native {row['native_ms']:7.3f} ms  "
+            f"Pillow {row['pillow_ms']:7.3f} ms  ratio {row['native_ms'] / row['pillow_ms']:.2f}  "
+            f"(the service: {way})"
+        )
 
 
 if __name__ == "__main__":

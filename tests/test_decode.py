@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from moderator.errors import ErrorCode, ProcessingError
-from moderator.fetch import decode
+from moderator.fetch import decode, jpeg_native
 from moderator.fetch.decode import DecodeLimits, decode_image, sample_indices, sha256_hex
 from moderator.settings import FetchSettings
 
@@ -384,20 +384,37 @@ def test_small_images_are_never_upscaled(fmt: str) -> None:
     assert out.frames[0].size == (50, 30)
 
 
-def test_jpeg_draft_decodes_at_reduced_scale(monkeypatch: pytest.MonkeyPatch) -> None:
-    decoded_sizes: list[tuple[int, int]] = []
+def _spy_on_decoded_sizes(monkeypatch: pytest.MonkeyPatch, native: bool) -> list[tuple[int, int]]:
+    """Records the size of every frame decoded, by Pillow or by the native JPEG decoder."""
+    sizes: list[tuple[int, int]] = []
+    if native:
+        real_native = jpeg_native.simplejpeg.decode_jpeg
+
+        def spy_native(*args: Any, **kwargs: Any) -> Any:
+            array = real_native(*args, **kwargs)
+            sizes.append((array.shape[1], array.shape[0]))
+            return array
+
+        monkeypatch.setattr(jpeg_native.simplejpeg, "decode_jpeg", spy_native)
+        return sizes
     real = ImageFile.ImageFile.load
 
     def spy(im: ImageFile.ImageFile) -> Any:
-        decoded_sizes.append(im.size)
+        sizes.append(im.size)
         return real(im)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pillow"])
+def test_jpeg_draft_decodes_at_reduced_scale(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    decoded_sizes = _spy_on_decoded_sizes(monkeypatch, native)
     data = encode(Image.effect_noise((2400, 1600), 40).convert("RGB"), "JPEG", quality=90)
-    full = decode_image(data, LIMITS, None)
+    full = decode_image(data, LIMITS, None, native_max_pixels=1 << 62 if native else 0)
     assert set(decoded_sizes) == {(2400, 1600)}
     decoded_sizes.clear()
-    small = decode_image(data, LIMITS, 100)
+    small = decode_image(data, LIMITS, 100, native_max_pixels=1 << 62 if native else 0)
     assert set(decoded_sizes) == {(300, 200)}
     assert full.frames[0].size == (2400, 1600)
     assert small.frames[0].size == (100, 67)

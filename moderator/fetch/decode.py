@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile
 
 from moderator.errors import ErrorCode, ProcessingError
-from moderator.fetch import pixels
+from moderator.fetch import jpeg_native, pixels
 from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode_cost import DecodePlan, FrameShape, peak_bytes
 from moderator.fetch.limits import Deadline, DecodeLimits
@@ -67,10 +67,13 @@ def decode_image(
     budget: DecodeBudget | None = None,
     *,
     sha256: str | None = None,
+    native_max_pixels: int = jpeg_native.MAX_PIXELS,
 ) -> DecodedImage:
     """Decode `data` into up to `limits.max_frames` RGB frames, longest side <= `target_size`.
 
     `sha256`: the bytes' hex SHA-256 when the caller has it already (else it is computed).
+    A plain still JPEG of at most `native_max_pixels` is decoded by libjpeg-turbo directly
+    (jpeg_native; 0: never); every other file, and any the native decoder refuses, by Pillow.
     With a `budget`, the decode's planned peak memory is reserved from it first (waiting for
     other decodes to finish if need be). `limits.timeout_s` bounds the CPU time it may use.
     Raises ProcessingError: UNSUPPORTED_FORMAT, CORRUPT_IMAGE, DECOMPRESSION_BOMB or
@@ -78,6 +81,13 @@ def decode_image(
     """
     digest = sha256 if sha256 is not None else sha256_hex(data)
     clock = Deadline(limits.timeout_s)
+    header = jpeg_native.read_header(data) if "JPEG" in limits.allowed_formats else None
+    if header is not None and header.width * header.height > native_max_pixels:
+        header = None
+    if header is not None:
+        native = _decode_native(data, header, limits, target_size, budget, clock, digest)
+        if native is not None:
+            return native
     try:
         with _open_allowed(data, limits.allowed_formats) as im:
             clock.check("parsing the header")
@@ -92,6 +102,45 @@ def decode_image(
     # every one of them means the bytes are not a usable image.
     except Exception as exc:
         raise ProcessingError(ErrorCode.CORRUPT_IMAGE, _first_line(exc)) from exc
+
+
+def _decode_native(
+    data: bytes,
+    header: jpeg_native.JpegHeader,
+    limits: DecodeLimits,
+    target: int | None,
+    budget: DecodeBudget | None,
+    clock: Deadline,
+    digest: str,
+) -> DecodedImage | None:
+    """The plain JPEG through libjpeg-turbo, under the same limits; None: let Pillow decode it."""
+    width, height = header.width, header.height
+    _check_pixels((width, height), limits.max_pixels)
+    scans = count_jpeg_scans(data) if header.progressive else header.components
+    _check_work(
+        limits, width * height * -(-scans // SCANS_PER_PASS), f"{width}x{height} in {scans} scans"
+    )
+    shape = jpeg_native.scaled_shape(data, header, target)
+    if shape is None:
+        return None
+    plan = DecodePlan(
+        format="JPEG",
+        frames=(FrameShape(*shape),),
+        target=target,
+        object_bytes=len(data),
+        composited=False,
+        progressive_pixels=width * height if header.progressive else 0,
+        components=header.components,
+        rle=False,
+    )
+    clock.check("parsing the header")
+    with _reserved(budget, peak_bytes(plan)):
+        frame = jpeg_native.decode_frame(data, header, target, clock.check)
+    if frame is None:
+        return None
+    if header.orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return DecodedImage((frame,), "JPEG", width, height, 1, digest)
 
 
 @dataclass(frozen=True)
@@ -199,12 +248,7 @@ def _plan(
         shapes = (_shape(im),)
         work = width * height
         what = f"{width}x{height}"
-    if limits.max_decoded_pixels is not None and work > limits.max_decoded_pixels:
-        raise ProcessingError(
-            ErrorCode.DECODE_TIMEOUT,
-            f"decoding {what} = {work} pixels is more work than allowed "
-            f"(fetch.max_decoded_pixels = {limits.max_decoded_pixels})",
-        )
+    _check_work(limits, work, what)
     plan = DecodePlan(
         format=fmt,
         frames=shapes,
@@ -216,6 +260,15 @@ def _plan(
         rle=any(tile[0] == "bmp_rle" for tile in im.tile),
     )
     return plan, source
+
+
+def _check_work(limits: DecodeLimits, work: int, what: str) -> None:
+    if limits.max_decoded_pixels is not None and work > limits.max_decoded_pixels:
+        raise ProcessingError(
+            ErrorCode.DECODE_TIMEOUT,
+            f"decoding {what} = {work} pixels is more work than allowed "
+            f"(fetch.max_decoded_pixels = {limits.max_decoded_pixels})",
+        )
 
 
 def _components(im: ImageFile.ImageFile) -> int:
