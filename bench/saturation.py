@@ -125,6 +125,8 @@ class Outcome:
     events: int
     server: SimulatorStats | None = None
     steady: SimulatorStats | None = None  # between the 10% and the 90% verdict
+    start: SimulatorStats | None = None  # the first admission to the 10% verdict
+    drain: SimulatorStats | None = None  # the 90% verdict to the last answer
     verdicts: int = 0
     audits: int = 0
     duplicates: int = 0
@@ -300,6 +302,7 @@ def run_variant(
     verdicts: set[str] = set()
     audits: set[str] = set()
     tenth: SimulatorStats | None = None
+    ninetieth: SimulatorStats | None = None
     sim.reset()
     worker = threading.Thread(target=serve, name="moderator-bench", daemon=True)
     sampler = threading.Thread(target=sample_limit, name="limit-sampler", daemon=True)
@@ -333,14 +336,17 @@ def run_variant(
                 else:
                     outcome.infer_ms.append(float(doc["timings_ms"]["infer"]))
                 if len(verdicts) == n // 10:
-                    tenth = sim.stats()
+                    tenth = outcome.start = sim.stats()
                 elif len(verdicts) == n - n // 10 and tenth is not None:
-                    outcome.steady = sim.stats().since(tenth)
+                    ninetieth = sim.stats()
+                    outcome.steady = ninetieth.since(tenth)
                 if len(verdicts) == n:
                     done = time.perf_counter()
                     outcome.cpu_s = time.process_time() - consumer.first_message_cpu
                     outcome.active_s = done - (consumer.first_message_at or done)
         outcome.server = sim.stats()
+        if ninetieth is not None:
+            outcome.drain = outcome.server.since(ninetieth)
         outcome.join_s = (consumer.first_message_at or began) - began
     finally:
         sampling.set()
@@ -548,6 +554,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"retries {outcome.retries}; {outcome.wall_s:.1f} s in all, "
                     f"{outcome.join_s:.1f} s of it joining the consumer group"
                 )
+            ends = (
+                ("start, to the 10% verdict", outcome.start),
+                ("drain, from the 90%", outcome.drain),
+            )
+            print(
+                "  "
+                + "; ".join(
+                    f"{what}: {e.occupancy:.1%} over {e.span_s:.1f} s" for what, e in ends if e
+                )
+            )
     print_table(outcomes, model, load_at_start)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     complete = all(o.lost == 0 and o.duplicates == 0 and o.audits == o.events for o in outcomes)

@@ -13,7 +13,7 @@ import structlog
 from opentelemetry.trace import Tracer
 
 from moderator.engine.base import Engine, declared_capabilities
-from moderator.engine.factory import build_engine, build_window, warm_up
+from moderator.engine.factory import build_engine, build_window, decode_ahead, warm_up
 from moderator.engine.window import EngineWindow
 from moderator.fetch.decode import DecodeLimits
 from moderator.fetch.store import ObjectStore
@@ -115,6 +115,7 @@ def build_pipeline(
         max_buffered_bytes=settings.flow.high_buffered_bytes,
         metrics=metrics,
         tracer=tracer,
+        decode_ahead=decode_ahead(engine, settings.engine, settings.fetch),
     )
     return Pipeline(engine, window, processor, cache, policies)
 

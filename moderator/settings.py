@@ -185,6 +185,13 @@ class TenancySettings(_Section):
 
 class FetchSettings(_Section):
     concurrency: int = Field(default=16, ge=1, le=512)
+    decode_ahead: int | None = Field(
+        default=None,
+        ge=1,
+        description="events decoded and not yet answered by the engine, at most; unset: twice "
+        "what the engine takes at once (openai: max_in_flight and the quarter more it holds "
+        "ready; others: engine.concurrency x engine.batch_size), at least fetch.concurrency",
+    )
     max_object_bytes: int = Field(default=30 * MiB, ge=1)
     max_pixels: int = Field(default=64_000_000, ge=1)
     allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")

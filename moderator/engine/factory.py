@@ -7,11 +7,11 @@ from PIL import Image
 
 from moderator.engine.base import Engine, EngineRequest
 from moderator.engine.fake import FakeEngine
-from moderator.engine.window import BatchCall, EngineWindow, WindowResult
+from moderator.engine.window import BatchCall, EngineWindow, SelfBatching, WindowResult
 from moderator.errors import ConfigError
 from moderator.obs.metrics import Metrics
 from moderator.obs.tracing import record_batch
-from moderator.settings import EngineSettings
+from moderator.settings import EngineSettings, FetchSettings
 
 WARM_UP_ID = "warm-up"
 
@@ -76,6 +76,19 @@ def build_window(
         on_call=on_call if metrics is not None else None,
         on_batch=on_batch if tracer is not None else None,
     )
+
+
+def decode_ahead(engine: Engine, engine_settings: EngineSettings, fetch: FetchSettings) -> int:
+    """How many events may be decoded and not yet answered (`fetch.decode_ahead`; unset: twice
+    the requests the engine holds at once, so that a full round waits ready behind the one
+    running, and at least one per fetch worker)."""
+    if fetch.decode_ahead is not None:
+        return fetch.decode_ahead
+    if isinstance(engine, SelfBatching):
+        holds = engine.max_calls
+    else:
+        holds = engine_settings.concurrency * engine_settings.batch_size
+    return max(2 * holds, fetch.concurrency)
 
 
 def warm_up(

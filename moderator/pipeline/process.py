@@ -33,6 +33,7 @@ from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image, sha
 from moderator.fetch.store import ObjectStore
 from moderator.obs.event import EventTelemetry
 from moderator.obs.metrics import Metrics, no_metrics
+from moderator.pipeline.ahead import DecodeAhead
 from moderator.pipeline.assemble import (
     FrameOutcome,
     ObjectFacts,
@@ -118,6 +119,7 @@ class Processor:
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
         reads_policy: bool | None = None,
+        decode_ahead: int | None = None,
     ) -> None:
         self._store = store
         self._tracer: Tracer = tracer if tracer is not None else NoOpTracer()
@@ -142,6 +144,7 @@ class Processor:
             else None
         )
         self._held = HeldBytes(max_buffered_bytes)
+        self._ahead = DecodeAhead(decode_ahead)
 
     @property
     def buffered_bytes(self) -> int:
@@ -154,6 +157,11 @@ class Processor:
     @property
     def coalescer(self) -> Coalescer:
         return self._coalescer
+
+    @property
+    def decode_ahead(self) -> DecodeAhead:
+        """The events decoded and not yet answered by the engine, and their limit."""
+        return self._ahead
 
     def submit(self, job: Job, done: Done) -> None:
         self._pool.submit(functools.partial(self._start, job, done))
@@ -235,23 +243,29 @@ class Processor:
             run.facts = dataclasses.replace(claim.judged.facts, etag=fetched.etag)
             self._finish(run, decide_cached(run.policy, claim.judged.frames), source="cache")
             return
+        self._ahead.enter()  # given back by `_judged`, or below when nothing reaches the engine
         try:
             with run.obs.stage("decode"):
                 image = self._decode(run, fetched.data, sha256)
             run.fetch_ms = (time.monotonic() - t0) * 1000
             frame_bytes = sum(f.width * f.height * RGB_BYTES_PER_PIXEL for f in image.frames)
             self._held.add(run, frame_bytes - len(fetched.data))
-            self._lead(run, key, image)
+            requests = self._requests(run, image)
         except ProcessingError as exc:  # the same bytes fail the same way for every waiter
+            self._ahead.leave()
             self._coalescer.fail(key, VerdictError(code=exc.code, message=exc.message), run.facts)
             raise
         except BaseException:
+            self._ahead.leave()
             self._coalescer.abandon(key)  # nothing was submitted: the waiters get an error
             raise
+        submitted_ns = time.time_ns()
+        futures = [self._window.submit(r, tag=run.obs.context) for r in requests]
+        gather(futures, functools.partial(self._judged, run, key, submitted_ns))
 
-    def _lead(self, run: _Run, key: CacheKey, image: DecodedImage) -> None:
-        """Submit the image's frames to the engine window; `_judged` settles `key`."""
-        requests = [
+    def _requests(self, run: _Run, image: DecodedImage) -> list[EngineRequest]:
+        """One engine request per frame of the image."""
+        return [
             EngineRequest(
                 request_id=f"{run.job.event.event_id}#{i}",
                 image=frame,
@@ -260,9 +274,6 @@ class Processor:
             )
             for i, frame in enumerate(image.frames)
         ]
-        submitted_ns = time.time_ns()
-        futures = [self._window.submit(r, tag=run.obs.context) for r in requests]
-        gather(futures, functools.partial(self._judged, run, key, submitted_ns))
 
     def _decode(self, run: _Run, data: bytes, sha256: str) -> DecodedImage:
         image = decode_image(
@@ -278,6 +289,7 @@ class Processor:
     ) -> None:
         """The leader's results are in (on an engine window thread): cache them, decide the
         leader's verdict, then each waiter's, whatever happens to the leader's."""
+        self._ahead.leave()
         waiters = self._coalescer.settle(key, results, run.facts)
         try:
             with _bound(run.job):  # bind the event's context on this thread too
