@@ -69,6 +69,8 @@ def test_quick_run_prints_every_variant() -> None:
     adaptive = float(rows["per item, adaptive up to 64"]["x ceiling"])
     assert adaptive > 4 * naive, result.stdout
     assert "ceiling 94.7 items/s" in result.stdout
+    ends = re.findall(r"start, to the 10% verdict: \d+\.\d% over [\d.]+ s; drain", result.stdout)
+    assert len(ends) == len(VARIANTS), result.stdout
 
 
 def test_simulator_process_serves_and_reports() -> None:
