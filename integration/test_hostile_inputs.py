@@ -32,7 +32,9 @@ from topic_support import read_topic
 MiB = 1 << 20
 BUCKET = "uploads"
 TENANT = "acme"
-DECODE_TIMEOUT_S = 2.0  # CPU seconds; the 200-frame GIF needs 3-6
+# CPU seconds. The 200-frame GIF needs 3-6 s (10 s on a slower machine); the RGBA PNG 1-1.6 s
+# alone, more beside the other decodes of the run and another test's process.
+DECODE_TIMEOUT_S = 2.5
 # Start-up (about 100 MiB with the Kafka clients) + fetch.decode_budget_bytes (1 GiB) + the
 # objects and frames held (a few MiB here), rounded up. Measured: see docs/operations.md.
 RSS_BOUND_MIB = 1400
@@ -153,7 +155,7 @@ def test_hostile_inputs_through_run(
     assert set(verdicts) == set(images), f"missing verdicts: {set(images) - set(verdicts)}"
     for name, (_, expected) in images.items():
         got = (verdicts[name]["error"] or {}).get("code")
-        assert got == expected, f"{name}: {got} != {expected}"
+        assert got == expected, f"{name}: {got} != {expected} ({verdicts[name]['error']})"
     assert verdicts["frames-200.gif"]["decision"] == "review"
     assert sorted(dlq) == sorted(POISON.values())  # dead-lettered as they came
     assert peak < RSS_BOUND_MIB * MiB, f"peak RSS {peak / MiB:.0f} MiB"
