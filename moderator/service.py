@@ -217,6 +217,7 @@ def _serve(
         broker=broker,
         tracer=tracer,
     )
+    telemetry.liveness.add("consume loop", lambda: loop.turn_started, settings.http.stall_s)
     try:
         loop.run(stop)
     finally:

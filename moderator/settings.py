@@ -455,6 +455,12 @@ class HttpSettings(_Section):
     # endpoint is read-only and shows counts, tenant ids and versions, never a secret;
     # 127.0.0.1 keeps it on the machine.
     host: str = Field(default="0.0.0.0", min_length=1, description="address to listen on")  # noqa: S104
+    stall_s: float = Field(
+        default=180.0,
+        ge=10,
+        description="/healthz answers 503 once one turn of the consume loop has lasted this "
+        "long (a call that never returned); the longest legitimate turn is about 70 s",
+    )
 
 
 class TelemetrySettings(_Section):

@@ -78,6 +78,7 @@ class IngestLoop:
             frozenset(settings.tenancy.content_events),
         )
         self._eos = settings.kafka.delivery == "exactly_once"
+        self.turn_started: float | None = None
         self._tracker: OffsetTracker[OutRecord] = OffsetTracker()
         self._work: dict[tuple[TP, int], _MessageWork] = {}
         self._generation: dict[TP, int] = {}
@@ -123,6 +124,7 @@ class IngestLoop:
             raise
 
     def _step(self, batch: int) -> None:
+        self.turn_started = time.monotonic()  # read by /healthz (moderator/obs/liveness.py)
         room = max(1, self._s.flow.high_in_flight - self.in_flight)
         messages = self._consumer.consume(min(batch, room), 0.05)
         self._obs.consumed(messages)

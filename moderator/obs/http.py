@@ -2,7 +2,8 @@
 
 A stdlib threading HTTP server in daemon threads: the endpoint must answer while the consume
 loop is busy and must never keep the process alive. `/healthz` answers 200 while the process
-runs; `/readyz` evaluates the readiness checks and answers 200 or 503 with their JSON.
+runs and its loops turn (503 naming a loop stuck in one turn, moderator/obs/liveness.py);
+`/readyz` evaluates the readiness checks and answers 200 or 503 with their JSON.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, telemetry.scrape())
         elif path == "/healthz":
-            self._send(200, "text/plain; charset=utf-8", b"ok\n")
+            stalled = telemetry.liveness.stalled()
+            if stalled:
+                self._send(503, "text/plain; charset=utf-8", "\n".join(stalled).encode() + b"\n")
+            else:
+                self._send(200, "text/plain; charset=utf-8", b"ok\n")
         elif path == "/readyz":
             ready, checks = telemetry.readiness.evaluate()
             body = {"ready": ready, "checks": {n: c.to_json() for n, c in checks.items()}}

@@ -1,4 +1,5 @@
-"""One process's telemetry: the metric provider behind `/metrics` and the readiness checks.
+"""One process's telemetry: the metric provider behind `/metrics`, the readiness checks and
+the loops `/healthz` watches.
 
 Each `Telemetry` exports to its own `prometheus_client.CollectorRegistry`, never the global
 one, so a test (or a process running the service and the audit sink) can hold several.
@@ -17,6 +18,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
 from moderator.obs.health import Readiness
+from moderator.obs.liveness import Liveness
 from moderator.obs.metrics import Metrics
 
 log = structlog.get_logger("moderator.obs")
@@ -37,6 +39,7 @@ class Telemetry:
         self._provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
         self.metrics = Metrics(self._provider.get_meter(METER))
         self.readiness = Readiness()
+        self.liveness = Liveness()
         self._hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._closed = False
