@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -90,6 +91,17 @@ def test_scrape_hooks_run_before_each_scrape_and_a_broken_one_costs_nothing(
 
 def test_healthz_answers_while_the_process_runs(served: tuple[Telemetry, int]) -> None:
     assert get(served[1], "/healthz") == (200, "text/plain; charset=utf-8", "ok\n")
+
+
+def test_healthz_is_503_while_a_loop_is_stuck(served: tuple[Telemetry, int]) -> None:
+    telemetry, port = served
+    began = {"at": time.monotonic()}
+    telemetry.liveness.add("consume loop", lambda: began["at"], 10)
+    assert get(port, "/healthz")[0] == 200
+    began["at"] = time.monotonic() - 11
+    status, _, body = get(port, "/healthz")
+    assert status == 503
+    assert body.startswith("consume loop: one turn for 11 s (limit 10 s)")
 
 
 def test_readyz_is_503_naming_what_is_not_ready_then_200(served: tuple[Telemetry, int]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,10 @@ from moderator.ingest.jobs import JobDone
 from moderator.ingest.kafka import consumer_config, producer_config
 from moderator.ingest.loop import IngestLoop
 from moderator.ingest.memory.broker import MemoryBroker
-from moderator.obs.http import ObsServer
 from moderator.obs.liveness import Liveness
-from moderator.obs.telemetry import Telemetry
 from moderator.pipeline.process import Job
 from moderator.settings import HttpSettings, load_settings
 from tests.harness import BUCKET, settings_for, wait_for, write_policies
-from tests.test_obs_http import get
 
 
 def test_a_turn_longer_than_its_limit_is_named() -> None:
@@ -32,26 +28,6 @@ def test_a_turn_longer_than_its_limit_is_named() -> None:
     assert liveness.stalled(now=161.0) == ["consume loop: one turn for 61 s (limit 60 s)"]
     turns["consume loop"] = 160.0  # a new turn began
     assert liveness.stalled(now=161.0) == []
-
-
-@pytest.fixture
-def served() -> Iterator[tuple[Telemetry, int]]:
-    telemetry = Telemetry()
-    server = ObsServer(telemetry, "127.0.0.1", 0)
-    yield telemetry, server.port
-    server.close()
-    telemetry.shutdown()
-
-
-def test_healthz_is_503_while_a_loop_is_stuck(served: tuple[Telemetry, int]) -> None:
-    telemetry, port = served
-    began = {"at": time.monotonic()}
-    telemetry.liveness.add("consume loop", lambda: began["at"], 10)
-    assert get(port, "/healthz")[0] == 200
-    began["at"] = time.monotonic() - 11
-    status, _, body = get(port, "/healthz")
-    assert status == 503
-    assert body.startswith("consume loop: one turn for 11 s (limit 10 s)")
 
 
 def test_the_stall_limit_setting() -> None:
