@@ -82,9 +82,7 @@ def decode_image(
     digest = sha256 if sha256 is not None else sha256_hex(data)
     clock = Deadline(limits.timeout_s)
     header = jpeg_native.read_header(data) if "JPEG" in limits.allowed_formats else None
-    if header is not None and header.width * header.height > native_max_pixels:
-        header = None
-    if header is not None:
+    if header is not None and header.width * header.height <= native_max_pixels:
         native = _decode_native(data, header, limits, target_size, budget, clock, digest)
         if native is not None:
             return native
@@ -116,10 +114,7 @@ def _decode_native(
     """The plain JPEG through libjpeg-turbo, under the same limits; None: let Pillow decode it."""
     width, height = header.width, header.height
     _check_pixels((width, height), limits.max_pixels)
-    scans = count_jpeg_scans(data) if header.progressive else header.components
-    _check_work(
-        limits, width * height * -(-scans // SCANS_PER_PASS), f"{width}x{height} in {scans} scans"
-    )
+    _check_work(limits, *_jpeg_work(data, width, height, header.progressive, header.components))
     shape = jpeg_native.scaled_shape(data, header, target)
     if shape is None:
         return None
@@ -238,12 +233,7 @@ def _plan(
         what = f"{len(shapes)} pages"
     elif fmt == "JPEG":
         shapes = (_shape(im),)
-        # Every scan is a pass over the full-size image, whatever the draft scale. A sequential
-        # JPEG names each component in exactly one scan, so its components bound its scans
-        # without reading the whole file; only a progressive one is counted.
-        scans = count_jpeg_scans(data) if progressive else max(1, _components(im))
-        work = width * height * -(-scans // SCANS_PER_PASS)
-        what = f"{width}x{height} in {scans} scans"
+        work, what = _jpeg_work(data, width, height, bool(progressive), _components(im))
     else:
         shapes = (_shape(im),)
         work = width * height
@@ -260,6 +250,19 @@ def _plan(
         rle=any(tile[0] == "bmp_rle" for tile in im.tile),
     )
     return plan, source
+
+
+def _jpeg_work(
+    data: bytes, width: int, height: int, progressive: bool, components: int
+) -> tuple[int, str]:
+    """A JPEG's decode work in pixels, and what it is, for `_check_work`.
+
+    Every scan is a pass over the full-size image, whatever the draft scale. A sequential JPEG
+    names each component in exactly one scan, so its components bound its scans without
+    reading the whole file; only a progressive one is counted.
+    """
+    scans = count_jpeg_scans(data) if progressive else max(1, components)
+    return width * height * -(-scans // SCANS_PER_PASS), f"{width}x{height} in {scans} scans"
 
 
 def _check_work(limits: DecodeLimits, work: int, what: str) -> None:

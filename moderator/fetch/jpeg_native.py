@@ -133,6 +133,11 @@ def _orientation(tiff: bytes) -> int | None:
     return 1
 
 
+def _wanted(header: JpegHeader, target: int | None) -> tuple[int, int]:
+    """The least width and height to decode at: the engine's size (0, 0: full size)."""
+    return (0, 0) if target is None else pixels.fit((header.width, header.height), target)
+
+
 def scaled_shape(
     data: bytes, header: JpegHeader, target: int | None
 ) -> tuple[int, int, str] | None:
@@ -141,7 +146,7 @@ def scaled_shape(
     With a `target`, libjpeg-turbo scales in its IDCT by the smallest of its factors (1/8 to
     1, in eighths) that keeps the image at least as large as the engine's size.
     """
-    want = (0, 0) if target is None else pixels.fit((header.width, header.height), target)
+    want = _wanted(header, target)
     try:
         height, width, space, _ = simplejpeg.decode_jpeg_header(
             data, min_height=want[1], min_width=want[0]
@@ -160,7 +165,7 @@ def decode_frame(
     checkpoint: Callable[[str], None],
 ) -> Image.Image | None:
     """The engine's RGB frame, upright and within `target`; None when the decoder refuses."""
-    want = (0, 0) if target is None else pixels.fit((header.width, header.height), target)
+    want = _wanted(header, target)
     space, mode = _MODES["Gray" if header.components == 1 else "YCbCr"]
     try:
         array = simplejpeg.decode_jpeg(data, space, min_height=want[1], min_width=want[0])

@@ -25,10 +25,6 @@ class DecodeAhead:
         self._cond = threading.Condition()
 
     @property
-    def limit(self) -> int | None:
-        return self._limit
-
-    @property
     def taken(self) -> int:
         return self._taken
 
