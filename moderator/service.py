@@ -216,6 +216,7 @@ def _serve(
         metrics=telemetry.metrics,
         broker=broker,
         tracer=tracer,
+        renew_producer=(lambda: make_producer(settings)) if producer is None else None,
     )
     telemetry.liveness.add("consume loop", lambda: loop.turn_started, settings.http.stall_s)
     try:
@@ -227,7 +228,7 @@ def _serve(
             kafka_consumer.close()
         finally:
             pipeline.close()
-            kafka_producer.flush(5)
+            loop.producer.flush(5)
     return loop.stats
 
 

@@ -275,6 +275,8 @@ class Instance:
             consumer=self.consumer,  # delegates the rest of the port to the real consumer
             producer=self.producer,
             processor=self.pipeline.processor,
+            # as the service does: a producer whose call got stuck is replaced (stuck.py)
+            renew_producer=lambda: world.producer(producer_config(settings)),
         )
         self.stop = threading.Event()
         self.error: BaseException | None = None

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaException, TopicPartition
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from moderator.emit.records import OutRecord
 from moderator.errors import ModeratorError
 from moderator.ingest.ports import Consumer, Producer
+from moderator.ingest.stuck import ProducerStuck, bounded
 from moderator.ingest.tracker import TP, Ready
 from moderator.obs.tracing import publish_span
+
+log = structlog.get_logger("moderator.ingest")
 
 
 class CheckpointAborted(ModeratorError):
@@ -48,6 +53,9 @@ def commit_checkpoint(
       costs at most 4/3 x `timeout_s` before the abort (and the abort at most `timeout_s`
       more), however many attempts were made.
       An error that requires abort, or the deadline → abort_transaction(), CheckpointAborted.
+      Each of these calls runs in a helper thread (moderator/ingest/stuck.py); one still running
+      a third of `timeout_s` after the time it was given raises ProducerStuck, with no abort:
+      the producer must be replaced, and its successor's init_transactions aborts for it.
     at_least_once:
       1. produce every held output (idempotent producer)
       2. flush and check every delivery report
@@ -65,6 +73,24 @@ def commit_checkpoint(
             producer, consumer, records, offsets, exactly_once=exactly_once, timeout_s=timeout_s
         )
     return len(records)
+
+
+def replace_producer(
+    renew: Callable[[], Producer] | None, stuck: ProducerStuck, timeout_s: float
+) -> Producer:
+    """A new producer, transactions initialised, in place of one whose call is `stuck`; its
+    init_transactions fences the stuck one and aborts the transaction that one left open.
+    Without `renew` (a producer the caller owns), or when the new one cannot start, the process
+    cannot go on: FatalKafkaError, and the restart recovers as after a crash."""
+    if renew is None:
+        raise FatalKafkaError(f"{stuck}; no way to replace the producer here") from stuck
+    log.error("kafka_producer_replaced", reason=str(stuck))
+    producer = renew()
+    try:
+        bounded(lambda: producer.init_transactions(timeout_s), timeout_s * 4 / 3, "init")
+    except (KafkaException, ProducerStuck) as exc:
+        raise FatalKafkaError(f"{stuck}; its replacement did not start: {exc}") from exc
+    return producer
 
 
 def _commit(
@@ -102,13 +128,19 @@ def _transactional(
         _produce(producer, rec, None)
     metadata = consumer.consumer_group_metadata()
     deadline = time.monotonic() + timeout_s
+    grace = timeout_s / 3
     _retry_retriable(
-        lambda left: producer.send_offsets_to_transaction(offsets, metadata, left), deadline
+        lambda left: producer.send_offsets_to_transaction(offsets, metadata, left),
+        deadline,
+        "send_offsets_to_transaction",
+        grace_s=grace,
     )
     # A commit that times out may go on in the background, and librdkafka's documentation has
     # the application call it again rather than give up: the commit gets a third of the time at
     # least, even when the offsets step (waiting for a new group coordinator, say) used more.
-    _retry_retriable(producer.commit_transaction, deadline, least_s=timeout_s / 3)
+    _retry_retriable(
+        producer.commit_transaction, deadline, "commit_transaction", least_s=grace, grace_s=grace
+    )
 
 
 def _at_least_once(
@@ -154,13 +186,20 @@ _MIN_ATTEMPT_S = 0.1
 
 
 def _retry_retriable(
-    call: Callable[[float], None], deadline: float, *, least_s: float = _MIN_ATTEMPT_S
+    call: Callable[[float], None],
+    deadline: float,
+    what: str,
+    *,
+    grace_s: float,
+    least_s: float = _MIN_ATTEMPT_S,
 ) -> None:
     """`call(seconds left before deadline, or least_s if more)` until it succeeds; a retriable
-    error is retried while time is left, any other error (or the deadline passing) is raised."""
+    error is retried while time is left, any other error (or the deadline passing) is raised.
+    An attempt still running `grace_s` after the time it was given raises ProducerStuck."""
     while True:
+        given = max(deadline - time.monotonic(), least_s)
         try:
-            call(max(deadline - time.monotonic(), least_s))
+            bounded(functools.partial(call, given), given + grace_s, what)
             return
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
@@ -172,7 +211,7 @@ def _retry_retriable(
 
 def _abort(producer: Producer, timeout_s: float) -> None:
     try:
-        producer.abort_transaction(timeout_s)
+        bounded(lambda: producer.abort_transaction(timeout_s), timeout_s * 4 / 3, "abort")
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
         if err is not None and hasattr(err, "fatal") and err.fatal():

@@ -31,6 +31,7 @@ class LoopStats:
     skipped_records: int = 0
     checkpoints: int = 0
     aborted: int = 0
+    producers_replaced: int = 0  # after a call that never returned (moderator/ingest/stuck.py)
     produced: int = 0
     committed_messages: int = 0
     pauses: int = 0

@@ -18,12 +18,18 @@ from moderator.errors import ErrorCode
 from moderator.events.parse import MalformedMessage, one_line, parse_message
 from moderator.events.s3notify import TenantRule
 from moderator.events.verdict import InputCoords
-from moderator.ingest.checkpoint import CheckpointAborted, FatalKafkaError, commit_checkpoint
+from moderator.ingest.checkpoint import (
+    CheckpointAborted,
+    FatalKafkaError,
+    commit_checkpoint,
+    replace_producer,
+)
 from moderator.ingest.flow import FlowGate
 from moderator.ingest.jobs import JobDone, JobProcessor, LoopStats
 from moderator.ingest.lag import assigned_lag
 from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer, Producer
+from moderator.ingest.stuck import ProducerStuck
 from moderator.ingest.tracker import TP, OffsetTracker
 from moderator.obs.health import Contact
 from moderator.obs.intake import IntakeObserver
@@ -65,12 +71,14 @@ class IngestLoop:
         metrics: Metrics | None = None,
         broker: Contact | None = None,
         tracer: Tracer | None = None,
+        renew_producer: Callable[[], Producer] | None = None,
     ) -> None:
         self._s = settings
+        self._renew = renew_producer  # a new producer for one whose call is stuck (stuck.py)
         self._tracer = tracer
         self._obs = IntakeObserver(settings.kafka.topics.verdicts, metrics, broker)
         self._consumer = consumer
-        self._producer = producer
+        self.producer = producer
         self._processor = processor
         self._rule = TenantRule(
             settings.tenancy.rule,
@@ -107,7 +115,7 @@ class IngestLoop:
         Raises FatalKafkaError when the producer is fenced or otherwise unusable.
         """
         if self._eos:
-            self._producer.init_transactions(self._timeout)
+            self.producer.init_transactions(self._timeout)
         self._consumer.subscribe(
             [self._s.kafka.topics.uploads],
             on_assign=self._on_assign,
@@ -287,14 +295,17 @@ class IngestLoop:
         self._since_commit = max(0, self._since_commit - sum(r.count for r in ready.values()))
         try:
             produced = commit_checkpoint(
-                self._producer,
+                self.producer,
                 self._consumer,
                 ready,
                 exactly_once=self._eos,
                 timeout_s=self._timeout,
                 tracer=self._tracer,
             )
-        except CheckpointAborted as exc:
+        except (CheckpointAborted, ProducerStuck) as exc:
+            if isinstance(exc, ProducerStuck):
+                self.producer = replace_producer(self._renew, exc, self._timeout)
+                self.stats.producers_replaced += 1
             self.stats.aborted += 1
             self._obs.aborted(time.monotonic() - started)
             log.warning("checkpoint_aborted", reason=str(exc), partitions=len(ready))

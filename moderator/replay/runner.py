@@ -75,6 +75,12 @@ class OneTopicProducer:
             return
         self._inner.produce(topic, *args, **kwargs)
 
+    def renewed(self, inner: Any) -> OneTopicProducer:
+        """This producer, passing on to `inner` from now on (the loop's replacement for a
+        producer whose call got stuck; the counts go on)."""
+        self._inner = inner
+        return self
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
@@ -121,6 +127,7 @@ def run_plan(
         producer=producer,
         processor=processor,
         on_checkpoint=on_checkpoint,
+        renew_producer=lambda: producer.renewed(make_producer(settings)),
     )
     try:
         loop.run(_RunStop(stop, lambda: consumer.done and loop.in_flight == 0))
