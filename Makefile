@@ -35,7 +35,7 @@ test-integration: install
 
 # The whole check. mypy and the memory pass each keep about one core busy, so they run side by
 # side (a memory bound is about its own process, not the machine's load), each one's output
-# kept together; then every other test, two workers.
+# kept together; then every other test, on two workers (unit) and three (integration).
 check: install
 	$(MAKE) --no-print-directory lint-only
 	$(MAKE) --no-print-directory --output-sync=target -j2 typecheck-only test-memory
@@ -51,8 +51,11 @@ typecheck-only:
 
 # --max-worker-restart=0: a worker that dies (a crash in a C extension) ends the run as failed;
 # with a replacement worker, loadfile scheduling was seen to wait forever.
+# The unit tests keep both cores busy: two workers. The integration tests wait on brokers,
+# servers and subprocesses about a third of the time: three workers (docs/testing.md).
 test-parallel:
-	$(BIN)/pytest -q -n 2 --dist loadfile --max-worker-restart=0 -m "not memory"
+	$(BIN)/pytest -q -n 2 --dist loadfile --max-worker-restart=0 -m "not memory" tests
+	$(BIN)/pytest -q -n 3 --dist loadfile --max-worker-restart=0 -m "not memory" integration
 
 test-memory:
 	$(BIN)/pytest -q -m memory
