@@ -459,7 +459,8 @@ class HttpSettings(_Section):
         default=180.0,
         ge=10,
         description="/healthz answers 503 once one turn of the consume loop has lasted this "
-        "long (a call that never returned); the longest legitimate turn is about 70 s",
+        "long (a call that never returned); the longest legitimate turn is about 120 s (a "
+        "checkpoint replacing a producer whose call hung)",
     )
 
 

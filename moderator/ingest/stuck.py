@@ -1,4 +1,4 @@
-"""A producer call that does not return: bounded waits and the producer's replacement.
+"""A producer call that does not return: bounded waits (the replacement: checkpoint.py).
 
 librdkafka's transactional calls take a timeout, but `send_offsets_to_transaction` is known to
 block past it when the group coordinator it cached goes away (librdkafka issues 5456 and 5511).

@@ -2,11 +2,11 @@
 
 A loop reports the time its current turn began; `/healthz` answers 503 once a loop's turn has
 lasted longer than its limit. The consume loop's longest legitimate turn is a checkpoint that
-runs into its deadline and then aborts (about 70 s with the defaults); a turn far longer than
-that is a call that never returned. librdkafka's `send_offsets_to_transaction` is known to block
-past its timeout when the group coordinator goes away (librdkafka issues 5456 and 5511), and a
-process stuck there would otherwise stay up and silent: the orchestrator's liveness probe
-restarts it, and the restart recovers exactly once as after any crash.
+runs into its deadline and then aborts (about 70 s with the defaults), or one that gives up on a
+hung transactional call and replaces the producer (at most about 120 s, moderator/ingest/stuck.py);
+a turn longer than that is a call that never returned somewhere else. A process stuck there
+would otherwise stay up and silent: the orchestrator's liveness probe restarts it, and the
+restart recovers exactly once as after any crash.
 """
 
 from __future__ import annotations
