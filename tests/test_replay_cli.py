@@ -39,6 +39,7 @@ def no_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         raise AssertionError(CONTACTED)
 
     monkeypatch.setattr("moderator.ingest.kafka.make_consumer", refuse)
+    monkeypatch.setattr("moderator.ingest.startup.probe_cluster", refuse)
     yield
     configure_logging(LogSettings(level="warning", format="json"))  # as tests/conftest.py has it
 
@@ -111,6 +112,8 @@ def usage_error(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -
         (["--max-in-flight", "100001"], "--max-in-flight: must be between 2 and 100000"),
         (["--output-topic", "in.uploads"], "--output-topic: in.uploads is the uploads topic"),
         (["--output-topic", ""], "--output-topic: must name a topic"),
+        (["--tenant", "BAD!"], "--tenant: 'BAD!' is not a tenant id"),
+        (["--tenant", "acme", "--tenant", ""], "--tenant: '' is not a tenant id"),
     ],
 )
 def test_a_bad_range_or_rate_is_a_usage_error(
@@ -221,9 +224,39 @@ def test_valid_flags_go_on_to_kafka(capsys: pytest.CaptureFixture[str], config: 
     assert CONTACTED in err
 
 
+def test_an_unreachable_cluster_is_one_line_naming_its_address(
+    capsys: pytest.CaptureFixture[str], config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 1 (a runtime failure, as for any run that cannot reach Kafka), after the startup
+    timeout, with the servers and the setting to check: not a raw client error."""
+    monkeypatch.undo()  # the real probe, against 127.0.0.1:1 with a 1 s startup timeout
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    code, out, err = run(capsys, ["replay", "--config", str(config), "--dry-run"])
+    assert (code, out) == (1, ""), err
+    assert err.count("\n") == 1, err
+    assert err.startswith("moderator: kafka: cannot reach the cluster within 1 s"), err
+    assert "127.0.0.1:1" in err and "kafka.bootstrap_servers" in err, err
+
+
 def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, ["replay", "--help"])
     assert (code, err) == (0, "")
     assert out.startswith("usage: moderator replay")
     missing = [flag for flag in INTERFACE if flag not in out.split()]
     assert not missing, missing
+
+
+def test_the_report_says_why_policies_were_not_compared(tmp_path: Path) -> None:
+    """The report's policy diff is written after the run: a live policy directory that is
+    missing makes it a line in the report, not an error that would lose the report."""
+    from moderator.cli.replay import _policy_diff
+    from moderator.policy.bundled import write_default_policy
+    from moderator.settings import load_settings
+
+    replayed = tmp_path / "next"
+    write_default_policy(replayed)
+    live = load_settings(None, {"policies.dir": tmp_path / "missing"})
+    lines = _policy_diff(live, replayed)
+    assert len(lines) == 1 and lines[0].startswith("not compared: "), lines
+    assert "missing" in lines[0]

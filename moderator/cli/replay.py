@@ -129,6 +129,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         plan, directory = _resumed(args)
         if not args.dry_run:
             check_settings(load_settings(args.config, _plan_overrides(plan)))
+        _reach(settings)
     else:
         if not args.dry_run:
             check_settings(settings)  # before any Kafka lookup or file is written
@@ -144,6 +145,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return _run(args, settings, live, plan, directory)
+
+
+def _reach(settings: Any) -> None:
+    """One line naming the servers and the setting when no broker answers within
+    kafka.startup_timeout_s; a runtime failure here (exit 1), as docs/replay.md has it."""
+    from moderator.errors import ConfigError
+    from moderator.ingest.offsets import OffsetLookupError
+    from moderator.ingest.startup import probe_cluster
+
+    try:
+        probe_cluster(settings.kafka, client_id=f"moderator-replay-{settings.instance_id}")
+    except ConfigError as exc:
+        raise OffsetLookupError(str(exc)) from exc
 
 
 def _plan_overrides(plan: Any) -> dict[str, Any]:
@@ -190,6 +204,7 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         new_run_id,
         parse_offsets,
         parse_sample,
+        parse_tenants,
         parse_time,
     )
 
@@ -202,6 +217,7 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         raise ConfigError("--to: must be later than --from")
     offsets = parse_offsets(args.offsets) if args.offsets is not None else None
     sample = parse_sample(args.sample) if args.sample is not None else 1.0
+    tenants = parse_tenants(args.tenant)
     topics = settings.kafka.topics
     output = topics.replay if args.output_topic is None else args.output_topic
     if not output:
@@ -214,6 +230,7 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         )
     now = datetime.now(UTC)
     run_id = new_run_id(now)
+    _reach(settings)
     probe = make_consumer(_group(settings, run_id))
     try:
         timeout = settings.kafka.startup_timeout_s
@@ -235,7 +252,7 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         uploads_topic=topics.uploads,
         output_topic=output,
         ranges=ranges,
-        event_filter=EventFilter(frozenset(args.tenant or ()), from_ms, to_ms, sample),
+        event_filter=EventFilter(tenants, from_ms, to_ms, sample),
         range_text=_range_text(args),
         lookup=how,
         policies_dir=str(settings.policies.dir.resolve()),
@@ -336,15 +353,20 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
 
 
 def _policy_diff(live: Any, replayed: Path) -> list[str]:
-    """What `policy diff LIVE REPLAYED` says, or why it cannot say it."""
+    """What `policy diff LIVE REPLAYED` says, or why it cannot say it: never an error, since
+    the run it describes is already done."""
     from moderator.cli.policy import format_diff
+    from moderator.errors import ConfigError
     from moderator.policy.check import check
     from moderator.policy.diff import diff_policies
 
     if live.policies.dir.resolve() == replayed.resolve():
         return ["the replay uses the live policy directory"]
-    before = check(live.policies.dir, live.tenancy)
-    after = check(replayed, live.tenancy)
+    try:
+        before = check(live.policies.dir, live.tenancy)
+        after = check(replayed, live.tenancy)
+    except ConfigError as exc:
+        return [f"not compared: {exc}"]
     if before.errors or after.errors:
         broken = live.policies.dir if before.errors else replayed
         return [f"policies in {broken} have errors; not compared"]

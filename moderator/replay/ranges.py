@@ -54,7 +54,7 @@ def find_ranges(
     how = "timestamp lookup"
     if not found.exact:
         found = scan_offsets(consumer, topic, start, end, timeout_s=timeout_s)
-        how = "timestamp scan (the broker does not look timestamps up)"
+        how = "timestamp scan: the broker does not look timestamps up"
     return tuple(OffsetRange(r.partition, r.start, r.end) for r in found.partitions), how
 
 

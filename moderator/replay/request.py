@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from moderator.errors import ConfigError
+from moderator.events.upload import TENANT_ID_PATTERN
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _OFFSET_ITEM = re.compile(r"(\d{1,6}):(\d{1,19})-(\d{1,19})")
@@ -102,6 +103,18 @@ def parse_sample(text: str) -> float:
     if not 0.0 < rate <= 1.0:
         raise ConfigError(f"--sample: {text!r} must be a fraction in (0, 1], e.g. 0.1")
     return rate
+
+
+def parse_tenants(values: list[str] | None) -> frozenset[str]:
+    """The `--tenant` values (empty: every tenant); one that no event could carry is an error,
+    not a filter that quietly keeps nothing."""
+    for value in values or ():
+        if not re.fullmatch(TENANT_ID_PATTERN, value):
+            raise ConfigError(
+                f"--tenant: {value!r} is not a tenant id: lowercase letters, digits, '_' and "
+                "'-', starting with a letter or digit, at most 63 characters"
+            )
+    return frozenset(values or ())
 
 
 def check_run_id(text: str) -> str:
