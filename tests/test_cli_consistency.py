@@ -195,6 +195,25 @@ def test_demo_checks_the_policies_and_events_before_starting_the_stack(
     _one_line(err, "--events: must be at least 1, got 0")
 
 
+def test_demo_checks_its_port_before_starting_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port in use (another `moderator run`, say) is found before the stack starts, and
+    --http-port, which the message offers, is a demo flag."""
+    import socket
+
+    clear_moderator_env(monkeypatch)
+    monkeypatch.setattr("moderator.cli.demo.EmbeddedStack", _forbidden("the embedded stack"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setenv("MODERATOR_HTTP__HOST", "127.0.0.1")
+        code, _, err = _run(["demo", "--engine", "fake", "--http-port", str(port)])
+    assert code == 2 and "starting the embedded" not in err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"moderator: http.port: cannot listen on 127.0.0.1:{port}: the port is")
+    assert "--http-port" in err
+
+
 def test_scan_checks_the_model_and_output_before_listing_or_loading(
     policies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -135,6 +135,27 @@ def test_bad_flags_are_one_line_and_exit_2(argv: list[str]) -> None:
     assert "error:" in line and "--help" in line
 
 
+@pytest.mark.parametrize(
+    ("argv", "command", "leftover"),
+    [
+        (["scan", "photos", "--bogus"], "scan", "--bogus"),
+        (["policy", "validate", "--foo"], "policy validate", "--foo"),
+        (["audit", "query", "--bogus"], "audit query", "--bogus"),
+        (["run", "--check", "extra-arg"], "run", "extra-arg"),
+        (["dev-stack", "upload", "--tenant", "kids", "--bogus"], "dev-stack upload", "--bogus"),
+        (["audit", "--bogus", "query"], "audit", "--bogus"),
+        (["--bogus", "scan", "photos"], "", "--bogus"),
+    ],
+)
+def test_an_unknown_argument_names_the_command_it_was_given_to(
+    argv: list[str], command: str, leftover: str
+) -> None:
+    prog = f"moderator {command}".strip()
+    assert assert_one_line_failure(argv) == (
+        f"{prog}: error: unrecognized arguments: {leftover} (see {prog} --help)"
+    )
+
+
 # -- settings ----------------------------------------------------------------------------------
 
 
@@ -185,6 +206,8 @@ def test_garbage_settings_fail_with_one_line(policy_dir: Path, data: st.DataObje
         ({"MODERATOR_TENANCY__BUCKET_MAP": "not json"}, "MODERATOR_TENANCY__BUCKET_MAP"),
         ({"MODERATOR_ENGINE__OPENAI__MAX_RESPONSE_BYTES": "10"}, "max_response_bytes"),
         ({"MODERATOR_KAFKA__TOPICS": "[1,"}, "MODERATOR_KAFKA__TOPICS"),
+        ({"MODERATOR_KAFKA__BOOTSTRAP_SERVERS": ""}, "kafka.bootstrap_servers: empty"),
+        ({"MODERATOR_KAFKA__BOOTSTRAP_SERVERS": "k:9092,"}, "kafka.bootstrap_servers: an empty"),
     ],
 )
 def test_run_with_a_bad_setting_exits_2_before_connecting(env: dict[str, str], needle: str) -> None:
@@ -235,6 +258,36 @@ def test_audit_url_errors_mask_the_password(url: str, needle: str) -> None:
     with environment({"MODERATOR_AUDIT__URL": url}):
         line = assert_one_line_failure(["audit", "query"])
     assert needle in line and "secret" not in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "query"],
+        ["audit", "verify"],
+        ["audit", "retention"],
+        ["audit", "sink"],
+        ["audit", "export-dsa"],
+        ["explain", "e-1"],
+    ],
+)
+def test_a_postgresql_store_without_its_driver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    env = {
+        "MODERATOR_AUDIT__URL": "postgresql://u:secret@127.0.0.1:1/db",
+        "MODERATOR_AUDIT__RETENTION_DAYS": '{"default": 30}',
+        "MODERATOR_DSA_PUID_SALT": "a-salt-of-twenty-chars",
+    }
+    with environment(env):
+        code, out, err = run_main(argv)
+    assert (code, out) == (2, ""), err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (  # `audit verify` warns first that no anchor is configured
+        "moderator: audit.url: a PostgreSQL store needs the postgres extra (psycopg is "
+        "missing): pip install 'moderator[postgres]'"
+    )
 
 
 # -- runtime failures and librdkafka -----------------------------------------------------------

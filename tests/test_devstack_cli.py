@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,16 +135,21 @@ def test_upload_event_is_validated() -> None:
     assert event.event_id.startswith("dev-") and len(event.event_id) == 36
     assert event.output_key == "kids:uploads/kids/photo.jpg"
     assert event.surface == "profile" and event.object.version_id == "v1"
-    with pytest.raises(ConfigError, match="tenant_id"):
-        upload_event(
-            tenant="Not A Tenant",
-            bucket="uploads",
-            key="k",
-            size=1,
-            content_type=None,
-            version_id=None,
-            surface=None,
-        )
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"tenant": "Not A Tenant"}, "--tenant: 'Not A Tenant' is not a tenant id: lowercase "),
+        ({"surface": "s" * 65}, f"--surface: '{'s' * 65}': String should have at most 64"),
+        ({"bucket": ""}, "--bucket: '': String should have at least 1 character"),
+    ],
+)
+def test_upload_event_names_the_flag_behind_a_bad_field(fields: dict[str, str], says: str) -> None:
+    event: dict[str, Any] = {"tenant": "kids", "bucket": "uploads", "key": "k", "surface": None}
+    with pytest.raises(ConfigError) as raised:
+        upload_event(**{**event, **fields}, size=1, content_type=None, version_id=None)
+    assert str(raised.value).startswith(says), raised.value
 
 
 def test_upload_without_the_stack_environment_is_a_usage_error(tmp_path: Path) -> None:
@@ -171,6 +177,24 @@ def test_env_file_in_a_missing_folder_stops_before_starting(tmp_path: Path) -> N
     assert done.returncode == 2
     assert done.stdout == ""  # no export lines, no `ready`: nothing was started
     assert (
-        done.stderr.strip()
-        == f"error: dev-stack: --env-file: {tmp_path / 'nowhere'} is not a folder"
+        done.stderr == f"moderator: dev-stack: --env-file: {tmp_path / 'nowhere'} is not a folder\n"
+    )
+
+
+def test_env_file_that_is_a_folder_stops_before_starting(tmp_path: Path) -> None:
+    done = _moderator("dev-stack", "--env-file", str(tmp_path))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"moderator: dev-stack: --env-file: {tmp_path} is a folder\n"
+
+
+@pytest.mark.parametrize("tenant", ["Bad!", "", "_x", "a" * 64])
+def test_upload_with_a_bad_tenant_is_a_usage_error_naming_the_flag(
+    tmp_path: Path, tenant: str
+) -> None:
+    done = _moderator("dev-stack", "upload", "--tenant", tenant, env={**os.environ, **ENV})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"moderator dev-stack upload: error: argument --tenant: {tenant!r} is not a tenant id: "
+        "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 "
+        "characters (see moderator dev-stack upload --help)\n"
     )

@@ -92,6 +92,48 @@ def test_validate_reports_every_problem(capsys: pytest.CaptureFixture[str], tmp_
     ]
 
 
+def test_validate_lists_every_problem_of_a_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(
+        tmp_path / "p",
+        shop="description: shop\ncategories:\n  O2:\n    action: reveiw\n    block_at: 1.5\n"
+        "  Sexual Content:\n    mode: allowed\non_error:\n  tenant_mismatch: allow\n",
+        unknown="foo: 1\nbar: 2\n",
+    )
+    code, out, err = run(capsys, "validate", d)
+    assert (code, out) == (2, "")
+    keys = (
+        "the keys here are allowed, categories, description, dsa, extends, none_applying, "
+        "on_error, owner, schema, surfaces"
+    )
+    assert err.splitlines() == [
+        f"{d}/shop.yaml:4: categories.O2.action: 'reveiw' is not one of allow, review, block; "
+        "did you mean 'review'?",
+        f"{d}/shop.yaml:5: categories.O2.block_at: must be from 0 to 1, not the number 1.5",
+        f"{d}/shop.yaml:6: categories.Sexual Content: unknown category 'Sexual Content': "
+        "write its code, O3",
+        f"{d}/shop.yaml:9: on_error.tenant_mismatch: tenant_mismatch is a security error and "
+        "can never map to allow",
+        f"{d}/unknown.yaml:1: foo: unknown key 'foo'; {keys}",
+        f"{d}/unknown.yaml:2: bar: unknown key 'bar'; {keys}",
+    ]
+
+
+def test_scan_on_a_broken_directory_counts_the_problems_and_points_at_validate(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(tmp_path / "p", shop="foo: 1\nbar: 2\n", other="owner: 3\n")
+    code = main(["scan", str(tmp_path), "--engine", "fake", "--policies", str(d)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [
+        f"moderator: {d}/other.yaml:1: owner: must be a string, not the number 3 (quote it to "
+        f"make it a string) (and 2 more problems); run `moderator policy validate {d}` to see "
+        "every problem"
+    ]
+
+
 def test_validate_merged_threshold_error_has_a_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -202,7 +244,10 @@ def test_render_a_broken_tenant_lists_the_problems(
     ]
     code, out, err = run(capsys, "render", "default", "--policies", d)
     assert code == 0 and out.startswith("tenant         default\n")
-    assert err == f"warning: 2 problem(s) elsewhere in {d}; run `moderator policy validate`\n"
+    assert err == (
+        f"moderator: warning: 2 problems elsewhere in {d}; "
+        f"run `moderator policy validate {d}` to see them\n"
+    )
 
 
 # -- diff --------------------------------------------------------------------------------------

@@ -118,10 +118,30 @@ def test_validation_errors_name_the_line_and_field(text: str, line: int, reason:
 
 def test_the_earliest_error_is_reported_with_a_count_of_the_others() -> None:
     err = error("owner: 3\ncategories:\n  O1: {mode: odd}\n  O2: {action: odd}\n")
-    assert err.line == 1
-    assert err.reason == (
-        "owner: must be a string, not the number 3 (quote it to make it a string) (+2 more)"
+    first = "owner: must be a string, not the number 3 (quote it to make it a string)"
+    assert (err.line, err.reason) == (1, first)
+    assert str(err) == f"{P}:1: {first} (and 2 more problems)"
+    assert err.problems() == [
+        f"{P}:1: {first}",
+        f"{P}:3: categories.O1.mode: 'odd' is not one of default, allowed, sensitive",
+        f"{P}:4: categories.O2.action: 'odd' is not one of allow, review, block",
+    ]
+    copy = pickle.loads(pickle.dumps(err))  # noqa: S301 - our own object
+    assert copy.problems() == err.problems()
+    assert str(error("owner: 3\nschema: 2\n")).endswith(" (and 1 more problem)")
+
+
+def test_an_unknown_category_is_reported_with_the_other_categories_problems() -> None:
+    err = error(
+        "categories:\n  O2:\n    action: reveiw\n    block_at: 1.5\n"
+        "  Sexual Content:\n    mode: allowed\n"
     )
+    assert err.problems() == [
+        f"{P}:3: categories.O2.action: 'reveiw' is not one of allow, review, block; "
+        "did you mean 'review'?",
+        f"{P}:4: categories.O2.block_at: must be from 0 to 1, not the number 1.5",
+        f"{P}:5: categories.Sexual Content: unknown category 'Sexual Content': write its code, O3",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,14 @@ def test_start_up_fails_on_the_first_bad_file(policy_dir: Path) -> None:
         PolicyRegistry(policy_dir, TENANCY)
     with pytest.raises(ConfigError, match="not a directory"):
         PolicyRegistry(policy_dir / "missing", TENANCY)
+    (policy_dir / "alpha.yaml").write_text("owner: 3\nschema: 2\n")
+    with pytest.raises(ConfigError) as caught:
+        PolicyRegistry(policy_dir, TENANCY)
+    assert str(caught.value) == (
+        f"{policy_dir}/alpha.yaml:1: owner: must be a string, not the number 3 (quote it to make "
+        f"it a string) (and 2 more problems); run `moderator policy validate {policy_dir}` to "
+        "see every problem"
+    )
 
 
 @pytest.fixture

@@ -331,13 +331,22 @@ def test_in_flight_is_bounded_and_every_verdict_is_written() -> None:
     assert scan.fatal is None
 
 
-def test_a_failing_output_stops_the_scan() -> None:
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (BrokenPipeError(32, "Broken pipe"), "the output was closed before every verdict was"),
+        (OSError(28, "No space left on device"), "cannot write the output: OSError: [Errno 28]"),
+    ],
+)
+def test_a_failing_output_stops_the_scan_and_blames_no_object(error: OSError, says: str) -> None:
     class Broken(io.StringIO):
         def write(self, s: str) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
+            raise error
 
     scan, _ = _run_stub(Broken(), 50, max_in_flight=4)
-    assert scan.fatal is not None and "BrokenPipeError" in scan.fatal
+    assert scan.fatal is not None and scan.fatal.startswith(says), scan.fatal
+    assert ".png" not in scan.fatal  # the output failed, not an object
+    assert scan.output_closed == isinstance(error, BrokenPipeError)
     assert scan.counts().done == 0
     assert scan.counts().total < 50  # no more submissions once the output failed
 

@@ -195,7 +195,10 @@ def test_the_engine_and_policy_checks(tmp_path: Path) -> None:
     assert cli_check.check_engine(settings).startswith("fake")
     assert "tenant(s)" in cli_check.check_policies(settings)
     (policies / "acme.yaml").write_text("extends: nowhere\n")
-    with pytest.raises(ConfigError, match="moderator policy validate"):
+    with pytest.raises(ConfigError, match="unknown base policy 'nowhere'"):
+        cli_check.check_policies(settings)
+    (policies / "acme.yaml").write_text("owner: 3\nschema: 2\n")
+    with pytest.raises(ConfigError, match=r"\(and 1 more problem\); run `moderator policy valid"):
         cli_check.check_policies(settings)
 
 

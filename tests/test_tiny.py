@@ -198,3 +198,32 @@ def test_names_the_real_processor_class(hf: Any, checkpoints: dict[str, Path], a
     assert name in IMAGE_ONLY
     processor = load_processor(checkpoints[arch])
     assert isinstance(processor, getattr(hf, name))
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("afile", "make-tiny: DIRECTORY: {root}/afile is not a directory"),
+        (
+            "afile/x/y",
+            "make-tiny: DIRECTORY: cannot create {root}/afile/x/y: {root}/afile is not a directory",
+        ),
+    ],
+)
+def test_cli_a_file_in_the_way_is_one_usage_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, says: str
+) -> None:
+    (tmp_path / "afile").write_text("not a checkpoint\n", encoding="utf-8")
+    assert main(["model", "make-tiny", str(tmp_path / where)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"moderator: {says.format(root=tmp_path)}\n"
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "not a checkpoint\n"
+
+
+def test_cli_usage_names_the_directory_in_capitals(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["model", "make-tiny", "--help"])
+    assert exited.value.code == 0
+    usage = " ".join(capsys.readouterr().out.split("\n\n", 1)[0].split())
+    assert usage.endswith("[--seed N] DIRECTORY"), usage

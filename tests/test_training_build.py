@@ -384,7 +384,14 @@ def test_bad_rows_are_listed_with_their_line_and_nothing_is_written(
     path = manifest(tmp_path, rows)
     settings = load_settings(None, {"policies.dir": policies})
     assert run_build(request(tmp_path, path), settings) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(str(path))]
+    stderr = capsys.readouterr().err.splitlines()
+    # The status line counts rows as the list below does: line 13 was bad before any image.
+    status = [line for line in stderr if line.startswith("dataset build: checked")][-1]
+    assert status.startswith("dataset build: checked 12/12 rows, bad 6, ")
+    assert stderr[-1] == f"moderator: 6 bad row(s) in {path}; nothing written " + (
+        "(fix them, or --skip-bad to build without them)"
+    )
+    err = [line for line in stderr if line.startswith(str(path))]
     assert [line.split(": ", 2)[0:2] for line in err] == [
         [f"{path}:8", "image"],
         [f"{path}:9", "image"],

@@ -52,8 +52,11 @@ def cmd_check(config: Path | None, overrides: dict[str, Any]) -> int:
 
 def run_checks(config: Path | None, overrides: dict[str, Any]) -> list[CheckResult]:
     """`config` first (the settings load); the others only with valid settings."""
+    from moderator.engine.factory import check_model_flag
+
     try:
         settings = load_settings(config, overrides)
+        check_model_flag(settings.engine.kind, overrides.get("engine.model"))
     except ConfigError as exc:
         failed = CheckResult("config", FAIL, error_line(exc))
         return [failed, *(CheckResult(name, SKIPPED, "needs valid settings") for name in CHECKS)]

@@ -19,8 +19,10 @@ from moderator.cli.demo_audit import store_and_show
 from moderator.cli.preflight import check_settings
 from moderator.dev.samples import corrupt_bytes, make_samples
 from moderator.dev.stack import EmbeddedStack
+from moderator.engine.factory import check_model_flag
 from moderator.errors import ConfigError, ModeratorError
 from moderator.logs import configure_logging
+from moderator.obs.http import check_port
 from moderator.service import Pipeline, run_service
 from moderator.settings import Settings, load_settings
 
@@ -38,7 +40,10 @@ def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int
     with as_file(files("moderator") / "data" / "demo-policies") as bundled:
         given = {"policies.dir": bundled, **{k: v for k, v in overrides.items() if v is not None}}
         # The stack's addresses are not known yet: stand-ins, replaced once it runs.
-        check_settings(load_settings(config, _demo_settings(given, "127.0.0.1:9092", None)))
+        checked = load_settings(config, _demo_settings(given, "127.0.0.1:9092", None))
+        check_model_flag(checked.engine.kind, overrides.get("engine.model"))
+        check_settings(checked)
+        check_port(checked.http)
         print("starting the embedded Kafka broker and S3 server ...", file=sys.stderr)
         with EmbeddedStack(buckets=(BUCKET,)) as stack:
             os.environ.update({k: v for k, v in stack.env().items() if k.startswith("AWS_")})

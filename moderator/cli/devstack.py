@@ -140,7 +140,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "file", nargs="?", type=Path, metavar="FILE", help="the file (default: a sample JPEG)"
     )
     upload.add_argument(
-        "--tenant", required=True, metavar=TENANT_METAVAR, help="the event's tenant_id"
+        "--tenant",
+        required=True,
+        type=_tenant_id,
+        metavar=TENANT_METAVAR,
+        help="the event's tenant_id",
     )
     upload.add_argument("--key", metavar="KEY", help="object key (default: T/<file name>)")
     upload.add_argument("--bucket", default=BUCKET, metavar="B", help=f"bucket (default: {BUCKET})")
@@ -163,6 +167,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"seconds to wait (default: {DEFAULT_TIMEOUT_S:g})",
     )
+
+
+def _tenant_id(text: str) -> str:
+    """`--tenant`: a value no event could carry is a usage error before anything is sent."""
+    from moderator.dev.uploads import tenant_id_problem
+
+    problem = tenant_id_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def run_dev_stack(args: argparse.Namespace) -> int:
@@ -197,17 +211,15 @@ def cmd_dev_stack(
 
     Must run on the main thread (it installs signal handlers, restored on return).
     """
-    from moderator.dev.envfile import env_file_text, export_lines, remove_env_file
+    from moderator.dev.envfile import check_env_file, env_file_text, export_lines, remove_env_file
     from moderator.dev.guide import guide
     from moderator.dev.stack import KAFKA_KINDS, DevStackError, EmbeddedStack
 
     kind = next((k for k in KAFKA_KINDS if k == kafka), None)
     if kind is None:
-        print(f"error: dev-stack: --kafka must be one of {', '.join(KAFKA_KINDS)}", file=sys.stderr)
-        return 2
-    if env_file is not None and not env_file.parent.is_dir():
-        print(f"error: dev-stack: --env-file: {env_file.parent} is not a folder", file=sys.stderr)
-        return 2
+        raise ConfigError(f"dev-stack: --kafka must be one of {', '.join(KAFKA_KINDS)}")
+    if env_file is not None:
+        check_env_file(env_file)
     specs = _topic_specs(config)  # ConfigError (exit 2) before anything starts
     stop = threading.Event()
 
@@ -221,11 +233,9 @@ def cmd_dev_stack(
         try:
             stack = EmbeddedStack(buckets=buckets, kafka=kind, topics=specs).start()
         except ConfigError as exc:
-            print(f"error: dev-stack: {exc}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"dev-stack: {exc}") from exc
         except DevStackError as exc:
-            print(f"error: dev-stack: {exc}", file=sys.stderr)
-            return 1
+            raise DevStackError(f"dev-stack: {exc}") from exc
         text = ""
         try:
             if stop.is_set():  # asked to stop while the broker was starting
@@ -233,8 +243,7 @@ def cmd_dev_stack(
             env = stack.env()
             if env_file is not None:
                 text = env_file_text(env, os.getpid())
-                if not _write(env_file, text):
-                    return 1
+                _write(env_file, text)
             sys.stdout.write("\n".join([*export_lines(env), "ready"]) + "\n")
             sys.stdout.flush()
             sys.stderr.write(
@@ -254,15 +263,14 @@ def cmd_dev_stack(
             signal.signal(sig, handler)
 
 
-def _write(path: Path, text: str) -> bool:
+def _write(path: Path, text: str) -> None:
     from moderator.dev.envfile import write_env_file
 
     try:
         write_env_file(path, text)
     except OSError as exc:
-        print(f"error: dev-stack: --env-file: cannot write {path}: {exc}", file=sys.stderr)
-        return False
-    return True
+        reason = exc.strerror or exc
+        raise ModeratorError(f"dev-stack: --env-file: cannot write {path}: {reason}") from exc
 
 
 def _topic_specs(config: Path | None) -> list[TopicSpec]:
@@ -301,15 +309,18 @@ def cmd_upload(
     from moderator.dev.uploads import send_upload
 
     object_key = key or f"{tenant}/{name}"
-    sent = send_upload(
-        settings,
-        data,
-        tenant=tenant,
-        bucket=bucket,
-        key=object_key,
-        content_type=content_type or guessed,
-        surface=surface,
-    )
+    try:
+        sent = send_upload(
+            settings,
+            data,
+            tenant=tenant,
+            bucket=bucket,
+            key=object_key,
+            content_type=content_type or guessed,
+            surface=surface,
+        )
+    except ConfigError as exc:  # a flag the event cannot carry: nothing was written
+        raise ConfigError(f"dev-stack upload: {exc}") from exc
     print(sent.event.event_id)
     what = "a sample image" if file is None else str(file)
     print(

@@ -125,7 +125,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr (exit 2), pointing at --help for the usage."""
+    """Usage errors as one line on stderr (exit 2), pointing at --help for the usage.
+
+    Each parser in the tree reports the arguments it was left with itself, so a mistyped flag
+    names the command it was given to (`moderator scan: error: unrecognized arguments: ...`),
+    not `moderator`: argparse would pass a sub-command's leftovers up to the top."""
+
+    def parse_known_args(  # type: ignore[override]  # same call; leftovers are an error
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -253,12 +265,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         return cmd_check(args.config, _overrides(args))
     from moderator.cli import workers
+    from moderator.engine.factory import check_model_flag
     from moderator.ingest.startup import probe_cluster
     from moderator.logs import configure_logging
     from moderator.service import run_service
     from moderator.settings import load_settings
 
     settings = load_settings(args.config, _overrides(args))
+    check_model_flag(settings.engine.kind, args.model)
     if args.worker_index is not None:  # started by a supervisor, which did the checks below
         return _run_worker(workers.worker_settings(settings, args.worker_index))
     workers.check_workers(settings, args.workers)

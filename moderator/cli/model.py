@@ -15,6 +15,7 @@ TRANSFORMERS_MISSING = (
 
 def cmd_make_tiny(directory: Path, arch: str, seed: int) -> int:
     """Write a tiny checkpoint of `arch` to `directory`; print its path and a warning."""
+    _check_directory(directory)
     try:
         import torch  # noqa: F401  # probe only: make_tiny imports what it needs itself
         import transformers  # noqa: F401
@@ -30,3 +31,17 @@ def cmd_make_tiny(directory: Path, arch: str, seed: int) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _check_directory(directory: Path) -> None:
+    """DIRECTORY is a directory or can be created as one: ConfigError (exit 2) now, not an
+    OSError after the model was built."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"make-tiny: DIRECTORY: {directory} is not a directory")
+    for parent in directory.parents:  # the nearest one that exists must be a directory
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"make-tiny: DIRECTORY: cannot create {directory}: {parent} is not a directory"
+                )
+            return

@@ -12,6 +12,7 @@ def offline_settings(args: argparse.Namespace) -> Settings:
     """The settings file (`--config`) with `--engine`, `--model` and `--policies` over it, and
     logging configured: the service's `info` becomes `warning`, since a progress line owns
     stderr; `--debug` logs everything."""
+    from moderator.engine.factory import check_model_flag
     from moderator.logs import configure_logging
     from moderator.settings import load_settings
 
@@ -21,6 +22,7 @@ def offline_settings(args: argparse.Namespace) -> Settings:
         "policies.dir": args.policies,
     }
     settings = load_settings(args.config, overrides)
+    check_model_flag(settings.engine.kind, args.model)
     level = "debug" if args.debug else settings.log.level
     configure_logging(
         settings.log.model_copy(update={"level": "warning" if level == "info" else level})

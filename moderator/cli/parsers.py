@@ -90,9 +90,10 @@ def add_demo_parser(sub: Any) -> None:
             "missing object and a malformed message), moderate them through the real pipeline "
             "and print one line per verdict: decision, assessment or error, score, the rule "
             "that decided and the source. The bundled demo policies decide unless --policies "
-            "DIR names others. The settings, the engine's checkpoint directory and the "
-            "policies are checked before anything starts. Exit 0 when every verdict arrived, "
-            "1 when some did not or the pipeline failed, 2 on a usage or configuration error."
+            "DIR names others. The settings, the engine's checkpoint directory, the policies "
+            "and the port of /metrics, /healthz and /readyz (--http-port) are checked before "
+            "anything starts. Exit 0 when every verdict arrived, 1 when some did not or the "
+            "pipeline failed, 2 on a usage or configuration error."
         ),
         epilog=examples(
             "moderator demo --engine fake",
@@ -107,6 +108,7 @@ def add_demo_parser(sub: Any) -> None:
     )
     add_config_flag(demo)
     add_policies_flag(demo)
+    add_http_port_flag(demo)
 
 
 def add_scan_parser(sub: Any) -> None:
@@ -305,7 +307,9 @@ def add_model_parser(sub: Any, arches: tuple[str, ...]) -> None:
             "moderator model make-tiny ./tiny-qwen --arch qwen2-vl --seed 3",
         ),
     )
-    tiny.add_argument("directory", type=Path, help="where to write the checkpoint")
+    tiny.add_argument(
+        "directory", type=Path, metavar="DIRECTORY", help="where to write the checkpoint"
+    )
     tiny.add_argument(
         "--arch",
         choices=arches,

@@ -7,6 +7,7 @@ unknown or the settings are bad. Problems go to stderr, one `path:line: reason` 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -88,9 +89,11 @@ def cmd_render(
         _print_lines(result.errors, sys.stderr)
         return 2
     if result.errors:
+        count = len(result.errors)
         print(
-            f"warning: {len(result.errors)} problem(s) elsewhere in {directory}; "
-            "run `moderator policy validate`",
+            f"moderator: warning: {count} problem{'' if count == 1 else 's'} elsewhere in "
+            f"{directory}; run `moderator policy validate {shlex.quote(str(directory))}` "
+            "to see them",
             file=sys.stderr,
         )
     if unknown:

@@ -56,12 +56,11 @@ def check_engine_files(engine: EngineSettings) -> None:
 def check_policies(settings: Settings) -> DirectoryCheck:
     """Every policy file loads and every tenant compiles, as `moderator policy validate` checks;
     the first problem as one line (the registry would refuse to start with it)."""
-    from moderator.policy.check import check
+    from moderator.policy.check import check, one_line
 
     result = check(settings.policies.dir, settings.tenancy)
     if result.errors:
-        more = f" (+{len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-        raise ConfigError(f"{result.errors[0]}{more}; `moderator policy validate` lists all")
+        raise ConfigError(one_line(settings.policies.dir, result.errors))
     return result
 
 

@@ -101,6 +101,7 @@ def add_replay_parser(sub: Any) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from moderator.engine.factory import check_model_flag
     from moderator.errors import ConfigError
     from moderator.logs import configure_logging
     from moderator.settings import load_settings
@@ -111,6 +112,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "policies.dir": args.policies,
     }
     settings = load_settings(args.config, overrides)
+    check_model_flag(settings.engine.kind, args.model)
     live = load_settings(args.config, {})
     level = "debug" if args.debug else settings.log.level
     # `info` (the service default) becomes `warning`: the progress line owns stderr.

@@ -6,12 +6,15 @@ moderator/pipeline/scan.py's Scan over a source from moderator/pipeline/scan_sou
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from moderator.cli.preflight import check_engine_files
+from moderator.engine.factory import check_model_flag
 from moderator.errors import ConfigError, ModeratorError
 from moderator.events.upload import TENANT_ID_PATTERN
 from moderator.logs import configure_logging
@@ -44,6 +47,7 @@ def cmd_scan(
             "starting with a letter or digit, at most 63 characters"
         )
     settings = load_settings(config, {**overrides, "policies.default_for_unknown": True})
+    check_model_flag(settings.engine.kind, overrides.get("engine.model"))
     level = "debug" if debug else settings.log.level
     configure_logging(settings.log.model_copy(update={"level": _quiet(level)}))
     check_engine_files(settings.engine)
@@ -80,9 +84,12 @@ def cmd_scan(
             scan.run(source.items, progress)
         finally:
             if out is not sys.stdout:
-                out.close()
+                with contextlib.suppress(BrokenPipeError):  # reported as the scan's failure
+                    out.close()
     finally:
         pipeline.close()
+    if scan.output_closed and out is sys.stdout:
+        _drop_stdout()
     if scan.fatal is not None:
         raise ModeratorError(f"scan: stopped: {scan.fatal}")
     if scan.skipped:
@@ -113,3 +120,18 @@ def _open_output(output: Path | None) -> TextIO:
         return output.open("w", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"scan: cannot write {output}: {exc.strerror or exc}") from exc
+
+
+def _drop_stdout() -> None:
+    """stdout's reader has gone: point stdout at the null device, so that the interpreter's
+    flush at exit does not report the broken pipe a second time (the note on SIGPIPE in the
+    documentation of Python's `signal` module)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests): nothing to flush
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

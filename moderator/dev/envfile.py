@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from moderator.errors import ConfigError
+
 
 def export_lines(env: Mapping[str, str]) -> list[str]:
     """One `export NAME=value` line per variable, values quoted for a POSIX shell."""
@@ -23,6 +25,15 @@ def env_file_text(env: Mapping[str, str], pid: int) -> str:
     """The file's content: a comment naming the process, then the export lines."""
     head = f"# moderator dev-stack (pid {pid}): its environment; removed when it stops"
     return "\n".join([head, *export_lines(env)]) + "\n"
+
+
+def check_env_file(path: Path) -> None:
+    """`--env-file FILE` can be written once the stack is up: ConfigError (exit 2) before
+    anything starts when its folder is missing or FILE is a folder."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"dev-stack: --env-file: {path.parent} is not a folder")
+    if path.is_dir():
+        raise ConfigError(f"dev-stack: --env-file: {path} is a folder")
 
 
 def write_env_file(path: Path, text: str) -> None:

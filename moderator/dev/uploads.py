@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from confluent_kafka import (
 from pydantic import ValidationError
 
 from moderator.errors import ConfigError, ModeratorError
-from moderator.events.upload import UploadEvent
+from moderator.events.upload import TENANT_ID_PATTERN, UploadEvent
 from moderator.fetch.s3 import build_s3_client
 from moderator.ingest.kafka import build_client
 from moderator.settings import Settings
@@ -40,6 +41,17 @@ _QUIET = logging.getLogger("moderator.dev.client")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 _POLL_S = 0.2
+TENANT_ID_RULE = (
+    "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters"
+)
+# The `dev-stack upload` flag behind each field of the event it builds.
+_FLAGS = {
+    "tenant_id": "--tenant",
+    "object.bucket": "--bucket",
+    "object.key": "--key",
+    "object.content_type": "--content-type",
+    "context.surface": "--surface",
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,13 @@ def new_event_id() -> str:
     return f"dev-{uuid.uuid4().hex}"
 
 
+def tenant_id_problem(tenant: str) -> str | None:
+    """Why `tenant` cannot be an event's tenant_id, for `--tenant`; None when it can."""
+    if re.fullmatch(TENANT_ID_PATTERN, tenant):
+        return None
+    return f"{tenant!r} is not a tenant id: {TENANT_ID_RULE}"
+
+
 def upload_event(
     *,
     tenant: str,
@@ -67,7 +86,11 @@ def upload_event(
     surface: str | None,
     event_id: str | None = None,
 ) -> UploadEvent:
-    """An UploadEvent v1 for an object just written; ConfigError naming the bad field."""
+    """An UploadEvent v1 for an object just written; ConfigError naming the flag (`--tenant`)
+    behind the bad field, or the field when no flag sets it."""
+    problem = tenant_id_problem(tenant)
+    if problem is not None:
+        raise ConfigError(f"--tenant: {problem}")
     try:
         return UploadEvent.model_validate(
             {
@@ -87,6 +110,8 @@ def upload_event(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if where in _FLAGS:
+            raise ConfigError(f"{_FLAGS[where]}: {first['input']!r}: {first['msg']}") from exc
         raise ConfigError(f"upload event: {where}: {first['msg']}") from exc
 
 

@@ -16,6 +16,27 @@ from moderator.settings import EngineSettings, FetchSettings
 WARM_UP_ID = "warm-up"
 
 NUDENET_MISSING = "engine.kind=nudenet needs the nudenet extra: pip install 'moderator[nudenet]'"
+# The engines that read engine.model (docs/engines.md): transformers and lmdeploy as a checkpoint
+# directory, openai as the served model name. nudenet (weights in its wheel) and fake read none.
+MODEL_KINDS = frozenset({"transformers", "lmdeploy", "openai"})
+
+
+def check_model_flag(kind: str, model: str | None) -> None:
+    """`--model` given for an engine that reads no model: ConfigError (one line, exit 2), never
+    a model silently ignored.
+
+    Only the flag is refused: engine.model from a settings file or MODERATOR_ENGINE__MODEL stays
+    ignored by these engines, because the CPU image sets it for whichever engine is configured
+    (docs/container.md) and a settings file may hold the model of the engine `--engine`
+    replaces.
+    """
+    if model is None or kind in MODEL_KINDS:
+        return
+    readers = "transformers and lmdeploy read a checkpoint directory, openai a served model name"
+    raise ConfigError(
+        f"--model {model}: engine.kind={kind} takes no model, so engine.model would be ignored "
+        f"({readers}): leave --model out"
+    )
 
 
 def build_engine(settings: EngineSettings) -> Engine:

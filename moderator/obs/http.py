@@ -105,6 +105,19 @@ class ObsServer:
         self._thread.join(5)
 
 
+def check_port(settings: HttpSettings) -> None:
+    """ConfigError, as ObsServer would raise it, when `settings.port` cannot be listened on
+    now: for commands that start other servers first (a port in use is found before they
+    start, not after). Port 0 (off) passes."""
+    if not settings.port:
+        return
+    server_class = _Server6 if ":" in settings.host else _Server
+    try:
+        server_class((settings.host, settings.port), _Handler).server_close()
+    except OSError as exc:
+        raise ConfigError(_bind_problem(settings.host, settings.port, exc)) from exc
+
+
 @contextmanager
 def serving(settings: HttpSettings, telemetry: Telemetry | None = None) -> Iterator[Telemetry]:
     """`telemetry` (a new one unless given) served on `settings` while the block runs; with

@@ -148,6 +148,7 @@ class Scan:
         self._done = self._errors = 0
         self.skipped = 0
         self.fatal: str | None = None
+        self.output_closed = False  # the reader went away (`moderator scan DIR | head -1`)
 
     def counts(self) -> Counts:
         with self._cond:
@@ -166,7 +167,7 @@ class Scan:
                 self._out.write(header)
                 self._out.flush()
         except Exception as exc:  # a closed pipe, a full disk: as for a verdict line
-            self.fatal = f"output: {type(exc).__name__}: {exc}"
+            self._output_failed(exc)
             progress.finish(self.counts(), self.tally())
             return
         try:
@@ -223,27 +224,47 @@ class Scan:
     def _on_done(self, item: Item, records: list[OutRecord]) -> None:
         """Called once per job from a worker thread."""
         try:
-            doc = self._verdict(records)
-            line = self._lines.line(doc)
-            error = doc.get("error")
-            code = error.get("code") if isinstance(error, dict) else None
-            with self._cond:
-                if self.fatal is None:
-                    self._out.write(line)
-                    self._out.flush()
-                    self._done += 1
-                    self._errors += int(error is not None)
-                    self._decisions[str(doc.get("decision"))] += 1
-                    if error is not None:
-                        self._error_codes[str(code)] += 1
-        except Exception as exc:  # a broken pipe, a full disk: stop, report, exit 1
-            with self._cond:
-                self.fatal = self.fatal or f"{item.key}: {type(exc).__name__}: {exc}"
+            self._write(item, records)
         finally:
             with self._cond:
                 self._finished += 1
                 self._cond.notify_all()
             self._slots.release()
+
+    def _write(self, item: Item, records: list[OutRecord]) -> None:
+        try:
+            doc = self._verdict(records)
+            line = self._lines.line(doc)
+        except Exception as exc:  # this object's verdict cannot be written: stop, exit 1
+            with self._cond:
+                self.fatal = self.fatal or f"{item.key}: {type(exc).__name__}: {exc}"
+            return
+        error = doc.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        with self._cond:
+            if self.fatal is not None:
+                return
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except Exception as exc:  # a closed pipe, a full disk: the output's fault
+                self._output_failed(exc)
+                return
+            self._done += 1
+            self._errors += int(error is not None)
+            self._decisions[str(doc.get("decision"))] += 1
+            if error is not None:
+                self._error_codes[str(code)] += 1
+
+    def _output_failed(self, exc: Exception) -> None:
+        """Stop the scan for a failed write; the first failure is the one reported."""
+        if self.fatal is not None:
+            return
+        if isinstance(exc, BrokenPipeError):
+            self.output_closed = True
+            self.fatal = "the output was closed before every verdict was written"
+        else:
+            self.fatal = f"cannot write the output: {type(exc).__name__}: {exc}"
 
     def _verdict(self, records: list[OutRecord]) -> dict[str, Any]:
         value = next(r.value for r in records if r.topic == self._topic)

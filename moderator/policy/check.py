@@ -8,7 +8,8 @@ report them all at once. It reads the files but logs nothing and keeps no state.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,13 @@ import yaml
 from moderator.errors import ConfigError
 from moderator.policy.compiled import TenantPolicy, compile_policy
 from moderator.policy.document import PolicyFile
-from moderator.policy.load import PolicyError, load_file, policy_paths, read_policy
+from moderator.policy.load import (
+    PolicyError,
+    load_file,
+    more_problems,
+    policy_paths,
+    read_policy,
+)
 from moderator.policy.resolve import ROOT, resolve, surfaces
 from moderator.settings import TenancySettings
 
@@ -61,7 +68,7 @@ def check(directory: Path, tenancy: TenancySettings) -> DirectoryCheck:
             files[stem] = load_file(path)
         except PolicyError as exc:
             failed.add(stem)
-            errors.append(str(exc))
+            errors.extend(exc.problems())
     policies: dict[PolicyKey, TenantPolicy] = {}
     for tenant in sorted(files):
         if _blocked(files, failed, tenant):
@@ -69,7 +76,7 @@ def check(directory: Path, tenancy: TenancySettings) -> DirectoryCheck:
         try:
             compiled = compile_tenant(files, tenant, tenancy, sources=paths)
         except PolicyError as exc:
-            errors.append(str(with_line(exc)))
+            errors.extend(with_line(exc).problems())
             continue
         policies.update({(tenant, surface): p for surface, p in compiled.items()})
     return DirectoryCheck(directory, files, paths, policies, tuple(dict.fromkeys(errors)))
@@ -81,6 +88,15 @@ def check_directory(
     """{(tenant, surface): compiled policy} for every tenant that compiled, and every problem."""
     result = check(directory, tenancy)
     return dict(result.policies), list(result.errors)
+
+
+def one_line(directory: Path, errors: Sequence[str]) -> str:
+    """A directory's problems as one line, for start-up and `scan`: the first and, when there
+    are others, their count and the command that lists them all."""
+    if len(errors) == 1:
+        return errors[0]
+    command = f"moderator policy validate {shlex.quote(str(directory))}"
+    return f"{errors[0]}{more_problems(len(errors) - 1)}; run `{command}` to see every problem"
 
 
 def compile_tenant(
@@ -111,7 +127,7 @@ def with_line(error: PolicyError) -> PolicyError:
     if match is None:
         return error
     line = key_line(error.path, tuple(match.group(1).split(".")))
-    return error if line is None else PolicyError(error.path, line, error.reason)
+    return error if line is None else PolicyError(error.path, line, error.reason, error.others)
 
 
 def key_line(path: Path, keys: tuple[str, ...]) -> int | None:

@@ -12,6 +12,7 @@ import difflib
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,6 +35,17 @@ ACTION_ORDER: dict[str, int] = {"allow": 0, "review": 1, "block": 2}
 SURFACE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 # A number as YAML writes one: `true` or "0.5" is refused, not read as 1.0 or 0.5.
 Score = Annotated[float, Strict()]
+
+
+def _category_code(key: str) -> str:
+    if key not in CODES:
+        raise ValueError(_unknown_code(key, "O1..O9 (NA is none_applying)"))
+    return key
+
+
+# A `categories` key. Checked key by key (not after the whole mapping has validated), so that
+# an unknown code is reported along with the problems in the other categories' settings.
+CategoryKey = Annotated[str, AfterValidator(_category_code)]
 
 
 class _Strict(BaseModel):
@@ -115,7 +127,7 @@ class DsaMapping(_Strict):
 class SurfaceOverride(_Strict):
     """Overrides for events whose `context.surface` names this surface."""
 
-    categories: dict[str, CategoryPolicy] = Field(default_factory=dict)
+    categories: dict[CategoryKey, CategoryPolicy] = Field(default_factory=dict)
     none_applying: NoneApplying | None = None
     on_error: Action | dict[str, Action] | None = None
 
@@ -123,11 +135,6 @@ class SurfaceOverride(_Strict):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return upper_codes(value, CODES)
-
-    @field_validator("categories")
-    @classmethod
-    def _codes(cls, value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
-        return _check_codes(value)
 
     @field_validator("on_error")
     @classmethod
@@ -142,7 +149,7 @@ class PolicyFile(_Strict):
     extends: str | None = None
     description: str | None = None
     owner: str | None = None
-    categories: dict[str, CategoryPolicy] = Field(default_factory=dict)
+    categories: dict[CategoryKey, CategoryPolicy] = Field(default_factory=dict)
     none_applying: NoneApplying | None = None
     surfaces: dict[str, SurfaceOverride] = Field(default_factory=dict)
     allowed: Locations | None = None
@@ -162,11 +169,6 @@ class PolicyFile(_Strict):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return upper_codes(value, CODES)
-
-    @field_validator("categories")
-    @classmethod
-    def _codes(cls, value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
-        return _check_codes(value)
 
     @field_validator("surfaces")
     @classmethod
@@ -225,13 +227,6 @@ def _unknown_code(key: str, valid: str, *, na: bool = False) -> str:
     if code is not None:
         return f"unknown category {key!r}: write its code, {code}"
     return f"unknown category {key!r}: use {valid}"
-
-
-def _check_codes(value: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
-    unknown = sorted(set(value) - set(CODES))
-    if unknown:
-        raise ValueError(_unknown_code(unknown[0], "O1..O9 (NA is none_applying)"))
-    return value
 
 
 def _check_on_error(value: Action | dict[str, Action] | None) -> Action | dict[str, Action] | None:

@@ -46,17 +46,44 @@ _BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 Loc = tuple[str | int, ...]
 
 
-class PolicyError(ConfigError):
-    """A policy file that cannot be used: where (file and, when known, 1-based line) and why."""
+Problem = tuple[int | None, str]  # (1-based line or None, reason)
 
-    def __init__(self, path: Path, line: int | None, reason: str) -> None:
+
+class PolicyError(ConfigError):
+    """A policy file that cannot be used: where (file and, when known, 1-based line) and why.
+
+    `line` and `reason` are the file's earliest problem; `others` are the rest found in the same
+    pass. The message is one line: the earliest problem and a count of the others, for one-line
+    contexts (start-up, `scan`); `problems()` lists each on its own (`policy validate`).
+    """
+
+    def __init__(
+        self, path: Path, line: int | None, reason: str, others: tuple[Problem, ...] = ()
+    ) -> None:
         self.path = path
         self.line = line
         self.reason = reason
-        super().__init__(f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}")
+        self.others = others
+        super().__init__(_where(path, line, reason) + more_problems(len(others)))
+
+    def problems(self) -> list[str]:
+        """Every problem, one `path:line: reason` each, the earliest first."""
+        every = ((self.line, self.reason), *self.others)
+        return [_where(self.path, line, reason) for line, reason in every]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.line, self.reason))
+        return (type(self), (self.path, self.line, self.reason, self.others))
+
+
+def more_problems(count: int) -> str:
+    """The suffix that counts the problems a one-line message leaves out."""
+    if count <= 0:
+        return ""
+    return f" (and {count} more problem{'' if count == 1 else 's'})"
+
+
+def _where(path: Path, line: int | None, reason: str) -> str:
+    return f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}"
 
 
 class _Refused(Exception):
@@ -183,8 +210,8 @@ def load_text(text: str, path: Path) -> PolicyFile:
     try:
         return PolicyFile.model_validate(doc)
     except ValidationError as exc:
-        line, reason = _first_error(exc.errors(), lines)
-        raise PolicyError(path, line, reason) from None
+        (line, reason), *others = _errors(exc.errors(), lines)
+        raise PolicyError(path, line, reason, tuple(others)) from None
 
 
 def _parse(text: str, lines: dict[Loc, int]) -> Any:
@@ -270,19 +297,19 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
     return None, "invalid YAML"
 
 
-def _first_error(errors: list[ErrorDetails], lines: dict[Loc, int]) -> tuple[int, str]:
-    """The error at the earliest line, as (line, 'field.path: message (+N more)')."""
+def _errors(errors: list[ErrorDetails], lines: dict[Loc, int]) -> list[tuple[int, str]]:
+    """Every problem as (line, 'field.path: message'), earliest line first, one per field."""
     located = []
     for order, error in enumerate(relevant(errors)):
         where = _locate(error["loc"], lines)
         where = _named_key(error, where, lines)
         located.append((lines[where], order, where, reason(error)))
     located.sort()
-    line, _, where, message = located[0]
-    field = ".".join(str(part) for part in where) or "(top level)"
-    others = len({entry[2] for entry in located}) - 1
-    more = f" (+{others} more)" if others else ""
-    return line, f"{field}: {message}{more}"
+    problems: dict[Loc, tuple[int, str]] = {}
+    for line, _, where, message in located:
+        field = ".".join(str(part) for part in where) or "(top level)"
+        problems.setdefault(where, (line, f"{field}: {message}"))
+    return list(problems.values())
 
 
 def _locate(loc: tuple[str | int, ...], lines: dict[Loc, int]) -> Loc:

@@ -25,6 +25,7 @@ import structlog
 
 from moderator.errors import ConfigError
 from moderator.obs.metrics import Metrics
+from moderator.policy.check import check, one_line
 from moderator.policy.compiled import TenantPolicy, compile_policy
 from moderator.policy.document import PolicyFile
 from moderator.policy.load import PolicyError, load_text, policy_paths, read_policy
@@ -149,7 +150,7 @@ class PolicyRegistry:
             old = self._snap
             new = self._build(old, initial=initial)
             if new.errors and initial:
-                raise ConfigError(new.errors[0])
+                raise ConfigError(self._startup_problem(new.errors))
             self._snap = new
             self._publish(old, new)
         changed = _changes(old, new)
@@ -162,6 +163,15 @@ class PolicyRegistry:
             if error not in old.errors:
                 log.error("policy_invalid", error=error)
         return bool(changed)
+
+    def _startup_problem(self, errors: tuple[str, ...]) -> str:
+        """One line for a directory the service cannot start with, counting every problem as
+        `policy validate` would list them (errors here hold one line per file)."""
+        try:
+            every = check(self._dir, self._tenancy).errors or errors
+        except ConfigError:
+            every = errors
+        return one_line(self._dir, every)
 
     def _publish(self, old: _Snapshot, new: _Snapshot) -> None:
         """The metrics of what is in force now (under the reload lock: in order)."""

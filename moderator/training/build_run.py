@@ -28,7 +28,7 @@ from moderator.training.augment import Variants
 from moderator.training.build import SPLITS, BuildOptions, Built, build_splits, summary
 from moderator.training.dataset import S3_PREFIX, Sample, write_dataset
 from moderator.training.images import CheckProgress, ImageChecker, ImageFacts, check_rows
-from moderator.training.manifest import BadRow, ManifestRow, read_manifest
+from moderator.training.manifest import BadRow, Manifest, ManifestRow, read_manifest
 
 BUILD_FILE = "build.json"
 BAD_ROWS_FILE = "bad_rows.jsonl"
@@ -85,7 +85,7 @@ def run_build(
         min_side=request.min_side,
         s3=s3 or (lambda: _s3_store(settings)),
     )
-    results = _checked(manifest.rows, checker, settings.fetch.concurrency, stderr)
+    results = _checked(manifest, checker, settings.fetch.concurrency, stderr)
     good = [(row, r) for row, r in zip(manifest.rows, results, strict=True) if _ok(r)]
     bad = sorted(
         [*manifest.bad, *(r for r in results if isinstance(r, BadRow))], key=lambda b: b.line
@@ -133,12 +133,13 @@ def summary_table(built: Built) -> list[str]:
 
 
 def _checked(
-    rows: Sequence[ManifestRow], checker: ImageChecker, workers: int, stderr: TextIO
+    manifest: Manifest, checker: ImageChecker, workers: int, stderr: TextIO
 ) -> list[ImageFacts | BadRow]:
-    progress = CheckProgress(stderr, "dataset build")
-    total = len(rows)
+    """Every row's image checked, under a status line that counts the manifest's bad rows too."""
+    progress = CheckProgress(stderr, "dataset build", found_bad=len(manifest.bad))
+    total = len(manifest.rows)
     results = check_rows(
-        rows,
+        manifest.rows,
         checker,
         workers=workers,
         progress=lambda done, bad: progress.tick(Counts(total, done, bad, 0), listing=False),

@@ -131,16 +131,22 @@ def _unique_content(
 
 
 class CheckProgress(Progress):
-    """The scan's status line (moderator/pipeline/progress.py) for the image checks:
-    `dataset build: checked 120/500 images, bad 2, 41.3 images/s`."""
+    """The scan's status line (moderator/pipeline/progress.py) for the image checks, in rows:
+    `dataset build: checked 120/500 rows, bad 2, 41.3 images/s`.
 
-    def __init__(self, stream: TextIO, label: str) -> None:
+    `Counts` counts the images checked; `found_bad` rows were already found bad while the
+    manifest was read (they have no image to check) and count as checked and bad from the
+    start, so that the final `bad` is the number of bad rows listed after it."""
+
+    def __init__(self, stream: TextIO, label: str, *, found_bad: int = 0) -> None:
         super().__init__(stream)
         self._label = label
+        self._found_bad = found_bad
 
     def _status(self, counts: Counts, now: float, *, listing: bool) -> str:
         rate = counts.done / max(now - self._started, 1e-9)
+        found = self._found_bad
         return (
-            f"{self._label}: checked {counts.done}/{counts.total} images, bad {counts.errors}, "
-            f"{rate:.1f} images/s"
+            f"{self._label}: checked {counts.done + found}/{counts.total + found} rows, "
+            f"bad {counts.errors + found}, {rate:.1f} images/s"
         )
