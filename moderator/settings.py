@@ -28,8 +28,9 @@ from pydantic_settings import (
 
 from moderator.errors import ConfigError
 from moderator.masking import has_userinfo, mask_passwords
+from moderator.settings_errors import ENV_PREFIX as ENV_PREFIX  # re-exported: callers read it here
+from moderator.settings_errors import Sources, env_problem, validation_line, yaml_problem
 
-ENV_PREFIX = "MODERATOR_"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MiB = 1 << 20
 
@@ -106,6 +107,22 @@ class KafkaSettings(_Section):
         default_factory=dict, description="extra librdkafka properties, passed through verbatim"
     )
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _broker_list(cls, servers: str) -> str:
+        problem = broker_list_problem(servers)
+        if problem is not None:
+            raise ValueError(problem)
+        return servers
+
+    @model_validator(mode="after")
+    def _broker_protocols(self) -> KafkaSettings:
+        protocol = self.client.get("security.protocol") or self.security_protocol or "PLAINTEXT"
+        problem = broker_list_problem(self.bootstrap_servers, str(protocol))
+        if problem is not None:
+            raise ValueError(f"bootstrap_servers: {problem}")
+        return self
+
     def client_config(self) -> dict[str, Any]:
         """The librdkafka properties shared by every client."""
         conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
@@ -124,6 +141,46 @@ class KafkaSettings(_Section):
         conf.update({k: v for k, v in pairs.items() if v is not None})
         conf.update(self.client)
         return conf
+
+
+# librdkafka's bootstrap.servers: a comma-separated list of `[PROTOCOL://]host[:port]`, the host
+# a name or an address (IPv6 in brackets), the port 9092 when left out. A protocol must be the
+# client's security.protocol, or librdkafka drops the entry.
+_BROKER_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+def broker_list_problem(servers: str, security_protocol: str | None = None) -> str | None:
+    """Why librdkafka would find no broker in `servers`, or one nobody meant; None when fine.
+
+    Refused: an empty list, an empty entry (`a:9092,`: often a variable that was not set), an
+    entry with a space in it, an unknown protocol or (given `security_protocol`) another one, a
+    port that is not 1..65535 (librdkafka would read it as 0).
+    """
+    if not servers.strip():
+        return "empty: name at least one broker, e.g. kafka:9092"
+    for entry in (part.strip() for part in servers.split(",")):
+        if not entry:
+            return f"an empty entry in {servers.strip()[:200]!r} (a stray comma?)"
+        shown = repr(entry[:100])
+        if any(c.isspace() for c in entry):
+            return f"{shown}: brokers are separated by commas, not spaces"
+        address = entry
+        if "://" in entry:
+            protocol, _, address = entry.partition("://")
+            address = address.split("/", 1)[0]  # librdkafka ignores a URL's path
+            if protocol.upper() not in _BROKER_PROTOCOLS:
+                return f"{shown}: the protocol must be one of {', '.join(_BROKER_PROTOCOLS)}"
+            if security_protocol is not None and protocol.upper() != security_protocol.upper():
+                return (
+                    f"{shown} names protocol {protocol.upper()} but security_protocol is "
+                    f"{security_protocol.upper()} (librdkafka would skip the broker)"
+                )
+        host, colon, port = address.rpartition(":")
+        if not colon or "]" in port or host.endswith(":"):  # no port (an IPv6 address alone)
+            continue
+        if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            return f"{shown}: the port must be a number 1..65535 (host:port)"
+    return None
 
 
 class S3Settings(_Section):
@@ -564,12 +621,14 @@ def load_settings(
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (init_settings, env_settings, _Layer(settings_cls, file_values))
 
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
     try:
-        return _Loaded(**_nest(overrides or {}))
+        return _Loaded(**_nest(given))
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, config_file)) from exc
+        sources = Sources(config_file, file_values, dict(os.environ), given)
+        raise ConfigError(validation_line(exc, Settings, sources)) from exc
     except SettingsError as exc:  # an environment value that should be JSON and is not
-        raise ConfigError(_env_problem(exc)) from exc
+        raise ConfigError(env_problem(exc, os.environ)) from exc
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -584,9 +643,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path}{where}: invalid YAML") from exc
+        line, problem = yaml_problem(exc, text)
+        where = f" line {line}" if line is not None else ""
+        raise ConfigError(f"config file {path}{where}: {problem}") from exc
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -606,37 +665,3 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return nested
-
-
-def _env_problem(exc: SettingsError) -> str:
-    """One line for a MODERATOR_* value pydantic-settings could not even parse: a map or a
-    list (it reads those as JSON) that is not JSON."""
-    match = re.search(r'field "([^"]+)"', str(exc))
-    field = match.group(1) if match else "settings"
-    prefix = ENV_PREFIX + field.upper()
-    names = sorted(
-        name
-        for name in os.environ
-        if name.upper() == prefix or name.upper().startswith(prefix + "__")
-    )
-    where = f" (from environment {', '.join(names)})" if names else ""
-    return (
-        f"configuration error: {field}: a value is not valid JSON{where}; maps and lists are "
-        'written as JSON in the environment, e.g. {"key": "value"} or ["a", "b"]'
-    )
-
-
-def _one_line(exc: ValidationError, config_file: Path | None) -> str:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc) or "settings"
-    env_name = ENV_PREFIX + "__".join(p.upper() for p in loc)
-    if env_name in os.environ:
-        where = f" (from environment {env_name})"
-    elif config_file is not None:
-        where = f" (in {config_file} or {env_name})"
-    else:
-        where = ""
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    message = mask_passwords(" ".join(err["msg"].removeprefix("Value error, ").split()))
-    return f"configuration error: {key}: {message}{where}{more}"

@@ -162,6 +162,18 @@ def test_bad_flag_values_exit_2_naming_the_flag(
     assert err.startswith(f"moderator: {flag}: ")
 
 
+def test_a_bad_cursor_points_at_what_the_previous_page_printed(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI prints `next: --cursor C`; `next_cursor` is the HTTP API's word for it."""
+    code, out, err = run(capsys, "query", "--cursor", "garbage")
+    assert (code, out) == (2, "")
+    assert err == (
+        "moderator: --cursor: invalid cursor (pass the value the previous page printed after "
+        "`next: --cursor`)\n"
+    )
+
+
 def test_a_missing_database_file_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

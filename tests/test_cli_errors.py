@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -269,6 +270,7 @@ def test_audit_url_errors_mask_the_password(url: str, needle: str) -> None:
         ["audit", "sink"],
         ["audit", "export-dsa"],
         ["explain", "e-1"],
+        ["audit", "serve"],
     ],
 )
 def test_a_postgresql_store_without_its_driver_names_the_extra(
@@ -279,6 +281,7 @@ def test_a_postgresql_store_without_its_driver_names_the_extra(
         "MODERATOR_AUDIT__URL": "postgresql://u:secret@127.0.0.1:1/db",
         "MODERATOR_AUDIT__RETENTION_DAYS": '{"default": 30}',
         "MODERATOR_DSA_PUID_SALT": "a-salt-of-twenty-chars",
+        "MODERATOR_AUDIT__API_TOKENS": json.dumps({"a" * 64: ["*"]}),
     }
     with environment(env):
         code, out, err = run_main(argv)

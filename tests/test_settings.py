@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -105,3 +108,185 @@ def test_a_binary_or_nul_config_path_is_a_config_error(tmp_path: Path) -> None:
         load_settings(binary)
     with pytest.raises(ConfigError, match="invalid path"):
         load_settings(Path("bad\x00name.yaml"))
+
+
+# -- error lines: the parser's reason, a suggestion, where the value came from -----------------
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No MODERATOR_* variable, so an error line names only what the test sets."""
+    for name in list(os.environ):
+        if name.upper().startswith("MODERATOR_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def _error(config: Path | None = None, overrides: dict[str, Any] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kafka:\n  x: 1: 2\n", "line 2: invalid YAML: mapping values are not allowed here"),
+        (
+            "engine: [\n",
+            "line 2: invalid YAML: while parsing a flow node, expected the node content, but "
+            "found '<stream end>'",
+        ),
+        ("a: \x01\n", "line 1: invalid YAML: unacceptable character #x0001: special characters"),
+    ],
+)
+def test_invalid_yaml_gives_the_parsers_reason(tmp_path: Path, text: str, expected: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    assert _error(cfg).startswith(f"config file {cfg} {expected}")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kafak:\n  group_id: g\n", "kafak: unknown key; did you mean 'kafka'?"),
+        ("kafka:\n  bootstrap_server: h:1\n", "did you mean 'bootstrap_servers'?"),
+        ("kafka:\n  topics:\n    Uploads: u\n", "kafka.topics.Uploads: unknown key; did you "),
+        (
+            "kafka:\n  topics:\n    images: u\n",
+            "kafka.topics.images: unknown key; the keys here are audit, dlq, replay, uploads, "
+            "verdicts",
+        ),
+    ],
+)
+def test_an_unknown_key_gets_the_closest_valid_one(
+    no_env: pytest.MonkeyPatch, tmp_path: Path, text: str, expected: str
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    message = _error(cfg)
+    assert expected in message
+    assert message.endswith(f"(in {cfg})")  # no MODERATOR_... variable that is not set
+
+
+def test_an_error_names_only_the_source_that_holds_the_value(
+    no_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("kafka:\n  delivery: maybe\nflow:\n  low_in_flight: 5000\n")
+    assert _error(cfg).startswith("configuration error: kafka.delivery: Input should be ")
+    assert f"(in {cfg}) (+1 more)" in _error(cfg)
+    assert "MODERATOR_" not in _error(cfg)
+
+    no_env.setenv("MODERATOR_KAFKA__DELIVERY", "sometimes")  # the environment wins over the file
+    assert _error(cfg).endswith("(from environment MODERATOR_KAFKA__DELIVERY) (+1 more)")
+    no_env.delenv("MODERATOR_KAFKA__DELIVERY")
+    no_env.setenv("MODERATOR_kafka__deliverx", "1")  # pydantic-settings reads any case
+    assert _error().endswith(
+        "kafka.deliverx: unknown key; did you mean 'delivery'? (from environment "
+        "MODERATOR_kafka__deliverx)"
+    )
+    no_env.delenv("MODERATOR_kafka__deliverx")
+
+    no_env.setenv("MODERATOR_KAFKA__TOPICS", '{"uploadz": "u"}')  # inside a JSON value
+    assert _error().endswith(
+        "kafka.topics.uploadz: unknown key; did you mean 'uploads'? (from environment "
+        "MODERATOR_KAFKA__TOPICS)"
+    )
+    no_env.delenv("MODERATOR_KAFKA__TOPICS")
+
+    # A section's rule about two values names every source of the section's values.
+    cfg.write_text("flow:\n  low_in_flight: 5000\n")
+    assert _error(cfg).endswith(f"flow: low_in_flight must be below high_in_flight (in {cfg})")
+    no_env.setenv("MODERATOR_FLOW__HIGH_IN_FLIGHT", "10")
+    assert _error(cfg).endswith(f"(from environment MODERATOR_FLOW__HIGH_IN_FLIGHT; in {cfg})")
+    no_env.delenv("MODERATOR_FLOW__HIGH_IN_FLIGHT")
+    no_env.setenv("MODERATOR_HTTP__PORT", "9401")  # a flag wins over the environment
+    assert _error(None, {"http.port": 70000}).endswith(
+        "http.port: Input should be less than or equal to 65535 (from the command line)"
+    )
+
+
+# -- kafka.bootstrap_servers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("servers", "problem"),
+    [
+        ("", "empty: name at least one broker"),
+        ("  ", "empty: name at least one broker"),
+        ("kafka:9092,", "an empty entry in 'kafka:9092,' (a stray comma?)"),
+        ("a:9092,,b:9092", "an empty entry in 'a:9092,,b:9092'"),
+        ("a:9092 b:9092", "'a:9092 b:9092': brokers are separated by commas, not spaces"),
+        ("kafka:http", "'kafka:http': the port must be a number 1..65535"),
+        ("kafka:", "'kafka:': the port must be a number"),
+        ("kafka:0", "'kafka:0': the port must be a number"),
+        ("kafka:70000", "'kafka:70000': the port must be"),
+        ("[::1]:x", "'[::1]:x': the port must be a number"),
+        ("http://kafka:9092", "'http://kafka:9092': the protocol must be one of PLAINTEXT, SSL"),
+        ("://kafka:9092", "'://kafka:9092': the protocol must be one of"),
+    ],
+)
+def test_a_broker_list_librdkafka_cannot_use_is_a_config_error(
+    no_env: pytest.MonkeyPatch, servers: str, problem: str
+) -> None:
+    no_env.setenv("MODERATOR_KAFKA__BOOTSTRAP_SERVERS", servers)
+    message = _error()
+    assert message.startswith(f"configuration error: kafka.bootstrap_servers: {problem}")
+    assert message.endswith("(from environment MODERATOR_KAFKA__BOOTSTRAP_SERVERS)")
+
+
+def test_an_empty_broker_list_in_the_file_is_named(
+    no_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('kafka:\n  bootstrap_servers: " "\n')
+    assert _error(cfg) == (
+        "configuration error: kafka.bootstrap_servers: empty: name at least one broker, e.g. "
+        f"kafka:9092 (in {cfg})"
+    )
+
+
+@pytest.mark.parametrize(
+    "servers",
+    [
+        "kafka:9092",
+        "kafka",
+        "a:9092, b:9093,c",
+        "10.0.0.1:9092",
+        "[::1]:9092",
+        "[::1]",
+        "fe80::1:9092",
+        "PLAINTEXT://kafka:9092",
+        "plaintext://kafka",
+    ],
+)
+def test_broker_lists_librdkafka_accepts_still_load(
+    no_env: pytest.MonkeyPatch, servers: str
+) -> None:
+    no_env.setenv("MODERATOR_KAFKA__BOOTSTRAP_SERVERS", servers)
+    assert load_settings().kafka.bootstrap_servers == servers
+
+
+def test_a_broker_protocol_must_be_the_security_protocol(no_env: pytest.MonkeyPatch) -> None:
+    """librdkafka skips a `PROTOCOL://` entry that is not its security.protocol."""
+    no_env.setenv("MODERATOR_KAFKA__BOOTSTRAP_SERVERS", "SSL://kafka:9093")
+    assert "'SSL://kafka:9093' names protocol SSL but security_protocol is PLAINTEXT" in _error()
+    no_env.setenv("MODERATOR_KAFKA__SECURITY_PROTOCOL", "SSL")
+    assert load_settings().kafka.security_protocol == "SSL"
+    no_env.delenv("MODERATOR_KAFKA__SECURITY_PROTOCOL")
+    assert load_settings(overrides={"kafka.client": {"security.protocol": "ssl"}})
+
+
+def test_run_check_stops_at_an_empty_broker_list(no_env: pytest.MonkeyPatch) -> None:
+    from moderator.cli.check import run_checks
+
+    no_env.setenv("MODERATOR_KAFKA__BOOTSTRAP_SERVERS", "")
+    with mock.patch("moderator.ingest.startup.probe_cluster") as probe:
+        results = run_checks(None, {})
+    probe.assert_not_called()
+    assert results[0].status == "FAIL"
+    assert "kafka.bootstrap_servers: empty" in results[0].detail
+    assert {r.status for r in results[1:]} == {"skipped"}

@@ -50,6 +50,7 @@ EXTRA_TABLE_COLUMNS = (
 """Table columns shown only when `--columns` names them."""
 EXTRA_CSV_COLUMNS = ("rationale", "because")
 """CSV columns beyond the row's scalar columns, shown only when `--columns` names them."""
+INVALID_CURSOR = "invalid cursor (pass the value the previous page printed after `next: --cursor`)"
 KEY_WIDTH = 40
 RATIONALE_WIDTH = 60
 
@@ -103,6 +104,7 @@ def add_query_parser(audit_sub: Any) -> None:
 
 def cmd_query(args: argparse.Namespace) -> int:
     """Run `audit query` with parsed arguments."""
+    from moderator.audit.read.cursor import InvalidCursor
     from moderator.audit.read.filters import BadFilter, build_query, parse_limit, shown
     from moderator.logs import configure_cli_logging
     from moderator.settings import load_settings
@@ -116,7 +118,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         limit = parse_limit(str(args.limit))
         query = build_query(filter_values(args), sort=args.sort, limit=limit, cursor=args.cursor)
     except BadFilter as exc:
-        raise ConfigError(f"{flag_name(exc.field)}: {exc.reason}") from exc
+        reason = INVALID_CURSOR if isinstance(exc.__cause__, InvalidCursor) else exc.reason
+        raise ConfigError(f"{flag_name(exc.field)}: {reason}") from exc
     settings = load_settings(args.config)
     configure_cli_logging(settings.log)
     with open_existing_store(settings.audit.url) as store:

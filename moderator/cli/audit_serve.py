@@ -91,6 +91,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: must be 1..65535, got {args.port}")
     url = settings.audit.url
+    from moderator.audit.db.connect import create_audit_engine, normalize_url
+
+    # The store opens on the first request: a URL whose driver is missing fails here instead.
+    create_audit_engine(normalize_url(url)).dispose()
     app = create_app(lambda: open_existing_store(url), tokens)
     uvicorn.run(
         app,

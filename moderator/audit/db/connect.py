@@ -19,6 +19,10 @@ BEGIN IMMEDIATE, so two writers serialise up front instead of failing at their f
 
 BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
+POSTGRES_MISSING = (
+    "audit.url: a PostgreSQL store needs the postgres extra ({module} is missing): "
+    "pip install 'moderator[postgres]'"
+)
 
 
 def normalize_url(url: str) -> URL:
@@ -53,13 +57,19 @@ def is_memory(url: URL) -> bool:
 
 
 def create_audit_engine(url: URL) -> Engine:
-    """An engine for the audit store; creates a SQLite file's parent directory."""
+    """An engine for the audit store; creates a SQLite file's parent directory. ConfigError
+    when the PostgreSQL driver (the postgres extra) is not installed: every command that opens
+    the store comes through here."""
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     connect_args = (
         {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
     )
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except ImportError as exc:  # SQLAlchemy imports the driver here, before any connection
+        module = (exc.name or "psycopg").split(".")[0]
+        raise ConfigError(POSTGRES_MISSING.format(module=module)) from exc
 
 
 def _sqlite_engine(url: URL) -> Engine:

@@ -15,6 +15,11 @@ MAX_CURSOR = 8192
 """Characters of a cursor: about 100 plus the JSON of one event id."""
 
 
+class InvalidCursor(InvalidQuery):
+    """A cursor `encode_cursor` did not make. The message speaks to an HTTP API caller
+    (`next_cursor`); the CLI, which prints `next: --cursor C`, words its own."""
+
+
 def encode_cursor(row: AuditRow, sort: str) -> str:
     """Opaque: base64url of the last row's (decided_at, event_id) and the sort it belongs to."""
     doc = {"s": sort, "t": row.decided_at.isoformat(), "e": row.event_id}
@@ -25,7 +30,7 @@ def decode_cursor(cursor: str, sort: str) -> tuple[datetime, str]:
     """The position a cursor names; InvalidQuery for anything `encode_cursor` did not make (a
     forged cursor may hold any JSON: numbers too large for the database, deep nesting, times
     that overflow in UTC, text the database cannot compare)."""
-    invalid = InvalidQuery("invalid cursor (pass next_cursor from the previous page)")
+    invalid = InvalidCursor("invalid cursor (pass next_cursor from the previous page)")
     if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR:
         raise invalid
     try:

@@ -1,0 +1,178 @@
+"""Settings errors as one line: the key, the problem in plain words, and where the value came from.
+
+`moderator.settings.load_settings` reads the YAML file, the MODERATOR_* environment and the CLI
+overrides, and hands pydantic's errors here. A line names only a source that actually holds the
+key: the file (`in FILE`), the environment variable that is set (`from environment NAME`, a JSON
+map or list in a parent variable included) or the command line. An unknown key gets the closest
+valid key of its section (`did you mean 'kafka'?`), else the list of valid keys there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import SettingsError
+
+from moderator.masking import mask_passwords
+from moderator.policy.messages import suggestion
+
+ENV_PREFIX = "MODERATOR_"
+_NESTED = "__"
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What each settings source holds, highest precedence last: the YAML file's contents, the
+    environment, the CLI overrides (dotted keys, None values dropped)."""
+
+    config_file: Path | None
+    file_values: Mapping[str, Any]
+    environ: Mapping[str, str]
+    overrides: Mapping[str, Any]
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
+    """(line, "invalid YAML: <the parser's reason>") for a file PyYAML refused."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        words = [" ".join(w.split()) for w in (exc.context, exc.problem) if w]
+        return (None if mark is None else mark.line + 1), _invalid(", ".join(words))
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, max(int(exc.position), 0)) + 1
+        return line, _invalid(str(exc).split("\n", 1)[0])
+    return None, "invalid YAML"
+
+
+def _invalid(reason: str) -> str:
+    return f"invalid YAML: {reason}" if reason else "invalid YAML"
+
+
+def validation_line(exc: ValidationError, model: type[BaseModel], sources: Sources) -> str:
+    """The first error of `exc` as `configuration error: key: problem (where) (+N more)`."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "settings"
+    found = _where(loc, sources)
+    where = f" ({'; '.join(found)})" if found else ""
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"configuration error: {key}: {_problem(err, model)}{where}{more}"
+
+
+def env_problem(exc: SettingsError, environ: Mapping[str, str]) -> str:
+    """One line for a MODERATOR_* value pydantic-settings could not even parse: a map or a
+    list (it reads those as JSON) that is not JSON."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else "settings"
+    prefix = ENV_PREFIX + field.upper()
+    names = sorted(
+        name
+        for name in environ
+        if name.upper() == prefix or name.upper().startswith(prefix + _NESTED)
+    )
+    where = f" (from environment {', '.join(names)})" if names else ""
+    return (
+        f"configuration error: {field}: a value is not valid JSON{where}; maps and lists are "
+        'written as JSON in the environment, e.g. {"key": "value"} or ["a", "b"]'
+    )
+
+
+def _problem(err: ErrorDetails, model: type[BaseModel]) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden" and loc:
+        section = _section(model, loc[:-1])
+        if section is not None:
+            keys = sorted(section.model_fields)
+            near = suggestion(str(loc[-1]), keys)
+            if near is not None:
+                return f"unknown key; did you mean {near!r}?"
+            return f"unknown key; the keys here are {', '.join(keys)}"
+    return mask_passwords(" ".join(err["msg"].removeprefix("Value error, ").split()))
+
+
+def _section(model: type[BaseModel], path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The settings model at `path` (a section such as `kafka.topics`); None for anything else."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+# -- where a value came from -------------------------------------------------------------------
+
+
+def _where(loc: tuple[str | int, ...], sources: Sources) -> list[str]:
+    """The sources holding the value at `loc`, in words. The one that wins (CLI over environment
+    over file) for a single value; each of them for a section, whose values they merge."""
+    if not loc:
+        return []
+    held: list[tuple[str, Any]] = []  # (words, the value there), lowest precedence first
+    if sources.config_file is not None:
+        value = _lookup(sources.file_values, loc)
+        if value is not _MISSING:
+            held.append((f"in {sources.config_file}", value))
+    held += _env_holding(loc, sources.environ)
+    for dotted, value in sources.overrides.items():
+        found = _lookup(_nest_one(dotted, value), loc)
+        if found is not _MISSING:
+            held.append(("from the command line", found))
+            break
+    if held and isinstance(held[-1][1], Mapping):
+        return [words for words, _ in reversed(held)]
+    return [words for words, _ in held[-1:]]
+
+
+def _env_holding(loc: tuple[str | int, ...], environ: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """The MODERATOR_* variables that set `loc`: the most specific one setting it or a parent
+    (a JSON map or list), and, for a section, those setting something inside it. pydantic-settings
+    matches names in any case."""
+    wanted = [str(p).lower() for p in loc]
+    best: tuple[int, str, Any] | None = None
+    inside: list[tuple[str, Any]] = []
+    for name, raw in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split(_NESTED)
+        if len(path) > len(loc):
+            if path[: len(loc)] == wanted:
+                inside.append((f"from environment {name}", {}))
+            continue
+        if path != wanted[: len(path)]:
+            continue
+        try:
+            value = _lookup(json.loads(raw), loc[len(path) :])
+        except ValueError:  # plain text: the value itself, nothing inside it
+            value = raw if len(path) == len(loc) else _MISSING
+        if value is not _MISSING and (best is None or len(path) > best[0]):
+            best = (len(path), f"from environment {name}", value)
+    return ([] if best is None else [(best[1], best[2])]) + inside
+
+
+def _nest_one(dotted: str, value: Any) -> Any:
+    """`("engine.kind", "fake")` → `{"engine": {"kind": "fake"}}`."""
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def _lookup(tree: Any, loc: tuple[str | int, ...]) -> Any:
+    """The value at `loc` in nested mappings and lists; _MISSING when it is not there."""
+    node = tree
+    for part in loc:
+        inside = isinstance(node, Mapping) and part in node
+        if inside or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            node = node[part]
+        else:
+            return _MISSING
+    return node
