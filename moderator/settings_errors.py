@@ -176,3 +176,37 @@ def _lookup(tree: Any, loc: tuple[str | int, ...]) -> Any:
         else:
             return _MISSING
     return node
+
+
+OTHER_VARIABLES = frozenset({"DSA_PUID_SALT", "KAFKA_JARS", "FUZZ_EXAMPLES", "PODMAN_ROOT"})
+"""MODERATOR_* variables that are not settings: the DSA PUID salt (`audit export-dsa`), the
+Kafka jars folder of the development broker, and two knobs of the test suite."""
+
+
+def unknown_environment(model: type[BaseModel], environ: Mapping[str, str]) -> list[str]:
+    """One line per MODERATOR_* variable whose first part names no section or key of `model`:
+    the settings loader ignores those (an unknown key below a section is an error there), so a
+    typo would go unnoticed. The line says which setting it probably meant."""
+    fields = list(model.model_fields)
+    lines = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        first = rest.lower().split(_NESTED)[0]
+        if first in fields or rest.upper() in OTHER_VARIABLES:
+            continue
+        lines.append(f"{name} is not a setting and is ignored: {_meant(first, rest, fields)}")
+    return lines
+
+
+def _meant(first: str, rest: str, fields: list[str]) -> str:
+    section = next((f for f in fields if first.startswith(f + "_")), None)
+    if section is not None:  # MODERATOR_KAFKA_BOOTSTRAP_SERVERS: one underscore for two
+        below = rest[len(section) + 1 :].upper()
+        return f"nested keys take '__': did you mean {ENV_PREFIX}{section.upper()}__{below}?"
+    near = suggestion(first, fields)
+    if near is not None:
+        below = rest[len(first) :].upper()
+        return f"did you mean {ENV_PREFIX}{near.upper()}{below}?"
+    return f"the settings have no section or key {first!r}"

@@ -277,14 +277,18 @@ def test_skipped_rows_are_counted_by_kind() -> None:
         Skip("a", "image: fetch_failed: s3://b/a.png: Unable to locate credentials"),
         Skip("b", "image: fetch_failed: s3://b/b.png: Unable to locate credentials"),
         Skip("c", "image: the object's bytes differ from the ones judged"),
-        Skip("d", "a smoke-test model's answer (meaningless) and no label"),
+        Skip("d", "a smoke-test model's answer and no reviewer label"),
+        Skip("e", "no assessment (error corrupt_image) and no reviewer label"),
+        Skip("f", "no assessment (error fetch_failed) and no reviewer label"),
     ]
     assert skip_kinds(skipped) == {
         "image: fetch_failed": 2,
-        "image": 1,
-        "a smoke-test model's answer (meaningless) and no label": 1,
+        "image: the object's bytes differ from the ones judged": 1,
+        "a smoke-test model's answer and no reviewer label": 1,
+        "no assessment and no reviewer label": 2,
     }
     assert skipped_line(skipped, Path("out/skipped.jsonl")) == (
-        "4 row(s) skipped (image: fetch_failed 2, image 1, a smoke-test model's answer "
-        "(meaningless) and no label 1), listed in out/skipped.jsonl"
+        "6 row(s) skipped, listed in out/skipped.jsonl: 2 image: fetch_failed; 2 no assessment "
+        "and no reviewer label; 1 image: the object's bytes differ from the ones judged; 1 a "
+        "smoke-test model's answer and no reviewer label"
     )

@@ -107,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     route_logs_to_stderr()  # until a command configures logging: stdout is for its data
     args = _parser().parse_args(argv)
+    from moderator.settings import Settings
+    from moderator.settings_errors import unknown_environment
+
+    for line in unknown_environment(Settings, os.environ):
+        print(f"moderator: warning: {line}", file=sys.stderr)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

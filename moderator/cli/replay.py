@@ -112,7 +112,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "policies.dir": args.policies,
     }
     settings = load_settings(args.config, overrides)
-    check_model_flag(settings.engine.kind, args.model)
     live = load_settings(args.config, {})
     level = "debug" if args.debug else settings.log.level
     # `info` (the service default) becomes `warning`: the progress line owns stderr.
@@ -133,6 +132,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             check_settings(load_settings(args.config, _plan_overrides(plan)))
         _reach(settings)
     else:
+        check_model_flag(settings.engine.kind, args.model)  # a resume names its flags to drop
         if not args.dry_run:
             check_settings(settings)  # before any Kafka lookup or file is written
         plan, directory = _new_plan(args, settings)

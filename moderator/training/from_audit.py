@@ -151,7 +151,7 @@ class Exporter:
             error = (verdict.get("error") or {}).get("code") or "none"
             return Skip(row.event_id, f"no assessment (error {error}) and no reviewer label")
         if row.model_smoke_test:
-            return Skip(row.event_id, "a smoke-test model's answer (meaningless) and no label")
+            return Skip(row.event_id, "a smoke-test model's answer and no reviewer label")
         rating = assessment.get("rating")
         category = parse_category(str(assessment.get("category") or ""))
         if rating not in ("Safe", "Unsafe") or category is None:
@@ -225,12 +225,12 @@ def query_rows(store: AuditStore, query: AuditQuery) -> Iterator[AuditRow]:
 
 def skip_kind(reason: str) -> str:
     """A skip reason without its details: `image: fetch_failed` for an image that could not be
-    read, else the reason up to its first ':'."""
+    read, `no assessment and no reviewer label` whatever the error, else the reason itself."""
     head, _, rest = reason.partition(": ")
     code = rest.partition(": ")[0]
     if head == "image" and re.fullmatch(r"[a-z_]+", code):
         return f"image: {code}"
-    return head
+    return re.sub(r" \(error [^)]*\)", "", reason)
 
 
 def skip_kinds(skipped: Sequence[Skip]) -> Counter[str]:
@@ -239,9 +239,9 @@ def skip_kinds(skipped: Sequence[Skip]) -> Counter[str]:
 
 
 def skipped_line(skipped: Sequence[Skip], where: Path) -> str:
-    """`9 row(s) skipped (image: fetch_failed 7, ...), listed in DIR/skipped.jsonl`."""
-    kinds = ", ".join(f"{kind} {n}" for kind, n in skip_kinds(skipped).most_common())
-    return f"{len(skipped)} row(s) skipped ({kinds}), listed in {where}"
+    """`9 row(s) skipped, listed in DIR/skipped.jsonl: 7 image: fetch_failed; 2 ...`."""
+    kinds = "; ".join(f"{n} {kind}" for kind, n in skip_kinds(skipped).most_common())
+    return f"{len(skipped)} row(s) skipped, listed in {where}: {kinds}"
 
 
 def write_export(out: Path, result: Exported, query: AuditQuery, options: ExportOptions) -> None:
