@@ -533,6 +533,10 @@ def fenced_zombie(world: World, policies: Path, *, timeout: float = 60, **over: 
     return Run(outcome(world, names), ids | more, malformed, [zombie, successor])
 
 
+def _has_committed(instance: Instance) -> bool:
+    return instance.loop.stats.committed_messages > 0
+
+
 def _owns_partitions(instance: Instance) -> bool:
     return bool(instance.consumer.owned)
 
@@ -571,6 +575,9 @@ def rebalance(
         ).start()
         running.append(joining)
         wait_for(partial(_owns_partitions, joining), timeout, f"m{member}'s partitions")
+        # and has committed some of their work before the next change moves them again: on a
+        # loaded machine the next change could otherwise land before its first checkpoint
+        wait_for(partial(_has_committed, joining), timeout, f"m{member}'s first checkpoint")
     for leaving in running[:-1]:
         settle("before a member leaves")
         leaving.shutdown()  # revokes mid-stream: the rest take over from the committed offsets
