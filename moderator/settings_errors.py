@@ -57,13 +57,15 @@ def _invalid(reason: str) -> str:
 
 
 def validation_line(exc: ValidationError, model: type[BaseModel], sources: Sources) -> str:
-    """The first error of `exc` as `configuration error: key: problem (where) (+N more)`."""
+    """The first error of `exc` as `configuration error: key: problem (where)`, then how many
+    more problems there are, worded as the policy loader's one-line form words them."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "settings"
     found = _where(loc, sources)
     where = f" ({'; '.join(found)})" if found else ""
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    others = exc.error_count() - 1
+    more = f" (and {others} more problem{'' if others == 1 else 's'})" if others > 0 else ""
     return f"configuration error: {key}: {_problem(err, model)}{where}{more}"
 
 

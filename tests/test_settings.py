@@ -177,11 +177,11 @@ def test_an_error_names_only_the_source_that_holds_the_value(
     cfg = tmp_path / "c.yaml"
     cfg.write_text("kafka:\n  delivery: maybe\nflow:\n  low_in_flight: 5000\n")
     assert _error(cfg).startswith("configuration error: kafka.delivery: Input should be ")
-    assert f"(in {cfg}) (+1 more)" in _error(cfg)
+    assert f"(in {cfg}) (and 1 more problem)" in _error(cfg)
     assert "MODERATOR_" not in _error(cfg)
 
     no_env.setenv("MODERATOR_KAFKA__DELIVERY", "sometimes")  # the environment wins over the file
-    assert _error(cfg).endswith("(from environment MODERATOR_KAFKA__DELIVERY) (+1 more)")
+    assert _error(cfg).endswith("(from environment MODERATOR_KAFKA__DELIVERY) (and 1 more problem)")
     no_env.delenv("MODERATOR_KAFKA__DELIVERY")
     no_env.setenv("MODERATOR_kafka__deliverx", "1")  # pydantic-settings reads any case
     assert _error().endswith(
