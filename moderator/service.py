@@ -25,7 +25,7 @@ from moderator.obs.engine import EngineWatch
 from moderator.obs.health import Check, CheckFn, Contact
 from moderator.obs.http import serving
 from moderator.obs.metrics import Metrics
-from moderator.obs.probes import kafka_metadata
+from moderator.obs.probes import KafkaProbe
 from moderator.obs.telemetry import Telemetry
 from moderator.obs.tracing import TRACER_NAME, build_tracer_provider
 from moderator.pipeline.cache import VerdictCache
@@ -239,8 +239,12 @@ def _checks(
     which the loop tells of each answer and which asks for the uploads topic's metadata when
     the loop has heard nothing lately."""
     probe = (
-        kafka_metadata(consumer, settings.kafka.topics.uploads)
-        if hasattr(consumer, "list_topics")
+        KafkaProbe(
+            settings.kafka,
+            settings.kafka.topics.uploads,
+            client_id=f"moderator-probe-{settings.instance_id}",
+        )
+        if hasattr(consumer, "list_topics")  # a real client, not the in-memory broker's
         else None
     )
     broker = Contact(probe)

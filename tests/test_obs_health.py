@@ -108,6 +108,43 @@ def test_contact_reported_failure_beats_an_older_answer() -> None:
     assert contact().ok
 
 
+def test_an_old_answer_is_no_answer_while_a_probe_cannot_ask() -> None:
+    """A probe that hangs in another request keeps the lock: the requests meanwhile must not
+    report the last answer, however old, as the cluster answering."""
+    clock, entered, release = Clock(), threading.Event(), threading.Event()
+
+    def hanging() -> None:
+        entered.set()
+        release.wait(10)
+
+    contact = Contact(hanging, fresh_s=15, retry_s=5, clock=clock)
+    contact.answered()
+    clock.now += 16
+    asking = threading.Thread(target=contact)
+    asking.start()
+    assert entered.wait(5)
+    assert contact() == Check(True, "answered 16.0 s ago")  # within fresh_s + retry_s
+    clock.now += 30
+    assert contact() == Check(False, "no answer for 46.0 s")
+    release.set()
+    asking.join(5)
+
+
+def test_a_closed_contact_closes_its_probe() -> None:
+    closed: list[bool] = []
+
+    class Probe:
+        def __call__(self) -> None:
+            pass
+
+        def close(self) -> None:
+            closed.append(True)
+
+    contact = Contact(Probe())
+    contact.close()
+    assert closed == [True] and contact() == Check(False, "stopping")
+
+
 def test_a_closed_contact_never_probes() -> None:
     asked: list[int] = []
     contact = Contact(lambda: asked.append(1))

@@ -113,6 +113,9 @@ class Contact:
     def close(self) -> None:
         with self._probe_lock:
             self._closed = True
+        close = getattr(self._probe, "close", None)
+        if callable(close):
+            close()
 
     def __call__(self) -> Check:
         if self._closed:
@@ -136,9 +139,14 @@ class Contact:
 
     def _state(self, now: float) -> Check:
         ok_at, failed_at = self._ok_at, self._failed_at
-        if ok_at is not None and (failed_at is None or failed_at <= ok_at):
-            return Check(True, f"answered {max(0.0, now - ok_at):.1f} s ago")
-        return Check(False, self._reason)
+        if ok_at is None or (failed_at is not None and failed_at > ok_at):
+            return Check(False, self._reason)
+        age = max(0.0, now - ok_at)
+        # With a probe, an old answer is no answer: asking takes a few seconds at most, so
+        # past fresh_s + retry_s the probes themselves have not been answered.
+        if self._probe is not None and age > self._fresh_s + self._retry_s:
+            return Check(False, f"no answer for {age:.1f} s")
+        return Check(True, f"answered {age:.1f} s ago")
 
     def _ask(self) -> None:
         if not self._probe_lock.acquire(blocking=False):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,14 @@ REQUEST_TIMEOUT_S = 10.0  # a client that stops sending cannot hold a thread lon
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     telemetry: Telemetry
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that went away before its answer (a probe's timeout) is not an error
+        worth a traceback; anything else is logged as one line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            return
+        log.warning("http_request_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
 
 class _Server6(_Server):

@@ -23,7 +23,7 @@ from moderator.errors import ModeratorError
 from moderator.ingest.ports import Consumer
 from moderator.obs.health import Contact
 from moderator.obs.http import serving
-from moderator.obs.probes import kafka_metadata
+from moderator.obs.probes import KafkaProbe
 from moderator.obs.telemetry import Telemetry
 from moderator.settings import Settings
 
@@ -76,8 +76,12 @@ def _observer(
     request when the sink has not heard from it lately) and the database (the chain heads
     query, likewise)."""
     probe = (
-        kafka_metadata(consumer, settings.kafka.topics.audit)
-        if hasattr(consumer, "list_topics")
+        KafkaProbe(
+            settings.kafka,
+            settings.kafka.topics.audit,
+            client_id=f"moderator-audit-probe-{settings.instance_id}",
+        )
+        if hasattr(consumer, "list_topics")  # a real client, not the in-memory broker's
         else None
     )
     broker, database = Contact(probe), Contact(store.chain_heads)
