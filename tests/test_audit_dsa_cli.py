@@ -194,6 +194,19 @@ def test_unknown_tenant_fails_and_writes_nothing(
     assert list(env["tmp"].glob(".sor.jsonl*")) == []
 
 
+def test_an_unknown_tenant_error_verdict_is_skipped_not_fatal(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown_tenant error verdict always belongs to a tenant with no policy file: it yields
+    no statement whatever the mapping, so it must not stop a platform-wide export."""
+    gone = record(category=None, error=ErrorCode.UNKNOWN_TENANT, event_id="e-u", tenant="gone")
+    store_records(env["db"], [record(), gone])
+    code, lines, err = export(capsys)
+    assert code == 0, err
+    assert len(lines) == 1
+    assert "1 error decisions about no content of the tenant" in err
+
+
 def test_invalid_mapping_is_an_error(
     env: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -205,6 +205,7 @@ class _Exporter:
             DsaExportError,
             content_date_for,
             skip_reason,
+            skip_without_mapping,
             statement_for,
         )
         from moderator.audit.dsa.spec import validate_statement
@@ -215,6 +216,13 @@ class _Exporter:
         where = f"event {row.event_id} (tenant {row.tenant_id})"
         try:
             mapping = self._mapping(row.tenant_id)
+        except DsaExportError as exc:
+            unmapped = skip_without_mapping(row.record)  # e.g. an unknown_tenant error verdict
+            if unmapped is None:
+                raise DsaExportError(f"{where}: {exc}") from exc
+            self.counts[unmapped] += 1
+            return None
+        try:
             reason = skip_reason(row.record, mapping)
             statement = None if reason else statement_for(row.record, mapping, self._options)
         except DsaExportError as exc:

@@ -183,6 +183,19 @@ def skip_reason(record: Mapping[str, Any], mapping: TenantDsa) -> str | None:
     return None
 
 
+def skip_without_mapping(record: Mapping[str, Any]) -> str | None:
+    """Why a record yields no statement whatever its tenant's DSA mapping says (`allow`,
+    `no_content`), or None: for a record whose tenant has no policy to map from (an
+    `unknown_tenant` verdict always has none)."""
+    verdict = _verdict(record)
+    decision = verdict.get("decision")
+    if decision == "allow":
+        return "allow"
+    if decision in ("review", "block") and _error_code(verdict) in NO_CONTENT_ERRORS:
+        return "no_content"
+    return None
+
+
 def statement_for(
     record: Mapping[str, Any], mapping: TenantDsa, options: DsaOptions
 ) -> dict[str, Any] | None:
