@@ -490,18 +490,23 @@ class AuditSettings(_Section):
             out[key] = list(tenants)
         return out
 
-    @model_validator(mode="after")
-    def _checked(self) -> AuditSettings:
-        for tenant, days in self.retention_days.items():
+    @field_validator("retention_days")
+    @classmethod
+    def _retention(cls, days_by_tenant: dict[str, int]) -> dict[str, int]:
+        for tenant, days in days_by_tenant.items():
             if not 0 <= days <= MAX_RETENTION_DAYS:
                 raise ValueError(
-                    f"retention_days[{tenant!r}] must be 0..{MAX_RETENTION_DAYS} days, got "
+                    f"{tenant!r} must be 0..{MAX_RETENTION_DAYS} days, got "
                     f"{days} (leave the tenant out to keep its records forever)"
                 )
-        uri = self.anchor_s3_uri
+        return days_by_tenant
+
+    @field_validator("anchor_s3_uri")
+    @classmethod
+    def _anchor_uri(cls, uri: str | None) -> str | None:
         if uri is not None and (not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]):
-            raise ValueError(f"anchor_s3_uri must look like s3://bucket/prefix, got {uri!r}")
-        return self
+            raise ValueError(f"must look like s3://bucket/prefix, got {uri!r}")
+        return uri
 
 
 class HttpSettings(_Section):
