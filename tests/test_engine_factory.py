@@ -90,3 +90,11 @@ def test_every_command_with_the_flag_refuses_a_model_the_engine_ignores(
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and "--model x: engine.kind=" in err, err
+
+
+def test_run_check_describes_the_fake_engine_as_what_it_is() -> None:
+    from moderator.cli.check import check_engine
+    from moderator.settings import load_settings
+
+    line = check_engine(load_settings(None, {"engine.kind": "fake"}))
+    assert line == "fake (a stand-in for tests: its verdicts are drawn, not judged) loaded"

@@ -173,3 +173,23 @@ def test_many_telemetries_live_side_by_side() -> None:
     assert ("moderator_events_total", (("outcome", "dlq"),)) not in samples(second)
     for telemetry in (first, second):
         telemetry.shutdown()
+
+
+def test_the_server_header_is_the_name_alone(served: tuple[Telemetry, int]) -> None:
+    _, port = served
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+        assert answer.headers["Server"] == "moderator"
+
+
+def test_a_client_that_hung_up_is_no_error_worth_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from moderator.obs.http import _Server
+
+    server = _Server.__new__(_Server)  # handle_error reads nothing of the server's state
+    for exc in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset")):
+        try:
+            raise exc
+        except ConnectionError:
+            server.handle_error(None, ("127.0.0.1", 1))
+    assert capsys.readouterr().err == ""

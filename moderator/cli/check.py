@@ -181,7 +181,9 @@ def check_engine(settings: Settings) -> str:
         engine.close()
     name = info.engine if info.name == info.engine else f"{info.engine} {info.name}"
     detail = name + (f" {info.revision}" if info.revision else "")
-    if info.smoke_test:
+    if info.smoke_test and info.engine == "fake":
+        detail += " (a stand-in for tests: its verdicts are drawn, not judged)"
+    elif info.smoke_test:
         detail += " (smoke-test checkpoint with random weights)"
     return f"{detail} loaded"
 

@@ -50,7 +50,10 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_S
     server_version = "moderator"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        """The Server header: the name alone (the default appends the Python version)."""
+        return self.server_version
 
     def do_GET(self) -> None:
         telemetry = cast(_Server, self.server).telemetry
