@@ -171,7 +171,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _tenant_id(text: str) -> str:
     """`--tenant`: a value no event could carry is a usage error before anything is sent."""
-    from moderator.dev.uploads import tenant_id_problem
+    from moderator.events.upload import tenant_id_problem
 
     problem = tenant_id_problem(text)
     if problem is not None:

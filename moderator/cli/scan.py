@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from moderator.cli.preflight import check_engine_files
 from moderator.engine.factory import check_model_flag
 from moderator.errors import ConfigError, ModeratorError
-from moderator.events.upload import TENANT_ID_PATTERN
+from moderator.events.upload import TENANT_ID_PATTERN, TENANT_ID_RULE
 from moderator.logs import configure_logging
 from moderator.pipeline.progress import Progress
 from moderator.pipeline.scan import OperatorPolicies, Scan, engine_shortfall, max_in_flight
@@ -42,10 +42,7 @@ def cmd_scan(
     the settings, the engine's files, the policies and the output file's folder."""
     tenant_id = tenant if tenant is not None else "default"
     if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
-        raise ConfigError(
-            f"scan: invalid tenant id {tenant_id!r}: lowercase letters, digits, '_' and '-', "
-            "starting with a letter or digit, at most 63 characters"
-        )
+        raise ConfigError(f"scan: invalid tenant id {tenant_id!r}: {TENANT_ID_RULE}")
     settings = load_settings(config, {**overrides, "policies.default_for_unknown": True})
     check_model_flag(settings.engine.kind, overrides.get("engine.model"))
     level = "debug" if debug else settings.log.level

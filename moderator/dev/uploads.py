@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from confluent_kafka import (
 from pydantic import ValidationError
 
 from moderator.errors import ConfigError, ModeratorError
-from moderator.events.upload import TENANT_ID_PATTERN, UploadEvent
+from moderator.events.upload import UploadEvent, tenant_id_problem
 from moderator.fetch.s3 import build_s3_client
 from moderator.ingest.kafka import build_client
 from moderator.settings import Settings
@@ -41,9 +40,6 @@ _QUIET = logging.getLogger("moderator.dev.client")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 _POLL_S = 0.2
-TENANT_ID_RULE = (
-    "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters"
-)
 # The `dev-stack upload` flag behind each field of the event it builds.
 _FLAGS = {
     "tenant_id": "--tenant",
@@ -66,13 +62,6 @@ class Sent:
 def new_event_id() -> str:
     """A fresh event id: `dev-` and 32 hex digits."""
     return f"dev-{uuid.uuid4().hex}"
-
-
-def tenant_id_problem(tenant: str) -> str | None:
-    """Why `tenant` cannot be an event's tenant_id, for `--tenant`; None when it can."""
-    if re.fullmatch(TENANT_ID_PATTERN, tenant):
-        return None
-    return f"{tenant!r} is not a tenant id: {TENANT_ID_RULE}"
 
 
 def upload_event(

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+TENANT_ID_RULE = (
+    "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters"
+)
+
+
+def tenant_id_problem(tenant: str) -> str | None:
+    """Why `tenant` cannot be a tenant id (for a flag's message); None when it can."""
+    if re.fullmatch(TENANT_ID_PATTERN, tenant):
+        return None
+    return f"{tenant!r} is not a tenant id: {TENANT_ID_RULE}"
 
 
 class ObjectRef(BaseModel):

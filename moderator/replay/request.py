@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from moderator.errors import ConfigError
-from moderator.events.upload import TENANT_ID_PATTERN
+from moderator.events.upload import tenant_id_problem
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _OFFSET_ITEM = re.compile(r"(\d{1,6}):(\d{1,19})-(\d{1,19})")
@@ -109,11 +109,9 @@ def parse_tenants(values: list[str] | None) -> frozenset[str]:
     """The `--tenant` values (empty: every tenant); one that no event could carry is an error,
     not a filter that quietly keeps nothing."""
     for value in values or ():
-        if not re.fullmatch(TENANT_ID_PATTERN, value):
-            raise ConfigError(
-                f"--tenant: {value!r} is not a tenant id: lowercase letters, digits, '_' and "
-                "'-', starting with a letter or digit, at most 63 characters"
-            )
+        problem = tenant_id_problem(value)
+        if problem is not None:
+            raise ConfigError(f"--tenant: {problem}")
     return frozenset(values or ())
 
 
