@@ -182,10 +182,6 @@ def _check_flags(args: argparse.Namespace) -> None:
         )
     if args.predictions is not None and args.model is not None:
         raise ConfigError("eval: --model goes with --engine, not with --predictions")
-    if args.engine is not None:
-        from moderator.engine.factory import check_model_flag
-
-        check_model_flag(args.engine, args.model)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"eval: --limit must be at least 1, got {args.limit}")
     if args.report.exists() and not args.report.is_dir():

@@ -152,14 +152,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _reach(settings: Any) -> None:
     """One line naming the servers and the setting when no broker answers within
     kafka.startup_timeout_s; a runtime failure here (exit 1), as docs/replay.md has it."""
-    from moderator.errors import ConfigError
-    from moderator.ingest.offsets import OffsetLookupError
+    from moderator.errors import ConfigError, ModeratorError
     from moderator.ingest.startup import probe_cluster
 
     try:
         probe_cluster(settings.kafka, client_id=f"moderator-replay-{settings.instance_id}")
     except ConfigError as exc:
-        raise OffsetLookupError(str(exc)) from exc
+        raise ModeratorError(str(exc)) from exc
 
 
 def _plan_overrides(plan: Any) -> dict[str, Any]:

@@ -26,6 +26,12 @@ _ASIDE = re.compile(r"\s*\(after \d+ms in state [^)]*\)\s*$")
 _BROKER_PREFIX = re.compile(r"^(?:[a-z_]+://)?(?P<address>[^\s/]+:\d+)/\S+?:\s+")
 
 
+def probe_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """The configuration of a client that only asks for metadata: the service's connection
+    settings, its own `client.id`, and no log lines (the caller reports the outcome once)."""
+    return {**kafka.client_config(), "client.id": client_id, "logger": silent_logger()}
+
+
 def probe_cluster(
     kafka: KafkaSettings,
     *,
@@ -39,15 +45,7 @@ def probe_cluster(
     servers, why each broker failed (as the client reported it), and the setting to check.
     """
     errors: list[confluent_kafka.KafkaError] = []
-    conf = kafka.client_config()
-    conf.update(
-        {
-            "client.id": client_id,
-            # The outcome is reported once, below; the client's own lines would repeat it.
-            "logger": silent_logger(),
-            "error_cb": errors.append,
-        }
-    )
+    conf = {**probe_config(kafka, client_id), "error_cb": errors.append}
     admin = build_client(factory, conf, kafka)
     timeout_s = kafka.startup_timeout_s
     try:

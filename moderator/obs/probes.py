@@ -68,9 +68,8 @@ class KafkaProbe:
             self._client = None
 
     def _build(self) -> Any:
-        from moderator.ingest.client_log import silent_logger
         from moderator.ingest.kafka import build_client
+        from moderator.ingest.startup import probe_config
 
-        conf = self._kafka.client_config()
-        conf.update({"client.id": self._client_id, "logger": silent_logger()})
+        conf = probe_config(self._kafka, self._client_id)
         return build_client(self._factory, conf, self._kafka)
