@@ -7,10 +7,11 @@ Run from the project root:
 The steps are the ones the service runs for each event of bench/pipeline.py's in-memory run
 (64x64 JPEG and PNG images, all distinct, the `fake` engine at zero latency, a tenant policy
 whose surface has no overrides), called one after the other in this thread and timed with the
-thread's CPU clock: parse the message, build the job, start the event's telemetry, resolve the
-policy, fetch from memory, decode, classify, decide, assemble the verdict and audit record
-(with the policy's version, hash and document, as the processor reads them), serialise both
-records with their headers, end the telemetry. What this leaves out is what threads add: the
+thread's CPU clock: parse the message, build the job, start the event's telemetry, bind its
+log context (twice, as the fetch worker and the engine window's thread do), resolve the policy,
+fetch from memory, decode, classify, decide, assemble the verdict and audit record (with the
+policy's version, hash and document, as the processor reads them), serialise both records with
+their headers, end the telemetry. What this leaves out is what threads add: the
 fetch pool and engine window hand-offs, locks, futures, stage spans, the checkpoint's produce
 calls. The sum is therefore a floor for the pipeline's CPU per event, and 1 / sum a ceiling for
 one process's events/s (docs/performance.md, "CPU per event").
@@ -45,7 +46,7 @@ from moderator.obs.event import EventTelemetry
 from moderator.obs.telemetry import Telemetry
 from moderator.obs.tracing import TRACER_NAME, build_tracer_provider
 from moderator.pipeline.assemble import FrameOutcome, ObjectFacts, Provenance, assemble
-from moderator.pipeline.process import Job
+from moderator.pipeline.process import Job, event_log_context
 from moderator.policy.bundled import write_default_policy
 from moderator.service import build_pipeline
 from moderator.settings import load_settings
@@ -142,6 +143,10 @@ def measure(n: int, policies: Path) -> dict[str, float]:
             job = Job(event, coords, trace, time.monotonic())
         with step("start telemetry"):
             obs = EventTelemetry(tracer, metrics, trace, event, coords, job.received)
+        with step("log context (x2)"):  # the fetch worker's, then the engine window thread's
+            for _ in range(2):
+                with event_log_context(job):
+                    pass
         with step("resolve policy"):
             policy = pipeline.policies.resolve(event.tenant_id, event.surface)
         assert policy is not None

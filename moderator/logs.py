@@ -8,6 +8,7 @@ import sys
 
 import structlog
 
+from moderator.obs.log_context import merge_event_context
 from moderator.obs.log_sampling import HotPathSampler
 from moderator.settings import LogSettings
 
@@ -57,6 +58,7 @@ def configure_logging(settings: LogSettings) -> None:
         processors=[
             HotPathSampler(settings.hot_path_per_s),
             structlog.contextvars.merge_contextvars,
+            merge_event_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),

@@ -115,8 +115,12 @@ def test_abortable_error_rewinds_and_reprocesses(
     assert inst.error is None
     assert inst.loop.stats.aborted == 2
     _assert_exactly_once(broker, ids, malformed)
-    aborted_visible = broker.records("moderation.verdicts", read_committed=False)
-    assert len(aborted_visible) > len(ids)  # the aborted attempts exist but stay hidden
+    # The aborted attempts wrote records that stay hidden. Which topics they reached depends on
+    # what the first checkpoints held (on a busy machine, only the malformed events' DLQ records).
+    outputs = ("moderation.verdicts", "moderation.audit", "moderation.dlq")
+    written = sum(len(broker.records(t, read_committed=False)) for t in outputs)
+    committed = sum(len(broker.records(t, read_committed=True)) for t in outputs)
+    assert written > committed
 
 
 def test_retriable_commit_error_is_retried(

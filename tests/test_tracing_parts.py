@@ -25,6 +25,7 @@ from moderator.ingest.checkpoint import CheckpointAborted, commit_checkpoint
 from moderator.ingest.memory.broker import MemoryBroker
 from moderator.ingest.tracker import Ready
 from moderator.logs import configure_logging
+from moderator.obs.log_context import merge_event_context
 from moderator.obs.tracing import (
     BATCH_SPAN,
     PUBLISH_SPAN,
@@ -261,9 +262,7 @@ def test_every_log_line_of_an_event_carries_its_trace_id(tmp_path: Path) -> None
         for i, (tenant, key) in enumerate(objects)
     ]
     done: list[list[OutRecord]] = []
-    with structlog.testing.capture_logs(
-        processors=[structlog.contextvars.merge_contextvars]
-    ) as logs:
+    with structlog.testing.capture_logs(processors=[merge_event_context]) as logs:
         for job in jobs:
             pipeline.processor.submit(job, done.append)
         wait_for(lambda: len(done) == 3, what="verdicts")

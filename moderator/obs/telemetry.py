@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import structlog
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
 from moderator.obs.health import Readiness
@@ -36,7 +36,13 @@ class Telemetry:
         reader = PrometheusMetricReader(
             disable_target_info=True, scope_info_enabled=False, registry=self.registry
         )
-        self._provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+        # The text exposition carries no exemplars: sampling them would cost every observation
+        # a look at the current span for nothing.
+        self._provider = MeterProvider(
+            metric_readers=[reader],
+            shutdown_on_exit=False,
+            exemplar_filter=AlwaysOffExemplarFilter(),
+        )
         self.metrics = Metrics(self._provider.get_meter(METER))
         self.readiness = Readiness()
         self.liveness = Liveness()

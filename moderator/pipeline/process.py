@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,6 +31,7 @@ from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image, sha256_hex
 from moderator.fetch.store import ObjectStore
 from moderator.obs.event import EventTelemetry
+from moderator.obs.log_context import EventLogContext
 from moderator.obs.metrics import Metrics, no_metrics
 from moderator.pipeline.ahead import DecodeAhead
 from moderator.pipeline.assemble import (
@@ -177,7 +177,7 @@ class Processor:
         self._pool.close()
 
     def _start(self, job: Job, done: Done) -> None:
-        with _bound(job):
+        with event_log_context(job):
             run = self._run(job, done, ObjectFacts())
             if run is None:
                 return
@@ -192,7 +192,7 @@ class Processor:
 
     def _redecide(self, job: Job, assessment: Assessment, facts: ObjectFacts, done: Done) -> None:
         ev = job.event
-        with _bound(job):
+        with event_log_context(job):
             run = self._run(job, done, facts)
             if run is None:
                 return
@@ -292,7 +292,7 @@ class Processor:
         self._ahead.leave()
         waiters = self._coalescer.settle(key, results, run.facts)
         try:
-            with _bound(run.job):  # bind the event's context on this thread too
+            with event_log_context(run.job):  # bind the event's context on this thread too
                 try:
                     run.obs.engine_calls(results, submitted_ns)
                     run.obs.served(len(waiters))
@@ -309,7 +309,7 @@ class Processor:
     def _coalesced(self, run: _Run, joined_ns: int, answer: Answer) -> None:
         """A waiter's verdict from the leader's answer, under its own policy: source `model`,
         queue time its wait, infer time 0 (the engine time is the leader's)."""
-        with _bound(run.job):
+        with event_log_context(run.job):
             try:
                 run.obs.cache(hit=False)
                 run.obs.coalesced(joined_ns, answer.leader)
@@ -382,13 +382,15 @@ class Processor:
         run.done(records)
 
 
-def _bound(job: Job) -> AbstractContextManager[None]:
+def event_log_context(job: Job) -> EventLogContext:
     """The event's context on every log line while it is processed, its trace id included."""
-    return structlog.contextvars.bound_contextvars(
-        tenant=job.event.tenant_id,
-        event_id=job.event.event_id,
-        topic=job.coords.topic,
-        partition=job.coords.partition,
-        offset=job.coords.offset,
-        trace_id=job.trace.trace_id,
+    return EventLogContext(
+        {
+            "tenant": job.event.tenant_id,
+            "event_id": job.event.event_id,
+            "topic": job.coords.topic,
+            "partition": job.coords.partition,
+            "offset": job.coords.offset,
+            "trace_id": job.trace.trace_id,
+        }
     )
