@@ -15,7 +15,7 @@ from moderator.settings import LogSettings
 
 
 def _merged(**line: object) -> dict[str, object]:
-    return merge_event_context(None, "info", dict(line))
+    return dict(merge_event_context(None, "info", dict(line)))
 
 
 def test_fields_are_on_lines_inside_the_block_only() -> None:

@@ -9,7 +9,7 @@ processor that puts the fields on a line; a field the line sets itself wins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
@@ -42,8 +42,8 @@ class EventLogContext:
 
 
 def merge_event_context(
-    _logger: object, _method: str, event_dict: dict[str, Any]
-) -> dict[str, Any]:
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: the current event's fields, where the line has none of its own."""
     fields = _EVENT.get()
     if fields:
