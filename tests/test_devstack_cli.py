@@ -198,3 +198,29 @@ def test_upload_with_a_bad_tenant_is_a_usage_error_naming_the_flag(
         "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 "
         "characters (see moderator dev-stack upload --help)\n"
     )
+
+
+def test_upload_with_an_empty_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from moderator.cli.main import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["dev-stack", "upload", "--key", " "])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "moderator dev-stack upload: error: argument --key: an object key must not be empty "
+        "(see moderator dev-stack upload --help)\n"
+    )
+
+
+def test_module_entry_point_reports_usage_errors_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from moderator.cli.devstack import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--bogus"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "moderator dev-stack: error: unrecognized arguments: --bogus "
+        "(see moderator dev-stack --help)\n"
+    )

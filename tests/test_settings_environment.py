@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moderator.cli.main import main
+from moderator.cli.main import build_parser, environment_warnings, main
 from moderator.policy.bundled import write_default_policy
 from moderator.settings import Settings
 from moderator.settings_errors import unknown_environment
@@ -58,3 +58,11 @@ def test_every_command_warns_and_goes_on(
         "moderator: warning: MODERATOR_POLICIE__DIR is not a setting and is ignored: "
         "did you mean MODERATOR_POLICIES__DIR?"
     )
+
+
+def test_a_worker_leaves_the_warning_to_its_supervisor() -> None:
+    environ = {"MODERATOR_POLICIE__DIR": "/p"}
+    supervisor = build_parser().parse_args(["run", "--workers", "2"])
+    worker = build_parser().parse_args(["run", "--worker-index", "1"])
+    assert len(environment_warnings(supervisor, environ)) == 1
+    assert environment_warnings(worker, environ) == []

@@ -19,7 +19,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from moderator.cli.style import TENANT_METAVAR, HelpFormatter, add_command, add_config_flag
+from moderator.cli.style import (
+    TENANT_METAVAR,
+    HelpFormatter,
+    Parser,
+    add_command,
+    add_config_flag,
+)
 from moderator.dev.guide import EXAMPLE_TENANT  # cheap: stdlib only
 from moderator.dev.kafka.jars import JARS_ENV, KAFKA_VERSION  # cheap: stdlib only
 from moderator.errors import ConfigError, ModeratorError
@@ -146,7 +152,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=TENANT_METAVAR,
         help="the event's tenant_id",
     )
-    upload.add_argument("--key", metavar="KEY", help="object key (default: T/<file name>)")
+    upload.add_argument(
+        "--key", type=_object_key, metavar="KEY", help="object key (default: T/<file name>)"
+    )
     upload.add_argument("--bucket", default=BUCKET, metavar="B", help=f"bucket (default: {BUCKET})")
     upload.add_argument("--surface", metavar="S", help="context.surface: selects policy overrides")
     upload.add_argument(
@@ -167,6 +175,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"seconds to wait (default: {DEFAULT_TIMEOUT_S:g})",
     )
+
+
+def _object_key(text: str) -> str:
+    """`--key`: S3 has no object with an empty key."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an object key must not be empty")
+    return text
 
 
 def _tenant_id(text: str) -> str:
@@ -308,7 +323,7 @@ def cmd_upload(
         name, guessed = file.name, mimetypes.guess_type(file.name)[0]
     from moderator.dev.uploads import send_upload
 
-    object_key = key or f"{tenant}/{name}"
+    object_key = key if key is not None else f"{tenant}/{name}"
     try:
         sent = send_upload(
             settings,
@@ -372,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m moderator.cli.devstack [--kafka mock|apache] [--env-file FILE] [COMMAND]`."""
     from moderator.cli.lines import error_line
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="moderator dev-stack",
         description=_DESCRIPTION,
         epilog=_EPILOG,

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from moderator import __version__
 from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands import on use
@@ -28,7 +28,7 @@ from moderator.cli.parsers import (
 )
 from moderator.cli.replay import add_replay_parser
 from moderator.cli.signals import install_stop_handlers
-from moderator.cli.style import ENGINES, HelpFormatter, examples
+from moderator.cli.style import ENGINES, HelpFormatter, Parser, examples
 from moderator.cli.topics import add_topics_parser
 from moderator.cli.train import add_train_parser
 from moderator.dev.tiny.checkpoint import (
@@ -53,7 +53,7 @@ DESCRIPTION = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree (cheap: no command's own imports)."""
-    parser = _Parser(
+    parser = Parser(
         prog="moderator",
         description=DESCRIPTION,
         epilog=examples(
@@ -107,10 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     route_logs_to_stderr()  # until a command configures logging: stdout is for its data
     args = _parser().parse_args(argv)
-    from moderator.settings import Settings
-    from moderator.settings_errors import unknown_environment
-
-    for line in unknown_environment(Settings, os.environ):
+    for line in environment_warnings(args, os.environ):
         print(f"moderator: warning: {line}", file=sys.stderr)
     try:
         return _dispatch(args)
@@ -129,23 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr (exit 2), pointing at --help for the usage.
+def environment_warnings(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
+    """The `MODERATOR_*` variables no setting reads, one line each. None for a `run --workers`
+    worker: its supervisor, started with the same environment, has said it once."""
+    from moderator.settings import Settings
+    from moderator.settings_errors import unknown_environment
 
-    Each parser in the tree reports the arguments it was left with itself, so a mistyped flag
-    names the command it was given to (`moderator scan: error: unrecognized arguments: ...`),
-    not `moderator`: argparse would pass a sub-command's leftovers up to the top."""
-
-    def parse_known_args(  # type: ignore[override]  # same call; leftovers are an error
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, extras
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    if getattr(args, "worker_index", None) is not None:
+        return []
+    return unknown_environment(Settings, environ)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import argparse
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 ENGINES = ("nudenet", "transformers", "lmdeploy", "openai", "fake")
 """The `engine.kind` values (moderator/engine/factory.py builds them)."""
@@ -118,3 +118,22 @@ def add_format_flag(
         metavar="|".join(choices),
         help=f"{help} (default: {default})",
     )
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), pointing at --help for the usage.
+
+    Each parser in the tree reports the arguments it was left with itself, so a mistyped flag
+    names the command it was given to (`moderator scan: error: unrecognized arguments: ...`),
+    not `moderator`: argparse would pass a sub-command's leftovers up to the top."""
+
+    def parse_known_args(  # type: ignore[override]  # same call; leftovers are an error
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
