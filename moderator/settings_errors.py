@@ -66,7 +66,7 @@ def validation_line(exc: ValidationError, model: type[BaseModel], sources: Sourc
     where = f" ({'; '.join(found)})" if found else ""
     others = exc.error_count() - 1
     more = f" (and {others} more problem{'' if others == 1 else 's'})" if others > 0 else ""
-    return f"configuration error: {key}: {_problem(err, model)}{where}{more}"
+    return f"configuration error: {key}: {field_problem(err, model)}{where}{more}"
 
 
 def env_problem(exc: SettingsError, environ: Mapping[str, str]) -> str:
@@ -87,7 +87,9 @@ def env_problem(exc: SettingsError, environ: Mapping[str, str]) -> str:
     )
 
 
-def _problem(err: ErrorDetails, model: type[BaseModel]) -> str:
+def field_problem(err: ErrorDetails, model: type[BaseModel]) -> str:
+    """One validation error of `model` in words: an unknown key with the key it probably
+    meant (or the keys there), else pydantic's message without its prefix."""
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden" and loc:
         section = _section(model, loc[:-1])

@@ -68,8 +68,8 @@ def test_the_three_required_keys_and_defaults(tmp_path: Path, paths: dict[str, P
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"epoch": 3}, "train config F: epoch: unknown key"),
-        ({"lora": {"rank": 8}}, "train config F: lora.rank: unknown key"),
+        ({"epoch": 3}, "train config F: epoch: unknown key; did you mean 'epochs'?"),
+        ({"lora": {"rank": 8}}, "train config F: lora.rank: unknown key; the keys here are "),
         ({"eval": {"every": 5}}, "train config F: eval.every: unknown key"),
         ({"method": "qlora"}, "train config F: method: Input should be 'lora' or 'full'"),
         ({"lora": {"r": 0}}, "train config F: lora.r: Input should be greater than or equal to 1"),
@@ -90,12 +90,18 @@ def test_bad_keys_and_values_are_one_line_naming_the_key(
     assert "\n" not in text
 
 
+def test_every_problem_is_counted(paths: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(paths, epoch=3, epochz=4, max_steps=0), "F")
+    assert str(caught.value).endswith(" (and 2 more problems)")
+
+
 def test_a_missing_required_key_and_a_broken_file(tmp_path: Path, paths: dict[str, Path]) -> None:
     doc = minimal(paths)
     del doc["dataset"]
     with pytest.raises(ConfigError, match=r"^train config F: dataset: required$"):
         parse_config(doc, "F")
-    with pytest.raises(ConfigError, match=r"train\.yaml line 2: invalid YAML$"):
+    with pytest.raises(ConfigError, match=r"train\.yaml line 2: invalid YAML: \S.*$"):
         load_config(config_file(tmp_path, "method: lora\n  bad: [\n"))
     with pytest.raises(ConfigError, match="the top level must be a mapping"):
         load_config(config_file(tmp_path, "- a\n- b\n"))

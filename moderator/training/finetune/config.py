@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moderator.errors import ConfigError
+from moderator.settings_errors import field_problem, yaml_problem
 
 Arch = Literal["llava-onevision", "qwen2-vl", "qwen2.5-vl"]
 ARCHITECTURES: dict[str, str] = {
@@ -155,18 +156,19 @@ def load_config(path: Path) -> TrainConfig:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"train config {path}{where}: invalid YAML") from None
+        line, problem = yaml_problem(exc, text)
+        where = f" line {line}" if line is not None else ""
+        raise ConfigError(f"train config {path}{where}: {problem}") from None
     return parse_config({} if doc is None else doc, str(path))
 
 
 def _problem(exc: ValidationError) -> str:
     err = exc.errors()[0]
     key = ".".join(str(part) for part in err["loc"]) or "config"
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    others = exc.error_count() - 1
+    more = f" (and {others} more problem{'' if others == 1 else 's'})" if others > 0 else ""
     if err["type"] == "extra_forbidden":
-        return f"{key}: unknown key{more}"
+        return f"{key}: {field_problem(err, TrainConfig)}{more}"
     if err["type"] == "missing":
         return f"{key}: required{more}"
     if err["type"] == "model_type":  # a section given as a scalar or a list
