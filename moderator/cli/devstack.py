@@ -25,6 +25,8 @@ from moderator.cli.style import (
     Parser,
     add_command,
     add_config_flag,
+    object_key_value,
+    tenant_id_value,
 )
 from moderator.dev.guide import EXAMPLE_TENANT  # cheap: stdlib only
 from moderator.dev.kafka.jars import JARS_ENV, KAFKA_VERSION  # cheap: stdlib only
@@ -148,12 +150,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     upload.add_argument(
         "--tenant",
         required=True,
-        type=_tenant_id,
+        type=tenant_id_value,
         metavar=TENANT_METAVAR,
         help="the event's tenant_id",
     )
     upload.add_argument(
-        "--key", type=_object_key, metavar="KEY", help="object key (default: T/<file name>)"
+        "--key", type=object_key_value, metavar="KEY", help="object key (default: T/<file name>)"
     )
     upload.add_argument("--bucket", default=BUCKET, metavar="B", help=f"bucket (default: {BUCKET})")
     upload.add_argument("--surface", metavar="S", help="context.surface: selects policy overrides")
@@ -175,23 +177,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"seconds to wait (default: {DEFAULT_TIMEOUT_S:g})",
     )
-
-
-def _object_key(text: str) -> str:
-    """`--key`: S3 has no object with an empty key."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an object key must not be empty")
-    return text
-
-
-def _tenant_id(text: str) -> str:
-    """`--tenant`: a value no event could carry is a usage error before anything is sent."""
-    from moderator.events.upload import tenant_id_problem
-
-    problem = tenant_id_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return text
 
 
 def run_dev_stack(args: argparse.Namespace) -> int:

@@ -137,3 +137,20 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def object_key_value(text: str) -> str:
+    """An argparse type: an S3 object key (S3 has none that is empty)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an object key must not be empty")
+    return text
+
+
+def tenant_id_value(text: str) -> str:
+    """An argparse type: a tenant id an event could carry (a usage error otherwise)."""
+    from moderator.events.upload import tenant_id_problem
+
+    problem = tenant_id_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
