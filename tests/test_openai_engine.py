@@ -48,6 +48,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from structlog.testing import capture_logs
 
 from moderator.dev.openai.server import (
     ACCEPTED_FIELDS,
@@ -396,6 +397,18 @@ def test_503_is_retried_then_succeeds(make_engine: MakeEngine, server: OpenAITes
     assert result.assessment is not None
     assert result.generation["attempts"] == 3
     assert len(server.requests) == 3
+
+
+def test_each_retry_line_names_its_request(
+    make_engine: MakeEngine, server: OpenAITestServer
+) -> None:
+    engine = make_engine(openai={"attempts": 3})
+    server.fail_next(1, 503)
+    with capture_logs() as logs:
+        [result] = engine.classify([request(7)])
+    assert result.assessment is not None
+    retries = [entry for entry in logs if entry["event"] == "openai_request_retry"]
+    assert [(entry["request_id"], entry["attempt"]) for entry in retries] == [("r7", 1)]
 
 
 def test_429_and_500_are_retried_and_retry_after_is_honoured(

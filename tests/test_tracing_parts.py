@@ -276,3 +276,32 @@ def test_every_log_line_of_an_event_carries_its_trace_id(tmp_path: Path) -> None
         ("verdict", "e2"),
     ]
     assert all(entry["trace_id"] == TRACE for entry in logs), logs
+
+
+@pytest.mark.usefixtures("debug_logs")
+def test_an_engine_error_is_logged_as_an_event_error(tmp_path: Path) -> None:
+    store = InMemoryObjectStore()
+    store.put(BUCKET, "acme/ok.png", png(3))
+    settings = settings_for(
+        write_policies(tmp_path / "p"), **{"engine.fake.failure_rate": 1.0, "engine.retries": 0}
+    )
+    pipeline = build_pipeline(settings, store=store)
+    event = UploadEvent.model_validate(
+        {"event_id": "e0", "tenant_id": "acme", "object": {"bucket": BUCKET, "key": "acme/ok.png"}}
+    )
+    job = Job(
+        event,
+        InputCoords(topic="uploads", partition=0, offset=0),
+        trace_from_headers(None, "e0"),
+        time.monotonic(),
+    )
+    done: list[list[OutRecord]] = []
+    with structlog.testing.capture_logs(processors=[merge_event_context]) as logs:
+        pipeline.processor.submit(job, done.append)
+        wait_for(lambda: len(done) == 1, what="the verdict")
+    pipeline.close()
+    verdict = json.loads(done[0][0].value or b"{}")
+    assert (verdict["source"], verdict["error"]["code"]) == ("error", "engine_error")
+    [line] = [entry for entry in logs if entry["event"] == "event_error"]
+    assert (line["code"], line["event_id"]) == ("engine_error", "e0")
+    assert line["reason"] == verdict["error"]["message"]

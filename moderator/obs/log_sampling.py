@@ -19,7 +19,14 @@ import structlog
 
 # Log events written once per event, per message or per checkpoint (docs/observability.md).
 HOT_PATH_EVENTS = frozenset(
-    {"verdict", "event_error", "dead_lettered", "checkpoint", "consumer_error"}
+    {
+        "verdict",
+        "event_error",
+        "dead_lettered",
+        "checkpoint",
+        "consumer_error",
+        "openai_request_retry",
+    }
 )
 
 

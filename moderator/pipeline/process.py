@@ -338,6 +338,8 @@ class Processor:
         infer_ms: float = 0.0,
     ) -> None:
         job, policy = run.job, run.policy
+        if outcome.error is not None and source != "error":  # the engine's: `_fail` logs others
+            log.info("event_error", code=outcome.error.code.value, reason=outcome.error.message)
         total_ms = (time.monotonic() - job.received) * 1000
         engine_failed = outcome.error is not None and outcome.error.code in _ENGINE_ERRORS
         ran_model = outcome.assessment is not None or engine_failed

@@ -14,7 +14,7 @@ import concurrent.futures
 import json
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -155,12 +155,16 @@ class OpenAIClient:
         line); whether its entry marks a smoke-test model."""
         return self._call(self._probe(model))
 
-    def send(self, payloads: list[bytes]) -> list[Reply | Failure]:
-        """POST each body to /chat/completions, all in flight together; one outcome each."""
+    def send(
+        self, payloads: list[bytes], labels: Sequence[str] | None = None
+    ) -> list[Reply | Failure]:
+        """POST each body to /chat/completions, all in flight together; one outcome each.
+
+        `labels` (one per body, the request ids) name each request on its retry log lines."""
         with self._lock:
             if self._closed:
                 raise OpenAIEngineClosed("the openai engine is closed")
-            future = asyncio.run_coroutine_threadsafe(self._send_all(payloads), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._send_all(payloads, labels), self._loop)
         try:
             return future.result(self._timeout_s + _RESULT_GRACE_S)
         except concurrent.futures.TimeoutError:
@@ -265,16 +269,20 @@ class OpenAIClient:
             )
         return entry.get("smoke_test") is True
 
-    async def _send_all(self, payloads: list[bytes]) -> list[Reply | Failure]:
-        return list(await asyncio.gather(*(self._send_one(p) for p in payloads)))
+    async def _send_all(
+        self, payloads: list[bytes], labels: Sequence[str] | None
+    ) -> list[Reply | Failure]:
+        named = labels if labels is not None else [None] * len(payloads)
+        sends = (self._send_one(p, label) for p, label in zip(payloads, named, strict=True))
+        return list(await asyncio.gather(*sends))
 
-    async def _send_one(self, payload: bytes) -> Reply | Failure:
+    async def _send_one(self, payload: bytes, label: str | None = None) -> Reply | Failure:
         import httpx
 
         assert self._gate is not None
         attempts = [0]
         timeout_s = self._timeout_s
-        retry = retrying(self._openai.attempts, self._backoff_s, self._backoff_max_s)
+        retry = retrying(self._openai.attempts, self._backoff_s, self._backoff_max_s, label)
         try:
             async with asyncio.timeout(timeout_s), self._gate as epoch:
                 data: dict[str, Any] = await retry(self._post, payload, attempts, epoch)

@@ -172,8 +172,11 @@ class OpenAIEngine:
         """One request per item, all sent together as the in-flight limit allows; one result
         per item, in order. Behind the engine window each call holds one item."""
         prepared = [self._format.encode(request) for request in batch]
-        payloads = [p for p in prepared if isinstance(p, bytes)]
-        outcomes = self._client.send(payloads) if payloads else []
+        sent = [
+            (r.request_id, p) for r, p in zip(batch, prepared, strict=True) if isinstance(p, bytes)
+        ]
+        payloads = [p for _, p in sent]
+        outcomes = self._client.send(payloads, [rid for rid, _ in sent]) if payloads else []
         answers = iter(outcomes)
         results: list[EngineResult] = []
         for request, item in zip(batch, prepared, strict=True):

@@ -9,6 +9,7 @@ httpx is imported lazily, so this module imports without the `openai` extra.
 
 from __future__ import annotations
 
+import functools
 import random
 
 import structlog
@@ -41,13 +42,16 @@ class BadResponse(Exception):
     """A 2xx answer that is not the documented chat.completion shape."""
 
 
-def retrying(attempts: int, backoff_s: float, backoff_max_s: float) -> AsyncRetrying:
-    """Up to `attempts` tries of the retryable failures, re-raising the last one."""
+def retrying(
+    attempts: int, backoff_s: float, backoff_max_s: float, label: str | None = None
+) -> AsyncRetrying:
+    """Up to `attempts` tries of the retryable failures, re-raising the last one. `label`
+    (the request id, `EVENT_ID#FRAME`) is on each retry's log line."""
     return AsyncRetrying(
         stop=stop_after_attempt(attempts),
         wait=_Backoff(backoff_s, backoff_max_s),
         retry=retry_if_exception(_retryable),
-        before_sleep=_log_retry,
+        before_sleep=functools.partial(_log_retry, label),
         reraise=True,
     )
 
@@ -88,11 +92,12 @@ def _dropped(exc: BaseException | None) -> bool:
     return isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
 
 
-def _log_retry(retry_state: RetryCallState) -> None:
+def _log_retry(label: str | None, retry_state: RetryCallState) -> None:
     outcome = retry_state.outcome
     exc = outcome.exception() if outcome is not None else None
     log.warning(
         "openai_request_retry",
+        request_id=label,
         attempt=retry_state.attempt_number,
         error=str(exc) if isinstance(exc, StatusError) else describe(exc) if exc else None,
         wait_s=round(retry_state.upcoming_sleep, 3),
