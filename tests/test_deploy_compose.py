@@ -34,6 +34,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from moderator.dev.kafka.config import min_isr, replication
+from moderator.ingest.checkpoint import CLOSE_S, checkpoint_timeout_s, stop_budget_s
 from moderator.ingest.topics import topic_specs
 from moderator.policy.check import check
 from moderator.settings import ENV_PREFIX, Settings, load_settings
@@ -496,6 +497,26 @@ def test_the_consumer_runs_exactly_once_on_a_transactional_kafka(
     assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(kafka["KAFKA_NODE_ID"] + "@kafka:")
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration such as `75s` or `1m30s`."""
+    found = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert found is not None and duration, f"unexpected duration {duration!r}"
+    return 60 * int(found.group(1) or 0) + int(found.group(2) or 0)
+
+
+def test_stop_grace_periods_cover_a_clean_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    for consumer in (consumer_service(), consumer_service(gpu=True)):
+        settings = settings_of(consumer, monkeypatch)
+        needed = stop_budget_s(settings.flow.drain_grace_s, settings.kafka.transaction_timeout_ms)
+        assert _seconds(consumer["stop_grace_period"]) >= needed
+    sink = project()["services"]["audit-sink"]
+    settings = settings_of(sink, monkeypatch)
+    needed = settings.flow.drain_grace_s + checkpoint_timeout_s(
+        settings.kafka.transaction_timeout_ms
+    )
+    assert _seconds(sink["stop_grace_period"]) >= needed + CLOSE_S
 
 
 def test_the_topics_service_creates_the_specs_of_the_settings(

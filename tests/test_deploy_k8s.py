@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from referencing import Registry, Resource
 
 from moderator.errors import ConfigError
+from moderator.ingest.checkpoint import checkpoint_timeout_s, stop_budget_s
 from moderator.obs.http import ObsServer
 from moderator.obs.telemetry import Telemetry
 from moderator.policy.check import check
@@ -522,8 +523,13 @@ def test_termination_grace_covers_draining_and_the_final_checkpoint(
         if command_line(container)[:2] not in (["run", "--config"], ["audit", "sink"]):
             continue
         settings = settings_of(rendered, spec, container)
-        checkpoint_s = max(10.0, settings.kafka.transaction_timeout_ms / 1000 / 2)
-        needed = settings.flow.drain_grace_s + checkpoint_s + CLOSE_MARGIN_S
+        if command_line(container)[0] == "run":
+            needed = stop_budget_s(
+                settings.flow.drain_grace_s, settings.kafka.transaction_timeout_ms
+            )
+        else:  # the sink: its drain, its last offsets commit, exporting its anchors
+            checkpoint_s = checkpoint_timeout_s(settings.kafka.transaction_timeout_ms)
+            needed = settings.flow.drain_grace_s + checkpoint_s + CLOSE_MARGIN_S
         grace = spec["terminationGracePeriodSeconds"]
         assert grace >= needed, f"{label(obj)}: {grace} s < {needed} s"
         checked += 1

@@ -195,7 +195,9 @@ def test_a_worker_that_will_not_stop_is_killed_after_the_grace() -> None:
     assert 1.0 <= took < 5
 
 
-def test_the_stop_grace_is_the_drain_grace_plus_a_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_stop_grace_covers_the_drain_and_the_final_checkpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     seen: dict[str, object] = {}
 
     class Spy:
@@ -208,7 +210,8 @@ def test_the_stop_grace_is_the_drain_grace_plus_a_margin(monkeypatch: pytest.Mon
     monkeypatch.setattr(workers, "Supervisor", Spy)
     settings = load_settings(None, {"instance_id": "pod", "flow.drain_grace_s": 7})
     assert workers.supervise(settings, 3, threading.Event(), lambda k: []) == 0
-    assert seen == {"ids": ["pod-w0", "pod-w1", "pod-w2"], "grace": 7 + workers.STOP_MARGIN_S}
+    # the drain, the final checkpoint (4/3 x 30 s before an abort), closing, a worker's start-up
+    assert seen == {"ids": ["pod-w0", "pod-w1", "pod-w2"], "grace": 7 + 40 + 10 + 5}
 
 
 def test_a_worker_stops_when_its_supervisor_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,13 +39,14 @@ from pathlib import Path
 import structlog
 
 from moderator.errors import ConfigError
+from moderator.ingest.checkpoint import stop_budget_s
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.workers")
 
 MAX_WORKERS = 64
-STOP_MARGIN_S = 15.0
-"""Beyond the drain grace: a worker's start-up, its final checkpoint and closing its clients."""
+STOP_MARGIN_S = 5.0
+"""Beyond a worker's own stop budget: its start-up, when the stop came while it started."""
 POLL_S = 0.2
 PARENT_CHECK_S = 1.0
 
@@ -219,6 +220,7 @@ def supervise(
 ) -> int:
     """Run `workers` worker processes until `stop`; the command's exit code."""
     ids = [worker_settings(settings, k).instance_id for k in range(workers)]
-    grace = settings.flow.drain_grace_s + STOP_MARGIN_S
+    grace = stop_budget_s(settings.flow.drain_grace_s, settings.kafka.transaction_timeout_ms)
+    grace += STOP_MARGIN_S
     log.info("supervising", workers=workers, instance_ids=ids, stop_grace_s=grace)
     return Supervisor(command, ids, grace_s=grace).run(stop)

@@ -20,6 +20,21 @@ from moderator.obs.tracing import publish_span
 
 log = structlog.get_logger("moderator.ingest")
 
+CLOSE_S = 10.0
+"""After the final checkpoint: closing the engine window (up to 5 s) and the Kafka clients."""
+
+
+def checkpoint_timeout_s(transaction_timeout_ms: int) -> float:
+    """The deadline a checkpoint's offsets and commit steps share (`commit_checkpoint`)."""
+    return max(10.0, transaction_timeout_ms / 1000 / 2)
+
+
+def stop_budget_s(drain_grace_s: float, transaction_timeout_ms: int) -> float:
+    """The longest a clean stop of `moderator run` may take after SIGTERM: the drain, the
+    final checkpoint (4/3 of its deadline before an abort, since a commit attempt always gets a
+    third of it) and closing. An orchestrator's grace period should be at least this."""
+    return drain_grace_s + 4 / 3 * checkpoint_timeout_s(transaction_timeout_ms) + CLOSE_S
+
 
 class CheckpointAborted(ModeratorError):
     """The outputs of this checkpoint were not committed: rewind and process again."""

@@ -21,6 +21,7 @@ from moderator.events.verdict import InputCoords
 from moderator.ingest.checkpoint import (
     CheckpointAborted,
     FatalKafkaError,
+    checkpoint_timeout_s,
     commit_checkpoint,
     replace_producer,
 )
@@ -160,7 +161,7 @@ class IngestLoop:
 
     @property
     def _timeout(self) -> float:
-        return max(10.0, self._s.kafka.transaction_timeout_ms / 1000 / 2)
+        return checkpoint_timeout_s(self._s.kafka.transaction_timeout_ms)
 
     @property
     def paused(self) -> bool:
