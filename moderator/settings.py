@@ -115,6 +115,17 @@ class KafkaSettings(_Section):
             raise ValueError(problem)
         return servers
 
+    @field_validator("client")
+    @classmethod
+    def _not_set_by_the_service(
+        cls, client: dict[str, str | int | bool]
+    ) -> dict[str, str | int | bool]:
+        for key in client:
+            why = SERVICE_CLIENT_KEYS.get(key.strip().lower())
+            if why is not None:
+                raise ValueError(f"{key}: set by the service ({why}); remove it")
+        return client
+
     @model_validator(mode="after")
     def _broker_protocols(self) -> KafkaSettings:
         protocol = self.client.get("security.protocol") or self.security_protocol or "PLAINTEXT"
@@ -141,6 +152,28 @@ class KafkaSettings(_Section):
         conf.update({k: v for k, v in pairs.items() if v is not None})
         conf.update(self.client)
         return conf
+
+
+# The librdkafka properties moderator/ingest/kafka.py always sets on the service's consumers
+# (the audit sink's too) and producers, over kafka.client: set there, they would be ignored.
+# linger.ms, compression.type and client.id are not here: the audit anchor producer keeps them.
+SERVICE_CLIENT_KEYS = {
+    "group.id": "from kafka.group_id; the audit sink's from audit.sink_group_id",
+    "enable.auto.commit": "false: offsets are committed with the verdicts they produced",
+    "enable.auto.offset.store": "false: offsets are stored with the verdicts they produced",
+    "isolation.level": "read_committed: records of aborted transactions are never read",
+    "partition.assignment.strategy": "cooperative-sticky",
+    "auto.offset.reset": "earliest: a new consumer group starts at the oldest record",
+    "queued.max.messages.kbytes": "from kafka.queued_max_messages_kbytes",
+    "session.timeout.ms": "from kafka.session_timeout_ms",
+    "max.poll.interval.ms": "from kafka.max_poll_interval_ms",
+    "enable.idempotence": "true: a retried send never writes a record twice",
+    "acks": "all: a record is written once every in-sync replica has it",
+    "request.required.acks": "all (acks): a record is written once every in-sync replica has it",
+    "transactional.id": "from kafka.transactional_id, by default "
+    "moderator-{group_id}-{instance_id}",
+    "transaction.timeout.ms": "from kafka.transaction_timeout_ms",
+}
 
 
 # librdkafka's bootstrap.servers: a comma-separated list of `[PROTOCOL://]host[:port]`, the host
@@ -236,7 +269,7 @@ class TenancySettings(_Section):
     @model_validator(mode="after")
     def _map_needed(self) -> TenancySettings:
         if self.rule == "bucket_map" and not self.bucket_map:
-            raise ValueError("rule is bucket_map but bucket_map is empty")
+            raise ValueError("rule: is bucket_map but bucket_map is empty")
         return self
 
 
@@ -277,7 +310,10 @@ class FetchSettings(_Section):
     @model_validator(mode="after")
     def _work_covers_one_frame(self) -> FetchSettings:
         if self.max_decoded_pixels < self.max_pixels:
-            raise ValueError("max_decoded_pixels must be at least max_pixels")
+            raise ValueError(
+                f"max_decoded_pixels: {self.max_decoded_pixels} is too small: "
+                f"max_decoded_pixels must be at least max_pixels ({self.max_pixels})"
+            )
         return self
 
 
@@ -431,9 +467,15 @@ class FlowSettings(_Section):
     @model_validator(mode="after")
     def _ordered(self) -> FlowSettings:
         if self.low_in_flight >= self.high_in_flight:
-            raise ValueError("low_in_flight must be below high_in_flight")
+            raise ValueError(
+                f"low_in_flight: {self.low_in_flight} must be below high_in_flight "
+                f"({self.high_in_flight})"
+            )
         if self.low_buffered_bytes >= self.high_buffered_bytes:
-            raise ValueError("low_buffered_bytes must be below high_buffered_bytes")
+            raise ValueError(
+                f"low_buffered_bytes: {self.low_buffered_bytes} must be below "
+                f"high_buffered_bytes ({self.high_buffered_bytes})"
+            )
         return self
 
 
@@ -543,10 +585,10 @@ class TelemetrySettings(_Section):
         endpoint = self.otlp_endpoint
         if endpoint is not None:
             if not endpoint.startswith(("http://", "https://")):
-                raise ValueError("otlp_endpoint must be an http:// or https:// URL")
+                raise ValueError("otlp_endpoint: must be an http:// or https:// URL")
             if "@" in endpoint.split("://", 1)[1].split("/", 1)[0]:
                 raise ValueError(
-                    "otlp_endpoint must not carry credentials; set OTEL_EXPORTER_OTLP_HEADERS"
+                    "otlp_endpoint: must not carry credentials; set OTEL_EXPORTER_OTLP_HEADERS"
                 )
         return self
 
@@ -585,9 +627,42 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     log: LogSettings = LogSettings()
 
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_named(cls, instance_id: str) -> str:
+        if not instance_id.strip():
+            raise ValueError(
+                "empty: it names this pod's Kafka clients and transactional id "
+                "(moderator-{group_id}-{instance_id}), which no two pods may share; leave it "
+                "unset for the host name"
+            )
+        return instance_id
+
+    # On Settings, not EngineSettings: an EngineSettings built alone (the engine's own tests)
+    # still reaches the engine, which reports a bad URL as well.
+    @field_validator("engine")
+    @classmethod
+    def _engine_url(cls, engine: EngineSettings) -> EngineSettings:
+        url = engine.base_url
+        if url and not _http_url(url):
+            raise ValueError(
+                "base_url: expected an http:// or https:// URL with a host, e.g. "
+                f"http://127.0.0.1:23333/v1, got {mask_passwords(url)[:200]!r}"
+            )
+        return engine
+
     @property
     def transactional_id(self) -> str:
         return self.kafka.transactional_id or f"moderator-{self.kafka.group_id}-{self.instance_id}"
+
+
+def _http_url(url: str) -> bool:
+    """Whether `url` is http:// or https:// with a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class _Layer(PydanticBaseSettingsSource):
@@ -633,7 +708,7 @@ def load_settings(
         sources = Sources(config_file, file_values, dict(os.environ), given)
         raise ConfigError(validation_line(exc, Settings, sources)) from exc
     except SettingsError as exc:  # an environment value that should be JSON and is not
-        raise ConfigError(env_problem(exc, os.environ)) from exc
+        raise ConfigError(env_problem(exc, os.environ, Settings)) from exc
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

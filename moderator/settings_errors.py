@@ -4,7 +4,8 @@
 overrides, and hands pydantic's errors here. A line names only a source that actually holds the
 key: the file (`in FILE`), the environment variable that is set (`from environment NAME`, a JSON
 map or list in a parent variable included) or the command line. An unknown key gets the closest
-valid key of its section (`did you mean 'kafka'?`), else the list of valid keys there.
+valid key of its section (`did you mean 'kafka'?`), else the list of valid keys there. A section's
+rule raising `NAME: problem` is reported as being about `section.NAME` (`named_key`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, cast, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -59,19 +61,29 @@ def _invalid(reason: str) -> str:
 def validation_line(exc: ValidationError, model: type[BaseModel], sources: Sources) -> str:
     """The first error of `exc` as `configuration error: key: problem (where)`, then how many
     more problems there are, worded as the policy loader's one-line form words them."""
-    err = exc.errors()[0]
+    err = named_key(exc.errors()[0], model)
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "settings"
-    found = _where(loc, sources)
+    # A rule about two keys names the first; when no source set that one, every source of the
+    # section (the one the rule was raised for) is named instead.
+    found = _where(loc, sources) or _where(tuple(exc.errors()[0]["loc"]), sources)
     where = f" ({'; '.join(found)})" if found else ""
     others = exc.error_count() - 1
     more = f" (and {others} more problem{'' if others == 1 else 's'})" if others > 0 else ""
     return f"configuration error: {key}: {field_problem(err, model)}{where}{more}"
 
 
-def env_problem(exc: SettingsError, environ: Mapping[str, str]) -> str:
+_JSON_HINT = (
+    'maps and lists are written as JSON in the environment, e.g. {"key": "value"} or ["a", "b"]'
+)
+
+
+def env_problem(
+    exc: SettingsError, environ: Mapping[str, str], model: type[BaseModel] | None = None
+) -> str:
     """One line for a MODERATOR_* value pydantic-settings could not even parse: a map or a
-    list (it reads those as JSON) that is not JSON."""
+    list (it reads those as JSON) that is not JSON. Given the settings `model`, the line names
+    the one variable to blame (`tenancy.upload_buckets: not valid JSON`) when there is one."""
     match = re.search(r'field "([^"]+)"', str(exc))
     field = match.group(1) if match else "settings"
     prefix = ENV_PREFIX + field.upper()
@@ -80,11 +92,92 @@ def env_problem(exc: SettingsError, environ: Mapping[str, str]) -> str:
         for name in environ
         if name.upper() == prefix or name.upper().startswith(prefix + _NESTED)
     )
-    where = f" (from environment {', '.join(names)})" if names else ""
-    return (
-        f"configuration error: {field}: a value is not valid JSON{where}; maps and lists are "
-        'written as JSON in the environment, e.g. {"key": "value"} or ["a", "b"]'
-    )
+    culprits = [] if model is None else _not_json(model, names, environ)
+    if len(culprits) == 1:
+        key, name = culprits[0]
+        return f"configuration error: {key}: not valid JSON (from environment {name}); {_JSON_HINT}"
+    shown = [name for _, name in culprits] or names
+    where = f" (from environment {', '.join(shown)})" if shown else ""
+    return f"configuration error: {field}: a value is not valid JSON{where}; {_JSON_HINT}"
+
+
+def _not_json(
+    model: type[BaseModel], names: list[str], environ: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """(dotted key, variable) for each of `names` that sets a map, a list or a section (read
+    as JSON) to something that is not JSON."""
+    culprits = []
+    for name in names:
+        path = name[len(ENV_PREFIX) :].lower().split(_NESTED)
+        if not _is_complex(_annotation_at(model, path)):
+            continue
+        try:
+            json.loads(environ[name])
+        except ValueError:
+            culprits.append((".".join(path), name))
+    return culprits
+
+
+def _annotation_at(model: type[BaseModel], path: list[str]) -> Any:
+    """The type of the setting at `path` (a key of a map takes the map's value type); None when
+    `path` names no setting."""
+    annotation: Any = model
+    for part in path:
+        annotation = _optional_inner(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(annotation) in (dict, Mapping):
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return annotation
+
+
+def _optional_inner(annotation: Any) -> Any:
+    """`X | None` → X; anything else as it is."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _is_complex(annotation: Any) -> bool:
+    """Whether pydantic-settings reads a value of this type from the environment as JSON."""
+    annotation = _optional_inner(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return get_origin(annotation) in (dict, list, tuple, set, frozenset, Mapping)
+
+
+def named_key(err: ErrorDetails, model: type[BaseModel]) -> ErrorDetails:
+    """`err` with the key its message is about moved into its location: a section's rule (or a
+    map's check) raising `NAME: problem`, NAME a key of that section (or of the map given), is
+    reported as `section.NAME: problem`. Other errors are returned as they are."""
+    loc = tuple(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    while (match := _NAMED.match(msg)) is not None and _has_key(model, loc, match["name"], given):
+        loc = (*loc, match["name"])
+        msg = msg[match.end() :]
+        given = _lookup(given, (match["name"],))
+    if loc == tuple(err["loc"]):
+        return err
+    return cast(ErrorDetails, {**err, "loc": loc, "msg": msg})
+
+
+_NAMED = re.compile(r"(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*): ")
+
+
+def _has_key(model: type[BaseModel], loc: tuple[str | int, ...], name: str, given: Any) -> bool:
+    """Whether `name` is a key at `loc`: a field of the section there, or a key of the map
+    `given` (the value the error was raised for)."""
+    section = _section(model, loc)
+    if section is not None:
+        return name in section.model_fields
+    return isinstance(given, Mapping) and name in given
 
 
 def field_problem(err: ErrorDetails, model: type[BaseModel]) -> str:

@@ -197,11 +197,19 @@ def test_an_error_names_only_the_source_that_holds_the_value(
     )
     no_env.delenv("MODERATOR_KAFKA__TOPICS")
 
-    # A section's rule about two values names every source of the section's values.
+    # A section's rule about two values names the first and the source that set it ...
     cfg.write_text("flow:\n  low_in_flight: 5000\n")
-    assert _error(cfg).endswith(f"flow: low_in_flight must be below high_in_flight (in {cfg})")
+    assert _error(cfg).endswith(
+        f"flow.low_in_flight: 5000 must be below high_in_flight (2000) (in {cfg})"
+    )
     no_env.setenv("MODERATOR_FLOW__HIGH_IN_FLIGHT", "10")
-    assert _error(cfg).endswith(f"(from environment MODERATOR_FLOW__HIGH_IN_FLIGHT; in {cfg})")
+    assert _error(cfg).endswith(f"(10) (in {cfg})")
+    # ... or, when only the other one was set, every source of the section's values.
+    cfg.write_text("flow:\n  drain_grace_s: 1\n")
+    assert _error(cfg).endswith(
+        "flow.low_in_flight: 1000 must be below high_in_flight (10) (from environment "
+        f"MODERATOR_FLOW__HIGH_IN_FLIGHT; in {cfg})"
+    )
     no_env.delenv("MODERATOR_FLOW__HIGH_IN_FLIGHT")
     no_env.setenv("MODERATOR_HTTP__PORT", "9401")  # a flag wins over the environment
     assert _error(None, {"http.port": 70000}).endswith(

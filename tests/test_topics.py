@@ -312,6 +312,20 @@ def test_command_with_an_unreachable_cluster_exits_1(
     assert out == ""
     assert err.startswith("moderator: kafka: cannot reach the cluster within 1 s")
     assert err.count("\n") == 1
+    # Worded as `moderator run` words it: the servers, the reason, the setting to check.
+    assert "(kafka.startup_timeout_s) at 127.0.0.1:1: " in err
+    assert err.endswith("; check kafka.bootstrap_servers (MODERATOR_KAFKA__BOOTSTRAP_SERVERS)\n")
+
+
+def test_command_with_a_client_setting_librdkafka_refuses_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("kafka:\n  client: {no.such.property: '1'}\n")
+    assert main(["topics", "create", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moderator: kafka: librdkafka refused the client configuration: ")
+    assert err.count("\n") == 1
 
 
 def test_run_with_create_topics_checks_the_topics_first(

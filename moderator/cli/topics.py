@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from moderator.cli.style import add_command, add_config_flag, add_group, examples
-from moderator.errors import ModeratorError
+from moderator.errors import ConfigError, ModeratorError
 from moderator.settings import Settings
 
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ def cmd_topics_create(config: Path | None, *, dry_run: bool, debug: bool) -> int
 
     settings = load_settings(config, {})
     specs = topic_specs(settings.kafka)
-    admin = admin_client(settings, quiet=not debug)
+    admin = admin_client(settings, quiet=not debug)  # a configuration librdkafka refuses: exit 2
+    reach_cluster(settings)
     timeout_s = settings.kafka.startup_timeout_s
     outcomes = ensure_topics(admin, specs, timeout_s=timeout_s, dry_run=dry_run)
     rows = [_row(o) for o in outcomes]
@@ -109,6 +110,18 @@ def ensure_at_startup(settings: Settings) -> None:
         raise ModeratorError(
             f"kafka: topic {failed[0].spec.name} not created: {failed[0].details[0]}"
         )
+
+
+def reach_cluster(settings: Settings) -> None:
+    """`moderator run`'s start-up probe (the servers, each broker's reason, the settings to
+    check); TopicAdminError (exit 1) when no broker answers within kafka.startup_timeout_s."""
+    from moderator.ingest.startup import probe_cluster
+    from moderator.ingest.topic_admin import TopicAdminError
+
+    try:
+        probe_cluster(settings.kafka, client_id=f"moderator-admin-{settings.instance_id}")
+    except ConfigError as exc:  # the configuration itself passed admin_client: unreachable
+        raise TopicAdminError(str(exc)) from exc
 
 
 def admin_client(settings: Settings, *, quiet: bool) -> Any:

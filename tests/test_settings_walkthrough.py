@@ -1,0 +1,225 @@
+"""Settings errors found in a user walkthrough: each names the key it is about and only the
+source that set that key; values the service would misuse are refused at load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic_settings import SettingsError
+
+from moderator.errors import ConfigError
+from moderator.ingest.kafka import consumer_config, producer_config
+from moderator.settings import SERVICE_CLIENT_KEYS, Settings, load_settings
+from moderator.settings_errors import env_problem
+
+JSON_HINT = (
+    'maps and lists are written as JSON in the environment, e.g. {"key": "value"} or ["a", "b"]'
+)
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No MODERATOR_* variable, so an error line names only what the test sets."""
+    for name in list(os.environ):
+        if name.upper().startswith("MODERATOR_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def _error(config: Path | None = None, overrides: dict[str, Any] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def _file(tmp_path: Path, text: str) -> Path:
+    cfg = tmp_path / "y.yaml"
+    cfg.write_text(text)
+    return cfg
+
+
+# -- a section's rule names the key it is about, and that key's source -------------------------
+
+
+def test_a_section_rule_names_its_key_and_only_that_keys_source(
+    no_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = _file(tmp_path, 'kafka: {bootstrap_servers: "SSL://a:9092"}\n')
+    no_env.setenv("MODERATOR_KAFKA__GROUP_ID", "g")
+    no_env.setenv("MODERATOR_KAFKA__DELIVERY", "at_least_once")
+    assert _error(cfg) == (
+        "configuration error: kafka.bootstrap_servers: 'SSL://a:9092' names protocol SSL but "
+        f"security_protocol is PLAINTEXT (librdkafka would skip the broker) (in {cfg})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tenancy: {rule: bucket_map}\n", "tenancy.rule: is bucket_map but bucket_map is empty"),
+        (
+            "fetch: {max_pixels: 1000, max_decoded_pixels: 999}\n",
+            "fetch.max_decoded_pixels: 999 is too small: max_decoded_pixels must be at least "
+            "max_pixels (1000)",
+        ),
+        (
+            "flow: {low_buffered_bytes: 1, high_buffered_bytes: 1}\n",
+            "flow.low_buffered_bytes: 1 must be below high_buffered_bytes (1)",
+        ),
+        (
+            "telemetry: {otlp_endpoint: 'collector:4318'}\n",
+            "telemetry.otlp_endpoint: must be an http:// or https:// URL",
+        ),
+        (
+            "telemetry: {otlp_endpoint: 'http://u:p@collector:4318'}\n",
+            "telemetry.otlp_endpoint: must not carry credentials; set OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+    ],
+)
+def test_every_section_rule_names_its_key(
+    no_env: pytest.MonkeyPatch, tmp_path: Path, text: str, expected: str
+) -> None:
+    no_env.setenv("MODERATOR_LOG__LEVEL", "info")  # set, but not where the problem is
+    cfg = _file(tmp_path, text)
+    assert _error(cfg) == f"configuration error: {expected} (in {cfg})"
+
+
+def test_a_key_check_naming_itself_keeps_its_message(
+    no_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`api_tokens: ...` raised for audit.api_tokens: not a key inside the map."""
+    cfg = _file(tmp_path, "audit:\n  api_tokens: {abc: ['*']}\n")
+    assert _error(cfg).startswith(
+        "configuration error: audit.api_tokens: api_tokens: a key of 3 characters is not"
+    )
+
+
+# -- an environment value that is not JSON ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "key"),
+    [
+        ("MODERATOR_AUDIT__API_TOKENS", "{bad", "audit.api_tokens"),
+        ("MODERATOR_TENANCY__UPLOAD_BUCKETS", "uploads,other", "tenancy.upload_buckets"),
+        ("MODERATOR_KAFKA__TOPIC_SPECS__DLQ__CONFIGS", "a=b", "kafka.topic_specs.dlq.configs"),
+        ("MODERATOR_KAFKA__TOPICS", "uploads", "kafka.topics"),
+    ],
+)
+def test_a_value_that_is_not_json_names_its_variable(
+    no_env: pytest.MonkeyPatch, name: str, value: str, key: str
+) -> None:
+    section = key.split(".")[0].upper()
+    no_env.setenv(f"MODERATOR_{section}__ZZ_OTHER", "1")  # in the section, not to blame
+    no_env.setenv(name, value)
+    assert _error() == (
+        f"configuration error: {key}: not valid JSON (from environment {name}); {JSON_HINT}"
+    )
+
+
+def test_two_values_that_are_not_json_are_both_named(no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv("MODERATOR_AUDIT__URL", "sqlite:///a.db")
+    no_env.setenv("MODERATOR_AUDIT__API_TOKENS", "{bad")
+    no_env.setenv("MODERATOR_AUDIT__RETENTION_DAYS", "a=1")
+    assert _error() == (
+        "configuration error: audit: a value is not valid JSON (from environment "
+        f"MODERATOR_AUDIT__API_TOKENS, MODERATOR_AUDIT__RETENTION_DAYS); {JSON_HINT}"
+    )
+
+
+def test_no_culprit_keeps_the_section_wording() -> None:
+    exc = SettingsError('error parsing value for field "audit" from source "EnvSettingsSource"')
+    environ = {"MODERATOR_AUDIT__URL": "x", "MODERATOR_AUDIT__API_TOKENS": "{}"}
+    assert env_problem(exc, environ, Settings) == (
+        "configuration error: audit: a value is not valid JSON (from environment "
+        f"MODERATOR_AUDIT__API_TOKENS, MODERATOR_AUDIT__URL); {JSON_HINT}"
+    )
+
+
+# -- instance_id ------------------------------------------------------------------------------
+
+
+def test_an_empty_instance_id_is_refused(no_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = _file(tmp_path, 'instance_id: ""\n')
+    expected = (
+        "configuration error: instance_id: empty: it names this pod's Kafka clients and "
+        "transactional id (moderator-{group_id}-{instance_id}), which no two pods may share; "
+        "leave it unset for the host name"
+    )
+    assert _error(cfg) == f"{expected} (in {cfg})"
+    no_env.setenv("MODERATOR_INSTANCE_ID", " \t")
+    assert _error(cfg) == f"{expected} (from environment MODERATOR_INSTANCE_ID)"
+    no_env.setenv("MODERATOR_INSTANCE_ID", "pod-0")
+    assert load_settings(cfg).transactional_id == "moderator-moderator-pod-0"
+
+
+# -- kafka.client properties the service sets itself -------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(SERVICE_CLIENT_KEYS))
+def test_a_client_property_the_service_sets_is_refused(
+    no_env: pytest.MonkeyPatch, tmp_path: Path, key: str
+) -> None:
+    cfg = _file(tmp_path, f"kafka:\n  client:\n    fetch.min.bytes: 1\n    {key}: '1'\n")
+    assert _error(cfg) == (
+        f"configuration error: kafka.client.{key}: set by the service "
+        f"({SERVICE_CLIENT_KEYS[key]}); remove it (in {cfg})"
+    )
+
+
+def test_the_transactional_id_line(no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv("MODERATOR_KAFKA__CLIENT", '{"transactional.id": "t"}')
+    assert _error() == (
+        "configuration error: kafka.client.transactional.id: set by the service (from "
+        "kafka.transactional_id, by default moderator-{group_id}-{instance_id}); remove it "
+        "(from environment MODERATOR_KAFKA__CLIENT)"
+    )
+
+
+def test_the_refused_properties_are_the_ones_the_service_overrides(
+    no_env: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings()
+    assert settings.kafka.delivery == "exactly_once"
+    overridden = set(consumer_config(settings)) | set(producer_config(settings))
+    overridden -= set(settings.kafka.client_config())
+    aliases = {"request.required.acks"}  # librdkafka's other name for acks
+    kept = {"client.id", "linger.ms", "compression.type"}  # the audit anchor producer uses them
+    assert set(SERVICE_CLIENT_KEYS) - aliases == overridden - kept
+
+
+def test_other_client_properties_pass(no_env: pytest.MonkeyPatch) -> None:
+    client = {"fetch.min.bytes": 1, "linger.ms": 20, "compression.type": "zstd"}
+    settings = load_settings(overrides={"kafka.client": client})
+    assert settings.kafka.client == client
+
+
+# -- engine.base_url ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["ftp://x/v1", "127.0.0.1:23333/v1", "http:///v1", "http://[::1"])
+def test_a_base_url_that_is_not_http_is_refused_at_load(
+    no_env: pytest.MonkeyPatch, url: str
+) -> None:
+    no_env.setenv("MODERATOR_ENGINE__BASE_URL", url)
+    assert _error() == (
+        "configuration error: engine.base_url: expected an http:// or https:// URL with a host, "
+        f"e.g. http://127.0.0.1:23333/v1, got {url!r} (from environment "
+        "MODERATOR_ENGINE__BASE_URL)"
+    )
+
+
+def test_a_base_url_with_a_password_is_masked(no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv("MODERATOR_ENGINE__BASE_URL", "ftp://u:hunter2@x/v1")
+    assert "hunter2" not in _error()
+
+
+@pytest.mark.parametrize("url", ["http://vllm:8000/v1", "https://h/v1", ""])
+def test_an_http_base_url_passes(no_env: pytest.MonkeyPatch, url: str) -> None:
+    no_env.setenv("MODERATOR_ENGINE__BASE_URL", url)
+    assert load_settings().engine.base_url == url
