@@ -341,3 +341,16 @@ def test_a_client_built_elsewhere_and_refused_is_a_config_error(tmp_path: Path) 
         line = assert_one_line_failure(["audit", "sink"])
     assert line.startswith("moderator: kafka: ")
     assert 'No such configuration property: "no.such.property"' in line
+
+
+@pytest.mark.parametrize(
+    "argv", [["audit", "query", "--config=--"], ["scan", "--policies=--", "d"]]
+)
+def test_a_lone_double_dash_as_a_value_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected one argument" in err, err

@@ -138,6 +138,13 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # Python 3.11's argparse drops a `--` given as an option's one value (`--config=--`),
+        # leaving the flag an empty list: a usage error here, not a list where a value belongs.
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return super()._get_values(action, arg_strings)
+
 
 def object_key_value(text: str) -> str:
     """An argparse type: an S3 object key (S3 has none that is empty)."""
