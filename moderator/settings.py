@@ -30,6 +30,7 @@ from moderator.errors import ConfigError
 from moderator.masking import has_userinfo, mask_passwords
 from moderator.settings_errors import ENV_PREFIX as ENV_PREFIX  # re-exported: callers read it here
 from moderator.settings_errors import Sources, env_problem, validation_line, yaml_problem
+from moderator.yaml_keys import DuplicateKey, load_unique
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MiB = 1 << 20
@@ -721,7 +722,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except ValueError as exc:  # a NUL in the path
         raise ConfigError(f"config file {str(path)!a}: invalid path ({exc})") from exc
     try:
-        doc = yaml.safe_load(text)
+        doc = load_unique(text)
+    except DuplicateKey as exc:
+        raise ConfigError(f"config file {path} line {exc.line}: duplicate key {exc.key!r}") from exc
     except yaml.YAMLError as exc:
         line, problem = yaml_problem(exc, text)
         where = f" line {line}" if line is not None else ""

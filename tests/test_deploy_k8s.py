@@ -478,8 +478,8 @@ def test_the_settings_file_has_only_real_keys(rendered: Rendered, tmp_path: Path
     file.write_text(text, encoding="utf-8")
     settings = load_settings(file)  # extra keys are refused with a ConfigError
     assert settings.kafka.group_id == yaml.safe_load(text)["kafka"]["group_id"]
-    file.write_text(text + "\nflow:\n  drain_grace: 5\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"flow\.drain_grace"):
+    file.write_text(text + "\nflows:\n  drain_grace: 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"flows: unknown key; did you mean 'flow'"):
         load_settings(file)
 
 

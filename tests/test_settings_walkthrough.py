@@ -223,3 +223,25 @@ def test_a_base_url_with_a_password_is_masked(no_env: pytest.MonkeyPatch) -> Non
 def test_an_http_base_url_passes(no_env: pytest.MonkeyPatch, url: str) -> None:
     no_env.setenv("MODERATOR_ENGINE__BASE_URL", url)
     assert load_settings().engine.base_url == url
+
+
+# -- duplicate keys in the file -----------------------------------------------------------------
+
+
+def test_a_duplicate_key_in_the_file_is_refused(tmp_path: Path) -> None:
+    cfg = _file(tmp_path, "kafka:\n  group_id: a\n  delivery: at_least_once\n  group_id: b\n")
+    assert _error(cfg) == f"config file {cfg} line 4: duplicate key 'group_id'"
+    cfg = _file(tmp_path, "log: {level: info}\nlog: {level: debug}\n")
+    assert _error(cfg) == f"config file {cfg} line 2: duplicate key 'log'"
+
+
+def test_anchors_and_merge_keys_still_load(tmp_path: Path) -> None:
+    cfg = _file(
+        tmp_path,
+        "kafka:\n  topic_specs:\n"
+        "    uploads: &spec {partitions: 6, replication_factor: 1}\n"
+        "    dlq:\n      <<: *spec\n      partitions: 2\n",
+    )
+    specs = load_settings(cfg).kafka.topic_specs
+    assert (specs.uploads.partitions, specs.dlq.partitions) == (6, 2)
+    assert specs.dlq.replication_factor == 1
