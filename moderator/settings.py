@@ -365,7 +365,6 @@ class TransformersSettings(_Section):
     warmup: bool = Field(default=True, description="one generation at start-up before ready")
     threads: int | None = Field(default=None, ge=1, le=256, description="torch CPU threads")
     revision: str | None = None
-    trust_remote_code: bool = False
 
 
 class LmdeploySettings(_Section):
