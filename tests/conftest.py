@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from moderator.logs import configure_logging
@@ -18,3 +20,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> None:
     configure_logging(LogSettings(level="warning", format="json"))
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No MODERATOR_* variable, so an error line names only what the test sets."""
+    for name in list(os.environ):
+        if name.upper().startswith("MODERATOR_"):
+            monkeypatch.delenv(name)
+    return monkeypatch

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import pytest
@@ -10,6 +8,7 @@ import pytest
 from moderator.errors import ConfigError
 from moderator.ingest.kafka import consumer_config, producer_config
 from moderator.settings import load_settings
+from tests.settings_fixtures import settings_error
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,23 +112,6 @@ def test_a_binary_or_nul_config_path_is_a_config_error(tmp_path: Path) -> None:
 # -- error lines: the parser's reason, a suggestion, where the value came from -----------------
 
 
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No MODERATOR_* variable, so an error line names only what the test sets."""
-    for name in list(os.environ):
-        if name.upper().startswith("MODERATOR_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
-
-
-def _error(config: Path | None = None, overrides: dict[str, Any] | None = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_settings(config, overrides)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -145,7 +127,7 @@ def _error(config: Path | None = None, overrides: dict[str, Any] | None = None) 
 def test_invalid_yaml_gives_the_parsers_reason(tmp_path: Path, text: str, expected: str) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
-    assert _error(cfg).startswith(f"config file {cfg} {expected}")
+    assert settings_error(cfg).startswith(f"config file {cfg} {expected}")
 
 
 @pytest.mark.parametrize(
@@ -166,7 +148,7 @@ def test_an_unknown_key_gets_the_closest_valid_one(
 ) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
-    message = _error(cfg)
+    message = settings_error(cfg)
     assert expected in message
     assert message.endswith(f"(in {cfg})")  # no MODERATOR_... variable that is not set
 
@@ -176,22 +158,24 @@ def test_an_error_names_only_the_source_that_holds_the_value(
 ) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("kafka:\n  delivery: maybe\nflow:\n  low_in_flight: 5000\n")
-    assert _error(cfg).startswith("configuration error: kafka.delivery: Input should be ")
-    assert f"(in {cfg}) (and 1 more problem)" in _error(cfg)
-    assert "MODERATOR_" not in _error(cfg)
+    assert settings_error(cfg).startswith("configuration error: kafka.delivery: Input should be ")
+    assert f"(in {cfg}) (and 1 more problem)" in settings_error(cfg)
+    assert "MODERATOR_" not in settings_error(cfg)
 
     no_env.setenv("MODERATOR_KAFKA__DELIVERY", "sometimes")  # the environment wins over the file
-    assert _error(cfg).endswith("(from environment MODERATOR_KAFKA__DELIVERY) (and 1 more problem)")
+    assert settings_error(cfg).endswith(
+        "(from environment MODERATOR_KAFKA__DELIVERY) (and 1 more problem)"
+    )
     no_env.delenv("MODERATOR_KAFKA__DELIVERY")
     no_env.setenv("MODERATOR_kafka__deliverx", "1")  # pydantic-settings reads any case
-    assert _error().endswith(
+    assert settings_error().endswith(
         "kafka.deliverx: unknown key; did you mean 'delivery'? (from environment "
         "MODERATOR_kafka__deliverx)"
     )
     no_env.delenv("MODERATOR_kafka__deliverx")
 
     no_env.setenv("MODERATOR_KAFKA__TOPICS", '{"uploadz": "u"}')  # inside a JSON value
-    assert _error().endswith(
+    assert settings_error().endswith(
         "kafka.topics.uploadz: unknown key; did you mean 'uploads'? (from environment "
         "MODERATOR_KAFKA__TOPICS)"
     )
@@ -199,20 +183,20 @@ def test_an_error_names_only_the_source_that_holds_the_value(
 
     # A section's rule about two values names the first and the source that set it ...
     cfg.write_text("flow:\n  low_in_flight: 5000\n")
-    assert _error(cfg).endswith(
+    assert settings_error(cfg).endswith(
         f"flow.low_in_flight: 5000 must be below high_in_flight (2000) (in {cfg})"
     )
     no_env.setenv("MODERATOR_FLOW__HIGH_IN_FLIGHT", "10")
-    assert _error(cfg).endswith(f"(10) (in {cfg})")
+    assert settings_error(cfg).endswith(f"(10) (in {cfg})")
     # ... or, when only the other one was set, every source of the section's values.
     cfg.write_text("flow:\n  drain_grace_s: 1\n")
-    assert _error(cfg).endswith(
+    assert settings_error(cfg).endswith(
         "flow.low_in_flight: 1000 must be below high_in_flight (10) (from environment "
         f"MODERATOR_FLOW__HIGH_IN_FLIGHT; in {cfg})"
     )
     no_env.delenv("MODERATOR_FLOW__HIGH_IN_FLIGHT")
     no_env.setenv("MODERATOR_HTTP__PORT", "9401")  # a flag wins over the environment
-    assert _error(None, {"http.port": 70000}).endswith(
+    assert settings_error(None, {"http.port": 70000}).endswith(
         "http.port: Input should be less than or equal to 65535 (from the command line)"
     )
 
@@ -241,7 +225,7 @@ def test_a_broker_list_librdkafka_cannot_use_is_a_config_error(
     no_env: pytest.MonkeyPatch, servers: str, problem: str
 ) -> None:
     no_env.setenv("MODERATOR_KAFKA__BOOTSTRAP_SERVERS", servers)
-    message = _error()
+    message = settings_error()
     assert message.startswith(f"configuration error: kafka.bootstrap_servers: {problem}")
     assert message.endswith("(from environment MODERATOR_KAFKA__BOOTSTRAP_SERVERS)")
 
@@ -251,7 +235,7 @@ def test_an_empty_broker_list_in_the_file_is_named(
 ) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text('kafka:\n  bootstrap_servers: " "\n')
-    assert _error(cfg) == (
+    assert settings_error(cfg) == (
         "configuration error: kafka.bootstrap_servers: empty: name at least one broker, e.g. "
         f"kafka:9092 (in {cfg})"
     )
@@ -281,7 +265,10 @@ def test_broker_lists_librdkafka_accepts_still_load(
 def test_a_broker_protocol_must_be_the_security_protocol(no_env: pytest.MonkeyPatch) -> None:
     """librdkafka skips a `PROTOCOL://` entry that is not its security.protocol."""
     no_env.setenv("MODERATOR_KAFKA__BOOTSTRAP_SERVERS", "SSL://kafka:9093")
-    assert "'SSL://kafka:9093' names protocol SSL but security_protocol is PLAINTEXT" in _error()
+    assert (
+        "'SSL://kafka:9093' names protocol SSL but security_protocol is PLAINTEXT"
+        in settings_error()
+    )
     no_env.setenv("MODERATOR_KAFKA__SECURITY_PROTOCOL", "SSL")
     assert load_settings().kafka.security_protocol == "SSL"
     no_env.delenv("MODERATOR_KAFKA__SECURITY_PROTOCOL")

@@ -3,38 +3,19 @@ source that set that key; values the service would misuse are refused at load.""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic_settings import SettingsError
 
-from moderator.errors import ConfigError
 from moderator.ingest.kafka import consumer_config, producer_config
 from moderator.settings import SERVICE_CLIENT_KEYS, Settings, load_settings
 from moderator.settings_errors import env_problem
+from tests.settings_fixtures import settings_error
 
 JSON_HINT = (
     'maps and lists are written as JSON in the environment, e.g. {"key": "value"} or ["a", "b"]'
 )
-
-
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No MODERATOR_* variable, so an error line names only what the test sets."""
-    for name in list(os.environ):
-        if name.upper().startswith("MODERATOR_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
-
-
-def _error(config: Path | None = None, overrides: dict[str, Any] | None = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_settings(config, overrides)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def _file(tmp_path: Path, text: str) -> Path:
@@ -52,7 +33,7 @@ def test_a_section_rule_names_its_key_and_only_that_keys_source(
     cfg = _file(tmp_path, 'kafka: {bootstrap_servers: "SSL://a:9092"}\n')
     no_env.setenv("MODERATOR_KAFKA__GROUP_ID", "g")
     no_env.setenv("MODERATOR_KAFKA__DELIVERY", "at_least_once")
-    assert _error(cfg) == (
+    assert settings_error(cfg) == (
         "configuration error: kafka.bootstrap_servers: 'SSL://a:9092' names protocol SSL but "
         f"security_protocol is PLAINTEXT (librdkafka would skip the broker) (in {cfg})"
     )
@@ -86,7 +67,7 @@ def test_every_section_rule_names_its_key(
 ) -> None:
     no_env.setenv("MODERATOR_LOG__LEVEL", "info")  # set, but not where the problem is
     cfg = _file(tmp_path, text)
-    assert _error(cfg) == f"configuration error: {expected} (in {cfg})"
+    assert settings_error(cfg) == f"configuration error: {expected} (in {cfg})"
 
 
 def test_a_key_check_naming_itself_keeps_its_message(
@@ -94,7 +75,7 @@ def test_a_key_check_naming_itself_keeps_its_message(
 ) -> None:
     """`api_tokens: ...` raised for audit.api_tokens: not a key inside the map."""
     cfg = _file(tmp_path, "audit:\n  api_tokens: {abc: ['*']}\n")
-    assert _error(cfg).startswith(
+    assert settings_error(cfg).startswith(
         "configuration error: audit.api_tokens: api_tokens: a key of 3 characters is not"
     )
 
@@ -117,7 +98,7 @@ def test_a_value_that_is_not_json_names_its_variable(
     section = key.split(".")[0].upper()
     no_env.setenv(f"MODERATOR_{section}__ZZ_OTHER", "1")  # in the section, not to blame
     no_env.setenv(name, value)
-    assert _error() == (
+    assert settings_error() == (
         f"configuration error: {key}: not valid JSON (from environment {name}); {JSON_HINT}"
     )
 
@@ -126,7 +107,7 @@ def test_two_values_that_are_not_json_are_both_named(no_env: pytest.MonkeyPatch)
     no_env.setenv("MODERATOR_AUDIT__URL", "sqlite:///a.db")
     no_env.setenv("MODERATOR_AUDIT__API_TOKENS", "{bad")
     no_env.setenv("MODERATOR_AUDIT__RETENTION_DAYS", "a=1")
-    assert _error() == (
+    assert settings_error() == (
         "configuration error: audit: a value is not valid JSON (from environment "
         f"MODERATOR_AUDIT__API_TOKENS, MODERATOR_AUDIT__RETENTION_DAYS); {JSON_HINT}"
     )
@@ -151,9 +132,9 @@ def test_an_empty_instance_id_is_refused(no_env: pytest.MonkeyPatch, tmp_path: P
         "transactional id (moderator-{group_id}-{instance_id}), which no two pods may share; "
         "leave it unset for the host name"
     )
-    assert _error(cfg) == f"{expected} (in {cfg})"
+    assert settings_error(cfg) == f"{expected} (in {cfg})"
     no_env.setenv("MODERATOR_INSTANCE_ID", " \t")
-    assert _error(cfg) == f"{expected} (from environment MODERATOR_INSTANCE_ID)"
+    assert settings_error(cfg) == f"{expected} (from environment MODERATOR_INSTANCE_ID)"
     no_env.setenv("MODERATOR_INSTANCE_ID", "pod-0")
     assert load_settings(cfg).transactional_id == "moderator-moderator-pod-0"
 
@@ -166,7 +147,7 @@ def test_a_client_property_the_service_sets_is_refused(
     no_env: pytest.MonkeyPatch, tmp_path: Path, key: str
 ) -> None:
     cfg = _file(tmp_path, f"kafka:\n  client:\n    fetch.min.bytes: 1\n    {key}: '1'\n")
-    assert _error(cfg) == (
+    assert settings_error(cfg) == (
         f"configuration error: kafka.client.{key}: set by the service "
         f"({SERVICE_CLIENT_KEYS[key]}); remove it (in {cfg})"
     )
@@ -174,7 +155,7 @@ def test_a_client_property_the_service_sets_is_refused(
 
 def test_the_transactional_id_line(no_env: pytest.MonkeyPatch) -> None:
     no_env.setenv("MODERATOR_KAFKA__CLIENT", '{"transactional.id": "t"}')
-    assert _error() == (
+    assert settings_error() == (
         "configuration error: kafka.client.transactional.id: set by the service (from "
         "kafka.transactional_id, by default moderator-{group_id}-{instance_id}); remove it "
         "(from environment MODERATOR_KAFKA__CLIENT)"
@@ -207,7 +188,7 @@ def test_a_base_url_that_is_not_http_is_refused_at_load(
     no_env: pytest.MonkeyPatch, url: str
 ) -> None:
     no_env.setenv("MODERATOR_ENGINE__BASE_URL", url)
-    assert _error() == (
+    assert settings_error() == (
         "configuration error: engine.base_url: expected an http:// or https:// URL with a host, "
         f"e.g. http://127.0.0.1:23333/v1, got {url!r} (from environment "
         "MODERATOR_ENGINE__BASE_URL)"
@@ -216,7 +197,7 @@ def test_a_base_url_that_is_not_http_is_refused_at_load(
 
 def test_a_base_url_with_a_password_is_masked(no_env: pytest.MonkeyPatch) -> None:
     no_env.setenv("MODERATOR_ENGINE__BASE_URL", "ftp://u:hunter2@x/v1")
-    assert "hunter2" not in _error()
+    assert "hunter2" not in settings_error()
 
 
 @pytest.mark.parametrize("url", ["http://vllm:8000/v1", "https://h/v1", ""])
@@ -230,9 +211,9 @@ def test_an_http_base_url_passes(no_env: pytest.MonkeyPatch, url: str) -> None:
 
 def test_a_duplicate_key_in_the_file_is_refused(tmp_path: Path) -> None:
     cfg = _file(tmp_path, "kafka:\n  group_id: a\n  delivery: at_least_once\n  group_id: b\n")
-    assert _error(cfg) == f"config file {cfg} line 4: duplicate key 'group_id'"
+    assert settings_error(cfg) == f"config file {cfg} line 4: duplicate key 'group_id'"
     cfg = _file(tmp_path, "log: {level: info}\nlog: {level: debug}\n")
-    assert _error(cfg) == f"config file {cfg} line 2: duplicate key 'log'"
+    assert settings_error(cfg) == f"config file {cfg} line 2: duplicate key 'log'"
 
 
 def test_anchors_and_merge_keys_still_load(tmp_path: Path) -> None:
