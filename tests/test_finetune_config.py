@@ -129,6 +129,27 @@ def test_evaluation_follows_the_eval_split(tmp_path: Path, paths: dict[str, Path
     assert check_inputs(one_file).train == (bare / "train.json").resolve()
 
 
+def test_an_eval_split_asked_for_must_exist_and_hold_samples(
+    tmp_path: Path, paths: dict[str, Path]
+) -> None:
+    from moderator.training.finetune.inputs import eval_note
+
+    with pytest.raises(ConfigError, match=r"^eval\.split: .*data has no nosuch split to evaluate"):
+        check_inputs(parse_config(minimal(paths, eval={"split": "nosuch"}), "x"))
+    one_file = minimal(paths, dataset=str(paths["data"] / "train.json"), eval={"split": "eval"})
+    with pytest.raises(ConfigError, match=r"^eval\.split: dataset .* is one file, with no eval"):
+        check_inputs(parse_config(one_file, "x"))
+    off = parse_config(minimal(paths, eval={"split": "nosuch", "enabled": False}), "x")
+    assert check_inputs(off).eval is None and eval_note(off, check_inputs(off)) is None
+    (paths["data"] / "eval.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"^eval\.split: .*eval\.json holds no samples; set"):
+        check_inputs(parse_config(minimal(paths), "x"))
+    bare = parse_config(minimal(paths, dataset=str(make_dataset(tmp_path / "bare"))), "x")
+    note = eval_note(bare, check_inputs(bare))
+    assert note is not None and note.startswith("train: note: ")
+    assert note.endswith("bare has no eval split (eval.json or .jsonl): no evaluation will run")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -217,6 +238,24 @@ def test_resume_takes_the_latest_checkpoint_or_the_one_given(tmp_path: Path) -> 
         rundir.start_checkpoint(cut, "latest")
     with pytest.raises(ConfigError, match="no checkpoint directory at"):
         rundir.start_checkpoint(run, tmp_path / "elsewhere")
+
+
+def test_a_checkpoint_at_the_runs_end_completes_it(tmp_path: Path, paths: dict[str, Path]) -> None:
+    from moderator.training.finetune.complete import completion
+
+    checkpoint = _checkpoint(tmp_path / "run", 4)
+    state = {"global_step": 4, "max_steps": 4, "epoch": 2.0}
+    (checkpoint / rundir.TRAINER_STATE).write_text(json.dumps(state))
+    done = completion(checkpoint, parse_config(minimal(paths, max_steps=4), "x"))
+    assert done is not None and (done.step, done.end) == (4, "max_steps 4")
+    assert completion(checkpoint, parse_config(minimal(paths, max_steps=3), "x")) is not None
+    assert completion(checkpoint, parse_config(minimal(paths, max_steps=5), "x")) is None
+    # Without max_steps: the epochs asked for, against the epoch the checkpoint reached.
+    done = completion(checkpoint, parse_config(minimal(paths, epochs=2), "x"))
+    assert done is not None and done.end == "epochs 2 (epoch 2)"
+    assert completion(checkpoint, parse_config(minimal(paths, epochs=3), "x")) is None
+    (checkpoint / rundir.TRAINER_STATE).write_text(json.dumps({"global_step": 4}))
+    assert completion(checkpoint, parse_config(minimal(paths, epochs=1), "x")) is None
 
 
 def test_a_resumed_run_drops_the_log_after_its_checkpoint(tmp_path: Path) -> None:

@@ -238,6 +238,20 @@ def test_resume_continues_from_the_checkpoints_step(tiny: dict[str, Path], tmp_p
     assert extended.steps == 6
     assert sorted(losses(extended.run)) == [1, 2, 3, 4, 5, 6]
     assert "warning: the train split(s) changed since the run started" in stderr
+    # Resumed again once complete: no step, final/ kept as it is.
+    kept = {p.name: p.stat().st_mtime_ns for p in (extended.run / "final").iterdir()}
+    done, stderr = run(longer, "latest")
+    assert (done.steps, done.final) == (6, extended.run / "final")
+    assert f"train: {extended.run} is complete at step 6 of max_steps 6; nothing" in stderr
+    assert "train: step" not in stderr and "resuming" not in stderr
+    assert sorted(losses(done.run)) == [1, 2, 3, 4, 5, 6]
+    assert rundir.checkpoints(done.run)[-1][0] == 6
+    assert {p.name: p.stat().st_mtime_ns for p in (done.run / "final").iterdir()} == kept
+    # Stopped in its last step before final/ was saved: final/ is made from the checkpoint.
+    shutil.rmtree(done.run / "final")
+    remade, stderr = run(longer, "latest")
+    assert f"model saved to {done.run / 'final'} (from checkpoint-6)" in stderr
+    assert sorted(p.name for p in (remade.run / "final").iterdir()) == sorted(kept)
 
 
 def test_gradient_checkpointing_and_accumulation(tiny: dict[str, Path], tmp_path: Path) -> None:

@@ -174,7 +174,7 @@ def test_cli_make_tiny(hf: Any, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["model", "make-tiny", str(target), "--arch", "qwen2-vl"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(target)
-    assert "random weights" in err
+    assert err.startswith("moderator: warning: qwen2-vl checkpoint with random weights")
     assert is_smoke_test(target)
     assert json.loads((target / MARKER).read_text(encoding="utf-8"))["arch"] == "qwen2-vl"
 
@@ -227,3 +227,18 @@ def test_cli_usage_names_the_directory_in_capitals(capsys: pytest.CaptureFixture
     assert exited.value.code == 0
     usage = " ".join(capsys.readouterr().out.split("\n\n", 1)[0].split())
     assert usage.endswith("[--seed N] DIRECTORY"), usage
+
+
+@needs_transformers
+def test_cli_names_a_directory_it_may_not_create(
+    hf: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refused(self: Path, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    assert main(["model", "make-tiny", str(tmp_path / "sys" / "foo")]) == 2
+    assert capsys.readouterr().err == (
+        f"moderator: make-tiny: DIRECTORY: cannot create {tmp_path / 'sys' / 'foo'}: "
+        "Operation not permitted\n"
+    )

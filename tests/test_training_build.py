@@ -317,6 +317,21 @@ def test_a_variant_stays_in_its_originals_split(policies: Path) -> None:
     assert built.counts[SAFE_SENSITIVE] == 30
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0.8,0.2", "--split: expected three shares (train,eval,test) like 0.8,0.1,0.1, got 2 "),
+        ("a,b,c", "--split: the shares must be numbers like 0.8,0.1,0.1, got 'a,b,c'"),
+        ("0.5,0.6,-0.1", "--split: a share cannot be negative: test -0.1"),
+        ("0.5,0.5,0.5", "--split: the shares must add up to 1, not 1.5"),
+    ],
+)
+def test_a_bad_split_says_which_rule_it_breaks(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_split(text)
+    assert str(caught.value).startswith(message)
+
+
 # -- the command -------------------------------------------------------------------------------
 
 
@@ -464,4 +479,40 @@ def test_the_command_lines_default_min_side_is_the_builds() -> None:
         DEFAULT_MIN_SIDE
         == BUILD_DEFAULT
         == BuildRequest(Path("m"), Path("o"), BuildOptions()).min_side
+    )
+
+
+def test_an_empty_split_is_named_in_a_warning(
+    tmp_path: Path, policies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = manifest(tmp_path, labelled_images(tmp_path, 10))
+    settings = load_settings(None, {"policies.dir": policies})
+    assert run_build(request(tmp_path, path, ratios=(0.0, 0.0, 1.0)), settings) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        "moderator: warning: the train and eval splits are empty (train.json, eval.json written "
+        "without samples): a larger --split share or more rows fills them"
+    )
+    assert read_dataset(tmp_path / "out" / "eval.json") == []
+    assert run_build(request(tmp_path, path, ratios=(0.5, 0.0, 0.5)), settings) == 0
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith("moderator: warning: the eval split is empty (eval.json written")
+    )
+    assert run_build(request(tmp_path, path), settings) == 0
+    assert "empty" not in capsys.readouterr().err
+
+
+def test_an_out_under_a_file_is_refused_before_the_rows_are_checked(
+    tmp_path: Path, policies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = manifest(tmp_path, labelled_images(tmp_path, 4))
+    (tmp_path / "train.json").write_text("[]")
+    base = ["dataset", "build", str(path), "--policies", str(policies)]
+    assert main([*base, "--out", str(tmp_path / "train.json" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"moderator: --out: {tmp_path / 'train.json' / 'x'} is under {tmp_path / 'train.json'}, "
+        "which exists and is not a directory\n"
     )

@@ -23,13 +23,9 @@ from moderator.pipeline.progress import Counts
 from moderator.policy.bundled import write_default_policy
 from moderator.settings import Settings, TenancySettings
 from moderator.training.dataset import Sample, write_dataset
-from moderator.training.evaluate import (
-    RunProgress,
-    default_policy_prompt,
-    duration,
-    loading_line,
-)
+from moderator.training.evaluate import default_policy_prompt, loading_line
 from moderator.training.metrics import Prediction
+from moderator.training.run_progress import RunProgress, duration
 from tests.policy_fixtures import clear_moderator_env
 from tests.test_training_predictions import INTERFACE_KEYS
 
@@ -324,3 +320,13 @@ def test_the_header_fingerprints_the_dataset(
     assert main(argv) == 0
     header = json.loads((tmp_path / "r" / "metrics.json").read_text())["header"]
     assert header["dataset_sha256"] == hashlib.sha256(dataset.read_bytes()).hexdigest()
+
+
+def test_missing_images_are_listed_once_with_their_sample_count() -> None:
+    from moderator.training.predictions import not_found
+
+    # Augmented variants share their original's image: each path once, and the samples.
+    assert not_found(["a.png", "b.png", "a.png", "a.png"]) == (
+        "2 image file(s) not found (for 4 samples): 'a.png', 'b.png'"
+    )
+    assert not_found(["a.png"]) == "1 image file(s) not found: 'a.png'"

@@ -27,8 +27,10 @@ from moderator.training.from_audit import (
     Exported,
     Exporter,
     ExportOptions,
+    ExportProgress,
     Skip,
     export,
+    finish_line,
     query_rows,
     read_labels,
     skip_kinds,
@@ -206,6 +208,11 @@ def test_reviewer_labels_override_the_model(
     assert samples["a-error"].rationale == "a landscape"
     assert (result.labelled, result.unlabelled) == (3, 5)
     assert not (out / "skipped.jsonl").exists()
+    stream = io.StringIO()
+    finish_line(ExportProgress(stream), result)
+    assert stream.getvalue().startswith(
+        "dataset from-audit: rows 8, exported 3, skipped 0, unlabelled 5, "
+    )
 
 
 def test_max_samples_stops_the_export(
@@ -249,6 +256,10 @@ def test_the_command_line(
     assert "--decision: must be one of allow, review, block" in capsys.readouterr().err
     assert main(["dataset", "from-audit", "--out", str(out), "--labelled-only"]) == 2
     assert "--labelled-only: needs --labels" in capsys.readouterr().err
+    under_a_file = out.parent / "notes.txt" / "x"
+    (out.parent / "notes.txt").write_text("mine")
+    assert main(["dataset", "from-audit", "--out", str(under_a_file)]) == 2
+    assert capsys.readouterr().err.startswith(f"moderator: --out: {under_a_file} is under ")
     assert main(["dataset", "from-audit", "--out", str(out), "--tenant", BETA]) == 0
     assert capsys.readouterr().out.strip() == f"1 samples -> {out / 'dataset.json'}"
     (sample,) = read_dataset(out / "dataset.json")

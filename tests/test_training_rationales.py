@@ -255,6 +255,20 @@ def asked(server: OpenAITestServer) -> list[str]:
     return [m.group(1) for p in prompts if (m := SAMPLE_ID.match(p))]
 
 
+def test_a_bad_journal_line_is_reported_before_the_engine_loads(
+    tmp_path: Path, server: OpenAITestServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dataset(tmp_path)
+    (tmp_path / "out").mkdir()
+    journal_path(tmp_path / "out" / "train.jsonl").write_text('{"id": "s0"}\n')
+    assert run(tmp_path, server) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("train.jsonl.progress.jsonl:1: not a journal line (remove the file to "
+                        "start over)\n")  # fmt: skip
+    assert "loading" not in err
+    assert server.backend.calls == []  # type: ignore[attr-defined]
+
+
 def test_a_run_keeps_good_answers_rejects_the_rest_and_resumes(
     tmp_path: Path, server: OpenAITestServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -283,13 +297,15 @@ def test_a_run_keeps_good_answers_rejects_the_rest_and_resumes(
                     for x in journal.read_text().splitlines())  # fmt: skip
     assert kinds == {"rationale": 2, "rejected": 4}
 
-    # Again: nothing left to ask (only the warm-up reaches the server).
+    # Again: nothing left to ask, so the engine is not even loaded (no warm-up request).
     calls = len(server.backend.calls)  # type: ignore[attr-defined]
     assert run(tmp_path, server) == 0
-    assert len(server.backend.calls) == calls + 1  # type: ignore[attr-defined]
-    assert "this run: 0 filled, 0 rejected, 0 failed; skipped (done earlier): 6" in (
-        capsys.readouterr().out
-    )
+    assert len(server.backend.calls) == calls  # type: ignore[attr-defined]
+    out, err = capsys.readouterr()
+    assert "this run: 0 filled, 0 rejected, 0 failed; skipped (done earlier): 6" in out
+    nothing = "rationales: nothing to ask: every sample lacking a rationale has an outcome in"
+    assert f"{nothing} {journal} (the engine is not loaded)" in err
+    assert "loading" not in err
 
     # The rejected ones asked again, of a model that now answers well.
     server.backend = ScriptedBackend(respond=scripted(ALL_GOOD))

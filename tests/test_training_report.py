@@ -148,6 +148,21 @@ def test_without_matplotlib_the_report_says_so(
     assert md.count("Plots need matplotlib") == 4
 
 
+def test_a_reused_directory_keeps_no_file_of_the_earlier_report(
+    tmp_path: Path, data: tuple[list[Sample], list[Prediction]]
+) -> None:
+    samples, predictions = data
+    metrics = compute(samples, predictions)
+    for name in ("predictions.jsonl", "compare.md", "notes.txt"):
+        (tmp_path / name).write_text("an earlier run\n")
+    write_report(tmp_path, metrics, samples, predictions, HEADER, kept=["predictions.jsonl"])
+    assert (tmp_path / "predictions.jsonl").is_file()  # this report's, written by the caller
+    assert not (tmp_path / "compare.md").exists()  # compared the earlier report
+    assert (tmp_path / "notes.txt").is_file()  # not a report file: left alone
+    write_report(tmp_path, metrics, samples, predictions, HEADER)  # scored from a file
+    assert not (tmp_path / "predictions.jsonl").exists()
+
+
 def test_data_is_escaped(tmp_path: Path) -> None:
     sample = Sample(
         id="<b>x</b>", image="i.png", rating="Unsafe", category="O1: Hate, Humiliation, Harassment"

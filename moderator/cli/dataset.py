@@ -209,6 +209,7 @@ def cmd_from_audit(args: argparse.Namespace) -> int:
     from moderator.logs import configure_cli_logging
     from moderator.settings import load_settings
     from moderator.training import from_audit as fa
+    from moderator.training.build_run import check_out
 
     try:
         query = build_query(filter_values(args))
@@ -218,8 +219,7 @@ def cmd_from_audit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-samples: must be at least 1, got {args.max_samples}")
     if args.labelled_only and args.labels is None:
         raise ConfigError("--labelled-only: needs --labels FILE")
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out: {args.out} exists and is not a directory")
+    check_out(args.out)
     labels = fa.read_labels(args.labels) if args.labels is not None else None
     options = fa.ExportOptions(labels, args.labelled_only, args.max_samples)
     settings = load_settings(args.config)

@@ -23,7 +23,8 @@ from moderator.cli.style import (
 from moderator.errors import ConfigError, ModeratorError
 
 if TYPE_CHECKING:
-    from moderator.training.rationales import Outcome
+    from moderator.settings import Settings
+    from moderator.training.rationales import Options, Outcome, Plan
 
 # Copies of moderator.training constants (not imported: parsers stay cheap).
 MAX_REPEAT = 0.2  # rationales.MAX_REPEAT
@@ -98,30 +99,51 @@ def add_rationales_parser(dataset_sub: Any) -> None:
 
 def cmd_rationales(args: argparse.Namespace) -> int:
     from moderator.cli.offline import offline_settings
-    from moderator.cli.preflight import check_engine_files
     from moderator.training.dataset import read_dataset
-    from moderator.training.evaluate import Engines, ImageSource, default_policy_prompt
-    from moderator.training.predictions import listed
-    from moderator.training.rationales import Options, Target, fill_rationales, journal_path
+    from moderator.training.rationales import Options, journal_path, plan_run, write_output
 
     _check_flags(args)
     settings = offline_settings(args)
     samples = read_dataset(args.dataset)
-    check_engine_files(settings.engine)
-    missing = ImageSource(args.dataset, settings).missing_local(
-        [s.image for s in samples if not s.rationale]
-    )
-    if missing:
-        raise ConfigError(
-            f"dataset rationales: {len(missing)} image file(s) not found: {listed(missing)}"
-        )
-    prompt, _ = default_policy_prompt(settings.policies.dir, settings.tenancy)
     options = Options(
         max_repeat=args.max_repeat,
         attempts=args.attempts,
         limit=args.limit,
         retry_rejected=args.retry_rejected,
     )
+    plan = plan_run(samples, args.out, options)  # a bad journal line: before any model loads
+    if plan.todo:
+        outcome = _ask(args, settings, plan, options)
+    else:
+        print(
+            f"rationales: nothing to ask: every sample lacking a rationale has an outcome in "
+            f"{journal_path(args.out)} (the engine is not loaded)",
+            file=sys.stderr,
+        )
+        outcome = write_output(plan, args.dataset, args.out)
+    for line in summary_lines(outcome, args.out, journal_path(args.out)):
+        print(line)
+    if outcome.failed:
+        codes = ", ".join(f"{code} {n}" for code, n in outcome.failed.most_common())
+        raise ModeratorError(
+            f"dataset rationales: {sum(outcome.failed.values())} sample(s) failed ({codes}); "
+            "run the command again to retry them"
+        )
+    return 0
+
+
+def _ask(args: argparse.Namespace, settings: Settings, plan: Plan, options: Options) -> Outcome:
+    """Check the engine's files and the images to ask about, load the engine and ask."""
+    from moderator.cli.preflight import check_engine_files
+    from moderator.training.evaluate import Engines, ImageSource, default_policy_prompt
+    from moderator.training.predictions import not_found
+    from moderator.training.rationales import Target, fill_rationales
+
+    check_engine_files(settings.engine)
+    missing = ImageSource(args.dataset, settings).missing_local([s.image for s in plan.todo])
+    if missing:
+        raise ConfigError(f"dataset rationales: {not_found(missing)}")
+    prompt, _ = default_policy_prompt(settings.policies.dir, settings.tenancy)
     target = Target(args.dataset, args.out, prompt)
     engines = Engines.start(settings, prompt, announce=sys.stderr, label="rationales")
     model = engines.engine.info
@@ -132,18 +154,9 @@ def cmd_rationales(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        outcome = fill_rationales(samples, target, engines, settings, options, sys.stderr)
+        return fill_rationales(plan, target, engines, settings, options, sys.stderr)
     finally:
         engines.close()
-    for line in summary_lines(outcome, args.out, journal_path(args.out)):
-        print(line)
-    if outcome.failed:
-        codes = ", ".join(f"{code} {n}" for code, n in outcome.failed.most_common())
-        raise ModeratorError(
-            f"dataset rationales: {sum(outcome.failed.values())} sample(s) failed ({codes}); "
-            "run the command again to retry them"
-        )
-    return 0
 
 
 def summary_lines(outcome: Outcome, out: Path, journal: Path) -> list[str]:

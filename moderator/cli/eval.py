@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         predictions, elapsed, source = _from_engine(args, settings, samples)
     from moderator.training.metrics import compute
-    from moderator.training.report import write_report
+    from moderator.training.report import PREDICTIONS_FILE, write_report
 
     _create(args.report)
     metrics = compute(samples, predictions, elapsed_s=elapsed)
@@ -149,7 +149,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **source,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_report(args.report, metrics, samples, predictions, header)
+    kept = [PREDICTIONS_FILE] if args.predictions is None else []  # written by _from_engine
+    write_report(args.report, metrics, samples, predictions, header, kept=kept)
     for line in summary_lines(metrics):
         print(line)
     print(f"report: {args.report / 'report.md'}")
@@ -209,13 +210,14 @@ def _from_engine(
         default_policy_prompt,
         evaluate_engine,
     )
-    from moderator.training.predictions import listed, write_predictions
+    from moderator.training.predictions import not_found, write_predictions
+    from moderator.training.report import PREDICTIONS_FILE
 
     check_engine_files(settings.engine)
     images = ImageSource(args.dataset, settings)
     missing = images.missing_local([s.image for s in samples])
     if missing:
-        raise ConfigError(f"eval: {len(missing)} image file(s) not found: {listed(missing)}")
+        raise ConfigError(f"eval: {not_found(missing)}")
     prompt, where = default_policy_prompt(settings.policies.dir, settings.tenancy)
     without = sum(1 for s in samples if not s.prompt)
     _create(args.report)
@@ -231,7 +233,7 @@ def _from_engine(
     note = score_note(run.predictions)
     if note is not None:
         print(f"eval: {note}", file=sys.stderr)
-    write_predictions(args.report / "predictions.jsonl", run.predictions)
+    write_predictions(args.report / PREDICTIONS_FILE, run.predictions)
     source = {
         "source": "engine",
         "engine": run.model.engine,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,10 +24,11 @@ def cmd_make_tiny(directory: Path, arch: str, seed: int) -> int:
         raise ConfigError(TRANSFORMERS_MISSING) from exc
     from moderator.dev.tiny.checkpoint import make_tiny
 
+    _create(directory)
     path = make_tiny(directory, arch, seed=seed)
     print(path)
     print(
-        f"warning: {arch} checkpoint with random weights (seed {seed}): "
+        f"moderator: warning: {arch} checkpoint with random weights (seed {seed}): "
         "for smoke tests only, its verdicts are meaningless",
         file=sys.stderr,
     )
@@ -45,3 +47,15 @@ def _check_directory(directory: Path) -> None:
                     f"make-tiny: DIRECTORY: cannot create {directory}: {parent} is not a directory"
                 )
             return
+
+
+def _create(directory: Path) -> None:
+    """Create DIRECTORY (and its parents) before the model is built: ConfigError naming it
+    when that is not allowed (a read-only or system folder)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"make-tiny: DIRECTORY: cannot create {directory}: {reason}") from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"make-tiny: DIRECTORY: cannot write to {directory}: permission denied")

@@ -52,14 +52,23 @@ class Built:
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
-    """`0.8,0.1,0.1` -> the train, eval and test shares: three numbers >= 0 summing to 1."""
+    """`0.8,0.1,0.1` -> the train, eval and test shares: three numbers >= 0 summing to 1.
+    ConfigError saying which rule the text breaks."""
     parts = text.split(",")
+    if len(parts) != 3:
+        raise ConfigError(
+            f"--split: expected three shares (train,eval,test) like 0.8,0.1,0.1, "
+            f"got {len(parts)} in {text!r}"
+        )
     try:
         values = tuple(float(part) for part in parts)
     except ValueError:
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise ConfigError(f"--split: expected three shares like 0.8,0.1,0.1, got {text!r}")
+        values = (math.nan,)
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--split: the shares must be numbers like 0.8,0.1,0.1, got {text!r}")
+    negative = [f"{name} {v:g}" for name, v in zip(SPLITS, values, strict=True) if v < 0]
+    if negative:
+        raise ConfigError(f"--split: a share cannot be negative: {', '.join(negative)}")
     if abs(sum(values) - 1.0) > 1e-6:
         raise ConfigError(f"--split: the shares must add up to 1, not {sum(values):g}")
     return values[0], values[1], values[2]

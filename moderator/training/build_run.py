@@ -71,8 +71,7 @@ def run_build(
     stderr = stderr or sys.stderr
     if request.min_side < 1:
         raise ConfigError(f"--min-side: must be at least 1, got {request.min_side}")
-    if request.out.exists() and not request.out.is_dir():
-        raise ConfigError(f"--out: {request.out} exists and is not a directory")
+    check_out(request.out)
     policy = base_policy(settings, request.tenant)
     manifest = read_manifest(request.manifest)
     if manifest.ignored_columns:
@@ -101,7 +100,10 @@ def run_build(
         return 1
     if not good:
         raise ConfigError(f"MANIFEST: {request.manifest} has no usable rows")
-    request.out.mkdir(parents=True, exist_ok=True)
+    try:
+        request.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create {request.out}: {exc.strerror or exc}") from exc
     samples = [_sample(row, request) for row, _ in good]
     built = build_splits(samples, Variants(policy, request.tenant), request.options)
     _write(request, built, bad, rows=len(manifest.rows) + len(manifest.bad))
@@ -111,9 +113,39 @@ def run_build(
             f"{request.out / BAD_ROWS_FILE}",
             file=stderr,
         )
+    empty = empty_splits(built)
+    if empty:
+        print(f"moderator: warning: {empty}", file=stderr)
     for line in summary_table(built):
         print(line)
     return 0
+
+
+def check_out(out: Path) -> None:
+    """ConfigError when --out cannot be a directory: it is a file, a file is in its way, or
+    the nearest existing folder cannot be written to (checked before the rows)."""
+    for path in (out, *out.parents):
+        if not path.exists() and not path.is_symlink():
+            continue
+        if not path.is_dir():
+            where = "exists" if path == out else f"is under {path}, which exists"
+            raise ConfigError(f"--out: {out} {where} and is not a directory")
+        if path != out and not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out: cannot create {out}: {path} is not writable")
+        return
+
+
+def empty_splits(built: Built) -> str | None:
+    """`the eval and test splits are empty: ...` when a split got no sample; else None."""
+    names = [name for name in SPLITS if not built.splits[name]]
+    if not names:
+        return None
+    files = ", ".join(f"{name}.json" for name in names)
+    verb = "split is" if len(names) == 1 else "splits are"
+    return (
+        f"the {' and '.join(names)} {verb} empty ({files} written without samples): "
+        "a larger --split share or more rows fills them"
+    )
 
 
 def summary_table(built: Built) -> list[str]:

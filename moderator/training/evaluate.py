@@ -13,11 +13,12 @@ samples is in flight. Progress with an ETA goes to stderr.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -41,8 +42,10 @@ from moderator.policy.registry import SURFACE_DEFAULT
 from moderator.policy.resolve import resolve
 from moderator.settings import Settings, TenancySettings
 from moderator.training.dataset import Sample, resolve_image
+from moderator.training.interrupt import stop_window
 from moderator.training.metrics import Prediction
 from moderator.training.predictions import prediction_from_result
+from moderator.training.run_progress import RunProgress, duration
 
 DEFAULT_TENANT = "default"
 
@@ -145,38 +148,6 @@ def decode_first_frame(data: bytes, limits: DecodeLimits, input_size: int) -> Im
     return decode_image(data, one, input_size).frames[0]
 
 
-# -- progress ------------------------------------------------------------------------------------
-
-
-class RunProgress(Progress):
-    """The scan's status line (moderator/pipeline/progress.py) for a run of known length:
-    `LABEL: done/total samples (pct), errors N, rate samples/s, ETA ...`."""
-
-    def __init__(self, stream: TextIO, label: str) -> None:
-        super().__init__(stream)
-        self._label = label
-
-    def _status(self, counts: Counts, now: float, *, listing: bool) -> str:
-        rate = counts.done / max(now - self._started, 1e-9)
-        pct = f" ({100 * counts.done / counts.total:.0f}%)" if counts.total else ""
-        left = counts.total - counts.done
-        eta = f", ETA {duration(left / rate)}" if rate > 0 and left > 0 else ""
-        return (
-            f"{self._label}: {counts.done}/{counts.total} samples{pct}, errors {counts.errors}, "
-            f"{rate:.2f} samples/s{eta}"
-        )
-
-
-def duration(seconds: float) -> str:
-    """12 s, 3 min 04 s, 2 h 05 min."""
-    whole = int(seconds + 0.5)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
-
-
 # -- running -------------------------------------------------------------------------------------
 
 OnResult = Callable[[Job, EngineResult], None]
@@ -196,8 +167,10 @@ class EngineRunner:
         input_size: int,
         loaders: int,
         max_in_flight: int,
+        label: str = "eval",
     ) -> None:
         self._window = window
+        self._label = label
         self._images = images
         self._limits = limits
         self._input_size = input_size
@@ -210,31 +183,46 @@ class EngineRunner:
 
     def run(self, jobs: Sequence[Job], on_result: OnResult, progress: Progress) -> RunStats:
         """Every job through the engine; raises ModeratorError when `on_result` failed (after
-        the jobs in flight have finished)."""
+        the jobs in flight have finished). On Ctrl-C no more jobs go in, the window is closed
+        and the engine call in progress ends before the KeyboardInterrupt goes on."""
         started = time.monotonic()
-        submitted = 0
-        with ThreadPoolExecutor(self._loaders, thread_name_prefix="eval-load") as pool:
-            for job in jobs:
-                while not self._slots.acquire(timeout=progress.every_s):
-                    progress.tick(self._counts(len(jobs)), listing=False)
-                with self._cond:
-                    if self._fatal is not None:
-                        self._slots.release()
-                        break
-                pool.submit(self._load, job, on_result)
-                submitted += 1
-                progress.tick(self._counts(len(jobs)), listing=False)
+        pool = ThreadPoolExecutor(self._loaders, thread_name_prefix="eval-load")
+        try:
+            submitted = self._submit(jobs, on_result, progress, pool)
             while True:
                 with self._cond:
                     if self._done >= submitted:
                         break
                     self._cond.wait(progress.every_s)
                 progress.tick(self._counts(len(jobs)), listing=False)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_window(self._window, progress.note, self._label)
+            raise
+        finally:
+            pool.shutdown(wait=True)
         seconds = time.monotonic() - started
         progress.finish(self._counts(len(jobs)))
         if self._fatal is not None:
             raise ModeratorError(f"stopped: {self._fatal}")
         return RunStats(self._done, dict(self._errors), seconds)
+
+    def _submit(
+        self, jobs: Sequence[Job], on_result: OnResult, progress: Progress, pool: Executor
+    ) -> int:
+        """Hand the jobs to the loaders, at most `max_in_flight` unresolved; how many went."""
+        submitted = 0
+        for job in jobs:
+            while not self._slots.acquire(timeout=progress.every_s):
+                progress.tick(self._counts(len(jobs)), listing=False)
+            with self._cond:
+                if self._fatal is not None:
+                    self._slots.release()
+                    break
+            pool.submit(self._load, job, on_result)
+            submitted += 1
+            progress.tick(self._counts(len(jobs)), listing=False)
+        return submitted
 
     def _counts(self, total: int) -> Counts:
         with self._cond:
@@ -316,7 +304,7 @@ class Engines:
         started = time.monotonic()
         if announce is not None:
             print(f"{label}: {loading_line(settings)}", file=announce, flush=True)
-        engines = cls._build(settings, warm_prompt)
+        engines = cls._build(settings, warm_prompt, label)
         if announce is not None:
             took = duration(time.monotonic() - started)
             smoke = " (a SMOKE-TEST model: its answers mean nothing)"
@@ -325,7 +313,7 @@ class Engines:
         return engines
 
     @classmethod
-    def _build(cls, settings: Settings, warm_prompt: str) -> Engines:
+    def _build(cls, settings: Settings, warm_prompt: str, label: str) -> Engines:
         engine = build_engine(settings.engine)
         try:
             window = build_window(engine, settings.engine)
@@ -335,6 +323,10 @@ class Engines:
         engines = cls(engine, window)
         try:
             first = warm_up(window, warm_prompt, CATEGORIES, engine.input_size).result
+        except KeyboardInterrupt:  # the warm-up call ends before the process does
+            stop_window(window, lambda line: print(line, file=sys.stderr, flush=True), label)
+            engines.close()
+            raise
         except BaseException:
             engines.close()
             raise
@@ -346,7 +338,8 @@ class Engines:
             )
         return engines
 
-    def runner(self, settings: Settings, images: ImageSource) -> EngineRunner:
+    def runner(self, settings: Settings, images: ImageSource, label: str = "eval") -> EngineRunner:
+        """A runner over this window; `label` starts its lines (`eval`, `rationales`)."""
         return EngineRunner(
             self.window,
             images,
@@ -354,6 +347,7 @@ class Engines:
             input_size=self.engine.input_size,
             loaders=settings.fetch.concurrency,
             max_in_flight=max_in_flight(settings, self.engine),
+            label=label,
         )
 
     def close(self) -> None:

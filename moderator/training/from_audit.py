@@ -279,24 +279,30 @@ def write_export(out: Path, result: Exported, query: AuditQuery, options: Export
 
 
 class ExportProgress(Progress):
-    """`dataset from-audit: rows 1500, exported 1432, skipped 68, 120.5 rows/s`."""
+    """`dataset from-audit: rows 1500, exported 1432, skipped 68, 120.5 rows/s`; with
+    `unlabelled 5` after the skipped rows when --labelled-only left rows out."""
+
+    unlabelled = 0  # rows left out by labelled_only, set before each line
 
     def _status(self, counts: Counts, now: float, *, listing: bool) -> str:
         rate = counts.total / max(now - self._started, 1e-9)
+        unlabelled = f", unlabelled {self.unlabelled}" if self.unlabelled else ""
         return (
             f"dataset from-audit: rows {counts.total}, exported {counts.done}, "
-            f"skipped {counts.errors}, {rate:.1f} rows/s"
+            f"skipped {counts.errors}{unlabelled}, {rate:.1f} rows/s"
         )
 
 
 def progress_line(progress: ExportProgress) -> Callable[[Exported], None]:
     def show(result: Exported) -> None:
+        progress.unlabelled = result.unlabelled
         progress.tick(_counts(result), listing=True)
 
     return show
 
 
 def finish_line(progress: ExportProgress, result: Exported) -> None:
+    progress.unlabelled = result.unlabelled
     progress.finish(_counts(result))
 
 

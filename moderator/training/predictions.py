@@ -151,6 +151,14 @@ def listed(ids: Sequence[str]) -> str:
     return shown + (f" (+{len(ids) - MAX_LISTED} more)" if len(ids) > MAX_LISTED else "")
 
 
+def not_found(missing: Sequence[str]) -> str:
+    """`2 image file(s) not found (for 6 samples): 'a.png', 'b.png'`: each image once, from
+    the samples' image references that name no file (one per sample)."""
+    unique = list(dict.fromkeys(missing))
+    samples = f" (for {len(missing)} samples)" if len(missing) != len(unique) else ""
+    return f"{len(unique)} image file(s) not found{samples}: {listed(unique)}"
+
+
 def _fields(line: str) -> tuple[str, str, float | None]:
     try:
         doc = json.loads(line)

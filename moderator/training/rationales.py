@@ -34,7 +34,8 @@ from moderator.engine.base import EngineResult
 from moderator.errors import ConfigError, ErrorCode
 from moderator.settings import Settings
 from moderator.training.dataset import Sample, resolve_image, write_dataset
-from moderator.training.evaluate import Engines, ImageSource, Job, RunProgress
+from moderator.training.evaluate import Engines, ImageSource, Job
+from moderator.training.run_progress import RunProgress
 
 JOURNAL_SUFFIX = ".progress.jsonl"
 NGRAM = 3
@@ -220,28 +221,44 @@ class Target:
     default_prompt: str
 
 
-def fill_rationales(
-    samples: Sequence[Sample],
-    target: Target,
-    engines: Engines,
-    settings: Settings,
-    options: Options,
-    progress_stream: TextIO,
-) -> Outcome:
-    """Ask the engine for every pending sample (attempt by attempt), journal each outcome,
-    then write the dataset with the journal's rationales to `target.out`."""
-    path = journal_path(target.out)
-    journal = read_journal(path)
+@dataclass
+class Plan:
+    """A run's work, known from the dataset and the journal before any engine is loaded: the
+    samples still to ask (`todo`, after --limit) and the outcome so far."""
+
+    samples: list[Sample]
+    journal: Journal
+    todo: list[Sample]
+    outcome: Outcome
+
+
+def plan_run(samples: Sequence[Sample], out: Path, options: Options) -> Plan:
+    """Read OUT's journal (a ConfigError names a bad line) and pick the samples to ask."""
+    journal = read_journal(journal_path(out))
     lacking = [s for s in samples if not s.rationale]
     pending = pending_samples(samples, journal, options)
     todo = pending[: options.limit] if options.limit is not None else pending
     outcome = Outcome(
         lacking=len(lacking), earlier=len(lacking) - len(pending), left=len(pending) - len(todo)
     )
+    return Plan(list(samples), journal, todo, outcome)
+
+
+def fill_rationales(
+    plan: Plan,
+    target: Target,
+    engines: Engines,
+    settings: Settings,
+    options: Options,
+    progress_stream: TextIO,
+) -> Outcome:
+    """Ask the engine for every sample of the plan (attempt by attempt), journal each outcome,
+    then write the dataset with the journal's rationales to `target.out`."""
+    outcome, todo = plan.outcome, plan.todo
     smoke_test = engines.engine.info.smoke_test
     images = ImageSource(target.dataset, settings)
-    with path.open("a", encoding="utf-8") as stream:
-        writer = JournalWriter(stream, journal)
+    with journal_path(target.out).open("a", encoding="utf-8") as stream:
+        writer = JournalWriter(stream, plan.journal)
         for attempt in range(1, options.attempts + 1):
             if not todo:
                 break
@@ -257,15 +274,22 @@ def fill_rationales(
                 )
                 for s in todo
             ]
-            engines.runner(settings, images).run(
+            engines.runner(settings, images, "rationales").run(
                 jobs, run.judged, RunProgress(progress_stream, label)
             )
             todo = [s for s in todo if s.id in run.again]
+    return write_output(plan, target.dataset, target.out)
+
+
+def write_output(plan: Plan, dataset: Path, out: Path) -> Outcome:
+    """Write `out`: the dataset with the journal's rationales; the outcome with its totals."""
+    outcome, journal = plan.outcome, plan.journal
+    lacking = [s for s in plan.samples if not s.rationale]
     outcome.total_filled = sum(1 for s in lacking if s.id in journal.rationales)
     outcome.total_rejected = sum(1 for s in lacking if s.id in journal.rejected)
     outcome.total_smoke_test = sum(1 for s in lacking if s.id in journal.smoke_test)
-    filled = [_with_rationale(s, journal) for s in samples]
-    write_dataset(target.out, [rebase(s, target.dataset, target.out) for s in filled])
+    filled = [_with_rationale(s, journal) for s in plan.samples]
+    write_dataset(out, [rebase(s, dataset, out) for s in filled])
     return outcome
 
 

@@ -10,6 +10,9 @@ new one, never half a file. The files:
 - `confusion.png`, `per_category.png`, and with scores `roc_pr.png`, `calibration.png`
   (matplotlib, from the `replay` extra; without it no PNG is written and the reports say so);
 - `misclassified.jsonl`: one line per sample whose rating or category is wrong, in dataset order.
+
+An earlier report's files that the new one does not write are removed (REPORT_FILES), so that
+a directory never mixes two runs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from moderator.training.report_tables import error_kind, misclassified_record, r
 METRICS_FILE = "metrics.json"
 COMPARE_FILE = "compare.md"
 TEXT_FILES = ("metrics.json", "report.md", "report.html", "misclassified.jsonl")
+PREDICTIONS_FILE = "predictions.jsonl"  # an engine run's raw outputs, written by the caller
+REPORT_FILES = (*TEXT_FILES, *CHART_FILES, PREDICTIONS_FILE, COMPARE_FILE)
+"""Every file a report directory may hold: write_report's, the caller's predictions and a
+comparison written into it. What a new report does not write (or keep) is removed."""
 
 
 class ReportError(ConfigError):
@@ -43,13 +50,16 @@ def write_report(
     samples: Iterable[SampleLike],
     predictions: Iterable[Prediction],
     header: Mapping[str, Any],
+    *,
+    kept: Iterable[str] = (),
 ) -> list[Path]:
     """Write the report files into `directory` (created if needed); return the paths written.
 
     `metrics` is compute()'s result for the same samples and predictions; `header` describes
     the run (dataset, engine, model, predictions file...) and is shown at the top and stored
-    under `header` in metrics.json. PNG files of an earlier report that this one has no plot
-    for (the score plots, or all of them without matplotlib) are removed.
+    under `header` in metrics.json. Every other file of REPORT_FILES an earlier report left
+    there is removed (a plot this one has none for, predictions.jsonl of an engine run,
+    compare.md), except those named in `kept`: the ones the caller wrote for this report.
     """
     outcomes = join(samples, predictions)
     tables = report_tables(metrics, outcomes)
@@ -66,9 +76,9 @@ def write_report(
     }
     directory.mkdir(parents=True, exist_ok=True)
     written = write_atomically(directory, files)
-    for name in CHART_FILES:
-        if name not in files:
-            (directory / name).unlink(missing_ok=True)
+    stale = set(REPORT_FILES) - set(files) - set(kept)
+    for name in sorted(stale):
+        (directory / name).unlink(missing_ok=True)
     return written
 
 

@@ -46,7 +46,13 @@ from moderator.training.finetune.config import TrainConfig, load_config
 from moderator.training.finetune.inputs import sha256_file, split_file
 from moderator.training.finetune.merge import merge_lora
 from moderator.training.finetune.rundir import ADAPTER_CONFIG, CHECKPOINT_PREFIX, CONFIG_FILE, FINAL
-from moderator.training.report import compare, read_metrics, write_compare, write_report
+from moderator.training.report import (
+    PREDICTIONS_FILE,
+    compare,
+    read_metrics,
+    write_compare,
+    write_report,
+)
 
 MERGED = "merged"
 CACHE_KEY = "base_cache_key"  # in the base report's header: what it was made from
@@ -227,20 +233,20 @@ def _evaluate(
     """`moderator eval --dataset DATASET --engine transformers --model MODEL --report REPORT`."""
     from moderator.training.evaluate import ImageSource, default_policy_prompt, evaluate_engine
     from moderator.training.metrics import compute
-    from moderator.training.predictions import listed, write_predictions
+    from moderator.training.predictions import not_found, write_predictions
 
     settings = eval_settings(config, model)
     images = ImageSource(dataset, settings)
     missing = images.missing_local([s.image for s in samples])
     if missing:
-        raise ConfigError(f"eval: {len(missing)} image file(s) not found: {listed(missing)}")
+        raise ConfigError(f"eval: {not_found(missing)}")
     prompt, _ = default_policy_prompt(settings.policies.dir, settings.tenancy)
     print(f"eval: {model} on {dataset} -> {report}", file=progress)
     run = evaluate_engine(samples, settings, images, prompt, progress)
     if run.model.smoke_test:
         print(f"eval: SMOKE-TEST model ({model}): the metrics are not meaningful", file=progress)
     report.mkdir(parents=True, exist_ok=True)
-    write_predictions(report / "predictions.jsonl", run.predictions)
+    write_predictions(report / PREDICTIONS_FILE, run.predictions)
     header = {
         "dataset": str(dataset),
         "samples": len(samples),
@@ -255,4 +261,4 @@ def _evaluate(
         **extra,
     }
     metrics = compute(samples, run.predictions, elapsed_s=run.stats.seconds)
-    write_report(report, metrics, samples, run.predictions, header)
+    write_report(report, metrics, samples, run.predictions, header, kept=[PREDICTIONS_FILE])

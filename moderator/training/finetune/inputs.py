@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from moderator.errors import ConfigError
+from moderator.training.dataset import read_dataset
 from moderator.training.finetune.config import ARCHITECTURES, TrainConfig
 
 SPLIT_SUFFIXES = (".json", ".jsonl")
@@ -96,13 +97,16 @@ def dataset_splits(config: TrainConfig) -> tuple[Path, Path | None]:
     """The training split's file and the eval split's (None when evaluation is off).
 
     `dataset` is a directory of split files (`NAME.json` or `NAME.jsonl`, as `moderator
-    dataset build` writes them) or one dataset file, which is then the training split.
+    dataset build` writes them) or one dataset file, which is then the training split. An eval
+    split asked for (`eval.enabled: true`, or `eval.split` given) must exist and hold samples.
     """
     dataset = config.dataset.expanduser().resolve()
+    asked = config.eval.enabled is True or "split" in config.eval.model_fields_set
     if dataset.is_file():
-        if config.eval.enabled:
+        if config.eval.enabled is not False and asked:
             raise ConfigError(
-                f"eval.enabled: dataset {dataset} is one file, with no {config.eval.split} split"
+                f"eval.split: dataset {dataset} is one file, with no {config.eval.split} split; "
+                "set eval.enabled: false to train without"
             )
         return dataset, None
     if not dataset.is_dir():
@@ -116,12 +120,31 @@ def dataset_splits(config: TrainConfig) -> tuple[Path, Path | None]:
     if config.eval.enabled is False:
         return train, None
     found = split_file(dataset, config.eval.split)
-    if found is None and config.eval.enabled:
+    if found is None and asked:
         raise ConfigError(
             f"eval.split: {dataset} has no {config.eval.split} split to evaluate on "
             f"({config.eval.split}.json or .jsonl); set eval.enabled: false to train without"
         )
+    if found is not None and not read_dataset(found):
+        raise ConfigError(
+            f"eval.split: {found} holds no samples; set eval.enabled: false to train without"
+        )
     return train, found
+
+
+def eval_note(config: TrainConfig, inputs: Inputs) -> str | None:
+    """The note for a run that will not evaluate although evaluation was not turned off (no
+    eval split to find); None otherwise."""
+    if inputs.eval is not None or config.eval.enabled is False:
+        return None
+    split = config.eval.split
+    dataset = config.dataset.expanduser().resolve()
+    if dataset.is_file():
+        return f"train: note: dataset {dataset} is one file: no evaluation will run"
+    return (
+        f"train: note: {dataset} has no {split} split ({split}.json or .jsonl): "
+        "no evaluation will run"
+    )
 
 
 def split_file(directory: Path, split: str) -> Path | None:

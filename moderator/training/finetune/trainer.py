@@ -27,8 +27,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 from moderator.engine.smoke import MARKER
 from moderator.errors import ConfigError
 from moderator.training.finetune import rundir
+from moderator.training.finetune.complete import (
+    Completion,
+    complete_line,
+    completion,
+    final_from_checkpoint,
+)
 from moderator.training.finetune.config import RESOLVED, TrainConfig, dump_yaml, effective
-from moderator.training.finetune.inputs import Inputs, check_inputs
+from moderator.training.finetune.inputs import Inputs, check_inputs, eval_note
 from moderator.training.finetune.rundir import FINAL, Resume
 
 if TYPE_CHECKING:
@@ -60,10 +66,16 @@ def train(
     stream = stderr or sys.stderr
     again = f"moderator train --config {config_file or 'FILE'} --resume"
     inputs = check_inputs(config)
+    note = eval_note(config, inputs)
+    if note is not None:
+        print(note, file=stream)
     run = config.output_dir.expanduser().resolve()
     start = rundir.start_checkpoint(run, resume)
     if start is not None:
         rundir.check_resume_fits(start, config, inputs.architecture)
+        done = completion(start, config)
+        if done is not None:
+            return _complete(run, start, done, config, inputs, stream)
     check_extra(config)
     from moderator.training.finetune.arguments import check_device
     from moderator.training.finetune.stop import GracefulStop
@@ -91,6 +103,29 @@ def train(
     _free_memory()
     report = evaluate(run, inputs)
     return TrainResult(run, final, steps, report)
+
+
+def _complete(
+    run: Path, start: Path, done: Completion, config: TrainConfig, inputs: Inputs, stream: TextIO
+) -> TrainResult:
+    """A resumed run with nothing left to train: no step. RUN/final is made from the
+    checkpoint when a signal stopped the run before saving it, and the built-in evaluation is
+    run when the run has one that did not finish."""
+    from moderator.training.finetune.card import EVAL_DIR
+
+    print(complete_line(run, done), file=stream)
+    final = run / FINAL
+    if not final.is_dir():
+        final = final_from_checkpoint(start, run, inputs.base)
+        if config.method == "full":
+            write_full_run_card(run, inputs.base)
+        print(f"train: model saved to {final} (from {start.name})", file=stream)
+    report = run / EVAL_DIR if (run / EVAL_DIR / "compare.md").is_file() else None
+    if inputs.eval is not None and report is None:
+        check_extra(config)
+        print("train: the evaluation of the trained model did not finish: running it", file=stream)
+        report = evaluate(run, inputs)
+    return TrainResult(run, final, done.step, report)
 
 
 def _fit(

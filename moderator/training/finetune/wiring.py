@@ -23,7 +23,7 @@ from moderator.training.finetune.config import TrainConfig
 from moderator.training.finetune.data import ChatEncoder, TrainingSet
 from moderator.training.finetune.inputs import Inputs
 from moderator.training.finetune.model import Prepared, prepare
-from moderator.training.predictions import listed
+from moderator.training.predictions import listed, not_found
 
 
 @dataclass
@@ -93,7 +93,7 @@ def build_run(config: TrainConfig, inputs: Inputs, stream: TextIO) -> BuiltRun:
     images = ImageSource(inputs.train, settings)
     missing = images.missing_local([s.image for s in samples])
     if missing:
-        raise ConfigError(f"dataset: {len(missing)} image file(s) not found: {listed(missing)}")
+        raise ConfigError(f"dataset: {not_found(missing)}")
     prompt, where = default_policy_prompt(settings.policies.dir, settings.tenancy)
     without = sum(1 for s in samples if not s.prompt)
     if without:

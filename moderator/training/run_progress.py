@@ -1,0 +1,37 @@
+"""The status line of a run of known length over dataset samples (eval, rationales), with an
+ETA, and durations as people read them."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from moderator.pipeline.progress import Counts, Progress
+
+
+class RunProgress(Progress):
+    """The scan's status line (moderator/pipeline/progress.py) for a run of known length:
+    `LABEL: done/total samples (pct), errors N, rate samples/s, ETA ...`."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        super().__init__(stream)
+        self._label = label
+
+    def _status(self, counts: Counts, now: float, *, listing: bool) -> str:
+        rate = counts.done / max(now - self._started, 1e-9)
+        pct = f" ({100 * counts.done / counts.total:.0f}%)" if counts.total else ""
+        left = counts.total - counts.done
+        eta = f", ETA {duration(left / rate)}" if rate > 0 and left > 0 else ""
+        return (
+            f"{self._label}: {counts.done}/{counts.total} samples{pct}, errors {counts.errors}, "
+            f"{rate:.2f} samples/s{eta}"
+        )
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3 min 04 s, 2 h 05 min."""
+    whole = int(seconds + 0.5)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
