@@ -19,13 +19,14 @@ from PIL import Image
 from moderator.cli.eval import score_note
 from moderator.cli.main import main
 from moderator.dev.openai.server import CompletionParams, OpenAITestServer, ScriptedBackend
+from moderator.durations import duration
 from moderator.pipeline.progress import Counts
 from moderator.policy.bundled import write_default_policy
 from moderator.settings import Settings, TenancySettings
 from moderator.training.dataset import Sample, write_dataset
 from moderator.training.evaluate import default_policy_prompt, loading_line
 from moderator.training.metrics import Prediction
-from moderator.training.run_progress import RunProgress, duration
+from moderator.training.run_progress import RunProgress
 from tests.policy_fixtures import clear_moderator_env
 from tests.test_training_predictions import INTERFACE_KEYS
 

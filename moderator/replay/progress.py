@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from moderator.durations import duration
+
 TTY_EVERY_S = 0.2
 LOG_EVERY_S = 5.0
 
@@ -46,7 +48,7 @@ class ReplayProgress:
         shown = min(self._done, self._total) if self._total else self._done
         pct = f" ({100 * shown / self._total:.0f}%)" if self._total else ""
         left = self._total - shown
-        eta = f", ETA {_duration(left / rate)}" if rate > 0 and left > 0 else ""
+        eta = f", ETA {duration(left / rate)}" if rate > 0 and left > 0 else ""
         return f"replay: {shown}/{self._total} messages{pct}, {rate:.1f} msg/s{eta}"
 
     def _show(self, line: str, *, final: bool) -> None:
@@ -58,12 +60,3 @@ class ReplayProgress:
         else:
             self._stream.write(line + "\n")
         self._stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -25,6 +25,7 @@ from typing import TextIO
 
 from PIL.Image import Image
 
+from moderator.durations import duration
 from moderator.engine.base import Engine, EngineRequest, EngineResult
 from moderator.engine.factory import build_engine, build_window, warm_up
 from moderator.engine.window import EngineWindow, SelfBatching, WindowResult
@@ -45,7 +46,7 @@ from moderator.training.dataset import Sample, resolve_image
 from moderator.training.interrupt import stop_window
 from moderator.training.metrics import Prediction
 from moderator.training.predictions import prediction_from_result
-from moderator.training.run_progress import RunProgress, duration
+from moderator.training.run_progress import RunProgress
 
 DEFAULT_TENANT = "default"
 

@@ -1,10 +1,11 @@
 """The status line of a run of known length over dataset samples (eval, rationales), with an
-ETA, and durations as people read them."""
+ETA."""
 
 from __future__ import annotations
 
 from typing import TextIO
 
+from moderator.durations import duration
 from moderator.pipeline.progress import Counts, Progress
 
 
@@ -25,13 +26,3 @@ class RunProgress(Progress):
             f"{self._label}: {counts.done}/{counts.total} samples{pct}, errors {counts.errors}, "
             f"{rate:.2f} samples/s{eta}"
         )
-
-
-def duration(seconds: float) -> str:
-    """12 s, 3 min 04 s, 2 h 05 min."""
-    whole = int(seconds + 0.5)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"

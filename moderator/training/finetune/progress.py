@@ -23,9 +23,9 @@ from typing import Any, TextIO
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from moderator.durations import duration
 from moderator.training.finetune.model import save_processor
 from moderator.training.finetune.rundir import CHECKPOINT_PREFIX, LOG_FILE
-from moderator.training.run_progress import duration
 
 
 class RunLog(TrainerCallback):
