@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from moderator.engine.answers import AnswerClock
 from moderator.engine.base import EngineRequest, EngineResult
 from moderator.engine.window import EngineWindow
 from moderator.errors import ErrorCode
@@ -211,6 +212,28 @@ def test_the_engine_is_ready_once_it_has_given_a_model_answer(
     assert w.answered and watch.check() == Check(True, "answered")
     assert sizes == [1, 1]
     assert samples(telemetry)[("moderator_engine_ready", ())] == 1
+    telemetry.shutdown()
+
+
+def test_the_engine_is_not_ready_while_every_call_fails_for_too_long(
+    window: tuple[_Engine, EngineWindow, list[int]],
+) -> None:
+    engine, w, _ = window
+    now = [0.0]
+    w.answers = AnswerClock(lambda: now[0])
+    telemetry = Telemetry()
+    watch = EngineWatch(engine, w, telemetry.metrics, failing_s=60)
+    engine.gate.set()
+    w.submit(_request("ok-1")).result(5)
+    w.submit(_request("fail-1")).result(5)
+    now[0] = 60.0
+    assert watch.check() == Check(True, "answered")  # a minute of failures is tolerated
+    now[0] = 61.0
+    w.submit(_request("fail-2")).result(5)
+    assert watch.check() == Check(False, "no model answer for 61 s: every engine call failed")
+    assert samples(telemetry)[("moderator_engine_ready", ())] == 0
+    w.submit(_request("ok-2")).result(5)
+    assert watch.check() == Check(True, "answered")
     telemetry.shutdown()
 
 

@@ -7,7 +7,7 @@ cancelled: its items time out, its late result is dropped, and it keeps its slot
 returns, so at most `concurrency` calls ever run (`hung_calls` counts the hung ones).
 Done-callbacks run on window threads. For metrics and readiness, without a metrics library:
 `on_call` (each call's size as it starts), `on_batch` (each finished call with its items' tags:
-a tracer links a batch span to its events), `busy_seconds` and `answered`.
+a tracer links a batch span to its events), `busy_seconds`, `answered` and `answers`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from moderator.engine.answers import AnswerClock
 from moderator.engine.base import Engine, EngineRequest, EngineResult
 from moderator.errors import ErrorCode
 
 CLOSED_MESSAGE = "engine window closed"
-# Results that are not the model's answer: a call returning only these has not shown that the
-# engine works (an OpenAI-compatible server that cannot be reached answers them per item).
-_NO_ANSWER = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT})
 
 
 @runtime_checkable
@@ -128,7 +126,7 @@ class EngineWindow:
         self._on_batch = on_batch
         self._concurrency = concurrency
         self._busy = 0.0  # seconds spent in finished engine calls, all workers together
-        self._answered = False
+        self.answers = AnswerClock()
         self._cond = threading.Condition()
         self._queue: deque[_Item] = deque()  # waiting for a batch, in submit order
         self._by_deadline: deque[_Item] = deque()  # dispatched, unexpired items, by deadline
@@ -176,7 +174,7 @@ class EngineWindow:
     @property
     def answered(self) -> bool:
         """Whether an engine call has returned a model's answer (not only engine errors)."""
-        return self._answered
+        return self.answers.answered
 
     @property
     def busy_seconds(self) -> float:
@@ -363,8 +361,7 @@ class EngineWindow:
                 del self._calls[call_id]
                 self._last_progress = time.monotonic()
                 self._busy += self._last_progress - start
-        if not self._answered and not isinstance(outcome, Exception):
-            self._answered = any(r.error_code not in _NO_ANSWER for r in outcome)
+        self.answers.record(outcome)
         if self._on_batch is not None:
             error = type(outcome).__name__ if isinstance(outcome, Exception) else None
             tags = tuple(item.tag for item in group)

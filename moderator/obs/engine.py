@@ -7,8 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from moderator.engine.answers import AnswerClock
 from moderator.obs.health import Check
 from moderator.obs.metrics import Metrics
+
+FAILING_S = 60.0
+"""After a first answer: how long every engine call may fail before the engine is not ready."""
 
 
 class WindowState(Protocol):
@@ -16,6 +20,8 @@ class WindowState(Protocol):
 
     @property
     def answered(self) -> bool: ...
+    @property
+    def answers(self) -> AnswerClock: ...
     @property
     def busy_seconds(self) -> float: ...
     @property
@@ -28,6 +34,8 @@ class EngineWatch:
     The engine is ready once it is loaded (an engine with a `ready` property, e.g. the
     transformers engine while it warms up, says so itself) and it has answered: the service's
     warm-up request or the first batch came back with a model's answer, not an engine error.
+    It is not ready again while every engine call has failed for more than `failing_s` (a
+    model server that went away): the first call that answers makes it ready.
     """
 
     def __init__(
@@ -37,8 +45,10 @@ class EngineWatch:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        failing_s: float = FAILING_S,
     ) -> None:
         self._engine = engine
+        self._failing_s = failing_s
         self._window = window
         self._metrics = metrics
         self._clock = clock
@@ -48,10 +58,13 @@ class EngineWatch:
 
     def check(self) -> Check:
         loaded = bool(getattr(self._engine, "ready", True))
-        ready = loaded and self._window.answered
+        failing = self._window.answers.failing_s()
+        ready = loaded and self._window.answered and failing <= self._failing_s
         self._metrics.set("moderator_engine_ready", 1 if ready else 0)
         if ready:
             return Check(True, "answered")
+        if loaded and self._window.answered:
+            return Check(False, f"no model answer for {failing:.0f} s: every engine call failed")
         return Check(False, "warming up" if loaded else "loading the model")
 
     def collect(self) -> None:
