@@ -29,7 +29,14 @@ from pydantic_settings import (
 from moderator.errors import ConfigError
 from moderator.masking import has_userinfo, mask_passwords
 from moderator.settings_errors import ENV_PREFIX as ENV_PREFIX  # re-exported: callers read it here
-from moderator.settings_errors import Sources, env_problem, validation_line, yaml_problem
+from moderator.settings_errors import (
+    Sources,
+    env_problem,
+    scalar_section,
+    section_problem,
+    validation_line,
+    yaml_problem,
+)
 from moderator.yaml_keys import DuplicateKey, load_unique
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -688,6 +695,13 @@ def load_settings(
     > defaults.
     """
     file_values = _read_yaml(config_file) if config_file is not None else {}
+    if config_file is not None:
+        scalar = scalar_section(Settings, file_values)
+        if scalar is not None:  # refused even where a flag would replace the whole section
+            key, value = scalar
+            raise ConfigError(
+                f"configuration error: {key}: {section_problem(value)} (in {config_file})"
+            )
 
     class _Loaded(Settings):
         @classmethod

@@ -180,10 +180,33 @@ def _has_key(model: type[BaseModel], loc: tuple[str | int, ...], name: str, give
     return isinstance(given, Mapping) and name in given
 
 
+def scalar_section(model: type[BaseModel], values: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """(dotted key, value) of the first section of `model` given as something other than a
+    mapping in `values` (`engine: openai`); None when every section given is a mapping."""
+    for name, value in values.items():
+        section = _section(model, (name,))
+        if section is None or value is None:
+            continue
+        if not isinstance(value, Mapping):
+            return name, value
+        inner = scalar_section(section, value)
+        if inner is not None:
+            return f"{name}.{inner[0]}", inner[1]
+    return None
+
+
+def section_problem(value: Any) -> str:
+    """What is wrong with a section given as `value`, which is not a mapping."""
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return f"is a section, a mapping of keys, not {shown}"
+
+
 def field_problem(err: ErrorDetails, model: type[BaseModel]) -> str:
     """One validation error of `model` in words: an unknown key with the key it probably
     meant (or the keys there), else pydantic's message without its prefix."""
     loc = tuple(err["loc"])
+    if err["type"] == "model_type" and _section(model, loc) is not None:
+        return section_problem(err["input"])
     if err["type"] == "extra_forbidden" and loc:
         section = _section(model, loc[:-1])
         if section is not None:

@@ -226,3 +226,24 @@ def test_anchors_and_merge_keys_still_load(tmp_path: Path) -> None:
     specs = load_settings(cfg).kafka.topic_specs
     assert (specs.uploads.partitions, specs.dlq.partitions) == (6, 2)
     assert specs.dlq.replication_factor == 1
+
+
+# -- a section given as a scalar ----------------------------------------------------------------
+
+
+def test_a_section_given_as_a_scalar_is_refused_even_beside_a_flag(
+    no_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = _file(tmp_path, "engine: openai\n")
+    expected = (
+        f"configuration error: engine: is a section, a mapping of keys, not 'openai' (in {cfg})"
+    )
+    assert settings_error(cfg) == expected
+    assert settings_error(cfg, {"engine.kind": "fake"}) == expected  # the flag does not hide it
+    cfg = _file(tmp_path, "engine:\n  openai: 5\n")
+    assert settings_error(cfg).startswith("configuration error: engine.openai: is a section, ")
+
+
+def test_a_section_given_as_a_scalar_on_the_command_line_is_named_too() -> None:
+    message = settings_error(None, {"log": "debug"})
+    assert message.startswith("configuration error: log: is a section, a mapping of keys, not ")
