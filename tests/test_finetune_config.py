@@ -284,10 +284,13 @@ def test_a_missing_library_of_the_train_extra_is_named(
 def test_an_output_dir_behind_a_file_is_named(tmp_path: Path, paths: dict[str, Path]) -> None:
     blocker = tmp_path / "notes.txt"
     blocker.write_text("mine")
-    for out in (blocker, blocker / "run"):
+    for out, says in (
+        (blocker, f"{blocker} exists and is not a directory"),
+        (blocker / "run", f"cannot create {blocker / 'run'}: {blocker} is not a directory"),
+    ):
         with pytest.raises(ConfigError) as caught:
             check_inputs(parse_config(minimal(paths, output_dir=str(out)), "x"))
-        assert str(caught.value) == f"output_dir: {blocker} is a file, not a directory"
+        assert str(caught.value) == f"output_dir: {says}"
 
 
 def _lora_checkpoint(run: Path, architecture: str, r: int = 16) -> Path:

@@ -203,7 +203,7 @@ def test_names_the_real_processor_class(hf: Any, checkpoints: dict[str, Path], a
 @pytest.mark.parametrize(
     ("where", "says"),
     [
-        ("afile", "make-tiny: DIRECTORY: {root}/afile is not a directory"),
+        ("afile", "make-tiny: DIRECTORY: {root}/afile exists and is not a directory"),
         (
             "afile/x/y",
             "make-tiny: DIRECTORY: cannot create {root}/afile/x/y: {root}/afile is not a directory",

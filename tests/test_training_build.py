@@ -513,6 +513,6 @@ def test_an_out_under_a_file_is_refused_before_the_rows_are_checked(
     assert main([*base, "--out", str(tmp_path / "train.json" / "x")]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"moderator: --out: {tmp_path / 'train.json' / 'x'} is under {tmp_path / 'train.json'}, "
-        "which exists and is not a directory\n"
+        f"moderator: --out: cannot create {tmp_path / 'train.json' / 'x'}: "
+        f"{tmp_path / 'train.json'} is not a directory\n"
     )

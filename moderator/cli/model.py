@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from moderator.errors import ConfigError
+from moderator.paths import directory_problem
 
 TRANSFORMERS_MISSING = (
     "make-tiny needs the transformers extra (torch, transformers): "
@@ -38,15 +39,9 @@ def cmd_make_tiny(directory: Path, arch: str, seed: int) -> int:
 def _check_directory(directory: Path) -> None:
     """DIRECTORY is a directory or can be created as one: ConfigError (exit 2) now, not an
     OSError after the model was built."""
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"make-tiny: DIRECTORY: {directory} is not a directory")
-    for parent in directory.parents:  # the nearest one that exists must be a directory
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"make-tiny: DIRECTORY: cannot create {directory}: {parent} is not a directory"
-                )
-            return
+    problem = directory_problem(directory)
+    if problem is not None:
+        raise ConfigError(f"make-tiny: DIRECTORY: {problem}")
 
 
 def _create(directory: Path) -> None:

@@ -20,6 +20,7 @@ from moderator import __version__
 from moderator.errors import ConfigError
 from moderator.fetch.decode import DecodeLimits
 from moderator.fetch.store import ObjectStore
+from moderator.paths import directory_problem
 from moderator.pipeline.progress import Counts
 from moderator.policy.check import SURFACE_DEFAULT, check
 from moderator.policy.compiled import TenantPolicy
@@ -122,17 +123,10 @@ def run_build(
 
 
 def check_out(out: Path) -> None:
-    """ConfigError when --out cannot be a directory: it is a file, a file is in its way, or
-    the nearest existing folder cannot be written to (checked before the rows)."""
-    for path in (out, *out.parents):
-        if not path.exists() and not path.is_symlink():
-            continue
-        if not path.is_dir():
-            where = "exists" if path == out else f"is under {path}, which exists"
-            raise ConfigError(f"--out: {out} {where} and is not a directory")
-        if path != out and not os.access(path, os.W_OK | os.X_OK):
-            raise ConfigError(f"--out: cannot create {out}: {path} is not writable")
-        return
+    """ConfigError when --out cannot be a directory (checked before the rows)."""
+    problem = directory_problem(out)
+    if problem is not None:
+        raise ConfigError(f"--out: {problem}")
 
 
 def empty_splits(built: Built) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from moderator.errors import ConfigError
+from moderator.paths import directory_problem
 from moderator.training.dataset import read_dataset
 from moderator.training.finetune.config import ARCHITECTURES, TrainConfig
 
@@ -66,12 +67,11 @@ def check_inputs(config: TrainConfig) -> Inputs:
 
 
 def check_output_dir(run: Path) -> None:
-    """ConfigError when the run directory cannot be one: a file is in the way."""
-    for path in (run, *run.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError(f"output_dir: {path} is a file, not a directory")
-            return
+    """ConfigError when the run directory cannot be one: a file is in the way, or the folder
+    it would be made in cannot be written to."""
+    problem = directory_problem(run)
+    if problem is not None:
+        raise ConfigError(f"output_dir: {problem}")
 
 
 def checkpoint_class(base: Path) -> str:
