@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from moderator.logs import configure_logging
-from moderator.obs.log_context import EventLogContext, current_event_fields, merge_event_context
+from moderator.obs.log_context import EventLogContext, merge_event_context
 from moderator.settings import LogSettings
 
 
@@ -23,7 +23,6 @@ def test_fields_are_on_lines_inside_the_block_only() -> None:
     with EventLogContext({"event_id": "e1", "tenant": "acme"}):
         assert _merged(event="x") == {"event": "x", "event_id": "e1", "tenant": "acme"}
     assert _merged(event="x") == {"event": "x"}
-    assert current_event_fields() == {}
 
 
 def test_a_field_the_line_sets_wins() -> None:
@@ -34,16 +33,16 @@ def test_a_field_the_line_sets_wins() -> None:
 def test_blocks_nest_and_unwind_on_error() -> None:
     with EventLogContext({"event_id": "outer"}):
         with pytest.raises(RuntimeError), EventLogContext({"event_id": "inner"}):
-            assert current_event_fields() == {"event_id": "inner"}
+            assert _merged() == {"event_id": "inner"}
             raise RuntimeError("boom")
-        assert current_event_fields() == {"event_id": "outer"}
-    assert current_event_fields() == {}
+        assert _merged() == {"event_id": "outer"}
+    assert _merged() == {}
 
 
 def test_another_thread_does_not_see_the_fields() -> None:
     seen: list[object] = []
     with EventLogContext({"event_id": "e1"}):
-        thread = threading.Thread(target=lambda: seen.append(dict(current_event_fields())))
+        thread = threading.Thread(target=lambda: seen.append(_merged()))
         thread.start()
         thread.join()
     assert seen == [{}]

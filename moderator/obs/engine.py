@@ -19,8 +19,6 @@ class WindowState(Protocol):
     """What `EngineWindow` tells about the engine behind it."""
 
     @property
-    def answered(self) -> bool: ...
-    @property
     def answers(self) -> AnswerClock: ...
     @property
     def busy_seconds(self) -> float: ...
@@ -58,12 +56,13 @@ class EngineWatch:
 
     def check(self) -> Check:
         loaded = bool(getattr(self._engine, "ready", True))
-        failing = self._window.answers.failing_s()
-        ready = loaded and self._window.answered and failing <= self._failing_s
+        answers = self._window.answers
+        failing = answers.failing_s()
+        ready = loaded and answers.answered and failing <= self._failing_s
         self._metrics.set("moderator_engine_ready", 1 if ready else 0)
         if ready:
             return Check(True, "answered")
-        if loaded and self._window.answered:
+        if loaded and answers.answered:
             return Check(False, f"no model answer for {failing:.0f} s: every engine call failed")
         return Check(False, "warming up" if loaded else "loading the model")
 

@@ -50,8 +50,3 @@ def merge_event_context(
         for name, value in fields.items():
             event_dict.setdefault(name, value)
     return event_dict
-
-
-def current_event_fields() -> Mapping[str, Any]:
-    """The fields in effect here (empty outside any event)."""
-    return _EVENT.get() or {}
