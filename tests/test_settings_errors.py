@@ -1,5 +1,5 @@
-"""Settings errors found in a user walkthrough: each names the key it is about and only the
-source that set that key; values the service would misuse are refused at load."""
+"""Settings errors: each names the key it is about and only the source that set that key;
+values the service would misuse are refused at load."""
 
 from __future__ import annotations
 
