@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from PIL import Image
@@ -26,7 +24,7 @@ from moderator.engine.base import EngineRequest, EngineResult
 from moderator.engine.fake import FakeEngine
 from moderator.errors import ErrorCode
 from moderator.events.verdict import Assessment
-from moderator.obs.metrics import Metrics
+from moderator.obs.telemetry import Telemetry
 from moderator.obs.tracing import EVENT_SPAN, TRACER_NAME, new_tracer_provider
 from moderator.pipeline.coalesce import judgement_key
 from moderator.policy.bundled import write_default_policy
@@ -42,6 +40,7 @@ from tests.coalesce_rig import (
     until,
 )
 from tests.harness import png, settings_for
+from tests.test_obs_http import samples
 
 
 @pytest.fixture
@@ -225,13 +224,9 @@ def test_a_coalesced_event_says_so_in_its_spans_and_metrics(
     exporter = InMemorySpanExporter()
     provider = new_tracer_provider(instance_id="test-0")
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    meters = MeterProvider(metric_readers=[reader])
+    telemetry = Telemetry()
     try:
-        rig = make_rig(
-            tracer=provider.get_tracer(TRACER_NAME),
-            metrics=Metrics(meters.get_meter("moderator")),
-        )
+        rig = make_rig(tracer=provider.get_tracer(TRACER_NAME), metrics=telemetry.metrics)
         data = png(8, size=48)
         for n in range(3):
             rig.submit(f"copy-{n}", "strict", data)
@@ -258,11 +253,9 @@ def test_a_coalesced_event_says_so_in_its_spans_and_metrics(
                 if s.parent == events[e].get_span_context()
             }
             assert "moderator.infer" not in names and "moderator.coalesce" in names
-        data_points = _points(reader, "moderator_coalesced")
-        assert data_points == [2]
+        assert samples(telemetry)[("moderator_coalesced_total", ())] == 2
     finally:
         provider.shutdown()
-        meters.shutdown()
 
 
 def _event_spans(exporter: InMemorySpanExporter) -> dict[str, Any]:
@@ -271,19 +264,6 @@ def _event_spans(exporter: InMemorySpanExporter) -> dict[str, Any]:
         for s in exporter.get_finished_spans()
         if s.name == EVENT_SPAN
     }
-
-
-def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    data = reader.get_metrics_data()
-    assert data is not None
-    return [
-        point.value
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
 
 
 def test_the_key_is_the_image_the_model_input_and_the_model(tmp_path: Path) -> None:

@@ -577,7 +577,6 @@ def test_the_probe_paths_are_served() -> None:
             assert status in statuses, path
     finally:
         server.close()
-        telemetry.shutdown()
     pytest.importorskip("fastapi", reason="the audit API needs the api extra")
     from moderator.audit.read.api import create_app
 

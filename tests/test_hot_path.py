@@ -240,6 +240,7 @@ class _CountingTracer:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self.sampler = getattr(inner, "sampler", None)
         self.started: list[str] = []
 
     def start_span(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -270,8 +271,15 @@ def test_only_a_recorded_event_starts_child_spans() -> None:
     tracer = _CountingTracer(build_tracer_provider("none").get_tracer(TRACER_NAME))
     obs = _event_telemetry(tracer)
     _walk(obs)
-    assert tracer.started == ["moderator.process"]
-    assert obs.trace.span_id is not None  # the outputs still name the (unrecorded) event span
+    assert tracer.started == []  # not even the event span goes through the SDK
+    # ... yet the outputs name an (unrecorded) event span of the event's trace, as before
+    context = obs.context
+    assert context.is_valid and not context.is_remote and not obs.span.is_recording()
+    assert obs.trace.span_id == f"{context.span_id:016x}"
+    assert (
+        obs.trace.trace_id == f"{context.trace_id:032x}" == trace_from_headers(None, "e-1").trace_id
+    )
+    assert _event_telemetry(tracer).trace.span_id != obs.trace.span_id
     # ... while a recorded event still has every child span
     provider = new_tracer_provider()
     spans = InMemorySpanExporter()

@@ -212,7 +212,6 @@ def test_the_engine_is_ready_once_it_has_given_a_model_answer(
     assert w.answered and watch.check() == Check(True, "answered")
     assert sizes == [1, 1]
     assert samples(telemetry)[("moderator_engine_ready", ())] == 1
-    telemetry.shutdown()
 
 
 def test_the_engine_is_not_ready_while_every_call_fails_for_too_long(
@@ -234,7 +233,6 @@ def test_the_engine_is_not_ready_while_every_call_fails_for_too_long(
     assert samples(telemetry)[("moderator_engine_ready", ())] == 0
     w.submit(_request("ok-2")).result(5)
     assert watch.check() == Check(True, "answered")
-    telemetry.shutdown()
 
 
 def test_busy_ratio_is_the_share_of_engine_time_since_the_last_scrape(
@@ -253,4 +251,3 @@ def test_busy_ratio_is_the_share_of_engine_time_since_the_last_scrape(
     assert w.busy_seconds >= 0.25
     time.sleep(0.2)
     assert samples(telemetry)[("moderator_engine_busy_ratio", ())] < 0.1  # idle since
-    telemetry.shutdown()

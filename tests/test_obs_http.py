@@ -50,7 +50,6 @@ def served() -> Iterator[tuple[Telemetry, int]]:
     server = ObsServer(telemetry, "127.0.0.1", 0)
     yield telemetry, server.port
     server.close()
-    telemetry.shutdown()
 
 
 def test_metrics_are_prometheus_text_with_the_table_s_names(
@@ -152,8 +151,6 @@ def test_port_zero_serves_nothing_and_a_given_telemetry_is_left_open() -> None:
         assert current is telemetry
     telemetry.metrics.add("moderator_dlq_total", code="malformed_event")
     assert samples(telemetry)[("moderator_dlq_total", (("code", "malformed_event"),))] == 1
-    telemetry.shutdown()
-    telemetry.shutdown()  # idempotent
 
 
 def test_http_settings_defaults_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,8 +168,6 @@ def test_many_telemetries_live_side_by_side() -> None:
     first, second = Telemetry(), Telemetry()
     first.metrics.add("moderator_events_total", outcome="dlq")
     assert ("moderator_events_total", (("outcome", "dlq"),)) not in samples(second)
-    for telemetry in (first, second):
-        telemetry.shutdown()
 
 
 def test_the_server_header_is_the_name_alone(served: tuple[Telemetry, int]) -> None:

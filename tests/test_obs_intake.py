@@ -88,7 +88,6 @@ def test_a_run_records_outcomes_checkpoints_latency_and_gauges(tmp_path: Path) -
         thread.join(20)
         pipeline.close()
     found = samples(telemetry)
-    telemetry.shutdown()
 
     def value(name: str, **labels: str) -> float:
         return found.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -154,7 +153,6 @@ def test_observer_holds_upload_times_until_commit_and_drops_them_on_rewind() -> 
     publish = (("stage", "publish"),)  # every checkpoint, aborted or not, is a publish stage
     assert found[("moderator_stage_latency_seconds_count", publish)] == 3
     assert found[("moderator_stage_latency_seconds_sum", publish)] == 1.0
-    telemetry.shutdown()
 
 
 def test_observer_outcomes_come_from_the_verdict_record() -> None:
@@ -168,7 +166,6 @@ def test_observer_outcomes_come_from_the_verdict_record() -> None:
     found = samples(telemetry)
     assert found[("moderator_events_total", (("outcome", "verdict"),))] == 1
     assert found[("moderator_events_total", (("outcome", "error_verdict"),))] == 1
-    telemetry.shutdown()
 
 
 def test_gauges_refresh_at_most_every_interval_and_released_partitions_read_zero() -> None:
@@ -195,7 +192,6 @@ def test_gauges_refresh_at_most_every_interval_and_released_partitions_read_zero
     assert samples(telemetry)[("moderator_inflight", ())] == 9 and lags == [1]
     obs.released([("u", 0)])
     assert samples(telemetry)[("moderator_consumer_lag", (("partition", "0"), ("topic", "u")))] == 0
-    telemetry.shutdown()
 
 
 class _Consumer:
@@ -254,4 +250,3 @@ def test_policy_gauges_follow_reloads(tmp_path: Path) -> None:
     registry.reload()
     assert info("acme") == {first: 0, second: 0}
     assert samples(telemetry)[stale] == 0
-    telemetry.shutdown()

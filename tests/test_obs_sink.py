@@ -66,7 +66,6 @@ def test_rows_latency_retries_and_chain_heads(broker: MemoryBroker, store: Audit
     assert database().ok and kafka().ok
     sink.close()
     assert not kafka().ok  # closing: no probe reaches a closed consumer
-    telemetry.shutdown()
 
 
 def test_an_outage_makes_the_store_unready_until_a_batch_is_stored(
@@ -110,4 +109,3 @@ def test_run_audit_sink_adds_its_checks_to_a_given_telemetry(
     run_audit_sink(s, stop, store=store, consumer=consumer(broker, s), telemetry=telemetry)
     timer.join()
     assert checks == [{"engine", "broker", "audit_store"}]
-    telemetry.shutdown()

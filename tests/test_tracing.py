@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,11 +22,12 @@ from moderator.engine.factory import build_window
 from moderator.engine.window import EngineWindow
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.memory.broker import MemoryBroker
-from moderator.obs.metrics import Metrics
+from moderator.obs.telemetry import Telemetry
 from moderator.obs.tracing import BATCH_SPAN, EVENT_SPAN, TRACER_NAME, new_tracer_provider
 from moderator.pipeline.process import Processor
 from moderator.settings import EngineSettings
 from tests.harness import BUCKET, Instance, png, settings_for, wait_for, write_policies
+from tests.test_obs_http import samples
 
 UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_SPAN = "00f067aa0ba902b7"
@@ -37,35 +36,28 @@ UPSTREAM_SPAN = "00f067aa0ba902b7"
 @dataclass
 class Observed:
     spans: InMemorySpanExporter
-    metrics: InMemoryMetricReader
+    telemetry: Telemetry
 
     def finished(self) -> list[ReadableSpan]:
         return list(self.spans.get_finished_spans())
 
-    def points(self, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
-        """The data points of metric `name` (its instrument name), by their sorted labels."""
-        data = self.metrics.get_metrics_data()
-        assert data is not None
-        out: dict[tuple[tuple[str, Any], ...], Any] = {}
-        for resource in data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        for point in metric.data.data_points:
-                            out[tuple(sorted(point.attributes.items()))] = point
-        return out
+    def points(self, sample: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """The values of one scraped sample (`moderator_verdicts_total`, a histogram's
+        `..._count`), by their sorted labels."""
+        return {
+            labels: v for (name, labels), v in samples(self.telemetry).items() if name == sample
+        }
 
 
 @pytest.fixture
 def observed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Observed]:
     """Every Processor and engine window the service builds traces into an in-memory exporter
-    and records its metrics on an in-memory reader (whatever service.py itself passes)."""
+    and records its metrics on one Telemetry (whatever service.py itself passes)."""
     exporter = InMemorySpanExporter()
     provider = new_tracer_provider(instance_id="test-0")
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    meters = MeterProvider(metric_readers=[reader])
-    metrics = Metrics(meters.get_meter("moderator"))
+    telemetry = Telemetry()
+    metrics = telemetry.metrics
 
     def traced(**kwargs: Any) -> Processor:
         kwargs.update(tracer=provider.get_tracer(TRACER_NAME), metrics=metrics)
@@ -76,9 +68,8 @@ def observed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Observed]:
 
     monkeypatch.setattr("moderator.service.Processor", traced)
     monkeypatch.setattr("moderator.service.build_window", windowed)
-    yield Observed(exporter, reader)
+    yield Observed(exporter, telemetry)
     provider.shutdown()
-    meters.shutdown()
 
 
 def _upload(
@@ -183,8 +174,8 @@ def test_each_engine_call_is_a_batch_span_linking_the_events_it_carried(
         attributes = dict(batch.attributes or {})
         assert attributes["moderator.batch.size"] >= len(batch.links)
         assert batch.parent is None and batch.status.status_code is not StatusCode.ERROR
-    points = observed.points("moderator_engine_batch_size")
-    assert sum(p.count for p in points.values()) == len(batches)
+    points = observed.points("moderator_engine_batch_size_count")
+    assert sum(points.values()) == len(batches)
 
 
 def test_without_a_traceparent_the_event_span_is_a_root_in_the_derived_trace(
@@ -261,16 +252,17 @@ def test_stage_latencies_cache_lookups_and_verdicts_are_counted(
     finally:
         instance.shutdown()
     stages = {
-        dict(k)["stage"]: p.count for k, p in observed.points("moderator_stage_latency").items()
+        dict(k)["stage"]: v
+        for k, v in observed.points("moderator_stage_latency_seconds_count").items()
     }
     # The hit is answered before its object is decoded: one decode, by the event that missed.
     assert stages == {"fetch": 2, "decode": 1, "queue": 1, "infer": 1, "decide": 2, "total": 2}
     cache = {
-        dict(k)["result"]: p.value for k, p in observed.points("moderator_cache_requests").items()
+        dict(k)["result"]: v for k, v in observed.points("moderator_cache_requests_total").items()
     }
     assert cache == {"miss": 1, "hit": 1}
-    verdicts = observed.points("moderator_verdicts")
-    assert sum(p.value for p in verdicts.values()) == 2
+    verdicts = observed.points("moderator_verdicts_total")
+    assert sum(verdicts.values()) == 2
     for labels in verdicts:
         assert dict(labels)["tenant"] == "acme"
         assert dict(labels)["category"] != ""

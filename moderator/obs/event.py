@@ -26,7 +26,13 @@ from moderator.errors import ProcessingError
 from moderator.events.upload import UploadEvent
 from moderator.events.verdict import InputCoords, Verdict, category_code
 from moderator.obs.metrics import Metrics
-from moderator.obs.tracing import failed, naming, start_event_span
+from moderator.obs.tracing import (
+    failed,
+    naming,
+    never_samples,
+    start_event_span,
+    unrecorded_event_span,
+)
 
 LATENCY = "moderator_stage_latency_seconds"
 
@@ -53,21 +59,14 @@ class EventTelemetry:
         self._tracer = tracer
         self._metrics = metrics
         self._received = received
-        attributes: dict[str, AttributeValue] = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": coords.topic,
-            "messaging.destination.partition.id": str(coords.partition),
-            "messaging.kafka.offset": coords.offset,
-            "messaging.message.id": event.event_id,
-            "moderator.tenant": event.tenant_id,
-        }
-        start_ns = time.time_ns() - max(0, int((time.monotonic() - received) * 1e9))
-        self.span = start_event_span(tracer, trace, attributes, start_ns)
+        self.span = (
+            unrecorded_event_span(trace)
+            if never_samples(tracer)
+            else start_event_span(tracer, trace, _attributes(event, coords), _start_ns(received))
+        )
         self.trace = naming(trace, self.span)
-        self._context = set_span_in_context(self.span)
         self._recording = self.span.is_recording()
+        self._context = set_span_in_context(self.span) if self._recording else None
 
     @property
     def context(self) -> SpanContext:
@@ -158,3 +157,21 @@ class EventTelemetry:
             f"moderator.{stage}", self._context, attributes=attributes, start_time=start_ns
         )
         span.end(end_time=max(start_ns, end_ns))
+
+
+def _attributes(event: UploadEvent, coords: InputCoords) -> dict[str, AttributeValue]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": coords.topic,
+        "messaging.destination.partition.id": str(coords.partition),
+        "messaging.kafka.offset": coords.offset,
+        "messaging.message.id": event.event_id,
+        "moderator.tenant": event.tenant_id,
+    }
+
+
+def _start_ns(received: float) -> int:
+    """The wall-clock time of `received` (monotonic seconds), in ns since the epoch."""
+    return time.time_ns() - max(0, int((time.monotonic() - received) * 1e9))

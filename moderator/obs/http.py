@@ -133,19 +133,14 @@ def check_port(settings: HttpSettings) -> None:
 @contextmanager
 def serving(settings: HttpSettings, telemetry: Telemetry | None = None) -> Iterator[Telemetry]:
     """`telemetry` (a new one unless given) served on `settings` while the block runs; with
-    port 0 nothing is served. A Telemetry made here is shut down at the end."""
-    own = telemetry is None
+    port 0 nothing is served."""
     current = telemetry if telemetry is not None else Telemetry()
+    server = ObsServer(current, settings.host, settings.port) if settings.port else None
     try:
-        server = ObsServer(current, settings.host, settings.port) if settings.port else None
-        try:
-            yield current
-        finally:
-            if server is not None:
-                server.close()
+        yield current
     finally:
-        if own:
-            current.shutdown()
+        if server is not None:
+            server.close()
 
 
 def _bind_problem(host: str, port: int, exc: OSError) -> str:

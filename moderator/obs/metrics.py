@@ -1,18 +1,17 @@
-"""The service's metrics: one table of instruments, created on an OpenTelemetry meter.
+"""The service's metrics: one table of instruments, and the object components record through.
 
 `METRICS` is the single definition of every metric: its Prometheus name as scraped from
 `/metrics` (counters end in `_total`, histograms of seconds in `_seconds`), its kind, unit,
 labels and meaning. docs/observability.md lists the same table (a test holds them equal), and
 the dashboard and alert rules in deploy/ may use only these names. Components record through a
-`Metrics` object; without a configured provider it records into OpenTelemetry's no-op meter.
+`Metrics` object into a `MetricStore` (moderator.obs.instruments); without one it records
+nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from opentelemetry.metrics import Meter, NoOpMeter
+from typing import Literal, Protocol
 
 Kind = Literal["counter", "histogram", "gauge"]
 
@@ -158,47 +157,55 @@ METRICS: tuple[MetricSpec, ...] = (
 BY_NAME = {spec.name: spec for spec in METRICS}
 
 
-class Metrics:
-    """The instruments of `METRICS` on one meter, by scraped name: `metrics["moderator_..."]`."""
+class Store(Protocol):
+    """Where measurements go, by scraped name and label values (moderator.obs.instruments)."""
 
-    def __init__(self, meter: Meter) -> None:
-        self._instruments: dict[str, Any] = {}
-        for spec in METRICS:
-            self._instruments[spec.name] = _create(meter, spec)
+    def add(self, name: str, key: tuple[str, ...], amount: float) -> None: ...
+
+    def observe(self, name: str, key: tuple[str, ...], value: float) -> None: ...
+
+    def set(self, name: str, key: tuple[str, ...], value: float) -> None: ...
+
+
+class Metrics:
+    """Records `METRICS` by scraped name, with exactly the labels the metric's spec names."""
+
+    def __init__(self, store: Store | None) -> None:
+        self._store = store
 
     def add(self, name: str, amount: float = 1, **labels: str) -> None:
         """Count on a counter."""
-        self._instruments[_checked(name, "counter")].add(amount, labels)
+        key = _key(_checked(name, "counter"), labels)
+        if self._store is not None:
+            self._store.add(name, key, amount)
 
     def record(self, name: str, value: float, **labels: str) -> None:
         """A histogram observation."""
-        self._instruments[_checked(name, "histogram")].record(value, labels)
+        key = _key(_checked(name, "histogram"), labels)
+        if self._store is not None:
+            self._store.observe(name, key, value)
 
     def set(self, name: str, value: float, **labels: str) -> None:
         """A gauge's current value."""
-        self._instruments[_checked(name, "gauge")].set(value, labels)
+        key = _key(_checked(name, "gauge"), labels)
+        if self._store is not None:
+            self._store.set(name, key, value)
 
 
 def no_metrics() -> Metrics:
     """Instruments that record nothing (tests, commands that publish no metrics)."""
-    return Metrics(NoOpMeter("moderator"))
+    return Metrics(None)
 
 
-def _create(meter: Meter, spec: MetricSpec) -> Any:
-    if spec.kind == "counter":
-        return meter.create_counter(spec.instrument, unit=spec.unit, description=spec.help)
-    if spec.kind == "histogram":
-        return meter.create_histogram(
-            spec.instrument,
-            unit=spec.unit,
-            description=spec.help,
-            explicit_bucket_boundaries_advisory=list(spec.buckets),
-        )
-    return meter.create_gauge(spec.instrument, unit=spec.unit, description=spec.help)
-
-
-def _checked(name: str, kind: Kind) -> str:
+def _checked(name: str, kind: Kind) -> MetricSpec:
     spec = BY_NAME.get(name)
     if spec is None or spec.kind != kind:
         raise KeyError(f"{name} is not a {kind} of moderator.obs.metrics.METRICS")
-    return name
+    return spec
+
+
+def _key(spec: MetricSpec, labels: dict[str, str]) -> tuple[str, ...]:
+    """The label values in the spec's order; the labels must be exactly the spec's."""
+    if len(labels) != len(spec.labels):
+        raise KeyError(f"{spec.name} takes the labels {spec.labels}, not {tuple(labels)}")
+    return tuple([str(labels[name]) for name in spec.labels])

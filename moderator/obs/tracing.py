@@ -58,6 +58,7 @@ BATCH_SPAN = "moderator.engine.batch"
 # a full one (kafka.commit_max_events is 1000 by default).
 MAX_LINKS = 4096
 
+_SPAN_IDS = RandomIdGenerator()
 _ROOT_TRACE_ID: ContextVar[int | None] = ContextVar("moderator_root_trace_id", default=None)
 
 
@@ -121,6 +122,20 @@ def otlp_traces_url(endpoint: str | None) -> str | None:
         return None
     base = endpoint.rstrip("/")
     return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
+
+
+def never_samples(tracer: Tracer) -> bool:
+    """Whether `tracer` is a provider's built with `recording=False` (telemetry.traces `none`):
+    its sampler drops every span, whatever the parent."""
+    return getattr(tracer, "sampler", None) is ALWAYS_OFF
+
+
+def unrecorded_event_span(trace: Trace) -> Span:
+    """The event span a tracer that `never_samples` starts, without the SDK's work for it (a
+    sampling decision, attributes, a span object per event: about 30 µs): not recorded, its own
+    span id in the event's trace, for the outputs to name."""
+    span_id = _SPAN_IDS.generate_span_id()
+    return NonRecordingSpan(SpanContext(int(trace.trace_id, 16), span_id, is_remote=False))
 
 
 def start_event_span(
@@ -208,11 +223,9 @@ def publish_span(
 
 
 def records_spans(tracer: Tracer) -> bool:
-    """Whether `tracer` may record a root span: not a no-op tracer, nor a provider's tracer
-    built with `recording=False` (telemetry.traces `none`), whose sampler drops every span."""
-    if isinstance(tracer, NoOpTracer):
-        return False
-    return getattr(tracer, "sampler", None) is not ALWAYS_OFF
+    """Whether `tracer` may record a root span: not a no-op tracer, nor one that
+    `never_samples`."""
+    return not isinstance(tracer, NoOpTracer) and not never_samples(tracer)
 
 
 def record_batch(tracer: Tracer, call: BatchCall) -> None:

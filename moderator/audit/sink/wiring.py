@@ -143,9 +143,6 @@ def run_with_audit_sink(
             failures.append(exc)
             log.error("audit_sink_failed", error=str(exc))
             stop.set()
-        finally:
-            if telemetry is None:
-                shared.shutdown()
 
     thread = threading.Thread(target=sink_thread, name="audit-sink", daemon=True)
     thread.start()
