@@ -26,30 +26,36 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from opentelemetry.trace import Tracer
 from PIL import Image
 
 from moderator import __version__
 from moderator.dev.samples import Sample, make_sample
-from moderator.emit.records import trace_from_headers, verdict_outputs
-from moderator.engine.base import EngineRequest
+from moderator.emit.records import OutRecord, trace_from_headers, verdict_outputs
+from moderator.engine.base import EngineRequest, EngineResult
 from moderator.events.parse import parse_message
 from moderator.events.s3notify import TenantRule
 from moderator.events.verdict import InputCoords, PolicyRef, Timings
-from moderator.fetch.decode import DecodeLimits, decode_image
+from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image
 from moderator.fetch.store import InMemoryObjectStore
+from moderator.logs import configure_logging
 from moderator.obs.event import EventTelemetry
+from moderator.obs.metrics import Metrics
 from moderator.obs.telemetry import Telemetry
 from moderator.obs.tracing import TRACER_NAME, build_tracer_provider
 from moderator.pipeline.assemble import FrameOutcome, ObjectFacts, Provenance, assemble
 from moderator.pipeline.process import Job, event_log_context
+from moderator.policy.base import CompiledPolicy
 from moderator.policy.bundled import write_default_policy
-from moderator.service import build_pipeline
-from moderator.settings import load_settings
+from moderator.service import Pipeline, build_pipeline
+from moderator.settings import Settings, load_settings
 
 BUCKET = "uploads"
 TENANT = "bench"
@@ -92,8 +98,39 @@ def _sample(i: int) -> Sample:
     return make_sample("png" if i % 4 == 3 else "jpeg", i, (64, 64))
 
 
-def measure(n: int, policies: Path) -> dict[str, float]:
-    """Seconds of thread CPU per step over n events."""
+Step = Callable[[str], AbstractContextManager[None]]
+"""Times one step of an event by name (or does nothing, for callers that time the whole)."""
+
+
+@dataclass
+class Rig:
+    """The service's parts for the bench: settings, the pipeline (its policies, engine and
+    decode budget), the objects in memory and one message value per event."""
+
+    settings: Settings
+    pipeline: Pipeline
+    store: InMemoryObjectStore
+    values: list[bytes]
+    rule: TenantRule
+    limits: DecodeLimits
+    tracer: Tracer
+    metrics: Metrics
+
+
+@dataclass
+class Taken:
+    """One event up to its engine request."""
+
+    job: Job
+    obs: EventTelemetry
+    policy: CompiledPolicy
+    image: DecodedImage
+    request: EngineRequest
+
+
+def build_rig(n: int, policies: Path, overrides: dict[str, Any] | None = None) -> Rig:
+    """n events of the bench's images, their objects stored, the pipeline built (fake engine
+    at zero latency, telemetry as `moderator run` has it by default, settings `overrides`)."""
     write_default_policy(policies)
     (policies / f"{TENANT}.yaml").write_text("on_error: review\n", encoding="utf-8")
     settings = load_settings(
@@ -104,8 +141,10 @@ def measure(n: int, policies: Path) -> dict[str, float]:
             "policies.dir": policies,
             "instance_id": "bench",
             "log.level": "warning",
+            **(overrides or {}),
         },
     )
+    configure_logging(settings.log)  # as `moderator run` does: warnings and errors only
     store = InMemoryObjectStore()
     values = []
     for i in range(n):
@@ -120,12 +159,105 @@ def measure(n: int, policies: Path) -> dict[str, float]:
             "context": {"surface": "post"},
         }
         values.append(json.dumps(doc).encode())
-    pipeline = build_pipeline(settings, store=store)
     tenancy = settings.tenancy
-    rule = TenantRule(tenancy.rule, dict(tenancy.bucket_map), frozenset(tenancy.content_events))
-    limits = DecodeLimits.from_settings(settings.fetch)
     tracer = build_tracer_provider("none").get_tracer(TRACER_NAME)
     metrics = Telemetry().metrics
+    return Rig(
+        settings,
+        build_pipeline(settings, store=store, metrics=metrics, tracer=tracer),
+        store,
+        values,
+        TenantRule(tenancy.rule, dict(tenancy.bucket_map), frozenset(tenancy.content_events)),
+        DecodeLimits.from_settings(settings.fetch),
+        tracer,
+        metrics,
+    )
+
+
+def take(rig: Rig, offset: int, step: Step) -> Taken:
+    """The event at `offset` from its message to its engine request."""
+    with step("parse message"):
+        event = parse_message(rig.values[offset], rig.rule).events[0]
+    with step("job"):
+        coords = InputCoords(topic="up", partition=0, offset=offset, timestamp_ms=1)
+        trace = trace_from_headers(None, event.event_id)
+        job = Job(event, coords, trace, time.monotonic())
+    with step("start telemetry"):
+        obs = EventTelemetry(rig.tracer, rig.metrics, trace, event, coords, job.received)
+    with step("log context (x2)"):  # the fetch worker's, then the engine window thread's
+        for _ in range(2):
+            with event_log_context(job):
+                pass
+    with step("resolve policy"):
+        policy = rig.pipeline.policies.resolve(event.tenant_id, event.surface)
+    if policy is None:
+        raise RuntimeError(f"no policy for {event.tenant_id}")
+    with step("fetch (memory)"):
+        fetched = rig.store.get(BUCKET, event.object.key, None, 1 << 30)
+    with step("decode"):
+        image = decode_image(fetched.data, rig.limits, 448, rig.pipeline.processor.decode_budget)
+    request = EngineRequest(
+        request_id=f"{event.event_id}#0",
+        image=image.frames[0],
+        prompt=policy.prompt,
+        categories=policy.categories,
+    )
+    return Taken(job, obs, policy, image, request)
+
+
+def finish(rig: Rig, taken: Taken, result: EngineResult, step: Step) -> list[OutRecord]:
+    """The event's records from its engine result, its telemetry ended."""
+    if result.assessment is None:
+        raise RuntimeError(f"the fake engine failed: {result.error_message}")
+    event, policy, image, model = taken.job.event, taken.policy, taken.image, rig.pipeline.engine
+    with step("decide"):
+        outcome = FrameOutcome(
+            decision=policy.decide(result.assessment),
+            assessment=result.assessment,
+            raw_output=result.raw_output,
+            generation=result.generation,
+        )
+    with step("assemble records"):
+        verdict, audit = assemble(
+            event,
+            outcome,
+            policy=PolicyRef(
+                tenant_id=event.tenant_id, surface=policy.surface, version=policy.version
+            ),
+            model=model.info,
+            facts=ObjectFacts(
+                sha256=image.sha256, format=image.format, width=image.width, height=image.height
+            ),
+            source="model",
+            timings=Timings(fetch=1.0, total=2.0),
+            decided_at=datetime.now(UTC),
+            trace_id=taken.job.trace.trace_id,
+            provenance=Provenance(
+                coords=taken.job.coords,
+                instance_id=rig.settings.instance_id,
+                package_version=__version__,
+                policy_hash=policy.full_hash,
+                prompt_sha256=policy.prompt_sha256,
+                policy_document=policy.document(),
+            ),
+        )
+    with step("serialise records"):
+        records = verdict_outputs(
+            verdict,
+            audit,
+            verdicts_topic="v",
+            audit_topic="a",
+            source="/moderator/bench",
+            trace=taken.obs.trace,
+        )
+    with step("end telemetry"):
+        taken.obs.end(verdict, verdict.source)
+    return records
+
+
+def measure(n: int, policies: Path) -> dict[str, float]:
+    """Seconds of thread CPU per step over n events."""
+    rig = build_rig(n, policies)
     costs: dict[str, float] = defaultdict(float)
 
     @contextmanager
@@ -134,78 +266,12 @@ def measure(n: int, policies: Path) -> dict[str, float]:
         yield
         costs[name] += time.thread_time() - started
 
-    for offset, value in enumerate(values):
-        with step("parse message"):
-            event = parse_message(value, rule).events[0]
-        with step("job"):
-            coords = InputCoords(topic="up", partition=0, offset=offset, timestamp_ms=1)
-            trace = trace_from_headers(None, event.event_id)
-            job = Job(event, coords, trace, time.monotonic())
-        with step("start telemetry"):
-            obs = EventTelemetry(tracer, metrics, trace, event, coords, job.received)
-        with step("log context (x2)"):  # the fetch worker's, then the engine window thread's
-            for _ in range(2):
-                with event_log_context(job):
-                    pass
-        with step("resolve policy"):
-            policy = pipeline.policies.resolve(event.tenant_id, event.surface)
-        assert policy is not None
-        with step("fetch (memory)"):
-            fetched = store.get(BUCKET, event.object.key, None, 1 << 30)
-        with step("decode"):
-            image = decode_image(fetched.data, limits, 448, pipeline.processor.decode_budget)
-        request = EngineRequest(
-            request_id=f"{event.event_id}#0",
-            image=image.frames[0],
-            prompt=policy.prompt,
-            categories=policy.categories,
-        )
+    for offset in range(n):
+        taken = take(rig, offset, step)
         with step("classify (fake)"):
-            result = pipeline.engine.classify([request])[0]
-        assert result.assessment is not None
-        with step("decide"):
-            outcome = FrameOutcome(
-                decision=policy.decide(result.assessment),
-                assessment=result.assessment,
-                raw_output=result.raw_output,
-                generation=result.generation,
-            )
-        with step("assemble records"):
-            verdict, audit = assemble(
-                event,
-                outcome,
-                policy=PolicyRef(
-                    tenant_id=event.tenant_id, surface=policy.surface, version=policy.version
-                ),
-                model=pipeline.engine.info,
-                facts=ObjectFacts(
-                    sha256=image.sha256, format=image.format, width=image.width, height=image.height
-                ),
-                source="model",
-                timings=Timings(fetch=1.0, total=2.0),
-                decided_at=datetime.now(UTC),
-                trace_id=trace.trace_id,
-                provenance=Provenance(
-                    coords=coords,
-                    instance_id=settings.instance_id,
-                    package_version=__version__,
-                    policy_hash=policy.full_hash,
-                    prompt_sha256=policy.prompt_sha256,
-                    policy_document=policy.document(),
-                ),
-            )
-        with step("serialise records"):
-            verdict_outputs(
-                verdict,
-                audit,
-                verdicts_topic="v",
-                audit_topic="a",
-                source="/moderator/bench",
-                trace=obs.trace,
-            )
-        with step("end telemetry"):
-            obs.end(verdict, verdict.source)
-    pipeline.close()
+            result = rig.pipeline.engine.classify([taken.request])[0]
+        finish(rig, taken, result, step)
+    rig.pipeline.close()
     return dict(costs)
 
 
