@@ -277,3 +277,24 @@ def test_bad_input_is_one_line(tiny: dict[str, Path], tmp_path: Path) -> None:
     run = make_run(tmp_path, tiny["qwen2-vl"])
     assert "has no final/ yet" in one_line_error(run, out)
     assert not out.exists()
+    (tmp_path / "afile").write_text("x")
+    message = one_line_error(adapter, tmp_path / "afile", base=tiny["qwen2-vl"])
+    assert message.endswith(f"--out: {tmp_path / 'afile'} exists and is not a directory")
+    message = one_line_error(adapter, tmp_path / "afile" / "out", base=tiny["qwen2-vl"])
+    assert "is not a directory" in message and "cannot create" in message
+
+
+def test_a_bad_out_is_refused_before_the_merge_says_anything(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moderator.cli.main import main
+
+    adapter = make_adapter(tiny["qwen2-vl"], tmp_path / "adapter")
+    (tmp_path / "afile").write_text("x")
+    args = ["--out", str(tmp_path / "afile"), "--base", str(tiny["qwen2-vl"])]
+    capsys.readouterr()  # making the adapter printed its loading
+    assert main(["train", "merge", str(adapter), *args]) == 2
+    _, stderr = capsys.readouterr()
+    assert stderr.strip().splitlines() == [
+        f"moderator: train merge: --out: {tmp_path / 'afile'} exists and is not a directory"
+    ]

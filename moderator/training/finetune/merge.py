@@ -28,6 +28,7 @@ from typing import Any
 
 from moderator.engine.smoke import CARD, MARKER, is_smoke_test
 from moderator.errors import ConfigError
+from moderator.paths import directory_problem
 from moderator.training.finetune.card import EVAL_DIR, STEP_PREFIX, CardInputs, write_card
 from moderator.training.finetune.rundir import (
     ADAPTER_CONFIG,
@@ -118,6 +119,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("train merge: --out DIR is required")
     trained = locate(Path(args.source), Path(args.base) if args.base is not None else None)
+    _check_out(Path(args.out), trained)  # before saying what it will do
     how = "the adapter folded into the base, loaded on the CPU" if trained.lora else "a copy"
     print(f"merge: {args.source} -> {args.out}: {how}", file=sys.stderr)
     out = merge_lora(args.source, args.out, base=args.base, name=args.name)
@@ -221,8 +223,9 @@ def _check_out(out: Path, trained: Trained) -> None:
     for inside in (trained.weights, trained.base):
         if inside is not None and (resolved == inside.resolve()):
             raise ConfigError(f"train merge: --out {out} is the source or the base model")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"train merge: --out {out}: not a directory")
+    problem = directory_problem(out)
+    if problem is not None:
+        raise ConfigError(f"train merge: --out: {problem}")
     if out.is_dir() and any(out.iterdir()) and not (out / CARD).is_file():
         raise ConfigError(
             f"train merge: --out {out} is not empty and holds no merged checkpoint; not overwriting"
