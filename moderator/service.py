@@ -14,14 +14,14 @@ from opentelemetry.trace import Tracer
 
 from moderator.engine.base import Engine, declared_capabilities
 from moderator.engine.factory import build_engine, build_window, decode_ahead, warm_up
-from moderator.engine.window import EngineWindow
+from moderator.engine.window import EngineWindow, WindowResult
 from moderator.fetch.decode import DecodeLimits
 from moderator.fetch.store import ObjectStore
 from moderator.ingest.jobs import LoopStats
 from moderator.ingest.kafka import make_consumer, make_producer
 from moderator.ingest.loop import IngestLoop
 from moderator.ingest.ports import Consumer, Producer
-from moderator.obs.engine import EngineWatch
+from moderator.obs.engine import FAILING_S, EngineWatch
 from moderator.obs.health import Check, CheckFn, Contact
 from moderator.obs.http import serving
 from moderator.obs.metrics import Metrics
@@ -270,27 +270,52 @@ def _policies_check(policies: PolicyProvider) -> CheckFn:
     return check
 
 
-def _warm_up(pipeline: Pipeline, finished: threading.Event) -> None:
-    """Until the engine has answered: a warm-up request, again every WARM_UP_RETRY_S."""
+def _warm_up(
+    pipeline: Pipeline,
+    finished: threading.Event,
+    *,
+    retry_s: float = WARM_UP_RETRY_S,
+    failing_s: float = FAILING_S,
+) -> None:
+    """Warm-up requests until `finished`: at start, one every `retry_s` until the engine has
+    answered; later, while every engine call has failed for more than `failing_s` and nothing
+    waits in the window (no traffic to show the engine answering again), one every `retry_s`
+    until one is answered, so that an idle pod's readiness comes back with the model server."""
     try:
         policy = pipeline.policies.fallback(DEFAULT, SURFACE_DEFAULT)
     except Exception:  # a provider without a default: readiness waits for the first batch
         log.exception("engine_warm_up_skipped")
         return
-    while not finished.is_set() and not pipeline.window.answered:
+    window, size = pipeline.window, pipeline.engine.input_size
+
+    def request() -> WindowResult:
+        return warm_up(window, policy.prompt, policy.categories, size)
+
+    while not finished.is_set() and not window.answered:
         started = time.monotonic()
-        outcome = warm_up(
-            pipeline.window, policy.prompt, policy.categories, pipeline.engine.input_size
-        ).result
-        if pipeline.window.answered:
+        outcome = request().result
+        if window.answered:
             log.info("engine_warm", seconds=round(time.monotonic() - started, 3))
-            return
+            break
         if finished.is_set():
             return
         log.warning(
             "engine_warm_up_failed",
             code=outcome.error_code.value if outcome.error_code else None,
             error=outcome.error_message,
-            retry_s=WARM_UP_RETRY_S,
+            retry_s=retry_s,
         )
-        finished.wait(WARM_UP_RETRY_S)
+        finished.wait(retry_s)
+    probing = False
+    while not finished.wait(retry_s):
+        failing = window.answers.failing_s()
+        if failing <= failing_s or window.pending:
+            probing = False
+            continue
+        if not probing:
+            log.warning("engine_probing", failing_s=round(failing), retry_s=retry_s)
+            probing = True
+        request()
+        if window.answers.failing_s() == 0.0:
+            log.info("engine_answering", failed_s=round(failing))
+            probing = False
