@@ -229,6 +229,18 @@ def test_an_error_verdict_names_its_code_and_the_on_error_rule() -> None:
     assert because(e) == "error: object_not_found -> on_error allow"
 
 
+def test_an_unknown_tenant_s_policy_line_says_it_is_the_default_policy() -> None:
+    record = audit_record("e-9c", demo("default"), error=ErrorCode.UNKNOWN_TENANT, model=None)
+    record["verdict"]["tenant_id"] = "acme"
+    e = explain(record)
+    assert dict(steps(e))["policy"] == (
+        f"{e.policy.version} (the default policy: tenant acme has none): "
+        f"on_error for unknown_tenant is {e.policy.on_error}"
+    )
+    other = explain(audit_record("e-9d", demo("museum"), error=ErrorCode.CORRUPT_IMAGE))
+    assert "default policy" not in dict(steps(other))["policy"]
+
+
 def test_an_error_code_the_table_does_not_list_names_no_rule() -> None:
     record = audit_record("e-9b", demo("museum"), error=ErrorCode.CORRUPT_IMAGE, model=None)
     del record["policy_document"]["decision_table"]["on_error"]["corrupt_image"]
@@ -268,7 +280,8 @@ def test_a_cache_hit_names_the_original_judgement() -> None:
     assert because(e) == "cache; Unsafe O5 -> block"
     lost = explain(record, origin_looked_up=True)
     assert dict(steps(lost))["cache"].endswith(
-        "no earlier model judgement of it is in the audit store"
+        "no earlier model judgement of it for tenant acme is in the audit store (the cache "
+        "is shared by all tenants; other tenants' records are not searched)"
     )
     assert explain(audit_record("e-13", demo("acme"), assessment=unsafe("O5"))).cache is None
 

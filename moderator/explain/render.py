@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from moderator.errors import ErrorCode
 from moderator.explain.model import Explanation, RuleFacts, TableRow
 
 SCHEMA = "moderator.explanation/v1"
@@ -217,6 +218,8 @@ def _policy(e: Explanation) -> str:
     if not p.document_kept:
         return f"{version}: document not available"
     if e.error is not None:
+        if e.error.code == ErrorCode.UNKNOWN_TENANT.value:
+            version += f" (the default policy: tenant {e.tenant_id} has none)"
         return f"{version}: on_error for {e.error.code} is {p.on_error or '(not in the table)'}"
     if p.row is None:
         return f"{version}: no decision-table row applies"
@@ -253,7 +256,11 @@ def _cache(e: Explanation) -> str:
     if c is None or not c.looked_up:
         return text
     if c.original_event_id is None:
-        return f"{text}; no earlier model judgement of it is in the audit store"
+        # The cache is shared by every tenant; the lookup searches this tenant's records only.
+        return (
+            f"{text}; no earlier model judgement of it for tenant {e.tenant_id} is in the audit"
+            " store (the cache is shared by all tenants; other tenants' records are not searched)"
+        )
     at = _time(c.original_decided_at)
     return f"{text}; first judged by the model in event {c.original_event_id} at {at}"
 
