@@ -142,6 +142,28 @@ def read_topic(bootstrap: str, topic: str, want: int, timeout: float) -> list[di
     return out
 
 
+def first_record(bootstrap: str, topic: str, timeout: float) -> bool:
+    """Whether a committed record of `topic` is read within `timeout` seconds."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"watcher-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    reader.subscribe([topic])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if any(m.error() is None for m in reader.consume(10, 0.2)):
+                return True
+    finally:
+        reader.close()
+    return False
+
+
 def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> list[int]:
     from confluent_kafka import TopicPartition
 
