@@ -233,3 +233,60 @@ def test_reuse_assessments_redecides_without_the_engine(
     )
     expected = Counter(f"{v['decision']}->{_expected(v)}" for v in judged)
     assert report["transitions"] == dict(expected)
+
+
+def test_a_tenant_without_a_policy_is_warned_about_and_the_header_names_the_live_side(
+    moderated: Moderated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """news has no policy in the replay's directory: one warning, then every news event is an
+    unknown_tenant error. The header's live engine and model are the originals' (`fake`), not
+    the settings' default engine, and its paths are absolute."""
+    nonews = tmp_path / "policies-nonews"
+    nonews.mkdir()
+    write_default_policy(nonews)
+    for tenant in ("acme", "kids"):
+        (nonews / f"{tenant}.yaml").write_text("on_error: review\n")
+    report_dir = tmp_path / "report"
+    args = ["replay", "--config", str(moderated.config), "--policies", str(nonews)]
+
+    assert main([*args, "--report", str(report_dir)]) == 0
+    err = capsys.readouterr().err
+    warning = (
+        f"moderator: warning: tenant news has events in the range but no policy in {nonews}: "
+        "its verdicts will be unknown_tenant errors"
+    )
+    assert [line for line in err.splitlines() if "warning" in line] == [warning], err
+    report = json.loads((report_dir / "report.json").read_text())
+    news = sum(1 for v in moderated.verdicts.values() if v["tenant_id"] == "news")
+    assert report["errors"]["unknown_tenant"] == news
+    header = report["header"]
+    assert (header["live_engine"], header["live_model"]) == ("fake", "fake")
+    assert Path(header["live_policies"]).is_absolute() and header["policies"] == str(nonews)
+    md = (report_dir / "report.md").read_text()
+    assert "- **reuse assessments**: no\n" in md and "- **dropped outputs**: none\n" in md
+
+
+def test_a_dry_run_notes_a_clamped_range_and_a_tenant_without_a_policy(
+    moderated: Moderated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nonews = tmp_path / "policies-nonews"
+    nonews.mkdir()
+    write_default_policy(nonews)
+    args = ["replay", "--config", str(moderated.config), "--policies", str(nonews), "--dry-run"]
+
+    assert main([*args, "--offsets", "0:0-999999"]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if line.startswith("moderator: note:")]
+    assert len(notes) == 1 and notes[0].startswith(
+        "moderator: note: --offsets 0:0-999999 ends past the end of partition 0 ("
+    ), captured.err
+    assert "; replaying 0:0-" in notes[0]
+    warned = [line for line in captured.err.splitlines() if "warning" in line]
+    assert all("but no policy in" in line for line in warned) and warned, captured.err
+    assert captured.out.splitlines()[1].split() == [
+        "partition",
+        "range",
+        "size",
+        "messages",
+        "events",
+    ]

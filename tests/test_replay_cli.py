@@ -260,3 +260,143 @@ def test_the_report_says_why_policies_were_not_compared(tmp_path: Path) -> None:
     lines = _policy_diff(live, replayed)
     assert len(lines) == 1 and lines[0].startswith("not compared: "), lines
     assert "missing" in lines[0]
+
+
+# -- checks a walkthrough found missing: each refused before Kafka, as one line ---------------
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    """A policy directory of its own, so that a run's settings check passes wherever the
+    tests run from."""
+    from moderator.policy.bundled import write_default_policy
+
+    directory = tmp_path / "policies"
+    write_default_policy(directory)
+    return directory
+
+
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_a_from_in_the_future_without_to_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], config: Path, policies: Path, dry_run: list[str]
+) -> None:
+    """Without --to the range ends now: a later --from is refused, not a ValueError from the
+    offset lookup after Kafka was contacted."""
+    flags = ["--policies", str(policies), "--from", "2030-01-01T00:00:00Z", *dry_run]
+    line = usage_error(capsys, config, *flags)
+    assert line == "moderator: --from: 2030-01-01T00:00:00Z is in the future (the range ends now)"
+
+
+def test_a_future_range_with_its_to_goes_on_to_kafka(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    argv = ["replay", "--config", str(config), "--dry-run"]
+    argv += ["--from", "2030-01-01T00:00:00Z", "--to", "2030-01-02T00:00:00Z"]
+    code, out, err = run(capsys, argv)
+    assert (code, out) == (1, ""), err
+    assert CONTACTED in err
+
+
+def another_runs_report(directory: Path, run_id: str = "r-old") -> bytes:
+    """`directory` as a finished run leaves it: its plan and a report. The plan's bytes."""
+    from moderator.replay.plan import RunPlan, save_plan
+    from moderator.replay.request import EventFilter, OffsetRange
+
+    plan = RunPlan(
+        run_id=run_id,
+        created_at="2026-12-05T23:15:00Z",
+        uploads_topic="in.uploads",
+        output_topic="out.replay",
+        ranges=(OffsetRange(0, 0, 8),),
+        event_filter=EventFilter(),
+        range_text="the whole topic",
+        lookup="whole topic",
+        policies_dir="/srv/policies",
+        engine="fake",
+        model=None,
+    )
+    save_plan(plan, directory)
+    (directory / "report.json").write_text("{}\n", encoding="utf-8")
+    return (directory / "run.json").read_bytes()
+
+
+def test_a_new_run_refuses_a_report_directory_holding_another_run(
+    capsys: pytest.CaptureFixture[str], config: Path, policies: Path, tmp_path: Path
+) -> None:
+    """Writing there would replace that run's plan and report: refused, nothing touched."""
+    rep1 = tmp_path / "rep1"
+    before = another_runs_report(rep1)
+    line = usage_error(capsys, config, "--policies", str(policies), "--report", str(rep1))
+    assert line == (
+        f"moderator: --report {rep1} holds the report of run r-old; resume it with "
+        f"--resume r-old --report {rep1} or choose another directory"
+    )
+    assert (rep1 / "run.json").read_bytes() == before
+    assert sorted(p.name for p in rep1.iterdir()) == ["report.json", "run.json"]
+
+
+def test_the_hint_leaves_out_the_runs_own_default_directory(
+    capsys: pytest.CaptureFixture[str],
+    config: Path,
+    policies: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    another_runs_report(Path("replay-r-old"))
+    line = usage_error(capsys, config, "--policies", str(policies), "--report", "replay-r-old")
+    assert line == (
+        "moderator: --report replay-r-old holds the report of run r-old; resume it with "
+        "--resume r-old or choose another directory"
+    )
+
+
+def test_a_report_directory_with_a_plan_that_cannot_be_read_is_refused(
+    capsys: pytest.CaptureFixture[str], config: Path, policies: Path, tmp_path: Path
+) -> None:
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "run.json").write_text("{", encoding="utf-8")
+    line = usage_error(capsys, config, "--policies", str(policies), "--report", str(rep))
+    assert line.startswith(f"moderator: --report {rep}: {rep / 'run.json'} is not a replay plan")
+    assert line.endswith("; choose another directory")
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "other files"])
+def test_a_new_or_empty_report_directory_goes_on_to_kafka(
+    capsys: pytest.CaptureFixture[str], config: Path, policies: Path, tmp_path: Path, state: str
+) -> None:
+    rep = tmp_path / "rep"
+    if state != "missing":
+        rep.mkdir()
+    if state == "other files":
+        (rep / "notes.txt").write_text("mine\n", encoding="utf-8")
+    argv = ["replay", "--config", str(config), "--policies", str(policies), "--report", str(rep)]
+    code, out, err = run(capsys, argv)
+    assert (code, out) == (1, ""), err
+    assert CONTACTED in err
+
+
+def test_a_dry_run_writes_nothing_so_any_report_directory_will_do(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    rep = tmp_path / "rep"
+    another_runs_report(rep)
+    code, out, err = run(
+        capsys, ["replay", "--config", str(config), "--dry-run", "--report", str(rep)]
+    )
+    assert (code, out) == (1, ""), err
+    assert CONTACTED in err
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_report_path_that_is_a_file_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], config: Path, policies: Path, tmp_path: Path, resume: bool
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory\n", encoding="utf-8")
+    flags = ["--resume", "r1"] if resume else ["--policies", str(policies)]
+    line = usage_error(capsys, config, *flags, "--report", str(afile))
+    assert line == f"moderator: --report: {afile} exists and is not a directory"
+    line = usage_error(capsys, config, *flags, "--report", str(afile / "sub"))
+    assert line == f"moderator: --report: cannot create {afile / 'sub'}: {afile} is not a directory"

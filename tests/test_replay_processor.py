@@ -511,6 +511,27 @@ def test_filtered_events_are_not_paced() -> None:
     assert out.calls == [[]] * 20
 
 
+def test_each_kept_event_is_checked_for_a_policy_before_it_starts() -> None:
+    """The run's warning about a tenant without a policy comes from here: kept events only."""
+    checked: list[tuple[str, str]] = []
+    inner = RecordingProcessor()
+    processor = ReplayProcessor(
+        cast(Processor, inner),
+        run_id=RUN,
+        output_topic=OUT,
+        originals=TopicOriginals({}, "moderation.verdicts"),
+        event_filter=EventFilter(tenants=frozenset({"acme", "news"})),
+        rate=None,
+        reuse_assessments=False,
+        model_id=MODEL_ID,
+        check_tenant=lambda tenant, surface: checked.append((tenant, surface)),
+    )
+    for j in (job("ev-1", "news"), job("ev-2", "kids"), job("ev-3", "acme")):
+        processor.submit(j, Outputs())
+    assert checked == [("news", "default"), ("acme", "default")]
+    assert len(inner.submitted) == 2  # the run goes on: the pipeline decides the error
+
+
 # -- Processor.submit_assessed: a real Processor ---------------------------------------------
 
 

@@ -136,6 +136,34 @@ def test_a_terminal_line_is_redrawn_in_place(clock: Clock) -> None:
     )
 
 
+def test_a_note_in_a_log_is_a_line_of_its_own(clock: Clock) -> None:
+    out = io.StringIO()
+    shown = ReplayProgress(out, 100)
+    shown.note("moderator: warning: tenant news ...")
+    clock.now += LOG_EVERY_S
+    shown.advance(50)
+    shown.note("moderator: warning: tenant zeta ...")
+    assert lines(out) == [
+        "moderator: warning: tenant news ...",
+        "replay: 50/100 messages (50%), 10.0 msg/s, ETA 5 s",
+        "moderator: warning: tenant zeta ...",
+    ]
+
+
+def test_a_note_on_a_terminal_goes_above_the_progress_line(clock: Clock) -> None:
+    out = Terminal()
+    shown = ReplayProgress(out, 100)
+    shown.note("before")  # nothing drawn yet: a plain line
+    clock.now += TTY_EVERY_S
+    shown.advance(1)
+    shown.note("during")
+    assert out.getvalue() == (
+        "before\n"
+        "\rreplay: 1/100 messages (1%), 5.0 msg/s, ETA 20 s\x1b[K"
+        "\r\x1b[Kduring\nreplay: 1/100 messages (1%), 5.0 msg/s, ETA 20 s"
+    )
+
+
 # -- the dry run's census ----------------------------------------------------------------------
 
 
@@ -149,10 +177,10 @@ def test_census_table() -> None:
         filtered=921,
     )
     assert census.lines() == [
-        "partition    offsets   messages     events",
-        "        0       1200       1180        300",
-        "        1         50         50          7",
-        "    total       1250       1230        307",
+        "partition  range size   messages     events",
+        "        0        1200       1180        300",
+        "        1          50         50          7",
+        "    total        1250       1230        307",
         "",
         "tenant                       events",
         "acme                            300",
@@ -164,9 +192,9 @@ def test_census_table() -> None:
 def test_census_of_an_empty_range() -> None:
     census = Census(offsets={0: 0})
     assert census.lines() == [
-        "partition    offsets   messages     events",
-        "        0          0          0          0",
-        "    total          0          0          0",
+        "partition  range size   messages     events",
+        "        0           0          0          0",
+        "    total           0          0          0",
         "",
         "tenant                       events",
         "filtered out: 0, malformed messages: 0",

@@ -17,6 +17,7 @@ from moderator.replay.request import (
     parse_offsets,
     parse_sample,
     parse_time,
+    parse_window,
     sampled,
 )
 
@@ -237,3 +238,32 @@ def test_a_larger_sample_keeps_a_superset() -> None:
 def test_sampling_never_fails_on_odd_text() -> None:
     assert 0.0 <= sampled("\ud800-odd") < 1.0
     assert EventFilter(sample=1.0).keeps("\ud800", "acme", None)
+
+
+# -- parse_window ------------------------------------------------------------------------------
+
+
+def test_a_window_is_parsed_as_given() -> None:
+    later = "2026-11-29T03:00:00Z"
+    assert parse_window("2026-11-29T02:00:00Z", later, T0) == (T0, T0 + 3_600_000)
+    assert parse_window(None, None, T0) == (None, None)
+    assert parse_window(None, later, T0) == (None, T0 + 3_600_000)
+
+
+def test_without_to_the_window_ends_now_so_from_may_be_now_but_not_later() -> None:
+    assert parse_window("2026-11-29T02:00:00Z", None, T0) == (T0, None)
+    with pytest.raises(ConfigError) as info:
+        parse_window("2026-11-29T02:00:00.001Z", None, T0)
+    assert str(info.value) == (
+        "--from: 2026-11-29T02:00:00.001Z is in the future (the range ends now)"
+    )
+
+
+def test_a_future_window_with_its_own_end_is_left_to_the_lookup() -> None:
+    """Nothing is in it yet, but it is a range: the run finds it empty."""
+    assert parse_window("2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z", T0)[0] is not None
+
+
+def test_to_must_be_later_than_from() -> None:
+    with pytest.raises(ConfigError, match=r"^--to: must be later than --from$"):
+        parse_window("2026-11-29T02:00:00Z", "2026-11-29T02:00:00Z", T0)

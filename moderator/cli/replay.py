@@ -139,11 +139,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(settings, plan)
     from moderator.replay.plan import save_plan
+    from moderator.words import counted
 
     save_plan(plan, directory)
     print(
-        f"replay {plan.run_id}: {plan.range_text}, {plan.events_upper_bound} offsets in "
-        f"{len(plan.ranges)} partitions; report in {directory}",
+        f"replay {plan.run_id}: {plan.range_text}, {counted(plan.events_upper_bound, 'offset')} "
+        f"in {counted(len(plan.ranges), 'partition')}; report in {directory}",
         file=sys.stderr,
     )
     return _run(args, settings, live, plan, directory)
@@ -198,52 +199,54 @@ def _resumed(args: argparse.Namespace) -> tuple[Any, Path]:
 def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
     from moderator.errors import ConfigError
     from moderator.ingest.kafka import make_consumer
-    from moderator.replay.plan import RunPlan
+    from moderator.replay.plan import RunPlan, check_new_report
     from moderator.replay.ranges import find_ranges, output_ends
     from moderator.replay.request import (
         EventFilter,
+        check_output_topic,
         new_run_id,
         parse_offsets,
         parse_sample,
         parse_tenants,
-        parse_time,
+        parse_window,
+        range_text,
     )
 
     # `is not None`, not truth: an empty `--offsets ""` must fail, not replay the whole topic.
     if args.offsets is not None and (args.from_ is not None or args.to is not None):
         raise ConfigError("--offsets: give either --offsets or --from/--to, not both")
-    from_ms = parse_time("--from", args.from_) if args.from_ is not None else None
-    to_ms = parse_time("--to", args.to) if args.to is not None else None
-    if from_ms is not None and to_ms is not None and to_ms <= from_ms:
-        raise ConfigError("--to: must be later than --from")
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+    from_ms, to_ms = parse_window(args.from_, args.to, now_ms)
     offsets = parse_offsets(args.offsets) if args.offsets is not None else None
     sample = parse_sample(args.sample) if args.sample is not None else 1.0
     tenants = parse_tenants(args.tenant)
     topics = settings.kafka.topics
-    output = topics.replay if args.output_topic is None else args.output_topic
-    if not output:
-        raise ConfigError("--output-topic: must name a topic")
-    if output == topics.uploads:
-        raise ConfigError(f"--output-topic: {output} is the uploads topic being replayed")
-    if output in (topics.verdicts, topics.audit, topics.dlq) and not args.allow_live_output:
-        raise ConfigError(
-            f"--output-topic: {output} is a live topic; add --allow-live-output to write there"
-        )
-    now = datetime.now(UTC)
+    output = check_output_topic(
+        topics.replay if args.output_topic is None else args.output_topic,
+        uploads=topics.uploads,
+        live=(topics.verdicts, topics.audit, topics.dlq),
+        allow_live=args.allow_live_output,
+    )
     run_id = new_run_id(now)
+    directory = args.report or Path(f"replay-{run_id}")
+    if not args.dry_run:  # a dry run writes nothing
+        check_new_report(directory)
     _reach(settings)
     probe = make_consumer(_group(settings, run_id))
     try:
         timeout = settings.kafka.startup_timeout_s
-        ranges, how = find_ranges(
+        ranges, how, notes = find_ranges(
             probe,
             topics.uploads,
             offsets=offsets,
             from_ms=from_ms,
             to_ms=to_ms,
-            now_ms=int(now.timestamp() * 1000),
+            now_ms=now_ms,
             timeout_s=timeout,
         )
+        for note in notes:
+            print(f"moderator: note: {note}", file=sys.stderr)
         starts = output_ends(probe, output, timeout) if not args.dry_run else {}
     finally:
         probe.close()
@@ -254,7 +257,7 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         output_topic=output,
         ranges=ranges,
         event_filter=EventFilter(tenants, from_ms, to_ms, sample),
-        range_text=_range_text(args),
+        range_text=range_text(args.offsets, args.from_, args.to),
         lookup=how,
         policies_dir=str(settings.policies.dir.resolve()),
         engine=settings.engine.kind,
@@ -263,15 +266,7 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         rate=args.rate,
         output_start=starts,
     )
-    return plan, args.report or Path(f"replay-{run_id}")
-
-
-def _range_text(args: argparse.Namespace) -> str:
-    if args.offsets:
-        return f"offsets {args.offsets}"
-    if args.from_ or args.to:
-        return f"{args.from_ or 'the earliest record'} .. {args.to or 'the start of the run'}"
-    return "the whole topic"
+    return plan, directory
 
 
 def _group(settings: Any, run_id: str) -> Any:
@@ -287,6 +282,7 @@ def _dry_run(settings: Any, plan: Any) -> int:
     from moderator.events.s3notify import TenantRule
     from moderator.ingest.kafka import make_consumer
     from moderator.replay.census import take_census
+    from moderator.replay.tenants import gap_warning, uncovered
 
     consumer = make_consumer(_group(settings, plan.run_id))
     try:
@@ -302,6 +298,8 @@ def _dry_run(settings: Any, plan: Any) -> int:
     print(f"range: {plan.range_text}{how} on {plan.uploads_topic}")
     for line in census.lines():
         print(line)
+    for tenant in uncovered(settings, census.tenants):
+        print(f"moderator: warning: {gap_warning(tenant, plan.policies_dir)}", file=sys.stderr)
     return 0
 
 
@@ -310,6 +308,7 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
     from moderator.ingest.kafka import make_consumer
     from moderator.replay.progress import ReplayProgress
     from moderator.replay.runner import collect_results, replay_overrides, run_plan
+    from moderator.replay.tenants import PolicyGaps, uncovered
     from moderator.settings import load_settings
 
     replay_settings = load_settings(
@@ -318,9 +317,17 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
     originals = _originals(args.originals, settings)
     stop = install_stop_handlers()
     progress = ReplayProgress(sys.stderr, plan.events_upper_bound)
+    gaps = PolicyGaps(plan.policies_dir, lambda line: progress.note(f"moderator: warning: {line}"))
+    for tenant in uncovered(replay_settings, plan.event_filter.tenants):
+        gaps.missing(tenant, asked=True)
     started = datetime.now(UTC)
     outcome = run_plan(
-        replay_settings, plan, stop, originals=originals, on_checkpoint=progress.advance
+        replay_settings,
+        plan,
+        stop,
+        originals=originals,
+        on_checkpoint=progress.advance,
+        on_missing_policy=gaps.missing,
     )
     progress.finish(complete=outcome.completed)
     if not outcome.completed:
@@ -340,9 +347,7 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
     header = run_header(
         plan,
         originals,
-        live_policies=str(live.policies.dir),
-        live_engine=live.engine.kind,
-        live_model=live.engine.model,
+        live_policies=str(live.policies.dir.resolve()),
         policy_diff=_policy_diff(live, Path(plan.policies_dir)),
         started_at=started.isoformat().replace("+00:00", "Z"),
         replayed_here={"kept": outcome.replay.kept, "filtered": outcome.replay.filtered},
@@ -361,15 +366,15 @@ def _policy_diff(live: Any, replayed: Path) -> list[str]:
     from moderator.policy.check import check
     from moderator.policy.diff import diff_policies
 
-    if live.policies.dir.resolve() == replayed.resolve():
+    if (live_dir := live.policies.dir.resolve()) == replayed.resolve():
         return ["the replay uses the live policy directory"]
     try:
-        before = check(live.policies.dir, live.tenancy)
+        before = check(live_dir, live.tenancy)
         after = check(replayed, live.tenancy)
     except ConfigError as exc:
         return [f"not compared: {exc}"]
     if before.errors or after.errors:
-        broken = live.policies.dir if before.errors else replayed
+        broken = live_dir if before.errors else replayed
         return [f"policies in {broken} have errors; not compared"]
     return format_diff(diff_policies(before.policies, after.policies))
 

@@ -27,12 +27,14 @@ class Census:
     filtered: int = 0
 
     def lines(self) -> list[str]:
-        """A table for people: one line per partition, then one per tenant."""
-        out = [f"{'partition':>9}  {'offsets':>9}  {'messages':>9}  {'events':>9}"]
+        """A table for people: one line per partition, then one per tenant. `range size` is the
+        count of offsets from the range's start to its end (transaction markers included),
+        `messages` the records read, `events` those the filter keeps."""
+        out = [f"{'partition':>9}  {'range size':>10}  {'messages':>9}  {'events':>9}"]
         for p in sorted(self.offsets):
-            out.append(f"{p:>9}  {self.offsets[p]:>9}  {self.messages[p]:>9}  {self.events[p]:>9}")
+            out.append(f"{p:>9}  {self.offsets[p]:>10}  {self.messages[p]:>9}  {self.events[p]:>9}")
         out.append(
-            f"{'total':>9}  {sum(self.offsets.values()):>9}  {sum(self.messages.values()):>9}"
+            f"{'total':>9}  {sum(self.offsets.values()):>10}  {sum(self.messages.values()):>9}"
             f"  {sum(self.events.values()):>9}"
         )
         out.append("")

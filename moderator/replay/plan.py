@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from moderator.errors import ConfigError
+from moderator.paths import directory_problem
 from moderator.replay.request import EventFilter, OffsetRange
 
 PLAN_FILE = "run.json"
@@ -94,16 +95,53 @@ def save_plan(plan: RunPlan, directory: Path) -> Path:
 
 def load_plan(directory: Path, run_id: str) -> RunPlan:
     """The plan of `run_id` from `directory`; ConfigError naming the file when it is unusable."""
+    check_writable(directory)
     path = directory / PLAN_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        plan = RunPlan.from_json(data)
+        plan = _read(path)
     except FileNotFoundError as exc:
         raise ConfigError(
             f"--resume {run_id}: no {PLAN_FILE} in {directory} (pass the run's --report directory)"
         ) from exc
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of any shape
+    except _UNREADABLE as exc:
         raise ConfigError(f"--resume {run_id}: {path} is not a replay plan: {exc}") from exc
     if plan.run_id != run_id:
         raise ConfigError(f"--resume {run_id}: {path} belongs to run {plan.run_id}")
     return plan
+
+
+def check_new_report(directory: Path) -> None:
+    """A new run's report directory can be written and holds no other run's plan (writing
+    there would lose that run's report and the means to resume it); ConfigError otherwise."""
+    check_writable(directory)
+    path = directory / PLAN_FILE
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        other = _read(path).run_id
+    except _UNREADABLE as exc:
+        raise ConfigError(
+            f"--report {directory}: {path} is not a replay plan ({exc}); choose another directory"
+        ) from exc
+    resume = f"--resume {other}"
+    if directory != Path(f"replay-{other}"):
+        resume += f" --report {directory}"
+    raise ConfigError(
+        f"--report {directory} holds the report of run {other}; resume it with {resume} "
+        "or choose another directory"
+    )
+
+
+def check_writable(directory: Path) -> None:
+    """ConfigError naming --report when `directory` cannot be a directory to write in."""
+    problem = directory_problem(directory)
+    if problem is not None:
+        raise ConfigError(f"--report: {problem}")
+
+
+# Reading a plan fails with these: JSON of any shape, a file that cannot be read.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def _read(path: Path) -> RunPlan:
+    return RunPlan.from_json(json.loads(path.read_text(encoding="utf-8")))

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,10 @@ class ReplayProcessor:
         reuse_assessments: bool,
         model_id: str,
         stop: threading.Event | None = None,
+        check_tenant: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`check_tenant(tenant, surface)` is called for each kept event before it starts (the
+        run warns there about a tenant without a policy)."""
         self._inner = inner
         self._run_id = run_id
         self._topic = output_topic
@@ -90,6 +94,7 @@ class ReplayProcessor:
             threading.Thread(target=self._pace, name="replay-pacer", daemon=True).start()
         self._reuse = reuse_assessments
         self._model_id = model_id
+        self._check_tenant = check_tenant
         self._lock = threading.Lock()
         self.stats = ReplayStats()
 
@@ -104,6 +109,8 @@ class ReplayProcessor:
             done([])
             return
         self.stats.kept += 1
+        if self._check_tenant is not None:
+            self._check_tenant(ev.tenant_id, ev.surface)
         if self._paced is None:
             self._start(job, done)
         else:

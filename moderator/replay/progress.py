@@ -42,6 +42,15 @@ class ReplayProgress:
             self._done = max(self._done, self._total)
         self._show(self.line(time.monotonic()), final=True)
 
+    def note(self, line: str) -> None:
+        """A line of its own (a warning); on a terminal it goes above the progress line, which
+        is drawn again below it."""
+        if self._tty and self._last:
+            self._stream.write(f"\r\x1b[K{line}\n{self._last}")
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+
     def line(self, now: float) -> str:
         elapsed = max(now - self._started, 1e-9)
         rate = (self._done - self._base) / elapsed

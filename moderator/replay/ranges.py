@@ -1,7 +1,8 @@
 """The offsets a replay reads, found once at its start (the plan keeps them).
 
 - `--offsets`: as given, clamped to what the partition still holds (retention may have deleted
-  the start; the end never goes past the end captured now, so a live topic's replay ends).
+  the start; the end never goes past the end captured now, so a live topic's replay ends), with
+  a note for people on each range that was clamped.
 - `--from`/`--to`: the broker's timestamp lookup where it answers; where it does not (the
   embedded broker), the records are read from the earliest offset and the same offsets found
   from their timestamps. Either way each record's timestamp is checked again while replaying.
@@ -35,8 +36,9 @@ def find_ranges(
     to_ms: int | None,
     now_ms: int,
     timeout_s: float,
-) -> tuple[tuple[OffsetRange, ...], str]:
-    """(ranges, how they were found). Raises OffsetLookupError when Kafka does not answer."""
+) -> tuple[tuple[OffsetRange, ...], str, list[str]]:
+    """(ranges, how they were found, a note on each `--offsets` range that was clamped).
+    Raises OffsetLookupError when Kafka does not answer."""
     partitions = partitions_of(consumer, topic, timeout_s)
     marks = {p: watermarks_of(consumer, topic, p, timeout_s) for p in partitions}
     if offsets:
@@ -45,9 +47,11 @@ def find_ranges(
             raise ConfigError(
                 f"--offsets: {topic} has no partition {unknown[0]} (it has {len(partitions)})"
             )
-        return tuple(_clamp(r, *marks[r.partition]) for r in offsets), "offsets"
+        clamped = tuple(_clamp(r, *marks[r.partition]) for r in offsets)
+        notes = [clamp_note(r, *marks[r.partition]) for r in offsets]
+        return clamped, "offsets", [n for n in notes if n is not None]
     if from_ms is None and to_ms is None:
-        return tuple(OffsetRange(p, *marks[p]) for p in partitions), "whole topic"
+        return tuple(OffsetRange(p, *marks[p]) for p in partitions), "whole topic", []
     start = from_ms if from_ms is not None else 0
     end = to_ms if to_ms is not None else now_ms + 1
     found = time_range_offsets(consumer, topic, start, end, timeout_s=timeout_s)
@@ -55,7 +59,7 @@ def find_ranges(
     if not found.exact:
         found = scan_offsets(consumer, topic, start, end, timeout_s=timeout_s)
         how = "timestamp scan: the broker does not look timestamps up"
-    return tuple(OffsetRange(r.partition, r.start, r.end) for r in found.partitions), how
+    return tuple(OffsetRange(r.partition, r.start, r.end) for r in found.partitions), how, []
 
 
 def output_ends(consumer: Any, topic: str, timeout_s: float) -> dict[int, int]:
@@ -78,3 +82,26 @@ def output_ends(consumer: Any, topic: str, timeout_s: float) -> dict[int, int]:
 def _clamp(r: OffsetRange, low: int, high: int) -> OffsetRange:
     start = min(max(r.start, low), high)
     return OffsetRange(r.partition, start, max(start, min(r.end, high)))
+
+
+def clamp_note(r: OffsetRange, low: int, high: int) -> str | None:
+    """What clamping `r` to a partition holding [low, high) changes, for people; None when
+    nothing. Ranges are written as `--offsets` takes them (end exclusive)."""
+    clamped = _clamp(r, low, high)
+    if r.start == r.end or (clamped.start, clamped.end) == (r.start, r.end):
+        return None  # an empty range stays empty: nothing was asked
+    p = r.partition
+    asked = f"--offsets {p}:{r.start}-{r.end}"
+    if r.start >= high:
+        return f"{asked} starts at or past the end of partition {p} ({high}); nothing is replayed"
+    if r.end <= low:
+        return (
+            f"{asked} ends before the earliest offset of partition {p} ({low}; older ones were "
+            "deleted); nothing is replayed"
+        )
+    why = []
+    if r.start < low:
+        why.append(f"starts before the earliest offset of partition {p} ({low})")
+    if r.end > high:
+        why.append(f"ends past the end of partition {p} ({high})")
+    return f"{asked} {' and '.join(why)}; replaying {p}:{clamped.start}-{clamped.end}"

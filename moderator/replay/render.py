@@ -20,6 +20,7 @@ from moderator.replay.html import render_html
 from moderator.replay.markdown import render_markdown
 from moderator.replay.report import Report
 from moderator.replay.tables import changed_in_order, changed_record
+from moderator.words import counted
 
 FILES = ("report.json", "changed.jsonl", "report.md", "report.html")
 
@@ -68,8 +69,9 @@ def write_atomically(directory: Path, files: Mapping[str, bytes]) -> list[Path]:
 def summary_table(report: Report) -> str:
     """A compact plain-text summary for the terminal: totals, transitions, tenants."""
     lines = [
-        f"replay {report.run_id}: {report.events} events, {report.changed} changed, "
-        f"{report.missing_objects} missing objects, {report.no_original} without original",
+        f"replay {report.run_id}: {counted(report.events, 'event')}, {report.changed} changed, "
+        f"{counted(report.missing_objects, 'missing object')}, {report.no_original} without "
+        "original",
         "",
     ]
     lines += _columns(

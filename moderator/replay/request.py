@@ -77,6 +77,20 @@ def parse_time(flag: str, text: str) -> int:
     return int(moment.astimezone(UTC).timestamp() * 1000)
 
 
+def parse_window(
+    from_text: str | None, to_text: str | None, now_ms: int
+) -> tuple[int | None, int | None]:
+    """`--from`/`--to` → (from_ms, to_ms), None where not given. Without `--to` the range ends
+    at `now_ms` (the start of the run), so a `--from` after it is refused as in the future."""
+    from_ms = parse_time("--from", from_text) if from_text is not None else None
+    to_ms = parse_time("--to", to_text) if to_text is not None else None
+    if from_ms is not None and to_ms is not None and to_ms <= from_ms:
+        raise ConfigError("--to: must be later than --from")
+    if from_ms is not None and to_ms is None and from_ms > now_ms:
+        raise ConfigError(f"--from: {from_text} is in the future (the range ends now)")
+    return from_ms, to_ms
+
+
 def parse_offsets(text: str) -> tuple[OffsetRange, ...]:
     """`0:100-200,1:0-50` → ranges (end exclusive); each partition at most once."""
     ranges: dict[int, OffsetRange] = {}
@@ -113,6 +127,29 @@ def parse_tenants(values: list[str] | None) -> frozenset[str]:
         if problem is not None:
             raise ConfigError(f"--tenant: {problem}")
     return frozenset(values or ())
+
+
+def check_output_topic(topic: str, *, uploads: str, live: tuple[str, ...], allow_live: bool) -> str:
+    """The `--output-topic` (or its default): never the uploads topic, a live one only when
+    allowed (`--allow-live-output`)."""
+    if not topic:
+        raise ConfigError("--output-topic: must name a topic")
+    if topic == uploads:
+        raise ConfigError(f"--output-topic: {topic} is the uploads topic being replayed")
+    if topic in live and not allow_live:
+        raise ConfigError(
+            f"--output-topic: {topic} is a live topic; add --allow-live-output to write there"
+        )
+    return topic
+
+
+def range_text(offsets: str | None, from_text: str | None, to_text: str | None) -> str:
+    """The range as asked, for people (the report header)."""
+    if offsets:
+        return f"offsets {offsets}"
+    if from_text or to_text:
+        return f"{from_text or 'the earliest record'} .. {to_text or 'the start of the run'}"
+    return "the whole topic"
 
 
 def check_run_id(text: str) -> str:

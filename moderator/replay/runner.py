@@ -33,6 +33,7 @@ from moderator.replay.processor import (
     model_id,
 )
 from moderator.replay.reader import RangeConsumer
+from moderator.replay.tenants import tenant_check
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.replay")
@@ -101,9 +102,12 @@ def run_plan(
     *,
     originals: Originals,
     on_checkpoint: Callable[[int], None] | None = None,
+    on_missing_policy: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Replay the plan until its ranges are done or `stop` is set. `settings` carry
-    replay_overrides. Raises ConfigError (bad policies, engine) and FatalKafkaError."""
+    replay_overrides. `on_missing_policy(tenant)` is called for each kept event of a tenant
+    that no policy decides (its verdict will be an unknown_tenant error). Raises ConfigError
+    (bad policies, engine) and FatalKafkaError."""
     from moderator.service import build_pipeline
 
     pipeline = build_pipeline(settings)
@@ -117,6 +121,7 @@ def run_plan(
         reuse_assessments=plan.reuse_assessments,
         model_id=model_id(pipeline.engine.info.model_dump()),
         stop=stop,
+        check_tenant=tenant_check(pipeline.policies, on_missing_policy),
     )
     inner_consumer = make_consumer(settings)
     consumer = RangeConsumer(inner_consumer, plan.uploads_topic, plan.ranges, threading.Event())

@@ -7,16 +7,19 @@ by an at-least-once run counts once), whichever process of a resumed run replaye
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from moderator.replay.compare import pair_of
+from moderator.replay.compare import Pair, pair_of
 from moderator.replay.originals import Originals
 from moderator.replay.plan import RunPlan
 from moderator.replay.render import summary_table, write_report
 from moderator.replay.report import Report, build_report
+
+# The live side's engine or model when no original verdict names one (all missing or errors).
+UNKNOWN = "unknown: no original verdict names one"
 
 
 def run_header(plan: RunPlan, originals: Originals, **more: Any) -> dict[str, Any]:
@@ -56,8 +59,25 @@ def write_summary(
     stdout unless `out` is given; looked up when called, so a replaced stdout is honoured)."""
     out = out if out is not None else sys.stdout
     pairs = [pair_of(originals.get(event_id), results[event_id]) for event_id in sorted(results)]
-    report = build_report(pairs, run_id=plan.run_id, header=header)
+    report = build_report(pairs, run_id=plan.run_id, header={**header, **live_side(pairs)})
     write_report(report, [p for p in pairs if p.changed], directory)
     print(summary_table(report), file=out)
     print(f"report: {directory / 'report.html'}", file=out)
     return report
+
+
+def live_side(pairs: Iterable[Pair]) -> dict[str, str]:
+    """The header's `live_engine` and `live_model`: what judged the original verdicts, as those
+    verdicts name it (the live service's flags may differ from the settings a replay reads)."""
+    engines: set[str] = set()
+    models: set[str] = set()
+    for pair in pairs:
+        model = pair.original.model if pair.original is not None else None
+        if model:
+            engine, _, name = model.partition(":")  # "engine:name@revision"
+            engines.add(engine)
+            models.add(name)
+    return {
+        "live_engine": ", ".join(sorted(engines)) or UNKNOWN,
+        "live_model": ", ".join(sorted(models)) or UNKNOWN,
+    }

@@ -12,6 +12,7 @@ from typing import Any
 
 from moderator.replay.compare import Pair
 from moderator.replay.report import GroupCounts, Report
+from moderator.words import counted
 
 CHANGED_SHOWN = 50  # changed events listed in report.md / report.html (changed.jsonl has all)
 
@@ -136,7 +137,7 @@ def report_tables(report: Report, changed: Sequence[Pair]) -> list[Table]:
             "Missing objects",
             ("Tenant", "Missing objects"),
             tuple((k, v.missing_objects) for k, v in report.by_tenant.items() if v.missing_objects),
-            f"{report.missing_objects} replayed events found their object gone.",
+            f"{counted(report.missing_objects, 'replayed event')} found the object gone.",
         ),
         Table(
             "score-shifts",
@@ -187,10 +188,14 @@ def _changed_row(pair: Pair) -> tuple[Cell, ...]:
 
 
 def _text(value: Any) -> str:
+    """A header value as words: yes/no for a flag, `none` for an empty list or mapping."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(str(v) for v in value) or "none"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
-    return str(value)
+        pairs = sorted(value.items(), key=lambda kv: str(kv[0]))
+        return ", ".join(f"{k}={v}" for k, v in pairs) or "none"
+    return str(value) or "none"

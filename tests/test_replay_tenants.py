@@ -1,0 +1,89 @@
+"""Tenants a replay would judge without a policy: warned about once each, and the run goes on.
+
+A replay directory without `news.yaml` makes every news event an `unknown_tenant` error verdict;
+the operator is told before the run for the tenants known then, else at the tenant's first event.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from moderator.policy.bundled import write_default_policy
+from moderator.replay.tenants import (
+    PolicyGaps,
+    gap_warning,
+    tenant_check,
+    tenants_without_policy,
+    uncovered,
+)
+from moderator.service import build_policies
+from tests.harness import settings_for
+
+WARNING = (
+    "tenant news has events in the range but no policy in /srv/policies-nonews: its verdicts "
+    "will be unknown_tenant errors"
+)
+
+
+@pytest.fixture
+def nonews(tmp_path: Path) -> Path:
+    directory = tmp_path / "policies-nonews"
+    write_default_policy(directory)
+    for tenant in ("acme", "kids"):
+        (directory / f"{tenant}.yaml").write_text("on_error: review\n")
+    return directory
+
+
+def test_the_warning_names_the_tenant_the_directory_and_the_outcome() -> None:
+    assert gap_warning("news", "/srv/policies-nonews") == WARNING
+    assert gap_warning("news", "/p", asked=True) == (
+        "tenant news is replayed (--tenant) but has no policy in /p: its verdicts will be "
+        "unknown_tenant errors"
+    )
+
+
+def test_tenants_without_policy_are_sorted_and_unique() -> None:
+    assert tenants_without_policy(["news", "zeta", "acme", "news"], {"acme"}) == ["news", "zeta"]
+    assert tenants_without_policy([], {"acme"}) == []
+
+
+def test_each_tenant_is_warned_about_once() -> None:
+    lines: list[str] = []
+    gaps = PolicyGaps("/srv/policies-nonews", lines.append)
+    gaps.missing("news", asked=True)  # named by --tenant: warned before the run
+    threads = [threading.Thread(target=gaps.missing, args=(t,)) for t in ["news", "zeta"] * 20]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(lines) == 2
+    assert lines[0].startswith("tenant news is replayed (--tenant)")
+    assert lines[1].startswith("tenant zeta has events in the range")
+
+
+def test_uncovered_reads_the_policy_directory(nonews: Path) -> None:
+    assert uncovered(settings_for(nonews), ["acme", "news", "kids", "zeta"]) == ["news", "zeta"]
+
+
+def test_nothing_is_uncovered_when_unknown_tenants_get_the_default(nonews: Path) -> None:
+    settings = settings_for(nonews, **{"policies.default_for_unknown": True})
+    assert uncovered(settings, ["news"]) == []
+
+
+def test_an_unreadable_directory_warns_about_nothing(tmp_path: Path) -> None:
+    """A dry run does not check the directory (a run has refused it already)."""
+    assert uncovered(settings_for(tmp_path / "missing"), ["news"]) == []
+
+
+def test_the_run_checks_each_event_as_the_pipeline_resolves_it(nonews: Path) -> None:
+    registry = build_policies(settings_for(nonews))
+    missing: list[str] = []
+    check = tenant_check(registry, missing.append)
+    assert check is not None
+    for tenant, surface in [("acme", "default"), ("news", "default"), ("kids", "comments")]:
+        check(tenant, surface)
+    assert missing == ["news"]
+    assert tenant_check(registry, None) is None
