@@ -523,6 +523,19 @@ class AuditSettings(_Section):
         '(["*"] = every tenant); make a hash with: printf %s "$TOKEN" | moderator audit hash-token',
     )
 
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, url: str) -> str:
+        # Checked here, not only when the store opens, so a bad URL is reported like every
+        # other setting: with where it came from.
+        from moderator.audit.db.connect import normalize_url
+
+        try:
+            normalize_url(url)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("audit.url: ")) from None
+        return url
+
     @field_validator("api_tokens")
     @classmethod
     def _token_hashes(cls, tokens: dict[str, list[str]]) -> dict[str, list[str]]:

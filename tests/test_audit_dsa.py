@@ -113,8 +113,14 @@ def test_review_that_hides_content_is_reported() -> None:
 def test_cached_repeat() -> None:
     s = build(record(source="cache"))
     assert s["automated_detection"] == "Yes"
-    assert "identical to an image already assessed" in s["decision_facts"]
-    assert "classification model against" not in s["decision_facts"]
+    facts = s["decision_facts"]
+    assert "identical to an image the same automated image classification model had" in facts
+    assert "that assessment was reused and decided under the platform's content policy" in facts
+    assert "classification model against" not in facts
+    # The cache is keyed by image, model input and model, not by policy version: the earlier
+    # assessment may have been another tenant's, under another version.
+    assert "same policy version" not in facts
+    assert "The assessment placed the image under" in facts
 
 
 def test_error_verdict_that_blocks() -> None:

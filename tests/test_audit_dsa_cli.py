@@ -91,9 +91,9 @@ def test_exports_restricting_decisions_in_time_order(
         assert validate_statement(statement) == []
         for secret in SECRETS:
             assert secret not in json.dumps(statement)
-    assert "4 statements of reasons (schema 2025-07-01) in 1 batches of at most 100" in err
-    assert "1 reviews that keep the content visible" in err
-    assert "1 error decisions about no content of the tenant" in err
+    assert "4 statements of reasons (schema 2025-07-01) in 1 batch of at most 100" in err
+    assert "1 review that keeps the content visible" in err
+    assert "1 error decision about no content of the tenant" in err
     assert "0 redacted records" in err
 
 
@@ -139,7 +139,8 @@ def test_redacted_rows_are_skipped(
         store.redact(now, now, tenant_ids=["kids"])
     code, statements, err = export(capsys)
     assert (code, len(statements)) == (0, 1), err
-    assert "1 redacted records" in err
+    assert "1 statement of reasons (schema 2025-07-01) in 1 batch of at most 100" in err
+    assert "1 redacted record;" in err
 
 
 def test_batches_in_summary(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,6 +162,29 @@ def test_missing_salt(
     monkeypatch.setenv("OTHER_SALT", "short")
     code, lines, err = export(capsys, "--salt-env", "OTHER_SALT")
     assert code == 2 and "at least 16 characters" in err
+    assert err.startswith("moderator: OTHER_SALT: too short;") and err.count("\n") == 1
+    assert "short" not in err.removeprefix("moderator: OTHER_SALT: too short")  # a secret
+
+
+def test_a_short_salt_names_the_variable(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODERATOR_DSA_PUID_SALT", "short")
+    code, lines, err = export(capsys)
+    assert (code, lines) == (2, [])
+    assert err == (
+        "moderator: MODERATOR_DSA_PUID_SALT: too short; the PUID salt needs at least 16 "
+        "characters\n"
+    )
+
+
+def test_nothing_is_exported_with_zero_rows_in_plural(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, err = export(capsys)
+    assert (code, lines) == (0, []), err
+    assert "0 statements of reasons (schema 2025-07-01) in 0 batches of at most 100" in err
+    assert "0 reviews that keep the content visible" in err
 
 
 @pytest.mark.parametrize(
@@ -170,6 +194,14 @@ def test_missing_salt(
         (["--until", "9999-12-31T23:59:59-23:59"], "--until: out of range"),
         (["--tenant", "acme\x00"], "--tenant: expected a tenant id"),
         (["--territorial-scope", "DE,CH"], "--territorial-scope: 'CH'"),
+        (
+            ["--territorial-scope", "XX"],
+            "--territorial-scope: 'XX' is not an EEA country code; use EU, EEA or codes from "
+            "AT, BE, BG,",
+        ),
+        (["--territorial-scope", "EU,NO,XX"], ", IS, IT, LI, LT, LU, LV, MT, NL, NO, PL,"),
+        (["--since", "2026-02-01", "--until", "2026-01-01"], "--until: must be later than --since"),
+        (["--since", "2026-02-01", "--until", "2026-02-01"], "--until: must be later than --since"),
         (["--content-language", "german"], "--content-language: 'GERMAN' is not one of"),
     ],
 )
@@ -204,7 +236,7 @@ def test_an_unknown_tenant_error_verdict_is_skipped_not_fatal(
     code, lines, err = export(capsys)
     assert code == 0, err
     assert len(lines) == 1
-    assert "1 error decisions about no content of the tenant" in err
+    assert "1 error decision about no content of the tenant" in err
 
 
 def test_invalid_mapping_is_an_error(

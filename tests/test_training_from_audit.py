@@ -254,6 +254,9 @@ def test_the_command_line(
     out = tmp_path / "cli"
     assert main(["dataset", "from-audit", "--out", str(out), "--decision", "maybe"]) == 2
     assert "--decision: must be one of allow, review, block" in capsys.readouterr().err
+    window = ["--since", "2026-02-01T00:00:00Z", "--until", "2026-01-01T00:00:00Z"]
+    assert main(["dataset", "from-audit", "--out", str(out), *window]) == 2
+    assert "moderator: --until: must be later than --since" in capsys.readouterr().err
     assert main(["dataset", "from-audit", "--out", str(out), "--labelled-only"]) == 2
     assert "--labelled-only: needs --labels" in capsys.readouterr().err
     under_a_file = out.parent / "notes.txt" / "x"
@@ -261,7 +264,7 @@ def test_the_command_line(
     assert main(["dataset", "from-audit", "--out", str(under_a_file)]) == 2
     assert capsys.readouterr().err.startswith(f"moderator: --out: cannot create {under_a_file}: ")
     assert main(["dataset", "from-audit", "--out", str(out), "--tenant", BETA]) == 0
-    assert capsys.readouterr().out.strip() == f"1 samples -> {out / 'dataset.json'}"
+    assert capsys.readouterr().out.strip() == f"1 sample -> {out / 'dataset.json'}"
     (sample,) = read_dataset(out / "dataset.json")
     assert sample.id == "b-allow" and (out / sample.image).is_file()
     monkeypatch.setenv("MODERATOR_AUDIT__URL", f"sqlite:///{tmp_path / 'none.db'}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from moderator.cli.style import add_command, add_config_flag, examples
 from moderator.errors import ConfigError, ModeratorError
+from moderator.words import counted
 
 if TYPE_CHECKING:
     from moderator.audit.db.store import AuditStore
@@ -168,14 +169,14 @@ def _print_report(report: VerifyReport, url: str, where: str | None) -> None:
         print(line)
     print(
         f"{report.chains} chains, {report.rows_checked} rows checked "
-        f"({report.rows_redacted} redacted), {_plural(len(report.problems), 'problem')}"
+        f"({report.rows_redacted} redacted), {counted(len(report.problems), 'problem')}"
     )
     for problem in report.problems:
         print(f"problem: {problem}")
     print("intact" if report.ok else "TAMPERING FOUND")
     if report.rows_legacy:
         print(
-            f"warning: {_plural(report.rows_legacy, 'row')} predate schema version 3 (chain "
+            f"warning: {counted(report.rows_legacy, 'row')} predate schema version 3 (chain "
             "format v1): the hash chain does not cover their offset, nor the kept columns "
             f"(decision, tenant, time, ...) of the {report.rows_uncovered} redacted among them",
             file=sys.stderr,
@@ -235,7 +236,3 @@ def expired_counts(store: AuditStore, policy: Mapping[str, int], now: datetime) 
                     counts[row.tenant_id] = counts.get(row.tenant_id, 0) + 1
             q = replace(q, cursor=page.next_cursor) if page.next_cursor else None
     return counts
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"

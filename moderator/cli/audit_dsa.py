@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from moderator.errors import ConfigError
+from moderator.words import counted
 
 if TYPE_CHECKING:
     from moderator.audit.db.store import AuditStore
@@ -32,10 +33,17 @@ if TYPE_CHECKING:
 SALT_ENV = "MODERATOR_DSA_PUID_SALT"
 PAGE = 1000
 SPOOL_BYTES = 16 << 20
+# Skip reason -> (one, several) in the summary.
 SKIPPED = {
-    "review_visible": "reviews that keep the content visible",
-    "no_content": "error decisions about no content of the tenant",
-    "redacted": "redacted records",
+    "review_visible": (
+        "review that keeps the content visible",
+        "reviews that keep the content visible",
+    ),
+    "no_content": (
+        "error decision about no content of the tenant",
+        "error decisions about no content of the tenant",
+    ),
+    "redacted": ("redacted record", "redacted records"),
 }
 
 
@@ -108,7 +116,7 @@ def cmd_export_dsa(
     content_language: str | None = None,
 ) -> int:
     """Export the statements; see the module docstring for exit codes."""
-    from moderator.audit.dsa.export import SCHEMA_VERSION
+    from moderator.audit.dsa.export import MIN_SALT_CHARS, SCHEMA_VERSION
     from moderator.audit.dsa.spec import BATCH_MAX
     from moderator.cli.audit_query import open_existing_store
     from moderator.logs import configure_cli_logging
@@ -123,8 +131,15 @@ def cmd_export_dsa(
             file=sys.stderr,
         )
         return 2
+    if len(salt) < MIN_SALT_CHARS:
+        raise ConfigError(
+            f"{salt_env}: too short; the PUID salt needs at least {MIN_SALT_CHARS} characters"
+        )
     options = _options(salt, territorial_scope, terms_url, ground_text, content_language)
     queries = [_query(tenant, since, until, decision) for decision in ("block", "review")]
+    problem = None if output is None else output_problem(output)
+    if problem is not None:  # now, not after the whole store was read
+        raise ConfigError(f"--output: {problem}")
     registry = PolicyRegistry(
         settings.policies.dir,
         settings.tenancy,
@@ -140,17 +155,33 @@ def cmd_export_dsa(
             if statement is not None:
                 out.write(json.dumps(statement, ensure_ascii=False, separators=(",", ":")) + "\n")
     written = exporter.counts["statements"]
-    skipped = ", ".join(f"{exporter.counts[k]} {text}" for k, text in SKIPPED.items())
+    skipped = ", ".join(counted(exporter.counts[k], *texts) for k, texts in SKIPPED.items())
     dated = exporter.counts["dated_by_decision"]
     first = f" (first: {exporter.first_dated_by_decision})" if dated else ""
+    statements = counted(written, "statement of reasons", "statements of reasons")
     print(
-        f"moderator: {written} statements of reasons (schema {SCHEMA_VERSION}) in "
-        f"{-(-written // BATCH_MAX)} batches of at most {BATCH_MAX}"
+        f"moderator: {statements} (schema {SCHEMA_VERSION}) in "
+        f"{counted(-(-written // BATCH_MAX), 'batch', 'batches')} of at most {BATCH_MAX}"
         f"{f' to {output}' if output else ''}; skipped: {skipped}; "
         f"{dated} with an unusable upload time, dated by their decision{first}",
         file=sys.stderr,
     )
     return 0
+
+
+def output_problem(path: Path) -> str | None:
+    """Why the export cannot write `path`, worded as `moderator.paths.directory_problem` words
+    it; None when it can. The folder must exist: a mistyped folder is not created."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    folder = path.parent
+    if not folder.exists():
+        return f"cannot create {path}: {folder} does not exist"
+    if not folder.is_dir():
+        return f"cannot create {path}: {folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {folder} is not writable"
+    return None
 
 
 # DsaOptions field -> the flag that sets it, so that a refused value names the flag.
@@ -258,12 +289,19 @@ class _Exporter:
 
 def _scope(value: str) -> tuple[str, ...]:
     from moderator.audit.dsa.export import EEA_COUNTRIES, EU_COUNTRIES
+    from moderator.audit.read.filters import shown
 
     named = {"EU": EU_COUNTRIES, "EEA": EEA_COUNTRIES}
     text = value.strip().upper()
     codes = named.get(text) or tuple(c.strip() for c in text.split(",") if c.strip())
     if not codes:
         raise ConfigError("--territorial-scope: EU, EEA or country codes like DE,AT")
+    for code in codes:
+        if code not in EEA_COUNTRIES:
+            raise ConfigError(
+                f"--territorial-scope: {shown(code, 24)} is not an EEA country code; use EU, "
+                f"EEA or codes from {', '.join(sorted(EEA_COUNTRIES))}"
+            )
     return codes
 
 
@@ -275,7 +313,7 @@ def _query(tenant: str | None, since: str | None, until: str | None, decision: s
     try:
         return build_query(given, sort="decided_at", limit=PAGE)
     except BadFilter as exc:
-        raise ConfigError(f"{flag_name(exc.field)}: {exc.reason}") from exc
+        raise ConfigError(f"{flag_name(exc.field)}: {exc.reason_naming(flag_name)}") from exc
 
 
 def _rows(store: AuditStore, query: AuditQuery) -> Iterator[AuditRow]:

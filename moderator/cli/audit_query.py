@@ -118,7 +118,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         limit = parse_limit(str(args.limit))
         query = build_query(filter_values(args), sort=args.sort, limit=limit, cursor=args.cursor)
     except BadFilter as exc:
-        reason = INVALID_CURSOR if isinstance(exc.__cause__, InvalidCursor) else exc.reason
+        cursor = isinstance(exc.__cause__, InvalidCursor)
+        reason = INVALID_CURSOR if cursor else exc.reason_naming(flag_name)
         raise ConfigError(f"{flag_name(exc.field)}: {reason}") from exc
     settings = load_settings(args.config)
     configure_cli_logging(settings.log)
@@ -199,8 +200,36 @@ def add_filter_flags(
         if names is None or field.name in names:
             help_text = (helps or {}).get(field.name, field.help)
             parser.add_argument(
-                flag_name(field.name), dest=field.name, metavar=field.metavar, help=help_text
+                flag_name(field.name),
+                dest=field.name,
+                metavar=field.metavar,
+                help=help_text,
+                action=_Once,
             )
+
+
+class _Once(argparse.Action):
+    """A filter flag given twice is a usage error: argparse would keep the last value and
+    silently drop the rows the first one asked for."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from moderator.audit.read.filters import shown
+
+        earlier = getattr(namespace, self.dest, None)
+        if earlier is not None:
+            flag = option_string or self.dest
+            command = parser.prog.removeprefix("moderator ")
+            parser.error(
+                f"{flag}: given twice ({shown(earlier, 24)}, {shown(values, 24)}); "
+                f"{command} takes one {flag}"
+            )
+        setattr(namespace, self.dest, values)
 
 
 def filter_values(args: argparse.Namespace) -> dict[str, str | None]:

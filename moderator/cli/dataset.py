@@ -25,6 +25,7 @@ from moderator.cli.style import (
     examples,
 )
 from moderator.errors import ConfigError
+from moderator.words import counted
 
 DEFAULT_SPLIT = "0.8,0.1,0.1"
 DEFAULT_MIN_SIDE = 32  # training/build_run.py DEFAULT_MIN_SIDE
@@ -214,7 +215,7 @@ def cmd_from_audit(args: argparse.Namespace) -> int:
     try:
         query = build_query(filter_values(args))
     except BadFilter as exc:
-        raise ConfigError(f"{flag_name(exc.field)}: {exc.reason}") from exc
+        raise ConfigError(f"{flag_name(exc.field)}: {exc.reason_naming(flag_name)}") from exc
     if args.max_samples is not None and args.max_samples < 1:
         raise ConfigError(f"--max-samples: must be at least 1, got {args.max_samples}")
     if args.labelled_only and args.labels is None:
@@ -245,7 +246,7 @@ def cmd_from_audit(args: argparse.Namespace) -> int:
     if result.skipped:
         line = fa.skipped_line(result.skipped, args.out / fa.SKIPPED_FILE)
         print(f"moderator: {line}", file=sys.stderr)
-    print(f"{len(result.samples)} samples -> {args.out / fa.DATASET_FILE}")
+    print(f"{counted(len(result.samples), 'sample')} -> {args.out / fa.DATASET_FILE}")
     return 0
 
 

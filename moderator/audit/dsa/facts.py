@@ -76,10 +76,13 @@ def decision_facts(
     else:
         what = _category_phrase(code or "NA")
         if verdict.get("source") == "cache":
+            # The cache key is the image, the model input and the model, not the policy
+            # version: the earlier assessment may have been made for another tenant.
             parts = [
-                "The uploaded image is identical to an image already assessed under the same "
-                "policy version; that automated assessment was applied again.",
-                f"It placed the image under {what} of {rules}.",
+                "The uploaded image is identical to an image the same automated image "
+                "classification model had already assessed; that assessment was reused and "
+                f"decided under {rules}.",
+                f"The assessment placed the image under {what}.",
             ]
         else:
             parts = [

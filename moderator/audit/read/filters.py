@@ -30,10 +30,11 @@ TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 VERSION_RE = re.compile(r"[0-9a-f]{16}|[0-9a-f]{64}")
-TIME_HELP = (
-    "ISO 8601 time, e.g. 2026-11-29T02:00:00Z; a date alone (2026-11-29) is midnight UTC, "
+TIME_EXAMPLES = (
+    "e.g. 2026-11-29T02:00:00Z; a date alone (2026-11-29) is midnight UTC, "
     "a time without an offset is UTC"
 )
+TIME_HELP = f"ISO 8601 time, {TIME_EXAMPLES}"
 TIME_RANGE = "1000-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z"
 
 Parser = Callable[[str, str], "str | datetime"]
@@ -41,12 +42,20 @@ Parser = Callable[[str, str], "str | datetime"]
 
 
 class BadFilter(InvalidQuery):
-    """One filter value is wrong; `field` is its name (`since`, `event_id`, ...)."""
+    """One filter value is wrong; `field` is its name (`since`, `event_id`, ...). `other` is a
+    second field the reason ends with (`until: must be later than since`), so that a caller can
+    name both its own way (`reason_naming`: `--until: must be later than --since`)."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
+    def __init__(self, field: str, reason: str, *, other: str | None = None) -> None:
+        self._stem = reason
         self.field = field
-        self.reason = reason
+        self.other = other
+        self.reason = reason if other is None else f"{reason} {other}"
+        super().__init__(f"{field}: {self.reason}")
+
+    def reason_naming(self, name: Callable[[str], str]) -> str:
+        """The reason with the other field named by `name` (the CLI's flag_name)."""
+        return self.reason if self.other is None else f"{self._stem} {name(self.other)}"
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ def build_query(
         values[field.name] = None if value is None else field.parse(field.name, value)
     since, until = values["since"], values["until"]
     if isinstance(since, datetime) and isinstance(until, datetime) and until <= since:
-        raise BadFilter("until", "must be later than since")
+        raise BadFilter("until", "must be later than", other="since")
     if sort not in SORTS:
         raise BadFilter("sort", f"must be decided_at or -decided_at, got {shown(sort)}")
     if not 1 <= limit <= MAX_LIMIT:
@@ -118,7 +127,7 @@ def parse_time_arg(field: str, value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise BadFilter(field, f"not an ISO 8601 time: {shown(value)} ({TIME_HELP})") from None
+        raise BadFilter(field, f"not an ISO 8601 time: {shown(value)} ({TIME_EXAMPLES})") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
