@@ -8,6 +8,7 @@ happened only after contacting Kafka shows up as exit 1 naming that stand-in.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,22 +300,10 @@ def test_a_future_range_with_its_to_goes_on_to_kafka(
 
 def another_runs_report(directory: Path, run_id: str = "r-old") -> bytes:
     """`directory` as a finished run leaves it: its plan and a report. The plan's bytes."""
-    from moderator.replay.plan import RunPlan, save_plan
-    from moderator.replay.request import EventFilter, OffsetRange
+    from moderator.replay.plan import save_plan
+    from tests.test_replay_header import PLAN
 
-    plan = RunPlan(
-        run_id=run_id,
-        created_at="2026-12-05T23:15:00Z",
-        uploads_topic="in.uploads",
-        output_topic="out.replay",
-        ranges=(OffsetRange(0, 0, 8),),
-        event_filter=EventFilter(),
-        range_text="the whole topic",
-        lookup="whole topic",
-        policies_dir="/srv/policies",
-        engine="fake",
-        model=None,
-    )
+    plan = dataclasses.replace(PLAN, run_id=run_id)
     save_plan(plan, directory)
     (directory / "report.json").write_text("{}\n", encoding="utf-8")
     return (directory / "run.json").read_bytes()

@@ -18,7 +18,8 @@ from moderator.replay.render import summary_table
 from moderator.replay.report import build_report
 from moderator.replay.request import EventFilter, OffsetRange
 from moderator.replay.summary import UNKNOWN, live_side, run_header, write_summary
-from moderator.replay.tables import counted, header_items, report_tables
+from moderator.replay.tables import header_items, report_tables
+from moderator.words import counted
 from tests.test_replay_report import old, verdict
 
 PLAN = RunPlan(

@@ -174,6 +174,7 @@ def replay(
     event_filter: EventFilter | None = None,
     reuse: bool = False,
     rate: float | None = None,
+    check_tenant: Callable[[str, str], None] | None = None,
 ) -> ReplayProcessor:
     return ReplayProcessor(
         cast(Processor, inner),
@@ -184,6 +185,7 @@ def replay(
         rate=rate,
         reuse_assessments=reuse,
         model_id=MODEL_ID,
+        check_tenant=check_tenant,
     )
 
 
@@ -515,15 +517,9 @@ def test_each_kept_event_is_checked_for_a_policy_before_it_starts() -> None:
     """The run's warning about a tenant without a policy comes from here: kept events only."""
     checked: list[tuple[str, str]] = []
     inner = RecordingProcessor()
-    processor = ReplayProcessor(
-        cast(Processor, inner),
-        run_id=RUN,
-        output_topic=OUT,
-        originals=TopicOriginals({}, "moderation.verdicts"),
+    processor = replay(
+        inner,
         event_filter=EventFilter(tenants=frozenset({"acme", "news"})),
-        rate=None,
-        reuse_assessments=False,
-        model_id=MODEL_ID,
         check_tenant=lambda tenant, surface: checked.append((tenant, surface)),
     )
     for j in (job("ev-1", "news"), job("ev-2", "kids"), job("ev-3", "acme")):
