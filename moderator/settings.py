@@ -35,9 +35,8 @@ from moderator.settings_errors import (
     scalar_section,
     section_problem,
     validation_line,
-    yaml_problem,
 )
-from moderator.yaml_keys import DuplicateKey, load_unique
+from moderator.yaml_keys import DuplicateKey, load_unique, yaml_problem
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MiB = 1 << 20

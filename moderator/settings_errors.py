@@ -18,7 +18,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, cast, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import SettingsError
@@ -40,22 +39,6 @@ class Sources:
     file_values: Mapping[str, Any]
     environ: Mapping[str, str]
     overrides: Mapping[str, Any]
-
-
-def yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
-    """(line, "invalid YAML: <the parser's reason>") for a file PyYAML refused."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        words = [" ".join(w.split()) for w in (exc.context, exc.problem) if w]
-        return (None if mark is None else mark.line + 1), _invalid(", ".join(words))
-    if isinstance(exc, yaml.reader.ReaderError):
-        line = text.count("\n", 0, max(int(exc.position), 0)) + 1
-        return line, _invalid(str(exc).split("\n", 1)[0])
-    return None, "invalid YAML"
-
-
-def _invalid(reason: str) -> str:
-    return f"invalid YAML: {reason}" if reason else "invalid YAML"
 
 
 def validation_line(exc: ValidationError, model: type[BaseModel], sources: Sources) -> str:

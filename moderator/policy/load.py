@@ -21,7 +21,6 @@ without the suffix is the tenant id.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +32,7 @@ from pydantic_core import ErrorDetails
 from moderator.errors import ConfigError
 from moderator.policy.document import PolicyFile
 from moderator.policy.messages import reason, relevant
+from moderator.yaml_keys import line_at, yaml_problem
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -41,7 +41,6 @@ SUFFIXES = (".yaml", ".yml")
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = frozenset(_TAG + t for t in ("null", "bool", "int", "float", "str", "timestamp"))
 # PyYAML counts these as line breaks in its marks; lines computed here must agree.
-_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 
 Loc = tuple[str | int, ...]
 
@@ -187,7 +186,7 @@ def load_file(path: Path) -> PolicyFile:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = _line_at(data[: exc.start].decode("utf-8", "replace"), exc.start)
+        line = line_at(data[: exc.start].decode("utf-8", "replace"), exc.start)
         raise PolicyError(path, line, "not valid UTF-8") from exc
     return load_text(text, path)
 
@@ -202,7 +201,7 @@ def load_text(text: str, path: Path) -> PolicyFile:
     except _Refused as exc:
         raise PolicyError(path, exc.line, exc.reason) from None
     except yaml.YAMLError as exc:
-        raise PolicyError(path, *_yaml_problem(exc, text)) from None
+        raise PolicyError(path, *yaml_problem(exc, text)) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -280,21 +279,6 @@ class _Mark(Protocol):
 
 def _mark_line(mark: _Mark | None) -> int:
     return 1 if mark is None else mark.line + 1
-
-
-def _line_at(text: str, index: int) -> int:
-    return len(_BREAKS.findall(text[: max(index, 0)])) + 1
-
-
-def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        words = [w for w in (exc.context, exc.problem) if w]
-        reason = "invalid YAML: " + ", ".join(words) if words else "invalid YAML"
-        return (None if mark is None else mark.line + 1), reason
-    if isinstance(exc, yaml.reader.ReaderError):
-        return _line_at(text, int(exc.position)), f"invalid YAML: {exc.reason}"
-    return None, "invalid YAML"
 
 
 def _errors(errors: list[ErrorDetails], lines: dict[Loc, int]) -> list[tuple[int, str]]:

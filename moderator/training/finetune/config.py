@@ -23,7 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moderator.errors import ConfigError
-from moderator.settings_errors import field_problem, yaml_problem
+from moderator.settings_errors import field_problem
+from moderator.yaml_keys import yaml_problem
 
 Arch = Literal["llava-onevision", "qwen2-vl", "qwen2.5-vl"]
 ARCHITECTURES: dict[str, str] = {
