@@ -1,4 +1,5 @@
-"""Whether a path can be the directory a command writes to, checked before the work starts."""
+"""Whether a path can be the directory or the file a command writes to, checked before the work
+starts."""
 
 from __future__ import annotations
 
@@ -21,4 +22,19 @@ def directory_problem(path: Path) -> str | None:
         if not os.access(found, os.W_OK | os.X_OK):
             return f"cannot create {path}: {found} is not writable"
         return None
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be written as a file, worded as `directory_problem` words it; None when
+    it can. Its folder must exist already: a mistyped folder is not created."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    folder = path.parent
+    if not folder.exists():
+        return f"cannot create {path}: {folder} does not exist"
+    if not folder.is_dir():
+        return f"cannot create {path}: {folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {folder} is not writable"
     return None

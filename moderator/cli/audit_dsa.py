@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from moderator.errors import ConfigError
+from moderator.paths import file_problem
 from moderator.words import counted
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def cmd_export_dsa(
         )
     options = _options(salt, territorial_scope, terms_url, ground_text, content_language)
     queries = [_query(tenant, since, until, decision) for decision in ("block", "review")]
-    problem = None if output is None else output_problem(output)
+    problem = None if output is None else file_problem(output)
     if problem is not None:  # now, not after the whole store was read
         raise ConfigError(f"--output: {problem}")
     registry = PolicyRegistry(
@@ -167,21 +168,6 @@ def cmd_export_dsa(
         file=sys.stderr,
     )
     return 0
-
-
-def output_problem(path: Path) -> str | None:
-    """Why the export cannot write `path`, worded as `moderator.paths.directory_problem` words
-    it; None when it can. The folder must exist: a mistyped folder is not created."""
-    if path.is_dir():
-        return f"{path} is a directory"
-    folder = path.parent
-    if not folder.exists():
-        return f"cannot create {path}: {folder} does not exist"
-    if not folder.is_dir():
-        return f"cannot create {path}: {folder} is not a directory"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"cannot create {path}: {folder} is not writable"
-    return None
 
 
 # DsaOptions field -> the flag that sets it, so that a refused value names the flag.
