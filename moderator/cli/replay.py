@@ -308,7 +308,7 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
     from moderator.ingest.kafka import make_consumer
     from moderator.replay.progress import ReplayProgress
     from moderator.replay.runner import collect_results, replay_overrides, run_plan
-    from moderator.replay.tenants import PolicyGaps, uncovered
+    from moderator.replay.tenants import PolicyGaps
     from moderator.settings import load_settings
 
     replay_settings = load_settings(
@@ -318,8 +318,6 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
     stop = install_stop_handlers()
     progress = ReplayProgress(sys.stderr, plan.events_upper_bound)
     gaps = PolicyGaps(plan.policies_dir, lambda line: progress.note(f"moderator: warning: {line}"))
-    for tenant in uncovered(replay_settings, plan.event_filter.tenants):
-        gaps.missing(tenant, asked=True)
     started = datetime.now(UTC)
     outcome = run_plan(
         replay_settings,

@@ -2,15 +2,15 @@
 
 A replay directory (`--policies DIR`) that lacks a tenant's file turns every event of that tenant
 into an `unknown_tenant` error verdict, which the report would then show as changed decisions.
-The run goes on (that may be the very change being studied), but the operator is told: before
-the run for the tenants known then (`--tenant`, a dry run's census), else at each such tenant's
-first event.
+The run goes on (that may be the very change being studied), but the operator is told at each
+such tenant's first event, through the run's own policies (a dry run, which builds none, reads
+the directory for the tenants it counted).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from moderator.errors import ConfigError, ErrorCode
@@ -20,19 +20,12 @@ if TYPE_CHECKING:
     from moderator.settings import Settings
 
 
-def gap_warning(tenant: str, directory: str, *, asked: bool = False) -> str:
-    """The warning for one tenant without a policy in `directory`: one whose events were seen,
-    or (`asked`) one named by `--tenant` before any event is read."""
-    known = "is replayed (--tenant) but has" if asked else "has events in the range but"
+def gap_warning(tenant: str, directory: str) -> str:
+    """The warning for one tenant with events but without a policy in `directory`."""
     return (
-        f"tenant {tenant} {known} no policy in {directory}: its verdicts will be "
-        f"{ErrorCode.UNKNOWN_TENANT.value} errors"
+        f"tenant {tenant} has events in the range but no policy in {directory}: its verdicts "
+        f"will be {ErrorCode.UNKNOWN_TENANT.value} errors"
     )
-
-
-def tenants_without_policy(tenants: Iterable[str], covered: Set[str]) -> list[str]:
-    """The tenants among `tenants` that no policy in `covered` (tenant ids) decides, sorted."""
-    return sorted(set(tenants) - covered)
 
 
 def uncovered(settings: Settings, tenants: Iterable[str]) -> list[str]:
@@ -46,7 +39,7 @@ def uncovered(settings: Settings, tenants: Iterable[str]) -> list[str]:
         found = check(settings.policies.dir, settings.tenancy)
     except ConfigError:
         return []
-    return tenants_without_policy(tenants, {tenant for tenant, _ in found.policies})
+    return sorted(set(tenants) - {tenant for tenant, _ in found.policies})
 
 
 def tenant_check(
@@ -74,10 +67,10 @@ class PolicyGaps:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
-    def missing(self, tenant: str, *, asked: bool = False) -> None:
+    def missing(self, tenant: str) -> None:
         """`tenant` has no policy: warn unless it was warned about already."""
         with self._lock:
             if tenant in self._warned:
                 return
             self._warned.add(tenant)
-        self._warn(gap_warning(tenant, self._directory, asked=asked))
+        self._warn(gap_warning(tenant, self._directory))
