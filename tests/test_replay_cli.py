@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +90,12 @@ def usage_error(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--from", "yesterday"], "--from: 'yesterday' is not an RFC 3339 time"),
-        (["--from", "2026-11-29T02:00"], "--from: '2026-11-29T02:00' is not an RFC 3339 time"),
-        (["--from", ""], "--from: '' is not an RFC 3339 time"),
-        (["--to", "2026-13-01T00:00:00Z"], "--to: '2026-13-01T00:00:00Z' is not a valid time"),
+        (["--from", "yesterday"], "--from: not an ISO 8601 time: 'yesterday' (e.g. "),
+        (["--from", "2026-11"], "--from: not an ISO 8601 time: '2026-11' (e.g. "),
+        (["--from", ""], "--from: not an ISO 8601 time: '' (e.g. "),
+        (["--to", "2026-13-01T00:00:00Z"], "--to: not an ISO 8601 time: '2026-13-01T00:00:00Z'"),
+        (["--to", "0999-12-31"], "--to: out of range: '0999-12-31' (use 1000-01-01T00:00:00Z"),
+        (["--from", "2026-11-29", "--to", "2026-11-29"], "--to: must be later than --from"),
         (["--from", FROM, "--to", EARLIER], "--to: must be later than --from"),
         (["--from", FROM, "--to", FROM], "--to: must be later than --from"),
         (["--offsets", "0:0-10", "--from", FROM], "--offsets: give either --offsets or --from"),
@@ -288,6 +291,49 @@ def test_a_from_in_the_future_without_to_is_a_usage_error(
     assert line == "moderator: --from: 2030-01-01T00:00:00Z is in the future (the range ends now)"
 
 
+def test_a_bad_time_is_one_line_naming_the_flag_and_the_forms(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    line = usage_error(capsys, config, "--dry-run", "--to", "29/11/2026")
+    assert line == (
+        "moderator: --to: not an ISO 8601 time: '29/11/2026' (e.g. 2026-11-29T02:00:00Z; "
+        "a date alone (2026-11-29) is midnight UTC, a time without an offset is UTC)"
+    )
+
+
+def test_the_same_date_twice_is_an_empty_range_saying_how_it_was_read(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    line = usage_error(capsys, config, "--dry-run", "--from", "2026-11-29", "--to", "2026-11-29")
+    assert line == "moderator: --to: must be later than --from (both are 2026-11-29T00:00:00Z)"
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        ["--from", "2026-11-28", "--to", "2026-11-29"],
+        ["--from", "2026-11-28T00:00:00", "--to", "2026-11-29 00:00:00"],
+        ["--from", "2026-11-28"],
+        ["--to", "2026-11-29T02:00:00"],
+        ["--from", "2026-11-28t00:00:00z", "--to", "2026-11-29T02:00:00.123456789+01:00"],
+    ],
+)
+def test_dates_and_times_without_an_offset_go_on_to_kafka(
+    capsys: pytest.CaptureFixture[str], config: Path, window: list[str]
+) -> None:
+    """As `audit query --since/--until` takes them: a date alone, a time without an offset."""
+    code, out, err = run(capsys, ["replay", "--config", str(config), "--dry-run", *window])
+    assert (code, out) == (1, ""), err
+    assert CONTACTED in err
+
+
+def test_a_future_date_without_to_is_refused_in_utc(
+    capsys: pytest.CaptureFixture[str], config: Path, policies: Path
+) -> None:
+    line = usage_error(capsys, config, "--policies", str(policies), "--from", "2030-01-01")
+    assert line == "moderator: --from: 2030-01-01T00:00:00Z is in the future (the range ends now)"
+
+
 def test_a_future_range_with_its_to_goes_on_to_kafka(
     capsys: pytest.CaptureFixture[str], config: Path
 ) -> None:
@@ -389,3 +435,41 @@ def test_a_report_path_that_is_a_file_is_a_usage_error(
     assert line == f"moderator: --report: {afile} exists and is not a directory"
     line = usage_error(capsys, config, *flags, "--report", str(afile / "sub"))
     assert line == f"moderator: --report: cannot create {afile / 'sub'}: {afile} is not a directory"
+
+
+def test_a_dry_run_shows_the_range_as_read_in_utc(
+    capsys: pytest.CaptureFixture[str],
+    config: Path,
+    policies: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A date alone is shown as the 00:00 UTC it was read as, a time without an offset with
+    its Z, and the lookup is given those instants."""
+    from moderator.replay.census import Census
+
+    asked: dict[str, Any] = {}
+
+    class Client:
+        def close(self) -> None:
+            pass
+
+    def find_ranges(*_args: Any, **kwargs: Any) -> Any:
+        asked.update(kwargs)
+        return (), "timestamp lookup", []
+
+    monkeypatch.setattr("moderator.ingest.startup.probe_cluster", lambda *a, **k: None)
+    monkeypatch.setattr("moderator.ingest.kafka.make_consumer", lambda *a, **k: Client())
+    monkeypatch.setattr("moderator.replay.ranges.find_ranges", find_ranges)
+    monkeypatch.setattr("moderator.replay.census.take_census", lambda *a: Census())
+    argv = ["replay", "--config", str(config), "--policies", str(policies), "--dry-run"]
+    argv += ["--from", "2026-11-28", "--to", "2026-11-29T02:00:00"]
+    code, out, err = run(capsys, argv)
+    assert (code, err) == (0, ""), err
+    assert out.splitlines()[0] == (
+        "range: 2026-11-28T00:00:00Z .. 2026-11-29T02:00:00Z (timestamp lookup) on in.uploads"
+    )
+    start, end = datetime(2026, 11, 28, tzinfo=UTC), datetime(2026, 11, 29, 2, tzinfo=UTC)
+    assert (asked["from_ms"], asked["to_ms"]) == (
+        int(start.timestamp()) * 1000,
+        int(end.timestamp()) * 1000,
+    )

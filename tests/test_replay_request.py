@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from moderator.audit.read.filters import TIME_EXAMPLES, parse_time_arg
 from moderator.errors import ConfigError
 from moderator.replay.request import (
     MAX_OFFSET,
@@ -18,11 +19,16 @@ from moderator.replay.request import (
     parse_sample,
     parse_time,
     parse_window,
+    range_text,
     sampled,
+    utc_text,
 )
 
-# 2026-11-29T02:00:00Z in milliseconds since the epoch.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# 2026-11-29T02:00:00Z in milliseconds since the epoch, and that day's 00:00 UTC.
 T0 = int(datetime(2026, 11, 29, 2, tzinfo=UTC).timestamp()) * 1000
+DAY0 = T0 - 2 * 3_600_000
+DAY = 24 * 3_600_000
 
 
 # -- parse_time --------------------------------------------------------------------------------
@@ -37,6 +43,8 @@ T0 = int(datetime(2026, 11, 29, 2, tzinfo=UTC).timestamp()) * 1000
         ("2026-11-29T02:00:00+00:00", T0),
         ("2026-11-29T02:00:00-00:00", T0),
         ("2026-11-29t02:00:00z", T0),
+        ("2026-11-29T02:00:00z", T0),
+        ("2026-11-29T02:00:00.5z", T0 + 500),
         ("2026-11-29 02:00:00Z", T0),
         ("2026-11-29T02:00:00.5Z", T0 + 500),
         ("2026-11-29T02:00:00.123Z", T0 + 123),
@@ -50,36 +58,87 @@ def test_parse_time_accepts_rfc3339_with_an_offset(text: str, expected: int) -> 
     assert parse_time("--from", text) == expected
 
 
-def test_parse_time_is_exact_to_the_millisecond() -> None:
-    base = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
-    for ms in range(1000):
-        text = f"{base:%Y-%m-%dT%H:%M:%S}.{ms:03d}Z"
-        assert parse_time("--to", text) == int(base.timestamp()) * 1000 + ms
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-29", DAY0),  # a date alone: 00:00 UTC that day
+        ("2026-11-30", DAY0 + DAY),
+        ("2026-11-29T02:00:00", T0),  # no offset: UTC
+        ("2026-11-29 02:00:00", T0),
+        ("2026-11-29t02:00:00", T0),
+        ("2026-11-29T02:00:00.250", T0 + 250),
+        ("2026-11-29T02:00:00.999999999", T0 + 999),
+        ("2026-11-29T02:00", T0),
+        ("2026-11-29T02:00Z", T0),
+        ("2026-11-29T03:00:00+0100", T0),
+    ],
+)
+@pytest.mark.parametrize("flag", ["--from", "--to"])
+def test_parse_time_takes_a_date_alone_and_a_time_without_an_offset_as_utc(
+    flag: str, text: str, expected: int
+) -> None:
+    assert parse_time(flag, text) == expected
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        "2026-11-29",  # a date alone
-        "2026-11-29T02:00:00",  # no offset: which zone was meant?
-        "2026-11-29T02:00Z",  # no seconds
-        "2026-11-29T02:00:00+0100",  # offset without its colon
-        "2026-11-29T02:00:00 Z",
-        "2026-11-29T02:00:00.Z",
-        "1764381600000",  # epoch milliseconds are not RFC 3339
+        "2026-11-29",
+        "2026-11-29T02:00:00",
+        "2026-11-29 02:00:00.123456789",
+        "2026-11-29T03:00:00+01:00",
+        "2026-11-29T02:00:00Z",
+        "1000-01-01",
+        "9999-12-31T23:59:59.999999Z",
+        " 2026-11-29T02:00:00Z\n",
+    ],
+)
+def test_parse_time_reads_a_time_as_audit_query_does(text: str) -> None:
+    """The same value names the same instant in `audit query --since` and `replay --from`."""
+    since = parse_time_arg("since", text)
+    assert parse_time("--from", text) == (since - EPOCH) // timedelta(milliseconds=1)
+
+
+def test_parse_time_is_exact_to_the_millisecond() -> None:
+    base = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
+    for ms in range(1000):
+        text = f"{base:%Y-%m-%dT%H:%M:%S}.{ms:03d}Z"
+        assert parse_time("--to", text) == int(base.timestamp()) * 1000 + ms
+        assert parse_time("--to", text[:-1]) == int(base.timestamp()) * 1000 + ms
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1764381600000",  # epoch milliseconds are not ISO 8601
         "yesterday",
         "",
-        " 2026-11-29T02:00:00Z",
-        "2026-11-29T02:00:00Z\n",
+        "2026-11",
+        "2026-11-29z",
+        "2026-11-29T02:00:00zz",
+        "2026-11-29T02:00:00+0100 UTC",
+        "10000-01-01",
     ],
 )
 @pytest.mark.parametrize("flag", ["--from", "--to"])
 def test_parse_time_rejects_anything_else_naming_the_flag(flag: str, text: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_time(flag, text)
+    assert str(info.value) == f"{flag}: not an ISO 8601 time: {text!r} ({TIME_EXAMPLES})"
+
+
+def test_a_bad_time_is_one_line_with_examples_that_parse() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_time("--from", "2026-11-29\n02:00 tomorrow")
     message = str(info.value)
-    assert message.startswith(f"{flag}: ")
-    assert "RFC 3339" in message
+    assert message == (
+        "--from: not an ISO 8601 time: '2026-11-29\\n02:00 tomorrow' (e.g. 2026-11-29T02:00:00Z; "
+        "a date alone (2026-11-29) is midnight UTC, a time without an offset is UTC)"
+    )
+    assert "\n" not in message
+    # Each example in the line is a value replay takes, meaning what the line says.
+    assert parse_time("--from", "2026-11-29T02:00:00Z") == T0
+    assert parse_time("--from", "2026-11-29") == DAY0
 
 
 @pytest.mark.parametrize(
@@ -87,13 +146,43 @@ def test_parse_time_rejects_anything_else_naming_the_flag(flag: str, text: str) 
     [
         "2026-13-01T00:00:00Z",
         "2026-02-30T00:00:00Z",
+        "2026-02-30",
         "2026-11-29T25:00:00Z",
+        "2026-11-29T24:00:00",
         "2026-11-29T02:00:00+24:00",
     ],
 )
 def test_parse_time_rejects_impossible_times_naming_the_flag(text: str) -> None:
-    with pytest.raises(ConfigError, match=r"^--to: .*not a valid time"):
+    with pytest.raises(ConfigError, match=r"^--to: not an ISO 8601 time: "):
         parse_time("--to", text)
+
+
+@pytest.mark.parametrize(
+    "text", ["0999-12-31T23:59:59Z", "1000-01-01T00:30:00+01:00", "9999-12-31T23:59:59-01:00"]
+)
+def test_parse_time_rejects_years_outside_1000_to_9999_in_utc(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_time("--from", text)
+    assert str(info.value) == (
+        f"--from: out of range: {text!r} (use 1000-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (T0, "2026-11-29T02:00:00Z"),
+        (T0 + 7, "2026-11-29T02:00:00.007Z"),
+        (DAY0, "2026-11-29T00:00:00Z"),
+        (0, "1970-01-01T00:00:00Z"),
+        (-1, "1969-12-31T23:59:59.999Z"),
+        (parse_time("--to", "1000-01-01"), "1000-01-01T00:00:00Z"),
+        (parse_time("--to", "9999-12-31T23:59:59.999999Z"), "9999-12-31T23:59:59.999Z"),
+    ],
+)
+def test_utc_text_is_the_time_as_read(ms: int, text: str) -> None:
+    assert utc_text(ms) == text
+    assert parse_time("--from", text) == ms
 
 
 # -- parse_offsets -----------------------------------------------------------------------------
@@ -267,3 +356,84 @@ def test_a_future_window_with_its_own_end_is_left_to_the_lookup() -> None:
 def test_to_must_be_later_than_from() -> None:
     with pytest.raises(ConfigError, match=r"^--to: must be later than --from$"):
         parse_window("2026-11-29T02:00:00Z", "2026-11-29T02:00:00Z", T0)
+    with pytest.raises(ConfigError, match=r"^--to: must be later than --from$"):
+        parse_window("2026-11-29T02:00:00Z", "2026-11-29T01:59:59.999Z", T0)
+
+
+def test_a_window_of_dates_is_from_midnight_to_midnight_utc() -> None:
+    now = DAY0 + 10 * DAY
+    assert parse_window("2026-11-29", "2026-11-30", now) == (DAY0, DAY0 + DAY)
+    assert parse_window("2026-11-29", None, now) == (DAY0, None)
+    assert parse_window(None, "2026-11-30", now) == (None, DAY0 + DAY)
+    assert parse_window("2026-11-29", "2026-11-29T02:00:00Z", now) == (DAY0, T0)
+    # Either flag takes any form; mixed forms compare as the instants they are.
+    mixed = parse_window("2026-11-29T01:00:00", "2026-11-29T03:00:00+01:00", now)
+    assert mixed == (T0 - 3_600_000, T0)
+
+
+def test_a_window_without_offsets_is_utc() -> None:
+    window = parse_window("2026-11-29T02:00:00", "2026-11-29T03:00:00", T0 + DAY)
+    assert window == (T0, T0 + 3_600_000)
+
+
+def test_the_same_date_twice_is_refused_saying_how_it_was_read() -> None:
+    """A date alone is an instant (00:00 UTC), not a day: `--to` is exclusive, so the same
+    date twice is an empty range, refused as the same time twice is."""
+    with pytest.raises(ConfigError) as info:
+        parse_window("2026-11-29", "2026-11-29", T0)
+    assert str(info.value) == "--to: must be later than --from (both are 2026-11-29T00:00:00Z)"
+    with pytest.raises(ConfigError) as info:
+        parse_window("2026-11-29T03:00:00+01:00", "2026-11-29T02:00:00", T0)
+    assert str(info.value) == "--to: must be later than --from (both are 2026-11-29T02:00:00Z)"
+
+
+def test_a_to_before_from_is_refused_saying_how_they_were_read() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_window("2026-11-30", "2026-11-29T23:00:00", T0 + DAY)
+    assert str(info.value) == (
+        "--to: must be later than --from "
+        "(--from is 2026-11-30T00:00:00Z, --to 2026-11-29T23:00:00Z)"
+    )
+
+
+def test_a_future_date_without_to_is_refused_in_utc() -> None:
+    """Today's date is its 00:00 UTC, in the past; tomorrow's is in the future."""
+    assert parse_window("2026-11-29", None, T0) == (DAY0, None)
+    with pytest.raises(ConfigError) as info:
+        parse_window("2026-11-30", None, T0)
+    assert str(info.value) == "--from: 2026-11-30T00:00:00Z is in the future (the range ends now)"
+    with pytest.raises(ConfigError, match=r"^--from: 2026-11-29T02:00:00.001Z is in the future"):
+        parse_window("2026-11-29T03:00:00.001+01:00", None, T0)
+
+
+def test_times_before_1970_are_the_start_of_kafka_time() -> None:
+    """No record is older than 1970, and the broker's timestamp lookup reads a negative time
+    as a special value (-1: the end, -2: the beginning): the window starts at 0 instead."""
+    assert parse_window("1969-12-31T23:59:59.999Z", None, T0) == (0, None)
+    assert parse_window("1000-01-01", "2026-11-29", T0) == (0, DAY0)
+    assert parse_window(None, "1969-12-31", T0) == (None, 0)
+    assert parse_window("1960-01-01", "1965-01-01", T0) == (0, 0)
+    with pytest.raises(ConfigError, match=r"^--to: must be later than --from"):
+        parse_window("1965-01-01", "1960-01-01", T0)
+
+
+# -- range_text --------------------------------------------------------------------------------
+
+
+def test_the_range_shows_its_times_as_read_in_utc() -> None:
+    assert range_text(None, "2026-11-29", "2026-11-30") == (
+        "2026-11-29T00:00:00Z .. 2026-11-30T00:00:00Z"
+    )
+    assert range_text(None, "2026-11-29T03:00:00.5+01:00", None) == (
+        "2026-11-29T02:00:00.500Z .. the start of the run"
+    )
+    assert range_text(None, None, "2026-11-29T02:00:00") == (
+        "the earliest record .. 2026-11-29T02:00:00Z"
+    )
+    # The time as asked, even where the window starts at 0.
+    assert range_text(None, "1960-01-01", None) == "1960-01-01T00:00:00Z .. the start of the run"
+
+
+def test_the_range_shows_offsets_or_the_whole_topic() -> None:
+    assert range_text("0:1-5", None, None) == "offsets 0:1-5"
+    assert range_text(None, None, None) == "the whole topic"

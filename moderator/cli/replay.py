@@ -27,7 +27,7 @@ from moderator.cli.style import (
 
 DESCRIPTION = (
     "Re-evaluate past uploads under another policy directory and/or engine/model and report "
-    "what would change. The range is a time range (--from/--to, RFC 3339), explicit offsets "
+    "what would change. The range is a time range (--from/--to, ISO 8601), explicit offsets "
     "(--offsets P:START-END,...; END exclusive) or, without either, the whole topic up to its "
     "end now. Replayed verdicts go to the replay topic only (kafka.topics.replay), never to the "
     "live verdicts or audit topics. The report directory gets run.json (the plan), report.json, "
@@ -55,8 +55,10 @@ def add_replay_parser(sub: Any) -> None:
         description=DESCRIPTION,
         epilog=EXAMPLES,
     )
-    p.add_argument("--from", dest="from_", metavar="RFC3339", help="range start (inclusive)")
-    p.add_argument("--to", metavar="RFC3339", help="range end (exclusive; default: now)")
+    start = "range start (inclusive), e.g. 2026-11-29T02:00:00Z; a date alone is 00:00 UTC"
+    start += ", a time without an offset UTC"
+    p.add_argument("--from", dest="from_", metavar="TIME", help=start)
+    p.add_argument("--to", metavar="TIME", help="range end (exclusive; default: now), as --from")
     p.add_argument("--offsets", metavar="P:START-END,...", help="explicit offsets per partition")
     p.add_argument(
         "--tenant",

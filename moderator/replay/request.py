@@ -1,10 +1,11 @@
 """What a replay is asked to do, parsed from its flags, and the event filter it implies. Pure.
 
-A replay reads a range of `uploads`: a time range (`--from`/`--to`, RFC 3339), explicit offsets
-per partition (`--offsets 0:100-200,1:0-50`, end exclusive), or the whole topic up to its end
-when started. Events can be kept to some tenants (`--tenant`, repeatable) and sampled
-(`--sample 0.1`): sampling hashes the event id, so a resumed run, and any later run with the
-same rate, keeps the same events.
+A replay reads a range of `uploads`: a time range (`--from`/`--to`, ISO 8601 as `audit query`
+takes `--since`/`--until`: a date alone is 00:00 UTC that day, a time without an offset is
+UTC), explicit offsets per partition (`--offsets 0:100-200,1:0-50`, end exclusive), or the
+whole topic up to its end when started. Events can be kept to some tenants (`--tenant`,
+repeatable) and sampled (`--sample 0.1`): sampling hashes the event id, so a resumed run, and
+any later run with the same rate, keeps the same events.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from moderator.audit.read.filters import BadFilter, parse_time_arg
 from moderator.errors import ConfigError
 from moderator.events.upload import tenant_id_problem
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _OFFSET_ITEM = re.compile(r"(\d{1,6}):(\d{1,19})-(\d{1,19})")
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
-)
 MAX_OFFSET = 2**63 - 1
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -60,35 +61,59 @@ def sampled(event_id: str) -> float:
 
 
 def parse_time(flag: str, text: str) -> int:
-    """An RFC 3339 time (with its offset) → milliseconds since the epoch."""
-    if not _RFC3339.fullmatch(text):
-        raise ConfigError(
-            f"{flag}: {text!r} is not an RFC 3339 time with an offset "
-            "(e.g. 2026-11-29T02:00:00Z or 2026-11-29T03:00:00+01:00)"
-        )
-    normal = text.replace("z", "Z").replace("t", "T").replace(" ", "T")
-    fraction = re.search(r"\.(\d+)", normal)
-    if fraction and len(fraction.group(1)) > 6:  # datetime keeps microseconds
-        normal = normal.replace(fraction.group(0), "." + fraction.group(1)[:6])
+    """An ISO 8601 time, as `audit query --since/--until` takes it (`parse_time_arg`) →
+    milliseconds since the epoch. A date alone is 00:00 UTC that day, a time without an offset
+    is UTC; digits past the millisecond are dropped, never rounded up. A bad value is one line
+    naming `flag`."""
     try:
-        moment = datetime.fromisoformat(normal)
-    except ValueError as exc:
-        raise ConfigError(f"{flag}: {text!r} is not a valid time: {exc}") from exc
-    return int(moment.astimezone(UTC).timestamp() * 1000)
+        moment = parse_time_arg(flag, text)
+    except BadFilter as exc:
+        moment = _with_lower_case_z(flag, text, exc)
+    return (moment - EPOCH) // MILLISECOND
+
+
+def _with_lower_case_z(flag: str, text: str, exc: BadFilter) -> datetime:
+    """`text` read again with a final lower-case `z` (RFC 3339 allows it; Python's parser does
+    not) as `Z`; ConfigError with the first reason when that does not help either."""
+    stripped = text.strip()
+    if stripped[-2:-1].isdigit() and stripped.endswith("z"):  # `...:00z`, `...:00.5z`
+        try:
+            return parse_time_arg(flag, stripped[:-1] + "Z")
+        except BadFilter:
+            pass
+    raise ConfigError(f"{flag}: {exc.reason}") from exc
+
+
+def utc_text(ms: int) -> str:
+    """Milliseconds since the epoch → RFC 3339 in UTC (`2026-12-01T00:00:00Z`, with `.123`
+    only when the milliseconds are not 0): how a `--from`/`--to` value was read."""
+    moment = EPOCH + ms * MILLISECOND
+    fraction = f".{ms % 1000:03d}" if ms % 1000 else ""
+    return f"{moment:%Y-%m-%dT%H:%M:%S}{fraction}Z"
 
 
 def parse_window(
     from_text: str | None, to_text: str | None, now_ms: int
 ) -> tuple[int | None, int | None]:
     """`--from`/`--to` → (from_ms, to_ms), None where not given. Without `--to` the range ends
-    at `now_ms` (the start of the run), so a `--from` after it is refused as in the future."""
+    at `now_ms` (the start of the run), so a `--from` after it is refused as in the future.
+    Times before 1970 are 0 (no record is older), as Kafka's timestamp lookup takes negative
+    timestamps for its special values."""
     from_ms = parse_time("--from", from_text) if from_text is not None else None
     to_ms = parse_time("--to", to_text) if to_text is not None else None
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
-        raise ConfigError("--to: must be later than --from")
+        start, end = utc_text(from_ms), utc_text(to_ms)
+        read = ""  # how the values were read, where one was not written that way (a date alone)
+        if (from_text, to_text) != (start, end):
+            read = f" (both are {start})" if start == end else f" (--from is {start}, --to {end})"
+        raise ConfigError(f"--to: must be later than --from{read}")
     if from_ms is not None and to_ms is None and from_ms > now_ms:
-        raise ConfigError(f"--from: {from_text} is in the future (the range ends now)")
-    return from_ms, to_ms
+        raise ConfigError(f"--from: {utc_text(from_ms)} is in the future (the range ends now)")
+    return _not_before_1970(from_ms), _not_before_1970(to_ms)
+
+
+def _not_before_1970(ms: int | None) -> int | None:
+    return None if ms is None else max(ms, 0)
 
 
 def parse_offsets(text: str) -> tuple[OffsetRange, ...]:
@@ -144,12 +169,23 @@ def check_output_topic(topic: str, *, uploads: str, live: tuple[str, ...], allow
 
 
 def range_text(offsets: str | None, from_text: str | None, to_text: str | None) -> str:
-    """The range as asked, for people (the report header)."""
+    """The range as asked, for people (the start line, a dry run and the report header): times
+    as they were read, in UTC (`--from 2026-12-01` is `2026-12-01T00:00:00Z`)."""
     if offsets:
         return f"offsets {offsets}"
     if from_text or to_text:
-        return f"{from_text or 'the earliest record'} .. {to_text or 'the start of the run'}"
+        start = _read_as(from_text) if from_text else "the earliest record"
+        end = _read_as(to_text) if to_text else "the start of the run"
+        return f"{start} .. {end}"
     return "the whole topic"
+
+
+def _read_as(text: str) -> str:
+    """A `--from`/`--to` value in UTC; as typed (quoted) if it is not a time at all."""
+    try:
+        return utc_text(parse_time("--from", text))
+    except ConfigError:
+        return repr(text)
 
 
 def check_run_id(text: str) -> str:
