@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -48,12 +50,6 @@ def configure_cli_logging(settings: LogSettings) -> None:
 
 def configure_logging(settings: LogSettings) -> None:
     level = getattr(logging, settings.level.upper())
-    fmt = settings.format
-    if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
-    )
     structlog.configure(
         processors=[
             HotPathSampler(settings.hot_path_per_s),
@@ -63,7 +59,7 @@ def configure_logging(settings: LogSettings) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            renderer,
+            _renderer(settings),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_stderr_logger,
@@ -71,3 +67,58 @@ def configure_logging(settings: LogSettings) -> None:
     )
     # librdkafka and botocore log through the standard library: same stream, same level floor.
     logging.basicConfig(stream=sys.stderr, level=max(level, logging.WARNING), format="%(message)s")
+
+
+def _renderer(settings: LogSettings) -> structlog.types.Processor:
+    fmt = settings.format
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer()
+    return structlog.processors.JSONRenderer()
+
+
+class StderrHandler(logging.Handler):
+    """A standard-library handler writing to whatever `sys.stderr` is when a record is
+    emitted (see StderrLogger)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            StderrLogger().msg(self.format(record))
+        except Exception:  # as logging.StreamHandler: a line that fails never raises
+            self.handleError(record)
+
+
+def stdlib_formatter(
+    settings: LogSettings, *prepare: structlog.types.Processor
+) -> structlog.stdlib.ProcessorFormatter:
+    """A `logging.Formatter` that writes a standard-library record as the line structlog
+    writes: `event` (the formatted message), `level`, `timestamp`, the current event's fields,
+    and `logger`, the record's logger name. `prepare` processors run first and may replace
+    `event` or add fields; they find the record's arguments in `positional_args`, which is
+    not written."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            *prepare,
+            _drop_positional_args,
+            structlog.contextvars.merge_contextvars,
+            merge_event_context,
+            structlog.processors.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _renderer(settings),
+        ],
+        pass_foreign_args=True,
+    )
+
+
+def _drop_positional_args(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict.pop("positional_args", None)
+    return event_dict

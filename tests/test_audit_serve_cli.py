@@ -16,6 +16,7 @@ import pytest
 
 from moderator.audit.read.tokens import KNOWN_MISTAKES, mistaken_hash
 from moderator.cli.main import main
+from moderator.logs import StderrHandler
 from tests.policy_fixtures import clear_moderator_env
 
 TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0-a token with $pecial %s chars"
@@ -80,7 +81,7 @@ def test_serve_starts_with_real_token_hashes_and_logs_to_stderr(
     assert code == 0, err
     ((_, kwargs),) = started
     handlers = kwargs["log_config"]["handlers"]
-    assert {h["stream"] for h in handlers.values()} == {"ext://sys.stderr"}
+    assert {h["()"] for h in handlers.values()} == {StderrHandler}
 
 
 def test_known_mistakes() -> None:

@@ -8,11 +8,16 @@ stdin, and exits 2 for a token no request could carry.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from typing import Any
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from moderator.cli.style import add_command, add_config_flag, examples
 from moderator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from moderator.settings import LogSettings
 
 # Indented lines: printed as written (moderator/cli/style.py), `%s` included.
 KEY_RECIPE = """\
@@ -72,7 +77,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         import uvicorn
-        from uvicorn.config import LOGGING_CONFIG
 
         from moderator.audit.read.api import create_app
     except ImportError as exc:
@@ -96,24 +100,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The store opens on the first request: a URL whose driver is missing fails here instead.
     create_audit_engine(normalize_url(url)).dispose()
     app = create_app(lambda: open_existing_store(url), tokens)
+    from moderator.logs import configure_logging
+
+    configure_logging(settings.log)
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level=settings.log.level,
-        log_config=_stderr_only(LOGGING_CONFIG),
+        log_config=uvicorn_log_config(settings.log),
     )
     return 0
 
 
-def _stderr_only(config: dict[str, Any]) -> dict[str, Any]:
-    """uvicorn's logging set-up with its access log moved from stdout to stderr, beside every
-    other log line."""
-    handlers = {
-        name: {**handler, "stream": "ext://sys.stderr"} if "stream" in handler else handler
-        for name, handler in config.get("handlers", {}).items()
+def uvicorn_log_config(settings: LogSettings) -> dict[str, Any]:
+    """uvicorn's logging set-up (a `logging.config.dictConfig` dict): its lines, the access
+    log's included, and any other standard-library line written while serving, go to stderr
+    as the lines every other command writes. uvicorn sets its loggers' levels from log.level;
+    other libraries' lines are written from warning up, as configure_logging has them."""
+    from moderator.logs import StderrHandler, stdlib_formatter
+
+    formatter = stdlib_formatter(settings, access_fields)
+    handler = {"()": StderrHandler, "formatter": "structlog"}
+    floor = "warning" if settings.level in ("debug", "info") else settings.level
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"structlog": {"()": lambda: formatter}},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
+        "root": {"handlers": ["stderr"], "level": floor.upper()},
     }
-    return {**config, "handlers": handlers}
+
+
+_QUERY = re.compile(r"\?\S*")
+
+
+def access_fields(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor for uvicorn's access log line: `event` http_request with `client`,
+    `method`, `path`, `http_version` and `status` in place of its message. The query string is
+    left out: audit API queries name tenants, event ids, object keys and content hashes."""
+    record = event_dict.get("_record")
+    if getattr(record, "name", None) != "uvicorn.access":
+        return event_dict
+    # uvicorn: access_logger.info('%s - "%s %s HTTP/%s" %d', client, method, path?query, ...)
+    fields = event_dict.get("positional_args")
+    if isinstance(fields, tuple) and len(fields) == 5:
+        client, method, target, http_version, status = fields
+        event_dict["event"] = "http_request"
+        event_dict["client"] = client
+        event_dict["method"] = method
+        event_dict["path"] = str(target).partition("?")[0]
+        event_dict["http_version"] = http_version
+        event_dict["status"] = status
+    else:  # a line of another shape: its message, less anything that looks like a query
+        event_dict["event"] = _QUERY.sub("", str(event_dict.get("event", "")))
+    return event_dict
 
 
 def cmd_hash_token(_args: argparse.Namespace) -> int:
