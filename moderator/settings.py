@@ -31,6 +31,7 @@ from moderator.masking import has_userinfo, mask_passwords
 from moderator.settings_errors import ENV_PREFIX as ENV_PREFIX  # re-exported: callers read it here
 from moderator.settings_errors import (
     Sources,
+    TwoKeyError,
     env_problem,
     scalar_section,
     section_problem,
@@ -317,9 +318,13 @@ class FetchSettings(_Section):
     @model_validator(mode="after")
     def _work_covers_one_frame(self) -> FetchSettings:
         if self.max_decoded_pixels < self.max_pixels:
-            raise ValueError(
-                f"max_decoded_pixels: {self.max_decoded_pixels} is too small: "
-                f"max_decoded_pixels must be at least max_pixels ({self.max_pixels})"
+            raise TwoKeyError(
+                "max_decoded_pixels",
+                f"{self.max_decoded_pixels} is too small: max_decoded_pixels must be at least "
+                f"max_pixels ({self.max_pixels})",
+                "max_pixels",
+                f"{self.max_pixels} is too large: max_pixels must be at most "
+                f"max_decoded_pixels ({self.max_decoded_pixels})",
             )
         return self
 
@@ -472,16 +477,25 @@ class FlowSettings(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> FlowSettings:
-        if self.low_in_flight >= self.high_in_flight:
-            raise ValueError(
-                f"low_in_flight: {self.low_in_flight} must be below high_in_flight "
-                f"({self.high_in_flight})"
-            )
-        if self.low_buffered_bytes >= self.high_buffered_bytes:
-            raise ValueError(
-                f"low_buffered_bytes: {self.low_buffered_bytes} must be below "
-                f"high_buffered_bytes ({self.high_buffered_bytes})"
-            )
+        """Each low water mark below its high one; worded about both, so that an error names
+        whichever of the two the user set."""
+        pairs = (
+            ("low_in_flight", self.low_in_flight, "high_in_flight", self.high_in_flight),
+            (
+                "low_buffered_bytes",
+                self.low_buffered_bytes,
+                "high_buffered_bytes",
+                self.high_buffered_bytes,
+            ),
+        )
+        for low, low_value, high, high_value in pairs:
+            if low_value >= high_value:
+                raise TwoKeyError(
+                    low,
+                    f"{low_value} must be below {high} ({high_value})",
+                    high,
+                    f"{high_value} must be above {low} ({low_value})",
+                )
         return self
 
 

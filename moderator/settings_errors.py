@@ -5,7 +5,8 @@ overrides, and hands pydantic's errors here. A line names only a source that act
 key: the file (`in FILE`), the environment variable that is set (`from environment NAME`, a JSON
 map or list in a parent variable included) or the command line. An unknown key gets the closest
 valid key of its section (`did you mean 'kafka'?`), else the list of valid keys there. A section's
-rule raising `NAME: problem` is reported as being about `section.NAME` (`named_key`).
+rule raising `NAME: problem` is reported as being about `section.NAME` (`named_key`); a rule about
+two keys (`TwoKeyError`) is reported about the second when only that one was set (`about_key_set`).
 """
 
 from __future__ import annotations
@@ -41,14 +42,29 @@ class Sources:
     overrides: Mapping[str, Any]
 
 
+class TwoKeyError(ValueError):
+    """A section's rule broken by two of its keys together, worded about each of them.
+
+    Its message is the one about the first key (`first: problem`), so code reading it directly
+    sees what it always did; `validation_line` words it about the second key instead when only
+    that one was set, so the line names the key the user actually wrote.
+    """
+
+    def __init__(self, first: str, first_problem: str, second: str, second_problem: str) -> None:
+        super().__init__(f"{first}: {first_problem}")
+        self.first = first
+        self.second = second
+        self.about_second = f"{second}: {second_problem}"
+
+
 def validation_line(exc: ValidationError, model: type[BaseModel], sources: Sources) -> str:
     """The first error of `exc` as `configuration error: key: problem (where)`, then how many
     more problems there are, worded as the policy loader's one-line form words them."""
-    err = named_key(exc.errors()[0], model)
+    err = named_key(about_key_set(exc.errors()[0], sources), model)
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "settings"
-    # A rule about two keys names the first; when no source set that one, every source of the
-    # section (the one the rule was raised for) is named instead.
+    # When no source set the key named (a two-key rule whose keys no source set one by one),
+    # every source of the section the rule was raised for is named instead.
     found = _where(loc, sources) or _where(tuple(exc.errors()[0]["loc"]), sources)
     where = f" ({'; '.join(found)})" if found else ""
     others = exc.error_count() - 1
@@ -133,6 +149,19 @@ def _is_complex(annotation: Any) -> bool:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return True
     return get_origin(annotation) in (dict, list, tuple, set, frozenset, Mapping)
+
+
+def about_key_set(err: ErrorDetails, sources: Sources) -> ErrorDetails:
+    """`err` worded about the second key of a two-key rule (`TwoKeyError`) when no source set
+    the first and one set the second: the other is a default the user never touched. Set both
+    or neither, the rule keeps naming the first. Other errors are returned as they are."""
+    rule = err.get("ctx", {}).get("error")
+    if not isinstance(rule, TwoKeyError):
+        return err
+    section = tuple(err["loc"])
+    if _where((*section, rule.first), sources) or not _where((*section, rule.second), sources):
+        return err
+    return cast(ErrorDetails, {**err, "msg": rule.about_second})
 
 
 def named_key(err: ErrorDetails, model: type[BaseModel]) -> ErrorDetails:

@@ -188,11 +188,11 @@ def test_an_error_names_only_the_source_that_holds_the_value(
     )
     no_env.setenv("MODERATOR_FLOW__HIGH_IN_FLIGHT", "10")
     assert settings_error(cfg).endswith(f"(10) (in {cfg})")
-    # ... or, when only the other one was set, every source of the section's values.
+    # ... or, when only the other one was set, that one and its source.
     cfg.write_text("flow:\n  drain_grace_s: 1\n")
     assert settings_error(cfg).endswith(
-        "flow.low_in_flight: 1000 must be below high_in_flight (10) (from environment "
-        f"MODERATOR_FLOW__HIGH_IN_FLIGHT; in {cfg})"
+        "flow.high_in_flight: 10 must be above low_in_flight (1000) (from environment "
+        "MODERATOR_FLOW__HIGH_IN_FLIGHT)"
     )
     no_env.delenv("MODERATOR_FLOW__HIGH_IN_FLIGHT")
     no_env.setenv("MODERATOR_HTTP__PORT", "9401")  # a flag wins over the environment

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from moderator.ingest.kafka import consumer_config, producer_config
-from moderator.settings import SERVICE_CLIENT_KEYS, Settings, load_settings
+from moderator.settings import SERVICE_CLIENT_KEYS, FlowSettings, Settings, load_settings
 from moderator.settings_errors import env_problem
 from tests.settings_fixtures import settings_error
 
@@ -78,6 +79,88 @@ def test_a_key_check_naming_itself_keeps_its_message(
     assert settings_error(cfg).startswith(
         "configuration error: audit.api_tokens: api_tokens: a key of 3 characters is not"
     )
+
+
+# -- a rule about two keys names the one the user set ------------------------------------------
+
+IN_FLIGHT_HIGH = "flow.high_in_flight: 500 must be above low_in_flight (1000)"
+IN_FLIGHT_LOW = "flow.low_in_flight: 1000 must be below high_in_flight (500)"
+
+
+def test_only_the_second_key_set_in_the_environment_is_named(
+    no_env: pytest.MonkeyPatch,
+) -> None:
+    no_env.setenv("MODERATOR_FLOW__HIGH_IN_FLIGHT", "500")
+    assert settings_error() == (
+        f"configuration error: {IN_FLIGHT_HIGH} (from environment MODERATOR_FLOW__HIGH_IN_FLIGHT)"
+    )
+
+
+def test_only_the_second_key_set_in_the_file_is_named(
+    no_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = _file(tmp_path, "flow:\n  high_in_flight: 500\n  drain_grace_s: 1\n")
+    no_env.setenv("MODERATOR_FLOW__POLL_BATCH", "10")  # in the section, not to blame
+    assert settings_error(cfg) == f"configuration error: {IN_FLIGHT_HIGH} (in {cfg})"
+
+
+def test_only_the_second_key_set_in_a_json_section_or_a_flag_is_named(
+    no_env: pytest.MonkeyPatch,
+) -> None:
+    no_env.setenv("MODERATOR_FLOW", '{"high_in_flight": 500}')
+    assert settings_error() == (
+        f"configuration error: {IN_FLIGHT_HIGH} (from environment MODERATOR_FLOW)"
+    )
+    no_env.delenv("MODERATOR_FLOW")
+    assert settings_error(None, {"flow.high_in_flight": 500}) == (
+        f"configuration error: {IN_FLIGHT_HIGH} (from the command line)"
+    )
+
+
+def test_both_keys_set_name_the_first_as_before(no_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = _file(tmp_path, "flow:\n  low_in_flight: 1000\n")
+    no_env.setenv("MODERATOR_FLOW__HIGH_IN_FLIGHT", "500")
+    assert settings_error(cfg) == f"configuration error: {IN_FLIGHT_LOW} (in {cfg})"
+    both = _file(tmp_path, "flow: {low_in_flight: 1000, high_in_flight: 500}\n")
+    no_env.delenv("MODERATOR_FLOW__HIGH_IN_FLIGHT")
+    assert settings_error(both) == f"configuration error: {IN_FLIGHT_LOW} (in {both})"
+
+
+def test_only_the_first_key_set_is_named_as_before(no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv("MODERATOR_FLOW__LOW_IN_FLIGHT", "5000")
+    assert settings_error() == (
+        "configuration error: flow.low_in_flight: 5000 must be below high_in_flight (2000) "
+        "(from environment MODERATOR_FLOW__LOW_IN_FLIGHT)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        (
+            "flow.high_buffered_bytes",
+            5,
+            "flow.high_buffered_bytes: 5 must be above low_buffered_bytes (134217728)",
+        ),
+        (
+            "fetch.max_pixels",
+            2_000_000_000,
+            "fetch.max_pixels: 2000000000 is too large: max_pixels must be at most "
+            "max_decoded_pixels (1000000000)",
+        ),
+    ],
+)
+def test_every_two_key_rule_names_the_key_set(
+    no_env: pytest.MonkeyPatch, key: str, value: int, expected: str
+) -> None:
+    assert settings_error(None, {key: value}) == (
+        f"configuration error: {expected} (from the command line)"
+    )
+
+
+def test_a_two_key_rule_reads_as_its_first_key_outside_the_loader() -> None:
+    with pytest.raises(ValidationError, match="low_in_flight: 1000 must be below high_in_flight"):
+        FlowSettings(high_in_flight=500)
 
 
 # -- an environment value that is not JSON ----------------------------------------------------
