@@ -34,6 +34,7 @@ from moderator.audit.integrity.anchors import latest_anchor
 from moderator.audit.integrity.verify import verify
 from moderator.dev.stack import EmbeddedStack
 from moderator.policy.bundled import write_default_policy
+from topic_support import read_topic
 
 
 @pytest.fixture(params=BACKENDS)
@@ -92,15 +93,8 @@ def _png(i: int) -> bytes:
     return buf.getvalue()
 
 
-def test_run_with_audit_sink_stores_the_verdicts_audit_trail(
-    stack: EmbeddedStack, unique: str, tmp_path: Path
-) -> None:
-    """`moderator run --with-audit-sink`: uploads in, rows in the store, one process, exit 0."""
-    n = 6
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    write_default_policy(policies)
-    (policies / "acme.yaml").write_text("on_error: review\n")
+def _publish_uploads(stack: EmbeddedStack, unique: str, n: int) -> str:
+    """`n` uploads of distinct images for tenant acme; returns the uploads topic."""
     s3 = stack.s3_client()
     uploads = f"uploads-{unique}"
     producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
@@ -114,6 +108,17 @@ def test_run_with_audit_sink_stores_the_verdicts_audit_trail(
         }
         producer.produce(uploads, value=json.dumps(event).encode())
     assert producer.flush(10) == 0
+    return uploads
+
+
+def _start_run_with_sink(
+    stack: EmbeddedStack, unique: str, tmp_path: Path, uploads: str, **more_env: str
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`moderator run --with-audit-sink` on the fake engine; returns it, its store, its log."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    write_default_policy(policies)
+    (policies / "acme.yaml").write_text("on_error: review\n")
     db = tmp_path / "audit.db"
     env = {
         **os.environ,
@@ -127,7 +132,8 @@ def test_run_with_audit_sink_stores_the_verdicts_audit_trail(
         "MODERATOR_KAFKA__TOPICS__DLQ": f"dlq-{unique}",
         "MODERATOR_KAFKA__COMMIT_INTERVAL_MS": "100",
         "MODERATOR_AUDIT__URL": f"sqlite:///{db}",
-        "MODERATOR_LOG__LEVEL": "warning",
+        "MODERATOR_LOG__LEVEL": "info",
+        **more_env,
     }
     logs = tmp_path / "run.log"
     with logs.open("wb") as log:
@@ -136,12 +142,51 @@ def test_run_with_audit_sink_stores_the_verdicts_audit_trail(
             env=env,
             stderr=log,
         )
+    return proc, db, logs
+
+
+def test_run_with_audit_sink_stores_the_verdicts_audit_trail(
+    stack: EmbeddedStack, unique: str, tmp_path: Path
+) -> None:
+    """`moderator run --with-audit-sink`: uploads in, rows in the store, one process, exit 0."""
+    n = 6
+    uploads = _publish_uploads(stack, unique, n)
+    proc, db, logs = _start_run_with_sink(stack, unique, tmp_path, uploads)
     try:
         with AuditStore.open(f"sqlite:///{db}") as store:
             wait_for(lambda: store.count() >= n, 90, lambda: logs.read_text()[-3000:])
             assert event_ids(store) == {f"{unique}-{i}" for i in range(n)}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, logs.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_run_with_audit_sink_stores_the_records_of_the_events_drained_on_sigterm(
+    stack: EmbeddedStack, unique: str, tmp_path: Path
+) -> None:
+    """SIGTERM while events are in flight: the consumer drains them, and the sink stores
+    their audit records before the process exits, not at its next start."""
+    uploads = _publish_uploads(stack, unique, 300)
+    # A slow engine (50 ms a batch of 8): most of the 300 are still in flight at the signal.
+    slow = {"MODERATOR_ENGINE__FAKE__LATENCY_MS": "50"}
+    proc, db, logs = _start_run_with_sink(stack, unique, tmp_path, uploads, **slow)
+    try:
+        with AuditStore.open(f"sqlite:///{db}") as store:
+            # The signal comes half a second after the consumer got its partitions: a few
+            # dozen events judged, most in flight (the sink may not even have its own yet).
+            assigned = '"event": "assigned"'
+            wait_for(lambda: assigned in logs.read_text(), 90, lambda: logs.read_text()[-3000:])
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            at_signal = store.count()
+            assert proc.wait(90) == 0, logs.read_text()[-3000:]
+            written = read_topic(stack.bootstrap_servers, f"audit-{unique}")
+            assert len(written) > at_signal, "nothing was left to store at the signal"
+            assert event_ids(store) == {json.loads(v)["verdict"]["event_id"] for v in written}
+        assert "audit_sink_caught_up" in logs.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

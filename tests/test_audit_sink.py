@@ -4,6 +4,7 @@ skipping, idempotent batches, offsets only after the insert, outages, rebalances
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -268,3 +269,45 @@ def test_cli_has_audit_sink_and_run_with_audit_sink(capsys: pytest.CaptureFixtur
         assert exited.value.code == 0
     out = capsys.readouterr().out
     assert "audit-sink" in out and "--with-audit-sink" in out
+
+
+def test_with_audit_sink_stores_the_records_the_consumer_wrote_while_draining(
+    broker: MemoryBroker, store: AuditStore
+) -> None:
+    s = settings()
+    stop = threading.Event()
+    for i in range(10):
+        broker.produce_plain(TOPIC, record_json(i), key=f"k{i}".encode())
+
+    def serve() -> None:  # stands in for run_service: its drain writes after the stop
+        stop.wait(30)
+        for i in range(10, 30):
+            broker.produce_plain(TOPIC, record_json(i), key=f"k{i}".encode())
+
+    threading.Timer(0.3, stop.set).start()
+    run_with_audit_sink(s, stop, serve, store=store, consumer=consumer(broker, s))
+    assert store.count() == 30
+    assert committed(broker) == {tp: o for tp, o in ends(broker).items() if o}
+
+
+class NeverAssignedConsumer:
+    """Test double: a consumer the group never gives a partition."""
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        time.sleep(min(timeout, 0.05))
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_with_audit_sink_waits_at_most_the_grace_period_to_catch_up(store: AuditStore) -> None:
+    s = settings(**{"flow.drain_grace_s": 1.0})
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    run_with_audit_sink(s, stop, lambda: None, store=store, consumer=NeverAssignedConsumer())
+    assert 1.0 <= time.monotonic() - started < 10

@@ -26,6 +26,9 @@ from moderator.settings import Settings
 log = structlog.get_logger("moderator.audit.sink.loop")
 
 POLL_TIMEOUT_S = 0.5
+IDLE_POLLS = 2
+"""Polls in a row that find nothing before a finishing sink counts itself caught up: one
+may end while a fetch of the last records is still on its way."""
 STATS_EVERY_S = 60.0
 
 
@@ -79,15 +82,23 @@ class AuditSink:
         )
         log.info("audit_sink_started", topic=topic, group=sink_group_id(self._s))
 
-    def run(self, stop: threading.Event) -> SinkStats:
-        """Subscribe and run batches until `stop` is set; the batch in progress finishes (or,
-        when the database stays unreachable for the grace period, is left uncommitted), then
-        a last anchor is written and the consumer closed."""
+    def run(self, stop: threading.Event, finish: threading.Event | None = None) -> SinkStats:
+        """Subscribe and run batches until `stop` is set, or, once `finish` is set, until the
+        assigned partitions have nothing more (`IDLE_POLLS` polls in a row find nothing): the
+        records written before `finish` are then in the store. The batch in progress finishes
+        (or, when the database stays unreachable for the grace period after `stop`, is left
+        uncommitted), then a last anchor is written and the consumer closed."""
         self._stop = stop
         self.start()
+        idle, finishing = 0, False
         try:
             while not stop.is_set():
-                self.step()
+                if not finishing and finish is not None and finish.is_set():
+                    finishing, idle = True, 0  # only polls after `finish` count
+                idle = 0 if self.step() or not self._assigned else idle + 1
+                if finishing and idle >= IDLE_POLLS:
+                    log.info("audit_sink_caught_up", partitions=len(self._assigned))
+                    break
         finally:
             self.close()
         return self.stats

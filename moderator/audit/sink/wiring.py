@@ -37,8 +37,10 @@ def run_audit_sink(
     store: AuditStore | None = None,
     consumer: Consumer | None = None,
     telemetry: Telemetry | None = None,
+    finish: threading.Event | None = None,
 ) -> SinkStats:
-    """Open the store (unless given), consume until `stop` is set, close what was opened here.
+    """Open the store (unless given), consume until `stop` is set (or, once `finish` is set,
+    until caught up: `AuditSink.run`), close what was opened here.
 
     Serves the observability endpoint on `settings.http` unless `telemetry` is given (then its
     owner serves it; the sink adds its metrics and readiness checks to it). Raises
@@ -61,7 +63,7 @@ def run_audit_sink(
                 anchor=anchor,
                 observer=_observer(settings, current, audit_store, sink_consumer),
             )
-            return sink.run(stop)
+            return sink.run(stop, finish)
         finally:
             if producer is not None:
                 producer.flush(5)
@@ -126,19 +128,26 @@ def run_with_audit_sink(
     serve: Callable[[], object],
     *,
     telemetry: Telemetry | None = None,
+    store: AuditStore | None = None,
+    consumer: Consumer | None = None,
 ) -> None:
-    """`moderator run --with-audit-sink`: the sink in a thread beside `serve` (the consumer),
-    both stopped by `stop`. A sink failure stops the consumer too and is raised here.
+    """`moderator run --with-audit-sink`: the sink in a thread beside `serve` (the consumer).
+    `stop` stops the consumer, which drains; once `serve` has returned, the sink goes on until
+    it has stored what is left on its partitions, the drained events' records included, for
+    at most `flow.drain_grace_s`. A sink failure stops the consumer too and is raised here.
 
     The process has one endpoint: the sink reports into `telemetry` when given (whoever
     serves it, and passes it to `serve` too); without it the sink's metrics and checks are
-    not served, as `serve` holds the port."""
+    not served, as `serve` holds the port. `store` and `consumer`: as for `run_audit_sink`."""
     failures: list[BaseException] = []
+    finish, sink_stop = threading.Event(), threading.Event()
 
     def sink_thread() -> None:
         shared = telemetry if telemetry is not None else Telemetry()
         try:
-            run_audit_sink(settings, stop, telemetry=shared)
+            run_audit_sink(
+                settings, sink_stop, store=store, consumer=consumer, telemetry=shared, finish=finish
+            )
         except BaseException as exc:  # reported by the main thread after the consumer drained
             failures.append(exc)
             log.error("audit_sink_failed", error=str(exc))
@@ -150,6 +159,11 @@ def run_with_audit_sink(
         serve()
     finally:
         stop.set()
+        finish.set()
+        thread.join(settings.flow.drain_grace_s)
+        if thread.is_alive():
+            log.warning("audit_sink_not_caught_up", grace_s=settings.flow.drain_grace_s)
+        sink_stop.set()
         thread.join()
     if failures:
         exc = failures[0]
