@@ -34,6 +34,7 @@ from moderator.policy.base import PolicyProvider
 from moderator.policy.reach import Shortfall, shortfalls
 from moderator.policy.registry import DEFAULT, SURFACE_DEFAULT, PolicyRegistry
 from moderator.settings import Settings
+from moderator.words import counted
 
 log = structlog.get_logger("moderator.service")
 
@@ -261,11 +262,15 @@ def _policies_check(policies: PolicyProvider) -> CheckFn:
         if not isinstance(policies, PolicyRegistry):
             return Check(True, "provided")
         status = policies.status()
-        stale = sorted(tenant for tenant, s in status.items() if s.stale)
-        detail = f"{len(status)} tenants loaded"
+        loaded = [tenant for tenant, s in status.items() if s.versions]
+        stale = sorted(tenant for tenant in loaded if status[tenant].stale)
+        broken = sorted(tenant for tenant, s in status.items() if not s.versions)
+        detail = counted(len(loaded), "tenant") + " loaded"
         if stale:
             detail += f"; stale (last good version in force): {', '.join(stale)}"
-        return Check(DEFAULT in status, detail)
+        if broken:
+            detail += f"; not loaded (its file fails, no version in force): {', '.join(broken)}"
+        return Check(DEFAULT in loaded, detail)
 
     return check
 

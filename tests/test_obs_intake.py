@@ -250,3 +250,13 @@ def test_policy_gauges_follow_reloads(tmp_path: Path) -> None:
     registry.reload()
     assert info("acme") == {first: 0, second: 0}
     assert samples(telemetry)[stale] == 0
+
+
+def test_a_new_policy_file_that_fails_sets_its_stale_gauge(tmp_path: Path) -> None:
+    policies = write_policies(tmp_path / "p")
+    telemetry = Telemetry()
+    registry = PolicyRegistry(policies, TenancySettings(), metrics=telemetry.metrics)
+    (policies / "newbie.yaml").write_text("on_error: [nope\n")
+    registry.reload()
+    assert samples(telemetry)[("moderator_policy_stale", (("tenant", "newbie"),))] == 1
+    assert not [k for k in samples(telemetry) if ("tenant", "newbie") in k[1] and "info" in k[0]]

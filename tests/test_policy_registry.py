@@ -202,3 +202,39 @@ def test_the_poller_picks_up_changes(policy_dir: Path) -> None:
             pytest.fail("the poller did not reload the changed file")
     finally:
         registry.close()
+
+
+def test_a_new_file_that_fails_is_a_stale_tenant_with_nothing_in_force(policy_dir: Path) -> None:
+    registry = PolicyRegistry(policy_dir, TENANCY)
+    write(policy_dir / "newbie.yaml", "categories:\n  O4: {mode: sometimes}\n")
+    with capture_logs() as logs:
+        assert registry.reload() is False
+    status = registry.status()["newbie"]
+    assert status.stale and status.versions == {} and status.error == registry.errors[0]
+    assert registry.resolve("newbie", "default") is None  # its events get unknown_tenant
+    invalid = [e for e in logs if e["event"] == "policy_invalid"]
+    assert [(e["tenant"], e["last_good_in_force"]) for e in invalid] == [("newbie", False)]
+    write(policy_dir / "kids.yaml", "on_error: [nope\n")
+    with capture_logs() as logs:
+        registry.reload()
+    invalid = [e for e in logs if e["event"] == "policy_invalid"]
+    assert [(e["tenant"], e["last_good_in_force"]) for e in invalid] == [("kids", True)]
+    write(policy_dir / "newbie.yaml", "on_error: block\n")
+    registry.reload()
+    assert registry.status()["newbie"].versions and not registry.status()["newbie"].stale
+
+
+def test_readiness_names_stale_tenants_and_tenants_with_nothing_in_force(policy_dir: Path) -> None:
+    from moderator.service import _policies_check
+
+    registry = PolicyRegistry(policy_dir, TENANCY)
+    check = _policies_check(registry)
+    assert check().ok and check().detail == "3 tenants loaded"
+    write(policy_dir / "kids.yaml", "on_error: [nope\n")
+    write(policy_dir / "newbie.yaml", "on_error: [nope\n")
+    registry.reload()
+    assert check().ok
+    assert check().detail == (
+        "3 tenants loaded; stale (last good version in force): kids; "
+        "not loaded (its file fails, no version in force): newbie"
+    )

@@ -5,9 +5,10 @@ its default surface and every surface it declares) and replaces the old one in o
 so an event never sees half of a change. A file that fails to load keeps its last good content
 in force; a tenant whose policy fails to resolve or compile keeps its last good compiled
 policies. Both are reported (`file:line: reason`) in the log, in `errors` and as `stale` in the
-tenant's status, until the file is fixed. With `metrics`, every reload also sets
-`moderator_policy_info` (1 for each tenant's default-surface version in force, 0 for the one
-it replaced) and `moderator_policy_stale`.
+tenant's status, until the file is fixed. A new file that fails to load has no good content:
+its tenant has a stale status with no versions, and its events find no policy. With
+`metrics`, every reload also sets `moderator_policy_info` (1 for each tenant's default-surface
+version in force, 0 for the one it replaced) and `moderator_policy_stale`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ UNKNOWN_TENANT_CACHE = 4096  # compiled default policies for unknown tenants (op
 class TenantStatus:
     """What is in force for one tenant, for readiness checks and metrics."""
 
-    versions: Mapping[str, str]  # surface -> version in force
+    versions: Mapping[str, str]  # surface -> version in force; none for a new file that fails
     loaded_at: datetime  # when the policies in force were compiled
     stale: bool  # a change on disk is not in force (see `error`)
     error: str | None
@@ -62,6 +63,7 @@ class _Snapshot:
     policies: Mapping[tuple[str, str], TenantPolicy]
     status: Mapping[str, TenantStatus]
     errors: tuple[str, ...] = ()
+    blame: Mapping[str, str] = field(default_factory=dict)  # error -> its tenant
     unknown: OrderedDict[tuple[str, str], TenantPolicy] = field(default_factory=OrderedDict)
 
 
@@ -161,7 +163,10 @@ class PolicyRegistry:
             log.info("policy_changed", tenant=tenant, surface=surface, old=before, new=after)
         for error in new.errors:
             if error not in old.errors:
-                log.error("policy_invalid", error=error)
+                culprit = new.blame.get(error)
+                held = new.status.get(culprit) if culprit is not None else None
+                kept = held is not None and bool(held.versions)
+                log.error("policy_invalid", error=error, tenant=culprit, last_good_in_force=kept)
         return bool(changed)
 
     def _startup_problem(self, errors: tuple[str, ...]) -> str:
@@ -199,6 +204,7 @@ class PolicyRegistry:
 
     def _build(self, old: _Snapshot, *, initial: bool) -> _Snapshot:
         errors: list[str] = []
+        blame: dict[str, str] = {}  # error -> the tenant it is about
         files: dict[str, _File] = {}
         try:
             paths, duplicates = policy_paths(self._dir)
@@ -229,6 +235,7 @@ class PolicyRegistry:
                 failed[stem] = str(exc)
         for stem, reason in failed.items():
             errors.append(reason)
+            blame[reason] = stem
             if stem in old.files:  # the last good content stays in force
                 files[stem] = old.files[stem]
         if DEFAULT not in files:
@@ -249,6 +256,7 @@ class PolicyRegistry:
             file_error = failed.get(tenant)
             if compiled is None:
                 errors.append(error or f"{tenant}: cannot compile")
+                blame[errors[-1]] = tenant
                 kept = {k: v for k, v in old.policies.items() if k[0] == tenant}
                 policies.update(kept)
                 previous_status = old.status.get(tenant)
@@ -269,7 +277,9 @@ class PolicyRegistry:
                 stale=file_error is not None,
                 error=file_error,
             )
-        return _Snapshot(files, paths, policies, status, tuple(dict.fromkeys(errors)))
+        for stem in failed.keys() - files.keys():  # a new file, broken: nothing in force
+            status[stem] = TenantStatus(versions={}, loaded_at=now, stale=True, error=failed[stem])
+        return _Snapshot(files, paths, policies, status, tuple(dict.fromkeys(errors)), blame)
 
     def _compile_tenant(
         self, docs: Mapping[str, PolicyFile], paths: Mapping[str, Path], tenant: str
