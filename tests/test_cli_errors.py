@@ -354,3 +354,23 @@ def test_a_lone_double_dash_as_a_value_is_a_usage_error(
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected one argument" in err, err
+
+
+def test_run_with_a_policy_file_that_fails_exits_2_before_contacting_the_broker(
+    tmp_path: Path,
+) -> None:
+    write_default_policy(tmp_path)
+    (tmp_path / "broken.yaml").write_text("categories: {O1: {block_at: 7}}\n")
+    env = {"MODERATOR_POLICIES__DIR": str(tmp_path)}
+    with (
+        environment(env),
+        mock.patch("moderator.ingest.startup.probe_cluster") as probed,
+        mock.patch("moderator.service.run_service") as started,
+    ):
+        line = assert_one_line_failure(["run", "--with-audit-sink"])
+    probed.assert_not_called()
+    started.assert_not_called()
+    assert line == (
+        f"moderator: {tmp_path / 'broken.yaml'}:1: categories.O1.block_at: "
+        "must be from 0 to 1, not the number 7"
+    )

@@ -273,9 +273,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.with_audit_sink:
         raise ConfigError("--with-audit-sink runs in one process: not with --workers")
     configure_logging(settings.log)
-    from moderator.cli.preflight import check_engine_files
+    from moderator.cli.preflight import check_settings
 
-    check_engine_files(settings.engine)  # a missing checkpoint: before the broker is contacted
+    # A missing checkpoint or a policy file that fails: before the broker is contacted, and
+    # before a consumer (the audit sink's, a worker's) joins a group only to leave it.
+    check_settings(settings)
     # No broker within kafka.startup_timeout_s: one line and exit 2, before any client retries.
     probe_cluster(settings.kafka, client_id=f"moderator-probe-{settings.instance_id}")
     if settings.kafka.create_topics:
