@@ -159,6 +159,98 @@ def test_validate_unusable_directories(capsys: pytest.CaptureFixture[str], tmp_p
     assert err == f"moderator: {tmp_path}: no default.yaml (every policy directory needs one)\n"
 
 
+def test_validate_goes_on_past_a_duplicate_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(
+        tmp_path / "p",
+        shop="categories:\n  O2: {action: review}\n  O2: {action: block}\n  O10: {}\n",
+    )
+    code, out, err = run(capsys, "validate", d)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"{d}/shop.yaml:3: duplicate key 'O2' (first at line 2)",
+        f"{d}/shop.yaml:4: categories.O10: unknown category 'O10': use O1..O9 "
+        "(NA is none_applying)",
+    ]
+
+
+# -- validate FILE -----------------------------------------------------------------------------
+
+
+def test_validate_a_file_checks_its_tenant_in_its_own_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(
+        tmp_path / "p",
+        base="categories:\n  O2: {action: review}\n",
+        shop="extends: base\nsurfaces:\n  avatar: {}\n",
+        other="foo: 1\n",  # another tenant's problem: not the file's to fix
+    )
+    code, out, err = run(capsys, "validate", d / "shop.yaml")
+    assert (code, err) == (0, "")
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        ["shop", "default"],
+        ["shop", "avatar"],
+    ]
+
+
+def test_validate_a_file_reports_the_problems_of_its_chain_only(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(tmp_path / "p", base="owner: 3\n", shop="extends: base\n", other="foo: 1\n")
+    code, out, err = run(capsys, "validate", d / "shop.yaml")
+    assert (code, out) == (2, "")  # the broken base is why shop cannot compile
+    assert err == (
+        f"{d}/base.yaml:1: owner: must be a string, not the number 3 (quote it to make it a "
+        "string)\n"
+    )
+    (d / "shop.yaml").write_text("categories:\n  O3: {block_at: 0.3, review_at: 0.6}\n")
+    code, out, err = run(capsys, "validate", d / "shop.yaml")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"{d}/shop.yaml:2: categories.O3.review_at: review_at 0.6 must not be above block_at 0.3\n"
+    )
+
+
+def test_validate_a_new_file_against_the_policy_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(tmp_path / "p", shop="extends: defualt\n", other="foo: 1\n")
+    new = tmp_path / "new" / "shop.yaml"
+    new.parent.mkdir()
+    new.write_text("categories:\n  O2: {action: review}\n")
+    code, out, err = run(capsys, "validate", new, "--policies", d)
+    assert (code, err) == (0, "")  # the new file replaces the directory's shop.yaml
+    assert [line.split()[:2] for line in out.splitlines()] == [["shop", "default"]]
+    new.write_text("extends: defualt\n")
+    code, out, err = run(capsys, "validate", new, "--policies", d)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"{new}:1: extends: unknown base policy 'defualt' (no defualt.yaml); "
+        "did you mean 'default'?\n"
+    )
+    code, out, err = run(capsys, "validate", new)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"moderator: DIR: {new}: its directory has no default.yaml to check it against; add "
+        "--policies DIR to check it against the policy directory it is meant for\n"
+    )
+
+
+def test_validate_a_file_that_is_no_policy_file_names_its_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("")
+    code, out, err = run(capsys, "validate", notes)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"moderator: DIR: {notes} is neither a directory nor a policy file (*.yaml, *.yml); to "
+        f"check every file of its directory: moderator policy validate {tmp_path}\n"
+    )
+
+
 # -- render ------------------------------------------------------------------------------------
 
 

@@ -98,10 +98,15 @@ def test_a_complete_file_loads() -> None:
         (
             "categories:\n  O5:\n    block_at: 0.2\n    review_at: 0.5\n",
             4,
-            "categories.O5.review_at: review_at must not be above block_at",
+            "categories.O5.review_at: review_at 0.5 must not be above block_at 0.2",
         ),
         ("schema: 2\n", 1, "schema: must be 1, not the number 2"),
-        ("surfaces:\n  Bad Name: {}\n", 2, "surfaces.Bad Name: invalid surface name 'Bad Name'"),
+        (
+            "surfaces:\n  Bad Name: {}\n",
+            2,
+            "surfaces.Bad Name: invalid surface name 'Bad Name': use 1 to 64 lower-case letters, "
+            "digits, '_', '.' and '-', starting with a letter or digit",
+        ),
         (
             "allowed:\n  buckets: uploads\n",
             2,
@@ -144,10 +149,78 @@ def test_an_unknown_category_is_reported_with_the_other_categories_problems() ->
     ]
 
 
+RULE = "use 1 to 64 lower-case letters, digits, '_', '.' and '-', starting with a letter or digit"
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("Comments", "; did you mean 'comments'?"),
+        ("Profile.Photo-2", "; did you mean 'profile.photo-2'?"),
+        ("Profile Photo", ""),  # lower case is still not a surface name
+        ("_comments", ""),
+    ],
+)
+def test_a_bad_surface_name_says_the_rule_and_suggests_its_lower_case(name: str, hint: str) -> None:
+    err = error(f"surfaces:\n  news: {{}}\n  {name}: {{}}\n")
+    assert (err.line, err.reason) == (
+        3,
+        f"surfaces.{name}: invalid surface name {name!r}: {RULE}{hint}",
+    )
+
+
+def test_the_lower_case_surface_is_not_suggested_when_it_is_declared_already() -> None:
+    err = error("surfaces:\n  comments: {}\n  Comments: {}\n")
+    assert err.reason == f"surfaces.Comments: invalid surface name 'Comments': {RULE}"
+
+
+def test_reversed_thresholds_name_both_values() -> None:
+    err = error("none_applying:\n  block_at: 0.3\n  review_at: 0.6\n")
+    assert (err.line, err.reason) == (
+        3,
+        "none_applying.review_at: review_at 0.6 must not be above block_at 0.3",
+    )
+
+
+def test_a_duplicate_key_is_reported_with_the_files_other_problems() -> None:
+    err = error(
+        "owner: a\ncategories:\n  O2: {action: review}\n  O2:\n    action: reveiw\n"
+        "  O10: {}\nowner: b\n"
+    )
+    assert err.problems() == [
+        f"{P}:4: duplicate key 'O2' (first at line 3)",
+        f"{P}:5: categories.O2.action: 'reveiw' is not one of allow, review, block; "
+        "did you mean 'review'?",  # the value in force is the last one, at its own line
+        f"{P}:6: categories.O10: unknown category 'O10': use O1..O9 (NA is none_applying)",
+        f"{P}:7: duplicate key 'owner' (first at line 1)",
+    ]
+    assert str(err).endswith(" (and 3 more problems)")
+
+
+def test_a_file_whose_only_problem_is_a_duplicate_key_still_fails() -> None:
+    err = error("owner: a\nowner: b\nowner: c\n")
+    assert err.problems() == [
+        f"{P}:2: duplicate key 'owner' (first at line 1)",
+        f"{P}:3: duplicate key 'owner' (first at line 1)",
+    ]
+
+
+def test_duplicates_found_before_a_refusal_are_reported_with_it() -> None:
+    err = error("owner: a\nowner: b\nx: !!binary aGk=\n")
+    assert err.problems() == [
+        f"{P}:2: duplicate key 'owner' (first at line 1)",
+        f"{P}:3: unsupported YAML tag !!binary",
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [
-        ("a: 1\nb:\n  c: 1\n  c: 2\n", 4, "duplicate key 'c' (first at line 3)"),
+        (
+            "dsa:\n  categories: {}\n  categories: {}\n",
+            3,
+            "duplicate key 'categories' (first at line 2)",
+        ),
         ("owner: a\nowner: b\n", 2, "duplicate key 'owner' (first at line 1)"),
         ("x: &a [1, 2]\ny: *a\n", 2, "aliases (*name) are not allowed"),
         ("<<: {owner: a}\n", 1, "merge keys (<<) are not supported"),

@@ -44,6 +44,32 @@ def test_unknown_base_names_the_file() -> None:
         resolve(files, "kids", "default", KEY_PREFIX)
 
 
+@pytest.mark.parametrize(
+    ("extends", "hint"),
+    [
+        ("defualt", "; did you mean 'default'?"),
+        ("Family", "; did you mean 'family'?"),
+        ("famly", "; did you mean 'family'?"),
+        ("kid", ""),  # the file itself is no base: extending it would be a cycle
+        ("nothere", ""),
+    ],
+)
+def test_unknown_base_suggests_the_closest_policy(extends: str, hint: str) -> None:
+    files = directory(kids=f"extends: {extends}\n", family="owner: f\n")
+    with pytest.raises(PolicyError) as info:
+        chain_of(files, "kids")
+    assert info.value.reason == (
+        f"extends: unknown base policy {extends!r} (no {extends}.yaml){hint}"
+    )
+
+
+def test_unknown_base_suggests_a_file_that_failed_to_load() -> None:
+    files = directory(kids="extends: shpo\n")
+    sources = {"kids": Path("/p/kids.yaml"), "shop": Path("/p/shop.yaml")}
+    with pytest.raises(PolicyError, match=r"; did you mean 'shop'\?$"):
+        chain_of(files, "kids", sources=sources)
+
+
 def test_cycles_are_errors() -> None:
     files = directory(a="extends: b\n", b="extends: c\n", c="extends: a\n", d="extends: d\n")
     with pytest.raises(PolicyError) as info:

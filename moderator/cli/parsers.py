@@ -180,10 +180,14 @@ def add_policy_parser(sub: Any) -> None:
             "(default: policies.dir). Prints `tenant surface version` per policy and exits "
             "0, or prints every problem as `path:line: reason` on stderr and exits 2. With "
             "--engine E, also prints a warning line on stderr for each tenant whose policy acts "
-            "on categories engine E can never raise (exit code still 0)."
+            "on categories engine E can never raise (exit code still 0). Given a FILE instead "
+            "of a directory, checks that file's tenant against the other files of its "
+            "directory, or of --policies DIR (the file taking the place of that tenant's), "
+            "and reports only its own chain's problems: a new file before it is copied in."
         ),
         epilog=examples(
             "moderator policy validate policies",
+            "moderator policy validate new/acme.yaml --policies policies",
             "moderator policy validate --policies policies --engine nudenet",
             "moderator policy validate --config settings.yaml",
         ),
@@ -192,8 +196,8 @@ def add_policy_parser(sub: Any) -> None:
         "directory",
         nargs="?",
         type=Path,
-        metavar="DIR",
-        help="policy directory (default: --policies, else policies.dir)",
+        metavar="DIR|FILE",
+        help="policy directory, or one policy file (default: --policies, else policies.dir)",
     )
     add_policies_flag(validate)
     add_config_flag(validate)

@@ -21,6 +21,7 @@ from moderator.policy.check import (
     DirectoryCheck,
     PolicyKey,
     check,
+    check_file,
     compile_unknown,
 )
 from moderator.policy.compiled import TenantPolicy
@@ -32,7 +33,9 @@ from moderator.policy.decide import (
     error_rows,
 )
 from moderator.policy.diff import SurfaceDiff, TenantDiff, diff_policies
+from moderator.policy.load import SUFFIXES
 from moderator.policy.reach import shortfalls
+from moderator.policy.resolve import ROOT
 from moderator.settings import Settings, load_settings
 
 
@@ -45,27 +48,72 @@ def cmd_validate(
     """Print `tenant surface version` per compiled policy (0), or every problem on stderr (2).
 
     The directory is `directory` (the positional DIR) or `policies` (--policies DIR), not both
-    unless they are the same; else policies.dir. With `engine` (an `engine.kind`), also one
-    warning line on stderr per tenant whose policy acts on categories that engine can never
-    raise; warnings leave the exit code at 0.
+    unless they are the same; else policies.dir. A policy file in place of DIR is checked on
+    its own, against the files of --policies DIR when given, else of its own directory
+    (`check_file`). With `engine` (an `engine.kind`), also one warning line on stderr per tenant
+    whose policy acts on categories that engine can never raise; warnings leave the exit code
+    at 0.
     """
-    if directory is not None:
+    candidate = None
+    if directory is not None and _is_policy_file(directory):
+        candidate, directory = directory, policies or directory.parent
+        _check_file_context(candidate, directory, named=policies is not None)
+    elif directory is not None:
         if policies is not None and policies != directory:
             raise ConfigError(
                 f"DIR: {directory} and --policies {policies} disagree: give the directory once"
             )
-        check_directory("DIR", directory)
+        _check_directory_argument(directory)
     settings = _settings(config, directory or policies)
     declared = capabilities(engine) if engine is not None else None  # unknown kind: exit 2
-    result = _checked(settings.policies.dir, settings)
-    if result is None:
-        return 2
-    rows = [(t, s, p.version) for (t, s), p in _ordered(result.policies)]
+    if candidate is None:
+        result = _checked(settings.policies.dir, settings)
+        if result is None:
+            return 2
+        policies_found: Mapping[PolicyKey, TenantPolicy] = result.policies
+    else:
+        found, errors = check_file(candidate, settings.policies.dir, settings.tenancy)
+        if errors:
+            _print_lines(errors, sys.stderr)
+            return 2
+        policies_found = found
+    rows = [(t, s, p.version) for (t, s), p in _ordered(policies_found)]
     _print_lines(table(("tenant", "surface", "version"), rows, header=False), sys.stdout)
     if engine is not None and declared is not None:
-        gaps = shortfalls([p.resolved for p in result.policies.values()], engine, declared)
+        gaps = shortfalls([p.resolved for p in policies_found.values()], engine, declared)
         _print_lines((f"moderator: warning: {gap.message()}" for gap in gaps), sys.stderr)
     return 0
+
+
+def _is_policy_file(path: Path) -> bool:
+    """Whether DIR names one policy file (`*.yaml` or `*.yml`, not a directory) rather than
+    a directory: a user checking a file before adding it to the policy directory."""
+    return path.suffix in SUFFIXES and path.exists() and not path.is_dir()
+
+
+def _check_directory_argument(path: Path) -> None:
+    """DIR is a directory: ConfigError otherwise, saying what to pass for a file that is not
+    a policy file (whose name the directory scan would skip)."""
+    if path.exists() and not path.is_dir():
+        command = f"moderator policy validate {shlex.quote(str(path.parent))}"
+        raise ConfigError(
+            f"DIR: {path} is neither a directory nor a policy file (*.yaml, *.yml); to check "
+            f"every file of its directory: {command}"
+        )
+    check_directory("DIR", path)
+
+
+def _check_file_context(path: Path, directory: Path, named: bool) -> None:
+    """The directory a file is checked against exists and has a default policy; for a file's
+    own directory (not `named` with --policies), a missing default policy most likely means
+    the file sits outside the policy directory, so the error says how to name that one."""
+    check_directory("--policies" if named else "DIR", directory)
+    if named or any((directory / f"{ROOT}{suffix}").exists() for suffix in SUFFIXES):
+        return
+    raise ConfigError(
+        f"DIR: {path}: its directory has no {ROOT}.yaml to check it against; add --policies DIR "
+        "to check it against the policy directory it is meant for"
+    )
 
 
 def cmd_render(

@@ -44,22 +44,31 @@ class DirectoryCheck:
     paths: Mapping[str, Path]  # stem -> path, for every *.yaml / *.yml found
     policies: Mapping[PolicyKey, TenantPolicy]  # the tenants that compiled, every surface
     errors: tuple[str, ...]  # `path:line: reason`, in file order, without duplicates
+    # Each of `errors` with the file it is about, so one tenant's can be picked out.
+    problems: tuple[tuple[Path, str], ...] = ()
 
 
-def check(directory: Path, tenancy: TenancySettings) -> DirectoryCheck:
+def check(
+    directory: Path, tenancy: TenancySettings, *, candidate: Path | None = None
+) -> DirectoryCheck:
     """Load and compile everything in `directory`; ConfigError when it is unusable as a whole.
 
     A directory that is missing or has no default.yaml (or .yml) raises (one line). Problems
     in files are collected in `errors`; a tenant whose chain reaches a file that failed to load
-    is skipped silently, since that file's own error already explains it.
+    is skipped silently, since that file's own error already explains it. A `candidate` file
+    from elsewhere takes the place of the directory's file for its tenant (if any), so a new or
+    changed file can be checked against the files it would join before it is copied in.
     """
     if not directory.is_dir():
         raise ConfigError(f"policies.dir: {directory} is not a directory")
     paths, duplicates = policy_paths(directory)
+    if candidate is not None and candidate.parent.resolve() != directory.resolve():
+        paths[candidate.stem] = candidate
+        duplicates = [error for error in duplicates if error.path.stem != candidate.stem]
     if ROOT not in paths:
         raise ConfigError(f"{directory}: no {ROOT}.yaml (every policy directory needs one)")
     files: dict[str, PolicyFile] = {}
-    errors: list[str] = [str(error) for error in duplicates]
+    problems: list[tuple[Path, str]] = [(error.path, str(error)) for error in duplicates]
     failed: set[str] = {error.path.stem for error in duplicates}
     for stem, path in paths.items():
         if stem in failed:
@@ -68,7 +77,7 @@ def check(directory: Path, tenancy: TenancySettings) -> DirectoryCheck:
             files[stem] = load_file(path)
         except PolicyError as exc:
             failed.add(stem)
-            errors.extend(exc.problems())
+            problems.extend((path, line) for line in exc.problems())
     policies: dict[PolicyKey, TenantPolicy] = {}
     for tenant in sorted(files):
         if _blocked(files, failed, tenant):
@@ -76,10 +85,43 @@ def check(directory: Path, tenancy: TenancySettings) -> DirectoryCheck:
         try:
             compiled = compile_tenant(files, tenant, tenancy, sources=paths)
         except PolicyError as exc:
-            errors.extend(with_line(exc).problems())
+            problems.extend((exc.path, line) for line in with_line(exc).problems())
             continue
         policies.update({(tenant, surface): p for surface, p in compiled.items()})
-    return DirectoryCheck(directory, files, paths, policies, tuple(dict.fromkeys(errors)))
+    unique = tuple(dict.fromkeys(problems))
+    errors = tuple(dict.fromkeys(line for _, line in unique))
+    return DirectoryCheck(directory, files, paths, policies, errors, unique)
+
+
+def check_file(
+    path: Path, directory: Path, tenancy: TenancySettings
+) -> tuple[dict[PolicyKey, TenantPolicy], list[str]]:
+    """One policy file checked in the context of `directory` (its own, or the one it is meant
+    for): its tenant's compiled policies, and the problems of the files its tenant depends on
+    (the file itself, the bases it extends, default.yaml), since those decide whether it works.
+    Problems of other tenants' files are left out: they are not the file's to fix."""
+    result = check(directory, tenancy, candidate=path)
+    tenant = path.stem
+    chain = {
+        result.paths[stem] for stem in chain_stems(result.files, tenant) if stem in result.paths
+    }
+    errors = [line for source, line in result.problems if source in chain or source == path]
+    policies = {key: p for key, p in result.policies.items() if key[0] == tenant}
+    return policies, list(dict.fromkeys(errors))
+
+
+def chain_stems(files: Mapping[str, PolicyFile], tenant: str) -> list[str]:
+    """The stems along the tenant's `extends` chain, as far as it can be followed (to a missing
+    or unloaded file, or the start of a cycle), and default always: unlike `resolve.chain_of`,
+    never an error, since the chain's problems are what the caller looks for."""
+    chain: list[str] = []
+    name: str | None = tenant
+    while name is not None and name not in chain:
+        chain.append(name)
+        if name == ROOT or name not in files:
+            break
+        name = files[name].extends or ROOT
+    return chain if ROOT in chain else [*chain, ROOT]
 
 
 def check_directory(

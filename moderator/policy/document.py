@@ -9,6 +9,8 @@ takes its thresholds and action from `none_applying`. docs/policies.md documents
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,6 +35,10 @@ Mode = Literal["default", "allowed", "sensitive"]
 Action = Literal["block", "review", "allow"]
 ACTION_ORDER: dict[str, int] = {"allow": 0, "review": 1, "block": 2}
 SURFACE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+# SURFACE_PATTERN in words, for the error that refuses a name.
+SURFACE_RULE = (
+    "use 1 to 64 lower-case letters, digits, '_', '.' and '-', starting with a letter or digit"
+)
 # A number as YAML writes one: `true` or "0.5" is refused, not read as 1.0 or 0.5.
 Score = Annotated[float, Strict()]
 
@@ -65,7 +71,9 @@ class Thresholds(_Strict):
             and self.review_at is not None
             and self.review_at > self.block_at
         ):
-            raise ValueError("review_at must not be above block_at")
+            raise ValueError(
+                f"review_at {self.review_at} must not be above block_at {self.block_at}"
+            )
         return self
 
 
@@ -173,17 +181,29 @@ class PolicyFile(_Strict):
     @field_validator("surfaces")
     @classmethod
     def _surfaces(cls, value: dict[str, SurfaceOverride]) -> dict[str, SurfaceOverride]:
-        import re
-
         for name in value:
-            if not re.fullmatch(SURFACE_PATTERN, name):
-                raise ValueError(f"invalid surface name {name!r}")
+            problem = surface_name_problem(name, value)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("on_error")
     @classmethod
     def _errors(cls, value: Action | dict[str, Action] | None) -> Action | dict[str, Action] | None:
         return _check_on_error(value)
+
+
+def surface_name_problem(name: str, declared: Collection[str] = ()) -> str | None:
+    """Why `name` cannot name a surface (None when it can): the rule spelled out, since a
+    surface name is matched exactly against events' `context.surface`, with the lower-case form
+    suggested when that is valid and not `declared` already (it would then be a second entry)."""
+    if re.fullmatch(SURFACE_PATTERN, name):
+        return None
+    text = f"invalid surface name {name!r}: {SURFACE_RULE}"
+    lower = name.lower()
+    if re.fullmatch(SURFACE_PATTERN, lower) and lower not in declared:
+        text += f"; did you mean {lower!r}?"
+    return text
 
 
 def _statement_problem(category: str) -> str:

@@ -5,7 +5,8 @@ plain dicts, lists and scalars while the line of every key and list item is reco
 pydantic error's `loc` is reported at the line of the offending key. Stricter than
 `yaml.safe_load`:
 
-- duplicate keys are an error (PyYAML silently keeps the last one);
+- duplicate keys are an error (PyYAML silently keeps the last one); the error is recorded and
+  the file is then checked with the last value, so that its other problems are reported too;
 - aliases (`*name`) are refused outright, which rules out "billion laughs" expansion; anchors
   alone are harmless and ignored;
 - merge keys (`<<`), non-string keys (quote `on:`/`yes:`, which YAML 1.1 reads as booleans) and
@@ -196,10 +197,11 @@ def load_text(text: str, path: Path) -> PolicyFile:
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise PolicyError(path, None, f"larger than {MAX_BYTES} bytes")
     lines: dict[Loc, int] = {(): 1}
+    duplicates: list[Problem] = []
     try:
-        doc = _parse(text, lines)
+        doc = _parse(text, lines, duplicates)
     except _Refused as exc:
-        raise PolicyError(path, exc.line, exc.reason) from None
+        raise _failed(path, [*duplicates, (exc.line, exc.reason)]) from None
     except yaml.YAMLError as exc:
         raise PolicyError(path, *yaml_problem(exc, text)) from None
     if doc is None:
@@ -207,41 +209,57 @@ def load_text(text: str, path: Path) -> PolicyFile:
     if not isinstance(doc, dict):
         raise PolicyError(path, 1, "the top level must be a mapping of policy keys")
     try:
-        return PolicyFile.model_validate(doc)
+        policy = PolicyFile.model_validate(doc)
     except ValidationError as exc:
-        (line, reason), *others = _errors(exc.errors(), lines)
-        raise PolicyError(path, line, reason, tuple(others)) from None
+        raise _failed(path, [*duplicates, *_errors(exc.errors(), lines)]) from None
+    if duplicates:
+        raise _failed(path, duplicates)
+    return policy
 
 
-def _parse(text: str, lines: dict[Loc, int]) -> Any:
+def _failed(path: Path, problems: list[Problem]) -> PolicyError:
+    """One error for a file's problems (at least one), the earliest line first; problems on one
+    line keep the order they were found in (a stable sort)."""
+    (line, reason), *others = sorted(problems, key=lambda problem: problem[0] or 0)
+    return PolicyError(path, line, reason, tuple(others))
+
+
+def _parse(text: str, lines: dict[Loc, int], duplicates: list[Problem]) -> Any:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        return None if node is None else _build(loader, node, (), lines)
+        return None if node is None else _build(loader, node, (), lines, duplicates)
     finally:
         loader.dispose()
 
 
-def _build(loader: _Loader, node: yaml.Node, path: Loc, lines: dict[Loc, int]) -> Any:
+def _build(
+    loader: _Loader, node: yaml.Node, path: Loc, lines: dict[Loc, int], duplicates: list[Problem]
+) -> Any:
+    """The plain value of `node`, recording the line of every key and item below `path` in
+    `lines`. A key given twice is appended to `duplicates` and its last value kept (with that
+    value's lines), as YAML itself would, so the rest of the file can still be checked."""
     line = _mark_line(node.start_mark)
     if isinstance(node, yaml.MappingNode):
         _check_tag(node, _TAG + "map")
         mapping: dict[str, Any] = {}
+        first: dict[str, int] = {}  # key -> the line it was first given at
         for key_node, value_node in node.value:
             key = _key(loader, key_node)
             key_line = _mark_line(key_node.start_mark)
-            if key in mapping:
-                first = lines[(*path, key)]
-                raise _Refused(key_line, f"duplicate key {key!r} (first at line {first})")
+            if key in first:
+                duplicates.append((key_line, f"duplicate key {key!r} (first at line {first[key]})"))
+                _forget(lines, (*path, key))
+            first.setdefault(key, key_line)
             lines[(*path, key)] = key_line
-            mapping[key] = _build(loader, value_node, (*path, key), lines)
+            mapping[key] = _build(loader, value_node, (*path, key), lines, duplicates)
         return mapping
     if isinstance(node, yaml.SequenceNode):
         _check_tag(node, _TAG + "seq")
         items = []
         for index, item in enumerate(node.value):
             lines[(*path, index)] = _mark_line(item.start_mark)
-            items.append(_build(loader, item, (*path, index), lines))
+            items.append(_build(loader, item, (*path, index), lines, duplicates))
         return items
     if node.tag not in _SCALAR_TAGS:
         raise _Refused(line, f"unsupported YAML tag {_short_tag(node.tag)}")
@@ -252,13 +270,20 @@ def _build(loader: _Loader, node: yaml.Node, path: Loc, lines: dict[Loc, int]) -
         raise _Refused(line, f"invalid value {str(node.value)[:40]!r}: {why}") from None
 
 
+def _forget(lines: dict[Loc, int], path: Loc) -> None:
+    """Drop the lines recorded at and below `path`: a value replaced by a duplicate key's must
+    not leave its keys behind, where an error in the new value could be placed on them."""
+    for recorded in [loc for loc in lines if loc[: len(path)] == path]:
+        del lines[recorded]
+
+
 def _key(loader: _Loader, node: yaml.Node) -> str:
     line = _mark_line(node.start_mark)
     if node.tag == _TAG + "merge":
         raise _Refused(line, "merge keys (<<) are not supported")
     if not isinstance(node, yaml.ScalarNode):
         raise _Refused(line, "mapping keys must be plain strings")
-    key = _build(loader, node, (), {})
+    key = _build(loader, node, (), {}, [])
     if not isinstance(key, str):
         raise _Refused(line, f"key {str(node.value)[:40]!r} is not read as a string: quote it")
     return key

@@ -23,6 +23,7 @@ from moderator.events.verdict import CATEGORIES
 from moderator.policy.document import CODES, Action, Mode, PolicyFile, SurfaceOverride
 from moderator.policy.keys import unsafe_key_reason
 from moderator.policy.load import PolicyError
+from moderator.policy.messages import suggestion
 from moderator.policy.model import ResolvedCategory, ResolvedNoneApplying, ResolvedPolicy
 
 ROOT = "default"
@@ -76,11 +77,23 @@ def chain_of(
         base = ROOT if extends is None else extends
         if base not in files:
             reason = f"extends: unknown base policy {base!r} (no {base}.yaml)"
+            near = suggestion(base, _bases(files, sources, chain))
+            if near is not None:
+                reason += f"; did you mean {near!r}?"
             raise PolicyError(_path(sources, name), None, reason)
         if base in chain:
             cycle = " -> ".join([*chain, base])
             raise PolicyError(_path(sources, name), None, f"extends: inheritance cycle {cycle}")
         name = base
+
+
+def _bases(
+    files: Mapping[str, PolicyFile], sources: Mapping[str, Path] | None, chain: Sequence[str]
+) -> list[str]:
+    """The policy names an `extends` could mean: every file of the directory (one that failed
+    to load still exists, and fixing it is the user's next step), less those already in the
+    chain, which would make a cycle."""
+    return sorted((set(files) | set(sources or ())) - set(chain))
 
 
 def surfaces(
