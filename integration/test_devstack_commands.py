@@ -21,6 +21,8 @@ from moderator.dev.kafka.jars import broker_jars
 from moderator.dev.samples import make_sample
 from moderator.dev.stack import EmbeddedStack
 from moderator.errors import ConfigError
+from moderator.events.parse import parse_message
+from moderator.events.s3notify import TenantRule
 
 ROLES = ("uploads", "verdicts", "audit", "dlq", "replay")
 
@@ -137,6 +139,29 @@ def test_upload_puts_the_file_and_sends_its_event(
     assert event["object"]["version_id"] == stored["VersionId"]
     assert event["object"]["size"] == len(sample.data)
     assert event["context"]["surface"] == "profile"
+
+
+def test_upload_as_an_sns_envelope_around_an_s3_notification(
+    stack: EmbeddedStack, tmp_path: Path, unique: str
+) -> None:
+    photo = tmp_path / "my photo.jpg"
+    photo.write_bytes(make_sample("jpeg", seed=4).data)
+    done = _moderator(
+        _env(stack, unique), "upload", str(photo), "--tenant", "acme", "--shape", "sns-s3"
+    )
+    assert done.returncode == 0, done.stderr
+    event_id = done.stdout.strip()
+    assert event_id.startswith("s3-")
+    assert "as an SNS envelope around an S3 event notification" in done.stderr
+
+    (message,) = _read_all(stack.bootstrap_servers, f"up-{unique}", 1)
+    assert message.key() == b"acme:uploads/acme/my photo.jpg"
+    record = json.loads(json.loads(message.value())["Message"])["Records"][0]
+    assert record["s3"]["object"]["key"] == "acme/my+photo.jpg"
+    (event,) = parse_message(message.value(), TenantRule()).events
+    assert (event.event_id, event.tenant_id) == (event_id, "acme")
+    stored = stack.s3_client().head_object(Bucket="uploads", Key="acme/my photo.jpg")
+    assert event.object.version_id == stored["VersionId"]
 
 
 def test_upload_with_a_bad_tenant_writes_nothing(

@@ -224,3 +224,48 @@ def test_module_entry_point_reports_usage_errors_in_one_line(
         "moderator dev-stack: error: unrecognized arguments: --bogus "
         "(see moderator dev-stack --help)\n"
     )
+
+
+def test_upload_help_lists_every_shape() -> None:
+    done = _moderator("dev-stack", "upload", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--shape native|s3|eventbridge|sns-s3|sns-eventbridge|sns-native" in done.stdout
+
+
+def test_upload_with_an_unknown_shape_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from moderator.cli.main import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["dev-stack", "upload", "--tenant", "kids", "--shape", "sqs"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "moderator dev-stack upload: error: argument --shape: invalid choice: 'sqs' (choose from "
+        "'native', 's3', 'eventbridge', 'sns-s3', 'sns-eventbridge', 'sns-native') "
+        "(see moderator dev-stack upload --help)\n"
+    )
+
+
+def test_upload_passes_the_shape_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moderator.cli import devstack
+    from moderator.cli.main import build_parser
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(devstack, "cmd_upload", lambda file, **kw: seen.update(kw) or 0)
+    for argv, shape in ((["--shape", "sns-eventbridge"], "sns-eventbridge"), ([], "native")):
+        args = build_parser().parse_args(["dev-stack", "upload", "--tenant", "kids", *argv])
+        assert devstack.run_dev_stack(args) == 0
+        assert seen["shape"] == shape
+
+
+def test_upload_with_a_surface_on_a_store_shape_is_one_line_exit_2(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"not sent")
+    args = ("--tenant", "kids", "--shape", "s3", "--surface", "profile")
+    done = _moderator("dev-stack", "upload", str(photo), *args, env={**os.environ, **ENV})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "moderator: dev-stack upload: --surface: --shape s3 carries no surface (native and "
+        "sns-native do); the service judges its event under the surface 'default'\n"
+    )

@@ -8,9 +8,7 @@ stdout of `dev-stack` carries only the contract: one `export NAME=value` line pe
 from __future__ import annotations
 
 import argparse
-import mimetypes
 import os
-import random
 import signal
 import sys
 import threading
@@ -30,6 +28,7 @@ from moderator.cli.style import (
 )
 from moderator.dev.guide import EXAMPLE_TENANT  # cheap: stdlib only
 from moderator.dev.kafka.jars import JARS_ENV, KAFKA_VERSION  # cheap: stdlib only
+from moderator.dev.shapes import SHAPE_NAMES, SHAPES  # cheap: stdlib only
 from moderator.errors import ConfigError, ModeratorError
 
 if TYPE_CHECKING:
@@ -79,7 +78,11 @@ local work in one shell (the stack in the background, its environment here, one 
 _UPLOAD_DESCRIPTION = """\
 Put FILE into the stack's bucket at T/<file name> (or --key), produce its
 UploadEvent v1 to the uploads topic (kafka.topics.uploads) and print the event
-id on stdout. Without FILE a generated sample JPEG is sent. The addresses come
+id on stdout. Without FILE a generated sample JPEG is sent. --shape announces
+the object as AWS would instead: an S3 event notification, an EventBridge
+event, or an SNS envelope around one (or around the UploadEvent); the id
+printed is the one the service reads. S3's and EventBridge's events carry no
+surface: they are judged under 'default'. The addresses come
 from the environment `moderator dev-stack` exports
 (MODERATOR_KAFKA__BOOTSTRAP_SERVERS, MODERATOR_S3__ENDPOINT_URL, AWS_*). Exit 2
 when they are not set or an argument is invalid, 1 when S3 or Kafka fails."""
@@ -88,7 +91,8 @@ _UPLOAD_EPILOG = f"""\
 examples:
   moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT}
   moderator dev-stack upload --tenant {EXAMPLE_TENANT} --surface profile   # a sample image
-  moderator dev-stack upload a.png --tenant {EXAMPLE_TENANT} --key {EXAMPLE_TENANT}/2026/a.png"""
+  moderator dev-stack upload a.png --tenant {EXAMPLE_TENANT} --key {EXAMPLE_TENANT}/2026/a.png
+  moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT} --shape sns-s3"""
 
 _VERDICTS_DESCRIPTION = """\
 Read the verdicts topic (kafka.topics.verdicts) from the beginning and print
@@ -162,6 +166,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     upload.add_argument(
         "--content-type", metavar="TYPE", help="default: guessed from the file name"
     )
+    upload.add_argument(
+        "--shape",
+        choices=SHAPES,
+        metavar="|".join(SHAPES),
+        default="native",
+        help="how the upload is announced: the UploadEvent (default), S3's notification or "
+        "EventBridge event, or an SNS envelope around one",
+    )
     verdicts = add_command(
         commands,
         "verdicts",
@@ -190,6 +202,7 @@ def run_dev_stack(args: argparse.Namespace) -> int:
             bucket=args.bucket,
             surface=args.surface,
             content_type=args.content_type,
+            shape=args.shape,
         )
     if command == "verdicts":
         return cmd_verdicts(args.event_ids, timeout_s=args.timeout)
@@ -291,23 +304,13 @@ def cmd_upload(
     bucket: str = BUCKET,
     surface: str | None = None,
     content_type: str | None = None,
+    shape: str = "native",
 ) -> int:
-    """`dev-stack upload`: put the file, send its event, print the event id; exit code."""
+    """`dev-stack upload`: put the file, send its event in `shape`, print the event id."""
     settings = _stack_settings("upload", _STACK_ENV)
-    guessed: str | None
-    if file is None:
-        from moderator.dev.samples import make_sample
+    from moderator.dev.uploads import send_upload, upload_data
 
-        sample = make_sample("jpeg", seed=random.randrange(10_000))
-        data, name, guessed = sample.data, sample.name, sample.content_type
-    else:
-        try:
-            data = file.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"dev-stack upload: cannot read {file}: {exc.strerror}") from exc
-        name, guessed = file.name, mimetypes.guess_type(file.name)[0]
-    from moderator.dev.uploads import send_upload
-
+    data, name, guessed = upload_data(file)
     object_key = key if key is not None else f"{tenant}/{name}"
     try:
         sent = send_upload(
@@ -318,6 +321,7 @@ def cmd_upload(
             key=object_key,
             content_type=content_type or guessed,
             surface=surface,
+            shape=shape,
         )
     except ConfigError as exc:  # a flag the event cannot carry: nothing was written
         raise ConfigError(f"dev-stack upload: {exc}") from exc
@@ -325,7 +329,8 @@ def cmd_upload(
     what = "a sample image" if file is None else str(file)
     print(
         f"dev-stack: {what} put at s3://{bucket}/{object_key} ({sent.size} bytes); "
-        f"event {sent.event.event_id} sent to topic {sent.topic}",
+        f"event {sent.event.event_id} sent to topic {sent.topic}"
+        + ("" if shape == "native" else f" as {SHAPE_NAMES[shape]}"),
         file=sys.stderr,
     )
     return 0

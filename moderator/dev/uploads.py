@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
+import random
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -28,7 +31,10 @@ from confluent_kafka import (
 )
 from pydantic import ValidationError
 
+from moderator.dev.shapes import NATIVE_SHAPES, sequencer, shaped_value
 from moderator.errors import ConfigError, ModeratorError
+from moderator.events.parse import MalformedMessage, parse_message
+from moderator.events.s3notify import TenantRule
 from moderator.events.upload import UploadEvent, tenant_id_problem
 from moderator.fetch.s3 import build_s3_client
 from moderator.ingest.kafka import build_client
@@ -54,9 +60,25 @@ _FLAGS = {
 class Sent:
     """An upload put into the bucket and announced on the uploads topic."""
 
-    event: UploadEvent
+    event: UploadEvent  # as the service reads the message: the event id to wait for
     topic: str
     size: int
+    shape: str = "native"
+
+
+def upload_data(file: Path | None) -> tuple[bytes, str, str | None]:
+    """FILE's bytes, name and content type guessed from the name; without FILE a generated
+    sample JPEG. ConfigError when FILE cannot be read."""
+    if file is None:
+        from moderator.dev.samples import make_sample
+
+        sample = make_sample("jpeg", seed=random.randrange(10_000))
+        return sample.data, sample.name, sample.content_type
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"dev-stack upload: cannot read {file}: {exc.strerror}") from exc
+    return data, file.name, mimetypes.guess_type(file.name)[0]
 
 
 def new_event_id() -> str:
@@ -113,12 +135,14 @@ def send_upload(
     key: str,
     content_type: str | None,
     surface: str | None,
+    shape: str = "native",
 ) -> Sent:
-    """Put `data` at s3://bucket/key, then produce its UploadEvent to kafka.topics.uploads (the
-    message key is the verdict key, `{tenant}:{bucket}/{key}`). ModeratorError, one line, when
-    S3 or Kafka fails or cannot be reached within kafka.startup_timeout_s."""
-    # Validated before anything is written: a bad tenant must not leave an object behind.
-    upload_event(
+    """Put `data` at s3://bucket/key, then announce it on kafka.topics.uploads in `shape`
+    (`moderator.dev.shapes`; the message key is the verdict key, `{tenant}:{bucket}/{key}`).
+    ConfigError, before anything is written, when the event cannot be built or the service
+    would not read it as `tenant`'s upload; ModeratorError, one line, when S3 or Kafka fails or
+    cannot be reached within kafka.startup_timeout_s."""
+    draft = upload_event(
         tenant=tenant,
         bucket=bucket,
         key=key,
@@ -127,6 +151,14 @@ def send_upload(
         version_id=None,
         surface=surface,
     )
+    if shape != "native":
+        if surface is not None and shape not in NATIVE_SHAPES:
+            raise ConfigError(
+                f"--surface: --shape {shape} carries no surface (native and sns-native do); "
+                "the service judges its event under the surface 'default'"
+            )
+        native = draft.model_dump(mode="json")
+        _as_read(settings, shape, shaped_value(shape, native, etag="0" * 32, seq="0"), tenant)
     s3 = build_s3_client(settings.s3)
     try:
         extra = {"ContentType": content_type} if content_type else {}
@@ -147,9 +179,47 @@ def send_upload(
         version_id=put.get("VersionId"),
         surface=surface,
     )
+    if shape == "native":
+        value = event.model_dump_json().encode()
+    else:
+        etag = str(put.get("ETag") or "").strip('"') or None
+        value = shaped_value(shape, event.model_dump(mode="json"), etag=etag, seq=sequencer())
+        event = _as_read(settings, shape, value, tenant)
     topic = settings.kafka.topics.uploads
-    _produce(settings, topic, event.output_key.encode(), event.model_dump_json().encode())
-    return Sent(event=event, topic=topic, size=len(data))
+    _produce(settings, topic, event.output_key.encode(), value)
+    return Sent(event=event, topic=topic, size=len(data), shape=shape)
+
+
+def tenant_rule(settings: Settings) -> TenantRule:
+    """The tenancy rule the service reads store events with (settings.tenancy)."""
+    tenancy = settings.tenancy
+    return TenantRule(tenancy.rule, dict(tenancy.bucket_map), frozenset(tenancy.content_events))
+
+
+def _as_read(settings: Settings, shape: str, value: bytes, tenant: str) -> UploadEvent:
+    """The UploadEvent the service reads from `value`; ConfigError when it would read none, or
+    one of another tenant than `tenant`."""
+    rule = tenant_rule(settings)
+    try:
+        events = parse_message(value, rule).events
+    except MalformedMessage as exc:
+        raise ConfigError(
+            f"--shape {shape}: the service would send the message to the DLQ as "
+            f"malformed_event: {exc}"
+        ) from exc
+    if not events:
+        raise ConfigError(
+            f"--shape {shape}: the service would skip the message: Put is not in "
+            "tenancy.content_events"
+        )
+    event = events[0]
+    if event.tenant_id != tenant:
+        where = f"s3://{event.object.bucket}/{event.object.key}"
+        raise ConfigError(
+            f"--shape {shape}: the service reads the tenant {event.tenant_id!r} from {where} "
+            f"(tenancy.rule {rule.kind}), not --tenant {tenant!r}"
+        )
+    return event
 
 
 def _produce(settings: Settings, topic: str, key: bytes, value: bytes) -> None:
