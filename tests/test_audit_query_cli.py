@@ -71,7 +71,7 @@ def test_table_is_aligned_with_shortened_keys(db: Path, capsys: pytest.CaptureFi
     first = lines[1]  # newest first: a-5, whose long key is shortened
     assert first.startswith("2026-11-29T02:09:00.000Z  alpha  ")
     assert "..." in first and "photo.jpg" in first and "deep/" * 20 not in first
-    assert "O4" in out and "0.910" in out and "corrupt_image" in out and "nudenet:320n" in out
+    assert "O4" in out and " 0.91 " in out and "corrupt_image" in out and "nudenet:320n" in out
     assert policy(ALPHA).version in out
     assert err == ""
 
@@ -356,3 +356,18 @@ def test_stdout_holds_only_rows_in_a_real_process(db: Path, tmp_path: Path) -> N
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert {json.loads(line)["event_id"] for line in done.stdout.splitlines()} == ALL_EVENTS
+
+
+def test_table_scores_are_shown_as_recorded(db: Path) -> None:
+    """A score rounded to 0.714 next to `block 0.7` reads as another number than explain's."""
+    from dataclasses import replace
+
+    from moderator.cli.audit_query import TABLE_COLUMNS, table_cells
+
+    with AuditStore.open(f"sqlite:///{db}") as store:
+        row = store.get("a-0")
+    assert row is not None
+    score = TABLE_COLUMNS.index("score")
+    assert table_cells(replace(row, score=0.7136))[score] == "0.7136"
+    assert table_cells(replace(row, score=0.5))[score] == "0.5"
+    assert table_cells(replace(row, score=None))[score] == "-"

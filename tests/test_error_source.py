@@ -272,3 +272,11 @@ def test_the_schema_reads_every_source_and_only_those() -> None:
     )
     with pytest.raises(ValidationError):
         Verdict.model_validate({**base, "source": "engine"})
+
+
+def test_a_tenant_mismatch_names_the_tenant_and_what_it_may_read(run: Run) -> None:
+    run.submit("failed", "acme", "kids/elsewhere.png")
+    error = run.verdict("failed").error
+    assert error is not None and error.code is ErrorCode.TENANT_MISMATCH
+    assert error.message.startswith(f"s3://{BUCKET}/kids/elsewhere.png is outside tenant acme")
+    assert "(allowed: s3://" in error.message

@@ -140,7 +140,7 @@ def test_a_threshold_crossed_names_score_threshold_category_and_decision() -> No
     assert because(e) == "score 0.252 >= review 0.2"
     named = dict(steps(e))
     assert named["policy"] == (
-        f"{demo('kidsplace').version}: row O6 (sensitive): block_at 0.5, review_at 0.2; "
+        f"{demo('kidsplace').version}: row O6 (mode sensitive): block_at 0.5, review_at 0.2; "
         "Unsafe -> block"
     )
     assert named["engine"] == (
@@ -170,10 +170,10 @@ def test_a_score_below_every_threshold_allows() -> None:
     e = explain(audit_record("e-3", demo("kidsplace"), assessment=unsafe("O1", 0.1676)))
     assert rule_text(e) == "score 0.1676 < review_at 0.2 for O1 -> allow"
     assert e.rule.crossed is False and e.decision == "allow"
-    assert because(e) == "score 0.168 < review 0.2"
+    assert because(e) == "score 0.1676 < review 0.2"
 
 
-def test_the_short_score_never_flips_the_comparison() -> None:
+def test_the_because_score_is_shown_as_recorded() -> None:
     e = explain(audit_record("e-4", demo("kidsplace"), assessment=unsafe("O1", 0.19996)))
     assert because(e) == "score 0.19996 < review 0.2"  # not "0.2 < review 0.2"
 

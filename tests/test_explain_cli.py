@@ -92,7 +92,7 @@ def test_text_shows_each_step_of_a_threshold_decision(
     assert steps["rule"] == "score 0.252 >= review_at 0.2 for O6 -> review"
     assert steps["decision"] == "review"
     assert steps["policy"].endswith(
-        "row O6 (sensitive): block_at 0.5, review_at 0.2; Unsafe -> block"
+        "row O6 (mode sensitive): block_at 0.5, review_at 0.2; Unsafe -> block"
     )
 
 
@@ -259,7 +259,7 @@ def test_the_demo_table_shows_score_and_because(capsys: pytest.CaptureFixture[st
         "block", "error: object_not_found", "-", "error: object_not_found -> on_error block"
     ]  # fmt: skip
     assert lines[3][2:7] == [
-        "block", "Unsafe O5: Criminal Planning", "0.740", "cache; Unsafe O5 -> block", "cache"
+        "block", "Unsafe O5: Criminal Planning", "0.74", "cache; Unsafe O5 -> block", "cache"
     ]  # fmt: skip
     _print_table(verdicts[:1], documents={})  # a version it has no document for
     assert "score 0.252 >= review" not in capsys.readouterr().out

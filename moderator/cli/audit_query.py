@@ -355,6 +355,7 @@ def _pick(row: AuditRow, names: tuple[str, ...], extra: _Extras | None) -> tuple
 def table_cells(row: AuditRow) -> tuple[str, ...]:
     """One table line's cells ("-" for a missing value)."""
     from moderator.events.verdict import category_code
+    from moderator.explain.render import num
 
     if row.object_key is None:
         key = "(redacted)" if row.redacted_at is not None else "-"
@@ -375,7 +376,7 @@ def table_cells(row: AuditRow) -> tuple[str, ...]:
         key,
         row.decision,
         category_code(row.category) if row.category else "-",
-        f"{row.score:.3f}" if row.score is not None else "-",
+        num(row.score),  # as recorded, as explain shows it: 0.714 next to `block 0.7` misleads
         row.policy_version or "-",
         model,
         row.error_code or "-",

@@ -21,6 +21,7 @@ from moderator.dev.samples import corrupt_bytes, make_samples
 from moderator.dev.stack import EmbeddedStack
 from moderator.engine.factory import check_model_flag
 from moderator.errors import ConfigError, ModeratorError
+from moderator.explain.render import num
 from moderator.logs import configure_logging
 from moderator.obs.http import check_port
 from moderator.service import Pipeline, run_service
@@ -247,7 +248,7 @@ def _print_table(
                 v["object"]["key"].split("/", 1)[-1][:34],
                 v["decision"],
                 what[:40],
-                f"{score:.3f}" if isinstance(score, int | float) else "-",
+                num(score) if isinstance(score, int | float) else "-",  # as recorded
                 because[:48],
                 v["source"],
                 f"{v['timings_ms']['total']:.0f}",

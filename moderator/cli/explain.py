@@ -1,8 +1,9 @@
 """`moderator explain EVENT_ID`: why a verdict was decided, read from the audit store.
 
 Prints the decision path of one event: the input, the policy version and its decision-table row
-for the category (or its on_error rule), the engine's answer or the error, the rule that
-decided, and the decision; `--format json` prints the same as a `moderator.explanation/v1`
+for the category (or its on_error rule), which file or surface override set that row (when the
+policy directory still compiles to that version), the engine's answer or the error, the rule
+that decided, and the decision; `--format json` prints the same as a `moderator.explanation/v1`
 document (docs/explain.md). Exit codes: 0 explained, 1 no audit record has the event id or the
 audit database cannot be opened, 2 a bad argument or bad settings.
 
@@ -21,7 +22,9 @@ from moderator.cli.style import add_command, add_config_flag, add_format_flag, e
 from moderator.errors import ConfigError
 
 if TYPE_CHECKING:
+    from moderator.explain.model import Explanation
     from moderator.policy.base import PolicyProvider
+    from moderator.settings import TenancySettings
 
 FORMATS = ("text", "json")
 DESCRIPTION = (
@@ -81,12 +84,31 @@ def cmd_explain(args: argparse.Namespace) -> int:
         explanation = explain_event(store, event_id)
         if explanation is None:
             raise AuditError(f"no audit record for event {shown(event_id)} in {store.url}")
+    explanation = with_origin(explanation, settings.policies.dir, settings.tenancy)
     if args.format == "json":
         print(json.dumps(explanation_json(explanation), indent=2, ensure_ascii=False))
     else:
         for line in text_lines(explanation):
             print(line)
     return 0
+
+
+def with_origin(explanation: Explanation, directory: Path, tenancy: TenancySettings) -> Explanation:
+    """The explanation with where its decision-table row was set (which file, which surface
+    override), read from the policy directory; unchanged when the directory cannot be read or
+    no longer compiles to the verdict's policy version (its files are not the ones that
+    decided, so they cannot say who set what)."""
+    from moderator.explain.origin import attach_origin
+    from moderator.policy.check import check
+
+    if explanation.policy.row is None:
+        return explanation
+    try:
+        result = check(directory, tenancy)
+    except ConfigError:
+        return explanation
+    names = {stem: path.name for stem, path in result.paths.items()}
+    return attach_origin(explanation, result.files, names, result.policies)
 
 
 # -- the demo's verdict table --------------------------------------------------------------

@@ -7,9 +7,13 @@ text come from `render`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
+
+RowValue = str | float | None
+"""A decision-table row field's value: a mode or action, a threshold, or none."""
 
 RuleKind = Literal["threshold", "rating", "on_error", "unknown"]
 """How the decision was reached: a score against the category row's thresholds, the rating and
@@ -45,12 +49,31 @@ class TableRow:
 
 
 @dataclass(frozen=True)
+class RowOrigin:
+    """Where the values of a decision-table row were set, read from the policy files.
+
+    The compiled document records values, not where they came from, so this is only known when
+    the policy files still compile to the recorded version (then they are the files that
+    decided). `set_by` maps each row field (mode, action, block_at, review_at) to the place that
+    last set it (`surfaces.comments in acme.yaml`, `default.yaml`; `built-in` when no file
+    does). `surface` is the event's surface when an override of that surface set one of the
+    row's fields (else None), and `overrides` what it changed: field -> (value on the tenant's
+    default surface, value here).
+    """
+
+    surface: str | None
+    set_by: Mapping[str, str]
+    overrides: Mapping[str, tuple[RowValue, RowValue]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PolicyFacts:
     version: str | None
     hash: str | None
     document_kept: bool  # the compiled policy document was found (in the record or the store)
     row: TableRow | None  # for an assessment, when the decision table could be read
     on_error: str | None  # for an error verdict: the table's decision for its code
+    row_origin: RowOrigin | None = None  # None: not known (no policy files matching the version)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """An `Explanation` as plain-text steps, as a short `because` cell, and as JSON. Pure.
 
-Numbers are shown exactly as recorded (`0.252`, not `0.25`), except in the `because` cell, which
-rounds a score to three significant digits unless that would flip the comparison it shows.
+Numbers are shown exactly as recorded (`0.7136`, not `0.714`), the `because` cell included: a
+rounded score next to a threshold (`0.714 >= block 0.7`) reads as another number than the one
+`explain` and the audit record show.
 The JSON document (`moderator.explanation/v1`) is described in docs/explain.md; its `steps` are
 the text lines, so both formats say the same.
 """
@@ -12,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from moderator.errors import ErrorCode
-from moderator.explain.model import Explanation, RuleFacts, TableRow
+from moderator.explain.model import Explanation, RowOrigin, RowValue, RuleFacts, TableRow
 
 SCHEMA = "moderator.explanation/v1"
 RATIONALE_CHARS = 300
@@ -26,8 +27,10 @@ def steps(e: Explanation) -> list[tuple[str, str]]:
         ("input", _input(e)),
         ("image", _image(e)),
         ("policy", _policy(e)),
-        ("engine", _engine(e)),
     ]
+    if e.policy.row is not None and e.policy.row_origin is not None:
+        out.append(("origin", _origin(e.policy.row, e.policy.row_origin)))
+    out.append(("engine", _engine(e)))
     if e.assessment is not None and e.assessment.rationale:
         out.append(("rationale", _rationale(e.assessment.rationale)))
     if e.error is not None:
@@ -93,7 +96,7 @@ def because(e: Explanation) -> str:
         value = rule.threshold_value or 0.0
         sign = ">=" if rule.crossed else "<"
         name = "block" if rule.threshold == "block_at" else "review"
-        text = f"score {_short(a.score, value)} {sign} {name} {num(value)}"
+        text = f"score {num(a.score)} {sign} {name} {num(value)}"
         return prefix + text + (", allowed: review" if rule.capped else "")
     if rule.kind == "rating" and row is not None and a is not None:
         if a.rating == "Unsafe":
@@ -141,6 +144,8 @@ def explanation_json(e: Explanation) -> dict[str, Any]:
                 "review_at": row.review_at,
             },
             "on_error": p.on_error,
+            # Only when known: the audit API's schema has no such key and forbids extra ones.
+            **({} if p.row_origin is None else {"row_origin": _origin_json(p.row_origin)}),
         },
         "model": None
         if e.model is None
@@ -187,11 +192,6 @@ def num(value: float | None) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _short(score: float, threshold: float) -> str:
-    text = f"{score:.3g}"
-    return text if (float(text) >= threshold) == (score >= threshold) else num(score)
-
-
 def _input(e: Explanation) -> str:
     i = e.input
     where = f"s3://{i.bucket or '?'}/{i.key}" if i.key is not None else "object key redacted"
@@ -227,7 +227,9 @@ def _policy(e: Explanation) -> str:
 
 
 def _row(row: TableRow) -> str:
-    mode = f" ({row.mode}{': never blocks' if row.mode == 'allowed' else ''})" if row.mode else ""
+    # "mode default", not "(default)": a bare "default" reads like the default surface.
+    never = ": never blocks" if row.mode == "allowed" else ""
+    mode = f" (mode {row.mode}{never})" if row.mode else ""
     limits = [
         f"{name} {num(value)}"
         for name, value in (("block_at", row.block_at), ("review_at", row.review_at))
@@ -235,6 +237,35 @@ def _row(row: TableRow) -> str:
     ]
     thresholds = ", ".join(limits) or "no score thresholds"
     return f"row {row.category}{mode}: {thresholds}; Unsafe -> {row.action}"
+
+
+def _origin(row: TableRow, origin: RowOrigin) -> str:
+    """Who set the row: `O2 action by surfaces.comments in acme.yaml, mode by default.yaml;
+    surface comments changed action review -> block`."""
+    places: dict[str, list[str]] = {}
+    for name, place in origin.set_by.items():
+        places.setdefault(place, []).append(name)
+    by = ", ".join(f"{' and '.join(names)} by {place}" for place, names in places.items())
+    text = f"{row.category} {by or 'set by no policy file (built-in values)'}"
+    if origin.surface is None:
+        return text
+    changes = ", ".join(f"{k} {_value(a)} -> {_value(b)}" for k, (a, b) in origin.overrides.items())
+    what = f"changed {changes}" if changes else "sets the same values as the default surface"
+    return f"{text}; surface {origin.surface} overrides {row.category}: {what}"
+
+
+def _origin_json(origin: RowOrigin) -> dict[str, Any]:
+    return {
+        "surface": origin.surface,
+        "set_by": dict(origin.set_by),
+        "overrides": {k: {"from": a, "to": b} for k, (a, b) in origin.overrides.items()},
+    }
+
+
+def _value(value: RowValue) -> str:
+    if value is None:
+        return "none"
+    return value if isinstance(value, str) else num(value)
 
 
 def _engine(e: Explanation) -> str:

@@ -53,6 +53,7 @@ from moderator.pipeline.coalesce import (
 from moderator.pipeline.held import HeldBytes
 from moderator.pipeline.jobpool import JobPool
 from moderator.policy.base import CompiledPolicy, PolicyProvider
+from moderator.policy.locations import outside_tenant
 
 log = structlog.get_logger("moderator.pipeline")
 
@@ -197,8 +198,8 @@ class Processor:
             if run is None:
                 return
             if not run.policy.allows_object(ev.object.bucket, ev.object.key):
-                where = f"s3://{ev.object.bucket}/{ev.object.key}"
-                self._fail(run, ErrorCode.TENANT_MISMATCH, f"{where} is outside the tenant")
+                where = outside_tenant(run.policy, ev.object.bucket, ev.object.key)
+                self._fail(run, ErrorCode.TENANT_MISMATCH, where)
                 return
             outcome = FrameOutcome(decision=run.policy.decide(assessment), assessment=assessment)
             self._finish(run, outcome, source="cache")
@@ -219,7 +220,7 @@ class Processor:
         obj = run.job.event.object
         if not run.policy.allows_object(obj.bucket, obj.key):
             raise ProcessingError(
-                ErrorCode.TENANT_MISMATCH, f"s3://{obj.bucket}/{obj.key} is outside the tenant"
+                ErrorCode.TENANT_MISMATCH, outside_tenant(run.policy, obj.bucket, obj.key)
             )
         if obj.size is not None and obj.size > self._max_bytes:
             raise ProcessingError(

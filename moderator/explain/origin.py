@@ -1,0 +1,122 @@
+"""Where a decision-table row's values were set: read from the policy files. Pure.
+
+A compiled policy document holds the merged values only, so the file (and surface override)
+that set a row's mode, action or thresholds cannot be read from the audit store. The policy
+files can say it, but only while they still compile to the version the verdict records: then
+they are, byte for byte in what matters, the files that decided. `attach_origin` checks that
+and otherwise leaves the explanation as it was (an origin that might be wrong is worse than
+none).
+
+The merge order is `moderator.policy.resolve`'s: the chain from default.yaml to the tenant's
+file, then the surface's overrides along the chain in the same order; the last part that sets a
+field wins, and a mode set after the action brings the mode's own action with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Protocol
+
+from moderator.explain.model import Explanation, RowOrigin, RowValue
+from moderator.policy.document import PolicyFile, SurfaceOverride
+from moderator.policy.model import ResolvedPolicy
+
+NONE_APPLYING = "NA"
+SURFACE_DEFAULT = "default"
+ROW_FIELDS = ("mode", "action", "block_at", "review_at")
+
+# field -> (merge step, file stem, surface whose override set it or None)
+_Origins = dict[str, tuple[int, str, str | None]]
+
+
+class Compiled(Protocol):
+    """What is read of a compiled policy (`moderator.policy.compiled.TenantPolicy` has it)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def resolved(self) -> ResolvedPolicy: ...
+
+
+def attach_origin(
+    e: Explanation,
+    files: Mapping[str, PolicyFile],
+    file_names: Mapping[str, str],
+    policies: Mapping[tuple[str, str], Compiled],
+) -> Explanation:
+    """`e` with `policy.row_origin` set when the policy files compile, for the verdict's tenant
+    and surface, to the version it records; `e` unchanged otherwise.
+
+    `files` and `file_names` map file stems to parsed files and file names (`acme.yaml`);
+    `policies` maps (tenant, surface) to the compiled policies of a policy directory.
+    """
+    row = e.policy.row
+    surface = e.input.surface or SURFACE_DEFAULT
+    base = policies.get((e.tenant_id, SURFACE_DEFAULT))
+    policy = policies.get((e.tenant_id, surface), base)
+    if row is None or policy is None or base is None or policy.version != e.policy.version:
+        return e
+    chain = policy.resolved.chain
+    if any(name not in files for name in chain):
+        return e
+    origin = row_origin(files, file_names, chain, surface, row.category)
+    if origin.surface is not None:
+        before = row_values(base.resolved, row.category)
+        after = row_values(policy.resolved, row.category)
+        changed = {k: (before[k], after[k]) for k in after if before[k] != after[k]}
+        origin = replace(origin, overrides=changed)
+    return replace(e, policy=replace(e.policy, row_origin=origin))
+
+
+def row_origin(
+    files: Mapping[str, PolicyFile],
+    file_names: Mapping[str, str],
+    chain: tuple[str, ...],
+    surface: str,
+    code: str,
+) -> RowOrigin:
+    """Which file, or which surface override in which file, last set each field of row `code`
+    (O1..O9, or NA for `none_applying`) for `surface`. Fields no file sets are left out."""
+    origins = _origins(files, chain, surface, code)
+    set_by = {
+        name: _place(file_names.get(stem, f"{stem}.yaml"), where)
+        for name, (_, stem, where) in origins.items()
+    }
+    overridden = any(where is not None for _, _, where in origins.values())
+    return RowOrigin(surface=surface if overridden else None, set_by=set_by)
+
+
+def row_values(resolved: ResolvedPolicy, code: str) -> dict[str, RowValue]:
+    """The row fields of `code` in a resolved policy (NA: no mode)."""
+    if code == NONE_APPLYING:
+        na = resolved.none_applying
+        return {"action": na.action, "block_at": na.block_at, "review_at": na.review_at}
+    c = resolved.category(code)
+    return {"mode": c.mode, "action": c.action, "block_at": c.block_at, "review_at": c.review_at}
+
+
+def _origins(
+    files: Mapping[str, PolicyFile], chain: tuple[str, ...], surface: str, code: str
+) -> _Origins:
+    layers = [(name, files[name]) for name in reversed(chain)]
+    parts: list[tuple[str, str | None, PolicyFile | SurfaceOverride]]
+    parts = [(name, None, layer) for name, layer in layers]
+    parts += [(n, surface, f.surfaces[surface]) for n, f in layers if surface in f.surfaces]
+    origins: _Origins = {}
+    for step, (stem, where, part) in enumerate(parts):
+        found = part.none_applying if code == NONE_APPLYING else part.categories.get(code)
+        if found is None:
+            continue
+        for name in ROW_FIELDS:
+            if name in found.model_fields_set:
+                origins[name] = (step, stem, where)
+    mode, action = origins.get("mode"), origins.get("action")
+    if mode is not None and (action is None or mode[0] > action[0]):
+        origins["action"] = mode  # the mode's own action (resolve.py: _MODE_ACTION)
+    return {name: origins[name] for name in ROW_FIELDS if name in origins}
+
+
+def _place(file_name: str, surface: str | None) -> str:
+    return file_name if surface is None else f"surfaces.{surface} in {file_name}"
