@@ -28,6 +28,8 @@ from typing import NoReturn
 
 import pytest
 
+from moderator.policy.bundled import write_default_policy
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,14 +126,26 @@ def test_the_demo_runs_in_the_image(image: Image) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_run_without_a_broker_is_one_line_and_exit_2(image: Image) -> None:
+def test_run_without_a_broker_is_one_line_and_exit_2(image: Image, tmp_path: Path) -> None:
     unreachable = (
         "--env=MODERATOR_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:1",
         "--env=MODERATOR_KAFKA__STARTUP_TIMEOUT_S=3",
         # The CI image has no nudenet extra, and `run` checks the engine before the broker.
         "--env=MODERATOR_ENGINE__KIND=fake",
     )
-    done = image.run(options=unreachable)  # the image's own command: `moderator run`
+    # `run` checks the policy directory before the broker too: the image's policies.dir,
+    # /policies, is there once a directory is mounted on it.
+    unmounted = image.run(options=unreachable)
+    assert unmounted.returncode == 2, unmounted.stderr[-3000:]
+    lines = [line for line in unmounted.stderr.splitlines() if line.startswith("moderator:")]
+    assert lines == ["moderator: policies.dir: /policies is not a directory"], unmounted.stderr
+    policies = tmp_path / "policies"
+    write_default_policy(policies)
+    policies.chmod(0o755)
+    for path in policies.iterdir():
+        path.chmod(0o644)
+    mounted = (*unreachable, f"--volume={policies}:/policies:ro")
+    done = image.run(options=mounted)  # the image's own command: `moderator run`
     assert done.returncode == 2, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("moderator:")]
     assert len(lines) == 1, done.stderr[-3000:]

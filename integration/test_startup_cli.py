@@ -38,6 +38,19 @@ def test_run_without_a_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:
         "MODERATOR_KAFKA__STARTUP_TIMEOUT_S": "3",
         "MODERATOR_LOG__FORMAT": "json",
     }
+    # Without its policy directory it stops before contacting the broker.
+    first = subprocess.run(
+        [*CLI, "run", "--engine", "fake"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (first.returncode, first.stdout) == (2, "")
+    assert first.stderr == "moderator: policies.dir: policies is not a directory\n"
+    write_default_policy(tmp_path / "policies")
     started = time.monotonic()
     done = subprocess.run(
         [*CLI, "run", "--engine", "fake"],
