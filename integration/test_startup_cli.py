@@ -38,29 +38,24 @@ def test_run_without_a_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:
         "MODERATOR_KAFKA__STARTUP_TIMEOUT_S": "3",
         "MODERATOR_LOG__FORMAT": "json",
     }
-    # Without its policy directory it stops before contacting the broker.
-    first = subprocess.run(
-        [*CLI, "run", "--engine", "fake"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "run", "--engine", "fake"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    first = run()  # without its policy directory, it stops before contacting the broker
     assert (first.returncode, first.stdout) == (2, "")
     assert first.stderr == "moderator: policies.dir: policies is not a directory\n"
     write_default_policy(tmp_path / "policies")
     started = time.monotonic()
-    done = subprocess.run(
-        [*CLI, "run", "--engine", "fake"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run()
     elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""

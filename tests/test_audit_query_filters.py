@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from moderator.audit.db.store import AuditStore
 from moderator.audit.db.tables import audit_records
 from moderator.audit.models import AuditQuery
-from moderator.audit.read.filters import DECISIONS, FILTERS, build_query
+from moderator.audit.read.filters import DECISIONS, FILTERS, build_query, parse_time_arg
 from moderator.audit.read.query import RULES
 from moderator.cli.audit_dsa import add_dsa_parser
 from moderator.cli.audit_query import add_query_parser, filter_values, flag_name
@@ -89,3 +90,9 @@ def test_the_api_has_one_query_parameter_per_filter_with_the_tables_help() -> No
         assert param["description"] == field.help
     decision = listed[NAMES.index("decision")]["schema"]["anyOf"][0]
     assert tuple(decision["enum"]) == DECISIONS
+
+
+def test_a_time_ending_in_a_lower_case_z_is_utc_as_rfc_3339_allows() -> None:
+    expected = datetime(2026, 11, 29, 2, 0, 0, 500000, tzinfo=UTC)
+    assert parse_time_arg("since", "2026-11-29t02:00:00.5z") == expected
+    assert parse_time_arg("since", "2026-11-29T02:00:00.5Z") == expected

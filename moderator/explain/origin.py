@@ -7,9 +7,7 @@ they are, byte for byte in what matters, the files that decided. `attach_origin`
 and otherwise leaves the explanation as it was (an origin that might be wrong is worse than
 none).
 
-The merge order is `moderator.policy.resolve`'s: the chain from default.yaml to the tenant's
-file, then the surface's overrides along the chain in the same order; the last part that sets a
-field wins, and a mode set after the action brings the mode's own action with it.
+Who set what comes from `moderator.policy.resolve.row_sources`, the resolver's own merge.
 """
 
 from __future__ import annotations
@@ -19,15 +17,11 @@ from dataclasses import replace
 from typing import Protocol
 
 from moderator.explain.model import Explanation, RowOrigin, RowValue
-from moderator.policy.document import PolicyFile, SurfaceOverride
+from moderator.policy.document import PolicyFile
 from moderator.policy.model import ResolvedPolicy
+from moderator.policy.resolve import NONE_APPLYING, row_sources
 
-NONE_APPLYING = "NA"
 SURFACE_DEFAULT = "default"
-ROW_FIELDS = ("mode", "action", "block_at", "review_at")
-
-# field -> (merge step, file stem, surface whose override set it or None)
-_Origins = dict[str, tuple[int, str, str | None]]
 
 
 class Compiled(Protocol):
@@ -78,13 +72,14 @@ def row_origin(
     code: str,
 ) -> RowOrigin:
     """Which file, or which surface override in which file, last set each field of row `code`
-    (O1..O9, or NA for `none_applying`) for `surface`. Fields no file sets are left out."""
-    origins = _origins(files, chain, surface, code)
+    (O1..O9, or NA for `none_applying`) for `surface` (`resolve.row_sources`). Fields no file
+    sets are left out."""
+    sources = row_sources(files, chain, surface, code)
     set_by = {
-        name: _place(file_names.get(stem, f"{stem}.yaml"), where)
-        for name, (_, stem, where) in origins.items()
+        name: _place(file_names.get(stem, f"{stem}.yaml"), surface if overriding else None)
+        for name, (stem, overriding) in sources.items()
     }
-    overridden = any(where is not None for _, _, where in origins.values())
+    overridden = any(overriding for _, overriding in sources.values())
     return RowOrigin(surface=surface if overridden else None, set_by=set_by)
 
 
@@ -95,27 +90,6 @@ def row_values(resolved: ResolvedPolicy, code: str) -> dict[str, RowValue]:
         return {"action": na.action, "block_at": na.block_at, "review_at": na.review_at}
     c = resolved.category(code)
     return {"mode": c.mode, "action": c.action, "block_at": c.block_at, "review_at": c.review_at}
-
-
-def _origins(
-    files: Mapping[str, PolicyFile], chain: tuple[str, ...], surface: str, code: str
-) -> _Origins:
-    layers = [(name, files[name]) for name in reversed(chain)]
-    parts: list[tuple[str, str | None, PolicyFile | SurfaceOverride]]
-    parts = [(name, None, layer) for name, layer in layers]
-    parts += [(n, surface, f.surfaces[surface]) for n, f in layers if surface in f.surfaces]
-    origins: _Origins = {}
-    for step, (stem, where, part) in enumerate(parts):
-        found = part.none_applying if code == NONE_APPLYING else part.categories.get(code)
-        if found is None:
-            continue
-        for name in ROW_FIELDS:
-            if name in found.model_fields_set:
-                origins[name] = (step, stem, where)
-    mode, action = origins.get("mode"), origins.get("action")
-    if mode is not None and (action is None or mode[0] > action[0]):
-        origins["action"] = mode  # the mode's own action (resolve.py: _MODE_ACTION)
-    return {name: origins[name] for name in ROW_FIELDS if name in origins}
 
 
 def _place(file_name: str, surface: str | None) -> str:

@@ -43,9 +43,14 @@ class DirectoryCheck:
     files: Mapping[str, PolicyFile]  # stem -> parsed file, for the files that loaded
     paths: Mapping[str, Path]  # stem -> path, for every *.yaml / *.yml found
     policies: Mapping[PolicyKey, TenantPolicy]  # the tenants that compiled, every surface
-    errors: tuple[str, ...]  # `path:line: reason`, in file order, without duplicates
-    # Each of `errors` with the file it is about, so one tenant's can be picked out.
-    problems: tuple[tuple[Path, str], ...] = ()
+    # Each problem (`path:line: reason`) with the file it is about, so one tenant's can be
+    # picked out; in file order, without duplicates.
+    problems: tuple[tuple[Path, str], ...]
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """The problems' lines, in file order, without duplicates."""
+        return tuple(dict.fromkeys(line for _, line in self.problems))
 
 
 def check(
@@ -88,9 +93,7 @@ def check(
             problems.extend((exc.path, line) for line in with_line(exc).problems())
             continue
         policies.update({(tenant, surface): p for surface, p in compiled.items()})
-    unique = tuple(dict.fromkeys(problems))
-    errors = tuple(dict.fromkeys(line for _, line in unique))
-    return DirectoryCheck(directory, files, paths, policies, errors, unique)
+    return DirectoryCheck(directory, files, paths, policies, tuple(dict.fromkeys(problems)))
 
 
 def check_file(

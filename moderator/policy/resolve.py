@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -27,6 +28,8 @@ from moderator.policy.messages import suggestion
 from moderator.policy.model import ResolvedCategory, ResolvedNoneApplying, ResolvedPolicy
 
 ROOT = "default"
+NONE_APPLYING = "NA"
+"""The row code of `none_applying` in a decision table."""
 
 
 class Tenancy(Protocol):
@@ -121,21 +124,8 @@ def resolve(
         raise PolicyError(_path(sources, tenant_id), None, f"invalid tenant id {tenant_id!r}")
     chain = chain_of(files, tenant_id, sources=sources)
     layers = [(name, files[name]) for name in reversed(chain)]
-    overrides = [(n, f.surfaces[surface]) for n, f in layers if surface in f.surfaces]
-
-    categories: dict[str, _Fields] = {code: {} for code in CODES}
-    none_applying: _Fields = {}
-    on_error: dict[str, tuple[Action, str]] = {}
-    parts: list[tuple[str, PolicyFile | SurfaceOverride]] = [*layers, *overrides]
-    for step, (name, part) in enumerate(parts):
-        for code, category in part.categories.items():
-            _set(categories[code], category, (name, step))
-        if part.none_applying is not None:
-            _set(none_applying, part.none_applying, (name, step))
-        if part.on_error is not None:
-            raw = part.on_error
-            mapping = {"default": raw} if isinstance(raw, str) else raw
-            on_error.update({code: (a, name) for code, a in mapping.items()})
+    merged = _merge(files, chain, surface)
+    categories, none_applying, on_error = merged.categories, merged.none_applying, merged.on_error
 
     buckets, prefixes = _locations(layers, tenant_id, tenancy, sources)
     dsa_categories: dict[str, str] = {}
@@ -151,7 +141,7 @@ def resolve(
 
     return ResolvedPolicy(
         tenant_id=tenant_id,
-        surface=surface if overrides else "default",
+        surface=surface if merged.overridden else "default",
         chain=chain,
         categories=tuple(
             _category(code, name, categories[code], sources)
@@ -166,6 +156,65 @@ def resolve(
         description=description,
         owner=owner,
     )
+
+
+@dataclass(frozen=True)
+class _Merged:
+    """The row and on_error fields of a chain for one surface, each with the file and merge
+    step that last set it (steps from `overrides_from` on are the surface's overrides)."""
+
+    categories: dict[str, _Fields]
+    none_applying: _Fields
+    on_error: dict[str, tuple[Action, str]]
+    overrides_from: int
+    steps: int
+
+    @property
+    def overridden(self) -> bool:
+        """Whether any file of the chain overrides the surface."""
+        return self.steps > self.overrides_from
+
+
+def _merge(files: Mapping[str, PolicyFile], chain: tuple[str, ...], surface: str) -> _Merged:
+    layers = [(name, files[name]) for name in reversed(chain)]
+    overrides = [(n, f.surfaces[surface]) for n, f in layers if surface in f.surfaces]
+    categories: dict[str, _Fields] = {code: {} for code in CODES}
+    none_applying: _Fields = {}
+    on_error: dict[str, tuple[Action, str]] = {}
+    parts: list[tuple[str, PolicyFile | SurfaceOverride]] = [*layers, *overrides]
+    for step, (name, part) in enumerate(parts):
+        for code, category in part.categories.items():
+            _set(categories[code], category, (name, step))
+        if part.none_applying is not None:
+            _set(none_applying, part.none_applying, (name, step))
+        if part.on_error is not None:
+            raw = part.on_error
+            mapping = {"default": raw} if isinstance(raw, str) else raw
+            on_error.update({code: (a, name) for code, a in mapping.items()})
+    return _Merged(categories, none_applying, on_error, len(layers), len(parts))
+
+
+ROW_FIELDS = ("mode", "action", "block_at", "review_at")
+
+
+def row_sources(
+    files: Mapping[str, PolicyFile], chain: tuple[str, ...], surface: str, code: str
+) -> dict[str, tuple[str, bool]]:
+    """For row `code` (O1..O9, or NA for `none_applying`) of `chain` resolved for `surface`:
+    the file that last set each of its fields, and whether it did so in its surface override.
+    Fields no file sets are left out; an action that comes from a mode set after it (the
+    mode's own action, as `resolve` decides it) is the mode's file's."""
+    merged = _merge(files, chain, surface)
+    fields = merged.none_applying if code == NONE_APPLYING else merged.categories[code]
+    found = {
+        name: (fields[name][1][0], fields[name][1][1] >= merged.overrides_from)
+        for name in ROW_FIELDS
+        if name in fields
+    }
+    mode_step, action_step = _step(fields, "mode"), _step(fields, "action")
+    if mode_step is not None and (action_step is None or mode_step > action_step):
+        found["action"] = found["mode"]
+    return {name: found[name] for name in ROW_FIELDS if name in found}
 
 
 def _set(fields: _Fields, model: BaseModel, origin: tuple[str, int]) -> None:

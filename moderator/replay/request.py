@@ -68,20 +68,8 @@ def parse_time(flag: str, text: str) -> int:
     try:
         moment = parse_time_arg(flag, text)
     except BadFilter as exc:
-        moment = _with_lower_case_z(flag, text, exc)
+        raise ConfigError(f"{flag}: {exc.reason}") from exc
     return (moment - EPOCH) // MILLISECOND
-
-
-def _with_lower_case_z(flag: str, text: str, exc: BadFilter) -> datetime:
-    """`text` read again with a final lower-case `z` (RFC 3339 allows it; Python's parser does
-    not) as `Z`; ConfigError with the first reason when that does not help either."""
-    stripped = text.strip()
-    if stripped[-2:-1].isdigit() and stripped.endswith("z"):  # `...:00z`, `...:00.5z`
-        try:
-            return parse_time_arg(flag, stripped[:-1] + "Z")
-        except BadFilter:
-            pass
-    raise ConfigError(f"{flag}: {exc.reason}") from exc
 
 
 def utc_text(ms: int) -> str:

@@ -124,6 +124,8 @@ def parse_limit(value: str) -> int:
 def parse_time_arg(field: str, value: str) -> datetime:
     """ISO 8601 → aware UTC datetime; date-only and offset-less values are taken as UTC."""
     text = value.strip()
+    if text[-2:-1].isdigit() and text.endswith("z"):  # RFC 3339 allows `z`; Python reads `Z` only
+        text = text[:-1] + "Z"
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
