@@ -24,6 +24,7 @@ from moderator.errors import ConfigError
 EXPORTED = [
     "MODERATOR_KAFKA__BOOTSTRAP_SERVERS",
     "MODERATOR_KAFKA__DELIVERY",
+    "MODERATOR_KAFKA__SESSION_TIMEOUT_MS",
     "MODERATOR_S3__ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -124,6 +125,35 @@ def test_env_does_not_touch_process_environment(stack: EmbeddedStack) -> None:
     assert os.environ.get("MODERATOR_S3__ENDPOINT_URL") != env["MODERATOR_S3__ENDPOINT_URL"]
 
 
+def _assigned_after(conf: dict[str, Any], topic: str, group: str) -> float:
+    """Seconds a new member of `group` waits for its first assignment; it then leaves."""
+    assigned: list[float] = []
+    consumer = Consumer({**conf, "group.id": group, "enable.auto.commit": False})
+    start = time.monotonic()
+    try:
+        consumer.subscribe([topic], on_assign=lambda *_: assigned.append(time.monotonic()))
+        while not assigned and time.monotonic() - start < 90:
+            consumer.poll(0.2)
+    finally:
+        consumer.close()  # leaves the group
+    assert assigned, f"no assignment in 90 s for group {group}"
+    return assigned[0] - start
+
+
+def test_a_restarted_consumer_is_assigned_within_seconds(stack: EmbeddedStack, unique: str) -> None:
+    # The mock holds a group whose last member left for its session timeout (less 1 s) before
+    # assigning a new member: with Kafka's default 45 s every restart of `run` waited 44 s.
+    env = stack.env()
+    conf = {
+        "bootstrap.servers": env["MODERATOR_KAFKA__BOOTSTRAP_SERVERS"],
+        "session.timeout.ms": int(env["MODERATOR_KAFKA__SESSION_TIMEOUT_MS"]),
+    }
+    topic, group = f"restart-{unique}", f"restart-{unique}"
+    _produce(conf, topic, 1)
+    _assigned_after(conf, topic, group)
+    assert _assigned_after(conf, topic, group) < 12
+
+
 def test_start_is_idempotent_and_stop_releases() -> None:
     local = EmbeddedStack(buckets=("devstack-idem",))
     try:
@@ -192,7 +222,8 @@ def test_dev_stack_apache_serves_exactly_once(tmp_path: Path, unique: str) -> No
     with dev_stack(tmp_path, "--kafka", "apache", timeout_s=120) as started:
         proc, exports, stderr_path = started
         env = exported(exports)
-        assert list(env) == EXPORTED
+        # A real broker reassigns a left member's partitions at once: no timeout to shorten.
+        assert list(env) == [k for k in EXPORTED if k != "MODERATOR_KAFKA__SESSION_TIMEOUT_MS"]
         assert env["MODERATOR_KAFKA__DELIVERY"] == "exactly_once"
         conf = {"bootstrap.servers": env["MODERATOR_KAFKA__BOOTSTRAP_SERVERS"]}
         _roundtrip_kafka(conf, f"apache-{unique}", f"apache-{unique}", n=5)

@@ -44,6 +44,10 @@ KAFKA_KINDS: tuple[KafkaKind, ...] = ("mock", "apache")
 ACCESS_KEY_ID = "testing"
 # moto accepts any credentials; these only satisfy boto3's request signer.
 SECRET_ACCESS_KEY = "testing"  # noqa: S105 - a fixed dummy, never a real secret
+MOCK_SESSION_TIMEOUT_MS = 6_000
+"""The consumer group session timeout exported for the mock broker. After a group's last member
+leaves, the mock holds the group rebalancing for the session timeout less a second before a
+new member is assigned anything: with the default 45 s, every restart of `run` waited 44 s."""
 _POLL_INTERVAL_S = 0.2
 _METADATA_TIMEOUT_S = 5.0
 _TOPICS_TIMEOUT_S = 30.0
@@ -157,6 +161,11 @@ class EmbeddedStack:
             # The mock cannot do transactions; the real broker is where exactly-once is proven.
             "MODERATOR_KAFKA__DELIVERY": (
                 "exactly_once" if self._kafka_kind == "apache" else "at_least_once"
+            ),
+            **(
+                {}
+                if self._kafka_kind == "apache"
+                else {"MODERATOR_KAFKA__SESSION_TIMEOUT_MS": str(MOCK_SESSION_TIMEOUT_MS)}
             ),
             "MODERATOR_S3__ENDPOINT_URL": self.s3_endpoint_url,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
