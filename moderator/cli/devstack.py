@@ -53,9 +53,8 @@ ready (complete at once: written aside, then renamed) and removes it on exit.
 --kafka mock (the default) is librdkafka's mock cluster inside this process:
 no transactions, so it exports MODERATOR_KAFKA__DELIVERY=at_least_once; its
 topics have 4 partitions. It also exports MODERATOR_KAFKA__SESSION_TIMEOUT_MS=6000:
-the mock assigns nothing to a group whose last member left until the session
-timeout (less 1 s) has passed, so a restarted `run` would wait 44 s with the
-default. --kafka apache starts a real Apache Kafka {KAFKA_VERSION}
+the mock holds a group its last member left for the session timeout (less 1 s),
+so a restarted `run` would wait 44 s for its partitions with the default. --kafka apache starts a real Apache Kafka {KAFKA_VERSION}
 node (needs Java 17+; its jars are resolved once with Maven into
 ~/.cache/moderator or ${JARS_ENV}), creates the topics from
 kafka.topic_specs with one replica, and exports
