@@ -17,7 +17,9 @@ from moderator.cli.style import add_command, add_config_flag, examples
 from moderator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from moderator.settings import LogSettings
+    from fastapi import FastAPI
+
+    from moderator.settings import LogSettings, Settings
 
 # Indented lines: printed as written (moderator/cli/style.py), `%s` included.
 KEY_RECIPE = """\
@@ -35,9 +37,11 @@ def add_serve_parsers(audit_sub: Any) -> None:
         "serve",
         help="serve the read-only audit HTTP API (needs the api extra)",
         description=(
-            "Serve GET /v1/verdicts, /v1/verdicts/{event_id}, /v1/policy-versions/{hash} and "
-            "/healthz over the audit store, with bearer tokens from audit.api_tokens (SHA-256 "
-            "hex of a token -> the tenants it may read). OpenAPI at /openapi.json. "
+            "Serve GET /v1/verdicts, /v1/verdicts/{event_id}, /v1/verdicts/{event_id}/explanation, "
+            "/v1/policy-versions/{hash} and /healthz over the audit store, with bearer tokens "
+            "from audit.api_tokens (SHA-256 hex of a token -> the tenants it may read). An "
+            "explanation says where its row was set as moderator explain does, from policies.dir "
+            "(read again when its files change). OpenAPI at /openapi.json. "
             "Needs: pip install 'moderator[api]'. Exit 2 on bad settings: no tokens, or a "
             'token hash that is a known mistake (the hash of an empty string or of "%s").'
         ),
@@ -72,13 +76,12 @@ def add_serve_parsers(audit_sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from moderator.audit.read.tokens import mistaken_hash
-    from moderator.cli.audit_query import open_existing_store
     from moderator.settings import load_settings
 
     try:
         import uvicorn
 
-        from moderator.audit.read.api import create_app
+        import moderator.audit.read.api  # noqa: F401  (the api extra, checked before the settings)
     except ImportError as exc:
         raise ConfigError(
             f"audit serve needs the api extra ({exc.name} is missing): pip install 'moderator[api]'"
@@ -99,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # The store opens on the first request: a URL whose driver is missing fails here instead.
     create_audit_engine(normalize_url(url)).dispose()
-    app = create_app(lambda: open_existing_store(url), tokens)
+    app = serve_app(settings)
     from moderator.logs import configure_logging
 
     configure_logging(settings.log)
@@ -111,6 +114,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=uvicorn_log_config(settings.log),
     )
     return 0
+
+
+def serve_app(settings: Settings) -> FastAPI:
+    """The app `serve` runs: the store at audit.url (opened on the first request that needs
+    it), the tokens of audit.api_tokens, and explanations with where their row was set, read
+    from policies.dir with the tenancy settings as `moderator explain` reads it."""
+    from moderator.audit.read.api import create_app
+    from moderator.audit.read.row_origin import PolicyOrigins
+    from moderator.cli.audit_query import open_existing_store
+
+    url = settings.audit.url
+    origins = PolicyOrigins(settings.policies.dir, settings.tenancy)
+    return create_app(lambda: open_existing_store(url), settings.audit.api_tokens, origins)
 
 
 def uvicorn_log_config(settings: LogSettings) -> dict[str, Any]:

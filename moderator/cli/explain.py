@@ -18,13 +18,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# cheap: the policy directory is read on use; the audit API attaches row_origin with it too
+from moderator.audit.read.row_origin import with_origin
 from moderator.cli.style import add_command, add_config_flag, add_format_flag, examples
 from moderator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from moderator.explain.model import Explanation
     from moderator.policy.base import PolicyProvider
-    from moderator.settings import TenancySettings
 
 FORMATS = ("text", "json")
 DESCRIPTION = (
@@ -91,24 +91,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for line in text_lines(explanation):
             print(line)
     return 0
-
-
-def with_origin(explanation: Explanation, directory: Path, tenancy: TenancySettings) -> Explanation:
-    """The explanation with where its decision-table row was set (which file, which surface
-    override), read from the policy directory; unchanged when the directory cannot be read or
-    no longer compiles to the verdict's policy version (its files are not the ones that
-    decided, so they cannot say who set what)."""
-    from moderator.explain.origin import attach_origin
-    from moderator.policy.check import check
-
-    if explanation.policy.row is None:
-        return explanation
-    try:
-        result = check(directory, tenancy)
-    except ConfigError:
-        return explanation
-    names = {stem: path.name for stem, path in result.paths.items()}
-    return attach_origin(explanation, result.files, names, result.policies)
 
 
 # -- the demo's verdict table --------------------------------------------------------------

@@ -6,7 +6,8 @@ token never receives another tenant's rows: a `tenant` filter outside the scope 
 verdict or policy version of another tenant is 404 (its existence is not disclosed).
 Responses carry no row ids, chain positions or Kafka offsets (`api_models` says why), and every
 bad parameter is a 400 or 422 with a one-line `detail`. The endpoints are in `api_routes`, the
-token check in `api_auth`, the error answers in `api_errors`.
+token check in `api_auth`, the error answers in `api_errors`; an explanation's `row_origin` is
+read from the policy directory by `row_origin`, as `moderator explain` reads it.
 Needs the `api` extra (fastapi, uvicorn).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -23,6 +25,9 @@ from moderator.audit.read.api_auth import scopes_from_tokens
 from moderator.audit.read.api_errors import add_error_handlers
 from moderator.audit.read.api_routes import StoreHolder, router
 
+if TYPE_CHECKING:
+    from moderator.explain.model import Explanation
+
 DESCRIPTION = (
     "Read-only access to moderation verdicts and the policy versions they were decided under. "
     "Every endpoint but /healthz needs `Authorization: Bearer TOKEN`; a token reads only its "
@@ -31,10 +36,14 @@ DESCRIPTION = (
 
 
 def create_app(
-    store_factory: Callable[[], AuditStore], tokens: Mapping[str, Sequence[str]]
+    store_factory: Callable[[], AuditStore],
+    tokens: Mapping[str, Sequence[str]],
+    origins: Callable[[Explanation], Explanation] | None = None,
 ) -> FastAPI:
     """The API over one store. `tokens` maps SHA-256 hex of a token to its tenants (or `*`).
-    The store is opened on the first request that needs it and closed when the app stops."""
+    The store is opened on the first request that needs it and closed when the app stops.
+    `origins` adds where an explained row was set (`row_origin.PolicyOrigins`); without it
+    explanations have no `policy.row_origin`."""
     holder = StoreHolder(store_factory)
 
     @asynccontextmanager
@@ -50,6 +59,11 @@ def create_app(
     )
     app.state.scopes = scopes_from_tokens(tokens)
     app.state.store = holder
+    app.state.origins = _unchanged if origins is None else origins
     add_error_handlers(app)
     app.include_router(router)
     return app
+
+
+def _unchanged(explanation: Explanation) -> Explanation:
+    return explanation

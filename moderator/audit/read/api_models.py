@@ -100,12 +100,38 @@ class ExplanationRow(_Strict):
     review_at: float | None
 
 
+RowValue = str | float | None
+
+
+class ExplanationOverride(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: RowValue = Field(alias="from", description="the value on the tenant's default surface")
+    to: RowValue = Field(description="the value on the event's surface")
+
+
+class ExplanationRowOrigin(_Strict):
+    surface: str | None = Field(description="the event's surface when its override set a field")
+    set_by: dict[str, str] = Field(
+        description="field -> the file, or `surfaces.S in FILE`, that last set it"
+    )
+    overrides: dict[str, ExplanationOverride] = Field(
+        description="field -> what the surface override changed"
+    )
+
+
 class ExplanationPolicy(_Strict):
     version: str | None
     hash: str | None
     document_kept: bool = Field(description="the compiled policy document was found")
     row: ExplanationRow | None = Field(description="the decision-table row of the category")
     on_error: str | None = Field(description="the table's decision for the error code")
+    # Left out of the answer when unset (the route excludes unset fields), as the CLI does.
+    row_origin: ExplanationRowOrigin | None = Field(
+        None,
+        description="where the row was set: present only while policies.dir still compiles "
+        "to the verdict's policy version",
+    )
 
 
 class ExplanationModel(_Strict):

@@ -1,8 +1,10 @@
 """The endpoints of the audit HTTP API, on one router that `create_app` includes.
 
-They read the app's store through `app.state.store` (a `StoreHolder`) and the caller's tenants
-through `api_auth`. A `tenant` filter outside the token's scope is 403; a verdict or policy
-version of another tenant is 404, as if it did not exist.
+They read the app's store through `app.state.store` (a `StoreHolder`), the caller's tenants
+through `api_auth`, and where an explained row was set through `app.state.origins` (an
+`Explanation -> Explanation`: `row_origin.PolicyOrigins` under `audit serve`). A `tenant`
+filter outside the token's scope is 403; a verdict or policy version of another tenant is 404,
+as if it did not exist.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from moderator.audit.read.api_models import (
 )
 from moderator.audit.read.filters import FILTERS, build_query, shown
 from moderator.explain.lookup import explain_event
+from moderator.explain.model import Explanation
 from moderator.explain.render import explanation_json
 
 router = APIRouter()
@@ -68,6 +71,15 @@ def _holder(request: Request) -> StoreHolder:
 
 # The holder, not the store: an endpoint opens the store only once it needs a row.
 Store = Annotated[StoreHolder, Depends(_holder)]
+
+
+def _origins(request: Request) -> Callable[[Explanation], Explanation]:
+    origins: Callable[[Explanation], Explanation] = request.app.state.origins
+    return origins
+
+
+# Adds `policy.row_origin` where the policy files still compile to the verdict's version.
+Origins = Annotated[Callable[[Explanation], Explanation], Depends(_origins)]
 
 
 def _once_each(request: Request) -> None:
@@ -135,12 +147,18 @@ def get_verdict(
     "/v1/verdicts/{event_id}/explanation",
     summary="Why a verdict was decided: its decision path (as `moderator explain` prints it)",
     response_model=VerdictExplanation,
+    # `policy.row_origin` is left out when not known, as `moderator explain` leaves it out.
+    response_model_exclude_unset=True,
     responses=responses(UNAUTHORIZED, (404, NOT_FOUND), UNPROCESSABLE),
 )
 def explain_verdict(
-    auth: Auth, store: Store, event_id: Annotated[str, Path(description="the upload event id")]
+    auth: Auth,
+    store: Store,
+    origins: Origins,
+    event_id: Annotated[str, Path(description="the upload event id")],
 ) -> VerdictExplanation:
-    """The input, the policy's rule for the category (or its on_error rule), the engine's
+    """The input, the policy's rule for the category (or its on_error rule), where that row
+    was set (while policies.dir still compiles to the verdict's policy version), the engine's
     answer or the error, the rule that decided and the decision. Another tenant's verdict is
     404, as if it did not exist."""
     found = (
@@ -150,7 +168,7 @@ def explain_verdict(
     )
     if found is None:
         raise HTTPException(404, "no such verdict")
-    return VerdictExplanation.model_validate(explanation_json(found))
+    return VerdictExplanation.model_validate(explanation_json(origins(found)))
 
 
 @router.get(

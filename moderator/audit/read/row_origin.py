@@ -1,0 +1,109 @@
+"""Where an explained verdict's decision-table row was set, read from the policy directory.
+
+`moderator explain` and the audit API (`GET /v1/verdicts/{event_id}/explanation`) attach
+`policy.row_origin` under the same rule: only while the directory (policies.dir, compiled
+with the tenancy settings) still compiles to the verdict's policy version; otherwise, and when
+the directory is missing or unusable as a whole, the explanation is left as it was.
+`with_origin` compiles the directory on each call (one command, one call); `PolicyOrigins`, for
+a server, keeps the compiled directory until its policy files change on disk. The matching
+itself is pure: `moderator.explain.origin`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moderator.explain.model import Explanation
+    from moderator.policy.check import DirectoryCheck
+    from moderator.settings import TenancySettings
+
+# What a policy directory's files are read again for: each *.yaml / *.yml entry's name, then
+# its inode, size and modification time (ns), or None for an entry that cannot be stat'ed.
+Signature = tuple[tuple[str, tuple[int, int, int] | None], ...]
+
+
+def with_origin(explanation: Explanation, directory: Path, tenancy: TenancySettings) -> Explanation:
+    """The explanation with where its decision-table row was set (which file, which surface
+    override), read from the policy directory; unchanged when the directory cannot be read or
+    no longer compiles to the verdict's policy version (its files are not the ones that
+    decided, so they cannot say who set what)."""
+    if explanation.policy.row is None:
+        return explanation
+    return attached(explanation, compiled(directory, tenancy))
+
+
+def compiled(directory: Path, tenancy: TenancySettings) -> DirectoryCheck | None:
+    """Every file of `directory` loaded and every tenant compiled (`policy.check.check`); None
+    when the directory is unusable as a whole (missing, unreadable, no default.yaml)."""
+    from moderator.errors import ConfigError
+    from moderator.policy.check import check
+
+    try:
+        return check(directory, tenancy)
+    except ConfigError:
+        return None
+
+
+def attached(explanation: Explanation, result: DirectoryCheck | None) -> Explanation:
+    """`explanation` with the row origin its compiled directory gives (`attach_origin`)."""
+    from moderator.explain.origin import attach_origin
+
+    if result is None:
+        return explanation
+    names = {stem: path.name for stem, path in result.paths.items()}
+    return attach_origin(explanation, result.files, names, result.policies)
+
+
+class PolicyOrigins:
+    """`with_origin` for a long-running reader: the directory is compiled on first use and
+    again only when its `signature` changes (a policy file added, removed, replaced or
+    written), so an edit on disk shows in the next answer. Safe to call from several threads;
+    a directory that cannot be listed is compiled on every call, as `with_origin` does."""
+
+    def __init__(self, directory: Path, tenancy: TenancySettings) -> None:
+        self.directory = directory
+        self._tenancy = tenancy
+        self._lock = threading.Lock()
+        self._signature: Signature | None = None
+        self._result: DirectoryCheck | None = None
+
+    def __call__(self, explanation: Explanation) -> Explanation:
+        if explanation.policy.row is None:
+            return explanation
+        return attached(explanation, self.current())
+
+    def current(self) -> DirectoryCheck | None:
+        """The compiled directory as its files are now (None: unusable as a whole)."""
+        # Read before compiling: a file written during the compile changes the next signature.
+        now = signature(self.directory)
+        with self._lock:
+            if now is None or now != self._signature:
+                self._result = compiled(self.directory, self._tenancy)
+                self._signature = now
+            return self._result
+
+
+def signature(directory: Path) -> Signature | None:
+    """What changes when a policy file of `directory` does: each *.yaml / *.yml entry's name,
+    inode, size and modification time (symlinks followed, as the files are read); None when
+    the directory cannot be listed."""
+    from moderator.policy.load import SUFFIXES
+
+    try:
+        with os.scandir(directory) as entries:
+            names = sorted(e.name for e in entries if Path(e.name).suffix in SUFFIXES)
+    except OSError:
+        return None
+    return tuple((name, _stat(directory / name)) for name in names)
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
