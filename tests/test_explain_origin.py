@@ -16,6 +16,7 @@ from moderator.explain.render import explanation_json, steps
 from moderator.policy.check import DirectoryCheck, check
 from moderator.policy.compiled import compile_policy
 from moderator.policy.locations import outside_tenant
+from moderator.policy.registry import PolicyRegistry
 from moderator.policy.resolve import resolve
 from moderator.settings import TenancySettings
 from tests.policy_fixtures import KEY_PREFIX, directory
@@ -100,6 +101,21 @@ def test_explain_reads_the_policy_directory(tmp_path: Path) -> None:
     with as_file(files("moderator") / "data" / "demo-policies") as found:
         e = with_origin(on_surface("comments"), Path(found), TenancySettings())
     assert e.policy.row_origin is not None and e.policy.row_origin.surface == "comments"
+
+
+def test_a_tenant_without_a_file_names_the_default_policy(tmp_path: Path) -> None:
+    # Decided as the service decides it under policies.default_for_unknown.
+    with as_file(files("moderator") / "data" / "demo-policies") as found:
+        registry = PolicyRegistry(Path(found), TenancySettings(), default_for_unknown=True)
+        policy = registry.resolve("newshop", "post")
+        assert policy is not None
+        record = audit_record("n-1", policy, assessment=unsafe("O2"))
+        e = explain(record)
+        e = dataclasses.replace(e, input=dataclasses.replace(e.input, surface="post"))
+        assert e.tenant_id == "newshop"
+        origin = with_origin(e, Path(found), TenancySettings()).policy.row_origin
+    assert origin is not None and origin.surface is None
+    assert set(origin.set_by.values()) == {"default.yaml"}
 
 
 def test_a_mode_set_after_the_action_brings_its_own_action() -> None:

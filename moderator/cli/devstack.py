@@ -52,10 +52,10 @@ ready (complete at once: written aside, then renamed) and removes it on exit.
 
 --kafka mock (the default) is librdkafka's mock cluster inside this process:
 no transactions, so it exports MODERATOR_KAFKA__DELIVERY=at_least_once; its
-topics have 4 partitions. It also exports MODERATOR_KAFKA__SESSION_TIMEOUT_MS=6000:
-the mock holds a group its last member left for the session timeout (less 1 s),
-so a restarted `run` would wait 44 s for its partitions with the default. --kafka apache starts a real Apache Kafka {KAFKA_VERSION}
-node (needs Java 17+; its jars are resolved once with Maven into
+topics have 4 partitions; it exports MODERATOR_KAFKA__SESSION_TIMEOUT_MS=6000, since
+it holds a group its last member left for the session timeout less 1 s (44 s by
+default) before a restarted `run` gets partitions. --kafka apache starts a real
+Apache Kafka {KAFKA_VERSION} node (needs Java 17+; its jars are resolved once with Maven into
 ~/.cache/moderator or ${JARS_ENV}), creates the topics from
 kafka.topic_specs with one replica, and exports
 MODERATOR_KAFKA__DELIVERY=exactly_once. Exit 2 when Java or Maven is missing or

@@ -18,8 +18,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from moderator.explain.model import Explanation
-    from moderator.policy.check import DirectoryCheck
+    from moderator.policy.check import DirectoryCheck, PolicyKey
+    from moderator.policy.compiled import TenantPolicy
+    from moderator.policy.document import PolicyFile
     from moderator.settings import TenancySettings
+
+DEFAULT = "default"  # default.yaml's stem
+SURFACE_DEFAULT = "default"
 
 # What a policy directory's files are read again for: each *.yaml / *.yml entry's name, then
 # its inode, size and modification time (ns), or None for an entry that cannot be stat'ed.
@@ -33,7 +38,7 @@ def with_origin(explanation: Explanation, directory: Path, tenancy: TenancySetti
     decided, so they cannot say who set what)."""
     if explanation.policy.row is None:
         return explanation
-    return attached(explanation, compiled(directory, tenancy))
+    return attached(explanation, compiled(directory, tenancy), tenancy)
 
 
 def compiled(directory: Path, tenancy: TenancySettings) -> DirectoryCheck | None:
@@ -48,14 +53,45 @@ def compiled(directory: Path, tenancy: TenancySettings) -> DirectoryCheck | None
         return None
 
 
-def attached(explanation: Explanation, result: DirectoryCheck | None) -> Explanation:
-    """`explanation` with the row origin its compiled directory gives (`attach_origin`)."""
+def attached(
+    explanation: Explanation, result: DirectoryCheck | None, tenancy: TenancySettings
+) -> Explanation:
+    """`explanation` with the row origin its compiled directory gives (`attach_origin`). A
+    tenant without a file of its own is compiled as the registry compiles it under
+    `policies.default_for_unknown`: an empty file extending default.yaml."""
     from moderator.explain.origin import attach_origin
 
     if result is None:
         return explanation
     names = {stem: path.name for stem, path in result.paths.items()}
-    return attach_origin(explanation, result.files, names, result.policies)
+    files, policies = result.files, result.policies
+    tenant = explanation.tenant_id
+    if tenant not in files and DEFAULT in files:
+        files, unknown = _as_unknown(result, tenant, explanation.input.surface, tenancy)
+        policies = {**policies, **unknown}
+    return attach_origin(explanation, files, names, policies)
+
+
+def _as_unknown(
+    result: DirectoryCheck, tenant: str, surface: str | None, tenancy: TenancySettings
+) -> tuple[dict[str, PolicyFile], dict[PolicyKey, TenantPolicy]]:
+    """The directory's files with an empty one for `tenant`, and its policies compiled from
+    them for the default surface and `surface`; none when they do not compile."""
+    from moderator.policy.compiled import compile_policy
+    from moderator.policy.document import PolicyFile
+    from moderator.policy.load import PolicyError
+    from moderator.policy.resolve import resolve
+
+    files = {**result.files, tenant: PolicyFile()}
+    surfaces = {SURFACE_DEFAULT, surface or SURFACE_DEFAULT}
+    try:
+        policies = {
+            (tenant, s): compile_policy(resolve(files, tenant, s, tenancy, sources=result.paths))
+            for s in surfaces
+        }
+    except PolicyError:
+        return files, {}
+    return files, policies
 
 
 class PolicyOrigins:
@@ -74,7 +110,7 @@ class PolicyOrigins:
     def __call__(self, explanation: Explanation) -> Explanation:
         if explanation.policy.row is None:
             return explanation
-        return attached(explanation, self.current())
+        return attached(explanation, self.current(), self._tenancy)
 
     def current(self) -> DirectoryCheck | None:
         """The compiled directory as its files are now (None: unusable as a whole)."""
