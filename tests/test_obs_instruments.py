@@ -4,13 +4,20 @@ shows it."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+from opentelemetry.trace import NoOpTracer
 
-from moderator.obs.instruments import MetricStore
+from moderator.emit.records import trace_from_headers
+from moderator.events.upload import UploadEvent
+from moderator.events.verdict import InputCoords, Verdict
+from moderator.obs.event import UNKNOWN_TENANT_LABEL, EventTelemetry
+from moderator.obs.instruments import MAX_LABEL_VALUES, OTHER, MetricStore
 from moderator.obs.metrics import METRICS, SECONDS, MetricSpec, no_metrics
 from moderator.obs.telemetry import Telemetry
 from tests.test_obs_http import samples
+from tests.test_replay_report import verdict
 
 LATENCY = "moderator_stage_latency_seconds"
 
@@ -110,3 +117,45 @@ def test_every_histogram_of_the_table_has_buckets() -> None:
     for spec in METRICS:
         if spec.kind == "histogram":
             assert spec.buckets and list(spec.buckets) == sorted(spec.buckets), spec.name
+
+
+def test_a_label_that_events_write_keeps_a_bounded_number_of_values() -> None:
+    # Anyone who can produce to the uploads topic writes tenant ids: each would be a new series.
+    telemetry = Telemetry()
+    for n in range(MAX_LABEL_VALUES + 50):
+        telemetry.metrics.add(
+            "moderator_verdicts_total", tenant=f"t{n}", decision="allow", category="none"
+        )
+    telemetry.metrics.add(
+        "moderator_verdicts_total", tenant="t0", decision="allow", category="none"
+    )
+    found = samples(telemetry)
+    tenants = {dict(labels)["tenant"]: v for (name, labels), v in found.items()}
+    assert len(tenants) == MAX_LABEL_VALUES + 1
+    assert tenants[OTHER] == 50
+    assert tenants["t0"] == 2  # a value kept before the bound stays its own series
+
+
+def test_unknown_tenant_verdicts_share_one_series() -> None:
+    telemetry = Telemetry()
+    for n in range(3):
+        event = UploadEvent.model_validate(
+            {
+                "event_id": f"e-{n}",
+                "tenant_id": f"stranger-{n}",
+                "object": {"bucket": "u", "key": "k"},
+            }
+        )
+        obs = EventTelemetry(
+            NoOpTracer(),
+            telemetry.metrics,
+            trace_from_headers(None, f"e-{n}"),
+            event,
+            InputCoords(topic="uploads", partition=0, offset=n),
+            time.monotonic(),
+        )
+        doc = verdict(f"e-{n}", f"stranger-{n}", "default", "review", "v1", error="unknown_tenant")
+        obs.end(Verdict.model_validate(doc), "error")
+    found = samples(telemetry)
+    tenants = {dict(labels)["tenant"] for (name, labels) in found if "verdicts" in name}
+    assert tenants == {UNKNOWN_TENANT_LABEL}

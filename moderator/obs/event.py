@@ -22,7 +22,7 @@ from opentelemetry.util.types import AttributeValue
 
 from moderator.emit.records import Trace
 from moderator.engine.window import WindowResult
-from moderator.errors import ProcessingError
+from moderator.errors import ErrorCode, ProcessingError
 from moderator.events.upload import UploadEvent
 from moderator.events.verdict import InputCoords, Verdict, category_code
 from moderator.obs.metrics import Metrics
@@ -35,6 +35,9 @@ from moderator.obs.tracing import (
 )
 
 LATENCY = "moderator_stage_latency_seconds"
+UNKNOWN_TENANT_LABEL = "_unknown"
+"""`moderator_verdicts_total`'s tenant for unknown_tenant verdicts: their tenant ids, which no
+policy names, would each add series."""
 
 
 class EventTelemetry:
@@ -140,9 +143,10 @@ class EventTelemetry:
         if verdict.error is not None:
             failed(self.span, verdict.error.code.value)
         self.span.end()
+        unknown = verdict.error is not None and verdict.error.code is ErrorCode.UNKNOWN_TENANT
         self._metrics.add(
             "moderator_verdicts_total",
-            tenant=verdict.tenant_id,
+            tenant=UNKNOWN_TENANT_LABEL if unknown else verdict.tenant_id,
             decision=verdict.decision,
             category=category,
         )

@@ -30,6 +30,12 @@ from moderator.obs.metrics import MetricSpec
 
 Key = tuple[str, ...]
 
+MAX_LABEL_VALUES = 1000
+"""Distinct values a `bounded` label keeps (`MetricSpec.bounded`): its values come from events,
+which anyone who can produce to the uploads topic writes, and each new value is a new series in
+every scrape. Later values are counted under `OTHER`."""
+OTHER = "_other"
+
 
 @dataclass
 class _Histogram:
@@ -42,10 +48,25 @@ class _Family:
     spec: MetricSpec
     values: dict[Key, float] = field(default_factory=dict)  # counters and gauges
     histograms: dict[Key, _Histogram] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)  # the bounded label's values kept
 
     def copy(self) -> _Family:
         histograms = {k: _Histogram(list(h.counts), h.total) for k, h in self.histograms.items()}
         return _Family(self.spec, dict(self.values), histograms)
+
+    def kept(self, key: Key) -> Key:
+        """`key` with its bounded label's value replaced by `OTHER` once `MAX_LABEL_VALUES`
+        other values are kept; call under the store's lock."""
+        if self.spec.bounded is None:
+            return key
+        index = self.spec.labels.index(self.spec.bounded)
+        value = key[index]
+        if value in self.seen:
+            return key
+        if len(self.seen) < MAX_LABEL_VALUES:
+            self.seen.add(value)
+            return key
+        return (*key[:index], OTHER, *key[index + 1 :])
 
 
 class MetricStore:
@@ -59,8 +80,10 @@ class MetricStore:
         """Count `amount` (not negative) on a counter's series."""
         if amount < 0:
             raise ValueError(f"{name}: a counter cannot count down ({amount})")
-        values = self._families[name].values
+        family = self._families[name]
+        values = family.values
         with self._lock:
+            key = family.kept(key)
             values[key] = values.get(key, 0.0) + amount
 
     def observe(self, name: str, key: Key, value: float) -> None:
@@ -69,6 +92,7 @@ class MetricStore:
         bounds = family.spec.buckets
         index = bisect.bisect_left(bounds, value)  # the first bucket whose bound is >= value
         with self._lock:
+            key = family.kept(key)
             state = family.histograms.get(key)
             if state is None:
                 state = family.histograms[key] = _Histogram([0] * (len(bounds) + 1))
@@ -77,9 +101,10 @@ class MetricStore:
 
     def set(self, name: str, key: Key, value: float) -> None:
         """A gauge series' current value."""
-        values = self._families[name].values
+        family = self._families[name]
+        values = family.values
         with self._lock:
-            values[key] = value
+            values[family.kept(key)] = value
 
     def collect(self) -> Iterator[Metric]:
         """Every metric with a series, as Prometheus families, in `specs` order."""

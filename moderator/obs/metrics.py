@@ -28,6 +28,7 @@ class MetricSpec:
     help: str
     unit: str = "1"
     buckets: tuple[float, ...] = ()
+    bounded: str | None = None  # a label whose values come from events: capped (instruments)
 
     @property
     def instrument(self) -> str:
@@ -48,7 +49,9 @@ METRICS: tuple[MetricSpec, ...] = (
         "moderator_verdicts_total",
         "counter",
         ("tenant", "decision", "category"),
-        "verdicts published, by tenant, decision and category code (none without an assessment)",
+        "verdicts published, by tenant (the first 1000 seen, then _other; _unknown for "
+        "unknown_tenant errors), decision and category code (none without an assessment)",
+        bounded="tenant",
     ),
     MetricSpec("moderator_dlq_total", "counter", ("code",), "records dead-lettered, by error code"),
     MetricSpec(
