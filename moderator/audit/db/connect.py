@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -11,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
 from moderator.errors import ConfigError
-from moderator.masking import mask_passwords
+from moderator.masking import SECRET_KEYS, mask_passwords, mask_values
 
 WRITE = {"audit_write": True}
 """Execution options for a connection that will write: on SQLite its transactions start with
@@ -19,6 +21,7 @@ BEGIN IMMEDIATE, so two writers serialise up front instead of failing at their f
 
 BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
+RAW_AT = "audit.url: write an @ in the user name or password as %40"
 POSTGRES_MISSING = (
     "audit.url: a PostgreSQL store needs the postgres extra ({module} is missing): "
     "pip install 'moderator[postgres]'"
@@ -28,8 +31,10 @@ POSTGRES_MISSING = (
 def normalize_url(url: str) -> URL:
     """Parse an audit URL: `sqlite:///path`, `sqlite://` (in memory) or PostgreSQL. Plain
     `postgresql://` and `postgres://` URLs get the psycopg (3) driver; other drivers are refused.
-    Errors are one line, the URL's password shown as `***`."""
-    shown = mask_passwords(url)
+    Errors are one line, the URL's password shown as `***`. A raw "@" in the user name or
+    password is refused: the driver would split the URL at another "@" than we do, and print
+    the rest of the password as the host."""
+    shown = _shown_raw(url)
     try:
         if url.startswith("postgres://"):
             url = "postgresql://" + url.removeprefix("postgres://")
@@ -40,6 +45,8 @@ def normalize_url(url: str) -> URL:
         ) from exc
     except ValueError as exc:  # a port that is not a number, an unclosed IPv6 bracket
         raise ConfigError(f"audit.url: malformed host or port in {shown!r}") from exc
+    if "@" in (parsed.username or "") or "@" in (parsed.host or ""):
+        raise ConfigError(RAW_AT)
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise ConfigError(f"audit.url: port {parsed.port} out of range in {shown!r}")
     if parsed.drivername == "postgresql":
@@ -50,6 +57,27 @@ def normalize_url(url: str) -> URL:
             "(use sqlite:///path or postgresql://...)"
         )
     return parsed
+
+
+def _shown_raw(url: str) -> str:
+    """A URL as typed, for an error line: whitespace and quotes %-encoded (so that the whole URL
+    is one token to mask_passwords), passwords masked."""
+    return mask_passwords(re.sub(r"[\s'\"<>]", lambda m: quote(m[0]), url))
+
+
+def shown_url(url: URL) -> str:
+    """A parsed URL for people: its password and its secret query parameters as `***`."""
+    return mask_passwords(url.render_as_string(hide_password=True))
+
+
+def hide_secrets(url: URL, text: str) -> str:
+    """`text` (a driver's error, which may quote what it was given) with the URL's password and
+    secret query values masked wherever they stand, and every URL password in it."""
+    known = [url.password or ""]
+    for key, value in url.query.items():
+        if key.lower() in SECRET_KEYS:
+            known.extend([value] if isinstance(value, str) else value)
+    return mask_passwords(mask_values(text, known))
 
 
 def is_memory(url: URL) -> bool:
