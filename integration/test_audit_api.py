@@ -90,7 +90,9 @@ def test_served_api_isolates_tenants(server: tuple[str, Path]) -> None:
     root = {"Authorization": f"Bearer {ROOT_TOKEN}"}
     everything = httpx.get(f"{base}/v1/verdicts", headers=root).json()["items"]
     assert {item["tenant_id"] for item in everything} == {"kids", "news"}
-    spec = httpx.get(f"{base}/openapi.json").json()
+    assert httpx.get(f"{base}/openapi.json").status_code == 401
+    assert httpx.get(f"{base}/docs").status_code == 404
+    spec = httpx.get(f"{base}/openapi.json", headers=kids).json()
     assert "/v1/verdicts" in spec["paths"]
     for item in [*listed["items"], *everything]:
         assert not {"id", "seq", "offset", "partition", "row_hash"} & set(item)

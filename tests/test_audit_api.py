@@ -221,7 +221,7 @@ def test_redacted_rows_have_no_record(client: TestClient, store: AuditStore) -> 
 
 
 def test_openapi_lists_endpoints_and_the_bearer_scheme(client: TestClient) -> None:
-    doc = client.get("/openapi.json").json()
+    doc = get(client, "/openapi.json").json()
     assert set(doc["paths"]) == {
         "/v1/verdicts",
         "/v1/verdicts/{event_id}",
@@ -361,7 +361,7 @@ def test_items_reveal_no_row_ids_chain_positions_or_offsets(client: TestClient) 
     assert single["record"]["verdict"]["event_id"] == "a-1"  # the rest of the record stays
     doc = json.loads(base64.urlsafe_b64decode(body["next_cursor"]))
     assert set(doc) == {"s", "t", "e"} and doc["e"] in ALPHA_EVENTS
-    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    schema = get(client, "/openapi.json").json()["components"]["schemas"]
     for name, model in schema.items():
         assert not VOLUME_FIELDS & set(model.get("properties", {})), name
 

@@ -86,7 +86,10 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         app = create_app(lambda: store, tokens)
         with TestClient(app) as client:
             yield SimpleNamespace(
-                schema=schemathesis.openapi.from_asgi("/openapi.json", app), client=client
+                schema=schemathesis.openapi.from_asgi(
+                    "/openapi.json", app, headers={"Authorization": "Bearer root-token"}
+                ),
+                client=client,
             )
 
 

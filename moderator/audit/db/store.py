@@ -25,7 +25,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, RowMapping
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
-from moderator.audit.db.connect import WRITE, create_audit_engine, normalize_url
+from moderator.audit.db.conflicts import WriteResult
+from moderator.audit.db.connect import (
+    WRITE,
+    create_audit_engine,
+    hide_secrets,
+    normalize_url,
+    shown_url,
+)
 from moderator.audit.db.migrations import migrate
 from moderator.audit.db.tables import (
     anchors,
@@ -44,7 +51,6 @@ from moderator.audit.models import (
     ChainHead,
     ChainRow,
     IncomingRecord,
-    InsertResult,
     Page,
 )
 from moderator.audit.read.cursor import encode_cursor
@@ -102,8 +108,8 @@ class AuditStore:
 
     @property
     def url(self) -> str:
-        """The database URL, password hidden."""
-        return self._url.render_as_string(hide_password=True)
+        """The database URL, password and secret query parameters hidden."""
+        return shown_url(self._url)
 
     @property
     def dialect(self) -> str:
@@ -111,10 +117,11 @@ class AuditStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def insert(self, items: Sequence[IncomingRecord]) -> InsertResult:
+    def insert(self, items: Sequence[IncomingRecord]) -> WriteResult:
         """Store a batch in one transaction: skip event_ids already stored (and repeats within
         the batch), chain the rest onto their partitions' heads, keep new policy versions.
-        Malformed records are returned in `rejected`, never raised."""
+        Malformed records are returned in `rejected`, never raised; a skipped record that
+        differs from the row kept for its event id in `conflicted`."""
         batch = prepare(items, self._canon)
         for attempt in range(1, INSERT_ATTEMPTS + 1):
             try:
@@ -185,11 +192,15 @@ class AuditStore:
         cursor = encode_cursor(page[-1], q.sort) if more else None
         return Page(rows=page, next_cursor=cursor)
 
-    def get(self, event_id: str) -> AuditRow | None:
+    def get(self, event_id: str, *, tenant_ids: Sequence[str] | None = None) -> AuditRow | None:
+        """The row of `event_id`; with `tenant_ids` (the HTTP API's token scope; empty: none)
+        only when one of those tenants has it. The tenant is a condition of the query, so a row
+        of another tenant is never read: it takes no longer to miss than an unknown event id."""
+        query = select(audit_records).where(T.event_id == event_id)
+        if tenant_ids is not None:
+            query = query.where(T.tenant_id.in_(list(tenant_ids)))
         with self._tx() as conn:
-            row = (
-                conn.execute(select(audit_records).where(T.event_id == event_id)).mappings().first()
-            )
+            row = conn.execute(query).mappings().first()
             return None if row is None else self._row(conn, row, {})
 
     def policy_version(self, policy_hash: str) -> dict[str, Any] | None:
@@ -329,9 +340,13 @@ class AuditStore:
         except IntegrityError:
             raise
         except (OperationalError, InterfaceError) as exc:
-            raise AuditUnavailable(f"audit store {self.url}: {_first_line(exc.orig)}") from exc
+            raise AuditUnavailable(self._failure(exc.orig)) from exc
         except SQLAlchemyError as exc:
-            raise AuditError(f"audit store {self.url}: {_first_line(exc)}") from exc
+            raise AuditError(self._failure(exc)) from exc
+
+    def _failure(self, exc: object) -> str:
+        """A database error as one line, naming the store; secrets the driver echoes masked."""
+        return f"audit store {self.url}: {hide_secrets(self._url, _first_line(exc))}"
 
 
 def _first_line(exc: object) -> str:

@@ -22,9 +22,10 @@ from moderator.audit.chain.canonical import (
     sha256_hex,
 )
 from moderator.audit.chain.jcs import Raw
+from moderator.audit.db.conflicts import Kept, WriteResult, conflict
 from moderator.audit.db.tables import audit_records, chain_heads, policy_versions
 from moderator.audit.fields import MalformedRecord, RecordFields, record_fields
-from moderator.audit.models import IncomingRecord, InsertResult, Rejected
+from moderator.audit.models import IncomingRecord, Rejected
 
 IN_CHUNK = 500  # bound on bind parameters per IN (...) list
 CANON_CACHE = 64  # policy documents kept serialised between batches
@@ -44,12 +45,12 @@ class Prepared:
 
 @dataclass
 class Batch:
-    """The outcome of preparing a batch: unique records in chain order, and what was dropped."""
+    """The outcome of preparing a batch: unique records in chain order, and what was dropped
+    (`repeats`: event ids already earlier in the batch, compared with the kept row on write)."""
 
     records: list[Prepared] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    duplicates: int = 0
-    conflicts: int = 0
+    repeats: list[Prepared] = field(default_factory=list)
     policy_mismatches: int = 0
 
 
@@ -61,7 +62,7 @@ def prepare(items: Sequence[IncomingRecord], canon_cache: dict[str, bytes] | Non
     """
     cache = {} if canon_cache is None else canon_cache
     batch = Batch()
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for item in items:
         try:
             fields = record_fields(item.record)
@@ -70,15 +71,14 @@ def prepare(items: Sequence[IncomingRecord], canon_cache: dict[str, bytes] | Non
         except (MalformedRecord, CanonicalizationError, OverflowError) as exc:
             batch.rejected.append(Rejected(item.topic, item.partition, item.offset, str(exc)))
             continue
-        digest = sha256_hex(full)
+        prep = Prepared(item, fields, sha256_hex(full), kept, stored.decode("utf-8"), doc)
         if fields.event_id in seen:
-            batch.duplicates += 1
-            batch.conflicts += seen[fields.event_id] != digest
+            batch.repeats.append(prep)
             continue
-        seen[fields.event_id] = digest
+        seen.add(fields.event_id)
         if isinstance(item.record.get("policy_document"), dict) and fields.policy_hash:
             batch.policy_mismatches += doc is None
-        batch.records.append(Prepared(item, fields, digest, kept, stored.decode("utf-8"), doc))
+        batch.records.append(prep)
     batch.records.sort(key=lambda p: (p.item.topic, p.item.partition, p.item.offset))
     return batch
 
@@ -106,24 +106,25 @@ def _serialize(
     return full, canonical_json(rest), doc
 
 
-def write_batch(conn: Connection, batch: Batch) -> InsertResult:
+def write_batch(conn: Connection, batch: Batch) -> WriteResult:
     """Store a prepared batch inside the caller's (write) transaction.
 
     Steps: lock the chain heads of every partition in the batch (SELECT ... FOR UPDATE on
     PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers), so that two sinks can
     never fork a chain; then skip event_ids already stored (read after the locks, so a
     concurrent sink's rows on the same partition are seen); link the rest onto their heads;
-    insert rows (executemany), move the heads, and keep new policy versions.
+    insert rows (executemany), move the heads, and keep new policy versions. Every record not
+    stored for its event id is held to the row kept for it (`conflicts.conflict`).
     """
     heads = _lock_heads(conn, sorted({(p.item.topic, p.item.partition) for p in batch.records}))
-    stored = _stored_hashes(conn, [p.fields.event_id for p in batch.records])
-    duplicates, conflicts = batch.duplicates, batch.conflicts
+    kept = _stored_rows(conn, [p.fields.event_id for p in batch.records])
+    dropped = list(batch.repeats)
     rows: list[dict[str, Any]] = []
     for prep in batch.records:
-        if prep.fields.event_id in stored:
-            duplicates += 1
-            conflicts += stored[prep.fields.event_id] != prep.record_hash
+        if prep.fields.event_id in kept:
+            dropped.append(prep)
             continue
+        kept[prep.fields.event_id] = Kept.of(prep.fields, prep.record_hash)
         topic, partition = prep.item.topic, prep.item.partition
         seq, prev = heads[(topic, partition)]
         seq += 1
@@ -148,13 +149,20 @@ def write_batch(conn: Connection, batch: Batch) -> InsertResult:
             moved,
         )
     added = _keep_policies(conn, [p for p in batch.records if p.policy_doc is not None])
-    return InsertResult(
+    dropped.sort(key=lambda p: (p.item.topic, p.item.partition, p.item.offset))
+    conflicts = tuple(
+        found
+        for p in dropped
+        if (found := conflict(kept[p.fields.event_id], p.item, p.fields, p.record_hash))
+    )
+    return WriteResult(
         inserted=len(rows),
-        duplicates=duplicates,
-        conflicts=conflicts,
+        duplicates=len(dropped),
+        conflicts=len(conflicts),
         policy_versions_added=added,
         policy_hash_mismatches=batch.policy_mismatches,
         rejected=tuple(batch.rejected),
+        conflicted=conflicts,
     )
 
 
@@ -202,15 +210,21 @@ def _lock_heads(
     return heads
 
 
-def _stored_hashes(conn: Connection, event_ids: list[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
+def _stored_rows(conn: Connection, event_ids: list[str]) -> dict[str, Kept]:
+    t = audit_records.c
+    found: dict[str, Kept] = {}
     for chunk in _chunks(event_ids):
         result = conn.execute(
-            select(audit_records.c.event_id, audit_records.c.record_hash).where(
-                audit_records.c.event_id.in_(chunk)
+            select(t.event_id, t.tenant_id, t.object_bucket, t.object_key, t.record_hash).where(
+                t.event_id.in_(chunk)
             )
         )
-        found.update({str(r.event_id): str(r.record_hash) for r in result})
+        found.update(
+            {
+                str(r.event_id): Kept(r.tenant_id, r.object_bucket, r.object_key, r.record_hash)
+                for r in result
+            }
+        )
     return found
 
 

@@ -56,6 +56,11 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /openapi.json is a route of its own that needs a token (api_routes); no interactive
+        # pages: Swagger UI and ReDoc would load their scripts from a CDN.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.scopes = scopes_from_tokens(tokens)
     app.state.store = holder

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from moderator.audit.db.store import AuditStore
 from moderator.audit.errors import InvalidQuery
-from moderator.audit.models import AuditQuery, text_problem
+from moderator.audit.models import AuditQuery, AuditRow, Page, text_problem
 from moderator.audit.read.api_auth import Auth
 from moderator.audit.read.api_errors import (
     NOT_FOUND,
@@ -62,6 +63,25 @@ class StoreHolder:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+
+
+class ScopedReader:
+    """The store as `explain_event` reads it for a token: `get` has the token's tenants in its
+    query (`AuditStore.get`), so another tenant's row is never read, as for GET
+    /v1/verdicts/{event_id}. `explain_event` scopes its own queries."""
+
+    def __init__(self, store: AuditStore, tenant_ids: tuple[str, ...] | None) -> None:
+        self._store = store
+        self._tenant_ids = tenant_ids
+
+    def get(self, event_id: str) -> AuditRow | None:
+        return self._store.get(event_id, tenant_ids=self._tenant_ids)
+
+    def policy_version(self, policy_hash: str) -> dict[str, Any] | None:
+        return self._store.policy_version(policy_hash)
+
+    def query(self, q: AuditQuery) -> Page:
+        return self._store.query(q)
 
 
 def _holder(request: Request) -> StoreHolder:
@@ -111,9 +131,7 @@ def list_verdicts(
 ) -> VerdictPage:
     """Newest first by default. Without `tenant` the rows of every tenant of the token."""
     given = params.model_dump()
-    tenant = given["tenant"]
-    if tenant is not None and not auth.allows(tenant):
-        raise HTTPException(403, f"this token may not read tenant {shown(tenant)}")
+    # Values first: an empty or NUL `tenant` is a bad value (400) before it is a tenant (403).
     query = build_query(
         {f.name: given[f.name] for f in FILTERS},
         sort=given["sort"],
@@ -121,6 +139,8 @@ def list_verdicts(
         cursor=given["cursor"],
         tenant_ids=auth.restriction(),
     )
+    if query.tenant is not None and not auth.allows(query.tenant):
+        raise HTTPException(403, f"this token may not read tenant {shown(query.tenant)}")
     page = store.get().query(query)
     return VerdictPage(
         items=[VerdictItem.from_row(row) for row in page.rows], next_cursor=page.next_cursor
@@ -136,8 +156,11 @@ def list_verdicts(
 def get_verdict(
     auth: Auth, store: Store, event_id: Annotated[str, Path(description="the upload event id")]
 ) -> VerdictItem:
-    # What no database can compare (a NUL, say) names no stored verdict either.
-    row = None if text_problem(event_id) else store.get().get(event_id)
+    # What no database can compare (a NUL, say) names no stored verdict either. The token's
+    # tenants are a condition of the query: another tenant's row is never read, so its 404
+    # takes as long as an unknown id's.
+    restriction = auth.restriction()
+    row = None if text_problem(event_id) else store.get().get(event_id, tenant_ids=restriction)
     if row is None or not auth.allows(row.tenant_id):
         raise HTTPException(404, "no such verdict")
     return VerdictItem.from_row(row)
@@ -161,10 +184,10 @@ def explain_verdict(
     was set (while policies.dir still compiles to the verdict's policy version), the engine's
     answer or the error, the rule that decided and the decision. Another tenant's verdict is
     404, as if it did not exist."""
+    restriction = auth.restriction()
+    reader = ScopedReader(store.get(), restriction)
     found = (
-        None
-        if text_problem(event_id)
-        else explain_event(store.get(), event_id, tenant_ids=auth.restriction())
+        None if text_problem(event_id) else explain_event(reader, event_id, tenant_ids=restriction)
     )
     if found is None:
         raise HTTPException(404, "no such verdict")
@@ -205,6 +228,13 @@ def get_policy_version(
         decision_table=document.get("decision_table"),
         document=document,
     )
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi_document(_auth: Auth, request: Request) -> JSONResponse:
+    """The OpenAPI description, for a token like every endpoint but /healthz (`create_app`
+    turns FastAPI's own, tokenless route off, and its interactive pages)."""
+    return JSONResponse(request.app.openapi())
 
 
 @router.get(

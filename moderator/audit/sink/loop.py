@@ -18,7 +18,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 from moderator.audit.errors import AuditUnavailable
 from moderator.audit.models import AuditWriter, IncomingRecord, InsertResult
 from moderator.audit.sink.inputs import TP, Batch, SinkStats, parse_value, sink_group_id
-from moderator.audit.sink.observe import SinkObserver
+from moderator.audit.sink.observe import SinkObserver, log_conflicts
 from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer
 from moderator.settings import Settings
@@ -174,7 +174,7 @@ class AuditSink:
         self.stats.duplicates += result.duplicates
         self.stats.conflicts += result.conflicts
         if result.conflicts:
-            log.warning("audit_duplicate_conflicts", count=result.conflicts)
+            log_conflicts(result)
         self._anchor_pending |= result.inserted > 0
 
     def _insert(self, batch: Batch) -> InsertResult:

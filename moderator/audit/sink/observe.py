@@ -1,5 +1,6 @@
-"""What the audit sink reports: rows stored, batch latency, outage retries, chain heads, and the
-broker's and the database's answers for readiness. Runs in the sink's thread."""
+"""What the audit sink reports: rows stored (or not: duplicates, and conflicts by kind, logged
+too), batch latency, outage retries, chain heads, and the broker's and the database's answers
+for readiness. Runs in the sink's thread."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from moderator.audit.db.conflicts import Conflict, WriteResult, by_kind
 from moderator.audit.models import ChainHead, InsertResult
 from moderator.obs.health import Contact
 from moderator.obs.metrics import Metrics, no_metrics
@@ -16,6 +18,43 @@ from moderator.obs.metrics import Metrics, no_metrics
 log = structlog.get_logger("moderator.audit.sink.loop")
 
 HEADS_EVERY_S = 5.0  # chain heads are read after inserts, at most this often
+CONFLICTS_LOGGED = 10  # tenant and object conflicts logged one by one per batch; then a count
+
+
+def conflicts_of(result: InsertResult) -> tuple[Conflict, ...]:
+    """The batch's conflicts, each with its kind (a writer other than the store may count
+    them without saying what they were: then none)."""
+    return result.conflicted if isinstance(result, WriteResult) else ()
+
+
+def log_conflicts(result: InsertResult) -> None:
+    """Records not stored because their event id's row holds a different record
+    (`audit.db.conflicts`). A tenant or object conflict means a verdict without its audit record:
+    an error line for each of the first CONFLICTS_LOGGED, naming the event, the tenant kept and
+    the tenant dropped, and where the dropped record is on the audit topic; then one warning
+    with the counts by kind (`record`: the event decided again) and how many were not listed."""
+    conflicted = conflicts_of(result)
+    serious = [c for c in conflicted if c.kind != "record"]
+    for found in serious[:CONFLICTS_LOGGED]:
+        log.error(
+            "audit_event_id_conflict",
+            kind=found.kind,
+            event_id=found.event_id,
+            stored_tenant=found.stored_tenant,
+            tenant=found.tenant,
+            topic=found.topic,
+            partition=found.partition,
+            offset=found.offset,
+        )
+    counts = by_kind(conflicted)
+    log.warning(
+        "audit_duplicate_conflicts",
+        count=result.conflicts,
+        tenant_conflicts=counts["tenant"],
+        object_conflicts=counts["object"],
+        record_conflicts=counts["record"],
+        unlisted=max(0, len(serious) - CONFLICTS_LOGGED),
+    )
 
 
 class SinkObserver:
@@ -57,8 +96,13 @@ class SinkObserver:
         if result.inserted:
             self._m.add("moderator_audit_rows_total", result.inserted, result="stored")
             self._heads_due = self._chain_heads is not None
-        if result.duplicates:
-            self._m.add("moderator_audit_rows_total", result.duplicates, result="duplicate")
+        conflicted = conflicts_of(result)
+        if result.duplicates > len(conflicted):
+            redelivered = result.duplicates - len(conflicted)
+            self._m.add("moderator_audit_rows_total", redelivered, result="duplicate")
+        for kind, count in by_kind(conflicted).items():
+            if count:
+                self._m.add("moderator_audit_rows_total", count, result=f"conflict_{kind}")
         self._m.record("moderator_audit_batch_latency_seconds", seconds)
         if self._database is not None:
             self._database.answered()
