@@ -7,6 +7,7 @@ map or list in a parent variable included) or the command line. An unknown key g
 valid key of its section (`did you mean 'kafka'?`), else the list of valid keys there. A section's
 rule raising `NAME: problem` is reported as being about `section.NAME` (`named_key`); a rule about
 two keys (`TwoKeyError`) is reported about the second when only that one was set (`about_key_set`).
+pydantic's union member tags (`kafka.client.KEY.str`) are left out of keys (`untagged`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, cast, get_args, get_origin
+from typing import Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -60,16 +61,57 @@ class TwoKeyError(ValueError):
 def validation_line(exc: ValidationError, model: type[BaseModel], sources: Sources) -> str:
     """The first error of `exc` as `configuration error: key: problem (where)`, then how many
     more problems there are, worded as the policy loader's one-line form words them."""
-    err = named_key(about_key_set(exc.errors()[0], sources), model)
+    errors = [untagged(e, model) for e in exc.errors()]
+    err = named_key(about_key_set(_one_per_key(errors), sources), model)
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "settings"
     # When no source set the key named (a two-key rule whose keys no source set one by one),
     # every source of the section the rule was raised for is named instead.
-    found = _where(loc, sources) or _where(tuple(exc.errors()[0]["loc"]), sources)
+    found = _where(loc, sources) or _where(tuple(errors[0]["loc"]), sources)
     where = f" ({'; '.join(found)})" if found else ""
-    others = exc.error_count() - 1
+    others = len({tuple(e["loc"]) for e in errors}) - 1
     more = f" (and {others} more problem{'' if others == 1 else 's'})" if others > 0 else ""
     return f"configuration error: {key}: {field_problem(err, model)}{where}{more}"
+
+
+def untagged(err: ErrorDetails, model: type[BaseModel]) -> ErrorDetails:
+    """`err` without pydantic's union member tags in its location (the `str` of
+    `kafka.client.KEY.str`): they name no key anyone wrote."""
+    kept: list[str | int] = []
+    annotation: Any = model
+    for part in err["loc"]:
+        inner = _optional_inner(annotation)
+        members = get_args(inner) if get_origin(inner) in (Union, UnionType) else ()
+        tagged = next((m for m in members if _is_tag(m, part)), None)
+        if tagged is not None:
+            annotation = tagged
+            continue
+        kept.append(part)
+        annotation = _step(annotation, part)
+    return cast(ErrorDetails, {**err, "loc": tuple(kept)})
+
+
+def _is_tag(member: Any, part: str | int) -> bool:
+    """Whether `part` is the tag pydantic puts in an error's location for this union member
+    (`str`, `int`, `literal['a','b']`, `dict[str,int]`, a model's class name)."""
+    if not isinstance(part, str):
+        return False
+    origin = get_origin(member)
+    if origin is None:
+        return part == getattr(member, "__name__", None)
+    return part.startswith("literal[" if origin is Literal else f"{origin.__name__}[")
+
+
+def _one_per_key(errors: list[ErrorDetails]) -> ErrorDetails:
+    """The first error, worded for every union member that refused its value: `Input should
+    be a valid string, a valid integer or a valid boolean`."""
+    first = errors[0]
+    same = [e["msg"] for e in errors if e["loc"] == first["loc"]]
+    lead = "Input should be "
+    if len(same) < 2 or not all(msg.startswith(lead) for msg in same):
+        return first
+    forms = [msg.removeprefix(lead) for msg in same]
+    return cast(ErrorDetails, {**first, "msg": lead + ", ".join(forms[:-1]) + " or " + forms[-1]})
 
 
 _JSON_HINT = (
@@ -122,17 +164,22 @@ def _annotation_at(model: type[BaseModel], path: list[str]) -> Any:
     `path` names no setting."""
     annotation: Any = model
     for part in path:
-        annotation = _optional_inner(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(part)
-            if field is None:
-                return None
-            annotation = field.annotation
-        elif get_origin(annotation) in (dict, Mapping):
-            annotation = get_args(annotation)[1]
-        else:
-            return None
+        annotation = _step(annotation, part)
     return annotation
+
+
+def _step(annotation: Any, part: str | int) -> Any:
+    """The type at `part` inside a value of type `annotation`; None when it is not known."""
+    annotation = _optional_inner(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return None if field is None else field.annotation
+    origin = get_origin(annotation)
+    if origin in (dict, Mapping):
+        return get_args(annotation)[1]
+    if origin in (list, tuple) and isinstance(part, int):
+        return get_args(annotation)[0]
+    return None
 
 
 def _optional_inner(annotation: Any) -> Any:

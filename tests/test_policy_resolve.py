@@ -8,6 +8,7 @@ import pytest
 
 from moderator.events.verdict import CATEGORIES
 from moderator.policy.document import CODES, PolicyFile
+from moderator.policy.keys import BUCKET_NAME_RULE
 from moderator.policy.load import PolicyError
 from moderator.policy.resolve import chain_of, default_locations, resolve, surfaces
 from moderator.settings import TenancySettings
@@ -317,7 +318,24 @@ def test_locations_override_the_rule_field_by_field() -> None:
         ("{prefixes: [/abs/]}", "allowed.prefixes: '/abs/': absolute key"),
         ('{prefixes: ["a\\tb/"]}', "allowed.prefixes: 'a\\tb/': key contains control characters"),
         ("{prefixes: ['']}", "allowed.prefixes: '': empty prefix (use prefixes: [] for any key)"),
-        ("{buckets: ['']}", "allowed.buckets: empty bucket name"),
+        # Keys are matched by their first characters: `gam` would reach tenant gamma's keys.
+        (
+            "{buckets: [uploads], prefixes: [gam/, gam]}",
+            "allowed.prefixes: 'gam' must end with '/' (as written it also matches any key "
+            "starting with 'gam', such as 'gam-other/...'); write 'gam/'",
+        ),
+        ("{buckets: ['']}", f"allowed.buckets: '' is not a bucket name: {BUCKET_NAME_RULE}"),
+        # `*` has no meaning there: it would be a bucket named `*`, matching nothing.
+        ("{buckets: ['*']}", f"allowed.buckets: '*' is not a bucket name: {BUCKET_NAME_RULE}"),
+        (
+            "{buckets: [Up/Loads]}",
+            f"allowed.buckets: 'Up/Loads' is not a bucket name: {BUCKET_NAME_RULE}",
+        ),
+        ("{buckets: [a..b]}", f"allowed.buckets: 'a..b' is not a bucket name: {BUCKET_NAME_RULE}"),
+        (
+            "{buckets: [10.0.0.1]}",
+            f"allowed.buckets: '10.0.0.1' is not a bucket name: {BUCKET_NAME_RULE}",
+        ),
     ],
 )
 def test_unsafe_locations_are_refused(allowed: str, reason: str) -> None:

@@ -22,7 +22,7 @@ from moderator.errors import SECURITY_ERRORS
 from moderator.events.upload import TENANT_ID_PATTERN
 from moderator.events.verdict import CATEGORIES
 from moderator.policy.document import CODES, Action, Mode, PolicyFile, SurfaceOverride
-from moderator.policy.keys import unsafe_key_reason
+from moderator.policy.keys import bucket_name_problem, prefix_problem
 from moderator.policy.load import PolicyError
 from moderator.policy.messages import suggestion
 from moderator.policy.model import ResolvedCategory, ResolvedNoneApplying, ResolvedPolicy
@@ -316,27 +316,18 @@ def _locations(
         allowed = layer.allowed
         if allowed is None:
             continue
+        for field, values, rule in (
+            ("buckets", allowed.buckets, bucket_name_problem),
+            ("prefixes", allowed.prefixes, prefix_problem),
+        ):
+            why = next((w for w in map(rule, values or ()) if w is not None), None)
+            if why is not None:
+                raise PolicyError(_path(sources, name), None, f"allowed.{field}: {why}")
         if allowed.buckets is not None:
-            if any(not bucket for bucket in allowed.buckets):
-                raise PolicyError(_path(sources, name), None, "allowed.buckets: empty bucket name")
             buckets = tuple(sorted(set(allowed.buckets)))
         if allowed.prefixes is not None:
-            for prefix in allowed.prefixes:
-                why = _unsafe_prefix(prefix)
-                if why is not None:
-                    raise PolicyError(
-                        _path(sources, name), None, f"allowed.prefixes: {prefix!r}: {why}"
-                    )
             prefixes = tuple(sorted(set(allowed.prefixes)))
     return buckets, prefixes
-
-
-def _unsafe_prefix(prefix: str) -> str | None:
-    if not prefix:
-        return "empty prefix (use prefixes: [] for any key)"
-    if ".." in prefix:
-        return "contains '..'"
-    return unsafe_key_reason(prefix)
 
 
 def _path(sources: Mapping[str, Path] | None, name: str) -> Path:
