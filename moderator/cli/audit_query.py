@@ -322,11 +322,13 @@ def _write_table(
     extra: _Extras | None = None,
 ) -> None:
     # Aligned over every printed row, so the rows are held until the last page (use json or
-    # csv for large exports).
+    # csv for large exports). Keys, surfaces and rationales come from uploads: each cell is made
+    # safe for a terminal (a CR, LF or ESC shown as `\r`, `\n`, `\x1b`), after it is cut short.
     from moderator.cli.policy import table
+    from moderator.text import safe_line
 
     names = columns or TABLE_COLUMNS
-    cells = [_pick(row, names, extra) for rows in pages for row in rows]
+    cells = [tuple(map(safe_line, _pick(row, names, extra))) for rows in pages for row in rows]
     if not cells:
         print("no matching audit rows", file=sys.stderr)
         return
@@ -342,7 +344,7 @@ def _pick(row: AuditRow, names: tuple[str, ...], extra: _Extras | None) -> tuple
             continue
         if name == "rationale":
             found = extra.rationale(row) if extra else None
-            text = " ".join((found or "").split())
+            text = (found or "").strip()
             cells[name] = shorten_end(text, RATIONALE_WIDTH) if text else "-"
         elif name == "because":
             cells[name] = extra.because(row) if extra else "-"

@@ -14,6 +14,7 @@ from moderator.audit.sink.loop import AuditSink
 from moderator.audit.sink.wiring import build_anchor
 from moderator.errors import ModeratorError
 from moderator.settings import Settings
+from moderator.text import safe_line
 
 ROWS_PER_TENANT = 3
 
@@ -80,6 +81,7 @@ def _print_rows(rows: list[AuditRow]) -> None:
                 f"p{row.partition}#{row.seq}",
             )
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for line in table:
+    shown = [tuple(map(safe_line, row)) for row in table]  # keys come from uploads
+    widths = [max(len(r[i]) for r in shown) for i in range(len(shown[0]))]
+    for line in shown:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

@@ -1,15 +1,18 @@
-"""Failures as the command line shows them: one line for people, passwords masked."""
+"""Failures as the command line shows them: one line for people, passwords masked, controls
+escaped."""
 
 from __future__ import annotations
 
 from moderator.errors import ModeratorError
 from moderator.masking import mask_passwords
+from moderator.text import safe_line
 
 
 def error_line(exc: BaseException, limit: int = 2000) -> str:
     """An exception as one line of text for people, URL passwords masked. Our own errors are
-    shown as they are; anything else is an unexpected error, named by its type."""
-    text = " ".join(str(exc).split())
+    shown as they are; anything else is an unexpected error, named by its type. Line breaks
+    read as spaces; any other control character (an ESC from an object key) as an escape."""
+    text = safe_line(" ".join(str(exc).split()))
     if not isinstance(exc, ModeratorError):
         text = f"unexpected error: {type(exc).__name__}" + (f": {text}" if text else "")
     text = mask_passwords(text)

@@ -5,6 +5,9 @@ rounded score next to a threshold (`0.714 >= block 0.7`) reads as another number
 `explain` and the audit record show.
 The JSON document (`moderator.explanation/v1`) is described in docs/explain.md; its `steps` are
 the text lines, so both formats say the same.
+Every line and cell is made safe for a terminal (moderator/text.py): object keys, buckets,
+surfaces, error messages and rationales come from uploads, and a control character in them is
+shown as an escape (`\\r`, `\\x1b`), never printed raw. The JSON document's values stay exact.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from moderator.errors import ErrorCode
 from moderator.explain.model import Explanation, RowOrigin, RowValue, RuleFacts, TableRow
+from moderator.text import safe_line
 
 SCHEMA = "moderator.explanation/v1"
 RATIONALE_CHARS = 300
@@ -21,7 +25,11 @@ LABEL_WIDTH = 9  # the longest step name, "rationale"
 
 
 def steps(e: Explanation) -> list[tuple[str, str]]:
-    """(step name, one short line) from the input to the decision."""
+    """(step name, one short line) from the input to the decision, safe for a terminal."""
+    return [(name, safe_line(text)) for name, text in _steps(e)]
+
+
+def _steps(e: Explanation) -> list[tuple[str, str]]:
     out = [
         ("event", f"{e.event_id}, decided {_time(e.decided_at)}"),
         ("input", _input(e)),
@@ -34,7 +42,7 @@ def steps(e: Explanation) -> list[tuple[str, str]]:
     if e.assessment is not None and e.assessment.rationale:
         out.append(("rationale", _rationale(e.assessment.rationale)))
     if e.error is not None:
-        message = f": {_one_line(e.error.message)}" if e.error.message else ""
+        message = f": {e.error.message}" if e.error.message else ""
         security = " (a security error: never allowed)" if e.error.security else ""
         out.append(("error", f"{e.error.code}{message}{security}"))
     if e.cache is not None:
@@ -59,6 +67,10 @@ def text_lines(e: Explanation) -> list[str]:
 
 def rule_text(e: Explanation) -> str:
     """The rule that decided, in one line: `score 0.252 >= review_at 0.2 for O6 -> review`."""
+    return safe_line(_rule_text(e))
+
+
+def _rule_text(e: Explanation) -> str:
     rule = e.rule
     if rule.kind == "on_error" and e.error is not None:
         if rule.decision is None:
@@ -87,6 +99,10 @@ def rule_text(e: Explanation) -> str:
 
 def because(e: Explanation) -> str:
     """A short cell for tables: `score 0.252 >= review 0.2`, `error: x -> on_error review`."""
+    return safe_line(_because(e))
+
+
+def _because(e: Explanation) -> str:
     rule, row, a = e.rule, e.policy.row, e.assessment
     prefix = "cache; " if e.source == "cache" else ""
     if e.error is not None:
@@ -297,11 +313,11 @@ def _cache(e: Explanation) -> str:
 
 
 def _rationale(text: str) -> str:
-    line = _one_line(text)
-    if len(line) <= RATIONALE_CHARS:
-        return f'"{line}"'
-    more = len(line) - RATIONALE_CHARS
-    return f'"{line[:RATIONALE_CHARS]}..." ({more} more characters in --format json)'
+    # Cut before steps() escapes it: no escape is cut in half, and the count is JSON's.
+    if len(text) <= RATIONALE_CHARS:
+        return f'"{text}"'
+    more = len(text) - RATIONALE_CHARS
+    return f'"{text[:RATIONALE_CHARS]}..." ({more} more characters in --format json)'
 
 
 def _code(category: str | None) -> str:
@@ -318,10 +334,6 @@ def _capped(rule: RuleFacts, row: TableRow) -> str:
 
 def _thresholds(row: TableRow) -> bool:
     return row.block_at is not None or row.review_at is not None
-
-
-def _one_line(text: str | None) -> str:
-    return " ".join((text or "").split())
 
 
 def _time(at: datetime | None) -> str:

@@ -1,7 +1,8 @@
 """A report laid out once as titled tables, so report.md and report.html say the same things.
 
-Pure: plain values in, `Table`s and JSON-ready rows out. Cells hold raw data; each writer
-escapes it for its own format.
+Pure: plain values in, `Table`s and JSON-ready rows out. Cells hold raw data; `cell_text` shows
+a control character (an ESC or line break in an object key or surface) as an escape, and each
+writer escapes the text for its own format.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from moderator.replay.compare import Pair
 from moderator.replay.report import GroupCounts, Report
+from moderator.text import safe_line
 from moderator.words import counted
 
 CHANGED_SHOWN = 50  # changed events listed in report.md / report.html (changed.jsonl has all)
@@ -39,7 +41,7 @@ def cell_text(value: Cell) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value)
+    return safe_line(str(value))
 
 
 def changed_record(pair: Pair) -> dict[str, Any]:
