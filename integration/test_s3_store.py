@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -107,3 +112,86 @@ def test_multi_megabyte_object_round_trips(s3: Any, store: S3ObjectStore) -> Non
     payload = bytes(range(256)) * (3 * 4096 + 7)
     s3.put_object(Bucket=BUCKET, Key="acme/large.bin", Body=payload)
     assert store.get(BUCKET, "acme/large.bin", None, len(payload)).data == payload
+
+
+# -- an outage: nothing listens at the store's address for a while ------------------------------
+
+
+class _Forwarder:
+    """A TCP port that refuses connections until `open()`, then passes them to `target`."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()  # nothing listens here until open(): connections are refused
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                near, _ = server.accept()
+            except OSError:
+                return
+            far = socket.create_connection(self._target)
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := src.recv(65536):
+            dst.sendall(chunk)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def test_a_read_waits_out_a_store_that_refuses_connections(s3: Any, settings: S3Settings) -> None:
+    s3.put_object(Bucket=BUCKET, Key="acme/outage.png", Body=b"after the outage")
+    assert settings.endpoint_url is not None
+    target = urlsplit(settings.endpoint_url)
+    forwarder = _Forwarder((target.hostname or "127.0.0.1", target.port or 80))
+    during = settings.model_copy(
+        update={"endpoint_url": f"http://127.0.0.1:{forwarder.port}", "outage_wait_s": 60.0}
+    )
+    store = S3ObjectStore(during)
+    got: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: got.append(store.get(BUCKET, "acme/outage.png", None, 1000).data)
+    )
+    try:
+        reader.start()
+        time.sleep(3)  # far more than the 2 attempts' backoff: it would have given up
+        assert not got and store.outage.failing_s() > 2
+        forwarder.open()
+        reader.join(30)
+    finally:
+        forwarder.close()
+    assert got == [b"after the outage"]
+    assert store.outage.failing_s() == 0
+
+
+def test_without_an_outage_wait_a_refused_read_fails_after_its_attempts(
+    settings: S3Settings,
+) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    store = S3ObjectStore(
+        settings.model_copy(
+            update={"endpoint_url": f"http://127.0.0.1:{port}", "outage_wait_s": 0.0}
+        )
+    )
+    err = expect_error(store, BUCKET, "acme/never.png")
+    assert err.code is ErrorCode.FETCH_FAILED and "(2 attempts)" in err.message

@@ -16,12 +16,13 @@ from moderator.engine.base import Engine, declared_capabilities
 from moderator.engine.factory import build_engine, build_window, decode_ahead, warm_up
 from moderator.engine.window import EngineWindow, WindowResult
 from moderator.fetch.decode import DecodeLimits
+from moderator.fetch.outage import StoreOutage
 from moderator.fetch.store import ObjectStore
 from moderator.ingest.jobs import LoopStats
 from moderator.ingest.kafka import make_consumer, make_producer
 from moderator.ingest.loop import IngestLoop
 from moderator.ingest.ports import Consumer, Producer
-from moderator.obs.engine import FAILING_S, EngineWatch
+from moderator.obs.engine import FAILING_S, EngineWatch, store_check
 from moderator.obs.health import Check, CheckFn, Contact
 from moderator.obs.http import serving
 from moderator.obs.metrics import Metrics
@@ -48,6 +49,7 @@ class Pipeline:
     processor: Processor
     cache: VerdictCache
     policies: PolicyProvider
+    store: ObjectStore | None = None
 
     def close(self) -> None:
         self.processor.close()
@@ -118,7 +120,7 @@ def build_pipeline(
         tracer=tracer,
         decode_ahead=decode_ahead(engine, settings.engine, settings.fetch),
     )
-    return Pipeline(engine, window, processor, cache, policies)
+    return Pipeline(engine, window, processor, cache, policies, store)
 
 
 def warn_unreachable(policies: PolicyRegistry, engine: Engine) -> list[Shortfall]:
@@ -253,6 +255,11 @@ def _checks(
     telemetry.readiness.add("broker", broker)
     telemetry.readiness.add("engine", watch.check)
     telemetry.readiness.add("policies", _policies_check(pipeline.policies))
+    outage = getattr(pipeline.store, "outage", None)
+    if isinstance(outage, StoreOutage):
+        check = store_check(outage, telemetry.metrics)
+        telemetry.readiness.add("s3", check)
+        telemetry.on_scrape(check)
     telemetry.on_scrape(watch.collect)
     return broker
 

@@ -27,7 +27,9 @@ from pydantic_settings import (
 )
 
 from moderator.errors import ConfigError
+from moderator.events.upload import TENANT_ID_RULE, tenant_id_problem
 from moderator.masking import has_userinfo, mask_passwords
+from moderator.policy.keys import bucket_name_problem
 from moderator.settings_errors import ENV_PREFIX as ENV_PREFIX  # re-exported: callers read it here
 from moderator.settings_errors import (
     Sources,
@@ -40,6 +42,7 @@ from moderator.settings_errors import (
 from moderator.yaml_keys import DuplicateKey, load_unique, yaml_problem
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+ALL_TENANTS = "*"  # an audit.api_tokens entry: every tenant (moderator.audit.read.api_auth)
 MiB = 1 << 20
 
 
@@ -234,6 +237,9 @@ class S3Settings(_Section):
     read_timeout_s: float = Field(default=20.0, gt=0)
     max_attempts: int = Field(default=4, ge=1, le=20)
     max_pool_connections: int = Field(default=32, ge=1)
+    outage_wait_s: float = Field(
+        default=300.0, ge=0, description="how long a read waits for a store serving no read"
+    )
 
     @field_validator("endpoint_url")
     @classmethod
@@ -262,6 +268,29 @@ class TenancySettings(_Section):
         min_length=1,
         description="ObjectCreated event names that write content and are judged; others skipped",
     )
+
+    @field_validator("bucket_map")
+    @classmethod
+    def _bucket_tenants(cls, bucket_map: dict[str, str]) -> dict[str, str]:
+        # An invalid name here would send every event of the bucket to the DLQ as having no
+        # valid tenant id: refused at start-up instead, naming the entry.
+        for bucket, tenant in bucket_map.items():
+            problem = bucket_name_problem(bucket)
+            if problem is not None:
+                raise ValueError(f"key {problem}")
+            problem = tenant_id_problem(tenant)
+            if problem is not None:
+                raise ValueError(f"{bucket}: {problem}")
+        return bucket_map
+
+    @field_validator("upload_buckets")
+    @classmethod
+    def _bucket_names(cls, buckets: tuple[str, ...]) -> tuple[str, ...]:
+        for bucket in buckets:
+            problem = bucket_name_problem(bucket)
+            if problem is not None:
+                raise ValueError(problem)
+        return buckets
 
     @field_validator("content_events")
     @classmethod
@@ -562,6 +591,12 @@ class AuditSettings(_Section):
                 )
             if not tenants:
                 raise ValueError(f"api_tokens[{key[:12]}...] names no tenant")
+            for tenant in tenants:
+                if tenant != ALL_TENANTS and tenant_id_problem(tenant) is not None:
+                    raise ValueError(
+                        f"api_tokens[{key[:12]}...]: {tenant[:70]!r} is neither a tenant id "
+                        f'({TENANT_ID_RULE}) nor "*" (every tenant); the token would read nothing'
+                    )
             out[key] = list(tenants)
         return out
 

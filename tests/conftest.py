@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,6 +20,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> None:
+    configure_logging(LogSettings(level="warning", format="json"))
+
+
+@pytest.fixture
+def info_logs() -> Iterator[None]:
+    """Lines at `info` reach the processors (and `structlog.testing.capture_logs`)."""
+    configure_logging(LogSettings(level="info", format="json"))
+    yield
     configure_logging(LogSettings(level="warning", format="json"))
 
 

@@ -75,6 +75,8 @@ def test_the_alerts_cover_what_operators_are_paged_for() -> None:
         "ModeratorPolicyStale",
         "ModeratorEngineNotReady",
         "ModeratorAuditChainStalled",
+        "ModeratorObjectStoreUnavailable",
+        "ModeratorAuditEventIdConflict",
     }
     for name, rule in rules.items():
         assert rule["expr"].count("(") == rule["expr"].count(")"), name

@@ -12,9 +12,13 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from structlog.testing import capture_logs
 
 from moderator.errors import ErrorCode, ProcessingError
+from moderator.fetch.outage import StoreOutage
 from moderator.fetch.s3 import BACKOFF_CAP_S, S3ObjectStore, build_s3_client
+from moderator.obs.engine import store_check
+from moderator.obs.telemetry import Telemetry
 from moderator.settings import S3Settings
 
 SETTINGS = S3Settings(max_attempts=4)
@@ -79,11 +83,14 @@ class FakeS3Client:
 
 
 def make_store(
-    *script: dict[str, Any] | Exception, attempts: int = 4
+    *script: dict[str, Any] | Exception, attempts: int = 4, outage_wait_s: float = 0.0
 ) -> tuple[S3ObjectStore, FakeS3Client, list[float]]:
+    """A store over a scripted client. `outage_wait_s` 0 by default: a failing read gives up
+    after its attempts, as when the store serves other reads (the outage tests set it)."""
     client = FakeS3Client(*script)
     sleeps: list[float] = []
-    store = S3ObjectStore(S3Settings(max_attempts=attempts), client, sleep=sleeps.append)
+    settings = S3Settings(max_attempts=attempts, outage_wait_s=outage_wait_s)
+    store = S3ObjectStore(settings, client, sleep=sleeps.append)
     return store, client, sleeps
 
 
@@ -293,6 +300,7 @@ def test_unreachable_endpoint_is_fetch_failed_after_retries(
         region="us-east-1",
         connect_timeout_s=0.5,
         max_attempts=2,
+        outage_wait_s=0,
     )
     client = build_s3_client(settings)
     sends: list[str] = []
@@ -304,3 +312,92 @@ def test_unreachable_endpoint_is_fetch_failed_after_retries(
     assert "EndpointConnectionError" in err.message
     assert len(sleeps) == 1
     assert len(sends) == 2  # one request per tenacity attempt: botocore adds none of its own
+
+
+# -- an outage: the store serves no read ----------------------------------------------------------
+
+
+class FakeClock:
+    """The outage's clock, moved on by the backoff's sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def outage_store(
+    *script: dict[str, Any] | Exception, wait_s: float = 30.0
+) -> tuple[S3ObjectStore, FakeS3Client, FakeClock]:
+    client, clock = FakeS3Client(*script), FakeClock()
+    settings = S3Settings(max_attempts=4, outage_wait_s=wait_s)
+    return S3ObjectStore(settings, client, sleep=clock.sleep, clock=clock), client, clock
+
+
+def refused() -> Exception:
+    return EndpointConnectionError(endpoint_url="http://s3.local")
+
+
+@pytest.mark.usefixtures("info_logs")
+def test_a_read_waits_out_an_outage_instead_of_failing() -> None:
+    # Twelve refused connections (three times the attempts), then the store is back.
+    store, client, _ = outage_store(*[refused()] * 12, ok(b"judged"))
+    with capture_logs() as logs:
+        got = store.get("uploads", "acme/a.png", None, 1000)
+    assert got.data == b"judged"
+    assert len(client.calls) == 13
+    events = [line["event"] for line in logs]
+    assert events.count("s3_get_retry") == 3  # its own attempts; then it waits quietly
+    assert events.count("s3_unavailable") == 1
+    assert events.count("s3_available_again") == 1
+    assert store.outage.failing_s() == 0
+
+
+def test_an_outage_longer_than_the_wait_is_fetch_failed() -> None:
+    store, client, clock = outage_store(*[refused()] * 200, wait_s=10.0)
+    err = fail_code(store)
+    assert err.code is ErrorCode.FETCH_FAILED
+    assert "the store serving no read" in err.message
+    assert 10.0 <= sum(clock.sleeps) < 10.0 + BACKOFF_CAP_S
+    assert len(client.calls) > 4
+
+
+def test_a_read_gives_up_after_its_attempts_when_the_store_serves_others() -> None:
+    # Another read was served after this one started: the object is the problem, not the store.
+    store, client, clock = outage_store(*[client_error("InternalError", 500)] * 4, ok(b"x"))
+
+    def served_elsewhere(seconds: float) -> None:
+        FakeClock.sleep(clock, seconds)
+        store.outage.served()
+
+    store._sleep = served_elsewhere
+    err = fail_code(store)
+    assert err.code is ErrorCode.FETCH_FAILED
+    assert "4 attempts)" in err.message
+    assert len(client.calls) == 4
+
+
+def test_every_read_failing_for_a_minute_makes_s3_not_ready() -> None:
+    clock = FakeClock()
+    outage = StoreOutage(clock)
+    telemetry = Telemetry()
+    check = store_check(outage, telemetry.metrics)
+    assert check().ok
+    outage.retrying(1)
+    outage.failed()
+    clock.now += 61
+    found = check()
+    assert not found.ok and "no S3 read served for 61 s" in found.detail
+    assert b"moderator_object_store_ready 0.0" in telemetry.scrape()
+    outage.served()
+    assert check().ok
+    outage.failed()
+    clock.now += 61
+    outage.retrying(-1)  # the read gave up: no failure is current, readiness comes back
+    assert check().ok

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -20,11 +21,11 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_after_attempt,
     wait_random_exponential,
 )
 
 from moderator.errors import ErrorCode, ProcessingError
+from moderator.fetch.outage import StoreOutage
 from moderator.fetch.store import FetchedObject
 from moderator.masking import mask_passwords
 from moderator.settings import S3Settings
@@ -82,13 +83,24 @@ def build_s3_client(settings: S3Settings) -> Any:
     )
 
 
+@dataclass
+class _Read:
+    """One read's part in an outage: whether it is retrying, and waiting one out."""
+
+    retrying: bool = False
+    waiting: bool = False
+    reason: str = ""
+
+
 class S3ObjectStore:
     """GET objects with a size limit; errors become ProcessingError with a closed-set code.
 
     Not found and access denied are final. Throttling, 5xx, request timeouts and transport
     failures are retried with jittered exponential backoff, up to `settings.max_attempts`
-    attempts in all, then reported as FETCH_FAILED. Anything else is FETCH_FAILED at once.
-    `client` defaults to build_s3_client(settings); `sleep` is the backoff's clock.
+    attempts in all, then reported as FETCH_FAILED, unless the store has served no read since
+    this one started: then it keeps retrying for up to `settings.outage_wait_s`
+    (moderator.fetch.outage). Anything else is FETCH_FAILED at once. `client` defaults to
+    build_s3_client(settings); `sleep` is the backoff's and `clock` the outage's clock.
     """
 
     def __init__(
@@ -97,10 +109,13 @@ class S3ObjectStore:
         client: Any | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client if client is not None else build_s3_client(settings)
         self._max_attempts = settings.max_attempts
+        self._outage_wait_s = settings.outage_wait_s
         self._sleep = sleep
+        self.outage = StoreOutage(clock)
 
     def get(self, bucket: str, key: str, version_id: str | None, max_bytes: int) -> FetchedObject:
         """Read the whole object (or the given version); never more than max_bytes + 1 bytes.
@@ -109,21 +124,62 @@ class S3ObjectStore:
         served (the current version when none was asked for), or the requested one.
         """
         where = f"s3://{bucket}/{key}"
+        started, read = self.outage.now(), _Read()
         retrying = Retrying(
-            stop=stop_after_attempt(self._max_attempts),
+            stop=lambda state: self._stop(state, started, read),
             wait=wait_random_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_CAP_S),
             retry=retry_if_exception_type(_Transient),
             sleep=self._sleep,
-            before_sleep=lambda state: _log_retry(state, where),
+            before_sleep=lambda state: self._before_sleep(state, where, read),
             reraise=True,
         )
         try:
-            return retrying(self._get_once, bucket, key, version_id, max_bytes)
+            return retrying(self._attempt, bucket, key, version_id, max_bytes)
         except _Transient as exc:
+            attempts = retrying.statistics.get("attempt_number", self._max_attempts)
+            waited = self.outage.now() - started
+            during = f" over {waited:.0f} s, the store serving no read" if read.waiting else ""
             raise ProcessingError(
-                ErrorCode.FETCH_FAILED,
-                f"{where}: {exc.reason} ({self._max_attempts} attempts)",
+                ErrorCode.FETCH_FAILED, f"{where}: {exc.reason} ({attempts} attempts{during})"
             ) from exc
+        finally:
+            if read.retrying:
+                self.outage.retrying(-1)
+            if read.waiting:
+                self.outage.waiting(-1)
+
+    def _attempt(
+        self, bucket: str, key: str, version_id: str | None, max_bytes: int
+    ) -> FetchedObject:
+        try:
+            found = self._get_once(bucket, key, version_id, max_bytes)
+        except _Transient:
+            self.outage.failed()
+            raise
+        self.outage.served()
+        return found
+
+    def _stop(self, state: RetryCallState, started: float, read: _Read) -> bool:
+        """Give up once the attempts are used, unless the store is down for every read: then
+        wait for it, for up to `outage_wait_s` since this read started."""
+        if state.attempt_number < self._max_attempts:
+            return False
+        if self._outage_wait_s <= 0 or self.outage.served_since(started):
+            return True
+        if self.outage.now() - started >= self._outage_wait_s:
+            return True
+        if not read.waiting:
+            read.waiting = True
+            exc = state.outcome.exception() if state.outcome is not None else None
+            self.outage.waiting(1, str(getattr(exc, "reason", "")), self._outage_wait_s)
+        return False
+
+    def _before_sleep(self, state: RetryCallState, where: str, read: _Read) -> None:
+        if not read.retrying:
+            read.retrying = True
+            self.outage.retrying(1)
+        if not read.waiting:  # a read waiting out an outage retries quietly
+            _log_retry(state, where)
 
     def _get_once(
         self, bucket: str, key: str, version_id: str | None, max_bytes: int

@@ -75,6 +75,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "moderator_engine_batch_size", "histogram", (), "images per engine call", "1", SIZES
     ),
     MetricSpec(
+        "moderator_object_store_ready",
+        "gauge",
+        (),
+        "0 while every object store read has failed for more than 60 s (reads then wait), else 1",
+    ),
+    MetricSpec(
         "moderator_engine_busy_ratio",
         "gauge",
         (),
@@ -134,7 +140,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "moderator_audit_rows_total",
         "counter",
         ("result",),
-        "audit records written by the sink, by result: stored, duplicate",
+        "audit records taken by the sink, by result: stored, duplicate, conflict_tenant, "
+        "conflict_object, conflict_record",
     ),
     MetricSpec(
         "moderator_audit_batch_latency_seconds",

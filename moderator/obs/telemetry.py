@@ -34,10 +34,10 @@ class Telemetry:
         self.metrics = Metrics(self.store)
         self.readiness = Readiness()
         self.liveness = Liveness()
-        self._hooks: list[Callable[[], None]] = []
+        self._hooks: list[Callable[[], object]] = []
         self._lock = threading.Lock()
 
-    def on_scrape(self, hook: Callable[[], None]) -> None:
+    def on_scrape(self, hook: Callable[[], object]) -> None:
         """Run `hook` before every scrape (it sets gauges; it should be quick)."""
         with self._lock:
             self._hooks.append(hook)
