@@ -230,6 +230,8 @@ def test_two_workers_share_the_group_and_drain_on_sigterm(
     assert {d["instance_id"] for d in audits} == ids
     drained = {d.get("worker") for d in logs.events("drained")}
     assert drained == ids, logs.tail()
+    # lines written on other threads than the loop's (the engine's warm-up) name it too
+    assert {d.get("worker") for d in logs.events("engine_warm")} == ids, logs.tail()
     stopped = {d["worker"]: d["code"] for d in logs.events("worker_stopped")}
     assert stopped == dict.fromkeys(ids, 0)
 

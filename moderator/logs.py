@@ -48,6 +48,23 @@ def configure_cli_logging(settings: LogSettings) -> None:
     configure_logging(settings.model_copy(update={"level": level}))
 
 
+_PROCESS_FIELDS: dict[str, str] = {}
+
+
+def bind_process_fields(**fields: str) -> None:
+    """Fields every log line of this process carries, from whichever thread writes it (a
+    context variable is seen only by the thread that set it and the threads it starts later)."""
+    _PROCESS_FIELDS.update(fields)
+
+
+def _merge_process_fields(
+    _logger: object, _name: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    for key, value in _PROCESS_FIELDS.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def configure_logging(settings: LogSettings) -> None:
     level = getattr(logging, settings.level.upper())
     structlog.configure(
@@ -55,6 +72,7 @@ def configure_logging(settings: LogSettings) -> None:
             HotPathSampler(settings.hot_path_per_s),
             structlog.contextvars.merge_contextvars,
             merge_event_context,
+            _merge_process_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),

@@ -319,15 +319,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _run_worker(settings: Settings) -> int:
     """One worker of `run --workers N`: the service under its own instance id, stopping on
     SIGTERM/SIGINT or when its supervisor is gone."""
-    import structlog
 
     from moderator.cli.preflight import check_engine_files
     from moderator.cli.workers import watch_parent
-    from moderator.logs import configure_logging
+    from moderator.logs import bind_process_fields, configure_logging
     from moderator.service import run_service
 
     configure_logging(settings.log)
-    structlog.contextvars.bind_contextvars(worker=settings.instance_id)  # the loop's log lines
+    bind_process_fields(worker=settings.instance_id)  # every thread's lines, the engine's too
     check_engine_files(settings.engine)
     stop = install_stop_handlers()
     watch_parent(stop)

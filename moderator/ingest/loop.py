@@ -39,6 +39,7 @@ from moderator.pipeline.process import Job
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.ingest")
+DRAIN_REPORT_S = 5.0  # a `draining` line this often while a drain waits for events
 
 
 @dataclass
@@ -152,10 +153,13 @@ class IngestLoop:
         grace = self._s.flow.drain_grace_s
         log.info("draining", in_flight=self.in_flight, grace_s=grace)
         self._pause_all()
-        deadline = time.monotonic() + grace
+        deadline, report = time.monotonic() + grace, time.monotonic() + DRAIN_REPORT_S
         while self._jobs > 0 and time.monotonic() < deadline:
             self._consumer.consume(1, 0.05)  # keeps group membership; paused, so returns nothing
             self._collect()
+            if (now := time.monotonic()) >= report:  # progress while events in flight finish
+                report += DRAIN_REPORT_S
+                log.info("draining", in_flight=self.in_flight, left_s=int(deadline - now))
         self._checkpoint()
         log.info("drained", left_in_flight=self.in_flight, **vars(self.stats))
 

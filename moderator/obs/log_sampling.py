@@ -22,6 +22,7 @@ HOT_PATH_EVENTS = frozenset(
     {
         "verdict",
         "event_error",
+        "event_abandoned",
         "dead_lettered",
         "checkpoint",
         "consumer_error",

@@ -50,6 +50,7 @@ from moderator.pipeline.coalesce import (
     gather,
     wake,
 )
+from moderator.pipeline.event_errors import log_engine_error
 from moderator.pipeline.held import HeldBytes
 from moderator.pipeline.jobpool import JobPool
 from moderator.policy.base import CompiledPolicy, PolicyProvider
@@ -340,7 +341,7 @@ class Processor:
     ) -> None:
         job, policy = run.job, run.policy
         if outcome.error is not None and source != "error":  # the engine's: `_fail` logs others
-            log.info("event_error", code=outcome.error.code.value, reason=outcome.error.message)
+            log_engine_error(outcome.error.code, outcome.error.message)
         total_ms = (time.monotonic() - job.received) * 1000
         engine_failed = outcome.error is not None and outcome.error.code in _ENGINE_ERRORS
         ran_model = outcome.assessment is not None or engine_failed
