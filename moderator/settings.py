@@ -604,6 +604,11 @@ class AuditSettings(_Section):
     @classmethod
     def _retention(cls, days_by_tenant: dict[str, int]) -> dict[str, int]:
         for tenant, days in days_by_tenant.items():
+            if tenant != "default" and tenant_id_problem(tenant) is not None:
+                raise ValueError(
+                    f"{tenant[:70]!r} is neither a tenant id ({TENANT_ID_RULE}) nor \"default\": "
+                    "its retention would never apply"
+                )
             if not 0 <= days <= MAX_RETENTION_DAYS:
                 raise ValueError(
                     f"{tenant!r} must be 0..{MAX_RETENTION_DAYS} days, got "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from moderator.errors import ConfigError
 from moderator.events.upload import TENANT_ID_RULE
 from moderator.policy.keys import BUCKET_NAME_RULE
 from moderator.settings import TenancySettings, load_settings
@@ -136,3 +137,11 @@ def test_problems_are_counted_per_key_not_per_union_member(
         "configuration error: kafka.client.a.b: Input should be a valid string, a valid "
         f"integer or a valid boolean (in {cfg}) (and 1 more problem)"
     )
+
+
+def test_a_retention_key_that_is_no_tenant_id_is_refused() -> None:
+    # `Acme` would never match an event's tenant id: its records would be kept forever.
+    with pytest.raises(ConfigError, match=r"audit.retention_days: 'Acme' is neither a tenant id"):
+        load_settings(overrides={"audit.retention_days": {"Acme": 30}})
+    kept = load_settings(overrides={"audit.retention_days": {"default": 30, "acme": 7}})
+    assert kept.audit.retention_days == {"default": 30, "acme": 7}
