@@ -226,6 +226,20 @@ def test_pillow_bomb_error_and_warning_map_to_bomb(
         assert code_of(bytes(data)) is ErrorCode.DECOMPRESSION_BOMB
 
 
+def test_a_frame_larger_than_its_header_said_is_named_in_our_terms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = bytearray(animated_gif([RED, BLUE], size=(100, 100)))
+    data[6:10] = struct.pack("<HH", 10, 10)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+    with pytest.raises(ProcessingError) as info:
+        decode_image(bytes(data), LIMITS, 64)
+    assert info.value.code is ErrorCode.DECOMPRESSION_BOMB
+    assert info.value.message == (
+        "a frame of 10000 pixels, larger than its header said (limit 4000)"
+    )
+
+
 def test_too_many_frames_is_a_bomb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decode, "MAX_SOURCE_FRAMES", 5)
     assert code_of(animated_gif([RED, BLUE] * 3)) is ErrorCode.DECOMPRESSION_BOMB

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,7 +96,7 @@ def decode_image(
     except ProcessingError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ProcessingError(ErrorCode.DECOMPRESSION_BOMB, _first_line(exc)) from exc
+        raise ProcessingError(ErrorCode.DECOMPRESSION_BOMB, _bomb(exc, limits)) from exc
     # Pillow's decoders raise a wide and version-dependent set of exceptions for bad input;
     # every one of them means the bytes are not a usable image.
     except Exception as exc:
@@ -360,6 +361,16 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     if count > max_pixels:
         msg = f"{size[0]}x{size[1]} = {count} pixels (limit {max_pixels})"
         raise ProcessingError(ErrorCode.DECOMPRESSION_BOMB, msg)
+
+
+def _bomb(exc: BaseException, limits: DecodeLimits) -> str:
+    """Pillow's refusal of a frame that no header announced (a GIF frame larger than its
+    screen, or placed far outside it), in the terms of `_check_pixels`."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    if found is None:
+        return _first_line(exc)
+    limit = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
+    return f"a frame of {int(found[1])} pixels, larger than its header said (limit {limit})"
 
 
 def _first_line(exc: BaseException) -> str:
