@@ -73,6 +73,15 @@ class FakeS3Client:
     def __init__(self, *script: dict[str, Any] | Exception) -> None:
         self._script = deque(script)
         self.calls: list[dict[str, Any]] = []
+        self.probe: Exception | None = EndpointConnectionError(endpoint_url="http://s3.local")
+        self.probes = 0
+
+    def head_bucket(self, **params: Any) -> dict[str, Any]:
+        """The store's answer to a HEAD of the bucket: `probe` raised (down), or an answer."""
+        self.probes += 1
+        if self.probe is not None:
+            raise self.probe
+        return {}
 
     def get_object(self, **params: Any) -> dict[str, Any]:
         self.calls.append(params)
@@ -366,6 +375,32 @@ def test_an_outage_longer_than_the_wait_is_fetch_failed() -> None:
     assert "the store serving no read" in err.message
     assert 10.0 <= sum(clock.sleeps) < 10.0 + BACKOFF_CAP_S
     assert len(client.calls) > 4
+
+
+def test_a_read_waiting_when_the_store_comes_back_does_not_give_up() -> None:
+    # Its try in flight fails just after another read is served: it tries again, and reads.
+    store, client, clock = outage_store(*[refused()] * 6, ok(b"judged"))
+
+    def back_elsewhere(seconds: float) -> None:
+        FakeClock.sleep(clock, seconds)
+        if len(client.calls) == 5:
+            store.outage.served()
+
+    store._sleep = back_elsewhere
+    assert store.get("uploads", "acme/a.png", None, 1000).data == b"judged"
+    assert len(client.calls) == 7
+
+
+@pytest.mark.usefixtures("info_logs")
+def test_one_object_failing_while_the_store_answers_is_not_an_outage() -> None:
+    # No other read in flight to tell: the store answers a HEAD of the bucket, so it is up.
+    store, client, _ = outage_store(*[client_error("InternalError", 500)] * 4, ok(b"x"))
+    client.probe = client_error("AccessDenied", 403)  # an answer all the same
+    with capture_logs() as logs:
+        err = fail_code(store)
+    assert err.code is ErrorCode.FETCH_FAILED and "(4 attempts)" in err.message
+    assert (len(client.calls), client.probes) == (4, 1)
+    assert "s3_unavailable" not in [line["event"] for line in logs]
 
 
 def test_a_read_gives_up_after_its_attempts_when_the_store_serves_others() -> None:

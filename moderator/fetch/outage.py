@@ -46,13 +46,12 @@ class StoreOutage:
         with self._lock:
             now = self._clock()
             self._served_at = now
-            self._failing_since = None
+            failing_since, self._failing_since = self._failing_since, None
             outage_at, self._outage_at = self._outage_at, None
             waiting = self._waiting
-        if outage_at is not None:
-            log.warning(
-                "s3_available_again", unavailable_s=round(now - outage_at, 1), waiting=waiting
-            )
+        if outage_at is not None:  # timed from the first failure, not from the first wait
+            since = outage_at if failing_since is None else min(failing_since, outage_at)
+            log.info("s3_available_again", unavailable_s=round(now - since, 1), waiting=waiting)
 
     def failed(self) -> None:
         """A read failed with a transient error (it may be retried)."""

@@ -87,9 +87,9 @@ def build_s3_client(settings: S3Settings) -> Any:
 class _Read:
     """One read's part in an outage: whether it is retrying, and waiting one out."""
 
+    bucket: str
     retrying: bool = False
     waiting: bool = False
-    reason: str = ""
 
 
 class S3ObjectStore:
@@ -98,8 +98,9 @@ class S3ObjectStore:
     Not found and access denied are final. Throttling, 5xx, request timeouts and transport
     failures are retried with jittered exponential backoff, up to `settings.max_attempts`
     attempts in all, then reported as FETCH_FAILED, unless the store has served no read since
-    this one started: then it keeps retrying for up to `settings.outage_wait_s`
-    (moderator.fetch.outage). Anything else is FETCH_FAILED at once. `client` defaults to
+    this one started and does not answer a HEAD of the bucket either: then it keeps retrying
+    for up to `settings.outage_wait_s` (moderator.fetch.outage). Anything else is FETCH_FAILED
+    at once. `client` defaults to
     build_s3_client(settings); `sleep` is the backoff's and `clock` the outage's clock.
     """
 
@@ -124,7 +125,7 @@ class S3ObjectStore:
         served (the current version when none was asked for), or the requested one.
         """
         where = f"s3://{bucket}/{key}"
-        started, read = self.outage.now(), _Read()
+        started, read = self.outage.now(), _Read(bucket)
         retrying = Retrying(
             stop=lambda state: self._stop(state, started, read),
             wait=wait_random_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_CAP_S),
@@ -161,18 +162,36 @@ class S3ObjectStore:
 
     def _stop(self, state: RetryCallState, started: float, read: _Read) -> bool:
         """Give up once the attempts are used, unless the store is down for every read: then
-        wait for it, for up to `outage_wait_s` since this read started."""
+        wait for it, for up to `outage_wait_s` since this read started. A read that waits
+        gives up only then: when the store comes back, its next try succeeds."""
         if state.attempt_number < self._max_attempts:
             return False
-        if self._outage_wait_s <= 0 or self.outage.served_since(started):
+        if self._outage_wait_s <= 0 or self.outage.now() - started >= self._outage_wait_s:
             return True
-        if self.outage.now() - started >= self._outage_wait_s:
-            return True
-        if not read.waiting:
-            read.waiting = True
-            exc = state.outcome.exception() if state.outcome is not None else None
-            self.outage.waiting(1, str(getattr(exc, "reason", "")), self._outage_wait_s)
+        if read.waiting:
+            return False
+        if self.outage.served_since(started) or self._answers(read.bucket):
+            return True  # the store works: the object is the problem
+        read.waiting = True
+        exc = state.outcome.exception() if state.outcome is not None else None
+        self.outage.waiting(1, str(getattr(exc, "reason", "")), self._outage_wait_s)
         return False
+
+    def _answers(self, bucket: str) -> bool:
+        """Whether the store answers at all: a HEAD of the bucket, where any answer but a 5xx
+        or throttling (a 403 too) shows it up. With no other reads, this tells one object that
+        keeps failing from an outage."""
+        try:
+            self._client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            answered = not isinstance(_classify(exc, f"s3://{bucket}"), _Transient)
+        except (BotoCoreError, *_TRANSPORT_ERRORS):
+            answered = False
+        else:
+            answered = True
+        if answered:
+            self.outage.served()
+        return answered
 
     def _before_sleep(self, state: RetryCallState, where: str, read: _Read) -> None:
         if not read.retrying:
