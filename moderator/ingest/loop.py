@@ -159,7 +159,7 @@ class IngestLoop:
             self._collect()
             if (now := time.monotonic()) >= report:  # progress while events in flight finish
                 report += DRAIN_REPORT_S
-                log.info("draining", in_flight=self.in_flight, left_s=int(deadline - now))
+                log.info("draining", in_flight=self.in_flight, left_s=round(deadline - now))
         self._checkpoint()
         log.info("drained", left_in_flight=self.in_flight, **vars(self.stats))
 
