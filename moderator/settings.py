@@ -606,7 +606,7 @@ class AuditSettings(_Section):
         for tenant, days in days_by_tenant.items():
             if tenant != "default" and tenant_id_problem(tenant) is not None:
                 raise ValueError(
-                    f"{tenant[:70]!r} is neither a tenant id ({TENANT_ID_RULE}) nor \"default\": "
+                    f'{tenant[:70]!r} is neither a tenant id ({TENANT_ID_RULE}) nor "default": '
                     "its retention would never apply"
                 )
             if not 0 <= days <= MAX_RETENTION_DAYS:
