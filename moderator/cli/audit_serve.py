@@ -41,7 +41,7 @@ def add_serve_parsers(audit_sub: Any) -> None:
             "/v1/policy-versions/{hash} and /healthz over the audit store, with bearer tokens "
             "from audit.api_tokens (SHA-256 hex of a token -> the tenants it may read). An "
             "explanation says where its row was set as moderator explain does, from policies.dir "
-            "(read again when its files change). OpenAPI at /openapi.json. "
+            "(read again when its files change). OpenAPI at /openapi.json (a token needed). "
             "Needs: pip install 'moderator[api]'. Exit 2 on bad settings: no tokens, or a "
             'token hash that is a known mistake (the hash of an empty string or of "%s").'
         ),
