@@ -80,17 +80,23 @@ def audit_record(
     model: ModelInfo | None = FAKE,
     sha256: str = "ab" * 32,
     decided_at: datetime = DECIDED,
+    bucket: str = "uploads",
+    key: str | None = None,
+    surface: str = "post",
+    message: str = "s3://uploads/x: not found",
+    image_format: str = "PNG",
 ) -> dict[str, Any]:
-    """An AuditRecord v1 as the pipeline writes it (`assemble`), as JSON."""
+    """An AuditRecord v1 as the pipeline writes it (`assemble`), as JSON; `message` is the
+    error's, `key` defaults to `{tenant}/demo/{event_id}.png`."""
     event = UploadEvent(
         event_id=event_id,
         tenant_id=policy.tenant_id,
-        object=ObjectRef(bucket="uploads", key=f"{policy.tenant_id}/demo/{event_id}.png"),
+        object=ObjectRef(bucket=bucket, key=key or f"{policy.tenant_id}/demo/{event_id}.png"),
         uploaded_at=DECIDED - timedelta(minutes=5),
-        context=UploadContext(surface="post"),
+        context=UploadContext(surface=surface),
     )
     if error is not None:
-        outcome = error_outcome(error, "s3://uploads/x: not found", policy.on_error(error))
+        outcome = error_outcome(error, message, policy.on_error(error))
     else:
         assert assessment is not None
         outcome = FrameOutcome(decision=policy.decide(assessment), assessment=assessment)
@@ -99,9 +105,9 @@ def audit_record(
     _, audit = assemble(
         event,
         outcome,
-        policy=PolicyRef(tenant_id=policy.tenant_id, surface="post", version=policy.version),
+        policy=PolicyRef(tenant_id=policy.tenant_id, surface=surface, version=policy.version),
         model=model,
-        facts=ObjectFacts(sha256=sha256, format="PNG", width=640, height=480),
+        facts=ObjectFacts(sha256=sha256, format=image_format, width=640, height=480),
         source=source,
         timings=Timings(),
         decided_at=decided_at,

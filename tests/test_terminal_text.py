@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,8 @@ from moderator.cli.demo_audit import _print_rows
 from moderator.cli.lines import error_line
 from moderator.cli.main import main
 from moderator.errors import ErrorCode, ModeratorError
-from moderator.events.upload import ObjectRef, UploadContext, UploadEvent
-from moderator.events.verdict import Assessment, InputCoords, PolicyRef, Timings
+from moderator.events.verdict import Assessment
 from moderator.explain.render import because, explanation_json, text_lines
-from moderator.pipeline.assemble import (
-    FrameOutcome,
-    ObjectFacts,
-    Provenance,
-    assemble,
-    error_outcome,
-)
 from moderator.policy.compiled import TenantPolicy
 from moderator.policy.locations import outside_tenant
 from moderator.replay.html import html_table
@@ -38,7 +29,7 @@ from moderator.replay.markdown import table_lines
 from moderator.replay.tables import Table, cell_text
 from moderator.text import safe_line
 from tests.policy_fixtures import clear_moderator_env
-from tests.test_explain import DECIDED, FAKE, demo, explain
+from tests.test_explain import audit_record, demo, explain
 
 KEY = "acme/x\r\ndecision   allow\x1b[31m\u202egnp.exe"
 BUCKET = "uploads\x1b]0;title\x07"
@@ -52,40 +43,14 @@ def hostile(event_id: str, policy: TenantPolicy, *, error: bool) -> dict[str, An
     """An AuditRecord v1 as the pipeline writes it for an upload with a hostile key, bucket and
     surface: a `tenant_mismatch` error (the key holds control characters), or a model answer
     whose rationale holds escape sequences."""
-    event = UploadEvent(
-        event_id=event_id,
-        tenant_id=policy.tenant_id,
-        object=ObjectRef(bucket=BUCKET, key=KEY),
-        uploaded_at=DECIDED - timedelta(minutes=5),
-        context=UploadContext(surface=SURFACE),
-    )
+    where = {"bucket": BUCKET, "key": KEY, "surface": SURFACE, "image_format": "PNG\x1b[0m"}
     if error:
-        code = ErrorCode.TENANT_MISMATCH
         message = outside_tenant(policy, BUCKET, KEY)
-        outcome = error_outcome(code, message, policy.on_error(code))
-    else:
-        assessment = Assessment(rating="Safe", category="NA: None applying", rationale=RATIONALE)
-        outcome = FrameOutcome(decision=policy.decide(assessment), assessment=assessment)
-    _, audit = assemble(
-        event,
-        outcome,
-        policy=PolicyRef(tenant_id=policy.tenant_id, surface=SURFACE, version=policy.version),
-        model=FAKE,
-        facts=ObjectFacts(sha256="ab" * 32, format="PNG\x1b[0m", width=1, height=1),
-        source="model",
-        timings=Timings(),
-        decided_at=DECIDED,
-        trace_id="0" * 32,
-        provenance=Provenance(
-            coords=InputCoords(topic="uploads", partition=0, offset=7),
-            instance_id="pod-1",
-            package_version="0.1.0",
-            policy_hash=policy.full_hash,
-            prompt_sha256=policy.prompt_sha256,
-            policy_document=policy.document(),
-        ),
-    )
-    return audit.model_dump(mode="json", by_alias=True)
+        return audit_record(
+            event_id, policy, error=ErrorCode.TENANT_MISMATCH, message=message, **where
+        )
+    assessment = Assessment(rating="Safe", category="NA: None applying", rationale=RATIONALE)
+    return audit_record(event_id, policy, assessment=assessment, **where)
 
 
 # -- the function --------------------------------------------------------------------------
