@@ -22,11 +22,12 @@ from moderator.ingest.jobs import LoopStats
 from moderator.ingest.kafka import make_consumer, make_producer
 from moderator.ingest.loop import IngestLoop
 from moderator.ingest.ports import Consumer, Producer
-from moderator.obs.engine import FAILING_S, EngineWatch, store_check
+from moderator.obs.engine import FAILING_S, EngineWatch
 from moderator.obs.health import Check, CheckFn, Contact
 from moderator.obs.http import serving
 from moderator.obs.metrics import Metrics
 from moderator.obs.probes import KafkaProbe
+from moderator.obs.store import store_check
 from moderator.obs.telemetry import Telemetry
 from moderator.obs.tracing import TRACER_NAME, build_tracer_provider
 from moderator.pipeline.cache import VerdictCache

@@ -9,7 +9,7 @@ the store answers or `s3.outage_wait_s` has passed. Meanwhile the consumer's in-
 pauses its partitions, so uploads wait in Kafka instead.
 
 `StoreOutage` keeps the times this needs, logs the outage's start and end once each, and
-answers the `s3` readiness check.
+answers the `s3` readiness check (moderator/obs/store.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from collections.abc import Callable
 import structlog
 
 log = structlog.get_logger("moderator.fetch")
-
-FAILING_S = 60.0
-"""How long every read may fail before the store is reported not ready."""
 
 
 class StoreOutage:

@@ -1,5 +1,4 @@
-"""The engine's readiness and busy ratio, read from its window at check and scrape time; the
-object store's readiness."""
+"""The engine's readiness and busy ratio, read from its window at check and scrape time."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from moderator.engine.answers import AnswerClock
-from moderator.obs.health import Check, CheckFn
+from moderator.obs.health import Check
 from moderator.obs.metrics import Metrics
 
 FAILING_S = 60.0
@@ -78,24 +77,3 @@ class EngineWatch:
         if span > 0:
             ratio = min(1.0, max(0.0, (busy - last_busy) / span))
             self._metrics.set("moderator_engine_busy_ratio", ratio)
-
-
-class StoreFailing(Protocol):
-    """What `moderator.fetch.outage.StoreOutage` tells about the object store."""
-
-    def failing_s(self) -> float: ...
-
-
-def store_check(store: StoreFailing, metrics: Metrics, failing_s: float = FAILING_S) -> CheckFn:
-    """The `s3` readiness check, which also sets `moderator_object_store_ready`: not ready
-    while every read has failed for more than `failing_s` (reads then wait for the store)."""
-
-    def check() -> Check:
-        failing = store.failing_s()
-        ready = failing <= failing_s
-        metrics.set("moderator_object_store_ready", 1 if ready else 0)
-        if ready:
-            return Check(True, "reads served")
-        return Check(False, f"no S3 read served for {failing:.0f} s: reads wait for the store")
-
-    return check

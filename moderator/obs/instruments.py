@@ -49,6 +49,11 @@ class _Family:
     values: dict[Key, float] = field(default_factory=dict)  # counters and gauges
     histograms: dict[Key, _Histogram] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)  # the bounded label's values kept
+    bounded_at: int | None = field(init=False)  # the bounded label's place in a key
+
+    def __post_init__(self) -> None:
+        bounded = self.spec.bounded
+        self.bounded_at = None if bounded is None else self.spec.labels.index(bounded)
 
     def copy(self) -> _Family:
         histograms = {k: _Histogram(list(h.counts), h.total) for k, h in self.histograms.items()}
@@ -57,9 +62,9 @@ class _Family:
     def kept(self, key: Key) -> Key:
         """`key` with its bounded label's value replaced by `OTHER` once `MAX_LABEL_VALUES`
         other values are kept; call under the store's lock."""
-        if self.spec.bounded is None:
+        index = self.bounded_at
+        if index is None:
             return key
-        index = self.spec.labels.index(self.spec.bounded)
         value = key[index]
         if value in self.seen:
             return key
