@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from moderator.errors import ErrorCode, ProcessingError
 from moderator.fetch.outage import StoreOutage
 from moderator.fetch.s3 import BACKOFF_CAP_S, S3ObjectStore, build_s3_client
-from moderator.obs.engine import store_check
+from moderator.obs.store import store_check
 from moderator.obs.telemetry import Telemetry
 from moderator.settings import S3Settings
 
