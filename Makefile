@@ -13,9 +13,11 @@ $(BIN)/python:
 
 # lmdeploy cannot run without CUDA, but its configuration and checks are tested on any machine:
 # it is installed without its dependencies (requirements/lmdeploy-cpu.txt says why).
+# torch's CUDA build and its libraries are several GB: pip's cache would hold a second copy of
+# every wheel, which a CI machine's disk may not have room for.
 install: $(BIN)/python
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
-	$(BIN)/pip install -q --no-deps -r requirements/lmdeploy-cpu.txt
+	$(BIN)/pip install -q --no-cache-dir -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q --no-cache-dir --no-deps -r requirements/lmdeploy-cpu.txt
 
 lint: install
 	$(MAKE) --no-print-directory lint-only
