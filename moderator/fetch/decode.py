@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from moderator.errors import ErrorCode, ProcessingError
 from moderator.fetch import jpeg_native, pixels
 from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode_cost import DecodePlan, FrameShape, peak_bytes
+from moderator.fetch.headers import accepts, apng_frames, recognised_format
 from moderator.fetch.limits import Deadline, DecodeLimits
 from moderator.fetch.prescan import GifLayout, count_jpeg_scans, count_png_chunks, scan_gif
 
@@ -160,33 +160,39 @@ def _open_allowed(data: bytes, allowed: tuple[str, ...]) -> ImageFile.ImageFile:
     for name in allowed:
         factory, accept = Image.OPEN.get(name.upper(), (None, None))
         # Plugins without a sniffer are never tried: Pillow would feed them anything.
-        if factory is None or accept is None or not _accepts(accept, prefix):
+        if factory is None or accept is None or not accepts(accept, prefix):
             continue
         if name.upper() == "PNG":
-            _check_png_chunks(data)  # before Pillow parses them
+            _check_png_header(data)  # before Pillow parses it
         try:
             return factory(io.BytesIO(data), "")
         except SyntaxError as exc:
             bad_header = exc
     if bad_header is not None:
         raise ProcessingError(ErrorCode.CORRUPT_IMAGE, _first_line(bad_header)) from bad_header
-    others = [n for n, (_, acc) in Image.OPEN.items() if acc and _accepts(acc, prefix)]
-    what = f"format {others[0]} is not allowed" if others else "not a recognised image format"
+    other = recognised_format(data)
+    what = f"format {other} is not allowed" if other else "not a recognised image format"
     raise ProcessingError(ErrorCode.UNSUPPORTED_FORMAT, what)
 
 
-def _check_png_chunks(data: bytes) -> None:
+def _check_png_header(data: bytes) -> None:
     chunks = count_png_chunks(data, MAX_PNG_CHUNKS)
     if chunks > MAX_PNG_CHUNKS:
         msg = f"more than {MAX_PNG_CHUNKS} PNG chunks to parse"
         raise ProcessingError(ErrorCode.DECODE_TIMEOUT, msg)
+    declared = apng_frames(data)
+    if declared is not None:
+        _check_frames(declared, "declares")
 
 
-def _accepts(accept: Callable[[bytes], bool | str], prefix: bytes) -> bool:
-    try:
-        return accept(prefix) is True
-    except (IndexError, TypeError, struct.error):  # short prefixes trip some sniffers
-        return False
+def _check_frames(count: int, says: str) -> None:
+    """`says`: "has" for frames counted, "declares" for a count that only the header gives."""
+    if count < 1:
+        msg = f"the file {says} {count} frames (an image needs at least 1)"
+        raise ProcessingError(ErrorCode.CORRUPT_IMAGE, msg)
+    if count > MAX_SOURCE_FRAMES:
+        msg = f"the file {says} {count} frames (limit {MAX_SOURCE_FRAMES})"
+        raise ProcessingError(ErrorCode.DECOMPRESSION_BOMB, msg)
 
 
 def _plan(
@@ -202,12 +208,12 @@ def _plan(
         # A multi-picture JPEG (stereo or depth views): the primary picture is the photo.
         fmt, n_frames = "JPEG", 1
     elif layout is not None and layout.frames > MAX_SOURCE_FRAMES:
-        n_frames = layout.frames
+        # The walk stops one frame past the limit: the file may hold any number more.
+        msg = f"the file has more than {MAX_SOURCE_FRAMES} frames (limit {MAX_SOURCE_FRAMES})"
+        raise ProcessingError(ErrorCode.DECOMPRESSION_BOMB, msg)
     else:
         n_frames = int(getattr(im, "n_frames", 1))
-    if not 1 <= n_frames <= MAX_SOURCE_FRAMES:
-        code = ErrorCode.CORRUPT_IMAGE if n_frames < 1 else ErrorCode.DECOMPRESSION_BOMB
-        raise ProcessingError(code, f"{n_frames} frames (limit {MAX_SOURCE_FRAMES})")
+    _check_frames(n_frames, "has")
     indices = tuple(sample_indices(n_frames, limits.max_frames))
     source = _Source(fmt, width, height, n_frames, indices)
     progressive = 0
