@@ -9,6 +9,7 @@ import pytest
 
 from moderator.policy.document import CODES, PolicyFile
 from moderator.policy.load import load_text
+from moderator.policy.model import ResolvedPolicy
 from moderator.settings import TenancySettings
 
 KEY_PREFIX = TenancySettings(upload_buckets=("uploads", "media"))
@@ -49,3 +50,20 @@ def clear_moderator_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("MODERATOR_") and name != "MODERATOR_HTTP__PORT":
             monkeypatch.delenv(name)
+
+
+def count_compiles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(tenant, surface) of every policy compiled from now on, whoever compiles it, with an
+    empty memo in place of the process's (what another test compiled is not remembered)."""
+    from moderator.policy import check, compiled, memo
+    from moderator.policy.prompt import render_prompt as render
+
+    monkeypatch.setattr(check, "COMPILED", memo.CompileMemo())
+    seen: list[tuple[str, str]] = []
+
+    def counted(resolved: ResolvedPolicy) -> str:
+        seen.append((resolved.tenant_id, resolved.surface))
+        return render(resolved)
+
+    monkeypatch.setattr(compiled, "render_prompt", counted)
+    return seen

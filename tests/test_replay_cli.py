@@ -266,6 +266,35 @@ def test_the_report_says_why_policies_were_not_compared(tmp_path: Path) -> None:
     assert "missing" in lines[0]
 
 
+def test_a_run_compiles_each_policy_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replayed directory is read three times (checked before Kafka, served by the run's
+    pipeline, compared with the live one for the report): each policy is compiled once."""
+    from moderator.cli.preflight import check_policies
+    from moderator.cli.replay import _policy_diff
+    from moderator.policy.bundled import write_default_policy
+    from moderator.service import build_policies
+    from moderator.settings import load_settings
+    from tests.policy_fixtures import count_compiles
+
+    live_dir, replayed_dir = tmp_path / "live", tmp_path / "next"
+    for directory, action in ((live_dir, "review"), (replayed_dir, "block")):
+        write_default_policy(directory)
+        (directory / "kids.yaml").write_text(
+            f"on_error: {action}\nsurfaces:\n  chat:\n    on_error: block\n"
+        )
+    live = load_settings(None, {"policies.dir": live_dir})
+    replayed = load_settings(None, {"policies.dir": replayed_dir})
+    compiled = count_compiles(monkeypatch)
+    served = check_policies(replayed).policies
+    build_policies(replayed).close()
+    diff = _policy_diff(live, replayed_dir)
+    assert any("kids" in line for line in diff), diff
+    kids = [("kids", "chat"), ("kids", "default")]
+    assert sorted(served) == [("default", "default"), *kids]
+    # kids once for each directory; default.yaml, the same file in both, once in all
+    assert sorted(compiled) == [("default", "default"), *sorted(kids * 2)]
+
+
 # -- checks a walkthrough found missing: each refused before Kafka, as one line ---------------
 
 

@@ -25,6 +25,7 @@ from moderator.policy.load import (
     policy_paths,
     read_policy,
 )
+from moderator.policy.memo import COMPILED
 from moderator.policy.resolve import ROOT, resolve, surfaces
 from moderator.settings import TenancySettings
 
@@ -151,11 +152,16 @@ def compile_tenant(
     *,
     sources: Mapping[str, Path] | None = None,
 ) -> dict[str, TenantPolicy]:
-    """The tenant compiled for its default surface and each surface its chain declares."""
-    return {
-        surface: compile_policy(resolve(files, tenant, surface, tenancy, sources=sources))
-        for surface in (SURFACE_DEFAULT, *surfaces(files, tenant, sources=sources))
-    }
+    """The tenant compiled for its default surface and each surface its chain declares; once
+    per process for the same files and settings (moderator.policy.memo)."""
+
+    def build() -> dict[str, TenantPolicy]:
+        return {
+            surface: compile_policy(resolve(files, tenant, surface, tenancy, sources=sources))
+            for surface in (SURFACE_DEFAULT, *surfaces(files, tenant, sources=sources))
+        }
+
+    return COMPILED.compiled(files, tenant, tenancy, build)
 
 
 def compile_unknown(result: DirectoryCheck, tenant: str, tenancy: TenancySettings) -> TenantPolicy:

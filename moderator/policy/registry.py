@@ -26,11 +26,11 @@ import structlog
 
 from moderator.errors import ConfigError
 from moderator.obs.metrics import Metrics
-from moderator.policy.check import check, one_line
+from moderator.policy.check import check, compile_tenant, one_line
 from moderator.policy.compiled import TenantPolicy, compile_policy
 from moderator.policy.document import PolicyFile
 from moderator.policy.load import PolicyError, load_text, policy_paths, read_policy
-from moderator.policy.resolve import resolve, surfaces
+from moderator.policy.resolve import resolve
 from moderator.settings import TenancySettings
 
 log = structlog.get_logger("moderator.policy")
@@ -284,12 +284,10 @@ class PolicyRegistry:
     def _compile_tenant(
         self, docs: Mapping[str, PolicyFile], paths: Mapping[str, Path], tenant: str
     ) -> tuple[dict[str, TenantPolicy] | None, str | None]:
+        # compile_tenant remembers what it compiled: the directory check made before start-up
+        # has compiled these files already, and a reload recompiles only what an edit changed.
         try:
-            compiled = {}
-            for surface in (SURFACE_DEFAULT, *surfaces(docs, tenant)):
-                resolved = resolve(docs, tenant, surface, self._tenancy, sources=paths)
-                compiled[surface] = compile_policy(resolved)
-            return compiled, None
+            return compile_tenant(docs, tenant, self._tenancy, sources=paths), None
         except ConfigError as exc:
             return None, str(exc)
 
