@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from moderator.events.verdict import CATEGORIES as TAXONOMY
+from moderator.events.verdict import NONE_APPLYING, category_code
 from moderator.policy.load import load_text
 from moderator.training import curves
 from moderator.training.dataset import Sample
-from moderator.training.metrics import Prediction, compute, rule_code
+from moderator.training.metrics import NONE_APPLYING_RULE, Prediction, compute, rule_code
 from moderator.training.report_tables import policy_snippets
 
 O1 = "O1: Hate, Humiliation, Harassment"
@@ -217,6 +219,13 @@ def test_rule_codes() -> None:
         None,
         None,
     ]
+
+
+def test_every_category_of_the_taxonomy_is_its_own_rule() -> None:
+    """The rule codes are those of the categories a verdict names, "NA" included: a per-rule
+    group is keyed as the policy row it would tune."""
+    assert [rule_code(c) for c in TAXONOMY] == [category_code(c) for c in TAXONOMY]
+    assert rule_code(NONE_APPLYING) == NONE_APPLYING_RULE == "NA"
 
 
 # -- against scikit-learn ----------------------------------------------------------------------

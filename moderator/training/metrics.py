@@ -13,13 +13,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from moderator.events.verdict import NONE_APPLYING, category_code
 from moderator.training import curves
 from moderator.training.dataset import POLICY_EXCEPTIONS
 
 Rating = Literal["Safe", "Unsafe"]
 
 DEFAULT_POLICY = "default"  # Sample.policy of a prompt built from the default policy
-NONE_APPLYING = "NA"  # the rule code of "NA: None applying"
+# The rule code ("NA") of the shared category string, as per-rule groups and policies name it.
+NONE_APPLYING_RULE = category_code(NONE_APPLYING)
 PREDICTED_COLUMNS = ("Safe", "Unsafe", "unparseable", "missing")  # confusion() columns
 # The headline figures of a run, in the order the eval command and a model card show them.
 HEADLINE = (
@@ -262,7 +264,7 @@ def rule_code(category: str | None) -> str | None:
     if not category:
         return None
     code = category.split(":", 1)[0].strip().upper()
-    if code == NONE_APPLYING or (len(code) == 2 and code[0] == "O" and code[1] in "123456789"):
+    if code == NONE_APPLYING_RULE or (len(code) == 2 and code[0] == "O" and code[1] in "123456789"):
         return code
     return None
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from moderator.replay.tables import Cell, Table
-from moderator.training.metrics import PREDICTED_COLUMNS, Outcome
+from moderator.training.metrics import NONE_APPLYING_RULE, PREDICTED_COLUMNS, Outcome
 
 MISCLASSIFIED_SHOWN = 50  # rows in the reports' table; misclassified.jsonl has every one
 
@@ -267,7 +267,7 @@ def policy_snippets(metrics: Mapping[str, Any]) -> list[tuple[float, str]]:
             values = _rule_values(row["block_at"], row["review_at"])
             if not values:
                 continue
-            if rule == "NA":
+            if rule == NONE_APPLYING_RULE:
                 none_applying.append(f"none_applying: {{{values}}}")
             else:
                 categories.append(f"  {rule}: {{{values}}}")
