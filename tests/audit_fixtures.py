@@ -14,6 +14,7 @@ from moderator.audit.db.store import AuditStore
 from moderator.audit.models import IncomingRecord
 
 TOPIC = "moderation.audit"
+SINK_TOPIC = "audit-t"  # what the audit sink reads in its tests (the `broker` fixture's)
 BASE = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
 ALPHA, BETA = "alpha", "beta"
 

@@ -5,11 +5,9 @@ naming the event and both tenants, bounded per batch, and `moderator_audit_rows_
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
 from moderator.audit.db.conflicts import Conflict, WriteResult
@@ -22,19 +20,6 @@ from moderator.obs.telemetry import Telemetry
 from tests.audit_fixtures import ALPHA, BASE, BETA, record
 from tests.test_audit_sink import TOPIC, consumer, ends, settings
 from tests.test_obs_http import samples
-
-
-@pytest.fixture
-def store() -> Iterator[AuditStore]:
-    with AuditStore.open("sqlite://") as opened:
-        yield opened
-
-
-@pytest.fixture
-def broker() -> MemoryBroker:
-    broker = MemoryBroker()
-    broker.create_topic(TOPIC, 4)
-    return broker
 
 
 def claim(tenant: str, event_id: str = "claim-1", **extra: Any) -> dict[str, Any]:

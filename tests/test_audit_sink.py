@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,8 +22,8 @@ from moderator.events.verdict import AuditRecord, InputCoords, PolicyRef, Verdic
 from moderator.ingest.memory.broker import MemoryBroker
 from moderator.ingest.memory.consumer import MemoryConsumer
 from moderator.settings import Settings, load_settings
+from tests.audit_fixtures import SINK_TOPIC as TOPIC
 
-TOPIC = "audit-t"
 T0 = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
 
 
@@ -61,19 +61,6 @@ def settings(**over: Any) -> Settings:
     }
     base.update(over)
     return load_settings(overrides=base)
-
-
-@pytest.fixture
-def store() -> Iterator[AuditStore]:
-    with AuditStore.open("sqlite://") as opened:
-        yield opened
-
-
-@pytest.fixture
-def broker() -> MemoryBroker:
-    broker = MemoryBroker()
-    broker.create_topic(TOPIC, 4)
-    return broker
 
 
 def consumer(broker: MemoryBroker, s: Settings) -> MemoryConsumer:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from moderator.audit.db.store import AuditStore
 from moderator.audit.sink.loop import AuditSink
@@ -16,19 +13,6 @@ from moderator.obs.health import Contact
 from moderator.obs.telemetry import Telemetry
 from tests.test_audit_sink import TOPIC, Flaky, consumer, ends, record_json, settings
 from tests.test_obs_http import samples
-
-
-@pytest.fixture
-def store() -> Iterator[AuditStore]:
-    with AuditStore.open("sqlite://") as opened:
-        yield opened
-
-
-@pytest.fixture
-def broker() -> MemoryBroker:
-    broker = MemoryBroker()
-    broker.create_topic(TOPIC, 4)
-    return broker
 
 
 def test_rows_latency_retries_and_chain_heads(broker: MemoryBroker, store: AuditStore) -> None:
