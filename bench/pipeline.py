@@ -3,7 +3,6 @@
 Run from the project root:
 
     .venv/bin/python bench/pipeline.py [--events N] [--decode-images K] [--no-s3] [--workers N]
-        [--pin-cpus]
 
 Everything but phase 4 runs in this one process: the embedded stack (librdkafka's mock Kafka
 cluster plus moto's S3 server, see docs/architecture.md) is started once, N UploadEvent messages
@@ -35,8 +34,7 @@ What is measured:
    full and with JPEG draft downscaling to the engine's input size.
 4. with --workers N: the in-memory pipeline in 1 worker process and in N, as
    `moderator run --workers N` runs it, and the gain (bench/pipeline_workers.py explains the
-   method; docs/performance.md the figures); with --pin-cpus each also pinned, a CPU per
-   worker, as `moderator run --pin-cpus` runs them, and the pinned rate against the unpinned.
+   method; docs/performance.md the figures).
 
 How to read the numbers: "ev/s" counts from the first message a consumer received to the end
 (the ceiling's last commit; the Nth verdict seen by the reader for the pipeline), so the consumer
@@ -507,16 +505,13 @@ def _run_worker_phases(
     images: Sequence[Sample],
     n: int,
     timeout_s: float,
-    pin: bool = False,
 ) -> list[WorkersRun]:
-    """The in-memory pipeline in 1 worker process, then in `workers`, measured alike; with
-    `pin`, each count also with its workers pinned, right after it unpinned."""
+    """The in-memory pipeline in 1 worker process, then in `workers`, measured alike."""
     objects = [(BUCKET, _object_key(i, s), s.data) for i, s in enumerate(images)]
     runs: list[WorkersRun] = []
-    variants = [(c, p) for c in sorted({1, workers}) for p in ((False, True) if pin else (False,))]
     with tempfile.TemporaryDirectory(prefix="moderator-bench-workers-") as tmp:
-        for count, pinned in variants:
-            label = f"w{count}{'p' if pinned else ''}"
+        for count in sorted({1, workers}):
+            label = f"w{count}"
             uploads = f"bench-uploads-{label}-{run_id}"
             fresh_topic(bootstrap, uploads)
             overrides = {
@@ -535,29 +530,19 @@ def _run_worker_phases(
                 n=n,
                 tmp=Path(tmp),
                 timeout_s=timeout_s,
-                pin=pinned,
             )
             runs.append(run)
             print(
-                f"  {_workers_label(run)}: {run.events} events, {run.rate:,.0f} ev/s from "
+                f"  {count} worker process(es): {run.events} events, {run.rate:,.0f} ev/s from "
                 f"the first event published ({run.active_s:.2f} s), workers' CPU "
                 f"{run.cpu_s:.2f} s ({run.busy:.1f} cores busy)"
                 + (f", duplicates {run.duplicates}" if run.duplicates else "")
             )
             for note in run.notes or []:
                 print(f"    note: {note}")
-    plain = [r for r in runs if not r.pinned]
-    if len(plain) == 2 and plain[0].rate:
-        print(f"  gain: {plain[1].rate / plain[0].rate:.2f}x with {workers} processes over 1")
-    for run in runs:
-        base = next(r for r in plain if r.workers == run.workers)
-        if run.pinned and base.rate:
-            print(f"  pinned: {run.rate / base.rate:.2f}x with {run.workers} process(es)")
+    if len(runs) == 2 and runs[0].rate:
+        print(f"  gain: {runs[1].rate / runs[0].rate:.2f}x with {workers} processes over 1")
     return runs
-
-
-def _workers_label(run: WorkersRun) -> str:
-    return f"{run.workers} worker process(es){', pinned' if run.pinned else ''}"
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -633,7 +618,7 @@ def _print_table(
         ratio = f"{run.rate / multi[0].rate:.2f} x 1 process" if run is not multi[0] else "1.00"
         rows.append(
             (
-                f"pipeline, memory, {_workers_label(run)}",
+                f"pipeline, memory, {run.workers} worker process(es)",
                 f"{run.rate:,.0f} ev/s",
                 f"{run.active_s:.2f}",
                 f"{run.busy:.1f}",
@@ -692,20 +677,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`moderator run --workers N` does, and print the gain (1..{MAX_BENCH_WORKERS}; "
         "default 0: skip)",
     )
-    parser.add_argument(
-        "--pin-cpus",
-        action="store_true",
-        help="with --workers: run each worker count also pinned, a CPU per worker, as "
-        "`moderator run --pin-cpus` does, and print the pinned rate against the unpinned",
-    )
     args = parser.parse_args(argv)
     n: int = args.events
     if n < 1:
         parser.error("--events must be at least 1")
     if not 0 <= args.workers <= MAX_BENCH_WORKERS:
         parser.error(f"--workers must be between 0 and {MAX_BENCH_WORKERS}")
-    if args.pin_cpus and not args.workers:
-        parser.error("--pin-cpus needs --workers N (the pinned runs are worker processes)")
 
     run_id = uuid.uuid4().hex[:8]
     uploads = f"bench-uploads-{run_id}"
@@ -762,14 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers:
             print(f"\n4. pipeline in worker processes (1 and {args.workers}), objects in memory")
             multi = _run_worker_phases(
-                args.workers,
-                stack.bootstrap_servers,
-                policies,
-                run_id,
-                images,
-                n,
-                args.timeout,
-                pin=args.pin_cpus,
+                args.workers, stack.bootstrap_servers, policies, run_id, images, n, args.timeout
             )
 
     decode: dict[str, float] | None = None

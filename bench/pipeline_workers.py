@@ -15,10 +15,6 @@ published to the last verdict seen, so the group join is left out. "cores busy" 
 time of the workers (each reports its own) over that time; the mock broker and the reader run
 in the bench's own process and are not counted in it but do compete for the same cores. Use
 at most as many workers as the uploads topic has partitions (4 on the mock cluster).
-
-With `--pin-cpus` each count runs twice, as is and with every worker pinned to a CPU of its own
-(`moderator.cli.affinity`, as `moderator run --pin-cpus` pins them; the broker and the reader
-stay unpinned), and the pinned rate is printed against the unpinned one.
 """
 
 from __future__ import annotations
@@ -50,7 +46,6 @@ class WorkersRun:
     """One measured run of `workers` processes."""
 
     workers: int
-    pinned: bool = False
     events: int = 0
     active_s: float = 0.0
     cpu_s: float = 0.0
@@ -104,11 +99,8 @@ def _worker(
     objects_file: str,
     events: Any,
     stop: Any,
-    cpu: int | None,
 ) -> None:
-    """One worker process: the service on worker k's settings until the bench says stop; on
-    CPU `cpu` alone when given, as `moderator run --pin-cpus` pins it."""
-    from moderator.cli.affinity import pin_process
+    """One worker process: the service on worker k's settings until the bench says stop."""
     from moderator.cli.workers import worker_settings
     from moderator.fetch.store import InMemoryObjectStore
     from moderator.ingest.kafka import consumer_config
@@ -117,8 +109,6 @@ def _worker(
 
     settings = worker_settings(load_settings(None, overrides), index)
     configure_logging(settings.log)
-    if cpu is not None:
-        pin_process(cpu)
     store = InMemoryObjectStore()
     folder = Path(objects_file).parent
     for bucket, key, name in json.loads(Path(objects_file).read_text(encoding="utf-8")):
@@ -140,8 +130,8 @@ def _worker(
             consumer=cast("ConsumerPort", consumer),
         )
         first = consumer.first_message_cpu
-        cpu_s = time.process_time() - first if first is not None else 0.0
-        events.put(("done", index, cpu_s, stats.produced))
+        cpu = time.process_time() - first if first is not None else 0.0
+        events.put(("done", index, cpu, stats.produced))
     except BaseException as exc:  # reported to the bench, which must not wait forever
         events.put(("failed", index, repr(exc), 0))
 
@@ -155,15 +145,10 @@ def run_workers(
     n: int,
     tmp: Path,
     timeout_s: float,
-    pin: bool = False,
 ) -> WorkersRun:
-    """`workers` processes on `overrides` (which name a fresh uploads topic), each pinned to
-    a CPU of its own with `pin`; `publish(topic)` writes the n events once every worker holds
-    partitions."""
-    from moderator.cli.affinity import cpus_for, usable_cpus
-
-    cpus: list[int | None] = list(cpus_for(workers, usable_cpus())) if pin else [None] * workers
-    run = WorkersRun(workers, pinned=pin, notes=[])
+    """`workers` processes on `overrides` (which name a fresh uploads topic); `publish(topic)`
+    writes the n events once every worker holds partitions."""
+    run = WorkersRun(workers, notes=[])
     assert run.notes is not None
     objects_file = _write_objects(tmp, objects)
     ctx = multiprocessing.get_context("spawn")
@@ -172,7 +157,7 @@ def run_workers(
     procs: list[SpawnProcess] = [
         ctx.Process(
             target=_worker,
-            args=(k, overrides, str(objects_file), events, stop, cpus[k]),
+            args=(k, overrides, str(objects_file), events, stop),
             name=f"bench-worker-{k}",
         )
         for k in range(workers)

@@ -121,15 +121,6 @@ def test_a_worker_gets_the_supervisors_flags_and_its_index() -> None:
     assert (args.command, args.worker_index, args.workers) == ("run", 1, 1)
     assert (args.config, args.engine, args.model) == (Path("s.yaml"), "fake", "m")
     assert (args.policies, args.http_port, args.debug) == (Path("p"), 9000, True)
-    assert args.pin_cpu is None
-
-
-def test_a_pinned_worker_gets_its_cpu() -> None:
-    argv = worker_argv(
-        2, config=None, engine=None, model=None, policies=None, http_port=None, debug=False, cpu=5
-    )
-    args = build_parser().parse_args(argv[3:])
-    assert (args.worker_index, args.pin_cpu) == (2, 5)
 
 
 def test_every_run_flag_reaches_the_workers_or_is_the_supervisors_own() -> None:
@@ -141,7 +132,6 @@ def test_every_run_flag_reaches_the_workers_or_is_the_supervisors_own() -> None:
     )
     options = {o for a in run._actions for o in a.option_strings if o.startswith("--")}
     own = {"--help", "--workers", "--worker-index", "--check", "--with-audit-sink"}
-    own |= {"--pin-cpus", "--pin-cpu"}  # the supervisor's, turned into each worker's CPU
     forwarded = {"--config", "--engine", "--model", "--policies", "--http-port"}
     assert options == own | forwarded
 

@@ -268,11 +268,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, _overrides(args))
     check_model_flag(settings.engine.kind, args.model)
     if args.worker_index is not None:  # started by a supervisor, which did the checks below
-        return _run_worker(workers.worker_settings(settings, args.worker_index), args.pin_cpu)
+        return _run_worker(workers.worker_settings(settings, args.worker_index))
     workers.check_workers(settings, args.workers)
     if args.workers > 1 and args.with_audit_sink:
         raise ConfigError("--with-audit-sink runs in one process: not with --workers")
-    cpus = _pinned_cpus(args.workers) if args.pin_cpus else None
     configure_logging(settings.log)
     from moderator.cli.preflight import check_settings
 
@@ -299,13 +298,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 policies=args.policies,
                 http_port=args.http_port,
                 debug=args.debug,
-                cpu=cpus[k] if cpus is not None else None,
             ),
         )
-    if cpus is not None:
-        from moderator.cli.affinity import pin_process
-
-        pin_process(cpus[0])  # before the service starts its threads
     if args.with_audit_sink:
         from moderator.audit.sink.wiring import run_with_audit_sink
         from moderator.obs.http import serving
@@ -322,16 +316,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pinned_cpus(workers: int) -> list[int]:
-    """`--pin-cpus`: the CPU of each consumer process, checked before anything starts."""
-    from moderator.cli.affinity import cpus_for, usable_cpus
-
-    return cpus_for(workers, usable_cpus())
-
-
-def _run_worker(settings: Settings, cpu: int | None) -> int:
-    """One worker of `run --workers N`: the service under its own instance id (on its own
-    CPU with `--pin-cpus`), stopping on SIGTERM/SIGINT or when its supervisor is gone."""
+def _run_worker(settings: Settings) -> int:
+    """One worker of `run --workers N`: the service under its own instance id, stopping on
+    SIGTERM/SIGINT or when its supervisor is gone."""
 
     from moderator.cli.preflight import check_engine_files
     from moderator.cli.workers import watch_parent
@@ -340,10 +327,6 @@ def _run_worker(settings: Settings, cpu: int | None) -> int:
 
     configure_logging(settings.log)
     bind_process_fields(worker=settings.instance_id)  # every thread's lines, the engine's too
-    if cpu is not None:
-        from moderator.cli.affinity import pin_process
-
-        pin_process(cpu)  # before this process starts a thread of its own
     check_engine_files(settings.engine)
     stop = install_stop_handlers()
     watch_parent(stop)

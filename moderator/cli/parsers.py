@@ -49,7 +49,6 @@ def add_run_parser(sub: Any) -> None:
             "moderator run --check --config settings.yaml",
             "moderator run --with-audit-sink --engine fake --policies policies",
             "moderator run --workers 4 --config settings.yaml",
-            "moderator run --workers 4 --pin-cpus --config settings.yaml",
         ),
     )
     add_engine_flags(run)
@@ -75,16 +74,8 @@ def add_run_parser(sub: Any) -> None:
         "SIGTERM/SIGINT (default: 1, this process alone); worker k has instance_id "
         "{instance_id}-w{k} and serves on http.port + k (docs/performance.md)",
     )
-    run.add_argument(
-        "--pin-cpus",
-        action="store_true",
-        help="run each consumer process on one CPU of its own (worker k on the k-th CPU this "
-        "process may use): less CPU per event, only where those CPUs are the pod's alone "
-        "(docs/performance.md)",
-    )
     # Set by the supervisor on each worker it starts (moderator/cli/workers.py).
     run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    run.add_argument("--pin-cpu", type=int, default=None, help=argparse.SUPPRESS)
     add_http_port_flag(run)
 
 

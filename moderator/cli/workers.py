@@ -194,16 +194,12 @@ def worker_argv(
     policies: Path | None,
     http_port: int | None,
     debug: bool,
-    cpu: int | None = None,
 ) -> list[str]:
-    """Worker `index`'s command line: `moderator run` with the supervisor's own flags, and
-    the CPU it is pinned to, if any (moderator/cli/affinity.py)."""
+    """Worker `index`'s command line: `moderator run` with the supervisor's own flags."""
     argv = [sys.executable, "-m", "moderator.cli.main"]
     if debug:
         argv.append("--debug")
     argv += ["run", "--worker-index", str(index)]
-    if cpu is not None:
-        argv += ["--pin-cpu", str(cpu)]
     for flag, value in (
         ("--config", config),
         ("--engine", engine),
