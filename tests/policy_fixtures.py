@@ -34,6 +34,18 @@ def default_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_sample_policies(folder: Path) -> Path:
+    """default.yaml, `acme` (O4 allowed, sensitive on its profile_photo surface) and `kids`
+    (errors blocked) in `folder`."""
+    (folder / "default.yaml").write_text(default_yaml())
+    (folder / "acme.yaml").write_text(
+        "categories:\n  O4: {mode: allowed}\nsurfaces:\n  profile_photo:\n"
+        "    categories:\n      O4: {mode: sensitive, block_at: 0.5}\n"
+    )
+    (folder / "kids.yaml").write_text("on_error: block\n")
+    return folder
+
+
 def parse(text: str, name: str = "t") -> PolicyFile:
     return load_text(text, Path(f"{name}.yaml"))
 

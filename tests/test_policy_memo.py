@@ -14,18 +14,19 @@ from moderator.policy.load import PolicyError
 from moderator.policy.memo import CompileMemo
 from moderator.policy.registry import PolicyRegistry
 from moderator.policy.resolve import resolve
-from tests.policy_fixtures import BUCKET_MAP, KEY_PREFIX, count_compiles, default_yaml, directory
+from tests.policy_fixtures import (
+    BUCKET_MAP,
+    KEY_PREFIX,
+    count_compiles,
+    default_yaml,
+    directory,
+    write_sample_policies,
+)
 
 
 @pytest.fixture
 def policy_dir(tmp_path: Path) -> Path:
-    (tmp_path / "default.yaml").write_text(default_yaml())
-    (tmp_path / "acme.yaml").write_text(
-        "categories:\n  O4: {mode: allowed}\nsurfaces:\n  profile_photo:\n"
-        "    categories:\n      O4: {mode: sensitive, block_at: 0.5}\n"
-    )
-    (tmp_path / "kids.yaml").write_text("on_error: block\n")
-    return tmp_path
+    return write_sample_policies(tmp_path)
 
 
 def test_a_checked_directory_is_not_compiled_again_to_serve_it(

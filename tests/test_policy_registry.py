@@ -14,7 +14,7 @@ from moderator.events.verdict import Assessment
 from moderator.logs import configure_logging
 from moderator.policy.registry import PolicyRegistry
 from moderator.settings import LogSettings, TenancySettings
-from tests.policy_fixtures import default_yaml
+from tests.policy_fixtures import write_sample_policies
 
 TENANCY = TenancySettings(upload_buckets=("uploads",))
 UNSAFE_O4 = Assessment(rating="Unsafe", category="O4: Nudity Content", score=0.7)
@@ -29,13 +29,7 @@ def write(path: Path, text: str) -> None:
 
 @pytest.fixture
 def policy_dir(tmp_path: Path) -> Path:
-    (tmp_path / "default.yaml").write_text(default_yaml())
-    (tmp_path / "acme.yaml").write_text(
-        "categories:\n  O4: {mode: allowed}\nsurfaces:\n  profile_photo:\n"
-        "    categories:\n      O4: {mode: sensitive, block_at: 0.5}\n"
-    )
-    (tmp_path / "kids.yaml").write_text("on_error: block\n")
-    return tmp_path
+    return write_sample_policies(tmp_path)
 
 
 def test_loads_every_tenant_and_surface(policy_dir: Path) -> None:
