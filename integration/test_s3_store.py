@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -16,6 +15,7 @@ from moderator.errors import ErrorCode, ProcessingError
 from moderator.fetch.s3 import S3ObjectStore, build_s3_client
 from moderator.settings import S3Settings
 from tests.moto_s3 import moto_s3
+from tests.switch_port import SwitchPort
 
 BUCKET = "uploads"
 
@@ -117,53 +117,14 @@ def test_multi_megabyte_object_round_trips(s3: Any, store: S3ObjectStore) -> Non
 # -- an outage: nothing listens at the store's address for a while ------------------------------
 
 
-class _Forwarder:
-    """A TCP port that refuses connections until `open()`, then passes them to `target`."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self._target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()  # nothing listens here until open(): connections are refused
-        self._server: socket.socket | None = None
-
-    def open(self) -> None:
-        server = socket.create_server(("127.0.0.1", self.port))
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                near, _ = server.accept()
-            except OSError:
-                return
-            far = socket.create_connection(self._target)
-            for a, b in ((near, far), (far, near)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while chunk := src.recv(65536):
-            dst.sendall(chunk)
-    with contextlib.suppress(OSError):
-        dst.shutdown(socket.SHUT_WR)
-
-
 def test_a_read_waits_out_a_store_that_refuses_connections(s3: Any, settings: S3Settings) -> None:
     s3.put_object(Bucket=BUCKET, Key="acme/outage.png", Body=b"after the outage")
     assert settings.endpoint_url is not None
     target = urlsplit(settings.endpoint_url)
-    forwarder = _Forwarder((target.hostname or "127.0.0.1", target.port or 80))
-    during = settings.model_copy(
-        update={"endpoint_url": f"http://127.0.0.1:{forwarder.port}", "outage_wait_s": 60.0}
-    )
+    assert target.hostname == "127.0.0.1" and target.port is not None
+    forwarder = SwitchPort(target.port)
+    forwarder.off()  # nothing listens there: connections are refused
+    during = settings.model_copy(update={"endpoint_url": forwarder.url(), "outage_wait_s": 60.0})
     store = S3ObjectStore(during)
     got: list[bytes] = []
     reader = threading.Thread(
@@ -173,10 +134,10 @@ def test_a_read_waits_out_a_store_that_refuses_connections(s3: Any, settings: S3
         reader.start()
         time.sleep(3)  # far more than the 2 attempts' backoff: it would have given up
         assert not got and store.outage.failing_s() > 2
-        forwarder.open()
+        forwarder.on()
         reader.join(30)
     finally:
-        forwarder.close()
+        forwarder.off()
     assert got == [b"after the outage"]
     assert store.outage.failing_s() == 0
 

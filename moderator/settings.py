@@ -484,6 +484,11 @@ class EngineSettings(_Section):
     max_wait_ms: float = Field(default=20.0, ge=0)
     timeout_s: float = Field(default=60.0, gt=0)
     retries: int = Field(default=1, ge=0, le=10)
+    outage_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="openai engine: how long a request waits for a server answering no request",
+    )
     fake: FakeEngineSettings = FakeEngineSettings()
     nudenet: NudenetSettings = NudenetSettings()
     generation: GenerationSettings = GenerationSettings()

@@ -483,10 +483,10 @@ def test_slow_server_is_an_engine_timeout(
     assert elapsed < 1.5  # the whole item, retries included, has timeout_s
 
 
-def test_server_gone_after_start_is_an_engine_error(
+def test_server_gone_after_start_is_an_engine_error_without_an_outage_wait(
     make_engine: MakeEngine, server: OpenAITestServer
 ) -> None:
-    engine = make_engine(openai={"attempts": 2})
+    engine = make_engine(outage_wait_s=0, openai={"attempts": 2})
     server.stop()
     [result] = engine.classify([request()])
     assert result.error_code in (ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT)

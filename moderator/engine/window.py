@@ -21,25 +21,14 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 from moderator.engine.answers import AnswerClock
 from moderator.engine.base import Engine, EngineRequest, EngineResult
+from moderator.engine.window_engines import SelfBatching as SelfBatching
+from moderator.engine.window_engines import WaitsOut
 from moderator.errors import ErrorCode
 
 CLOSED_MESSAGE = "engine window closed"
-
-
-@runtime_checkable
-class SelfBatching(Protocol):
-    """An engine whose server batches by itself: one request per call, up to `call_limit`
-    calls at once (never above `max_calls`); extra calls are held ready until a request ends."""
-
-    @property
-    def max_calls(self) -> int: ...
-
-    @property
-    def call_limit(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +81,9 @@ class EngineWindow:
     first engine call was dispatched. Waiting in the queue behind a busy engine does not count
     (the ingest side's water marks bound the queue); a queued request only times out when no
     engine call at all has finished for `timeout_s` since it was submitted, i.e. the engine is
-    stalled, so a hung engine cannot hold the stream up forever.
+    stalled, so a hung engine cannot hold the stream up forever. An engine that `WaitsOut` an
+    outage of its server gets its `grace_s` more, and no request times out while it waits (nor
+    for `timeout_s` after): the requests wait for the server with it.
 
     A SelfBatching engine ignores `batch_size`, `max_wait_ms`, `concurrency` (see above).
     """
@@ -117,6 +108,8 @@ class EngineWindow:
         if self._self_batching is not None:
             batch_size, max_wait_ms = 1, 0.0
             concurrency = max(1, self._self_batching.max_calls)
+        self._waits = engine if isinstance(engine, WaitsOut) else None
+        self._grace = 0.0 if self._waits is None else self._waits.grace_s
         self._engine = engine
         self._batch_size = batch_size
         self._max_wait = max_wait_ms / 1000.0
@@ -238,8 +231,9 @@ class EngineWindow:
 
     def _take_expired(self, now: float) -> list[_Item]:
         expired: list[_Item] = []
+        held = self._held_until()
         while self._by_deadline and (
-            self._by_deadline[0].claimed or self._by_deadline[0].deadline <= now
+            self._by_deadline[0].claimed or max(self._by_deadline[0].deadline, held) <= now
         ):
             item = self._by_deadline.popleft()
             if not item.claimed:
@@ -252,7 +246,16 @@ class EngineWindow:
 
     def _stalled(self, item: _Item, now: float) -> bool:
         """No engine call has finished for timeout_s since this queued item was submitted."""
-        return now - max(item.submitted, self._last_progress) >= self._timeout
+        return self._stalls_at(item) <= now
+
+    def _stalls_at(self, item: _Item) -> float:
+        since = max(item.submitted, self._last_progress)
+        return max(since + self._timeout + self._grace, self._held_until())
+
+    def _held_until(self) -> float:
+        """No item times out before this: timeout_s after the engine last waited out an outage
+        (-inf for an engine that never does)."""
+        return -math.inf if self._waits is None else self._waits.waited_at() + self._timeout
 
     def _can_dispatch(self) -> bool:
         """A worker is free and, for a SelfBatching engine, its call limit has room (the
@@ -275,7 +278,7 @@ class EngineWindow:
         while self._queue and len(batch) < self._batch_size:
             item = self._queue.popleft()
             if not item.claimed:
-                item.deadline = now + self._timeout
+                item.deadline = now + self._timeout + self._grace
                 self._by_deadline.append(item)
                 batch.append(item)
         self._free_slots -= 1
@@ -284,10 +287,10 @@ class EngineWindow:
         return batch
 
     def _wait_time(self, now: float) -> float | None:
-        wake = [self._by_deadline[0].deadline] if self._by_deadline else []
+        held = self._held_until()
+        wake = [max(self._by_deadline[0].deadline, held)] if self._by_deadline else []
         if self._queue:
-            head = self._queue[0]
-            wake.append(max(head.submitted, self._last_progress) + self._timeout)
+            wake.append(self._stalls_at(self._queue[0]))
         if self._queue and self._can_dispatch():
             wake.append(self._queue[0].submitted + self._max_wait)
         return max(0.0, min(wake) - now) if wake else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from moderator.engine.answers import AnswerClock
 from moderator.obs.health import Check
@@ -26,6 +26,13 @@ class WindowState(Protocol):
     def concurrency(self) -> int: ...
 
 
+@runtime_checkable
+class WaitsForServer(Protocol):
+    """An engine whose requests wait out an outage of its server (the `openai` engine)."""
+
+    def waiting_s(self) -> float: ...
+
+
 class EngineWatch:
     """The `engine` readiness check and the `moderator_engine_*` gauges.
 
@@ -33,7 +40,9 @@ class EngineWatch:
     transformers engine while it warms up, says so itself) and it has answered: the service's
     warm-up request or the first batch came back with a model's answer, not an engine error.
     It is not ready again while every engine call has failed for more than `failing_s` (a
-    model server that went away): the first call that answers makes it ready.
+    model server that went away): the first call that answers makes it ready. Requests that
+    wait out an outage of the server end no call meanwhile: then it is not ready once the
+    server has answered none of them for more than `failing_s`.
     """
 
     def __init__(
@@ -57,13 +66,16 @@ class EngineWatch:
     def check(self) -> Check:
         loaded = bool(getattr(self._engine, "ready", True))
         answers = self._window.answers
-        failing = answers.failing_s()
+        engine = self._engine
+        waiting = engine.waiting_s() if isinstance(engine, WaitsForServer) else 0.0
+        failing = max(answers.failing_s(), waiting)
         ready = loaded and answers.answered and failing <= self._failing_s
         self._metrics.set("moderator_engine_ready", 1 if ready else 0)
         if ready:
             return Check(True, "answered")
         if loaded and answers.answered:
-            return Check(False, f"no model answer for {failing:.0f} s: every engine call failed")
+            why = "requests wait for the server" if waiting else "every engine call failed"
+            return Check(False, f"no model answer for {failing:.0f} s: {why}")
         return Check(False, "warming up" if loaded else "loading the model")
 
     def collect(self) -> None:

@@ -26,14 +26,15 @@ from moderator.engine.openai.body import (
     UnreadableAnswer,
     read_capped,
 )
+from moderator.engine.openai.failure import Failure, failure
+from moderator.engine.openai.gate import Gate
 from moderator.engine.openai.limit import InFlightLimit
+from moderator.engine.openai.outage import OUTAGE_PROBE_S, ServerOutage, server_answers, unreachable
 from moderator.engine.openai.request import (
     describe,
     error_message,
-    hint,
     model_entries,
     retry_after,
-    tries,
 )
 from moderator.engine.openai.retry import OVERLOAD_STATUSES, BadResponse, StatusError, retrying
 from moderator.errors import ConfigError, ErrorCode, ModeratorError
@@ -74,14 +75,6 @@ class Reply:
     attempts: int
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why one request got no answer."""
-
-    code: ErrorCode
-    message: str
-
-
 @dataclass
 class _Pool:
     """One AsyncClient and how many requests it has open (event-loop thread only)."""
@@ -104,10 +97,11 @@ class OpenAIClient:
     latency and from overload answers); the pools hold up to `connections` connections in all,
     at most `pool_connections` each (benchmarks compare that with one pool of all). Each request
     has `timeout_s` in all, queueing for a slot, retries and backoff included, reading the
-    answer too. An answer is read as a stream and given up as soon as it passes
-    `max_response_bytes` (an error answer is cut at 64 KiB: only its message is kept). The
-    constructor starts the thread and opens the client (closing again if that fails); `close`
-    must be called to stop them.
+    answer too, unless the server is down for everyone: then it waits for the server, up to
+    `outage_wait_s` since it started (`outage.py`; 0: never). An answer is read as a stream
+    and given up as soon as it passes `max_response_bytes` (an error answer is cut at 64 KiB:
+    only its message is kept). The constructor starts the thread and opens the client (closing
+    again if that fails); `close` must be called to stop them.
     """
 
     def __init__(
@@ -123,6 +117,7 @@ class OpenAIClient:
         backoff_s: float = 0.5,
         backoff_max_s: float = 8.0,
         pool_connections: int = POOL_CONNECTIONS,
+        outage_wait_s: float = 0.0,
     ) -> None:
         self._base_url = base_url
         self._pool_connections = pool_connections
@@ -133,12 +128,14 @@ class OpenAIClient:
         self._connections = connections
         self._max_response_bytes = max_response_bytes
         self._probe_timeout_s = probe_timeout_s
+        self.outage_probe_s = min(probe_timeout_s, OUTAGE_PROBE_S)  # finding out it is down
         self._backoff_s = backoff_s
         self._backoff_max_s = backoff_max_s
         self._lock = threading.Lock()
         self._closed = False
         self._pools: list[_Pool] = []
-        self._gate: _Gate | None = None
+        self._gate: Gate | None = None
+        self.outage = ServerOutage(outage_wait_s)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=_THREAD_NAME, daemon=True
@@ -166,7 +163,7 @@ class OpenAIClient:
                 raise OpenAIEngineClosed("the openai engine is closed")
             future = asyncio.run_coroutine_threadsafe(self._send_all(payloads, labels), self._loop)
         try:
-            return future.result(self._timeout_s + _RESULT_GRACE_S)
+            return future.result(self._timeout_s + self.outage.wait_s + _RESULT_GRACE_S)
         except concurrent.futures.TimeoutError:
             future.cancel()
             message = f"no answer from {self._shown} within {self._timeout_s:g}s"
@@ -220,7 +217,7 @@ class OpenAIClient:
             )
             client = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
             self._pools.append(_Pool(client))
-        self._gate = _Gate(self._limit)
+        self._gate = Gate(self._limit)
 
     async def _probe(self, model: str) -> bool:
         import httpx
@@ -277,43 +274,47 @@ class OpenAIClient:
         return list(await asyncio.gather(*sends))
 
     async def _send_one(self, payload: bytes, label: str | None = None) -> Reply | Failure:
-        import httpx
-
         assert self._gate is not None
         attempts = [0]
-        timeout_s = self._timeout_s
+        started = self.outage.now()
         retry = retrying(self._openai.attempts, self._backoff_s, self._backoff_max_s, label)
         try:
-            async with asyncio.timeout(timeout_s), self._gate as epoch:
+            async with asyncio.timeout(self._timeout_s), self._gate as epoch:
                 data: dict[str, Any] = await retry(self._post, payload, attempts, epoch)
-            return Reply(data, attempts[0])
-        except TimeoutError:
-            if attempts[0]:  # sent and not answered in time (not: waited for our own limit)
-                self._limit.overloaded()
-            return Failure(
-                ErrorCode.ENGINE_TIMEOUT,
-                f"no answer from {self._shown} within {timeout_s:g}s ({tries(attempts[0])})",
-            )
-        except httpx.TimeoutException as exc:
-            return Failure(
-                ErrorCode.ENGINE_TIMEOUT,
-                f"{self._shown} timed out ({describe(exc)}; {tries(attempts[0])})",
-            )
-        except StatusError as exc:
-            return Failure(ErrorCode.ENGINE_ERROR, self._status_message(exc, attempts[0]))
-        except httpx.HTTPError as exc:
-            return Failure(
-                ErrorCode.ENGINE_ERROR,
-                f"cannot reach {self._shown}: {describe(exc)} ({tries(attempts[0])})",
-            )
-        except AnswerTooLarge as exc:
-            # Not retried: the same request would most likely bring the same answer again.
-            return Failure(
-                ErrorCode.ENGINE_ERROR,
-                f"{self._shown}: {exc} (engine.openai.max_response_bytes; not retried)",
-            )
-        except (BadResponse, UnreadableAnswer) as exc:
-            return Failure(ErrorCode.ENGINE_ERROR, f"{self._shown}: {exc}")
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and attempts[0]:
+                self._limit.overloaded()  # sent and not answered in time (not: queued here)
+            failed = failure(exc, self._shown, self._timeout_s, attempts[0])
+            if not unreachable(exc) or not await self.outage.down(started, self._answers):
+                return failed
+            return await self._wait_out(payload, attempts, started, failed.message)
+        return Reply(data, attempts[0])
+
+    async def _wait_out(
+        self, payload: bytes, attempts: list[int], started: float, reason: str
+    ) -> Reply | Failure:
+        """The server is down for everyone: try again until it answers (`outage.py`)."""
+        gate = self._gate
+        assert gate is not None
+
+        async def attempt() -> dict[str, Any]:
+            async with gate as epoch:
+                return await self._post(payload, attempts, epoch)
+
+        # Each try has the pools' timeouts; this bounds a try's queueing for the gate too.
+        left = started + self.outage.wait_s + self._timeout_s - self.outage.now()
+        try:
+            async with asyncio.timeout(left):
+                data = await self.outage.wait_out(attempt, started, reason)
+        except Exception as exc:
+            waited = self.outage.now() - started
+            return failure(exc, self._shown, self._timeout_s, attempts[0], waited)
+        return Reply(data, attempts[0])
+
+    async def _answers(self) -> bool:
+        """Whether the server answers GET /models (the outage probe: any answer but a 5xx)."""
+        pool = min(self._pools, key=_open_requests)
+        return await server_answers(pool.client, f"{self._base_url}/models", self.outage_probe_s)
 
     async def _post(self, payload: bytes, attempts: list[int], epoch: int) -> dict[str, Any]:
         """One attempt; its latency (a 2xx) or its overload (429, 503, 504, a timeout) goes to
@@ -341,12 +342,16 @@ class OpenAIClient:
                         self._limit.overloaded()
                     raise StatusError(response.status_code, message, retry_after(response))
                 body = await read_capped(response, self._max_response_bytes)
-        except httpx.TimeoutException:
-            self._limit.overloaded()
+        except Exception as exc:
+            if isinstance(exc, httpx.TimeoutException):
+                self._limit.overloaded()
+            if unreachable(exc):
+                self.outage.failed()
             raise
         finally:
             pool.open -= 1
         self._limit.answered(time.monotonic() - started, epoch)
+        self.outage.answered()
         try:
             data = json.loads(body)
         except ValueError:
@@ -354,13 +359,6 @@ class OpenAIClient:
         if not isinstance(data, dict):
             raise BadResponse("the answer is not a JSON object")
         return data
-
-    def _status_message(self, exc: StatusError, attempts: int) -> str:
-        where = f"{self._shown} answered HTTP {exc.status}: {exc.message}"
-        if exc.retryable:
-            return f"{where} ({tries(attempts)})"
-        advice = hint(exc.message) if exc.status in (400, 422) else None
-        return f"{where} (request rejected, not retried{'; ' + advice if advice else ''})"
 
     async def _shutdown(self) -> None:
         current = asyncio.current_task()
@@ -376,24 +374,3 @@ class OpenAIClient:
 
 def _open_requests(pool: _Pool) -> int:
     return pool.open
-
-
-class _Gate:
-    """Admits a request while fewer than the limit are open (event-loop thread only); entering
-    gives the limit's epoch, for the request's answers."""
-
-    def __init__(self, limit: InFlightLimit) -> None:
-        self._limit = limit
-        self._open = 0
-        self._changed = asyncio.Condition()
-
-    async def __aenter__(self) -> int:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._open < self._limit.limit)
-            self._open += 1
-            return self._limit.started(self._open)
-
-    async def __aexit__(self, *exc: object) -> None:
-        async with self._changed:
-            self._open -= 1
-            self._changed.notify_all()

@@ -24,10 +24,10 @@ from moderator.engine.base import GUARD_MODEL, Capabilities, EngineRequest, Engi
 from moderator.engine.openai.client import (
     CLOSE_TIMEOUT_S,
     PROBE_TIMEOUT_S,
-    Failure,
     OpenAIClient,
     OpenAIEngineClosed,
 )
+from moderator.engine.openai.failure import Failure
 from moderator.engine.openai.limit import InFlightLimit
 from moderator.engine.openai.request import ChatFormat, response_limit, token_logprobs
 from moderator.errors import ConfigError
@@ -63,10 +63,11 @@ class OpenAIEngine:
     Requests in flight are capped by an InFlightLimit: up to `engine.openai.max_in_flight`
     (and `engine.openai.max_connections` when set), adapted to the server's latency and
     overload answers unless `engine.openai.adaptive` is false. Each item has
-    `engine.timeout_s` in all, queueing for a slot, retries and backoff included; the
-    connection pool holds `engine.openai.max_connections` (default: max_in_flight), and each
-    answer is capped at `engine.openai.max_response_bytes` (automatic when unset:
-    `response_limit`).
+    `engine.timeout_s` in all, queueing for a slot, retries and backoff included, unless the
+    server is down for everyone: then it waits for the server, up to `engine.outage_wait_s`
+    (`outage.py`). The connection pool holds `engine.openai.max_connections` (default:
+    max_in_flight), and each answer is capped at `engine.openai.max_response_bytes`
+    (automatic when unset: `response_limit`).
 
     With `probe` (the default) the constructor checks, with a short timeout, that the server
     answers `GET {base_url}/models` and serves `engine.model`, so `moderator run` fails fast
@@ -120,6 +121,7 @@ class OpenAIEngine:
             probe_timeout_s=probe_timeout_s,
             backoff_s=backoff_s,
             backoff_max_s=backoff_max_s,
+            outage_wait_s=settings.outage_wait_s,
         )
         try:
             smoke_test = self._client.probe(self._model) if probe else False
@@ -162,6 +164,23 @@ class OpenAIEngine:
     def max_calls(self) -> int:
         """The most `classify` calls ever taken at once."""
         return _with_ready(self._limit.maximum)
+
+    @property
+    def grace_s(self) -> float:
+        """How much longer than `engine.timeout_s` a request may take to find out whether the
+        server is down for everyone (the outage probe), before it starts waiting; 0 when no
+        outage is waited out."""
+        return self._client.outage_probe_s + 1.0 if self._client.outage.wait_s > 0 else 0.0
+
+    def waited_at(self) -> float:
+        """Now while a request waits out an outage of the server, else when one last
+        stopped: the engine window times out no request before `engine.timeout_s` after."""
+        return self._client.outage.waited_at()
+
+    def waiting_s(self) -> float:
+        """While requests wait out an outage, seconds since the server first failed; else 0
+        (the `engine` readiness check)."""
+        return self._client.outage.waiting_s()
 
     def check(self) -> None:
         """Readiness probe: the server answers GET /models and serves the model (else

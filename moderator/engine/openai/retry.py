@@ -50,7 +50,7 @@ def retrying(
     return AsyncRetrying(
         stop=stop_after_attempt(attempts),
         wait=_Backoff(backoff_s, backoff_max_s),
-        retry=retry_if_exception(_retryable),
+        retry=retry_if_exception(retryable),
         before_sleep=functools.partial(_log_retry, label),
         reraise=True,
     )
@@ -77,7 +77,9 @@ class _Backoff(wait_base):
         return delay
 
 
-def _retryable(exc: BaseException) -> bool:
+def retryable(exc: BaseException) -> bool:
+    """A failure worth another try: a 429 or 5xx answer, a timeout, a connection refused or
+    dropped."""
     import httpx
 
     if isinstance(exc, StatusError):
