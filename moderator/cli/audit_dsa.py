@@ -8,7 +8,6 @@ settings, 1 when the audit database cannot be read or a record cannot become a v
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import shutil
 import sys
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from moderator.errors import ConfigError
 from moderator.paths import file_problem
+from moderator.text import json_text
 from moderator.words import counted
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def cmd_export_dsa(
         for row in heapq.merge(*pages, key=lambda r: r.decided_at):
             statement = exporter.statement(row)
             if statement is not None:
-                out.write(json.dumps(statement, ensure_ascii=False, separators=(",", ":")) + "\n")
+                out.write(json_text(statement, separators=(",", ":")) + "\n")
     written = exporter.counts["statements"]
     skipped = ", ".join(counted(exporter.counts[k], *texts) for k, texts in SKIPPED.items())
     dated = exporter.counts["dated_by_decision"]

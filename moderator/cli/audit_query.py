@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
@@ -277,11 +276,12 @@ def _pages(store: AuditStore, query: AuditQuery, *, every: bool) -> Iterator[lis
 
 def _write_json(pages: Iterator[list[AuditRow]], out: TextIO) -> None:
     from moderator.audit.read.rows import AuditItem
+    from moderator.text import json_text
 
     for rows in pages:
         for row in rows:
             doc = AuditItem.from_row(row).model_dump(mode="json")
-            out.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
+            out.write(json_text(doc, separators=(",", ":")) + "\n")
 
 
 def _write_csv(
@@ -291,6 +291,7 @@ def _write_csv(
     extra: _Extras | None = None,
 ) -> None:
     from moderator.audit.read.rows import SCALAR_COLUMNS, AuditItem
+    from moderator.text import csv_cell
 
     names = columns or SCALAR_COLUMNS
     writer = csv.writer(out, lineterminator="\n")
@@ -304,15 +305,8 @@ def _write_csv(
                 doc["rationale"] = extra.rationale(row)
             if extra is not None and "because" in names:
                 doc["because"] = extra.because(row)
-            writer.writerow([_csv_cell(doc[name]) for name in names])
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+            # Text cells as the table shows them, never a formula (moderator/text.py).
+            writer.writerow([csv_cell(doc[name]) for name in names])
 
 
 def _write_table(

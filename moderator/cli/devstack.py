@@ -340,16 +340,15 @@ def cmd_upload(
 
 def cmd_verdicts(event_ids: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
     """`dev-stack verdicts`: print verdicts as JSON lines; exit 1 when an id got none in time."""
-    import json
-
     from moderator.dev.uploads import read_verdicts
+    from moderator.text import json_text
 
     if timeout_s <= 0:
         raise ConfigError("dev-stack verdicts: --timeout must be above 0")
     settings = _stack_settings("verdicts", _STACK_ENV[:1])
     found, missing = read_verdicts(settings, event_ids, timeout_s=timeout_s)
     for verdict in found:
-        print(json.dumps(verdict, ensure_ascii=False))
+        print(json_text(verdict))
     sys.stdout.flush()
     if missing:
         print(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -290,13 +289,14 @@ def _shown(value: Any) -> str:
 def cmd_compare(a: Path, b: Path, *, output_format: str, out: Path | None = None) -> int:
     """Print the comparison of report B against report A; with `out`, also write
     `out/compare.md` (its path goes to stderr, so stdout stays the table or the JSON)."""
+    from moderator.text import json_text
     from moderator.training.report import compare, compare_table, write_compare
 
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"eval compare: --out {out}: not a directory")
     comparison = compare(a, b)
     if output_format == "json":
-        print(json.dumps(comparison, indent=2, ensure_ascii=False))
+        print(json_text(comparison, indent=2))
     else:
         print(compare_table(comparison))
     if out is not None:

@@ -13,7 +13,6 @@ Also here: the `because` cells of the demo's verdict table, from the same explai
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +72,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from moderator.explain.render import explanation_json, text_lines
     from moderator.logs import configure_cli_logging
     from moderator.settings import load_settings
+    from moderator.text import json_text
 
     event_id: str = args.event_id
     problem = text_problem(event_id)
@@ -86,7 +86,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise AuditError(f"no audit record for event {shown(event_id)} in {store.url}")
     explanation = with_origin(explanation, settings.policies.dir, settings.tenancy)
     if args.format == "json":
-        print(json.dumps(explanation_json(explanation), indent=2, ensure_ascii=False))
+        print(json_text(explanation_json(explanation), indent=2))
     else:
         for line in text_lines(explanation):
             print(line)

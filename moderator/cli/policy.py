@@ -6,7 +6,6 @@ unknown or the settings are bad. Problems go to stderr, one `path:line: reason` 
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +36,7 @@ from moderator.policy.load import SUFFIXES
 from moderator.policy.reach import shortfalls
 from moderator.policy.resolve import ROOT
 from moderator.settings import Settings, load_settings
+from moderator.text import json_text
 
 
 def cmd_validate(
@@ -152,7 +152,7 @@ def cmd_render(
         )
     if output_format == "json":
         doc = render_json(policy, result, requested=requested, unknown=unknown)
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        print(json_text(doc, indent=2))
     else:
         _print_lines(render_text(policy, result, requested=requested, unknown=unknown), sys.stdout)
     return 0

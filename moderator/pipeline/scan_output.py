@@ -1,6 +1,7 @@
-"""How `moderator scan` writes verdicts: JSON Lines (each Verdict v1 document, compact) or CSV
-(one row per verdict, the columns below; docs/scan.md). Standard library only: the parser
-reads FORMATS without importing the pipeline.
+"""How `moderator scan` writes verdicts: JSON Lines (each Verdict v1 document, compact, every
+non-ASCII character escaped) or CSV (one row per verdict, the columns below; docs/scan.md).
+Standard library and moderator.text only: the parser reads FORMATS without importing the
+pipeline.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import io
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from moderator.text import csv_cell
 
 FORMATS = ("jsonl", "csv")
 """`scan --format` values; the first is the default."""
@@ -54,7 +57,9 @@ class VerdictLines:
 
 
 def csv_row(doc: Mapping[str, Any]) -> list[str]:
-    """One Verdict v1 document as the CSV columns' cells ("" for an absent value)."""
+    """One Verdict v1 document as the CSV columns' cells ("" for an absent value). Keys, buckets
+    and surfaces come from the uploader: text cells are shown as `audit query`'s table shows
+    them, and never start a spreadsheet formula (moderator/text.py)."""
     obj = _part(doc, "object")
     assessment = _part(doc, "assessment")
     policy = _part(doc, "policy")
@@ -79,20 +84,12 @@ def csv_row(doc: Mapping[str, Any]) -> list[str]:
         "sha256": obj.get("sha256"),
         "decided_at": doc.get("decided_at"),
     }
-    return [_cell(values[name]) for name in CSV_COLUMNS]
+    return [csv_cell(values[name]) for name in CSV_COLUMNS]
 
 
 def _part(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = doc.get(name)
     return value if isinstance(value, Mapping) else {}
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _csv_line(cells: Any) -> str:
