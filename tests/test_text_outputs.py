@@ -124,17 +124,21 @@ def test_csv_cell(value: Any, cell: str) -> None:
 # -- audit query, explain: hostile keys, surfaces and rationales ---------------------------
 
 
-@pytest.fixture
-def hostile_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def audit_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docs: list[dict[str, Any]]) -> Path:
+    """A SQLite audit store holding `docs`, named by MODERATOR_AUDIT__URL and nothing else."""
     clear_moderator_env(monkeypatch)
     path = tmp_path / "audit.db"
-    acme = demo("acme")
-    docs = [hostile("h-err", acme, error=True), hostile("h-ok", acme, error=False)]
     with AuditStore.open(f"sqlite:///{path}") as store:
-        items = [IncomingRecord(TOPIC, 0, n, r) for n, r in enumerate(docs)]
-        assert store.insert(items).inserted == len(items)
+        fill(store, docs)
     monkeypatch.setenv("MODERATOR_AUDIT__URL", f"sqlite:///{path}")
     return path
+
+
+@pytest.fixture
+def hostile_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    acme = demo("acme")
+    docs = [hostile("h-err", acme, error=True), hostile("h-ok", acme, error=False)]
+    return audit_db(tmp_path, monkeypatch, docs)
 
 
 def test_audit_query_json_lines_escape_line_breaks_and_bidi_controls(
@@ -181,15 +185,10 @@ def test_explain_json_escapes_line_breaks_and_bidi_controls(
 
 @pytest.fixture
 def formula_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    clear_moderator_env(monkeypatch)
-    path = tmp_path / "audit.db"
     doc = record("f-1", ALPHA, BASE, score=0.25, key=FORMULA_KEY, model_name="@SUM(A1:A9)")
     doc["verdict"]["object"]["bucket"] = "-2+3"
     doc["verdict"]["policy"]["surface"] = doc["context"]["surface"] = "+cmd"
-    with AuditStore.open(f"sqlite:///{path}") as store:
-        fill(store, [doc])
-    monkeypatch.setenv("MODERATOR_AUDIT__URL", f"sqlite:///{path}")
-    return path
+    return audit_db(tmp_path, monkeypatch, [doc])
 
 
 def test_audit_query_csv_text_never_starts_a_formula_and_numbers_stay(
