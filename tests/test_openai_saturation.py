@@ -23,7 +23,8 @@ from moderator.dev.openai.simulator import BatchingModel, BatchingSimulator
 from moderator.engine.base import EngineRequest, EngineResult
 from moderator.engine.openai.engine import OpenAIEngine
 from moderator.engine.openai.limit import InFlightLimit
-from moderator.engine.window import EngineWindow, SelfBatching
+from moderator.engine.window import EngineWindow
+from moderator.engine.window_engines import SelfBatching
 from moderator.events.verdict import CATEGORIES, Assessment, ModelInfo
 from moderator.settings import EngineSettings
 

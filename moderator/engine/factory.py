@@ -7,7 +7,8 @@ from PIL import Image
 
 from moderator.engine.base import Engine, EngineRequest
 from moderator.engine.fake import FakeEngine
-from moderator.engine.window import BatchCall, EngineWindow, SelfBatching, WindowResult
+from moderator.engine.window import BatchCall, EngineWindow, WindowResult
+from moderator.engine.window_engines import SelfBatching
 from moderator.errors import ConfigError
 from moderator.obs.metrics import Metrics
 from moderator.obs.tracing import record_batch

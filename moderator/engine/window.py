@@ -5,9 +5,9 @@ dispatched at once within the engine's call limit: no request waits for batch-ma
 Every request resolves with a `WindowResult`, never an exception. A hung call cannot be
 cancelled: its items time out, its late result is dropped, and it keeps its slot until it
 returns, so at most `concurrency` calls ever run (`hung_calls` counts the hung ones).
-Done-callbacks run on window threads. For metrics and readiness, without a metrics library:
-`on_call` (each call's size as it starts), `on_batch` (each finished call with its items' tags:
-a tracer links a batch span to its events), `busy_seconds`, `answered` and `answers`.
+Done-callbacks run on window threads. For metrics and readiness: `on_call` (each call's size as
+it starts), `on_batch` (each finished call with its items' tags, for a batch span's links),
+`busy_seconds`, `answered` and `answers`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 
 from moderator.engine.answers import AnswerClock
 from moderator.engine.base import Engine, EngineRequest, EngineResult
-from moderator.engine.window_engines import SelfBatching as SelfBatching
-from moderator.engine.window_engines import WaitsOut
+from moderator.engine.window_engines import SelfBatching, WaitsOut
 from moderator.errors import ErrorCode
 
 CLOSED_MESSAGE = "engine window closed"
@@ -80,10 +79,9 @@ class EngineWindow:
     Timeouts: a request resolves as `engine_timeout` when it has no result `timeout_s` after its
     first engine call was dispatched. Waiting in the queue behind a busy engine does not count
     (the ingest side's water marks bound the queue); a queued request only times out when no
-    engine call at all has finished for `timeout_s` since it was submitted, i.e. the engine is
-    stalled, so a hung engine cannot hold the stream up forever. An engine that `WaitsOut` an
-    outage of its server gets its `grace_s` more, and no request times out while it waits (nor
-    for `timeout_s` after): the requests wait for the server with it.
+    engine call at all has finished for `timeout_s` since it was submitted (a stalled engine).
+    An engine that `WaitsOut` an outage gets its `grace_s` more, and no request times out
+    while it waits (nor `timeout_s` after): the requests wait for the server with it.
 
     A SelfBatching engine ignores `batch_size`, `max_wait_ms`, `concurrency` (see above).
     """
@@ -192,9 +190,11 @@ class EngineWindow:
             return sum(1 for start in self._calls.values() if now - start > self._timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop dispatching; queued requests, and those still running after `timeout`, resolve
-        as engine_error "engine window closed". The engine itself is not closed."""
-        until = time.monotonic() + timeout
+        """Stop dispatching; queued requests, and those still running after `timeout` (at once
+        while the engine waits out an outage: only its close ends that wait), resolve as
+        engine_error "engine window closed". The engine itself is not closed."""
+        waits = self._waits is not None and self._waits.waiting_out()
+        until = time.monotonic() + (0.0 if waits else timeout)
         with self._cond:
             if self._closed:
                 return

@@ -24,9 +24,11 @@ class WaitsOut(Protocol):
     """An engine that waits out an outage of its server instead of failing its requests: a call
     may take `grace_s` beyond the window's timeout to find out whether the server is down,
     then as long as the wait lasts. `waited_at()` is now while a request waits, else when one
-    last stopped (-inf if none ever did)."""
+    last stopped (-inf if none ever did); `waiting_out()` whether one waits now."""
 
     @property
     def grace_s(self) -> float: ...
 
     def waited_at(self) -> float: ...
+
+    def waiting_out(self) -> bool: ...

@@ -28,7 +28,8 @@ from PIL.Image import Image
 from moderator.durations import duration
 from moderator.engine.base import Engine, EngineRequest, EngineResult
 from moderator.engine.factory import build_engine, build_window, warm_up
-from moderator.engine.window import EngineWindow, SelfBatching, WindowResult
+from moderator.engine.window import EngineWindow, WindowResult
+from moderator.engine.window_engines import SelfBatching
 from moderator.errors import ErrorCode, ModeratorError, ProcessingError
 from moderator.events.verdict import CATEGORIES, ModelInfo
 from moderator.fetch.decode import DecodeLimits, decode_image

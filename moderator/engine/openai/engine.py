@@ -177,6 +177,10 @@ class OpenAIEngine:
         stopped: the engine window times out no request before `engine.timeout_s` after."""
         return self._client.outage.waited_at()
 
+    def waiting_out(self) -> bool:
+        """Whether a request waits out an outage of the server now."""
+        return self._client.outage.any_waiting()
+
     def waiting_s(self) -> float:
         """While requests wait out an outage, seconds since the server first failed; else 0
         (the `engine` readiness check)."""

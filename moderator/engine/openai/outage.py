@@ -109,6 +109,11 @@ class ServerOutage:
         if first:
             log.warning("engine_unavailable", reason=reason, waiting_up_to_s=self.wait_s)
 
+    def any_waiting(self) -> bool:
+        """Whether a request is waiting out an outage now."""
+        with self._lock:
+            return self._waiting > 0
+
     def waited_at(self) -> float:
         """Now while a request waits out an outage, else when one last stopped (-inf if none
         ever did): the engine window counts no request's time out before this."""
