@@ -98,3 +98,26 @@ def test_run_check_describes_the_fake_engine_as_what_it_is() -> None:
 
     line = check_engine(load_settings(None, {"engine.kind": "fake"}))
     assert line == "fake (a stand-in for tests: its verdicts are drawn, not judged) loaded"
+
+
+@pytest.mark.parametrize(
+    ("smoke_test", "says"),
+    [
+        (True, " (the server marks it a smoke-test model: its verdicts are not meaningful)"),
+        (False, ""),
+    ],
+)
+def test_run_check_says_a_model_server_answers_not_that_a_checkpoint_loaded(
+    smoke_test: bool, says: str
+) -> None:
+    from moderator.cli.check import check_engine
+    from moderator.dev.openai.server import OpenAITestServer, ScriptedBackend
+    from moderator.settings import load_settings
+
+    backend = ScriptedBackend('{"rating": "Safe", "category": "NA: None applying"}')
+    with OpenAITestServer(backend, model="guard", smoke_test=smoke_test) as server:
+        settings = load_settings(
+            None, {"engine.kind": "openai", "engine.base_url": server.url, "engine.model": "guard"}
+        )
+        line = check_engine(settings)
+    assert line == f"openai guard{says} answers"

@@ -183,9 +183,11 @@ def check_engine(settings: Settings) -> str:
     detail = name + (f" {info.revision}" if info.revision else "")
     if info.smoke_test and info.engine == "fake":
         detail += " (a stand-in for tests: its verdicts are drawn, not judged)"
+    elif info.smoke_test and info.engine == "openai":
+        detail += " (the server marks it a smoke-test model: its verdicts are not meaningful)"
     elif info.smoke_test:
         detail += " (smoke-test checkpoint with random weights)"
-    return f"{detail} loaded"
+    return f"{detail} answers" if info.engine == "openai" else f"{detail} loaded"
 
 
 def check_policies(settings: Settings) -> str:
