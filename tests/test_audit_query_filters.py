@@ -70,12 +70,13 @@ def test_audit_query_has_one_flag_per_filter_with_the_tables_help() -> None:
         assert f"{flag_name(field.name)} {field.metavar} {field.help}" in help_text
 
 
-def test_export_dsa_takes_the_tenant_and_time_flags_of_the_table() -> None:
+def test_export_dsa_has_one_flag_per_filter_as_audit_query_has() -> None:
     dsa = subcommand(add_dsa_parser, "export-dsa")
-    args = dsa.parse_args(["--tenant", "acme", "--since", "2026-11-29", "--until", "2026-11-30"])
-    assert (args.tenant, args.since, args.until) == ("acme", "2026-11-29", "2026-11-30")
-    with pytest.raises(SystemExit):
-        dsa.parse_args(["--bucket", "uploads"])
+    help_text = " ".join(dsa.format_help().split())
+    for field in FILTERS:
+        args = dsa.parse_args([flag_name(field.name), "v"])
+        assert filter_values(args) == {name: "v" if name == field.name else None for name in NAMES}
+        assert f"{flag_name(field.name)} {field.metavar}" in help_text
 
 
 def test_the_api_has_one_query_parameter_per_filter_with_the_tables_help() -> None:

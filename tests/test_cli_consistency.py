@@ -39,11 +39,12 @@ SHARED = {
     "--tenant": (TENANT_METAVAR, None),
 }
 # `audit query --model ENGINE[:NAME]` filters rows by the recorded model; it sets nothing.
-# `dataset from-audit` takes the same filters, with the same metavar.
+# `dataset from-audit` and `audit export-dsa` take the same filters, with the same metavar.
 # `train --config FILE` is the run configuration, not the settings file; `train --resume
 # [CHECKPOINT]` names a checkpoint directory, not a replay run id.
 FILTERS = {
     ("audit", "query", "--model"),
+    ("audit", "export-dsa", "--model"),
     ("dataset", "from-audit", "--model"),
     ("train", "--config"),
     ("train", "--resume"),

@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 SALT_ENV = "MODERATOR_DSA_PUID_SALT"
 PAGE = 1000
 SPOOL_BYTES = 16 << 20
+# The decisions that can restrict content; `allow` ones are never read.
+RESTRICTING = ("block", "review")
 # Skip reason -> (one, several) in the summary.
 SKIPPED = {
+    "smoke_test": ("decision of a smoke-test model", "decisions of a smoke-test model"),
     "review_visible": (
         "review that keeps the content visible",
         "reviews that keep the content visible",
@@ -67,18 +70,27 @@ def add_dsa_parser(audit_sub: Any) -> None:
             f"{SALT_ENV}=... moderator audit export-dsa --since 2026-11-01 --until 2026-12-01",
             "moderator audit export-dsa --tenant acme --output acme.jsonl --terms-url "
             "https://example.com/terms",
+            "moderator audit export-dsa --event-id 7f3c9e2a-upload-1",
         ),
         description=(
             "Turn every block decision (and review decisions of tenants whose policy sets "
             "dsa.review_restricts_visibility) decided in [--since, --until) into an EU DSA "
             "Transparency Database statement of reasons (schema of 1 July 2025), one JSON object "
             "per line, oldest first; every 100 lines make one POST /api/v1/statements body. "
+            "The filter flags are those of audit query. Decisions of a smoke-test model are "
+            "skipped unless --include-smoke-test. "
             f"The PUID salt is read from ${SALT_ENV} (or --salt-env). A summary goes to stderr. "
             "Exit 0 ok, 2 missing salt or bad flag value, 1 unreadable store or invalid statement."
         ),
     )
+    # Every filter of the table, as `audit query` has them: a reviewer finds the statement of
+    # one upload by --event-id rather than recomputing its PUID.
     add_filter_flags(
-        p, ("tenant", "since", "until"), {"tenant": "one tenant only (default: every tenant)"}
+        p,
+        helps={
+            "tenant": "one tenant only (default: every tenant)",
+            "decision": "block or review only (default: both; allow decisions are never exported)",
+        },
     )
     add_output_flag(p)
     p.add_argument(
@@ -99,6 +111,12 @@ def add_dsa_parser(audit_sub: Any) -> None:
         metavar="XX",
         help="content_language: an ISO 639-1 code the database lists, e.g. EN",
     )
+    p.add_argument(
+        "--include-smoke-test",
+        action="store_true",
+        help="also export decisions of a smoke-test model (the fake engine, a tiny checkpoint): "
+        "meaningless, for testing a submission pipeline end to end only",
+    )
     add_config_flag(p)
     add_policies_flag(p)
 
@@ -106,17 +124,17 @@ def add_dsa_parser(audit_sub: Any) -> None:
 def cmd_export_dsa(
     settings: Settings,
     *,
-    tenant: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    filters: Mapping[str, str | None] | None = None,
     output: Path | None = None,
     salt_env: str = SALT_ENV,
     territorial_scope: str = "EU",
     terms_url: str | None = None,
     ground_text: str | None = None,
     content_language: str | None = None,
+    include_smoke_test: bool = False,
 ) -> int:
-    """Export the statements; see the module docstring for exit codes."""
+    """Export the statements; see the module docstring for exit codes. `filters` holds the audit
+    filters as typed, by field name (`tenant`, `event_id`, ...; None or absent: not given)."""
     from moderator.audit.dsa.export import MIN_SALT_CHARS, SCHEMA_VERSION
     from moderator.audit.dsa.spec import BATCH_MAX
     from moderator.cli.audit_query import open_existing_store
@@ -137,7 +155,7 @@ def cmd_export_dsa(
             f"{salt_env}: too short; the PUID salt needs at least {MIN_SALT_CHARS} characters"
         )
     options = _options(salt, territorial_scope, terms_url, ground_text, content_language)
-    queries = [_query(tenant, since, until, decision) for decision in ("block", "review")]
+    queries = _queries(filters or {})
     problem = None if output is None else file_problem(output)
     if problem is not None:  # now, not after the whole store was read
         raise ConfigError(f"--output: {problem}")
@@ -146,7 +164,7 @@ def cmd_export_dsa(
         settings.tenancy,
         default_for_unknown=settings.policies.default_for_unknown,
     )
-    exporter = _Exporter(registry, options)
+    exporter = _Exporter(registry, options, include_smoke_test=include_smoke_test)
     with open_existing_store(settings.audit.url) as store, _output(output) as out:
         pages = [_rows(store, q) for q in queries]
         # Each page stream is in (decided_at, event_id) order, event ids in the database's
@@ -160,8 +178,11 @@ def cmd_export_dsa(
     dated = exporter.counts["dated_by_decision"]
     first = f" (first: {exporter.first_dated_by_decision})" if dated else ""
     statements = counted(written, "statement of reasons", "statements of reasons")
+    smoke = exporter.counts["smoke_test_included"]
+    # Said whenever such statements went out, so that a test export is never taken for a real one.
+    included = f" ({smoke} by a smoke-test model, --include-smoke-test)" if smoke else ""
     print(
-        f"moderator: {statements} (schema {SCHEMA_VERSION}) in "
+        f"moderator: {statements}{included} (schema {SCHEMA_VERSION}) in "
         f"{counted(-(-written // BATCH_MAX), 'batch', 'batches')} of at most {BATCH_MAX}"
         f"{f' to {output}' if output else ''}; skipped: {skipped}; "
         f"{dated} with an unusable upload time, dated by their decision{first}",
@@ -210,9 +231,12 @@ def _options(
 class _Exporter:
     """Builds and checks one row's statement; resolves each tenant's mapping once."""
 
-    def __init__(self, registry: PolicyRegistry, options: DsaOptions) -> None:
+    def __init__(
+        self, registry: PolicyRegistry, options: DsaOptions, *, include_smoke_test: bool = False
+    ) -> None:
         self._registry = registry
         self._options = options
+        self._include_smoke_test = include_smoke_test
         self._mappings: dict[str, TenantDsa] = {}
         self.counts: Counter[str] = Counter()
         self.first_dated_by_decision = ""  # "event E, tenant T"
@@ -221,6 +245,7 @@ class _Exporter:
         from moderator.audit.dsa.export import (
             DsaExportError,
             content_date_for,
+            from_smoke_test_model,
             skip_reason,
             skip_without_mapping,
             statement_for,
@@ -231,6 +256,15 @@ class _Exporter:
             self.counts["redacted"] += 1
             return None
         where = f"event {row.event_id} (tenant {row.tenant_id})"
+        try:
+            smoke_test = from_smoke_test_model(row.record)
+        except DsaExportError as exc:
+            raise DsaExportError(f"{where}: {exc}") from exc
+        # Checked before the mapping: a decision that means nothing is never reported, whatever
+        # the mapping says, and a test tenant without a policy file must not stop the export.
+        if smoke_test and not self._include_smoke_test:
+            self.counts["smoke_test"] += 1
+            return None
         try:
             mapping = self._mapping(row.tenant_id)
         except DsaExportError as exc:
@@ -251,6 +285,7 @@ class _Exporter:
         if problems:
             raise DsaExportError(f"{where}: invalid statement: " + "; ".join(problems))
         self.counts["statements"] += 1
+        self.counts["smoke_test_included"] += smoke_test
         if row.record.get("uploaded_at") is not None and not content_date_for(row.record)[1]:
             self.counts["dated_by_decision"] += 1
             self.first_dated_by_decision = (
@@ -291,11 +326,24 @@ def _scope(value: str) -> tuple[str, ...]:
     return codes
 
 
-def _query(tenant: str | None, since: str | None, until: str | None, decision: str) -> AuditQuery:
+def _queries(filters: Mapping[str, str | None]) -> list[AuditQuery]:
+    """One query per restricting decision that `filters` admit, oldest first: the filters mean
+    what they mean in `audit query`, and --decision narrows the decisions read."""
+    wanted = filters.get("decision")
+    if wanted is not None and wanted not in RESTRICTING:
+        _query(filters)  # a value outside the table's is refused as `audit query` refuses it
+        raise ConfigError(
+            f"--decision: {wanted} decisions restrict nothing and are never exported; "
+            f"use {' or '.join(RESTRICTING)}"
+        )
+    decisions = RESTRICTING if wanted is None else (wanted,)
+    return [_query({**filters, "decision": decision}) for decision in decisions]
+
+
+def _query(given: Mapping[str, str | None]) -> AuditQuery:
     from moderator.audit.read.filters import BadFilter, build_query
     from moderator.cli.audit_query import flag_name
 
-    given = {"tenant": tenant, "decision": decision, "since": since, "until": until}
     try:
         return build_query(given, sort="decided_at", limit=PAGE)
     except BadFilter as exc:

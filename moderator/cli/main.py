@@ -237,19 +237,19 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def _cmd_export_dsa(args: argparse.Namespace) -> int:
     from moderator.cli.audit_dsa import cmd_export_dsa
+    from moderator.cli.audit_query import filter_values
     from moderator.settings import load_settings
 
     return cmd_export_dsa(
         load_settings(args.config, {"policies.dir": args.policies}),
-        tenant=args.tenant,
-        since=args.since,
-        until=args.until,
+        filters=filter_values(args),
         output=args.output,
         salt_env=args.salt_env,
         territorial_scope=args.territorial_scope,
         terms_url=args.terms_url,
         ground_text=args.ground_text,
         content_language=args.content_language,
+        include_smoke_test=args.include_smoke_test,
     )
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "TenantDsa",
     "batches",
     "content_date_for",
+    "from_smoke_test_model",
     "puid_for",
     "skip_reason",
     "statement_for",
@@ -181,6 +182,14 @@ def skip_reason(record: Mapping[str, Any], mapping: TenantDsa) -> str | None:
     if _error_code(verdict) in NO_CONTENT_ERRORS:
         return "no_content"
     return None
+
+
+def from_smoke_test_model(record: Mapping[str, Any]) -> bool:
+    """Whether a smoke-test model (the `fake` engine, a checkpoint or server marked as one)
+    decided: its decision means nothing, so a statement saying the image was assessed would be
+    false. A verdict with no model (an error before the engine ran) was not decided by one."""
+    model = _verdict(record).get("model")
+    return isinstance(model, Mapping) and model.get("smoke_test") is True
 
 
 def skip_without_mapping(record: Mapping[str, Any]) -> str | None:
