@@ -51,9 +51,10 @@ def parse(text: str, name: str = "t") -> PolicyFile:
 
 
 def directory(**tenants: str) -> dict[str, PolicyFile]:
-    """stem -> parsed file; `default` is the test default unless given."""
+    """stem -> parsed file; `default` is the test default unless given. An empty text stands
+    for `{}`, a tenant that keeps every inherited value (an empty file is an error)."""
     files = {"default": parse(default_yaml(), "default")}
-    files.update({name: parse(text, name) for name, text in tenants.items()})
+    files.update({name: parse(text or "{}", name) for name, text in tenants.items()})
     return files
 
 

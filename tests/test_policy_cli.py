@@ -54,7 +54,7 @@ def test_validate_shipped_directories(capsys: pytest.CaptureFixture[str], direct
 def test_validate_defaults_to_policies_dir_from_the_config(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    directory = policy_dir(tmp_path / "p", shop="")
+    directory = policy_dir(tmp_path / "p", shop="{}")
     config = tmp_path / "settings.yaml"
     config.write_text(f"policies:\n  dir: {directory}\n")
     code, out, _ = run(capsys, "validate", "--config", config)
@@ -153,7 +153,7 @@ def test_validate_unusable_directories(capsys: pytest.CaptureFixture[str], tmp_p
     code, out, err = run(capsys, "validate", tmp_path / "missing")
     assert (code, out) == (2, "")
     assert err == f"moderator: DIR: {tmp_path / 'missing'} is not a directory\n"
-    (tmp_path / "shop.yaml").write_text("")
+    (tmp_path / "shop.yaml").write_text("{}")
     code, _, err = run(capsys, "validate", tmp_path)
     assert code == 2
     assert err == f"moderator: {tmp_path}: no default.yaml (every policy directory needs one)\n"
@@ -233,7 +233,7 @@ def test_validate_a_new_file_against_the_policy_directory(
     code, out, err = run(capsys, "validate", new)
     assert (code, out) == (2, "")
     assert err == (
-        f"moderator: DIR: {new}: its directory has no default.yaml to check it against; add "
+        f"moderator: {new}: its directory has no default.yaml to check it against; add "
         "--policies DIR to check it against the policy directory it is meant for\n"
     )
 
@@ -350,7 +350,7 @@ def test_diff(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         tmp_path / "old",
         shop="categories:\n  O2: {action: review, block_at: 0.9}\non_error: review\n",
         calm="description: same\n",
-        gone="",
+        gone="{}",
     )
     new = policy_dir(
         tmp_path / "new",
@@ -360,7 +360,7 @@ def test_diff(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
             "surfaces:\n  avatar:\n    none_applying: {action: block}\n"
         ),
         calm="description: edited, which changes no decision\n",
-        fresh="",
+        fresh="{}",
     )
     versions = {
         side: {k: p.version for k, p in check(d, TenancySettings()).policies.items()}

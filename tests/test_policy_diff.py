@@ -72,7 +72,7 @@ def test_thresholds_alone_leave_the_prompt() -> None:
 
 
 def test_guideline_texts() -> None:
-    old = compiled(shop="")
+    old = compiled(shop="{}")
     new = compiled(shop="categories:\n  O3:\n    can: [art]\n  O5: {allowed_text: other}\n")
     # O5 stays in default mode: its allowed text is not in the prompt, so it is no change.
     assert changes_of(by_tenant(old, new)["shop"]) == ["O3 guideline text changed"]
@@ -97,7 +97,7 @@ def test_on_error_compares_effective_decisions() -> None:
 
 
 def test_locations() -> None:
-    old = compiled(shop="")
+    old = compiled(shop="{}")
     new = compiled(shop="allowed: {buckets: [shop-media], prefixes: []}\n")
     assert changes_of(by_tenant(old, new)["shop"]) == [
         "buckets: media, uploads -> shop-media",
@@ -107,7 +107,7 @@ def test_locations() -> None:
 
 def test_added_and_removed_tenants() -> None:
     old = compiled(gone="surfaces:\n  avatar:\n    categories:\n      O6: {mode: sensitive}\n")
-    new = compiled(fresh="")
+    new = compiled(fresh="{}")
     diffs = by_tenant(old, new)
     gone, fresh = diffs["gone"], diffs["fresh"]
     assert gone.kind == "removed"
@@ -124,7 +124,7 @@ def test_added_and_removed_tenants() -> None:
 
 
 def test_a_new_surface_is_compared_with_the_old_default_surface() -> None:
-    old = compiled(shop="")
+    old = compiled(shop="{}")
     new = compiled(shop="surfaces:\n  avatar:\n    categories:\n      O6: {mode: sensitive}\n")
     diff = by_tenant(old, new)["shop"]
     assert diff.kind == "changed"

@@ -36,9 +36,31 @@ def test_error_message_format_and_pickling() -> None:
     assert (copy.path, copy.line, copy.reason) == (P, 3, "bad")
 
 
-@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "null\n", "~", "---\n"])
-def test_empty_documents_are_empty_policies(text: str) -> None:
-    assert load_text(text, P) == PolicyFile()
+EMPTY = (
+    "the file is empty: a policy file is a mapping of keys (write {} for a tenant that keeps "
+    "every inherited value)"
+)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "  \n\n", "# only a comment\n", "---\n", "---\n...\n"])
+def test_an_empty_file_is_no_policy(text: str) -> None:
+    """A truncated file must not read as `{}`: its tenant would silently lose its settings."""
+    err = error(text)
+    assert (err.line, err.reason) == (None, EMPTY)
+    assert str(err) == f"{P}: {EMPTY}"
+
+
+@pytest.mark.parametrize("text", ["null\n", "~", "# a comment\nNULL\n"])
+def test_a_null_document_is_no_policy(text: str) -> None:
+    err = error(text)
+    written = text.splitlines()[-1]
+    assert err.reason == EMPTY.replace("the file is empty", f"the file holds only {written!r}")
+    assert err.line == len(text.splitlines())
+
+
+def test_an_empty_mapping_is_a_policy_that_inherits_everything() -> None:
+    assert load_text("{}\n", P) == PolicyFile()
+    assert load_text("# inherits everything\n{}\n", P) == PolicyFile()
 
 
 def test_a_complete_file_loads() -> None:
@@ -172,6 +194,37 @@ def test_a_bad_surface_name_says_the_rule_and_suggests_its_lower_case(name: str,
 def test_the_lower_case_surface_is_not_suggested_when_it_is_declared_already() -> None:
     err = error("surfaces:\n  comments: {}\n  Comments: {}\n")
     assert err.reason == f"surfaces.Comments: invalid surface name 'Comments': {RULE}"
+
+
+def test_a_category_indented_under_surfaces_is_named_with_its_body_problems() -> None:
+    """The body's unknown keys alone do not say why: the name is reported too, first."""
+    err = error("surfaces:\n  O6: {action: review, blok_at: 0.9}\n")
+    keys = "the keys here are categories, none_applying, on_error"
+    assert err.problems() == [
+        f"{P}:2: surfaces.O6: invalid surface name 'O6': {RULE}; O6 is a category: did you "
+        "mean categories.O6?",
+        f"{P}:2: surfaces.O6.action: unknown key 'action'; {keys}",
+        f"{P}:2: surfaces.O6.blok_at: unknown key 'blok_at'; {keys}",
+    ]
+
+
+def test_none_applying_indented_under_surfaces_is_named() -> None:
+    err = error("surfaces:\n  NA:\n    action: review\n")
+    assert err.problems()[0] == (
+        f"{P}:2: surfaces.NA: invalid surface name 'NA': {RULE}; NA is none applying: did you "
+        "mean none_applying?"
+    )
+
+
+def test_every_bad_surface_name_is_reported_with_the_bodies_problems() -> None:
+    err = error("surfaces:\n  Comments: {}\n  Bad Name:\n    categories: {O1: {mode: x}}\n")
+    assert err.problems() == [
+        f"{P}:2: surfaces.Comments: invalid surface name 'Comments': {RULE}; did you mean "
+        "'comments'?",
+        f"{P}:3: surfaces.Bad Name: invalid surface name 'Bad Name': {RULE}",
+        f"{P}:4: surfaces.Bad Name.categories.O1.mode: 'x' is not one of default, allowed, "
+        "sensitive",
+    ]
 
 
 def test_reversed_thresholds_name_both_values() -> None:

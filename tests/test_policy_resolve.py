@@ -24,7 +24,7 @@ def test_default_locations_follow_the_tenancy_rule() -> None:
 
 def test_chains() -> None:
     files = directory(
-        kids="extends: family\n", family="owner: f\n", acme="extends: default\n", solo=""
+        kids="extends: family\n", family="owner: f\n", acme="extends: default\n", solo="{}"
     )
     assert chain_of(files, "kids") == ("kids", "family", "default")
     assert chain_of(files, "acme") == ("acme", "default")
@@ -82,7 +82,7 @@ def test_cycles_are_errors() -> None:
 
 
 def test_the_default_is_the_root() -> None:
-    files = directory(default=default_yaml() + "extends: acme\n", acme="")
+    files = directory(default=default_yaml() + "extends: acme\n", acme="{}")
     with pytest.raises(PolicyError, match="default policy cannot extend another"):
         chain_of(files, "acme")
     with pytest.raises(PolicyError, match=r"^default\.yaml: no default\.yaml"):

@@ -67,7 +67,7 @@ def cmd_validate(
     settings = _settings(config, directory or policies)
     declared = capabilities(engine) if engine is not None else None  # unknown kind: exit 2
     if candidate is None:
-        result = _checked(settings.policies.dir, settings)
+        result = _checked(_configured_dir(settings, directory or policies), settings)
         if result is None:
             return 2
         policies_found: Mapping[PolicyKey, TenantPolicy] = result.policies
@@ -110,8 +110,9 @@ def _check_file_context(path: Path, directory: Path, named: bool) -> None:
     check_directory("--policies" if named else "DIR", directory)
     if named or any((directory / f"{ROOT}{suffix}").exists() for suffix in SUFFIXES):
         return
+    # No `DIR:` prefix: the path itself is named, and the problem is its directory, not DIR.
     raise ConfigError(
-        f"DIR: {path}: its directory has no {ROOT}.yaml to check it against; add --policies DIR "
+        f"{path}: its directory has no {ROOT}.yaml to check it against; add --policies DIR "
         "to check it against the policy directory it is meant for"
     )
 
@@ -126,7 +127,7 @@ def cmd_render(
 ) -> int:
     """Print one tenant's compiled policy for a surface: header, prompt, decision table."""
     settings = _settings(config, policies)
-    directory = settings.policies.dir
+    directory = _configured_dir(settings, policies)
     result = check(directory, settings.tenancy)
     requested = surface or SURFACE_DEFAULT
     unknown = tenant not in result.paths
@@ -300,6 +301,17 @@ def table(
 
 def _settings(config: Path | None, policies: Path | None) -> Settings:
     return load_settings(config, {"policies.dir": policies})
+
+
+def _configured_dir(settings: Settings, given: Path | None) -> Path:
+    """policies.dir; when no argument named it and it is not a directory, ConfigError saying
+    how to name one (the default, ./policies, is missing wherever the command is run from)."""
+    directory = settings.policies.dir
+    if given is None and not directory.is_dir():
+        raise ConfigError(
+            f"policies.dir: {directory} is not a directory; pass --policies DIR or set policies.dir"
+        )
+    return directory
 
 
 def _checked(directory: Path, settings: Settings) -> DirectoryCheck | None:

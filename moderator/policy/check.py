@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +128,14 @@ def chain_stems(files: Mapping[str, PolicyFile], tenant: str) -> list[str]:
     return chain if ROOT in chain else [*chain, ROOT]
 
 
+def broken_link(
+    files: Mapping[str, PolicyFile], failed: Collection[str], tenant: str
+) -> str | None:
+    """The first file of the tenant's `extends` chain (itself first, default.yaml last) that
+    fails to load, or None when every one loads."""
+    return next((stem for stem in chain_stems(files, tenant) if stem in failed), None)
+
+
 def check_directory(
     directory: Path, tenancy: TenancySettings
 ) -> tuple[dict[PolicyKey, TenantPolicy], list[str]]:
@@ -206,12 +214,4 @@ def key_line(path: Path, keys: tuple[str, ...]) -> int | None:
 
 def _blocked(files: Mapping[str, PolicyFile], failed: set[str], tenant: str) -> bool:
     """Whether the tenant's chain runs into a file that failed to load."""
-    if ROOT in failed:
-        return True
-    name, seen = tenant, set()
-    while name in files and name != ROOT and name not in seen:
-        seen.add(name)
-        name = files[name].extends or ROOT
-        if name in failed:
-            return True
-    return False
+    return broken_link(files, failed, tenant) is not None

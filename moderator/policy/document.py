@@ -20,9 +20,12 @@ from pydantic import (
     Field,
     Strict,
     StrictBool,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from moderator.errors import SECURITY_ERRORS, ErrorCode
 from moderator.events.dsa_categories import STATEMENT_CATEGORIES, STATEMENT_CATEGORY_PREFIX
@@ -178,14 +181,24 @@ class PolicyFile(_Strict):
     def _upper(cls, value: Any) -> Any:
         return upper_codes(value, CODES)
 
-    @field_validator("surfaces")
+    @field_validator("surfaces", mode="wrap")
     @classmethod
-    def _surfaces(cls, value: dict[str, SurfaceOverride]) -> dict[str, SurfaceOverride]:
-        for name in value:
-            problem = surface_name_problem(name, value)
-            if problem is not None:
-                raise ValueError(problem)
-        return value
+    def _surfaces(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # The names are judged along with the surfaces' bodies, not after them: a category
+        # indented under `surfaces:` has a body full of unknown keys, and the name is what
+        # explains them.
+        names = _name_errors(value)
+        try:
+            surfaces = handler(value)
+        except ValidationError as exc:
+            if not names:
+                raise
+            raise ValidationError.from_exception_data(
+                cls.__name__, [*names, *_details(exc)]
+            ) from None
+        if names:
+            raise ValidationError.from_exception_data(cls.__name__, names)
+        return surfaces
 
     @field_validator("on_error")
     @classmethod
@@ -195,15 +208,51 @@ class PolicyFile(_Strict):
 
 def surface_name_problem(name: str, declared: Collection[str] = ()) -> str | None:
     """Why `name` cannot name a surface (None when it can): the rule spelled out, since a
-    surface name is matched exactly against events' `context.surface`, with the lower-case form
-    suggested when that is valid and not `declared` already (it would then be a second entry)."""
+    surface name is matched exactly against events' `context.surface`. A category code most
+    likely sits one level too high (its settings under `surfaces:` itself), so the key it
+    belongs under is suggested; otherwise the lower-case form, when that is valid and not
+    `declared` already (it would then be a second entry)."""
     if re.fullmatch(SURFACE_PATTERN, name):
         return None
     text = f"invalid surface name {name!r}: {SURFACE_RULE}"
     lower = name.lower()
-    if re.fullmatch(SURFACE_PATTERN, lower) and lower not in declared:
+    if name == "NA":
+        text += "; NA is none applying: did you mean none_applying?"
+    elif name in CODES:
+        text += f"; {name} is a category: did you mean categories.{name}?"
+    elif re.fullmatch(SURFACE_PATTERN, lower) and lower not in declared:
         text += f"; did you mean {lower!r}?"
     return text
+
+
+def _name_errors(value: Any) -> list[InitErrorDetails]:
+    """A pydantic error for each key of a `surfaces` mapping that cannot name a surface."""
+    if not isinstance(value, dict):
+        return []
+    errors: list[InitErrorDetails] = []
+    for name in value:
+        problem = surface_name_problem(name, value) if isinstance(name, str) else None
+        if problem is not None:
+            error = ValueError(problem)
+            errors.append(
+                {"type": "value_error", "loc": (name,), "input": name, "ctx": {"error": error}}
+            )
+    return errors
+
+
+def _details(exc: ValidationError) -> list[InitErrorDetails]:
+    """The errors of `exc` in the form that builds a ValidationError again."""
+    details: list[InitErrorDetails] = []
+    for error in exc.errors():
+        detail: InitErrorDetails = {
+            "type": error["type"],
+            "loc": error["loc"],
+            "input": error["input"],
+        }
+        if "ctx" in error:
+            detail["ctx"] = error["ctx"]
+        details.append(detail)
+    return details
 
 
 def _statement_problem(category: str) -> str:

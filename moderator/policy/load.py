@@ -45,6 +45,14 @@ _SCALAR_TAGS = frozenset(_TAG + t for t in ("null", "bool", "int", "float", "str
 
 Loc = tuple[str | int, ...]
 
+# Why a file with no keys at all is refused rather than read as `{}`: an empty file is far more
+# often a truncated write (`> file`, an editor caught between truncate and write) than a tenant
+# meant to inherit everything, and reading it as `{}` would silently drop the tenant's settings.
+EMPTY_FILE = (
+    "the file is empty: a policy file is a mapping of keys (write {} for a tenant that keeps "
+    "every inherited value)"
+)
+
 
 Problem = tuple[int | None, str]  # (1-based line or None, reason)
 
@@ -205,7 +213,7 @@ def load_text(text: str, path: Path) -> PolicyFile:
     except yaml.YAMLError as exc:
         raise PolicyError(path, *yaml_problem(exc, text)) from None
     if doc is None:
-        doc = {}
+        raise PolicyError(path, *_no_policy(text))
     if not isinstance(doc, dict):
         raise PolicyError(path, 1, "the top level must be a mapping of policy keys")
     try:
@@ -215,6 +223,18 @@ def load_text(text: str, path: Path) -> PolicyFile:
     if duplicates:
         raise _failed(path, duplicates)
     return policy
+
+
+def _no_policy(text: str) -> Problem:
+    """Where and why a document that reads as null is no policy: an empty file (blanks,
+    comments and document markers only) or a null value written out (`null`, `~`)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None or node.value == "":
+        return None, EMPTY_FILE
+    written = str(node.value)[:40]
+    return _mark_line(node.start_mark), EMPTY_FILE.replace(
+        "the file is empty", f"the file holds only {written!r}", 1
+    )
 
 
 def _failed(path: Path, problems: list[Problem]) -> PolicyError:

@@ -2,13 +2,15 @@
 
 Validate, compile, swap: every reload builds a complete new snapshot (each tenant's policy for
 its default surface and every surface it declares) and replaces the old one in one assignment,
-so an event never sees half of a change. A file that fails to load keeps its last good content
-in force; a tenant whose policy fails to resolve or compile keeps its last good compiled
-policies. Both are reported (`file:line: reason`) in the log, in `errors` and as `stale` in the
-tenant's status, until the file is fixed. A new file that fails to load has no good content:
-its tenant has a stale status with no versions, and its events find no policy. With
-`metrics`, every reload also sets `moderator_policy_info` (1 for each tenant's default-surface
-version in force, 0 for the one it replaced) and `moderator_policy_stale`.
+so an event never sees half of a change. A tenant is compiled only from files that all load:
+while any file of its `extends` chain (its own, a base, default.yaml) fails, the tenant keeps
+its last good compiled policies, as does a tenant whose policy fails to resolve or compile, so
+a reload never applies what the same directory would refuse at start-up. The failing file is
+reported (`file:line: reason`) in the log and in `errors`, and every tenant it holds back is
+`stale` in its status, with that line, until the file is fixed. A new file that fails to load
+has no good content: its tenant has a stale status with no versions, and its events find no
+policy. With `metrics`, every reload also sets `moderator_policy_info` (1 for each tenant's
+default-surface version in force, 0 for the one it replaced) and `moderator_policy_stale`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import structlog
 
 from moderator.errors import ConfigError
 from moderator.obs.metrics import Metrics
-from moderator.policy.check import check, compile_tenant, one_line
+from moderator.policy.check import broken_link, check, compile_tenant, one_line
 from moderator.policy.compiled import TenantPolicy, compile_policy
 from moderator.policy.document import PolicyFile
 from moderator.policy.load import PolicyError, load_text, policy_paths, read_policy
@@ -115,7 +117,8 @@ class PolicyRegistry:
 
     @property
     def errors(self) -> tuple[str, ...]:
-        """`file:line: reason` for every file whose latest content is not in force."""
+        """`file:line: reason` for every file that fails (the tenants it holds back are stale in
+        `status`, with its line as their `error`)."""
         return self._snap.errors
 
     def status(self) -> Mapping[str, TenantStatus]:
@@ -161,12 +164,7 @@ class PolicyRegistry:
             return bool(changed)
         for tenant, surface, before, after in changed:
             log.info("policy_changed", tenant=tenant, surface=surface, old=before, new=after)
-        for error in new.errors:
-            if error not in old.errors:
-                culprit = new.blame.get(error)
-                held = new.status.get(culprit) if culprit is not None else None
-                kept = held is not None and bool(held.versions)
-                log.error("policy_invalid", error=error, tenant=culprit, last_good_in_force=kept)
+        _log_problems(old, new)
         return bool(changed)
 
     def _startup_problem(self, errors: tuple[str, ...]) -> str:
@@ -213,6 +211,8 @@ class PolicyRegistry:
                 raise
             return dataclasses.replace(old, errors=(str(exc),))
         failed: dict[str, str] = {error.path.stem: str(error) for error in duplicates}
+        if DEFAULT not in paths:  # a broken base like any other: its last good content stays
+            failed[DEFAULT] = f"{self._dir / 'default.yaml'}: missing (every directory needs one)"
         for stem, path in paths.items():
             if stem in failed:
                 continue
@@ -238,10 +238,6 @@ class PolicyRegistry:
             blame[reason] = stem
             if stem in old.files:  # the last good content stays in force
                 files[stem] = old.files[stem]
-        if DEFAULT not in files:
-            errors.append(f"{self._dir / 'default.yaml'}: missing (every directory needs one)")
-            if not initial and DEFAULT in old.files:
-                files[DEFAULT] = old.files[DEFAULT]
         unchanged = files.keys() == old.files.keys() and all(
             files[stem] is old.files[stem] for stem in files
         )
@@ -252,20 +248,17 @@ class PolicyRegistry:
         now = datetime.now(UTC)
         docs = {stem: f.policy for stem, f in files.items()}
         for tenant in sorted(files):
+            # Compiling over the last good content of a failing file would apply a policy the
+            # same directory cannot start with: the tenant waits for its whole chain instead.
+            culprit = broken_link(docs, failed, tenant)
+            if culprit is not None:
+                _hold(old, tenant, failed[culprit], now, policies, status)
+                continue
             compiled, error = self._compile_tenant(docs, paths, tenant)
-            file_error = failed.get(tenant)
             if compiled is None:
                 errors.append(error or f"{tenant}: cannot compile")
                 blame[errors[-1]] = tenant
-                kept = {k: v for k, v in old.policies.items() if k[0] == tenant}
-                policies.update(kept)
-                previous_status = old.status.get(tenant)
-                status[tenant] = TenantStatus(
-                    versions={s: p.version for (_, s), p in kept.items()},
-                    loaded_at=previous_status.loaded_at if previous_status else now,
-                    stale=True,
-                    error=error,
-                )
+                _hold(old, tenant, error, now, policies, status)
                 continue
             policies.update({(tenant, s): p for s, p in compiled.items()})
             before = old.status.get(tenant)
@@ -274,8 +267,8 @@ class PolicyRegistry:
             status[tenant] = TenantStatus(
                 versions=versions,
                 loaded_at=before.loaded_at if unchanged and before else now,
-                stale=file_error is not None,
-                error=file_error,
+                stale=False,
+                error=None,
             )
         for stem in failed.keys() - files.keys():  # a new file, broken: nothing in force
             status[stem] = TenantStatus(versions={}, loaded_at=now, stale=True, error=failed[stem])
@@ -309,6 +302,62 @@ class PolicyRegistry:
             while len(snap.unknown) > UNKNOWN_TENANT_CACHE:
                 snap.unknown.popitem(last=False)
         return policy
+
+
+def _hold(
+    old: _Snapshot,
+    tenant: str,
+    error: str | None,
+    now: datetime,
+    policies: dict[tuple[str, str], TenantPolicy],
+    status: dict[str, TenantStatus],
+) -> None:
+    """Keep the tenant's last good compiled policies (none for a new tenant), marked stale."""
+    kept = {k: v for k, v in old.policies.items() if k[0] == tenant}
+    policies.update(kept)
+    previous = old.status.get(tenant)
+    status[tenant] = TenantStatus(
+        versions={s: p.version for (_, s), p in kept.items()},
+        loaded_at=previous.loaded_at if previous else now,
+        stale=True,
+        error=error,
+    )
+
+
+def _in_force(status: TenantStatus | None) -> str | None:
+    """The default-surface version in force for a tenant, if any."""
+    return status.versions.get(SURFACE_DEFAULT) if status is not None else None
+
+
+def _log_problems(old: _Snapshot, new: _Snapshot) -> None:
+    """One line per file that newly fails (with what stays in force and whom else it holds
+    back), per tenant whose edit waits for another file, and per tenant no longer stale."""
+    for error in new.errors:
+        if error in old.errors:
+            continue
+        culprit = new.blame.get(error)
+        held = new.status.get(culprit) if culprit is not None else None
+        others = sorted(t for t, s in new.status.items() if s.error == error and t != culprit)
+        extra = {"also_stale": others} if others else {}
+        log.error(
+            "policy_invalid",
+            error=error,
+            tenant=culprit,
+            last_good_in_force=held is not None and bool(held.versions),
+            in_force=_in_force(held),
+            **extra,
+        )
+    for tenant, status in sorted(new.status.items()):
+        edited = new.files.get(tenant) is not old.files.get(tenant)
+        if edited and status.stale and new.blame.get(status.error or "") != tenant:
+            # A valid edit that is not applied yet: without this line it would look lost.
+            log.warning(
+                "policy_held_back", tenant=tenant, by=status.error, in_force=_in_force(status)
+            )
+    for tenant, before in sorted(old.status.items()):
+        after = new.status.get(tenant)
+        if before.stale and (after is None or not after.stale):
+            log.info("policy_valid_again", tenant=tenant, in_force=_in_force(after))
 
 
 def _changes(old: _Snapshot, new: _Snapshot) -> list[tuple[str, str, str | None, str | None]]:
