@@ -26,7 +26,7 @@ INTERFACE = (
     *("--from", "--to", "--offsets", "--tenant", "--sample", "--policies", "--engine"),
     *("--model", "--output-topic", "--report", "--rate", "--dry-run", "--resume"),
     *("--allow-live-output", "--max-in-flight", "--reuse-assessments", "--originals"),
-    "--config",
+    *("--live-policies", "--config"),
 )
 CONTACTED = "replay test: contacted Kafka"
 
@@ -251,17 +251,33 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert not missing, missing
 
 
+def test_a_missing_live_policies_dir_is_one_line_before_kafka(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing"
+    line = usage_error(capsys, config, "--live-policies", str(missing), "--dry-run")
+    assert line == f"moderator: --live-policies: {missing} is not a directory"
+    line = usage_error(capsys, config, "--resume", "r1", "--live-policies", str(missing))
+    assert line == f"moderator: --live-policies: {missing} is not a directory"
+
+
+def test_help_and_examples_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, ["replay", "--help"])
+    assert code == 0 and "--live-policies DIR" in out
+    assert "moderator replay --from 2026-11-01 --to 2026-11-02 --live-policies" in out
+
+
 def test_the_report_says_why_policies_were_not_compared(tmp_path: Path) -> None:
     """The report's policy diff is written after the run: a live policy directory that is
     missing makes it a line in the report, not an error that would lose the report."""
-    from moderator.cli.replay import _policy_diff
+    from moderator.cli.replay_policies import policy_diff
     from moderator.policy.bundled import write_default_policy
     from moderator.settings import load_settings
 
     replayed = tmp_path / "next"
     write_default_policy(replayed)
     live = load_settings(None, {"policies.dir": tmp_path / "missing"})
-    lines = _policy_diff(live, replayed)
+    lines = policy_diff(live.policies.dir, replayed, live.tenancy)
     assert len(lines) == 1 and lines[0].startswith("not compared: "), lines
     assert "missing" in lines[0]
 
@@ -270,7 +286,7 @@ def test_a_run_compiles_each_policy_once(tmp_path: Path, monkeypatch: pytest.Mon
     """The replayed directory is read three times (checked before Kafka, served by the run's
     pipeline, compared with the live one for the report): each policy is compiled once."""
     from moderator.cli.preflight import check_policies
-    from moderator.cli.replay import _policy_diff
+    from moderator.cli.replay_policies import policy_diff
     from moderator.policy.bundled import write_default_policy
     from moderator.service import build_policies
     from moderator.settings import load_settings
@@ -287,7 +303,7 @@ def test_a_run_compiles_each_policy_once(tmp_path: Path, monkeypatch: pytest.Mon
     compiled = count_compiles(monkeypatch)
     served = check_policies(replayed).policies
     build_policies(replayed).close()
-    diff = _policy_diff(live, replayed_dir)
+    diff = policy_diff(live.policies.dir, replayed_dir, live.tenancy)
     assert any("kids" in line for line in diff), diff
     kids = [("kids", "chat"), ("kids", "default")]
     assert sorted(served) == [("default", "default"), *kids]

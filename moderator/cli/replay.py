@@ -33,9 +33,10 @@ DESCRIPTION = (
     "live verdicts or audit topics. The report directory gets run.json (the plan), report.json, "
     "changed.jsonl, report.md and report.html. --policies, --engine and --model say what to "
     "replay under (default: the live settings); the engine's files and the policies are "
-    "checked before Kafka is contacted. Exit 0 when finished, 1 when stopped before the "
-    "end (resume with --resume RUN_ID --report DIR) or on a runtime failure, 2 on bad flags or "
-    "settings."
+    "checked before Kafka is contacted. The report's policy diff compares with --live-policies "
+    "DIR (default: policies.dir), e.g. the directory from before a rollout. Exit 0 when "
+    "finished, 1 when stopped before the end (resume with --resume RUN_ID --report DIR) or on "
+    "a runtime failure, 2 on bad flags or settings."
 )
 RANGE_FLAGS = ("from_", "to", "offsets", "tenant", "sample", "policies", "engine", "model")
 EXAMPLES = examples(
@@ -44,6 +45,7 @@ EXAMPLES = examples(
     "moderator replay --offsets 0:100-200,1:0-50 --engine fake --report replay-test",
     "moderator replay --tenant acme --sample 0.1 --dry-run",
     "moderator replay --resume RUN_ID --report replay-RUN_ID",
+    "moderator replay --from 2026-11-01 --to 2026-11-02 --live-policies policies-before",
 )
 
 
@@ -68,6 +70,12 @@ def add_replay_parser(sub: Any) -> None:
     )
     p.add_argument("--sample", metavar="RATE", help="replay this fraction of events, e.g. 0.1")
     add_policies_flag(p)
+    p.add_argument(
+        "--live-policies",
+        type=Path,
+        metavar="DIR",
+        help="the policy directory the report compares with (default: policies.dir)",
+    )
     add_engine_flags(p)
     p.add_argument(
         "--output-topic", metavar="T", help="where replayed verdicts go (kafka.topics.replay)"
@@ -126,8 +134,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--max-in-flight: must be between 2 and 100000, got {args.max_in_flight}"
         )
-    from moderator.cli.preflight import check_settings
+    from moderator.cli.preflight import check_directory, check_settings
 
+    if args.live_policies is not None:
+        check_directory("--live-policies", args.live_policies)
     if args.resume is not None:
         plan, directory = _resumed(args)
         if not args.dry_run:
@@ -195,6 +205,8 @@ def _resumed(args: argparse.Namespace) -> tuple[Any, Path]:
     plan = load_plan(directory, run_id)
     if args.rate is not None:  # pacing changes no result: a resumed run may go faster or slower
         plan = dataclasses.replace(plan, rate=args.rate)
+    if args.live_policies is not None:  # only the report's policy diff reads it
+        plan = dataclasses.replace(plan, live_policies_dir=str(args.live_policies.resolve()))
     return plan, directory
 
 
@@ -262,6 +274,7 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         range_text=range_text(args.offsets, args.from_, args.to),
         lookup=how,
         policies_dir=str(settings.policies.dir.resolve()),
+        live_policies_dir=str(args.live_policies.resolve()) if args.live_policies else None,
         engine=settings.engine.kind,
         model=settings.engine.model,
         reuse_assessments=args.reuse_assessments,
@@ -342,13 +355,16 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
         results = collect_results(reader, plan, timeout_s=settings.kafka.startup_timeout_s)
     finally:
         reader.close()
+    from moderator.cli.replay_policies import live_policies, policy_diff
     from moderator.replay.summary import run_header, write_summary
 
+    live_dir, live_from = live_policies(plan.live_policies_dir, live.policies.dir)
     header = run_header(
         plan,
         originals,
-        live_policies=str(live.policies.dir.resolve()),
-        policy_diff=_policy_diff(live, Path(plan.policies_dir)),
+        live_policies=str(live_dir),
+        live_policies_from=live_from,
+        policy_diff=policy_diff(live_dir, Path(plan.policies_dir), live.tenancy),
         started_at=started.isoformat().replace("+00:00", "Z"),
         replayed_here={"kept": outcome.replay.kept, "filtered": outcome.replay.filtered},
         dropped_outputs=outcome.dropped,
@@ -356,27 +372,6 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
     )
     write_summary(plan, results, originals, directory, header=header)
     return 0
-
-
-def _policy_diff(live: Any, replayed: Path) -> list[str]:
-    """What `policy diff LIVE REPLAYED` says, or why it cannot say it: never an error, since
-    the run it describes is already done."""
-    from moderator.cli.policy import format_diff
-    from moderator.errors import ConfigError
-    from moderator.policy.check import check
-    from moderator.policy.diff import diff_policies
-
-    if (live_dir := live.policies.dir.resolve()) == replayed.resolve():
-        return ["the replay uses the live policy directory"]
-    try:
-        before = check(live_dir, live.tenancy)
-        after = check(replayed, live.tenancy)
-    except ConfigError as exc:
-        return [f"not compared: {exc}"]
-    if before.errors or after.errors:
-        broken = live_dir if before.errors else replayed
-        return [f"policies in {broken} have errors; not compared"]
-    return format_diff(diff_policies(before.policies, after.policies))
 
 
 def _originals(choice: str, settings: Any) -> Any:

@@ -102,13 +102,35 @@ def _shift_figure(summary: ScoreSummary) -> Figure:
     axes = figure.add_subplot()
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of events
     width = summary.edges[1] - summary.edges[0]
-    axes.bar(summary.edges[:-1], summary.counts, width=width, align="edge", color="#4878a8")
+    axes.bar(
+        summary.edges[:-1], shifted_counts(summary), width=width, align="edge", color="#4878a8"
+    )
     axes.axvline(0.0, color="#444444", linewidth=0.8)
+    if summary.unchanged:
+        # A bar of its own, centred on 0: in the bin from 0 to 0.1 it would read as small rises.
+        axes.bar(
+            0.0,
+            summary.unchanged,
+            width=width / 4,
+            color="#999999",
+            edgecolor="#444444",
+            label=f"no change ({summary.unchanged})",
+            zorder=3,
+        )
+        axes.legend(loc="upper left", frameon=False)
     axes.set_xlim(summary.edges[0], summary.edges[-1])
     axes.set_xlabel("replayed score - original score")
     axes.set_ylabel("events")
     axes.set_title(f"Score shifts (n={summary.count})")
     return figure
+
+
+def shifted_counts(summary: ScoreSummary) -> list[int]:
+    """The histogram's counts without the shifts of exactly 0, which the chart draws apart."""
+    return [
+        n - summary.unchanged if low == 0 else n
+        for low, n in zip(summary.edges[:-1], summary.counts, strict=True)
+    ]
 
 
 def png(figure: Figure) -> bytes:

@@ -39,6 +39,9 @@ class RunPlan:
     rate: float | None = None
     # Where this run's results start on the output topic, per partition (its end at the start).
     output_start: dict[int, int] = field(default_factory=dict)
+    # --live-policies: what the report compares with (None: the settings' policies.dir). Kept
+    # here so that a resumed run's report compares with the same directory.
+    live_policies_dir: str | None = None
 
     @property
     def events_upper_bound(self) -> int:
@@ -72,6 +75,7 @@ class RunPlan:
             reuse_assessments=bool(data["reuse_assessments"]),
             rate=data["rate"],
             output_start={int(p): int(o) for p, o in data["output_start"].items()},
+            live_policies_dir=data.get("live_policies_dir"),  # absent from older plans
         )
 
 

@@ -48,11 +48,13 @@ class ScoreSummary:
     min: float | None
     max: float | None
     edges: tuple[float, ...]  # BINS + 1 edges from -1.0 to 1.0
-    counts: tuple[int, ...]  # BINS counts
+    counts: tuple[int, ...]  # BINS counts; a shift of 0 counts in the bin from 0 to 0.1
+    unchanged: int = 0  # shifts of exactly 0 (shifts are rounded to 6 places, so 0 is exact)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "count": self.count,
+            "unchanged": self.unchanged,
             "histogram": {"counts": list(self.counts), "edges": list(self.edges)},
             "max": self.max,
             "mean": self.mean,
@@ -184,6 +186,7 @@ def summarize_shifts(shifts: Iterable[float]) -> ScoreSummary:
         max=max(values),
         edges=edges,
         counts=tuple(counts),
+        unchanged=sum(1 for value in values if value == 0),
     )
 
 

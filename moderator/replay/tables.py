@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moderator.explain.render import num
 from moderator.replay.compare import Pair
-from moderator.replay.report import GroupCounts, Report
+from moderator.replay.report import GroupCounts, Report, ScoreSummary
 from moderator.text import safe_line
 from moderator.words import counted
 
@@ -37,10 +38,12 @@ class Table:
 
 
 def cell_text(value: Cell) -> str:
+    """A cell as text; a float as recorded (`0.3496`, never `0.350`), as `explain` and `audit
+    query` show it, since a rounded score next to a threshold reads as another number."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return num(value)
     return safe_line(str(value))
 
 
@@ -92,7 +95,6 @@ def policy_diff(report: Report) -> list[str]:
 def report_tables(report: Report, changed: Sequence[Pair]) -> list[Table]:
     """The report's tables in reading order; `changed` is sorted (changed_in_order())."""
     summary = report.score_summary
-    bins = [(summary.edges[i], summary.edges[i + 1], n) for i, n in enumerate(summary.counts) if n]
     shown = changed[:CHANGED_SHOWN]
     return [
         Table(
@@ -148,7 +150,11 @@ def report_tables(report: Report, changed: Sequence[Pair]) -> list[Table]:
             ((summary.count, summary.mean, summary.min, summary.max),),
         ),
         Table(
-            "score-shift-histogram", "Score-shift histogram", ("From", "To", "Events"), tuple(bins)
+            "score-shift-histogram",
+            "Score-shift histogram",
+            ("Shift", "Events"),
+            tuple(histogram_rows(summary)),
+            "Bins of 0.1 include their lower end; a shift of exactly 0 is counted apart.",
         ),
         Table(
             "changed-events",
@@ -158,6 +164,27 @@ def report_tables(report: Report, changed: Sequence[Pair]) -> list[Table]:
             f"The first {len(shown)} of {len(changed)}, by event id; changed.jsonl lists all.",
         ),
     ]
+
+
+def histogram_rows(summary: ScoreSummary) -> list[tuple[str, int]]:
+    """The non-empty histogram bins as (label, events), low to high, with the shifts of exactly 0
+    in a row of their own: inside the bin from 0 to 0.1 they would read as small rises."""
+    rows = []
+    last = len(summary.counts) - 1
+    for i, count in enumerate(summary.counts):
+        low, high = summary.edges[i], summary.edges[i + 1]
+        if low == 0:
+            if summary.unchanged:
+                rows.append(("0 (no change)", summary.unchanged))
+            count -= summary.unchanged
+            label = f"above 0, under {num(high)}"
+        elif i == last:
+            label = f"{num(low)} to {num(high)}"  # the last bin is closed: 1 is in it
+        else:
+            label = f"{num(low)} to under {num(high)}"
+        if count:
+            rows.append((label, count))
+    return rows
 
 
 def _groups(table_id: str, title: str, label: str, groups: dict[str, GroupCounts]) -> Table:
