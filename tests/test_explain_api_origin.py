@@ -1,7 +1,8 @@
 """GET /v1/verdicts/{event_id}/explanation says where the row was set, as `moderator explain`
 does: the app `audit serve` builds and the command, under one settings file, give the same
 document, `policy.row_origin` included while policies.dir compiles to the verdict's version
-and left out (still 200) when the directory is missing, broken or changed; a directory changed
+and left out (still 200) when the directory is missing, broken or changed (where the command
+says why, the API leaves it out); a directory changed
 while the server runs is read again, an unchanged one is not."""
 
 from __future__ import annotations
@@ -146,7 +147,16 @@ def test_without_the_deciding_policy_files_the_explanation_has_no_origin(
     body = api_json(client, "k-1")
     assert "row_origin" not in body["policy"]
     assert body["rule"]["text"] == "score 0.252 >= review_at 0.2 for O6 -> review"
-    assert body == cli_json(config, "k-1", capsys)
+    # The command says why (naming its --policies flag); the API leaves the origin out, as before.
+    command = cli_json(config, "k-1", capsys)
+    (note,) = [s["text"] for s in command["steps"] if s["step"] == "origin"]
+    assert note.startswith("not shown: ") and "pass --policies DIR" in note
+    assert command["missing"] == [f"row origin: {note.removeprefix('not shown: ')}"]
+    assert body == {
+        **command,
+        "missing": [],
+        "steps": [s for s in command["steps"] if s["step"] != "origin"],
+    }
 
 
 def test_policy_files_changed_while_serving_are_read_again(

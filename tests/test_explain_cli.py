@@ -79,11 +79,14 @@ def test_text_shows_each_step_of_a_threshold_decision(
     code, out, err = run(capsys, "explain", "k-1")
     assert code == 0, err
     steps = labelled(out)
+    # policies.dir (the settings' default) does not hold the demo policies that decided.
+    assert steps["origin"].startswith("not shown: policies.dir")
     assert list(steps) == [
         "event",
         "input",
         "image",
         "policy",
+        "origin",
         "engine",
         "rationale",
         "rule",

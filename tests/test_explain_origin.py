@@ -92,9 +92,17 @@ def test_the_api_document_still_validates_without_an_origin() -> None:
     VerdictExplanation.model_validate(explanation_json(on_surface("comments")))
 
 
-def test_explain_without_a_policy_directory_is_unchanged(tmp_path: Path) -> None:
+def test_explain_without_a_policy_directory_says_why_there_is_no_origin(tmp_path: Path) -> None:
     e = on_surface("comments")
-    assert with_origin(e, tmp_path / "missing", TenancySettings()) == e
+    shown = with_origin(e, tmp_path / "missing", TenancySettings())
+    assert shown.policy.row_origin is None
+    assert shown == dataclasses.replace(
+        e, policy=dataclasses.replace(e.policy, origin_not_shown=shown.policy.origin_not_shown)
+    )
+    assert step(shown, "origin") == (
+        f"not shown: policies.dir: {tmp_path / 'missing'} is not a directory; "
+        f"pass --policies DIR holding the policies of version {e.policy.version}"
+    )
 
 
 def test_explain_reads_the_policy_directory(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Prints the decision path of one event: the input, the policy version and its decision-table row
 for the category (or its on_error rule), which file or surface override set that row (when the
-policy directory still compiles to that version), the engine's answer or the error, the rule
+policy directory, policies.dir or `--policies DIR`, still compiles to that version; otherwise
+why not), the engine's answer or the error, the rule
 that decided, and the decision; `--format json` prints the same as a `moderator.explanation/v1`
 document (docs/explain.md). Exit codes: 0 explained, 1 no audit record has the event id or the
 audit database cannot be opened, 2 a bad argument or bad settings.
@@ -19,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 # cheap: the policy directory is read on use; the audit API attaches row_origin with it too
 from moderator.audit.read.row_origin import with_origin
-from moderator.cli.style import add_command, add_config_flag, add_format_flag, examples
+from moderator.cli.style import (
+    add_command,
+    add_config_flag,
+    add_format_flag,
+    add_policies_flag,
+    examples,
+)
 from moderator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,17 +36,19 @@ FORMATS = ("text", "json")
 DESCRIPTION = (
     "Explain why the verdict of EVENT_ID was decided, from its audit record in the audit store "
     "(audit.url: --config FILE or MODERATOR_AUDIT__URL): the input, the policy version and "
-    "what its decision table says for the category (or its on_error rule), the engine's "
-    "rating, category, score and rationale (or "
-    "the error and its code), the rule that decided, and the decision. A record redacted by "
-    "retention is explained from the columns the store keeps, and the output says what is "
-    "missing. Exit 0 explained, 1 no record has the event id (or the database cannot be "
-    "opened), 2 bad arguments or settings."
+    "what its decision table says for the category (or its on_error rule), which policy file "
+    "set that row (read from --policies DIR, default policies.dir, while it still compiles to "
+    "the verdict's policy version; otherwise the output says why), the engine's rating, "
+    "category, score and rationale (or the error and its code), the rule that decided, and the "
+    "decision. A record redacted by retention is explained from the columns the store keeps, "
+    "and the output says what is missing. Exit 0 explained, 1 no record has the event id (or "
+    "the database cannot be opened), 2 bad arguments or settings."
 )
 EXAMPLES = examples(
     "moderator explain demo-1a2b3c4d-0001",
     "moderator explain a-1 --format json --config settings.yaml",
     "MODERATOR_AUDIT__URL=postgresql://audit@db/audit moderator explain a-1",
+    "moderator explain a-1 --policies policies-2026-11",
 )
 
 
@@ -59,6 +68,7 @@ def add_explain_parser(sub: Any) -> None:
         default="text",
         help="text: one line per step; json: a moderator.explanation/v1 document",
     )
+    add_policies_flag(p)
     add_config_flag(p)
 
 
@@ -78,7 +88,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     problem = text_problem(event_id)
     if problem is not None:
         raise ConfigError(f"EVENT_ID: {problem}")
-    settings = load_settings(args.config)
+    if args.policies is not None and not args.policies.is_dir():
+        # Given on purpose, so a typo is an error rather than an origin quietly not shown.
+        raise ConfigError(f"policies.dir: {args.policies} is not a directory")
+    settings = load_settings(args.config, {"policies.dir": args.policies})
     configure_cli_logging(settings.log)
     with open_existing_store(settings.audit.url) as store:
         explanation = explain_event(store, event_id)

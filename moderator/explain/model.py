@@ -74,6 +74,8 @@ class PolicyFacts:
     row: TableRow | None  # for an assessment, when the decision table could be read
     on_error: str | None  # for an error verdict: the table's decision for its code
     row_origin: RowOrigin | None = None  # None: not known (no policy files matching the version)
+    # Why row_origin is None though a row was read, and how to show it; None when not looked for.
+    origin_not_shown: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ that set a row's mode, action or thresholds cannot be read from the audit store.
 files can say it, but only while they still compile to the version the verdict records: then
 they are, byte for byte in what matters, the files that decided. `attach_origin` checks that
 and otherwise leaves the explanation as it was (an origin that might be wrong is worse than
-none).
+none); `origin_gap` says why there is none, so a reader can find the files that decided.
 
 Who set what comes from `moderator.policy.resolve.row_sources`, the resolver's own merge.
 """
@@ -41,27 +41,60 @@ def attach_origin(
     policies: Mapping[tuple[str, str], Compiled],
 ) -> Explanation:
     """`e` with `policy.row_origin` set when the policy files compile, for the verdict's tenant
-    and surface, to the version it records; `e` unchanged otherwise.
+    and surface, to the version it records; `e` unchanged otherwise (`origin_gap` says why).
 
     `files` and `file_names` map file stems to parsed files and file names (`acme.yaml`);
     `policies` maps (tenant, surface) to the compiled policies of a policy directory.
     """
+    found = _deciding(e, files, policies, "the policy files")
+    if isinstance(found, str) or e.policy.row is None:
+        return e
+    policy, base = found
     row = e.policy.row
     surface = e.input.surface or SURFACE_DEFAULT
-    base = policies.get((e.tenant_id, SURFACE_DEFAULT))
-    policy = policies.get((e.tenant_id, surface), base)
-    if row is None or policy is None or base is None or policy.version != e.policy.version:
-        return e
-    chain = policy.resolved.chain
-    if any(name not in files for name in chain):
-        return e
-    origin = row_origin(files, file_names, chain, surface, row.category)
+    origin = row_origin(files, file_names, policy.resolved.chain, surface, row.category)
     if origin.surface is not None:
         before = row_values(base.resolved, row.category)
         after = row_values(policy.resolved, row.category)
         changed = {k: (before[k], after[k]) for k in after if before[k] != after[k]}
         origin = replace(origin, overrides=changed)
     return replace(e, policy=replace(e.policy, row_origin=origin))
+
+
+def origin_gap(
+    e: Explanation,
+    files: Mapping[str, PolicyFile],
+    policies: Mapping[tuple[str, str], Compiled],
+    where: str,
+) -> str | None:
+    """Why `attach_origin` gives `e` no origin, in words naming `where` the policies were read
+    (`policies.dir (DIR)`); None when it gives one."""
+    found = _deciding(e, files, policies, where)
+    return found if isinstance(found, str) else None
+
+
+def _deciding(
+    e: Explanation,
+    files: Mapping[str, PolicyFile],
+    policies: Mapping[tuple[str, str], Compiled],
+    where: str,
+) -> tuple[Compiled, Compiled] | str:
+    """The compiled policy of the verdict's surface and of the tenant's default surface, when
+    they are the version that decided; otherwise why not, as one clause."""
+    surface = e.input.surface or SURFACE_DEFAULT
+    name = f"{e.tenant_id}/{surface}"
+    base = policies.get((e.tenant_id, SURFACE_DEFAULT))
+    policy = policies.get((e.tenant_id, surface), base)
+    if e.policy.row is None:
+        return "the verdict has no decision-table row"
+    if policy is None or base is None:
+        return f"{where} has no policy for {name}"
+    if policy.version != e.policy.version:
+        recorded = e.policy.version or "(none recorded)"
+        return f"{where} compiles {name} to version {policy.version}, not the verdict's {recorded}"
+    if any(stem not in files for stem in policy.resolved.chain):
+        return f"{where} lacks a file that {name} extends"
+    return policy, base
 
 
 def row_origin(

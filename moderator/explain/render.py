@@ -38,6 +38,8 @@ def _steps(e: Explanation) -> list[tuple[str, str]]:
     ]
     if e.policy.row is not None and e.policy.row_origin is not None:
         out.append(("origin", _origin(e.policy.row, e.policy.row_origin)))
+    elif e.policy.row is not None and e.policy.origin_not_shown:
+        out.append(("origin", f"not shown: {e.policy.origin_not_shown}"))
     out.append(("engine", _engine(e)))
     if e.assessment is not None and e.assessment.rationale:
         out.append(("rationale", _rationale(e.assessment.rationale)))
@@ -195,7 +197,9 @@ def explanation_json(e: Explanation) -> dict[str, Any]:
         },
         "matches_policy": e.matches_policy,
         "redacted_at": _time_or_none(e.redacted_at),
-        "missing": list(e.missing),
+        # The reason an origin is not shown goes here, not into `policy`: the audit API's
+        # schema forbids keys it does not name, and `missing` is what could not be shown, and why.
+        "missing": [*e.missing, *_origin_missing(e)],
         "steps": [{"step": name, "text": text} for name, text in steps(e)],
     }
 
@@ -268,6 +272,12 @@ def _origin(row: TableRow, origin: RowOrigin) -> str:
     changes = ", ".join(f"{k} {_value(a)} -> {_value(b)}" for k, (a, b) in origin.overrides.items())
     what = f"changed {changes}" if changes else "sets the same values as the default surface"
     return f"{text}; surface {origin.surface} overrides {row.category}: {what}"
+
+
+def _origin_missing(e: Explanation) -> list[str]:
+    if e.policy.row is None or e.policy.row_origin is not None or not e.policy.origin_not_shown:
+        return []
+    return [f"row origin: {e.policy.origin_not_shown}"]
 
 
 def _origin_json(origin: RowOrigin) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 `moderator explain` and the audit API (`GET /v1/verdicts/{event_id}/explanation`) attach
 `policy.row_origin` under the same rule: only while the directory (policies.dir, compiled
 with the tenancy settings) still compiles to the verdict's policy version; otherwise, and when
-the directory is missing or unusable as a whole, the explanation is left as it was.
+the directory is missing or unusable as a whole, the API's explanation is left as it was, and
+the command's says why in `policy.origin_not_shown` (with the flag that points it elsewhere).
 `with_origin` compiles the directory on each call (one command, one call); `PolicyOrigins`, for
 a server, keeps the compiled directory until its policy files change on disk. The matching
 itself is pure: `moderator.explain.origin`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,43 +35,77 @@ Signature = tuple[tuple[str, tuple[int, int, int] | None], ...]
 
 def with_origin(explanation: Explanation, directory: Path, tenancy: TenancySettings) -> Explanation:
     """The explanation with where its decision-table row was set (which file, which surface
-    override), read from the policy directory; unchanged when the directory cannot be read or
-    no longer compiles to the verdict's policy version (its files are not the ones that
-    decided, so they cannot say who set what)."""
+    override), read from the policy directory. When the directory cannot be read or no longer
+    compiles to the verdict's policy version (its files are not the ones that decided, so they
+    cannot say who set what), `policy.origin_not_shown` says so and how to point at others."""
     if explanation.policy.row is None:
         return explanation
-    return attached(explanation, compiled(directory, tenancy), tenancy)
+    result, problem = checked(directory, tenancy)
+    if result is None:
+        return not_shown(explanation, problem or f"policies.dir ({directory}) cannot be read")
+    shown = attached(explanation, result, tenancy)
+    if shown.policy.row_origin is not None:
+        return shown
+    from moderator.explain.origin import origin_gap
+
+    files, policies = _matchable(explanation, result, tenancy)
+    gap = origin_gap(explanation, files, policies, f"policies.dir ({directory})")
+    return not_shown(explanation, gap or f"policies.dir ({directory}) does not say it")
+
+
+def not_shown(explanation: Explanation, reason: str) -> Explanation:
+    """`explanation` saying why its row origin is not shown, and which flag would show it."""
+    from dataclasses import replace
+
+    version = explanation.policy.version
+    held = f"the policies of version {version}" if version else "the verdict's policies"
+    note = f"{reason}; pass --policies DIR holding {held}"
+    return replace(explanation, policy=replace(explanation.policy, origin_not_shown=note))
 
 
 def compiled(directory: Path, tenancy: TenancySettings) -> DirectoryCheck | None:
     """Every file of `directory` loaded and every tenant compiled (`policy.check.check`); None
     when the directory is unusable as a whole (missing, unreadable, no default.yaml)."""
+    return checked(directory, tenancy)[0]
+
+
+def checked(directory: Path, tenancy: TenancySettings) -> tuple[DirectoryCheck | None, str | None]:
+    """`compiled`, with the one-line reason when the directory is unusable as a whole."""
     from moderator.errors import ConfigError
     from moderator.policy.check import check
 
     try:
-        return check(directory, tenancy)
-    except ConfigError:
-        return None
+        return check(directory, tenancy), None
+    except ConfigError as exc:
+        return None, str(exc)
 
 
 def attached(
     explanation: Explanation, result: DirectoryCheck | None, tenancy: TenancySettings
 ) -> Explanation:
-    """`explanation` with the row origin its compiled directory gives (`attach_origin`). A
-    tenant without a file of its own is compiled as the registry compiles it under
-    `policies.default_for_unknown`: an empty file extending default.yaml."""
+    """`explanation` with the row origin its compiled directory gives (`attach_origin`)."""
     from moderator.explain.origin import attach_origin
 
     if result is None:
         return explanation
     names = {stem: path.name for stem, path in result.paths.items()}
-    files, policies = result.files, result.policies
+    files, policies = _matchable(explanation, result, tenancy)
+    return attach_origin(explanation, files, names, policies)
+
+
+def _matchable(
+    explanation: Explanation, result: DirectoryCheck, tenancy: TenancySettings
+) -> tuple[Mapping[str, PolicyFile], Mapping[PolicyKey, TenantPolicy]]:
+    """The files and compiled policies the verdict is matched against. A tenant without a file
+    of its own is compiled as the registry compiles it under `policies.default_for_unknown`:
+    an empty file extending default.yaml."""
+    files: Mapping[str, PolicyFile] = result.files
+    policies: Mapping[PolicyKey, TenantPolicy] = result.policies
     tenant = explanation.tenant_id
     if tenant not in files and DEFAULT in files:
         files, unknown = _as_unknown(result, tenant, explanation.input.surface, tenancy)
         policies = {**policies, **unknown}
-    return attach_origin(explanation, files, names, policies)
+    return files, policies
 
 
 def _as_unknown(
