@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from moderator.cli.main import main
 from moderator.policy.load import EMPTY_FILE
 from tests.policy_fixtures import clear_moderator_env, default_yaml
+from tests.test_policy_cli import run
 
 HINT = "; pass --policies DIR or set policies.dir"
 
@@ -17,12 +17,6 @@ HINT = "; pass --policies DIR or set policies.dir"
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_moderator_env(monkeypatch)
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    code = main(["policy", *(str(a) for a in args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_validate_refuses_an_empty_tenant_file(

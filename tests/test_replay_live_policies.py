@@ -6,6 +6,7 @@ only say that both are the same; every line that compares nothing says how to co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,24 +15,12 @@ from moderator.cli.replay import _resumed
 from moderator.cli.replay_policies import live_policies, policy_diff
 from moderator.policy.bundled import write_default_policy
 from moderator.replay.plan import RunPlan, load_plan, save_plan
-from moderator.replay.request import EventFilter, OffsetRange
 from moderator.replay.summary import run_header
 from moderator.replay.tables import header_items
 from moderator.settings import load_settings
+from tests.test_replay_header import PLAN as HEADER_PLAN
 
-PLAN = RunPlan(
-    run_id="r1",
-    created_at="2026-12-05T23:15:00Z",
-    uploads_topic="uploads",
-    output_topic="moderation.replay",
-    ranges=(OffsetRange(0, 0, 2),),
-    event_filter=EventFilter(),
-    range_text="the whole topic",
-    lookup="whole topic",
-    policies_dir="/srv/policies-next",
-    engine="fake",
-    model=None,
-)
+PLAN = dataclasses.replace(HEADER_PLAN, engine="fake")
 
 
 def _policies(directory: Path, action: str) -> Path:
