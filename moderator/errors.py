@@ -52,3 +52,8 @@ class ProcessingError(ModeratorError):
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+
+
+DEAD_LETTER_ONLY: frozenset[ErrorCode] = frozenset({ErrorCode.MALFORMED_EVENT})
+"""Error codes of messages that go to the dead-letter topic, never to a verdict: no policy's
+`on_error` decides them."""

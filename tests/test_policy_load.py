@@ -112,6 +112,12 @@ def test_a_complete_file_loads() -> None:
             "map to allow",
         ),
         (
+            "on_error:\n  default: review\n  malformed_event: block\n",
+            3,
+            "on_error.malformed_event: malformed_event never reaches a verdict (the message goes "
+            "to the dead-letter topic): on_error cannot decide it",
+        ),
+        (
             "categories:\n  O1:\n    should_not:\n      - fine\n      - 3\n",
             5,
             "categories.O1.should_not.1: must be a string, not the number 3 (quote it to make it "

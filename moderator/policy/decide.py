@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moderator.errors import SECURITY_ERRORS, ErrorCode
+from moderator.errors import DEAD_LETTER_ONLY, SECURITY_ERRORS, ErrorCode
 from moderator.events.verdict import Assessment, Decision, category_code
 from moderator.policy.document import CODES
 from moderator.policy.model import ResolvedCategory, ResolvedNoneApplying, ResolvedPolicy
@@ -104,8 +104,9 @@ def decision_rows(policy: ResolvedPolicy) -> list[tuple[str, ...]]:
 
 
 def error_rows(policy: ResolvedPolicy) -> list[tuple[str, str]]:
-    """Every error code and its decision, under ERROR_COLUMNS."""
-    return [(code.value, error_decision(policy, code)) for code in sorted(ErrorCode)]
+    """Every error code a verdict can carry and its decision, under ERROR_COLUMNS."""
+    codes = (code for code in sorted(ErrorCode) if code not in DEAD_LETTER_ONLY)
+    return [(code.value, error_decision(policy, code)) for code in codes]
 
 
 def rule_text(rule: Rule) -> str:

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from moderator.errors import SECURITY_ERRORS, ErrorCode
+from moderator.errors import DEAD_LETTER_ONLY, SECURITY_ERRORS, ErrorCode
 from moderator.events.dsa_categories import STATEMENT_CATEGORIES, STATEMENT_CATEGORY_PREFIX
 from moderator.events.verdict import code_of
 
@@ -303,8 +303,13 @@ def _check_on_error(value: Action | dict[str, Action] | None) -> Action | dict[s
     if value is None:
         return None
     mapping = {"default": value} if isinstance(value, str) else value
-    codes = {c.value for c in ErrorCode} | {"default"}
+    codes = {c.value for c in ErrorCode if c not in DEAD_LETTER_ONLY} | {"default"}
     for code, action in mapping.items():
+        if code in DEAD_LETTER_ONLY:
+            raise ValueError(
+                f"{code} never reaches a verdict (the message goes to the dead-letter topic): "
+                "on_error cannot decide it"
+            )
         if code not in codes:
             near = difflib.get_close_matches(str(code), sorted(codes), n=1, cutoff=0.6)
             hint = f"did you mean {near[0]!r}?" if near else "see docs/errors.md for the codes"
