@@ -24,7 +24,8 @@ class WaitsOut(Protocol):
     """An engine that waits out an outage of its server instead of failing its requests: a call
     may take `grace_s` beyond the window's timeout to find out whether the server is down,
     then as long as the wait lasts. `waited_at()` is now while a request waits, else when one
-    last stopped (-inf if none ever did); `waiting_out()` whether one waits now."""
+    last stopped (-inf if none ever did); `waiting_out()` whether one waits now; `waiting_s()`
+    how long the server has answered none of the waiting requests (the readiness check)."""
 
     @property
     def grace_s(self) -> float: ...
@@ -32,3 +33,5 @@ class WaitsOut(Protocol):
     def waited_at(self) -> float: ...
 
     def waiting_out(self) -> bool: ...
+
+    def waiting_s(self) -> float: ...

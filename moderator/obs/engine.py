@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from moderator.engine.answers import AnswerClock
+from moderator.engine.window_engines import WaitsOut
 from moderator.obs.health import Check
 from moderator.obs.metrics import Metrics
 
@@ -24,13 +25,6 @@ class WindowState(Protocol):
     def busy_seconds(self) -> float: ...
     @property
     def concurrency(self) -> int: ...
-
-
-@runtime_checkable
-class WaitsForServer(Protocol):
-    """An engine whose requests wait out an outage of its server (the `openai` engine)."""
-
-    def waiting_s(self) -> float: ...
 
 
 class EngineWatch:
@@ -67,7 +61,7 @@ class EngineWatch:
         loaded = bool(getattr(self._engine, "ready", True))
         answers = self._window.answers
         engine = self._engine
-        waiting = engine.waiting_s() if isinstance(engine, WaitsForServer) else 0.0
+        waiting = engine.waiting_s() if isinstance(engine, WaitsOut) else 0.0
         failing = max(answers.failing_s(), waiting)
         ready = loaded and answers.answered and failing <= self._failing_s
         self._metrics.set("moderator_engine_ready", 1 if ready else 0)
