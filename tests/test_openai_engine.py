@@ -424,10 +424,12 @@ def test_429_and_500_are_retried_and_retry_after_is_honoured(
     assert result.generation["attempts"] == 3
 
 
-def test_5xx_after_the_last_attempt_is_an_engine_error(
+def test_5xx_after_the_last_attempt_is_an_engine_error_without_an_outage_wait(
     make_engine: MakeEngine, server: OpenAITestServer
 ) -> None:
-    engine = make_engine(openai={"attempts": 2})
+    # With the default outage_wait_s, a 503 with no request answered is waited out
+    # (tests/test_openai_outage.py).
+    engine = make_engine(openai={"attempts": 2}, outage_wait_s=0)
     server.fail_next(5, 503, "no capacity")
     [result] = engine.classify([request()])
     assert result.error_code is ErrorCode.ENGINE_ERROR

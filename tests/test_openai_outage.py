@@ -166,6 +166,23 @@ def test_a_500_while_the_server_answers_fails_at_once(
     assert not events(logs, "engine_unavailable")
 
 
+@pytest.mark.usefixtures("info_logs")
+@pytest.mark.parametrize("status", [503, 502])
+def test_a_gateway_answering_models_while_completions_fail_unavailable_is_waited_out(
+    make_engine: MakeEngine, server: OpenAITestServer, status: int
+) -> None:
+    """A gateway in front of a stopped model server answers GET /models itself and every
+    completion with "no healthy upstream": that says the server cannot take work now, not that
+    this request is bad, so the request waits instead of becoming an error verdict."""
+    engine = make_engine(outage_wait_s=30)
+    server.fail_next(3, status, "no healthy upstream")  # both attempts and the first wait
+    with capture_logs() as logs:
+        [result] = engine.classify([request()])
+    assert result.error_code is None and result.assessment is not None
+    assert len(events(logs, "engine_unavailable")) == 1
+    assert len(events(logs, "engine_available_again")) == 1
+
+
 def test_a_request_failing_while_another_succeeds_fails_at_once(
     make_engine: MakeEngine, server: OpenAITestServer
 ) -> None:

@@ -384,7 +384,7 @@ def test_a_read_waiting_when_the_store_comes_back_does_not_give_up() -> None:
     def back_elsewhere(seconds: float) -> None:
         FakeClock.sleep(clock, seconds)
         if len(client.calls) == 5:
-            store.outage.served()
+            store.outage.answered()
 
     store._sleep = back_elsewhere
     assert store.get("uploads", "acme/a.png", None, 1000).data == b"judged"
@@ -403,13 +403,43 @@ def test_one_object_failing_while_the_store_answers_is_not_an_outage() -> None:
     assert "s3_unavailable" not in [line["event"] for line in logs]
 
 
+@pytest.mark.usefixtures("info_logs")
+@pytest.mark.parametrize(
+    ("code", "status"), [("SlowDown", 503), ("ServiceUnavailable", 503), ("", 502)]
+)
+def test_a_store_saying_it_cannot_serve_now_is_waited_out_though_it_answers_a_head(
+    code: str, status: int
+) -> None:
+    # Throttled or unavailable on every read, while a HEAD of the bucket answers: no read was
+    # served, and the store said why; the object is not the problem.
+    store, client, _ = outage_store(*[client_error(code, status)] * 8, ok(b"judged"))
+    client.probe = None  # the HEAD answers
+    with capture_logs() as logs:
+        got = store.get("uploads", "acme/a.png", None, 1000)
+    assert got.data == b"judged"
+    assert (len(client.calls), client.probes) == (9, 0)
+    assert [line["event"] for line in logs].count("s3_unavailable") == 1
+
+
+def test_a_throttled_read_gives_up_after_its_attempts_when_the_store_serves_others() -> None:
+    store, client, clock = outage_store(*[client_error("SlowDown", 503)] * 4, ok(b"x"))
+
+    def served_elsewhere(seconds: float) -> None:
+        FakeClock.sleep(clock, seconds)
+        store.outage.answered()
+
+    store._sleep = served_elsewhere
+    assert fail_code(store).code is ErrorCode.FETCH_FAILED
+    assert len(client.calls) == 4
+
+
 def test_a_read_gives_up_after_its_attempts_when_the_store_serves_others() -> None:
     # Another read was served after this one started: the object is the problem, not the store.
     store, client, clock = outage_store(*[client_error("InternalError", 500)] * 4, ok(b"x"))
 
     def served_elsewhere(seconds: float) -> None:
         FakeClock.sleep(clock, seconds)
-        store.outage.served()
+        store.outage.answered()
 
     store._sleep = served_elsewhere
     err = fail_code(store)
@@ -420,7 +450,7 @@ def test_a_read_gives_up_after_its_attempts_when_the_store_serves_others() -> No
 
 def test_every_read_failing_for_a_minute_makes_s3_not_ready() -> None:
     clock = FakeClock()
-    outage = StoreOutage(clock)
+    outage = StoreOutage(300, clock)
     telemetry = Telemetry()
     check = store_check(outage, telemetry.metrics)
     assert check().ok
@@ -430,7 +460,7 @@ def test_every_read_failing_for_a_minute_makes_s3_not_ready() -> None:
     found = check()
     assert not found.ok and "no S3 read served for 61 s" in found.detail
     assert b"moderator_object_store_ready 0.0" in telemetry.scrape()
-    outage.served()
+    outage.answered()
     assert check().ok
     outage.failed()
     clock.now += 61

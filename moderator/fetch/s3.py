@@ -38,28 +38,31 @@ READ_CHUNK = 1 << 20
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "NotFound", "404"})
 _DENIED = frozenset({"AccessDenied", "403", "Forbidden"})
-_TRANSIENT_CODES = frozenset(
+# Throttling and "unavailable": the store says it cannot serve now, not that the object is bad.
+_UNAVAILABLE_CODES = frozenset(
     {
         "SlowDown",
         "Throttling",
         "ThrottlingException",
         "RequestLimitExceeded",
         "TooManyRequests",
-        "RequestTimeout",
-        "InternalError",
         "ServiceUnavailable",
     }
 )
+_UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
+_TRANSIENT_CODES = _UNAVAILABLE_CODES | {"RequestTimeout", "InternalError"}
 # Socket-level failures: the endpoint was unreachable, slow, or cut the body short.
 _TRANSPORT_ERRORS = (BotoConnectionError, HTTPClientError, IncompleteReadError, OSError)
 
 
 class _Transient(Exception):
-    """A failure worth another attempt; becomes FETCH_FAILED once attempts run out."""
+    """A failure worth another attempt; becomes FETCH_FAILED once attempts run out.
+    `unavailable`: the store answered that it cannot serve now (throttling, a 503)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, unavailable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.unavailable = unavailable
 
 
 def build_s3_client(settings: S3Settings) -> Any:
@@ -98,9 +101,9 @@ class S3ObjectStore:
     Not found and access denied are final. Throttling, 5xx, request timeouts and transport
     failures are retried with jittered exponential backoff, up to `settings.max_attempts`
     attempts in all, then reported as FETCH_FAILED, unless the store has served no read since
-    this one started and does not answer a HEAD of the bucket either: then it keeps retrying
-    for up to `settings.outage_wait_s` (moderator.fetch.outage). Anything else is FETCH_FAILED
-    at once. `client` defaults to
+    this one started and either said it cannot serve now (throttling, a 503) or does not answer
+    a HEAD of the bucket: then it keeps retrying for up to `settings.outage_wait_s`
+    (moderator.fetch.outage). Anything else is FETCH_FAILED at once. `client` defaults to
     build_s3_client(settings); `sleep` is the backoff's and `clock` the outage's clock.
     """
 
@@ -114,9 +117,8 @@ class S3ObjectStore:
     ) -> None:
         self._client = client if client is not None else build_s3_client(settings)
         self._max_attempts = settings.max_attempts
-        self._outage_wait_s = settings.outage_wait_s
         self._sleep = sleep
-        self.outage = StoreOutage(clock)
+        self.outage = StoreOutage(settings.outage_wait_s, clock)
 
     def get(self, bucket: str, key: str, version_id: str | None, max_bytes: int) -> FetchedObject:
         """Read the whole object (or the given version); never more than max_bytes + 1 bytes.
@@ -157,7 +159,7 @@ class S3ObjectStore:
         except _Transient:
             self.outage.failed()
             raise
-        self.outage.served()
+        self.outage.answered()
         return found
 
     def _stop(self, state: RetryCallState, started: float, read: _Read) -> bool:
@@ -166,15 +168,17 @@ class S3ObjectStore:
         gives up only then: when the store comes back, its next try succeeds."""
         if state.attempt_number < self._max_attempts:
             return False
-        if self._outage_wait_s <= 0 or self.outage.now() - started >= self._outage_wait_s:
+        if self.outage.expired(started):
             return True
         if read.waiting:
             return False
-        if self.outage.served_since(started) or self._answers(read.bucket):
-            return True  # the store works: the object is the problem
-        read.waiting = True
         exc = state.outcome.exception() if state.outcome is not None else None
-        self.outage.waiting(1, str(getattr(exc, "reason", "")), self._outage_wait_s)
+        if self.outage.answered_since(started):
+            return True  # the store works: the object is the problem
+        if not getattr(exc, "unavailable", False) and self._answers(read.bucket):
+            return True  # the store answers, and did not say it cannot serve now
+        read.waiting = True
+        self.outage.waiting(1, str(getattr(exc, "reason", "")))
         return False
 
     def _answers(self, bucket: str) -> bool:
@@ -190,7 +194,7 @@ class S3ObjectStore:
         else:
             answered = True
         if answered:
-            self.outage.served()
+            self.outage.answered()
         return answered
 
     def _before_sleep(self, state: RetryCallState, where: str, read: _Read) -> None:
@@ -265,7 +269,8 @@ def _classify(exc: ClientError, where: str) -> Exception:
     if code in _DENIED or status == 403:
         return ProcessingError(ErrorCode.ACCESS_DENIED, f"{where}: access denied ({code})")
     if code in _TRANSIENT_CODES or status == 429 or status >= 500:
-        return _Transient(f"{code or 'HTTP'} {status}")
+        unavailable = code in _UNAVAILABLE_CODES or status in _UNAVAILABLE_STATUSES
+        return _Transient(f"{code or 'HTTP'} {status}", unavailable)
     return ProcessingError(ErrorCode.FETCH_FAILED, f"{where}: {code or 'error'} {status}")
 
 

@@ -285,7 +285,10 @@ class OpenAIClient:
             if isinstance(exc, TimeoutError) and attempts[0]:
                 self._limit.overloaded()  # sent and not answered in time (not: queued here)
             failed = failure(exc, self._shown, self._timeout_s, attempts[0])
-            if not unreachable(exc) or not await self.outage.down(started, self._answers):
+            unavailable = isinstance(exc, StatusError) and exc.unavailable
+            if not unreachable(exc) or not await self.outage.down(
+                started, self._answers, unavailable
+            ):
                 return failed
             return await self._wait_out(payload, attempts, started, failed.message)
         return Reply(data, attempts[0])

@@ -22,6 +22,9 @@ log = structlog.get_logger("moderator.engine.openai")
 
 # Answers that say the server has more work than it can take: the in-flight limit shrinks.
 OVERLOAD_STATUSES = frozenset({429, 503, 504})
+# Answers that say the server cannot take work now, not that this request is bad: with no
+# request answered meanwhile, they are an outage (outage.py) whether or not GET /models answers.
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class StatusError(Exception):
@@ -36,6 +39,10 @@ class StatusError(Exception):
     @property
     def retryable(self) -> bool:
         return self.status == 429 or self.status >= 500
+
+    @property
+    def unavailable(self) -> bool:
+        return self.status in UNAVAILABLE_STATUSES
 
 
 class BadResponse(Exception):
