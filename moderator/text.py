@@ -72,13 +72,16 @@ def _json_escape(match: re.Match[str]) -> str:
 # The characters that make a spreadsheet read a cell as a formula (`=HYPERLINK(...)`, `+1+1`,
 # `-2+3`, `@SUM(...)`). TAB and CR, the other two commonly listed, cannot start a cell that
 # `safe_line` has seen: they are `\t` and `\r` by then.
-_FORMULA_START = ("=", "+", "-", "@")
+_FORMULA_START = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+"""What a spreadsheet may run as a formula at a cell's start, after any white space: the ASCII
+signs and their full-width forms (some spreadsheets read those as the ASCII ones)."""
 
 
 def csv_cell(value: Any) -> str:
     """One CSV cell: "" for None, `true`/`false`, a number as Python writes it (a negative score
     or offset stays a number), and any text as `safe_line` shows it, behind a `'` when it would
-    start with `=`, `+`, `-` or `@` (the usual guard against formula injection)."""
+    start with `=`, `+`, `-` or `@`, after white space or in full width (the usual guard
+    against formula injection)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -91,4 +94,4 @@ def csv_cell(value: Any) -> str:
 def csv_text(text: str) -> str:
     """`text` as `safe_line` shows it, with a leading `'` when it would start a formula."""
     shown = safe_line(text)
-    return "'" + shown if shown.startswith(_FORMULA_START) else shown
+    return "'" + shown if shown.lstrip().startswith(_FORMULA_START) else shown

@@ -103,6 +103,11 @@ def test_json_text_escapes_a_lone_surrogate_no_utf8_stream_can_carry() -> None:
         ("-2+3", "'-2+3"),
         ("-", "'-"),
         ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+        (" =1+1", "' =1+1"),  # white space first: still a formula to some spreadsheets
+        ("\u00a0 +1", "'\u00a0 +1"),
+        ("\uff1d1+1", "'\uff1d1+1"),  # full-width signs, read as ASCII by some spreadsheets
+        ("\uff20SUM(A1)", "'\uff20SUM(A1)"),
+        ("a =1", "a =1"),
         ("\t=1+1", "\\t=1+1"),  # a TAB or CR is escaped first: the cell starts with `\`
         ("\r=1+1", "\\r=1+1"),
         ("a\nb", "a\\nb"),
