@@ -147,15 +147,24 @@ def test_without_the_deciding_policy_files_the_explanation_has_no_origin(
     body = api_json(client, "k-1")
     assert "row_origin" not in body["policy"]
     assert body["rule"]["text"] == "score 0.252 >= review_at 0.2 for O6 -> review"
-    # The command says why (naming its --policies flag); the API leaves the origin out, as before.
+    # Both say why: the command names the directory and its --policies flag, the API neither
+    # the server's path nor a flag its clients cannot pass.
     command = cli_json(config, "k-1", capsys)
     (note,) = [s["text"] for s in command["steps"] if s["step"] == "origin"]
     assert note.startswith("not shown: ") and "pass --policies DIR" in note
     assert command["missing"] == [f"row origin: {note.removeprefix('not shown: ')}"]
+    (served,) = [s["text"] for s in body["steps"] if s["step"] == "origin"]
+    assert served.startswith("not shown: the audit server's policies.dir")
+    assert served.endswith(
+        "the audit server shows it while its policies.dir holds the policies "
+        f"of version {body['policy']['version']}"
+    )
+    assert str(policies) not in json.dumps(body) and "--policies" not in served
+    assert body["missing"] == [f"row origin: {served.removeprefix('not shown: ')}"]
     assert body == {
         **command,
-        "missing": [],
-        "steps": [s for s in command["steps"] if s["step"] != "origin"],
+        "missing": body["missing"],
+        "steps": [s if s["step"] != "origin" else {**s, "text": served} for s in command["steps"]],
     }
 
 

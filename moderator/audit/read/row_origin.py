@@ -3,8 +3,9 @@
 `moderator explain` and the audit API (`GET /v1/verdicts/{event_id}/explanation`) attach
 `policy.row_origin` under the same rule: only while the directory (policies.dir, compiled
 with the tenancy settings) still compiles to the verdict's policy version; otherwise, and when
-the directory is missing or unusable as a whole, the API's explanation is left as it was, and
-the command's says why in `policy.origin_not_shown` (with the flag that points it elsewhere).
+the directory is missing or unusable as a whole, `policy.origin_not_shown` says why: the
+command's names the directory and the flag that points it elsewhere, the API's names neither
+the server's path nor a flag its clients cannot pass.
 `with_origin` compiles the directory on each call (one command, one call); `PolicyOrigins`, for
 a server, keeps the compiled directory until its policy files change on disk. The matching
 itself is pure: `moderator.explain.origin`.
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 DEFAULT = "default"  # default.yaml's stem
 SURFACE_DEFAULT = "default"
 
+COMMAND_HINT = "pass --policies DIR holding {held}"
+SERVER_HINT = "the audit server shows it while its policies.dir holds {held}"
+SERVER_DIR = "the audit server's policies.dir"  # its path is not shown to API clients
+
 # What a policy directory's files are read again for: each *.yaml / *.yml entry's name, then
 # its inode, size and modification time (ns), or None for an entry that cannot be stat'ed.
 Signature = tuple[tuple[str, tuple[int, int, int] | None], ...]
@@ -41,25 +46,40 @@ def with_origin(explanation: Explanation, directory: Path, tenancy: TenancySetti
     if explanation.policy.row is None:
         return explanation
     result, problem = checked(directory, tenancy)
+    return shown_or_why(explanation, result, tenancy, f"policies.dir ({directory})", problem)
+
+
+def shown_or_why(
+    explanation: Explanation,
+    result: DirectoryCheck | None,
+    tenancy: TenancySettings,
+    where: str,
+    problem: str | None = None,
+    hint: str = COMMAND_HINT,
+) -> Explanation:
+    """`explanation` with its row origin from `result` (the directory `where` names, compiled),
+    or with `policy.origin_not_shown` saying why there is none (`problem` when the directory
+    is unusable as a whole) and, through `hint`, what would show it."""
     if result is None:
-        return not_shown(explanation, problem or f"policies.dir ({directory}) cannot be read")
+        return not_shown(explanation, problem or f"{where} cannot be read", hint)
     shown = attached(explanation, result, tenancy)
     if shown.policy.row_origin is not None:
         return shown
     from moderator.explain.origin import origin_gap
 
     files, policies = _matchable(explanation, result, tenancy)
-    gap = origin_gap(explanation, files, policies, f"policies.dir ({directory})")
-    return not_shown(explanation, gap or f"policies.dir ({directory}) does not say it")
+    gap = origin_gap(explanation, files, policies, where)
+    return not_shown(explanation, gap or f"{where} does not say it", hint)
 
 
-def not_shown(explanation: Explanation, reason: str) -> Explanation:
-    """`explanation` saying why its row origin is not shown, and which flag would show it."""
+def not_shown(explanation: Explanation, reason: str, hint: str = COMMAND_HINT) -> Explanation:
+    """`explanation` saying why its row origin is not shown, and (`hint`, with `{held}`) what
+    would show it."""
     from dataclasses import replace
 
     version = explanation.policy.version
     held = f"the policies of version {version}" if version else "the verdict's policies"
-    note = f"{reason}; pass --policies DIR holding {held}"
+    note = f"{reason}; {hint.format(held=held)}"
     return replace(explanation, policy=replace(explanation.policy, origin_not_shown=note))
 
 
@@ -146,7 +166,9 @@ class PolicyOrigins:
     def __call__(self, explanation: Explanation) -> Explanation:
         if explanation.policy.row is None:
             return explanation
-        return attached(explanation, self.current(), self._tenancy)
+        return shown_or_why(
+            explanation, self.current(), self._tenancy, SERVER_DIR, hint=SERVER_HINT
+        )
 
     def current(self) -> DirectoryCheck | None:
         """The compiled directory as its files are now (None: unusable as a whole)."""
