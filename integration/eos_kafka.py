@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -21,6 +22,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from moderator.ingest.ports import Consumer as ConsumerPort
 from moderator.ingest.ports import Producer as ProducerPort
 from tests.eos_scenarios import PARTITIONS
+
+if TYPE_CHECKING:
+    from moderator.dev.stack import EmbeddedStack
 
 # Heartbeats every 0.5 s, so that members learn of a rebalance quickly (the broker's minimum
 # session timeout, 6 s, is what a member that vanished costs the group), and short retry
@@ -128,3 +132,22 @@ class KafkaWorld:
             p: self._watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1]
             for p in range(self.partitions)
         }
+
+
+class S3Uploads:
+    """seed()'s object sink: puts into the embedded S3 server, eight at a time."""
+
+    def __init__(self, stack: EmbeddedStack) -> None:
+        self._client = stack.s3_client()
+        self._pool = ThreadPoolExecutor(8)
+        self._pending: list[Future[Any]] = []
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        self._pending.append(
+            self._pool.submit(self._client.put_object, Bucket=bucket, Key=key, Body=data)
+        )
+
+    def wait(self) -> None:
+        for future in self._pending:
+            future.result(60)
+        self._pool.shutdown()

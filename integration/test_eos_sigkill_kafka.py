@@ -13,13 +13,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from eos_kafka import KafkaWorld
+from eos_kafka import KafkaWorld, S3Uploads
 from moderator.dev.stack import EmbeddedStack
 from tests.eos_scenarios import (
     Names,
@@ -40,25 +39,6 @@ pytestmark = pytest.mark.slow
 EVENTS = 1000
 KILLS = 5
 REPO = Path(__file__).resolve().parent.parent
-
-
-class S3Uploads:
-    """seed()'s object sink: puts into the embedded S3 server, eight at a time."""
-
-    def __init__(self, stack: EmbeddedStack) -> None:
-        self._client = stack.s3_client()
-        self._pool = ThreadPoolExecutor(8)
-        self._pending: list[Future[Any]] = []
-
-    def put(self, bucket: str, key: str, data: bytes) -> None:
-        self._pending.append(
-            self._pool.submit(self._client.put_object, Bucket=bucket, Key=key, Body=data)
-        )
-
-    def wait(self) -> None:
-        for future in self._pending:
-            future.result(60)
-        self._pool.shutdown()
 
 
 def _rows(db: Path, sql: str = "SELECT count(*) FROM audit_records") -> int:

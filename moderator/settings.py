@@ -98,6 +98,11 @@ class KafkaSettings(_Section):
     commit_max_events: int = Field(default=1000, ge=1)
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)
     session_timeout_ms: int = Field(default=45_000, ge=1000)
+    static_membership: bool = Field(
+        default=False,
+        description="join the group as a static member (group.instance.id "
+        "moderator-{group_id}-{instance_id}): a restarted pod gets its partitions back at once",
+    )
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     queued_max_messages_kbytes: int = Field(
         default=8192, ge=1, description="librdkafka prefetch per consumer; part of the memory bound"
@@ -177,6 +182,7 @@ SERVICE_CLIENT_KEYS = {
     "auto.offset.reset": "earliest: a new consumer group starts at the oldest record",
     "queued.max.messages.kbytes": "from kafka.queued_max_messages_kbytes",
     "session.timeout.ms": "from kafka.session_timeout_ms",
+    "group.instance.id": "from kafka.static_membership: moderator-{group_id}-{instance_id}",
     "max.poll.interval.ms": "from kafka.max_poll_interval_ms",
     "enable.idempotence": "true: a retried send never writes a record twice",
     "acks": "all: a record is written once every in-sync replica has it",
@@ -732,6 +738,13 @@ class Settings(BaseSettings):
     @property
     def transactional_id(self) -> str:
         return self.kafka.transactional_id or f"moderator-{self.kafka.group_id}-{self.instance_id}"
+
+    @property
+    def group_instance_id(self) -> str | None:
+        """The consumer's static group membership id (None: a dynamic member)."""
+        if not self.kafka.static_membership:
+            return None
+        return f"moderator-{self.kafka.group_id}-{self.instance_id}"
 
 
 def _http_url(url: str) -> bool:

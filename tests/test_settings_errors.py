@@ -248,7 +248,7 @@ def test_the_transactional_id_line(no_env: pytest.MonkeyPatch) -> None:
 def test_the_refused_properties_are_the_ones_the_service_overrides(
     no_env: pytest.MonkeyPatch,
 ) -> None:
-    settings = load_settings()
+    settings = load_settings(overrides={"kafka.static_membership": True})
     assert settings.kafka.delivery == "exactly_once"
     overridden = set(consumer_config(settings)) | set(producer_config(settings))
     overridden -= set(settings.kafka.client_config())

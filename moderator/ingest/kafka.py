@@ -37,6 +37,8 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
             "max.poll.interval.ms": kafka.max_poll_interval_ms,
         }
     )
+    if settings.group_instance_id is not None:
+        conf["group.instance.id"] = settings.group_instance_id
     return conf
 
 

@@ -22,9 +22,11 @@ def sink_group_id(settings: Settings) -> str:
 
 
 def sink_consumer_config(settings: Settings) -> dict[str, Any]:
-    """The service's consumer settings under the sink's own group; the three delivery-critical
+    """The service's consumer settings under the sink's own group, always a dynamic member
+    (`kafka.static_membership` is the service consumer's); the three delivery-critical
     properties are set here explicitly although consumer_config already has them."""
     conf = consumer_config(settings)
+    conf.pop("group.instance.id", None)
     conf.update(
         {
             "group.id": sink_group_id(settings),
