@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import (
@@ -21,7 +23,8 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from moderator.ingest.ports import Consumer as ConsumerPort
 from moderator.ingest.ports import Producer as ProducerPort
-from tests.eos_scenarios import PARTITIONS
+from tests.eos_scenarios import PARTITIONS, Names
+from tests.harness import write_policies
 
 if TYPE_CHECKING:
     from moderator.dev.stack import EmbeddedStack
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 # session timeout, 6 s, is what a member that vanished costs the group), and short retry
 # backoffs, so that a restarted producer gets its id as soon as the coordinator has aborted its
 # predecessor's transaction. Timing only: the protocol is the one users run.
+REPO = Path(__file__).resolve().parent.parent
+
 CONSUMER_TIMING = {"heartbeat.interval.ms": 500}
 CLIENT_TIMING = {"retry.backoff.ms": 20, "retry.backoff.max.ms": 250, "log.connection.close": False}
 
@@ -151,3 +156,35 @@ class S3Uploads:
         for future in self._pending:
             future.result(60)
         self._pool.shutdown()
+
+
+def slow_run_env(
+    bootstrap: str,
+    stack: EmbeddedStack,
+    names: Names,
+    workdir: Path,
+    *,
+    instance_id: str,
+    session_timeout_ms: int,
+) -> dict[str, str]:
+    """The environment of a `moderator run` subprocess in exactly_once mode on the brokers at
+    `bootstrap`, objects from `stack`, at about 100 events/s (the fake engine, 20 ms a batch
+    of 2), so that a run can be killed long before its stream ends. The instance id, hence the
+    transactional id, stays the same across restarts."""
+    return {
+        **os.environ,
+        **stack.env(),
+        **names.env(),
+        "PYTHONPATH": str(REPO),
+        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "MODERATOR_KAFKA__DELIVERY": "exactly_once",
+        "MODERATOR_INSTANCE_ID": instance_id,
+        "MODERATOR_KAFKA__COMMIT_INTERVAL_MS": "200",
+        "MODERATOR_KAFKA__SESSION_TIMEOUT_MS": str(session_timeout_ms),
+        "MODERATOR_KAFKA__CLIENT__LOG_LEVEL": "3",  # librdkafka: errors only
+        "MODERATOR_ENGINE__KIND": "fake",
+        "MODERATOR_ENGINE__FAKE__LATENCY_MS": "20",
+        "MODERATOR_ENGINE__BATCH_SIZE": "2",
+        "MODERATOR_POLICIES__DIR": str(write_policies(workdir / "policies")),
+        "MODERATOR_LOG__LEVEL": "warning",
+    }

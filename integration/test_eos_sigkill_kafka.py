@@ -6,7 +6,6 @@ input's end, and the audit store holds exactly one row per event."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from eos_kafka import KafkaWorld, S3Uploads
+from eos_kafka import KafkaWorld, S3Uploads, slow_run_env
 from moderator.dev.stack import EmbeddedStack
 from tests.eos_scenarios import (
     Names,
@@ -29,7 +28,6 @@ from tests.eos_scenarios import (
     progress,
     seed,
 )
-from tests.harness import write_policies
 
 if TYPE_CHECKING:
     from moderator.dev.kafka.cluster import ApacheKafka
@@ -80,28 +78,16 @@ def test_sigkilled_five_times_every_event_once(
     uploads.wait()
     db, logs = tmp_path / "audit.db", tmp_path / "run.log"
     env = {
-        **os.environ,
-        **stack.env(),
-        "PYTHONPATH": str(REPO),
-        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": apache_kafka.bootstrap_servers,
-        "MODERATOR_KAFKA__DELIVERY": "exactly_once",
-        "MODERATOR_INSTANCE_ID": "eos-kill",  # one transactional id across the restarts
-        "MODERATOR_KAFKA__GROUP_ID": names.group,
-        "MODERATOR_KAFKA__TOPICS__UPLOADS": names.uploads,
-        "MODERATOR_KAFKA__TOPICS__VERDICTS": names.verdicts,
-        "MODERATOR_KAFKA__TOPICS__AUDIT": names.audit,
-        "MODERATOR_KAFKA__TOPICS__DLQ": names.dlq,
-        "MODERATOR_KAFKA__COMMIT_INTERVAL_MS": "200",
-        "MODERATOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "MODERATOR_KAFKA__CLIENT__LOG_LEVEL": "3",  # librdkafka: errors only
-        # about 100 events/s: each run is killed long before the stream ends
-        "MODERATOR_ENGINE__KIND": "fake",
-        "MODERATOR_ENGINE__FAKE__LATENCY_MS": "20",
-        "MODERATOR_ENGINE__BATCH_SIZE": "2",
-        "MODERATOR_POLICIES__DIR": str(write_policies(tmp_path / "policies")),
+        **slow_run_env(
+            apache_kafka.bootstrap_servers,
+            stack,
+            names,
+            tmp_path,
+            instance_id="eos-kill",
+            session_timeout_ms=6000,
+        ),
         "MODERATOR_AUDIT__URL": f"sqlite:///{db}",
         "MODERATOR_AUDIT__BATCH_SIZE": "50",
-        "MODERATOR_LOG__LEVEL": "warning",
     }
     procs: list[subprocess.Popen[bytes]] = []
 

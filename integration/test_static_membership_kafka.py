@@ -6,7 +6,6 @@ every event still gets exactly one verdict and one audit record."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,10 +15,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from eos_kafka import KafkaWorld, S3Uploads
+from eos_kafka import KafkaWorld, S3Uploads, slow_run_env
 from moderator.dev.stack import EmbeddedStack
 from tests.eos_scenarios import Names, exactly_once_problems, finished, outcome, progress, seed
-from tests.harness import write_policies
 
 if TYPE_CHECKING:
     from moderator.dev.kafka.cluster import ApacheKafka
@@ -44,27 +42,15 @@ def restart_to_commit_s(
         ids, malformed = seed(world, uploads, names, EVENTS)
         uploads.wait()
         env = {
-            **os.environ,
-            **stack.env(),
-            "PYTHONPATH": str(REPO),
-            "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "MODERATOR_KAFKA__DELIVERY": "exactly_once",
-            "MODERATOR_INSTANCE_ID": "static-kill",
+            **slow_run_env(
+                kafka.bootstrap_servers,
+                stack,
+                names,
+                tmp_path,
+                instance_id="static-kill",
+                session_timeout_ms=SESSION_TIMEOUT_S * 1000,
+            ),
             "MODERATOR_KAFKA__STATIC_MEMBERSHIP": "true" if static else "false",
-            "MODERATOR_KAFKA__GROUP_ID": names.group,
-            "MODERATOR_KAFKA__TOPICS__UPLOADS": names.uploads,
-            "MODERATOR_KAFKA__TOPICS__VERDICTS": names.verdicts,
-            "MODERATOR_KAFKA__TOPICS__AUDIT": names.audit,
-            "MODERATOR_KAFKA__TOPICS__DLQ": names.dlq,
-            "MODERATOR_KAFKA__COMMIT_INTERVAL_MS": "200",
-            "MODERATOR_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_S * 1000),
-            "MODERATOR_KAFKA__CLIENT__LOG_LEVEL": "3",
-            # about 100 events/s: the first run is killed long before the stream ends
-            "MODERATOR_ENGINE__KIND": "fake",
-            "MODERATOR_ENGINE__FAKE__LATENCY_MS": "20",
-            "MODERATOR_ENGINE__BATCH_SIZE": "2",
-            "MODERATOR_POLICIES__DIR": str(write_policies(tmp_path / "policies")),
-            "MODERATOR_LOG__LEVEL": "warning",
         }
         logs = tmp_path / f"run-{'static' if static else 'dynamic'}.log"
         command = [sys.executable, "-m", "moderator.cli.main", "run"]

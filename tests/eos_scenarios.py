@@ -136,6 +136,10 @@ class Names:
             "kafka.group_id": self.group,
         }
 
+    def env(self) -> dict[str, str]:
+        """`settings` as the environment of a `moderator` process."""
+        return {f"MODERATOR_{k.upper().replace('.', '__')}": v for k, v in self.settings().items()}
+
     @property
     def topics(self) -> tuple[str, ...]:
         return (self.uploads, self.verdicts, self.audit, self.dlq)
