@@ -677,16 +677,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`moderator run --workers N` does, and print the gain (1..{MAX_BENCH_WORKERS}; "
         "default 0: skip)",
     )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the interpreter's thread switch interval for this run (sys.setswitchinterval; "
+        "default: Python's, 0.005)",
+    )
     args = parser.parse_args(argv)
     n: int = args.events
     if n < 1:
         parser.error("--events must be at least 1")
+    if args.switch_interval is not None:
+        if args.switch_interval <= 0:
+            parser.error("--switch-interval must be above 0")
+        sys.setswitchinterval(args.switch_interval)
     if not 0 <= args.workers <= MAX_BENCH_WORKERS:
         parser.error(f"--workers must be between 0 and {MAX_BENCH_WORKERS}")
 
     run_id = uuid.uuid4().hex[:8]
     uploads = f"bench-uploads-{run_id}"
-    print(f"moderator pipeline bench: {n} events, {_cpu_line()}, Python {sys.version.split()[0]}")
+    print(
+        f"moderator pipeline bench: {n} events, {_cpu_line()}, Python {sys.version.split()[0]}, "
+        f"switch interval {sys.getswitchinterval()} s"
+    )
     print(
         f"images: {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG/PNG, all distinct: this measures the "
         "streaming path (Kafka, fetch, checkpoints), not decoding or inference"
