@@ -145,6 +145,33 @@ def test_healthz_needs_no_token_and_reports_the_database(store: AuditStore) -> N
         assert "postgresql" not in response.text  # no connection details in responses
 
 
+@pytest.mark.usefixtures("info_logs")
+def test_the_server_logs_why_it_answers_503_once_per_cause_and_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from structlog.testing import capture_logs
+
+    from moderator.audit.read import api_errors
+
+    cause = {"text": "audit store postgresql://u:***@db/x: connection refused"}
+
+    def down() -> AuditStore:
+        raise AuditUnavailable(cause["text"])
+
+    monkeypatch.setattr(api_errors, "UNAVAILABLE_LOG", api_errors.UnavailableLog(every_s=3600))
+    with capture_logs() as logs, TestClient(create_app(down, {token_hash("t"): ["*"]})) as client:
+        for _ in range(3):
+            assert get(client, "/v1/verdicts", "t").status_code == 503
+        cause["text"] = "audit store postgresql://u:***@db/x: password authentication failed"
+        assert client.get("/healthz").status_code == 503
+    lines = [line for line in logs if line["event"] == "audit_api_store_unavailable"]
+    assert [(line["error"], line["answered_503"]) for line in lines] == [
+        ("audit store postgresql://u:***@db/x: connection refused", 1),
+        ("audit store postgresql://u:***@db/x: password authentication failed", 3),
+    ]
+    assert all(line["log_level"] == "warning" for line in lines)
+
+
 # -- filters and pagination ----------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,15 +54,32 @@ def test_help_teaches_commands_that_hash_the_real_token(
 
 
 def serve_with(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tokens: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tokens: dict[str, Any],
+    port: int = 0,
 ) -> tuple[int, str, list[Any]]:
+    """`audit serve` up to the point where uvicorn would serve: (exit code, stderr, [(the
+    uvicorn config, the sockets it was given)])."""
     clear_moderator_env(monkeypatch)
     monkeypatch.setenv("MODERATOR_AUDIT__API_TOKENS", json.dumps(tokens))
     started: list[Any] = []
     uvicorn = pytest.importorskip("uvicorn")
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append((a, k)))
-    code = main(["audit", "serve", "--port", "8799"])
+
+    def run(server: Any, sockets: list[socket.socket] | None = None) -> None:
+        started.append((server.config, sockets))
+        for sock in sockets or []:
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    code = main(["audit", "serve", "--port", str(port or free_port())])
     return code, capsys.readouterr().err, started
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize("mistake", ["", "%s", "%%s", "%s\n"])
@@ -79,9 +97,25 @@ def test_serve_starts_with_real_token_hashes_and_logs_to_stderr(
 ) -> None:
     code, err, started = serve_with(monkeypatch, capsys, {sha256(TOKEN): ["acme"]})
     assert code == 0, err
-    ((_, kwargs),) = started
-    handlers = kwargs["log_config"]["handlers"]
+    ((config, sockets),) = started
+    handlers = config.log_config["handlers"]
     assert {h["()"] for h in handlers.values()} == {StderrHandler}
+    assert len(sockets) == 1  # bound before uvicorn starts, so a taken port is one line
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err, started = serve_with(monkeypatch, capsys, {sha256(TOKEN): ["acme"]}, port)
+    assert (code, started) == (2, [])
+    assert err == (
+        f"moderator: --port: cannot listen on 127.0.0.1:{port}: the port is in use "
+        "(choose a free --port)\n"
+    )
 
 
 def test_known_mistakes() -> None:

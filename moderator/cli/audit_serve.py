@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import sys
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -105,15 +106,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = serve_app(settings)
     from moderator.logs import configure_logging
 
+    sock = listening_socket(args.host, args.port)
     configure_logging(settings.log)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level=settings.log.level,
         log_config=uvicorn_log_config(settings.log),
     )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` for uvicorn to serve on; one ConfigError line (exit 2)
+    when it cannot be, before anything is logged."""
+    from moderator.obs.http import bind_reason
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"--host: cannot listen on {host}:{port}: {bind_reason(exc)}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"--port: cannot listen on {host}:{port}: {bind_reason(exc)} (choose a free --port)"
+        ) from exc
+    return sock
 
 
 def serve_app(settings: Settings) -> FastAPI:

@@ -144,6 +144,14 @@ def serving(settings: HttpSettings, telemetry: Telemetry | None = None) -> Itera
 
 
 def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    return (
+        f"http.port: cannot listen on {host}:{port}: {bind_reason(exc)} (set http.port, "
+        "MODERATOR_HTTP__PORT or --http-port to a free port, or 0 to turn the endpoint off)"
+    )
+
+
+def bind_reason(exc: OSError) -> str:
+    """Why a listening socket could not be bound, in a few words."""
     if exc.errno == errno.EADDRINUSE:
         why = "the port is in use"
     elif exc.errno == errno.EACCES:
@@ -152,7 +160,4 @@ def _bind_problem(host: str, port: int, exc: OSError) -> str:
         why = "no such local address (http.host)"
     else:
         why = exc.strerror or str(exc)
-    return (
-        f"http.port: cannot listen on {host}:{port}: {why} (set http.port, "
-        "MODERATOR_HTTP__PORT or --http-port to a free port, or 0 to turn the endpoint off)"
-    )
+    return why

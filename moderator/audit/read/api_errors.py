@@ -3,9 +3,12 @@ status codes of the errors its domain raises, and the error responses its OpenAP
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,7 +17,10 @@ from moderator.audit.errors import AuditUnavailable, InvalidQuery
 from moderator.audit.read.api_models import ErrorBody
 from moderator.audit.read.filters import shown
 
+log = structlog.get_logger("moderator.audit.api")
+
 NOT_FOUND = "not found, or not visible to this token"
+UNAVAILABLE_LOG_EVERY_S = 30.0  # the same cause is logged again at most this often
 UNPROCESSABLE = (422, "a parameter has the wrong type, is unknown or is given twice")
 UNAUTHORIZED = (401, "missing or unknown bearer token")
 
@@ -40,8 +46,34 @@ def add_error_handlers(app: FastAPI) -> None:
     app.exception_handler(RequestValidationError)(_unprocessable)
 
 
-async def _unavailable(_request: Request, _exc: AuditUnavailable) -> JSONResponse:
+async def _unavailable(_request: Request, exc: AuditUnavailable) -> JSONResponse:
+    UNAVAILABLE_LOG.seen(str(exc))
     return JSONResponse({"detail": "audit database unavailable"}, status_code=503)
+
+
+class UnavailableLog:
+    """Logs why the API answers 503 (the store's one-line error, its password masked): a
+    warning for each new cause, and again for the same one at most every `every_s`, so that an
+    outage under load is a few lines, not one per request. Clients only see that it is down."""
+
+    def __init__(self, every_s: float = UNAVAILABLE_LOG_EVERY_S) -> None:
+        self._every_s = every_s
+        self._lock = threading.Lock()
+        self._last: tuple[str, float] | None = None
+        self._answered = 0  # 503s since the last line
+
+    def seen(self, cause: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._answered += 1
+            last = self._last
+            if last is not None and last[0] == cause and now - last[1] < self._every_s:
+                return
+            self._last, answered, self._answered = (cause, now), self._answered, 0
+        log.warning("audit_api_store_unavailable", error=cause, answered_503=answered)
+
+
+UNAVAILABLE_LOG = UnavailableLog()
 
 
 async def _invalid(_request: Request, exc: InvalidQuery) -> JSONResponse:
