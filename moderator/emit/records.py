@@ -15,6 +15,13 @@ from moderator.events.verdict import AuditRecord, Verdict
 Headers = list[tuple[str, bytes]]
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
+MAX_RECORD_BYTES = 1_000_000
+"""The most an output record may hold, key, value and headers together: librdkafka's default
+`message.max.bytes`, under the brokers' default batch limit (1,048,588 bytes). A larger record
+fails at `produce`, and with it the whole checkpoint, again at every try: no input may make one
+(inputs and model output are bounded upstream, and a DLQ record is cut to fit, `dlq_output`)."""
+RECORD_MARGIN_BYTES = 1024  # librdkafka's own framing of a record and its headers
+
 
 @dataclass(frozen=True)
 class OutRecord:
@@ -157,7 +164,11 @@ def dlq_output(
     offset: int,
     headers: Headers | None = None,
 ) -> OutRecord:
-    """The original message, unchanged, with the error and its origin in headers."""
+    """The original message with the error and its origin in headers: unchanged, unless key
+    and value together would not fit in MAX_RECORD_BYTES. Then the value (and, were it still
+    too long, the key) is cut to fit, and `moderator.source.value_bytes` (and
+    `moderator.source.key_bytes`) give the original length; the whole message stays on the
+    source topic at the coordinates in the headers, while that topic keeps it."""
     ours = [
         ("moderator.error.code", code.encode()),
         ("moderator.error.message", message[:1000].encode()),
@@ -165,7 +176,30 @@ def dlq_output(
         ("moderator.source.partition", str(partition).encode()),
         ("moderator.source.offset", str(offset).encode()),
     ]
-    return OutRecord(dlq_topic, key, value, list(headers or []) + ours)
+    all_headers = list(headers or []) + ours
+    key_len, value_len = len(key or b""), len(value or b"")
+    room = MAX_RECORD_BYTES - RECORD_MARGIN_BYTES - _header_bytes(all_headers)
+    if key_len + value_len <= room:
+        return OutRecord(dlq_topic, key, value, all_headers)
+    cut_key = key is not None and key_len > room // 2
+    if cut_key:
+        all_headers.append(("moderator.source.key_bytes", str(key_len).encode()))
+    all_headers.append(("moderator.source.value_bytes", str(value_len).encode()))
+    room = MAX_RECORD_BYTES - RECORD_MARGIN_BYTES - _header_bytes(all_headers)
+    if cut_key and key is not None:
+        key = key[: room // 2]
+    if value is not None:
+        value = value[: max(0, room - len(key or b""))]
+    return OutRecord(dlq_topic, key, value, all_headers)
+
+
+def record_bytes(record: OutRecord) -> int:
+    """What `record` holds: its key, value and headers, in bytes."""
+    return len(record.key or b"") + len(record.value or b"") + _header_bytes(record.headers)
+
+
+def _header_bytes(headers: Headers) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
 
 
 def replay_output(record: OutRecord, verdict: Verdict, *, topic: str, run_id: str) -> OutRecord:

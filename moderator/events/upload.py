@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 TENANT_ID_RULE = (
     "lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters"
 )
+MAX_CONTEXT_EXTRA_BYTES = 16 * 1024
+"""The most the context's own members (those other than surface and user_id) may hold as JSON:
+the audit record copies the context, and an audit record must stay within one Kafka record."""
 
 
 def tenant_id_problem(tenant: str) -> str | None:
@@ -28,12 +32,12 @@ class ObjectRef(BaseModel):
 
     bucket: str = Field(min_length=1, max_length=255)
     key: str = Field(min_length=1, max_length=1024)
-    version_id: str | None = None
-    etag: str | None = None
+    version_id: str | None = Field(default=None, max_length=1024)
+    etag: str | None = Field(default=None, max_length=1024)
     # An integral float such as 9007199254740992.0 is I-JSON but would become an integer the
     # audit trail's canonical JSON cannot hold: the same bound as the parser's integers.
     size: int | None = Field(default=None, ge=0, le=2**53 - 1)
-    content_type: str | None = None
+    content_type: str | None = Field(default=None, max_length=1024)
 
 
 class UploadContext(BaseModel):
@@ -43,6 +47,18 @@ class UploadContext(BaseModel):
 
     surface: str | None = Field(default=None, max_length=64)
     user_id: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _extra_bounded(self) -> UploadContext:
+        extra = self.model_extra
+        if extra:
+            size = len(json.dumps(extra, ensure_ascii=False).encode())
+            if size > MAX_CONTEXT_EXTRA_BYTES:
+                raise ValueError(
+                    f"its other members are {size} bytes as JSON "
+                    f"(limit {MAX_CONTEXT_EXTRA_BYTES}; the audit record copies them)"
+                )
+        return self
 
 
 class UploadEvent(BaseModel):

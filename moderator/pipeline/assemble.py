@@ -24,6 +24,12 @@ from moderator.events.verdict import (
 )
 
 SEVERITY: dict[Decision, int] = {"allow": 0, "review": 1, "block": 2}
+MAX_RAW_OUTPUT_CHARS = 16 * 1024
+MAX_RATIONALE_CHARS = 8 * 1024
+"""What the records keep of a model's output and rationale. A guard model's answer is a few
+hundred characters; a model or server that writes on must not make a verdict or audit record too
+large for Kafka (moderator.emit.records.MAX_RECORD_BYTES). The decision does not depend on the
+rest: rating and category come first."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,11 @@ def assemble(
     provenance: Provenance,
 ) -> tuple[Verdict, AuditRecord]:
     obj = event.object
+    assessment = outcome.assessment if outcome.error is None else None
+    if assessment is not None and len(assessment.rationale) > MAX_RATIONALE_CHARS:
+        assessment = assessment.model_copy(
+            update={"rationale": cut(assessment.rationale, MAX_RATIONALE_CHARS)}
+        )
     verdict = Verdict(
         event_id=event.event_id,
         tenant_id=event.tenant_id,
@@ -98,7 +109,7 @@ def assemble(
             height=facts.height,
         ),
         decision=outcome.decision,
-        assessment=outcome.assessment if outcome.error is None else None,
+        assessment=assessment,
         policy=policy,
         model=model,
         # An error outcome has no usable assessment: its decision is the policy's on_error rule.
@@ -119,10 +130,19 @@ def assemble(
         prompt_sha256=provenance.prompt_sha256,
         policy_document=provenance.policy_document,
         generation=outcome.generation,
-        raw_output=outcome.raw_output,
+        raw_output=(
+            cut(outcome.raw_output, MAX_RAW_OUTPUT_CHARS)
+            if outcome.raw_output is not None and len(outcome.raw_output) > MAX_RAW_OUTPUT_CHARS
+            else outcome.raw_output
+        ),
         attempts=outcome.attempts,
     )
     return verdict, audit
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`'s first `limit` characters and a marker saying how long it was."""
+    return f"{text[:limit]} [cut: {len(text)} characters]"
 
 
 def error_outcome(code: ErrorCode, message: str, decision: Decision) -> FrameOutcome:

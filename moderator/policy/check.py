@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from moderator.errors import ConfigError
-from moderator.policy.compiled import TenantPolicy, compile_policy
+from moderator.policy.compiled import TenantPolicy, compile_policy, document_problem
 from moderator.policy.document import PolicyFile
 from moderator.policy.load import (
     PolicyError,
@@ -164,10 +164,17 @@ def compile_tenant(
     per process for the same files and settings (moderator.policy.memo)."""
 
     def build() -> dict[str, TenantPolicy]:
-        return {
+        compiled = {
             surface: compile_policy(resolve(files, tenant, surface, tenancy, sources=sources))
             for surface in (SURFACE_DEFAULT, *surfaces(files, tenant, sources=sources))
         }
+        for policy in compiled.values():
+            problem = document_problem(policy)
+            if problem is not None:
+                name = policy.resolved.chain[0]
+                path = (sources or {}).get(name, Path(f"{name}.yaml"))
+                raise PolicyError(path, None, problem)
+        return compiled
 
     return COMPILED.compiled(files, tenant, tenancy, build)
 

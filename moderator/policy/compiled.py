@@ -112,6 +112,24 @@ class TenantPolicy:
         return error_decision(self.resolved, code)
 
 
+MAX_DOCUMENT_BYTES = 256 * 1024
+"""The most a compiled policy's document (its prompt, decision table and allowed objects) may
+hold as JSON: every audit record carries it, and an audit record must fit in one Kafka record
+(moderator.emit.records.MAX_RECORD_BYTES)."""
+
+
+def document_problem(policy: TenantPolicy) -> str | None:
+    """Why `policy` is too large to go into audit records (None when it is not)."""
+    size = len(json.dumps(policy.document(), ensure_ascii=False).encode("utf-8"))
+    if size <= MAX_DOCUMENT_BYTES:
+        return None
+    surface = policy.resolved.surface
+    return (
+        f"the compiled policy of {policy.resolved.tenant_id}/{surface} is {size} bytes as JSON "
+        f"(limit {MAX_DOCUMENT_BYTES}), and every audit record carries it: shorten its texts"
+    )
+
+
 def compile_policy(resolved: ResolvedPolicy) -> TenantPolicy:
     """Render the prompt and wrap the decision rules; deterministic (same input, same version)."""
     return TenantPolicy(resolved=resolved, prompt=render_prompt(resolved))

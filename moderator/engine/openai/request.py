@@ -103,8 +103,8 @@ class ChatFormat:
             )
         generation: dict[str, Any] = {
             **self._gen.record(),
-            "served_model": data.get("model"),
-            "finish_reason": choice.get("finish_reason"),
+            "served_model": _brief(data.get("model")),
+            "finish_reason": _brief(choice.get("finish_reason")),
             "attempts": attempts,
             "request": self._request_record,
         }
@@ -278,3 +278,12 @@ def one_line(text: str, limit: int = 300) -> str:
 
 def tries(attempts: int) -> str:
     return f"{attempts} attempt{'s' if attempts != 1 else ''}"
+
+
+BRIEF_CHARS = 200
+
+
+def _brief(value: Any) -> str | None:
+    """A name the server sends, as the audit record keeps it: a string of at most BRIEF_CHARS
+    characters, else None (the record must stay small whatever the server answers)."""
+    return value[:BRIEF_CHARS] if isinstance(value, str) else None

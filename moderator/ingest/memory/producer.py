@@ -67,6 +67,8 @@ class MemoryProducer:
         self._round_robin = 0
         self._commit_unacknowledged = False
         self._fatal: KafkaError | None = None
+        # librdkafka's default; it refuses a larger record at produce, as this does.
+        self.max_message_bytes = int(config.get("message.max.bytes", 1_000_000))
 
     def init_transactions(self, timeout: float = -1) -> None:
         self._start("init_transactions")
@@ -102,6 +104,12 @@ class MemoryProducer:
         headers: Headers | None = None,
     ) -> None:
         self._start("produce")
+        size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers or [])
+        if size > self.max_message_bytes:
+            raise kafka_error(
+                KafkaError.MSG_SIZE_TOO_LARGE,
+                f"Message size too large: {size} bytes (limit {self.max_message_bytes})",
+            )
         with self.broker.lock:
             if self.transactional_id is not None:
                 self._require(_Txn.IN_TXN)
