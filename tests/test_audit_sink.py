@@ -298,3 +298,47 @@ def test_with_audit_sink_waits_at_most_the_grace_period_to_catch_up(store: Audit
     started = time.monotonic()
     run_with_audit_sink(s, stop, lambda: None, store=store, consumer=NeverAssignedConsumer())
     assert 1.0 <= time.monotonic() - started < 10
+
+
+@pytest.mark.usefixtures("info_logs")
+def test_records_deleted_by_retention_before_the_sink_read_them_are_reported(
+    broker: MemoryBroker, store: AuditStore
+) -> None:
+    """The group committed offset 5 of partition 0, then the sink was down while retention
+    deleted offsets up to 8: the records 5-7 never reach the store, and the sink says so when it
+    gets the partition back, with a metric, instead of resuming at 8 without a word."""
+    from structlog.testing import capture_logs
+
+    from moderator.audit.sink.observe import SinkObserver
+    from moderator.obs.telemetry import Telemetry
+
+    for i in range(5):
+        broker.produce_plain(TOPIC, record_json(i), partition=0)
+    s = settings()
+    sink = AuditSink(s, store, consumer(broker, s), poll_timeout_s=0)
+    sink.start()
+    drain(sink, broker)
+    sink.close()
+    for i in range(5, 10):
+        broker.produce_plain(TOPIC, record_json(i), partition=0)
+    broker.delete_records(TOPIC, 0, 8)
+    telemetry = Telemetry()
+    again = AuditSink(
+        s, store, consumer(broker, s), poll_timeout_s=0, observer=SinkObserver(telemetry.metrics)
+    )
+    with capture_logs() as logs:
+        again.start()
+        drain(again, broker)
+    again.close()
+    assert store.count() == 7  # 0-4, then 8 and 9
+    [line] = [entry for entry in logs if entry["event"] == "audit_records_expired"]
+    assert (line["partition"], line["committed"], line["low_watermark"], line["offsets"]) == (
+        0,
+        5,
+        8,
+        3,
+    )
+    assert line["log_level"] == "error"
+    scraped = telemetry.scrape().decode()
+    assert 'moderator_audit_expired_offsets_total{partition="0",topic="' in scraped
+    assert f'topic="{TOPIC}"}} 3.0' in scraped

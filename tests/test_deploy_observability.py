@@ -77,6 +77,7 @@ def test_the_alerts_cover_what_operators_are_paged_for() -> None:
         "ModeratorAuditChainStalled",
         "ModeratorObjectStoreUnavailable",
         "ModeratorAuditEventIdConflict",
+        "ModeratorAuditRecordsExpired",
     }
     for name, rule in rules.items():
         assert rule["expr"].count("(") == rule["expr"].count(")"), name

@@ -144,6 +144,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "conflict_object, conflict_record",
     ),
     MetricSpec(
+        "moderator_audit_expired_offsets_total",
+        "counter",
+        ("topic", "partition"),
+        "offsets of the audit topic the brokers deleted (retention) before the sink group read "
+        "them: audit records never stored, transaction markers among them",
+    ),
+    MetricSpec(
         "moderator_audit_batch_latency_seconds",
         "histogram",
         (),

@@ -32,6 +32,9 @@ may end while a fetch of the last records is still on its way."""
 STATS_EVERY_S = 60.0
 
 
+EXPIRY_CHECK_TIMEOUT_S = 10.0  # each broker query of the expired-records check
+
+
 class _Abandoned(Exception):
     """Stop was requested while the database stayed unreachable for the grace period."""
 
@@ -279,10 +282,44 @@ class AuditSink:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self._assigned.update(tps)
+        self._check_expired(consumer, partitions)
         if self._retrying:  # assigned while paused: they arrive unpaused (cooperative-sticky)
             consumer.pause(partitions)
             self._repause.extend(tps)
         log.info("audit_sink_assigned", partitions=sorted(tps))
+
+    def _check_expired(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Report records the brokers deleted before this group read them: a committed offset
+        below the partition's low watermark. Those audit records are lost to the store (the
+        consumer resumes at the oldest record kept), and `audit verify` cannot see it: the
+        chain holds only what was stored. A group that never committed has nothing to compare."""
+        try:
+            committed = consumer.committed(partitions, timeout=EXPIRY_CHECK_TIMEOUT_S)
+        except Exception as exc:  # a check for the log; the assignment goes on
+            log.warning("audit_sink_expiry_unchecked", error=str(exc))
+            return
+        for tp in committed:
+            if tp.offset < 0:
+                continue
+            try:
+                low, _ = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), EXPIRY_CHECK_TIMEOUT_S, False
+                )
+            except Exception as exc:
+                log.warning("audit_sink_expiry_unchecked", partition=tp.partition, error=str(exc))
+                continue
+            if low > tp.offset:
+                self._obs.expired(tp.topic, tp.partition, low - tp.offset)
+                log.error(
+                    "audit_records_expired",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    committed=tp.offset,
+                    low_watermark=low,
+                    offsets=low - tp.offset,
+                    hint="the topic's retention ended before the sink read them: those audit "
+                    "records are not in the store; their verdicts are on the verdicts topic",
+                )
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         # Only reachable mid-batch while an insert is being retried: abandon those partitions'

@@ -107,6 +107,12 @@ class SinkObserver:
         if self._database is not None:
             self._database.answered()
 
+    def expired(self, topic: str, partition: int, offsets: int) -> None:
+        """The brokers deleted `offsets` offsets of a partition before the group read them."""
+        self._m.add(
+            "moderator_audit_expired_offsets_total", offsets, topic=topic, partition=str(partition)
+        )
+
     def retry(self, reason: str) -> None:
         """An insert failed on a database outage and will be tried again."""
         self._m.add("moderator_audit_db_retries_total")

@@ -60,6 +60,7 @@ class MemoryBroker:
         self._faults: dict[str, list[BaseException | None]] = {}
         self._unkeyed: dict[str, int] = {}  # round-robin counters of produce_plain
         self._ids = 0
+        self.log_start: dict[PartitionKey, int] = {}  # the first offset retention has kept
 
     # -- public API ------------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int) -> None:
@@ -83,6 +84,15 @@ class MemoryBroker:
                 for r in self.log(topic, p)[: self.end_offset(topic, p, read_committed)]
                 if not (read_committed and r.state is TxnState.ABORTED)
             ]
+
+    def delete_records(self, topic: str, partition: int, before: int) -> None:
+        """Retention: the partition's records before offset `before` are gone (its low
+        watermark moves there); a consumer whose position is older resets to it, as one with
+        auto.offset.reset=earliest does."""
+        with self.lock:
+            end = len(self.log(topic, partition))
+            key = (topic, partition)
+            self.log_start[key] = max(self.log_start.get(key, 0), min(before, end))
 
     def committed_offset(self, group: str, topic: str, partition: int) -> int | None:
         with self.lock:

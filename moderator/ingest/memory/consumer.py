@@ -46,6 +46,8 @@ class _Broker(Protocol):
     def log(self, topic: str, partition: int) -> list[StoredRecord]: ...
     def end_offset(self, topic: str, partition: int, read_committed: bool = True) -> int: ...
     def has_pending_offsets(self, group: str, tp: PartitionKey) -> bool: ...
+    @property
+    def log_start(self) -> dict[PartitionKey, int]: ...
 
 
 class MemoryConsumer:
@@ -124,6 +126,15 @@ class MemoryConsumer:
                 offset = group.committed.get(key, OFFSET_INVALID)
                 out.append(TopicPartition(tp.topic, tp.partition, offset))
             return out
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        """(low, high): the first offset retention has kept and the high watermark."""
+        with self.broker.lock:
+            key = (partition.topic, partition.partition)
+            high = self.broker.end_offset(*key, read_committed=False)
+            return self.broker.log_start.get(key, 0), high
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         with self.broker.lock:
@@ -273,6 +284,7 @@ class MemoryConsumer:
                 continue
             log = self.broker.log(*key)
             end = self.broker.end_offset(*key, read_committed=self.read_committed)
+            position = max(position, self.broker.log_start.get(key, 0))  # earliest, if deleted
             while position < end and len(messages) < limit:
                 record = log[position]
                 position += 1
