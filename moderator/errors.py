@@ -38,11 +38,15 @@ SECURITY_ERRORS: frozenset[ErrorCode] = frozenset(
         ErrorCode.UNKNOWN_TENANT,
         ErrorCode.DECOMPRESSION_BOMB,
         ErrorCode.DECODE_TIMEOUT,
+        ErrorCode.CORRUPT_IMAGE,
+        ErrorCode.UNSUPPORTED_FORMAT,
+        ErrorCode.OBJECT_TOO_LARGE,
     }
 )
-"""Error codes that a policy may never map to `allow`: an uploader can cause them on purpose
-(a crafted file that is too big or too slow to decode), so allowing them would let any image
-through unchecked."""
+"""Error codes that a policy may never map to `allow`: an uploader can cause them on purpose (a
+crafted file that is too big or too slow to decode, a picture cut short that viewers still
+show, one in a format the service does not read, or padded past the size limit), so allowing
+them would let any image through unchecked."""
 
 
 class ProcessingError(ModeratorError):

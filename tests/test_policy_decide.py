@@ -158,7 +158,15 @@ ON_ERROR_CASES: list[dict[str, str]] = [
 
 def error_oracle(on_error: dict[str, str], code: ErrorCode) -> str:
     action = on_error[code.value] if code.value in on_error else on_error.get("default", "review")
-    security = {"tenant_mismatch", "unknown_tenant", "decompression_bomb", "decode_timeout"}
+    security = {
+        "tenant_mismatch",
+        "unknown_tenant",
+        "decompression_bomb",
+        "decode_timeout",
+        "corrupt_image",
+        "unsupported_format",
+        "object_too_large",
+    }
     return "review" if code.value in security and action == "allow" else action
 
 
@@ -179,6 +187,9 @@ def test_security_errors_never_allow() -> None:
         "unknown_tenant",
         "decompression_bomb",
         "decode_timeout",
+        "corrupt_image",  # an uploader can cause each of these on purpose
+        "unsupported_format",
+        "object_too_large",
     }
 
 

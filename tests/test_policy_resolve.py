@@ -219,14 +219,14 @@ def test_on_error_merges_key_by_key() -> None:
     files = directory(
         family="on_error: {engine_timeout: block, default: block}\n",
         kids="extends: family\non_error: review\n",
-        strict="extends: family\non_error: {corrupt_image: allow}\n",
+        strict="extends: family\non_error: {object_not_found: allow}\n",
     )
     assert resolve(files, "kids", "default", KEY_PREFIX).on_error == {
         "default": "review",
         "engine_timeout": "block",
     }
     assert resolve(files, "strict", "default", KEY_PREFIX).on_error == {
-        "corrupt_image": "allow",
+        "object_not_found": "allow",
         "default": "block",
         "engine_timeout": "block",
     }
@@ -234,7 +234,8 @@ def test_on_error_merges_key_by_key() -> None:
 
 def test_an_allowing_default_must_name_every_security_error() -> None:
     text = "on_error: {default: allow, tenant_mismatch: block, unknown_tenant: review, "
-    files = directory(acme=text + "decompression_bomb: review, decode_timeout: block}\n")
+    text += "decompression_bomb: review, decode_timeout: block, corrupt_image: review, "
+    files = directory(acme=text + "unsupported_format: review, object_too_large: block}\n")
     assert resolve(files, "acme", "default", KEY_PREFIX).on_error["default"] == "allow"
 
 
@@ -379,3 +380,11 @@ def test_resolution_is_deterministic_and_leaves_inputs_alone() -> None:
     assert first.to_json() == resolve(dict(files), "acme", "default", KEY_PREFIX).to_json()
     assert {name: f.model_dump() for name, f in files.items()} == before
     assert parse("owner: x\n").owner == "x"
+
+
+@pytest.mark.parametrize("code", ["corrupt_image", "unsupported_format", "object_too_large"])
+def test_failures_an_uploader_can_cause_can_never_allow(code: str) -> None:
+    """A JPEG cut short (which viewers still show), a format the service does not read, or a
+    file padded past the size limit: allowing any would let any picture through unchecked."""
+    with pytest.raises(PolicyError, match=f"{code} is a security error and can never map to allow"):
+        directory(acme=f"on_error: {{{code}: allow}}\n")
