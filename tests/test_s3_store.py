@@ -466,3 +466,14 @@ def test_every_read_failing_for_a_minute_makes_s3_not_ready() -> None:
     clock.now += 61
     outage.retrying(-1)  # the read gave up: no failure is current, readiness comes back
     assert check().ok
+
+
+def test_too_large_messages_read_as_sentences() -> None:
+    store, _, _ = make_store(ok(b"x" * 2000))
+    err = fail_code(store, max_bytes=1000)
+    assert (err.code, err.message) == (
+        ErrorCode.OBJECT_TOO_LARGE,
+        "object is 2000 bytes (limit 1000)",
+    )
+    store, _, _ = make_store(ok(b"x" * 2000, length=10))  # S3 understated it: counted as read
+    assert fail_code(store, max_bytes=1000).message == "object body is over 1000 bytes (limit 1000)"

@@ -250,12 +250,12 @@ def _read_bounded(body: Any, max_bytes: int) -> bytes:
             return b"".join(chunks)
         total += len(chunk)
         if total > max_bytes:
-            raise _too_large("object body is longer", max_bytes)
+            raise _too_large(f"object body is over {max_bytes} bytes", max_bytes)
         chunks.append(chunk)
 
 
 def _too_large(what: str, max_bytes: int) -> ProcessingError:
-    return ProcessingError(ErrorCode.OBJECT_TOO_LARGE, f"{what} than the {max_bytes}-byte limit")
+    return ProcessingError(ErrorCode.OBJECT_TOO_LARGE, f"{what} (limit {max_bytes})")
 
 
 def _classify(exc: ClientError, where: str) -> Exception:
