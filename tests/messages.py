@@ -230,7 +230,7 @@ def notification_docs(draw: st.DrawFn) -> dict[str, Any]:
     """A valid S3 notification (AWS shape, MinIO's extra top-level members, or a test event)."""
     if draw(st.integers(0, 9)) == 7:  # rarely: hypothesis favours 0
         return {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": BUCKET}
-    doc: dict[str, Any] = {"Records": draw(st.lists(s3_records(), max_size=3))}
+    doc: dict[str, Any] = {"Records": draw(st.lists(s3_records(), min_size=1, max_size=3))}
     if draw(st.booleans()):  # MinIO
         doc = {"EventName": "s3:ObjectCreated:Put", "Key": f"{BUCKET}/x", **doc}
     return doc

@@ -169,6 +169,7 @@ def test_unusable_sns_envelopes_are_malformed(change: dict[str, Any], needle: st
         ('{"n": 9007199254740993}', "SNS message: not I-JSON: integer"),
         ("NaN", "SNS message: not JSON: NaN"),
         ('{"Records": 5}', "SNS message: S3 notification: Records is not a list"),
+        ('{"Records": []}', "SNS message: S3 notification: Records is empty"),
         ('{"event_id": "e"}', "SNS message: UploadEvent"),
     ],
 )

@@ -92,7 +92,7 @@ def events_from_notification(
     MinIO sends such records for replicated metadata changes). Raises NotificationError when a
     content record is otherwise unusable (the whole message then goes to the DLQ: partial
     acceptance would make the DLQ record ambiguous), or when there are more than MAX_RECORDS
-    records (one message must not flood the pipeline).
+    records (one message must not flood the pipeline), or none at all.
     """
     records = doc.get("Records")
     if records is None:  # s3:TestEvent
@@ -101,6 +101,8 @@ def events_from_notification(
         raise NotificationError("Records is not a list")
     if len(records) > MAX_RECORDS:
         raise NotificationError(f"{len(records)} records (limit {MAX_RECORDS})")
+    if not records:  # no store sends one; it would otherwise be committed without a trace
+        raise NotificationError("Records is empty")
     events: list[UploadEvent] = []
     skipped = 0
     for index, record in enumerate(records):
