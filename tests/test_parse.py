@@ -306,3 +306,12 @@ def test_an_integral_float_size_beyond_the_safe_range_is_malformed() -> None:
     }
     with pytest.raises(MalformedMessage, match=r"object\.size"):
         parse_message(json.dumps(doc).encode(), RULE)
+
+
+@pytest.mark.parametrize("size", ['"12"', "true", "12.0"])
+def test_a_size_that_is_not_a_json_integer_is_malformed(size: str) -> None:
+    """errors.md: a field of the wrong type is malformed_event; a string or a boolean is not
+    quietly read as a number."""
+    value = '{"event_id": "e", "tenant_id": "acme", "object": {"bucket": "b", "key": "acme/k", '
+    with pytest.raises(MalformedMessage, match=r"object\.size: Input should be a valid integer"):
+        parse_message(f'{value}"size": {size}}}}}'.encode(), RULE)

@@ -36,7 +36,7 @@ class ObjectRef(BaseModel):
     etag: str | None = Field(default=None, max_length=1024)
     # An integral float such as 9007199254740992.0 is I-JSON but would become an integer the
     # audit trail's canonical JSON cannot hold: the same bound as the parser's integers.
-    size: int | None = Field(default=None, ge=0, le=2**53 - 1)
+    size: int | None = Field(default=None, ge=0, le=2**53 - 1, strict=True)
     content_type: str | None = Field(default=None, max_length=1024)
 
 
