@@ -36,6 +36,15 @@ def safe_line(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+def first_unsafe(text: str, allowed: str = "") -> str | None:
+    """The first character of `text` that `safe_line` would escape and `allowed` does not hold,
+    as that escape (`\\x1b`, `\\u202e`); None when there is none."""
+    for match in _UNSAFE.finditer(text):
+        if match.group() not in allowed:
+            return _escape(match)
+    return None
+
+
 def _escape(match: re.Match[str]) -> str:
     char = match.group()
     named = _NAMED.get(char)

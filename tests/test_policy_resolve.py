@@ -388,3 +388,27 @@ def test_failures_an_uploader_can_cause_can_never_allow(code: str) -> None:
     file padded past the size limit: allowing any would let any picture through unchecked."""
     with pytest.raises(PolicyError, match=f"{code} is a security error and can never map to allow"):
         directory(acme=f"on_error: {{{code}: allow}}\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('owner: "\\u202eevil\\x1b[2J\\r\\nfake"\n', "owner: holds the control character \\u202e"),
+        (
+            'categories: {O1: {should_not: [fine, "cut\\x9bhere"]}}\n',
+            "categories.O1.should_not[1]: holds the control character \\x9b",
+        ),
+        ('surfaces: {"a\\x1bb": {}}\n', "surfaces: a key holds the control character \\x1b"),
+    ],
+)
+def test_policy_texts_hold_no_control_characters(text: str, message: str) -> None:
+    """YAML's escapes (`"\\x1b"`) get past its own refusal of raw controls; a policy text
+    reaches terminals (`policy render`) and the model's prompt as it is."""
+    with pytest.raises(PolicyError) as caught:
+        directory(acme=text)
+    assert message in str(caught.value)
+
+
+def test_line_breaks_and_tabs_in_a_policy_text_are_fine() -> None:
+    files = directory(acme='description: "two\\n\\tlines"\n')
+    assert files["acme"].description == "two\n\tlines"

@@ -285,17 +285,23 @@ def test_dsa_statements_escape_bidi_controls_in_operator_text(
 def test_policy_render_json_escapes_bidi_controls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A policy text may hold no such character (refused at validation); a directory name may,
+    and the JSON writes it as an escape."""
     clear_moderator_env(monkeypatch)
-    policies = tmp_path / "policies"
+    policies = tmp_path / "pol\u202eicies"
     policies.mkdir()
     shutil.copy(ROOT / "policies" / "default.yaml", policies / "default.yaml")
-    description = "Kids\u202e.exe\u2028 café"
-    (policies / "kids.yaml").write_text(f"description: {json.dumps(description)}\n")
+    (policies / "kids.yaml").write_text('description: "Kids, café"\n')
     args = ("policy", "render", "kids", "--policies", str(policies), "--format", "json")
     code, out, err = run(capsys, *args)
     assert code == 0, err
     assert RAW.search(out) is None and "\\u202e" in out and "café" in out
-    assert json.loads(out)["policy"]["description"] == description
+    assert any(str(policies) in entry for entry in json.loads(out)["chain"])
+    bidi = json.dumps("Kids\u202e.exe")
+    (policies / "kids.yaml").write_text(f"description: {bidi}\n")
+    code, out, err = run(capsys, *args)
+    assert code == 2 and RAW.search(err) is None
+    assert "description: holds the control character \\u202e" in err
 
 
 def test_eval_compare_json_escapes_bidi_controls_in_report_paths(

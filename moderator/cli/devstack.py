@@ -30,6 +30,7 @@ from moderator.dev.guide import EXAMPLE_TENANT  # cheap: stdlib only
 from moderator.dev.kafka.jars import JARS_ENV, KAFKA_VERSION  # cheap: stdlib only
 from moderator.dev.shapes import SHAPE_NAMES, SHAPES  # cheap: stdlib only
 from moderator.errors import ConfigError, ModeratorError
+from moderator.text import safe_line  # cheap: stdlib only
 
 if TYPE_CHECKING:
     from moderator.ingest.topics import TopicSpec
@@ -330,8 +331,8 @@ def cmd_upload(
     print(sent.event.event_id)
     what = "a sample image" if file is None else str(file)
     print(
-        f"dev-stack: {what} put at s3://{bucket}/{object_key} ({sent.size} bytes); "
-        f"event {sent.event.event_id} sent to topic {sent.topic}"
+        safe_line(f"dev-stack: {what} put at s3://{bucket}/{object_key} ({sent.size} bytes); ")
+        + f"event {sent.event.event_id} sent to topic {sent.topic}"
         + ("" if shape == "native" else f" as {SHAPE_NAMES[shape]}"),
         file=sys.stderr,
     )

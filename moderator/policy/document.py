@@ -30,6 +30,7 @@ from pydantic_core import InitErrorDetails
 from moderator.errors import DEAD_LETTER_ONLY, SECURITY_ERRORS, ErrorCode
 from moderator.events.dsa_categories import STATEMENT_CATEGORIES, STATEMENT_CATEGORY_PREFIX
 from moderator.events.verdict import code_of
+from moderator.text import first_unsafe
 
 SCHEMA_VERSION = 1
 CODES: tuple[str, ...] = ("O1", "O2", "O3", "O4", "O5", "O6", "O7", "O8", "O9")
@@ -168,6 +169,14 @@ class PolicyFile(_Strict):
     dsa: DsaMapping | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _printable(cls, data: Any) -> Any:
+        problem = _unprintable(data, ())
+        if problem is not None:
+            raise ValueError(problem)
+        return data
 
     @field_validator("schema_version", mode="before")
     @classmethod
@@ -324,3 +333,28 @@ def _check_on_error(value: Action | dict[str, Action] | None) -> Action | dict[s
                     f"({', '.join(sorted(security))}) with review or block"
                 )
     return value
+
+
+def _unprintable(value: Any, path: tuple[str, ...]) -> str | None:
+    """Where a key or text of a policy file holds a control, line-breaking or bidi character
+    (a tab or a line break inside a text is fine), and which; None when nothing does. Policy
+    texts reach terminals (`policy render`, `explain`) and the model's prompt as they are."""
+    where = ".".join(path) or "the file"
+    if isinstance(value, str):
+        found = first_unsafe(value, "\n\t")
+        return None if found is None else f"{where}: holds the control character {found}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = str(key)
+            found = first_unsafe(name)
+            if found is not None:
+                return f"{where}: a key holds the control character {found}"
+            problem = _unprintable(item, (*path, name))
+            if problem is not None:
+                return problem
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = _unprintable(item, (*path[:-1], f"{path[-1]}[{index}]") if path else ())
+            if problem is not None:
+                return problem
+    return None

@@ -33,6 +33,7 @@ from pydantic_core import ErrorDetails
 from moderator.errors import ConfigError
 from moderator.policy.document import PolicyFile
 from moderator.policy.messages import reason, relevant
+from moderator.text import safe_line
 from moderator.yaml_keys import line_at, yaml_problem
 
 MAX_BYTES = 1 << 20
@@ -91,7 +92,8 @@ def more_problems(count: int) -> str:
 
 
 def _where(path: Path, line: int | None, reason: str) -> str:
-    return f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}"
+    shown = safe_line(str(path))  # a file name may hold any character but / and NUL
+    return f"{shown}:{line}: {reason}" if line is not None else f"{shown}: {reason}"
 
 
 class _Refused(Exception):
