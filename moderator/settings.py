@@ -576,6 +576,13 @@ class AuditSettings(_Section):
         '(["*"] = every tenant); make a hash with: printf %s "$TOKEN" | moderator audit hash-token',
     )
 
+    @field_validator("anchor_file", mode="before")
+    @classmethod
+    def _anchor_file_named(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: name a file, or leave the setting out")
+        return value
+
     @field_validator("url")
     @classmethod
     def _database_url(cls, url: str) -> str:

@@ -19,6 +19,7 @@ from moderator.audit.integrity.anchors import (
     KafkaAnchorSink,
     S3AnchorSink,
     latest_anchor,
+    read_latest,
     parse_s3_uri,
     sinks_from_settings,
 )
@@ -63,6 +64,10 @@ def test_file_sink_appends_and_latest_reads_from_the_end(tmp_path: Path) -> None
     with sink.path.open("ab") as out:
         out.write(b'{"schema": "moderator.audit-anch')  # a torn write at the end
     assert latest_anchor(sink.path, block=16) == want
+    assert read_latest(sink.path, block=16) == (want, 1)  # and verify says it skipped one
+    with sink.path.open("ab") as out:
+        out.write(b'\n{"bad": 1}\n\n')
+    assert read_latest(sink.path) == (want, 2)
     assert sink.destination == f"file:{sink.path}"
 
 

@@ -300,3 +300,36 @@ def test_rows_after_the_last_anchor_can_be_rewritten_with_their_chain(
     db.anchor()
     db.sql("UPDATE audit_records SET decision = 'allow' WHERE event_id = 'a-6'")
     assert run(capsys, "verify")[0] == 3
+
+
+def test_lines_after_the_anchor_used_that_are_not_anchors_are_named(
+    db: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The newest anchor line cut short (a crash while writing, or damage): verify goes by the
+    one before, as it must, and says so instead of passing over it in silence."""
+    lines = db.anchors.read_bytes()
+    db.anchor()
+    db.anchors.write_bytes(lines + db.anchors.read_bytes()[len(lines) :][:40])
+    code, out, err = run(capsys, "verify")
+    assert code == 0 and out.splitlines()[-1] == "intact"
+    assert err.startswith(f"warning: anchor file {db.anchors}: the last 1 line(s) are not anchors")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("missing.jsonl", "could not verify: anchor file {path}: no such file"),
+        ("", "audit.anchor_file: empty: name a file, or leave the setting out"),
+    ],
+)
+def test_an_anchor_file_that_is_not_there_is_named_as_such(
+    db: Db,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    message: str,
+) -> None:
+    path = db.path.parent / value if value else value
+    monkeypatch.setenv("MODERATOR_AUDIT__ANCHOR_FILE", str(path))
+    code, _, err = run(capsys, "verify")
+    assert code in (1, 2) and message.format(path=path) in err

@@ -101,7 +101,7 @@ def _load_anchor(
     """The latest anchor and where it came from; (None, None) when no source is configured.
     A configured source without a readable anchor raises AuditError (could not verify)."""
     from moderator.audit.errors import AuditError
-    from moderator.audit.integrity.anchors import latest_anchor
+    from moderator.audit.integrity.anchors import read_latest
 
     audit = settings.audit
     if anchor_file is None and anchor_s3 is None:
@@ -109,9 +109,18 @@ def _load_anchor(
     if anchor_file is not None:
         where = f"file {anchor_file}"
         try:
-            anchor = latest_anchor(anchor_file)
+            anchor, skipped = read_latest(anchor_file)
+        except FileNotFoundError as exc:
+            raise AuditError(f"anchor {where}: no such file") from exc
         except OSError as exc:
             raise AuditError(f"anchor {where}: {exc.strerror or exc}") from exc
+        if anchor is not None and skipped:
+            print(
+                f"warning: anchor {where}: the last {skipped} line(s) are not anchors (a write "
+                "cut short by a crash, or damage); verifying against the anchor created "
+                f"{anchor.created_at.isoformat()}, before them",
+                file=sys.stderr,
+            )
     elif anchor_s3 is not None:
         where = anchor_s3
         anchor = _latest_s3_anchor(settings, anchor_s3)

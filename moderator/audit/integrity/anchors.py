@@ -93,13 +93,20 @@ class FileAnchorSink:
 
 def latest_anchor(path: Path, *, block: int = 1 << 16) -> Anchor | None:
     """The last complete anchor line of a file (a torn last line is skipped); None when the
-    file is missing or holds none. Reads from the end, so long files are cheap; a line longer
-    than MAX_ANCHOR_BYTES is skipped without being held in memory."""
+    file is missing or holds none."""
     try:
-        handle = path.open("rb")
+        return read_latest(path, block=block)[0]
     except FileNotFoundError:
         return None
-    with handle:
+
+
+def read_latest(path: Path, *, block: int = 1 << 16) -> tuple[Anchor | None, int]:
+    """The last anchor line of a file, and how many lines after it are not anchors (a torn
+    last line after a crash, or damage: `audit verify` says so). Reads from the end, so long
+    files are cheap; a line longer than MAX_ANCHOR_BYTES is skipped without being held in
+    memory. FileNotFoundError when there is no file."""
+    skipped = 0
+    with path.open("rb") as handle:
         end = handle.seek(0, os.SEEK_END)
         tail = b""
         oversized = False  # the partial line in `tail` is already too long to be an anchor
@@ -114,14 +121,16 @@ def latest_anchor(path: Path, *, block: int = 1 << 16) -> Anchor | None:
             complete = lines if end == 0 else lines[1:]
             if oversized and complete:
                 complete, oversized = complete[:-1], False
+                skipped += 1
             for line in reversed(complete):
                 anchor = _parse_line(line)
                 if anchor is not None:
-                    return anchor
+                    return anchor, skipped
+                skipped += bool(line.strip())
             tail = lines[0] if end > 0 else b""
             if len(tail) > MAX_ANCHOR_BYTES:
                 tail, oversized = b"", True
-    return None
+    return None, skipped
 
 
 def _parse_line(line: bytes) -> Anchor | None:
