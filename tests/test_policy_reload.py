@@ -164,6 +164,20 @@ def test_a_broken_new_file_removed_is_logged_too(policy_dir: Path) -> None:
     assert gauges.stale() == [] and "newbie" not in registry.status()
 
 
+def test_an_unknown_tenant_verdict_says_when_the_tenant_has_a_file_that_does_not_load(
+    policy_dir: Path,
+) -> None:
+    registry = PolicyRegistry(policy_dir, TENANCY)
+    assert registry.unknown_reason("loopa") == "no policy for tenant 'loopa'"
+    (policy_dir / "loopa.yaml").write_text("extends: loopa\n")
+    registry.reload()
+    assert registry.resolve("loopa", "default") is None
+    assert registry.unknown_reason("loopa") == (
+        "no policy for tenant 'loopa': its policy file does not load "
+        f"({policy_dir / 'loopa.yaml'}: extends: inheritance cycle loopa -> loopa)"
+    )
+
+
 # -- a broken file in a tenant's chain -----------------------------------------------------------
 
 

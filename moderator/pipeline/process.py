@@ -214,7 +214,7 @@ class Processor:
         if policy is not None:
             return _Run(job, policy, done, obs, facts)
         run = _Run(job, self._policies.fallback(ev.tenant_id, ev.surface), done, obs, facts)
-        self._fail(run, ErrorCode.UNKNOWN_TENANT, f"no policy for tenant {ev.tenant_id!r}")
+        self._fail(run, ErrorCode.UNKNOWN_TENANT, self._policies.unknown_reason(ev.tenant_id))
         return None
 
     def _fetch_and_submit(self, run: _Run) -> None:

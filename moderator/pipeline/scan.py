@@ -105,6 +105,9 @@ class OperatorPolicies:
     def fallback(self, tenant_id: str, surface: str) -> CompiledPolicy:
         return OperatorPolicy(self._inner.fallback(tenant_id, surface))
 
+    def unknown_reason(self, tenant_id: str) -> str:
+        return self._inner.unknown_reason(tenant_id)
+
 
 def engine_shortfall(policies: PolicyRegistry, tenant_id: str, engine: Engine) -> Shortfall | None:
     """What the tenant's policy for scanned objects (no surface: its default one) acts on that

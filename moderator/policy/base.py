@@ -60,3 +60,7 @@ class PolicyProvider(Protocol):
     def fallback(self, tenant_id: str, surface: str) -> CompiledPolicy:
         """The policy that decides error verdicts for events no tenant policy covers."""
         ...
+
+    def unknown_reason(self, tenant_id: str) -> str:
+        """Why `resolve` has no policy for the tenant, for its `unknown_tenant` verdict."""
+        ...

@@ -113,6 +113,16 @@ class PolicyRegistry:
         """The default policy, which decides error verdicts for events no tenant policy covers."""
         return self._snap.policies[(DEFAULT, SURFACE_DEFAULT)].with_surface(surface)
 
+    def unknown_reason(self, tenant_id: str) -> str:
+        """`no policy for tenant 'x'`, and, when the tenant has a file that does not load (a
+        new file broken from the start), that file's first problem: the verdict then says why
+        a tenant whose file is there was judged as unknown."""
+        status = self._snap.status.get(tenant_id)
+        reason = f"no policy for tenant {tenant_id!r}"
+        if status is not None and status.error:
+            return f"{reason}: its policy file does not load ({status.error})"
+        return reason
+
     # -- state ---------------------------------------------------------------------------------
 
     @property
