@@ -19,8 +19,8 @@ from moderator.audit.integrity.anchors import (
     KafkaAnchorSink,
     S3AnchorSink,
     latest_anchor,
-    read_latest,
     parse_s3_uri,
+    read_latest,
     sinks_from_settings,
 )
 from moderator.audit.integrity.verify import check_chain
