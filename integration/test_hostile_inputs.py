@@ -3,7 +3,8 @@
 `moderator run` runs as a subprocess against the embedded stack with default settings (the fake
 engine aside, and a shorter decode deadline so that the test is quick). The uploads are images
 that are small as files and huge or slow to decode, a few ordinary images, and poison messages
-(a JSON array nested 5,000 deep, a 5,000-digit number).
+(a JSON array nested 5,000 deep, a 5,000-digit number, an event whose context would outgrow an
+audit record, a 1.2 MB message that outgrows a DLQ record).
 Every upload event must end in a verdict and every poison message in a DLQ record, the process
 must still be running afterwards, and its peak RSS (VmHWM, read from /proc before it is
 stopped) must stay within the bound docs/operations.md documents ("Memory and time bounds").
@@ -66,7 +67,19 @@ POISON = {
     )
     .replace('"k"}', '"k", "size": ' + "9" * 5000 + "}")
     .encode(),
+    # Under the 1 MiB message limit, but its context would make an audit record too large for
+    # one Kafka record: refused as malformed, kept whole in its DLQ record.
+    "big-context": json.dumps(
+        {
+            "event_id": "ctx",
+            "tenant_id": TENANT,
+            "object": {"bucket": BUCKET, "key": f"{TENANT}/x.png"},
+            "context": {"notes": "n" * 995_000},
+        }
+    ).encode(),
 }
+# Over what one DLQ record holds: its DLQ record keeps the first part.
+OVERSIZED = b'{"event_id": "big", "pad": "' + b"x" * 1_200_000 + b'"}'
 
 
 @pytest.fixture
@@ -87,7 +100,9 @@ def test_hostile_inputs_through_run(
         s3.put_object(Bucket=BUCKET, Key=f"{TENANT}/{unique}/{name}", Body=data)
     s3.close()
     uploads = f"hostile-{unique}"
-    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    producer = Producer(
+        {"bootstrap.servers": stack.bootstrap_servers, "message.max.bytes": 2_000_000}
+    )
     for name in images:
         event = {
             "event_id": name,
@@ -97,6 +112,7 @@ def test_hostile_inputs_through_run(
         producer.produce(uploads, json.dumps(event).encode(), key=name.encode())
     for name, value in POISON.items():
         producer.produce(uploads, value, key=name.encode())
+    producer.produce(uploads, OVERSIZED, key=b"oversized")
     assert producer.flush(30) == 0
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODERATOR_", "AWS_"))}
@@ -136,7 +152,7 @@ def test_hostile_inputs_through_run(
         while time.monotonic() < give_up:
             verdicts = {v["event_id"]: v for v in _read(stack, f"{uploads}-verdicts")}
             dlq = _read(stack, f"{uploads}-dlq", raw=True)
-            done = len(verdicts) >= len(images) and len(dlq) >= len(POISON)
+            done = len(verdicts) >= len(images) and len(dlq) >= len(POISON) + 1
             if done or proc.poll() is not None:
                 break
             time.sleep(0.5)
@@ -157,7 +173,9 @@ def test_hostile_inputs_through_run(
         got = (verdicts[name]["error"] or {}).get("code")
         assert got == expected, f"{name}: {got} != {expected} ({verdicts[name]['error']})"
     assert verdicts["frames-200.gif"]["decision"] == "review"
-    assert sorted(dlq) == sorted(POISON.values())  # dead-lettered as they came
+    cut = [value for value in dlq if value not in POISON.values()]
+    assert sorted(v for v in dlq if v in POISON.values()) == sorted(POISON.values())  # as they came
+    assert len(cut) == 1 and OVERSIZED.startswith(cut[0]) and 990_000 < len(cut[0]) < 1_000_000
     assert peak < RSS_BOUND_MIB * MiB, f"peak RSS {peak / MiB:.0f} MiB"
 
 
