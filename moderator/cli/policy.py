@@ -79,6 +79,11 @@ def cmd_validate(
         policies_found = found
     rows = [(t, s, p.version) for (t, s), p in _ordered(policies_found)]
     _print_lines(table(("tenant", "surface", "version"), rows, header=False), sys.stdout)
+    if candidate is None:
+        from moderator.policy.overlap import overlaps
+
+        shared = overlaps(policies_found)
+        _print_lines((f"moderator: warning: {line}" for line in shared), sys.stderr)
     if engine is not None and declared is not None:
         gaps = shortfalls([p.resolved for p in policies_found.values()], engine, declared)
         _print_lines((f"moderator: warning: {gap.message()}" for gap in gaps), sys.stderr)

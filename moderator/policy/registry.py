@@ -169,6 +169,8 @@ class PolicyRegistry:
             self._snap = new
             self._publish(old, new)
         changed = _changes(old, new)
+        if new is not old:
+            _log_overlaps(old, new)
         if initial:
             log.info("policies_loaded", directory=str(self._dir), tenants=len(new.status))
             return bool(changed)
@@ -381,3 +383,14 @@ def _changes(old: _Snapshot, new: _Snapshot) -> list[tuple[str, str, str | None,
         if a != b:
             out.append((tenant, surface, b, a))
     return out
+
+
+def _log_overlaps(old: _Snapshot, new: _Snapshot) -> None:
+    """A warning for each pair of tenants whose allowed locations came to overlap (at start-up:
+    each that does), as `policy validate` warns (moderator.policy.overlap)."""
+    from moderator.policy.overlap import overlaps
+
+    before = set(overlaps(old.policies)) if old.policies else set()
+    for line in overlaps(new.policies):
+        if line not in before:
+            log.warning("policy_locations_overlap", detail=line)
