@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from collections.abc import Iterator
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -75,8 +76,17 @@ def config(tmp_path: Path, policies: Path, monkeypatch: pytest.MonkeyPatch) -> P
 def served_app(config: Path, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
     """The app `moderator audit serve --config config` would run."""
     started: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: started.append(app))
-    assert main(["audit", "serve", "--config", str(config)]) == 0
+
+    def run(server: Any, sockets: list[Any] | None = None) -> None:
+        started.append(server.config.app)
+        for sock in sockets or []:
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    with socket.socket() as probe:  # a free port: the command binds it before uvicorn runs
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    assert main(["audit", "serve", "--config", str(config), "--port", port]) == 0
     (app,) = started
     assert isinstance(app, FastAPI)
     return app
