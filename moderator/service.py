@@ -223,6 +223,7 @@ def _serve(
         renew_producer=(lambda: make_producer(settings)) if producer is None else None,
     )
     telemetry.liveness.add("consume loop", lambda: loop.turn_started, settings.http.stall_s)
+    telemetry.readiness.add("checkpoints", loop.checkpoints)
     try:
         loop.run(stop)
     finally:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import OFFSET_INVALID, TopicPartition
 
 from moderator.emit.records import OutRecord, Trace
@@ -260,3 +261,24 @@ def test_a_new_policy_file_that_fails_sets_its_stale_gauge(tmp_path: Path) -> No
     registry.reload()
     assert samples(telemetry)[("moderator_policy_stale", (("tenant", "newbie"),))] == 1
     assert not [k for k in samples(telemetry) if ("tenant", "newbie") in k[1] and "info" in k[0]]
+
+
+@pytest.mark.usefixtures("info_logs")
+def test_checkpoints_aborting_in_a_row_make_the_process_not_ready() -> None:
+    from structlog.testing import capture_logs
+
+    from moderator.obs.intake import ABORTS_NOT_READY
+
+    obs = IntakeObserver("verdicts")
+    with capture_logs() as logs:
+        for _ in range(ABORTS_NOT_READY - 1):
+            obs.aborted(0.1, "Message size too large")
+        assert obs.checkpoints().ok
+        obs.aborted(0.1, "Message size too large")
+        check = obs.checkpoints()
+        assert not check.ok
+        assert check.detail == "the last 5 checkpoints aborted: Message size too large"
+        obs.committed({("uploads", 0): 10}, 0.1)
+        assert obs.checkpoints().ok
+    events = [(line["event"], line["log_level"]) for line in logs]
+    assert events == [("checkpoints_failing", "error"), ("checkpoints_committing_again", "info")]

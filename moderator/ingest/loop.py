@@ -82,11 +82,10 @@ class IngestLoop:
         self._consumer = consumer
         self.producer = producer
         self._processor = processor
-        self._rule = TenantRule(
-            settings.tenancy.rule,
-            dict(settings.tenancy.bucket_map),
-            frozenset(settings.tenancy.content_events),
-        )
+        tenancy = settings.tenancy
+        events = frozenset(tenancy.content_events)
+        self._rule = TenantRule(tenancy.rule, dict(tenancy.bucket_map), events)
+        self.checkpoints = self._obs.checkpoints  # the `checkpoints` readiness check
         self._eos = settings.kafka.delivery == "exactly_once"
         self.turn_started: float | None = None
         self._tracker: OffsetTracker[OutRecord] = OffsetTracker()
@@ -312,7 +311,7 @@ class IngestLoop:
                 self.producer = replace_producer(self._renew, exc, self._timeout)
                 self.stats.producers_replaced += 1
             self.stats.aborted += 1
-            self._obs.aborted(time.monotonic() - started)
+            self._obs.aborted(time.monotonic() - started, str(exc))
             log.warning("checkpoint_aborted", reason=str(exc), partitions=len(ready))
             if revoking:  # the partitions are leaving: the next owner starts from the commit
                 for tp in ready:

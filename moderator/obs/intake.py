@@ -13,14 +13,21 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from moderator.emit.records import OutRecord
-from moderator.obs.health import Contact
+from moderator.obs.health import Check, Contact
 from moderator.obs.metrics import Metrics, no_metrics
 
 if TYPE_CHECKING:
     from moderator.pipeline.process import Job
 
+log = structlog.get_logger("moderator.ingest")
+
 TP = tuple[str, int]
+ABORTS_NOT_READY = 5
+"""Checkpoints aborted in a row, with none committed between, after which the `checkpoints`
+readiness check fails: the same outputs are being produced and aborted again."""
 # A verdict's JSON holds `"error":null` exactly when it is not an error verdict: the key occurs
 # once, at the top level, and inside JSON strings every quote is escaped.
 _NO_ERROR = b'"error":null'
@@ -50,6 +57,8 @@ class IntakeObserver:
         self._next_lag = 0.0
         # Per partition, in offset order: (offset, upload times) of messages not yet committed.
         self._started: dict[TP, deque[tuple[int, tuple[float | None, ...]]]] = {}
+        self._aborts = 0  # checkpoints aborted since the last one committed
+        self._abort_reason = ""
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -93,6 +102,9 @@ class IntakeObserver:
         `seconds` (the `publish` stage)."""
         self._m.add("moderator_transactions_total", result="commit")
         self._m.record("moderator_stage_latency_seconds", seconds, stage="publish")
+        if self._aborts >= ABORTS_NOT_READY:
+            log.info("checkpoints_committing_again", aborted_in_a_row=self._aborts)
+        self._aborts = 0
         if self._broker is not None:
             self._broker.answered()
         now = self._wall()
@@ -104,10 +116,21 @@ class IntakeObserver:
                         latency = max(0.0, now - start)
                         self._m.record("moderator_upload_to_verdict_seconds", latency)
 
-    def aborted(self, seconds: float) -> None:
+    def aborted(self, seconds: float, reason: str = "") -> None:
         """A checkpoint aborted after `seconds` (its outputs are produced again later)."""
         self._m.add("moderator_transactions_total", result="abort")
         self._m.record("moderator_stage_latency_seconds", seconds, stage="publish")
+        self._aborts += 1
+        self._abort_reason = reason
+        if self._aborts == ABORTS_NOT_READY:
+            log.error("checkpoints_failing", aborted_in_a_row=self._aborts, reason=reason)
+
+    def checkpoints(self) -> Check:
+        """The `checkpoints` readiness check: not ready once ABORTS_NOT_READY checkpoints in a
+        row have aborted (nothing is committed; the consumer redoes the same work)."""
+        if self._aborts < ABORTS_NOT_READY:
+            return Check(True, "committing")
+        return Check(False, f"the last {self._aborts} checkpoints aborted: {self._abort_reason}")
 
     def released(self, tps: Iterable[TP]) -> None:
         """No longer assigned here: its lag is another member's to report."""
