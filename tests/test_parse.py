@@ -79,6 +79,17 @@ def test_notification_several_records_and_url_decoding() -> None:
     assert all(e.tenant_id == "acme" for e in parsed.events)
 
 
+@pytest.mark.parametrize(
+    "key", ["acme/%FF.jpg", "acme/%C3.jpg", "acme/%ED%A0%80.jpg", "acme/%ff%fe.jpg"]
+)
+def test_a_key_whose_escapes_are_not_utf8_is_malformed(key: str) -> None:
+    """Decoded leniently it would name another object (U+FFFD in place of the bytes)."""
+    with pytest.raises(MalformedMessage, match=r"s3\.object\.key: its %-escapes are not UTF-8"):
+        parse_message(notification(record(key=key)), RULE)
+    parsed = parse_message(notification(record(key="acme/caf%C3%A9+x.jpg")), RULE)
+    assert parsed.events[0].object.key == "acme/café x.jpg"
+
+
 def test_notification_event_id_is_deterministic() -> None:
     a = parse_message(notification(record(sequencer="0055")), RULE).events[0]
     b = parse_message(notification(record(sequencer="0055")), RULE).events[0]
@@ -230,8 +241,8 @@ def test_notification_bucket_or_object_unusable(s3: object) -> None:
     assert "Records[0]" in _reason(notification(rec))
 
 
-@pytest.mark.parametrize("key", ["acme/%ff%fe.jpg", "acme/%ED%A0%80.jpg", "acme/%", "acme/%zz"])
-def test_notification_odd_percent_escapes_decode_leniently(key: str) -> None:
+@pytest.mark.parametrize("key", ["acme/%", "acme/%zz", "acme/100%"])
+def test_notification_text_that_is_no_percent_escape_stays_as_it_is(key: str) -> None:
     (event,) = parse_message(notification(record(key=key)), RULE).events
     assert event.object.key.startswith("acme/")
 

@@ -140,7 +140,7 @@ def _event_from_record(record: dict[str, Any], where: str, rule: TenantRule) -> 
         where,
         _FIELD_NAMES,
         bucket=member(member(s3, "bucket", dict, f"{where}.s3"), "name", str, f"{where}.s3.bucket"),
-        key=unquote_plus(raw_key),
+        key=_decoded_key(raw_key, at),
         version=optional_str(obj, "versionId", at),
         sequencer=optional_str(obj, "sequencer", at),
         etag=optional_str(obj, "eTag", at) or optional_str(obj, "etag", at),
@@ -148,6 +148,17 @@ def _event_from_record(record: dict[str, Any], where: str, rule: TenantRule) -> 
         content_type=optional_str(obj, "contentType", at),
         event_time=record.get("eventTime"),
     )
+
+
+def _decoded_key(raw_key: str, at: str) -> str:
+    """The object key from its URL-encoded form in the notification. A `%XX` sequence that is
+    not UTF-8 names no key S3 stores (it would come out as U+FFFD, another object): malformed."""
+    try:
+        return unquote_plus(raw_key, errors="strict")
+    except UnicodeDecodeError:
+        raise NotificationError(
+            f"{at}.key: its %-escapes are not UTF-8 ({raw_key[:80]!r})"
+        ) from None
 
 
 # ObjectRef's field names as the notification spells them, for error messages.
