@@ -333,3 +333,23 @@ def test_an_anchor_file_that_is_not_there_is_named_as_such(
     monkeypatch.setenv("MODERATOR_AUDIT__ANCHOR_FILE", str(path))
     code, _, err = run(capsys, "verify")
     assert code in (1, 2) and message.format(path=path) in err
+
+
+def test_a_long_verify_shows_its_progress_on_stderr(
+    db: Db, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most every 5 s (here: every 2 rows, at once), so a short verify prints none."""
+    from moderator.audit.integrity import verify as verify_module
+    from moderator.cli import audit_admin
+
+    code, out, err = run(capsys, "verify")
+    assert code == 0 and "rows checked, chain" not in err
+    monkeypatch.setattr(verify_module, "PROGRESS_ROWS", 2)
+    monkeypatch.setattr(audit_admin, "PROGRESS_EVERY_S", 0.0)
+    code, out, err = run(capsys, "verify")
+    assert code == 0 and out.splitlines()[-1] == "intact"
+    lines = [line for line in err.splitlines() if line.startswith("verify: ")]
+    assert lines[0].startswith("verify: 2 rows checked, chain 1 of 2 (")
+    assert " chain 2 of 2 (" in lines[-1]
+    counts = [int(line.split()[1].replace(",", "")) for line in lines]
+    assert counts == sorted(counts) and counts[-1] <= 10

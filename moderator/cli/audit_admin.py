@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moderator.cli.style import add_command, add_config_flag, examples
 from moderator.errors import ConfigError, ModeratorError
+from moderator.text import safe_line
 from moderator.words import counted
 
 if TYPE_CHECKING:
@@ -84,7 +86,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         anchor, where = _load_anchor(settings, args.anchor_file, args.anchor_s3)
         with open_existing_store(settings.audit.url) as store:
-            report = verify(store, anchor)
+            report = verify(store, anchor, _progress_printer())
             url = store.url
     except ConfigError:
         raise
@@ -93,6 +95,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_UNVERIFIABLE
     _print_report(report, url, where)
     return report.exit_code
+
+
+PROGRESS_EVERY_S = 5.0
+
+
+def _progress_printer() -> Callable[[int, int, int, str], None]:
+    """A progress line on stderr, `verify: N rows checked, chain C of T (topic[p]), S s`, at
+    most every PROGRESS_EVERY_S seconds and not before the first have passed: a short verify
+    prints none."""
+    started = time.monotonic()
+    last = [started]
+
+    def show(rows: int, number: int, chains: int, chain: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            print(
+                f"verify: {rows:,} rows checked, chain {number} of {chains} ({safe_line(chain)}), "
+                f"{now - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return show
 
 
 def _load_anchor(

@@ -27,7 +27,7 @@ kept columns are not either: `VerifyReport.rows_legacy` / `rows_uncovered` count
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -115,19 +115,27 @@ class VerifyReport:
         return EXIT_INTACT if self.ok else EXIT_TAMPERED
 
 
-def verify(store: AuditStore, anchor: Anchor | None) -> VerifyReport:
+Progress = Callable[[int, int, int, str], None]
+"""Told every PROGRESS_ROWS rows: rows checked so far, the chain's number (from 1), chains in
+all, and the chain (`topic[partition]`)."""
+PROGRESS_ROWS = 10_000
+
+
+def verify(
+    store: AuditStore, anchor: Anchor | None, progress: Progress | None = None
+) -> VerifyReport:
     """Walk every chain (streaming) and every policy version. Database failures raise
     AuditUnavailable/AuditError ("could not verify", exit 1), never a report; so does a value
     of the wrong type where the walk cannot place the row (SQLite stores any type anywhere)."""
     try:
-        return _verify(store, anchor)
+        return _verify(store, anchor, progress)
     except (TypeError, ValueError) as exc:
         raise AuditError(
             f"a stored value has a type no writer stores (edited in the database?): {exc}"
         ) from exc
 
 
-def _verify(store: AuditStore, anchor: Anchor | None) -> VerifyReport:
+def _verify(store: AuditStore, anchor: Anchor | None, progress: Progress | None) -> VerifyReport:
     problems: list[Problem] = [
         Problem("policy_version", f"document of {key} hashes to {sha256_hex(data)}")
         for key, data in store.policy_documents()
@@ -137,13 +145,16 @@ def _verify(store: AuditStore, anchor: Anchor | None) -> VerifyReport:
     anchored = {(h.topic, h.partition): h for h in (anchor.heads if anchor else ())}
     chains = sorted(set(store.chains()) | set(anchored))
     checked = redacted = legacy = uncovered = 0
-    for topic, partition in chains:
+    for number, (topic, partition) in enumerate(chains, 1):
         targets: list[tuple[Literal["anchor", "head"], ChainHead]] = []
         if (topic, partition) in anchored:
             targets.append(("anchor", anchored[(topic, partition)]))
         if (topic, partition) in recorded:
             targets.append(("head", recorded[(topic, partition)]))
-        result = check_chain(topic, partition, store.iter_chain(topic, partition), targets)
+        rows = store.iter_chain(topic, partition)
+        if progress is not None:
+            rows = _told(rows, progress, checked, (number, len(chains), f"{topic}[{partition}]"))
+        result = check_chain(topic, partition, rows, targets)
         checked += result.rows_checked
         redacted += result.rows_redacted
         legacy += result.rows_legacy
@@ -330,3 +341,14 @@ def _problem(topic: str, partition: int, row: ChainRow, kind: Kind, detail: str)
 
 def _label(name: str) -> str:
     return "anchor" if name == "anchor" else "recorded chain head"
+
+
+def _told(
+    rows: Iterable[ChainRow], progress: Progress, before: int, where: tuple[int, int, str]
+) -> Iterator[ChainRow]:
+    """`rows`, telling `progress` every PROGRESS_ROWS rows (`before` rows were checked in the
+    chains before this one)."""
+    for count, row in enumerate(rows, 1):
+        if count % PROGRESS_ROWS == 0:
+            progress(before + count, *where)
+        yield row
