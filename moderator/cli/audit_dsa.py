@@ -47,7 +47,6 @@ SKIPPED = {
         "error decision about no content of the tenant",
         "error decisions about no content of the tenant",
     ),
-    "redacted": ("redacted record", "redacted records"),
 }
 
 
@@ -181,6 +180,9 @@ def cmd_export_dsa(
     smoke = exporter.counts["smoke_test_included"]
     # Said whenever such statements went out, so that a test export is never taken for a real one.
     included = f" ({smoke} by a smoke-test model, --include-smoke-test)" if smoke else ""
+    redacted = exporter.counts["redacted"]
+    if redacted:  # from the kept columns: dated by their decision, the upload time is gone
+        included += f" ({redacted} of redacted records, from the columns retention keeps)"
     print(
         f"moderator: {statements}{included} (schema {SCHEMA_VERSION}) in "
         f"{counted(-(-written // BATCH_MAX), 'batch', 'batches')} of at most {BATCH_MAX}"
@@ -246,18 +248,17 @@ class _Exporter:
             DsaExportError,
             content_date_for,
             from_smoke_test_model,
+            kept_record,
             skip_reason,
             skip_without_mapping,
             statement_for,
         )
         from moderator.audit.dsa.spec import validate_statement
 
-        if row.record is None:
-            self.counts["redacted"] += 1
-            return None
+        record = row.record if row.record is not None else kept_record(row)
         where = f"event {row.event_id} (tenant {row.tenant_id})"
         try:
-            smoke_test = from_smoke_test_model(row.record)
+            smoke_test = from_smoke_test_model(record)
         except DsaExportError as exc:
             raise DsaExportError(f"{where}: {exc}") from exc
         # Checked before the mapping: a decision that means nothing is never reported, whatever
@@ -268,14 +269,14 @@ class _Exporter:
         try:
             mapping = self._mapping(row.tenant_id)
         except DsaExportError as exc:
-            unmapped = skip_without_mapping(row.record)  # e.g. an unknown_tenant error verdict
+            unmapped = skip_without_mapping(record)  # e.g. an unknown_tenant error verdict
             if unmapped is None:
                 raise DsaExportError(f"{where}: {exc}") from exc
             self.counts[unmapped] += 1
             return None
         try:
-            reason = skip_reason(row.record, mapping)
-            statement = None if reason else statement_for(row.record, mapping, self._options)
+            reason = skip_reason(record, mapping)
+            statement = None if reason else statement_for(record, mapping, self._options)
         except DsaExportError as exc:
             raise DsaExportError(f"{where}: {exc}") from exc
         if statement is None:
@@ -286,7 +287,8 @@ class _Exporter:
             raise DsaExportError(f"{where}: invalid statement: " + "; ".join(problems))
         self.counts["statements"] += 1
         self.counts["smoke_test_included"] += smoke_test
-        if row.record.get("uploaded_at") is not None and not content_date_for(row.record)[1]:
+        self.counts["redacted"] += row.record is None
+        if record.get("uploaded_at") is not None and not content_date_for(record)[1]:
             self.counts["dated_by_decision"] += 1
             self.first_dated_by_decision = (
                 self.first_dated_by_decision or f"event {row.event_id}, tenant {row.tenant_id}"

@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moderator.audit.dsa.facts import decision_facts, explanation
 from moderator.audit.dsa.spec import (
@@ -41,6 +41,9 @@ from moderator.audit.dsa.spec import (
 from moderator.errors import ConfigError, ModeratorError
 from moderator.events.verdict import category_code
 from moderator.policy.model import ResolvedPolicy
+
+if TYPE_CHECKING:
+    from moderator.audit.models import AuditRow
 
 __all__ = [
     "AUTOMATED_DECISION",
@@ -182,6 +185,32 @@ def skip_reason(record: Mapping[str, Any], mapping: TenantDsa) -> str | None:
     if _error_code(verdict) in NO_CONTENT_ERRORS:
         return "no_content"
     return None
+
+
+def kept_record(row: AuditRow) -> dict[str, Any]:
+    """What a statement needs of a redacted row, from the columns retention keeps: the decision,
+    its time, tenant and event id, the category or error code, the source, the surface, the
+    policy version and whether a smoke-test model decided. The upload time is gone, so the
+    statement is dated by its decision and says so (`content_date_for`)."""
+    model = (
+        {"engine": row.model_engine, "name": row.model_name, "smoke_test": row.model_smoke_test}
+        if row.model_engine is not None
+        else None
+    )
+    verdict = {
+        "event_id": row.event_id,
+        "tenant_id": row.tenant_id,
+        "decision": row.decision,
+        "decided_at": row.decided_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "error": {"code": row.error_code} if row.error_code is not None else None,
+        "assessment": (
+            {"rating": row.rating, "category": row.category} if row.category is not None else None
+        ),
+        "policy": {"version": row.policy_version, "surface": row.surface},
+        "source": row.source,
+        "model": model,
+    }
+    return {"verdict": verdict, "uploaded_at": None}
 
 
 def from_smoke_test_model(record: Mapping[str, Any]) -> bool:
