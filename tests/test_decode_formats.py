@@ -191,3 +191,7 @@ def test_pages_over_the_frame_limit_are_counted(monkeypatch: pytest.MonkeyPatch)
     pages = [small() for _ in range(6)]
     data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
     assert refusal(data) == (ErrorCode.DECOMPRESSION_BOMB, "the file has 6 frames (limit 5)")
+
+
+def test_an_empty_object_is_named_as_empty() -> None:
+    assert refusal(b"") == (ErrorCode.UNSUPPORTED_FORMAT, "the object is empty (0 bytes)")

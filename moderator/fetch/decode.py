@@ -171,7 +171,10 @@ def _open_allowed(data: bytes, allowed: tuple[str, ...]) -> ImageFile.ImageFile:
     if bad_header is not None:
         raise ProcessingError(ErrorCode.CORRUPT_IMAGE, _first_line(bad_header)) from bad_header
     other = recognised_format(data)
-    what = f"format {other} is not allowed" if other else "not a recognised image format"
+    if not data:
+        what = "the object is empty (0 bytes)"
+    else:
+        what = f"format {other} is not allowed" if other else "not a recognised image format"
     raise ProcessingError(ErrorCode.UNSUPPORTED_FORMAT, what)
 
 
