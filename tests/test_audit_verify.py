@@ -353,3 +353,16 @@ def test_a_long_verify_shows_its_progress_on_stderr(
     assert " chain 2 of 2 (" in lines[-1]
     counts = [int(line.split()[1].replace(",", "")) for line in lines]
     assert counts == sorted(counts) and counts[-1] <= 10
+
+
+def test_a_tampered_chain_says_what_was_left_unchecked_and_counts_read_as_words(
+    db: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db.sql("UPDATE audit_records SET columns_hash = NULL WHERE seq = 2 AND partition = 0")
+    code, out, err = run(capsys, "verify")
+    assert code == 3 and out.splitlines()[-1] == "TAMPERING FOUND"
+    assert out.splitlines()[-2].startswith("note: a TAMPERED chain is checked up to its first")
+    assert err.splitlines()[-1] == (
+        "warning: 1 row predates schema version 3 (chain format v1): the hash chain does not "
+        "cover their offset"
+    )

@@ -208,12 +208,24 @@ def _print_report(report: VerifyReport, url: str, where: str | None) -> None:
     )
     for problem in report.problems:
         print(f"problem: {problem}")
+    if broken:
+        print(
+            "note: a TAMPERED chain is checked up to its first broken link only; its rows after "
+            "that link (up to head_seq) are unchecked until it is restored and verified again"
+        )
     print("intact" if report.ok else "TAMPERING FOUND")
     if report.rows_legacy:
+        legacy, uncovered = report.rows_legacy, report.rows_uncovered
+        kept = (
+            f", nor the kept columns (decision, tenant, time, ...) of the {uncovered} redacted "
+            "among them"
+            if uncovered
+            else ""
+        )
         print(
-            f"warning: {counted(report.rows_legacy, 'row')} predate schema version 3 (chain "
-            "format v1): the hash chain does not cover their offset, nor the kept columns "
-            f"(decision, tenant, time, ...) of the {report.rows_uncovered} redacted among them",
+            f"warning: {counted(legacy, 'row')} {'predates' if legacy == 1 else 'predate'} "
+            "schema version 3 (chain format v1): the hash chain does not cover their offset"
+            f"{kept}",
             file=sys.stderr,
         )
 
