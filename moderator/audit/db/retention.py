@@ -10,7 +10,7 @@ a redacted row's columns, and holds it to having nothing left of what redaction 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from moderator.audit.db.store import AuditStore
@@ -32,12 +32,17 @@ def cutoff(now: datetime, tenant: str, days: int) -> datetime:
 
 
 def redact_expired(
-    store: AuditStore, policy: Mapping[str, int | None], now: datetime
+    store: AuditStore,
+    policy: Mapping[str, int | None],
+    now: datetime,
+    done: Callable[[str, int, int, int], None] | None = None,
 ) -> dict[str, int]:
     """Redact rows decided more than `policy[tenant]` days before `now` (tenants without an
     entry use `policy["default"]`; no entry or None keeps rows forever). Returns the rows
     redacted per tenant (tenants with none are left out). A number of days outside
-    0..MAX_RETENTION_DAYS raises ConfigError before anything is redacted."""
+    0..MAX_RETENTION_DAYS raises ConfigError before anything is redacted. `done` is told after
+    each step: the entry (a tenant, or "default"), rows redacted so far, the step's number and
+    the steps in all."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     cutoffs = {
@@ -45,9 +50,13 @@ def redact_expired(
     }
     counts: dict[str, int] = {}
     named = [tenant for tenant in policy if tenant != DEFAULT_KEY]
-    for tenant in named:
-        if tenant in cutoffs:
-            counts.update(store.redact(cutoffs[tenant], now, tenant_ids=[tenant]))
-    if DEFAULT_KEY in cutoffs:
-        counts.update(store.redact(cutoffs[DEFAULT_KEY], now, exclude=named))
+    steps = [tenant for tenant in named if tenant in cutoffs]
+    steps += [DEFAULT_KEY] if DEFAULT_KEY in cutoffs else []
+    for number, entry in enumerate(steps, 1):
+        if entry == DEFAULT_KEY:
+            counts.update(store.redact(cutoffs[DEFAULT_KEY], now, exclude=named))
+        else:
+            counts.update(store.redact(cutoffs[entry], now, tenant_ids=[entry]))
+        if done is not None:
+            done(entry, sum(counts.values()), number, len(steps))
     return counts
