@@ -158,3 +158,27 @@ def test_oversized_inputs_and_a_long_model_answer_end_in_outputs_and_commits(
     ]:
         size = len(record.key or b"") + len(record.value or b"")
         assert size + sum(len(k) + len(v) for k, v in record.headers or []) <= MAX_RECORD_BYTES
+
+
+def test_a_dlq_record_keeps_the_message_s_own_headers_but_none_named_like_ours() -> None:
+    record = dlq_output(
+        dlq_topic="d", key=b"k", value=b"{", code="malformed_event", message="m",
+        source_topic="u", partition=0, offset=3,
+        headers=[("traceparent", b"00-ab"), ("moderator.error.code", b"none"), ("x", None)],
+    )  # fmt: skip
+    names = [name for name, _ in record.headers]
+    assert names[0] == "traceparent" and names.count("moderator.error.code") == 1
+    assert dict(record.headers)["moderator.error.code"] == b"malformed_event"
+    assert "x" not in names
+
+
+def test_a_dlq_record_drops_the_message_s_headers_when_they_are_too_many() -> None:
+    many = [(f"h{i}", b"v" * 100) for i in range(200)]
+    record = dlq_output(
+        dlq_topic="d", key=b"k", value=b"{", code="malformed_event", message="m",
+        source_topic="u", partition=0, offset=3, headers=many,
+    )  # fmt: skip
+    assert not any(name.startswith("h") for name, _ in record.headers)
+    assert (
+        dict(record.headers)["moderator.source.headers_bytes"] == b"20690"
+    )  # names h0..h199 and 100-byte values

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from moderator.emit.serialise import audit_json
 from moderator.events.verdict import AuditRecord, Verdict
@@ -21,6 +22,8 @@ MAX_RECORD_BYTES = 1_000_000
 fails at `produce`, and with it the whole checkpoint, again at every try: no input may make one
 (inputs and model output are bounded upstream, and a DLQ record is cut to fit, `dlq_output`)."""
 RECORD_MARGIN_BYTES = 1024  # librdkafka's own framing of a record and its headers
+MAX_SOURCE_HEADER_BYTES = 16 * 1024
+"""The most of a dead-lettered message's own headers its DLQ record keeps (more: none kept)."""
 
 
 @dataclass(frozen=True)
@@ -162,13 +165,18 @@ def dlq_output(
     source_topic: str,
     partition: int,
     offset: int,
-    headers: Headers | None = None,
+    headers: Any = None,
 ) -> OutRecord:
     """The original message with the error and its origin in headers: unchanged, unless key
     and value together would not fit in MAX_RECORD_BYTES. Then the value (and, were it still
     too long, the key) is cut to fit, and `moderator.source.value_bytes` (and
     `moderator.source.key_bytes`) give the original length; the whole message stays on the
-    source topic at the coordinates in the headers, while that topic keeps it."""
+    source topic at the coordinates in the headers, while that topic keeps it.
+
+    The message's own `headers` (as the consumer gives them) come first, kept as they are,
+    except any named `moderator.*` (ours follow them; a producer cannot pass one off as ours)
+    and any without a value. Together over MAX_SOURCE_HEADER_BYTES, none is kept and
+    `moderator.source.headers_bytes` says how much there was."""
     ours = [
         ("moderator.error.code", code.encode()),
         ("moderator.error.message", message[:1000].encode()),
@@ -176,7 +184,7 @@ def dlq_output(
         ("moderator.source.partition", str(partition).encode()),
         ("moderator.source.offset", str(offset).encode()),
     ]
-    all_headers = list(headers or []) + ours
+    all_headers = _source_headers(headers) + ours
     key_len, value_len = len(key or b""), len(value or b"")
     room = MAX_RECORD_BYTES - RECORD_MARGIN_BYTES - _header_bytes(all_headers)
     if key_len + value_len <= room:
@@ -191,6 +199,25 @@ def dlq_output(
     if value is not None:
         value = value[: max(0, room - len(key or b""))]
     return OutRecord(dlq_topic, key, value, all_headers)
+
+
+def _source_headers(headers: Any) -> Headers:
+    """The dead-lettered message's own headers that its DLQ record keeps (see dlq_output)."""
+    if not isinstance(headers, list | tuple):
+        return []
+    kept: Headers = [
+        (name, bytes(value))
+        for entry in headers
+        if isinstance(entry, tuple) and len(entry) == 2
+        for name, value in [entry]
+        if isinstance(name, str)
+        and not name.startswith("moderator.")
+        and isinstance(value, bytes | bytearray)
+    ]
+    size = _header_bytes(kept)
+    if size > MAX_SOURCE_HEADER_BYTES:
+        return [("moderator.source.headers_bytes", str(size).encode())]
+    return kept
 
 
 def record_bytes(record: OutRecord) -> int:

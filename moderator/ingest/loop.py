@@ -245,6 +245,7 @@ class IngestLoop:
             source_topic=tp[0],
             partition=tp[1],
             offset=offset,
+            headers=msg.headers(),
         )
         self._complete(tp, offset, [dlq])
 
