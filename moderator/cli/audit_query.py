@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -258,13 +259,23 @@ def open_existing_store(url: str) -> AuditStore:
     return AuditStore.open(url)
 
 
+PROGRESS_EVERY_S = 5.0
+
+
 def _pages(store: AuditStore, query: AuditQuery, *, every: bool) -> Iterator[list[AuditRow]]:
-    """Yield each page's rows; without `every`, one page and the next cursor on stderr."""
+    """Yield each page's rows; without `every`, one page and the next cursor on stderr. With
+    `every`, a run past 5 s says on stderr, at most every 5 s, how many rows it has written."""
     from dataclasses import replace
 
+    started = last = time.monotonic()
+    written = 0
     while True:
         page = store.query(query)
         yield page.rows
+        written += len(page.rows)
+        if every and (now := time.monotonic()) - last >= PROGRESS_EVERY_S:
+            last = now
+            print(f"query: {written:,} rows written, {now - started:.0f} s", file=sys.stderr)
         if page.next_cursor is None:
             return
         if not every:
