@@ -26,18 +26,11 @@ if TYPE_CHECKING:
     from moderator.audit.models import AuditQuery, AuditRow
 
 FORMATS = ("table", "json", "csv")
+PROGRESS_EVERY_S = 5.0  # `--all`: the most often, and the soonest, it says how far it is
 TABLE_COLUMNS = (
-    "decided_at",
-    "tenant",
-    "event_id",
-    "object",
-    "decision",
-    "category",
-    "score",
-    "policy",
-    "model",
-    "error",
-)
+    "decided_at", "tenant", "event_id", "object", "decision",
+    "category", "score", "policy", "model", "error",
+)  # fmt: skip
 EXTRA_TABLE_COLUMNS = (
     "surface",
     "rating",
@@ -257,9 +250,6 @@ def open_existing_store(url: str) -> AuditStore:
         if not path.is_file():
             raise AuditUnavailable(f"audit store {url}: no such database file {path}")
     return AuditStore.open(url)
-
-
-PROGRESS_EVERY_S = 5.0
 
 
 def _pages(store: AuditStore, query: AuditQuery, *, every: bool) -> Iterator[list[AuditRow]]:
