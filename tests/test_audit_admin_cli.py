@@ -128,11 +128,11 @@ def test_serve_without_the_api_extra_names_it(
 def test_a_long_retention_shows_each_step_on_stderr(
     aged_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from moderator.cli import audit_admin
+    from moderator.cli import progress
 
     code, _, err = run(capsys, "retention", "--dry-run")
     assert code == 0 and "retention:" not in err
-    monkeypatch.setattr(audit_admin, "PROGRESS_EVERY_S", 0.0)  # as if each step took 5 s
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # as if each step took 5 s
     code, _, err = run(capsys, "retention")
     assert code == 0
     lines = [line.rsplit(",", 1)[0] for line in err.splitlines() if line.startswith("retention:")]

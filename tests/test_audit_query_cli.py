@@ -209,9 +209,9 @@ def test_cursor_pages_and_all(db: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_a_long_query_all_says_how_far_it_is_on_stderr(
     db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from moderator.cli import audit_query
+    from moderator.cli import progress
 
-    monkeypatch.setattr(audit_query, "PROGRESS_EVERY_S", 0.0)  # as if each page took 5 s
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # as if each page took 5 s
     code, out, err = run(capsys, "query", "--all", "--limit", "4", "--format", "json")
     assert code == 0 and len(out.splitlines()) == 10
     assert [line.rsplit(",", 1)[0] for line in err.splitlines()] == [

@@ -340,12 +340,12 @@ def test_a_long_verify_shows_its_progress_on_stderr(
 ) -> None:
     """At most every 5 s (here: every 2 rows, at once), so a short verify prints none."""
     from moderator.audit.integrity import verify as verify_module
-    from moderator.cli import audit_admin
+    from moderator.cli import progress
 
     code, out, err = run(capsys, "verify")
     assert code == 0 and "rows checked, chain" not in err
     monkeypatch.setattr(verify_module, "PROGRESS_ROWS", 2)
-    monkeypatch.setattr(audit_admin, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
     code, out, err = run(capsys, "verify")
     assert code == 0 and out.splitlines()[-1] == "intact"
     lines = [line for line in err.splitlines() if line.startswith("verify: ")]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,7 +85,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         anchor, where = _load_anchor(settings, args.anchor_file, args.anchor_s3)
         with open_existing_store(settings.audit.url) as store:
-            report = verify(store, anchor, _progress_printer())
+            report = verify(store, anchor, _verify_progress())
             url = store.url
     except ConfigError:
         raise
@@ -97,26 +96,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-PROGRESS_EVERY_S = 5.0
+def _verify_progress() -> Callable[[int, int, int, str], None]:
+    """`verify: N rows checked, chain C of T (topic[p]), S s` on stderr (moderator.cli.progress)."""
+    from moderator.cli.progress import Progress
 
-
-def _progress_printer() -> Callable[[int, int, int, str], None]:
-    """A progress line on stderr, `verify: N rows checked, chain C of T (topic[p]), S s`, at
-    most every PROGRESS_EVERY_S seconds and not before the first have passed: a short verify
-    prints none."""
-    started = time.monotonic()
-    last = [started]
+    progress = Progress()
 
     def show(rows: int, number: int, chains: int, chain: str) -> None:
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_EVERY_S:
-            last[0] = now
-            print(
-                f"verify: {rows:,} rows checked, chain {number} of {chains} ({safe_line(chain)}), "
-                f"{now - started:.0f} s",
-                file=sys.stderr,
-                flush=True,
+        progress.say(
+            lambda s: (
+                f"verify: {rows:,} rows checked, chain {number} of {chains} "
+                f"({safe_line(chain)}), {s:.0f} s"
             )
+        )
 
     return show
 
@@ -259,19 +251,19 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def _retention_progress() -> Callable[[str, int, int, int], None]:
-    """A line on stderr after each retention step once 5 s have passed (PROGRESS_EVERY_S):
-    `retention: kids done, 12,345 rows redacted so far, step 2 of 5, 9 s`."""
-    started = time.monotonic()
+    """`retention: kids done, 12,345 rows redacted so far, step 2 of 5, 9 s` on stderr
+    (moderator.cli.progress)."""
+    from moderator.cli.progress import Progress
+
+    progress = Progress()
 
     def show(entry: str, rows: int, number: int, steps: int) -> None:
-        elapsed = time.monotonic() - started
-        if elapsed >= PROGRESS_EVERY_S:
-            print(
+        progress.say(
+            lambda s: (
                 f"retention: {safe_line(entry)} done, {rows:,} rows redacted so far, "
-                f"step {number} of {steps}, {elapsed:.0f} s",
-                file=sys.stderr,
-                flush=True,
+                f"step {number} of {steps}, {s:.0f} s"
             )
+        )
 
     return show
 

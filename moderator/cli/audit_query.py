@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from moderator.audit.models import AuditQuery, AuditRow
 
 FORMATS = ("table", "json", "csv")
-PROGRESS_EVERY_S = 5.0  # `--all`: the most often, and the soonest, it says how far it is
 TABLE_COLUMNS = (
     "decided_at", "tenant", "event_id", "object", "decision",
     "category", "score", "policy", "model", "error",
@@ -257,15 +255,15 @@ def _pages(store: AuditStore, query: AuditQuery, *, every: bool) -> Iterator[lis
     `every`, a run past 5 s says on stderr, at most every 5 s, how many rows it has written."""
     from dataclasses import replace
 
-    started = last = time.monotonic()
-    written = 0
+    from moderator.cli.progress import Progress
+
+    progress, written = Progress(), 0
     while True:
         page = store.query(query)
         yield page.rows
         written += len(page.rows)
-        if every and (now := time.monotonic()) - last >= PROGRESS_EVERY_S:
-            last = now
-            print(f"query: {written:,} rows written, {now - started:.0f} s", file=sys.stderr)
+        if every:
+            progress.say(lambda s: f"query: {written:,} rows written, {s:.0f} s")  # noqa: B023
         if page.next_cursor is None:
             return
         if not every:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 HASH_SCHEMA = "moderator.policy/compiled-v1"
 # The cached properties that do not depend on the surface label (see with_surface).
-_SURFACE_FREE = ("_document", "full_hash", "version", "prompt_sha256")
+_SURFACE_FREE = ("_document", "_digest", "version", "prompt_sha256")
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,23 @@ class TenantPolicy:
         return self.hash_document()
 
     @cached_property
-    def full_hash(self) -> str:
-        canonical = json.dumps(
+    def _digest(self) -> tuple[str, int]:
+        """The SHA-256 and the size of the hash document as compact, sorted UTF-8 JSON: one
+        serialisation for `full_hash` and for `document_bytes` (`document_problem`)."""
+        text = json.dumps(
             self.hash_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        data = text.encode("utf-8")
+        return hashlib.sha256(data).hexdigest(), len(data)
+
+    @property
+    def full_hash(self) -> str:
+        return self._digest[0]
+
+    @property
+    def document_bytes(self) -> int:
+        """About what every audit record spends on this policy's document."""
+        return self._digest[1]
 
     @cached_property
     def version(self) -> str:
@@ -120,7 +132,7 @@ hold as JSON: every audit record carries it, and an audit record must fit in one
 
 def document_problem(policy: TenantPolicy) -> str | None:
     """Why `policy` is too large to go into audit records (None when it is not)."""
-    size = len(json.dumps(policy.document(), ensure_ascii=False).encode("utf-8"))
+    size = policy.document_bytes
     if size <= MAX_DOCUMENT_BYTES:
         return None
     surface = policy.resolved.surface
