@@ -12,6 +12,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from moderator.audit.models import AuditQuery
+from moderator.audit.read.cursor import filters_digest
 from moderator.audit.read.filters import CATEGORY_CODES, DECISIONS, SORTS
 
 # Any code point, surrogates too (argv decoded with surrogateescape carries them).
@@ -88,6 +90,7 @@ cursor_docs = st.fixed_dictionaries(
         "t": st.one_of(times, json_values),
         "e": st.one_of(st.sampled_from(["a-1", "b-0", "zzz"]), json_values),
         "i": st.one_of(st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**400]), json_values),
+        "f": st.one_of(st.just(filters_digest(AuditQuery())), json_values),
     },
 )
 cursors = st.one_of(

@@ -19,6 +19,7 @@ from moderator.audit.db.store import AuditStore
 from moderator.audit.errors import AuditUnavailable
 from moderator.audit.models import AuditQuery
 from moderator.audit.read.api import create_app
+from moderator.audit.read.cursor import filters_digest
 from moderator.audit.read.tokens import token_hash
 from tests.audit_fixtures import ALPHA, BETA, fill, policy
 
@@ -287,24 +288,27 @@ def forged(doc: Any) -> str:
 
 
 AT = "2026-11-29T02:03:00+00:00"
+F = filters_digest(AuditQuery())  # the unfiltered query's, as /v1/verdicts below
 FORGED_CURSORS = [
     forged({"s": "-decided_at", "t": AT, "i": 2**63}),
     forged({"s": "-decided_at", "t": AT, "i": 10**400}),
-    forged({"s": "-decided_at", "t": AT, "e": 2**63}),
+    forged({"s": "-decided_at", "t": AT, "e": 2**63, "f": F}),
     forged('{"s": "-decided_at", "t": "' + AT + '", "i": 1e308}'),
-    forged('{"s": "-decided_at", "t": "' + AT + '", "e": 1e400}'),
+    forged('{"s": "-decided_at", "t": "' + AT + '", "e": 1e400, "f": "' + F + '"}'),
     forged('{"s": "-decided_at", "t": "' + AT + '", "i": Infinity}'),
-    forged('{"s": "-decided_at", "t": "' + AT + '", "e": NaN}'),
-    forged({"s": ["-decided_at"], "t": AT, "e": "a-1"}),
-    forged({"s": "-decided_at", "t": [AT], "e": "a-1"}),
-    forged({"s": "-decided_at", "t": AT, "e": ["a-1"]}),
-    forged({"s": "-decided_at", "t": AT, "e": "a\u0000"}),
-    forged({"s": "-decided_at", "t": AT, "e": "\ud800"}),
-    forged({"s": "-decided_at", "t": AT, "e": ""}),
-    forged({"s": "-decided_at", "t": "0001-01-01T00:00:00+01:00", "e": "a-1"}),
-    forged({"s": "-decided_at", "t": "9999-12-31T23:59:59-23:59", "e": "a-1"}),
-    forged({"s": "-decided_at", "t": "2026-11-29T02:03:00", "e": "a-1"}),
-    forged({"s": "-decided_at", "t": AT, "e": "a-1", "x": 1}),
+    forged('{"s": "-decided_at", "t": "' + AT + '", "e": NaN, "f": "' + F + '"}'),
+    forged({"s": ["-decided_at"], "t": AT, "e": "a-1", "f": F}),
+    forged({"s": "-decided_at", "t": [AT], "e": "a-1", "f": F}),
+    forged({"s": "-decided_at", "t": AT, "e": ["a-1"], "f": F}),
+    forged({"s": "-decided_at", "t": AT, "e": "a\u0000", "f": F}),
+    forged({"s": "-decided_at", "t": AT, "e": "\ud800", "f": F}),
+    forged({"s": "-decided_at", "t": AT, "e": "", "f": F}),
+    forged({"s": "-decided_at", "t": "0001-01-01T00:00:00+01:00", "e": "a-1", "f": F}),
+    forged({"s": "-decided_at", "t": "9999-12-31T23:59:59-23:59", "e": "a-1", "f": F}),
+    forged({"s": "-decided_at", "t": "2026-11-29T02:03:00", "e": "a-1", "f": F}),
+    forged({"s": "-decided_at", "t": AT, "e": "a-1", "x": 1, "f": F}),
+    forged({"s": "-decided_at", "t": AT, "e": "a-1", "f": "0" * 16}),  # other filters
+    forged({"s": "-decided_at", "t": AT, "e": "a-1"}),  # no filters' digest
     forged([AT, "a-1"]),
     forged("[" * 3000 + "]" * 3000),
     forged("null"),
@@ -387,7 +391,7 @@ def test_items_reveal_no_row_ids_chain_positions_or_offsets(client: TestClient) 
         assert set(item["record"]["input"]) <= {"topic", "timestamp_ms"}
     assert single["record"]["verdict"]["event_id"] == "a-1"  # the rest of the record stays
     doc = json.loads(base64.urlsafe_b64decode(body["next_cursor"]))
-    assert set(doc) == {"s", "t", "e"} and doc["e"] in ALPHA_EVENTS
+    assert set(doc) == {"s", "t", "e", "f"} and doc["e"] in ALPHA_EVENTS
     schema = get(client, "/openapi.json").json()["components"]["schemas"]
     for name, model in schema.items():
         assert not VOLUME_FIELDS & set(model.get("properties", {})), name

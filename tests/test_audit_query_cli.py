@@ -17,6 +17,8 @@ import pytest
 
 from moderator.audit.db.store import AuditStore
 from moderator.audit.integrity.anchors import FileAnchorSink, export_anchor
+from moderator.audit.models import AuditQuery
+from moderator.audit.read.cursor import filters_digest
 from moderator.audit.read.rows import SCALAR_COLUMNS
 from moderator.cli.main import main
 from tests.audit_fixtures import ALPHA, BETA, make_db, policy
@@ -206,6 +208,23 @@ def test_cursor_pages_and_all(db: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0 and err == "" and len(out.splitlines()) == 11
 
 
+def test_a_cursor_continues_only_the_query_that_made_it(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A page of one filter's rows ends where another filter's next page would not begin: the
+    cursor would skip or repeat rows there, so it is refused naming the cause."""
+    code, _, err = run(capsys, "query", "--limit", "2", "--decision", "allow")
+    assert code == 0 and err.startswith("next: --cursor ")
+    cursor = err.split()[1:3]
+    code, _, err = run(capsys, "query", "--limit", "2", *cursor)
+    assert code == 2
+    assert err == (
+        "moderator: --cursor: the cursor belongs to a query with other filters (repeat them)\n"
+    )
+    code, out, err = run(capsys, "query", "--limit", "5", "--decision", "allow", *cursor)
+    assert code == 0 and out  # the same filters with another page size continue
+
+
 def test_a_long_query_all_says_how_far_it_is_on_stderr(
     db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,17 +339,19 @@ def forged(text: str) -> str:
 
 
 AT = "2026-11-29T02:03:00+00:00"
+F = filters_digest(AuditQuery())  # the unfiltered query's
+EARLY = "0001-01-01T00:00+01:00"
 
 
 @pytest.mark.parametrize(
     ("args", "flag"),
     [
         (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","i":{2**63}}}')), "--cursor"),
-        (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","e":1e308}}')), "--cursor"),
+        (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","e":1e308,"f":"{F}"}}')), "--cursor"),
         (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","i":Infinity}}')), "--cursor"),
-        (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","e":NaN}}')), "--cursor"),
+        (("--cursor", forged(f'{{"s":"-decided_at","t":"{AT}","e":NaN,"f":"{F}"}}')), "--cursor"),
         (
-            ("--cursor", forged('{"s":"-decided_at","t":"0001-01-01T00:00+01:00","e":"a"}')),
+            ("--cursor", forged(f'{{"s":"-decided_at","t":"{EARLY}","e":"a","f":"{F}"}}')),
             "--cursor",
         ),
         (("--cursor", forged("[" * 3000 + "]" * 3000)), "--cursor"),

@@ -189,7 +189,7 @@ class AuditStore:
             more = len(rows) > q.limit
             docs: _Docs = {}
             page = [self._row(conn, r, docs) for r in rows[: q.limit]]
-        cursor = encode_cursor(page[-1], q.sort) if more else None
+        cursor = encode_cursor(page[-1], q) if more else None
         return Page(rows=page, next_cursor=cursor)
 
     def get(self, event_id: str, *, tenant_ids: Sequence[str] | None = None) -> AuditRow | None:

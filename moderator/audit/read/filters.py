@@ -96,18 +96,19 @@ def build_query(
         raise BadFilter("sort", f"must be decided_at or -decided_at, got {shown(sort)}")
     if not 1 <= limit <= MAX_LIMIT:
         raise BadFilter("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
-    if cursor is not None:
-        try:
-            decode_cursor(cursor, sort)
-        except InvalidQuery as exc:
-            raise BadFilter("cursor", str(exc)) from exc
-    return AuditQuery(
+    query = AuditQuery(
         **values,  # type: ignore[arg-type]  # each parser returns its attribute's type
         sort="decided_at" if sort == "decided_at" else "-decided_at",
         limit=limit,
         cursor=cursor,
         tenant_ids=tenant_ids,
     )
+    if cursor is not None:
+        try:
+            decode_cursor(query)
+        except InvalidQuery as exc:
+            raise BadFilter("cursor", str(exc)) from exc
+    return query
 
 
 def parse_limit(value: str) -> int:

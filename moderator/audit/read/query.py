@@ -25,7 +25,7 @@ def build_select(q: AuditQuery) -> Select[Any]:
     conditions = _filters(q)
     descending = q.sort == "-decided_at"
     if q.cursor is not None:
-        at, last = decode_cursor(q.cursor, q.sort)
+        at, last = decode_cursor(q)
         if descending:
             conditions.append(or_(T.decided_at < at, and_(T.decided_at == at, T.event_id < last)))
         else:
