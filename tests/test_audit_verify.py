@@ -129,6 +129,19 @@ def test_values_no_writer_stores_are_tampering_not_a_crash(
     assert "moderation.audit[0] seq 4 " in out and found in out
 
 
+def test_a_policy_document_deleted_from_policy_versions_is_named_as_such(
+    db: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with sqlite3.connect(db.path) as conn:
+        key = conn.execute("SELECT policy_hash FROM policy_versions LIMIT 1").fetchone()[0]
+        conn.execute("DELETE FROM policy_versions WHERE policy_hash = ?", (key,))
+    conn.close()
+    code, out, _ = run(capsys, "verify")
+    assert code == 3, out
+    assert f"edited: its policy document {key[:16]} is not in policy_versions" in out
+    assert "no longer hashes" not in out
+
+
 def test_a_wrong_type_where_verify_cannot_place_the_row_is_could_not_verify(
     db: Db, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -309,6 +309,9 @@ def _record_hash(row: ChainRow, canon: dict[str, bytes]) -> str:
 
 def _edited(row: ChainRow, canon: dict[str, bytes]) -> str | None:
     assert row.record is not None
+    if row.policy_elided and "policy_document" not in row.record:
+        key = row.fields.policy_hash or "(none)"
+        return f"its policy document {key[:16]} is not in policy_versions (deleted there?)"
     try:
         digest = _record_hash(row, canon)
     except CanonicalizationError as exc:
