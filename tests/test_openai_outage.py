@@ -232,6 +232,7 @@ def test_the_engine_window_holds_requests_while_they_wait(
         futures = [window.submit(request(i)) for i in range(5)]  # more than its call limit
         time.sleep(0.5 + engine.grace_s + 1.5)
         assert not any(future.done() for future in futures)
+        assert window.hung_calls == 0  # its call waits for the server: it does not hang
         port.on()
         results: list[WindowResult] = [future.result(15) for future in futures]
     finally:

@@ -83,8 +83,7 @@ class EngineWindow:
     An engine that `WaitsOut` an outage gets its `grace_s` more, and no request times out
     while it waits (nor `timeout_s` after): the requests wait for the server with it.
 
-    A SelfBatching engine ignores `batch_size`, `max_wait_ms`, `concurrency` (see above).
-    """
+    A SelfBatching engine ignores `batch_size`, `max_wait_ms`, `concurrency` (see above)."""
 
     def __init__(
         self,
@@ -184,10 +183,11 @@ class EngineWindow:
 
     @property
     def hung_calls(self) -> int:
-        """Engine calls running for longer than timeout_s (each still holds a slot)."""
-        now = time.monotonic()
+        """Calls past timeout_s (each holds a slot); none within timeout_s of an outage wait."""
         with self._cond:
-            return sum(1 for start in self._calls.values() if now - start > self._timeout)
+            now = time.monotonic()
+            late = now - self._timeout if self._held_until() < now else -math.inf
+            return sum(start < late for start in self._calls.values())
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop dispatching; queued requests, and those still running after `timeout` (at once
