@@ -187,6 +187,15 @@ def test_an_sns_envelope_inside_an_sns_envelope_is_malformed() -> None:
     assert reason_of(sns(inner)) == "SNS message: SNS message: its Message is another SNS envelope"
 
 
+def test_an_sns_envelope_without_topic_arn_is_named_as_one() -> None:
+    """Not as an UploadEvent missing its event_id: that is not what the producer sent."""
+    doc = fixture_doc("sns_s3_notification.json")
+    del doc["TopicArn"]
+    expected = "an SNS envelope (Type, Message) without TopicArn"
+    assert reason_of(encode(doc)) == expected
+    assert reason_of(sns(json.dumps(doc))) == f"SNS message: {expected}"
+
+
 # -- through the consume loop ---------------------------------------------------------------------
 
 

@@ -108,6 +108,8 @@ def _parse_document(doc: Any, rule: TenantRule, *, in_sns: bool) -> Parsed:
     try:
         return Parsed([UploadEvent.model_validate(doc)])
     except ValidationError as exc:
+        if isinstance(doc, dict) and {"Type", "Message"} <= doc.keys():
+            raise MalformedMessage("an SNS envelope (Type, Message) without TopicArn") from exc
         raise MalformedMessage(_first_error(exc)) from exc
 
 
