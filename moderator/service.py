@@ -95,7 +95,7 @@ def build_pipeline(
     if isinstance(policies, PolicyRegistry):
         warn_unreachable(policies, engine)
     window = build_window(engine, settings.engine, metrics, tracer)
-    cache = VerdictCache(settings.cache.max_entries)
+    cache = VerdictCache(settings.cache.max_entries, per_tenant=settings.cache.scope == "tenant")
     if store is None:
         from moderator.fetch.s3 import S3ObjectStore
 

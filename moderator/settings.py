@@ -541,6 +541,11 @@ class FlowSettings(_Section):
 
 class CacheSettings(_Section):
     max_entries: int = Field(default=100_000, ge=0, description="0 disables the verdict cache")
+    scope: Literal["shared", "tenant"] = Field(
+        default="shared",
+        description="shared: tenants whose model input is the same share answers (one engine "
+        "call per image); tenant: each tenant's own (no tenant learns another's uploads)",
+    )
 
 
 class PolicySettings(_Section):

@@ -151,7 +151,7 @@ def rig_factory(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     """The body of a `make_rig` fixture: yields a function building rigs, closes them after."""
     built: list[Rig] = []
 
-    def make(engine: GatedEngine | None = None, **extra: Any) -> Rig:
+    def make(engine: GatedEngine | None = None, per_tenant: bool = False, **extra: Any) -> Rig:
         settings = settings_for(policies_dir(tmp_path))
         engine = engine if engine is not None else GatedEngine()
         window = EngineWindow(
@@ -165,7 +165,7 @@ def rig_factory(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
             model=engine.info,
             input_size=engine.input_size,
             policies=policies,
-            cache=VerdictCache(1000),
+            cache=VerdictCache(1000, per_tenant=per_tenant),
             limits=DecodeLimits.from_settings(settings.fetch),
             max_object_bytes=settings.fetch.max_object_bytes,
             concurrency=16,

@@ -129,6 +129,24 @@ def test_tenants_share_an_engine_call_only_when_the_model_input_is_the_same(
     }
 
 
+def test_with_cache_scope_tenant_no_tenant_is_answered_from_anothers_call(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """`cache.scope: tenant`: the fake engine's answers would be shared by every tenant (see
+    above); keyed per tenant, each tenant's copy is judged, and only its own later copy hits."""
+    rig = make_rig(GatedEngine("fake"), per_tenant=True)
+    tenants = ("art", "strict", "strict_photo")
+    data = png(3, size=48)
+    for tenant in tenants:
+        rig.submit(f"ev-{tenant}", tenant, data)
+    rig.release(3)
+    assert rig.engine.items == 3 and rig.coalesced() == 0
+    assert {rig.verdicts[f"ev-{t}"].source for t in tenants} == {"model"}
+    rig.submit("again-art", "art", data)
+    assert until(lambda: "again-art" in rig.verdicts, 10)
+    assert rig.verdicts["again-art"].source == "cache" and rig.engine.items == 3
+
+
 def test_an_engine_failure_reaches_every_waiter_and_is_not_cached(
     make_rig: Callable[..., Rig],
 ) -> None:

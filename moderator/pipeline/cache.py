@@ -40,8 +40,11 @@ class VerdictCache:
     same.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, *, per_tenant: bool = False) -> None:
+        """`per_tenant` (`cache.scope: tenant`): keys carry the tenant id, so that no tenant's
+        event is answered from, or waits on, another tenant's engine call."""
         self._max = max_entries
+        self.per_tenant = per_tenant
         self._items: OrderedDict[CacheKey, Judged] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0

@@ -46,19 +46,25 @@ POLICY_NOT_READ = "-"
 
 
 def judgement_key(
-    sha256: str, policy: CompiledPolicy, model_id: str, *, reads_policy: bool
+    sha256: str,
+    policy: CompiledPolicy,
+    model_id: str,
+    *,
+    reads_policy: bool,
+    per_tenant: bool = False,
 ) -> CacheKey:
     """(image sha256, model input, model id): what decides the engine's answer, and nothing else.
 
     The model input is a digest of the prompt and the category list an engine that reads the
     policy is given (`engine.capabilities.reads_policy`); for one that does not, a constant. The
-    decision table, the allowed locations and the tenant are not part of it: every event decides
-    under its own policy from the shared assessments.
+    decision table and the allowed locations are not part of it: every event decides under its
+    own policy from the shared assessments. The tenant is, prefixed to the model input, only
+    when `per_tenant` (`cache.scope: tenant`): then tenants share no answer.
     """
     part = (
         _model_input(policy.prompt_sha256, policy.categories) if reads_policy else POLICY_NOT_READ
     )
-    return (sha256, part, model_id)
+    return (sha256, f"{policy.tenant_id}/{part}" if per_tenant else part, model_id)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -123,7 +129,13 @@ class Coalescer:
 
     def key(self, sha256: str, policy: CompiledPolicy) -> CacheKey:
         """The judgement key of an image (its sha256) under `policy`, for this engine."""
-        return judgement_key(sha256, policy, self._model_id, reads_policy=self.reads_policy)
+        return judgement_key(
+            sha256,
+            policy,
+            self._model_id,
+            reads_policy=self.reads_policy,
+            per_tenant=self._cache.per_tenant,
+        )
 
     def claim(self, key: CacheKey, waiter: Waiter) -> Claim:
         """Look `key` up: cached, being judged (then `waiter` is queued) or new."""
