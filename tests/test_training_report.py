@@ -217,6 +217,9 @@ def test_compare_two_report_directories(
     table = compare_table(result)
     assert table.splitlines()[0].split() == ["Metric", "A", "B", "Delta", "(B", "-", "A)", "Better"]
     assert "B is better" in table
+    long_floats = re.compile(r"\d\.\d{4,}")  # metrics are shown to 3 decimals, JSON keeps all
+    assert not long_floats.search(text) and not long_floats.search(table)
+    assert any(len(str(r["a"])) > 6 for r in result["metrics"] if isinstance(r["a"], float))
 
     same = compare(tmp_path / "a", tmp_path / "a" / "metrics.json")
     assert same["verdict"]["better"] == "tie" and same["verdict"]["decided_by"] is None

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from moderator.replay.tables import Cell, cell_text
-from moderator.training.report_tables import lookup
+from moderator.training.report_tables import lookup, shown_metric
 
 TOLERANCE = 0.001  # rates closer than this are equal: one tenth of a percentage point
 # (key, label, direction): +1 higher is better, -1 lower is better, 0 no better side.
@@ -139,7 +139,7 @@ def _reason(
     name = names[0] if better == "a" else names[1]
     return (
         f"{name} is better: {lead}{_SHORT[decided_by]} "
-        f"{cell_text(row[winner])} vs {cell_text(row[loser])}."
+        f"{cell_text(_shown(row[winner]))} vs {cell_text(_shown(row[loser]))}."
     )
 
 
@@ -184,7 +184,7 @@ def compare_rows(result: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple
     names = result["names"]
     columns = ("Metric", names[0], names[1], "Delta (B - A)", "Better")
     rows: list[tuple[Cell, ...]] = [
-        (r["label"], r["a"], r["b"], _signed(r["delta"]), _side(r["better"], names))
+        (r["label"], _shown(r["a"]), _shown(r["b"]), _signed(r["delta"]), _side(r["better"], names))
         for r in result["metrics"]
     ]
     return columns, rows
@@ -203,8 +203,8 @@ def category_rows(result: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tupl
                 (
                     category,
                     r["label"],
-                    r["a"],
-                    r["b"],
+                    _shown(r["a"]),
+                    _shown(r["b"]),
                     _signed(r["delta"]),
                     _side(r["better"], names),
                 )
@@ -259,6 +259,10 @@ def render_text(result: Mapping[str, Any]) -> str:
 
 def _side(better: str | None, names: Sequence[str]) -> str | None:
     return {"a": names[0], "b": names[1], "same": "same"}.get(better or "")
+
+
+def _shown(value: Any) -> Any:
+    return shown_metric(value) if isinstance(value, float) else value
 
 
 def _signed(delta: float | None) -> str | None:

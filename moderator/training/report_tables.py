@@ -311,9 +311,18 @@ def _threshold(value: float | None) -> str | None:
 
 
 def _cell(value: Any) -> Cell:
-    if value is None or (isinstance(value, str | int | float) and not isinstance(value, bool)):
+    if isinstance(value, float):
+        return shown_metric(value)
+    if value is None or (isinstance(value, str | int) and not isinstance(value, bool)):
         return value
     return str(value)
+
+
+def shown_metric(value: float) -> float:
+    """A metric as a table shows it: 3 decimals (0.333, 206.378), or 2 significant digits for
+    a value that 3 decimals would show as 0 (0.00042). metrics.json keeps every digit."""
+    rounded = round(value, 3)
+    return rounded if rounded or not value else float(f"{value:.2g}")
 
 
 def _text(value: Any) -> str:
