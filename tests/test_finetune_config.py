@@ -205,6 +205,7 @@ def _checkpoint(run: Path, step: int) -> Path:
     path = run / f"checkpoint-{step}"
     path.mkdir(parents=True)
     (path / rundir.TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+    (path / "adapter_model.safetensors").write_bytes(b"")
     return path
 
 
@@ -238,6 +239,11 @@ def test_resume_takes_the_latest_checkpoint_or_the_one_given(tmp_path: Path) -> 
         rundir.start_checkpoint(cut, "latest")
     with pytest.raises(ConfigError, match="no checkpoint directory at"):
         rundir.start_checkpoint(run, tmp_path / "elsewhere")
+    # A checkpoint whose weights are gone is passed over too, and refused when named.
+    (run / "checkpoint-10" / "adapter_model.safetensors").unlink()
+    assert rundir.start_checkpoint(run, "latest") == run / "checkpoint-9"
+    with pytest.raises(ConfigError, match=r"checkpoint-10 holds no weights \(adapter_model"):
+        rundir.start_checkpoint(run, run / "checkpoint-10")
 
 
 def test_a_checkpoint_at_the_runs_end_completes_it(tmp_path: Path, paths: dict[str, Path]) -> None:
@@ -328,3 +334,29 @@ def test_a_checkpoint_must_fit_the_run(tmp_path: Path, paths: dict[str, Path]) -
             rundir.check_resume_fits(checkpoint, config, architecture)
         assert str(caught.value).startswith("--resume: ")
         assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "warm_up_of_1000", "first_lr"),
+    [
+        ({"max_steps": 4}, 0, 1.0),  # 0.03 x 4 steps rounds down: the first step learns
+        ({"max_steps": 1000}, 30, 0.0),
+        ({"epochs": 2}, 30, 0.0),  # the share, as transformers counts it from the steps
+    ],
+)
+def test_warm_up_steps_round_down_so_that_a_short_run_starts_learning_at_once(
+    paths: dict[str, Path], extra: dict[str, object], warm_up_of_1000: int, first_lr: float
+) -> None:
+    import torch
+    from transformers import get_scheduler
+
+    from moderator.training.finetune.arguments import training_arguments
+
+    config = parse_config(minimal(paths, warmup_ratio=0.03, **extra), "train.yaml")
+    args = training_arguments(config, paths["out"], bf16=False)
+    total = config.max_steps or 1000
+    steps = args.get_warmup_steps(total)
+    assert steps == (warm_up_of_1000 if total == 1000 else 0)
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=steps, num_training_steps=total)
+    assert schedule.get_last_lr()[0] == pytest.approx(first_lr)  # step 1's rate, as a share

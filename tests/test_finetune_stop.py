@@ -187,6 +187,7 @@ def test_a_checkpoint_of_another_model_is_one_line(
     (checkpoint / rundir.ADAPTER_CONFIG).write_text(
         json.dumps({"r": 16, "base_model_name_or_path": str(other)})
     )
+    (checkpoint / "adapter_model.safetensors").write_bytes(b"")
     config = write_config(tmp_path, base)
     assert main(["train", "--config", str(config), "--resume", str(checkpoint)]) == 2
     err = capsys.readouterr().err

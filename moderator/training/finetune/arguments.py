@@ -1,6 +1,9 @@
 """The Trainer's arguments from a run configuration, and the choice of bfloat16.
 
-`warmup_ratio` is passed as transformers' fractional `warmup_steps`; activation
+`warmup_ratio` becomes whole warm-up steps, rounded down, when `max_steps` is set (transformers
+rounds a fractional `warmup_steps` up, and its first warm-up step has a learning rate of 0: a run
+of a few steps would spend one of them learning nothing); with `epochs` it is passed as the
+fractional `warmup_steps`. Activation
 (gradient) checkpointing runs non-reentrant, which lets gradients reach LoRA adapters and
 trainable layers behind the frozen vision tower without marking the inputs as needing them.
 """
@@ -37,6 +40,9 @@ def training_arguments(config: TrainConfig, run: Path, *, bf16: bool) -> Any:
     """The Trainer's arguments for `config`, writing into `run`."""
     from transformers import TrainingArguments
 
+    warmup: float = config.warmup_ratio  # below 1: a share of the steps
+    if config.max_steps is not None:
+        warmup = int(config.warmup_ratio * config.max_steps)
     return TrainingArguments(
         output_dir=str(run),
         num_train_epochs=config.epochs,
@@ -45,7 +51,7 @@ def training_arguments(config: TrainConfig, run: Path, *, bf16: bool) -> Any:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.lr,
         lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # below 1: a share of the steps
+        warmup_steps=warmup,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         bf16=bf16,

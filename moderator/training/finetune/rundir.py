@@ -9,8 +9,8 @@
 A directory that already holds a run (a checkpoint or final/) is only written to again with
 `--resume`: a new run never mixes its checkpoints with an old one's. `--resume` alone takes the
 newest complete checkpoint (one with its trainer_state.json, written last: a checkpoint whose
-saving was cut short has none), and a checkpoint must fit the run: the same method, model class
-and LoRA rank.
+saving was cut short has none, and its weights or adapter), and a checkpoint must fit the run:
+the same method, model class and LoRA rank.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ FINAL = "final"
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_CONFIG = "adapter_config.json"
+WEIGHTS = (
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+"""A checkpoint holds one of these: the LoRA adapter, or the whole model (maybe sharded)."""
 
 Resume = Path | Literal["latest"] | None
 """What `--resume` asked for: the run's latest checkpoint, a given one, or nothing."""
@@ -86,13 +95,26 @@ def start_checkpoint(run: Path, resume: Resume) -> Path | None:
     if not path.is_dir():
         raise ConfigError(f"--resume: no checkpoint directory at {path}")
     checkpoint_step(path)
+    if not _has_weights(path):
+        raise ConfigError(
+            f"--resume: {path} holds no weights ({' or '.join(WEIGHTS[:3])}, ...): "
+            "resume from another checkpoint"
+        )
     return path
 
 
 def latest_checkpoint(run: Path) -> Path | None:
-    """The newest checkpoint that was saved whole (it has its trainer_state.json)."""
-    complete = [path for _, path in checkpoints(run) if (path / TRAINER_STATE).is_file()]
+    """The newest checkpoint that was saved whole (its trainer_state.json and weights)."""
+    complete = [
+        path
+        for _, path in checkpoints(run)
+        if (path / TRAINER_STATE).is_file() and _has_weights(path)
+    ]
     return complete[-1] if complete else None
+
+
+def _has_weights(checkpoint: Path) -> bool:
+    return any((checkpoint / name).is_file() for name in WEIGHTS)
 
 
 def check_resume_fits(checkpoint: Path, config: TrainConfig, architecture: str) -> None:
