@@ -27,6 +27,8 @@ def fake_checkpoint(path: Path, architecture: str = "Qwen2VLForConditionalGenera
     """A directory whose config.json names `architecture` (enough for the checks)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps({"architectures": [architecture]}))
+    for name in ("model.safetensors", "tokenizer.json"):
+        (path / name).write_bytes(b"")
     return path
 
 

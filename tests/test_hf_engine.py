@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -212,10 +213,34 @@ def test_missing_extra_is_one_line(tiny: dict[str, Path], monkeypatch: pytest.Mo
 
 def test_directory_without_weights_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"architectures": ["Qwen2VLForConditionalGeneration"]}')
-    with pytest.raises(
-        ConfigError, match=r"engine.model: cannot load .*Qwen2VLForConditionalGeneration"
-    ):
+    with pytest.raises(ConfigError, match=r"engine.model: .* has no weights \(model.safetensors"):
         build_engine(settings(tmp_path))
+
+
+@pytest.mark.parametrize("missing", ["tokenizer.json", "model.safetensors"])
+def test_a_checkpoint_missing_a_file_names_it(
+    tiny: dict[str, Path], tmp_path: Path, missing: str
+) -> None:
+    """transformers' own error for a missing tokenizer names no file; the check before
+    loading does, for the engine and for a training run's base_model alike."""
+    from moderator.training.finetune.inputs import checkpoint_class
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["llava-onevision"], broken)
+    (broken / missing).unlink()
+    what = "tokenizer" if missing.startswith("tokenizer") else "weights"
+    with pytest.raises(ConfigError, match=rf"engine.model: {broken} has no {what} \(.*{missing}"):
+        build_engine(settings(broken))
+    with pytest.raises(ConfigError, match=rf"base_model: {broken} has no {what} "):
+        checkpoint_class(broken)
+
+
+def test_the_first_line_of_a_load_error_keeps_what_its_colon_introduces() -> None:
+    from moderator.engine.transformers.load import _first_line
+
+    error = ValueError("Cannot load one of:\n\n(1) tokenizer.json, \n(2) a slow tokenizer\nmore")
+    assert _first_line(error) == "Cannot load one of: (1) tokenizer.json,"
+    assert _first_line(ValueError("")) == "ValueError"
 
 
 def test_pinpoint_cap_keeps_the_single_tile() -> None:

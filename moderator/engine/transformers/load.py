@@ -24,6 +24,22 @@ XGRAMMAR_MISSING = (
 )
 
 
+CHECKPOINT_FILES = (
+    (
+        "weights",
+        (
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+        ),
+    ),
+    ("tokenizer", ("tokenizer.json", "tokenizer.model", "vocab.json")),
+)
+"""What a checkpoint directory must hold besides config.json, each one of the names given:
+checked before loading, since transformers' own errors name no file for some of them."""
+
+
 @dataclass
 class Loaded:
     """A model and its processor, ready for `generate`."""
@@ -55,6 +71,9 @@ def checkpoint_dir(settings: EngineSettings) -> Path:
         raise ConfigError(
             f"engine.model: {path} has no config.json (not a transformers checkpoint)"
         )
+    for what, names in CHECKPOINT_FILES:
+        if not any((path / name).is_file() for name in names):
+            raise ConfigError(f"engine.model: {path} has no {what} ({' or '.join(names)})")
     return path
 
 
@@ -215,5 +234,15 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The message's first line, and the next ones while a line ends with a colon (an
+    introduction to the list that says what is wrong), at most 400 characters."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    taken = [lines[0]]
+    for line in lines[1:]:
+        if not taken[-1].endswith(":"):
+            break
+        taken.append(line)
+    text = " ".join(taken)
+    return text if len(text) <= 400 else text[:399] + "…"

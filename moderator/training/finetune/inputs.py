@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moderator.engine.transformers.load import CHECKPOINT_FILES
 from moderator.errors import ConfigError
 from moderator.paths import directory_problem
 from moderator.training.dataset import read_dataset
@@ -90,6 +91,9 @@ def checkpoint_class(base: Path) -> str:
     names = doc.get("architectures") if isinstance(doc, dict) else None
     if not isinstance(names, list) or not names or not isinstance(names[0], str):
         raise ConfigError(f"base_model: {path} names no architecture")
+    for what, files in CHECKPOINT_FILES:
+        if not any((base / name).is_file() for name in files):
+            raise ConfigError(f"base_model: {base} has no {what} ({' or '.join(files)})")
     return names[0]
 
 
