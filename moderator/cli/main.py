@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -334,5 +335,26 @@ def _run_worker(settings: Settings) -> int:
     return 0
 
 
+NATIVE_POOLS = ("torch", "onnxruntime", "xgrammar")
+"""Libraries whose native thread pools may still run while the interpreter finalises: a
+process that loaded one can abort after its work is done (`terminate called without an active
+exception`, exit 134 instead of the command's code), seen about once in ten `scan` runs with
+the transformers engine."""
+
+
+def entry() -> None:
+    """The `moderator` console script: `main`, then exit with its code. After a command that
+    loaded a library of NATIVE_POOLS, the standard streams are flushed and the process ends
+    without finalising the interpreter (`os._exit`): every command closes its own files,
+    clients and threads before `main` returns, so nothing is left for finalisation to do."""
+    code = main()
+    if not any(name in sys.modules for name in NATIVE_POOLS):
+        raise SystemExit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
