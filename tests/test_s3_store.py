@@ -458,7 +458,7 @@ def test_every_read_failing_for_a_minute_makes_s3_not_ready() -> None:
     outage.failed()
     clock.now += 61
     found = check()
-    assert not found.ok and "no S3 read served for 61 s" in found.detail
+    assert not found.ok and "every S3 read has failed for 61 s" in found.detail
     assert b"moderator_object_store_ready 0.0" in telemetry.scrape()
     outage.answered()
     assert check().ok
@@ -477,3 +477,37 @@ def test_too_large_messages_read_as_sentences() -> None:
     )
     store, _, _ = make_store(ok(b"x" * 2000, length=10))  # S3 understated it: counted as read
     assert fail_code(store, max_bytes=1000).message == "object body is over 1000 bytes (limit 1000)"
+
+
+def test_a_read_served_before_the_outage_began_does_not_end_the_wait() -> None:
+    # Another read is served while this one's first try is under way; then the store refuses
+    # every connection, HEAD included. What decides is the store during this read's last try.
+    store, client, clock = outage_store(*[refused()] * 9, ok(b"judged"))
+
+    def served_once_then_down(seconds: float) -> None:
+        FakeClock.sleep(clock, seconds)
+        if len(client.calls) == 1:
+            store.outage.answered()
+
+    store._sleep = served_once_then_down
+    assert store.get("uploads", "acme/a.png", None, 1000).data == b"judged"
+    assert len(client.calls) == 10 and client.probes == 1
+
+
+def test_a_store_back_while_the_head_waited_gets_one_more_try() -> None:
+    # A frozen store: every try times out; the HEAD, sent while it is frozen, is answered once
+    # it thaws. The read tries once more instead of giving up on a store that works again.
+    timeout = ReadTimeoutError(endpoint_url="http://s3.local")
+    store, client, _ = outage_store(*[timeout] * 4, ok(b"judged"))
+    client.probe = None  # the HEAD answers
+    assert store.get("uploads", "acme/a.png", None, 1000).data == b"judged"
+    assert (len(client.calls), client.probes) == (5, 1)
+
+
+def test_an_object_timing_out_while_the_store_answers_fails_after_one_more_try() -> None:
+    timeout = ReadTimeoutError(endpoint_url="http://s3.local")
+    store, client, _ = outage_store(*[timeout] * 5, ok(b"x"))
+    client.probe = None
+    err = fail_code(store)
+    assert err.code is ErrorCode.FETCH_FAILED and "(5 attempts)" in err.message
+    assert (len(client.calls), client.probes) == (5, 2)

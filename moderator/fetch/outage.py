@@ -1,10 +1,10 @@
 """Whether the object store serves reads: an outage is waited out, not turned into verdicts.
 
 A read that fails with a transient error (a connection refused, a 5xx, throttling, a timeout)
-is retried `s3.max_attempts` times. When those run out while the store has served other reads
-since this one started, the object itself is the problem: the read gives up (FETCH_FAILED). When
-the store has served no read since, and it either said it cannot serve now (throttling, a 503)
-or does not answer a HEAD of the bucket either, it is down for everyone, and giving up would
+is retried `s3.max_attempts` times. When those run out while the store served other reads
+during this one's last try, the object itself is the problem: the read gives up (FETCH_FAILED).
+When the store has served no read since, and it either said it cannot serve now (throttling, a
+503) or does not answer a HEAD of the bucket either, it is down for everyone, and giving up would
 turn every upload in flight into an error verdict that nobody judges again: the read keeps
 retrying until the store answers or `s3.outage_wait_s` has passed. Meanwhile the consumer's
 in-flight limit pauses its partitions, so uploads wait in Kafka instead.

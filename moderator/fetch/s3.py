@@ -57,12 +57,14 @@ _TRANSPORT_ERRORS = (BotoConnectionError, HTTPClientError, IncompleteReadError, 
 
 class _Transient(Exception):
     """A failure worth another attempt; becomes FETCH_FAILED once attempts run out.
-    `unavailable`: the store answered that it cannot serve now (throttling, a 503)."""
+    `unavailable`: the store answered that it cannot serve now (throttling, a 503);
+    `unreached`: it did not answer at all (refused, timed out, cut off)."""
 
-    def __init__(self, reason: str, unavailable: bool = False) -> None:
+    def __init__(self, reason: str, unavailable: bool = False, unreached: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.unavailable = unavailable
+        self.unreached = unreached
 
 
 def build_s3_client(settings: S3Settings) -> Any:
@@ -93,6 +95,8 @@ class _Read:
     bucket: str
     retrying: bool = False
     waiting: bool = False
+    tried_at: float = float("-inf")  # when its latest try began (the outage's clock)
+    tried_again: bool = False  # one more try, for a store out of reach then and answering now
 
 
 class S3ObjectStore:
@@ -137,7 +141,7 @@ class S3ObjectStore:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, bucket, key, version_id, max_bytes)
+            return retrying(self._attempt, bucket, key, version_id, max_bytes, read)
         except _Transient as exc:
             attempts = retrying.statistics.get("attempt_number", self._max_attempts)
             waited = self.outage.now() - started
@@ -152,8 +156,9 @@ class S3ObjectStore:
                 self.outage.waiting(-1)
 
     def _attempt(
-        self, bucket: str, key: str, version_id: str | None, max_bytes: int
+        self, bucket: str, key: str, version_id: str | None, max_bytes: int, read: _Read
     ) -> FetchedObject:
+        read.tried_at = self.outage.now()
         try:
             found = self._get_once(bucket, key, version_id, max_bytes)
         except _Transient:
@@ -165,7 +170,12 @@ class S3ObjectStore:
     def _stop(self, state: RetryCallState, started: float, read: _Read) -> bool:
         """Give up once the attempts are used, unless the store is down for every read: then
         wait for it, for up to `outage_wait_s` since this read started. A read that waits
-        gives up only then: when the store comes back, its next try succeeds."""
+        gives up only then: when the store comes back, its next try succeeds.
+
+        "Down for every read" is judged by the read's latest try, not by its start: a read
+        served between this read's start and an outage says nothing of the store now. A read
+        whose try did not reach the store while a HEAD of the bucket answers (the store came
+        back, or was frozen while the HEAD waited) tries once more before it gives up."""
         if state.attempt_number < self._max_attempts:
             return False
         if self.outage.expired(started):
@@ -173,9 +183,12 @@ class S3ObjectStore:
         if read.waiting:
             return False
         exc = state.outcome.exception() if state.outcome is not None else None
-        if self.outage.answered_since(started):
-            return True  # the store works: the object is the problem
+        if self.outage.answered_since(read.tried_at):
+            return True  # the store served a read during this one's try: the object is at fault
         if not getattr(exc, "unavailable", False) and self._answers(read.bucket):
+            if getattr(exc, "unreached", False) and not read.tried_again:
+                read.tried_again = True
+                return False
             return True  # the store answers, and did not say it cannot serve now
         read.waiting = True
         self.outage.waiting(1, str(getattr(exc, "reason", "")))
@@ -216,7 +229,7 @@ class S3ObjectStore:
         except ClientError as exc:
             raise _classify(exc, where) from exc
         except _TRANSPORT_ERRORS as exc:
-            raise _Transient(type(exc).__name__) from exc
+            raise _Transient(type(exc).__name__, unreached=True) from exc
         except BotoCoreError as exc:
             # botocore names the endpoint URL in its messages: never show a password from it.
             raise ProcessingError(
@@ -229,7 +242,7 @@ class S3ObjectStore:
                 raise _too_large(f"object is {length} bytes", max_bytes)
             data = _read_bounded(body, max_bytes)
         except _TRANSPORT_ERRORS as exc:
-            raise _Transient(f"body read failed: {type(exc).__name__}") from exc
+            raise _Transient(f"body read failed: {type(exc).__name__}", unreached=True) from exc
         finally:
             body.close()
         etag = response.get("ETag")

@@ -25,6 +25,7 @@ def store_check(store: StoreFailing, metrics: Metrics, failing_s: float = FAILIN
         metrics.set("moderator_object_store_ready", 1 if ready else 0)
         if ready:
             return Check(True, "reads served")
-        return Check(False, f"no S3 read served for {failing:.0f} s: reads wait for the store")
+        detail = f"every S3 read has failed for {failing:.0f} s: reads wait for the store"
+        return Check(False, detail)
 
     return check
