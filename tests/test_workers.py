@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import signal
+import socket
 import sys
 import threading
 import time
@@ -79,6 +80,17 @@ def test_worker_counts_and_ports_are_checked() -> None:
     with pytest.raises(ConfigError, match="between 1 and"):
         check_workers(settings, 0)
     check_workers(load_settings(None, {"http.port": 0}), 64)
+
+
+def test_a_worker_port_in_use_is_found_before_any_worker_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = load_settings(None, {"http.port": port - 1, "http.host": "127.0.0.1"})
+        with pytest.raises(ConfigError, match=rf"http.port: cannot listen on 127.0.0.1:{port}: "):
+            check_workers(settings, 2)  # worker 1's port
+        check_workers(settings, 1)  # worker 0's is free
 
 
 # -- the command line -------------------------------------------------------------------------

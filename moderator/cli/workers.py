@@ -40,6 +40,7 @@ import structlog
 
 from moderator.errors import ConfigError
 from moderator.ingest.checkpoint import stop_budget_s
+from moderator.obs.http import check_port
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.workers")
@@ -69,7 +70,9 @@ def worker_settings(settings: Settings, index: int) -> Settings:
 
 
 def check_workers(settings: Settings, workers: int) -> None:
-    """ConfigError (exit 2) when `workers` is out of range or their ports would be."""
+    """ConfigError (exit 2) when `workers` is out of range or their ports would be, or one of
+    those ports cannot be listened on now: found before any worker joins the group (a worker
+    that exits on its port would make the others rebalance, then stop)."""
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
     last = settings.http.port + workers - 1
@@ -78,6 +81,8 @@ def check_workers(settings: Settings, workers: int) -> None:
             f"--workers {workers}: worker ports http.port..{last} go beyond 65535 "
             "(lower http.port, or set it to 0 to turn the endpoints off)"
         )
+    for index in range(workers):
+        check_port(worker_settings(settings, index).http)
 
 
 def watch_parent(stop: threading.Event, interval_s: float = PARENT_CHECK_S) -> threading.Thread:
