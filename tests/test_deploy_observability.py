@@ -74,6 +74,7 @@ def test_the_alerts_cover_what_operators_are_paged_for() -> None:
         "ModeratorErrorVerdictRate",
         "ModeratorPolicyStale",
         "ModeratorEngineNotReady",
+        "ModeratorCheckpointsFailing",
         "ModeratorAuditChainStalled",
         "ModeratorObjectStoreUnavailable",
         "ModeratorAuditEventIdConflict",

@@ -335,7 +335,8 @@ class AuditSink:
         self._assigned -= tps
         for tp in tps:
             self.committed.pop(tp, None)
-        log.info(event, partitions=sorted(tps))
+        # Lost (the group moved on without this sink) is a warning, as for the consumer's.
+        (log.warning if event == "audit_sink_lost" else log.info)(event, partitions=sorted(tps))
 
     # -- anchors and stats ---------------------------------------------------------------------
 
