@@ -173,17 +173,25 @@ def fake_chain(n: int, topic: str = "t", partition: int = 0) -> list[ChainRow]:
     return rows
 
 
-def test_check_chain_walks_a_good_chain_and_stops_at_the_first_break() -> None:
+def test_check_chain_walks_a_good_chain_and_on_past_each_break() -> None:
     rows = fake_chain(6)
     head = ChainHead("t", 0, 6, rows[-1].row_hash)
     assert check_chain("t", 0, rows, [("anchor", head)]).problem is None
     assert check_chain("t", 0, rows[:4], [("anchor", head)]).problem.kind == "truncated"  # type: ignore[union-attr]
-    broken = rows[:2] + rows[3:]
+    broken = rows[:1] + rows[2:3] + rows[4:]  # seq 2 and seq 4 deleted
     result = check_chain("t", 0, broken)
-    assert result.problem is not None and (result.problem.kind, result.problem.seq) == ("gap", 4)
-    assert result.rows_checked == 3
-    other = check_chain("t", 1, rows)  # a row moved to another partition breaks its own hash
+    assert [(p.kind, p.seq) for p in result.problems] == [("gap", 3), ("gap", 5)]
+    assert result.rows_checked == 4 and result.last_seq == 6 and result.unlisted == 0
+    other = check_chain("t", 1, rows)  # rows moved to another partition break their own hashes
     assert other.problem is not None and other.problem.kind == "row_hash"
+    assert len(other.problems) == 6
     rewritten = ChainHead("t", 0, 3, "0" * 64)
     stale = check_chain("t", 0, rows, [("head", rewritten)]).problem
     assert stale is not None and (stale.kind, stale.seq) == ("head_mismatch", 3)
+
+
+def test_check_chain_lists_the_first_problems_of_a_chain_and_counts_the_rest() -> None:
+    from moderator.audit.integrity.verify import MAX_LISTED
+
+    moved = check_chain("t", 1, fake_chain(MAX_LISTED + 5))  # every row's hash is another's
+    assert len(moved.problems) == MAX_LISTED and moved.unlisted == 5

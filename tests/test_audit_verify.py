@@ -368,13 +368,19 @@ def test_a_long_verify_shows_its_progress_on_stderr(
     assert counts == sorted(counts) and counts[-1] <= 10
 
 
-def test_a_tampered_chain_says_what_was_left_unchecked_and_counts_read_as_words(
+def test_a_tampered_chain_is_checked_to_its_end_and_counts_read_as_words(
     db: Db, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db.sql("UPDATE audit_records SET columns_hash = NULL WHERE seq = 2 AND partition = 0")
+    db.sql(
+        "UPDATE audit_records SET decision = CASE decision WHEN 'allow' THEN 'block' "
+        "ELSE 'allow' END WHERE seq = 4 AND partition = 0"
+    )
     code, out, err = run(capsys, "verify")
     assert code == 3 and out.splitlines()[-1] == "TAMPERING FOUND"
-    assert out.splitlines()[-2].startswith("note: a TAMPERED chain is checked up to its first")
+    problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert [p.split(" seq ")[1].split()[0] for p in problems] == ["2", "4"]  # both edits
+    assert "10 rows checked" in out and ", 2 problems" in out
     assert err.splitlines()[-1] == (
         "warning: 1 row predates schema version 3 (chain format v1): the hash chain does not "
         "cover their offset"

@@ -170,6 +170,7 @@ def _latest_s3_anchor(settings: Settings, uri: str) -> Anchor | None:
 
 
 def _print_report(report: VerifyReport, url: str, where: str | None) -> None:
+    from moderator.audit.integrity.verify import MAX_LISTED
     from moderator.cli.policy import table
 
     print(f"audit store: {url}")
@@ -194,16 +195,17 @@ def _print_report(report: VerifyReport, url: str, where: str | None) -> None:
     ]
     for line in table(("chain", "head_seq", "anchor_seq", "status"), rows):
         print(line)
+    found = len(report.problems) + report.unlisted
     print(
         f"{report.chains} chains, {report.rows_checked} rows checked "
-        f"({report.rows_redacted} redacted), {counted(len(report.problems), 'problem')}"
+        f"({report.rows_redacted} redacted), {counted(found, 'problem')}"
     )
     for problem in report.problems:
         print(f"problem: {problem}")
-    if broken:
+    if report.unlisted:
         print(
-            "note: a TAMPERED chain is checked up to its first broken link only; its rows after "
-            "that link (up to head_seq) are unchecked until it is restored and verified again"
+            f"note: {counted(report.unlisted, 'more problem')} not listed "
+            f"(the first {MAX_LISTED} of each chain are)"
         )
     print("intact" if report.ok else "TAMPERING FOUND")
     if report.rows_legacy:

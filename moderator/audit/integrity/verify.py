@@ -1,7 +1,7 @@
 """`moderator audit verify`: walk every hash chain and hold it to its recorded head and the
 latest exported anchor. The per-chain walk (`check_chain`) is pure.
 
-Per row, in seq order, the first of these that fails is the chain's problem:
+Per row, in seq order, the first of these that fails is the row's problem (the walk goes on):
 - `edited` (first): a stored value that no writer produces (a record that is not a JSON object,
   a timestamp in another form);
 - `unredacted_null`: the record is NULL but redacted_at is not set;
@@ -50,6 +50,7 @@ EXIT_INTACT = 0
 EXIT_TAMPERED = 3
 EXIT_UNVERIFIABLE = 1  # raised as AuditUnavailable / AuditError; the CLI maps it
 MOVE_SEARCH = 64  # how far from its seq a moved row is looked for
+MAX_LISTED = 20  # problems listed per chain; the rest are counted
 
 Kind = Literal[
     "edited",
@@ -68,7 +69,7 @@ Kind = Literal[
 
 @dataclass(frozen=True)
 class Problem:
-    """The first broken link of one chain (or a bad policy version: topic None)."""
+    """A broken link of one chain (or a bad policy version: topic None)."""
 
     kind: Kind
     detail: str
@@ -87,12 +88,20 @@ class Problem:
 
 @dataclass(frozen=True)
 class ChainResult:
+    """One chain's walk. `problems`: its broken links in seq order, the first MAX_LISTED;
+    `unlisted` counts the rest. `problem`: the first."""
+
     rows_checked: int
     rows_redacted: int
     last_seq: int
-    problem: Problem | None
+    problems: tuple[Problem, ...] = ()
     rows_legacy: int = 0  # chain format v1: stored before schema version 3
     rows_uncovered: int = 0  # of those, redacted: their kept columns are not covered
+    unlisted: int = 0
+
+    @property
+    def problem(self) -> Problem | None:
+        return self.problems[0] if self.problems else None
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class VerifyReport:
     heads: tuple[ChainHead, ...] = field(default=())
     rows_legacy: int = 0
     rows_uncovered: int = 0
+    unlisted: int = 0  # problems past each chain's first MAX_LISTED, counted only
 
     @property
     def ok(self) -> bool:
@@ -144,7 +154,7 @@ def _verify(store: AuditStore, anchor: Anchor | None, progress: Progress | None)
     recorded = {(h.topic, h.partition): h for h in store.chain_heads()}
     anchored = {(h.topic, h.partition): h for h in (anchor.heads if anchor else ())}
     chains = sorted(set(store.chains()) | set(anchored))
-    checked = redacted = legacy = uncovered = 0
+    checked = redacted = legacy = uncovered = unlisted = 0
     for number, (topic, partition) in enumerate(chains, 1):
         targets: list[tuple[Literal["anchor", "head"], ChainHead]] = []
         if (topic, partition) in anchored:
@@ -159,8 +169,8 @@ def _verify(store: AuditStore, anchor: Anchor | None, progress: Progress | None)
         redacted += result.rows_redacted
         legacy += result.rows_legacy
         uncovered += result.rows_uncovered
-        if result.problem is not None:
-            problems.append(result.problem)
+        unlisted += result.unlisted
+        problems.extend(result.problems)
     return VerifyReport(
         problems=tuple(problems),
         rows_checked=checked,
@@ -170,6 +180,7 @@ def _verify(store: AuditStore, anchor: Anchor | None, progress: Progress | None)
         heads=tuple(sorted(recorded.values())),
         rows_legacy=legacy,
         rows_uncovered=uncovered,
+        unlisted=unlisted,
     )
 
 
@@ -179,15 +190,20 @@ def check_chain(
     rows: Iterable[ChainRow],
     targets: Iterable[tuple[Literal["anchor", "head"], ChainHead]] = (),
 ) -> ChainResult:
-    """Walk one chain in seq order; stop at its first broken link."""
+    """Walk one chain in seq order to its end. After a broken link the walk goes on from the
+    row found there (its seq and row_hash), so that every edited, missing or moved row is
+    reported, not only the first: one edit may show as two problems (a row and its link)."""
     pending = {name: head for name, head in targets if head.seq > 0}
     canon: dict[str, bytes] = {}  # policy_hash -> canonical document, for this walk only
-    checked = redacted = legacy = uncovered = last_seq = 0
+    checked = redacted = legacy = uncovered = last_seq = found = 0
+    listed: list[Problem] = []
     prev_hash = GENESIS_HASH
     v2_seen = False
 
-    def result(problem: Problem | None) -> ChainResult:
-        return ChainResult(checked, redacted, last_seq, problem, legacy, uncovered)
+    def result() -> ChainResult:
+        return ChainResult(
+            checked, redacted, last_seq, tuple(listed), legacy, uncovered, found - len(listed)
+        )
 
     for row in rows:
         checked += 1
@@ -209,14 +225,19 @@ def check_chain(
                         f"{head.row_hash[:16]}...: the chain was rewritten since",
                     )
         if problem is not None:
-            return result(problem)
+            found += 1
+            if len(listed) < MAX_LISTED:
+                listed.append(problem)
         last_seq, prev_hash = row.seq, row.row_hash
         v2_seen = v2_seen or row.columns_hash is not None
     for name, head in pending.items():
         if head.seq > last_seq:
             detail = f"the chain ends at seq {last_seq} but the {_label(name)} is at seq {head.seq}"
-            return result(Problem("truncated", detail, topic, partition, last_seq + 1))
-    return result(None)
+            found += 1
+            if len(listed) < MAX_LISTED:
+                listed.append(Problem("truncated", detail, topic, partition, last_seq + 1))
+            break
+    return result()
 
 
 def _check_row(
