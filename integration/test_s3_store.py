@@ -156,3 +156,45 @@ def test_without_an_outage_wait_a_refused_read_fails_after_its_attempts(
     )
     err = expect_error(store, BUCKET, "acme/never.png")
     assert err.code is ErrorCode.FETCH_FAILED and "(2 attempts)" in err.message
+
+
+def test_reads_in_flight_when_the_store_goes_away_wait_for_it(
+    s3: Any, settings: S3Settings
+) -> None:
+    """Readers keep the store busy; it goes away (connections cut, then refused) and comes back.
+    Reads served just before the outage must not make the reads in flight give up: every read
+    is served, none is fetch_failed."""
+    for n in range(8):
+        s3.put_object(Bucket=BUCKET, Key=f"acme/busy-{n}.png", Body=b"busy")
+    assert settings.endpoint_url is not None
+    forwarder = SwitchPort(urlsplit(settings.endpoint_url).port or 0)
+    busy = settings.model_copy(update={"endpoint_url": forwarder.url(), "outage_wait_s": 60.0})
+    store = S3ObjectStore(busy)
+    stop, served, failed = threading.Event(), [0], []
+
+    def read(n: int) -> None:
+        while not stop.is_set():
+            try:
+                store.get(BUCKET, f"acme/busy-{n}.png", None, 1000)
+                served[0] += 1
+            except ProcessingError as exc:
+                failed.append(exc.message)
+
+    readers = [threading.Thread(target=read, args=(n,)) for n in range(8)]
+    try:
+        for reader in readers:
+            reader.start()
+        time.sleep(1.0)
+        before = served[0]
+        forwarder.off()
+        time.sleep(3.0)
+        forwarder.on()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        forwarder.on()
+        for reader in readers:
+            reader.join(60)
+        forwarder.off()
+    assert before > 0 and served[0] > before
+    assert failed == []
