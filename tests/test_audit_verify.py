@@ -385,3 +385,31 @@ def test_a_tampered_chain_is_checked_to_its_end_and_counts_read_as_words(
         "warning: 1 row predates schema version 3 (chain format v1): the hash chain does not "
         "cover their offset"
     )
+
+
+@pytest.mark.usefixtures("info_logs")
+def test_opening_a_store_of_an_earlier_schema_logs_its_migration(db: Db) -> None:
+    from structlog.testing import capture_logs
+
+    from moderator.audit.db.migrations import LATEST
+
+    engine = db.engine()
+    with engine.begin() as conn:
+        for partition in (0, 1):
+            write_as_format_v1(conn, TOPIC, partition)
+    revert_to_version_2(engine)
+    engine.dispose()
+    with capture_logs() as logs, AuditStore.open(db.url):
+        pass
+    with capture_logs() as again, AuditStore.open(db.url):  # at the latest version: no line
+        pass
+    migrated = [line for line in logs if line["event"] == "audit_schema_migrated"]
+    assert migrated == [
+        {
+            "event": "audit_schema_migrated",
+            "from_version": 2,
+            "to_version": LATEST,
+            "log_level": "warning",
+        }
+    ]
+    assert not [line for line in again if line["event"] == "audit_schema_migrated"]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+import structlog
 from sqlalchemy import (
     Connection,
     Engine,
@@ -33,7 +34,7 @@ from moderator.audit.db.connect import (
     normalize_url,
     shown_url,
 )
-from moderator.audit.db.migrations import migrate
+from moderator.audit.db.migrations import LATEST, migrate
 from moderator.audit.db.tables import (
     anchors,
     audit_records,
@@ -86,10 +87,14 @@ class AuditStore:
         store = cls(engine, parsed)
         try:
             with store._errors():
-                migrate(engine)
+                before = migrate(engine)
         except BaseException:
             engine.dispose()
             raise
+        if 0 < before < LATEST:  # 0: a new database, created at the latest version
+            structlog.get_logger("moderator.audit").warning(
+                "audit_schema_migrated", from_version=before, to_version=LATEST
+            )
         return store
 
     def close(self) -> None:
