@@ -413,3 +413,25 @@ def test_opening_a_store_of_an_earlier_schema_logs_its_migration(db: Db) -> None
         }
     ]
     assert not [line for line in again if line["event"] == "audit_schema_migrated"]
+
+
+def test_a_sink_stops_writing_once_a_newer_release_migrated_the_store(db: Db) -> None:
+    """A store opened before a newer release migrated the database refuses its next write,
+    instead of adding rows in its own, older shape."""
+    from moderator.audit.db.migrations import LATEST
+    from moderator.audit.errors import SchemaVersionError
+
+    with AuditStore.open(db.url) as store:
+        store.insert([IncomingRecord(TOPIC, 3, 1, record("n-1", "alpha", BASE))])  # still fine
+        db.sql(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+            LATEST + 1,
+            "a newer release",
+            "2027-01-01 00:00:00",
+        )
+        with pytest.raises(SchemaVersionError, match=rf"migrated to schema version {LATEST + 1}"):
+            store.insert([IncomingRecord(TOPIC, 3, 2, record("n-2", "alpha", BASE))])
+    with sqlite3.connect(db.path) as conn:
+        stored = conn.execute("SELECT event_id FROM audit_records WHERE event_id LIKE 'n-%'")
+        assert [row[0] for row in stored] == ["n-1"]
+    conn.close()

@@ -40,10 +40,11 @@ from moderator.audit.db.tables import (
     audit_records,
     chain_heads,
     policy_versions,
+    schema_migrations,
     stored_time,
 )
 from moderator.audit.db.writer import prepare, restore_policy, write_batch
-from moderator.audit.errors import AuditError, AuditUnavailable
+from moderator.audit.errors import AuditError, AuditUnavailable, SchemaVersionError
 from moderator.audit.fields import PERSONAL_COLUMNS, RecordFields
 from moderator.audit.models import (
     Anchor,
@@ -131,6 +132,7 @@ class AuditStore:
         for attempt in range(1, INSERT_ATTEMPTS + 1):
             try:
                 with self._tx(write=True) as conn:
+                    _still_latest(conn)
                     return write_batch(conn, batch)
             except IntegrityError as exc:
                 # Another sink committed one of these event_ids on a different partition between
@@ -352,6 +354,18 @@ class AuditStore:
     def _failure(self, exc: object) -> str:
         """A database error as one line, naming the store; secrets the driver echoes masked."""
         return f"audit store {self.url}: {hide_secrets(self._url, _first_line(exc))}"
+
+
+def _still_latest(conn: Connection) -> None:
+    """SchemaVersionError once a newer moderator has migrated the database since this store
+    opened it: rows written in this release's shape could then contradict the new one's checks
+    (as rows without columns_hash did after migration 3). Checked in each write transaction."""
+    version = conn.execute(select(func.max(schema_migrations.c.version))).scalar_one()
+    if version is not None and version > LATEST:
+        raise SchemaVersionError(
+            f"the audit database was migrated to schema version {version} while this "
+            f"moderator (schema {LATEST}) was writing to it: stop this release's sinks"
+        )
 
 
 def _first_line(exc: object) -> str:
