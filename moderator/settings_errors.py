@@ -260,12 +260,25 @@ def section_problem(value: Any) -> str:
     return f"is a section, a mapping of keys, not {shown}"
 
 
+REMOVED: dict[str, str] = {
+    "engine.transformers.trust_remote_code": (
+        "nothing read it: the supported architectures are transformers' own"
+    ),
+}
+"""Settings an earlier release accepted, by dotted key: why each went. A file that still sets
+one gets that reason, so that an upgrade says what to delete and that deleting it is safe."""
+
+
 def field_problem(err: ErrorDetails, model: type[BaseModel]) -> str:
-    """One validation error of `model` in words: an unknown key with the key it probably
-    meant (or the keys there), else pydantic's message without its prefix."""
+    """One validation error of `model` in words: a removed key with why it went, an unknown
+    key with the key it probably meant (or the keys there), else pydantic's message without
+    its prefix."""
     loc = tuple(err["loc"])
     if err["type"] == "model_type" and _section(model, loc) is not None:
         return section_problem(err["input"])
+    removed = REMOVED.get(".".join(str(part) for part in loc))
+    if err["type"] == "extra_forbidden" and removed is not None:
+        return f"removed in an earlier release ({removed}); delete it"
     if err["type"] == "extra_forbidden" and loc:
         section = _section(model, loc[:-1])
         if section is not None:

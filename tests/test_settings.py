@@ -141,6 +141,11 @@ def test_invalid_yaml_gives_the_parsers_reason(tmp_path: Path, text: str, expect
             "kafka.topics.images: unknown key; the keys here are audit, dlq, replay, uploads, "
             "verdicts",
         ),
+        (  # a key an earlier release accepted: why it went, and that it can go
+            "engine:\n  transformers:\n    trust_remote_code: true\n",
+            "engine.transformers.trust_remote_code: removed in an earlier release (nothing "
+            "read it: the supported architectures are transformers' own); delete it",
+        ),
     ],
 )
 def test_an_unknown_key_gets_the_closest_valid_one(
