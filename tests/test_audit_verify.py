@@ -211,16 +211,21 @@ def test_columns_hash_and_format_v2_row_hash_definitions() -> None:
 # -- rows stored before schema version 3 -------------------------------------------------------
 
 
-@pytest.fixture
-def legacy(db: Db) -> Db:
-    """The sample rows as moderator stored them before schema version 3, half redacted, then
-    opened (migrated) by this version; the anchor is taken before the upgrade."""
+def as_stored_by_version_2(db: Db) -> None:
+    """The sample rows in chain format v1, the database at schema version 2."""
     engine = db.engine()
     with engine.begin() as conn:
         for partition in (0, 1):
             write_as_format_v1(conn, TOPIC, partition)
     revert_to_version_2(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def legacy(db: Db) -> Db:
+    """The sample rows as moderator stored them before schema version 3, half redacted, then
+    opened (migrated) by this version; the anchor is taken before the upgrade."""
+    as_stored_by_version_2(db)
     db.anchors.unlink()
     db.anchor()  # opens the store: migration 3
     with AuditStore.open(db.url) as store:
@@ -393,12 +398,7 @@ def test_opening_a_store_of_an_earlier_schema_logs_its_migration(db: Db) -> None
 
     from moderator.audit.db.migrations import LATEST
 
-    engine = db.engine()
-    with engine.begin() as conn:
-        for partition in (0, 1):
-            write_as_format_v1(conn, TOPIC, partition)
-    revert_to_version_2(engine)
-    engine.dispose()
+    as_stored_by_version_2(db)
     with capture_logs() as logs, AuditStore.open(db.url):
         pass
     with capture_logs() as again, AuditStore.open(db.url):  # at the latest version: no line

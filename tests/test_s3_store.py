@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -380,15 +381,22 @@ def test_an_outage_longer_than_the_wait_is_fetch_failed() -> None:
 def test_a_read_waiting_when_the_store_comes_back_does_not_give_up() -> None:
     # Its try in flight fails just after another read is served: it tries again, and reads.
     store, client, clock = outage_store(*[refused()] * 6, ok(b"judged"))
-
-    def back_elsewhere(seconds: float) -> None:
-        FakeClock.sleep(clock, seconds)
-        if len(client.calls) == 5:
-            store.outage.answered()
-
-    store._sleep = back_elsewhere
+    store._sleep = served_elsewhere_after(store, client, clock, tries=5)
     assert store.get("uploads", "acme/a.png", None, 1000).data == b"judged"
     assert len(client.calls) == 7
+
+
+def served_elsewhere_after(
+    store: S3ObjectStore, client: FakeS3Client, clock: FakeClock, tries: int
+) -> Callable[[float], None]:
+    """A backoff sleep during which another read is served, once this one has made `tries`."""
+
+    def sleep(seconds: float) -> None:
+        FakeClock.sleep(clock, seconds)
+        if len(client.calls) == tries:
+            store.outage.answered()
+
+    return sleep
 
 
 @pytest.mark.usefixtures("info_logs")
@@ -483,13 +491,7 @@ def test_a_read_served_before_the_outage_began_does_not_end_the_wait() -> None:
     # Another read is served while this one's first try is under way; then the store refuses
     # every connection, HEAD included. What decides is the store during this read's last try.
     store, client, clock = outage_store(*[refused()] * 9, ok(b"judged"))
-
-    def served_once_then_down(seconds: float) -> None:
-        FakeClock.sleep(clock, seconds)
-        if len(client.calls) == 1:
-            store.outage.answered()
-
-    store._sleep = served_once_then_down
+    store._sleep = served_elsewhere_after(store, client, clock, tries=1)
     assert store.get("uploads", "acme/a.png", None, 1000).data == b"judged"
     assert len(client.calls) == 10 and client.probes == 1
 
