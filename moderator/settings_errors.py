@@ -260,19 +260,15 @@ def section_problem(value: Any) -> str:
     return f"is a section, a mapping of keys, not {shown}"
 
 
-REMOVED: dict[str, str] = {
-    "engine.transformers.trust_remote_code": (
-        "nothing read it: the supported architectures are transformers' own"
-    ),
-}
-"""Settings an earlier release accepted, by dotted key: why each went. A file that still sets
-one gets that reason, so that an upgrade says what to delete and that deleting it is safe."""
+# Settings an earlier release accepted, by dotted key, and why each went: a file that still
+# sets one is told so, so that an upgrade says what to delete and that deleting it is safe.
+_WHY = "nothing read it: the supported architectures are transformers' own"
+REMOVED: dict[str, str] = {"engine.transformers.trust_remote_code": _WHY}
 
 
 def field_problem(err: ErrorDetails, model: type[BaseModel]) -> str:
     """One validation error of `model` in words: a removed key with why it went, an unknown
-    key with the key it probably meant (or the keys there), else pydantic's message without
-    its prefix."""
+    key with the key it probably meant (or the keys there), else pydantic's message."""
     loc = tuple(err["loc"])
     if err["type"] == "model_type" and _section(model, loc) is not None:
         return section_problem(err["input"])
