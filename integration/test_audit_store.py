@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from audit_support import BACKENDS, BASE_TIME, TOPIC, incoming, make_record, opened, policy
 from moderator.audit.chain.canonical import GENESIS_HASH, columns_hash, link_hash, record_hash
@@ -115,7 +116,7 @@ def test_a_version_1_database_is_upgraded_to_the_current_schema(
         assert schema_differences(conn) != []
     reopen(raw).close()
     with raw.connect() as conn:
-        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == [1, 2, 3]
+        assert conn.execute(select(schema_migrations.c.version)).scalars().all() == [1, 2, 3, 4]
         assert schema_differences(conn) == []
     assert store.count() == 2
     report = verify(store, None)
@@ -159,6 +160,36 @@ def test_a_version_2_database_gets_columns_hashes_for_new_rows_only(
         report = verify(upgraded, make_anchor(upgraded))
         assert report.ok, report.problems
         assert (report.rows_redacted, report.rows_legacy, report.rows_uncovered) == (5, 3, 3)
+
+
+def _insert_as_format_v1(raw: Engine, n: int) -> None:
+    """What a sink older than schema version 3 writes: a row without columns_hash."""
+    known = [c for c in audit_records.c if c.name not in ("id", "columns_hash")]  # version 2's
+    with raw.begin() as conn:
+        row = dict(conn.execute(select(*known).limit(1)).mappings().one())
+        row.update(event_id=f"v1-writer-{n}", seq=row["seq"] + 1000 + n)
+        conn.execute(audit_records.insert().values(**row))
+
+
+@pytest.mark.parametrize("migrated", [False, True], ids=["created", "migrated"])
+def test_a_row_without_columns_hash_is_refused(
+    db: tuple[AuditStore, Engine], migrated: bool
+) -> None:
+    """A sink that opened the store before migration 3 would go on writing chain format v1
+    rows, which verify reports as a downgrade: the database refuses them, created at the
+    current version or migrated to it; retention still updates rows stored in format v1."""
+    store, raw = db
+    store.insert(incoming([make_record(i) for i in range(2)]))
+    if migrated:
+        with raw.begin() as conn:
+            write_as_format_v1(conn, TOPIC, 0)
+        revert_to_version_2(raw)
+        _insert_as_format_v1(raw, 1)  # accepted at version 2, as it was
+        reopen(raw).close()
+    with pytest.raises(IntegrityError, match="its writer predates schema version 3"):
+        _insert_as_format_v1(raw, 2)
+    redact_expired(store, {"default": 0}, BASE_TIME + timedelta(days=1))
+    assert store.count() == (3 if migrated else 2)
 
 
 def test_a_foreign_database_is_refused(tmp_path: Path) -> None:

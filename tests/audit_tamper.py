@@ -16,10 +16,11 @@ from moderator.audit.chain.canonical import (
     record_hash,
 )
 from moderator.audit.db.store import AuditStore
-from moderator.audit.db.tables import audit_records, chain_heads, schema_migrations
+from moderator.audit.db.tables import FORMAT_V2_ONLY, audit_records, chain_heads, schema_migrations
 
 R = audit_records.c
 V3_INDEXES = ("ix_audit_records_tenant_time_event", "ix_audit_records_time_event")
+_ON = {"sqlite": "", "postgresql": " ON audit_records"}  # DROP TRIGGER's syntax differs
 
 
 def fake_redaction(conn: Connection, event_id: str, /, **columns: Any) -> None:
@@ -78,6 +79,9 @@ def revert_to_version_2(engine: Engine) -> None:
     """Give a current audit database the shape of schema version 2 (its rows must already be
     in chain format v1: `write_as_format_v1`)."""
     with engine.begin() as conn:
+        conn.execute(text(f"DROP TRIGGER {FORMAT_V2_ONLY}" + _ON[conn.dialect.name]))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"DROP FUNCTION {FORMAT_V2_ONLY}()"))
         for name in V3_INDEXES:
             conn.execute(text(f"DROP INDEX {name}"))
         conn.execute(text("ALTER TABLE audit_records DROP COLUMN columns_hash"))

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, UniqueConstraint, func, insert, inspect, select, text
 
 from moderator.audit.db.connect import WRITE
-from moderator.audit.db.tables import audit_records, metadata, schema_migrations
+from moderator.audit.db.tables import FORMAT_V2_DDL, audit_records, metadata, schema_migrations
 from moderator.audit.errors import SchemaVersionError
 
 # Arbitrary constant naming the migration lock among PostgreSQL advisory locks.
@@ -75,6 +75,11 @@ def _v3_columns_hash(conn: Connection) -> None:
         conn.execute(text(f"CREATE INDEX {name} ON audit_records ({columns})"))
 
 
+def _v4_format_v2_only(conn: Connection) -> None:
+    for statement in FORMAT_V2_DDL.get(conn.dialect.name, ()):
+        conn.exec_driver_sql(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "audit_records, chain_heads, policy_versions, anchors, schema_migrations", _v1_baseline
@@ -85,6 +90,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "columns_hash (chain format v2); (tenant, time, event id) and (time, event id) indexes",
         _v3_columns_hash,
     ),
+    Migration(4, "rows inserted without columns_hash are refused", _v4_format_v2_only),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -175,3 +176,32 @@ schema_migrations = Table(
     Column("description", String, nullable=False),
     Column("applied_at", UtcDateTime, nullable=False),
 )
+
+# Rows inserted without columns_hash (chain format v1) are refused: only a writer older than
+# schema version 3 makes one, and `audit verify` would report it after format v2 rows as a
+# downgrade. Such a writer (a sink that opened the store before it was migrated) gets an
+# integrity error and stops, its records left on the audit topic. Updates are not checked:
+# retention redacts rows stored in format v1. Created with the table, or by migration 4.
+FORMAT_V2_ONLY = "audit_records_format_v2_only"
+_REFUSAL = "audit_records: a row without columns_hash: its writer predates schema version 3"
+FORMAT_V2_DDL: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        f"CREATE TRIGGER {FORMAT_V2_ONLY} BEFORE INSERT ON audit_records "
+        f"WHEN NEW.columns_hash IS NULL BEGIN SELECT RAISE(ABORT, '{_REFUSAL}'); END",
+    ),
+    "postgresql": (
+        f"CREATE FUNCTION {FORMAT_V2_ONLY}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF NEW.columns_hash IS NULL THEN RAISE EXCEPTION '{_REFUSAL}' "
+        "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
+        f"CREATE TRIGGER {FORMAT_V2_ONLY} BEFORE INSERT ON audit_records "
+        f"FOR EACH ROW EXECUTE FUNCTION {FORMAT_V2_ONLY}()",
+    ),
+}
+
+
+def _format_v2_only(target: Table, connection: Any, **_: Any) -> None:
+    for statement in FORMAT_V2_DDL.get(connection.dialect.name, ()):
+        connection.exec_driver_sql(statement)
+
+
+event.listen(audit_records, "after_create", _format_v2_only)
