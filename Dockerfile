@@ -113,6 +113,7 @@ RUN groupadd --gid 10001 moderator \
 COPY --from=cpu-builder /opt/moderator /opt/moderator
 ENV PATH=/opt/moderator/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     MODERATOR_ENGINE__MODEL=/models \
     MODERATOR_POLICIES__DIR=/policies
 WORKDIR /var/lib/moderator

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -155,3 +159,22 @@ def test_decode_scales_clips_and_suppresses() -> None:
     assert found[0].box == (160.0, 160.0, 240.0, 240.0)
     assert found[2].box == (580.0, 0.0, 630.0, 60.0)
     assert decode(output, labels, scale=1.0, image_size=(320, 320), floor=0.95) == []
+
+
+@needs_model
+def test_onnxruntime_keeps_no_device_id_and_sends_no_telemetry(tmp_path: Path) -> None:
+    """onnxruntime's Linux wheels keep a device id under $HOME/.cache/Microsoft and send usage
+    events unless told not to; the engine tells it, whatever the environment says."""
+    script = (
+        "from moderator.engine.nudenet import NudenetEngine\n"
+        "from moderator.settings import NudenetSettings\n"
+        "NudenetEngine(NudenetSettings(threads=1))\n"
+        "import os, time; time.sleep(1); print(os.environ['ORT_DISABLE_TELEMETRY'])\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "ORT_DISABLE_TELEMETRY": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+    assert not (tmp_path / ".cache").exists(), sorted(str(p) for p in tmp_path.rglob("*"))

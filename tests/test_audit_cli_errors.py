@@ -209,3 +209,31 @@ def test_a_bad_time_says_iso_8601_once(db: Path) -> None:
     line = one_line(("audit", "query", "--since", "yesterday"))
     assert line.startswith("moderator: --since: not an ISO 8601 time: 'yesterday' (e.g. ")
     assert line.count("ISO 8601") == 1
+
+
+# -- a SQLite store the process cannot create ---------------------------------------------------
+
+
+def test_a_sqlite_store_under_a_file_names_its_folder(tmp_path: Path) -> None:
+    from moderator.audit.db.store import AuditStore
+    from moderator.audit.errors import AuditUnavailable
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a folder\n")
+    with pytest.raises(AuditUnavailable, match=rf"cannot create or reach its folder {plain}: .*"):
+        AuditStore.open(f"sqlite:///{plain}/audit.db")
+
+
+def test_a_sqlite_store_in_a_folder_without_write_access_names_the_folder_and_uid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a container whose volume is not writable by its uid shows, where root (who may
+    write anywhere) runs the tests."""
+    from moderator.audit.db.store import AuditStore
+    from moderator.audit.errors import AuditUnavailable
+
+    monkeypatch.setattr("moderator.audit.db.connect.os.access", lambda *_: False)
+    expected = rf"cannot create it: its folder {tmp_path} is not writable \(by uid {os.getuid()}\)"
+    with pytest.raises(AuditUnavailable, match=expected):
+        AuditStore.open(f"sqlite:///{tmp_path}/audit.db")
+    assert not (tmp_path / "audit.db").exists()

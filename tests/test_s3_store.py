@@ -462,9 +462,13 @@ def test_every_read_failing_for_a_minute_makes_s3_not_ready() -> None:
     telemetry = Telemetry()
     check = store_check(outage, telemetry.metrics)
     assert check().ok
+    assert check().detail == "no read failing"
     outage.retrying(1)
     outage.failed()
-    clock.now += 61
+    clock.now += 15
+    early = check()  # failing, not for long enough: still ready, and it says so
+    assert early.ok and early.detail == "every S3 read has failed for 15 s (not ready past 60 s)"
+    clock.now += 46
     found = check()
     assert not found.ok and "every S3 read has failed for 61 s" in found.detail
     assert b"moderator_object_store_ready 0.0" in telemetry.scrape()

@@ -12,6 +12,7 @@ import ast
 import importlib.metadata
 import importlib.util
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,18 @@ def model_path() -> Path:
     return path
 
 
+def onnxruntime_without_telemetry() -> Any:
+    """onnxruntime with its telemetry off. Its Linux wheels send usage events to Microsoft
+    (and keep a device id under $HOME/.cache) unless ORT_DISABLE_TELEMETRY is set before the
+    import; a moderation service sends nothing to third parties, so it is set here whatever
+    the environment says, and the API's switch is turned off too."""
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+    return ort
+
+
 class NudenetEngine:
     """Implements the Engine protocol on NudeNet's 320n ONNX detector.
 
@@ -182,8 +195,7 @@ class NudenetEngine:
     )
 
     def __init__(self, settings: NudenetSettings) -> None:
-        import onnxruntime as ort
-
+        ort = onnxruntime_without_telemetry()
         path = model_path()
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.threads

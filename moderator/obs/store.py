@@ -23,8 +23,11 @@ def store_check(store: StoreFailing, metrics: Metrics, failing_s: float = FAILIN
         failing = store.failing_s()
         ready = failing <= failing_s
         metrics.set("moderator_object_store_ready", 1 if ready else 0)
+        if ready and failing:  # failing for a while, not yet for long enough
+            limit = f"not ready past {failing_s:.0f} s"
+            return Check(True, f"every S3 read has failed for {failing:.0f} s ({limit})")
         if ready:
-            return Check(True, "reads served")
+            return Check(True, "no read failing")
         detail = f"every S3 read has failed for {failing:.0f} s: reads wait for the store"
         return Check(False, detail)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
+from moderator.audit.errors import AuditUnavailable
 from moderator.errors import ConfigError
 from moderator.masking import SECRET_KEYS, mask_passwords, mask_values
 
@@ -100,11 +102,28 @@ def create_audit_engine(url: URL) -> Engine:
         raise ConfigError(POSTGRES_MISSING.format(module=module)) from exc
 
 
+def _check_folder(path: Path, url: URL) -> None:
+    """Create the database file's folder; AuditUnavailable naming the folder and this process's
+    uid when it cannot be created, or the file is not there and cannot be (SQLite would only
+    say `unable to open database file`)."""
+    folder = path.absolute().parent
+    why = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = f"cannot create or reach its folder {folder}: {exc.strerror or exc}"
+    if why is None and not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        why = f"cannot create it: its folder {folder} is not writable"
+    if why is not None:
+        uid = os.getuid() if hasattr(os, "getuid") else "?"
+        raise AuditUnavailable(f"audit store {shown_url(url)}: {why} (by uid {uid})")
+
+
 def _sqlite_engine(url: URL) -> Engine:
     memory = is_memory(url)
     if not memory:
         assert url.database is not None
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        _check_folder(Path(url.database).expanduser(), url)
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if memory:
         kwargs["poolclass"] = StaticPool  # one shared connection: one in-memory database
