@@ -25,12 +25,13 @@ started=$SECONDS
 step() { printf 'podman.sh: %s (%ss)\n' "$*" "$((SECONDS - started))" >&2; }
 
 # 1. Packages. crun is installed (podman depends on an OCI runtime) but not used: see below.
+# catatonit is the init process of `podman run --init` (docs/container.md, "Signals").
 if ! command -v podman >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1 \
-  || ! command -v runc >/dev/null 2>&1; then
+  || ! command -v runc >/dev/null 2>&1 || ! dpkg -s catatonit >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends podman buildah runc crun fuse-overlayfs \
-    slirp4netns uidmap debootstrap containernetworking-plugins iptables >&2
+    slirp4netns uidmap debootstrap containernetworking-plugins iptables catatonit >&2
   step "installed podman and buildah from Debian"
 else
   step "podman already installed"
