@@ -517,3 +517,19 @@ def test_an_object_timing_out_while_the_store_answers_fails_after_one_more_try()
     err = fail_code(store)
     assert err.code is ErrorCode.FETCH_FAILED and "(5 attempts)" in err.message
     assert (len(client.calls), client.probes) == (5, 2)
+
+
+def test_a_read_refused_as_the_store_comes_back_tries_once_more() -> None:
+    # Its last try is refused while another read, waiting out the outage, is served: the store
+    # came back during that try. The read tries again instead of giving up on a working store.
+    store, client, _ = outage_store(*[refused()] * 4, ok(b"judged"))
+    scripted = client.get_object
+
+    def served_elsewhere_during_the_last_try(**params: Any) -> dict[str, Any]:
+        if len(client.calls) == 3:
+            store.outage.answered()
+        return scripted(**params)
+
+    client.get_object = served_elsewhere_during_the_last_try  # type: ignore[method-assign]
+    assert store.get("uploads", "acme/a.png", None, 1000).data == b"judged"
+    assert (len(client.calls), client.probes) == (5, 0)

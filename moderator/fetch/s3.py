@@ -174,8 +174,8 @@ class S3ObjectStore:
 
         "Down for every read" is judged by the read's latest try, not by its start: a read
         served between this read's start and an outage says nothing of the store now. A read
-        whose try did not reach the store while a HEAD of the bucket answers (the store came
-        back, or was frozen while the HEAD waited) tries once more before it gives up."""
+        whose try did not reach the store while the store works (it came back during that try,
+        or was frozen while the HEAD waited) tries once more before it gives up."""
         if state.attempt_number < self._max_attempts:
             return False
         if self.outage.expired(started):
@@ -183,13 +183,15 @@ class S3ObjectStore:
         if read.waiting:
             return False
         exc = state.outcome.exception() if state.outcome is not None else None
-        if self.outage.answered_since(read.tried_at):
-            return True  # the store served a read during this one's try: the object is at fault
-        if not getattr(exc, "unavailable", False) and self._answers(read.bucket):
+        # The store served a read during this one's try, or answers and did not say it cannot
+        # serve now: the object is at fault, unless this try did not reach the store at all.
+        if self.outage.answered_since(read.tried_at) or (
+            not getattr(exc, "unavailable", False) and self._answers(read.bucket)
+        ):
             if getattr(exc, "unreached", False) and not read.tried_again:
                 read.tried_again = True
                 return False
-            return True  # the store answers, and did not say it cannot serve now
+            return True
         read.waiting = True
         self.outage.waiting(1, str(getattr(exc, "reason", "")))
         return False
