@@ -190,7 +190,8 @@ FORMAT_V2_DDL: dict[str, tuple[str, ...]] = {
         f"WHEN NEW.columns_hash IS NULL BEGIN SELECT RAISE(ABORT, '{_REFUSAL}'); END",
     ),
     "postgresql": (
-        f"CREATE FUNCTION {FORMAT_V2_ONLY}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"CREATE OR REPLACE FUNCTION {FORMAT_V2_ONLY}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN "
         f"IF NEW.columns_hash IS NULL THEN RAISE EXCEPTION '{_REFUSAL}' "
         "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
         f"CREATE TRIGGER {FORMAT_V2_ONLY} BEFORE INSERT ON audit_records "
