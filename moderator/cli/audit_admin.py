@@ -45,7 +45,8 @@ def add_admin_parsers(audit_sub: Any) -> None:
             "Walk every (topic, partition) hash chain of the audit store and hold it to its "
             "recorded head and to the latest anchor (from --anchor-file / --anchor-s3, else "
             "audit.anchor_file / audit.anchor_s3_uri). Exit 0 intact, 3 tampering found, "
-            "1 could not verify (database unreachable, anchor unreadable)."
+            "1 could not verify (database unreachable, anchor unreadable), 2 bad settings or "
+            "flags."
         ),
     )
     source = verify.add_mutually_exclusive_group()
