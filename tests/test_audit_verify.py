@@ -254,12 +254,25 @@ def test_rows_stored_before_version_3_verify_with_a_warning(
     assert code == 3 and "moderation.audit[0] seq 6" in out
 
 
-def test_a_legacy_row_cannot_be_downgraded_into(legacy: Db) -> None:
-    """A format v2 row whose columns_hash is removed is not taken for a legacy row."""
+def test_a_legacy_row_cannot_be_downgraded_into(
+    legacy: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A format v2 row whose columns_hash is removed is not taken for a legacy row: its hash
+    says format v2 (the first such row), or it follows one (`downgraded`, and then it is not
+    counted among the rows that predate schema version 3)."""
     with AuditStore.open(legacy.url) as store:
-        store.insert([IncomingRecord(TOPIC, 0, 5, record("a-6", "alpha", BASE))])
+        store.insert([IncomingRecord(TOPIC, 0, n, record(f"a-{n}", "alpha", BASE)) for n in (6, 7)])
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0
+    before = capsys.readouterr().err
+    legacy.sql("UPDATE audit_records SET columns_hash = NULL WHERE seq = 7 AND partition = 0")
+    assert main(["audit", "verify"]) == 3
+    out, err = capsys.readouterr()
+    assert "seq 7 " in out and "downgraded" in out
+    assert err == before  # the same count of legacy rows
     legacy.sql("UPDATE audit_records SET columns_hash = NULL WHERE seq = 6 AND partition = 0")
     assert main(["audit", "verify"]) == 3
+    assert "seq 6 " in capsys.readouterr().out
 
 
 # -- what verify cannot see, by design ---------------------------------------------------------
@@ -376,7 +389,7 @@ def test_a_long_verify_shows_its_progress_on_stderr(
 def test_a_tampered_chain_is_checked_to_its_end_and_counts_read_as_words(
     db: Db, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db.sql("UPDATE audit_records SET columns_hash = NULL WHERE seq = 2 AND partition = 0")
+    db.sql("UPDATE audit_records SET columns_hash = NULL WHERE seq = 1 AND partition = 0")
     db.sql(
         "UPDATE audit_records SET decision = CASE decision WHEN 'allow' THEN 'block' "
         "ELSE 'allow' END WHERE seq = 4 AND partition = 0"
@@ -384,7 +397,7 @@ def test_a_tampered_chain_is_checked_to_its_end_and_counts_read_as_words(
     code, out, err = run(capsys, "verify")
     assert code == 3 and out.splitlines()[-1] == "TAMPERING FOUND"
     problems = [line for line in out.splitlines() if line.startswith("problem: ")]
-    assert [p.split(" seq ")[1].split()[0] for p in problems] == ["2", "4"]  # both edits
+    assert [p.split(" seq ")[1].split()[0] for p in problems] == ["1", "4"]  # both edits
     assert "10 rows checked" in out and ", 2 problems" in out
     assert err.splitlines()[-1] == (
         "warning: 1 row predates schema version 3 (chain format v1): the hash chain does not "

@@ -208,7 +208,7 @@ def check_chain(
     for row in rows:
         checked += 1
         redacted += row.record is None
-        if row.columns_hash is None:
+        if row.columns_hash is None and not v2_seen:  # after format v2 rows: `downgraded`
             legacy += 1
             uncovered += row.record is None
         problem = _check_row(topic, partition, row, last_seq, prev_hash, canon, v2_seen)
