@@ -5,6 +5,7 @@ goes away behind a SwitchPort (connections refused, open ones cut)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -391,3 +392,37 @@ def test_the_outage_times_and_its_two_log_lines() -> None:
         ("engine_unavailable", None, None),
         ("engine_available_again", 10.0, 2),
     ]
+
+
+def test_closing_ends_the_tasks_the_loop_still_holds_inside_it() -> None:
+    """A task the shutdown did not see (started after it listed the loop's tasks) is cancelled
+    and run to its end in the loop before the loop closes: left to the garbage collector, its
+    connection attempts would unwind outside any loop."""
+    from moderator.engine.openai.client import OpenAIClient
+    from moderator.engine.openai.limit import InFlightLimit
+    from moderator.settings import OpenAISettings
+
+    client = OpenAIClient(
+        "http://127.0.0.1:9/v1",
+        OpenAISettings(),
+        timeout_s=5,
+        limit=InFlightLimit(4),
+        connections=4,
+        max_response_bytes=1 << 20,
+    )
+    ended: list[str] = []
+
+    async def unseen() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.append("in its loop")
+
+    async def nothing() -> None:  # as if the shutdown had listed the tasks before this one
+        return None
+
+    started = asyncio.run_coroutine_threadsafe(unseen(), client._loop)
+    client._shutdown = nothing  # type: ignore[method-assign]
+    client.close()
+    assert started.cancelled() and ended == ["in its loop"]
+    assert client._loop.is_closed()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import threading
 import time
@@ -186,7 +187,20 @@ class OpenAIClient:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(CLOSE_TIMEOUT_S)
         if not self._loop.is_running():
+            self._end_pending()
             self._loop.close()
+
+    def _end_pending(self) -> None:
+        """Cancel the tasks the stopped loop still holds (one started after the shutdown took
+        its list, or one the shutdown's time ran out on) and let them end inside it: a task
+        left to the garbage collector would unwind its connection attempts outside any loop."""
+        pending = [task for task in asyncio.all_tasks(self._loop) if not task.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            self._loop.run_until_complete(asyncio.wait(pending, timeout=CLOSE_TIMEOUT_S))
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and wait for it (start-up and check only)."""
