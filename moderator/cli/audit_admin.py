@@ -99,19 +99,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify_progress() -> Callable[[int, int, int, str], None]:
     """`verify: N rows checked, chain C of T (topic[p]), S s` on stderr (moderator.cli.progress)."""
-    from moderator.cli.progress import Progress
+    from moderator.cli.progress import reporter
 
-    progress = Progress()
-
-    def show(rows: int, number: int, chains: int, chain: str) -> None:
-        progress.say(
-            lambda s: (
-                f"verify: {rows:,} rows checked, chain {number} of {chains} "
-                f"({safe_line(chain)}), {s:.0f} s"
-            )
+    return reporter(
+        lambda rows, number, chains, chain, s: (
+            f"verify: {rows:,} rows checked, chain {number} of {chains} "
+            f"({safe_line(chain)}), {s:.0f} s"
         )
-
-    return show
+    )
 
 
 def _load_anchor(
@@ -256,19 +251,14 @@ def cmd_retention(args: argparse.Namespace) -> int:
 def _retention_progress() -> Callable[[str, int, int, int], None]:
     """`retention: kids done, 12,345 rows redacted so far, step 2 of 5, 9 s` on stderr
     (moderator.cli.progress)."""
-    from moderator.cli.progress import Progress
+    from moderator.cli.progress import reporter
 
-    progress = Progress()
-
-    def show(entry: str, rows: int, number: int, steps: int) -> None:
-        progress.say(
-            lambda s: (
-                f"retention: {safe_line(entry)} done, {rows:,} rows redacted so far, "
-                f"step {number} of {steps}, {s:.0f} s"
-            )
+    return reporter(
+        lambda entry, rows, number, steps, s: (
+            f"retention: {safe_line(entry)} done, {rows:,} rows redacted so far, "
+            f"step {number} of {steps}, {s:.0f} s"
         )
-
-    return show
+    )
 
 
 def expired_counts(store: AuditStore, policy: Mapping[str, int], now: datetime) -> dict[str, int]:

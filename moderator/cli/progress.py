@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 EVERY_S = 5.0
 
@@ -23,3 +24,14 @@ class Progress:
         if now - self._last >= EVERY_S:
             self._last = now
             print(line(now - self._started), file=sys.stderr, flush=True)
+
+
+def reporter(line: Callable[..., str]) -> Callable[..., None]:
+    """A long job's progress callback: each call's arguments, then the seconds since the
+    start, go to `line` whenever a Progress line is due."""
+    progress = Progress()
+
+    def report(*args: Any) -> None:
+        progress.say(lambda seconds: line(*args, seconds))
+
+    return report
