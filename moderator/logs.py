@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -83,8 +84,28 @@ def configure_logging(settings: LogSettings) -> None:
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
-    # librdkafka and botocore log through the standard library: same stream, same level floor.
-    logging.basicConfig(stream=sys.stderr, level=max(level, logging.WARNING), format="%(message)s")
+    route_stdlib_logs(settings, max(level, logging.WARNING))
+
+
+ANYIO_UNAWAITED = r"coroutine 'connect_tcp\.<locals>\.try_connect' was never awaited"
+"""anyio 4.16 loses a connection attempt whose task is cancelled before it starts (httpx
+cancels them with a request): harmless, and the garbage collector reports it wherever it runs."""
+
+
+def route_stdlib_logs(settings: LogSettings, level: int) -> None:
+    """Standard-library records (botocore, uvicorn before its own set-up) and Python warnings
+    become lines like structlog's, on stderr, from `level` up; a stray plain-text line would
+    break a collector that parses each line as JSON. anyio's lost connection attempt is not
+    reported (ANYIO_UNAWAITED)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(handler)
+    handler = StderrHandler()
+    handler.setFormatter(stdlib_formatter(settings, _merge_process_fields))
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", ANYIO_UNAWAITED, RuntimeWarning)
 
 
 def _renderer(settings: LogSettings) -> structlog.types.Processor:
