@@ -174,13 +174,21 @@ def test_a_killed_replay_resumes_and_reports_each_event_once(
     ]
     assert 0 < len({v["event_id"] for v in before}) < N
 
-    resumed = subprocess.run(
-        [*base, "--resume", plan["run_id"], "--report", str(report_dir)],
-        env=env,
+    # Without --config, a resume reads the settings file the run was started with; one that
+    # would judge differently is refused, naming the setting.
+    resume = [*base[:4], "--resume", plan["run_id"], "--report", str(report_dir)]
+    changed = subprocess.run(
+        resume,
+        env={**env, "MODERATOR_ENGINE__FAKE__UNSAFE_RATE": "0.9"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
         check=False,
+    )
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "settings changed since the run started (engine.fake.unsafe_rate)" in changed.stderr
+    resumed = subprocess.run(
+        resume, env=env, capture_output=True, text=True, timeout=300, check=False
     )
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]

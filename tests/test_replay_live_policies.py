@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from moderator.cli.main import build_parser
-from moderator.cli.replay import _resumed
 from moderator.cli.replay_policies import live_policies, policy_diff
+from moderator.cli.replay_resume import resumed
 from moderator.policy.bundled import write_default_policy
 from moderator.replay.plan import RunPlan, load_plan, save_plan
 from moderator.replay.summary import run_header
@@ -74,9 +74,9 @@ def test_the_plan_keeps_the_flag_for_a_resume(tmp_path: Path) -> None:
     del data["live_policies_dir"]  # a plan written before the flag existed
     assert RunPlan.from_json(data) == PLAN
     argv = ["replay", "--resume", "r1", "--report", str(tmp_path / "rep")]
-    plan, _ = _resumed(build_parser().parse_args([*argv, "--live-policies", str(before)]))
+    plan, _ = resumed(build_parser().parse_args([*argv, "--live-policies", str(before)]))
     assert plan.live_policies_dir == str(before.resolve())
     save_plan(plan, tmp_path / "rep")
-    kept, _ = _resumed(build_parser().parse_args(argv))
+    kept, _ = resumed(build_parser().parse_args(argv))
     assert kept.live_policies_dir == str(before.resolve())
     assert load_plan(tmp_path / "rep", "r1") == kept

@@ -38,7 +38,6 @@ DESCRIPTION = (
     "finished, 1 when stopped before the end (resume with --resume RUN_ID --report DIR) or on "
     "a runtime failure, 2 on bad flags or settings."
 )
-RANGE_FLAGS = ("from_", "to", "offsets", "tenant", "sample", "policies", "engine", "model")
 EXAMPLES = examples(
     "moderator replay --from 2026-11-01T00:00:00Z --to 2026-11-02T00:00:00Z "
     "--policies policies-next",
@@ -111,6 +110,7 @@ def add_replay_parser(sub: Any) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from moderator.cli.replay_resume import resume_config
     from moderator.engine.factory import check_model_flag
     from moderator.errors import ConfigError
     from moderator.logs import configure_logging
@@ -121,6 +121,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "engine.model": args.model,
         "policies.dir": args.policies,
     }
+    if args.resume is not None:
+        args.config = resume_config(args)
     settings = load_settings(args.config, overrides)
     live = load_settings(args.config, {})
     level = "debug" if args.debug else settings.log.level
@@ -139,15 +141,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.live_policies is not None:
         check_directory("--live-policies", args.live_policies)
     if args.resume is not None:
-        plan, directory = _resumed(args)
+        from moderator.cli.replay_resume import check_unchanged, plan_overrides, resumed
+
+        plan, directory = resumed(args)
         if not args.dry_run:
-            check_settings(load_settings(args.config, _plan_overrides(plan)))
+            resumed_settings = load_settings(args.config, plan_overrides(plan))
+            check_settings(resumed_settings)
+            live_dir = _live_dir(plan.live_policies_dir, live)
+            given = args.live_policies is not None
+            check_unchanged(plan, resumed_settings, live_dir, live_given=given)
         _reach(settings)
     else:
         check_model_flag(settings.engine.kind, args.model)  # a resume names its flags to drop
         if not args.dry_run:
             check_settings(settings)  # before any Kafka lookup or file is written
-        plan, directory = _new_plan(args, settings)
+        plan, directory = _new_plan(args, settings, live)
     if args.dry_run:
         return _dry_run(settings, plan)
     from moderator.replay.plan import save_plan
@@ -174,45 +182,16 @@ def _reach(settings: Any) -> None:
         raise ModeratorError(str(exc)) from exc
 
 
-def _plan_overrides(plan: Any) -> dict[str, Any]:
-    return {
-        "policies.dir": plan.policies_dir,
-        "engine.kind": plan.engine,
-        "engine.model": plan.model,
-    }
+def _live_dir(given: str | None, live: Any) -> Path:
+    from moderator.cli.replay_policies import live_policies
+
+    return live_policies(given, live.policies.dir)[0]
 
 
-def _resumed(args: argparse.Namespace) -> tuple[Any, Path]:
-    from moderator.errors import ConfigError
-    from moderator.replay.plan import load_plan
-    from moderator.replay.request import check_run_id
-
-    run_id = check_run_id(args.resume)
-    # `is not None`: an empty value (`--from "$UNSET"`) is given too, and must be dropped.
-    flags = (*RANGE_FLAGS, "output_topic")
-    given = [f"--{f.rstrip('_').replace('_', '-')}" for f in flags if getattr(args, f) is not None]
-    given += [
-        f"--{f.replace('_', '-')}"
-        for f in ("reuse_assessments", "allow_live_output")
-        if getattr(args, f)
-    ]
-    if given:
-        raise ConfigError(
-            f"--resume {run_id}: the run's plan fixes its range, policies and engine; "
-            f"drop {', '.join(given)}"
-        )
-    directory = args.report or Path(f"replay-{run_id}")
-    plan = load_plan(directory, run_id)
-    if args.rate is not None:  # pacing changes no result: a resumed run may go faster or slower
-        plan = dataclasses.replace(plan, rate=args.rate)
-    if args.live_policies is not None:  # only the report's policy diff reads it
-        plan = dataclasses.replace(plan, live_policies_dir=str(args.live_policies.resolve()))
-    return plan, directory
-
-
-def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
+def _new_plan(args: argparse.Namespace, settings: Any, live: Any) -> tuple[Any, Path]:
     from moderator.errors import ConfigError
     from moderator.ingest.kafka import make_consumer
+    from moderator.replay.pinned import pinned_settings, policy_versions
     from moderator.replay.plan import RunPlan, check_new_report
     from moderator.replay.ranges import find_ranges, output_ends
     from moderator.replay.request import (
@@ -280,7 +259,14 @@ def _new_plan(args: argparse.Namespace, settings: Any) -> tuple[Any, Path]:
         reuse_assessments=args.reuse_assessments,
         rate=args.rate,
         output_start=starts,
+        config=str(Path(args.config).resolve()) if args.config is not None else None,
+        pinned=pinned_settings(settings),
+        policy_versions=policy_versions(settings.policies.dir, settings.tenancy),
     )
+    live_dir = _live_dir(plan.live_policies_dir, live)
+    if live_dir.resolve() != settings.policies.dir.resolve():
+        versions = policy_versions(live_dir, live.tenancy)
+        plan = dataclasses.replace(plan, live_policy_versions=versions)
     return plan, directory
 
 
@@ -344,9 +330,10 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
     )
     progress.finish(complete=outcome.completed)
     if not outcome.completed:
+        config = f" --config {args.config}" if args.config is not None else ""
         print(
             f"replay {plan.run_id} stopped before the end of its range; continue it with: "
-            f"moderator replay --resume {plan.run_id} --report {directory}",
+            f"moderator replay --resume {plan.run_id} --report {directory}{config}",
             file=sys.stderr,
         )
         return 1

@@ -42,6 +42,12 @@ class RunPlan:
     # --live-policies: what the report compares with (None: the settings' policies.dir). Kept
     # here so that a resumed run's report compares with the same directory.
     live_policies_dir: str | None = None
+    # What a resume must find unchanged (moderator.replay.pinned); None in plans from before
+    # they were recorded. `config`: the settings file the run was started with, if any.
+    config: str | None = None
+    pinned: dict[str, str] | None = None
+    policy_versions: dict[str, str] | None = None
+    live_policy_versions: dict[str, str] | None = None
 
     @property
     def events_upper_bound(self) -> int:
@@ -76,7 +82,19 @@ class RunPlan:
             rate=data["rate"],
             output_start={int(p): int(o) for p, o in data["output_start"].items()},
             live_policies_dir=data.get("live_policies_dir"),  # absent from older plans
+            config=data.get("config"),
+            pinned=_strings(data.get("pinned")),
+            policy_versions=_strings(data.get("policy_versions")),
+            live_policy_versions=_strings(data.get("live_policy_versions")),
         )
+
+
+def _strings(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def save_plan(plan: RunPlan, directory: Path) -> Path:
