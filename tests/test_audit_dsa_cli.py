@@ -152,7 +152,10 @@ def test_redacted_rows_are_exported_from_the_columns_retention_keeps(
     code, [kept], err = export(capsys)
     assert code == 0, err
     assert kept == whole and validate_statement(kept) == []
-    assert "1 statement of reasons (1 of redacted records, from the columns retention keeps)" in err
+    assert (
+        "1 statement of reasons (1 of redacted records, from the columns retention keeps, "
+        "dated by their decision)" in err
+    )
 
 
 def test_batches_in_summary(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

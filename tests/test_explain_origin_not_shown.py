@@ -143,3 +143,36 @@ def test_a_verdict_without_a_row_says_nothing_about_an_origin(tmp_path: Path) ->
     assert with_origin(bare, tmp_path / "missing", TenancySettings()) == bare
     assert "origin" not in dict(steps(bare))
     assert explanation_json(bare)["missing"] == list(bare.missing)
+
+
+def test_a_tenant_file_that_does_not_load_is_named_not_compiled_as_unknown(
+    config: Path, changed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = changed / "kidsplace.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + "categories:\n  O1: {action: x}\n")
+    code, out, err = explain(capsys, "--config", str(config))
+    assert code == 0, err
+    origin = labelled(out)["origin"]
+    assert origin.startswith(
+        f"not shown: policies.dir ({changed}) has a file that does not load: {path}:"
+    ), origin
+    assert "duplicate key 'categories'" in origin
+
+
+def test_without_a_policy_directory_a_demo_verdict_gets_its_origin_from_the_demo_policies(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    del settings["policies"]  # the default, policies/, which the demo's directory lacks
+    config.write_text(json.dumps(settings), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = explain(capsys, "--config", str(config))
+    assert code == 0, err
+    assert labelled(out)["origin"] == KIDS_ORIGIN
+    (tmp_path / "policies").mkdir()  # a directory there is read, as it stands
+    code, out, err = explain(capsys, "--config", str(config))
+    assert code == 0, err
+    assert labelled(out)["origin"].startswith("not shown: policies: no default.yaml")

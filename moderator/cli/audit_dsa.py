@@ -182,7 +182,10 @@ def cmd_export_dsa(
     included = f" ({smoke} by a smoke-test model, --include-smoke-test)" if smoke else ""
     redacted = exporter.counts["redacted"]
     if redacted:  # from the kept columns: dated by their decision, the upload time is gone
-        included += f" ({redacted} of redacted records, from the columns retention keeps)"
+        included += (
+            f" ({redacted} of redacted records, from the columns retention keeps, dated by "
+            "their decision)"
+        )
     print(
         f"moderator: {statements}{included} (schema {SCHEMA_VERSION}) in "
         f"{counted(-(-written // BATCH_MAX), 'batch', 'batches')} of at most {BATCH_MAX}"

@@ -105,7 +105,8 @@ def _run_demo(settings: Settings, stack: EmbeddedStack, events: int, config: Pat
     pipeline = built[0]
     print(
         f"engine {pipeline.engine.info.engine} ({pipeline.engine.info.name}); "
-        f"{expected} upload events, 1 malformed message",
+        f"{expected} upload events, then a re-upload of the first once they are judged; "
+        "1 malformed message",
         file=sys.stderr,
     )
     verdicts = _read_verdicts(settings, expected, stop, timeout_s=60 + 2.0 * expected)

@@ -81,7 +81,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from moderator.explain.lookup import explain_event
     from moderator.explain.render import explanation_json, text_lines
     from moderator.logs import configure_cli_logging
-    from moderator.settings import load_settings
+    from moderator.settings import PolicySettings, load_settings
     from moderator.text import json_text
 
     event_id: str = args.event_id
@@ -97,13 +97,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
         explanation = explain_event(store, event_id)
         if explanation is None:
             raise AuditError(f"no audit record for event {shown(event_id)} in {store.url}")
-    explanation = with_origin(explanation, settings.policies.dir, settings.tenancy)
+    told = with_origin(explanation, settings.policies.dir, settings.tenancy)
+    unset = args.policies is None and settings.policies.dir == PolicySettings().dir
+    if unset and not settings.policies.dir.is_dir():
+        told = _demo_origin(explanation) or told
     if args.format == "json":
-        print(json_text(explanation_json(explanation), indent=2))
+        print(json_text(explanation_json(told), indent=2))
     else:
-        for line in text_lines(explanation):
+        for line in text_lines(told):
             print(line)
     return 0
+
+
+def _demo_origin(explanation: Any) -> Any:
+    """`explanation` with its row origin from the bundled demo policies when they compile to
+    its version (a verdict `moderator demo` decided, explained where it ran: policies.dir is
+    left at its default, and there is no such directory there); None otherwise."""
+    from importlib.resources import as_file, files
+
+    from moderator.settings import TenancySettings
+
+    with as_file(files("moderator") / "data" / "demo-policies") as directory:
+        found = with_origin(explanation, Path(directory), TenancySettings())
+    return found if found.policy.row_origin is not None else None
 
 
 # -- the demo's verdict table --------------------------------------------------------------

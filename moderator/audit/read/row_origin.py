@@ -67,9 +67,20 @@ def shown_or_why(
         return shown
     from moderator.explain.origin import origin_gap
 
+    broken = _unloaded(explanation.tenant_id, result)
+    if broken is not None:
+        return not_shown(explanation, f"{where} has a file that does not load: {broken}", hint)
     files, policies = _matchable(explanation, result, tenancy)
     gap = origin_gap(explanation, files, policies, where)
     return not_shown(explanation, gap or f"{where} does not say it", hint)
+
+
+def _unloaded(tenant: str, result: DirectoryCheck) -> str | None:
+    """The first problem of `tenant`'s own file when it exists and does not load."""
+    path = result.paths.get(tenant)
+    if path is None or tenant in result.files:
+        return None
+    return next((line for where, line in result.problems if where == path), f"{path.name}")
 
 
 def not_shown(explanation: Explanation, reason: str, hint: str = COMMAND_HINT) -> Explanation:
@@ -118,11 +129,11 @@ def _matchable(
 ) -> tuple[Mapping[str, PolicyFile], Mapping[PolicyKey, TenantPolicy]]:
     """The files and compiled policies the verdict is matched against. A tenant without a file
     of its own is compiled as the registry compiles it under `policies.default_for_unknown`:
-    an empty file extending default.yaml."""
+    an empty file extending default.yaml; a tenant whose own file does not load is not."""
     files: Mapping[str, PolicyFile] = result.files
     policies: Mapping[PolicyKey, TenantPolicy] = result.policies
     tenant = explanation.tenant_id
-    if tenant not in files and DEFAULT in files:
+    if tenant not in files and tenant not in result.paths and DEFAULT in files:
         files, unknown = _as_unknown(result, tenant, explanation.input.surface, tenancy)
         policies = {**policies, **unknown}
     return files, policies
