@@ -79,6 +79,8 @@ def test_the_alerts_cover_what_operators_are_paged_for() -> None:
         "ModeratorObjectStoreUnavailable",
         "ModeratorAuditEventIdConflict",
         "ModeratorAuditRecordsExpired",
+        "ModeratorAuditStoreFailing",
+        "ModeratorConsumerAbsent",
     }
     for name, rule in rules.items():
         assert rule["expr"].count("(") == rule["expr"].count(")"), name

@@ -75,6 +75,40 @@ def test_an_outage_makes_the_store_unready_until_a_batch_is_stored(
     sink.close()
 
 
+def test_writes_that_fail_while_reads_answer_keep_the_store_unready(
+    broker: MemoryBroker, store: AuditStore
+) -> None:
+    """A full disk, a read-only file or a held lock fail writes while the readiness probe's
+    read still answers: the check follows the writes."""
+    broker.produce_plain(TOPIC, record_json(1), partition=0)
+    telemetry = Telemetry()
+    reads = Contact(store.chain_heads, retry_s=0)  # probes whenever a write has failed since
+    observer = SinkObserver(telemetry.metrics, database=reads)
+    seen: list[tuple[bool, str, float]] = []
+
+    def during_outage() -> None:
+        check = observer.store_check()
+        gauge = samples(telemetry)[("moderator_audit_store_ready", ())]
+        seen.append((check.ok, check.detail, gauge))
+
+    flaky = Flaky(store, 2, during_outage)
+    s = settings()
+    sink = AuditSink(
+        s, flaky, consumer(broker, s), poll_timeout_s=0, backoff_initial_s=0.01, observer=observer
+    )
+    assert samples(telemetry)[("moderator_audit_store_ready", ())] == 1
+    sink.start()
+    sink.step()
+    # The first failure is seen before the sink reports it; the second after the first retry.
+    assert seen[0][0] and seen[0][2] == 1
+    ok, detail, gauge = seen[1]
+    assert not ok and gauge == 0
+    assert detail.startswith("writes failing for ") and detail.endswith(": database went away")
+    assert observer.store_check().ok and reads().ok
+    assert samples(telemetry)[("moderator_audit_store_ready", ())] == 1
+    sink.close()
+
+
 def test_run_audit_sink_adds_its_checks_to_a_given_telemetry(
     broker: MemoryBroker, store: AuditStore
 ) -> None:

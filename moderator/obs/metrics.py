@@ -165,6 +165,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "audit store writes retried during a database outage",
     ),
     MetricSpec(
+        "moderator_audit_store_ready",
+        "gauge",
+        (),
+        "0 from a failed audit store write until a batch is stored again, else 1",
+    ),
+    MetricSpec(
         "moderator_audit_chain_head",
         "gauge",
         ("topic", "partition"),

@@ -31,6 +31,7 @@ from moderator.audit.db.connect import (
     WRITE,
     create_audit_engine,
     hide_secrets,
+    is_memory,
     normalize_url,
     shown_url,
 )
@@ -66,6 +67,7 @@ _CHAIN_COLUMNS = tuple(
 )
 _UNREADABLE_TIME = datetime.min.replace(tzinfo=UTC)
 INSERT_ATTEMPTS = 3
+_READ_ONLY = "readonly database"  # SQLite's "attempt to write a readonly database"
 _DOC_CACHE = 256
 _Docs = dict[str, str | None]
 
@@ -347,6 +349,10 @@ class AuditStore:
         except IntegrityError:
             raise
         except (OperationalError, InterfaceError) as exc:
+            if _READ_ONLY in str(exc.orig) and not is_memory(self._url):
+                # SQLite opens a file it cannot write read-only and keeps it so: the next try
+                # opens it again, so that a folder made writable again is written.
+                self._engine.dispose()
             raise AuditUnavailable(self._failure(exc.orig)) from exc
         except SQLAlchemyError as exc:
             raise AuditError(self._failure(exc)) from exc

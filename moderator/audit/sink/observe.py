@@ -12,7 +12,8 @@ import structlog
 
 from moderator.audit.db.conflicts import Conflict, WriteResult, by_kind
 from moderator.audit.models import ChainHead, InsertResult
-from moderator.obs.health import Contact
+from moderator.masking import mask_passwords
+from moderator.obs.health import Check, Contact
 from moderator.obs.metrics import Metrics, no_metrics
 
 log = structlog.get_logger("moderator.audit.sink.loop")
@@ -82,6 +83,10 @@ class SinkObserver:
         self._clock = clock
         self._heads_due = chain_heads is not None  # once at start: the heads already stored
         self._heads_read = -heads_every_s
+        # Since when writes have failed (None: the last one was stored), and why.
+        self._failing_since: float | None = None
+        self._failing_reason = ""
+        self._m.set("moderator_audit_store_ready", 1)  # the store opened: it took writes
 
     def consumed(self, messages: Sequence[Any]) -> None:
         if messages and self._broker is not None:
@@ -104,6 +109,11 @@ class SinkObserver:
             if count:
                 self._m.add("moderator_audit_rows_total", count, result=f"conflict_{kind}")
         self._m.record("moderator_audit_batch_latency_seconds", seconds)
+        if self._failing_since is not None:
+            failing_s = self._clock() - self._failing_since
+            log.warning("audit_store_writes_again", failing_s=round(failing_s, 1))
+            self._failing_since = None
+            self._m.set("moderator_audit_store_ready", 1)
         if self._database is not None:
             self._database.answered()
 
@@ -116,8 +126,24 @@ class SinkObserver:
     def retry(self, reason: str) -> None:
         """An insert failed on a database outage and will be tried again."""
         self._m.add("moderator_audit_db_retries_total")
+        self._m.set("moderator_audit_store_ready", 0)
+        if self._failing_since is None:
+            self._failing_since = self._clock()
+        self._failing_reason = mask_passwords(" ".join(reason.split()))[:300]
         if self._database is not None:
             self._database.failed(reason)
+
+    def store_check(self) -> Check:
+        """The `audit_store` readiness check: not ready from a failed write until a batch is
+        stored (the database may answer a read meanwhile: a full disk, a read-only file, a held
+        lock take reads), else the database's own answers."""
+        since = self._failing_since
+        if since is not None:
+            failing_s = self._clock() - since
+            return Check(False, f"writes failing for {failing_s:.0f} s: {self._failing_reason}")
+        if self._database is None:
+            return Check(True, "no database check")
+        return self._database()
 
     def periodic(self) -> None:
         """Read the chain heads when rows were stored since, at most every heads_every_s."""

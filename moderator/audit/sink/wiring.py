@@ -87,11 +87,12 @@ def _observer(
         else None
     )
     broker, database = Contact(probe), Contact(store.chain_heads)
-    telemetry.readiness.add("broker", broker)
-    telemetry.readiness.add("audit_store", database)
-    return SinkObserver(
+    observer = SinkObserver(
         telemetry.metrics, broker=broker, database=database, chain_heads=store.chain_heads
     )
+    telemetry.readiness.add("broker", broker)
+    telemetry.readiness.add("audit_store", observer.store_check)
+    return observer
 
 
 def build_anchor(settings: Settings, store: AuditStore) -> tuple[Callable[[], None] | None, Any]:
