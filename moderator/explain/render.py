@@ -319,7 +319,10 @@ def _cache(e: Explanation) -> str:
             " store (the cache is shared by all tenants; other tenants' records are not searched)"
         )
     at = _time(c.original_decided_at)
-    return f"{text}; first judged by the model in event {c.original_event_id} at {at}"
+    return (
+        f"{text}; earliest model judgement of this image in the audit store: event "
+        f"{c.original_event_id} at {at} (the cached answer may come from a later one)"
+    )
 
 
 def _rationale(text: str) -> str:
