@@ -106,7 +106,7 @@ def _run_demo(settings: Settings, stack: EmbeddedStack, events: int, config: Pat
     print(
         f"engine {pipeline.engine.info.engine} ({pipeline.engine.info.name}); "
         f"{expected} upload events, then a re-upload of the first once they are judged; "
-        "1 malformed message",
+        "1 malformed message (dead-lettered and logged as `dead_lettered`)",
         file=sys.stderr,
     )
     verdicts = _read_verdicts(settings, expected, stop, timeout_s=60 + 2.0 * expected)

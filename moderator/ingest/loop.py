@@ -235,7 +235,7 @@ class IngestLoop:
     def _dead_letter(self, msg: Any, tp: TP, offset: int, reason: str) -> None:
         self.stats.dlq += 1
         self._obs.dead_lettered(ErrorCode.MALFORMED_EVENT.value)
-        log.info("dead_lettered", topic=tp[0], partition=tp[1], offset=offset, reason=reason)
+        log.warning("dead_lettered", topic=tp[0], partition=tp[1], offset=offset, reason=reason)
         dlq = dlq_output(
             dlq_topic=self._s.kafka.topics.dlq,
             key=msg.key(),
