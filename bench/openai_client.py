@@ -1,5 +1,5 @@
 """The `openai` engine client's own CPU per request, with its connections in one pool or split
-into pools of 8 (what the client does: moderator/engine/openai/client.py, POOL_CONNECTIONS).
+into pools of 8 (what the client does: moderator/engine/openai/pools.py, POOL_CONNECTIONS).
 
 Run from the project root:
 
@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moderator.dev.openai.simulator import BatchingModel, SimulatorProcess
 from moderator.engine.base import EngineRequest
-from moderator.engine.openai.client import POOL_CONNECTIONS, OpenAIClient
+from moderator.engine.openai.client import OpenAIClient
 from moderator.engine.openai.limit import InFlightLimit
+from moderator.engine.openai.pools import POOL_CONNECTIONS
 from moderator.engine.openai.request import ChatFormat
 from moderator.events.verdict import CATEGORIES
 from moderator.settings import GenerationSettings, OpenAISettings

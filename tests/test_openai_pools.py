@@ -16,8 +16,8 @@ from PIL import Image
 from moderator.dev.openai.server import OpenAITestServer
 from moderator.dev.openai.simulator import BatchingModel, BatchingSimulator
 from moderator.engine.base import EngineRequest
-from moderator.engine.openai.client import POOL_CONNECTIONS, pool_sizes
 from moderator.engine.openai.engine import OpenAIEngine
+from moderator.engine.openai.pools import POOL_CONNECTIONS, pool_sizes
 from moderator.events.verdict import CATEGORIES
 from moderator.settings import EngineSettings
 

@@ -6,6 +6,7 @@ simulated batching server the saturation benchmark (bench/saturation.py) runs ag
 
 from __future__ import annotations
 
+import json
 import socket
 import statistics
 import threading
@@ -159,6 +160,45 @@ def test_a_probe_round_measures_the_base_latency_afresh() -> None:
     full_round(limit, 0.27)  # over 2 x the new base
     assert limit.limit == 29
     assert limit.decreases == 1
+
+
+def test_a_server_that_became_slower_for_good_gets_the_limit_back() -> None:
+    """A shared server that got busier: every round is over the tolerance against the old
+    base. The limit shrinks, but the base is measured again once it is stale, and the limit
+    grows back instead of staying at 1."""
+    clock = Clock()
+    limit = InFlightLimit(16, tolerance=2.5, probe_after_s=20, clock=clock)
+    full_round(limit, 0.05)
+    assert limit.limit == 16
+    for _ in range(40):  # 0.2 s now, 4 x the base, every round for 20 s
+        clock.now += 0.5
+        full_round(limit, 0.20)
+        if limit.probes:
+            break
+    assert limit.probes == 1
+    for _ in range(20):
+        clock.now += 0.5
+        full_round(limit, 0.20)
+    assert limit.baseline_s == pytest.approx(0.20)
+    assert limit.limit == 16
+
+
+def test_at_a_limit_of_one_a_stale_base_is_measured_again_by_the_round_itself() -> None:
+    clock = Clock()
+    limit = InFlightLimit(16, tolerance=2.0, probe_after_s=10, clock=clock, initial=1)
+    full_round(limit, 0.05)  # the base: 0.05 s
+    limit.overloaded()
+    assert limit.limit == 1
+    for _ in range(5):
+        clock.now += 1
+        full_round(limit, 0.30)
+    assert limit.limit == 1 and limit.probes == 0
+    clock.now += 6
+    full_round(limit, 0.30)
+    assert limit.probes == 1 and limit.baseline_s == pytest.approx(0.30)
+    for expected in (2, 4, 8, 16):  # slow start again from the new base
+        full_round(limit, 0.30)
+        assert limit.limit == expected
 
 
 def test_invalid_limit_settings_are_refused() -> None:
@@ -384,6 +424,27 @@ def test_a_dropped_connection_is_retried_at_once(
     assert elapsed < 0.4
 
 
+def test_a_request_waiting_to_be_tried_again_holds_no_request_slot() -> None:
+    """One slot: the request answered 429 sleeps in its backoff outside the gate, so the
+    other is sent meanwhile instead of queueing behind the sleep."""
+    values = {"kind": "openai", "base_url": "", "model": MODEL}
+    values["openai"] = {"max_in_flight": 1, "adaptive": False}
+    with OpenAITestServer(ScriptedBackend(SAFE), model=MODEL) as server:
+        values["base_url"] = server.url
+        engine = OpenAIEngine(
+            EngineSettings.model_validate(values), backoff_s=0.5, backoff_max_s=1.0
+        )
+        try:
+            server.fail_next(1, 429, "slow down")
+            results = engine.classify([request(1), request(2)])
+        finally:
+            engine.close()
+        bodies = [json.dumps(body, sort_keys=True) for body in server.requests]
+    assert all(r.assessment is not None for r in results)
+    assert len(bodies) == 3
+    assert bodies[1] != bodies[0] and bodies[2] == bodies[0]  # the other went first
+
+
 # -- the test server and the simulator -------------------------------------------------------------
 
 
@@ -514,3 +575,40 @@ def test_requests_on_the_wire_keep_to_the_limit_with_calls_held_ready(
         results, _ = _through_window(engine, 60)
     assert all(r.assessment is not None for r in results)
     assert simulator.stats().max_running == 6
+
+
+def test_a_request_never_sent_says_it_waited_for_a_slot() -> None:
+    from moderator.engine.openai.failure import failure
+    from moderator.errors import ErrorCode
+
+    queued = failure(TimeoutError(), "http://guard:8000/v1", 15, 0)
+    assert queued.code == ErrorCode.ENGINE_TIMEOUT
+    assert queued.message == (
+        "not sent to http://guard:8000/v1 within 15s: every request slot stayed taken "
+        "(engine.openai.max_in_flight, or the adaptive limit below it)"
+    )
+    sent = failure(TimeoutError(), "http://guard:8000/v1", 15, 1)
+    assert sent.message == "no answer from http://guard:8000/v1 within 15s (1 attempt)"
+
+
+def test_an_answer_from_another_model_is_logged_once_per_name() -> None:
+    from structlog.testing import capture_logs
+
+    from moderator.engine.openai.request import ChatFormat
+    from moderator.settings import GenerationSettings, OpenAISettings
+
+    chat = ChatFormat(MODEL, GenerationSettings(), OpenAISettings(), source="t")
+
+    def answer(model: str) -> dict[str, object]:
+        return {"model": model, "choices": [{"message": {"content": SAFE}}]}
+
+    with capture_logs() as logs:
+        for served in (MODEL, "other-guard", "other-guard", "third-guard"):
+            result = chat.result(request(0), answer(served), 1)
+            assert result.generation["served_model"] == served
+    lines = [line for line in logs if line["event"] == "openai_served_model_differs"]
+    assert [(line["model"], line["served_model"]) for line in lines] == [
+        (MODEL, "other-guard"),
+        (MODEL, "third-guard"),
+    ]
+    assert all(line["log_level"] == "warning" for line in lines)

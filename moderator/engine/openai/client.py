@@ -31,6 +31,13 @@ from moderator.engine.openai.failure import Failure, failure
 from moderator.engine.openai.gate import Gate
 from moderator.engine.openai.limit import InFlightLimit
 from moderator.engine.openai.outage import OUTAGE_PROBE_S, ServerOutage, server_answers, unreachable
+from moderator.engine.openai.pools import (
+    KEEPALIVE_EXPIRY_S,
+    POOL_CONNECTIONS,
+    Pool,
+    open_requests,
+    pool_sizes,
+)
 from moderator.engine.openai.request import (
     describe,
     error_message,
@@ -43,7 +50,7 @@ from moderator.masking import mask_passwords
 from moderator.settings import OpenAISettings
 
 if TYPE_CHECKING:
-    import httpx
+    pass
 
 log = structlog.get_logger("moderator.engine.openai")
 
@@ -51,16 +58,6 @@ PROBE_TIMEOUT_S = 10.0  # start-up check of GET /models
 CLOSE_TIMEOUT_S = 10.0
 _RESULT_GRACE_S = 30.0  # beyond the request timeout, before send stops waiting for the loop
 _THREAD_NAME = "moderator-openai-engine"
-# Idle pooled connections are closed after this long. The servers run on uvicorn, which closes
-# a connection idle for 5 s (--timeout-keep-alive): a client that reuses one at that moment
-# gets a dropped connection. Staying under it leaves the closing to the client.
-KEEPALIVE_EXPIRY_S = 4.0
-# httpcore walks every connection of a pool to place each request, so what a request costs the
-# client's CPU grows with the pool's size. The connections are split over pools (one
-# AsyncClient each) of at most this many, and each request goes to the pool with the fewest
-# requests open: with 64 connections, a request is placed among 8, not 64.
-POOL_CONNECTIONS = 8
-
 T = TypeVar("T")
 
 
@@ -74,21 +71,6 @@ class Reply:
 
     data: dict[str, Any]
     attempts: int
-
-
-@dataclass
-class _Pool:
-    """One AsyncClient and how many requests it has open (event-loop thread only)."""
-
-    client: httpx.AsyncClient
-    open: int = 0
-
-
-def pool_sizes(connections: int, most: int = POOL_CONNECTIONS) -> list[int]:
-    """`connections` split into pools of at most `most`, as even as can be."""
-    count = -(-connections // most)
-    size, extra = divmod(connections, count)
-    return [size + 1 if i < extra else size for i in range(count)]
 
 
 class OpenAIClient:
@@ -134,7 +116,7 @@ class OpenAIClient:
         self._backoff_max_s = backoff_max_s
         self._lock = threading.Lock()
         self._closed = False
-        self._pools: list[_Pool] = []
+        self._pools: list[Pool] = []
         self._gate: Gate | None = None
         self.outage = ServerOutage(outage_wait_s)
         self._loop = asyncio.new_event_loop()
@@ -230,7 +212,7 @@ class OpenAIClient:
                 keepalive_expiry=KEEPALIVE_EXPIRY_S,
             )
             client = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
-            self._pools.append(_Pool(client))
+            self._pools.append(Pool(client))
         self._gate = Gate(self._limit)
 
     async def _probe(self, model: str) -> bool:
@@ -289,14 +271,14 @@ class OpenAIClient:
 
     async def _send_one(self, payload: bytes, label: str | None = None) -> Reply | Failure:
         assert self._gate is not None
-        attempts = [0]
+        attempts, sending = [0], [False]
         started = self.outage.now()
         retry = retrying(self._openai.attempts, self._backoff_s, self._backoff_max_s, label)
         try:
-            async with asyncio.timeout(self._timeout_s), self._gate as epoch:
-                data: dict[str, Any] = await retry(self._post, payload, attempts, epoch)
+            async with asyncio.timeout(self._timeout_s):
+                data: dict[str, Any] = await retry(self._gated_post, payload, attempts, sending)
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and attempts[0]:
+            if isinstance(exc, TimeoutError) and sending[0]:
                 self._limit.overloaded()  # sent and not answered in time (not: queued here)
             failed = failure(exc, self._shown, self._timeout_s, attempts[0])
             unavailable = isinstance(exc, StatusError) and exc.unavailable
@@ -306,6 +288,23 @@ class OpenAIClient:
                 return failed
             return await self._wait_out(payload, attempts, started, failed.message)
         return Reply(data, attempts[0])
+
+    async def _gated_post(
+        self, payload: bytes, attempts: list[int], sending: list[bool]
+    ) -> dict[str, Any]:
+        """One attempt through the gate, so that a request waiting to be tried again holds
+        no request slot (a 429 storm would otherwise leave every slot asleep in backoff).
+        `sending[0]` is true while the attempt is out (still true if it is cancelled then)."""
+        assert self._gate is not None
+        async with self._gate as epoch:
+            sending[0] = True
+            try:
+                data = await self._post(payload, attempts, epoch)
+            except Exception:
+                sending[0] = False
+                raise
+            sending[0] = False
+            return data
 
     async def _wait_out(
         self, payload: bytes, attempts: list[int], started: float, reason: str
@@ -330,7 +329,7 @@ class OpenAIClient:
 
     async def _answers(self) -> bool:
         """Whether the server answers GET /models (the outage probe: any answer but a 5xx)."""
-        pool = min(self._pools, key=_open_requests)
+        pool = min(self._pools, key=open_requests)
         return await server_answers(pool.client, f"{self._base_url}/models", self.outage_probe_s)
 
     async def _post(self, payload: bytes, attempts: list[int], epoch: int) -> dict[str, Any]:
@@ -339,7 +338,7 @@ class OpenAIClient:
         import httpx
 
         attempts[0] += 1
-        pool = min(self._pools, key=_open_requests)
+        pool = min(self._pools, key=open_requests)
         pool.open += 1
         started = time.monotonic()
         try:
@@ -387,7 +386,3 @@ class OpenAIClient:
             await pool.client.aclose()
         await self._loop.shutdown_asyncgens()
         await self._loop.shutdown_default_executor()
-
-
-def _open_requests(pool: _Pool) -> int:
-    return pool.open

@@ -35,6 +35,12 @@ def failure(
         tried += f" over {waited:.0f} s, the server answering no request"
     if isinstance(exc, TimeoutError):  # the request's own deadline
         within = f" within {timeout_s:g}s" if waited is None else ""
+        if attempts == 0:  # queued behind other requests for the whole budget
+            return Failure(
+                ErrorCode.ENGINE_TIMEOUT,
+                f"not sent to {shown}{within}: every request slot stayed taken "
+                "(engine.openai.max_in_flight, or the adaptive limit below it)",
+            )
         return Failure(ErrorCode.ENGINE_TIMEOUT, f"no answer from {shown}{within} ({tried})")
     if isinstance(exc, httpx.TimeoutException):
         return Failure(ErrorCode.ENGINE_TIMEOUT, f"{shown} timed out ({describe(exc)}; {tried})")

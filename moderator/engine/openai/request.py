@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from moderator.engine.base import EngineRequest, EngineResult
 from moderator.engine.guard.output import result_from_output
 from moderator.engine.guard.prompting import image_data_url, openai_messages
@@ -21,6 +23,8 @@ from moderator.settings import GenerationSettings, OpenAISettings
 
 if TYPE_CHECKING:
     import httpx
+
+log = structlog.get_logger("moderator.engine.openai")
 
 # The automatic answer cap (response_limit): the envelope, usage and slack, plus per generated
 # token and per alternative a generous entry: its text JSON-escaped (up to ~16 characters, six
@@ -48,6 +52,7 @@ class ChatFormat:
         self._source = source
         self._want_score = generation.score and options.logprobs
         structured = generation.structured and options.response_format != "none"
+        self._other_models: set[str] = set()  # served names other than `model`, logged once
         self._request_record = {  # how the request was shaped beyond the generation settings
             "response_format": options.response_format if structured else "none",
             "top_logprobs": options.top_logprobs if self._want_score else None,
@@ -101,9 +106,13 @@ class ChatFormat:
                 error_code=ErrorCode.ENGINE_ERROR,
                 error_message=f"{self._source} answered without choices[0].message",
             )
+        served = _brief(data.get("model"))
+        if served is not None and served != self._model and served not in self._other_models:
+            self._other_models.add(served)
+            log.warning("openai_served_model_differs", model=self._model, served_model=served)
         generation: dict[str, Any] = {
             **self._gen.record(),
-            "served_model": _brief(data.get("model")),
+            "served_model": served,
             "finish_reason": _brief(choice.get("finish_reason")),
             "attempts": attempts,
             "request": self._request_record,
