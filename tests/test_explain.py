@@ -280,7 +280,8 @@ def test_a_cache_hit_names_the_original_judgement() -> None:
     assert e.cache is not None and e.cache.original_event_id == "e-0"
     assert dict(steps(e))["cache"] == (
         "assessment reused from the verdict cache (same image bytes, model input and model); "
-        "earliest model judgement of this image in the audit store: event e-0 at 2026-11-29T01:05:00Z "
+        "earliest model judgement of this image in the audit store: "
+        "event e-0 at 2026-11-29T01:05:00Z "
         "(the cached answer may come from a later one)"
     )
     assert rule_text(e) == "rating Unsafe for O5: row action block -> block (no score thresholds)"

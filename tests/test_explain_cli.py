@@ -120,7 +120,8 @@ def test_a_cache_hit_names_the_first_model_judgement_in_the_store(
     assert code == 0, err
     # a-err failed (no judgement) and a-3 came later: a-1 is where the assessment came from
     assert labelled(out)["cache"].endswith(
-        "earliest model judgement of this image in the audit store: event a-1 at 2026-11-29T01:05:00Z "
+        "earliest model judgement of this image in the audit store: "
+        "event a-1 at 2026-11-29T01:05:00Z "
         "(the cached answer may come from a later one)"
     )
 
