@@ -66,11 +66,16 @@ def _merge_process_fields(
     return event_dict
 
 
+_SAMPLER: list[HotPathSampler] = []  # the configured one, for report_sampled_out
+
+
 def configure_logging(settings: LogSettings) -> None:
     level = getattr(logging, settings.level.upper())
+    sampler = HotPathSampler(settings.hot_path_per_s)
+    _SAMPLER[:] = [sampler]
     structlog.configure(
         processors=[
-            HotPathSampler(settings.hot_path_per_s),
+            sampler,
             structlog.contextvars.merge_contextvars,
             merge_event_context,
             _merge_process_fields,
@@ -106,6 +111,14 @@ def route_stdlib_logs(settings: LogSettings, level: int) -> None:
     root.setLevel(level)
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", ANYIO_UNAWAITED, RuntimeWarning)
+
+
+def report_sampled_out() -> None:
+    """At shutdown: one `sampled_out` line with the hot-path lines dropped since the last of
+    each name was written, which no later line will carry."""
+    dropped = _SAMPLER[0].take_dropped() if _SAMPLER else {}
+    if dropped:
+        structlog.get_logger("moderator").warning("sampled_out", **dropped)
 
 
 def _renderer(settings: LogSettings) -> structlog.types.Processor:

@@ -22,6 +22,7 @@ from moderator.ingest.jobs import LoopStats
 from moderator.ingest.kafka import make_consumer, make_producer
 from moderator.ingest.loop import IngestLoop
 from moderator.ingest.ports import Consumer, Producer
+from moderator.logs import report_sampled_out
 from moderator.obs.engine import FAILING_S, EngineWatch
 from moderator.obs.health import Check, CheckFn, Contact
 from moderator.obs.http import serving
@@ -188,6 +189,7 @@ def run_service(
                 settings, stop, current, pipeline, consumer, producer, warm=warm, tracer=tracer
             )
     finally:
+        report_sampled_out()
         provider.shutdown()  # sends the last spans
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import structlog
 
-from moderator.logs import configure_logging
+from moderator.logs import configure_logging, report_sampled_out
 from moderator.obs.log_sampling import HotPathSampler
 from moderator.settings import LogSettings
 
@@ -50,6 +50,31 @@ def test_configured_logging_samples_only_the_hot_path(capsys: pytest.CaptureFixt
     # All 50 within one second on any machine this runs on; at worst a second window opens.
     assert 3 <= names.count("verdict") <= 6
     assert names.count("policy_changed") == 50
+
+
+def test_the_dropped_lines_no_later_line_carries_are_reported_at_shutdown(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(LogSettings(level="info", format="json", hot_path_per_s=2))
+    log = structlog.get_logger("test")
+    for _ in range(30):  # all within one second
+        log.info("event_abandoned", reason="engine window closed")
+    log.warning("dead_lettered", reason="not JSON")
+    report_sampled_out()
+    report_sampled_out()  # nothing more was dropped: no second line
+    try:
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        configure_logging(LogSettings(level="warning", format="json"))
+    last = [line for line in lines if line["event"] == "sampled_out"]
+    assert len(last) == 1
+    assert (
+        last[0]["event_abandoned"]
+        + sum(1 for line in lines if line["event"] == "event_abandoned")
+        + sum(line.get("sampled_out", 0) for line in lines if line["event"] == "event_abandoned")
+        == 30
+    )
+    assert "dead_lettered" not in last[0]
 
 
 def test_a_negative_quota_is_refused() -> None:

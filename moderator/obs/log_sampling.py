@@ -77,3 +77,12 @@ class HotPathSampler:
         if dropped:
             event_dict["sampled_out"] = dropped
         return event_dict
+
+    def take_dropped(self) -> dict[str, int]:
+        """Lines dropped since the last one kept, by name, counted as reported: for a last line
+        at shutdown, after which no line of those names would carry them."""
+        with self._lock:
+            dropped = {name: w.dropped for name, w in sorted(self._windows.items()) if w.dropped}
+            for window in self._windows.values():
+                window.dropped = 0
+        return dropped
