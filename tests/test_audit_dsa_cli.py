@@ -262,7 +262,7 @@ def test_invalid_mapping_is_an_error(
     )
     store_records(env["db"], [record(tenant="kids")])
     code, lines, err = export(capsys)
-    # Caught when the policy directory is loaded, before any statement is built.
+    # A configuration error, met with the tenant's first row: nothing is written.
     assert (code, lines) == (2, [])
     assert "kids.yaml:3: dsa.categories.O4: O4 maps to" in err
     assert "not a DSA statement category" in err and err.count("\n") == 1
@@ -282,3 +282,16 @@ def test_stdout_holds_only_statements_in_a_real_process(env: dict[str, Path]) ->
     for line in lines:
         assert validate_statement(json.loads(line)) == [], line
     assert "4 statements of reasons" in done.stderr
+
+
+def test_a_tenant_file_that_does_not_load_stops_only_an_export_of_its_rows(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (env["policies"] / "kids.yaml").write_text("on_error: block\non_error: allow\n")
+    store_records(env["db"], mixed())
+    code, statements, err = export(capsys, "--tenant", "acme")
+    assert code == 0, err
+    assert len(statements) == 3
+    code, statements, err = export(capsys)
+    assert (code, statements) == (2, [])
+    assert "kids.yaml:2: duplicate key 'on_error'" in err and err.count("\n") == 1

@@ -158,10 +158,13 @@ def cmd_export_dsa(
     problem = None if output is None else file_problem(output)
     if problem is not None:  # now, not after the whole store was read
         raise ConfigError(f"--output: {problem}")
+    # Tolerant: a tenant whose file does not load (an edit in progress) stops the export only
+    # when one of its rows is exported, naming the file's problem.
     registry = PolicyRegistry(
         settings.policies.dir,
         settings.tenancy,
         default_for_unknown=settings.policies.default_for_unknown,
+        tolerant=True,
     )
     exporter = _Exporter(registry, options, include_smoke_test=include_smoke_test)
     with open_existing_store(settings.audit.url) as store, _output(output) as out:
@@ -303,10 +306,14 @@ class _Exporter:
 
         mapping = self._mappings.get(tenant_id)
         if mapping is None:
+            status = self._registry.status().get(tenant_id)
+            if status is not None and status.error and not status.versions:
+                # Its file is there and does not load: a configuration error (exit 2), not a
+                # tenant without a file. Other tenants' rows are exported before it is met.
+                raise ConfigError(status.error)
             policy = self._registry.resolve(tenant_id, "default")
             if policy is None:
                 raise DsaExportError("no policy file for the tenant, so its DSA mapping is unknown")
-            status = self._registry.status().get(tenant_id)
             surfaces = status.versions if status is not None else ("default",)
             mapping = TenantDsa.from_policy(policy.resolved, surfaces)
             self._mappings[tenant_id] = mapping

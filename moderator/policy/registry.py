@@ -80,8 +80,10 @@ class PolicyRegistry:
         default_for_unknown: bool = False,
         poll_interval_s: float = 0.0,
         metrics: Metrics | None = None,
+        tolerant: bool = False,
     ) -> None:
         self._dir = directory
+        self._tolerant = tolerant  # start with the tenants that load (a reader, not a service)
         self._metrics = metrics
         self._tenancy = tenancy
         self._default_for_unknown = default_for_unknown
@@ -164,7 +166,7 @@ class PolicyRegistry:
         with self._lock:
             old = self._snap
             new = self._build(old, initial=initial)
-            if new.errors and initial:
+            if new.errors and initial and not self._tolerant:
                 raise ConfigError(self._startup_problem(new.errors))
             self._snap = new
             self._publish(old, new)
