@@ -42,6 +42,7 @@ KIDSPLACE_ORIGIN = {
     "surface": None,
     "set_by": {f: "kidsplace.yaml" for f in ("mode", "action", "block_at", "review_at")},
     "overrides": {},
+    "undeclared_surface": "post",  # kidsplace declares profile_photo only
 }
 
 
@@ -119,7 +120,10 @@ def test_the_api_document_is_the_cli_s_row_origin_included(
     body = api_json(client, "k-1")
     assert body["policy"]["row_origin"] == KIDSPLACE_ORIGIN
     assert body == cli_json(config, "k-1", capsys)
-    origin = "O6 mode and action and block_at and review_at by kidsplace.yaml"
+    origin = (
+        "O6 mode and action and block_at and review_at by kidsplace.yaml; "
+        "surface post is not declared: the default rules apply"
+    )
     assert {"step": "origin", "text": origin} in body["steps"]
 
 

@@ -71,13 +71,20 @@ def test_a_surface_override_says_which_surface_and_file_changed_the_row() -> Non
         "surface": "comments",
         "set_by": {"mode": "default.yaml", "action": "surfaces.comments in museum.yaml"},
         "overrides": {"action": {"from": "review", "to": "block"}},
+        "undeclared_surface": None,
     }
 
 
-def test_a_row_without_a_surface_override_names_its_files_only() -> None:
+def test_a_row_without_a_surface_override_names_its_files_and_an_undeclared_surface() -> None:
     e = attached(on_surface("post"))
-    assert e.policy.row_origin is not None and e.policy.row_origin.surface is None
-    assert step(e, "origin") == "O2 mode by default.yaml, action by museum.yaml"
+    origin = e.policy.row_origin
+    assert origin is not None and origin.surface is None
+    assert origin.undeclared_surface == "post"
+    assert step(e, "origin") == (
+        "O2 mode by default.yaml, action by museum.yaml; "
+        "surface post is not declared: the default rules apply"
+    )
+    assert explanation_json(e)["policy"]["row_origin"]["undeclared_surface"] == "post"
 
 
 def test_files_that_no_longer_compile_to_the_version_give_no_origin() -> None:

@@ -23,7 +23,10 @@ from tests.policy_fixtures import clear_moderator_env
 from tests.test_explain import audit_record, demo, unsafe
 from tests.test_explain_origin import on_surface
 
-KIDS_ORIGIN = "O6 mode and action and block_at and review_at by kidsplace.yaml"
+KIDS_ORIGIN = (
+    "O6 mode and action and block_at and review_at by kidsplace.yaml; "
+    "surface post is not declared: the default rules apply"
+)
 
 
 @pytest.fixture

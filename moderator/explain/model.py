@@ -64,6 +64,9 @@ class RowOrigin:
     surface: str | None
     set_by: Mapping[str, str]
     overrides: Mapping[str, tuple[RowValue, RowValue]] = field(default_factory=dict)
+    # The event's surface when no file of the tenant's chain declares it: the tenant's default
+    # surface's rules decided (else None).
+    undeclared_surface: str | None = None
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ def attach_origin(
     row = e.policy.row
     surface = e.input.surface or SURFACE_DEFAULT
     origin = row_origin(files, file_names, policy.resolved.chain, surface, row.category)
+    declared = {s for stem in policy.resolved.chain for s in files[stem].surfaces}
+    if surface != SURFACE_DEFAULT and surface not in declared:
+        origin = replace(origin, undeclared_surface=surface)
     if origin.surface is not None:
         before = row_values(base.resolved, row.category)
         after = row_values(policy.resolved, row.category)

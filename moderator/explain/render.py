@@ -267,6 +267,8 @@ def _origin(row: TableRow, origin: RowOrigin) -> str:
         places.setdefault(place, []).append(name)
     by = ", ".join(f"{' and '.join(names)} by {place}" for place, names in places.items())
     text = f"{row.category} {by or 'set by no policy file (built-in values)'}"
+    if origin.undeclared_surface is not None:
+        text += f"; surface {origin.undeclared_surface} is not declared: the default rules apply"
     if origin.surface is None:
         return text
     changes = ", ".join(f"{k} {_value(a)} -> {_value(b)}" for k, (a, b) in origin.overrides.items())
@@ -285,6 +287,7 @@ def _origin_json(origin: RowOrigin) -> dict[str, Any]:
         "surface": origin.surface,
         "set_by": dict(origin.set_by),
         "overrides": {k: {"from": a, "to": b} for k, (a, b) in origin.overrides.items()},
+        "undeclared_surface": origin.undeclared_surface,
     }
 
 

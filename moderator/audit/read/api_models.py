@@ -118,6 +118,10 @@ class ExplanationRowOrigin(_Strict):
     overrides: dict[str, ExplanationOverride] = Field(
         description="field -> what the surface override changed"
     )
+    undeclared_surface: str | None = Field(
+        description="the event's surface when no file of the tenant declares it (its default "
+        "surface's rules decided)"
+    )
 
 
 class ExplanationPolicy(_Strict):
