@@ -183,19 +183,20 @@ def test_a_server_that_became_slower_for_good_gets_the_limit_back() -> None:
     assert limit.limit == 16
 
 
-def test_at_a_limit_of_one_a_stale_base_is_measured_again_by_the_round_itself() -> None:
+def test_at_a_limit_of_one_a_round_over_the_tolerance_is_the_new_base() -> None:
     clock = Clock()
     limit = InFlightLimit(16, tolerance=2.0, probe_after_s=10, clock=clock, initial=1)
     full_round(limit, 0.05)  # the base: 0.05 s
     limit.overloaded()
     assert limit.limit == 1
-    for _ in range(5):
-        clock.now += 1
-        full_round(limit, 0.30)
-    assert limit.limit == 1 and limit.probes == 0
-    clock.now += 6
-    full_round(limit, 0.30)
+    full_round(limit, 0.08)  # within the tolerance: the base holds, the limit grows
+    assert limit.limit == 2 and limit.probes == 0
+    clock.now += 1
+    limit.overloaded()
+    assert limit.limit == 1
+    full_round(limit, 0.30)  # 6 x the base with one request out: the server is slower now
     assert limit.probes == 1 and limit.baseline_s == pytest.approx(0.30)
+    assert limit.limit == 1
     for expected in (2, 4, 8, 16):  # slow start again from the new base
         full_round(limit, 0.30)
         assert limit.limit == expected

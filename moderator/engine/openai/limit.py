@@ -27,8 +27,9 @@ round has come close to base (within 10%) for `probe_after_s` seconds, one round
 quarter of the limit, few enough requests for the server's queue to drain (a probe): its median
 becomes the base, and the limit returns to its value. This comes before the latency rule: a
 server that became slower for good (busier with other clients) would otherwise shrink the limit
-round after round down to 1 and keep it there. At a limit of 1 the round itself is the probe:
-its median becomes the base and the limit grows again from there, doubling per round.
+round after round down to 1 and keep it there. At a limit of 1 a round over the tolerance (or
+a stale base) is itself the probe: one request at a time queues nothing of ours, so its median
+becomes the base and the limit grows again from there, doubling per round.
 
 The base is measured with few requests running, so it is lower than the latency of a full
 batch; the tolerance (2.5 by default) leaves room for that rise and for a queue behind it. A
@@ -140,18 +141,21 @@ class InFlightLimit:
         self._base = base
         if median <= _NEAR_BASE * base:
             self._confirmed = now
-        if now - self._confirmed >= self._probe_after_s:
-            # The base is stale, whether latency rose because requests queue or because the
-            # server became slower; checked before shrinking, or a slower server would shrink
-            # the limit to 1 for good (every round "too slow" against the old base).
+        stale = now - self._confirmed >= self._probe_after_s
+        if self._limit == 1 and (stale or median > self._tolerance * base):
+            # One request at a time queues nothing of ours: this round is the base as it is
+            # now (a server that became slower for good), and the limit grows from it again.
             self.probes += 1
-            if self._limit > 1:
-                self._probing = self._limit
-                self._set(max(1, self._limit // PROBE_SHARE))
-            else:  # one request at a time queues nothing of ours: this round is the base
-                self._base, self._confirmed = median, now
-                self._slow_start = True
-                self._new_round()
+            self._base, self._confirmed = median, now
+            self._slow_start = True
+            self._new_round()
+        elif stale:
+            # The base is stale, whether latency rose because requests queue or because the
+            # server became slower: checked before the latency rule, which would otherwise
+            # shrink the limit round after round against the old base.
+            self.probes += 1
+            self._probing = self._limit
+            self._set(max(1, self._limit // PROBE_SHARE))
         elif median > self._tolerance * base:
             self._set(max(1, math.floor(self._limit * LATENCY_DECREASE)), decrease=True)
         elif self._peak >= self._limit and self._limit < self.maximum:
