@@ -155,6 +155,11 @@ class OpenAIEngine:
         return self._limit.limit
 
     @property
+    def limit(self) -> InFlightLimit:
+        """The in-flight limit itself: its base latency and probe count, for benchmarks."""
+        return self._limit
+
+    @property
     def call_limit(self) -> int:
         """The most `classify` calls (one item each, behind the engine window) to take now: the
         in-flight limit and a quarter more (at least 2), ready to go out as requests end."""
