@@ -58,6 +58,9 @@ def test_native_event() -> None:
         (native(event_id="x" * 129), "event_id"),
         (native(tenant_id="Acme"), "tenant_id"),
         (native(object={"bucket": "b"}), "object.key"),
+        # uploads/acme + a.jpg would name the record of uploads + acme/a.jpg
+        (native(object={"bucket": "uploads/acme", "key": "a.jpg"}), "object.bucket.*no '/'"),
+        (native(object={"bucket": "up\nloads", "key": "a.jpg"}), "object.bucket"),
         (native(uploaded_at="2026-11-29T02:00:00"), "uploaded_at"),
         (native(uploaded_at="9999-12-31T23:00:00-05:00"), "uploaded_at"),
         (native(uploaded_at="0001-01-01T00:00:00+05:00"), "uploaded_at"),

@@ -39,6 +39,16 @@ class ObjectRef(BaseModel):
     size: int | None = Field(default=None, ge=0, le=2**53 - 1, strict=True)
     content_type: str | None = Field(default=None, max_length=1024)
 
+    @field_validator("bucket")
+    @classmethod
+    def _one_bucket(cls, bucket: str) -> str:
+        # The records' key is `{tenant}:{bucket}/{key}`, compacted to one verdict per object:
+        # a '/' in the bucket would let another event's bucket and key name the same record.
+        # No object store takes '/' or control characters in a bucket name.
+        if "/" in bucket or any(ord(ch) < 32 or ord(ch) == 127 for ch in bucket):
+            raise ValueError("a bucket name has no '/' and no control characters")
+        return bucket
+
 
 class UploadContext(BaseModel):
     """Optional context; `surface` selects policy overrides."""
