@@ -613,3 +613,33 @@ def test_an_answer_from_another_model_is_logged_once_per_name() -> None:
         (MODEL, "third-guard"),
     ]
     assert all(line["log_level"] == "warning" for line in lines)
+
+
+def test_an_error_answer_echoing_the_key_reaches_the_verdict_masked() -> None:
+    values: dict[str, Any] = {"kind": "openai", "base_url": "", "model": MODEL}
+    values["openai"] = {"api_key": "APIKEYSECRET42"}
+    with OpenAITestServer(ScriptedBackend(SAFE), model=MODEL) as server:
+        values["base_url"] = server.url
+        engine = OpenAIEngine(EngineSettings.model_validate(values), backoff_s=0.01)
+        try:
+            server.fail_next(
+                1, 400, "bad request: echo auth=Bearer APIKEYSECRET42 basic=Basic c3ZjOnB3ZDEyMw=="
+            )
+            [result] = engine.classify([request(0)])
+        finally:
+            engine.close()
+        url = server.url
+    message = result.error_message or ""
+    assert message.startswith(f"{url} answered HTTP 400: bad request: echo auth=Bearer ***")
+    assert "APIKEYSECRET42" not in message and "c3ZjOnB3ZDEyMw" not in message
+
+
+def test_messages_show_the_servers_url_without_credentials_or_query() -> None:
+    from moderator.engine.openai.request import hide_credentials, shown_url
+
+    assert shown_url("http://u:pw@guard:8000/v1?api-key=Q#f") == "http://guard:8000/v1"
+    assert shown_url("https://[::1]:8443/v1") == "https://[::1]:8443/v1"
+    assert hide_credentials("token: abcdef123 and api_key=zzzzzz99", ()) == (
+        "token: *** and api_key=***"
+    )
+    assert hide_credentials("said hunter2-secret", ("hunter2-secret",)) == "said ***"

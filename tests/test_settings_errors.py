@@ -283,6 +283,24 @@ def test_a_base_url_with_a_password_is_masked(no_env: pytest.MonkeyPatch) -> Non
     assert "hunter2" not in settings_error()
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://svc:EnginePW1@vllm:8000/v1", "no user or password in the URL"),
+        ("http://svc@vllm:8000/v1", "no user or password in the URL"),
+        ("http://vllm:8000/v1?api-key=QSECRET", "no query string or fragment"),
+        ("http://vllm:8000/v1#x", "no query string or fragment"),
+    ],
+)
+def test_credentials_or_a_query_in_the_base_url_are_refused(
+    no_env: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    no_env.setenv("MODERATOR_ENGINE__BASE_URL", url)
+    error = settings_error()
+    assert f"engine.base_url: {problem}" in error and "engine.openai.api_key" in error
+    assert "EnginePW1" not in error and "QSECRET" not in error
+
+
 @pytest.mark.parametrize("url", ["http://vllm:8000/v1", "https://h/v1", ""])
 def test_an_http_base_url_passes(no_env: pytest.MonkeyPatch, url: str) -> None:
     no_env.setenv("MODERATOR_ENGINE__BASE_URL", url)

@@ -41,12 +41,13 @@ from moderator.engine.openai.pools import (
 from moderator.engine.openai.request import (
     describe,
     error_message,
+    hide_credentials,
     model_entries,
     retry_after,
+    shown_url,
 )
 from moderator.engine.openai.retry import OVERLOAD_STATUSES, BadResponse, StatusError, retrying
 from moderator.errors import ConfigError, ErrorCode, ModeratorError
-from moderator.masking import mask_passwords
 from moderator.settings import OpenAISettings
 
 if TYPE_CHECKING:
@@ -104,8 +105,10 @@ class OpenAIClient:
     ) -> None:
         self._base_url = base_url
         self._pool_connections = pool_connections
-        self._shown = mask_passwords(base_url)  # in messages, which reach verdicts and logs
+        self._shown = shown_url(base_url)  # in messages, which reach verdicts and logs
         self._openai = options
+        key = options.api_key.get_secret_value() if options.api_key is not None else None
+        self._secrets = (key,) if key else ()
         self._timeout_s = timeout_s
         self._limit = limit
         self._connections = connections
@@ -351,7 +354,9 @@ class OpenAIClient:
                 if not 200 <= response.status_code < 300:
                     try:
                         body = await read_capped(response, ERROR_BODY_BYTES, truncate=True)
-                        message = error_message(body, response.reason_phrase)
+                        message = hide_credentials(
+                            error_message(body, response.reason_phrase), self._secrets
+                        )
                     except UnreadableAnswer as exc:
                         message = str(exc)
                     if response.status_code in OVERLOAD_STATUSES:

@@ -29,7 +29,12 @@ from moderator.engine.openai.client import (
 )
 from moderator.engine.openai.failure import Failure
 from moderator.engine.openai.limit import InFlightLimit
-from moderator.engine.openai.request import ChatFormat, response_limit, token_logprobs
+from moderator.engine.openai.request import (
+    ChatFormat,
+    response_limit,
+    shown_url,
+    token_logprobs,
+)
 from moderator.errors import ConfigError
 from moderator.events.verdict import ModelInfo
 from moderator.masking import mask_passwords
@@ -102,7 +107,7 @@ class OpenAIEngine:
         base_url = settings.base_url.rstrip("/")
         self._model = settings.model
         self._format = ChatFormat(
-            settings.model, settings.generation, settings.openai, source=mask_passwords(base_url)
+            settings.model, settings.generation, settings.openai, source=shown_url(base_url)
         )
         opts = settings.openai
         connections = opts.max_connections or opts.max_in_flight
