@@ -107,6 +107,9 @@ def route_stdlib_logs(settings: LogSettings, level: int) -> None:
         root.removeHandler(handler)
     handler = StderrHandler()
     handler.setFormatter(stdlib_formatter(settings, _merge_process_fields))
+    # On the handler too: a library that sets its own logger's level (werkzeug at info) would
+    # otherwise have its records pass, since the root's level does not filter propagated ones.
+    handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)

@@ -85,3 +85,16 @@ def test_anyios_lost_connection_attempt_is_not_reported(
     assert len(events) == 1
     assert "never awaited" in events[0]
     assert "other" in events[0]
+
+
+def test_a_library_logger_set_below_the_floor_writes_nothing_below_it(
+    configured: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chatty = logging.getLogger("werkzeug.test")
+    chatty.setLevel(logging.INFO)
+    try:
+        chatty.info("PUT /bucket HTTP/1.1 200")
+        chatty.warning("address in use")
+    finally:
+        chatty.setLevel(logging.NOTSET)
+    assert [line["event"] for line in _lines(capsys)] == ["address in use"]
