@@ -295,3 +295,18 @@ def test_a_tenant_file_that_does_not_load_stops_only_an_export_of_its_rows(
     code, statements, err = export(capsys)
     assert (code, statements) == (2, [])
     assert "kids.yaml:2: duplicate key 'on_error'" in err and err.count("\n") == 1
+
+
+def test_the_output_is_written_through_no_planted_link(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_records(env["db"], mixed())
+    victim = env["tmp"] / "victim.txt"
+    victim.write_text("keep me\n")
+    target = env["tmp"] / "sor.jsonl"
+    (env["tmp"] / f".sor.jsonl.{os.getpid()}.tmp").symlink_to(victim)  # the old, guessable name
+    code, _, err = export(capsys, "--output", str(target))
+    assert code == 0, err
+    assert victim.read_text() == "keep me\n"
+    assert not target.is_symlink() and len(target.read_text().splitlines()) == 4
+    assert target.stat().st_mode & 0o077 == 0  # statements are for the platform's own eyes

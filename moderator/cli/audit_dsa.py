@@ -382,9 +382,12 @@ def _output(path: Path | None) -> Iterator[TextIO]:
             shutil.copyfileobj(spool, sys.stdout)
             sys.stdout.flush()
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A new file of a random name (O_EXCL): a name others could guess would let them plant a
+    # link there and have the export write through it.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             yield fh
         tmp.replace(path)
     finally:
