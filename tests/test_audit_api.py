@@ -16,7 +16,7 @@ pytest.importorskip("fastapi", reason="the audit API needs the api extra")
 from fastapi.testclient import TestClient
 
 from moderator.audit.db.store import AuditStore
-from moderator.audit.errors import AuditUnavailable
+from moderator.audit.errors import AuditUnavailable, SchemaVersionError
 from moderator.audit.models import AuditQuery
 from moderator.audit.read.api import create_app
 from moderator.audit.read.cursor import filters_digest
@@ -144,6 +144,37 @@ def test_healthz_needs_no_token_and_reports_the_database(store: AuditStore) -> N
         response = get(client, "/v1/verdicts", "t")
         assert response.status_code == 503
         assert "postgresql" not in response.text  # no connection details in responses
+
+
+def test_answers_are_not_cached_or_sniffed(store: AuditStore) -> None:
+    with TestClient(create_app(lambda: store, {token_hash("t"): ["*"]})) as client:
+        for response in (
+            get(client, "/v1/verdicts", "t"),
+            client.get("/v1/verdicts"),  # 401
+            client.get("/healthz"),
+        ):
+            assert response.headers["cache-control"] == "no-store"
+            assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_store_that_is_not_usable_is_503_too(tmp_path: Path) -> None:
+    """A file that is not a database, or one a newer release migrated: the store raises an
+    AuditError, not AuditUnavailable; still one 503, never a 500 with a traceback."""
+    garbage = tmp_path / "notadb.db"
+    garbage.write_text("garbage\n" * 100)
+
+    def broken() -> AuditStore:
+        return AuditStore.open(f"sqlite:///{garbage}")
+
+    def newer() -> AuditStore:
+        raise SchemaVersionError("the audit database is at schema version 99")
+
+    for opener in (broken, newer):
+        with TestClient(create_app(opener, {token_hash("t"): ["*"]})) as client:
+            assert client.get("/healthz").status_code == 503
+            response = get(client, "/v1/verdicts", "t")
+            assert response.status_code == 503
+            assert response.json() == {"detail": "audit database unavailable"}
 
 
 @pytest.mark.usefixtures("info_logs")

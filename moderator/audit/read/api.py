@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from moderator import __version__
 from moderator.audit.db.store import AuditStore
@@ -67,6 +67,16 @@ def create_app(
     app.state.origins = _unchanged if origins is None else origins
     add_error_handlers(app)
     app.include_router(router)
+
+    @app.middleware("http")
+    async def private(request: Request, call_next: Any) -> Response:
+        # Answers name tenants, users and objects: no proxy or browser may keep them, nor
+        # read them as anything but their declared type.
+        response: Response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
     return app
 
 

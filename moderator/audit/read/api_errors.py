@@ -13,7 +13,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from moderator.audit.errors import AuditUnavailable, InvalidQuery
+from moderator.audit.errors import AuditError, AuditUnavailable, InvalidQuery
 from moderator.audit.read.api_models import ErrorBody
 from moderator.audit.read.filters import shown
 
@@ -39,14 +39,17 @@ def unauthorized(detail: str) -> HTTPException:
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """503 for an unreachable database (without its URL), 400 for a bad filter value, and
-    FastAPI's validation errors as one line."""
+    """503 for an unreachable or unusable database (without its URL), 400 for a bad filter
+    value, and FastAPI's validation errors as one line."""
     app.exception_handler(AuditUnavailable)(_unavailable)
+    # Any other store failure (a file that is not a database, a schema newer than this
+    # release): the store is unusable for now, the same 503 and one line, not a traceback.
+    app.exception_handler(AuditError)(_unavailable)
     app.exception_handler(InvalidQuery)(_invalid)
     app.exception_handler(RequestValidationError)(_unprocessable)
 
 
-async def _unavailable(_request: Request, exc: AuditUnavailable) -> JSONResponse:
+async def _unavailable(_request: Request, exc: AuditError) -> JSONResponse:
     UNAVAILABLE_LOG.seen(str(exc))
     return JSONResponse({"detail": "audit database unavailable"}, status_code=503)
 
