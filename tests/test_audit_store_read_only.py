@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,3 +39,22 @@ def test_a_store_opened_read_only_is_opened_again_for_the_next_write(tmp_path: P
         event.remove(engine, "connect", read_only)  # the folder is writable again
         assert store.insert(_one(1)).inserted == 1
         assert store.count() == 2
+
+
+def test_a_new_database_and_anchor_file_are_for_their_owner_only(tmp_path: Path) -> None:
+    from moderator.audit.integrity.anchors import FileAnchorSink, make_anchor
+
+    old = os.umask(0o022)
+    try:
+        with AuditStore.open(f"sqlite:///{tmp_path / 'new.db'}") as store:
+            store.insert(_one(0))
+            assert (tmp_path / "new.db").stat().st_mode & 0o777 == 0o600
+            assert (tmp_path / "new.db-wal").stat().st_mode & 0o777 == 0o600
+            FileAnchorSink(tmp_path / "anchors.jsonl").write(make_anchor(store))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "anchors.jsonl").stat().st_mode & 0o777 == 0o600
+    existing = tmp_path / "kept.db"
+    existing.touch(mode=0o640)
+    AuditStore.open(f"sqlite:///{existing}").close()
+    assert existing.stat().st_mode & 0o777 == 0o640

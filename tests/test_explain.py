@@ -91,7 +91,11 @@ def audit_record(
     event = UploadEvent(
         event_id=event_id,
         tenant_id=policy.tenant_id,
-        object=ObjectRef(bucket=bucket, key=key or f"{policy.tenant_id}/demo/{event_id}.png"),
+        # Constructed, not validated: tests of display escaping store a bucket holding control
+        # characters, as records written before events were refused for one may.
+        object=ObjectRef.model_construct(
+            bucket=bucket, key=key or f"{policy.tenant_id}/demo/{event_id}.png"
+        ),
         uploaded_at=DECIDED - timedelta(minutes=5),
         context=UploadContext(surface=surface),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -119,11 +120,22 @@ def _check_folder(path: Path, url: URL) -> None:
         raise AuditUnavailable(f"audit store {shown_url(url)}: {why} (by uid {uid})")
 
 
+def _create_private(path: Path) -> None:
+    """Create a new database file for its owner only: SQLite would create it (and its -wal and
+    -shm files, which take the database's mode) as the umask allows, often readable by all,
+    and the rows name users and objects. An existing file keeps its mode."""
+    # There already (FileExistsError), or SQLite says what is wrong with the path.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _sqlite_engine(url: URL) -> Engine:
     memory = is_memory(url)
     if not memory:
         assert url.database is not None
-        _check_folder(Path(url.database).expanduser(), url)
+        path = Path(url.database).expanduser()
+        _check_folder(path, url)
+        _create_private(path)
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if memory:
         kwargs["poolclass"] = StaticPool  # one shared connection: one in-memory database

@@ -82,7 +82,9 @@ class FileAnchorSink:
 
     def write(self, anchor: Anchor) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as out:
+        # Created for the owner only (an existing file keeps its mode).
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as out:
             out.write(anchor.to_bytes() + b"\n")
             out.flush()
             os.fsync(out.fileno())
