@@ -137,14 +137,21 @@ class KafkaSettings(_Section):
         cls, client: dict[str, str | int | bool]
     ) -> dict[str, str | int | bool]:
         for key in client:
-            why = SERVICE_CLIENT_KEYS.get(key.strip().lower())
+            name = key.strip().lower()
+            why = SERVICE_CLIENT_KEYS.get(name)
             if why is not None:
                 raise ValueError(f"{key}: set by the service ({why}); remove it")
+            setting = DEDICATED_CLIENT_KEYS.get(name)
+            if setting is not None:
+                raise ValueError(
+                    f"{key}: use kafka.{setting} (checked at start-up, and kept secret where it "
+                    "is one); remove it here"
+                )
         return client
 
     @model_validator(mode="after")
     def _broker_protocols(self) -> KafkaSettings:
-        protocol = self.client.get("security.protocol") or self.security_protocol or "PLAINTEXT"
+        protocol = self.security_protocol or "PLAINTEXT"
         problem = broker_list_problem(self.bootstrap_servers, str(protocol))
         if problem is not None:
             raise ValueError(f"bootstrap_servers: {problem}")
@@ -190,6 +197,23 @@ SERVICE_CLIENT_KEYS = {
     "transactional.id": "from kafka.transactional_id, by default "
     "moderator-{group_id}-{instance_id}",
     "transaction.timeout.ms": "from kafka.transaction_timeout_ms",
+}
+
+
+# librdkafka properties that have a setting of their own: in kafka.client they would bypass its
+# checks (a broker list, a secret kept as one) and override it silently.
+DEDICATED_CLIENT_KEYS = {
+    "bootstrap.servers": "bootstrap_servers",
+    "metadata.broker.list": "bootstrap_servers",
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_username",
+    "sasl.password": "sasl_password",
+    "ssl.ca.location": "ssl_ca_location",
+    "ssl.certificate.location": "ssl_certificate_location",
+    "ssl.key.location": "ssl_key_location",
+    "ssl.key.password": "ssl_key_password",
 }
 
 

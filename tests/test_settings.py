@@ -276,8 +276,25 @@ def test_a_broker_protocol_must_be_the_security_protocol(no_env: pytest.MonkeyPa
     )
     no_env.setenv("MODERATOR_KAFKA__SECURITY_PROTOCOL", "SSL")
     assert load_settings().kafka.security_protocol == "SSL"
-    no_env.delenv("MODERATOR_KAFKA__SECURITY_PROTOCOL")
-    assert load_settings(overrides={"kafka.client": {"security.protocol": "ssl"}})
+
+
+@pytest.mark.parametrize(
+    ("key", "setting"),
+    [
+        ("security.protocol", "security_protocol"),
+        ("bootstrap.servers", "bootstrap_servers"),
+        ("SASL.Password", "sasl_password"),
+        ("ssl.key.password", "ssl_key_password"),
+    ],
+)
+def test_a_client_key_with_a_setting_of_its_own_is_refused(
+    no_env: pytest.MonkeyPatch, key: str, setting: str
+) -> None:
+    """In kafka.client it would bypass the setting's checks and secrecy and override it."""
+    no_env.setenv("MODERATOR_KAFKA__CLIENT", f'{{"{key}": "KSECRET4"}}')
+    error = settings_error()
+    assert f"kafka.client.{key}: use kafka.{setting}" in error
+    assert "KSECRET4" not in error
 
 
 def test_run_check_stops_at_an_empty_broker_list(no_env: pytest.MonkeyPatch) -> None:
