@@ -121,7 +121,10 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
 def test_known_mistakes() -> None:
     assert mistaken_hash([sha256(TOKEN)]) is None
     assert mistaken_hash([sha256("%s").upper()]) is not None
-    assert len(KNOWN_MISTAKES) == 6
+    line = mistaken_hash([sha256("$TOKEN\n")])
+    assert line is not None and 'the line "$TOKEN" (a variable that was not expanded)' in line
+    assert mistaken_hash([sha256("TOKEN")]) is not None
+    assert len(KNOWN_MISTAKES) == 12
 
 
 def hash_token(

@@ -20,19 +20,23 @@ def token_hash(token: str) -> str:
 
 # Hashes of what a shell pipes into sha256sum when the command that should hash a token goes
 # wrong: an unset variable, a printf format string taken literally (`%s`, or `%%s` copied from a
-# help text that argparse did not unescape), or echo's trailing newline after either. Each one
+# help text that argparse did not unescape), a variable's name in single quotes (`'$TOKEN'`, or
+# the placeholder `TOKEN` of a recipe), or echo's trailing newline after any of them. Each one
 # is either a token anyone can send (`Authorization: Bearer %s`) or one nobody can.
+_MISTAKES = (
+    ("", "an empty string"),
+    ("%s", 'the text "%s"'),
+    ("%%s", 'the text "%%s"'),
+    ("$TOKEN", 'the text "$TOKEN" (a variable that was not expanded)'),
+    ("${TOKEN}", 'the text "${TOKEN}" (a variable that was not expanded)'),
+    ("TOKEN", 'the text "TOKEN" (a placeholder)'),
+)
 KNOWN_MISTAKES: dict[str, str] = {
-    token_hash(text): what
-    for text, what in (
-        ("", "an empty string"),
-        ("\n", "an empty line"),
-        ("%s", 'the text "%s"'),
-        ("%s\n", 'the line "%s"'),
-        ("%%s", 'the text "%%s"'),
-        ("%%s\n", 'the line "%%s"'),
-    )
+    token_hash(text + end): what if not end else what.replace("the text", "the line")
+    for text, what in _MISTAKES
+    for end in ("", "\n")
 }
+KNOWN_MISTAKES[token_hash("\n")] = "an empty line"
 
 
 def mistaken_hash(digests: Iterable[str]) -> str | None:
