@@ -13,6 +13,7 @@ Needs the `api` extra (fastapi, uvicorn).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,11 @@ from moderator.audit.read.api_routes import StoreHolder, router
 
 if TYPE_CHECKING:
     from moderator.explain.model import Explanation
+
+PAGES_AT_ONCE = 4
+"""Pages of verdicts read and written at once; more wait their turn. A page of 1,000 items
+holds several MB while it is read and serialised, so the process's memory is bounded by this,
+not by how many clients ask at once."""
 
 DESCRIPTION = (
     "Read-only access to moderation verdicts and the policy versions they were decided under. "
@@ -68,11 +74,18 @@ def create_app(
     add_error_handlers(app)
     app.include_router(router)
 
+    pages = asyncio.Semaphore(PAGES_AT_ONCE)
+
     @app.middleware("http")
     async def private(request: Request, call_next: Any) -> Response:
+        response: Response
+        if request.url.path == "/v1/verdicts":
+            async with pages:
+                response = await call_next(request)
+        else:
+            response = await call_next(request)
         # Answers name tenants, users and objects: no proxy or browser may keep them, nor
         # read them as anything but their declared type.
-        response: Response = await call_next(request)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
