@@ -127,11 +127,21 @@ def test_the_api_document_is_the_cli_s_row_origin_included(
     assert {"step": "origin", "text": origin} in body["steps"]
 
 
-def test_a_verdict_without_a_row_has_no_origin_either_way(
+def test_an_error_verdict_names_the_file_of_its_on_error_action_either_way(
     client: TestClient, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     body = api_json(client, "k-2")
-    assert "row_origin" not in body["policy"]
+    assert body["policy"]["row_origin"] == {
+        "surface": None,
+        "set_by": {"on_error": "kidsplace.yaml"},
+        "overrides": {},
+        "undeclared_surface": "post",
+    }
+    origin = (
+        "on_error for corrupt_image by kidsplace.yaml; "
+        "surface post is not declared: the default rules apply"
+    )
+    assert {"step": "origin", "text": origin} in body["steps"]
     assert body == cli_json(config, "k-2", capsys)
 
 

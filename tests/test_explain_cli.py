@@ -105,10 +105,12 @@ def test_json_is_the_explanation_document(db: Path, capsys: pytest.CaptureFixtur
     doc = json.loads(out)
     record = next(r for r in records() if r["verdict"]["event_id"] == "k-2")
     from moderator.audit.fields import record_fields
+    from moderator.audit.read.row_origin import with_origin
+    from moderator.settings import load_settings
 
-    expected = explanation_json(
-        explain_record(record_fields(record), record, record["policy_document"])
-    )
+    settings = load_settings(None, {})  # the command's: where it reads the origin from
+    explained = explain_record(record_fields(record), record, record["policy_document"])
+    expected = explanation_json(with_origin(explained, settings.policies.dir, settings.tenancy))
     assert doc == json.loads(json.dumps(expected))
     assert doc["rule"]["text"] == "on_error for corrupt_image -> block"
 

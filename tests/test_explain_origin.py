@@ -188,3 +188,36 @@ def test_the_message_stays_short_however_many_locations_and_however_long_the_key
     text = outside_tenant(many, "x" * 63, "k/" * 500 + "photo.jpg")
     assert len(text) <= 400
     assert "photo.jpg" in text and "and 77 more)" in text
+
+
+# -- item: an error verdict's on_error action -----------------------------------------------
+
+
+def test_the_file_or_override_that_set_an_on_error_action_is_found() -> None:
+    from moderator.policy.resolve import on_error_source
+
+    files = directory(
+        t=("on_error: block\nsurfaces:\n  comments:\n    on_error: {object_not_found: allow}\n")
+    )
+    assert on_error_source(files, ("t", "default"), "default", "object_not_found") == ("t", False)
+    assert on_error_source(files, ("t", "default"), "comments", "object_not_found") == (
+        "t",
+        True,
+    )
+    assert on_error_source(files, ("default",), "default", "corrupt_image") is None  # built-in
+
+
+def test_an_error_verdict_names_the_file_that_set_its_on_error_action() -> None:
+    policy = demo("museum")
+    from moderator.errors import ErrorCode
+
+    e = explain(audit_record("m-9", policy, error=ErrorCode.OBJECT_NOT_FOUND))
+    shown = attached(e)
+    origin = shown.policy.row_origin
+    assert origin is not None and origin.set_by == {"on_error": "museum.yaml"}
+    assert step(shown, "origin") == (
+        "on_error for object_not_found by museum.yaml; "
+        "surface post is not declared: the default rules apply"
+    )
+    unknown = explain(audit_record("u-1", policy, error=ErrorCode.UNKNOWN_TENANT))
+    assert attached(unknown) == unknown  # decided by the default policy, for no chain

@@ -69,6 +69,16 @@ class RowOrigin:
     undeclared_surface: str | None = None
 
 
+def has_origin(e: Explanation) -> bool:
+    """Whether a file of the tenant's chain set what decided: a decision-table row, or an
+    error verdict's on_error action (not `unknown_tenant`'s: the default policy decides it, for
+    a tenant without a chain)."""
+    if e.policy.row is not None:
+        return True
+    error = e.error
+    return error is not None and error.code != "unknown_tenant" and e.policy.on_error is not None
+
+
 @dataclass(frozen=True)
 class PolicyFacts:
     version: str | None

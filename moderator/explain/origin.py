@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from moderator.explain.model import Explanation, RowOrigin, RowValue
+from moderator.explain.model import Explanation, RowOrigin, RowValue, has_origin
 from moderator.policy.document import PolicyFile
 from moderator.policy.model import ResolvedPolicy
-from moderator.policy.resolve import NONE_APPLYING, row_sources
+from moderator.policy.resolve import NONE_APPLYING, on_error_source, row_sources
 
 SURFACE_DEFAULT = "default"
 
@@ -47,16 +47,21 @@ def attach_origin(
     `policies` maps (tenant, surface) to the compiled policies of a policy directory.
     """
     found = _deciding(e, files, policies, "the policy files")
-    if isinstance(found, str) or e.policy.row is None:
+    if isinstance(found, str):
         return e
     policy, base = found
     row = e.policy.row
     surface = e.input.surface or SURFACE_DEFAULT
-    origin = row_origin(files, file_names, policy.resolved.chain, surface, row.category)
-    declared = {s for stem in policy.resolved.chain for s in files[stem].surfaces}
+    chain = policy.resolved.chain
+    if row is None:  # an error verdict: who set its on_error action
+        assert e.error is not None
+        origin = on_error_origin(files, file_names, chain, surface, e.error.code)
+    else:
+        origin = row_origin(files, file_names, chain, surface, row.category)
+    declared = {s for stem in chain for s in files[stem].surfaces}
     if surface != SURFACE_DEFAULT and surface not in declared:
         origin = replace(origin, undeclared_surface=surface)
-    if origin.surface is not None:
+    if origin.surface is not None and row is not None:
         before = row_values(base.resolved, row.category)
         after = row_values(policy.resolved, row.category)
         changed = {k: (before[k], after[k]) for k in after if before[k] != after[k]}
@@ -88,7 +93,7 @@ def _deciding(
     name = f"{e.tenant_id}/{surface}"
     base = policies.get((e.tenant_id, SURFACE_DEFAULT))
     policy = policies.get((e.tenant_id, surface), base)
-    if e.policy.row is None:
+    if not has_origin(e):
         return "the verdict has no decision-table row"
     if policy is None or base is None:
         return f"{where} has no policy for {name}"
@@ -126,6 +131,23 @@ def row_values(resolved: ResolvedPolicy, code: str) -> dict[str, RowValue]:
         return {"action": na.action, "block_at": na.block_at, "review_at": na.review_at}
     c = resolved.category(code)
     return {"mode": c.mode, "action": c.action, "block_at": c.block_at, "review_at": c.review_at}
+
+
+def on_error_origin(
+    files: Mapping[str, PolicyFile],
+    file_names: Mapping[str, str],
+    chain: tuple[str, ...],
+    surface: str,
+    code: str,
+) -> RowOrigin:
+    """Which file, or surface override, set the on_error action of error `code`: `set_by`
+    holds `on_error` (`built-in` when no file sets it)."""
+    found = on_error_source(files, chain, surface, code)
+    if found is None:
+        return RowOrigin(surface=None, set_by={"on_error": "built-in"})
+    stem, overriding = found
+    place = _place(file_names.get(stem, f"{stem}.yaml"), surface if overriding else None)
+    return RowOrigin(surface=surface if overriding else None, set_by={"on_error": place})
 
 
 def _place(file_name: str, surface: str | None) -> str:

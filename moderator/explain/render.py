@@ -16,7 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from moderator.errors import ErrorCode
-from moderator.explain.model import Explanation, RowOrigin, RowValue, RuleFacts, TableRow
+from moderator.explain.model import (
+    Explanation,
+    RowOrigin,
+    RowValue,
+    RuleFacts,
+    TableRow,
+    has_origin,
+)
 from moderator.text import safe_line
 
 SCHEMA = "moderator.explanation/v1"
@@ -36,9 +43,9 @@ def _steps(e: Explanation) -> list[tuple[str, str]]:
         ("image", _image(e)),
         ("policy", _policy(e)),
     ]
-    if e.policy.row is not None and e.policy.row_origin is not None:
-        out.append(("origin", _origin(e.policy.row, e.policy.row_origin)))
-    elif e.policy.row is not None and e.policy.origin_not_shown:
+    if has_origin(e) and e.policy.row_origin is not None:
+        out.append(("origin", _origin(e, e.policy.row_origin)))
+    elif has_origin(e) and e.policy.origin_not_shown:
         out.append(("origin", f"not shown: {e.policy.origin_not_shown}"))
     out.append(("engine", _engine(e)))
     if e.assessment is not None and e.assessment.rationale:
@@ -259,17 +266,25 @@ def _row(row: TableRow) -> str:
     return f"row {row.category}{mode}: {thresholds}; Unsafe -> {row.action}"
 
 
-def _origin(row: TableRow, origin: RowOrigin) -> str:
+def _origin(e: Explanation, origin: RowOrigin) -> str:
     """Who set the row: `O2 action by surfaces.comments in acme.yaml, mode by default.yaml;
-    surface comments changed action review -> block`."""
+    surface comments changed action review -> block`; for an error verdict, who set its
+    on_error action: `on_error for corrupt_image by kidsplace.yaml`."""
+    row = e.policy.row
     places: dict[str, list[str]] = {}
     for name, place in origin.set_by.items():
         places.setdefault(place, []).append(name)
-    by = ", ".join(f"{' and '.join(names)} by {place}" for place, names in places.items())
-    text = f"{row.category} {by or 'set by no policy file (built-in values)'}"
+    if row is None:
+        code = e.error.code if e.error is not None else "?"
+        place = origin.set_by.get("on_error", "built-in")
+        by = "no policy file (built-in review)" if place == "built-in" else place
+        text = f"on_error for {code} by {by}"
+    else:
+        by = ", ".join(f"{' and '.join(names)} by {place}" for place, names in places.items())
+        text = f"{row.category} {by or 'set by no policy file (built-in values)'}"
     if origin.undeclared_surface is not None:
         text += f"; surface {origin.undeclared_surface} is not declared: the default rules apply"
-    if origin.surface is None:
+    if origin.surface is None or row is None:
         return text
     changes = ", ".join(f"{k} {_value(a)} -> {_value(b)}" for k, (a, b) in origin.overrides.items())
     what = f"changed {changes}" if changes else "sets the same values as the default surface"
@@ -277,7 +292,7 @@ def _origin(row: TableRow, origin: RowOrigin) -> str:
 
 
 def _origin_missing(e: Explanation) -> list[str]:
-    if e.policy.row is None or e.policy.row_origin is not None or not e.policy.origin_not_shown:
+    if not has_origin(e) or e.policy.row_origin is not None or not e.policy.origin_not_shown:
         return []
     return [f"row origin: {e.policy.origin_not_shown}"]
 

@@ -165,7 +165,7 @@ class _Merged:
 
     categories: dict[str, _Fields]
     none_applying: _Fields
-    on_error: dict[str, tuple[Action, str]]
+    on_error: dict[str, tuple[Action, str, int]]  # code -> action, file, merge step
     overrides_from: int
     steps: int
 
@@ -180,7 +180,7 @@ def _merge(files: Mapping[str, PolicyFile], chain: tuple[str, ...], surface: str
     overrides = [(n, f.surfaces[surface]) for n, f in layers if surface in f.surfaces]
     categories: dict[str, _Fields] = {code: {} for code in CODES}
     none_applying: _Fields = {}
-    on_error: dict[str, tuple[Action, str]] = {}
+    on_error: dict[str, tuple[Action, str, int]] = {}
     parts: list[tuple[str, PolicyFile | SurfaceOverride]] = [*layers, *overrides]
     for step, (name, part) in enumerate(parts):
         for code, category in part.categories.items():
@@ -190,7 +190,7 @@ def _merge(files: Mapping[str, PolicyFile], chain: tuple[str, ...], surface: str
         if part.on_error is not None:
             raw = part.on_error
             mapping = {"default": raw} if isinstance(raw, str) else raw
-            on_error.update({code: (a, name) for code, a in mapping.items()})
+            on_error.update({code: (a, name, step) for code, a in mapping.items()})
     return _Merged(categories, none_applying, on_error, len(layers), len(parts))
 
 
@@ -215,6 +215,17 @@ def row_sources(
     if mode_step is not None and (action_step is None or mode_step > action_step):
         found["action"] = found["mode"]
     return {name: found[name] for name in ROW_FIELDS if name in found}
+
+
+def on_error_source(
+    files: Mapping[str, PolicyFile], chain: tuple[str, ...], surface: str, code: str
+) -> tuple[str, bool] | None:
+    """The file that set the on_error action of error `code` (its own key, else `default`)
+    for `chain` resolved for `surface`, and whether in its surface override; None when no
+    file sets it (the built-in review)."""
+    merged = _merge(files, chain, surface)
+    found = merged.on_error.get(code) or merged.on_error.get("default")
+    return None if found is None else (found[1], found[2] >= merged.overrides_from)
 
 
 def _set(fields: _Fields, model: BaseModel, origin: tuple[str, int]) -> None:
@@ -290,13 +301,13 @@ def _thresholds(
 
 
 def _on_error(
-    merged: Mapping[str, tuple[Action, str]], tenant: str, sources: Mapping[str, Path] | None
+    merged: Mapping[str, tuple[Action, str, int]], tenant: str, sources: Mapping[str, Path] | None
 ) -> dict[str, Action]:
-    actions: dict[str, Action] = {code: action for code, (action, _) in merged.items()}
+    actions: dict[str, Action] = {code: action for code, (action, _, _) in merged.items()}
     actions.setdefault("default", "review")
     for code in sorted(SECURITY_ERRORS):
         if actions.get(code.value, actions["default"]) == "allow":
-            origin = merged.get(code.value, merged.get("default", (None, tenant)))[1]
+            origin = merged.get(code.value, merged.get("default", (None, tenant, 0)))[1]
             raise PolicyError(
                 _path(sources, origin),
                 None,

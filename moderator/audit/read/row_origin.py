@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moderator.explain.model import has_origin
+
 if TYPE_CHECKING:
     from moderator.explain.model import Explanation
     from moderator.policy.check import DirectoryCheck, PolicyKey
@@ -43,7 +45,7 @@ def with_origin(explanation: Explanation, directory: Path, tenancy: TenancySetti
     override), read from the policy directory. When the directory cannot be read or no longer
     compiles to the verdict's policy version (its files are not the ones that decided, so they
     cannot say who set what), `policy.origin_not_shown` says so and how to point at others."""
-    if explanation.policy.row is None:
+    if not has_origin(explanation):
         return explanation
     result, problem = checked(directory, tenancy)
     return shown_or_why(explanation, result, tenancy, f"policies.dir ({directory})", problem)
@@ -175,7 +177,7 @@ class PolicyOrigins:
         self._result: DirectoryCheck | None = None
 
     def __call__(self, explanation: Explanation) -> Explanation:
-        if explanation.policy.row is None:
+        if not has_origin(explanation):
             return explanation
         return shown_or_why(
             explanation, self.current(), self._tenancy, SERVER_DIR, hint=SERVER_HINT
