@@ -187,6 +187,15 @@ def test_a_killed_replay_resumes_and_reports_each_event_once(
     )
     assert changed.returncode == 2, changed.stderr[-3000:]
     assert "settings changed since the run started (engine.fake.unsafe_rate)" in changed.stderr
+    asked = subprocess.run(  # a dry run of the resume answers the same
+        [*resume, "--dry-run"],
+        env={**env, "MODERATOR_ENGINE__FAKE__UNSAFE_RATE": "0.9"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert asked.returncode == 2 and "(engine.fake.unsafe_rate)" in asked.stderr, asked.stderr
     resumed = subprocess.run(
         resume, env=env, capture_output=True, text=True, timeout=300, check=False
     )

@@ -157,7 +157,7 @@ def test_a_tenant_file_that_does_not_load_is_named_not_compiled_as_unknown(
     assert code == 0, err
     origin = labelled(out)["origin"]
     assert origin.startswith(
-        f"not shown: policies.dir ({changed}) has a file that does not load: {path}:"
+        f"not shown: policies.dir ({changed}) has a file that does not load: kidsplace.yaml:"
     ), origin
     assert "duplicate key 'categories'" in origin
 
@@ -179,3 +179,17 @@ def test_without_a_policy_directory_a_demo_verdict_gets_its_origin_from_the_demo
     code, out, err = explain(capsys, "--config", str(config))
     assert code == 0, err
     assert labelled(out)["origin"].startswith("not shown: policies: no default.yaml")
+
+
+def test_a_file_the_tenant_extends_that_does_not_load_is_named(
+    config: Path, changed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = changed / "default.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + "on_error: block\n")
+    code, out, err = explain(capsys, "--config", str(config))
+    assert code == 0, err
+    origin = labelled(out)["origin"]
+    assert origin.startswith(
+        f"not shown: policies.dir ({changed}) has a file that does not load: default.yaml:"
+    ), origin
+    assert "duplicate key 'on_error'" in origin

@@ -144,12 +144,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from moderator.cli.replay_resume import check_unchanged, plan_overrides, resumed
 
         plan, directory = resumed(args)
+        resumed_settings = load_settings(args.config, plan_overrides(plan))
         if not args.dry_run:
-            resumed_settings = load_settings(args.config, plan_overrides(plan))
             check_settings(resumed_settings)
-            live_dir = _live_dir(plan.live_policies_dir, live)
-            given = args.live_policies is not None
-            check_unchanged(plan, resumed_settings, live_dir, live_given=given)
+        # A dry run of a resume checks it too: it is how one asks whether a resume would run.
+        live_dir = _live_dir(plan.live_policies_dir, live)
+        given = args.live_policies is not None
+        check_unchanged(plan, resumed_settings, live_dir, live_given=given)
         _reach(settings)
     else:
         check_model_flag(settings.engine.kind, args.model)  # a resume names its flags to drop

@@ -78,11 +78,22 @@ def shown_or_why(
 
 
 def _unloaded(tenant: str, result: DirectoryCheck) -> str | None:
-    """The first problem of `tenant`'s own file when it exists and does not load."""
-    path = result.paths.get(tenant)
-    if path is None or tenant in result.files:
-        return None
-    return next((line for where, line in result.problems if where == path), f"{path.name}")
+    """The first problem of a file of `tenant`'s chain (its own, then what it extends, up to
+    default.yaml) that exists and does not load; None when every one loads."""
+    stem: str | None = tenant if tenant in result.paths else DEFAULT
+    seen: set[str] = set()
+    while stem is not None and stem not in seen:
+        seen.add(stem)
+        path = result.paths.get(stem)
+        parsed = result.files.get(stem)
+        if path is not None and parsed is None:
+            # The file's name, not its path: an API answer must not show the server's paths.
+            line = next((line for where, line in result.problems if where == path), path.name)
+            return path.name + line[len(str(path)) :] if line.startswith(str(path)) else line
+        if parsed is None or stem == DEFAULT:
+            return None
+        stem = parsed.extends or DEFAULT
+    return None
 
 
 def not_shown(explanation: Explanation, reason: str, hint: str = COMMAND_HINT) -> Explanation:
