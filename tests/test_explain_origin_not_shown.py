@@ -148,20 +148,6 @@ def test_a_verdict_without_a_row_says_nothing_about_an_origin(tmp_path: Path) ->
     assert explanation_json(bare)["missing"] == list(bare.missing)
 
 
-def test_a_tenant_file_that_does_not_load_is_named_not_compiled_as_unknown(
-    config: Path, changed: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = changed / "kidsplace.yaml"
-    path.write_text(path.read_text(encoding="utf-8") + "categories:\n  O1: {action: x}\n")
-    code, out, err = explain(capsys, "--config", str(config))
-    assert code == 0, err
-    origin = labelled(out)["origin"]
-    assert origin.startswith(
-        f"not shown: policies.dir ({changed}) has a file that does not load: kidsplace.yaml:"
-    ), origin
-    assert "duplicate key 'categories'" in origin
-
-
 def test_without_a_policy_directory_a_demo_verdict_gets_its_origin_from_the_demo_policies(
     config: Path,
     tmp_path: Path,
@@ -181,15 +167,28 @@ def test_without_a_policy_directory_a_demo_verdict_gets_its_origin_from_the_demo
     assert labelled(out)["origin"].startswith("not shown: policies: no default.yaml")
 
 
-def test_a_file_the_tenant_extends_that_does_not_load_is_named(
-    config: Path, changed: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("name", "added", "problem"),
+    [
+        # its own file: was compiled as a tenant without one, a version no service ran
+        ("kidsplace.yaml", "categories:\n  O1: {action: x}\n", "duplicate key 'categories'"),
+        ("default.yaml", "on_error: block\n", "duplicate key 'on_error'"),  # one it extends
+    ],
+)
+def test_a_file_of_the_tenants_chain_that_does_not_load_is_named(
+    config: Path,
+    changed: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    added: str,
+    problem: str,
 ) -> None:
-    path = changed / "default.yaml"
-    path.write_text(path.read_text(encoding="utf-8") + "on_error: block\n")
+    path = changed / name
+    path.write_text(path.read_text(encoding="utf-8") + added)
     code, out, err = explain(capsys, "--config", str(config))
     assert code == 0, err
     origin = labelled(out)["origin"]
     assert origin.startswith(
-        f"not shown: policies.dir ({changed}) has a file that does not load: default.yaml:"
+        f"not shown: policies.dir ({changed}) has a file that does not load: {name}:"
     ), origin
-    assert "duplicate key 'on_error'" in origin
+    assert problem in origin

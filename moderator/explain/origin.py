@@ -115,7 +115,13 @@ def row_origin(
     """Which file, or which surface override in which file, last set each field of row `code`
     (O1..O9, or NA for `none_applying`) for `surface` (`resolve.row_sources`). Fields no file
     sets are left out."""
-    sources = row_sources(files, chain, surface, code)
+    return _origin_of(row_sources(files, chain, surface, code), file_names, surface)
+
+
+def _origin_of(
+    sources: Mapping[str, tuple[str, bool]], file_names: Mapping[str, str], surface: str
+) -> RowOrigin:
+    """A RowOrigin from field -> (file stem, set in its `surface` override)."""
     set_by = {
         name: _place(file_names.get(stem, f"{stem}.yaml"), surface if overriding else None)
         for name, (stem, overriding) in sources.items()
@@ -140,14 +146,12 @@ def on_error_origin(
     surface: str,
     code: str,
 ) -> RowOrigin:
-    """Which file, or surface override, set the on_error action of error `code`: `set_by`
-    holds `on_error` (`built-in` when no file sets it)."""
+    """Which file, or surface override, set the on_error action of error `code` for
+    `surface`: `set_by` holds `on_error` (`built-in` when no file sets it)."""
     found = on_error_source(files, chain, surface, code)
     if found is None:
         return RowOrigin(surface=None, set_by={"on_error": "built-in"})
-    stem, overriding = found
-    place = _place(file_names.get(stem, f"{stem}.yaml"), surface if overriding else None)
-    return RowOrigin(surface=surface if overriding else None, set_by={"on_error": place})
+    return _origin_of({"on_error": found}, file_names, surface)
 
 
 def _place(file_name: str, surface: str | None) -> str:
