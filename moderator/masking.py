@@ -50,6 +50,17 @@ def mask_values(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+# A credential a server may echo back from a request's headers or query: `Basic ...`,
+# `Bearer ...`, `token: ...`, `api-key=...` followed by a token-like value.
+_CREDENTIAL = re.compile(r"(?i)\b(basic|bearer|token|api[-_]?key)([\s:=]+)[A-Za-z0-9+/=._~-]{6,}")
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with every credential-looking value (`Bearer abc...`, `api-key=...`) replaced by
+    `***`, the word before it kept."""
+    return _CREDENTIAL.sub(rf"\1\2{MASK}", text)
+
+
 def has_userinfo(url: str) -> bool:
     """Whether `url` may carry a user name or password (`scheme://user[:password]@host`). An
     `@` anywhere before the query counts: a secret key with a `/` in it (`AK:S/K@host`) would

@@ -769,12 +769,12 @@ class Settings(BaseSettings):
                 "base_url: expected an http:// or https:// URL with a host, e.g. "
                 f"http://127.0.0.1:23333/v1, got {mask_passwords(url)[:200]!r}"
             )
-        if url and "@" in urlsplit(url).netloc:
+        if url and has_userinfo(url):
             raise ValueError(
                 "base_url: no user or password in the URL (they would be sent as basic auth "
                 "and shown wherever the URL is): put the key in engine.openai.api_key"
             )
-        if url and (urlsplit(url).query or urlsplit(url).fragment):
+        if url and re.search(r"[?#]", url):
             raise ValueError(
                 "base_url: no query string or fragment (the engine appends /models and "
                 "/chat/completions to the URL); a key goes in engine.openai.api_key"

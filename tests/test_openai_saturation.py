@@ -635,11 +635,12 @@ def test_an_error_answer_echoing_the_key_reaches_the_verdict_masked() -> None:
 
 
 def test_messages_show_the_servers_url_without_credentials_or_query() -> None:
-    from moderator.engine.openai.request import hide_credentials, shown_url
+    from moderator.engine.openai.request import shown_url
+    from moderator.masking import mask_credentials, mask_values
 
     assert shown_url("http://u:pw@guard:8000/v1?api-key=Q#f") == "http://guard:8000/v1"
     assert shown_url("https://[::1]:8443/v1") == "https://[::1]:8443/v1"
-    assert hide_credentials("token: abcdef123 and api_key=zzzzzz99", ()) == (
+    assert mask_credentials("token: abcdef123 and api_key=zzzzzz99") == (
         "token: *** and api_key=***"
     )
-    assert hide_credentials("said hunter2-secret", ("hunter2-secret",)) == "said ***"
+    assert mask_values("said hunter2-secret", ("hunter2-secret",)) == "said ***"

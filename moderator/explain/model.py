@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from moderator.errors import ErrorCode
+
 RowValue = str | float | None
 """A decision-table row field's value: a mode or action, a threshold, or none."""
 
@@ -76,7 +78,8 @@ def has_origin(e: Explanation) -> bool:
     if e.policy.row is not None:
         return True
     error = e.error
-    return error is not None and error.code != "unknown_tenant" and e.policy.on_error is not None
+    unknown = ErrorCode.UNKNOWN_TENANT.value
+    return error is not None and error.code != unknown and e.policy.on_error is not None
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,13 @@ from moderator.engine.openai.pools import (
 from moderator.engine.openai.request import (
     describe,
     error_message,
-    hide_credentials,
     model_entries,
     retry_after,
     shown_url,
 )
 from moderator.engine.openai.retry import OVERLOAD_STATUSES, BadResponse, StatusError, retrying
 from moderator.errors import ConfigError, ErrorCode, ModeratorError
+from moderator.masking import mask_credentials, mask_values
 from moderator.settings import OpenAISettings
 
 if TYPE_CHECKING:
@@ -354,8 +354,8 @@ class OpenAIClient:
                 if not 200 <= response.status_code < 300:
                     try:
                         body = await read_capped(response, ERROR_BODY_BYTES, truncate=True)
-                        message = hide_credentials(
-                            error_message(body, response.reason_phrase), self._secrets
+                        message = mask_credentials(
+                            mask_values(error_message(body, response.reason_phrase), self._secrets)
                         )
                     except UnreadableAnswer as exc:
                         message = str(exc)

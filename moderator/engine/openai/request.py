@@ -8,8 +8,6 @@ httpx is only named for type checking, so this module imports without the `opena
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -218,9 +216,6 @@ def model_entries(body: bytes) -> list[dict[str, Any]] | None:
     return entries
 
 
-_CREDENTIAL = re.compile(r"(?i)\b(basic|bearer|token|api[-_]?key)([\s:=]+)[A-Za-z0-9+/=._~-]{6,}")
-
-
 def shown_url(url: str) -> str:
     """`url` as messages show it (they reach verdicts, which tenants read): scheme, host, port
     and path only; no user, password, query string or fragment."""
@@ -233,16 +228,6 @@ def shown_url(url: str) -> str:
     except ValueError:
         port = ""
     return urlunsplit((parts.scheme, f"{host}{port}", parts.path, "", ""))
-
-
-def hide_credentials(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` (a server's error message) with every `secret` and every credential-looking
-    value (`Basic ...`, `Bearer ...`, `api-key=...`) replaced by `***`: a server may echo the
-    request's headers back."""
-    for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _CREDENTIAL.sub(r"\1\2***", text)
 
 
 def error_message(raw: bytes, reason: str = "") -> str:
