@@ -172,10 +172,15 @@ def two_threads(rig: Rig, n: int, chunk: int) -> Run:
 
 def processor(rig: Rig, n: int, name: str = "the processor (fetch pool, engine window)") -> Run:
     processor = rig.pipeline.processor
-    done = threading.Semaphore(0)
+    # One wake-up at the end, not one per event: the consume loop collects its completions
+    # without waiting on each either.
+    left, lock, done = [n], threading.Lock(), threading.Event()
 
     def finished(records: Any) -> None:
-        done.release()
+        with lock:
+            left[0] -= 1
+            if not left[0]:
+                done.set()
 
     def work() -> None:
         for offset in range(n):
@@ -183,8 +188,7 @@ def processor(rig: Rig, n: int, name: str = "the processor (fetch pool, engine w
             coords = InputCoords(topic="up", partition=0, offset=offset, timestamp_ms=1)
             trace = trace_from_headers(None, event.event_id)
             processor.submit(Job(event, coords, trace, time.monotonic()), finished)
-        for _ in range(n):
-            done.acquire()
+        done.wait()
 
     return _timed(name, n, work)
 

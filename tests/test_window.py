@@ -163,6 +163,24 @@ def test_full_batch_dispatches_without_waiting(make_window: MakeWindow) -> None:
     assert window.pending == 0
 
 
+def test_batches_filled_while_the_engine_is_busy_go_out_as_it_frees(
+    make_window: MakeWindow,
+) -> None:
+    # The dispatcher is woken for a new oldest request and for each full batch only: batches
+    # that fill up while the only slot is taken must still leave as soon as it frees.
+    gate = threading.Event()
+    engine = ScriptedTestEngine(gate=gate)
+    window = make_window(engine, batch_size=4, max_wait_ms=60_000)
+    futures = [window.submit(_request(i)) for i in range(4)]
+    _wait_until(lambda: engine.active == 1)
+    futures += [window.submit(_request(i)) for i in range(4, 12)]
+    started = time.monotonic()
+    gate.set()
+    assert all(r.result.assessment is not None for r in _results(futures))
+    assert time.monotonic() - started < 30  # far below max_wait
+    assert [len(batch) for batch in engine.batches] == [4, 4, 4]
+
+
 def test_partial_batch_waits_max_wait(make_window: MakeWindow) -> None:
     engine = ScriptedTestEngine()
     window = make_window(engine, batch_size=100, max_wait_ms=80)

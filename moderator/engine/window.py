@@ -150,7 +150,10 @@ class EngineWindow:
             if not self._closed:
                 self._queue.append(item)
                 self._pending += 1
-                self._cond.notify()
+                # The dispatcher sleeps until the oldest item's batch is due: only a new oldest
+                # item or a full batch changes that (a wake per request costs the GIL twice).
+                if len(self._queue) == 1 or len(self._queue) % self._batch_size == 0:
+                    self._cond.notify()
                 return future
         future.set_result(WindowResult(_error(ErrorCode.ENGINE_ERROR, CLOSED_MESSAGE), 0, 0, 0))
         return future
