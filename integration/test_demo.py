@@ -59,3 +59,15 @@ def test_an_engine_that_cannot_load_is_one_line(tmp_path: Path) -> None:
         " (weights are never downloaded: put the checkpoint there)"
     ]
     assert "Traceback" not in done.stderr
+
+
+def test_a_client_property_librdkafka_refuses_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("kafka:\n  client:\n    no.such.property: 1\n")
+    done = _demo(tmp_path, "--engine", "fake", "--events", "1", "--config", "bad.yaml")
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("moderator:")]
+    assert lines == [
+        "moderator: pipeline failed: kafka: librdkafka refused the client configuration: "
+        'No such configuration property: "no.such.property" '
+        "(check the kafka.* settings and kafka.client)"
+    ]

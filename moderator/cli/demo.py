@@ -261,4 +261,6 @@ def _print_table(
 
 
 def _failed(exc: BaseException) -> ModeratorError:
-    return ModeratorError(f"pipeline failed: {exc}")
+    """The pipeline's failure; a configuration error stays one (exit 2, as `run` exits)."""
+    kind = ConfigError if isinstance(exc, ConfigError) else ModeratorError
+    return kind(f"pipeline failed: {exc}")
