@@ -310,3 +310,32 @@ def test_the_output_is_written_through_no_planted_link(
     assert victim.read_text() == "keep me\n"
     assert not target.is_symlink() and len(target.read_text().splitlines()) == 4
     assert target.stat().st_mode & 0o077 == 0  # statements are for the platform's own eyes
+
+
+def test_where_the_demo_ran_its_bundled_policies_map_its_decisions_only(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moderator.cli.explain import bundled_demo_documents
+
+    # `moderator demo`'s folder: policies.dir at its default, and no such folder there.
+    monkeypatch.delenv("MODERATOR_POLICIES__DIR")
+    monkeypatch.chdir(env["tmp"] / "policies")
+    demo_acme = next(v for v, d in bundled_demo_documents().items() if d["tenant_id"] == "acme")
+    demo = record(event_id="e-demo", surface="default")
+    demo["verdict"]["policy"]["version"] = demo_acme
+    store_records(env["db"], [demo])
+    code, [statement], err = export(capsys)
+    assert code == 0, err
+    assert statement["puid"] == puid_for("acme", "e-demo", SALT)
+    assert "the bundled demo policies map the decisions `moderator demo` made" in err
+    # A decision the demo did not make: its policy is not among the bundled ones.
+    own = IncomingRecord("moderation.audit", 0, 1, record(event_id="e-own", decided_at=at(1)))
+    with AuditStore.open(f"sqlite:///{env['db']}") as store:
+        assert store.insert([own]).inserted == 1
+    code, statements, err = export(capsys)
+    assert (code, statements) == (2, [])
+    assert err.splitlines()[-1] == (
+        "moderator: policies.dir: policies is not a directory, and the bundled demo policies map "
+        "only the demo's decisions: event e-own (tenant acme) was decided under policy version "
+        "6c1f8e8704d0b0c9 (pass --policies)"
+    )

@@ -12,13 +12,13 @@ import os
 import shutil
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from moderator.cli.dsa_rows import Exporter
 from moderator.errors import ConfigError
 from moderator.paths import file_problem
 from moderator.text import json_text
@@ -26,9 +26,8 @@ from moderator.words import counted
 
 if TYPE_CHECKING:
     from moderator.audit.db.store import AuditStore
-    from moderator.audit.dsa.export import DsaOptions, TenantDsa
+    from moderator.audit.dsa.export import DsaOptions
     from moderator.audit.models import AuditQuery, AuditRow
-    from moderator.policy.registry import PolicyRegistry
     from moderator.settings import Settings
 
 SALT_ENV = "MODERATOR_DSA_PUID_SALT"
@@ -131,12 +130,13 @@ def cmd_export_dsa(
     ground_text: str | None = None,
     content_language: str | None = None,
     include_smoke_test: bool = False,
+    demo_policies: bool = False,
 ) -> int:
     """Export the statements; see the module docstring for exit codes. `filters` holds the audit
-    filters as typed, by field name (`tenant`, `event_id`, ...; None or absent: not given)."""
-    from moderator.audit.dsa.export import MIN_SALT_CHARS, SCHEMA_VERSION
-    from moderator.audit.dsa.spec import BATCH_MAX
-    from moderator.cli.audit_query import open_existing_store
+    filters as typed, by field name (`tenant`, `event_id`, ...; None or absent: not given).
+    `demo_policies`: `policies.dir` is at its default and missing, so the bundled demo policies
+    give the mappings of the decisions `moderator demo` made (and only of those)."""
+    from moderator.audit.dsa.export import MIN_SALT_CHARS
     from moderator.logs import configure_cli_logging
     from moderator.policy.registry import PolicyRegistry
 
@@ -158,15 +158,50 @@ def cmd_export_dsa(
     problem = None if output is None else file_problem(output)
     if problem is not None:  # now, not after the whole store was read
         raise ConfigError(f"--output: {problem}")
-    # Tolerant: a tenant whose file does not load (an edit in progress) stops the export only
-    # when one of its rows is exported, naming the file's problem.
-    registry = PolicyRegistry(
-        settings.policies.dir,
-        settings.tenancy,
-        default_for_unknown=settings.policies.default_for_unknown,
-        tolerant=True,
+    with _policies_dir(settings, demo_policies) as (directory, only_versions):
+        # Tolerant: a tenant whose file does not load (an edit in progress) stops the export
+        # only when one of its rows is exported, naming the file's problem.
+        registry = PolicyRegistry(
+            directory,
+            settings.tenancy,
+            default_for_unknown=settings.policies.default_for_unknown,
+            tolerant=True,
+        )
+        exporter = Exporter(registry, options, include_smoke_test=include_smoke_test)
+        if only_versions is not None:
+            exporter.only_versions = (settings.policies.dir, only_versions)
+        _export(settings, queries, output, exporter)
+    summarise(exporter, output)
+    return 0
+
+
+@contextmanager
+def _policies_dir(
+    settings: Settings, demo_policies: bool
+) -> Iterator[tuple[Path, frozenset[str] | None]]:
+    """The policy directory to read mappings from, and the only policy versions it may map
+    (None: any); the bundled demo policies when `demo_policies`."""
+    if not demo_policies:
+        yield settings.policies.dir, None
+        return
+    from importlib.resources import as_file, files
+
+    from moderator.cli.explain import bundled_demo_documents
+
+    print(
+        f"moderator: {settings.policies.dir} is not a directory: the bundled demo policies map "
+        "the decisions `moderator demo` made (pass --policies for any other)",
+        file=sys.stderr,
     )
-    exporter = _Exporter(registry, options, include_smoke_test=include_smoke_test)
+    with as_file(files("moderator") / "data" / "demo-policies") as directory:
+        yield Path(directory), frozenset(bundled_demo_documents())
+
+
+def _export(
+    settings: Settings, queries: list[AuditQuery], output: Path | None, exporter: Exporter
+) -> None:
+    from moderator.cli.audit_query import open_existing_store
+
     with open_existing_store(settings.audit.url) as store, _output(output) as out:
         pages = [_rows(store, q) for q in queries]
         # Each page stream is in (decided_at, event_id) order, event ids in the database's
@@ -175,6 +210,13 @@ def cmd_export_dsa(
             statement = exporter.statement(row)
             if statement is not None:
                 out.write(json_text(statement, separators=(",", ":")) + "\n")
+
+
+def summarise(exporter: Exporter, output: Path | None) -> None:
+    """The summary line on stderr."""
+    from moderator.audit.dsa.export import SCHEMA_VERSION
+    from moderator.audit.dsa.spec import BATCH_MAX
+
     written = exporter.counts["statements"]
     skipped = ", ".join(counted(exporter.counts[k], *texts) for k, texts in SKIPPED.items())
     dated = exporter.counts["dated_by_decision"]
@@ -196,7 +238,6 @@ def cmd_export_dsa(
         f"{dated} with an unusable upload time, dated by their decision{first}",
         file=sys.stderr,
     )
-    return 0
 
 
 # DsaOptions field -> the flag that sets it, so that a refused value names the flag.
@@ -234,90 +275,6 @@ def _options(
         if flag is None:
             raise
         raise ConfigError(f"{flag}: {exc.problem}") from exc
-
-
-class _Exporter:
-    """Builds and checks one row's statement; resolves each tenant's mapping once."""
-
-    def __init__(
-        self, registry: PolicyRegistry, options: DsaOptions, *, include_smoke_test: bool = False
-    ) -> None:
-        self._registry = registry
-        self._options = options
-        self._include_smoke_test = include_smoke_test
-        self._mappings: dict[str, TenantDsa] = {}
-        self.counts: Counter[str] = Counter()
-        self.first_dated_by_decision = ""  # "event E, tenant T"
-
-    def statement(self, row: AuditRow) -> dict[str, Any] | None:
-        from moderator.audit.dsa.export import (
-            DsaExportError,
-            content_date_for,
-            from_smoke_test_model,
-            kept_record,
-            skip_reason,
-            skip_without_mapping,
-            statement_for,
-        )
-        from moderator.audit.dsa.spec import validate_statement
-
-        record = row.record if row.record is not None else kept_record(row)
-        where = f"event {row.event_id} (tenant {row.tenant_id})"
-        try:
-            smoke_test = from_smoke_test_model(record)
-        except DsaExportError as exc:
-            raise DsaExportError(f"{where}: {exc}") from exc
-        # Checked before the mapping: a decision that means nothing is never reported, whatever
-        # the mapping says, and a test tenant without a policy file must not stop the export.
-        if smoke_test and not self._include_smoke_test:
-            self.counts["smoke_test"] += 1
-            return None
-        try:
-            mapping = self._mapping(row.tenant_id)
-        except DsaExportError as exc:
-            unmapped = skip_without_mapping(record)  # e.g. an unknown_tenant error verdict
-            if unmapped is None:
-                raise DsaExportError(f"{where}: {exc}") from exc
-            self.counts[unmapped] += 1
-            return None
-        try:
-            reason = skip_reason(record, mapping)
-            statement = None if reason else statement_for(record, mapping, self._options)
-        except DsaExportError as exc:
-            raise DsaExportError(f"{where}: {exc}") from exc
-        if statement is None:
-            self.counts[reason or "skipped"] += 1
-            return None
-        problems = validate_statement(statement)
-        if problems:
-            raise DsaExportError(f"{where}: invalid statement: " + "; ".join(problems))
-        self.counts["statements"] += 1
-        self.counts["smoke_test_included"] += smoke_test
-        self.counts["redacted"] += row.record is None
-        if record.get("uploaded_at") is not None and not content_date_for(record)[1]:
-            self.counts["dated_by_decision"] += 1
-            self.first_dated_by_decision = (
-                self.first_dated_by_decision or f"event {row.event_id}, tenant {row.tenant_id}"
-            )
-        return statement
-
-    def _mapping(self, tenant_id: str) -> TenantDsa:
-        from moderator.audit.dsa.export import DsaExportError, TenantDsa
-
-        mapping = self._mappings.get(tenant_id)
-        if mapping is None:
-            status = self._registry.status().get(tenant_id)
-            if status is not None and status.error and not status.versions:
-                # Its file is there and does not load: a configuration error (exit 2), not a
-                # tenant without a file. Other tenants' rows are exported before it is met.
-                raise ConfigError(status.error)
-            policy = self._registry.resolve(tenant_id, "default")
-            if policy is None:
-                raise DsaExportError("no policy file for the tenant, so its DSA mapping is unknown")
-            surfaces = status.versions if status is not None else ("default",)
-            mapping = TenantDsa.from_policy(policy.resolved, surfaces)
-            self._mappings[tenant_id] = mapping
-        return mapping
 
 
 def _scope(value: str) -> tuple[str, ...]:

@@ -239,10 +239,14 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_export_dsa(args: argparse.Namespace) -> int:
     from moderator.cli.audit_dsa import cmd_export_dsa
     from moderator.cli.audit_query import filter_values
-    from moderator.settings import load_settings
+    from moderator.settings import PolicySettings, load_settings
 
+    settings = load_settings(args.config, {"policies.dir": args.policies})
+    # Where `moderator demo` ran: policies.dir left at its default, and no such folder there.
+    unset = args.policies is None and settings.policies.dir == PolicySettings().dir
     return cmd_export_dsa(
-        load_settings(args.config, {"policies.dir": args.policies}),
+        settings,
+        demo_policies=unset and not settings.policies.dir.is_dir(),
         filters=filter_values(args),
         output=args.output,
         salt_env=args.salt_env,

@@ -150,8 +150,7 @@ class EngineWindow:
             if not self._closed:
                 self._queue.append(item)
                 self._pending += 1
-                # The dispatcher sleeps until the oldest item's batch is due: only a new oldest
-                # item or a full batch changes that (a wake per request costs the GIL twice).
+                # Only a new oldest item or a full batch moves the dispatcher's next wake-up.
                 if len(self._queue) == 1 or len(self._queue) % self._batch_size == 0:
                     self._cond.notify()
                 return future
@@ -375,8 +374,7 @@ class EngineWindow:
         return outcome, (time.monotonic() - start) * 1000.0
 
     def _fail(self, items: list[_Item], code: ErrorCode, message: str) -> None:
-        failed = _error(code, message)
-        self._resolve([(item, failed) for item in items], None)
+        self._resolve([(item, _error(code, message)) for item in items], None)
 
     def _resolve(self, pairs: list[tuple[_Item, EngineResult]], infer_ms: float | None) -> None:
         """The one place a result is chosen: the first resolution wins, later ones are dropped."""
@@ -399,5 +397,4 @@ def _error(code: ErrorCode, message: str) -> EngineResult:
 
 def _describe(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text[:300]
+    return (f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__)[:300]
