@@ -161,6 +161,16 @@ def test_without_a_policy_directory_a_demo_verdict_gets_its_origin_from_the_demo
     code, out, err = explain(capsys, "--config", str(config))
     assert code == 0, err
     assert labelled(out)["origin"] == KIDS_ORIGIN
+    with AuditStore.open(settings["audit"]["url"]) as store:  # a verdict the demo did not make
+        other = audit_record("k-2", demo("kidsplace"), assessment=unsafe("O6", 0.252))
+        other["verdict"]["policy"]["version"] = "00000000000000aa"
+        store.insert([IncomingRecord("moderation.audit", 0, 1, other)])
+    assert main(["explain", "k-2", "--config", str(config)]) == 0
+    assert labelled(capsys.readouterr().out)["origin"] == (
+        "not shown: policies.dir: policies is not a directory, and the bundled demo policies, "
+        "tried instead, did not decide it; pass --policies DIR holding the policies of version "
+        "00000000000000aa"
+    )
     (tmp_path / "policies").mkdir()  # a directory there is read, as it stands
     code, out, err = explain(capsys, "--config", str(config))
     assert code == 0, err

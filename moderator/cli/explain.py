@@ -100,7 +100,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     told = with_origin(explanation, settings.policies.dir, settings.tenancy)
     unset = args.policies is None and settings.policies.dir == PolicySettings().dir
     if unset and not settings.policies.dir.is_dir():
-        told = _demo_origin(explanation) or told
+        told = _demo_origin(explanation) or _demo_tried(told)
     if args.format == "json":
         print(json_text(explanation_json(told), indent=2))
     else:
@@ -120,6 +120,19 @@ def _demo_origin(explanation: Any) -> Any:
     with as_file(files("moderator") / "data" / "demo-policies") as directory:
         found = with_origin(explanation, Path(directory), TenancySettings())
     return found if found.policy.row_origin is not None else None
+
+
+def _demo_tried(explanation: Any) -> Any:
+    """`explanation`, its reason for showing no origin saying that the bundled demo policies
+    were tried too."""
+    from dataclasses import replace
+
+    note = explanation.policy.origin_not_shown
+    if note is None:
+        return explanation
+    reason, _, hint = note.partition("; ")
+    tried = f"{reason}, and the bundled demo policies, tried instead, did not decide it; {hint}"
+    return replace(explanation, policy=replace(explanation.policy, origin_not_shown=tried))
 
 
 # -- the demo's verdict table --------------------------------------------------------------
