@@ -82,11 +82,24 @@ def test_worker_counts_and_ports_are_checked() -> None:
     check_workers(load_settings(None, {"http.port": 0}), 64)
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_a_worker_port_in_use_is_found_before_any_worker_starts() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with contextlib.ExitStack() as held:
+        for _ in range(20):  # a port taken here whose lower neighbour is free (other programs)
+            taken = held.enter_context(socket.socket())
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            if _free(port - 1):
+                break
         settings = load_settings(None, {"http.port": port - 1, "http.host": "127.0.0.1"})
         with pytest.raises(ConfigError, match=rf"http.port: cannot listen on 127.0.0.1:{port}: "):
             check_workers(settings, 2)  # worker 1's port
