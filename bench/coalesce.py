@@ -50,7 +50,8 @@ from moderator.logs import configure_logging
 from moderator.pipeline.assemble import ObjectFacts
 from moderator.pipeline.cache import Judged, VerdictCache
 from moderator.pipeline.coalesce import Answer, Coalescer
-from moderator.pipeline.process import Job, OutputTopics, Processor
+from moderator.pipeline.job import Job, OutputTopics
+from moderator.pipeline.process import Processor
 from moderator.policy.bundled import write_default_policy
 from moderator.service import build_policies
 from moderator.settings import LogSettings, load_settings

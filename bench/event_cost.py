@@ -51,7 +51,7 @@ from moderator.obs.metrics import Metrics
 from moderator.obs.telemetry import Telemetry
 from moderator.obs.tracing import TRACER_NAME, build_tracer_provider
 from moderator.pipeline.assemble import FrameOutcome, ObjectFacts, Provenance, assemble
-from moderator.pipeline.process import Job, event_log_context
+from moderator.pipeline.job import Job, event_log_context
 from moderator.policy.base import CompiledPolicy
 from moderator.policy.bundled import write_default_policy
 from moderator.service import Pipeline, build_pipeline

@@ -52,7 +52,7 @@ from event_cost import BUCKET, TENANT, Rig, Taken, build_rig, finish, take
 from moderator.emit.records import OutRecord, trace_from_headers
 from moderator.events.parse import parse_message
 from moderator.events.verdict import InputCoords
-from moderator.pipeline.process import Job
+from moderator.pipeline.job import Job
 
 DEFAULT_EVENTS = 3000
 DEFAULT_CHUNK = 64

@@ -32,7 +32,8 @@ from moderator.obs.store import store_check
 from moderator.obs.telemetry import Telemetry
 from moderator.obs.tracing import TRACER_NAME, build_tracer_provider
 from moderator.pipeline.cache import VerdictCache
-from moderator.pipeline.process import OutputTopics, Processor
+from moderator.pipeline.job import OutputTopics
+from moderator.pipeline.process import Processor
 from moderator.policy.base import PolicyProvider
 from moderator.policy.reach import Shortfall, shortfalls
 from moderator.policy.registry import DEFAULT, SURFACE_DEFAULT, PolicyRegistry

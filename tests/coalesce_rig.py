@@ -21,7 +21,8 @@ from moderator.events.verdict import Assessment, InputCoords, ModelInfo, Verdict
 from moderator.fetch.decode import DecodeLimits
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.pipeline.cache import VerdictCache
-from moderator.pipeline.process import Job, OutputTopics, Processor
+from moderator.pipeline.job import Job, OutputTopics
+from moderator.pipeline.process import Processor
 from moderator.policy.bundled import write_default_policy
 from moderator.policy.registry import PolicyRegistry
 from moderator.service import build_policies

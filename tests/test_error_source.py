@@ -49,7 +49,7 @@ from moderator.pipeline.assemble import (
     assemble,
     error_outcome,
 )
-from moderator.pipeline.process import Job
+from moderator.pipeline.job import Job
 from moderator.replay.processor import replay_path
 from moderator.service import Pipeline, build_pipeline
 from moderator.settings import FakeEngineSettings

@@ -12,7 +12,8 @@ from moderator.ingest.jobs import JobDone
 from moderator.ingest.kafka import consumer_config, producer_config
 from moderator.ingest.loop import IngestLoop
 from moderator.ingest.memory.broker import MemoryBroker
-from moderator.pipeline.process import Job, Processor
+from moderator.pipeline.job import Job
+from moderator.pipeline.process import Processor
 from moderator.service import build_pipeline
 from tests.harness import BUCKET, png, settings_for, wait_for, write_policies
 

@@ -23,7 +23,7 @@ from moderator.ingest.memory.broker import MemoryBroker
 from moderator.obs.health import Contact
 from moderator.obs.intake import IntakeObserver
 from moderator.obs.telemetry import Telemetry
-from moderator.pipeline.process import Job
+from moderator.pipeline.job import Job
 from moderator.policy.registry import PolicyRegistry
 from moderator.service import build_pipeline
 from moderator.settings import TenancySettings

@@ -14,7 +14,7 @@ from moderator.ingest.kafka import consumer_config, producer_config
 from moderator.ingest.loop import IngestLoop
 from moderator.ingest.memory.broker import MemoryBroker
 from moderator.obs.liveness import Liveness
-from moderator.pipeline.process import Job
+from moderator.pipeline.job import Job
 from moderator.settings import HttpSettings, load_settings
 from tests.harness import BUCKET, settings_for, wait_for, write_policies
 

@@ -33,7 +33,8 @@ from moderator.events.verdict import (
 )
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.pipeline.assemble import ObjectFacts
-from moderator.pipeline.process import Done, Job, Processor
+from moderator.pipeline.job import Done, Job
+from moderator.pipeline.process import Processor
 from moderator.policy.bundled import write_default_policy
 from moderator.replay.originals import TopicOriginals
 from moderator.replay.processor import (

@@ -19,7 +19,7 @@ from moderator.errors import ErrorCode, ProcessingError
 from moderator.events.verdict import Assessment, Verdict
 from moderator.fetch import local as local_mod
 from moderator.fetch.local import LOCAL_BUCKET, LocalFileStore
-from moderator.pipeline.process import Job
+from moderator.pipeline.job import Job
 from moderator.pipeline.progress import LOG_EVERY_S, Counts, Progress
 from moderator.pipeline.scan import OperatorPolicy, Scan, max_in_flight
 from moderator.pipeline.scan_sources import Item, open_source

@@ -35,7 +35,7 @@ from moderator.obs.tracing import (
     otlp_traces_url,
     record_batch,
 )
-from moderator.pipeline.process import Job
+from moderator.pipeline.job import Job
 from moderator.service import build_pipeline
 from moderator.settings import LogSettings
 from tests.harness import BUCKET, Instance, png, settings_for, wait_for, write_policies

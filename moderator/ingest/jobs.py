@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from moderator.emit.records import OutRecord
-from moderator.pipeline.process import Job
+from moderator.pipeline.job import Job
 
 # Called once per job with its output records, or None when the job was abandoned (a replay
 # stopping before it started the job): its offset then stays uncommitted.

@@ -35,7 +35,7 @@ from moderator.ingest.tracker import TP, OffsetTracker
 from moderator.obs.health import Contact
 from moderator.obs.intake import IntakeObserver
 from moderator.obs.metrics import Metrics
-from moderator.pipeline.process import Job
+from moderator.pipeline.job import Job
 from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.ingest")

@@ -20,7 +20,7 @@ from moderator.obs.health import Check, Contact
 from moderator.obs.metrics import Metrics, no_metrics
 
 if TYPE_CHECKING:
-    from moderator.pipeline.process import Job
+    from moderator.pipeline.job import Job
 
 log = structlog.get_logger("moderator.ingest")
 

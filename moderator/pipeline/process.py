@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -13,14 +12,12 @@ import structlog
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from moderator import __version__
-from moderator.emit.records import OutRecord, Trace, verdict_outputs
+from moderator.emit.records import verdict_outputs
 from moderator.engine.base import EngineRequest
 from moderator.engine.window import EngineWindow, WindowResult
 from moderator.errors import ErrorCode, ProcessingError
-from moderator.events.upload import UploadEvent
 from moderator.events.verdict import (
     Assessment,
-    InputCoords,
     ModelInfo,
     PolicyRef,
     Source,
@@ -31,7 +28,6 @@ from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image, sha256_hex
 from moderator.fetch.store import ObjectStore
 from moderator.obs.event import EventTelemetry
-from moderator.obs.log_context import EventLogContext
 from moderator.obs.metrics import Metrics, no_metrics
 from moderator.pipeline.ahead import DecodeAhead
 from moderator.pipeline.assemble import (
@@ -52,33 +48,18 @@ from moderator.pipeline.coalesce import (
 )
 from moderator.pipeline.event_errors import log_engine_error
 from moderator.pipeline.held import HeldBytes
+from moderator.pipeline.job import Done, Job, OutputTopics, event_log_context
 from moderator.pipeline.jobpool import JobPool
 from moderator.policy.base import CompiledPolicy, PolicyProvider
 from moderator.policy.locations import outside_tenant
 
 log = structlog.get_logger("moderator.pipeline")
 
-Done = Callable[[list[OutRecord]], None]
 _ENGINE_ERRORS = frozenset(
     {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT, ErrorCode.UNPARSEABLE_OUTPUT}
 )
 RGB_BYTES_PER_PIXEL = 4  # Pillow stores RGB with a padding byte
 UNLIMITED_DECODE_WAIT_S = 600.0  # without a decode deadline: how long one may wait for budget
-
-
-@dataclass(frozen=True)
-class Job:
-    event: UploadEvent
-    coords: InputCoords
-    trace: Trace
-    received: float  # monotonic seconds
-
-
-@dataclass(frozen=True)
-class OutputTopics:
-    verdicts: str
-    audit: str
-    source: str  # CloudEvents `ce_source`, stable across instances so consumers can deduplicate
 
 
 @dataclass
@@ -384,17 +365,3 @@ class Processor:
         log.debug("verdict", decision=verdict.decision, source=verdict.source)
         run.obs.end(verdict, verdict.source)
         run.done(records)
-
-
-def event_log_context(job: Job) -> EventLogContext:
-    """The event's context on every log line while it is processed, its trace id included."""
-    return EventLogContext(
-        {
-            "tenant": job.event.tenant_id,
-            "event_id": job.event.event_id,
-            "topic": job.coords.topic,
-            "partition": job.coords.partition,
-            "offset": job.coords.offset,
-            "trace_id": job.trace.trace_id,
-        }
-    )

@@ -23,7 +23,8 @@ from moderator.engine.base import Engine, declared_capabilities
 from moderator.errors import ErrorCode, ModeratorError
 from moderator.events.upload import ObjectRef, UploadEvent
 from moderator.events.verdict import Assessment, Decision, InputCoords
-from moderator.pipeline.process import Job, Processor
+from moderator.pipeline.job import Job
+from moderator.pipeline.process import Processor
 from moderator.pipeline.progress import Counts, Progress, Tally
 from moderator.pipeline.scan_output import VerdictLines
 from moderator.pipeline.scan_sources import Item

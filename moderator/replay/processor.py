@@ -24,7 +24,8 @@ from moderator.emit.records import OutRecord, replay_output
 from moderator.events.verdict import Assessment, ReplayInfo, ReplayPath, Verdict
 from moderator.ingest.jobs import JobDone
 from moderator.pipeline.assemble import ObjectFacts
-from moderator.pipeline.process import Done, Job, Processor
+from moderator.pipeline.job import Done, Job
+from moderator.pipeline.process import Processor
 from moderator.replay.originals import Originals
 from moderator.replay.request import EventFilter
 
