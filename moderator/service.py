@@ -112,6 +112,7 @@ def build_pipeline(
         limits=DecodeLimits.from_settings(settings.fetch),
         max_object_bytes=settings.fetch.max_object_bytes,
         concurrency=settings.fetch.concurrency,
+        decode_workers=settings.fetch.decode_workers,
         topics=OutputTopics(
             verdicts=settings.kafka.topics.verdicts,
             audit=settings.kafka.topics.audit,

@@ -342,6 +342,14 @@ class TenancySettings(_Section):
 
 class FetchSettings(_Section):
     concurrency: int = Field(default=16, ge=1, le=512)
+    decode_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="threads that hash, decode and hand fetched objects to the engine, at most "
+        "fetch.concurrency; unset: the CPUs the process may run on (set it to the pod's CPU "
+        "limit in a container)",
+    )
     decode_ahead: int | None = Field(
         default=None,
         ge=1,

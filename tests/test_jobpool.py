@@ -66,3 +66,22 @@ def test_a_backlog_is_taken_in_shares_and_close_drops_what_has_not_started() -> 
     pool.submit(lambda: later.append(-1))
     time.sleep(0.05)
     assert later == [] and pool.queued == 0
+
+
+def test_with_chunks_of_one_no_task_waits_behind_a_long_one_while_a_worker_is_free() -> None:
+    pool = JobPool(2, "test", max_chunk=1)
+    hold, gate = threading.Barrier(3), threading.Event()
+    finished: list[int] = []
+    for _ in range(2):  # both workers busy while the backlog below is queued
+        pool.submit(lambda: hold.wait(10))
+    time.sleep(0.05)
+    pool.submit(lambda: gate.wait(10))  # the long task, first in the backlog
+    for n in range(6):
+        pool.submit(lambda n=n: finished.append(n))
+    hold.wait(10)  # both workers take from the backlog at once
+    deadline = time.monotonic() + 5
+    while len(finished) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(finished) == list(range(6))  # in chunks, some would wait for the long one
+    gate.set()
+    pool.close()

@@ -22,11 +22,16 @@ MAX_CHUNK = 32
 
 
 class JobPool:
-    """Runs submitted tasks on `workers` threads; `close` drops the tasks not yet started."""
+    """Runs submitted tasks on `workers` threads; `close` drops the tasks not yet started.
 
-    def __init__(self, workers: int, name: str) -> None:
-        if workers < 1:
-            raise ValueError("a job pool needs at least one worker")
+    `max_chunk`: the most tasks a worker takes at once. 1 where a task may wait long (a decode,
+    or a wait for the engine): the tasks behind it in a chunk would wait with it while another
+    worker is idle."""
+
+    def __init__(self, workers: int, name: str, max_chunk: int = MAX_CHUNK) -> None:
+        if workers < 1 or max_chunk < 1:
+            raise ValueError("a job pool needs at least one worker, taking at least one task")
+        self._max_chunk = max_chunk
         self._tasks: deque[Task] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._idle = 0
@@ -78,5 +83,5 @@ class JobPool:
                 self._idle -= 1
             if self._closed:
                 return None
-            n = min(MAX_CHUNK, max(1, len(self._tasks) // self._workers))
+            n = min(self._max_chunk, max(1, len(self._tasks) // self._workers))
             return [self._tasks.popleft() for _ in range(n)]

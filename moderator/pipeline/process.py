@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ import structlog
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from moderator import __version__
+from moderator.cpus import usable_cpus
 from moderator.emit.records import verdict_outputs
 from moderator.engine.base import EngineRequest
 from moderator.engine.window import EngineWindow, WindowResult
@@ -26,7 +28,7 @@ from moderator.events.verdict import (
 )
 from moderator.fetch.budget import DecodeBudget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image, sha256_hex
-from moderator.fetch.store import ObjectStore
+from moderator.fetch.store import FetchedObject, ObjectStore
 from moderator.obs.event import EventTelemetry
 from moderator.obs.metrics import Metrics, no_metrics
 from moderator.pipeline.ahead import DecodeAhead
@@ -103,6 +105,7 @@ class Processor:
         metrics: Metrics | None = None,
         reads_policy: bool | None = None,
         decode_ahead: int | None = None,
+        decode_workers: int | None = None,
     ) -> None:
         self._store = store
         self._tracer: Tracer = tracer if tracer is not None else NoOpTracer()
@@ -117,6 +120,10 @@ class Processor:
         self._topics = topics
         self._instance_id = instance_id
         self._pool = JobPool(concurrency, "fetch")
+        # Hashing and decoding hold the GIL for much of their time: more threads at it than
+        # cores only hand the GIL back and forth (performance.md, "Fetch and decode workers").
+        workers = decode_workers if decode_workers is not None else usable_cpus()
+        self._decoders = JobPool(min(workers, concurrency), "decode", max_chunk=1)
         # One budget for the process: every decode of every fetch worker reserves from it. A
         # wait lasts while the decodes ahead use up to their CPU time each, on shared cores:
         # twice that in all is the most it should take, so longer means a stuck holder.
@@ -158,6 +165,7 @@ class Processor:
 
     def close(self) -> None:
         self._pool.close()
+        self._decoders.close()
 
     def _start(self, job: Job, done: Done) -> None:
         with event_log_context(job):
@@ -165,13 +173,17 @@ class Processor:
             if run is None:
                 return
             self._held.admit()
-            try:
-                self._fetch_and_submit(run)
-            except ProcessingError as exc:
-                self._fail(run, exc.code, exc.message)
-            except Exception as exc:  # a bug must still end in a verdict, never a lost event
-                log.exception("processing_failed")
-                self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
+            self._guarded(run, self._fetch, run)
+
+    def _guarded(self, run: _Run, step: Callable[..., None], *args: object) -> None:
+        """`step(*args)`; a failure of it ends `run` in an error verdict."""
+        try:
+            step(*args)
+        except ProcessingError as exc:
+            self._fail(run, exc.code, exc.message)
+        except Exception as exc:  # a bug must still end in a verdict, never a lost event
+            log.exception("processing_failed")
+            self._fail(run, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
 
     def _redecide(self, job: Job, assessment: Assessment, facts: ObjectFacts, done: Done) -> None:
         ev = job.event
@@ -198,7 +210,8 @@ class Processor:
         self._fail(run, ErrorCode.UNKNOWN_TENANT, self._policies.unknown_reason(ev.tenant_id))
         return None
 
-    def _fetch_and_submit(self, run: _Run) -> None:
+    def _fetch(self, run: _Run) -> None:
+        """On a fetch worker: the object's bytes, then on to a decode worker."""
         obj = run.job.event.object
         if not run.policy.allows_object(obj.bucket, obj.key):
             raise ProcessingError(
@@ -213,6 +226,15 @@ class Processor:
             fetched = self._store.get(obj.bucket, obj.key, obj.version_id, self._max_bytes)
         run.fetch_ms = (time.monotonic() - t0) * 1000  # a hit's or a waiter's; a leader adds decode
         self._held.add(run, len(fetched.data))
+        self._decoders.submit(functools.partial(self._decode_step, run, fetched, t0))
+
+    def _decode_step(self, run: _Run, fetched: FetchedObject, t0: float) -> None:
+        with event_log_context(run.job):
+            self._guarded(run, self._judge, run, fetched, t0)
+
+    def _judge(self, run: _Run, fetched: FetchedObject, t0: float) -> None:
+        """On a decode worker: the cache or a flight in progress answers, or the image is
+        decoded and goes to the engine window."""
         sha256 = sha256_hex(fetched.data)
         run.facts = ObjectFacts(etag=fetched.etag, sha256=sha256)
         # The key needs only the bytes: a cached image or one being judged is never decoded.

@@ -49,6 +49,7 @@ PACING = (
     "engine.openai.connect_timeout_s",
     "fetch.concurrency",
     "fetch.decode_ahead",
+    "fetch.decode_workers",
     "fetch.decode_budget_bytes",
     "fetch.s3",
 )
