@@ -10,8 +10,9 @@ gives the same optimizer, schedule, accumulation, mixed precision, checkpointing
 and needs no dependency beyond the transformers extra (peft only for LoRA).
 
 Order of a run: the configuration's paths, the device and a resumed checkpoint's fit are
-checked before anything is loaded (a typo is a one-line error, exit 2); the dataset's images
-must all exist; config.yaml is written before the first step, so a crashed run says what it was.
+checked before anything is loaded (a typo is a one-line error, exit 2); the images of the
+splits must all exist and decode; config.yaml is written before the first step, so a crashed run
+says what it was.
 The first Ctrl-C (or SIGTERM) stops after the running step with a checkpoint (stop.py); a
 second one stops at once, and one line says which checkpoint `--resume` would continue from.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from moderator.engine.smoke import MARKER
-from moderator.errors import ConfigError
+from moderator.errors import ConfigError, ModeratorError
 from moderator.training.finetune import rundir
 from moderator.training.finetune.complete import (
     Completion,
@@ -140,6 +141,12 @@ def _fit(
         line = interrupted_line(run, int(trainer.state.global_step), again)
         print(line, file=stream, flush=True)
         raise
+    except ModeratorError as exc:  # a sample that cannot be used (an image unreadable now)
+        if isinstance(exc, ConfigError):
+            raise
+        step = int(trainer.state.global_step)
+        print(interrupted_line(run, step, again, "stopped by an error"), file=stream, flush=True)
+        raise
     except RuntimeError as exc:
         if start is not None and "Error(s) in loading state_dict" in str(exc):
             raise ConfigError(
@@ -158,18 +165,19 @@ def stopped_line(run: Path, step: int, signal_name: str, again: str) -> str:
     )
 
 
-def interrupted_line(run: Path, step: int, again: str) -> str:
-    """What a run stopped at once says: which checkpoint `--resume` continues from."""
+def interrupted_line(run: Path, step: int, again: str, what: str = "interrupted") -> str:
+    """What a run stopped at once (or by an error) says: which checkpoint `--resume`
+    continues from."""
     latest = rundir.latest_checkpoint(run)
     if latest is None:
         return (
-            f"train: interrupted during step {step + 1}, before any checkpoint was saved; "
+            f"train: {what} during step {step + 1}, before any checkpoint was saved; "
             "a new run starts over"
         )
     lost = step - rundir.checkpoint_step(latest)
     after = f" (the {lost} step(s) after it are lost)" if lost > 0 else ""
     return (
-        f"train: interrupted during step {step + 1}; the newest checkpoint is {latest.name}"
+        f"train: {what} during step {step + 1}; the newest checkpoint is {latest.name}"
         f"{after}: continue from it with `{again}`"
     )
 

@@ -21,9 +21,10 @@ from moderator.training.evaluate import ImageSource, default_policy_prompt
 from moderator.training.finetune.collate import Collator
 from moderator.training.finetune.config import TrainConfig
 from moderator.training.finetune.data import ChatEncoder, TrainingSet
+from moderator.training.finetune.image_check import check_split_images
 from moderator.training.finetune.inputs import Inputs
 from moderator.training.finetune.model import Prepared, prepare
-from moderator.training.predictions import listed, not_found
+from moderator.training.predictions import listed
 
 
 @dataclass
@@ -79,7 +80,8 @@ class BuiltRun:
 
 
 def build_run(config: TrainConfig, inputs: Inputs, stream: TextIO) -> BuiltRun:
-    """Read the samples, check their images, load and prepare the model."""
+    """Read the samples, check the images of every split the run uses (each read and decoded),
+    load and prepare the model."""
     from transformers import set_seed
 
     from moderator.engine.transformers.load import input_size
@@ -91,9 +93,10 @@ def build_run(config: TrainConfig, inputs: Inputs, stream: TextIO) -> BuiltRun:
         raise ConfigError(f"dataset: {inputs.train} holds no samples")
     _check_rationales(samples, inputs, stream)
     images = ImageSource(inputs.train, settings)
-    missing = images.missing_local([s.image for s in samples])
-    if missing:
-        raise ConfigError(f"dataset: {not_found(missing)}")
+    splits = [(inputs.train, samples)]
+    if inputs.eval is not None:
+        splits.append((inputs.eval, read_dataset(inputs.eval)))
+    check_split_images(splits, settings)
     prompt, where = default_policy_prompt(settings.policies.dir, settings.tenancy)
     without = sum(1 for s in samples if not s.prompt)
     if without:
