@@ -181,7 +181,7 @@ def test_a_checkpoint_of_another_model_is_one_line(
     tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = make_tiny(tmp_path / "ov", "llava-onevision")
-    checkpoint = rundir.write_config(tmp_path / "ov-run", "{}").parent / "checkpoint-2"
+    checkpoint = rundir.write_config(tmp_path / "run", "{}").parent / "checkpoint-2"
     checkpoint.mkdir()
     (checkpoint / rundir.TRAINER_STATE).write_text(json.dumps({"global_step": 2}))
     (checkpoint / rundir.ADAPTER_CONFIG).write_text(

@@ -9,8 +9,9 @@
 A directory that already holds a run (a checkpoint or final/) is only written to again with
 `--resume`: a new run never mixes its checkpoints with an old one's. `--resume` alone takes the
 newest complete checkpoint (one with its trainer_state.json, written last: a checkpoint whose
-saving was cut short has none, and its weights or adapter), and a checkpoint must fit the run:
-the same method, model class and LoRA rank.
+saving was cut short has none, and its weights or adapter); a checkpoint named after it must be
+one of output_dir's own, and a checkpoint must fit the run: the same method, model class and
+LoRA rank (resume_config.py: the same training settings).
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ def start_checkpoint(run: Path, resume: Resume) -> Path | None:
     path = resume.expanduser().resolve()
     if not path.is_dir():
         raise ConfigError(f"--resume: no checkpoint directory at {path}")
+    if path.parent != run:
+        raise ConfigError(
+            f"--resume: {path} is not a checkpoint of output_dir {run}: a run continues only "
+            f"from its own checkpoints (set output_dir: {path.parent} to continue that run)"
+        )
     checkpoint_step(path)
     if not _has_weights(path):
         raise ConfigError(

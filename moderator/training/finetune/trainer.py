@@ -36,6 +36,7 @@ from moderator.training.finetune.complete import (
 )
 from moderator.training.finetune.config import RESOLVED, TrainConfig, dump_yaml, effective
 from moderator.training.finetune.inputs import Inputs, check_inputs, eval_note
+from moderator.training.finetune.resume_config import check_unchanged, resumed_config
 from moderator.training.finetune.rundir import FINAL, Resume
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ def train(
     start = rundir.start_checkpoint(run, resume)
     if start is not None:
         rundir.check_resume_fits(start, config, inputs.architecture)
+        before = rundir.read_config(run)
+        check_unchanged(
+            str(run / rundir.CONFIG_FILE), before, effective(filled(config, inputs), {})
+        )
         done = completion(start, config)
         if done is not None:
             return _complete(run, start, done, config, inputs, stream)
@@ -89,7 +94,10 @@ def train(
         _resuming(run, start, resolved, stream)
     else:
         rundir.trim_log(run, 0)  # a run stopped before its first checkpoint starts over
-    rundir.write_config(run, dump_yaml(effective(filled(config, inputs), resolved)))
+    doc = effective(filled(config, inputs), resolved)
+    if start is not None:  # what the run started with, only its ends and cadences updated
+        doc = resumed_config(rundir.read_config(run), doc)
+    rundir.write_config(run, dump_yaml(doc))
     stop = GracefulStop(stream)
     trainer = built.trainer(run, stream, every_steps=_eval_every(config, inputs), stop=stop)
     steps = _fit(trainer, start, stop, run, stream, again)
