@@ -148,12 +148,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **source,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    kept = [PREDICTIONS_FILE] if args.predictions is None else []  # written by _from_engine
+    # predictions.jsonl stays when _from_engine wrote it, or when it is the file being scored
+    # (the report's own answers scored again): an input is never deleted.
+    rescored = args.predictions is not None and _same_file(
+        args.predictions, args.report / PREDICTIONS_FILE
+    )
+    kept = [PREDICTIONS_FILE] if args.predictions is None or rescored else []
     write_report(args.report, metrics, samples, predictions, header, kept=kept)
     for line in summary_lines(metrics):
         print(line)
     print(f"report: {args.report / 'report.md'}")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve().samefile(b.resolve())
+    except OSError:  # b does not exist
+        return False
 
 
 def file_sha256(path: Path) -> str:
