@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from moderator.errors import ErrorCode, ProcessingError
 
 MiB = 1 << 20
+UNLIMITED_DECODE_WAIT_S = 600.0  # without a decode deadline: how long one may wait for budget
 
 
 class DecodeBudget:
@@ -87,3 +88,15 @@ class DecodeBudget:
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / MiB:.1f} MiB"
+
+
+def process_budget(
+    budget_bytes: int | None, decode_timeout_s: float | None, decoders: int
+) -> DecodeBudget | None:
+    """The one budget of a process whose `decoders` threads decode (None: no budget). A wait
+    lasts while the decodes ahead use up to their CPU time each, on shared cores: twice that
+    in all is the most it should take, so longer means a stuck holder."""
+    if budget_bytes is None:
+        return None
+    per_decode_s = decode_timeout_s if decode_timeout_s is not None else UNLIMITED_DECODE_WAIT_S
+    return DecodeBudget(budget_bytes, 2 * decoders * per_decode_s)

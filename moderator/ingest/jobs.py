@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from moderator.emit.records import OutRecord
+from moderator.ingest.tracker import TP
 from moderator.pipeline.job import Job
 
 # Called once per job with its output records, or None when the job was abandoned (a replay
@@ -35,3 +36,23 @@ class LoopStats:
     produced: int = 0
     committed_messages: int = 0
     pauses: int = 0
+
+
+@dataclass
+class MessageWork:
+    """One consumed message: its events complete independently; the offset completes with all."""
+
+    outputs: list[list[OutRecord] | None]
+    left: int
+
+
+@dataclass
+class Completion:
+    """A job's end as the loop collects it: its message's place, and its records (None: it
+    was abandoned or dropped)."""
+
+    tp: TP
+    generation: int
+    offset: int
+    index: int
+    records: list[OutRecord] | None = field(default_factory=list)

@@ -6,7 +6,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -26,7 +25,7 @@ from moderator.ingest.checkpoint import (
     replace_producer,
 )
 from moderator.ingest.flow import FlowGate
-from moderator.ingest.jobs import JobDone, JobProcessor, LoopStats
+from moderator.ingest.jobs import Completion, JobDone, JobProcessor, LoopStats, MessageWork
 from moderator.ingest.lag import assigned_lag
 from moderator.ingest.poll import carries_record
 from moderator.ingest.ports import Consumer, Producer
@@ -40,23 +39,6 @@ from moderator.settings import Settings
 
 log = structlog.get_logger("moderator.ingest")
 DRAIN_REPORT_S = 5.0  # a `draining` line this often while a drain waits for events
-
-
-@dataclass
-class _MessageWork:
-    """One consumed message: its events complete independently; the offset completes with all."""
-
-    outputs: list[list[OutRecord] | None]
-    left: int
-
-
-@dataclass
-class _Completion:
-    tp: TP
-    generation: int
-    offset: int
-    index: int
-    records: list[OutRecord] | None = field(default_factory=list)
 
 
 class IngestLoop:
@@ -89,9 +71,9 @@ class IngestLoop:
         self._eos = settings.kafka.delivery == "exactly_once"
         self.turn_started: float | None = None
         self._tracker: OffsetTracker[OutRecord] = OffsetTracker()
-        self._work: dict[tuple[TP, int], _MessageWork] = {}
+        self._work: dict[tuple[TP, int], MessageWork] = {}
         self._generation: dict[TP, int] = {}
-        self._done: queue.SimpleQueue[_Completion] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._jobs = 0
         self._assigned: set[TP] = set()
         flow = settings.flow
@@ -210,7 +192,7 @@ class IngestLoop:
             self._complete(tp, offset, [])
             return
         generation = self._generation.get(tp, 0)
-        self._work[(tp, offset)] = _MessageWork([None] * len(jobs), len(jobs))
+        self._work[(tp, offset)] = MessageWork([None] * len(jobs), len(jobs))
         for index, job in enumerate(jobs):
             self._jobs += 1
             self.stats.events += 1
@@ -226,8 +208,13 @@ class IngestLoop:
             topic=tp[0], partition=tp[1], offset=offset, timestamp_ms=ts if ts_type else None
         )
         headers, now = msg.headers(), time.monotonic()
+        generation = self._generation.get(tp, 0)
+
+        def wanted() -> bool:  # read from processor threads: one dict read
+            return self._generation.get(tp, 0) == generation
+
         jobs = [
-            Job(event, coords, trace_from_headers(headers, event.event_id), now)
+            Job(event, coords, trace_from_headers(headers, event.event_id), now, wanted)
             for event in parsed.events
         ]
         return jobs, parsed.skipped_records
@@ -251,7 +238,7 @@ class IngestLoop:
 
     def _completer(self, tp: TP, generation: int, offset: int, index: int) -> JobDone:
         def done(records: list[OutRecord] | None) -> None:
-            self._done.put(_Completion(tp, generation, offset, index, records))
+            self._done.put(Completion(tp, generation, offset, index, records))
 
         return done
 

@@ -133,6 +133,13 @@ class EventTelemetry:
         self._metrics.record(LATENCY, max(r.queue_ms for r in results) / 1000, stage="queue")
         self._metrics.record(LATENCY, max(r.infer_ms for r in results) / 1000, stage="infer")
 
+    def dropped(self) -> None:
+        """The event was dropped unfinished (no longer wanted): its span ends saying so, and
+        no verdict is counted."""
+        if self._recording:
+            self.span.set_attribute("moderator.dropped", True)
+        self.span.end()
+
     def end(self, verdict: Verdict, source: str) -> None:
         """Close the event span with its verdict; count the verdict; the total latency since
         the event was taken."""

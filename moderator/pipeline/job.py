@@ -10,8 +10,9 @@ from moderator.events.upload import UploadEvent
 from moderator.events.verdict import InputCoords
 from moderator.obs.log_context import EventLogContext
 
-Done = Callable[[list[OutRecord]], None]
-"""Called once per job with its verdict and audit records."""
+Done = Callable[[list[OutRecord] | None], None]
+"""Called once per job with its verdict and audit records, or with None when the job was
+dropped unfinished because it is no longer wanted (`Job.wanted`)."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,13 @@ class Job:
     coords: InputCoords
     trace: Trace
     received: float  # monotonic seconds
+    # Whether the job is still wanted (None: always). False once its partition has left this
+    # process or was rewound: the job is dropped before its next step (fetch, decode) instead
+    # of being judged for a verdict nobody will publish.
+    wanted: Callable[[], bool] | None = None
+
+    def unwanted(self) -> bool:
+        return self.wanted is not None and not self.wanted()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from moderator.events.verdict import (
     Timings,
     VerdictError,
 )
-from moderator.fetch.budget import DecodeBudget
+from moderator.fetch.budget import process_budget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image, sha256_hex
 from moderator.fetch.store import FetchedObject, ObjectStore
 from moderator.obs.event import EventTelemetry
@@ -61,7 +61,6 @@ _ENGINE_ERRORS = frozenset(
     {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT, ErrorCode.UNPARSEABLE_OUTPUT}
 )
 RGB_BYTES_PER_PIXEL = 4  # Pillow stores RGB with a padding byte
-UNLIMITED_DECODE_WAIT_S = 600.0  # without a decode deadline: how long one may wait for budget
 
 
 @dataclass
@@ -124,15 +123,7 @@ class Processor:
         # cores only hand the GIL back and forth (performance.md, "Fetch and decode workers").
         workers = decode_workers if decode_workers is not None else usable_cpus()
         self._decoders = JobPool(min(workers, concurrency), "decode", max_chunk=1)
-        # One budget for the process: every decode of every fetch worker reserves from it. A
-        # wait lasts while the decodes ahead use up to their CPU time each, on shared cores:
-        # twice that in all is the most it should take, so longer means a stuck holder.
-        per_decode_s = limits.timeout_s if limits.timeout_s is not None else UNLIMITED_DECODE_WAIT_S
-        self.decode_budget = (
-            DecodeBudget(limits.budget_bytes, 2 * concurrency * per_decode_s)
-            if limits.budget_bytes is not None
-            else None
-        )
+        self.decode_budget = process_budget(limits.budget_bytes, limits.timeout_s, concurrency)
         self._held = HeldBytes(max_buffered_bytes)
         self._ahead = DecodeAhead(decode_ahead)
 
@@ -168,12 +159,23 @@ class Processor:
         self._decoders.close()
 
     def _start(self, job: Job, done: Done) -> None:
+        if job.unwanted():  # nothing started yet: no span, no count
+            done(None)
+            return
         with event_log_context(job):
             run = self._run(job, done, ObjectFacts())
             if run is None:
                 return
-            self._held.admit()
-            self._guarded(run, self._fetch, run)
+            self._held.admit()  # may wait long: the job may have become unwanted meanwhile
+            if run.job.unwanted():
+                self._drop(run)
+            else:
+                self._guarded(run, self._fetch, run)
+
+    def _drop(self, run: _Run) -> None:
+        self._held.add(run, None)
+        run.obs.dropped()
+        run.done(None)
 
     def _guarded(self, run: _Run, step: Callable[..., None], *args: object) -> None:
         """`step(*args)`; a failure of it ends `run` in an error verdict."""
@@ -187,6 +189,9 @@ class Processor:
 
     def _redecide(self, job: Job, assessment: Assessment, facts: ObjectFacts, done: Done) -> None:
         ev = job.event
+        if job.unwanted():
+            done(None)
+            return
         with event_log_context(job):
             run = self._run(job, done, facts)
             if run is None:
@@ -229,6 +234,9 @@ class Processor:
         self._decoders.submit(functools.partial(self._decode_step, run, fetched, t0))
 
     def _decode_step(self, run: _Run, fetched: FetchedObject, t0: float) -> None:
+        if run.job.unwanted():  # fetched while its partition left: not decoded, not judged
+            self._drop(run)
+            return
         with event_log_context(run.job):
             self._guarded(run, self._judge, run, fetched, t0)
 

@@ -172,7 +172,10 @@ class ReplayProcessor:
         decision = original.get("decision") if original else None
         original_decision = decision if decision in ("allow", "review", "block") else None
 
-        def rewrite(records: list[OutRecord]) -> None:
+        def rewrite(records: list[OutRecord] | None) -> None:
+            if records is None:  # dropped unfinished: abandoned here too
+                done(None)
+                return
             out = []
             for record in records:
                 if record.topic != LIVE_VERDICTS or record.value is None:
