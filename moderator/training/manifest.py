@@ -111,7 +111,8 @@ def read_table(
         rows = list(_jsonl(text))
         present = {k for _, values in rows if isinstance(values, dict) for k in values}
         return rows, tuple(sorted(present - set(known)))
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote never closed is an error, not a field that swallows the rest of the file
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [name.strip().lower() for name in next(reader)]
     except StopIteration:
@@ -232,7 +233,13 @@ def _csv_rows(reader: Any, header: list[str]) -> Iterator[tuple[int, dict[str, A
         except StopIteration:
             return
         except csv.Error as exc:
-            yield start, BadRow(start, None, "row", f"not valid CSV: {exc}")
+            reason = f"not valid CSV: {exc}"
+            if "unexpected end of data" in str(exc):
+                reason = (
+                    "not valid CSV: a quoted field that starts on this line is never closed "
+                    "(the rows after it cannot be read)"
+                )
+            yield start, BadRow(start, None, "row", reason)
             return
         end = reader.line_num
         if not cells or all(not cell.strip() for cell in cells):
