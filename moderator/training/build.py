@@ -80,16 +80,19 @@ def stratified_split(
     ratios: Sequence[float],
     rng: random.Random,
 ) -> list[list[T]]:
-    """`items` dealt into len(ratios) parts. Items are grouped by `key` (groups in sorted order),
-    shuffled within each group, and dealt one by one to the part furthest behind its share, so
-    each group and the whole are split within about one item of the ratios. Each part keeps
-    the input order."""
+    """`items` dealt into len(ratios) parts. Items are grouped by `key`, the groups taken in
+    an order `rng` draws (so the seed decides which group's leftover item goes to which part,
+    not the groups' names), shuffled within each group, and dealt one by one to the part
+    furthest behind its share, so each group and the whole are split within about one item of
+    the ratios. Each part keeps the input order."""
     groups: dict[Hashable, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
         groups[key(item)].append(index)
     parts: list[list[int]] = [[] for _ in ratios]
     dealt = 0
-    for group in sorted(groups, key=repr):
+    order = sorted(groups, key=repr)
+    rng.shuffle(order)
+    for group in order:
         members = groups[group]
         rng.shuffle(members)
         for index in members:
