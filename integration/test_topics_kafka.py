@@ -189,3 +189,25 @@ def test_embedded_mock_cluster_is_named_in_one_line(
     assert out == ""
     assert err.count("\n") == 1
     assert "cannot create or describe topics" in err and "embedded mock cluster" in err
+
+
+def test_a_transaction_timeout_the_broker_refuses_fails_the_check_and_the_start_in_one_line(
+    apache_kafka: ApacheKafka, unique: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moderator.errors import ConfigError
+    from moderator.ingest.checkpoint import start_transactions
+    from moderator.ingest.kafka import make_producer
+
+    config = _config(
+        tmp_path, apache_kafka.bootstrap_servers, unique, transaction_timeout_ms=3_600_001
+    )
+    assert main(["topics", "create", "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["run", "--check", "--config", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert "transaction.max.timeout.ms is" in out + err
+    assert "lower kafka.transaction_timeout_ms, or raise the limit" in out + err
+    settings = load_settings(config)
+    producer = make_producer(settings)
+    with pytest.raises(ConfigError, match=r"^kafka.transaction_timeout_ms: 3600001 is above"):
+        start_transactions(producer, 20, settings.kafka.transaction_timeout_ms)

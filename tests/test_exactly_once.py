@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from moderator.fetch.store import InMemoryObjectStore
-from moderator.ingest.checkpoint import FatalKafkaError
+from moderator.ingest.checkpoint import FENCED_HINT, FatalKafkaError
 from moderator.ingest.memory.broker import MemoryBroker
 from tests.eos_scenarios import (
     CRASH_POINTS,
@@ -170,6 +170,9 @@ def test_fenced_zombie_stops_with_fatal_error(
     seed_uploads(broker, store, 20)
     zombie.thread.join(30)
     assert isinstance(zombie.error, FatalKafkaError)
+    # the line says what happened and what to do, not only librdkafka's error
+    assert str(zombie.error).endswith(f": {FENCED_HINT}")
+    assert "give each process its own instance_id" in FENCED_HINT
 
 
 def test_rebalance_between_two_instances_keeps_exactly_once(

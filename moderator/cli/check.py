@@ -119,10 +119,33 @@ def check_kafka(settings: Settings) -> str:
             f"{kafka.bootstrap_servers} answers, but topic(s) missing: {', '.join(missing)} "
             "(create them with `moderator topics create`, or set kafka.create_topics)"
         )
+    refused = _broker_refusals(settings)
+    if refused:
+        raise ConfigError(f"{refused[0]} (lower kafka.transaction_timeout_ms, or raise the limit)")
     detail = f"{kafka.bootstrap_servers}: topics {', '.join(wanted)}"
     if missing:
         return f"{detail}; {', '.join(missing)} created at start-up (kafka.create_topics)"
     return f"{detail} exist"
+
+
+def _broker_refusals(settings: Settings) -> list[str]:
+    """What the brokers' settings would refuse at start-up (exactly once: the transaction
+    timeout); none where the cluster cannot describe its brokers (the embedded mock)."""
+    import confluent_kafka.admin
+
+    from moderator.ingest.kafka import build_client
+    from moderator.ingest.startup import probe_config
+    from moderator.ingest.topic_admin import TopicAdminError, broker_warnings
+
+    kafka = settings.kafka
+    if kafka.delivery != "exactly_once":
+        return []
+    conf = probe_config(kafka, f"moderator-check-{settings.instance_id}")
+    admin = build_client(confluent_kafka.admin.AdminClient, conf, kafka)
+    try:
+        return broker_warnings(admin, kafka, timeout_s=kafka.startup_timeout_s)
+    except TopicAdminError:
+        return []
 
 
 def check_s3(settings: Settings) -> str:

@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from moderator.emit.records import OutRecord
-from moderator.errors import ModeratorError
+from moderator.errors import ConfigError, ModeratorError
 from moderator.ingest.ports import Consumer, Producer
 from moderator.ingest.stuck import ProducerStuck, bounded
 from moderator.ingest.tracker import TP, Ready
@@ -42,6 +42,38 @@ class CheckpointAborted(ModeratorError):
 
 class FatalKafkaError(ModeratorError):
     """The producer can never be used again (e.g. fenced by a newer instance): exit non-zero."""
+
+
+FENCED_HINT = (
+    "another process started with this process's kafka.transactional_id (by default "
+    "moderator-{group_id}-{instance_id}) and took over: give each process its own instance_id"
+)
+
+
+def fatal_text(what: str, err: object) -> str:
+    """A fatal error's line, with what to do when another process fenced this one."""
+    code = err.code() if isinstance(err, KafkaError) else None
+    hint = f": {FENCED_HINT}" if code == KafkaError._FENCED else ""
+    return f"{what}: {err}{hint}"
+
+
+def start_transactions(producer: Producer, timeout_s: float, transaction_timeout_ms: int) -> None:
+    """`init_transactions`. The broker refusing `kafka.transaction_timeout_ms` is a ConfigError
+    (one line, exit 2); any other fatal refusal a FatalKafkaError."""
+    try:
+        producer.init_transactions(timeout_s)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        code = err.code() if isinstance(err, KafkaError) else None
+        if code == KafkaError.INVALID_TRANSACTION_TIMEOUT:
+            raise ConfigError(
+                f"kafka.transaction_timeout_ms: {transaction_timeout_ms} is above the broker's "
+                "transaction.max.timeout.ms (900000 unless the cluster sets it): lower it, or "
+                "raise the brokers' limit"
+            ) from exc
+        if err is not None and hasattr(err, "fatal") and err.fatal():
+            raise FatalKafkaError(fatal_text("fatal Kafka error at start-up", err)) from exc
+        raise
 
 
 def commit_checkpoint(
@@ -125,7 +157,7 @@ def _commit(
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
         if err is not None and hasattr(err, "fatal") and err.fatal():
-            raise FatalKafkaError(f"fatal Kafka error: {err}") from exc
+            raise FatalKafkaError(fatal_text("fatal Kafka error", err)) from exc
         if exactly_once:
             _abort(producer, timeout_s)
         raise CheckpointAborted(f"checkpoint aborted: {err}") from exc
@@ -230,5 +262,5 @@ def _abort(producer: Producer, timeout_s: float) -> None:
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
         if err is not None and hasattr(err, "fatal") and err.fatal():
-            raise FatalKafkaError(f"fatal Kafka error while aborting: {err}") from exc
+            raise FatalKafkaError(fatal_text("fatal Kafka error while aborting", err)) from exc
         # No open transaction (it failed before begin) or already aborted: nothing to undo.

@@ -23,6 +23,7 @@ from moderator.ingest.checkpoint import (
     checkpoint_timeout_s,
     commit_checkpoint,
     replace_producer,
+    start_transactions,
 )
 from moderator.ingest.flow import FlowGate
 from moderator.ingest.jobs import Completion, JobDone, JobProcessor, LoopStats, MessageWork
@@ -98,7 +99,7 @@ class IngestLoop:
         Raises FatalKafkaError when the producer is fenced or otherwise unusable.
         """
         if self._eos:
-            self.producer.init_transactions(self._timeout)
+            start_transactions(self.producer, self._timeout, self._s.kafka.transaction_timeout_ms)
         self._consumer.subscribe(
             [self._s.kafka.topics.uploads],
             on_assign=self._on_assign,
