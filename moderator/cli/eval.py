@@ -215,6 +215,7 @@ def _from_file(
 def _from_engine(
     args: argparse.Namespace, settings: Settings, samples: list[Sample]
 ) -> tuple[list[Prediction], float, dict[str, Any]]:
+    from moderator.cli.offline import policies_dir
     from moderator.cli.preflight import check_engine_files
     from moderator.training.evaluate import (
         ImageSource,
@@ -224,12 +225,13 @@ def _from_engine(
     from moderator.training.predictions import not_found, write_predictions
     from moderator.training.report import PREDICTIONS_FILE
 
+    directory = policies_dir(args, settings)
     check_engine_files(settings.engine)
     images = ImageSource(args.dataset, settings)
     missing = images.missing_local([s.image for s in samples])
     if missing:
         raise ConfigError(f"eval: {not_found(missing)}")
-    prompt, where = default_policy_prompt(settings.policies.dir, settings.tenancy)
+    prompt, where = default_policy_prompt(directory, settings.tenancy)
     without = sum(1 for s in samples if not s.prompt)
     _create(args.report)
     if without:

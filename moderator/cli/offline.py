@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from moderator.settings import Settings
+from moderator.errors import ConfigError
+from moderator.settings import PolicySettings, Settings
 
 
 def offline_settings(args: argparse.Namespace) -> Settings:
@@ -28,3 +30,15 @@ def offline_settings(args: argparse.Namespace) -> Settings:
         settings.log.model_copy(update={"level": "warning" if level == "info" else level})
     )
     return settings
+
+
+def policies_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    """`policies.dir`, whose default.yaml prompts the samples without a prompt. Given on purpose
+    (`--policies`, or a setting other than the default) it must be a directory: a typo is an
+    error, not the bundled default policy used quietly; left at its default and missing, the
+    bundled default policy is used."""
+    directory = settings.policies.dir
+    given = getattr(args, "policies", None) is not None or directory != PolicySettings().dir
+    if given and not directory.is_dir():
+        raise ConfigError(f"policies.dir: {directory} is not a directory")
+    return directory
