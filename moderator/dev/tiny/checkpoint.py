@@ -49,13 +49,24 @@ def make_tiny(directory: Path, arch: str, *, seed: int = 0) -> Path:
     """Write a tiny random-weight checkpoint of `arch` into `directory` and return the directory.
 
     Same `arch` and `seed` give byte-identical weights. The directory is created if needed; an
-    existing non-empty directory is only overwritten when it already holds a tiny checkpoint.
-    Raises ConfigError for an unknown arch or a directory that holds something else, and
+    existing non-empty directory is only overwritten when it already holds a tiny checkpoint of
+    the same arch. Raises ConfigError for an unknown arch or a directory that holds something
+    else (another arch's checkpoint included), and
     ImportError when torch or transformers are missing.
     """
     if arch not in ARCHES:
         raise ConfigError(f"unknown tiny-model arch {arch!r}; choose one of {', '.join(ARCHES)}")
     return write_checkpoint(directory, TINY[arch], seed=seed)
+
+
+def _marker_arch(directory: Path) -> str | None:
+    """The arch a tiny checkpoint's marker records (None: no marker, or none recorded)."""
+    try:
+        marker = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    arch = marker.get("arch") if isinstance(marker, dict) else None
+    return arch if isinstance(arch, str) else None
 
 
 def write_checkpoint(
@@ -77,6 +88,12 @@ def write_checkpoint(
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not is_smoke_test(directory):
         raise ConfigError(f"{directory} is not empty and holds no tiny checkpoint; not overwriting")
+    held = _marker_arch(directory)
+    if held is not None and held != dims.arch:  # the old arch's extra files would stay
+        raise ConfigError(
+            f"{directory} holds a {held} checkpoint, not {dims.arch}; not overwriting it "
+            f"(use an empty directory for {dims.arch})"
+        )
 
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
