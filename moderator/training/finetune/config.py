@@ -164,7 +164,10 @@ def load_config(path: Path) -> TrainConfig:
 
 
 def _problem(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    """The first problem, an unknown key (a typo, with its did-you-mean) before any other: the
+    typo may be why another key looks wrong or missing."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     key = ".".join(str(part) for part in err["loc"]) or "config"
     others = exc.error_count() - 1
     more = f" (and {others} more problem{'' if others == 1 else 's'})" if others > 0 else ""
