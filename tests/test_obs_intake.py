@@ -282,3 +282,16 @@ def test_checkpoints_aborting_in_a_row_make_the_process_not_ready() -> None:
         assert obs.checkpoints().ok
     events = [(line["event"], line["log_level"]) for line in logs]
     assert events == [("checkpoints_failing", "error"), ("checkpoints_committing_again", "info")]
+
+
+def test_counters_are_scraped_at_zero_before_their_first_event() -> None:
+    # A series born at its first count (3 dead letters at once) shows no increase to rate():
+    # the first burst would never fire an alert.
+    telemetry = Telemetry()
+    IntakeObserver("moderation.verdicts", telemetry.metrics)
+    found = samples(telemetry)
+    for outcome in ("verdict", "error_verdict", "dlq", "skipped"):
+        assert found[("moderator_events_total", (("outcome", outcome),))] == 0
+    assert found[("moderator_dlq_total", (("code", "malformed_event"),))] == 0
+    assert found[("moderator_transactions_total", (("result", "abort"),))] == 0
+    assert found[("moderator_coalesced_total", ())] == 0

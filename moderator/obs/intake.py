@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from moderator.emit.records import OutRecord
+from moderator.errors import ErrorCode
 from moderator.obs.health import Check, Contact
 from moderator.obs.metrics import Metrics, no_metrics
 
@@ -59,6 +60,15 @@ class IntakeObserver:
         self._started: dict[TP, deque[tuple[int, tuple[float | None, ...]]]] = {}
         self._aborts = 0  # checkpoints aborted since the last one committed
         self._abort_reason = ""
+        # Each counter's series from the start, at 0: a first burst then shows in rate().
+        for outcome in ("verdict", "error_verdict", "dlq", "skipped"):
+            self._m.add("moderator_events_total", 0, outcome=outcome)
+        self._m.add("moderator_dlq_total", 0, code=ErrorCode.MALFORMED_EVENT.value)
+        for result in ("commit", "abort"):
+            self._m.add("moderator_transactions_total", 0, result=result)
+        for result in ("hit", "miss"):
+            self._m.add("moderator_cache_requests_total", 0, result=result)
+        self._m.add("moderator_coalesced_total", 0)
 
     # -- intake --------------------------------------------------------------------------------
 

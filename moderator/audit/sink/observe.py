@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from moderator.audit.db.conflicts import Conflict, WriteResult, by_kind
+from moderator.audit.db.conflicts import KINDS, Conflict, WriteResult, by_kind
 from moderator.audit.models import ChainHead, InsertResult
 from moderator.masking import mask_passwords
 from moderator.obs.health import Check, Contact
@@ -78,6 +78,10 @@ class SinkObserver:
         self._m = metrics if metrics is not None else no_metrics()
         self._broker = broker
         self._database = database
+        # Each counter's series from the start, at 0: a first burst then shows in rate().
+        for result in ("stored", "duplicate", *(f"conflict_{k}" for k in KINDS)):
+            self._m.add("moderator_audit_rows_total", 0, result=result)
+        self._m.add("moderator_audit_db_retries_total", 0)
         self._chain_heads = chain_heads
         self._heads_every_s = heads_every_s
         self._clock = clock
