@@ -44,7 +44,9 @@ def test_a_drain_reports_its_progress_and_the_events_it_leaves(
     progress = [line for line in logs if line["event"] == "draining"]
     assert len(progress) >= 3  # the first line, then one every 0.2 s of the 1 s grace
     assert all("left_s" in line for line in progress[1:])
+    unfinished = [line["unfinished"] for line in progress]
+    assert unfinished[-1] < unfinished[0]  # it counts down as events finish
     (drained,) = [line for line in logs if line["event"] == "drained"]
-    assert drained["left_in_flight"] > 0
+    assert 0 < drained["left_unfinished"] <= unfinished[-1]
     assert "event_abandoned" in events and "event_error" not in events
     assert len(verdict_ids(broker)) < len(ids)  # the abandoned ones were not published

@@ -133,7 +133,7 @@ class IngestLoop:
 
     def _drain(self) -> None:
         grace = self._s.flow.drain_grace_s
-        log.info("draining", in_flight=self.in_flight, grace_s=grace)
+        log.info("draining", in_flight=self.in_flight, unfinished=self._jobs, grace_s=grace)
         self._pause_all()
         deadline, report = time.monotonic() + grace, time.monotonic() + DRAIN_REPORT_S
         while self._jobs > 0 and time.monotonic() < deadline:
@@ -141,9 +141,9 @@ class IngestLoop:
             self._collect()
             if (now := time.monotonic()) >= report:  # progress while events in flight finish
                 report += DRAIN_REPORT_S
-                log.info("draining", in_flight=self.in_flight, left_s=round(deadline - now))
+                log.info("draining", unfinished=self._jobs, left_s=round(deadline - now))
         self._checkpoint()
-        log.info("drained", left_in_flight=self.in_flight, **vars(self.stats))
+        log.info("drained", left_unfinished=self._jobs, **vars(self.stats))
 
     @property
     def _timeout(self) -> float:
