@@ -24,6 +24,7 @@ from moderator.errors import ConfigError, ModeratorError
 
 if TYPE_CHECKING:
     from moderator.settings import Settings
+    from moderator.training.dataset import Sample
     from moderator.training.rationales import Options, Outcome, Plan
 
 # Copies of moderator.training constants (not imported: parsers stay cheap).
@@ -113,7 +114,11 @@ def cmd_rationales(args: argparse.Namespace) -> int:
     )
     plan = plan_run(samples, args.out, options)  # a bad journal line: before any model loads
     if plan.todo:
-        outcome = _ask(args, settings, plan, options)
+        try:
+            outcome = _ask(args, settings, plan, options)
+        except KeyboardInterrupt:
+            print(_interrupted(args, samples, options), file=sys.stderr, flush=True)
+            raise
     else:
         print(
             f"rationales: nothing to ask: every sample lacking a rationale has an outcome in "
@@ -130,6 +135,21 @@ def cmd_rationales(args: argparse.Namespace) -> int:
             "run the command again to retry them"
         )
     return 0
+
+
+def _interrupted(args: argparse.Namespace, samples: list[Sample], options: Options) -> str:
+    """What an interrupted run kept (the journal's outcomes) and how to go on."""
+    from moderator.training.rationales import journal_path, plan_run
+
+    journal = journal_path(args.out)
+    try:
+        kept = f"{plan_run(samples, args.out, options).outcome.earlier} sample outcome(s)"
+    except ModeratorError:  # a journal line cut short: the rerun names it
+        kept = "the outcomes so far"
+    return (
+        f"moderator: rationales: interrupted: {kept} kept in {journal}; run the same command "
+        f"again to continue (it skips them, then writes {args.out})"
+    )
 
 
 def _ask(args: argparse.Namespace, settings: Settings, plan: Plan, options: Options) -> Outcome:

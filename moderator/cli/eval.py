@@ -135,7 +135,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         predictions, elapsed, source = _from_file(args.predictions, samples)
     else:
-        predictions, elapsed, source = _from_engine(args, settings, samples)
+        try:
+            predictions, elapsed, source = _from_engine(args, settings, samples)
+        except KeyboardInterrupt:
+            print(
+                f"moderator: eval: interrupted: nothing is kept (no report written in "
+                f"{args.report}); run the command again to evaluate from the start",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
     from moderator.training.metrics import compute
     from moderator.training.report import PREDICTIONS_FILE, write_report
 

@@ -78,7 +78,11 @@ def cmd_scan(
                 max_in_flight=max_in_flight(settings),
                 output_format=output_format,
             )
-            scan.run(source.items, progress)
+            try:
+                scan.run(source.items, progress)
+            except KeyboardInterrupt:
+                progress.note(_interrupted_line(scan.counts().done, output))
+                raise
         finally:
             if out is not sys.stdout:
                 with contextlib.suppress(BrokenPipeError):  # reported as the scan's failure
@@ -92,6 +96,15 @@ def cmd_scan(
     if scan.skipped:
         raise ModeratorError(f"scan: {scan.skipped} object(s) got no verdict (see above)")
     return 0
+
+
+def _interrupted_line(done: int, output: Path | None) -> str:
+    """What a scan stopped by Ctrl-C kept; a scan has no resume."""
+    where = str(output) if output is not None else "stdout"
+    return (
+        f"scan: interrupted: the {done} verdict(s) written to {where} are kept; a scan does "
+        "not resume: run it again to judge every object"
+    )
 
 
 def _quiet(level: str) -> str:

@@ -200,6 +200,7 @@ class EngineRunner:
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             stop_window(self._window, progress.note, self._label)
+            progress.finish(self._counts(len(jobs)))  # where it stopped, not the last tick
             raise
         finally:
             pool.shutdown(wait=True)

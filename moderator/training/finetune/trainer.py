@@ -81,7 +81,7 @@ def train(
         )
         done = completion(start, config)
         if done is not None:
-            return _complete(run, start, done, config, inputs, stream)
+            return _complete(run, start, done, config, inputs, stream, again)
     check_extra(config)
     from moderator.training.finetune.arguments import check_device
     from moderator.training.finetune.stop import GracefulStop
@@ -110,12 +110,18 @@ def train(
     print(f"train: model saved to {final}", file=stream)
     del trainer, built  # the evaluation loads the trained model on its own
     _free_memory()
-    report = evaluate(run, inputs)
+    report = _evaluate_saved(run, inputs, stream, again)
     return TrainResult(run, final, steps, report)
 
 
 def _complete(
-    run: Path, start: Path, done: Completion, config: TrainConfig, inputs: Inputs, stream: TextIO
+    run: Path,
+    start: Path,
+    done: Completion,
+    config: TrainConfig,
+    inputs: Inputs,
+    stream: TextIO,
+    again: str,
 ) -> TrainResult:
     """A resumed run with nothing left to train: no step. RUN/final is made from the
     checkpoint when a signal stopped the run before saving it, and the built-in evaluation is
@@ -133,7 +139,7 @@ def _complete(
     if inputs.eval is not None and report is None:
         check_extra(config)
         print("train: the evaluation of the trained model did not finish: running it", file=stream)
-        report = evaluate(run, inputs)
+        report = _evaluate_saved(run, inputs, stream, again)
     return TrainResult(run, final, done.step, report)
 
 
@@ -266,6 +272,20 @@ def _resuming(run: Path, start: Path, resolved: dict[str, Any], stream: TextIO) 
 
 def _eval_every(config: TrainConfig, inputs: Inputs) -> int | None:
     return config.eval.every_steps if inputs.eval is not None else None
+
+
+def _evaluate_saved(run: Path, inputs: Inputs, stream: TextIO, again: str) -> Path | None:
+    """`evaluate`, saying on Ctrl-C that the model is kept and `--resume` runs it again."""
+    try:
+        return evaluate(run, inputs)
+    except KeyboardInterrupt:
+        print(
+            f"train: interrupted during the evaluation of the trained model; the model is saved "
+            f"in {run / FINAL}: run the evaluation with `{again}`",
+            file=stream,
+            flush=True,
+        )
+        raise
 
 
 def evaluate(run: Path, inputs: Inputs) -> Path | None:
