@@ -473,3 +473,18 @@ def test_a_cache_hit_looks_for_its_original_in_its_own_tenant_under_any_policy_v
     (query,) = reader.queries
     assert query.tenant_ids == ("acme",) and query.policy_version is None
     assert query.sha256 == row.sha256 and query.until == DECIDED
+
+
+def test_the_models_revision_is_shown_while_the_record_keeps_it() -> None:
+    # Two merges under one name differ only by their revision: the explanation names it.
+    merged = ModelInfo(engine="transformers", name="tiny-lora", revision="2a6314e62f66")
+    e = explain(audit_record("e-rev", demo("acme"), assessment=unsafe("O5", 0.74), model=merged))
+    assert explanation_json(e)["model"] == {
+        "engine": "transformers",
+        "name": "tiny-lora",
+        "revision": "2a6314e62f66",
+        "smoke_test": False,
+    }
+    assert any("transformers:tiny-lora (revision 2a6314e62f66)" in line for line in text_lines(e))
+    e = explain(audit_record("e-none", demo("acme"), assessment=unsafe("O5", 0.74), model=GUARD))
+    assert explanation_json(e)["model"]["revision"] is None

@@ -156,7 +156,7 @@ def explain_record(
             row=row,
             on_error=on_error,
         ),
-        model=_model(columns),
+        model=_model(columns, verdict),
         assessment=assessment,
         error=error,
         cache=_cache(columns, cache_origin, origin_looked_up),
@@ -266,13 +266,14 @@ def _error(columns: RecordFields, verdict: Mapping[str, Any]) -> ErrorFacts | No
     )
 
 
-def _model(columns: RecordFields) -> ModelFacts | None:
+def _model(columns: RecordFields, verdict: Mapping[str, Any] | None) -> ModelFacts | None:
     if columns.model_engine is None:
         return None
     return ModelFacts(
         engine=columns.model_engine,
         name=columns.model_name,
         smoke_test=bool(columns.model_smoke_test),
+        revision=_text(_obj(verdict, "model"), "revision"),
     )
 
 

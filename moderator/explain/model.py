@@ -99,6 +99,7 @@ class ModelFacts:
     engine: str
     name: str | None
     smoke_test: bool  # a fake or random-weight model: its decisions mean nothing
+    revision: str | None = None  # the checkpoint's, from the record (gone once redacted)
 
 
 @dataclass(frozen=True)

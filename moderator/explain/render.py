@@ -174,7 +174,12 @@ def explanation_json(e: Explanation) -> dict[str, Any]:
         },
         "model": None
         if e.model is None
-        else {"engine": e.model.engine, "name": e.model.name, "smoke_test": e.model.smoke_test},
+        else {
+            "engine": e.model.engine,
+            "name": e.model.name,
+            "revision": e.model.revision,
+            "smoke_test": e.model.smoke_test,
+        },
         "assessment": None
         if e.assessment is None
         else {
@@ -316,6 +321,8 @@ def _engine(e: Explanation) -> str:
     if e.model is None:
         return "not run" + (f" (failed before it: {e.error.code})" if e.error is not None else "")
     name = e.model.engine + (f":{e.model.name}" if e.model.name else "")
+    if e.model.revision:
+        name += f" (revision {e.model.revision})"
     if e.model.smoke_test:
         name += " (smoke test: its decisions mean nothing)"
     a = e.assessment

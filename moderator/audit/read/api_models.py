@@ -141,6 +141,7 @@ class ExplanationPolicy(_Strict):
 class ExplanationModel(_Strict):
     engine: str
     name: str | None
+    revision: str | None = None
     smoke_test: bool
 
 
