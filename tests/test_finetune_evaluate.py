@@ -123,6 +123,10 @@ def test_a_run_is_evaluated_every_n_steps_and_at_the_end(
     assert "| balanced_accuracy |" in (run / "merged" / "README.md").read_text()
     err = capsys.readouterr().err
     assert "SMOKE-TEST model" in err
+    # The step's report names its checkpoint, not the scratch directory removed after it.
+    assert ".eval-step-2" not in err.replace("into " + str(run / ".eval-step-2"), "")
+    assert f"eval: SMOKE-TEST model ({run / 'checkpoint-2'}): the metrics" in err
+    assert step_metrics["header"]["model_path"] == str(run / "checkpoint-2")
     assert f"eval: merging the adapter {run / 'final'} into {run / 'merged'} for the" in err
     verdict = "eval: the base model (A) against the trained one (B): "
     assert f"{verdict}" in err and f" ({run / 'eval' / 'compare.md'})\n" in err

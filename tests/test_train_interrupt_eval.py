@@ -49,3 +49,21 @@ def test_ctrl_c_in_the_evaluation_names_the_command_that_finishes_it(
     result = trainer.train(config, resume="latest", stderr=stderr)
     assert "the evaluation of the trained model did not finish: running it" in stderr.getvalue()
     assert calls == [run, run] and result.report == run / "eval"
+
+
+def test_the_stop_line_says_what_stops_at_once_for_each_signal() -> None:
+    import signal
+
+    from moderator.training.finetune.stop import GracefulStop
+
+    for number, again in (
+        (signal.SIGTERM, "send SIGTERM again"),
+        (signal.SIGINT, "press Ctrl-C again"),
+    ):
+        stream = io.StringIO()
+        GracefulStop(stream).handle(number, None)
+        name = signal.Signals(number).name
+        assert stream.getvalue() == (
+            f"train: {name}: stopping after step 1, with a checkpoint ({again} to stop at once, "
+            "losing the steps since the last checkpoint)\n"
+        )

@@ -262,7 +262,12 @@ def _side(better: str | None, names: Sequence[str]) -> str | None:
 
 
 def _shown(value: Any) -> Any:
-    return shown_metric(value) if isinstance(value, float) else value
+    """A rate as the report tables show it, as text with 3 decimals (`0.500`, `1.000`; `0.00042`
+    for one 3 decimals would show as 0); a count as it is."""
+    if not isinstance(value, float):
+        return value
+    rounded = shown_metric(value) + 0.0  # -0.0 shows as 0.000
+    return f"{rounded:.3f}" if rounded == round(rounded, 3) else str(rounded)
 
 
 def _signed(delta: float | None) -> str | None:

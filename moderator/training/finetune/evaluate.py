@@ -79,8 +79,9 @@ def evaluate_run(
     else:
         report = run_dir / EVAL_DIR / f"{STEP_PREFIX}{every_step}"
         model, scratch = _step_model(run_dir, every_step, progress)
+    named = run_dir / f"{CHECKPOINT_PREFIX}{every_step}" if every_step is not None else model
     try:
-        _evaluate(model, config, dataset, samples, report, progress, {})
+        _evaluate(model, config, dataset, samples, report, progress, {}, named=named)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -229,8 +230,13 @@ def _evaluate(
     report: Path,
     progress: TextIO,
     extra: dict[str, Any],
+    *,
+    named: Path | None = None,
 ) -> None:
-    """`moderator eval --dataset DATASET --engine transformers --model MODEL --report REPORT`."""
+    """`moderator eval --dataset DATASET --engine transformers --model MODEL --report REPORT`;
+    `named` is the model as the lines and the report name it (a checkpoint, not the scratch
+    directory it was merged into for the evaluation and that is removed afterwards)."""
+    shown = named if named is not None else model
     from moderator.training.evaluate import ImageSource, default_policy_prompt, evaluate_engine
     from moderator.training.metrics import compute
     from moderator.training.predictions import not_found, write_predictions
@@ -241,10 +247,10 @@ def _evaluate(
     if missing:
         raise ConfigError(f"eval: {not_found(missing)}")
     prompt, _ = default_policy_prompt(settings.policies.dir, settings.tenancy)
-    print(f"eval: {model} on {dataset} -> {report}", file=progress)
+    print(f"eval: {shown} on {dataset} -> {report}", file=progress)
     run = evaluate_engine(samples, settings, images, prompt, progress)
     if run.model.smoke_test:
-        print(f"eval: SMOKE-TEST model ({model}): the metrics are not meaningful", file=progress)
+        print(f"eval: SMOKE-TEST model ({shown}): the metrics are not meaningful", file=progress)
     report.mkdir(parents=True, exist_ok=True)
     write_predictions(report / PREDICTIONS_FILE, run.predictions)
     header = {
@@ -254,7 +260,7 @@ def _evaluate(
         "engine": run.model.engine,
         "model": run.model.name,
         "revision": run.model.revision,
-        "model_path": str(model),
+        "model_path": str(shown),
         "smoke_test": run.model.smoke_test or is_smoke_test(model),
         "errors": run.stats.errors,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -66,9 +66,10 @@ class GracefulStop(TrainerCallback):
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = number
+        again = "press Ctrl-C again" if number == signal.SIGINT else f"send {self.name()} again"
         self._say(
             f"train: {self.name()}: stopping after step {self._step + 1}, with a checkpoint "
-            "(press Ctrl-C again to stop at once, losing the steps since the last checkpoint)"
+            f"({again} to stop at once, losing the steps since the last checkpoint)"
         )
 
     def on_step_begin(
