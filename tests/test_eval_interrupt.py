@@ -107,7 +107,11 @@ def test_runner_waits_for_the_call_in_progress_on_ctrl_c(tmp_path: Path) -> None
             ended_before_raise = engine.calls_ended
     assert ended_before_raise >= 1  # the call in progress ended before the interrupt went on
     assert ended_before_raise < len(jobs)  # and no more went in
-    assert stopping_line("rationales") in stream.getvalue().splitlines()
+    lines = stream.getvalue().splitlines()
+    assert stopping_line("rationales") in lines
+    # the last status line counts what was done, not the 0 of the line before the stop
+    after = lines[lines.index(stopping_line("rationales")) + 1 :]
+    assert [line for line in after if line.startswith("rationales: ") and "/6 samples" in line]
     closed = window.submit(EngineRequest("late", None, "p", ()))  # type: ignore[arg-type]
     assert closed.result().result.error_message == "engine window closed"
 
