@@ -374,3 +374,18 @@ def test_run_with_a_policy_file_that_fails_exits_2_before_contacting_the_broker(
         f"moderator: {tmp_path / 'broken.yaml'}:1: categories.O1.block_at: "
         "must be from 0 to 1, not the number 7"
     )
+
+
+def test_a_fenced_producer_is_explained_even_unwrapped() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from moderator.ingest.checkpoint import FENCED_HINT
+
+    fenced = KafkaException(
+        KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+    )
+    line = error_line(fenced)
+    assert line.startswith("unexpected error: KafkaException: ")
+    assert line.endswith(f": {FENCED_HINT}")
+    other = KafkaException(KafkaError(KafkaError._TRANSPORT, "broker down"))
+    assert FENCED_HINT not in error_line(other)

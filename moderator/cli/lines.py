@@ -15,5 +15,17 @@ def error_line(exc: BaseException, limit: int = 2000) -> str:
     text = safe_line(" ".join(str(exc).split()))
     if not isinstance(exc, ModeratorError):
         text = f"unexpected error: {type(exc).__name__}" + (f": {text}" if text else "")
+        if _fenced(exc):  # librdkafka's error, wherever it came from: say what it means
+            from moderator.ingest.checkpoint import FENCED_HINT
+
+            text += f": {FENCED_HINT}"
     text = mask_passwords(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fenced(exc: BaseException) -> bool:
+    """A confluent_kafka error saying a newer producer with this transactional id fenced ours
+    (read by its name, without importing the client)."""
+    error = exc.args[0] if exc.args else None
+    name = getattr(error, "name", None)
+    return callable(name) and name() == "_FENCED"
