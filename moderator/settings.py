@@ -395,6 +395,19 @@ class FetchSettings(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _decoders_fed(self) -> FetchSettings:
+        workers, fetchers = self.decode_workers, self.concurrency
+        if workers is not None and workers > fetchers:
+            raise TwoKeyError(
+                "decode_workers",
+                f"{workers} is above concurrency ({fetchers}): each decodes what a fetch "
+                "worker has read, so more would wait",
+                "concurrency",
+                f"{fetchers} is below decode_workers ({workers})",
+            )
+        return self
+
 
 class FakeEngineSettings(_Section):
     latency_ms: float = Field(default=0.0, ge=0)

@@ -50,6 +50,11 @@ def test_a_section_rule_names_its_key_and_only_that_keys_source(
             "max_pixels (1000)",
         ),
         (
+            "fetch: {concurrency: 4, decode_workers: 8}\n",
+            "fetch.decode_workers: 8 is above concurrency (4): each decodes what a fetch worker "
+            "has read, so more would wait",
+        ),
+        (
             "flow: {low_buffered_bytes: 1, high_buffered_bytes: 1}\n",
             "flow.low_buffered_bytes: 1 must be below high_buffered_bytes (1)",
         ),

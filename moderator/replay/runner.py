@@ -59,6 +59,8 @@ def replay_overrides(
         overrides["flow.high_in_flight"] = max_in_flight
         overrides["flow.low_in_flight"] = max(0, max_in_flight // 2)
         overrides["fetch.concurrency"] = min(settings.fetch.concurrency, max_in_flight)
+        if settings.fetch.decode_workers is not None:  # never more than the fetch workers
+            overrides["fetch.decode_workers"] = min(settings.fetch.decode_workers, max_in_flight)
     return overrides
 
 
