@@ -18,7 +18,6 @@ from typing import TextIO
 
 from moderator import __version__
 from moderator.errors import ConfigError
-from moderator.fetch.decode import DecodeLimits
 from moderator.fetch.store import ObjectStore
 from moderator.paths import directory_problem
 from moderator.pipeline.progress import Counts
@@ -78,12 +77,8 @@ def run_build(
     if manifest.ignored_columns:
         ignored = ", ".join(manifest.ignored_columns)
         print(f"moderator: warning: columns not used: {ignored}", file=stderr)
-    checker = ImageChecker(
-        request.manifest.parent,
-        limits=DecodeLimits.from_settings(settings.fetch),
-        max_bytes=settings.fetch.max_object_bytes,
-        min_side=request.min_side,
-        s3=s3 or (lambda: _s3_store(settings)),
+    checker = ImageChecker.for_settings(
+        request.manifest.parent, settings, min_side=request.min_side, s3=s3
     )
     results = _checked(manifest, checker, settings.fetch.concurrency, stderr)
     good = [(row, r) for row, r in zip(manifest.rows, results, strict=True) if _ok(r)]
@@ -212,9 +207,3 @@ def _write(request: BuildRequest, built: Built, bad: Sequence[BadRow], *, rows: 
     )
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     (request.out / BUILD_FILE).write_text(text, encoding="utf-8")
-
-
-def _s3_store(settings: Settings) -> ObjectStore:
-    from moderator.fetch.s3 import S3ObjectStore
-
-    return S3ObjectStore(settings.s3)

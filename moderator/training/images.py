@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from moderator.errors import ProcessingError
 from moderator.fetch.decode import DecodeLimits, decode_image
@@ -22,6 +22,9 @@ from moderator.fetch.store import ObjectStore
 from moderator.pipeline.progress import Counts, Progress
 from moderator.training.dataset import S3_PREFIX
 from moderator.training.manifest import BadRow, ManifestRow
+
+if TYPE_CHECKING:
+    from moderator.settings import Settings
 
 CHECK_SIZE = 256
 """Longest side the check decodes to (JPEG decodes at a reduced scale): the header, every byte
@@ -57,6 +60,31 @@ class ImageChecker:
         self._s3_factory = s3
         self._s3: ObjectStore | None = None
         self._local = LocalFileStore()
+
+    @classmethod
+    def for_settings(
+        cls,
+        base: Path,
+        settings: Settings,
+        *,
+        min_side: int,
+        s3: Callable[[], ObjectStore] | None = None,
+    ) -> ImageChecker:
+        """A checker under the `fetch` limits of `settings`; S3 images through `s3` (default:
+        an S3ObjectStore with the `s3` settings)."""
+
+        def s3_store() -> ObjectStore:
+            from moderator.fetch.s3 import S3ObjectStore
+
+            return S3ObjectStore(settings.s3)
+
+        return cls(
+            base,
+            limits=DecodeLimits.from_settings(settings.fetch),
+            max_bytes=settings.fetch.max_object_bytes,
+            min_side=min_side,
+            s3=s3 or s3_store,
+        )
 
     def read(self, image: str) -> bytes:
         """The image's bytes; ProcessingError when it cannot be read."""

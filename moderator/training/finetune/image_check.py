@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from moderator.errors import ConfigError, ProcessingError
-from moderator.fetch.decode import DecodeLimits
 from moderator.fetch.store import ObjectStore
 from moderator.settings import Settings
 from moderator.training.dataset import Sample
@@ -41,13 +40,7 @@ def check_split_images(
         raise ConfigError(f"dataset: {not_found(missing)}")
     bad: list[str] = []
     for split, samples in splits:
-        checker = ImageChecker(
-            split.parent,
-            limits=DecodeLimits.from_settings(settings.fetch),
-            max_bytes=settings.fetch.max_object_bytes,
-            min_side=1,
-            s3=s3 or (lambda: _s3_store(settings)),
-        )
+        checker = ImageChecker.for_settings(split.parent, settings, min_side=1, s3=s3)
         bad += [f"{split.name} {problem}" for problem in unusable(samples, checker, settings)]
     if bad:
         shown = "; ".join(bad[:MAX_LISTED])
@@ -72,9 +65,3 @@ def unusable(samples: Sequence[Sample], checker: ImageChecker, settings: Setting
     workers = max(1, settings.fetch.concurrency)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-check") as pool:
         return [problem for problem in pool.map(one, samples) if problem is not None]
-
-
-def _s3_store(settings: Settings) -> ObjectStore:
-    from moderator.fetch.s3 import S3ObjectStore
-
-    return S3ObjectStore(settings.s3)
