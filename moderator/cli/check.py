@@ -131,17 +131,13 @@ def check_kafka(settings: Settings) -> str:
 def _broker_refusals(settings: Settings) -> list[str]:
     """What the brokers' settings would refuse at start-up (exactly once: the transaction
     timeout); none where the cluster cannot describe its brokers (the embedded mock)."""
-    import confluent_kafka.admin
-
-    from moderator.ingest.kafka import build_client
-    from moderator.ingest.startup import probe_config
+    from moderator.cli.topics import admin_client
     from moderator.ingest.topic_admin import TopicAdminError, broker_warnings
 
     kafka = settings.kafka
     if kafka.delivery != "exactly_once":
         return []
-    conf = probe_config(kafka, f"moderator-check-{settings.instance_id}")
-    admin = build_client(confluent_kafka.admin.AdminClient, conf, kafka)
+    admin = admin_client(settings, quiet=True)
     try:
         return broker_warnings(admin, kafka, timeout_s=kafka.startup_timeout_s)
     except TopicAdminError:

@@ -50,10 +50,20 @@ FENCED_HINT = (
 )
 
 
-def fatal_text(what: str, err: object) -> str:
+def _error_of(exc: KafkaException) -> KafkaError | None:
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else None
+
+
+def _fatal(exc: KafkaException) -> KafkaError | None:
+    """The exception's error when librdkafka says the producer can never be used again."""
+    error = _error_of(exc)
+    return error if error is not None and error.fatal() else None
+
+
+def _fatal_text(what: str, err: KafkaError) -> str:
     """A fatal error's line, with what to do when another process fenced this one."""
-    code = err.code() if isinstance(err, KafkaError) else None
-    hint = f": {FENCED_HINT}" if code == KafkaError._FENCED else ""
+    hint = f": {FENCED_HINT}" if err.code() == KafkaError._FENCED else ""
     return f"{what}: {err}{hint}"
 
 
@@ -63,16 +73,15 @@ def start_transactions(producer: Producer, timeout_s: float, transaction_timeout
     try:
         producer.init_transactions(timeout_s)
     except KafkaException as exc:
-        err = exc.args[0] if exc.args else None
-        code = err.code() if isinstance(err, KafkaError) else None
-        if code == KafkaError.INVALID_TRANSACTION_TIMEOUT:
+        err = _error_of(exc)
+        if err is not None and err.code() == KafkaError.INVALID_TRANSACTION_TIMEOUT:
             raise ConfigError(
                 f"kafka.transaction_timeout_ms: {transaction_timeout_ms} is above the broker's "
                 "transaction.max.timeout.ms (900000 unless the cluster sets it): lower it, or "
                 "raise the brokers' limit"
             ) from exc
-        if err is not None and hasattr(err, "fatal") and err.fatal():
-            raise FatalKafkaError(fatal_text("fatal Kafka error at start-up", err)) from exc
+        if (fatal := _fatal(exc)) is not None:
+            raise FatalKafkaError(_fatal_text("fatal Kafka error at start-up", fatal)) from exc
         raise
 
 
@@ -155,12 +164,11 @@ def _commit(
         else:
             _at_least_once(producer, consumer, records, offsets, timeout_s)
     except KafkaException as exc:
-        err = exc.args[0] if exc.args else None
-        if err is not None and hasattr(err, "fatal") and err.fatal():
-            raise FatalKafkaError(fatal_text("fatal Kafka error", err)) from exc
+        if (fatal := _fatal(exc)) is not None:
+            raise FatalKafkaError(_fatal_text("fatal Kafka error", fatal)) from exc
         if exactly_once:
             _abort(producer, timeout_s)
-        raise CheckpointAborted(f"checkpoint aborted: {err}") from exc
+        raise CheckpointAborted(f"checkpoint aborted: {_error_of(exc) or exc}") from exc
 
 
 def _transactional(
@@ -260,7 +268,6 @@ def _abort(producer: Producer, timeout_s: float) -> None:
     try:
         bounded(lambda: producer.abort_transaction(timeout_s), timeout_s * 4 / 3, "abort")
     except KafkaException as exc:
-        err = exc.args[0] if exc.args else None
-        if err is not None and hasattr(err, "fatal") and err.fatal():
-            raise FatalKafkaError(fatal_text("fatal Kafka error while aborting", err)) from exc
+        if (fatal := _fatal(exc)) is not None:
+            raise FatalKafkaError(_fatal_text("fatal Kafka error while aborting", fatal)) from exc
         # No open transaction (it failed before begin) or already aborted: nothing to undo.
