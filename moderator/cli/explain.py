@@ -26,6 +26,7 @@ from moderator.cli.style import (
     add_format_flag,
     add_policies_flag,
     examples,
+    policies_left_unset,
 )
 from moderator.errors import ConfigError
 
@@ -81,7 +82,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from moderator.explain.lookup import explain_event
     from moderator.explain.render import explanation_json, text_lines
     from moderator.logs import configure_cli_logging
-    from moderator.settings import PolicySettings, load_settings
+    from moderator.settings import load_settings
     from moderator.text import json_text
 
     event_id: str = args.event_id
@@ -98,8 +99,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if explanation is None:
             raise AuditError(f"no audit record for event {shown(event_id)} in {store.url}")
     told = with_origin(explanation, settings.policies.dir, settings.tenancy)
-    unset = args.policies is None and settings.policies.dir == PolicySettings().dir
-    if unset and not settings.policies.dir.is_dir():
+    if policies_left_unset(args, settings) and not settings.policies.dir.is_dir():
         told = _demo_origin(explanation) or _demo_tried(told)
     if args.format == "json":
         print(json_text(explanation_json(told), indent=2))

@@ -239,11 +239,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_export_dsa(args: argparse.Namespace) -> int:
     from moderator.cli.audit_dsa import cmd_export_dsa
     from moderator.cli.audit_query import filter_values
-    from moderator.settings import PolicySettings, load_settings
+    from moderator.cli.style import policies_left_unset
+    from moderator.settings import load_settings
 
     settings = load_settings(args.config, {"policies.dir": args.policies})
     # Where `moderator demo` ran: policies.dir left at its default, and no such folder there.
-    unset = args.policies is None and settings.policies.dir == PolicySettings().dir
+    unset = policies_left_unset(args, settings)
     return cmd_export_dsa(
         settings,
         demo_policies=unset and not settings.policies.dir.is_dir(),

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moderator.cli.style import policies_left_unset
 from moderator.errors import ConfigError
-from moderator.settings import PolicySettings, Settings
+from moderator.settings import Settings
 
 
 def offline_settings(args: argparse.Namespace) -> Settings:
@@ -38,7 +39,6 @@ def policies_dir(args: argparse.Namespace, settings: Settings) -> Path:
     error, not the bundled default policy used quietly; left at its default and missing, the
     bundled default policy is used."""
     directory = settings.policies.dir
-    given = getattr(args, "policies", None) is not None or directory != PolicySettings().dir
-    if given and not directory.is_dir():
+    if not policies_left_unset(args, settings) and not directory.is_dir():
         raise ConfigError(f"policies.dir: {directory} is not a directory")
     return directory

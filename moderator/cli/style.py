@@ -13,7 +13,10 @@ import argparse
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from moderator.settings import Settings
 
 ENGINES = ("nudenet", "transformers", "lmdeploy", "openai", "fake")
 """The `engine.kind` values (moderator/engine/factory.py builds them)."""
@@ -91,6 +94,14 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_policies_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", type=Path, metavar="DIR", help=POLICIES_HELP)
+
+
+def policies_left_unset(args: argparse.Namespace, settings: Settings) -> bool:
+    """Whether `policies.dir` is at its default: no `--policies`, no setting naming another."""
+    from moderator.settings import PolicySettings
+
+    default = PolicySettings().dir
+    return getattr(args, "policies", None) is None and settings.policies.dir == default
 
 
 def add_engine_flag(parser: argparse.ArgumentParser) -> None:
