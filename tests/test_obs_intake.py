@@ -294,4 +294,18 @@ def test_counters_are_scraped_at_zero_before_their_first_event() -> None:
         assert found[("moderator_events_total", (("outcome", outcome),))] == 0
     assert found[("moderator_dlq_total", (("code", "malformed_event"),))] == 0
     assert found[("moderator_transactions_total", (("result", "abort"),))] == 0
+
+
+def test_the_processors_counters_are_scraped_at_zero_before_their_first_event(
+    tmp_path: Path,
+) -> None:
+    telemetry = Telemetry()
+    settings = settings_for(write_policies(tmp_path / "policies"))
+    pipeline = build_pipeline(settings, store=InMemoryObjectStore(), metrics=telemetry.metrics)
+    try:
+        found = samples(telemetry)
+    finally:
+        pipeline.close()
+    assert found[("moderator_cache_requests_total", (("result", "hit"),))] == 0
+    assert found[("moderator_cache_requests_total", (("result", "miss"),))] == 0
     assert found[("moderator_coalesced_total", ())] == 0

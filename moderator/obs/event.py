@@ -40,6 +40,14 @@ UNKNOWN_TENANT_LABEL = "_unknown"
 policy names, would each add series."""
 
 
+def start_counters(metrics: Metrics) -> None:
+    """The counters an event's telemetry adds to, at 0 from the start: a first burst then
+    shows in rate()."""
+    for result in ("hit", "miss"):
+        metrics.add("moderator_cache_requests_total", 0, result=result)
+    metrics.add("moderator_coalesced_total", 0)
+
+
 class EventTelemetry:
     """The spans of one event, `moderator.process` and a child per stage, and its metrics.
 

@@ -66,9 +66,6 @@ class IntakeObserver:
         self._m.add("moderator_dlq_total", 0, code=ErrorCode.MALFORMED_EVENT.value)
         for result in ("commit", "abort"):
             self._m.add("moderator_transactions_total", 0, result=result)
-        for result in ("hit", "miss"):
-            self._m.add("moderator_cache_requests_total", 0, result=result)
-        self._m.add("moderator_coalesced_total", 0)
 
     # -- intake --------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from moderator.events.verdict import (
 from moderator.fetch.budget import process_budget
 from moderator.fetch.decode import DecodedImage, DecodeLimits, decode_image, sha256_hex
 from moderator.fetch.store import FetchedObject, ObjectStore
-from moderator.obs.event import EventTelemetry
+from moderator.obs.event import EventTelemetry, start_counters
 from moderator.obs.metrics import Metrics, no_metrics
 from moderator.pipeline.ahead import DecodeAhead
 from moderator.pipeline.assemble import (
@@ -109,6 +109,7 @@ class Processor:
         self._store = store
         self._tracer: Tracer = tracer if tracer is not None else NoOpTracer()
         self._metrics = metrics if metrics is not None else no_metrics()
+        start_counters(self._metrics)
         self._window = window
         self._model = model
         self._input_size = input_size
