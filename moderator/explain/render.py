@@ -276,15 +276,15 @@ def _origin(e: Explanation, origin: RowOrigin) -> str:
     surface comments changed action review -> block`; for an error verdict, who set its
     on_error action: `on_error for corrupt_image by kidsplace.yaml`."""
     row = e.policy.row
-    places: dict[str, list[str]] = {}
-    for name, place in origin.set_by.items():
-        places.setdefault(place, []).append(name)
     if row is None:
         code = e.error.code if e.error is not None else "?"
         place = origin.set_by.get("on_error", "built-in")
         by = "no policy file (built-in review)" if place == "built-in" else place
         text = f"on_error for {code} by {by}"
     else:
+        places: dict[str, list[str]] = {}
+        for name, place in origin.set_by.items():
+            places.setdefault(place, []).append(name)
         by = ", ".join(f"{' and '.join(names)} by {place}" for place, names in places.items())
         text = f"{row.category} {by or 'set by no policy file (built-in values)'}"
     if origin.undeclared_surface is not None:
