@@ -73,6 +73,7 @@ from typing import Any, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from decode_bench import run_decode_bench
+from moderator import heap
 from moderator.dev.samples import Sample, make_sample
 from moderator.dev.stack import EmbeddedStack
 from moderator.fetch.store import InMemoryObjectStore, ObjectStore
@@ -403,6 +404,8 @@ def run_pipeline(
 ) -> Phase:
     phase = Phase(name)
     pipeline = build_pipeline(settings, store=store)
+    print(f"  objects tracked by the garbage collector: {len(gc.get_objects()):,}")
+    heap.settle()  # as `moderator run` does once its pipeline is built
     consumer = _TimedConsumer(consumer_config(settings))
     reader = Consumer(
         {

@@ -101,6 +101,7 @@ def _worker(
     stop: Any,
 ) -> None:
     """One worker process: the service on worker k's settings until the bench says stop."""
+    from moderator import heap
     from moderator.cli.workers import worker_settings
     from moderator.fetch.store import InMemoryObjectStore
     from moderator.ingest.kafka import consumer_config
@@ -123,10 +124,12 @@ def _worker(
 
     threading.Thread(target=relay, daemon=True).start()
     try:
+        pipeline = build_pipeline(settings, store=store)
+        heap.settle()  # as each worker of `moderator run --workers N` does
         stats = run_service(
             settings,
             halt,
-            pipeline=build_pipeline(settings, store=store),
+            pipeline=pipeline,
             consumer=cast("ConsumerPort", consumer),
         )
         first = consumer.first_message_cpu

@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from moderator import __version__
+from moderator import __version__, heap
 from moderator.cli.audit_admin import add_admin_parsers  # cheap: commands import on use
 from moderator.cli.audit_dsa import add_dsa_parser
 from moderator.cli.audit_query import add_query_parser
@@ -314,11 +314,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             run_with_audit_sink(
                 settings,
                 stop,
-                lambda: run_service(settings, stop, telemetry=shared),
+                lambda: run_service(settings, stop, telemetry=shared, on_built=heap.settled),
                 telemetry=shared,
             )
     else:
-        run_service(settings, stop)
+        run_service(settings, stop, on_built=heap.settled)
     return 0
 
 
@@ -336,7 +336,7 @@ def _run_worker(settings: Settings) -> int:
     check_engine_files(settings.engine)
     stop = install_stop_handlers()
     watch_parent(stop)
-    run_service(settings, stop)
+    run_service(settings, stop, on_built=heap.settled)
     return 0
 
 

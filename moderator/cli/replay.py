@@ -306,6 +306,7 @@ def _dry_run(settings: Any, plan: Any) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, directory: Path) -> int:
+    from moderator import heap
     from moderator.cli.signals import install_stop_handlers
     from moderator.ingest.kafka import make_consumer
     from moderator.replay.progress import ReplayProgress
@@ -328,6 +329,7 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
         originals=originals,
         on_checkpoint=progress.advance,
         on_missing_policy=gaps.missing,
+        on_built=heap.settled,
     )
     progress.finish(complete=outcome.completed)
     if not outcome.completed:

@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -35,6 +35,9 @@ from moderator.replay.processor import (
 from moderator.replay.reader import RangeConsumer
 from moderator.replay.tenants import tenant_check
 from moderator.settings import Settings
+
+if TYPE_CHECKING:
+    from moderator.service import Pipeline
 
 log = structlog.get_logger("moderator.replay")
 
@@ -105,14 +108,18 @@ def run_plan(
     originals: Originals,
     on_checkpoint: Callable[[int], None] | None = None,
     on_missing_policy: Callable[[str], None] | None = None,
+    on_built: Callable[[Pipeline], None] | None = None,
 ) -> RunOutcome:
     """Replay the plan until its ranges are done or `stop` is set. `settings` carry
     replay_overrides. `on_missing_policy(tenant)` is called for each kept event of a tenant
-    that no policy decides (its verdict will be an unknown_tenant error). Raises ConfigError
-    (bad policies, engine) and FatalKafkaError."""
+    that no policy decides (its verdict will be an unknown_tenant error); `on_built(pipeline)`
+    once the pipeline is built, before consuming starts. Raises ConfigError (bad policies,
+    engine) and FatalKafkaError."""
     from moderator.service import build_pipeline
 
     pipeline = build_pipeline(settings)
+    if on_built is not None:
+        on_built(pipeline)
     processor = ReplayProcessor(
         pipeline.processor,
         run_id=plan.run_id,
