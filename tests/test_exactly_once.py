@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from moderator.fetch.store import InMemoryObjectStore
-from moderator.ingest.checkpoint import FENCED_HINT, FatalKafkaError
+from moderator.ingest.checkpoint import FENCED_HINT, FatalKafkaError, client_failure
 from moderator.ingest.memory.broker import MemoryBroker
 from tests.eos_scenarios import (
     CRASH_POINTS,
@@ -173,6 +173,33 @@ def test_fenced_zombie_stops_with_fatal_error(
     # the line says what happened and what to do, not only librdkafka's error
     assert str(zombie.error).endswith(f": {FENCED_HINT}")
     assert "give each process its own instance_id" in FENCED_HINT
+
+
+def test_a_client_error_no_step_handles_ends_the_loop_as_fatal_and_loses_nothing(
+    world: tuple[MemoryBroker, InMemoryObjectStore, Path],
+) -> None:
+    broker, store, policies = world
+    ids, malformed = seed_uploads(broker, store, 60)
+    state = KafkaException(KafkaError(KafkaError._STATE, "Erroneous state"))
+    broker.inject("consume", state, skip=3)
+    first = Instance(broker, store, settings_for(policies)).start()
+    first.thread.join(30)
+    assert isinstance(first.error, FatalKafkaError)  # not the client's raw exception
+    assert "consume loop cannot go on" in str(first.error)
+    assert "Erroneous state" in str(first.error)
+    first.consumer.close()  # as the service does on its way out: the group takes back its share
+    second = Instance(broker, store, settings_for(policies)).start()
+    wait_for(lambda: _all_done(broker, ids, malformed), what="all verdicts")
+    second.shutdown()
+    assert second.error is None
+    _assert_exactly_once(broker, ids, malformed)
+
+
+def test_a_fenced_error_seen_outside_a_checkpoint_says_what_to_do() -> None:
+    fenced = KafkaException(KafkaError(KafkaError.PRODUCER_FENCED, "fenced", fatal=True))
+    assert str(client_failure(fenced)).endswith(f": {FENCED_HINT}")
+    other = KafkaException(KafkaError(KafkaError._STATE, "Erroneous state"))
+    assert FENCED_HINT not in str(client_failure(other))
 
 
 def test_rebalance_between_two_instances_keeps_exactly_once(

@@ -28,4 +28,4 @@ def _fenced(exc: BaseException) -> bool:
     (read by its name, without importing the client)."""
     error = exc.args[0] if exc.args else None
     name = getattr(error, "name", None)
-    return callable(name) and name() == "_FENCED"
+    return callable(name) and name() in ("_FENCED", "PRODUCER_FENCED")

@@ -61,10 +61,21 @@ def _fatal(exc: KafkaException) -> KafkaError | None:
     return error if error is not None and error.fatal() else None
 
 
+_FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+
+
 def _fatal_text(what: str, err: KafkaError) -> str:
     """A fatal error's line, with what to do when another process fenced this one."""
-    hint = f": {FENCED_HINT}" if err.code() == KafkaError._FENCED else ""
+    hint = f": {FENCED_HINT}" if err.code() in _FENCED_CODES else ""
     return f"{what}: {err}{hint}"
+
+
+def client_failure(exc: KafkaException) -> FatalKafkaError:
+    """A Kafka client error that no step handled, as the FatalKafkaError that ends the loop:
+    the process exits and its successor starts from the last commit."""
+    err = _error_of(exc)
+    what = "Kafka client error the consume loop cannot go on after"
+    return FatalKafkaError(_fatal_text(what, err) if err is not None else f"{what}: {exc}")
 
 
 def start_transactions(producer: Producer, timeout_s: float, transaction_timeout_ms: int) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from opentelemetry.trace import Tracer
 
 from moderator.emit.records import OutRecord, dlq_output, trace_from_headers
@@ -21,6 +21,7 @@ from moderator.ingest.checkpoint import (
     CheckpointAborted,
     FatalKafkaError,
     checkpoint_timeout_s,
+    client_failure,
     commit_checkpoint,
     replace_producer,
     start_transactions,
@@ -114,6 +115,9 @@ class IngestLoop:
         except FatalKafkaError:
             self._dead = True  # later revoke callbacks (from close) must not touch the producer
             raise
+        except KafkaException as exc:  # a client call no step handles (a seek, a pause)
+            self._dead = True
+            raise client_failure(exc) from exc
 
     def _step(self, batch: int) -> None:
         self.turn_started = time.monotonic()  # read by /healthz (moderator/obs/liveness.py)
