@@ -442,19 +442,45 @@ def test_a_report_directory_with_a_plan_that_cannot_be_read_is_refused(
     assert line.endswith("; choose another directory")
 
 
-@pytest.mark.parametrize("state", ["missing", "empty", "other files"])
+@pytest.mark.parametrize("state", ["missing", "empty"])
 def test_a_new_or_empty_report_directory_goes_on_to_kafka(
     capsys: pytest.CaptureFixture[str], config: Path, policies: Path, tmp_path: Path, state: str
 ) -> None:
     rep = tmp_path / "rep"
     if state != "missing":
         rep.mkdir()
-    if state == "other files":
-        (rep / "notes.txt").write_text("mine\n", encoding="utf-8")
     argv = ["replay", "--config", str(config), "--policies", str(policies), "--report", str(rep)]
     code, out, err = run(capsys, argv)
     assert (code, out) == (1, ""), err
     assert CONTACTED in err
+
+
+def test_a_report_directory_holding_other_files_is_refused(
+    capsys: pytest.CaptureFixture[str], config: Path, policies: Path, tmp_path: Path
+) -> None:
+    """The report would replace a report.md there and sit beside the rest: refused, untouched."""
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "report.md").write_text("an older report\n", encoding="utf-8")
+    line = usage_error(capsys, config, "--policies", str(policies), "--report", str(rep))
+    assert line == (
+        f"moderator: --report {rep} holds other files and no replay plan (run.json): the report "
+        "would overwrite some of them and sit beside the rest; choose an empty or new directory"
+    )
+    assert (rep / "report.md").read_text(encoding="utf-8") == "an older report\n"
+
+
+def test_a_dry_run_refuses_a_policy_directory_a_run_would_refuse(
+    capsys: pytest.CaptureFixture[str], config: Path, policies: Path, tmp_path: Path
+) -> None:
+    """A broken file is not "a tenant without a policy", and a missing directory is not an
+    empty one: the dry run says what the run would say, before Kafka is contacted."""
+    (policies / "kids.yaml").write_text("on_error: block\n  bad indent: [\n", encoding="utf-8")
+    line = usage_error(capsys, config, "--dry-run", "--policies", str(policies))
+    assert line.startswith(f"moderator: {policies / 'kids.yaml'}:"), line
+    missing = tmp_path / "nosuchdir"
+    line = usage_error(capsys, config, "--dry-run", "--policies", str(missing))
+    assert "is not a directory" in line and str(missing) in line, line
 
 
 def test_a_dry_run_writes_nothing_so_any_report_directory_will_do(

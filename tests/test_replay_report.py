@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -411,5 +412,17 @@ def test_summary_table(pairs: list[Pair]) -> None:
     assert lines[0] == "replay run-7: 10 events, 5 changed, 2 missing objects, 1 without original"
     assert re.search(r"^allow->review\s+2$", text, re.MULTILINE)
     assert re.search(r"^beta\s+4\s+2\s+2\s+0$", text, re.MULTILINE)
+    # the transitions add up to fewer than the events: the table says why
+    assert "(7 of 10 compared: missing objects and events without an original" in text
+    # another model judged the replay: said on the terminal, not only in the report's header
+    assert "model: guard:llama-guard@r1 -> guard:llama-guard@r2: decisions may change" in text
     empty = summary_table(build_report([], run_id="none", header={}))
     assert "transition: none" in empty and "tenant: none" in empty
+    assert "compared" not in empty and "model:" not in empty
+    same_model = [
+        dataclasses.replace(p, replayed=dataclasses.replace(p.replayed, model=p.original.model))
+        for p in pairs
+        if p.original is not None and p.transition is not None
+    ]
+    plain = summary_table(build_report(same_model, run_id=RUN, header=HEADER))
+    assert "compared" not in plain and "model:" not in plain

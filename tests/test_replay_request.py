@@ -432,6 +432,9 @@ def test_the_range_shows_its_times_as_read_in_utc() -> None:
     )
     # The time as asked, even where the window starts at 0.
     assert range_text(None, "1960-01-01", None) == "1960-01-01T00:00:00Z .. the start of the run"
+    started = range_text(None, "1960-01-01", None, 1_796_000_000_000)
+    assert started == "1960-01-01T00:00:00Z .. the start of the run (2026-11-30T00:53:20Z)"
+    assert range_text(None, None, "2026-11-30", 1_796_000_000_000).endswith("2026-11-30T00:00:00Z")
 
 
 def test_the_range_shows_offsets_or_the_whole_topic() -> None:

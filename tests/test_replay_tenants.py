@@ -14,6 +14,7 @@ import pytest
 from moderator.policy.bundled import write_default_policy
 from moderator.replay.tenants import (
     PolicyGaps,
+    absent_tenants,
     gap_warning,
     tenant_check,
     uncovered,
@@ -78,3 +79,15 @@ def test_the_run_checks_each_event_as_the_pipeline_resolves_it(nonews: Path) -> 
         check(tenant, surface)
     assert missing == ["news"]
     assert tenant_check(registry, None) is None
+
+
+def test_a_named_tenant_without_events_is_warned_about_with_the_tenants_that_had_some() -> None:
+    assert absent_tenants({"kids", "nosuch"}, {"kids": 3, "news": 1}) == [
+        "--tenant nosuch: no event of this tenant in the range; tenants with events: kids, news"
+    ]
+    assert absent_tenants({"kids"}, {"kids": 3}) == []
+    assert absent_tenants(set(), {"kids": 3}) == []  # no --tenant: every tenant
+    many = {f"t{i:02d}" for i in range(11)}
+    assert absent_tenants({"nosuch"}, many) == [
+        "--tenant nosuch: no event of this tenant in the range"
+    ]

@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from moderator.policy.check import DirectoryCheck
 
 
-def check_settings(settings: Settings) -> None:
-    """The engine's files and the policy directory."""
-    check_engine_files(settings.engine)
+def check_settings(settings: Settings, *, engine: bool = True) -> None:
+    """The engine's files (unless `engine` is false) and the policy directory."""
+    if engine:
+        check_engine_files(settings.engine)
     check_policies(settings)
 
 

@@ -145,8 +145,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         plan, directory = resumed(args)
         resumed_settings = load_settings(args.config, plan_overrides(plan))
-        if not args.dry_run:
-            check_settings(resumed_settings)
+        check_settings(resumed_settings, engine=not args.dry_run)  # a dry run needs no model
         # A dry run of a resume checks it too: it is how one asks whether a resume would run.
         live_dir = _live_dir(plan.live_policies_dir, live)
         given = args.live_policies is not None
@@ -154,8 +153,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _reach(settings)
     else:
         check_model_flag(settings.engine.kind, args.model)  # a resume names its flags to drop
-        if not args.dry_run:
-            check_settings(settings)  # before any Kafka lookup or file is written
+        # before any Kafka lookup or file is written; a dry run needs no model
+        check_settings(settings, engine=not args.dry_run)
         plan, directory = _new_plan(args, settings, live)
     if args.dry_run:
         return _dry_run(settings, plan)
@@ -251,7 +250,7 @@ def _new_plan(args: argparse.Namespace, settings: Any, live: Any) -> tuple[Any, 
         output_topic=output,
         ranges=ranges,
         event_filter=EventFilter(tenants, from_ms, to_ms, sample),
-        range_text=range_text(args.offsets, args.from_, args.to),
+        range_text=range_text(args.offsets, args.from_, args.to, now_ms),
         lookup=how,
         policies_dir=str(settings.policies.dir.resolve()),
         live_policies_dir=str(args.live_policies.resolve()) if args.live_policies else None,
@@ -284,7 +283,7 @@ def _dry_run(settings: Any, plan: Any) -> int:
     from moderator.events.s3notify import TenantRule
     from moderator.ingest.kafka import make_consumer
     from moderator.replay.census import take_census
-    from moderator.replay.tenants import gap_warning, uncovered
+    from moderator.replay.tenants import absent_tenants, gap_warning, uncovered
 
     consumer = make_consumer(_group(settings, plan.run_id))
     try:
@@ -302,6 +301,8 @@ def _dry_run(settings: Any, plan: Any) -> int:
         print(line)
     for tenant in uncovered(settings, census.tenants):
         print(f"moderator: warning: {gap_warning(tenant, plan.policies_dir)}", file=sys.stderr)
+    for line in absent_tenants(plan.event_filter.tenants, census.tenants):
+        print(f"moderator: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -347,6 +348,7 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
         reader.close()
     from moderator.cli.replay_policies import live_policies, policy_diff
     from moderator.replay.summary import run_header, write_summary
+    from moderator.replay.tenants import absent_tenants
 
     live_dir, live_from = live_policies(plan.live_policies_dir, live.policies.dir)
     header = run_header(
@@ -360,7 +362,9 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
         dropped_outputs=outcome.dropped,
         resumed_from={str(p): o for p, o in sorted(outcome.resumed_from.items())},
     )
-    write_summary(plan, results, originals, directory, header=header)
+    report = write_summary(plan, results, originals, directory, header=header)
+    for line in absent_tenants(plan.event_filter.tenants, report.by_tenant):
+        print(f"moderator: warning: {line}", file=sys.stderr)
     return 0
 
 

@@ -138,6 +138,12 @@ def check_new_report(directory: Path) -> None:
     check_writable(directory)
     path = directory / PLAN_FILE
     if not path.exists() and not path.is_symlink():
+        if directory.is_dir() and any(directory.iterdir()):
+            raise ConfigError(
+                f"--report {directory} holds other files and no replay plan ({PLAN_FILE}): the "
+                "report would overwrite some of them and sit beside the rest; choose an empty "
+                "or new directory"
+            )
         return
     try:
         other = _read(path).run_id

@@ -78,6 +78,18 @@ def summary_table(report: Report) -> str:
         ("transition", "events"),
         [(k, str(n)) for k, n in report.transitions.items()],
     )
+    compared = sum(report.transitions.values())
+    if compared != report.events:
+        lines.append(
+            f"({compared} of {report.events} compared: missing objects and events without an "
+            "original have no transition)"
+        )
+    old, new = report.models.get("old", []), report.models.get("new", [])
+    if old and new and set(old) != set(new):
+        lines.append(
+            f"model: {', '.join(old)} -> {', '.join(new)}: decisions may change with the model, "
+            "not only the policies (--engine, --model)"
+        )
     lines.append("")
     lines += _columns(
         ("tenant", "events", "changed", "missing", "no original"),

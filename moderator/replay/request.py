@@ -156,14 +156,19 @@ def check_output_topic(topic: str, *, uploads: str, live: tuple[str, ...], allow
     return topic
 
 
-def range_text(offsets: str | None, from_text: str | None, to_text: str | None) -> str:
+def range_text(
+    offsets: str | None, from_text: str | None, to_text: str | None, now_ms: int | None = None
+) -> str:
     """The range as asked, for people (the start line, a dry run and the report header): times
-    as they were read, in UTC (`--from 2026-12-01` is `2026-12-01T00:00:00Z`)."""
+    as they were read, in UTC (`--from 2026-12-01` is `2026-12-01T00:00:00Z`); without `--to`,
+    the start of the run, at `now_ms` when given."""
     if offsets:
         return f"offsets {offsets}"
     if from_text or to_text:
         start = _read_as(from_text) if from_text else "the earliest record"
         end = _read_as(to_text) if to_text else "the start of the run"
+        if not to_text and now_ms is not None:
+            end += f" ({utc_text(now_ms)})"
         return f"{start} .. {end}"
     return "the whole topic"
 

@@ -74,3 +74,14 @@ class PolicyGaps:
                 return
             self._warned.add(tenant)
         self._warn(gap_warning(tenant, self._directory))
+
+
+def absent_tenants(named: Iterable[str], seen: Iterable[str]) -> list[str]:
+    """One warning per `--tenant` that had no event in the range (a typo reads as "nothing
+    would change" otherwise), naming the tenants that had some when they are few."""
+    present = sorted(set(seen))
+    found = f"; tenants with events: {', '.join(present)}" if 0 < len(present) <= 10 else ""
+    return [
+        f"--tenant {tenant}: no event of this tenant in the range{found}"
+        for tenant in sorted(set(named) - set(present))
+    ]
