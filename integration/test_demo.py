@@ -1,5 +1,6 @@
-"""`moderator demo` as a user runs it: its spans with `telemetry.traces=console`, and an engine
-that cannot load reported in one line before any verdict is awaited."""
+"""`moderator demo` as a user runs it: no warning on a normal run but the malformed message's,
+its spans with `telemetry.traces=console`, and an engine that cannot load reported in one line
+before any verdict is awaited."""
 
 from __future__ import annotations
 
@@ -32,6 +33,30 @@ def _spans(stderr: str) -> list[dict[str, Any]]:
         if isinstance(doc, dict) and "context" in doc:
             spans.append(doc)
     return spans
+
+
+def _log_lines(stderr: str) -> list[dict[str, Any]]:
+    """The structured log lines (JSON objects with a level) among stderr's lines."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)
+            if isinstance(doc, dict) and "level" in doc:
+                found.append(doc)
+    return found
+
+
+def test_a_normal_run_warns_only_about_the_malformed_message(tmp_path: Path) -> None:
+    # The README's run (default --events): the service subscribes before the first upload is
+    # produced. The topics exist by then, so librdkafka's consumer does not log `Subscribed
+    # topic not available: uploads` (a `consumer_error` warning).
+    done = _demo(tmp_path, "--engine", "fake")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "25/25 verdicts" in done.stdout
+    assert "consumer_error" not in done.stderr
+    assert "not available" not in done.stderr
+    warned = [d for d in _log_lines(done.stderr) if d["level"] != "info"]
+    assert [d["event"] for d in warned] == ["dead_lettered"], done.stderr
 
 
 def test_the_demo_traces_each_event_and_engine_call(tmp_path: Path) -> None:

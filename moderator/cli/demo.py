@@ -22,6 +22,7 @@ from moderator.dev.stack import EmbeddedStack
 from moderator.engine.factory import check_model_flag
 from moderator.errors import ConfigError, ModeratorError
 from moderator.explain.render import num
+from moderator.ingest.topics import topic_specs
 from moderator.logs import configure_logging
 from moderator.obs.http import check_port
 from moderator.service import Pipeline, run_service
@@ -45,8 +46,11 @@ def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int
         check_model_flag(checked.engine.kind, overrides.get("engine.model"))
         check_settings(checked)
         check_port(checked.http)
+        # The topics exist before the service subscribes: on a topic it does not list yet,
+        # librdkafka's consumer logs `Subscribed topic not available` (a warning line).
+        topics = topic_specs(checked.kafka)
         print("starting the embedded Kafka broker and S3 server ...", file=sys.stderr)
-        with EmbeddedStack(buckets=(BUCKET,)) as stack:
+        with EmbeddedStack(buckets=(BUCKET,), topics=topics) as stack:
             os.environ.update({k: v for k, v in stack.env().items() if k.startswith("AWS_")})
             settings = load_settings(
                 config,
@@ -218,7 +222,7 @@ def _read_verdicts(
 
 
 def _partitions(reader: Any, topic: str, stop: threading.Event) -> list[int]:
-    """The topic's partitions, once it exists (it is created by the first verdict)."""
+    """The topic's partitions, once the metadata lists it (the stack created it at start)."""
     while not stop.is_set():
         meta = reader.list_topics(topic, timeout=5).topics.get(topic)
         if meta is not None and meta.error is None and meta.partitions:
