@@ -164,6 +164,19 @@ def test_bad_flag_values_exit_2_naming_the_flag(
     assert err.startswith(f"moderator: {flag}: ")
 
 
+def test_a_tenant_in_capitals_is_named_in_lowercase(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "query", "--tenant", "Kids")
+    assert (code, out) == (2, "")
+    assert err == (
+        "moderator: --tenant: expected a tenant id (lowercase letters, digits, '_' and '-'), "
+        "got 'Kids'; did you mean 'kids'?\n"
+    )
+    code, _, err = run(capsys, "query", "--tenant", "ki ds")
+    assert code == 2 and "did you mean" not in err
+
+
 def test_a_bad_cursor_points_at_what_the_previous_page_printed(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -184,6 +184,17 @@ def _matching(pattern: re.Pattern[str], what: str, *, lower: bool = False) -> Pa
     return parse
 
 
+def _tenant(field: str, value: str) -> str:
+    """A tenant id; one that only its case keeps from being one is named in lowercase."""
+    if TENANT_RE.fullmatch(value):
+        return value
+    hint = f"; did you mean {value.lower()!r}?" if TENANT_RE.fullmatch(value.lower()) else ""
+    raise BadFilter(
+        field,
+        f"expected a tenant id (lowercase letters, digits, '_' and '-'), got {shown(value)}{hint}",
+    )
+
+
 def _text(field: str, value: str) -> str:
     problem = text_problem(value)
     if problem:
@@ -202,7 +213,7 @@ FILTERS: tuple[FilterField, ...] = (
         "tenant",
         help="tenant id",
         metavar="T",
-        parse=_matching(TENANT_RE, "a tenant id like acme"),
+        parse=_tenant,
         column="tenant_id",
     ),
     FilterField(
