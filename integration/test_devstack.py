@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,6 +167,18 @@ def test_start_is_idempotent_and_stop_releases() -> None:
 
 
 # -- out of process ---------------------------------------------------------------------------
+
+
+def test_a_taken_s3_port_fails_the_start_at_once() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        stack = EmbeddedStack(s3_port=port)
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: the port is in use"):
+            stack.start()  # moto's own threaded server would wait for it forever
+    with pytest.raises(ConfigError, match="mock cluster listens on a port the system picks"):
+        EmbeddedStack(kafka_port=port)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 from devstack_support import dev_stack
 from kafka_support import broker_unavailable
 from moderator.dev.kafka.jars import broker_jars
+from moderator.dev.ports import bind_problem
 from moderator.dev.samples import make_sample
 from moderator.dev.stack import EmbeddedStack
 from moderator.errors import ConfigError
@@ -68,6 +70,28 @@ def test_dev_stack_creates_topics_and_writes_env_file(tmp_path: Path, unique: st
         assert proc.stdout is not None
         assert proc.stdout.read() == ""  # nothing after `ready`
     assert not env_file.exists()  # removed on exit: never sourced for a stack that is gone
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_dev_stack_serves_s3_on_the_port_chosen(tmp_path: Path) -> None:
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with dev_stack(tmp_path, "--s3-port", str(port), "--env-file", "stack.env") as started:
+        proc, exports, stderr_path = started
+        assert f"export MODERATOR_S3__ENDPOINT_URL={endpoint}" in exports
+        assert (
+            f"export MODERATOR_S3__ENDPOINT_URL={endpoint}" in (tmp_path / "stack.env").read_text()
+        )
+        assert f"dev-stack: S3: {endpoint}, bucket uploads" in _wait_for_guide(stderr_path)
+        assert bind_problem(port) == "the port is in use"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, stderr_path.read_text()
+    assert bind_problem(port) is None  # released on exit: the next stack can pin it again
 
 
 def test_dev_stack_stops_on_sighup(tmp_path: Path) -> None:
@@ -207,9 +231,13 @@ def test_dev_stack_apache_creates_topics_from_specs(tmp_path: Path) -> None:
         broker_jars()
     except ConfigError as exc:
         broker_unavailable(str(exc))
-    with dev_stack(tmp_path, "--kafka", "apache", timeout_s=120) as started:
+    port = _free_port()
+    with dev_stack(
+        tmp_path, "--kafka", "apache", "--kafka-port", str(port), timeout_s=120
+    ) as started:
         proc, exports, stderr_path = started
         bootstrap = exports[0].split("=", 1)[1]
+        assert bootstrap == f"127.0.0.1:{port}"  # the port asked for, in the export lines
         admin = AdminClient({"bootstrap.servers": bootstrap})
         topics = admin.list_topics(timeout=10).topics
         expected = {

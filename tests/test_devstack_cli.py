@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from moderator.dev.envfile import env_file_text, export_lines, remove_env_file, write_env_file
 from moderator.dev.guide import guide
+from moderator.dev.kafka.process import free_ports
 from moderator.dev.uploads import upload_event
 from moderator.errors import ConfigError
 
@@ -269,3 +271,63 @@ def test_upload_with_a_surface_on_a_store_shape_is_one_line_exit_2(tmp_path: Pat
         "moderator: dev-stack upload: --surface: --shape s3 carries no surface (native and "
         "sns-native do); the service judges its event under the surface 'default'\n"
     )
+
+
+def _listening() -> socket.socket:
+    """A socket listening on a free loopback port: that port is taken while it is open."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("flags", "option"),
+    [(("--s3-port",), "--s3-port"), (("--kafka", "apache", "--kafka-port"), "--kafka-port")],
+)
+def test_a_taken_port_is_one_line_before_anything_starts(
+    flags: tuple[str, ...], option: str
+) -> None:
+    with _listening() as taken:
+        port = taken.getsockname()[1]
+        done = _moderator("dev-stack", *flags, str(port))
+    assert (done.returncode, done.stdout) == (2, "")  # no export lines, no `ready`
+    assert done.stderr == (
+        f"moderator: dev-stack: {option}: cannot listen on 127.0.0.1:{port}: the port is in use "
+        "(choose another port, or 0 for a free one)\n"
+    )
+
+
+def test_kafka_port_with_the_mock_broker_is_refused_in_one_line() -> None:
+    done = _moderator("dev-stack", "--kafka-port", "9092")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "moderator: dev-stack: --kafka-port 9092: librdkafka's mock cluster listens on a port "
+        "the system picks and has no setting for it (leave it out, or pin a real broker's port "
+        "with --kafka apache)\n"
+    )
+
+
+@pytest.mark.parametrize("value", ["65536", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error(value: str) -> None:
+    done = _moderator("dev-stack", "--s3-port", value)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"moderator dev-stack: error: argument --s3-port: {value!r} is not a port "
+        "(0 to 65535; 0: a free one) (see moderator dev-stack --help)\n"
+    )
+
+
+def test_the_same_port_for_both_servers_is_refused() -> None:
+    done = _moderator("dev-stack", "--kafka", "apache", "--kafka-port", "1", "--s3-port", "1")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "moderator: dev-stack: --kafka-port and --s3-port both name port 1\n"
+
+
+def test_the_real_brokers_client_port_can_be_pinned() -> None:
+    with _listening() as held:
+        port = held.getsockname()[1]
+    (node,) = free_ports(1, client_port=port)
+    assert node.client == port and node.controller not in (0, port)
+    with _listening() as taken, pytest.raises(OSError):
+        free_ports(1, client_port=taken.getsockname()[1])

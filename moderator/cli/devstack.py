@@ -26,8 +26,16 @@ from moderator.cli.style import (
     object_key_value,
     tenant_id_value,
 )
-from moderator.dev.guide import EXAMPLE_TENANT  # cheap: stdlib only
-from moderator.dev.kafka.jars import JARS_ENV, KAFKA_VERSION  # cheap: stdlib only
+from moderator.dev.helptext import (  # cheap: stdlib only
+    BUCKET,
+    DESCRIPTION,
+    EPILOG,
+    UPLOAD_DESCRIPTION,
+    UPLOAD_EPILOG,
+    VERDICTS_DESCRIPTION,
+    VERDICTS_EPILOG,
+)
+from moderator.dev.ports import MOCK_PORT_REASON, check_free, port_number  # cheap: stdlib only
 from moderator.dev.shapes import SHAPE_NAMES, SHAPES  # cheap: stdlib only
 from moderator.errors import ConfigError, ModeratorError
 from moderator.text import safe_line  # cheap: stdlib only
@@ -37,78 +45,9 @@ if TYPE_CHECKING:
     from moderator.settings import Settings
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-BUCKET = "uploads"
 DEFAULT_TIMEOUT_S = 60.0
 # What `upload` and `verdicts` need from the environment `dev-stack` exports.
 _STACK_ENV = ("MODERATOR_KAFKA__BOOTSTRAP_SERVERS", "MODERATOR_S3__ENDPOINT_URL")
-
-_DESCRIPTION = f"""\
-Start a Kafka broker and an S3 server on loopback for local work. Creates the
-bucket '{BUCKET}' (versioned) and the service's topics (kafka.topics.*), prints
-one `export NAME=value` line per variable a `moderator` process needs, then
-`ready`, and serves until SIGTERM, SIGINT or SIGHUP (exit 0). stdout carries
-only the export lines and `ready`; the bucket, the topics and how to send an
-upload go to stderr. --env-file FILE also writes the export lines to FILE once
-ready (complete at once: written aside, then renamed) and removes it on exit.
-
---kafka mock (the default) is librdkafka's mock cluster inside this process:
-no transactions, so it exports MODERATOR_KAFKA__DELIVERY=at_least_once; its
-topics have 4 partitions; it exports MODERATOR_KAFKA__SESSION_TIMEOUT_MS=6000, since
-it holds a group its last member left for the session timeout less 1 s (44 s by
-default) before a restarted `run` gets partitions. --kafka apache starts a real
-Apache Kafka {KAFKA_VERSION} node (needs Java 17+; its jars are resolved once with Maven into
-~/.cache/moderator or ${JARS_ENV}), creates the topics from
-kafka.topic_specs with one replica, and exports
-MODERATOR_KAFKA__DELIVERY=exactly_once. Exit 2 when Java or Maven is missing or
-a setting is invalid, 1 when a server cannot start."""
-
-_EPILOG = f"""\
-examples:
-  moderator dev-stack --env-file .dev-stack.env
-  moderator dev-stack | sed '/^ready$/q'
-  moderator dev-stack --kafka apache --env-file .dev-stack.env
-  moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT}
-
-local work in one shell (the stack in the background, its environment here, one upload):
-  rm -f .dev-stack.env
-  moderator dev-stack --env-file .dev-stack.env & stack=$!
-  until [ -f .dev-stack.env ]; do sleep 0.2; done; . ./.dev-stack.env
-  moderator run --engine fake --policies policies & service=$!
-  id=$(moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT})
-  moderator dev-stack verdicts "$id"
-  kill $service; wait $service; kill $stack"""
-
-_UPLOAD_DESCRIPTION = """\
-Put FILE into the stack's bucket at T/<file name> (or --key), produce its
-UploadEvent v1 to the uploads topic (kafka.topics.uploads) and print the event
-id on stdout. Without FILE a generated sample JPEG is sent. --shape announces
-the object as AWS would instead: an S3 event notification, an EventBridge
-event, or an SNS envelope around one (or around the UploadEvent); the id
-printed is the one the service reads. S3's and EventBridge's events carry no
-surface: they are judged under 'default'. The addresses come
-from the environment `moderator dev-stack` exports
-(MODERATOR_KAFKA__BOOTSTRAP_SERVERS, MODERATOR_S3__ENDPOINT_URL, AWS_*). Exit 2
-when they are not set or an argument is invalid, 1 when S3 or Kafka fails."""
-
-_UPLOAD_EPILOG = f"""\
-examples:
-  moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT}
-  moderator dev-stack upload --tenant {EXAMPLE_TENANT} --surface profile   # a sample image
-  moderator dev-stack upload a.png --tenant {EXAMPLE_TENANT} --key {EXAMPLE_TENANT}/2026/a.png
-  moderator dev-stack upload photo.jpg --tenant {EXAMPLE_TENANT} --shape sns-s3"""
-
-_VERDICTS_DESCRIPTION = """\
-Read the verdicts topic (kafka.topics.verdicts) from the beginning and print
-each verdict as one JSON line. With EVENT_IDs: wait until each has a verdict and
-print those (exit 0), or exit 1 after --timeout seconds naming the ids still
-missing. Without: print the verdicts on the topic now and exit 0. Needs
-MODERATOR_KAFKA__BOOTSTRAP_SERVERS from `moderator dev-stack` (exit 2 without)."""
-
-_VERDICTS_EPILOG = """\
-examples:
-  moderator dev-stack verdicts "$id"
-  moderator dev-stack verdicts --timeout 120 dev-0123 dev-4567
-  moderator dev-stack verdicts | python3 -m json.tool --json-lines"""
 
 
 def add_dev_stack_parser(sub: Any) -> None:
@@ -117,8 +56,8 @@ def add_dev_stack_parser(sub: Any) -> None:
         sub,
         "dev-stack",
         help="start a Kafka broker (mock or real) and S3 server for local work; send uploads",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
     _add_arguments(parser)
 
@@ -138,6 +77,21 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also write the export lines to FILE once ready (for `. FILE`); removed on exit",
     )
+    parser.add_argument(
+        "--kafka-port",
+        type=port_number,
+        default=0,
+        metavar="N",
+        help="the broker's client port with --kafka apache (default 0: a free one); "
+        "the mock's port cannot be chosen",
+    )
+    parser.add_argument(
+        "--s3-port",
+        type=port_number,
+        default=0,
+        metavar="N",
+        help="the S3 server's port (default 0: a free one)",
+    )
     add_config_flag(parser)  # the topic names and specs: kafka.topics, kafka.topic_specs
     commands = parser.add_subparsers(
         dest="dev_stack_command",
@@ -148,8 +102,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         commands,
         "upload",
         help="put a file into the stack's bucket and send its upload event; prints the event id",
-        description=_UPLOAD_DESCRIPTION,
-        epilog=_UPLOAD_EPILOG,
+        description=UPLOAD_DESCRIPTION,
+        epilog=UPLOAD_EPILOG,
     )
     upload.add_argument(
         "file", nargs="?", type=Path, metavar="FILE", help="the file (default: a sample JPEG)"
@@ -181,8 +135,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         commands,
         "verdicts",
         help="print verdicts (JSON lines), waiting for the given event ids",
-        description=_VERDICTS_DESCRIPTION,
-        epilog=_VERDICTS_EPILOG,
+        description=VERDICTS_DESCRIPTION,
+        epilog=VERDICTS_EPILOG,
     )
     verdicts.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="ids to wait for")
     verdicts.add_argument(
@@ -213,6 +167,8 @@ def run_dev_stack(args: argparse.Namespace) -> int:
         kafka=args.kafka,
         env_file=getattr(args, "env_file", None),
         config=getattr(args, "config", None),
+        kafka_port=getattr(args, "kafka_port", 0),
+        s3_port=getattr(args, "s3_port", 0),
     )
 
 
@@ -222,6 +178,8 @@ def cmd_dev_stack(
     kafka: str = "mock",
     env_file: Path | None = None,
     config: Path | None = None,
+    kafka_port: int = 0,
+    s3_port: int = 0,
 ) -> int:
     """Start the stack, print its environment and `ready`, serve until a signal; exit code.
 
@@ -234,6 +192,7 @@ def cmd_dev_stack(
     kind = next((k for k in KAFKA_KINDS if k == kafka), None)
     if kind is None:
         raise ConfigError(f"dev-stack: --kafka must be one of {', '.join(KAFKA_KINDS)}")
+    _check_ports(kind, kafka_port, s3_port)
     if env_file is not None:
         check_env_file(env_file)
     specs = _topic_specs(config)  # ConfigError (exit 2) before anything starts
@@ -247,7 +206,9 @@ def cmd_dev_stack(
     previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         try:
-            stack = EmbeddedStack(buckets=buckets, kafka=kind, topics=specs).start()
+            stack = EmbeddedStack(
+                buckets=buckets, kafka=kind, topics=specs, kafka_port=kafka_port, s3_port=s3_port
+            ).start()
         except ConfigError as exc:
             raise ConfigError(f"dev-stack: {exc}") from exc
         except DevStackError as exc:
@@ -277,6 +238,19 @@ def cmd_dev_stack(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _check_ports(kind: str, kafka_port: int, s3_port: int) -> None:
+    """ConfigError, one line naming the flag, for a chosen port that cannot be used."""
+    if kafka_port and kind == "mock":
+        raise ConfigError(
+            f"dev-stack: --kafka-port {kafka_port}: {MOCK_PORT_REASON} "
+            "(leave it out, or pin a real broker's port with --kafka apache)"
+        )
+    if kafka_port and kafka_port == s3_port:
+        raise ConfigError(f"dev-stack: --kafka-port and --s3-port both name port {s3_port}")
+    check_free("dev-stack: --kafka-port", kafka_port)
+    check_free("dev-stack: --s3-port", s3_port)
 
 
 def _write(path: Path, text: str) -> None:
@@ -381,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = Parser(
         prog="moderator dev-stack",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
     _add_arguments(parser)

@@ -14,6 +14,10 @@ a topic a producer asks about, with 4 partitions, whatever the spec says); on Ap
 CreateTopics with each spec's partitions, replication factor and configs.
 
 moto keeps its backends per process: two stacks started in one process share their S3 state.
+
+Ports are free ones picked by the system unless `s3_port` (the S3 server) or `kafka_port` (the
+Apache Kafka node's client listener) names one. The mock broker's port cannot be chosen: it
+binds a port the system picks, and librdkafka has no setting for it.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ from botocore.exceptions import ClientError
 from confluent_kafka import KafkaException, Producer
 
 from moderator.dev.errors import DevStackError as DevStackError  # re-exported
+from moderator.dev.ports import LOOPBACK, MOCK_PORT_REASON, reason
+from moderator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from moto.server import ThreadedMotoServer
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
 
     from moderator.dev.kafka.cluster import ApacheKafka
+    from moderator.dev.s3server import S3Server
     from moderator.ingest.topics import TopicSpec
 
 KafkaKind = Literal["mock", "apache"]
@@ -65,11 +71,20 @@ class EmbeddedStack:
         brokers: int = 1,
         kafka: KafkaKind = "mock",
         topics: Sequence[TopicSpec] = (),
+        kafka_port: int = 0,
+        s3_port: int = 0,
     ) -> None:
         if brokers < 1:
             raise ValueError("brokers must be at least 1")
         if kafka not in KAFKA_KINDS:
             raise ValueError(f"kafka must be one of {', '.join(KAFKA_KINDS)}")
+        if kafka_port and (kafka == "mock" or brokers > 1):
+            raise ConfigError(
+                f"kafka port {kafka_port}: "
+                + (MOCK_PORT_REASON if kafka == "mock" else "only one broker's port can be set")
+            )
+        self._kafka_port = kafka_port
+        self._s3_port = s3_port
         self._kafka_kind: KafkaKind = kafka
         self._apache: ApacheKafka | None = None
         self._buckets = tuple(buckets)
@@ -81,7 +96,7 @@ class EmbeddedStack:
         self._holder: Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._server: ThreadedMotoServer | None = None  # moto is imported only in start()
+        self._server: S3Server | None = None  # moto is imported only in start()
         self._bootstrap: str | None = None
         self._endpoint: str | None = None
 
@@ -90,8 +105,9 @@ class EmbeddedStack:
     def start(self) -> EmbeddedStack:
         """Start both servers and create the buckets and topics; a second call does nothing.
 
-        With kafka="apache": ConfigError when Java or the broker's jars are unavailable.
-        DevStackError when a server does not start or a topic cannot be created."""
+        ConfigError when a chosen port cannot be listened on; with kafka="apache", also when
+        Java or the broker's jars are unavailable. DevStackError when a server does not start
+        or a topic cannot be created."""
         with self._lock:
             if self._bootstrap is not None:
                 return self
@@ -189,7 +205,7 @@ class EmbeddedStack:
         if self._kafka_kind == "apache":
             from moderator.dev.kafka.cluster import ApacheKafka
 
-            self._apache = ApacheKafka(self._brokers)
+            self._apache = ApacheKafka(self._brokers, client_port=self._kafka_port)
             self._bootstrap = self._apache.start().bootstrap_servers
             return
         # bootstrap.servers is ignored once test.mock.num.brokers is set; librdkafka's log
@@ -230,18 +246,21 @@ class EmbeddedStack:
 
     def _start_s3(self) -> None:
         try:
-            from moto.server import ThreadedMotoServer
+            import moto.server  # noqa: F401 - the devstack extra is installed
         except ImportError as exc:
             raise DevStackError(
                 "the S3 server needs the devstack extra: pip install 'moderator[devstack]'"
             ) from exc
+        from moderator.dev.s3server import S3Server
+
         _quiet_werkzeug()
-        # Port 0: the OS picks a free port, read back from the bound socket (no race).
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        self._server = server
-        host, port = server.get_host_and_port()
-        self._endpoint = f"http://{host}:{port}"
+        try:
+            self._server = S3Server(self._s3_port).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"S3 server: cannot listen on {LOOPBACK}:{self._s3_port}: {reason(exc)}"
+            ) from exc
+        self._endpoint = self._server.endpoint_url
         client = self.s3_client()
         try:
             for bucket in self._buckets:

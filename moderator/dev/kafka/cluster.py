@@ -30,6 +30,7 @@ from moderator.dev.kafka.config import NodePorts
 from moderator.dev.kafka.jars import KAFKA_VERSION, broker_jars, java_command, resolve_jars
 from moderator.dev.kafka.process import Launcher, free_ports, last_line, tail, terminate
 from moderator.dev.kafka.ready import wait_ready
+from moderator.dev.ports import reason
 from moderator.errors import ConfigError
 
 __all__ = ["KAFKA_VERSION", "ApacheKafka", "broker_jars"]
@@ -62,7 +63,8 @@ class _Node:
 
 
 class ApacheKafka:
-    """`brokers` Kafka nodes (each broker + controller) on free loopback ports.
+    """`brokers` Kafka nodes (each broker + controller) on free loopback ports; a non-zero
+    `client_port` is the first node's client port.
 
     Settings fit for tests (kafka_config.server_properties): internal and auto-created topics
     replicated to min(3, brokers) nodes with a min ISR one lower (at least 1), 4 partitions per
@@ -80,12 +82,14 @@ class ApacheKafka:
         config: Mapping[str, str] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         jars_dir: Path | None = None,
+        client_port: int = 0,
     ) -> None:
         if brokers < 1:
             raise ValueError("brokers must be at least 1")
         if heap_mb < 128:
             raise ValueError("heap_mb must be at least 128")
         self._count = brokers
+        self._client_port = client_port
         self._workdir = workdir
         self._heap_mb = heap_mb
         self._config = dict(config or {})
@@ -103,7 +107,8 @@ class ApacheKafka:
     def start(self) -> ApacheKafka:
         """Format storage, start every node and wait until the cluster serves clients and
         transactions. A second call does nothing. ConfigError when Java or the jars are
-        unavailable; DevStackError (with the node's last log line) when a node fails."""
+        unavailable, or `client_port` cannot be listened on; DevStackError (with the node's
+        last log line) when a node fails."""
         if self._nodes:
             return self
         self._java = java_command()
@@ -111,7 +116,11 @@ class ApacheKafka:
         self._launcher = Launcher()
         try:
             self._root = self._make_root()
-            ports = free_ports(self._count)
+            try:
+                ports = free_ports(self._count, self._client_port)
+            except OSError as exc:
+                where = f"{kafka_config.LOOPBACK}:{self._client_port}"
+                raise ConfigError(f"Kafka: cannot listen on {where}: {reason(exc)}") from exc
             self._nodes = [_Node(i, ports[i], self._root / f"node-{i}") for i in range(self._count)]
             self._format(ports)
             for node in self._nodes:

@@ -45,14 +45,17 @@ class Launcher:
         self._thread.shutdown(wait=True)
 
 
-def free_ports(nodes: int) -> list[NodePorts]:
-    """Free loopback ports, two per node: all are bound at once so none repeats."""
+def free_ports(nodes: int, client_port: int = 0) -> list[NodePorts]:
+    """Free loopback ports, two per node: all are bound at once so none repeats. A non-zero
+    `client_port` is node 0's client port, bound first (OSError when it cannot be)."""
     sockets = []
     try:
-        for _ in range(2 * nodes):
+        for i in range(2 * nodes):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sockets.append(sock)
-            sock.bind((LOOPBACK, 0))
+            if i == 0 and client_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM does
+            sock.bind((LOOPBACK, client_port if i == 0 else 0))
         ports = [s.getsockname()[1] for s in sockets]
     finally:
         for sock in sockets:
