@@ -122,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to `host`:`port` for uvicorn to serve on; one ConfigError line (exit 2)
     when it cannot be, before anything is logged."""
-    from moderator.obs.http import bind_reason
+    from moderator.listen import bind_reason
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -7,10 +7,10 @@ flags.
 from __future__ import annotations
 
 import argparse
-import errno
 import socket
 
 from moderator.errors import ConfigError
+from moderator.listen import bind_reason
 
 LOOPBACK = "127.0.0.1"
 MOCK_PORT_REASON = (
@@ -43,7 +43,7 @@ def bind_problem(port: int) -> str | None:
             probe.bind((LOOPBACK, port))
             probe.listen(1)
         except OSError as exc:
-            return reason(exc)
+            return bind_reason(exc)
     return None
 
 
@@ -55,12 +55,3 @@ def check_free(option: str, port: int) -> None:
             f"{option}: cannot listen on {LOOPBACK}:{port}: {problem} "
             f"(choose another port, or 0 for a free one)"
         )
-
-
-def reason(exc: OSError) -> str:
-    """Why a listening socket could not be bound, in a few words."""
-    if exc.errno == errno.EADDRINUSE:
-        return "the port is in use"
-    if exc.errno == errno.EACCES:
-        return "permission denied"
-    return exc.strerror or str(exc)

@@ -34,8 +34,9 @@ from botocore.exceptions import ClientError
 from confluent_kafka import KafkaException, Producer
 
 from moderator.dev.errors import DevStackError as DevStackError  # re-exported
-from moderator.dev.ports import LOOPBACK, MOCK_PORT_REASON, reason
+from moderator.dev.ports import LOOPBACK, MOCK_PORT_REASON
 from moderator.errors import ConfigError
+from moderator.listen import bind_reason
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -258,7 +259,7 @@ class EmbeddedStack:
             self._server = S3Server(self._s3_port).start()
         except OSError as exc:
             raise ConfigError(
-                f"S3 server: cannot listen on {LOOPBACK}:{self._s3_port}: {reason(exc)}"
+                f"S3 server: cannot listen on {LOOPBACK}:{self._s3_port}: {bind_reason(exc)}"
             ) from exc
         self._endpoint = self._server.endpoint_url
         client = self.s3_client()

@@ -8,7 +8,6 @@ runs and its loops turn (503 naming a loop stuck in one turn, moderator/obs/live
 
 from __future__ import annotations
 
-import errno
 import json
 import socket
 import sys
@@ -22,6 +21,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from moderator.errors import ConfigError
+from moderator.listen import bind_reason
 from moderator.obs.telemetry import Telemetry
 from moderator.settings import HttpSettings
 
@@ -144,20 +144,9 @@ def serving(settings: HttpSettings, telemetry: Telemetry | None = None) -> Itera
 
 
 def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    why = bind_reason(exc)
+    where = " (http.host)" if why == "no such local address" else ""
     return (
-        f"http.port: cannot listen on {host}:{port}: {bind_reason(exc)} (set http.port, "
+        f"http.port: cannot listen on {host}:{port}: {why}{where} (set http.port, "
         "MODERATOR_HTTP__PORT or --http-port to a free port, or 0 to turn the endpoint off)"
     )
-
-
-def bind_reason(exc: OSError) -> str:
-    """Why a listening socket could not be bound, in a few words."""
-    if exc.errno == errno.EADDRINUSE:
-        why = "the port is in use"
-    elif exc.errno == errno.EACCES:
-        why = "permission denied"
-    elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-        why = "no such local address (http.host)"
-    else:
-        why = exc.strerror or str(exc)
-    return why

@@ -30,8 +30,8 @@ from moderator.dev.kafka.config import NodePorts
 from moderator.dev.kafka.jars import KAFKA_VERSION, broker_jars, java_command, resolve_jars
 from moderator.dev.kafka.process import Launcher, free_ports, last_line, tail, terminate
 from moderator.dev.kafka.ready import wait_ready
-from moderator.dev.ports import reason
 from moderator.errors import ConfigError
+from moderator.listen import bind_reason
 
 __all__ = ["KAFKA_VERSION", "ApacheKafka", "broker_jars"]
 
@@ -120,7 +120,7 @@ class ApacheKafka:
                 ports = free_ports(self._count, self._client_port)
             except OSError as exc:
                 where = f"{kafka_config.LOOPBACK}:{self._client_port}"
-                raise ConfigError(f"Kafka: cannot listen on {where}: {reason(exc)}") from exc
+                raise ConfigError(f"Kafka: cannot listen on {where}: {bind_reason(exc)}") from exc
             self._nodes = [_Node(i, ports[i], self._root / f"node-{i}") for i in range(self._count)]
             self._format(ports)
             for node in self._nodes:
