@@ -21,6 +21,7 @@ from moderator.audit.models import AuditQuery
 from moderator.audit.read.cursor import filters_digest
 from moderator.audit.read.rows import SCALAR_COLUMNS
 from moderator.cli.main import main
+from moderator.events.upload import TENANT_ID_RULE
 from tests.audit_fixtures import ALPHA, BETA, make_db, policy
 from tests.policy_fixtures import clear_moderator_env
 
@@ -170,7 +171,7 @@ def test_a_tenant_in_capitals_is_named_in_lowercase(
     code, out, err = run(capsys, "query", "--tenant", "Kids")
     assert (code, out) == (2, "")
     assert err == (
-        "moderator: --tenant: expected a tenant id (lowercase letters, digits, '_' and '-'), "
+        f"moderator: --tenant: expected a tenant id ({TENANT_ID_RULE}), "
         "got 'Kids'; did you mean 'kids'?\n"
     )
     code, _, err = run(capsys, "query", "--tenant", "ki ds")

@@ -436,6 +436,7 @@ def test_census_counts_what_a_run_would_replay() -> None:
     assert dict(census.messages) == {0: 5, 1: 1}
     assert dict(census.events) == {0: 3, 1: 1}
     assert dict(census.tenants) == {"acme": 3, "kids": 1}
+    assert census.in_range == {"acme", "kids", "news"}  # news: in the range, not kept
     assert census.malformed == 1
     assert census.filtered == 1
     assert inner.committed_offsets == {}  # a dry run commits nothing

@@ -83,11 +83,24 @@ def test_the_run_checks_each_event_as_the_pipeline_resolves_it(nonews: Path) -> 
 
 def test_a_named_tenant_without_events_is_warned_about_with_the_tenants_that_had_some() -> None:
     assert absent_tenants({"kids", "nosuch"}, {"kids": 3, "news": 1}) == [
-        "--tenant nosuch: no event of this tenant in the range; tenants with events: kids, news"
+        "--tenant nosuch: no event of this tenant to replay in the range; "
+        "tenants in the range: kids, news"
     ]
     assert absent_tenants({"kids"}, {"kids": 3}) == []
     assert absent_tenants(set(), {"kids": 3}) == []  # no --tenant: every tenant
     many = {f"t{i:02d}" for i in range(11)}
     assert absent_tenants({"nosuch"}, many) == [
-        "--tenant nosuch: no event of this tenant in the range"
+        "--tenant nosuch: no event of this tenant to replay in the range"
+    ]
+
+
+def test_a_dry_run_names_the_tenants_its_filter_left_out() -> None:
+    """`--tenant kisd` alone keeps nothing: the list comes from every event the range holds."""
+    assert absent_tenants({"kisd"}, {}, {"kids", "news"}) == [
+        "--tenant kisd: no event of this tenant to replay in the range; "
+        "tenants in the range: kids, news"
+    ]
+    # seen in the range, but the time window or the sample kept none of its events
+    assert absent_tenants({"kids"}, {}, {"kids"}) == [
+        "--tenant kids: no event of this tenant to replay in the range; tenants in the range: kids"
     ]

@@ -301,7 +301,7 @@ def _dry_run(settings: Any, plan: Any) -> int:
         print(line)
     for tenant in uncovered(settings, census.tenants):
         print(f"moderator: warning: {gap_warning(tenant, plan.policies_dir)}", file=sys.stderr)
-    for line in absent_tenants(plan.event_filter.tenants, census.tenants):
+    for line in absent_tenants(plan.event_filter.tenants, census.tenants, census.in_range):
         print(f"moderator: warning: {line}", file=sys.stderr)
     return 0
 

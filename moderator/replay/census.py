@@ -22,7 +22,8 @@ class Census:
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> offsets in range
     messages: Counter[int] = field(default_factory=Counter)
     events: Counter[int] = field(default_factory=Counter)  # kept by the filter
-    tenants: Counter[str] = field(default_factory=Counter)
+    tenants: Counter[str] = field(default_factory=Counter)  # events kept, by tenant
+    in_range: set[str] = field(default_factory=set)  # every tenant with an event, kept or not
     malformed: int = 0
     filtered: int = 0
 
@@ -66,6 +67,7 @@ def take_census(inner: Any, plan: RunPlan, rule: TenantRule) -> Census:
                 continue
             ts_type, ts = msg.timestamp()
             for event in parsed.events:
+                census.in_range.add(event.tenant_id)
                 if keep.keeps(event.event_id, event.tenant_id, ts if ts_type else None):
                     census.events[partition] += 1
                     census.tenants[event.tenant_id] += 1

@@ -76,12 +76,16 @@ class PolicyGaps:
         self._warn(gap_warning(tenant, self._directory))
 
 
-def absent_tenants(named: Iterable[str], seen: Iterable[str]) -> list[str]:
-    """One warning per `--tenant` that had no event in the range (a typo reads as "nothing
-    would change" otherwise), naming the tenants that had some when they are few."""
-    present = sorted(set(seen))
-    found = f"; tenants with events: {', '.join(present)}" if 0 < len(present) <= 10 else ""
+def absent_tenants(
+    named: Iterable[str], kept: Iterable[str], in_range: Iterable[str] = ()
+) -> list[str]:
+    """One warning per `--tenant` none of whose events the run keeps (a typo reads as "nothing
+    would change" otherwise), naming the tenants the range holds (`in_range`, else `kept`) when
+    they are few."""
+    kept_set = set(kept)
+    present = sorted(set(in_range) | kept_set)
+    found = f"; tenants in the range: {', '.join(present)}" if 0 < len(present) <= 10 else ""
     return [
-        f"--tenant {tenant}: no event of this tenant in the range{found}"
-        for tenant in sorted(set(named) - set(present))
+        f"--tenant {tenant}: no event of this tenant to replay in the range{found}"
+        for tenant in sorted(set(named) - kept_set)
     ]

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from moderator.audit.errors import InvalidQuery
 from moderator.audit.models import EARLIEST, MAX_LIMIT, AuditQuery, Sort, text_problem
 from moderator.audit.read.cursor import decode_cursor
+from moderator.events.upload import TENANT_ID_RULE
 from moderator.events.verdict import CATEGORIES, category_code, code_of
 
 DECISIONS = ("allow", "review", "block")
@@ -191,7 +192,7 @@ def _tenant(field: str, value: str) -> str:
     hint = f"; did you mean {value.lower()!r}?" if TENANT_RE.fullmatch(value.lower()) else ""
     raise BadFilter(
         field,
-        f"expected a tenant id (lowercase letters, digits, '_' and '-'), got {shown(value)}{hint}",
+        f"expected a tenant id ({TENANT_ID_RULE}), got {shown(value)}{hint}",
     )
 
 
