@@ -46,10 +46,13 @@ the reader, librdkafka, moto) over the same window divided by its length; well b
 of CPUs means the run waits on something (the GIL, a lock, a timer), not on CPU. moto's server
 and the mock broker live in this process, so moto's request handling competes with the
 pipeline for the GIL: the s3 variant measures moto as much as the fetch path, and the memory
-variant is the figure for the pipeline itself. With the default N the ceiling is over in about a
-tenth of a second, so its rate (and every ratio to it) is an order of magnitude, not a precise
-figure; raise --events for a steadier one. On a machine with few cores all figures are lower
-bounds for a real deployment and compare best against each other.
+variant is the figure for the pipeline itself. "CPU by thread" (pipeline runs, Linux) splits
+the service's CPU from its start to the last verdict among its threads (bench/thread_cpu.py
+names the groups), in µs per event: which thread's work a change should cut. With the default
+N the ceiling is over in about a tenth of a second, so its rate (and every ratio to it) is an
+order of magnitude, not a precise figure; raise --events for a steadier one. On a machine with
+few cores all figures are lower bounds for a real deployment and compare best against each
+other.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from typing import Any, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+import thread_cpu
 from decode_bench import run_decode_bench
 from moderator import heap
 from moderator.dev.samples import Sample, make_sample
@@ -114,6 +118,7 @@ class Phase:
     duplicates: int = 0
     verdict_errors: int = 0
     mean_output_bytes: float = 0.0
+    thread_cpu_s: dict[str, float] = field(default_factory=dict)  # by thread group (thread_cpu)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -440,6 +445,7 @@ def run_pipeline(
     worker = threading.Thread(target=serve, name="moderator-bench", daemon=True)
     started = time.perf_counter()
     deadline = started + timeout_s
+    threads_before = thread_cpu.snapshot()
     worker.start()
     try:
         while len(seen) < n and time.perf_counter() < deadline and not stop.is_set():
@@ -461,6 +467,7 @@ def run_pipeline(
                         phase.notes.append(f"first verdict error: {doc['error']}")
         done = time.perf_counter()
         phase.cpu_s = time.process_time() - consumer.first_message_cpu
+        phase.thread_cpu_s = dict(thread_cpu.spent(threads_before, thread_cpu.snapshot()))
     finally:
         reader.close()
         stop.set()
@@ -583,8 +590,22 @@ def _print_phase(phase: Phase, ceiling: Phase | None) -> None:
         + (f", duplicates {phase.duplicates}" if phase.duplicates else "")
         + (f", verdicts with error {phase.verdict_errors}" if phase.verdict_errors else "")
     )
+    _print_threads(phase)
     for note in phase.notes:
         print(f"    note: {note}")
+
+
+def _print_threads(phase: Phase) -> None:
+    """The service's CPU by thread group, in µs per event (groups under 1% left out)."""
+    total = sum(phase.thread_cpu_s.values())
+    if not phase.events or total <= 0:
+        return
+    shown = [
+        f"{group} {1e6 * seconds / phase.events:,.0f}"
+        for group, seconds in sorted(phase.thread_cpu_s.items(), key=lambda kv: -kv[1])
+        if seconds >= 0.01 * total
+    ]
+    print(f"    CPU by thread from the service's start, µs per event: {', '.join(shown)}")
 
 
 def _print_table(

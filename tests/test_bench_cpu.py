@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,3 +57,38 @@ def test_metrics_cost_compares_each_call_with_the_sdk() -> None:
         "counter, 3 labels",
         "counter, 1 label",
     ]
+
+
+def test_thread_cpu_adds_up_a_pools_threads_by_name() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_thread_cpu", ROOT / "bench" / "thread_cpu.py"
+    )
+    assert spec is not None and spec.loader is not None
+    thread_cpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thread_cpu)
+    if not thread_cpu.available():
+        pytest.skip("no /proc/self/task: per-thread CPU is read on Linux only")
+
+    burned = threading.Barrier(3)
+    release = threading.Event()
+
+    def burn() -> None:  # then stays alive: a thread that ended is no longer in /proc
+        end = time.thread_time() + 0.15
+        while time.thread_time() < end:
+            pass
+        burned.wait()
+        release.wait()
+
+    before = thread_cpu.snapshot()
+    threads = [threading.Thread(target=burn, name=f"decode_{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    burned.wait()
+    spent = thread_cpu.spent(before, thread_cpu.snapshot())
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert spent["decode workers"] >= 0.28  # both threads, 0.15 s each (ticks of 0.01 s)
+    assert thread_cpu.GROUPS["engine-window"] == "engine window worker"
+    assert thread_cpu._group("rdk:broker12") == "rdk:broker"
+    assert thread_cpu._group("engine-window-0") == "engine window worker"

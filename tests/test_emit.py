@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import os
+import random
+import re
 from datetime import UTC, datetime
 
-from moderator.emit.records import dlq_output, trace_from_headers, verdict_outputs
+from moderator.emit.records import dlq_output, new_span_id, trace_from_headers, verdict_outputs
 from moderator.events.verdict import (
     AuditRecord,
     InputCoords,
@@ -57,6 +60,30 @@ def test_verdict_and_audit_carry_cloudevents_headers() -> None:
     assert tp[1] == "4bf92f3577b34da6a3ce929d0e0e4736"  # same trace
     assert tp[2] != "00f067aa0ba902b7"  # our own span
     assert b'"schema":"moderator.verdict/v1"' in verdict.value  # type: ignore[operator]
+
+
+def test_span_ids_are_random_non_zero_hex() -> None:
+    ids = [new_span_id() for _ in range(1000)]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i) and i != "0" * 16 for i in ids)
+    assert len(set(ids)) == len(ids)
+    random.seed(7)
+    first = new_span_id()
+    random.seed(7)
+    assert new_span_id() == first  # drawn from the random module's generator
+
+
+def test_a_forked_child_draws_other_span_ids_than_its_parent() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next span id, then out without running pytest's exit code
+        os.close(read)
+        os.write(write, new_span_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert re.fullmatch(r"[0-9a-f]{16}", child) and child != new_span_id()
 
 
 def test_trace_without_header_is_derived_from_event_id() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,8 +49,19 @@ class Trace:
 
     def traceparent(self) -> str:
         """Our outputs' context: a child of the event span, else of a fresh span id."""
-        span = self.span_id or secrets.token_hex(8)
+        span = self.span_id or new_span_id()
         return f"00-{self.trace_id}-{span}-{self.flags}"
+
+
+def new_span_id() -> str:
+    """A random, non-zero 64-bit span id in hex.
+
+    Not `secrets`: a span id is no secret, and `os.urandom` lets go of the interpreter lock for
+    its system call, which on the engine window's thread costs a wait for the lock to come back
+    behind the decoding threads, once per record (docs/performance.md, "The interpreter lock's
+    hand-backs"). The module's generator is reseeded in a forked child.
+    """
+    return f"{random.getrandbits(64) or 1:016x}"
 
 
 def trace_from_headers(headers: object, event_id: str) -> Trace:
