@@ -228,8 +228,10 @@ def _serve(
     )
     telemetry.liveness.add("consume loop", lambda: loop.turn_started, settings.http.stall_s)
     telemetry.readiness.add("checkpoints", loop.checkpoints)
+    failed = True
     try:
         loop.run(stop)
+        failed = False
     finally:
         finished.set()
         broker.close()  # no metadata probe may reach the consumer while it closes
@@ -237,8 +239,22 @@ def _serve(
             kafka_consumer.close()
         finally:
             pipeline.close()
-            loop.producer.flush(5)
+            _last_flush(loop.producer, after_failure=failed)
     return loop.stats
+
+
+def _last_flush(producer: Producer, *, after_failure: bool) -> None:
+    """Hand the producer's last records to the broker. After the loop failed, a fenced or
+    fatally failed producer raises here too: the loop's own error (a ConfigError naming the
+    setting, a FatalKafkaError saying what to do) is the one to report. Nothing is lost by
+    it: what the broker never acknowledged was never committed."""
+    if not after_failure:
+        producer.flush(5)
+        return
+    try:
+        producer.flush(5)
+    except Exception as exc:  # the client's own exception type; the loop's error goes on
+        log.debug("last_flush_failed", error=str(exc))
 
 
 def _checks(
