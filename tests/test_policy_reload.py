@@ -268,3 +268,19 @@ def test_a_missing_default_holds_back_every_tenant(policy_dir: Path) -> None:
         f"{policy_dir / 'default.yaml'}: missing (every directory needs one)",
     )
     assert all(s.stale for s in registry.status().values())
+
+
+def test_a_tenant_file_deleted_is_a_warning_naming_what_was_in_force(policy_dir: Path) -> None:
+    registry = PolicyRegistry(policy_dir, TENANCY)
+    was = version(registry, "kids")
+    (policy_dir / "kids.yaml").unlink()  # as a key dropped from a Kubernetes ConfigMap
+    with capture_logs() as logs:
+        assert registry.reload() is True
+    [removed] = events(logs, "policy_removed")
+    assert (removed["tenant"], removed["was_in_force"], removed["log_level"]) == (
+        "kids",
+        was,
+        "warning",
+    )
+    assert registry.resolve("kids", "default") is None  # its uploads: unknown_tenant from now on
+    assert not events(logs, "policy_valid_again")

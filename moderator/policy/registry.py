@@ -370,7 +370,9 @@ def _log_problems(old: _Snapshot, new: _Snapshot) -> None:
             )
     for tenant, before in sorted(old.status.items()):
         after = new.status.get(tenant)
-        if before.stale and (after is None or not after.stale):
+        if after is None and before.versions:  # its file is gone: its uploads are unknown now
+            log.warning("policy_removed", tenant=tenant, was_in_force=_in_force(before))
+        elif before.stale and (after is None or not after.stale):
             log.info("policy_valid_again", tenant=tenant, in_force=_in_force(after))
 
 
