@@ -145,6 +145,15 @@ def test_a_port_in_use_is_one_config_error_line() -> None:
     assert "MODERATOR_HTTP__PORT" in message and "0 to turn the endpoint off" in message
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "192.0.2.1"])  # not an address; not this machine
+def test_a_host_that_is_not_this_machines_names_http_host(host: str) -> None:
+    with pytest.raises(ConfigError) as raised, serving(HttpSettings(host=host, port=39401)):
+        pass
+    message = str(raised.value)
+    assert message.startswith(f"http.host: cannot listen on {host}:39401: no such local address")
+    assert "MODERATOR_HTTP__HOST" in message and "free port" not in message
+
+
 def test_port_zero_serves_nothing_and_a_given_telemetry_is_left_open() -> None:
     telemetry = Telemetry()
     with serving(HttpSettings(port=0), telemetry) as current:

@@ -327,7 +327,8 @@ def cmd_verdicts(event_ids: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT
     sys.stdout.flush()
     if missing:
         print(
-            f"dev-stack verdicts: no verdict within {timeout_s:g} s for {', '.join(missing)} "
+            f"moderator: dev-stack verdicts: no verdict within {timeout_s:g} s for "
+            f"{', '.join(missing)} "
             f"(is `moderator run` consuming {settings.kafka.topics.uploads}?)",
             file=sys.stderr,
         )

@@ -145,8 +145,13 @@ def serving(settings: HttpSettings, telemetry: Telemetry | None = None) -> Itera
 
 def _bind_problem(host: str, port: int, exc: OSError) -> str:
     why = bind_reason(exc)
-    where = " (http.host)" if why == "no such local address" else ""
+    if why == "no such local address":  # the host is at fault, not the port
+        return (
+            f"http.host: cannot listen on {host}:{port}: {why} (set http.host or "
+            "MODERATOR_HTTP__HOST to an address of this machine: 0.0.0.0 for every interface, "
+            "127.0.0.1 for this machine only)"
+        )
     return (
-        f"http.port: cannot listen on {host}:{port}: {why}{where} (set http.port, "
+        f"http.port: cannot listen on {host}:{port}: {why} (set http.port, "
         "MODERATOR_HTTP__PORT or --http-port to a free port, or 0 to turn the endpoint off)"
     )
