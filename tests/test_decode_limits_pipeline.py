@@ -8,6 +8,7 @@ from pathlib import Path
 
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.memory.broker import MemoryBroker
+from moderator.service import build_pipeline
 from tests.harness import Instance, png, settings_for, wait_for, write_policies
 from tests.hostile_images import flat_png, many_frame_gif
 
@@ -59,3 +60,18 @@ def test_hostile_images_through_the_processor(tmp_path: Path) -> None:
     assert budget.total == 48 * MiB
     assert 0 < budget.peak <= 48 * MiB
     assert budget.used == 0
+
+
+def test_a_budget_wait_is_bounded_by_the_decoders_not_the_fetch_workers(tmp_path: Path) -> None:
+    settings = settings_for(
+        write_policies(tmp_path),
+        **{"fetch.concurrency": 16, "fetch.decode_workers": 2, "fetch.decode_timeout_s": 0.5},
+    )
+    pipeline = build_pipeline(settings, store=InMemoryObjectStore())
+    try:
+        budget = pipeline.processor.decode_budget
+        assert budget is not None
+        # two decodes ahead at most, each up to its CPU time on shared cores, twice over
+        assert budget.max_wait_s == 2 * 2 * 0.5
+    finally:
+        pipeline.close()

@@ -40,6 +40,11 @@ class DecodeBudget:
         return self._used
 
     @property
+    def max_wait_s(self) -> float:
+        """The longest a reservation waits before it gives up (DECODE_TIMEOUT)."""
+        return self._max_wait_s
+
+    @property
     def peak(self) -> int:
         """The most bytes ever reserved at once (never above `total`)."""
         return self._peak

@@ -123,8 +123,9 @@ class Processor:
         # Hashing and decoding hold the GIL for much of their time: more threads at it than
         # cores only hand the GIL back and forth (performance.md, "Fetch and decode workers").
         workers = decode_workers if decode_workers is not None else usable_cpus()
-        self._decoders = JobPool(min(workers, concurrency), "decode", max_chunk=1)
-        self.decode_budget = process_budget(limits.budget_bytes, limits.timeout_s, concurrency)
+        decoders = min(workers, concurrency)  # only they reserve decode memory
+        self._decoders = JobPool(decoders, "decode", max_chunk=1)
+        self.decode_budget = process_budget(limits.budget_bytes, limits.timeout_s, decoders)
         self._held = HeldBytes(max_buffered_bytes)
         self._ahead = DecodeAhead(decode_ahead)
 
