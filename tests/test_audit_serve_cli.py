@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,9 @@ def serve_with(
             sock.close()
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
-    code = main(["audit", "serve", "--port", str(port or free_port())])
+    with tempfile.TemporaryDirectory(prefix="audit-serve-") as tmp:  # not the default file here
+        monkeypatch.setenv("MODERATOR_AUDIT__URL", f"sqlite:///{tmp}/audit.db")
+        code = main(["audit", "serve", "--port", str(port or free_port())])
     return code, capsys.readouterr().err, started
 
 
