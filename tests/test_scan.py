@@ -182,6 +182,36 @@ def test_usage_errors_exit_2_with_one_line(
     assert len(lines) == 1 and message in lines[0]
 
 
+def test_a_folder_that_cannot_be_read_is_named_and_exits_1(
+    folder: Path,
+    policies: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moderator.pipeline import scan_sources
+
+    locked = folder / "nested" / "deeper"
+    listing = scan_sources._entries
+
+    def entries(path: str) -> list[os.DirEntry[str]]:  # root reads any folder: deny this one
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied")
+        return listing(path)
+
+    monkeypatch.setattr(scan_sources, "_entries", entries)
+    assert main(["scan", str(folder), *FAKE, "--policies", str(policies)]) == 1
+    captured = capsys.readouterr()
+    assert len(_verdicts(captured.out)) == 4  # a, b, c and notes.txt; not d, inside it
+    err = [
+        line
+        for line in captured.err.splitlines()
+        if "SMOKE-TEST" not in line and not line.startswith("  ")  # the summary table
+    ]
+    assert err[0] == f"scan: skipped {str(locked)!r}: cannot be read: Permission denied"
+    assert err[1].startswith("scan: done 4/5, ") and err[1].endswith(", 1 not scanned")
+    assert err[2] == "moderator: scan: 1 object(s) got no verdict (see above)"
+
+
 def test_a_path_that_cannot_be_a_key_is_named_and_exits_1(
     folder: Path, policies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -394,3 +424,28 @@ def test_progress_in_a_log_is_one_line_each() -> None:
     assert lines[1].startswith("scan: done 2/3, errors 0, ") and lines[1].endswith(
         ", 1 not scanned"
     )
+
+
+def test_ctrl_c_prints_the_summary_and_no_line_follows_the_count() -> None:
+    out, shown = io.StringIO(), io.StringIO()
+    processor = _StubProcessor(json.dumps(VERDICT_DOC).encode())
+    scan = Scan(
+        processor,  # type: ignore[arg-type]  # duck-typed stand-in for Processor
+        out,
+        tenant_id="default",
+        local=True,
+        verdicts_topic="v",
+        max_in_flight=64,
+    )
+
+    def items() -> Any:  # Ctrl-C while listing, with verdicts still in flight
+        for i in range(40):
+            yield Item(LOCAL_BUCKET, f"f{i:03d}.png", 10)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scan.run(items(), Progress(shown))
+    counted = scan.counts().done
+    processor.close()  # the worker finishes what was pending: none of it may be written now
+    assert len(out.getvalue().splitlines()) == counted == scan.counts().done
+    assert f"scan: done {counted}/40" in shown.getvalue()  # the summary's status line

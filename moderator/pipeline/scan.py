@@ -153,6 +153,7 @@ class Scan:
         self.skipped = 0
         self.fatal: str | None = None
         self.output_closed = False  # the reader went away (`moderator scan DIR | head -1`)
+        self._stopped = False  # interrupted: no more lines (Ctrl-C)
 
     def counts(self) -> Counts:
         with self._cond:
@@ -175,6 +176,21 @@ class Scan:
             progress.finish(self.counts(), self.tally())
             return
         try:
+            self._submit_all(items, progress)
+            while True:
+                with self._cond:
+                    if self._finished >= self._submitted:
+                        break
+                    self._cond.wait(progress.every_s)
+                progress.tick(self.counts(), listing=False)
+        except KeyboardInterrupt:
+            self._stop_writing()  # the summary and the count of lines kept are then final
+            raise
+        finally:
+            progress.finish(self.counts(), self.tally())
+
+    def _submit_all(self, items: Iterator[Item], progress: Progress) -> None:
+        try:
             for index, item in enumerate(items):
                 with self._cond:
                     if self.fatal is not None:
@@ -192,17 +208,18 @@ class Scan:
         except (OSError, BotoCoreError, ClientError) as exc:
             with self._cond:
                 self.fatal = self.fatal or f"listing failed: {exc}"
-        try:
-            while True:
-                with self._cond:
-                    if self._finished >= self._submitted:
-                        break
-                    self._cond.wait(progress.every_s)
-                progress.tick(self.counts(), listing=False)
-        finally:
-            progress.finish(self.counts(), self.tally())
+
+    def _stop_writing(self) -> None:
+        """No verdict line is written after this (verdicts still in flight are dropped)."""
+        with self._cond:
+            self._stopped = True
 
     def _job(self, item: Item, index: int, progress: Progress) -> Job | None:
+        if item.problem is not None:  # a folder or file the listing could not read
+            progress.note(f"scan: skipped {item.key!r}: {item.problem}")
+            with self._cond:
+                self.skipped += 1
+            return None
         shown_bucket = "" if self._local else item.bucket
         try:
             digest = hashlib.sha256(f"{shown_bucket}/{item.key}".encode()).hexdigest()
@@ -246,7 +263,7 @@ class Scan:
         error = doc.get("error")
         code = error.get("code") if isinstance(error, dict) else None
         with self._cond:
-            if self.fatal is not None:
+            if self.fatal is not None or self._stopped:
                 return
             try:
                 self._out.write(line)

@@ -24,6 +24,7 @@ class Item:
     bucket: str  # the store's bucket: LOCAL_BUCKET for local files
     key: str
     size: int | None
+    problem: str | None = None  # why it cannot be scanned (a folder that cannot be read)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ def _entries(path: str) -> list[os.DirEntry[str]]:
 
 def _walk(top: list[os.DirEntry[str]], exclude: Path | None) -> Iterator[Item]:
     """Regular files depth first in name order, hidden names skipped. Symlinks to files are
-    followed, symlinked folders are not (no cycles); unreadable folders are skipped."""
+    followed, symlinked folders are not (no cycles). A folder or file that cannot be read is an
+    Item with its `problem`: the scan names it and counts it as not scanned."""
     stack = [iter(top)]
     while stack:
         entry = next(stack[-1], None)
@@ -115,7 +117,8 @@ def _walk(top: list[os.DirEntry[str]], exclude: Path | None) -> Iterator[Item]:
             if not entry.is_file():
                 continue
             info = entry.stat()
-        except OSError:
+        except OSError as exc:
+            yield Item(LOCAL_BUCKET, entry.path, None, f"cannot be read: {exc.strerror or exc}")
             continue
         if exclude is not None and _same_file(info, exclude):
             continue  # the --output file inside the scanned folder
