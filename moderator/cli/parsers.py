@@ -125,8 +125,11 @@ def add_scan_parser(sub: Any) -> None:
             "object per line (--format jsonl) or one CSV row per verdict (--format csv, columns "
             "in docs/scan.md); progress, then a summary by decision and error code, go to "
             "stderr. The settings, the engine's checkpoint directory, the policies and --output "
-            "are checked before the engine is loaded. Exit 0 when every object got a verdict "
-            "(error verdicts included), 1 on a runtime failure, 2 on a usage or config error."
+            "are checked before the engine is loaded. Verdicts are decided under the tenant's "
+            "top-level policy (a scan has no surface). Exit 0 when every object got a verdict "
+            "(error verdicts included), 1 on a runtime failure or when some file or folder could "
+            "not be read, 2 on a usage or config error, 130 on Ctrl-C (the summary is printed "
+            "and the verdicts written are kept)."
         ),
         epilog=examples(
             "moderator scan ./photos --engine fake --policies policies",
