@@ -145,7 +145,30 @@ def test_validate_merged_threshold_error_has_a_line(
     code, _, err = run(capsys, "validate", d)
     assert code == 2
     assert err == (
-        f"{d}/shop.yaml:3: categories.O3: review_at 0.9 is above block_at 0.5 after inheritance\n"
+        f"{d}/shop.yaml:3: categories.O3: review_at 0.9 (base.yaml, top level) is above "
+        "block_at 0.5 (shop.yaml, top level) once merged\n"
+    )
+
+
+def test_validate_a_surfaces_threshold_above_the_top_levels_names_the_surfaces_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = policy_dir(
+        tmp_path / "p",
+        edge=(
+            "categories:\n"
+            "  O4: {block_at: 0.5}\n"
+            "surfaces:\n"
+            "  chat:\n"
+            "    categories:\n"
+            "      O4: {review_at: 0.9}\n"
+        ),
+    )
+    code, _, err = run(capsys, "validate", d)
+    assert code == 2
+    assert err == (
+        f"{d}/edge.yaml:6: surfaces.chat.categories.O4: review_at 0.9 (edge.yaml, surfaces.chat) "
+        "is above block_at 0.5 (edge.yaml, top level) once merged\n"
     )
 
 

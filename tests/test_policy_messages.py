@@ -237,8 +237,8 @@ def test_a_rule_across_files_finds_a_lower_case_key(tmp_path: Path) -> None:
     )
     result = check(tmp_path, TenancySettings())
     assert result.errors == (
-        f"{tmp_path / 'kids.yaml'}:4: categories.O5: review_at 0.9 is above block_at 0.5 after "
-        "inheritance",
+        f"{tmp_path / 'kids.yaml'}:4: categories.O5: review_at 0.9 (kids.yaml, top level) is "
+        "above block_at 0.5 (base.yaml, top level) once merged",
     )
 
 

@@ -47,6 +47,7 @@ _TEXTS = ("should_not", "can", "allowed_text", "sensitive_text")
 
 # field -> (value, (name of the file that set it, merge step))
 _Fields = dict[str, tuple[Any, tuple[str, int]]]
+_Scope = tuple[str, int]  # the surface resolved, and the first merge step of its overrides
 
 
 def default_locations(tenant_id: str, tenancy: Tenancy) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -144,10 +145,10 @@ def resolve(
         surface=surface if merged.overridden else "default",
         chain=chain,
         categories=tuple(
-            _category(code, name, categories[code], sources)
+            _category(code, name, categories[code], sources, (surface, merged.overrides_from))
             for code, name in zip(CODES, CATEGORIES, strict=False)
         ),
-        none_applying=_none_applying(none_applying, sources),
+        none_applying=_none_applying(none_applying, sources, (surface, merged.overrides_from)),
         on_error=_on_error(on_error, chain[0], sources),
         buckets=buckets,
         prefixes=prefixes,
@@ -248,7 +249,7 @@ def _value(fields: _Fields, name: str) -> Any:
 
 
 def _category(
-    code: str, name: str, fields: _Fields, sources: Mapping[str, Path] | None
+    code: str, name: str, fields: _Fields, sources: Mapping[str, Path] | None, scope: _Scope
 ) -> ResolvedCategory:
     for text in _TEXTS:
         value = _value(fields, text)
@@ -263,7 +264,7 @@ def _category(
         # A layer that changes the mode without naming an action gets the mode's own default:
         # `mode: allowed` on top of the default policy's `action: block` means allow.
         action = _MODE_ACTION[mode]
-    block_at, review_at = _thresholds(f"categories.{code}", fields, sources)
+    block_at, review_at = _thresholds(f"categories.{code}", fields, sources, scope)
     return ResolvedCategory(
         code=code,
         name=name,
@@ -278,24 +279,35 @@ def _category(
     )
 
 
-def _none_applying(fields: _Fields, sources: Mapping[str, Path] | None) -> ResolvedNoneApplying:
-    block_at, review_at = _thresholds("none_applying", fields, sources)
+def _none_applying(
+    fields: _Fields, sources: Mapping[str, Path] | None, scope: _Scope
+) -> ResolvedNoneApplying:
+    block_at, review_at = _thresholds("none_applying", fields, sources, scope)
     action = cast(Action, _value(fields, "action") or "review")
     return ResolvedNoneApplying(action=action, block_at=block_at, review_at=review_at)
 
 
 def _thresholds(
-    where: str, fields: _Fields, sources: Mapping[str, Path] | None
+    where: str, fields: _Fields, sources: Mapping[str, Path] | None, scope: _Scope
 ) -> tuple[float | None, float | None]:
-    """Thresholds merged from different files must still be ordered."""
+    """Thresholds merged from different files and surfaces must still be ordered."""
     block_at, review_at = _value(fields, "block_at"), _value(fields, "review_at")
     if block_at is not None and review_at is not None and review_at > block_at:
-        # Blame the file merged last: it set the later of the two values.
+        # Blame the file merged last, where it set the later of the two values.
         origin = max(fields["block_at"][1], fields["review_at"][1], key=lambda o: o[1])
+        surface, overrides_from = scope
+
+        def set_in(name: str) -> str:
+            stem, step = fields[name][1]
+            part = f"surfaces.{surface}" if step >= overrides_from else "top level"
+            return f"{_path(sources, stem).name}, {part}"
+
+        key = f"surfaces.{surface}.{where}" if origin[1] >= overrides_from else where
         raise PolicyError(
             _path(sources, origin[0]),
             None,
-            f"{where}: review_at {review_at} is above block_at {block_at} after inheritance",
+            f"{key}: review_at {review_at} ({set_in('review_at')}) is above block_at "
+            f"{block_at} ({set_in('block_at')}) once merged",
         )
     return block_at, review_at
 
