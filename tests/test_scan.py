@@ -332,7 +332,7 @@ class _StubProcessor:
 VERDICT_DOC = {"object": {"bucket": LOCAL_BUCKET, "key": "k"}, "error": None}
 
 
-def _run_stub(out: io.StringIO, n: int, max_in_flight: int) -> tuple[Scan, _StubProcessor]:
+def _stub_scan(out: io.StringIO, max_in_flight: int) -> tuple[Scan, _StubProcessor]:
     processor = _StubProcessor(json.dumps(VERDICT_DOC).encode())
     scan = Scan(
         processor,  # type: ignore[arg-type]  # duck-typed stand-in for Processor
@@ -342,6 +342,11 @@ def _run_stub(out: io.StringIO, n: int, max_in_flight: int) -> tuple[Scan, _Stub
         verdicts_topic="v",
         max_in_flight=max_in_flight,
     )
+    return scan, processor
+
+
+def _run_stub(out: io.StringIO, n: int, max_in_flight: int) -> tuple[Scan, _StubProcessor]:
+    scan, processor = _stub_scan(out, max_in_flight)
     items = (Item(LOCAL_BUCKET, f"f{i:03d}.png", 10) for i in range(n))
     try:
         scan.run(items, Progress(io.StringIO()))
@@ -428,15 +433,7 @@ def test_progress_in_a_log_is_one_line_each() -> None:
 
 def test_ctrl_c_prints_the_summary_and_no_line_follows_the_count() -> None:
     out, shown = io.StringIO(), io.StringIO()
-    processor = _StubProcessor(json.dumps(VERDICT_DOC).encode())
-    scan = Scan(
-        processor,  # type: ignore[arg-type]  # duck-typed stand-in for Processor
-        out,
-        tenant_id="default",
-        local=True,
-        verdicts_topic="v",
-        max_in_flight=64,
-    )
+    scan, processor = _stub_scan(out, 64)
 
     def items() -> Any:  # Ctrl-C while listing, with verdicts still in flight
         for i in range(40):
