@@ -346,3 +346,19 @@ def test_no_reason_is_in_pydantic_wording(doc: dict[str, Any]) -> None:
         assert err.line is not None and err.line >= 1
         for wording in ("Input should be", "Value error", "valid tuple", "instance of"):
             assert wording not in err.reason, err.reason
+
+
+def test_allow_for_every_error_is_told_to_write_the_map() -> None:
+    found = problem("on_error: allow\n")
+    assert found.startswith(f"{KIDS}:1: on_error: allow for every error would allow the security")
+    assert "{default: allow, corrupt_image: review," in found
+
+
+def test_a_map_allowing_by_default_names_only_the_security_errors_it_misses() -> None:
+    codes = ("corrupt_image", "decode_timeout", "decompression_bomb", "object_too_large")
+    kept = "".join(f"  {code}: block\n" for code in codes)
+    found = problem(f"on_error:\n  default: allow\n{kept}")
+    assert found.endswith(
+        "on_error allows by default: name the security errors it would allow (tenant_mismatch, "
+        "unknown_tenant, unsupported_format) with review or block"
+    )

@@ -327,10 +327,16 @@ def _check_on_error(value: Action | dict[str, Action] | None) -> Action | dict[s
             security = {c.value for c in SECURITY_ERRORS}
             if code != "default":
                 raise ValueError(f"{code} is a security error and can never map to allow")
-            if not security <= set(mapping):
+            if isinstance(value, str):  # one action for every error: security errors too
                 raise ValueError(
-                    "on_error allows by default: name the security errors "
-                    f"({', '.join(sorted(security))}) with review or block"
+                    "allow for every error would allow the security errors: write a map, "
+                    "{default: allow, " + ", ".join(f"{c}: review" for c in sorted(security)) + "}"
+                )
+            missing = sorted(security - set(mapping))
+            if missing:
+                raise ValueError(
+                    "on_error allows by default: name the security errors it would allow "
+                    f"({', '.join(missing)}) with review or block"
                 )
     return value
 
