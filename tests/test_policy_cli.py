@@ -308,7 +308,8 @@ def test_render_surface_without_override(capsys: pytest.CaptureFixture[str]) -> 
     assert code == 0
     policy = check(SHIPPED, TenancySettings()).policies[("kids", "default")]
     assert out.splitlines()[1:3] == [
-        "surface        default (requested 'banner': no override declared for it)",
+        "surface        default (requested 'banner': no override declared for it; declared: "
+        "profile_photo)",
         f"version        {policy.version}",
     ]
 

@@ -187,7 +187,16 @@ def render_text(
     resolved = policy.resolved
     in_force = resolved.surface
     if in_force != requested:
-        surface = f"{in_force} (requested {requested!r}: no override declared for it)"
+        declared = sorted(
+            {
+                name
+                for stem in resolved.chain
+                if stem in result.files
+                for name in result.files[stem].surfaces
+            }
+        )
+        named = f"declared: {', '.join(declared)}" if declared else "the chain declares none"
+        surface = f"{in_force} (requested {requested!r}: no override declared for it; {named})"
     else:
         surface = in_force
     header = [
