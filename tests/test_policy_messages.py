@@ -362,3 +362,10 @@ def test_a_map_allowing_by_default_names_only_the_security_errors_it_misses() ->
         "on_error allows by default: name the security errors it would allow (tenant_mismatch, "
         "unknown_tenant, unsupported_format) with review or block"
     )
+
+
+def test_a_control_character_is_reported_at_its_texts_line() -> None:
+    text = 'owner: a\ncategories:\n  O1:\n    should_not:\n      - fine\n      - "cut\\x1bhere"\n'
+    assert problem(text) == (
+        f"{KIDS}:6: categories.O1.should_not[1]: holds the control character \\x1b"
+    )

@@ -22,6 +22,7 @@ without the suffix is the tenant id.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Protocol
@@ -334,13 +335,28 @@ def _errors(errors: list[ErrorDetails], lines: dict[Loc, int]) -> list[tuple[int
     for order, error in enumerate(relevant(errors)):
         where = _locate(error["loc"], lines)
         where = _named_key(error, where, lines)
-        located.append((lines[where], order, where, reason(error)))
+        field, message = ".".join(str(part) for part in where) or "(top level)", reason(error)
+        if not where and (inner := _TEXT_PATH.match(message)) is not None:
+            # the whole-file check of the texts (a control character) names the key itself
+            where = _locate(_loc_of(inner[1]), lines)
+            field, message = (inner[1], message[len(inner[0]) :]) if where else (field, message)
+        located.append((lines[where], order, where, field, message))
     located.sort()
     problems: dict[Loc, tuple[int, str]] = {}
-    for line, _, where, message in located:
-        field = ".".join(str(part) for part in where) or "(top level)"
+    for line, _, where, field, message in located:
         problems.setdefault(where, (line, f"{field}: {message}"))
     return list(problems.values())
+
+
+_TEXT_PATH = re.compile(r"([A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+|\[\d+\])*): ")
+
+
+def _loc_of(field: str) -> Loc:
+    """`categories.O1.should_not[0]` as a pydantic location."""
+    loc: list[str | int] = []
+    for name, *indices in (part.replace("]", "").split("[") for part in field.split(".")):
+        loc += [name, *map(int, indices)]
+    return tuple(loc)
 
 
 def _locate(loc: tuple[str | int, ...], lines: dict[Loc, int]) -> Loc:
