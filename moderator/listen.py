@@ -13,6 +13,11 @@ def bind_reason(exc: OSError) -> str:
         return "the port is in use"
     if exc.errno == errno.EACCES:
         return "permission denied"
-    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+    if no_such_address(exc):
         return "no such local address"
     return exc.strerror or str(exc)
+
+
+def no_such_address(exc: OSError) -> bool:
+    """Whether the host, not the port, is at fault: not an address of this machine."""
+    return isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL

@@ -21,7 +21,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from moderator.errors import ConfigError
-from moderator.listen import bind_reason
+from moderator.listen import bind_reason, no_such_address
 from moderator.obs.telemetry import Telemetry
 from moderator.settings import HttpSettings
 
@@ -145,7 +145,7 @@ def serving(settings: HttpSettings, telemetry: Telemetry | None = None) -> Itera
 
 def _bind_problem(host: str, port: int, exc: OSError) -> str:
     why = bind_reason(exc)
-    if why == "no such local address":  # the host is at fault, not the port
+    if no_such_address(exc):
         return (
             f"http.host: cannot listen on {host}:{port}: {why} (set http.host or "
             "MODERATOR_HTTP__HOST to an address of this machine: 0.0.0.0 for every interface, "
