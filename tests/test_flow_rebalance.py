@@ -6,6 +6,9 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+import structlog
+
 from moderator.fetch.store import InMemoryObjectStore
 from moderator.ingest.memory.broker import MemoryBroker
 from tests.harness import (
@@ -75,3 +78,34 @@ def test_backpressure_does_not_wait_for_the_commit_interval(tmp_path: Path) -> N
     inst.shutdown()
     assert inst.error is None and inst.loop.stats.pauses > 0
     assert elapsed < 8, f"{elapsed:.1f}s: intake waited for the commit interval while paused"
+
+
+@pytest.mark.usefixtures("info_logs")
+def test_a_pause_held_only_by_uncommitted_completions_commits_at_once(tmp_path: Path) -> None:
+    """Paused at 16 in flight with a low-water mark of 12: once the first batch of 4 is done,
+    12 events are left and only the 4 completed, uncommitted messages keep intake paused. The
+    loop commits them then and there and resumes; before, it waited for the next commit (8
+    completions or the interval), with the pipeline emptying meanwhile."""
+    broker, store = MemoryBroker(default_partitions=1), InMemoryObjectStore()
+    ids, _ = seed_uploads(broker, store, 40)
+    settings = settings_for(
+        write_policies(tmp_path),
+        **{
+            "flow.high_in_flight": 16,
+            "flow.low_in_flight": 12,
+            "flow.poll_batch": 16,
+            "fetch.concurrency": 1,  # in offset order: the first batch can be committed
+            "engine.batch_size": 4,
+            "engine.max_wait_ms": 1000,  # batches of exactly 4
+            "engine.fake.latency_ms": 300,
+            "kafka.commit_interval_ms": 2000,
+            "kafka.commit_max_events": 100_000,
+        },
+    )
+    with structlog.testing.capture_logs() as lines:
+        inst = Instance(broker, store, settings).start()
+        wait_for(lambda: len(verdict_ids(broker)) == len(ids), timeout=30, what="all verdicts")
+        inst.shutdown()
+    assert inst.error is None
+    resumed = [line["in_flight"] for line in lines if line["event"] == "resumed"]
+    assert resumed and resumed[0] == 12, f"in flight at each resume: {resumed}"

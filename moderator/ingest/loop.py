@@ -130,10 +130,10 @@ class IngestLoop:
         for msg in messages:
             self._accept(msg)
         self._collect()
-        self._apply_flow()
-        self._obs.tick(self.in_flight, self.paused, self._processor.buffered_bytes, self._lag)
         if self._checkpoint_due():
             self._checkpoint()
+        self._apply_flow()
+        self._obs.tick(self.in_flight, self.paused, self._processor.buffered_bytes, self._lag)
 
     def _drain(self) -> None:
         grace = self._s.flow.drain_grace_s
@@ -275,13 +275,21 @@ class IngestLoop:
     # -- checkpoint ----------------------------------------------------------------------------
 
     def _checkpoint_due(self) -> bool:
-        """Every commit_interval_ms, or once enough completions wait. Completed messages count
-        as in flight until committed, so waiting for more than half the high-water mark would
-        let backpressure stall intake until the interval runs out."""
-        kafka = self._s.kafka
+        """Every commit_interval_ms, or once enough completions wait, or while intake is paused
+        only because completions wait for their commit. Completed messages count as in flight
+        until committed, so waiting for more would let backpressure stall intake until the
+        interval runs out, with the pipeline idle meanwhile."""
+        kafka, flow = self._s.kafka, self._s.flow
         elapsed_ms = (time.monotonic() - self._last_commit) * 1000
-        enough = min(kafka.commit_max_events, max(1, self._s.flow.high_in_flight // 2))
-        return elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= enough
+        enough = min(kafka.commit_max_events, max(1, flow.high_in_flight // 2))
+        held_by_commit = (
+            self._gate.paused
+            and self._since_commit > 0
+            and self._jobs <= flow.low_in_flight < self._tracker.in_flight
+        )
+        return (
+            elapsed_ms >= kafka.commit_interval_ms or self._since_commit >= enough or held_by_commit
+        )
 
     def _checkpoint(self, only: set[TP] | None = None, *, revoking: bool = False) -> None:
         self._last_commit = started = time.monotonic()
