@@ -19,6 +19,7 @@ from moderator.engine.guard.prompting import hf_messages
 from moderator.engine.smoke import CARD, MARKER, card_identity
 from moderator.errors import ConfigError
 from moderator.settings import EngineSettings
+from moderator.training.finetune.merge import SOURCE_MUST
 
 pytestmark = pytest.mark.transformers
 
@@ -260,7 +261,8 @@ def test_bad_input_is_one_line(tiny: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert "no such run or adapter directory" in one_line_error(tmp_path / "nope", out)
     (tmp_path / "empty").mkdir()
-    assert "neither a LoRA adapter" in one_line_error(tmp_path / "empty", out)
+    message = one_line_error(tmp_path / "empty", out)
+    assert "neither a LoRA adapter" in message and message.endswith(SOURCE_MUST)
     message = one_line_error(adapter, out, base=tiny["llava-onevision"])
     assert "trained on Qwen2VLForConditionalGeneration" in message
     assert "is LlavaOnevisionForConditionalGeneration" in message
@@ -282,6 +284,17 @@ def test_bad_input_is_one_line(tiny: dict[str, Path], tmp_path: Path) -> None:
     assert message.endswith(f"--out: {tmp_path / 'afile'} exists and is not a directory")
     message = one_line_error(adapter, tmp_path / "afile" / "out", base=tiny["qwen2-vl"])
     assert "is not a directory" in message and "cannot create" in message
+
+
+def test_a_model_outside_any_run_is_not_a_source(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """A plain checkpoint (no run around it, no adapter) was never trained here: merging it
+    would write a card that claims a full fine-tuning run."""
+    message = one_line_error(tiny["qwen2-vl"], tmp_path / "out")
+    assert message == (
+        f"train merge: {tiny['qwen2-vl']} holds a model that belongs to no run (no config.yaml "
+        f"beside it); {SOURCE_MUST}"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_bad_out_is_refused_before_the_merge_says_anything(

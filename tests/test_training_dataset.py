@@ -134,8 +134,23 @@ def answer(**values: object) -> list[dict[str, object]]:
             "conversations[0].from: must be 'human'",
         ),
         (
-            entry(conversations=[{"from": "human", "value": "x"}, {"from": "gpt", "value": "no"}]),
+            entry(
+                conversations=[
+                    {"from": "human", "value": "<image>\nx"},
+                    {"from": "gpt", "value": "no"},
+                ]
+            ),
             "conversations[1].value: not a JSON answer",
+        ),
+        (
+            entry(conversations=[{"from": "human", "value": "Check it"}, answer()[1]]),
+            "conversations[0].value: must be '<image>', a newline, then the policy prompt; "
+            "got 'Check it'",
+        ),
+        (
+            entry(conversations=[{"from": "human", "value": "<image>Check"}, answer()[1]]),
+            "conversations[0].value: must be '<image>', a newline, then the policy prompt; "
+            "got '<image>Check'",
         ),
         (
             entry(conversations=answer(rating="Bad", category=NA)),

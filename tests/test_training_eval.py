@@ -154,13 +154,25 @@ def test_a_corrupt_image_is_an_error_prediction_and_a_missing_one_stops_early(
     assert main([*argv, "--report", str(tmp_path / "r")]) == 0
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["header"]["errors"] == {"corrupt_image": 1}
-    assert (metrics["unparseable"], metrics["fp"]) == (1, 1)
+    # A failed request is an error, not an answer the parser could not read; still wrong.
+    assert (metrics["errors"], metrics["unparseable"], metrics["fp"]) == (1, 0, 1)
+    assert metrics["confusion"]["Safe"]["error"] == 1
     assert len(server.backend.calls) == 4  # type: ignore[attr-defined]
-    capsys.readouterr()
+    out, err = capsys.readouterr()
+    assert re.search(
+        r"^eval: warning: 1 sample\(s\) failed with corrupt_image \(no answer; counted as "
+        r"wrong\): 's1' \(images/s1.png\); \S",
+        err,
+        re.M,
+    )
+    assert "errors                 1" in out and "unparseable            0" in out
     (tmp_path / "images" / "s2.png").unlink()
     assert main([*argv, "--report", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
-    assert err == "moderator: eval: 1 image file(s) not found: 'images/s2.png'\n"
+    assert err == (
+        f"moderator: eval: 1 image file(s) not found: {dataset} sample 's2' (images/s2.png); "
+        f"relative image paths are taken from the dataset file's folder ({tmp_path})\n"
+    )
     assert len(server.backend.calls) == 4  # type: ignore[attr-defined]
     assert not (tmp_path / "r2").exists()
 
@@ -206,10 +218,15 @@ def test_the_default_prompt_comes_from_the_policy_directory(tmp_path: Path) -> N
 
 def test_progress_line_and_durations() -> None:
     stream = io.StringIO()
-    RunProgress(stream, "eval").finish(Counts(10, 3, 1, 0))
-    line = stream.getvalue()
-    pattern = r"eval: 3/10 samples \(30%\), errors 1, [\d.]+ samples/s, ETA [\w ]+, [\d.]+ s\n"
-    assert re.fullmatch(pattern, line), line
+    progress = RunProgress(stream, "eval")
+    progress._next = 0.0  # the next tick draws
+    progress.tick(Counts(10, 3, 1, 0), listing=False)
+    progress.finish(Counts(10, 3, 1, 0))
+    ticked, final = stream.getvalue().splitlines()
+    pattern = r"eval: 3/10 samples \(30%\), errors 1, [\d.]+ samples/s"
+    assert re.fullmatch(pattern + r", ETA [\w ]+", ticked), ticked
+    # The final line (also where a Ctrl-C stopped the run) has the wall time, no ETA.
+    assert re.fullmatch(pattern + r", [\d.]+ s", final), final
     assert [duration(s) for s in (0.2, 12, 184, 7500)] == [
         "0 s",
         "12 s",
@@ -323,10 +340,21 @@ def test_the_header_fingerprints_the_dataset(
 
 
 def test_missing_images_are_listed_once_with_their_sample_count() -> None:
-    from moderator.training.predictions import not_found
+    from moderator.training.predictions import missing_images, not_found
 
-    # Augmented variants share their original's image: each path once, and the samples.
-    assert not_found(["a.png", "b.png", "a.png", "a.png"]) == (
-        "2 image file(s) not found (for 4 samples): 'a.png', 'b.png'"
+    # Augmented variants share their original's image: each path once, with its first sample
+    # and how many more use it; the dataset file named, and where relative paths start.
+    data = Path("data") / "test.json"
+    samples = [
+        Sample(id=i, image=image, rating="Safe", category=NA)
+        for i, image in (("a", "../p/a.png"), ("b", "b.png"), ("a_x", "../p/a.png"))
+    ]
+    assert not_found(missing_images(data, samples)) == (
+        "2 image file(s) not found (for 3 samples): data/test.json sample 'a' (../p/a.png; 1 "
+        "more sample(s) use it), data/test.json sample 'b' (b.png); relative image paths are "
+        "taken from the dataset file's folder (data)"
     )
-    assert not_found(["a.png"]) == "1 image file(s) not found: 'a.png'"
+    assert not_found(missing_images(data, samples[1:2])) == (
+        "1 image file(s) not found: data/test.json sample 'b' (b.png); relative image paths "
+        "are taken from the dataset file's folder (data)"
+    )

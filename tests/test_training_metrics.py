@@ -94,8 +94,8 @@ def test_rating_metrics_by_hand(fixed: dict[str, Any]) -> None:
     assert fixed["f1"] == pytest.approx(2 * 3 / (2 * 3 + 3 + 2))  # 6/11
     assert fixed["f2"] == pytest.approx(5 * 3 / (5 * 3 + 4 * 3 + 2))  # 15/29
     assert fixed["confusion"] == {
-        "Safe": {"Safe": 4, "Unsafe": 0, "unparseable": 1, "missing": 1},
-        "Unsafe": {"Safe": 2, "Unsafe": 3, "unparseable": 1, "missing": 0},
+        "Safe": {"Safe": 4, "Unsafe": 0, "unparseable": 1, "error": 0, "missing": 1},
+        "Unsafe": {"Safe": 2, "Unsafe": 3, "unparseable": 1, "error": 0, "missing": 0},
     }
     assert fixed["samples_per_second"] == pytest.approx(12 / 4.0)
 

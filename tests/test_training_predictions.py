@@ -88,7 +88,10 @@ def test_engine_results_become_predictions() -> None:
     )
     assert prediction_from_result("b", unparseable) == Prediction("b", None, None, None, "hm")
     failed = EngineResult(error_code=ErrorCode.ENGINE_TIMEOUT, error_message="60 s")
-    assert prediction_from_result("c", failed) == Prediction("c", None, None, None, "")
+    assert prediction_from_result("c", failed) == Prediction(
+        "c", None, None, None, "", error="engine_timeout", error_message="60 s"
+    )
+    assert prediction_from_result("a", ok, smoke_test=True).smoke_test
 
 
 def test_written_predictions_read_back_the_same(tmp_path: Path) -> None:

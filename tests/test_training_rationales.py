@@ -400,7 +400,9 @@ def test_output_and_engine_are_checked_first(
     assert "--engine E is required" in capsys.readouterr().err
     (tmp_path / "data" / "images" / "s2.png").unlink()
     assert main([*base, str(tmp_path / "o.json"), "--engine", "fake"]) == 2
-    assert "1 image file(s) not found: 'images/s2.png'" in capsys.readouterr().err
+    assert f"1 image file(s) not found: {dataset} sample 's2' (images/s2.png)" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "o.json").exists()
 
 

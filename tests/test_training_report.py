@@ -39,13 +39,14 @@ INTERFACE_KEYS = (
 )
 ALL_KEYS = {
     *INTERFACE_KEYS,
-    *("unsafe", "safe", "missing", "confusion", "tp", "fp", "tn", "fn"),
+    *("unsafe", "safe", "errors", "missing", "confusion", "tp", "fp", "tn", "fn"),
     *("category_accuracy_unsafe", "policy_exceptions", "per_augmentation", "default_policy"),
     *("elapsed_s", "samples_per_second", "scored", "roc_auc", "pr_auc", "brier"),
     *("calibration", "thresholds", "header"),
 }
 GROUP_KEYS = {
-    *("n", "unsafe", "safe", "unparseable", "missing", "confusion", "tp", "fp", "tn", "fn"),
+    *("n", "unsafe", "safe", "unparseable", "errors", "missing", "confusion"),
+    *("tp", "fp", "tn", "fn"),
     *("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "f2"),
     *("category_accuracy", "category_accuracy_unsafe"),
 }
@@ -286,7 +287,12 @@ def test_compare_warns_about_different_data() -> None:
 def test_compare_names_a_missing_report(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match=r"A: no metrics\.json"):
         compare(tmp_path / "nothing", tmp_path)
-    (tmp_path / "metrics.json").write_text('{"n": 1}', encoding="utf-8")
+    (tmp_path / "metrics.json").write_text(
+        json.dumps(
+            {"n": 1, "balanced_accuracy": 1.0, "recall": 1.0, "pes": None, "unparseable": 0}
+        ),
+        encoding="utf-8",
+    )
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "metrics.json").write_text("{", encoding="utf-8")
     with pytest.raises(ReportError, match=r"B: .*not valid JSON"):

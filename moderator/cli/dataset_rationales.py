@@ -156,13 +156,13 @@ def _ask(args: argparse.Namespace, settings: Settings, plan: Plan, options: Opti
     """Check the engine's files and the images to ask about, load the engine and ask."""
     from moderator.cli.offline import policies_dir
     from moderator.cli.preflight import check_engine_files
-    from moderator.training.evaluate import Engines, ImageSource, default_policy_prompt
-    from moderator.training.predictions import not_found
+    from moderator.training.evaluate import Engines, default_policy_prompt
+    from moderator.training.predictions import missing_images, not_found
     from moderator.training.rationales import Target, fill_rationales
 
     directory = policies_dir(args, settings)
     check_engine_files(settings.engine)
-    missing = ImageSource(args.dataset, settings).missing_local([s.image for s in plan.todo])
+    missing = missing_images(args.dataset, plan.todo)
     if missing:
         raise ConfigError(f"dataset rationales: {not_found(missing)}")
     prompt, _ = default_policy_prompt(directory, settings.tenancy)

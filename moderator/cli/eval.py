@@ -5,7 +5,8 @@ engine and window code as the service: moderator/training/evaluate.py) or scores
 model outputs (`--predictions FILE`, parsed by the service's parser). The metrics and the report
 directory come from moderator/training/metrics.py and report.py. `moderator eval compare A B`
 sets two report directories side by side. Exit 0 when the report is written, 1 on a runtime
-failure, 2 on bad arguments, settings or input files.
+failure or when every sample's request failed (the report is written first), 2 on bad
+arguments, settings or input files.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from moderator.cli.style import (
     add_policies_flag,
     examples,
 )
-from moderator.errors import ConfigError
+from moderator.errors import ConfigError, ModeratorError
 
 if TYPE_CHECKING:
     from moderator.settings import Settings
@@ -42,8 +43,10 @@ DESCRIPTION = (
     '{"id": ..., "output": "<raw model text>", "score": P(Unsafe) (optional)}, parsed by '
     "the service's own parser. The report directory gets metrics.json, report.md, report.html, "
     "PNG plots and misclassified.jsonl (plus predictions.jsonl after an engine run); the main "
-    "metrics are printed. docs/evaluation.md defines every metric. Exit 0 when the report is "
-    "written, 1 on a runtime failure, 2 on bad arguments, settings or input files."
+    "metrics are printed; a sample whose request failed (an image that cannot be read or "
+    "decoded, an engine error) counts as wrong, in `errors`. docs/evaluation.md defines every "
+    "metric. Exit 0 when the report is written, 1 on a runtime failure or when every sample's "
+    "request failed (the report is written first), 2 on bad arguments, settings or input files."
 )
 EXAMPLES = examples(
     "moderator eval --dataset data/test.json --engine transformers --model ./LlavaGuard-0.5B "
@@ -60,7 +63,7 @@ COMPARE_DESCRIPTION = (
     "cannot be written."
 )
 # Printed after a run, after the headline metrics (all of them are in metrics.json).
-SHOWN_AFTER = ("missing", "roc_auc", "pr_auc", "samples_per_second")
+SHOWN_AFTER = ("errors", "missing", "roc_auc", "pr_auc", "samples_per_second")
 
 
 def add_eval_parser(sub: Any) -> None:
@@ -128,12 +131,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = offline_settings(args)
     samples = read_dataset(args.dataset)
+    beyond = {s.id for s in samples[args.limit :]} if args.limit is not None else set()
     if args.limit is not None:
         samples = samples[: args.limit]
     if not samples:
         raise ConfigError(f"eval: {args.dataset} holds no samples")
     if args.predictions is not None:
-        predictions, elapsed, source = _from_file(args.predictions, samples)
+        predictions, elapsed, source = _from_file(args.predictions, samples, beyond)
     else:
         try:
             predictions, elapsed, source = _from_engine(args, settings, samples)
@@ -146,8 +150,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
             raise
     from moderator.training.metrics import compute
+    from moderator.training.predictions import failure_lines
     from moderator.training.report import PREDICTIONS_FILE, write_report
 
+    for line in failure_lines(samples, predictions):
+        print(f"eval: warning: {line}", file=sys.stderr)
     _create(args.report)
     metrics = compute(samples, predictions, elapsed_s=elapsed)
     header = {
@@ -167,7 +174,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for line in summary_lines(metrics):
         print(line)
     print(f"report: {args.report / 'report.md'}")
+    if metrics["errors"] == len(samples):
+        raise ModeratorError(
+            f"eval: every sample failed ({_codes(predictions)}): no model answer to score; "
+            f"{args.report / 'misclassified.jsonl'} has each error"
+        )
     return 0
+
+
+def _codes(predictions: list[Prediction]) -> str:
+    """`decompression_bomb 3, fetch_failed 1`: the failed requests by error code."""
+    from moderator.training.predictions import error_counts
+
+    failed = [p for p in predictions if p.failed]
+    return ", ".join(f"{code} {n}" for code, n in error_counts(failed).items())
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -210,15 +230,25 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _from_file(
-    path: Path, samples: list[Sample]
+    path: Path, samples: list[Sample], beyond: set[str]
 ) -> tuple[list[Prediction], float | None, dict[str, Any]]:
-    from moderator.training.predictions import match, read_predictions
+    """The predictions for `samples` (those for the ids in `beyond`, the samples after
+    --limit, are passed over) and the header's source: the file, the request errors its lines
+    record and, when a smoke-test model gave any of its answers, `smoke_test`."""
+    from moderator.training.predictions import error_counts, match, read_predictions
 
-    matched = match(samples, read_predictions(path))
+    matched = match(samples, read_predictions(path), beyond)
     for note in matched.notes():
         print(f"eval: warning: {note}", file=sys.stderr)
-    source = {"source": "predictions", "predictions": str(path)}
-    return matched.predictions, None, source
+    predictions = matched.predictions
+    source: dict[str, Any] = {
+        "source": "predictions",
+        "predictions": str(path),
+        "errors": error_counts(predictions),
+    }
+    if any(p.smoke_test for p in predictions):
+        source["smoke_test"] = True
+    return predictions, None, source
 
 
 def _from_engine(
@@ -231,13 +261,18 @@ def _from_engine(
         default_policy_prompt,
         evaluate_engine,
     )
-    from moderator.training.predictions import not_found, write_predictions
+    from moderator.training.predictions import (
+        error_counts,
+        missing_images,
+        not_found,
+        write_predictions,
+    )
     from moderator.training.report import PREDICTIONS_FILE
 
     directory = policies_dir(args, settings)
     check_engine_files(settings.engine)
     images = ImageSource(args.dataset, settings)
-    missing = images.missing_local([s.image for s in samples])
+    missing = missing_images(args.dataset, samples)
     if missing:
         raise ConfigError(f"eval: {not_found(missing)}")
     prompt, where = default_policy_prompt(directory, settings.tenancy)
@@ -262,13 +297,15 @@ def _from_engine(
         "model": run.model.name,
         "revision": run.model.revision,
         "smoke_test": run.model.smoke_test,
-        "errors": run.stats.errors,
+        "errors": error_counts(run.predictions),
     }
     return run.predictions, run.stats.seconds, source
 
 
 def score_note(predictions: list[Prediction]) -> str | None:
-    """Why the score metrics are missing or cover only part of an engine run, or None."""
+    """Why the score metrics are missing or cover only part of an engine run, or None (also
+    when no request got an answer: the failures are reported on their own)."""
+    predictions = [p for p in predictions if not p.failed]
     scored = sum(1 for p in predictions if p.score is not None)
     if scored == len(predictions):
         return None

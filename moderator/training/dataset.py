@@ -262,8 +262,12 @@ def _parse_entry(entry: Any) -> Sample:
     if not isinstance(turns, list) or len(turns) != 2:
         raise _Bad("conversations", "must be a list of two turns, human then gpt")
     human, gpt = (_turn(turns[n], n, role) for n, role in enumerate(_ROLES))
-    prompt = human[len(IMAGE_TOKEN) :] if human.startswith(IMAGE_TOKEN) else human
-    prompt = prompt.removeprefix("\n")
+    if human != IMAGE_TOKEN and not human.startswith(IMAGE_TOKEN + "\n"):
+        raise _Bad(
+            "conversations[0].value",
+            f"must be {IMAGE_TOKEN!r}, a newline, then the policy prompt; got {_shown(human)}",
+        )
+    prompt = human.removeprefix(IMAGE_TOKEN).removeprefix("\n")
     answer = _answer(gpt)
     fields: dict[str, Any] = {
         "id": entry.get("id"),

@@ -44,7 +44,7 @@ from moderator.policy.registry import SURFACE_DEFAULT
 from moderator.policy.resolve import resolve
 from moderator.settings import Settings, TenancySettings
 from moderator.training.dataset import Sample, resolve_image
-from moderator.training.interrupt import stop_window
+from moderator.training.interrupt import cancelled, stop_window
 from moderator.training.metrics import Prediction
 from moderator.training.predictions import prediction_from_result
 from moderator.training.run_progress import RunProgress
@@ -126,15 +126,6 @@ class ImageSource:
             LOCAL_BUCKET, str(resolve_image(self._dataset, image)), None, max_bytes
         ).data
 
-    def missing_local(self, images: Sequence[str]) -> list[str]:
-        """The local image references that name no file (a cheap check before a long run)."""
-        return [
-            image
-            for image in images
-            if isinstance(where := resolve_image(self._dataset, image), Path)
-            and not where.is_file()
-        ]
-
     def _s3_store(self) -> ObjectStore:
         with self._lock:
             if self._s3 is None:
@@ -158,7 +149,9 @@ OnResult = Callable[[Job, EngineResult], None]
 class EngineRunner:
     """Feeds jobs to an engine window with at most `max_in_flight` unresolved; images are read
     and decoded on `loaders` threads. `on_result` is called once per job, on a worker thread
-    (an image that cannot be read or decoded gives an error result with its error code)."""
+    (an image that cannot be read or decoded gives an error result with its error code), except
+    for the jobs a Ctrl-C cancelled before the engine saw them: those are not done, not errors,
+    and `on_result` never hears of them."""
 
     def __init__(
         self,
@@ -182,6 +175,7 @@ class EngineRunner:
         self._done = 0
         self._errors: Counter[str] = Counter()
         self._fatal: str | None = None
+        self._stopping = False  # Ctrl-C: the window's unsent requests are cancelled, not failed
 
     def run(self, jobs: Sequence[Job], on_result: OnResult, progress: Progress) -> RunStats:
         """Every job through the engine; raises ModeratorError when `on_result` failed (after
@@ -198,6 +192,8 @@ class EngineRunner:
                     self._cond.wait(progress.every_s)
                 progress.tick(self._counts(len(jobs)), listing=False)
         except KeyboardInterrupt:
+            with self._cond:
+                self._stopping = True
             pool.shutdown(wait=False, cancel_futures=True)
             stop_window(self._window, progress.note, self._label)
             progress.finish(self._counts(len(jobs)))  # where it stopped, not the last tick
@@ -252,6 +248,9 @@ class EngineRunner:
         self._finish(job, future.result().result, on_result)
 
     def _finish(self, job: Job, result: EngineResult, on_result: OnResult) -> None:
+        if self._stopping and cancelled(result):  # set before the window was closed
+            self._slots.release()
+            return
         try:
             on_result(job, result)
         except Exception as exc:  # a full disk, a bug: stop submitting, report at the end
@@ -370,9 +369,10 @@ def evaluate_engine(
     announce: bool = False,
 ) -> EngineEval:
     """Every sample through the configured engine; one prediction each, in dataset order.
-    A result without a parseable answer (unparseable output, an engine or image error) is a
-    prediction with rating None and the raw text when there was one. With `announce`, the
-    engine's loading and warm-up are reported on `progress_stream` too."""
+    A result without a parseable answer is a prediction with rating None: the raw text of
+    unparseable output, or the error code and message of a failed request (an engine or image
+    error). With `announce`, the engine's loading and warm-up are reported on
+    `progress_stream` too."""
     jobs = jobs_for(samples, default_prompt)
     results: dict[str, EngineResult] = {}
     lock = threading.Lock()
@@ -390,5 +390,6 @@ def evaluate_engine(
         model = engines.engine.info
     finally:
         engines.close()
-    predictions = [prediction_from_result(job.id, results[job.id]) for job in jobs]
+    smoke = model.smoke_test
+    predictions = [prediction_from_result(j.id, results[j.id], smoke_test=smoke) for j in jobs]
     return EngineEval(predictions, stats, model)

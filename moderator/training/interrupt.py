@@ -16,7 +16,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from moderator.engine.window import EngineWindow
+from moderator.engine.base import EngineResult
+from moderator.engine.window import CLOSED_MESSAGE, EngineWindow
+from moderator.errors import ErrorCode
 
 INTERRUPTED = 130
 WAIT_S = 24 * 3600.0
@@ -42,6 +44,13 @@ def stop_window(
         window.close(timeout=wait_s)
     except KeyboardInterrupt:
         exit_now()
+
+
+def cancelled(result: EngineResult) -> bool:
+    """A request that a window closed by `stop_window` gave back unsent (engine_error "engine
+    window closed"): not a result of the run, and not one of its errors."""
+    closed = result.error_code is ErrorCode.ENGINE_ERROR
+    return closed and result.error_message == CLOSED_MESSAGE
 
 
 def exit_now(code: int = INTERRUPTED) -> None:

@@ -1,9 +1,11 @@
 """Evaluation metrics of a guard model on a labelled dataset (docs/evaluation.md, "Metrics").
 
 Pure: samples and parsed predictions in, one JSON-ready dict out. Unsafe is the positive class.
-An answer that could not be parsed, and a sample with no prediction at all, always count as
-wrong: on an Unsafe sample as a false negative, on a Safe one as a false positive, and never as
-the right category. A value that would divide by zero is None (null in JSON), never NaN.
+An answer that could not be parsed, a request that failed without an answer (an image that
+could not be read or decoded, an engine error or timeout) and a sample with no prediction at all
+always count as wrong: on an Unsafe sample as a false negative, on a Safe one as a false
+positive, and never as the right category. A value that would divide by zero is None (null in
+JSON), never NaN.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ Rating = Literal["Safe", "Unsafe"]
 DEFAULT_POLICY = "default"  # Sample.policy of a prompt built from the default policy
 # The rule code ("NA") of the shared category string, as per-rule groups and policies name it.
 NONE_APPLYING_RULE = category_code(NONE_APPLYING)
-PREDICTED_COLUMNS = ("Safe", "Unsafe", "unparseable", "missing")  # confusion() columns
+PREDICTED_COLUMNS = ("Safe", "Unsafe", "unparseable", "error", "missing")  # confusion() columns
 # The headline figures of a run, in the order the eval command and a model card show them.
 HEADLINE = (
     "n",
@@ -57,13 +59,27 @@ class SampleLike(Protocol):
 
 @dataclass(frozen=True)
 class Prediction:
-    """A model's answer for one sample. `rating` None: the output could not be parsed."""
+    """A model's answer for one sample. `rating` None: the output could not be parsed, or the
+    request failed (`error` set: its error code, such as `corrupt_image`, and `error_message`)."""
 
     id: str
     rating: Rating | None
     category: str | None
     score: float | None  # P(Unsafe), 0..1, when the engine gives one
     output: str  # the raw model text
+    error: str | None = None  # the error code of a request that failed without an answer
+    error_message: str | None = None
+    smoke_test: bool = False  # a smoke-test model answered (the fake engine, a tiny checkpoint)
+
+    @property
+    def failed(self) -> bool:
+        """The request failed: no answer came back (not an answer the parser could not read)."""
+        return self.error is not None
+
+    @property
+    def unparseable(self) -> bool:
+        """An answer came back, but the parser could not read a rating from it."""
+        return self.rating is None and self.error is None
 
 
 @dataclass(frozen=True)
@@ -184,7 +200,8 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "n": len(outcomes),
         "unsafe": tp + fn,
         "safe": tn + fp,
-        "unparseable": sum(1 for o in outcomes if o.prediction and o.prediction.rating is None),
+        "unparseable": sum(1 for o in outcomes if o.prediction and o.prediction.unparseable),
+        "errors": sum(1 for o in outcomes if o.prediction and o.prediction.failed),
         "missing": sum(1 for o in outcomes if o.prediction is None),
         "confusion": confusion(outcomes),
         "tp": tp,
@@ -204,12 +221,15 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
 
 
 def confusion(outcomes: Iterable[Outcome]) -> dict[str, dict[str, int]]:
-    """True rating -> predicted rating ("Safe", "Unsafe", "unparseable", "missing") -> count."""
+    """True rating -> predicted rating ("Safe", "Unsafe", "unparseable", "error" for a failed
+    request, "missing") -> count."""
     table = {truth: dict.fromkeys(PREDICTED_COLUMNS, 0) for truth in ("Safe", "Unsafe")}
     for o in outcomes:
         truth = "Unsafe" if o.unsafe else "Safe"
         if o.prediction is None:
             table[truth]["missing"] += 1
+        elif o.prediction.failed:
+            table[truth]["error"] += 1
         else:
             table[truth][o.prediction.rating or "unparseable"] += 1
     return table

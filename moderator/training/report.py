@@ -26,7 +26,12 @@ from moderator.errors import ConfigError
 from moderator.replay.render import write_atomically
 from moderator.training.metrics import Prediction, SampleLike, join
 from moderator.training.report_charts import CHART_FILES, draw_charts
-from moderator.training.report_compare import compare_metrics, render_markdown, render_text
+from moderator.training.report_compare import (
+    compare_metrics,
+    render_markdown,
+    render_text,
+    report_problem,
+)
 from moderator.training.report_render import render_html
 from moderator.training.report_render import render_markdown as render_report_markdown
 from moderator.training.report_tables import error_kind, misclassified_record, report_tables
@@ -129,6 +134,12 @@ def read_metrics(path: Path, name: str = "report") -> dict[str, Any]:
         raise ReportError(f"{name}: {file}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
     if not isinstance(document, dict):
         raise ReportError(f"{name}: {file}: not a metrics document (a JSON object)")
+    problem = report_problem(document)
+    if problem is not None:
+        raise ReportError(
+            f"{name}: {file}: not an evaluation report (the metrics.json of `moderator eval "
+            f"--report`): {problem}"
+        )
     return document
 
 

@@ -47,8 +47,10 @@ def draw_charts(metrics: Mapping[str, Any], outcomes: Sequence[Outcome]) -> dict
 
 def _confusion_figure(metrics: Mapping[str, Any]) -> Figure:
     table = metrics.get("confusion") or {}
-    # The "missing" column only when some sample had no prediction.
-    columns = [c for c in PREDICTED_COLUMNS if c != "missing" or metrics.get("missing")]
+    # The "error" and "missing" columns only when some request failed, some sample had no
+    # prediction.
+    shown = {"error": metrics.get("errors"), "missing": metrics.get("missing")}
+    columns = [c for c in PREDICTED_COLUMNS if shown.get(c, True)]
     truths = ("Safe", "Unsafe")
     matrix = [[int((table.get(t) or {}).get(c, 0)) for c in columns] for t in truths]
     return count_heatmap(

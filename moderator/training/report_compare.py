@@ -8,6 +8,7 @@ either report lacks (null) is skipped.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("pr_auc", "PR-AUC", 1),
     ("brier", "Brier score", -1),
     ("calibration.ece", "Expected calibration error", -1),
+    ("errors", "Failed requests (no answer)", -1),
     ("missing", "Samples without a prediction", -1),
     ("samples_per_second", "Samples per second", 1),
     ("n", "Samples", 0),
@@ -43,7 +45,9 @@ METRICS: tuple[tuple[str, str, int], ...] = (
 )
 DECIDERS = ("balanced_accuracy", "recall", "pes", "unparseable")
 CATEGORY_METRICS = ("balanced_accuracy", "recall", "specificity", "category_accuracy")
-COUNTS = frozenset({"unparseable", "missing", "n", "policy_exceptions", "scored"})
+COUNTS = frozenset({"unparseable", "errors", "missing", "n", "policy_exceptions", "scored"})
+REQUIRED = ("n", *DECIDERS)
+"""Keys that every metrics.json of `moderator eval --report` has (null where undefined)."""
 _SHORT = {
     "balanced_accuracy": "balanced accuracy",
     "recall": "recall on Unsafe",
@@ -95,6 +99,34 @@ def compare_metrics(
         },
         "warnings": _warnings(a, b),
     }
+
+
+def report_problem(doc: Mapping[str, Any]) -> str | None:
+    """Why a metrics document is not an evaluation report (a required key missing, a metric
+    that is not a number or null, a section that is not an object), or None."""
+    missing = [key for key in REQUIRED if key not in doc]
+    if missing:
+        return f"no {', '.join(repr(k) for k in missing)}"
+    n = doc["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return f"n: must be a count of samples, got {_value(n)}"
+    for section in ("header", "per_category", "default_policy", "calibration"):
+        if doc.get(section) is not None and not isinstance(doc[section], Mapping):
+            return f"{section}: must be an object, got {_value(doc[section])}"
+    problems = [(key, lookup(doc, key)) for key, _, _ in METRICS]
+    for category, values in (doc.get("per_category") or {}).items():
+        if not isinstance(values, Mapping):
+            return f"per_category.{category}: must be an object, got {_value(values)}"
+        problems += [(f"per_category.{category}.{k}", values.get(k)) for k in CATEGORY_METRICS]
+    for key, value in problems:
+        if value is not None and _number(value) is None:
+            return f"{key}: must be a number or null, got {_value(value)}"
+    return None
+
+
+def _value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:36] + "..."
 
 
 def _row(
@@ -172,6 +204,8 @@ def _warnings(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     for name, report in (("A", a), ("B", b)):
         if lookup(report, "header.smoke_test") is True:
             model = lookup(report, "header.model") or lookup(report, "header.engine")
+            if not model and lookup(report, "header.predictions"):
+                model = f"the answers in {lookup(report, 'header.predictions')}"
             notes.append(
                 f"{name} was answered by a smoke-test model ({model}): its metrics are not "
                 "meaningful."
@@ -277,8 +311,9 @@ def _signed(delta: float | None) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    """A JSON number as read (an int stays an int, so counts print as counts), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A finite JSON number as read (an int stays an int, so counts print as counts), else
+    None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return value
 

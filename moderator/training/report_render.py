@@ -79,6 +79,8 @@ def smoke_test_warning(header: Mapping[str, Any]) -> str | None:
     if not header.get("smoke_test"):
         return None
     model = ": ".join(str(header[k]) for k in ("engine", "model") if header.get(k))
+    if not model and header.get("predictions"):
+        model = f"the answers in {header['predictions']}"
     return SMOKE_TEST.format(model=model or "unnamed")
 
 

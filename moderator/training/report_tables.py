@@ -32,6 +32,7 @@ SUMMARY = (
     ("policy_exception_rate", "Policy exception rate"),
     ("pes", "PES"),
     ("unparseable", "Unparseable answers"),
+    ("errors", "Failed requests (no answer)"),
     ("missing", "Samples without a prediction"),
     ("samples_per_second", "Samples per second"),
     ("scored", "Samples with a score"),
@@ -75,7 +76,8 @@ def report_tables(metrics: Mapping[str, Any], outcomes: Sequence[Outcome]) -> li
 def summary_table(metrics: Mapping[str, Any]) -> Table:
     rows = tuple((label, _cell(lookup(metrics, key))) for key, label in SUMMARY)
     note = (
-        "Unsafe is the positive class; unparseable answers and missing predictions count as wrong."
+        "Unsafe is the positive class; unparseable answers, failed requests and missing "
+        "predictions count as wrong."
     )
     return Table("summary", "Summary", ("Metric", "Value"), rows, note)
 
@@ -86,7 +88,10 @@ def confusion_table(metrics: Mapping[str, Any]) -> Table:
         (truth, *(int((matrix.get(truth) or {}).get(c, 0)) for c in PREDICTED_COLUMNS))
         for truth in ("Safe", "Unsafe")
     )
-    columns = ("True rating", "Predicted Safe", "Predicted Unsafe", "Unparseable", "No prediction")
+    columns = (
+        *("True rating", "Predicted Safe", "Predicted Unsafe", "Unparseable"),
+        *("Failed request", "No prediction"),
+    )
     return Table("confusion", "Confusion matrix", columns, rows)
 
 
@@ -221,9 +226,12 @@ def misclassified_table(outcomes: Sequence[Outcome]) -> Table:
 
 
 def error_kind(outcome: Outcome) -> str | None:
-    """Why an outcome is wrong ("missing", "unparseable", "rating", "category"), or None."""
+    """Why an outcome is wrong ("missing", "failed", "unparseable", "rating", "category"), or
+    None."""
     if outcome.prediction is None:
         return "missing"
+    if outcome.prediction.failed:
+        return "failed"
     if outcome.prediction.rating is None:
         return "unparseable"
     if not outcome.rating_correct:
@@ -234,12 +242,15 @@ def error_kind(outcome: Outcome) -> str | None:
 
 
 def misclassified_record(outcome: Outcome) -> dict[str, Any]:
-    """One line of misclassified.jsonl."""
+    """One line of misclassified.jsonl; a failed request's error code and message in
+    `error_code` and `error_message` (null otherwise)."""
     p = outcome.prediction
     s = outcome.sample
     return {
         "id": s.id,
         "error": error_kind(outcome),
+        "error_code": p.error if p else None,
+        "error_message": p.error_message if p and p.failed else None,
         "expected_rating": s.rating,
         "expected_category": s.category,
         "predicted_rating": p.rating if p else None,
@@ -299,6 +310,8 @@ def _predicted(outcome: Outcome) -> str:
     p = outcome.prediction
     if p is None:
         return "(no prediction)"
+    if p.error is not None:
+        return f"(failed: {p.error})"
     if p.rating is None:
         return "(unparseable)"
     return f"{p.rating} / {p.category or '-'}"

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from moderator.errors import ConfigError
 from moderator.settings_errors import field_problem
-from moderator.yaml_keys import yaml_problem
+from moderator.yaml_keys import DuplicateKey, load_unique, yaml_problem
 
 Arch = Literal["llava-onevision", "qwen2-vl", "qwen2.5-vl"]
 ARCHITECTURES: dict[str, str] = {
@@ -155,7 +155,11 @@ def load_config(path: Path) -> TrainConfig:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"train config {path}: cannot read: {reason}") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = load_unique(text)
+    except DuplicateKey as exc:
+        raise ConfigError(
+            f"train config {path} line {exc.line}: duplicate key {exc.key!r}"
+        ) from None
     except yaml.YAMLError as exc:
         line, problem = yaml_problem(exc, text)
         where = f" line {line}" if line is not None else ""

@@ -239,11 +239,16 @@ def _evaluate(
     shown = named if named is not None else model
     from moderator.training.evaluate import ImageSource, default_policy_prompt, evaluate_engine
     from moderator.training.metrics import compute
-    from moderator.training.predictions import not_found, write_predictions
+    from moderator.training.predictions import (
+        error_counts,
+        missing_images,
+        not_found,
+        write_predictions,
+    )
 
     settings = eval_settings(config, model)
     images = ImageSource(dataset, settings)
-    missing = images.missing_local([s.image for s in samples])
+    missing = missing_images(dataset, samples)
     if missing:
         raise ConfigError(f"eval: {not_found(missing)}")
     prompt, _ = default_policy_prompt(settings.policies.dir, settings.tenancy)
@@ -262,7 +267,7 @@ def _evaluate(
         "revision": run.model.revision,
         "model_path": str(shown),
         "smoke_test": run.model.smoke_test or is_smoke_test(model),
-        "errors": run.stats.errors,
+        "errors": error_counts(run.predictions),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **extra,
     }

@@ -18,7 +18,7 @@ from moderator.fetch.store import ObjectStore
 from moderator.settings import Settings
 from moderator.training.dataset import Sample
 from moderator.training.images import ImageChecker
-from moderator.training.predictions import MAX_LISTED, not_found
+from moderator.training.predictions import MAX_LISTED, missing_images, not_found
 
 Split = tuple[Path, Sequence[Sample]]
 """A split file and its samples (image paths are relative to the file's folder)."""
@@ -29,13 +29,7 @@ def check_split_images(
 ) -> None:
     """ConfigError (one line) when an image of `splits` is missing, or cannot be read or
     decoded: every such image is counted, the first few are named."""
-    from moderator.training.evaluate import ImageSource
-
-    missing = [
-        image
-        for split, samples in splits
-        for image in ImageSource(split, settings).missing_local([s.image for s in samples])
-    ]
+    missing = [m for split, samples in splits for m in missing_images(split, samples)]
     if missing:
         raise ConfigError(f"dataset: {not_found(missing)}")
     bad: list[str] = []

@@ -152,12 +152,15 @@ def eval_note(config: TrainConfig, inputs: Inputs) -> str | None:
 
 
 def split_file(directory: Path, split: str) -> Path | None:
-    """DIR/SPLIT.json or DIR/SPLIT.jsonl, whichever exists (the first)."""
-    for suffix in SPLIT_SUFFIXES:
-        path = directory / f"{split}{suffix}"
-        if path.is_file():
-            return path
-    return None
+    """DIR/SPLIT.json or DIR/SPLIT.jsonl, whichever exists; None when neither does.
+    ConfigError when both do: either could be the split, so neither is picked."""
+    found = [p for s in SPLIT_SUFFIXES if (p := directory / f"{split}{s}").is_file()]
+    if len(found) > 1:
+        raise ConfigError(
+            f"dataset: {directory} has both {found[0].name} and {found[1].name}: a split is "
+            f"one file, {split}.json or {split}.jsonl; remove or rename the other"
+        )
+    return found[0] if found else None
 
 
 def sha256_file(path: Path) -> str:

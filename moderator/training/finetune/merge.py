@@ -40,6 +40,10 @@ from moderator.training.finetune.rundir import (
 PEFT_MISSING = (
     "train merge needs the train extra (torch, transformers, peft): pip install 'moderator[train]'"
 )
+SOURCE_MUST = (
+    "SOURCE must be a run directory (with final/), a checkpoint-N/ directory of a run, or a "
+    f"LoRA adapter directory ({ADAPTER_CONFIG})"
+)
 # What a served checkpoint reads beside its weights: processor, tokenizer, chat template.
 PROCESSOR_FILES = (
     "processor_config.json",
@@ -150,17 +154,19 @@ def locate(source: Path, base: Path | None = None) -> Trained:
         lora_base = base or _base_from(adapter, run)
         _check_base(lora_base, adapter, run)
         return Trained(weights, True, lora_base, run)
-    if (weights / "config.json").is_file():
-        full_base = base or (_run_base(run) if run is not None else None)
+    if (weights / "config.json").is_file() and run is not None:
+        full_base = base or _run_base(run)
         if full_base is not None and not (full_base / "config.json").is_file():
             raise ConfigError(
                 f"train merge: base model {full_base}: no checkpoint (config.json) there"
             )
         return Trained(weights, False, full_base, run)
-    raise ConfigError(
-        f"train merge: {weights} holds neither a LoRA adapter ({ADAPTER_CONFIG}) "
-        "nor a full model (config.json)"
+    held = (
+        "a model that belongs to no run (no config.yaml beside it)"
+        if (weights / "config.json").is_file()
+        else f"neither a LoRA adapter ({ADAPTER_CONFIG}) nor a run's model"
     )
+    raise ConfigError(f"train merge: {weights} holds {held}; {SOURCE_MUST}")
 
 
 def _base_from(adapter: dict[str, Any], run: Path | None) -> Path:

@@ -54,6 +54,7 @@ class BuiltRun:
 
         from moderator.training.finetune.arguments import training_arguments
         from moderator.training.finetune.progress import RunLog
+        from moderator.training.finetune.schedule import StretchedSchedule
 
         log = RunLog(
             run,
@@ -63,7 +64,8 @@ class BuiltRun:
             samples=len(self.dataset),
             stopped=(lambda: stop.requested) if stop is not None else None,
         )
-        callbacks: list[Any] = [log] + ([stop] if stop is not None else [])
+        # The schedule first: the log's first line reports the rate the first step runs at.
+        callbacks: list[Any] = [StretchedSchedule(), log] + ([stop] if stop is not None else [])
         if every_steps is not None:
             from moderator.training.finetune.evaluate import PeriodicEval
 
