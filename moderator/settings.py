@@ -737,8 +737,9 @@ class TelemetrySettings(_Section):
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
-    # Per-event lines (verdict, event_error, dead_lettered, checkpoint, consumer_error) kept
-    # per second and name; the rest are counted on the next kept line. 0: keep every line.
+    # Per-event lines (verdict, event_error, dead_lettered, malformed_skipped, checkpoint,
+    # consumer_error) kept per second and name; the rest are counted on the next kept line.
+    # 0: keep every line.
     hot_path_per_s: int = Field(default=20, ge=0)
 
 

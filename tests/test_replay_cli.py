@@ -243,6 +243,30 @@ def test_an_unreachable_cluster_is_one_line_naming_its_address(
     assert "127.0.0.1:1" in err and "kafka.bootstrap_servers" in err, err
 
 
+def test_a_missing_uploads_topic_is_a_configuration_error(
+    capsys: pytest.CaptureFixture[str], config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 2 with one line naming kafka.topics.uploads, not a raw broker error (exit 1)."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError
+
+    class NoTopic:
+        def list_topics(self, topic: str, timeout: float = -1) -> Any:
+            error = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
+            return SimpleNamespace(topics={topic: SimpleNamespace(error=error, partitions={})})
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr("moderator.ingest.startup.probe_cluster", lambda *a, **k: {})
+    monkeypatch.setattr("moderator.ingest.kafka.make_consumer", lambda *a, **k: NoTopic())
+    monkeypatch.setenv("MODERATOR_KAFKA__TOPICS__UPLOADS", "nosuch")
+    code, out, err = run(capsys, ["replay", "--config", str(config), "--dry-run"])
+    assert (code, out) == (2, "")
+    assert err == "moderator: kafka.topics.uploads: topic nosuch does not exist on the cluster\n"
+
+
 def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, ["replay", "--help"])
     assert (code, err) == (0, "")

@@ -85,6 +85,21 @@ def test_a_resumed_run_rates_only_what_it_read_itself(clock: Clock) -> None:
     assert lines(out) == ["replay: 3605/7200 messages (50%), 1.0 msg/s, ETA 59 min 55 s"]
 
 
+def test_a_resume_counts_what_its_earlier_processes_committed(clock: Clock) -> None:
+    """Stopped at 66 of 208 offsets and resumed: the line goes on from 66, and its rate and
+    time left count only what the resumed run reads."""
+    out = io.StringIO()
+    shown = ReplayProgress(out, 208)
+    shown.resumed(66)
+    clock.now += LOG_EVERY_S
+    shown.advance(41)
+    assert lines(out) == ["replay: 107/208 messages (51%), 8.2 msg/s, ETA 12 s"]
+    clock.now += LOG_EVERY_S
+    shown.advance(101)
+    shown.finish(complete=True)
+    assert lines(out)[1:] == ["replay: 208/208 messages (100%), 14.2 msg/s"]
+
+
 def test_hours_left(clock: Clock) -> None:
     out = io.StringIO()
     shown = ReplayProgress(out, 100_000)

@@ -7,8 +7,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 
-from moderator.replay.ranges import clamp_note, find_ranges
+from moderator.errors import ConfigError
+from moderator.replay.ranges import clamp_note, find_ranges, output_ends
 from moderator.replay.request import OffsetRange
 
 TOPIC = "uploads"
@@ -99,3 +101,23 @@ def test_the_whole_topic_has_no_notes() -> None:
         timeout_s=1,
     )
     assert (ranges, how, notes) == ((OffsetRange(0, 2, 10),), "whole topic", [])
+
+
+class NoTopic:
+    """A cluster without the topic asked for, as librdkafka answers a metadata request."""
+
+    def list_topics(self, topic: str, timeout: float = -1) -> Any:
+        missing = SimpleNamespace(error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART), partitions={})
+        return SimpleNamespace(topics={topic: missing})
+
+
+def test_a_missing_uploads_topic_is_a_configuration_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigError) as caught:
+        find_ranges(
+            NoTopic(), "nosuch", offsets=None, from_ms=None, to_ms=None, now_ms=0, timeout_s=1
+        )
+    assert str(caught.value) == "kafka.topics.uploads: topic nosuch does not exist on the cluster"
+
+
+def test_a_missing_output_topic_has_no_results_yet() -> None:
+    assert output_ends(NoTopic(), "moderation.replay", 1) == {}

@@ -239,6 +239,23 @@ def test_resumes_at_the_committed_offset() -> None:
     assert coords(read_all(consumer, finished)) == [(0, 7), (0, 8), (0, 9), (1, 2), (1, 3)]
 
 
+def test_a_resume_reports_the_offsets_already_committed() -> None:
+    """What the run's earlier processes committed, clamped to the ranges, once at the start:
+    the progress line counts it as done."""
+    inner = FakeRangeLog({p: records(range(30)) for p in range(3)}, committed={0: 7, 1: 25})
+    reported: list[int] = []
+    ranges = [OffsetRange(0, 5, 10), OffsetRange(1, 5, 10), OffsetRange(2, 5, 10)]
+    consumer = RangeConsumer(inner, TOPIC, ranges, threading.Event(), on_resumed=reported.append)
+    consumer.subscribe([TOPIC])
+    assert reported == [2 + 5]
+    fresh: list[int] = []
+    inner = FakeRangeLog({0: records(range(9))})
+    RangeConsumer(inner, TOPIC, ranges[:1], threading.Event(), on_resumed=fresh.append).subscribe(
+        [TOPIC]
+    )
+    assert fresh == []  # a new run has nothing committed: not called
+
+
 def test_a_committed_offset_is_clamped_to_the_range() -> None:
     # Below the range (an earlier run of the same group id?) starts at the range's start; at or
     # past its end means the partition is done and is not assigned at all.

@@ -167,11 +167,15 @@ def cmd_export_dsa(
             default_for_unknown=settings.policies.default_for_unknown,
             tolerant=True,
         )
-        exporter = Exporter(registry, options, include_smoke_test=include_smoke_test)
+        exporter = Exporter(
+            registry, options, include_smoke_test=include_smoke_test, policies_dir=directory
+        )
         if only_versions is not None:
             exporter.only_versions = (settings.policies.dir, only_versions)
-        _export(settings, queries, output, exporter)
+        absent = _export(settings, queries, output, exporter)
     summarise(exporter, output)
+    for line in absent:
+        print(f"moderator: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -199,10 +203,12 @@ def _policies_dir(
 
 def _export(
     settings: Settings, queries: list[AuditQuery], output: Path | None, exporter: Exporter
-) -> None:
+) -> list[str]:
+    """Write the statements; the warning about a `--tenant` the store has no record of."""
     from moderator.cli.audit_query import open_existing_store
 
     with open_existing_store(settings.audit.url) as store, _output(output) as out:
+        exporter.policy_versions = store.policy_version
         pages = [_rows(store, q) for q in queries]
         # Each page stream is in (decided_at, event_id) order, event ids in the database's
         # collation: merging on the time alone never disagrees with it.
@@ -210,6 +216,20 @@ def _export(
             statement = exporter.statement(row)
             if statement is not None:
                 out.write(json_text(statement, separators=(",", ":")) + "\n")
+        return absent_tenant(store, queries[0].tenant, exporter.tenants_seen)
+
+
+def absent_tenant(store: AuditStore, tenant: str | None, seen: set[str]) -> list[str]:
+    """A warning when `--tenant` names a tenant the audit store holds no record of (a typo
+    would otherwise read as "nothing to report"), naming the store's tenants when they are
+    few; [] when it has records, whether or not any restricts."""
+    from moderator.audit.models import AuditQuery
+
+    if tenant is None or tenant in seen or store.query(AuditQuery(tenant=tenant, limit=1)).rows:
+        return []
+    present = store.tenants()
+    found = f"; tenants in the store: {', '.join(present)}" if 0 < len(present) <= 10 else ""
+    return [f"--tenant {tenant}: the audit store has no record of this tenant{found}"]
 
 
 def summarise(exporter: Exporter, output: Path | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,12 @@ class Exporter:
     """Builds and checks one row's statement; resolves each tenant's mapping once."""
 
     def __init__(
-        self, registry: PolicyRegistry, options: DsaOptions, *, include_smoke_test: bool = False
+        self,
+        registry: PolicyRegistry,
+        options: DsaOptions,
+        *,
+        include_smoke_test: bool = False,
+        policies_dir: Path | None = None,
     ) -> None:
         self._registry = registry
         self._options = options
@@ -28,6 +34,12 @@ class Exporter:
         self.only_versions: tuple[Path, frozenset[str]] | None = None
         self.counts: Counter[str] = Counter()
         self.first_dated_by_decision = ""  # "event E, tenant T"
+        # Policy hash -> the compiled policy document the store keeps (a redacted row's: its
+        # record, which holds its own, is gone); None: not looked up.
+        self.policy_versions: Callable[[str], dict[str, Any] | None] | None = None
+        self._documents: dict[str, dict[str, Any] | None] = {}
+        self.tenants_seen: set[str] = set()
+        self.policies_dir = policies_dir  # where the mappings are read from, for errors
 
     def statement(self, row: AuditRow) -> dict[str, Any] | None:
         from moderator.audit.dsa.export import (
@@ -43,6 +55,7 @@ class Exporter:
 
         record = row.record if row.record is not None else kept_record(row)
         where = f"event {row.event_id} (tenant {row.tenant_id})"
+        self.tenants_seen.add(row.tenant_id)
         try:
             smoke_test = from_smoke_test_model(record)
         except DsaExportError as exc:
@@ -63,12 +76,13 @@ class Exporter:
         except DsaExportError as exc:
             unmapped = skip_without_mapping(record)  # e.g. an unknown_tenant error verdict
             if unmapped is None:
-                raise DsaExportError(f"{where}: {exc}") from exc
+                raise DsaExportError(f"{where}: {exc}; {policies_hint(row)}") from exc
             self.counts[unmapped] += 1
             return None
         try:
             reason = skip_reason(record, mapping)
-            statement = None if reason else statement_for(record, mapping, self._options)
+            document = self._kept_document(row) if row.record is None else None
+            statement = None if reason else statement_for(record, mapping, self._options, document)
         except DsaExportError as exc:
             raise DsaExportError(f"{where}: {exc}") from exc
         if statement is None:
@@ -99,8 +113,30 @@ class Exporter:
                 raise ConfigError(status.error)
             policy = self._registry.resolve(tenant_id, "default")
             if policy is None:
-                raise DsaExportError("no policy file for the tenant, so its DSA mapping is unknown")
+                where = "" if self.policies_dir is None else f" in {self.policies_dir}"
+                raise DsaExportError(
+                    f"no policy file for the tenant{where}, so its DSA mapping is unknown"
+                )
             surfaces = status.versions if status is not None else ("default",)
             mapping = TenantDsa.from_policy(policy.resolved, surfaces)
             self._mappings[tenant_id] = mapping
         return mapping
+
+    def _kept_document(self, row: AuditRow) -> dict[str, Any] | None:
+        """The compiled policy document the store keeps for a redacted row (read once per
+        policy version): the statement says which rule restricted, as the record's did."""
+        if self.policy_versions is None or not row.policy_hash:
+            return None
+        if row.policy_hash not in self._documents:
+            self._documents[row.policy_hash] = self.policy_versions(row.policy_hash)
+        return self._documents[row.policy_hash]
+
+
+def policies_hint(row: AuditRow) -> str:
+    """What to pass for a tenant whose policy file is not in the policy directory: the bundled
+    demo policies for a decision `moderator demo` made, else a directory holding the file."""
+    from moderator.cli.explain import bundled_demo_documents, demo_hint
+
+    if row.policy_version is not None and row.policy_version in bundled_demo_documents():
+        return demo_hint()
+    return "pass --policies DIR holding the tenant's policy file"

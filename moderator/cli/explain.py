@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
     from moderator.policy.base import PolicyProvider
 
 FORMATS = ("text", "json")
+# DLQ records carry the message as it was sent and its source offset, not an event id.
+NO_RECORD_HINT = (
+    "a message that could not be parsed gets none: it goes to the DLQ topic (kafka.topics.dlq), "
+    "whose records name its source partition and offset, not an event id"
+)
+DEMO_POLICIES = files("moderator") / "data" / "demo-policies"
 DESCRIPTION = (
     "Explain why the verdict of EVENT_ID was decided, from its audit record in the audit store "
     "(audit.url: --config FILE or MODERATOR_AUDIT__URL): the input, the policy version and "
@@ -97,16 +104,46 @@ def cmd_explain(args: argparse.Namespace) -> int:
     with open_existing_store(settings.audit.url) as store:
         explanation = explain_event(store, event_id)
         if explanation is None:
-            raise AuditError(f"no audit record for event {shown(event_id)} in {store.url}")
+            raise AuditError(
+                f"no audit record for event {shown(event_id)} in {store.url}; {NO_RECORD_HINT}"
+            )
     told = with_origin(explanation, settings.policies.dir, settings.tenancy)
     if policies_left_unset(args, settings) and not settings.policies.dir.is_dir():
         told = _demo_origin(explanation) or _demo_tried(told)
+    elif told.policy.origin_not_shown is not None:
+        told = _without_tenant_file(explanation, told, settings)
     if args.format == "json":
         print(json_text(explanation_json(told), indent=2))
     else:
         for line in text_lines(told):
             print(line)
     return 0
+
+
+def _without_tenant_file(explanation: Any, told: Any, settings: Any) -> Any:
+    """`told`, its reason for showing no origin saying that policies.dir has no policy file
+    for the verdict's tenant, when it has none (the version it compiles the tenant to as one
+    without a file says nothing of the files that decided); `told` unchanged otherwise, and
+    when the directory is unusable or its default.yaml does not load (said first)."""
+    from moderator.audit.read.row_origin import checked, not_shown
+
+    directory = settings.policies.dir
+    result = checked(directory, settings.tenancy)[0]
+    tenant = explanation.tenant_id
+    if result is None or "default" not in result.files or tenant in result.paths:
+        return told
+    reason = f"policies.dir ({directory}) has no policy file for {tenant}"
+    if explanation.policy.version in bundled_demo_documents():
+        hint = demo_hint().replace("{", "{{").replace("}", "}}")  # `not_shown` formats it
+        return not_shown(explanation, reason, hint)
+    return not_shown(explanation, reason)
+
+
+def demo_hint() -> str:
+    """What to pass for a verdict `moderator demo` decided, where its policies are not."""
+    return (
+        f"`moderator demo` decided it under its bundled policies: pass --policies {DEMO_POLICIES}"
+    )
 
 
 def _demo_origin(explanation: Any) -> Any:

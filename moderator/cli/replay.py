@@ -329,6 +329,7 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
         stop,
         originals=originals,
         on_checkpoint=progress.advance,
+        on_resumed=progress.resumed,
         on_missing_policy=gaps.missing,
         on_built=heap.settled,
     )
@@ -358,7 +359,11 @@ def _run(args: argparse.Namespace, settings: Any, live: Any, plan: Any, director
         live_policies_from=live_from,
         policy_diff=policy_diff(live_dir, Path(plan.policies_dir), live.tenancy),
         started_at=started.isoformat().replace("+00:00", "Z"),
-        replayed_here={"kept": outcome.replay.kept, "filtered": outcome.replay.filtered},
+        replayed_here={
+            "kept": outcome.replay.kept,
+            "filtered": outcome.replay.filtered,
+            "malformed_skipped": outcome.malformed,
+        },
         dropped_outputs=outcome.dropped,
         resumed_from={str(p): o for p, o in sorted(outcome.resumed_from.items())},
     )

@@ -8,7 +8,8 @@ from typing import Any
 
 
 def install_stop_handlers() -> threading.Event:
-    """SIGTERM/SIGINT set the returned event: the loop drains and exits 0."""
+    """SIGTERM/SIGINT set the returned event: the command's loop stops (`run` drains and exits
+    0; a replay stops where it stands and exits 1 with the command that resumes it)."""
     stop = threading.Event()
 
     def handler(_signum: int, _frame: Any) -> None:

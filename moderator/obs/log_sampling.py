@@ -24,6 +24,7 @@ HOT_PATH_EVENTS = frozenset(
         "event_error",
         "event_abandoned",
         "dead_lettered",
+        "malformed_skipped",
         "checkpoint",
         "consumer_error",
         "openai_request_retry",

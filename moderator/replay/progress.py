@@ -2,7 +2,8 @@
 
 On a terminal the line is redrawn in place a few times a second; elsewhere (logs, CI) a plain
 line is written every few seconds. It advances at each checkpoint, so what it counts is what a
-resumed run would not read again.
+resumed run would not read again; a resumed run starts from what its earlier processes
+committed, and its rate and time left count only what it reads itself.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ class ReplayProgress:
         self._started = time.monotonic()
         self._next = self._started + self._every
         self._last = ""
+
+    def resumed(self, done: int) -> None:
+        """The offsets of the range a resumed run's earlier processes committed: counted as
+        done, never in this run's rate."""
+        self._done += done - self._base
+        self._base = done
 
     def advance(self, committed_messages: int) -> None:
         """Called by the loop after each checkpoint with the messages it committed."""

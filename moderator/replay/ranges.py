@@ -37,8 +37,11 @@ def find_ranges(
     now_ms: int,
     timeout_s: float,
 ) -> tuple[tuple[OffsetRange, ...], str, list[str]]:
-    """(ranges, how they were found, a note on each `--offsets` range that was clamped).
-    Raises OffsetLookupError when Kafka does not answer."""
+    """(ranges, how they were found, a note on each `--offsets` range that was clamped) of the
+    uploads topic `topic`. Raises ConfigError naming kafka.topics.uploads when the cluster has
+    no such topic, OffsetLookupError when Kafka does not answer."""
+    if _missing(consumer, topic, timeout_s):
+        raise ConfigError(f"kafka.topics.uploads: topic {topic} does not exist on the cluster")
     partitions = partitions_of(consumer, topic, timeout_s)
     marks = {p: watermarks_of(consumer, topic, p, timeout_s) for p in partitions}
     if offsets:
@@ -65,18 +68,24 @@ def find_ranges(
 def output_ends(consumer: Any, topic: str, timeout_s: float) -> dict[int, int]:
     """Each partition's end on the output topic: this run's results come after it. A topic that
     does not exist yet has no results before this run ({}: read it from its beginning)."""
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s)
-    except KafkaException as exc:
-        raise OffsetLookupError(f"kafka: cannot read the partitions of {topic}: {exc}") from exc
-    found = metadata.topics.get(topic)
-    missing = KafkaError.UNKNOWN_TOPIC_OR_PART
-    if found is not None and found.error is not None and found.error.code() == missing:
+    if _missing(consumer, topic, timeout_s):
         return {}
     return {
         p: watermarks_of(consumer, topic, p, timeout_s)[1]
         for p in partitions_of(consumer, topic, timeout_s)
     }
+
+
+def _missing(consumer: Any, topic: str, timeout_s: float) -> bool:
+    """Whether the cluster answers that `topic` does not exist. OffsetLookupError when it
+    does not answer."""
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise OffsetLookupError(f"kafka: cannot read the partitions of {topic}: {exc}") from exc
+    found = metadata.topics.get(topic)
+    unknown = KafkaError.UNKNOWN_TOPIC_OR_PART
+    return found is None or (found.error is not None and found.error.code() == unknown)
 
 
 def _clamp(r: OffsetRange, low: int, high: int) -> OffsetRange:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -32,8 +32,11 @@ class RangeConsumer:
         finished: threading.Event,
         *,
         timeout_s: float = 30.0,
+        on_resumed: Callable[[int], None] | None = None,
     ) -> None:
         self._inner = inner
+        # Called at the start with the offsets the run's earlier processes committed (a resume).
+        self._on_resumed = on_resumed
         self._topic = topic
         self._ends = {r.partition: r.end for r in ranges}
         self._starts = {r.partition: r.start for r in ranges}
@@ -53,6 +56,8 @@ class RangeConsumer:
         on_lost: RebalanceCallback | None = None,
     ) -> None:
         starts = self._start_offsets()
+        if self._on_resumed is not None and self.resumed_from:
+            self._on_resumed(sum(o - self._starts[p] for p, o in self.resumed_from.items()))
         self._open = {p for p, start in starts.items() if start < self._ends[p]}
         parts = [TopicPartition(self._topic, p, starts[p]) for p in sorted(self._open)]
         self._inner.assign(parts)

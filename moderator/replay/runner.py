@@ -3,8 +3,9 @@
 The run has its own consumer group and transactional id (`{group}.replay.{run_id}`), so it never
 moves the live group's offsets and a resumed run continues from its own last checkpoint: with
 `exactly_once` each event's replayed verdict is committed once, together with its offset. Its
-producer is handed only records for the output topic; anything else the loop or the pipeline
-would write (audit records, DLQ records of malformed messages) is dropped and counted.
+producer is handed only records for the output topic; anything else the pipeline would write
+(audit records) is dropped and counted. A malformed message in the range is skipped and
+counted, logged as `malformed_skipped`: a replay writes no DLQ record.
 """
 
 from __future__ import annotations
@@ -91,6 +92,19 @@ class OneTopicProducer:
         return getattr(self._inner, name)
 
 
+class ReplayLoop(IngestLoop):
+    """The ingest loop of a replay: a message that cannot be parsed is skipped and counted,
+    never dead-lettered (the live service has dead-lettered it already), and its log line
+    says so."""
+
+    malformed = 0  # messages skipped
+
+    def _dead_letter(self, msg: Any, tp: tuple[str, int], offset: int, reason: str) -> None:
+        self.malformed += 1
+        log.warning("malformed_skipped", topic=tp[0], partition=tp[1], offset=offset, reason=reason)
+        self._complete(tp, offset, [])
+
+
 @dataclass
 class RunOutcome:
     completed: bool  # every range read to its end and committed
@@ -98,6 +112,7 @@ class RunOutcome:
     replay: ReplayStats
     dropped: dict[str, int]
     resumed_from: dict[int, int]
+    malformed: int = 0  # malformed messages of the range skipped by this process
 
 
 def run_plan(
@@ -107,14 +122,16 @@ def run_plan(
     *,
     originals: Originals,
     on_checkpoint: Callable[[int], None] | None = None,
+    on_resumed: Callable[[int], None] | None = None,
     on_missing_policy: Callable[[str], None] | None = None,
     on_built: Callable[[Pipeline], None] | None = None,
 ) -> RunOutcome:
     """Replay the plan until its ranges are done or `stop` is set. `settings` carry
-    replay_overrides. `on_missing_policy(tenant)` is called for each kept event of a tenant
-    that no policy decides (its verdict will be an unknown_tenant error); `on_built(pipeline)`
-    once the pipeline is built, before consuming starts. Raises ConfigError (bad policies,
-    engine) and FatalKafkaError."""
+    replay_overrides. `on_resumed(offsets)` is called once reading starts, for a resumed run,
+    with the offsets of the ranges its earlier processes committed; `on_missing_policy(tenant)`
+    for each kept event of a tenant that no policy decides (its verdict will be an
+    unknown_tenant error); `on_built(pipeline)` once the pipeline is built, before consuming
+    starts. Raises ConfigError (bad policies, engine) and FatalKafkaError."""
     from moderator.service import build_pipeline
 
     pipeline = build_pipeline(settings)
@@ -133,9 +150,11 @@ def run_plan(
         check_tenant=tenant_check(pipeline.policies, on_missing_policy),
     )
     inner_consumer = make_consumer(settings)
-    consumer = RangeConsumer(inner_consumer, plan.uploads_topic, plan.ranges, threading.Event())
+    consumer = RangeConsumer(
+        inner_consumer, plan.uploads_topic, plan.ranges, threading.Event(), on_resumed=on_resumed
+    )
     producer = OneTopicProducer(make_producer(settings), plan.output_topic)
-    loop = IngestLoop(
+    loop = ReplayLoop(
         settings=settings,
         consumer=consumer,
         producer=producer,
@@ -153,8 +172,9 @@ def run_plan(
         finally:
             pipeline.close()
             producer.flush(5)
+    dropped = dict(producer.dropped)
     return RunOutcome(
-        completed, loop.stats, processor.stats, dict(producer.dropped), consumer.resumed_from
+        completed, loop.stats, processor.stats, dropped, consumer.resumed_from, loop.malformed
     )
 
 

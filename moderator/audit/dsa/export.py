@@ -1,7 +1,8 @@
 """Audit records → DSA statements of reasons (EU Transparency Database, schema of 1 July 2025).
 
-Pure: no database, no network. What goes out is built only from closed sets and our own
-templates: the decision, the mapped statement category, the taxonomy's category name, the policy
+Pure: no database, no network. What goes out is built only from closed sets, numbers and our
+own templates: the decision, the mapped statement category, the taxonomy's category name, the
+rating, the score and policy threshold that decided (when a score threshold did), the policy
 version, a declared surface name, the detection path and a fixed phrase per error code. The
 model's rationale and raw output, error messages, user ids, object keys and buckets never reach a
 statement (any of them may hold personal data). docs/audit.md explains each choice.
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from moderator.audit.dsa.facts import decision_facts, explanation
+from moderator.audit.dsa.facts import Assessed, decision_facts, explanation
+from moderator.audit.dsa.rule import assessed
 from moderator.audit.dsa.spec import (
     AUTOMATED_DECISION,
     AUTOMATED_DETECTION,
@@ -39,7 +41,6 @@ from moderator.audit.dsa.spec import (
     validate_statement,
 )
 from moderator.errors import ConfigError, ModeratorError
-from moderator.events.verdict import category_code
 from moderator.policy.model import ResolvedPolicy
 
 if TYPE_CHECKING:
@@ -189,9 +190,9 @@ def skip_reason(record: Mapping[str, Any], mapping: TenantDsa) -> str | None:
 
 def kept_record(row: AuditRow) -> dict[str, Any]:
     """What a statement needs of a redacted row, from the columns retention keeps: the decision,
-    its time, tenant and event id, the category or error code, the source, the surface, the
-    policy version and whether a smoke-test model decided. The upload time is gone, so the
-    statement is dated by its decision and says so (`content_date_for`)."""
+    its time, tenant and event id, the rating, category and score or the error code, the
+    source, the surface, the policy version and whether a smoke-test model decided. The upload
+    time is gone, so the statement is dated by its decision and says so (`content_date_for`)."""
     model = (
         {"engine": row.model_engine, "name": row.model_name, "smoke_test": row.model_smoke_test}
         if row.model_engine is not None
@@ -204,7 +205,9 @@ def kept_record(row: AuditRow) -> dict[str, Any]:
         "decided_at": row.decided_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "error": {"code": row.error_code} if row.error_code is not None else None,
         "assessment": (
-            {"rating": row.rating, "category": row.category} if row.category is not None else None
+            {"rating": row.rating, "category": row.category, "score": row.score}
+            if row.category is not None
+            else None
         ),
         "policy": {"version": row.policy_version, "surface": row.surface},
         "source": row.source,
@@ -235,25 +238,31 @@ def skip_without_mapping(record: Mapping[str, Any]) -> str | None:
 
 
 def statement_for(
-    record: Mapping[str, Any], mapping: TenantDsa, options: DsaOptions
+    record: Mapping[str, Any],
+    mapping: TenantDsa,
+    options: DsaOptions,
+    policy_document: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The statement of reasons for one AuditRecord (JSON form), or None when the decision
-    restricts nothing (see `skip_reason`). Raises DsaExportError for records it cannot map."""
+    restricts nothing (see `skip_reason`). Raises DsaExportError for records it cannot map.
+    The rule that restricted is read from the decision table of the compiled policy document
+    the verdict was decided under: `policy_document` (a redacted record's, kept by the store),
+    else the record's own."""
     if skip_reason(record, mapping) is not None:
         return None
     verdict = _verdict(record)
     block = verdict["decision"] == "block"
     error = _error_code(verdict)
+    found: Assessed | None = None
     if error is not None:
         category = options.error_category
-        code = None
     else:
-        code = _assessed_code(verdict)
-        category = mapping.categories.get(code, "")
+        found = _assessed(verdict, policy_document or _document(record))
+        category = mapping.categories.get(found.code, "")
         if not category:
-            raise DsaExportError(f"the tenant's dsa.categories has no entry for {code}")
+            raise DsaExportError(f"the tenant's dsa.categories has no entry for {found.code}")
     content_date, from_upload = content_date_for(record)
-    why = explanation(code, error, block)
+    why = explanation(found, error, block)
     statement: dict[str, Any] = {
         "decision_visibility": [options.visibility_block if block else options.visibility_review],
         "decision_ground": options.decision_ground,
@@ -273,7 +282,7 @@ def statement_for(
         "content_date": content_date,
         "application_date": _day(verdict["decided_at"], "decided_at"),
         "decision_facts": decision_facts(
-            verdict, mapping.surfaces, code, error, block, upload_date_known=from_upload
+            verdict, mapping.surfaces, found, error, block, upload_date_known=from_upload
         ),
         "source_type": SOURCE_VOLUNTARY,
         "automated_detection": "Yes",
@@ -340,11 +349,22 @@ def _error_code(verdict: Mapping[str, Any]) -> str | None:
     return str(error.get("code")) if isinstance(error, Mapping) else None
 
 
-def _assessed_code(verdict: Mapping[str, Any]) -> str:
+def _assessed(verdict: Mapping[str, Any], document: Mapping[str, Any] | None) -> Assessed:
+    """The assessment of a restricting verdict and the rule that restricted (`rule.assessed`)."""
     assessment = verdict.get("assessment")
     if not isinstance(assessment, Mapping) or not isinstance(assessment.get("category"), str):
         raise DsaExportError("a restricting decision without assessment or error")
-    return category_code(assessment["category"])
+    found = assessed(verdict, document)
+    if found.rating == "Safe" and not found.by_score:
+        raise DsaExportError(
+            "rated Safe without a score, yet restricted: no rule of a policy gives that decision"
+        )
+    return found
+
+
+def _document(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    found = record.get("policy_document")
+    return found if isinstance(found, Mapping) else None
 
 
 def _day(value: Any, name: str) -> str:
