@@ -121,6 +121,7 @@ def postgres_problem() -> str | None:
 def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     """A URL to an empty database: a SQLite file, or a fresh PostgreSQL schema dropped after."""
     if backend == "sqlite":
+        (tmp_path / "audit").mkdir(parents=True, exist_ok=True)  # writers make no folders
         yield f"sqlite:///{tmp_path / 'audit' / 'audit.db'}"
         return
     problem = postgres_problem()

@@ -26,6 +26,7 @@ from moderator.audit.errors import AuditUnavailable, InvalidQuery, SchemaVersion
 from moderator.audit.integrity.anchors import make_anchor
 from moderator.audit.integrity.verify import verify
 from moderator.audit.models import AuditQuery, AuditRow, IncomingRecord
+from moderator.errors import ConfigError
 from tests.audit_tamper import revert_to_version_2, write_as_format_v1
 
 
@@ -200,11 +201,15 @@ def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
         AuditStore.open(f"sqlite:///{path}")
 
 
-def test_sqlite_file_and_parent_directory_are_created(tmp_path: Path) -> None:
-    path = tmp_path / "deep" / "er" / "audit.db"
+def test_a_sqlite_file_is_created_in_an_existing_folder_only(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
     with AuditStore.open(f"sqlite:///{path}") as store:
         assert store.count() == 0
     assert path.is_file()
+    missing = tmp_path / "deep" / "er" / "audit.db"
+    with pytest.raises(ConfigError, match="does not exist"):
+        AuditStore.open(f"sqlite:///{missing}")
+    assert not (tmp_path / "deep").exists()
 
 
 def test_unreachable_postgres_is_unavailable() -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from moderator.audit.models import AuditQuery
 from moderator.audit.read.cursor import filters_digest
-from moderator.audit.read.filters import CATEGORY_CODES, DECISIONS, SORTS
+from moderator.audit.read.filters import CATEGORY_CODES, DECISIONS, ERROR_CODES, SORTS, SOURCES
 
 # Any code point, surrogates too (argv decoded with surrogateescape carries them).
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
@@ -115,4 +115,9 @@ categories = st.one_of(
 )
 hexes = st.one_of(st.text("0123456789abcdefABCDEF", min_size=14, max_size=66), texts)
 tenants = st.one_of(st.sampled_from(["alpha", "beta", "gamma", "*"]), texts)
-models = st.one_of(st.sampled_from(["fake", "fake:org/fake-guard", ":x", "x:"]), texts)
+models = st.one_of(
+    st.sampled_from(["fake", "FAKE", "fake:org/fake-guard", "nudnet", ":x", "x:"]), texts
+)
+error_codes = st.one_of(st.sampled_from([*ERROR_CODES, "CORRUPT_IMAGE", "malformed_event"]), texts)
+sources = st.one_of(st.sampled_from([*SOURCES, "Model"]), texts)
+surfaces = st.one_of(st.sampled_from(["post", "avatar"]), texts)

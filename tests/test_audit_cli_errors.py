@@ -216,11 +216,11 @@ def test_a_bad_time_says_iso_8601_once(db: Path) -> None:
 
 def test_a_sqlite_store_under_a_file_names_its_folder(tmp_path: Path) -> None:
     from moderator.audit.db.store import AuditStore
-    from moderator.audit.errors import AuditUnavailable
+    from moderator.errors import ConfigError
 
     plain = tmp_path / "plain.txt"
     plain.write_text("not a folder\n")
-    with pytest.raises(AuditUnavailable, match=rf"cannot create or reach its folder {plain}: .*"):
+    with pytest.raises(ConfigError, match=rf"^audit.url: .*: the folder {plain} is not a folder"):
         AuditStore.open(f"sqlite:///{plain}/audit.db")
 
 

@@ -377,7 +377,6 @@ EARLY = "0001-01-01T00:00+01:00"
         (("--model", "x" * 2000), "--model"),
         (("--limit", "many"), "--limit"),
         (("--limit", "9" * 5000), "--limit"),
-        (("--format", "xml"), "--format"),
     ],
 )
 def test_hostile_values_exit_2_with_one_line(

@@ -31,6 +31,9 @@ FLAGS = {
     "--category": values.categories,
     "--policy-version": values.hexes,
     "--model": values.models,
+    "--error": values.error_codes,
+    "--source": values.sources,
+    "--surface": values.surfaces,
     "--since": values.times,
     "--until": values.times,
     "--sort": values.sorts,
@@ -91,7 +94,7 @@ def run_query(argv: list[str]) -> tuple[int, str, str]:
 def test_any_flag_values_exit_0_or_2_with_one_line(
     store_env: None, flags: dict[str, str], every: bool
 ) -> None:
-    """Default 120 commands (about 2 s); each of the 16 value flags drawn from hostile values."""
+    """Default 120 commands (about 2 s); each of the 19 value flags drawn from hostile values."""
     argv = [f"{flag}={value}" for flag, value in flags.items()] + (["--all"] if every else [])
     code, out, err = run_query(argv)
     assert "Traceback" not in err

@@ -152,7 +152,7 @@ def test_hash_token_warns_about_short_tokens(
 ) -> None:
     code, out, err = hash_token(monkeypatch, capsys, "short")
     assert (code, out) == (0, sha256("short") + "\n")
-    assert err.startswith("warning: a token of 5 characters can be guessed")
+    assert err.startswith("moderator: warning: a token of 5 characters can be guessed")
 
 
 @pytest.mark.parametrize(

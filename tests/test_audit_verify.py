@@ -243,8 +243,8 @@ def test_rows_stored_before_version_3_verify_with_a_warning(
     assert code == 0, out
     assert out.splitlines()[-1] == "intact"
     assert err.splitlines()[-1] == (
-        "warning: 10 rows predate schema version 3 (chain format v1): the hash chain does not "
-        "cover their offset, nor the kept columns (decision, tenant, time, ...) of the 4 "
+        "moderator: warning: 10 rows predate schema version 3 (chain format v1): the hash chain "
+        "does not cover their offset, nor the kept columns (decision, tenant, time, ...) of the 4 "
         "redacted among them"
     )
     with AuditStore.open(legacy.url) as store:  # later rows are format v2 on the same chain
@@ -343,7 +343,9 @@ def test_lines_after_the_anchor_used_that_are_not_anchors_are_named(
     db.anchors.write_bytes(lines + db.anchors.read_bytes()[len(lines) :][:40])
     code, out, err = run(capsys, "verify")
     assert code == 0 and out.splitlines()[-1] == "intact"
-    assert err.startswith(f"warning: anchor file {db.anchors}: the last 1 line(s) are not anchors")
+    assert err.startswith(
+        f"moderator: warning: anchor file {db.anchors}: the last 1 line(s) are not anchors"
+    )
 
 
 @pytest.mark.parametrize(
@@ -400,8 +402,8 @@ def test_a_tampered_chain_is_checked_to_its_end_and_counts_read_as_words(
     assert [p.split(" seq ")[1].split()[0] for p in problems] == ["1", "4"]  # both edits
     assert "10 rows checked" in out and ", 2 problems" in out
     assert err.splitlines()[-1] == (
-        "warning: 1 row predates schema version 3 (chain format v1): the hash chain does not "
-        "cover their offset"
+        "moderator: warning: 1 row predates schema version 3 (chain format v1): the hash chain "
+        "does not cover their offset"
     )
 
 

@@ -80,7 +80,8 @@ class AuditQuery:
     `audit.read.filters.FILTERS`, by the same names, which say what each matches (`tenant` is the
     tenant_id column, `bucket` object_bucket). `since` is inclusive and `until` exclusive.
     `category` is a code (`O4`) or the full string; `model` is an engine or `engine:name`;
-    `policy_version` is the 16-hex version or the full 64-hex policy hash."""
+    `policy_version` is the 16-hex version or the full 64-hex policy hash; `error` is the
+    error code (column error_code)."""
 
     tenant: str | None = None
     event_id: str | None = None
@@ -91,6 +92,9 @@ class AuditQuery:
     category: str | None = None
     policy_version: str | None = None
     model: str | None = None
+    error: str | None = None
+    source: str | None = None
+    surface: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     sort: Sort = "-decided_at"
@@ -132,6 +136,7 @@ class AuditRow:
     sha256: str | None
     rating: str | None
     category: str | None
+    category_code: str | None
     score: float | None
     policy_version: str | None
     policy_hash: str | None

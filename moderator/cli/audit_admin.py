@@ -130,8 +130,8 @@ def _load_anchor(
             raise AuditError(f"anchor {where}: {exc.strerror or exc}") from exc
         if anchor is not None and skipped:
             print(
-                f"warning: anchor {where}: the last {skipped} line(s) are not anchors (a write "
-                "cut short by a crash, or damage); verifying against the anchor created "
+                f"moderator: warning: anchor {where}: the last {skipped} line(s) are not anchors "
+                "(a write cut short by a crash, or damage); verifying against the anchor created "
                 f"{anchor.created_at.isoformat()}, before them",
                 file=sys.stderr,
             )
@@ -141,7 +141,7 @@ def _load_anchor(
     else:
         note = " (audit.anchor_topic cannot be read back here)" if audit.anchor_topic else ""
         print(
-            "warning: no anchor file or S3 prefix configured: truncation and wholesale "
+            "moderator: warning: no anchor file or S3 prefix configured: truncation and wholesale "
             f"recomputation cannot be detected{note}",
             file=sys.stderr,
         )
@@ -213,8 +213,9 @@ def _print_report(report: VerifyReport, url: str, where: str | None) -> None:
             else ""
         )
         print(
-            f"warning: {counted(legacy, 'row')} {'predates' if legacy == 1 else 'predate'} "
-            "schema version 3 (chain format v1): the hash chain does not cover their offset"
+            f"moderator: warning: {counted(legacy, 'row')} "
+            f"{'predates' if legacy == 1 else 'predate'} schema version 3 (chain format v1): "
+            "the hash chain does not cover their offset"
             f"{kept}",
             file=sys.stderr,
         )
@@ -235,7 +236,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
         print("audit.retention_days is not set: records are kept forever", file=sys.stderr)
         return 0
     now = datetime.now(UTC)
-    with open_existing_store(settings.audit.url) as store:
+    with open_existing_store(settings.audit.url, write=not args.dry_run) as store:
         if args.dry_run:
             counts = expired_counts(store, policy, now)
         else:

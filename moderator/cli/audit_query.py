@@ -14,7 +14,6 @@ import argparse
 import csv
 import sys
 from collections.abc import Collection, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from moderator.cli.style import add_command, add_config_flag, examples
@@ -23,6 +22,7 @@ from moderator.errors import ConfigError
 if TYPE_CHECKING:
     from moderator.audit.db.store import AuditStore
     from moderator.audit.models import AuditQuery, AuditRow
+    from moderator.audit.read.cells import RowExtras
 
 FORMATS = ("table", "json", "csv")
 TABLE_COLUMNS = (
@@ -72,13 +72,15 @@ def add_query_parser(audit_sub: Any) -> None:
         metavar="decided_at|-decided_at",
         help="order (default: -decided_at, newest first)",
     )
-    # --limit and --format are checked by the command, so a bad value is one line naming it.
+    # --limit is checked by the command, so a bad value is one line naming it.
     p.add_argument("--limit", default="100", metavar="N", help="rows per page (1..1000)")
     p.add_argument("--cursor", metavar="C", help="continue after the page that printed it")
     p.add_argument("--all", action="store_true", help="page through every matching row")
     p.add_argument(
         "--format",
         default="table",
+        type=_cut,
+        choices=FORMATS,
         metavar="|".join(FORMATS),
         help="table: aligned columns; json: one row per line, every column; csv: a header, "
         "then one row per line (default: table)",
@@ -93,17 +95,19 @@ def add_query_parser(audit_sub: Any) -> None:
     add_config_flag(p)
 
 
+def _cut(value: str) -> str:
+    """A value as argparse's `invalid choice` line repeats it: at most 24 characters."""
+    return value if len(value) <= 24 else value[:21] + "..."
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     """Run `audit query` with parsed arguments."""
+    from moderator.audit.read.cells import RowExtras
     from moderator.audit.read.cursor import InvalidCursor
-    from moderator.audit.read.filters import BadFilter, build_query, parse_limit, shown
+    from moderator.audit.read.filters import BadFilter, build_query, parse_limit
     from moderator.logs import configure_cli_logging
     from moderator.settings import load_settings
 
-    if args.format not in FORMATS:
-        raise ConfigError(
-            f"--format: must be one of {', '.join(FORMATS)}, got {shown(args.format)}"
-        )
     columns = parse_columns(args.columns, args.format)
     try:
         limit = parse_limit(str(args.limit))
@@ -115,15 +119,40 @@ def cmd_query(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_cli_logging(settings.log)
     with open_existing_store(settings.audit.url) as store:
-        pages = _pages(store, query, every=args.all)
-        extra = _Extras(store)
+        written: list[int] = []
+        pages = _counted(_pages(store, query, every=args.all), written)
+        extra = RowExtras(store)
         if args.format == "json":
             _write_json(pages, sys.stdout)
         elif args.format == "csv":
             _write_csv(pages, sys.stdout, columns, extra)
         else:
             _write_table(pages, sys.stdout, columns, extra)
+        if not sum(written):
+            print(nothing_matched(store, query.model), file=sys.stderr)
     return 0
+
+
+def _counted(pages: Iterator[list[AuditRow]], counts: list[int]) -> Iterator[list[AuditRow]]:
+    """`pages`, each page's row count appended to `counts`."""
+    for rows in pages:
+        counts.append(len(rows))
+        yield rows
+
+
+def nothing_matched(store: AuditStore, model: str | None) -> str:
+    """The stderr line for a query without rows; it names the store's models when `--model`
+    is none of them (a model name is matched exactly)."""
+    line = "no matching audit rows"
+    if model is None:
+        return line
+    engine, _, name = model.partition(":")
+    models = store.models()
+    if any(m == model or (not name and m.partition(":")[0] == engine) for m in models):
+        return line
+    return f"{line}; --model {model} is none of the store's models: " + (
+        ", ".join(models) or "(none)"
+    )
 
 
 def parse_columns(value: str | None, output: str) -> tuple[str, ...] | None:
@@ -141,7 +170,7 @@ def parse_columns(value: str | None, output: str) -> tuple[str, ...] | None:
     names = tuple(name.strip() for name in value.split(","))
     for name in names:
         if name not in valid:
-            what = f"unknown column {shown(name, 24)}" if name else "an empty column name"
+            what = f"unknown column {shown(name, 16)}" if name else "an empty column name"
             raise ConfigError(f"--columns: {what}; valid: {', '.join(valid)}")
     return names
 
@@ -150,32 +179,6 @@ def _csv_names() -> tuple[str, ...]:
     from moderator.audit.read.rows import SCALAR_COLUMNS
 
     return SCALAR_COLUMNS + EXTRA_CSV_COLUMNS
-
-
-class _Extras:
-    """Cells no column holds: the rationale (from the record) and `because` (the explain core,
-    with each policy version's document read once)."""
-
-    def __init__(self, store: AuditStore) -> None:
-        self._store = store
-        self._documents: dict[str, dict[str, Any] | None] = {}
-
-    def rationale(self, row: AuditRow) -> str | None:
-        assessment = ((row.record or {}).get("verdict") or {}).get("assessment") or {}
-        found = assessment.get("rationale") if isinstance(assessment, dict) else None
-        return found if isinstance(found, str) else None
-
-    def because(self, row: AuditRow) -> str:
-        from moderator.explain.build import explain_row
-        from moderator.explain.render import because
-
-        found = (row.record or {}).get("policy_document")
-        document = found if isinstance(found, dict) else None
-        if document is None and row.policy_hash:  # redacted: the kept policy version
-            if row.policy_hash not in self._documents:
-                self._documents[row.policy_hash] = self._store.policy_version(row.policy_hash)
-            document = self._documents[row.policy_hash]
-        return because(explain_row(row, document))
 
 
 def add_filter_flags(
@@ -235,19 +238,12 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def open_existing_store(url: str) -> AuditStore:
-    """Open the audit store for reading; a SQLite file that does not exist is an error (exit 1)
-    rather than a new, empty database."""
-    from moderator.audit.db.connect import is_memory, normalize_url
-    from moderator.audit.db.store import AuditStore
-    from moderator.audit.errors import AuditUnavailable
+def open_existing_store(url: str, *, write: bool = False) -> AuditStore:
+    """The store at audit.url, read-only unless `write`; never a new one
+    (`moderator.audit.db.existing.open_existing`)."""
+    from moderator.audit.db.existing import open_existing
 
-    parsed = normalize_url(url)
-    if parsed.get_backend_name() == "sqlite" and not is_memory(parsed):
-        path = Path(parsed.database or "").expanduser()
-        if not path.is_file():
-            raise AuditUnavailable(f"audit store {url}: no such database file {path}")
-    return AuditStore.open(url)
+    return open_existing(url, write=write)
 
 
 def _pages(store: AuditStore, query: AuditQuery, *, every: bool) -> Iterator[list[AuditRow]]:
@@ -287,7 +283,7 @@ def _write_csv(
     pages: Iterator[list[AuditRow]],
     out: TextIO,
     columns: tuple[str, ...] | None = None,
-    extra: _Extras | None = None,
+    extra: RowExtras | None = None,
 ) -> None:
     from moderator.audit.read.rows import SCALAR_COLUMNS, AuditItem
     from moderator.text import csv_cell
@@ -312,7 +308,7 @@ def _write_table(
     pages: Iterator[list[AuditRow]],
     out: TextIO,
     columns: tuple[str, ...] | None = None,
-    extra: _Extras | None = None,
+    extra: RowExtras | None = None,
 ) -> None:
     # Aligned over every printed row, so the rows are held until the last page (use json or
     # csv for large exports). Keys, surfaces and rationales come from uploads: each cell is made
@@ -323,13 +319,12 @@ def _write_table(
     names = columns or TABLE_COLUMNS
     cells = [tuple(map(safe_line, _pick(row, names, extra))) for rows in pages for row in rows]
     if not cells:
-        print("no matching audit rows", file=sys.stderr)
-        return
+        return  # cmd_query says so on stderr
     for line in table(names, cells):
         out.write(line + "\n")
 
 
-def _pick(row: AuditRow, names: tuple[str, ...], extra: _Extras | None) -> tuple[str, ...]:
+def _pick(row: AuditRow, names: tuple[str, ...], extra: RowExtras | None) -> tuple[str, ...]:
     """The cells of `names` for one row ("-" for a missing value)."""
     cells = dict(zip(TABLE_COLUMNS, table_cells(row), strict=True))
     for name in names:

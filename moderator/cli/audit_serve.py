@@ -101,8 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = settings.audit.url
     from moderator.audit.db.connect import create_audit_engine, normalize_url
 
-    # The store opens on the first request: a URL whose driver is missing fails here instead.
-    create_audit_engine(normalize_url(url)).dispose()
+    # The store opens (read-only) on the first request: a URL whose driver is missing fails
+    # here instead.
+    create_audit_engine(normalize_url(url), read_only=True).dispose()
     app = serve_app(settings)
     from moderator.logs import configure_logging
 
@@ -219,8 +220,8 @@ def cmd_hash_token(_args: argparse.Namespace) -> int:
         raise ConfigError(f"stdin: {problem}")
     if len(token) < MIN_TOKEN_CHARS:
         print(
-            f"warning: a token of {len(token)} characters can be guessed; make one with: "
-            "openssl rand -hex 32",
+            f"moderator: warning: a token of {len(token)} characters can be guessed; make one "
+            "with: openssl rand -hex 32",
             file=sys.stderr,
         )
     print(token_hash(token))

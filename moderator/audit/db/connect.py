@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from moderator.audit.errors import AuditUnavailable
 from moderator.errors import ConfigError
@@ -29,14 +31,23 @@ POSTGRES_MISSING = (
     "audit.url: a PostgreSQL store needs the postgres extra ({module} is missing): "
     "pip install 'moderator[postgres]'"
 )
+IN_MEMORY = (
+    "audit.url: {url} is an in-memory SQLite database, which keeps nothing once the process "
+    "exits: name a file (sqlite:///path/to/audit.db) or postgresql://..."
+)
+URI_FILENAME = (
+    "audit.url: {url}: SQLite URI filenames (file:..., uri=true) are not supported: name the "
+    "file (sqlite:///path/to/audit.db)"
+)
 
 
-def normalize_url(url: str) -> URL:
-    """Parse an audit URL: `sqlite:///path`, `sqlite://` (in memory) or PostgreSQL. Plain
-    `postgresql://` and `postgres://` URLs get the psycopg (3) driver; other drivers are refused.
-    Errors are one line, the URL's password shown as `***`. A raw "@" in the user name or
-    password is refused: the driver would split the URL at another "@" than we do, and print
-    the rest of the password as the host."""
+def normalize_url(url: str, *, memory: bool = False) -> URL:
+    """Parse an audit URL: `sqlite:///path` or PostgreSQL (`sqlite://`, in memory, only with
+    `memory`: tests; an audit.url in memory would lose every record). Plain `postgresql://`
+    and `postgres://` URLs get the psycopg (3) driver; other drivers are refused. Errors are
+    one line, the URL's password shown as `***`. A raw "@" in the user name or password is
+    refused: the driver would split the URL at another "@" than we do, and print the rest of
+    the password as the host."""
     shown = _shown_raw(url)
     try:
         if url.startswith("postgres://"):
@@ -59,7 +70,20 @@ def normalize_url(url: str) -> URL:
             f"audit.url: unsupported database {parsed.drivername!r} "
             "(use sqlite:///path or postgresql://...)"
         )
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite(parsed, shown, memory=memory)
     return parsed
+
+
+def _check_sqlite(url: URL, shown: str, *, memory: bool) -> None:
+    """ConfigError for a SQLite URL that names no file this code can open as one: an in-memory
+    database (unless `memory`), in any of its spellings, or a URI filename."""
+    if is_memory(url):
+        if not memory:
+            raise ConfigError(IN_MEMORY.format(url=shown))
+        return
+    if (url.database or "").startswith("file:") or "uri" in url.query or "mode" in url.query:
+        raise ConfigError(URI_FILENAME.format(url=shown))
 
 
 def _shown_raw(url: str) -> str:
@@ -84,15 +108,24 @@ def hide_secrets(url: URL, text: str) -> str:
 
 
 def is_memory(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    """Whether a SQLite URL names an in-memory (or nameless, temporary) database: `sqlite://`,
+    `sqlite:///:memory:`, `sqlite:///file::memory:?uri=true`, `...?mode=memory`."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        return True
+    path, _, options = database.removeprefix("file:").partition("?")
+    return database.startswith("file:") and (path in ("", ":memory:") or "mode=memory" in options)
 
 
-def create_audit_engine(url: URL) -> Engine:
-    """An engine for the audit store; creates a SQLite file's parent directory. ConfigError
-    when the PostgreSQL driver (the postgres extra) is not installed: every command that opens
-    the store comes through here."""
+def create_audit_engine(url: URL, *, read_only: bool = False) -> Engine:
+    """An engine for the audit store. ConfigError when the PostgreSQL driver (the postgres
+    extra) is not installed: every command that opens the store comes through here. SQLite:
+    a writer creates a missing file in an existing folder; `read_only` opens the file for
+    reading only (`mode=ro`) and changes nothing in it or beside it but SQLite's own -shm."""
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, read_only=read_only)
     connect_args = (
         {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
     )
@@ -103,21 +136,43 @@ def create_audit_engine(url: URL) -> Engine:
         raise ConfigError(POSTGRES_MISSING.format(module=module)) from exc
 
 
+def sqlite_path(url: URL) -> Path:
+    """The file a (file, not in-memory) SQLite URL names."""
+    return Path(url.database or "").expanduser()
+
+
+def check_writable(url: str) -> None:
+    """What opening `url` for writing would refuse, found before anything else runs and with
+    nothing created: ConfigError for a bad URL or a SQLite folder that does not exist,
+    AuditUnavailable for a SQLite file that cannot be created."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _check_folder(sqlite_path(parsed), parsed)
+
+
 def _check_folder(path: Path, url: URL) -> None:
-    """Create the database file's folder; AuditUnavailable naming the folder and this process's
-    uid when it cannot be created, or the file is not there and cannot be (SQLite would only
-    say `unable to open database file`)."""
+    """For a writer: ConfigError when the database file's folder does not exist (a mistyped
+    path gets no folders made for it); AuditUnavailable naming the folder and this process's
+    uid when the file is not there and cannot be created (SQLite would only say `unable to
+    open database file`)."""
     folder = path.absolute().parent
-    why = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        found = folder.is_dir()
     except OSError as exc:
-        why = f"cannot create or reach its folder {folder}: {exc.strerror or exc}"
-    if why is None and not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        why = f"cannot create it: its folder {folder} is not writable"
-    if why is not None:
-        uid = os.getuid() if hasattr(os, "getuid") else "?"
-        raise AuditUnavailable(f"audit store {shown_url(url)}: {why} (by uid {uid})")
+        _unavailable(url, f"cannot reach its folder {folder}: {exc.strerror or exc}")
+    if not found:
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(
+            f"audit.url: {shown_url(url)}: the folder {folder} {what} "
+            "(create it, or correct the path)"
+        )
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        _unavailable(url, f"cannot create it: its folder {folder} is not writable")
+
+
+def _unavailable(url: URL, why: str) -> NoReturn:
+    uid = os.getuid() if hasattr(os, "getuid") else "?"
+    raise AuditUnavailable(f"audit store {shown_url(url)}: {why} (by uid {uid})")
 
 
 def _create_private(path: Path) -> None:
@@ -129,17 +184,20 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, *, read_only: bool) -> Engine:
     memory = is_memory(url)
-    if not memory:
-        assert url.database is not None
-        path = Path(url.database).expanduser()
-        _check_folder(path, url)
-        _create_private(path)
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if memory:
         kwargs["poolclass"] = StaticPool  # one shared connection: one in-memory database
+    elif read_only:
+        # A connection of its own per transaction: one that had to be opened immutable (below)
+        # is never kept to read a file that a writer has opened since.
+        kwargs.update(creator=read_only_connector(sqlite_path(url)), poolclass=NullPool)
+    else:
+        _check_folder(sqlite_path(url), url)
+        _create_private(sqlite_path(url))
     engine = create_engine(url, **kwargs)
+    writes = not (memory or read_only)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -150,7 +208,7 @@ def _sqlite_engine(url: URL) -> Engine:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            if not memory:
+            if writes:  # a reader never changes the file: not its journal mode either
                 cursor.execute("PRAGMA journal_mode = WAL")
                 # An audit row whose Kafka offset was committed must survive power loss.
                 cursor.execute("PRAGMA synchronous = FULL")
@@ -163,3 +221,34 @@ def _sqlite_engine(url: URL) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def read_only_connector(path: Path) -> Callable[[], sqlite3.Connection]:
+    """Connections that read `path` (SQLite `mode=ro`). A WAL database whose -shm file is gone
+    cannot be read so from a folder this process cannot write (a read-only mount; the last
+    writer to close removed it): then, when no -wal file holds unmerged commits, every commit
+    is in the file itself, and it is opened `immutable` instead."""
+    uri = path.absolute().as_uri() + "?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN" or _has_wal(path):
+                raise
+            return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+        return conn
+
+    return connect
+
+
+def _has_wal(path: Path) -> bool:
+    """Whether a -wal file beside `path` holds anything (commits not yet in the file)."""
+    try:
+        return Path(f"{path}-wal").stat().st_size > 0
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: not immutable

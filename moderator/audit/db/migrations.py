@@ -2,7 +2,8 @@
 
 `schema.py` always describes the current schema. `MIGRATIONS[n - 1]` is the step that takes a
 database from version n - 1 to version n; `schema_migrations` records each applied version with
-its time. At open (`migrate`):
+its time. When a writer opens the store (`migrate`; a reader only checks the version,
+`check_current`):
 
 - a fresh database (no `schema_migrations` table) gets the current schema in one transaction
   (`metadata.create_all`) and every version recorded as applied: the steps' effects are already
@@ -107,10 +108,7 @@ def migrate(engine: Engine) -> int:
             if current == LATEST:
                 return start
             if current > LATEST:
-                raise SchemaVersionError(
-                    f"the audit database is at schema version {current}, newer than this "
-                    f"moderator's {LATEST}: upgrade moderator"
-                )
+                raise _newer(current)
             now = datetime.now(UTC)
             if current == 0:
                 metadata.create_all(conn)
@@ -126,6 +124,35 @@ def migrate(engine: Engine) -> int:
                     for s in steps
                 ],
             )
+
+
+def check_current(engine: Engine) -> int:
+    """For a reader, which migrates nothing: `LATEST`, or SchemaVersionError for a database at
+    another version (one that is older is migrated by the next writer of this release to open
+    it)."""
+    with engine.connect() as conn, conn.begin():
+        current = current_version(conn)
+    if current > LATEST:
+        raise _newer(current)
+    if current == 0:
+        raise SchemaVersionError(
+            "the audit database holds no audit tables yet (an audit sink creates them when it "
+            "opens the store)"
+        )
+    if current < LATEST:
+        raise SchemaVersionError(
+            f"the audit database is at schema version {current}, older than this moderator's "
+            f"{LATEST}: reading commands do not migrate it; a writer of this release does when "
+            "it opens the store (moderator audit sink)"
+        )
+    return current
+
+
+def _newer(current: int) -> SchemaVersionError:
+    return SchemaVersionError(
+        f"the audit database is at schema version {current}, newer than this "
+        f"moderator's {LATEST}: upgrade moderator"
+    )
 
 
 def current_version(conn: Connection) -> int:

@@ -35,7 +35,7 @@ from moderator.audit.db.connect import (
     normalize_url,
     shown_url,
 )
-from moderator.audit.db.migrations import LATEST, migrate
+from moderator.audit.db.migrations import LATEST, check_current, migrate
 from moderator.audit.db.tables import (
     anchors,
     audit_records,
@@ -82,15 +82,18 @@ class AuditStore:
         self._canon: dict[str, bytes] = {}  # policy_hash -> canonical document (verified)
 
     @classmethod
-    def open(cls, url: str) -> AuditStore:
-        """Connect (`sqlite:///path`, `sqlite://`, `postgresql://...`) and migrate; raises
-        ConfigError for a bad URL, AuditUnavailable when the database cannot be reached."""
-        parsed = normalize_url(url)
-        engine = create_audit_engine(parsed)
+    def open(cls, url: str, *, read_only: bool = False, memory: bool = True) -> AuditStore:
+        """Connect (`sqlite:///path`, `postgresql://...`; `sqlite://` in memory unless `memory`
+        is False, as for a URL from the settings) and migrate; `read_only` (the reading
+        commands) opens a SQLite file for reading only and migrates nothing: a database at
+        another schema version is refused. Raises ConfigError for a bad URL, AuditUnavailable
+        when the database cannot be reached."""
+        parsed = normalize_url(url, memory=memory)
+        engine = create_audit_engine(parsed, read_only=read_only)
         store = cls(engine, parsed)
         try:
             with store._errors():
-                before = migrate(engine)
+                before = check_current(engine) if read_only else migrate(engine)
         except BaseException:
             engine.dispose()
             raise
@@ -230,6 +233,13 @@ class AuditStore:
     def count(self) -> int:
         with self._tx() as conn:
             return int(conn.execute(select(func.count()).select_from(audit_records)).scalar_one())
+
+    def models(self) -> list[str]:
+        """Every model that decided a stored row, as `--model` names it (`engine:name`)."""
+        query = select(T.model_engine, T.model_name).distinct().where(T.model_engine.is_not(None))
+        with self._tx() as conn:
+            found = conn.execute(query).all()
+        return sorted(f"{engine}:{name}" if name else str(engine) for engine, name in found)
 
     def tenants(self) -> list[str]:
         """Tenants that have rows not yet redacted."""

@@ -16,14 +16,22 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from difflib import get_close_matches
+from typing import get_args
 
 from moderator.audit.errors import InvalidQuery
 from moderator.audit.models import EARLIEST, MAX_LIMIT, AuditQuery, Sort, text_problem
 from moderator.audit.read.cursor import decode_cursor
+from moderator.errors import DEAD_LETTER_ONLY, ErrorCode
 from moderator.events.upload import TENANT_ID_RULE
-from moderator.events.verdict import CATEGORIES, category_code, code_of
+from moderator.events.verdict import CATEGORIES, Source, category_code, code_of
 
 DECISIONS = ("allow", "review", "block")
+ERROR_CODES = tuple(sorted(c.value for c in ErrorCode if c not in DEAD_LETTER_ONLY))
+"""The error codes a verdict (and so an audit row) can carry."""
+SOURCES: tuple[str, ...] = get_args(Source)
+ENGINES = ("nudenet", "transformers", "lmdeploy", "openai", "fake")
+"""The engines a verdict names (engine.kind; a test holds the two lists together)."""
 SORTS: tuple[Sort, ...] = ("decided_at", "-decided_at")
 CATEGORY_CODES = tuple(category_code(c) for c in CATEGORIES)
 _FULL = {category_code(c): c for c in CATEGORIES}
@@ -160,17 +168,30 @@ def parse_category(field: str, value: str) -> str:
     return _text(field, f"{code}:{text.split(':', 1)[1]}")
 
 
-def _decision(field: str, value: str) -> str:
-    if value not in DECISIONS:
-        raise BadFilter(field, f"must be one of {', '.join(DECISIONS)}, got {shown(value)}")
-    return value
+def _one_of(choices: tuple[str, ...]) -> Parser:
+    """A parser for a value of a closed set, matched exactly."""
+
+    def parse(field: str, value: str) -> str:
+        if value not in choices:
+            raise BadFilter(field, f"must be one of {', '.join(choices)}, got {shown(value)}")
+        return value
+
+    return parse
 
 
 def _model(field: str, value: str) -> str:
+    """ENGINE or ENGINE:NAME; the engine one of ENGINES, in any case (stored in lower case),
+    the name as the row holds it (names are case-sensitive: `AIML-TUDA/QwenGuard-v1.2-3B`)."""
     engine, colon, name = value.partition(":")
     if not engine.strip() or (colon and not name.strip()):
         raise BadFilter(field, f"must be ENGINE or ENGINE:NAME, got {shown(value)}")
-    return _text(field, value)
+    if engine.lower() not in ENGINES:
+        close = get_close_matches(engine.lower(), ENGINES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise BadFilter(
+            field, f"unknown engine {shown(engine)} (engines: {', '.join(ENGINES)}){hint}"
+        )
+    return _text(field, engine.lower() + colon + name)
 
 
 def _matching(pattern: re.Pattern[str], what: str, *, lower: bool = False) -> Parser:
@@ -239,7 +260,7 @@ FILTERS: tuple[FilterField, ...] = (
         "decision",
         help="the decision: allow, review or block",
         metavar="|".join(DECISIONS),
-        parse=_decision,
+        parse=_one_of(DECISIONS),
         column="decision",
         choices=DECISIONS,
     ),
@@ -259,10 +280,33 @@ FILTERS: tuple[FilterField, ...] = (
     ),
     FilterField(
         "model",
-        help="engine, or engine and model name (ENGINE or ENGINE:NAME)",
+        help="engine (any case), or engine and the model's exact name (ENGINE or ENGINE:NAME)",
         metavar="ENGINE[:NAME]",
         parse=_model,
         column=None,  # model_engine, and model_name when one is given
+    ),
+    FilterField(
+        "error",
+        help="the error code of an error verdict (corrupt_image, engine_timeout, ...)",
+        metavar="CODE",
+        parse=_one_of(ERROR_CODES),
+        column="error_code",
+        choices=ERROR_CODES,
+    ),
+    FilterField(
+        "source",
+        help="what decided: model (the engine), cache (a cached judgement) or error (on_error)",
+        metavar="|".join(SOURCES),
+        parse=_one_of(SOURCES),
+        column="source",
+        choices=SOURCES,
+    ),
+    FilterField(
+        "surface",
+        help="the upload surface (context.surface), exact",
+        metavar="S",
+        parse=_text,
+        column="surface",
     ),
     FilterField(
         "since",

@@ -15,7 +15,9 @@ from moderator.audit.read.filters import FILTERS
 
 T = audit_records.c
 ROW_COLUMNS = tuple(audit_records.columns)
-_NOT_IN_ROW = ("record", "policy_elided", "category_code")
+# `record` is restored by the store; `policy_elided` only says how it keeps the record's policy
+# document (once, in policy_versions), which the restored record holds again.
+_NOT_IN_ROW = ("record", "policy_elided")
 
 
 def build_select(q: AuditQuery) -> Select[Any]:

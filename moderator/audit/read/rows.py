@@ -44,14 +44,18 @@ class VerdictColumns(BaseModel):
 
 
 class AuditItem(VerdictColumns):
-    """One audit row: its indexed columns, chain position and hashes, and the full AuditRecord
-    (`record`), which is null once the row was redacted by retention."""
+    """One audit row: every column of it (its indexed columns, chain position and hashes), and
+    the full AuditRecord (`record`), which is null once the row was redacted by retention.
+    Left out: `policy_elided`, how the store keeps the record's policy document (once, in
+    policy_versions), which `record` holds again."""
 
+    category_code: str | None = Field(description="the category's code: O4 for O4: ...")
     topic: str = Field(description="audit topic of the record (its hash chain)")
     partition: int
     offset: int
     seq: int = Field(description="1-based position in the (topic, partition) hash chain")
     record_hash: str
+    columns_hash: str | None = Field(description="null on rows stored before schema version 3")
     prev_hash: str
     row_hash: str
     redacted_at: datetime | None
