@@ -54,7 +54,7 @@ def store() -> Iterator[AuditStore]:
     """An empty audit store in memory (SQLite)."""
     from moderator.audit.db.store import AuditStore
 
-    with AuditStore.open("sqlite://") as opened:
+    with AuditStore.open("sqlite://", memory=True) as opened:
         yield opened
 
 

@@ -83,7 +83,7 @@ def test_the_api_has_one_query_parameter_per_filter_with_the_tables_help() -> No
     pytest.importorskip("fastapi", reason="the audit API needs the api extra")
     from moderator.audit.read.api import create_app
 
-    doc = create_app(lambda: AuditStore.open("sqlite://"), {}).openapi()
+    doc = create_app(lambda: AuditStore.open("sqlite://", memory=True), {}).openapi()
     listed = doc["paths"]["/v1/verdicts"]["get"]["parameters"]
     assert [p["name"] for p in listed] == [*NAMES, "sort", "limit", "cursor"]
     for field, param in zip(FILTERS, listed, strict=False):

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from moderator.audit.db import connect
-from moderator.audit.db.connect import normalize_url
+from moderator.audit.db.connect import check_writable, normalize_url
 from moderator.audit.db.existing import open_existing
 from moderator.audit.db.migrations import LATEST
 from moderator.audit.db.store import AuditStore
@@ -91,7 +91,7 @@ def test_every_spelling_of_an_in_memory_database_is_refused(url: str) -> None:
     with pytest.raises(ConfigError, match=r"^audit\.url: .* is an in-memory SQLite database"):
         normalize_url(url)
     with pytest.raises(ConfigError, match="in-memory"):
-        AuditStore.open(url, memory=False)
+        AuditStore.open(url)
     with pytest.raises(ConfigError, match="in-memory"):
         open_existing(url)
 
@@ -148,18 +148,24 @@ def test_the_audit_sink_stops_on_a_mistyped_folder_with_one_line(
     assert not (tmp_path / "nonexistent").exists()
 
 
-def test_the_demo_stores_nothing_in_a_mistyped_folder(tmp_path: Path) -> None:
-    from moderator.cli.demo_audit import check_store, store_and_show
+def test_the_demo_stores_nothing_in_a_mistyped_folder(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The demo refuses the path before it starts anything (its stack, the run), and its
+    sink would refuse it too."""
+    from moderator.cli.demo_audit import store_and_show
     from moderator.settings import load_settings
 
     target = tmp_path / "nonexistent" / "audit.db"
+    env.setenv("MODERATOR_AUDIT__URL", f"sqlite:///{target}")
+    code, _, err = run("demo", "--engine", "fake", "--events", "1")
+    assert code == 2 and "does not exist" in err, err
+    assert "starting the embedded" not in err
     settings = load_settings(None, {"audit.url": f"sqlite:///{target}"})
-    with pytest.raises(ConfigError, match="does not exist"):
-        check_store(settings)
     with pytest.raises(ConfigError, match="does not exist"):
         store_and_show(settings, ["e-1"], ["acme"], None)
     assert not target.parent.exists()
-    check_store(load_settings(None, {"audit.url": f"sqlite:///{tmp_path / 'a.db'}"}))
+    check_writable(f"sqlite:///{tmp_path / 'a.db'}")
     assert not (tmp_path / "a.db").exists()  # checked, not created
 
 

@@ -205,10 +205,11 @@ def _export(
     settings: Settings, queries: list[AuditQuery], output: Path | None, exporter: Exporter
 ) -> list[str]:
     """Write the statements; the warning about a `--tenant` the store has no record of."""
+    from moderator.audit.read.cells import PolicyDocuments
     from moderator.cli.audit_query import open_existing_store
 
     with open_existing_store(settings.audit.url) as store, _output(output) as out:
-        exporter.policy_versions = store.policy_version
+        exporter.documents = PolicyDocuments(store.policy_version)
         pages = [_rows(store, q) for q in queries]
         # Each page stream is in (decided_at, event_id) order, event ids in the database's
         # collation: merging on the time alone never disagrees with it.

@@ -15,7 +15,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from moderator.cli.demo_audit import check_store, store_and_show
+from moderator.audit.db.connect import check_writable
+from moderator.cli.demo_audit import store_and_show
 from moderator.cli.preflight import check_settings
 from moderator.dev.samples import corrupt_bytes, make_samples
 from moderator.dev.stack import EmbeddedStack
@@ -46,7 +47,7 @@ def cmd_demo(events: int, config: Path | None, overrides: dict[str, Any]) -> int
         check_model_flag(checked.engine.kind, overrides.get("engine.model"))
         check_settings(checked)
         check_port(checked.http)
-        check_store(checked)  # a mistyped audit.url fails now, not after the verdicts
+        check_writable(checked.audit.url)  # a mistyped audit.url fails now, not after the run
         # The topics exist before the service subscribes: on a topic it does not list yet,
         # librdkafka's consumer logs `Subscribed topic not available` (a warning line).
         topics = topic_specs(checked.kafka)

@@ -19,14 +19,6 @@ from moderator.text import safe_line
 ROWS_PER_TENANT = 3
 
 
-def check_store(settings: Settings) -> None:
-    """Refuse, before the demo runs, an audit.url its sink could not write (a folder that does
-    not exist: ConfigError), creating nothing."""
-    from moderator.audit.db.connect import check_writable
-
-    check_writable(settings.audit.url)
-
-
 def store_and_show(
     settings: Settings,
     event_ids: Collection[str],
@@ -35,7 +27,7 @@ def store_and_show(
 ) -> None:
     """Run the sink until each of `event_ids` is in the store at audit.url, then print the
     newest rows of each tenant. Raises ModeratorError when they are not all stored in time."""
-    with AuditStore.open(settings.audit.url, memory=False) as store:
+    with AuditStore.open(settings.audit.url) as store:
         anchor, producer = build_anchor(settings, store)
         sink = AuditSink(settings, store, make_sink_consumer(settings), anchor=anchor)
         pending = set(event_ids)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ from moderator.errors import ConfigError
 if TYPE_CHECKING:
     from moderator.audit.dsa.export import DsaOptions, TenantDsa
     from moderator.audit.models import AuditRow
+    from moderator.audit.read.cells import PolicyDocuments
     from moderator.policy.registry import PolicyRegistry
 
 
@@ -34,10 +34,9 @@ class Exporter:
         self.only_versions: tuple[Path, frozenset[str]] | None = None
         self.counts: Counter[str] = Counter()
         self.first_dated_by_decision = ""  # "event E, tenant T"
-        # Policy hash -> the compiled policy document the store keeps (a redacted row's: its
-        # record, which holds its own, is gone); None: not looked up.
-        self.policy_versions: Callable[[str], dict[str, Any] | None] | None = None
-        self._documents: dict[str, dict[str, Any] | None] = {}
+        # The policy document each row was decided under (a redacted row's is the store's
+        # policy version); None: the record's own only.
+        self.documents: PolicyDocuments | None = None
         self.tenants_seen: set[str] = set()
         self.policies_dir = policies_dir  # where the mappings are read from, for errors
 
@@ -81,7 +80,7 @@ class Exporter:
             return None
         try:
             reason = skip_reason(record, mapping)
-            document = self._kept_document(row) if row.record is None else None
+            document = self.documents(row) if self.documents is not None else None
             statement = None if reason else statement_for(record, mapping, self._options, document)
         except DsaExportError as exc:
             raise DsaExportError(f"{where}: {exc}") from exc
@@ -121,15 +120,6 @@ class Exporter:
             mapping = TenantDsa.from_policy(policy.resolved, surfaces)
             self._mappings[tenant_id] = mapping
         return mapping
-
-    def _kept_document(self, row: AuditRow) -> dict[str, Any] | None:
-        """The compiled policy document the store keeps for a redacted row (read once per
-        policy version): the statement says which rule restricted, as the record's did."""
-        if self.policy_versions is None or not row.policy_hash:
-            return None
-        if row.policy_hash not in self._documents:
-            self._documents[row.policy_hash] = self.policy_versions(row.policy_hash)
-        return self._documents[row.policy_hash]
 
 
 def policies_hint(row: AuditRow) -> str:

@@ -40,9 +40,14 @@ def find_ranges(
     """(ranges, how they were found, a note on each `--offsets` range that was clamped) of the
     uploads topic `topic`. Raises ConfigError naming kafka.topics.uploads when the cluster has
     no such topic, OffsetLookupError when Kafka does not answer."""
-    if _missing(consumer, topic, timeout_s):
-        raise ConfigError(f"kafka.topics.uploads: topic {topic} does not exist on the cluster")
-    partitions = partitions_of(consumer, topic, timeout_s)
+    try:
+        partitions = partitions_of(consumer, topic, timeout_s)
+    except OffsetLookupError:
+        if _missing(consumer, topic, timeout_s):
+            raise ConfigError(
+                f"kafka.topics.uploads: topic {topic} does not exist on the cluster"
+            ) from None
+        raise
     marks = {p: watermarks_of(consumer, topic, p, timeout_s) for p in partitions}
     if offsets:
         unknown = sorted({r.partition for r in offsets} - set(partitions))

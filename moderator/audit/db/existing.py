@@ -17,4 +17,4 @@ def open_existing(url: str, *, write: bool = False) -> AuditStore:
         path = sqlite_path(parsed)
         if not path.is_file():
             raise AuditUnavailable(f"audit store {url}: no such database file {path}")
-    return AuditStore.open(url, read_only=not write, memory=False)
+    return AuditStore.open(url, read_only=not write)

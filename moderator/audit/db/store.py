@@ -74,7 +74,8 @@ _Docs = dict[str, str | None]
 
 class AuditStore:
     """Audit rows, hash chains, policy versions and anchors. Thread-safe (a connection pool);
-    `open` migrates the database. An in-memory store for tests: `AuditStore.open("sqlite://")`."""
+    `open` migrates the database. An in-memory store for tests:
+    `AuditStore.open("sqlite://", memory=True)`."""
 
     def __init__(self, engine: Engine, url: URL) -> None:
         self._engine = engine
@@ -82,9 +83,9 @@ class AuditStore:
         self._canon: dict[str, bytes] = {}  # policy_hash -> canonical document (verified)
 
     @classmethod
-    def open(cls, url: str, *, read_only: bool = False, memory: bool = True) -> AuditStore:
-        """Connect (`sqlite:///path`, `postgresql://...`; `sqlite://` in memory unless `memory`
-        is False, as for a URL from the settings) and migrate; `read_only` (the reading
+    def open(cls, url: str, *, read_only: bool = False, memory: bool = False) -> AuditStore:
+        """Connect (`sqlite:///path`, `postgresql://...`; `sqlite://`, in memory, only with
+        `memory`: tests) and migrate; `read_only` (the reading
         commands) opens a SQLite file for reading only and migrates nothing: a database at
         another schema version is refused. Raises ConfigError for a bad URL, AuditUnavailable
         when the database cannot be reached."""

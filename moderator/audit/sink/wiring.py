@@ -51,9 +51,7 @@ def run_audit_sink(
     with serving(settings.http) if telemetry is None else nullcontext(telemetry) as current:
         current.readiness.expect("broker", "audit_store")
         own_store = store is None
-        audit_store = (
-            store if store is not None else AuditStore.open(settings.audit.url, memory=False)
-        )
+        audit_store = store if store is not None else AuditStore.open(settings.audit.url)
         producer: Any = None
         try:
             anchor, producer = build_anchor(settings, audit_store)
